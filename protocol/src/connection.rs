@@ -1,0 +1,355 @@
+//! A framed, typed connection over any byte stream.
+//!
+//! The reader and writer halves are separate types so a connection can be
+//! split between a read loop and a writer task; both keep one reusable
+//! buffer, so a long-lived connection allocates at most one frame limit.
+
+use crate::codec;
+use crate::error::ProtocolError;
+use crate::frame::{self, Header, HEADER_LEN};
+use crate::messages::{Hello, Role, MAGIC};
+use crate::PROTOCOL_VERSION;
+use serde::{de::DeserializeOwned, Serialize};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// How long the other end has to complete the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const IO_BUF: usize = 256 * 1024;
+
+/// The read half: whole frames out of a byte stream.
+pub struct FrameReader<R> {
+    stream: BufReader<R>,
+    body: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(stream: R) -> Self {
+        FrameReader {
+            stream: BufReader::with_capacity(IO_BUF, stream),
+            body: Vec::new(),
+        }
+    }
+
+    /// The next frame's raw body; `None` on a clean end of stream between
+    /// frames. The declared length is checked before the body is buffered.
+    pub async fn read_body(&mut self) -> Result<Option<&[u8]>, ProtocolError> {
+        let mut head = [0u8; HEADER_LEN];
+        let mut got = 0;
+        while got < HEADER_LEN {
+            let n = self.stream.read(&mut head[got..]).await?;
+            if n == 0 {
+                if got == 0 {
+                    return Ok(None);
+                }
+                return Err(ProtocolError::Truncated {
+                    got,
+                    expected: HEADER_LEN,
+                });
+            }
+            got += n;
+        }
+        let Header::Body(len) = frame::check_header(&head)? else {
+            return Err(ProtocolError::Truncated {
+                got,
+                expected: HEADER_LEN,
+            });
+        };
+        self.body.resize(len, 0);
+        let mut filled = 0;
+        while filled < len {
+            let n = self.stream.read(&mut self.body[filled..]).await?;
+            if n == 0 {
+                return Err(ProtocolError::Truncated {
+                    got: filled,
+                    expected: len,
+                });
+            }
+            filled += n;
+        }
+        Ok(Some(&self.body[..len]))
+    }
+
+    /// The next frame, decoded; `None` on a clean end of stream.
+    pub async fn read_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtocolError> {
+        match self.read_body().await? {
+            None => Ok(None),
+            Some(body) => codec::decode(body).map(Some),
+        }
+    }
+}
+
+/// The write half: one frame per call, flushed, so replies never sit in a
+/// buffer while the other end waits.
+pub struct FrameWriter<W> {
+    stream: BufWriter<W>,
+    buf: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(stream: W) -> Self {
+        FrameWriter {
+            stream: BufWriter::with_capacity(IO_BUF, stream),
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn write_frame<T: Serialize>(&mut self, value: &T) -> Result<(), ProtocolError> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0; HEADER_LEN]);
+        codec::encode_into(value, &mut self.buf)?;
+        let body_len = self.buf.len() - HEADER_LEN;
+        self.buf[..HEADER_LEN].copy_from_slice(&frame::header(body_len));
+        self.stream.write_all(&self.buf).await?;
+        self.stream.flush().await?;
+        if self.buf.capacity() > IO_BUF * 4 {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(&mut self) -> Result<(), ProtocolError> {
+        self.stream.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// Both halves of one connection.
+pub struct Connection<R, W> {
+    pub reader: FrameReader<R>,
+    pub writer: FrameWriter<W>,
+}
+
+/// The connection every component uses today: plain TCP.
+pub type TcpConnection = Connection<OwnedReadHalf, OwnedWriteHalf>;
+
+impl TcpConnection {
+    pub fn tcp(stream: TcpStream) -> Self {
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        Connection::new(r, w)
+    }
+
+    /// Connects to `addr` and completes the handshake as `me`.
+    pub async fn connect(
+        addr: &str,
+        me: Role,
+        timeout: Duration,
+    ) -> Result<(Self, Role), ProtocolError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ProtocolError::Timeout {
+                what: "connect",
+                ms: crate::millis(timeout),
+            })??;
+        let mut conn = Connection::tcp(stream);
+        let theirs = conn.handshake(me).await?;
+        Ok((conn, theirs))
+    }
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
+    pub fn new(reader: R, writer: W) -> Self {
+        Connection {
+            reader: FrameReader::new(reader),
+            writer: FrameWriter::new(writer),
+        }
+    }
+
+    /// Sends our [`Hello`] and reads theirs, refusing a wrong magic or
+    /// version. Returns the other end's role.
+    pub async fn handshake(&mut self, me: Role) -> Result<Role, ProtocolError> {
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            role: me,
+        };
+        let exchange = async {
+            self.writer.write_frame(&hello).await?;
+            let theirs: Hello = self
+                .reader
+                .read_frame()
+                .await?
+                .ok_or(ProtocolError::Closed)?;
+            if theirs.magic != MAGIC {
+                return Err(ProtocolError::Handshake("not a FileShare endpoint".into()));
+            }
+            if theirs.version != PROTOCOL_VERSION {
+                return Err(ProtocolError::Version {
+                    ours: PROTOCOL_VERSION,
+                    theirs: theirs.version,
+                });
+            }
+            Ok(theirs.role)
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| ProtocolError::Timeout {
+                what: "handshake",
+                ms: crate::millis(HANDSHAKE_TIMEOUT),
+            })?
+    }
+
+    pub async fn read_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtocolError> {
+        self.reader.read_frame().await
+    }
+
+    pub async fn write_frame<T: Serialize>(&mut self, value: &T) -> Result<(), ProtocolError> {
+        self.writer.write_frame(value).await
+    }
+
+    pub fn into_split(self) -> (FrameReader<R>, FrameWriter<W>) {
+        (self.reader, self.writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::messages::peer::PeerReply;
+    use crate::messages::tracker::{TrackerReply, TrackerRequest};
+    use crate::messages::{Reply, Request};
+    use crate::MAX_FRAME_LEN;
+
+    fn pipe() -> (
+        Connection<
+            tokio::io::ReadHalf<tokio::io::DuplexStream>,
+            tokio::io::WriteHalf<tokio::io::DuplexStream>,
+        >,
+        tokio::io::DuplexStream,
+    ) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (r, w) = tokio::io::split(a);
+        (Connection::new(r, w), b)
+    }
+
+    #[tokio::test]
+    async fn round_trip_of_every_channel() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        let mut a = Connection::new(ar, aw);
+        let mut b = Connection::new(br, bw);
+        let req = Request {
+            id: 7,
+            body: TrackerRequest::CreateUser {
+                user: "alice".into(),
+                password: "pw".into(),
+            },
+        };
+        a.write_frame(&req).await.unwrap();
+        assert_eq!(
+            b.read_frame::<Request<TrackerRequest>>().await.unwrap(),
+            Some(req)
+        );
+        let reply: Reply<Result<TrackerReply, ErrorCode>> = Reply {
+            id: 7,
+            body: Err(ErrorCode::UserExists("alice".into())),
+        };
+        b.write_frame(&reply).await.unwrap();
+        assert_eq!(a.read_frame().await.unwrap(), Some(reply));
+        let piece = Reply {
+            id: 1,
+            body: PeerReply::Piece {
+                data: vec![9; 512 * 1024],
+            },
+        };
+        a.write_frame(&piece).await.unwrap();
+        assert_eq!(b.read_frame().await.unwrap(), Some(piece));
+        drop(a);
+        assert_eq!(b.read_frame::<Reply<PeerReply>>().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn oversized_declared_length_is_refused() {
+        let (mut conn, mut raw) = pipe();
+        raw.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let err = conn.read_frame::<Hello>().await.unwrap_err();
+        assert!(matches!(err, ProtocolError::FrameTooLarge { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn truncated_body_is_an_error_not_eof() {
+        let (mut conn, mut raw) = pipe();
+        raw.write_all(&frame::header(100)).await.unwrap();
+        raw.write_all(&[1, 2, 3]).await.unwrap();
+        drop(raw);
+        let err = conn.read_frame::<Hello>().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProtocolError::Truncated {
+                    got: 3,
+                    expected: 100
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_body_is_a_decode_error() {
+        let (mut conn, mut raw) = pipe();
+        raw.write_all(&frame::header(5)).await.unwrap();
+        raw.write_all(&[0xff; 5]).await.unwrap();
+        let err = conn
+            .read_frame::<Request<TrackerRequest>>()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProtocolError::Decode(_) | ProtocolError::TrailingBytes { .. }
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn lying_inner_length_cannot_allocate_past_the_limit() {
+        // A Vec whose encoded length claims 2^60 elements inside a small frame.
+        let (mut conn, mut raw) = pipe();
+        let mut body = vec![7u8]; // request id
+        body.push(0); // variant CreateUser
+        body.push(253); // varint u64 marker
+        body.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        raw.write_all(&frame::header(body.len())).await.unwrap();
+        raw.write_all(&body).await.unwrap();
+        assert!(conn.read_frame::<Request<TrackerRequest>>().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn writer_refuses_oversized_message() {
+        let (mut conn, _raw) = pipe();
+        let big = PeerReply::Piece {
+            data: vec![0; MAX_FRAME_LEN + 1],
+        };
+        assert!(matches!(
+            conn.write_frame(&big).await.unwrap_err(),
+            ProtocolError::FrameTooLarge { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn handshake_refuses_wrong_version() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        let mut a = Connection::new(ar, aw);
+        let mut b = Connection::new(br, bw);
+        let bad = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION + 1,
+            role: Role::Client,
+        };
+        let (ra, _) = tokio::join!(a.handshake(Role::Client), async {
+            b.write_frame(&bad).await.unwrap();
+            b.read_frame::<Hello>().await
+        });
+        assert!(matches!(ra.unwrap_err(), ProtocolError::Version { .. }));
+    }
+}

@@ -1,0 +1,74 @@
+//! Errors of the wire layer, and the error codes a tracker answers with.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a frame could not be read, written or understood.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    FrameTooLarge { len: u64, limit: usize },
+    #[error("connection closed in the middle of a frame ({got} of {expected} bytes)")]
+    Truncated { got: usize, expected: usize },
+    #[error("malformed frame: {0}")]
+    Decode(String),
+    #[error("frame body has {len} bytes but the message used {used}")]
+    TrailingBytes { used: usize, len: usize },
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+    #[error("handshake refused: {0}")]
+    Handshake(String),
+    #[error("peer speaks protocol version {theirs}, we speak {ours}")]
+    Version { ours: u32, theirs: u32 },
+    #[error("timed out after {ms} ms waiting for {what}")]
+    Timeout { what: &'static str, ms: u64 },
+    #[error("connection closed")]
+    Closed,
+}
+
+/// A tracker's typed refusal. The CLI prints its `Display` as the one-line
+/// message the user sees, so each reads as a sentence fragment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ErrorCode {
+    #[error("wrong user name or password")]
+    WrongPassword,
+    #[error("too many failed logins; try again in {retry_after_ms} ms")]
+    TooManyAttempts { retry_after_ms: u64 },
+    #[error("user {0} already exists")]
+    UserExists(String),
+    #[error("no such user: {0}")]
+    NoSuchUser(String),
+    #[error("not logged in or the session has expired; run `fsd login USER`")]
+    InvalidSession,
+    #[error("no such group: {0}")]
+    NoSuchGroup(String),
+    #[error("group {0} already exists")]
+    GroupExists(String),
+    #[error("not a member of group {0}")]
+    NotMember(String),
+    #[error("only the owner of group {0} can do that")]
+    NotOwner(String),
+    #[error("already a member of group {0}")]
+    AlreadyMember(String),
+    #[error("{user} has no pending request to join {group}")]
+    NoSuchRequest { group: String, user: String },
+    #[error("no file {name} in group {group}")]
+    NoSuchFile { group: String, name: String },
+    #[error("group {group} already has a different file named {name}")]
+    NameTaken { group: String, name: String },
+    #[error("invalid {what} name {name:?}: {why}")]
+    BadName {
+        what: String,
+        name: String,
+        why: String,
+    },
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("ticket is invalid or expired")]
+    BadTicket,
+    #[error("tracker unavailable: {0}")]
+    Unavailable(String),
+    #[error("tracker internal error: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,216 @@
+//! Client to tracker. Every call but `CreateUser`, `Login` and
+//! `VerifyTicket` carries the caller's session token, so any tracker of the
+//! cluster can answer any request and a client can fail over freely.
+
+use crate::error::ErrorCode;
+use crate::ids::{Bitfield, FileId, FileMeta, PeerId};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A random bearer token naming a logged-in session.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionToken(pub [u8; 32]);
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken(..)")
+    }
+}
+
+/// Proof, issued by a tracker, that `user` belongs to `group` until
+/// `expires_unix_ms`. A peer asked for pieces checks it with a tracker
+/// (`VerifyTicket`) instead of trusting the requester's word.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub user: String,
+    pub group: String,
+    pub expires_unix_ms: u64,
+    pub mac: [u8; 32],
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Ticket({}@{})", self.user, self.group)
+    }
+}
+
+/// One file a peer holds, and which of its pieces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub file: FileId,
+    pub have: Bitfield,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrackerRequest {
+    CreateUser {
+        user: String,
+        password: String,
+    },
+    Login {
+        user: String,
+        password: String,
+    },
+    Logout {
+        session: SessionToken,
+    },
+    CreateGroup {
+        session: SessionToken,
+        group: String,
+    },
+    ListGroups {
+        session: SessionToken,
+    },
+    JoinGroup {
+        session: SessionToken,
+        group: String,
+    },
+    LeaveGroup {
+        session: SessionToken,
+        group: String,
+    },
+    ListRequests {
+        session: SessionToken,
+        group: String,
+    },
+    AcceptRequest {
+        session: SessionToken,
+        group: String,
+        user: String,
+    },
+    RejectRequest {
+        session: SessionToken,
+        group: String,
+        user: String,
+    },
+    ListFiles {
+        session: SessionToken,
+        group: String,
+    },
+    /// Files whose name contains `pattern`, in every group of the caller.
+    Search {
+        session: SessionToken,
+        pattern: String,
+    },
+    /// Makes the caller a holder of `meta` in `group` (durable).
+    ShareFile {
+        session: SessionToken,
+        group: String,
+        meta: FileMeta,
+    },
+    /// Ends the caller's holding of `name` in `group` (durable).
+    StopShare {
+        session: SessionToken,
+        group: String,
+        name: String,
+    },
+    /// The file's metadata and the online peers holding any of it.
+    Locate {
+        session: SessionToken,
+        group: String,
+        name: String,
+    },
+    /// A daemon's periodic heartbeat with everything it holds (soft state).
+    Announce {
+        session: SessionToken,
+        peer: PeerId,
+        addr: String,
+        holdings: Vec<Holding>,
+    },
+    /// Pieces a peer verified since its last announce.
+    ReportPieces {
+        session: SessionToken,
+        peer: PeerId,
+        file: FileId,
+        pieces: Vec<u32>,
+    },
+    /// The peer goes offline and stops being offered.
+    LeaveNetwork {
+        session: SessionToken,
+        peer: PeerId,
+    },
+    IssueTicket {
+        session: SessionToken,
+        group: String,
+    },
+    VerifyTicket {
+        ticket: Ticket,
+    },
+}
+
+impl TrackerRequest {
+    /// Whether sending it twice does no harm, so a client may retry it on
+    /// another tracker after a connection broke mid-call.
+    pub fn is_idempotent(&self) -> bool {
+        !matches!(
+            self,
+            TrackerRequest::CreateUser { .. }
+                | TrackerRequest::CreateGroup { .. }
+                | TrackerRequest::JoinGroup { .. }
+                | TrackerRequest::LeaveGroup { .. }
+                | TrackerRequest::AcceptRequest { .. }
+                | TrackerRequest::RejectRequest { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub name: String,
+    pub owner: String,
+    pub members: u32,
+    /// The caller owns it.
+    pub is_owner: bool,
+    /// The caller is a member (owners are members).
+    pub is_member: bool,
+    /// The caller asked to join and awaits a decision.
+    pub pending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub group: String,
+    pub name: String,
+    pub size: u64,
+    pub id: FileId,
+    /// Online peers holding at least one piece.
+    pub peers_online: u32,
+    /// Users who share it (durable holders).
+    pub holders: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLocation {
+    pub peer: PeerId,
+    pub user: String,
+    pub addr: String,
+    pub have: Bitfield,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrackerReply {
+    Done,
+    Session {
+        token: SessionToken,
+        user: String,
+        expires_unix_ms: u64,
+    },
+    Groups(Vec<GroupInfo>),
+    Requests(Vec<String>),
+    Files(Vec<FileEntry>),
+    Location {
+        meta: FileMeta,
+        peers: Vec<PeerLocation>,
+    },
+    Ticket(Ticket),
+    TicketValid {
+        user: String,
+        group: String,
+    },
+    /// Announce answer: seconds until the next announce is due.
+    Announced {
+        interval_secs: u32,
+    },
+}
+
+pub type TrackerResult = Result<TrackerReply, ErrorCode>;
