@@ -1,0 +1,109 @@
+//! The command line. Doc comments on the variants are the help text.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "fsd", version, about = "FileShare: a peer-to-peer swarm you use as a directory")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Where the session, the piece store and the control socket live
+    /// [default: ~/.local/share/fileshare]
+    #[arg(long, env = "FILESHARE_HOME", global = true)]
+    pub home: Option<PathBuf>,
+    /// The trackers file, one host:port per line [default: HOME/trackers.txt]
+    #[arg(long, env = "FILESHARE_TRACKERS", global = true)]
+    pub trackers: Option<PathBuf>,
+    /// Read the password from the first line of standard input
+    #[arg(long, global = true)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MountArgs {
+    /// Where to mount the swarm (created if missing)
+    #[arg(default_value = "/mnt/fileshare")]
+    pub mountpoint: PathBuf,
+    /// Address the peer server listens on
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub listen: String,
+    /// Detach once the mount is up
+    #[arg(long)]
+    pub daemon: bool,
+    /// Seconds a read waits for a piece no peer can serve before EIO
+    #[arg(long, default_value_t = 60)]
+    pub read_timeout: u64,
+    /// Cap on upload rate over all peers, e.g. 8M (bytes per second)
+    #[arg(long, value_parser = crate::rate::parse_rate)]
+    pub max_upload_rate: Option<u64>,
+    /// Cap on download rate over all peers, e.g. 8M (bytes per second)
+    #[arg(long, value_parser = crate::rate::parse_rate)]
+    pub max_download_rate: Option<u64>,
+    /// Testing only: corrupt every piece this daemon serves
+    #[arg(long, hide = true)]
+    pub corrupt_uploads: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Create an account
+    #[command(alias = "create_user")]
+    CreateUser { user: String },
+    /// Log in and store the session in the home directory
+    Login { user: String },
+    /// Stop sharing everything, unmount and end the session
+    Logout,
+    /// Mount the swarm and serve peers until unmounted
+    Mount(MountArgs),
+    /// Create a group that you own
+    #[command(alias = "create_group")]
+    CreateGroup { group: String },
+    /// List every group in the network
+    #[command(alias = "list_groups")]
+    ListGroups,
+    /// Ask to join a group
+    #[command(alias = "join_group")]
+    JoinGroup { group: String },
+    /// Leave a group
+    #[command(alias = "leave_group")]
+    LeaveGroup { group: String },
+    /// List pending requests to join a group you own
+    #[command(alias = "list_requests")]
+    ListRequests { group: String },
+    /// Accept a request to join a group you own
+    #[command(alias = "accept_request")]
+    AcceptRequest { group: String, user: String },
+    /// Reject a request to join a group you own
+    #[command(alias = "reject_request")]
+    RejectRequest { group: String, user: String },
+    /// List the files shared in a group
+    #[command(alias = "list_files")]
+    ListFiles { group: String },
+    /// Find files by name in every group you belong to
+    Search { pattern: String },
+    /// Share a file in place (no copy), through the running daemon
+    #[command(alias = "upload_file")]
+    UploadFile { path: PathBuf, group: String },
+    /// Download a file through the running daemon
+    #[command(alias = "download_file")]
+    DownloadFile {
+        group: String,
+        name: String,
+        dest: PathBuf,
+    },
+    /// Show downloads in progress and complete
+    #[command(alias = "show_downloads")]
+    ShowDownloads,
+    /// Stop sharing a file
+    #[command(alias = "stop_share")]
+    StopShare { group: String, name: String },
+    /// An interactive prompt that takes the classic command lines
+    Shell,
+}

@@ -1,0 +1,3 @@
+//! Piece state and the choice of what to fetch next.
+
+pub mod picker;

@@ -1,0 +1,1 @@
+//! Which piece to request from which peer: a pure function (see below).

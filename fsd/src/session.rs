@@ -1,0 +1,200 @@
+//! The home directory: the saved session, this daemon's peer id and where
+//! everything else in it lives. Files holding secrets are owner-only.
+
+use crate::cli::Global;
+use anyhow::{bail, Context};
+use fileshare_protocol::client::TrackerClient;
+use fileshare_protocol::ids::{hex, unhex};
+use fileshare_protocol::messages::SessionToken;
+use fileshare_protocol::{trackers_file, PeerId};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long one tracker has to answer before the client tries the next.
+pub const TRACKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A logged-in user, as saved by `fsd login`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user: String,
+    pub token: SessionToken,
+    pub expires_unix_ms: u64,
+}
+
+/// Paths inside the home directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+    trackers: PathBuf,
+}
+
+impl Home {
+    /// The home named by `--home`, `FILESHARE_HOME` or the default, created
+    /// owner-only if missing.
+    pub fn resolve(global: &Global) -> anyhow::Result<Home> {
+        let dir = match &global.home {
+            Some(d) => d.clone(),
+            None => {
+                let base = std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .context("HOME is not set; pass --home DIR")?;
+                base.join(".local/share/fileshare")
+            }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create home directory {}", dir.display()))?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve home directory {}", dir.display()))?;
+        let trackers = global
+            .trackers
+            .clone()
+            .unwrap_or_else(|| dir.join("trackers.txt"));
+        Ok(Home { dir, trackers })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn trackers_file(&self) -> &Path {
+        &self.trackers
+    }
+
+    pub fn session_path(&self) -> PathBuf {
+        self.dir.join("session")
+    }
+
+    /// Where verified pieces and file metadata are kept.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+
+    /// The running daemon's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// The daemon's log when it runs detached.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("fsd.log")
+    }
+
+    /// A client for the trackers of the trackers file.
+    pub fn tracker_client(&self) -> anyhow::Result<TrackerClient> {
+        let addrs = trackers_file::load(&self.trackers)?;
+        Ok(TrackerClient::new(addrs, TRACKER_TIMEOUT))
+    }
+
+    pub fn load_session(&self) -> anyhow::Result<Option<Session>> {
+        let path = self.session_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let mut lines = text.lines();
+        let (Some(user), Some(token), Some(expires)) = (lines.next(), lines.next(), lines.next())
+        else {
+            bail!("session file {} is damaged; run `fsd login USER`", path.display());
+        };
+        let token = unhex(token)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .with_context(|| format!("session file {} is damaged", path.display()))?;
+        let expires_unix_ms = expires
+            .parse()
+            .with_context(|| format!("session file {} is damaged", path.display()))?;
+        Ok(Some(Session {
+            user: user.to_string(),
+            token: SessionToken(token),
+            expires_unix_ms,
+        }))
+    }
+
+    /// The saved session, or an error telling the user to log in.
+    pub fn session(&self) -> anyhow::Result<Session> {
+        match self.load_session()? {
+            Some(s) => Ok(s),
+            None => bail!("not logged in; run `fsd login USER` first"),
+        }
+    }
+
+    pub fn save_session(&self, s: &Session) -> anyhow::Result<()> {
+        let text = format!("{}\n{}\n{}\n", s.user, hex(&s.token.0), s.expires_unix_ms);
+        write_private(&self.session_path(), text.as_bytes())
+    }
+
+    pub fn clear_session(&self) -> anyhow::Result<()> {
+        match std::fs::remove_file(self.session_path()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).context("cannot remove the session file"),
+        }
+    }
+
+    /// This home's peer id, made at first use.
+    pub fn peer_id(&self) -> anyhow::Result<PeerId> {
+        let path = self.dir.join("peer_id");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Some(id) = unhex(text.trim()).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
+                return Ok(PeerId(id));
+            }
+        }
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        write_private(&path, hex(&id).as_bytes())?;
+        Ok(PeerId(id))
+    }
+}
+
+/// Writes `data` to `path` atomically, readable by the owner only.
+pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn session_round_trip_is_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let global = Global {
+            home: Some(dir.path().join("h")),
+            trackers: None,
+            password_stdin: false,
+        };
+        let home = Home::resolve(&global).unwrap();
+        assert!(home.load_session().unwrap().is_none());
+        let s = Session {
+            user: "alice".into(),
+            token: SessionToken([7; 32]),
+            expires_unix_ms: 42,
+        };
+        home.save_session(&s).unwrap();
+        assert_eq!(home.load_session().unwrap(), Some(s));
+        let mode = std::fs::metadata(home.session_path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(home.peer_id().unwrap(), home.peer_id().unwrap());
+        home.clear_session().unwrap();
+        assert!(home.session().is_err());
+    }
+}

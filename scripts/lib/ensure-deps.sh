@@ -1,0 +1,19 @@
+# Sourced by the scripts: installs what a fresh Debian machine lacks and
+# fails loudly where FUSE cannot work.
+need_apt=()
+command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+command -v getfattr >/dev/null 2>&1 || need_apt+=(attr)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: ${need_apt[*]} missing and not root; install them with apt-get" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ ! -c /dev/fuse ]; then
+  echo "error: /dev/fuse is missing: FUSE cannot work on this machine" >&2
+  exit 1
+fi
+command -v cargo >/dev/null 2>&1 || { echo "error: cargo not found; install the Rust toolchain" >&2; exit 1; }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, lints, unit tests and the end-to-end tests
+# that start real trackers and daemons and mount real FUSE filesystems.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/ensure-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== build binaries"
+cargo build --workspace --bins --quiet
+echo "== tests"
+cargo test --workspace --quiet -- --test-threads="${FILESHARE_TEST_THREADS:-2}"
