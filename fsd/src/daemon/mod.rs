@@ -1,10 +1,189 @@
-//! The daemon behind `fsd mount`.
+//! The daemon behind `fsd mount`: a FUSE filesystem over the swarm, a peer
+//! server, the download engine, the piece store and the tracker link.
+//!
+//! # Layout
+//! - [`fs`]: the FUSE layer (fuser); [`nodes`]: its inode table.
+//! - [`engine`]: reads, shares and unshares; peer discovery; announces.
+//! - [`swarm`]: one file's piece state, the single owner of it.
+//! - [`peer_link`]: fetching from one peer; [`peer_server`]: serving peers.
+//! - [`store`]: pieces on disk; [`throttle`]: rate limits.
+//! - [`tracker_link`]: cached listings, tickets, announces.
+
+pub mod engine;
+pub mod fs;
+pub mod nodes;
+pub mod peer_link;
+pub mod peer_server;
+pub mod store;
+pub mod swarm;
+pub mod throttle;
+pub mod tracker_link;
 
 use crate::cli::MountArgs;
 use crate::session::Home;
+use anyhow::{bail, Context};
+use engine::Engine;
+use peer_link::LinkCtx;
+use peer_server::{Registry, ServeCtx};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use store::Store;
+use throttle::Throttle;
+use tokio_util::sync::CancellationToken;
+use tracker_link::{now_ms, TrackerLink};
 
-/// Mounts the swarm and serves until unmounted.
+/// Mounts the swarm and serves until unmounted, Ctrl-C or SIGTERM.
 pub fn run(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
-    let _ = (home, args);
-    anyhow::bail!("not implemented yet")
+    let session = home.session()?;
+    if session.expires_unix_ms <= now_ms() {
+        bail!("the session has expired; run `fsd login {}`", session.user);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fsd")
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(serve(home, args, session))
+}
+
+/// Unmounts a mount point left dead by a daemon that crashed.
+fn clean_dead_mount(mountpoint: &Path) {
+    if let Err(e) = std::fs::metadata(mountpoint) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            tracing::warn!(mountpoint = %mountpoint.display(), "cleaning up a dead mount");
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(mountpoint)
+                .status();
+        }
+    }
+}
+
+/// The address other peers reach us at: the listening port on the local
+/// address that routes to the first tracker.
+fn public_addr(bound: SocketAddr, tracker: &str) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let ip = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect(tracker).map(|()| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    SocketAddr::new(ip, bound.port()).to_string()
+}
+
+async fn serve(
+    home: &Home,
+    args: &MountArgs,
+    session: crate::session::Session,
+) -> anyhow::Result<()> {
+    let mountpoint = &args.mountpoint;
+    clean_dead_mount(mountpoint);
+    std::fs::create_dir_all(mountpoint)
+        .with_context(|| format!("cannot create mount point {}", mountpoint.display()))?;
+    let client = home.tracker_client()?;
+    let first_tracker = client.addrs().first().cloned().unwrap_or_default();
+    let my_id = home.peer_id()?;
+    let tracker = Arc::new(TrackerLink::new(
+        client,
+        session.token,
+        session.user.clone(),
+        my_id,
+    ));
+
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = public_addr(listener.local_addr()?, &first_tracker);
+
+    let shutdown = CancellationToken::new();
+    let registry = Arc::new(Registry::default());
+    let store = Store::open(&home.store_dir()).context("cannot open the piece store")?;
+    let burst = fileshare_protocol::PIECE_LEN;
+    let engine = Arc::new(Engine {
+        store,
+        tracker: tracker.clone(),
+        registry: registry.clone(),
+        link_ctx: Arc::new(LinkCtx {
+            my_id,
+            tracker: tracker.clone(),
+            download: args.max_download_rate.map(|r| Throttle::new(r, burst)),
+        }),
+        read_timeout: Duration::from_secs(args.read_timeout.max(1)),
+        shutdown: shutdown.clone(),
+        announce_now: tokio::sync::Notify::new(),
+    });
+    let resumed = engine.load_store();
+
+    let serve_ctx = Arc::new(ServeCtx {
+        my_id,
+        tracker: tracker.clone(),
+        registry,
+        upload: args.max_upload_rate.map(|r| Throttle::new(r, burst)),
+        corrupt: args.corrupt_uploads,
+        uploaded: AtomicU64::new(0),
+    });
+    let server = tokio::spawn(peer_server::run(listener, serve_ctx, shutdown.clone()));
+    let announcer = tokio::spawn(engine.clone().announce_loop(addr.clone()));
+
+    let fs = fs::FileShareFs::new(engine.clone(), tokio::runtime::Handle::current());
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("fileshare".into()),
+        fuser::MountOption::Subtype("fileshare".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoAtime,
+    ];
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // The kernel unmounts for us if the daemon dies, so a crash never
+        // leaves a dead mount behind.
+        config.mount_options.push(fuser::MountOption::AutoUnmount);
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(2);
+    let session = fuser::spawn_mount(fs, mountpoint, &config)
+        .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+    tracing::info!(
+        mountpoint = %mountpoint.display(),
+        peer = %addr,
+        user = %session_user(&tracker),
+        resumed,
+        "mounted"
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; unmounting"); break; }
+            _ = term.recv() => { tracing::info!("terminated; unmounting"); break; }
+            _ = poll.tick() => {
+                if session.guard.is_finished() {
+                    tracing::info!("unmounted");
+                    break;
+                }
+            }
+        }
+    }
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.leave()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        if !session.guard.is_finished() {
+            let _ = session.umount_and_join();
+        }
+    })
+    .await;
+    let _ = tokio::join!(server, announcer);
+    Ok(())
+}
+
+fn session_user(t: &TrackerLink) -> &str {
+    &t.user
 }

@@ -1,0 +1,214 @@
+//! The fetching side of one peer connection for one file: authenticate with
+//! a ticket, learn the peer's pieces, then keep its request slots full from
+//! the swarm's queue, verifying every piece before it is stored or offered.
+//!
+//! The wire loop never decides anything: it reports what arrived to the
+//! swarm, whose scheduling step chooses the next requests.
+
+use super::swarm::{LinkKey, Swarm, Verdict};
+use super::throttle::Throttle;
+use super::tracker_link::TrackerLink;
+use fileshare_protocol::connection::TcpConnection;
+use fileshare_protocol::ids::PieceHash;
+use fileshare_protocol::messages::tracker::PeerLocation;
+use fileshare_protocol::messages::{PeerReply, PeerRequest, Reply, Request, Role};
+use fileshare_protocol::{PeerId, ProtocolError};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long to wait for a peer to connect or answer.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a connected peer is asked for its bitfield while we need
+/// pieces: a reader that is still fetching becomes a source within this.
+pub const BITFIELD_POLL: Duration = Duration::from_millis(500);
+
+/// What every link of this daemon shares.
+pub struct LinkCtx {
+    pub my_id: PeerId,
+    pub tracker: Arc<TrackerLink>,
+    pub download: Option<Throttle>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkFailure {
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("peer refused: {0}")]
+    Refused(String),
+    #[error("peer sent an unexpected reply")]
+    Unexpected,
+    #[error("peer sent {0} bad pieces")]
+    BadPieces(u32),
+    #[error("cannot get a ticket: {0}")]
+    Ticket(String),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// Runs one link until the peer goes away, misbehaves or the swarm ends.
+pub async fn run(swarm: Arc<Swarm>, ctx: Arc<LinkCtx>, remote: PeerLocation) {
+    let addr = remote.addr.clone();
+    let cancel = swarm.cancel.clone();
+    tokio::select! {
+        r = link(&swarm, &ctx, remote) => {
+            if let Err(e) = r {
+                tracing::debug!(file = %swarm.file.meta.name, peer = %addr, "link ended: {e:#}");
+            }
+        }
+        () = cancel.cancelled() => {}
+    }
+}
+
+/// Releases the link's requests however it ends.
+struct Registered<'a> {
+    swarm: &'a Swarm,
+    key: LinkKey,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.swarm.release_link(self.key);
+    }
+}
+
+async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result<(), LinkFailure> {
+    let file = swarm.file.clone();
+    let ticket = ctx
+        .tracker
+        .ticket(&file.group)
+        .await
+        .map_err(|e| LinkFailure::Ticket(e.to_string()))?;
+    let (conn, role) =
+        TcpConnection::connect(&remote.addr, Role::Peer { id: ctx.my_id }, PEER_TIMEOUT).await?;
+    if role != (Role::Peer { id: remote.peer }) {
+        return Err(LinkFailure::Refused(
+            "peer identity does not match the tracker's".into(),
+        ));
+    }
+    let (mut reader, mut writer) = conn.into_split();
+    writer
+        .write_frame(&Request {
+            id: 0,
+            body: PeerRequest::Authenticate { ticket },
+        })
+        .await?;
+    match read_reply(&mut reader).await?.body {
+        PeerReply::Authenticated => {}
+        PeerReply::Error(e) => return Err(LinkFailure::Refused(e.to_string())),
+        _ => return Err(LinkFailure::Unexpected),
+    }
+    writer
+        .write_frame(&Request {
+            id: 1,
+            body: PeerRequest::Bitfield { file: file.id },
+        })
+        .await?;
+    let have = match read_reply(&mut reader).await?.body {
+        PeerReply::Bitfield(b) if b.is_valid_for(file.layout.num_pieces()) => b,
+        PeerReply::Error(e) => return Err(LinkFailure::Refused(e.to_string())),
+        _ => return Err(LinkFailure::Unexpected),
+    };
+    let Some((key, mut queue)) = swarm.add_link(remote.peer, remote.addr.clone(), have) else {
+        return Ok(());
+    };
+    let _registered = Registered { swarm, key };
+
+    /// What each outstanding request id asked for.
+    #[derive(Clone, Copy)]
+    enum Asked {
+        Piece(u32),
+        Bitfield,
+    }
+    let asked: Mutex<HashMap<u64, Asked>> = Mutex::new(HashMap::new());
+
+    let send = async {
+        let mut next_id = 2u64;
+        let mut poll = tokio::time::interval(BITFIELD_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let (what, body) = tokio::select! {
+                piece = queue.recv() => {
+                    let Some(piece) = piece else { return Ok::<(), LinkFailure>(()) };
+                    if let Some(t) = &ctx.download {
+                        let len = file.layout.validate(piece).map(|p| file.layout.piece_size(p)).unwrap_or(0);
+                        t.take(len).await;
+                    }
+                    (Asked::Piece(piece), PeerRequest::Piece { file: file.id, index: piece })
+                }
+                _ = poll.tick() => {
+                    if swarm.is_complete() || !swarm.needs_pieces() {
+                        continue;
+                    }
+                    (Asked::Bitfield, PeerRequest::Bitfield { file: file.id })
+                }
+            };
+            let id = next_id;
+            next_id += 1;
+            asked.lock().insert(id, what);
+            writer.write_frame(&Request { id, body }).await?;
+        }
+    };
+
+    let receive = async {
+        loop {
+            let reply = read_reply(&mut reader).await?;
+            let Some(what) = asked.lock().remove(&reply.id) else {
+                return Err(LinkFailure::Unexpected);
+            };
+            match (what, reply.body) {
+                (Asked::Bitfield, PeerReply::Bitfield(b))
+                    if b.is_valid_for(file.layout.num_pieces()) =>
+                {
+                    swarm.update_have(key, b);
+                }
+                (Asked::Piece(index), PeerReply::Piece { data }) => {
+                    let Some(piece) = file.layout.validate(index) else {
+                        return Err(LinkFailure::Unexpected);
+                    };
+                    if !swarm.still_needed(index) {
+                        continue;
+                    }
+                    let ok = data.len() as u64 == file.layout.piece_size(piece)
+                        && PieceHash::of(&data) == file.meta.hashes[piece.usize()];
+                    if ok {
+                        file.write_piece(piece, &data)
+                            .map_err(|e| LinkFailure::Store(e.to_string()))?;
+                        swarm.mark_hash_ok(key, index, data.len() as u64);
+                        ctx.tracker.report_piece(file.id, index);
+                    } else if swarm.mark_hash_failed(key, index) == Verdict::DropPeer {
+                        return Err(LinkFailure::BadPieces(super::swarm::MAX_FAILURES));
+                    }
+                }
+                (Asked::Piece(index), PeerReply::Error(_)) => {
+                    swarm.piece_unavailable(key, index);
+                }
+                (_, PeerReply::Error(e)) => return Err(LinkFailure::Refused(e.to_string())),
+                _ => return Err(LinkFailure::Unexpected),
+            }
+        }
+    };
+
+    tokio::select! {
+        r = send => r,
+        r = receive => r,
+    }
+}
+
+async fn read_reply<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut fileshare_protocol::connection::FrameReader<R>,
+) -> Result<Reply<PeerReply>, LinkFailure> {
+    match tokio::time::timeout(PEER_TIMEOUT * 3, reader.read_frame::<Reply<PeerReply>>()).await {
+        Ok(Ok(Some(r))) => Ok(r),
+        Ok(Ok(None)) => Err(LinkFailure::Closed),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(LinkFailure::Protocol(ProtocolError::Timeout {
+            what: "peer reply",
+            ms: fileshare_protocol::millis(PEER_TIMEOUT * 3),
+        })),
+    }
+}

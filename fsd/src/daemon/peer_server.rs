@@ -1,0 +1,175 @@
+//! The serving side: other members fetch verified pieces from here.
+//!
+//! A connection is worth nothing until it presents a ticket that a tracker
+//! confirms; each ticket opens the files of one group. Only pieces whose
+//! hash this daemon verified are ever sent.
+
+use super::swarm::Swarm;
+use super::throttle::Throttle;
+use super::tracker_link::TrackerLink;
+use fileshare_protocol::connection::TcpConnection;
+use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
+use fileshare_protocol::{FileId, PeerId};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Connections served at once; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 512;
+
+/// The files this daemon can serve, by id.
+#[derive(Default)]
+pub struct Registry {
+    swarms: Mutex<HashMap<FileId, Arc<Swarm>>>,
+}
+
+impl Registry {
+    pub fn get(&self, id: &FileId) -> Option<Arc<Swarm>> {
+        self.swarms.lock().get(id).cloned()
+    }
+
+    pub fn insert(&self, swarm: Arc<Swarm>) {
+        self.swarms.lock().insert(swarm.file.id, swarm);
+    }
+
+    pub fn remove(&self, id: &FileId) -> Option<Arc<Swarm>> {
+        self.swarms.lock().remove(id)
+    }
+
+    pub fn all(&self) -> Vec<Arc<Swarm>> {
+        self.swarms.lock().values().cloned().collect()
+    }
+}
+
+pub struct ServeCtx {
+    pub my_id: PeerId,
+    pub tracker: Arc<TrackerLink>,
+    pub registry: Arc<Registry>,
+    pub upload: Option<Throttle>,
+    /// Testing only: flip a byte of every piece sent.
+    pub corrupt: bool,
+    pub uploaded: AtomicU64,
+}
+
+pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p,
+            () = shutdown.cancelled() => return,
+        };
+        let Ok(permit) = permit else {
+            return;
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, from)) => {
+                let ctx = ctx.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        r = serve(stream, &ctx) => {
+                            if let Err(e) = r {
+                                tracing::debug!(peer = %from, "peer connection ended: {e:#}");
+                            }
+                        }
+                        () = shutdown.cancelled() => {}
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    ctx: &ServeCtx,
+) -> Result<(), fileshare_protocol::ProtocolError> {
+    let mut conn = TcpConnection::tcp(stream);
+    match conn.handshake(Role::Peer { id: ctx.my_id }).await? {
+        Role::Peer { .. } => {}
+        other => {
+            return Err(fileshare_protocol::ProtocolError::Handshake(format!(
+                "expected a peer, got {other:?}"
+            )))
+        }
+    }
+    let mut groups: Vec<String> = Vec::new();
+    while let Some(req) = conn.read_frame::<Request<PeerRequest>>().await? {
+        let body = match req.body {
+            PeerRequest::Authenticate { ticket } => {
+                match ctx.tracker.verify_ticket(&ticket).await {
+                    Ok(group) => {
+                        if !groups.contains(&group) {
+                            groups.push(group);
+                        }
+                        PeerReply::Authenticated
+                    }
+                    Err(e) => PeerReply::Error(PeerError::TicketRefused(e.to_string())),
+                }
+            }
+            PeerRequest::Bitfield { file } => match allowed(ctx, &groups, &file) {
+                Ok(swarm) => PeerReply::Bitfield(swarm.have()),
+                Err(e) => PeerReply::Error(e),
+            },
+            PeerRequest::Piece { file, index } => match allowed(ctx, &groups, &file) {
+                Ok(swarm) => piece(ctx, swarm, index).await,
+                Err(e) => PeerReply::Error(e),
+            },
+        };
+        conn.write_frame(&Reply { id: req.id, body }).await?;
+    }
+    Ok(())
+}
+
+fn allowed(ctx: &ServeCtx, groups: &[String], file: &FileId) -> Result<Arc<Swarm>, PeerError> {
+    if groups.is_empty() {
+        return Err(PeerError::NotAuthenticated);
+    }
+    let swarm = ctx.registry.get(file).ok_or(PeerError::NoSuchFile)?;
+    if !groups.contains(&swarm.file.group) {
+        return Err(PeerError::NotMember);
+    }
+    Ok(swarm)
+}
+
+async fn piece(ctx: &ServeCtx, swarm: Arc<Swarm>, index: u32) -> PeerReply {
+    let Some(p) = swarm.file.layout.validate(index) else {
+        return PeerReply::Error(PeerError::NotAvailable);
+    };
+    if !swarm.has(p) {
+        return PeerReply::Error(PeerError::NotAvailable);
+    }
+    let file = swarm.file.clone();
+    let data = match tokio::task::spawn_blocking(move || file.read_piece(p)).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
+            tracing::warn!(file = %swarm.file.meta.name, "cannot serve piece {index}: {e:#}");
+            return PeerReply::Error(PeerError::Internal);
+        }
+        Err(_) => return PeerReply::Error(PeerError::Internal),
+    };
+    if let Some(t) = &ctx.upload {
+        t.take(data.len() as u64).await;
+    }
+    let mut data = data;
+    if ctx.corrupt {
+        if let Some(b) = data.first_mut() {
+            *b ^= 0xff;
+        }
+    }
+    ctx.uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
+    PeerReply::Piece { data }
+}

@@ -1,0 +1,389 @@
+//! One file's piece state and the peers it is fetched from: the single owner
+//! of which pieces are verified, wanted, in flight and awaited.
+//!
+//! Every transition runs under the one lock and ends with [`Swarm::kick`]'s
+//! scheduling step, which asks the pure picker for requests and hands them
+//! to the peer links' queues (never blocking). See `pieces/STATE.md`.
+
+use super::store::StoredFile;
+use crate::pieces::picker::{self, PeerView, PickInput};
+use fileshare_protocol::{Bitfield, PeerId, PieceIndex};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// A peer link's handle inside the swarm.
+pub type LinkKey = u64;
+
+/// Requests in flight to one peer at most: 8 x 512 KiB keeps a loopback or
+/// LAN link busy without hoarding pieces on a slow peer.
+pub const SLOTS_PER_PEER: u32 = 8;
+
+/// Bad pieces a peer may send before it is dropped for this file.
+pub const MAX_FAILURES: u32 = 3;
+
+/// Pieces past the read position fetched ahead of a sequential reader.
+pub const READ_AHEAD_PIECES: u32 = 64;
+
+struct Link {
+    key: LinkKey,
+    peer: PeerId,
+    addr: String,
+    have: Bitfield,
+    in_flight: Vec<u32>,
+    tx: mpsc::UnboundedSender<u32>,
+    /// Bytes per second, smoothed.
+    rate: f64,
+    last_piece: Option<Instant>,
+}
+
+/// What this daemon fetched from one peer address, kept after the link
+/// ends so users can read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    pub bytes: u64,
+    pub pieces: u64,
+    pub failures: u32,
+}
+
+struct PieceState {
+    /// Invariant: a bit is set only after the piece's SHA-256 matched and
+    /// its bytes are in the store.
+    have: Bitfield,
+    /// Pieces to fetch even with no reader waiting (read-ahead, downloads).
+    wanted: Bitfield,
+    /// Readers blocked on a piece. Invariant: no key is in `have`.
+    waiters: BTreeMap<u32, Vec<oneshot::Sender<()>>>,
+    links: Vec<Link>,
+    next_key: LinkKey,
+    counters: HashMap<String, PeerCounters>,
+    /// Peers dropped after sending bad pieces; never linked again.
+    banned: Vec<PeerId>,
+}
+
+/// Outcome of a received piece that failed verification.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    KeepPeer,
+    DropPeer,
+}
+
+pub struct Swarm {
+    pub file: Arc<StoredFile>,
+    state: Mutex<PieceState>,
+    seed: u64,
+    /// Ends the swarm's discovery and link tasks.
+    pub cancel: CancellationToken,
+    /// Wakes the discovery task when a reader needs pieces.
+    pub discover: tokio::sync::Notify,
+    /// Set once a discovery task runs for this swarm.
+    pub discovering: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Swarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Swarm({:?})", self.file)
+    }
+}
+
+impl Swarm {
+    pub fn new(
+        file: Arc<StoredFile>,
+        have: Bitfield,
+        seed: u64,
+        cancel: CancellationToken,
+    ) -> Self {
+        let n = file.layout.num_pieces();
+        Swarm {
+            file,
+            state: Mutex::new(PieceState {
+                have,
+                wanted: Bitfield::new(n),
+                waiters: BTreeMap::new(),
+                links: Vec::new(),
+                next_key: 1,
+                counters: HashMap::new(),
+                banned: Vec::new(),
+            }),
+            seed,
+            cancel,
+            discover: tokio::sync::Notify::new(),
+            discovering: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn have(&self) -> Bitfield {
+        self.state.lock().have.clone()
+    }
+
+    pub fn has(&self, piece: PieceIndex) -> bool {
+        self.state.lock().have.get(piece.get())
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.state.lock().have.is_full()
+    }
+
+    /// Whether every piece of the byte range is verified.
+    pub fn has_range(&self, offset: u64, len: u64) -> bool {
+        let st = self.state.lock();
+        self.file
+            .layout
+            .pieces_for_range(offset, len)
+            .all(|p| st.have.get(p.get()))
+    }
+
+    /// Whether some wanted or awaited piece is still missing.
+    pub fn needs_pieces(&self) -> bool {
+        let st = self.state.lock();
+        !st.waiters.is_empty() || st.wanted.ones().any(|i| !st.have.get(i))
+    }
+
+    pub fn is_linked(&self, peer: &PeerId) -> bool {
+        let st = self.state.lock();
+        st.links.iter().any(|l| l.peer == *peer) || st.banned.contains(peer)
+    }
+
+    pub fn counters(&self) -> Vec<(String, PeerCounters)> {
+        let st = self.state.lock();
+        let mut v: Vec<_> = st
+            .counters
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn links(&self) -> usize {
+        self.state.lock().links.len()
+    }
+
+    /// Registers waiters for the missing pieces of a read and marks the
+    /// read-ahead window wanted. Returns what to await; empty when every
+    /// piece is already here.
+    pub fn acquire_range(
+        &self,
+        offset: u64,
+        len: u64,
+        read_ahead: u32,
+    ) -> Vec<(u32, oneshot::Receiver<()>)> {
+        let layout = self.file.layout;
+        let mut st = self.state.lock();
+        let mut out = Vec::new();
+        let mut last = None;
+        for p in layout.pieces_for_range(offset, len) {
+            last = Some(p.get());
+            if !st.have.get(p.get()) {
+                let (tx, rx) = oneshot::channel();
+                st.waiters.entry(p.get()).or_default().push(tx);
+                out.push((p.get(), rx));
+            }
+        }
+        if let Some(last) = last {
+            let end = last
+                .saturating_add(read_ahead)
+                .min(layout.num_pieces().saturating_sub(1));
+            for i in last + 1..=end {
+                st.wanted.set(i);
+            }
+        }
+        if !out.is_empty() || read_ahead > 0 {
+            self.schedule(&mut st);
+        }
+        out
+    }
+
+    /// Wants every piece (a whole-file download or a finished read).
+    pub fn want_all(&self) {
+        let mut st = self.state.lock();
+        st.wanted = Bitfield::full(self.file.layout.num_pieces());
+        self.schedule(&mut st);
+    }
+
+    /// Adds a connected peer with its bitfield; returns its key and the queue
+    /// of pieces to request from it, or `None` if the peer is banned.
+    pub fn add_link(
+        &self,
+        peer: PeerId,
+        addr: String,
+        have: Bitfield,
+    ) -> Option<(LinkKey, mpsc::UnboundedReceiver<u32>)> {
+        let mut st = self.state.lock();
+        if st.banned.contains(&peer) || st.links.iter().any(|l| l.peer == peer) {
+            return None;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let key = st.next_key;
+        st.next_key += 1;
+        tracing::info!(file = %self.file.meta.name, peer = %addr, pieces = have.count(), "peer joined");
+        st.links.push(Link {
+            key,
+            peer,
+            addr,
+            have,
+            in_flight: Vec::new(),
+            tx,
+            rate: 0.0,
+            last_piece: None,
+        });
+        self.schedule(&mut st);
+        Some((key, rx))
+    }
+
+    /// A fresher bitfield from a peer.
+    pub fn update_have(&self, key: LinkKey, have: Bitfield) {
+        let mut st = self.state.lock();
+        if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
+            if l.have != have {
+                l.have = have;
+                self.schedule(&mut st);
+            }
+        }
+    }
+
+    /// Release: the link is gone; its requests go back to the pool.
+    pub fn release_link(&self, key: LinkKey) {
+        let mut st = self.state.lock();
+        if let Some(pos) = st.links.iter().position(|l| l.key == key) {
+            let l = st.links.remove(pos);
+            tracing::info!(file = %self.file.meta.name, peer = %l.addr, "peer left");
+            self.schedule(&mut st);
+        }
+    }
+
+    /// The peer no longer has `piece` (or refused it): ask elsewhere.
+    pub fn piece_unavailable(&self, key: LinkKey, piece: u32) {
+        let mut st = self.state.lock();
+        if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
+            l.in_flight.retain(|&p| p != piece);
+            l.have.clear(piece);
+        }
+        self.schedule(&mut st);
+    }
+
+    /// Whether `piece` is still worth receiving (not already verified).
+    pub fn still_needed(&self, piece: u32) -> bool {
+        !self.state.lock().have.get(piece)
+    }
+
+    /// Hash ok: the piece is in the store. Wakes its readers and frees every
+    /// link's request for it (end-game duplicates included).
+    pub fn mark_hash_ok(&self, key: LinkKey, piece: u32, bytes: u64) {
+        let mut st = self.state.lock();
+        if st.have.get(piece) {
+            return;
+        }
+        st.have.set(piece);
+        let now = Instant::now();
+        let mut addr = None;
+        for l in st.links.iter_mut() {
+            l.in_flight.retain(|&p| p != piece);
+            if l.key == key {
+                if let Some(t) = l.last_piece {
+                    let dt = now.duration_since(t).as_secs_f64().max(1e-4);
+                    let inst = bytes as f64 / dt;
+                    l.rate = if l.rate == 0.0 {
+                        inst
+                    } else {
+                        0.8 * l.rate + 0.2 * inst
+                    };
+                }
+                l.last_piece = Some(now);
+                addr = Some(l.addr.clone());
+            }
+        }
+        if let Some(addr) = addr {
+            let c = st.counters.entry(addr).or_default();
+            c.bytes += bytes;
+            c.pieces += 1;
+        }
+        if let Some(waiters) = st.waiters.remove(&piece) {
+            for w in waiters {
+                let _ = w.send(());
+            }
+        }
+        self.schedule(&mut st);
+    }
+
+    /// Hash failed: the piece goes back to the pool; after
+    /// [`MAX_FAILURES`] the peer is banned from this file.
+    pub fn mark_hash_failed(&self, key: LinkKey, piece: u32) -> Verdict {
+        let mut st = self.state.lock();
+        let Some(pos) = st.links.iter().position(|l| l.key == key) else {
+            return Verdict::DropPeer;
+        };
+        st.links[pos].in_flight.retain(|&p| p != piece);
+        st.links[pos].have.clear(piece);
+        let addr = st.links[pos].addr.clone();
+        let peer = st.links[pos].peer;
+        let c = st.counters.entry(addr.clone()).or_default();
+        c.failures += 1;
+        let failures = c.failures;
+        tracing::warn!(file = %self.file.meta.name, peer = %addr, piece, failures, "piece failed verification");
+        let verdict = if failures >= MAX_FAILURES {
+            tracing::warn!(file = %self.file.meta.name, peer = %addr, "dropping peer after {failures} bad pieces");
+            st.banned.push(peer);
+            st.links.remove(pos);
+            Verdict::DropPeer
+        } else {
+            Verdict::KeepPeer
+        };
+        self.schedule(&mut st);
+        verdict
+    }
+
+    /// Missing pieces that readers are waiting for, for the timeout log.
+    pub fn awaited(&self) -> Vec<u32> {
+        self.state.lock().waiters.keys().copied().collect()
+    }
+
+    /// Drops the waiters whose readers gave up.
+    pub fn forget_closed_waiters(&self) {
+        let mut st = self.state.lock();
+        st.waiters.retain(|_, v| {
+            v.retain(|tx| !tx.is_closed());
+            !v.is_empty()
+        });
+    }
+
+    /// The scheduling step: asks the picker what to request and queues it.
+    fn schedule(&self, st: &mut PieceState) {
+        if st.links.is_empty() {
+            return;
+        }
+        let urgent: Vec<u32> = st.waiters.keys().copied().collect();
+        let views: Vec<PeerView> = st
+            .links
+            .iter()
+            .map(|l| PeerView {
+                have: &l.have,
+                free_slots: SLOTS_PER_PEER
+                    .saturating_sub(u32::try_from(l.in_flight.len()).unwrap_or(u32::MAX)),
+                in_flight: &l.in_flight,
+                rate: l.rate,
+            })
+            .collect();
+        let requests = picker::pick(&PickInput {
+            num_pieces: self.file.layout.num_pieces(),
+            have: &st.have,
+            wanted: &st.wanted,
+            urgent: &urgent,
+            peers: &views,
+            seed: self.seed,
+            max_duplicates: 2,
+        });
+        drop(views);
+        for r in requests {
+            let Some(link) = st.links.get_mut(r.peer) else {
+                continue;
+            };
+            if link.tx.send(r.piece).is_ok() {
+                link.in_flight.push(r.piece);
+            }
+        }
+    }
+}
