@@ -7,6 +7,9 @@
 //! - [`cli`]: the command line (clap).
 //! - [`session`]: the home directory, the saved session, the peer id.
 //! - [`account`]: commands that only talk to trackers.
+//! - [`control`]: the control socket's messages and client;
+//!   [`daemon_client`]: the commands served by the running daemon.
+//! - [`shell`]: `fsd shell`, the interactive prompt.
 //! - [`daemon`]: `fsd mount`: FUSE, piece store, engine, peer server.
 //! - [`pieces`]: piece state and the piece picker.
 //! - [`rate`]: byte-rate parsing.
@@ -14,7 +17,10 @@
 
 pub mod account;
 pub mod cli;
+pub mod control;
 pub mod daemon;
+pub mod daemon_client;
 pub mod pieces;
 pub mod rate;
 pub mod session;
+pub mod shell;

@@ -8,9 +8,16 @@
 //! - [`peer_link`]: fetching from one peer; [`peer_server`]: serving peers.
 //! - [`store`]: pieces on disk; [`throttle`]: rate limits.
 //! - [`tracker_link`]: cached listings, tickets, announces.
+//! - [`control_server`]: the control socket; [`downloads`]: whole-file
+//!   downloads; [`in_place`]: withdraws in-place shares that changed.
+//! - [`detach`]: `--daemon`'s fork and readiness pipe.
 
+pub mod control_server;
+pub mod detach;
+pub mod downloads;
 pub mod engine;
 pub mod fs;
+pub mod in_place;
 pub mod nodes;
 pub mod peer_link;
 pub mod peer_server;
@@ -35,18 +42,35 @@ use throttle::Throttle;
 use tokio_util::sync::CancellationToken;
 use tracker_link::{now_ms, TrackerLink};
 
-/// Mounts the swarm and serves until unmounted, Ctrl-C or SIGTERM.
+/// Mounts the swarm and serves until unmounted, Ctrl-C, SIGTERM or a
+/// control request; with `--daemon`, returns once the mount is up.
 pub fn run(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
     let session = home.session()?;
     if session.expires_unix_ms <= now_ms() {
         bail!("the session has expired; run `fsd login {}`", session.user);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut args = args.clone();
+    args.mountpoint = std::path::absolute(&args.mountpoint)
+        .with_context(|| format!("bad mount point {}", args.mountpoint.display()))?;
+    // The fork must come before the runtime starts any thread.
+    let ready = if args.daemon {
+        match detach::daemonize(&home.log_path(), &args.mountpoint)? {
+            detach::Side::Parent(outcome) => return outcome,
+            detach::Side::Child(ready) => Some(ready),
+        }
+    } else {
+        None
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fsd")
         .build()
-        .context("cannot start the runtime")?;
-    rt.block_on(serve(home, args, session))
+        .context("cannot start the runtime")
+        .and_then(|rt| rt.block_on(serve(home, &args, session, ready.as_ref())));
+    if let (Err(e), Some(ready)) = (&result, &ready) {
+        ready.failed(&format!("{e:#}"));
+    }
+    result
 }
 
 /// Unmounts a mount point left dead by a daemon that crashed.
@@ -81,8 +105,10 @@ async fn serve(
     home: &Home,
     args: &MountArgs,
     session: crate::session::Session,
+    ready: Option<&detach::Ready>,
 ) -> anyhow::Result<()> {
     let mountpoint = &args.mountpoint;
+    let control = control_server::Control::bind(home)?;
     clean_dead_mount(mountpoint);
     std::fs::create_dir_all(mountpoint)
         .with_context(|| format!("cannot create mount point {}", mountpoint.display()))?;
@@ -157,6 +183,10 @@ async fn serve(
         resumed,
         "mounted"
     );
+    let control = control.start(engine.clone(), mountpoint, shutdown.clone());
+    if let Some(ready) = ready {
+        ready.mounted();
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut poll = tokio::time::interval(Duration::from_millis(200));
@@ -164,6 +194,7 @@ async fn serve(
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; unmounting"); break; }
             _ = term.recv() => { tracing::info!("terminated; unmounting"); break; }
+            () = control.stop.cancelled() => { tracing::info!("unmounting"); break; }
             _ = poll.tick() => {
                 if session.guard.is_finished() {
                     tracing::info!("unmounted");
@@ -181,6 +212,7 @@ async fn serve(
     })
     .await;
     let _ = tokio::join!(server, announcer);
+    control.join().await;
     Ok(())
 }
 

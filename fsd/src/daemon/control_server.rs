@@ -1,0 +1,262 @@
+//! The daemon's end of the control socket (see [`crate::control`]).
+//!
+//! The socket is bound before the mount, so a second daemon for the same
+//! home fails before touching anything, and a socket left by a daemon that
+//! crashed is replaced. It is owner-only and removed when the daemon exits,
+//! together with the pid file that `systemd` (Type=forking) reads.
+
+use super::downloads::Downloads;
+use super::engine::Engine;
+use crate::control::{ControlReply, ControlRequest, WirePath};
+use crate::session::Home;
+use fileshare_protocol::connection::Connection;
+use fileshare_protocol::messages::{Reply, Request, Role};
+use fileshare_protocol::ProtocolError;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Control connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlServerError {
+    #[error("a daemon is already running for {home} (its control socket {socket} answers)")]
+    AlreadyRunning { home: String, socket: String },
+    #[error("cannot create the control socket {path}: {source}")]
+    Bind {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The bound socket, and the files to remove when the daemon ends.
+pub struct Control {
+    listener: UnixListener,
+    files: Files,
+}
+
+struct Files {
+    socket: PathBuf,
+    pid: PathBuf,
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.pid);
+    }
+}
+
+/// What every control connection works with.
+struct Ctx {
+    engine: Arc<Engine>,
+    downloads: Downloads,
+    mountpoint: PathBuf,
+    /// Cancelled by a `Shutdown` request; the daemon's main loop watches it.
+    stop: CancellationToken,
+}
+
+/// A running control server; dropping it removes the socket and pid file.
+pub struct Running {
+    /// Cancelled when a client asked the daemon to exit.
+    pub stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _files: Files,
+}
+
+impl Running {
+    /// Waits for the accept loop to end (after the daemon's shutdown).
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+fn pid_path(home: &Home) -> PathBuf {
+    home.dir().join("fsd.pid")
+}
+
+impl Control {
+    /// Binds the control socket of `home`, replacing a stale one.
+    pub fn bind(home: &Home) -> Result<Control, ControlServerError> {
+        let path = home.control_socket();
+        let bind_err = |source| ControlServerError::Bind {
+            path: path.display().to_string(),
+            source,
+        };
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(ControlServerError::AlreadyRunning {
+                    home: home.dir().display().to_string(),
+                    socket: path.display().to_string(),
+                });
+            }
+            tracing::info!(socket = %path.display(), "replacing the control socket of a daemon that died");
+            std::fs::remove_file(&path).map_err(bind_err)?;
+        }
+        let listener = UnixListener::bind(&path).map_err(bind_err)?;
+        let files = Files {
+            socket: path.clone(),
+            pid: pid_path(home),
+        };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(bind_err)?;
+        Ok(Control { listener, files })
+    }
+
+    /// Writes the pid file and serves control requests (and watches the
+    /// files shared in place) until `shutdown`.
+    pub fn start(
+        self,
+        engine: Arc<Engine>,
+        mountpoint: &Path,
+        shutdown: CancellationToken,
+    ) -> Running {
+        let Control { listener, files } = self;
+        if let Err(e) = crate::session::write_private(
+            &files.pid,
+            format!("{}\n", std::process::id()).as_bytes(),
+        ) {
+            tracing::warn!("cannot write the pid file: {e:#}");
+        }
+        let stop = CancellationToken::new();
+        tokio::spawn(super::in_place::watch(engine.clone()));
+        let ctx = Arc::new(Ctx {
+            engine,
+            downloads: Downloads::default(),
+            mountpoint: mountpoint.to_path_buf(),
+            stop: stop.clone(),
+        });
+        let task = tokio::spawn(serve(listener, ctx, shutdown));
+        Running {
+            stop,
+            task,
+            _files: files,
+        }
+    }
+}
+
+async fn serve(listener: UnixListener, ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p,
+            () = shutdown.cancelled() => return,
+        };
+        let Ok(permit) = permit else { return };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, &ctx).await {
+                        tracing::debug!("control connection ended: {e:#}");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!("control socket accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Whether the connecting process runs as this daemon's user (or root).
+/// The socket's mode already says so; this holds even if it were loosened.
+fn same_user(stream: &UnixStream) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    stream
+        .peer_cred()
+        .map(|c| c.uid() == me || c.uid() == 0)
+        .unwrap_or(false)
+}
+
+async fn handle(stream: UnixStream, ctx: &Ctx) -> Result<(), ProtocolError> {
+    if !same_user(&stream) {
+        tracing::warn!("refused a control connection from another user");
+        return Ok(());
+    }
+    let (r, w) = stream.into_split();
+    let mut conn = Connection::new(r, w);
+    conn.handshake(Role::Client).await?;
+    while let Some(req) = conn.read_frame::<Request<ControlRequest>>().await? {
+        let stopping = matches!(req.body, ControlRequest::Shutdown);
+        let body = dispatch(ctx, req.body).await;
+        conn.write_frame(&Reply { id: req.id, body }).await?;
+        if stopping {
+            // Held open until the process exits: the client's end of stream
+            // means the daemon has unmounted and is gone.
+            std::future::pending::<()>().await;
+        }
+    }
+    Ok(())
+}
+
+async fn dispatch(ctx: &Ctx, req: ControlRequest) -> ControlReply {
+    let engine = &ctx.engine;
+    match req {
+        ControlRequest::Status => ControlReply::Status {
+            pid: std::process::id(),
+            user: engine.tracker.user.clone(),
+            mountpoint: WirePath::from(ctx.mountpoint.as_path()),
+        },
+        ControlRequest::UploadFile { path, group } => {
+            let path = path.to_path();
+            if !path.is_absolute() {
+                return ControlReply::Error(format!("{} is not an absolute path", path.display()));
+            }
+            match engine.share_in_place(&group, &path).await {
+                Ok(swarm) => {
+                    let f = &swarm.file;
+                    tracing::info!(group = %group, file = %f.meta.name, path = %path.display(), "shared in place");
+                    ControlReply::Shared {
+                        group,
+                        name: f.meta.name.clone(),
+                        size: f.layout.size(),
+                        pieces: f.layout.num_pieces(),
+                    }
+                }
+                Err(e) => ControlReply::Error(format!("cannot share {}: {e}", path.display())),
+            }
+        }
+        ControlRequest::Download { group, name, dest } => {
+            let dest = dest.to_path();
+            if !dest.is_absolute() {
+                return ControlReply::Error(format!("{} is not an absolute path", dest.display()));
+            }
+            match ctx.downloads.start(engine, &group, &name, &dest).await {
+                Ok(s) => ControlReply::Download(s),
+                Err(e) => ControlReply::Error(e.to_string()),
+            }
+        }
+        ControlRequest::Progress { id } => match ctx.downloads.status(id) {
+            Ok(s) => ControlReply::Download(s),
+            Err(e) => ControlReply::Error(e.to_string()),
+        },
+        ControlRequest::Downloads => ControlReply::Downloads(ctx.downloads.all()),
+        ControlRequest::StopShare { group, name } => match engine.unshare(&group, &name).await {
+            Ok(()) => {
+                tracing::info!(group = %group, file = %name, "stopped sharing");
+                ControlReply::Done
+            }
+            Err(e) => ControlReply::Error(e.to_string()),
+        },
+        ControlRequest::Shutdown => {
+            tracing::info!("asked to stop");
+            ctx.stop.cancel();
+            ControlReply::Stopping {
+                pid: std::process::id(),
+            }
+        }
+    }
+}

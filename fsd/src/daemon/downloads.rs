@@ -1,0 +1,504 @@
+//! Whole-file downloads for `fsd download-file`: the same swarm a FUSE read
+//! would use, told to want every piece, then copied to the destination.
+//!
+//! The destination appears complete or not at all. A hidden temporary file
+//! beside it is created and given its full size before anything is fetched,
+//! so a read-only or full place fails at once; once every piece is verified
+//! the pieces are hashed again as they are copied, the file is synced and
+//! renamed over the destination, and the directory is synced. Any failure,
+//! or the daemon stopping, removes the temporary file.
+
+use super::engine::{Engine, EngineError};
+use super::store::{StoreError, StoredFile};
+use super::swarm::Swarm;
+use super::tracker_link::LinkError;
+use crate::control::{human_bytes, DownloadState, DownloadStatus, WirePath};
+use fileshare_protocol::ids::{check_name, hex, PieceHash};
+use parking_lot::Mutex;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a running download refreshes its progress and rate.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Finished downloads remembered for `show-downloads`; older ones go first.
+const KEEP_FINISHED: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Tracker(#[from] LinkError),
+    #[error("no file {name} in group {group}")]
+    NoSuchFile { group: String, name: String },
+    #[error("invalid file name {name:?}: {why}")]
+    BadName { name: String, why: &'static str },
+    #[error("already downloading to {0}")]
+    Busy(String),
+    #[error("cannot write {path}: {why}")]
+    Write { path: String, why: String },
+    #[error("not enough space for {name} ({size}) in {dir}")]
+    NoSpace {
+        name: String,
+        size: String,
+        dir: String,
+    },
+    #[error("cannot read piece {piece} of {name} from the store: {source}")]
+    Store {
+        piece: u32,
+        name: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("piece {piece} of {name} no longer matches its hash in the store")]
+    Corrupt { piece: u32, name: String },
+    #[error("stopped: {0}")]
+    Stopped(&'static str),
+    #[error("no download with id {0}")]
+    NoSuchDownload(u64),
+}
+
+/// An I/O error as the one line a user reads, without Rust's
+/// "(os error N)" suffix.
+fn why(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// The destination's temporary twin; removed on drop unless committed.
+struct Partial {
+    tmp: PathBuf,
+    dest: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl Partial {
+    /// Creates the temporary file beside `dest` with room for `size` bytes.
+    fn create(dest: &Path, name: &str, size: u64) -> Result<Partial, DownloadError> {
+        let dir = dest.parent().unwrap_or(Path::new("/"));
+        let mut rnd = [0u8; 4];
+        let _ = getrandom::fill(&mut rnd);
+        let mut tmp_name = OsString::from(".");
+        tmp_name.push(dest.file_name().unwrap_or(name.as_ref()));
+        tmp_name.push(format!(".{}.part", hex(&rnd)));
+        let tmp = dir.join(tmp_name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(|e| DownloadError::Write {
+                path: dest.display().to_string(),
+                why: why(&e),
+            })?;
+        let partial = Partial {
+            tmp,
+            dest: dest.to_path_buf(),
+            file,
+            committed: false,
+        };
+        if size > 0 {
+            let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
+            // SAFETY: the descriptor is open for writing and owned by `file`.
+            let r = unsafe { libc::fallocate(partial.file.as_raw_fd(), 0, 0, len) };
+            if r != 0 {
+                let e = std::io::Error::last_os_error();
+                if is_no_space(&e) || e.raw_os_error() == Some(libc::EFBIG) {
+                    return Err(DownloadError::NoSpace {
+                        name: name.to_string(),
+                        size: human_bytes(size),
+                        dir: dir.display().to_string(),
+                    });
+                }
+                // Filesystems without fallocate: space is checked as we write.
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+                ) {
+                    return Err(partial.write_error(&e));
+                }
+            }
+        }
+        Ok(partial)
+    }
+
+    fn write_error(&self, e: &std::io::Error) -> DownloadError {
+        if is_no_space(e) {
+            DownloadError::NoSpace {
+                name: self
+                    .dest
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                size: self
+                    .file
+                    .metadata()
+                    .map(|m| human_bytes(m.len()))
+                    .unwrap_or_default(),
+                dir: self
+                    .dest
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            }
+        } else {
+            DownloadError::Write {
+                path: self.dest.display().to_string(),
+                why: why(e),
+            }
+        }
+    }
+
+    /// Copies every (verified) piece of `src`, checking each against its
+    /// hash once more, then syncs and renames over the destination.
+    fn fill_and_commit(mut self, src: &StoredFile) -> Result<(), DownloadError> {
+        let layout = src.layout;
+        for p in layout.pieces() {
+            let data = src.read_piece(p).map_err(|source| DownloadError::Store {
+                piece: p.get(),
+                name: src.meta.name.clone(),
+                source,
+            })?;
+            if src.meta.hashes.get(p.usize()) != Some(&PieceHash::of(&data)) {
+                return Err(DownloadError::Corrupt {
+                    piece: p.get(),
+                    name: src.meta.name.clone(),
+                });
+            }
+            self.file
+                .write_all_at(&data, layout.piece_offset(p))
+                .map_err(|e| self.write_error(&e))?;
+        }
+        self.file
+            .set_len(layout.size())
+            .and_then(|()| self.file.sync_all())
+            .map_err(|e| self.write_error(&e))?;
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| self.write_error(&e))?;
+        self.committed = true;
+        if let Some(dir) = self.dest.parent() {
+            // The rename is durable once the directory is.
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+struct Progress {
+    state: DownloadState,
+    done: u64,
+    rate: f64,
+    peers: u32,
+}
+
+struct Job {
+    id: u64,
+    group: String,
+    name: String,
+    dest: PathBuf,
+    size: u64,
+    started: Instant,
+    progress: Mutex<Progress>,
+}
+
+impl Job {
+    fn status(&self) -> DownloadStatus {
+        let p = self.progress.lock();
+        DownloadStatus {
+            id: self.id,
+            group: self.group.clone(),
+            name: self.name.clone(),
+            dest: WirePath::from(self.dest.as_path()),
+            size: self.size,
+            done: p.done,
+            rate: p.rate.clamp(0.0, u64::MAX as f64) as u64,
+            peers: p.peers,
+            state: p.state.clone(),
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        matches!(
+            self.progress.lock().state,
+            DownloadState::Fetching | DownloadState::Writing
+        )
+    }
+}
+
+/// Bytes of the verified pieces.
+fn verified_bytes(swarm: &Swarm) -> u64 {
+    let layout = swarm.file.layout;
+    swarm
+        .have()
+        .ones()
+        .filter_map(|i| layout.validate(i))
+        .map(|p| layout.piece_size(p))
+        .sum()
+}
+
+/// Every download of this daemon's life, running and finished.
+#[derive(Default)]
+pub struct Downloads {
+    jobs: Mutex<Vec<Arc<Job>>>,
+    next_id: AtomicU64,
+}
+
+impl Downloads {
+    /// Checks the request, prepares the destination and starts fetching.
+    /// Errors about the file or the destination come back here, before
+    /// anything is fetched.
+    pub async fn start(
+        &self,
+        engine: &Arc<Engine>,
+        group: &str,
+        name: &str,
+        dest: &Path,
+    ) -> Result<DownloadStatus, DownloadError> {
+        check_name(name).map_err(|why| DownloadError::BadName {
+            name: name.to_string(),
+            why,
+        })?;
+        let find = |files: Vec<fileshare_protocol::messages::tracker::FileEntry>| {
+            files.into_iter().find(|f| f.name == name)
+        };
+        let entry = match find(engine.tracker.files(group).await?) {
+            Some(e) => e,
+            None => {
+                // The cached listing may predate a share made a moment ago.
+                engine.tracker.invalidate(Some(group));
+                find(engine.tracker.files(group).await?).ok_or_else(|| {
+                    DownloadError::NoSuchFile {
+                        group: group.to_string(),
+                        name: name.to_string(),
+                    }
+                })?
+            }
+        };
+        let dest = if dest.is_dir() {
+            dest.join(name)
+        } else {
+            dest.to_path_buf()
+        };
+        if self
+            .jobs
+            .lock()
+            .iter()
+            .any(|j| j.dest == dest && j.is_active())
+        {
+            return Err(DownloadError::Busy(dest.display().to_string()));
+        }
+        let (dest_c, name_c, size) = (dest.clone(), name.to_string(), entry.size);
+        let partial = tokio::task::spawn_blocking(move || Partial::create(&dest_c, &name_c, size))
+            .await
+            .map_err(|_| DownloadError::Stopped("the daemon is stopping"))??;
+        let swarm = engine.open(group, &entry).await?;
+        swarm.want_all();
+        engine.ensure_discovery(&swarm);
+        let job = Arc::new(Job {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            group: group.to_string(),
+            name: name.to_string(),
+            dest,
+            size: entry.size,
+            started: Instant::now(),
+            progress: Mutex::new(Progress {
+                state: DownloadState::Fetching,
+                done: verified_bytes(&swarm),
+                rate: 0.0,
+                peers: u32::try_from(swarm.links()).unwrap_or(u32::MAX),
+            }),
+        });
+        tracing::info!(group, file = name, dest = %job.dest.display(), "download started");
+        {
+            let mut jobs = self.jobs.lock();
+            jobs.push(job.clone());
+            let finished = jobs.iter().filter(|j| !j.is_active()).count();
+            if finished > KEEP_FINISHED {
+                let mut drop_n = finished - KEEP_FINISHED;
+                jobs.retain(|j| {
+                    if drop_n > 0 && !j.is_active() {
+                        drop_n -= 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+        }
+        let status = job.status();
+        tokio::spawn(drive(engine.clone(), job, swarm, partial));
+        Ok(status)
+    }
+
+    pub fn status(&self, id: u64) -> Result<DownloadStatus, DownloadError> {
+        self.jobs
+            .lock()
+            .iter()
+            .find(|j| j.id == id)
+            .map(|j| j.status())
+            .ok_or(DownloadError::NoSuchDownload(id))
+    }
+
+    pub fn all(&self) -> Vec<DownloadStatus> {
+        self.jobs.lock().iter().map(|j| j.status()).collect()
+    }
+}
+
+/// Follows one download to its end: progress while fetching, then the copy.
+async fn drive(engine: Arc<Engine>, job: Arc<Job>, mut swarm: Arc<Swarm>, partial: Partial) {
+    let result = fetch(&engine, &job, &mut swarm).await;
+    let result = match result {
+        Ok(()) => {
+            {
+                let mut p = job.progress.lock();
+                p.state = DownloadState::Writing;
+                p.done = job.size;
+                p.peers = u32::try_from(swarm.counters().len()).unwrap_or(u32::MAX);
+            }
+            let file = swarm.file.clone();
+            tokio::task::spawn_blocking(move || partial.fill_and_commit(&file))
+                .await
+                .unwrap_or(Err(DownloadError::Stopped("the daemon is stopping")))
+        }
+        Err(e) => Err(e),
+    };
+    let mut p = job.progress.lock();
+    match result {
+        Ok(()) => {
+            let millis = fileshare_protocol::millis(job.started.elapsed());
+            tracing::info!(group = %job.group, file = %job.name, dest = %job.dest.display(), millis, "download complete");
+            p.state = DownloadState::Complete { millis };
+        }
+        Err(e) => {
+            tracing::warn!(group = %job.group, file = %job.name, "download failed: {e}");
+            p.state = DownloadState::Failed(e.to_string());
+        }
+    }
+}
+
+/// Waits until every piece is verified, keeping the progress current.
+async fn fetch(
+    engine: &Arc<Engine>,
+    job: &Job,
+    swarm: &mut Arc<Swarm>,
+) -> Result<(), DownloadError> {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last = (Instant::now(), verified_bytes(swarm));
+    loop {
+        if swarm.is_complete() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = swarm.cancel.cancelled() => {
+                // Shared again under the same content: follow the new swarm.
+                match engine.registry.get(&swarm.file.id) {
+                    Some(s) if !s.cancel.is_cancelled() => {
+                        s.want_all();
+                        engine.ensure_discovery(&s);
+                        *swarm = s;
+                        continue;
+                    }
+                    _ => return Err(DownloadError::Stopped("the file was unshared here")),
+                }
+            }
+            () = engine.shutdown.cancelled() => {
+                return Err(DownloadError::Stopped("the daemon is stopping"));
+            }
+        }
+        let now = Instant::now();
+        let done = verified_bytes(swarm);
+        let dt = now.duration_since(last.0).as_secs_f64().max(1e-3);
+        let inst = done.saturating_sub(last.1) as f64 / dt;
+        last = (now, done);
+        let mut p = job.progress.lock();
+        p.rate = if p.rate == 0.0 {
+            inst
+        } else {
+            0.7 * p.rate + 0.3 * inst
+        };
+        p.done = done;
+        p.peers = u32::try_from(swarm.links()).unwrap_or(u32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::store::Store;
+    use fileshare_protocol::PIECE_LEN;
+
+    fn stored(dir: &Path, bytes: &[u8]) -> Arc<StoredFile> {
+        let store = Store::open(dir).unwrap();
+        let st = store.staging().unwrap();
+        st.file.write_all_at(bytes, 0).unwrap();
+        let meta = Store::hash_file(&st.file, "a.bin").unwrap();
+        store.import_staging("g", &meta, &st.path).unwrap()
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn destination_appears_whole_and_temp_is_gone() {
+        let store_dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..PIECE_LEN * 2 + 3).map(|i| (i % 253) as u8).collect();
+        let src = stored(store_dir.path(), &bytes);
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("a.bin");
+        let p = Partial::create(&dest, "a.bin", src.layout.size()).unwrap();
+        assert!(!dest.exists());
+        p.fill_and_commit(&src).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+        assert_eq!(leftovers(out.path()), vec!["a.bin".to_string()]);
+    }
+
+    #[test]
+    fn dropped_partial_leaves_nothing() {
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("x");
+        let p = Partial::create(&dest, "x", 1000).unwrap();
+        drop(p);
+        assert!(leftovers(out.path()).is_empty());
+    }
+
+    #[test]
+    fn missing_directory_is_one_clear_line() {
+        let out = tempfile::tempdir().unwrap();
+        let dest = out.path().join("nope/x");
+        let err = Partial::create(&dest, "x", 10).err().unwrap().to_string();
+        assert!(err.starts_with("cannot write "), "{err}");
+        assert!(err.ends_with("No such file or directory"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+}

@@ -1,0 +1,217 @@
+//! The commands served by the running daemon: `upload-file`,
+//! `download-file`, `show-downloads` and `stop-share`. Each is one or a few
+//! requests over the control socket; this side only checks arguments,
+//! shows progress and prints results.
+
+use crate::cli::Command;
+use crate::control::{
+    download_line, human_bytes, ControlClient, ControlError, ControlReply, ControlRequest,
+    DownloadState, DownloadStatus, WirePath,
+};
+use crate::session::Home;
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How often a waiting `download-file` asks the daemon for progress.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Without a terminal, a progress line at most this often.
+const PLAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether `cmd` is one of the commands this module runs.
+pub fn handles(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::UploadFile { .. }
+            | Command::DownloadFile { .. }
+            | Command::ShowDownloads
+            | Command::StopShare { .. }
+    )
+}
+
+/// Runs one of the commands for which [`handles`] is true.
+pub async fn run(cmd: &Command, home: &Home) -> anyhow::Result<()> {
+    match cmd {
+        Command::UploadFile { path, group } => upload_file(home, path, group).await,
+        Command::DownloadFile { group, name, dest } => download_file(home, group, name, dest).await,
+        Command::ShowDownloads => show_downloads(home).await,
+        Command::StopShare { group, name } => stop_share(home, group, name).await,
+        _ => bail!("not a daemon command"),
+    }
+}
+
+pub async fn upload_file(home: &Home, path: &Path, group: &str) -> anyhow::Result<()> {
+    // Absolute but not canonical: a symlink is shared under its own name.
+    let abs = std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))?;
+    let md = std::fs::metadata(&abs).with_context(|| format!("cannot read {}", path.display()))?;
+    if !md.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let mut c = ControlClient::connect(home).await?;
+    let req = ControlRequest::UploadFile {
+        path: WirePath::from(abs.as_path()),
+        group: group.to_string(),
+    };
+    match c.call(req).await? {
+        ControlReply::Shared {
+            group,
+            name,
+            size,
+            pieces,
+        } => {
+            println!(
+                "shared {name} in {group} ({}, {pieces} pieces)",
+                human_bytes(size)
+            );
+            Ok(())
+        }
+        _ => Err(ControlError::Unexpected.into()),
+    }
+}
+
+pub async fn stop_share(home: &Home, group: &str, name: &str) -> anyhow::Result<()> {
+    let mut c = ControlClient::connect(home).await?;
+    c.call(ControlRequest::StopShare {
+        group: group.to_string(),
+        name: name.to_string(),
+    })
+    .await?;
+    println!("stopped sharing {name} in {group}");
+    Ok(())
+}
+
+pub async fn show_downloads(home: &Home) -> anyhow::Result<()> {
+    let mut c = ControlClient::connect(home).await?;
+    match c.call(ControlRequest::Downloads).await? {
+        ControlReply::Downloads(all) => {
+            for s in &all {
+                println!("{}", download_line(s));
+            }
+            Ok(())
+        }
+        _ => Err(ControlError::Unexpected.into()),
+    }
+}
+
+/// Starts the download in the daemon and follows it to the end. Ctrl-C
+/// stops following, not the download.
+pub async fn download_file(
+    home: &Home,
+    group: &str,
+    name: &str,
+    dest: &Path,
+) -> anyhow::Result<()> {
+    let dest = std::path::absolute(dest).with_context(|| format!("bad path {}", dest.display()))?;
+    let mut c = ControlClient::connect(home).await?;
+    let first = match c
+        .call(ControlRequest::Download {
+            group: group.to_string(),
+            name: name.to_string(),
+            dest: WirePath::from(dest.as_path()),
+        })
+        .await?
+    {
+        ControlReply::Download(s) => s,
+        _ => return Err(ControlError::Unexpected.into()),
+    };
+    let mut view = ProgressView::new(&first);
+    let mut status = first;
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    loop {
+        view.update(&status);
+        match &status.state {
+            DownloadState::Complete { .. } => {
+                view.finish();
+                println!(
+                    "downloaded {}/{} to {} ({})",
+                    status.group,
+                    status.name,
+                    status.dest.to_path().display(),
+                    human_bytes(status.size)
+                );
+                return Ok(());
+            }
+            DownloadState::Failed(why) => {
+                view.finish();
+                bail!("{why}");
+            }
+            DownloadState::Fetching | DownloadState::Writing => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            _ = &mut interrupt => {
+                view.finish();
+                bail!("interrupted; the download goes on in the daemon (see `fsd show-downloads`)");
+            }
+        }
+        status = c.download_status(status.id).await?;
+    }
+}
+
+/// A progress bar on a terminal, plain lines on stderr otherwise.
+enum ProgressView {
+    Bar(ProgressBar),
+    Plain { last: Option<(Instant, u64)> },
+}
+
+impl ProgressView {
+    fn new(s: &DownloadStatus) -> Self {
+        if !std::io::stderr().is_terminal() {
+            return ProgressView::Plain { last: None };
+        }
+        let bar = ProgressBar::new(s.size);
+        let style = ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+        )
+        .map(|st| st.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_prefix(s.name.clone());
+        bar.enable_steady_tick(Duration::from_millis(250));
+        ProgressView::Bar(bar)
+    }
+
+    fn update(&mut self, s: &DownloadStatus) {
+        match self {
+            ProgressView::Bar(bar) => {
+                bar.set_position(s.done);
+                bar.set_message(match s.state {
+                    DownloadState::Writing => "writing".to_string(),
+                    _ if s.peers == 1 => "1 peer".to_string(),
+                    _ => format!("{} peers", s.peers),
+                });
+            }
+            ProgressView::Plain { last } => {
+                if s.state != DownloadState::Fetching {
+                    return;
+                }
+                let due = match last {
+                    None => true,
+                    Some((at, done)) => at.elapsed() >= PLAIN_EVERY && *done != s.done,
+                };
+                if due {
+                    eprintln!(
+                        "{}: {:.1}% ({} of {}), {}/s, {} peers",
+                        s.name,
+                        s.percent(),
+                        human_bytes(s.done),
+                        human_bytes(s.size),
+                        human_bytes(s.rate),
+                        s.peers
+                    );
+                    *last = Some((Instant::now(), s.done));
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let ProgressView::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
