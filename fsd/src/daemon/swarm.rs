@@ -3,7 +3,7 @@
 //!
 //! Every transition runs under the one lock and ends with [`Swarm::kick`]'s
 //! scheduling step, which asks the pure picker for requests and hands them
-//! to the peer links' queues (never blocking). See `pieces/STATE.md`.
+//! to the peer links. queues (never blocking). See `STATE.md` beside this file.
 
 use super::store::StoredFile;
 use crate::pieces::picker::{self, PeerView, PickInput};
