@@ -93,5 +93,5 @@ mounts=()
 for p in "${pids[@]:1}"; do wait "$p" 2>/dev/null || true; done
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 pids=()
-grep -c " $work" /proc/mounts >/dev/null && { echo "a mount was left behind" >&2; exit 1; } || true
+if grep -q " $work" /proc/mounts; then echo "a mount was left behind" >&2; exit 1; fi
 echo "done: no process, no mount left."
