@@ -395,3 +395,122 @@ fn mkdir_creates_a_group() {
     cp_in(&src, &a, "newgroup");
     cmp(&src, &a.path("newgroup/n.bin"));
 }
+
+/// One request on a raw peer connection and its reply.
+async fn exchange(
+    conn: &mut fileshare_protocol::connection::TcpConnection,
+    id: u64,
+    body: fileshare_protocol::messages::PeerRequest,
+) -> fileshare_protocol::messages::PeerReply {
+    use fileshare_protocol::messages::{PeerReply, Reply, Request};
+    conn.write_frame(&Request { id, body }).await.unwrap();
+    let reply: Reply<PeerReply> = conn.read_frame().await.unwrap().expect("a reply");
+    assert_eq!(reply.id, id);
+    reply.body
+}
+
+/// The session token a user's `fsd login` saved.
+fn session_of(user: &User) -> fileshare_protocol::messages::SessionToken {
+    let text = std::fs::read_to_string(user.home.join("session")).expect("session file");
+    let hex = text.lines().nth(1).expect("token line");
+    let bytes = fileshare_protocol::ids::unhex(hex).expect("hex token");
+    fileshare_protocol::messages::SessionToken(bytes.try_into().expect("32 bytes"))
+}
+
+#[test]
+fn a_non_member_can_neither_list_nor_fetch_pieces() {
+    use fileshare_protocol::client::{ClientError, TrackerClient};
+    use fileshare_protocol::connection::TcpConnection;
+    use fileshare_protocol::messages::{
+        PeerError, PeerReply, PeerRequest, Role, Ticket, TrackerReply, TrackerRequest,
+    };
+    use fileshare_protocol::{ErrorCode, FileId, PeerId};
+
+    let (w, u) = network(&["alice"]);
+    let mallory = w.user("mallory");
+    w.fsd_ok(&mallory, &["create-group", "mine"]);
+    let a = w.mount(&u[0], &[]);
+    let m = w.mount(&mallory, &[]);
+    let src = w.path("secret.bin");
+    random_file(&src, 2 * MIB, 11);
+    cp_in(&src, &a, "g");
+
+    let roots = String::from_utf8(run("ls", &[m.mountpoint.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(
+        roots.trim(),
+        "mine",
+        "a non-member's mount does not show the group"
+    );
+    assert!(!m.path("g").exists());
+    let out = w.fsd(&mallory, &["list-files", "g"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a member"),
+        "{out:?}"
+    );
+
+    let id =
+        FileId::from_hex(a.xattr("g/secret.bin", "user.fileshare.id").trim()).expect("file id");
+    let session = session_of(&mallory);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tracker = TrackerClient::new(vec![w.tracker.addr.clone()], Duration::from_secs(5));
+        let refused = tracker
+            .call(TrackerRequest::IssueTicket {
+                session,
+                group: "g".into(),
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(ClientError::Refused(ErrorCode::NotMember(_)))),
+            "{refused:?}"
+        );
+        let own = match tracker
+            .call(TrackerRequest::IssueTicket {
+                session,
+                group: "mine".into(),
+            })
+            .await
+        {
+            Ok(TrackerReply::Ticket(t)) => t,
+            other => panic!("{other:?}"),
+        };
+
+        let (mut conn, _) = TcpConnection::connect(
+            &a.listen,
+            Role::Peer {
+                id: PeerId([9; 16]),
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("connect to alice's peer port");
+        let piece = PeerRequest::Piece { file: id, index: 0 };
+        assert_eq!(
+            exchange(&mut conn, 1, piece.clone()).await,
+            PeerReply::Error(PeerError::NotAuthenticated)
+        );
+        let forged = Ticket {
+            user: "mallory".into(),
+            group: "g".into(),
+            expires_unix_ms: u64::MAX / 2,
+            mac: [7; 32],
+        };
+        assert!(matches!(
+            exchange(&mut conn, 2, PeerRequest::Authenticate { ticket: forged }).await,
+            PeerReply::Error(PeerError::TicketRefused(_))
+        ));
+        assert_eq!(
+            exchange(&mut conn, 3, PeerRequest::Authenticate { ticket: own }).await,
+            PeerReply::Authenticated
+        );
+        assert_eq!(
+            exchange(&mut conn, 4, piece).await,
+            PeerReply::Error(PeerError::NotMember)
+        );
+        assert_eq!(
+            exchange(&mut conn, 5, PeerRequest::Bitfield { file: id }).await,
+            PeerReply::Error(PeerError::NotMember)
+        );
+    });
+}
