@@ -1,1 +1,48 @@
-//! Harness for the end-to-end tests.
+//! Harness for the end-to-end tests: real trackers, real daemons, real FUSE
+//! mounts, all on 127.0.0.1, all ended by PID when a test ends.
+//!
+//! # Layout
+//! - [`mount`]: `fsd mount` daemons and their guards.
+//! - [`world`]: a tracker, users, groups and mounts for one test.
+
+pub mod mount;
+pub mod world;
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// Writes `len` pseudo-random bytes (from `seed`) to `path`.
+pub fn random_file(path: &std::path::Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    std::fs::write(path, &data).expect("write random file");
+    data
+}
+
+/// A built binary of the workspace (`fsd`, `fileshare-tracker`), from
+/// `$CARGO_TARGET_DIR` or `target/`, profile `$FILESHARE_PROFILE` (debug).
+pub fn bin(name: &str) -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let profile = std::env::var("FILESHARE_PROFILE").unwrap_or_else(|_| "debug".into());
+    let path = target.join(profile).join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}

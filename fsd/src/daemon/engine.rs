@@ -22,6 +22,9 @@ const MAX_LINKS: usize = 16;
 /// How often a swarm that needs pieces asks the tracker for more peers.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Discovery rounds with nothing wanted before the task ends.
+const IDLE_ROUNDS: u32 = 30;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("{0}")]
@@ -177,8 +180,18 @@ impl Engine {
         let engine = self.clone();
         let swarm = swarm.clone();
         tokio::spawn(async move {
-            engine.discover(&swarm).await;
-            swarm.discovering.store(false, Ordering::Release);
+            loop {
+                engine.discover(&swarm).await;
+                swarm.discovering.store(false, Ordering::Release);
+                // A reader may have arrived while the task was ending.
+                if swarm.cancel.is_cancelled()
+                    || swarm.is_complete()
+                    || !swarm.needs_pieces()
+                    || swarm.discovering.swap(true, Ordering::AcqRel)
+                {
+                    return;
+                }
+            }
         });
     }
 
@@ -186,6 +199,7 @@ impl Engine {
     /// complete, makes this user one more holder of it.
     async fn discover(self: &Arc<Self>, swarm: &Arc<Swarm>) {
         let file = swarm.file.clone();
+        let mut idle_rounds = 0;
         loop {
             if swarm.is_complete() {
                 let req = TrackerRequest::ShareFile {
@@ -201,6 +215,16 @@ impl Engine {
                 }
                 self.announce_now.notify_one();
                 return;
+            }
+            if !swarm.needs_pieces() {
+                // Nothing wanted for a while: stop asking the tracker; the
+                // next read starts discovery again.
+                idle_rounds += 1;
+                if idle_rounds >= IDLE_ROUNDS {
+                    return;
+                }
+            } else {
+                idle_rounds = 0;
             }
             if swarm.needs_pieces() && swarm.links() < MAX_LINKS {
                 match self.tracker.locate(&file.group, &file.meta.name).await {
@@ -299,18 +323,28 @@ impl Engine {
 
     /// Stops sharing this user's copy of `group/name` and frees its space.
     pub async fn unshare(&self, group: &str, name: &str) -> Result<(), EngineError> {
-        self.tracker
-            .call(TrackerRequest::StopShare {
-                session: self.tracker.session,
-                group: group.to_string(),
-                name: name.to_string(),
-            })
-            .await?;
         let local = self
             .registry
             .all()
             .into_iter()
             .find(|s| s.file.group == group && s.file.meta.name == name);
+        let stopped = self
+            .tracker
+            .call(TrackerRequest::StopShare {
+                session: self.tracker.session,
+                group: group.to_string(),
+                name: name.to_string(),
+            })
+            .await;
+        match stopped {
+            Ok(_) => {}
+            // A copy this user only read (never a holder of) is still ours
+            // to delete.
+            Err(e) if e.code().is_some() && local.is_some() => {
+                tracing::debug!(file = %name, "not a holder: {e:#}");
+            }
+            Err(e) => return Err(e.into()),
+        }
         if let Some(swarm) = local {
             self.registry.remove(&swarm.file.id);
             swarm.cancel.cancel();

@@ -1,9 +1,9 @@
 //! One file's piece state and the peers it is fetched from: the single owner
 //! of which pieces are verified, wanted, in flight and awaited.
 //!
-//! Every transition runs under the one lock and ends with [`Swarm::kick`]'s
-//! scheduling step, which asks the pure picker for requests and hands them
-//! to the peer links' queues (never blocking). See `pieces/STATE.md`.
+//! Every transition runs under the one lock and ends with the scheduling
+//! step, which asks the pure picker for requests and hands them to the peer
+//! links' queues (never blocking). See `STATE.md` beside this file.
 
 use super::store::StoredFile;
 use crate::pieces::picker::{self, PeerView, PickInput};
