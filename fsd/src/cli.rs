@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "fsd", version, about = "FileShare: a peer-to-peer swarm you use as a directory")]
+#[command(
+    name = "fsd",
+    version,
+    about = "FileShare: a peer-to-peer swarm you use as a directory"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

@@ -101,7 +101,10 @@ impl Home {
         let mut lines = text.lines();
         let (Some(user), Some(token), Some(expires)) = (lines.next(), lines.next(), lines.next())
         else {
-            bail!("session file {} is damaged; run `fsd login USER`", path.display());
+            bail!(
+                "session file {} is damaged; run `fsd login USER`",
+                path.display()
+            );
         };
         let token = unhex(token)
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
@@ -191,7 +194,10 @@ mod tests {
         };
         home.save_session(&s).unwrap();
         assert_eq!(home.load_session().unwrap(), Some(s));
-        let mode = std::fs::metadata(home.session_path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(home.session_path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(home.peer_id().unwrap(), home.peer_id().unwrap());
         home.clear_session().unwrap();
