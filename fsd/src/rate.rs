@@ -19,10 +19,13 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     let n: f64 = num
         .parse()
         .map_err(|_| format!("rate {s:?} is not a number with an optional K, M or G"))?;
-    if !(n > 0.0) || !n.is_finite() {
+    if n.is_nan() || n <= 0.0 || !n.is_finite() {
         return Err(format!("rate {s:?} must be positive"));
     }
-    Ok((n * mult as f64) as u64)
+    // Float to integer casts saturate, which is the intent for huge rates.
+    #[allow(clippy::cast_possible_truncation)]
+    let rate = (n * mult as f64) as u64;
+    Ok(rate)
 }
 
 #[cfg(test)]

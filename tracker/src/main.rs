@@ -1,1 +1,114 @@
-fn main() {}
+use clap::Parser;
+use fileshare_tracker::{Config, Settings};
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A FileShare tracker: accounts, groups and the file index.
+#[derive(Debug, Parser)]
+#[command(name = "fileshare-tracker", version)]
+struct Args {
+    /// One host:port per line; all of them form one cluster
+    trackers_file: PathBuf,
+    /// This tracker's 1-based position in TRACKERS_FILE
+    tracker_no: u32,
+    /// Where the state is kept [default: ./tracker-data-N]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seconds between a daemon's announces (testing)
+    #[arg(long, hide = true, default_value_t = 5)]
+    announce_interval: u64,
+    /// Seconds a login session lasts (testing)
+    #[arg(long, hide = true, default_value_t = 7 * 24 * 3600)]
+    session_ttl: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let config = Config {
+        data_dir: args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("./tracker-data-{}", args.tracker_no))),
+        trackers_file: args.trackers_file,
+        settings: Settings {
+            tracker_no: args.tracker_no,
+            announce_interval: Duration::from_secs(args.announce_interval.max(1)),
+            session_ttl: Duration::from_secs(args.session_ttl),
+            ..Settings::default()
+        },
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fileshare-tracker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = CancellationToken::new();
+    watch_stdin(stop.clone());
+    let result = rt.block_on(async {
+        tokio::spawn(watch_signals(stop.clone()));
+        fileshare_tracker::run(config, stop.cancelled_owned()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fileshare-tracker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `quit` on standard input stops the tracker. A plain thread, because a
+/// blocking read of stdin cannot be cancelled and would hold up the
+/// runtime's shutdown; the process exits without waiting for it.
+fn watch_stdin(stop: CancellationToken) {
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                match line {
+                    Ok(l) if l.trim() == "quit" => {
+                        stop.cancel();
+                        return;
+                    }
+                    Ok(l) if !l.trim().is_empty() => {
+                        eprintln!("fileshare-tracker: unknown command {l:?}; type `quit` to stop");
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot watch standard input: {e}");
+    }
+}
+
+async fn watch_signals(stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        () = stop.cancelled() => {}
+    }
+    stop.cancel();
+}

@@ -1,0 +1,413 @@
+//! Deciding: what a requested change means against the current state, as
+//! records to append, or a refusal.
+//!
+//! [`decide`] reads the state and nothing else, so it is pure and testable.
+//! Callers validate what does not depend on the state (names, sessions,
+//! metadata) before submitting; `decide` re-checks everything that does,
+//! because the state may have moved since.
+//!
+//! Each change touches one [`Key`]. The writer decides a whole batch against
+//! one state before applying any of it, which is only sound if no two
+//! changes of a batch touch the same key: it defers the later one to the
+//! next batch. `decide` of a change therefore reads only state under its own
+//! key (users are never deleted, so a user's existence is stable).
+
+use crate::records::{Record, TokenHash};
+use crate::state::State;
+use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::ErrorCode;
+
+#[derive(Debug, Clone)]
+pub enum Change {
+    CreateUser {
+        user: String,
+        phc: String,
+    },
+    OpenSession {
+        token_hash: TokenHash,
+        user: String,
+        now_unix_ms: u64,
+        expires_unix_ms: u64,
+    },
+    CloseSession {
+        token_hash: TokenHash,
+    },
+    CreateGroup {
+        user: String,
+        group: String,
+    },
+    JoinGroup {
+        user: String,
+        group: String,
+    },
+    AcceptRequest {
+        owner: String,
+        group: String,
+        user: String,
+    },
+    RejectRequest {
+        owner: String,
+        group: String,
+        user: String,
+    },
+    LeaveGroup {
+        user: String,
+        group: String,
+    },
+    ShareFile {
+        user: String,
+        group: String,
+        meta: FileMeta,
+    },
+    StopShare {
+        user: String,
+        group: String,
+        name: String,
+    },
+}
+
+/// What a change reads and writes; see the module doc.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    User(String),
+    Session(TokenHash),
+    Group(String),
+}
+
+impl Change {
+    pub fn key(&self) -> Key {
+        match self {
+            Change::CreateUser { user, .. } | Change::OpenSession { user, .. } => {
+                Key::User(user.clone())
+            }
+            Change::CloseSession { token_hash } => Key::Session(*token_hash),
+            Change::CreateGroup { group, .. }
+            | Change::JoinGroup { group, .. }
+            | Change::AcceptRequest { group, .. }
+            | Change::RejectRequest { group, .. }
+            | Change::LeaveGroup { group, .. }
+            | Change::ShareFile { group, .. }
+            | Change::StopShare { group, .. } => Key::Group(group.clone()),
+        }
+    }
+}
+
+/// The records that carry out `change`, or why it is refused. An empty list
+/// means there is nothing to do (the change is already in effect).
+pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
+    let group_of = |name: &str| {
+        state
+            .group(name)
+            .ok_or_else(|| ErrorCode::NoSuchGroup(name.to_string()))
+    };
+    let rec = match change {
+        Change::CreateUser { user, phc } => {
+            if state.user(&user).is_some() {
+                return Err(ErrorCode::UserExists(user));
+            }
+            Record::UserCreated { user, phc }
+        }
+        Change::OpenSession {
+            token_hash,
+            user,
+            now_unix_ms,
+            expires_unix_ms,
+        } => {
+            if state.user(&user).is_none() {
+                return Err(ErrorCode::WrongPassword);
+            }
+            Record::SessionOpened {
+                token_hash,
+                user,
+                opened_unix_ms: now_unix_ms,
+                expires_unix_ms,
+            }
+        }
+        Change::CloseSession { token_hash } => Record::SessionClosed { token_hash },
+        Change::CreateGroup { user, group } => {
+            if state.group(&group).is_some() {
+                return Err(ErrorCode::GroupExists(group));
+            }
+            Record::GroupCreated { group, owner: user }
+        }
+        Change::JoinGroup { user, group } => {
+            let g = group_of(&group)?;
+            if g.is_member(&user) {
+                return Err(ErrorCode::AlreadyMember(group));
+            }
+            if g.is_pending(&user) {
+                return Ok(vec![]);
+            }
+            Record::JoinRequested { group, user }
+        }
+        Change::AcceptRequest { owner, group, user } => {
+            check_request(state, &owner, &group, &user)?;
+            Record::RequestAccepted { group, user }
+        }
+        Change::RejectRequest { owner, group, user } => {
+            check_request(state, &owner, &group, &user)?;
+            Record::RequestRejected { group, user }
+        }
+        Change::LeaveGroup { user, group } => {
+            let g = group_of(&group)?;
+            if !g.is_member(&user) && !g.is_pending(&user) {
+                return Err(ErrorCode::NotMember(group));
+            }
+            Record::MemberLeft { group, user }
+        }
+        Change::ShareFile { user, group, meta } => {
+            let g = group_of(&group)?;
+            if !g.is_member(&user) {
+                return Err(ErrorCode::NotMember(group));
+            }
+            if let Some(f) = g.file(&meta.name) {
+                if f.id != meta.id() {
+                    return Err(ErrorCode::NameTaken {
+                        group,
+                        name: meta.name,
+                    });
+                }
+                if f.holders.contains(&user) {
+                    return Ok(vec![]);
+                }
+            }
+            Record::FileShared { group, meta, user }
+        }
+        Change::StopShare { user, group, name } => {
+            let g = group_of(&group)?;
+            if !g.is_member(&user) {
+                return Err(ErrorCode::NotMember(group));
+            }
+            if !g.file(&name).is_some_and(|f| f.holders.contains(&user)) {
+                return Err(ErrorCode::NoSuchFile { group, name });
+            }
+            Record::ShareStopped { group, name, user }
+        }
+    };
+    Ok(vec![rec])
+}
+
+fn check_request(state: &State, owner: &str, group: &str, user: &str) -> Result<(), ErrorCode> {
+    let g = state
+        .group(group)
+        .ok_or_else(|| ErrorCode::NoSuchGroup(group.to_string()))?;
+    if g.owner != owner {
+        return Err(ErrorCode::NotOwner(group.to_string()));
+    }
+    if !g.is_pending(user) {
+        return Err(ErrorCode::NoSuchRequest {
+            group: group.to_string(),
+            user: user.to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fileshare_protocol::{PieceHash, PIECE_LEN};
+
+    fn s(x: &str) -> String {
+        x.to_string()
+    }
+
+    /// Decides and applies, as the writer does for a batch of one.
+    fn run(st: &mut State, c: Change) -> Result<usize, ErrorCode> {
+        let recs = decide(st, c)?;
+        for r in &recs {
+            st.apply(r);
+        }
+        Ok(recs.len())
+    }
+
+    fn meta(name: &str, content: &[u8]) -> FileMeta {
+        FileMeta {
+            name: s(name),
+            size: content.len() as u64,
+            piece_len: PIECE_LEN,
+            hashes: vec![PieceHash::of(content)],
+        }
+    }
+
+    fn setup() -> State {
+        let mut st = State::default();
+        for u in ["alice", "bob", "carol"] {
+            run(
+                &mut st,
+                Change::CreateUser {
+                    user: s(u),
+                    phc: s("x"),
+                },
+            )
+            .unwrap();
+        }
+        run(
+            &mut st,
+            Change::CreateGroup {
+                user: s("alice"),
+                group: s("g"),
+            },
+        )
+        .unwrap();
+        st
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let mut st = setup();
+        let e = run(
+            &mut st,
+            Change::CreateUser {
+                user: s("bob"),
+                phc: s("y"),
+            },
+        );
+        assert_eq!(e, Err(ErrorCode::UserExists(s("bob"))));
+        let e = run(
+            &mut st,
+            Change::CreateGroup {
+                user: s("bob"),
+                group: s("g"),
+            },
+        );
+        assert_eq!(e, Err(ErrorCode::GroupExists(s("g"))));
+    }
+
+    #[test]
+    fn join_accept_reject_flow() {
+        let mut st = setup();
+        let join = |u: &str| Change::JoinGroup {
+            user: s(u),
+            group: s("g"),
+        };
+        assert_eq!(run(&mut st, join("bob")), Ok(1));
+        assert_eq!(
+            run(&mut st, join("bob")),
+            Ok(0),
+            "a repeated join is a no-op"
+        );
+        assert_eq!(
+            run(&mut st, join("alice")),
+            Err(ErrorCode::AlreadyMember(s("g")))
+        );
+        assert_eq!(run(&mut st, join("carol")), Ok(1));
+        let accept = |owner: &str, u: &str| Change::AcceptRequest {
+            owner: s(owner),
+            group: s("g"),
+            user: s(u),
+        };
+        assert_eq!(
+            run(&mut st, accept("bob", "carol")),
+            Err(ErrorCode::NotOwner(s("g")))
+        );
+        assert_eq!(run(&mut st, accept("alice", "bob")), Ok(1));
+        assert_eq!(
+            run(&mut st, accept("alice", "bob")),
+            Err(ErrorCode::NoSuchRequest {
+                group: s("g"),
+                user: s("bob")
+            })
+        );
+        let reject = Change::RejectRequest {
+            owner: s("alice"),
+            group: s("g"),
+            user: s("carol"),
+        };
+        assert_eq!(run(&mut st, reject), Ok(1));
+        let g = st.group("g").unwrap();
+        assert!(g.is_member("bob") && !g.is_member("carol") && !g.is_pending("carol"));
+        assert_eq!(
+            run(
+                &mut st,
+                Change::JoinGroup {
+                    user: s("bob"),
+                    group: s("nope")
+                }
+            ),
+            Err(ErrorCode::NoSuchGroup(s("nope")))
+        );
+    }
+
+    #[test]
+    fn sharing_rules() {
+        let mut st = setup();
+        let share = |u: &str, m: FileMeta| Change::ShareFile {
+            user: s(u),
+            group: s("g"),
+            meta: m,
+        };
+        assert_eq!(
+            run(&mut st, share("bob", meta("a", b"1"))),
+            Err(ErrorCode::NotMember(s("g")))
+        );
+        assert_eq!(run(&mut st, share("alice", meta("a", b"1"))), Ok(1));
+        assert_eq!(run(&mut st, share("alice", meta("a", b"1"))), Ok(0));
+        assert_eq!(
+            run(&mut st, share("alice", meta("a", b"2"))),
+            Err(ErrorCode::NameTaken {
+                group: s("g"),
+                name: s("a")
+            })
+        );
+        let stop = |u: &str, n: &str| Change::StopShare {
+            user: s(u),
+            group: s("g"),
+            name: s(n),
+        };
+        assert_eq!(
+            run(&mut st, stop("alice", "zzz")),
+            Err(ErrorCode::NoSuchFile {
+                group: s("g"),
+                name: s("zzz")
+            })
+        );
+        assert_eq!(run(&mut st, stop("alice", "a")), Ok(1));
+        assert!(st.group("g").unwrap().file("a").is_none());
+    }
+
+    #[test]
+    fn leaving_needs_membership_or_a_request() {
+        let mut st = setup();
+        let leave = |u: &str| Change::LeaveGroup {
+            user: s(u),
+            group: s("g"),
+        };
+        assert_eq!(
+            run(&mut st, leave("bob")),
+            Err(ErrorCode::NotMember(s("g")))
+        );
+        run(
+            &mut st,
+            Change::JoinGroup {
+                user: s("bob"),
+                group: s("g"),
+            },
+        )
+        .unwrap();
+        assert_eq!(run(&mut st, leave("bob")), Ok(1));
+        assert!(!st.group("g").unwrap().is_pending("bob"));
+        assert_eq!(run(&mut st, leave("alice")), Ok(1));
+        assert!(st.group("g").is_none());
+    }
+
+    #[test]
+    fn keys_separate_independent_changes() {
+        let a = Change::CreateUser {
+            user: s("x"),
+            phc: s(""),
+        };
+        let b = Change::OpenSession {
+            token_hash: [0; 32],
+            user: s("x"),
+            now_unix_ms: 0,
+            expires_unix_ms: 1,
+        };
+        let c = Change::CreateGroup {
+            user: s("x"),
+            group: s("x"),
+        };
+        assert_eq!(a.key(), b.key());
+        assert_ne!(a.key(), c.key());
+    }
+}

@@ -1,0 +1,381 @@
+//! The file index: sharing, listing, searching and locating files.
+
+use super::{file_name, group_name};
+use crate::change::Change;
+use crate::peers::Peers;
+use crate::shared::Shared;
+use crate::state::{Group, SharedFile, State};
+use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::messages::tracker::{FileEntry, PeerLocation};
+use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
+use fileshare_protocol::{ErrorCode, MAX_FRAME_LEN, PIECE_LEN};
+use std::time::Instant;
+
+/// Longest search pattern: a name can be no longer.
+const MAX_PATTERN_LEN: usize = fileshare_protocol::ids::MAX_NAME_LEN;
+
+/// The group, if `user` is a member of it.
+fn member_group<'s>(state: &'s State, user: &str, group: &str) -> Result<&'s Group, ErrorCode> {
+    let g = state
+        .group(group)
+        .ok_or_else(|| ErrorCode::NoSuchGroup(group.to_string()))?;
+    if !g.is_member(user) {
+        return Err(ErrorCode::NotMember(group.to_string()));
+    }
+    Ok(g)
+}
+
+/// Online peers of members of `g` that hold part of `f`: a peer of someone
+/// who has left is not offered, even before it announces again.
+fn online_holders<'p>(
+    peers: &'p Peers,
+    g: &'p Group,
+    f: &'p SharedFile,
+    now: Instant,
+) -> impl Iterator<Item = PeerLocation> + 'p {
+    peers
+        .holders(&f.id, now)
+        .filter(|(_, p, _)| g.is_member(&p.user))
+        .map(|(id, p, h)| PeerLocation {
+            peer: *id,
+            user: p.user.clone(),
+            addr: p.addr.clone(),
+            have: h.have.clone(),
+        })
+}
+
+fn entry(group: &str, g: &Group, f: &SharedFile, peers: &Peers, now: Instant) -> FileEntry {
+    let online = peers
+        .holders(&f.id, now)
+        .filter(|(_, p, _)| g.is_member(&p.user))
+        .count();
+    FileEntry {
+        group: group.to_string(),
+        name: f.meta.name.clone(),
+        size: f.meta.size,
+        id: f.id,
+        peers_online: u32::try_from(online).unwrap_or(u32::MAX),
+        holders: u32::try_from(f.holders.len()).unwrap_or(u32::MAX),
+    }
+}
+
+/// Refuses metadata that does not describe a file of this protocol.
+pub fn check_meta(meta: &FileMeta) -> Result<(), ErrorCode> {
+    file_name(&meta.name)?;
+    if meta.piece_len != PIECE_LEN {
+        return Err(ErrorCode::BadRequest(format!(
+            "piece length must be {PIECE_LEN}, not {}",
+            meta.piece_len
+        )));
+    }
+    meta.layout()
+        .map_err(|why| ErrorCode::BadRequest(format!("inconsistent file metadata: {why}")))?;
+    Ok(())
+}
+
+pub async fn share(
+    shared: &Shared,
+    session: &SessionToken,
+    group: String,
+    meta: FileMeta,
+) -> TrackerResult {
+    let user = shared.session_user(session)?;
+    group_name(&group)?;
+    check_meta(&meta)?;
+    shared
+        .submit(Change::ShareFile { user, group, meta })
+        .await?;
+    Ok(TrackerReply::Done)
+}
+
+pub async fn stop_share(
+    shared: &Shared,
+    session: &SessionToken,
+    group: String,
+    name: String,
+) -> TrackerResult {
+    let user = shared.session_user(session)?;
+    group_name(&group)?;
+    file_name(&name)?;
+    shared
+        .submit(Change::StopShare { user, group, name })
+        .await?;
+    Ok(TrackerReply::Done)
+}
+
+/// The files of a group, by name; members only.
+pub fn list(shared: &Shared, session: &SessionToken, group: &str) -> TrackerResult {
+    let user = shared.session_user(session)?;
+    group_name(group)?;
+    let now = Instant::now();
+    let state = shared.state.read();
+    let g = member_group(&state, &user, group)?;
+    let peers = shared.peers.read();
+    let files = g.files().map(|f| entry(group, g, f, &peers, now)).collect();
+    Ok(TrackerReply::Files(files))
+}
+
+/// Files whose name contains `pattern` in the caller's groups.
+pub fn search(shared: &Shared, session: &SessionToken, pattern: &str) -> TrackerResult {
+    let user = shared.session_user(session)?;
+    if pattern.len() > MAX_PATTERN_LEN {
+        return Err(ErrorCode::BadRequest(format!(
+            "a search pattern is at most {MAX_PATTERN_LEN} bytes"
+        )));
+    }
+    let now = Instant::now();
+    let state = shared.state.read();
+    let peers = shared.peers.read();
+    let mut found = Vec::new();
+    // A reply must fit in one frame; entries are small, names at most 255.
+    let max_entries = MAX_FRAME_LEN / 512;
+    for (name, g) in state.groups_of(&user) {
+        for f in g.files().filter(|f| f.meta.name.contains(pattern)) {
+            if found.len() >= max_entries {
+                return Err(ErrorCode::BadRequest(
+                    "too many matches; use a longer pattern".into(),
+                ));
+            }
+            found.push(entry(name, g, f, &peers, now));
+        }
+    }
+    Ok(TrackerReply::Files(found))
+}
+
+/// A file's metadata and the online peers holding any of it; members only.
+/// The caller's own peers are included: the client filters them.
+pub fn locate(shared: &Shared, session: &SessionToken, group: &str, name: &str) -> TrackerResult {
+    let user = shared.session_user(session)?;
+    group_name(group)?;
+    file_name(name)?;
+    let now = Instant::now();
+    let state = shared.state.read();
+    let g = member_group(&state, &user, group)?;
+    let f = g.file(name).ok_or_else(|| ErrorCode::NoSuchFile {
+        group: group.to_string(),
+        name: name.to_string(),
+    })?;
+    let peers = shared.peers.read();
+    let located = online_holders(&peers, g, f, now).collect();
+    Ok(TrackerReply::Location {
+        meta: (*f.meta).clone(),
+        peers: located,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::cmd::testing::Fixture;
+    use fileshare_protocol::messages::tracker::Holding;
+    use fileshare_protocol::messages::TrackerRequest;
+    use fileshare_protocol::{Bitfield, PeerId, PieceHash};
+
+    pub fn meta(name: &str, content: &[u8]) -> FileMeta {
+        let hashes = content
+            .chunks(PIECE_LEN as usize)
+            .map(PieceHash::of)
+            .collect();
+        FileMeta {
+            name: name.into(),
+            size: content.len() as u64,
+            piece_len: PIECE_LEN,
+            hashes,
+        }
+    }
+
+    /// alice owns g with member bob; carol is outside.
+    pub async fn group(fx: &Fixture) -> [SessionToken; 3] {
+        let alice = fx.user("alice").await;
+        let bob = fx.user("bob").await;
+        let carol = fx.user("carol").await;
+        let g = || "g".to_string();
+        fx.call(TrackerRequest::CreateGroup {
+            session: alice,
+            group: g(),
+        })
+        .await
+        .unwrap();
+        fx.call(TrackerRequest::JoinGroup {
+            session: bob,
+            group: g(),
+        })
+        .await
+        .unwrap();
+        fx.call(TrackerRequest::AcceptRequest {
+            session: alice,
+            group: g(),
+            user: "bob".into(),
+        })
+        .await
+        .unwrap();
+        [alice, bob, carol]
+    }
+
+    fn share(session: SessionToken, meta: FileMeta) -> TrackerRequest {
+        TrackerRequest::ShareFile {
+            session,
+            group: "g".into(),
+            meta,
+        }
+    }
+
+    fn files(r: TrackerResult) -> Vec<FileEntry> {
+        match r {
+            Ok(TrackerReply::Files(f)) => f,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn share_list_search_stop() {
+        let fx = Fixture::new();
+        let [alice, bob, carol] = group(&fx).await;
+        let a = meta("report.pdf", b"hello");
+        fx.call(share(alice, a.clone())).await.unwrap();
+        fx.call(share(bob, a.clone())).await.unwrap();
+        assert_eq!(
+            fx.call(share(bob, meta("report.pdf", b"other"))).await,
+            Err(ErrorCode::NameTaken {
+                group: "g".into(),
+                name: "report.pdf".into()
+            })
+        );
+        assert_eq!(
+            fx.call(share(carol, meta("c", b"c"))).await,
+            Err(ErrorCode::NotMember("g".into()))
+        );
+        let list = |session| TrackerRequest::ListFiles {
+            session,
+            group: "g".into(),
+        };
+        let l = files(fx.call(list(bob)).await);
+        assert_eq!(l.len(), 1);
+        assert_eq!((l[0].size, l[0].holders, l[0].peers_online), (5, 2, 0));
+        assert_eq!(l[0].id, a.id());
+        assert_eq!(
+            fx.call(list(carol)).await,
+            Err(ErrorCode::NotMember("g".into()))
+        );
+        let search = |session, p: &str| TrackerRequest::Search {
+            session,
+            pattern: p.into(),
+        };
+        assert_eq!(files(fx.call(search(bob, "port")).await).len(), 1);
+        assert_eq!(files(fx.call(search(bob, "xyz")).await).len(), 0);
+        assert_eq!(files(fx.call(search(carol, "port")).await).len(), 0);
+
+        let fx = fx.restart().await;
+        let stop = |session| TrackerRequest::StopShare {
+            session,
+            group: "g".into(),
+            name: "report.pdf".into(),
+        };
+        fx.call(stop(alice)).await.unwrap();
+        assert_eq!(files(fx.call(list(bob)).await)[0].holders, 1);
+        assert!(fx.call(stop(alice)).await.is_err());
+        fx.call(stop(bob)).await.unwrap();
+        assert!(files(fx.call(list(bob)).await).is_empty());
+    }
+
+    #[tokio::test]
+    async fn inconsistent_metadata_is_refused() {
+        let fx = Fixture::new();
+        let [alice, ..] = group(&fx).await;
+        let mut wrong_count = meta("a", &[1; 10]);
+        wrong_count.hashes.push(PieceHash::of(b""));
+        let mut wrong_piece_len = meta("a", &[1; 10]);
+        wrong_piece_len.piece_len = 1024;
+        for m in [wrong_count, wrong_piece_len] {
+            let r = fx.call(share(alice, m)).await;
+            assert!(matches!(r, Err(ErrorCode::BadRequest(_))), "{r:?}");
+        }
+        for bad in ["", ".", "..", "a/b", "a\0b", &"x".repeat(256)] {
+            let r = fx.call(share(alice, meta(bad, b"x"))).await;
+            assert!(
+                matches!(&r, Err(ErrorCode::BadName { what, .. }) if what == "file"),
+                "{bad:?}: {r:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn locate_offers_online_peers_of_members_only() {
+        let fx = Fixture::new();
+        let [alice, bob, carol] = group(&fx).await;
+        let m = meta("a", &[7; (PIECE_LEN * 2) as usize]);
+        fx.call(share(alice, m.clone())).await.unwrap();
+        let announce = |session, peer: u8, have: Bitfield| TrackerRequest::Announce {
+            session,
+            peer: PeerId([peer; 16]),
+            addr: format!("127.0.0.1:{}", 1000 + u16::from(peer)),
+            holdings: vec![Holding { file: m.id(), have }],
+        };
+        fx.call(announce(alice, 1, Bitfield::full(2)))
+            .await
+            .unwrap();
+        fx.call(announce(bob, 2, Bitfield::new(2))).await.unwrap();
+        // carol cannot see the file: her holding is ignored.
+        fx.call(announce(carol, 3, Bitfield::full(2)))
+            .await
+            .unwrap();
+        let locate = |session| TrackerRequest::Locate {
+            session,
+            group: "g".into(),
+            name: "a".into(),
+        };
+        let Ok(TrackerReply::Location { meta: got, peers }) = fx.call(locate(bob)).await else {
+            panic!()
+        };
+        assert_eq!(got, m);
+        assert_eq!(peers.len(), 1, "bob holds no piece yet: {peers:?}");
+        assert_eq!(peers[0].addr, "127.0.0.1:1001");
+        fx.call(TrackerRequest::ReportPieces {
+            session: bob,
+            peer: PeerId([2; 16]),
+            file: m.id(),
+            pieces: vec![1],
+        })
+        .await
+        .unwrap();
+        let Ok(TrackerReply::Location { peers, .. }) = fx.call(locate(bob)).await else {
+            panic!()
+        };
+        assert_eq!(peers.len(), 2);
+        assert_eq!(
+            fx.call(locate(carol)).await,
+            Err(ErrorCode::NotMember("g".into()))
+        );
+        let l = files(
+            fx.call(TrackerRequest::ListFiles {
+                session: bob,
+                group: "g".into(),
+            })
+            .await,
+        );
+        assert_eq!(l[0].peers_online, 2);
+
+        // bob leaves the group: his peer is no longer offered.
+        fx.call(TrackerRequest::LeaveGroup {
+            session: bob,
+            group: "g".into(),
+        })
+        .await
+        .unwrap();
+        let Ok(TrackerReply::Location { peers, .. }) = fx.call(locate(alice)).await else {
+            panic!()
+        };
+        assert_eq!(peers.len(), 1);
+        fx.call(TrackerRequest::LeaveNetwork {
+            session: alice,
+            peer: PeerId([1; 16]),
+        })
+        .await
+        .unwrap();
+        let Ok(TrackerReply::Location { peers, .. }) = fx.call(locate(alice)).await else {
+            panic!()
+        };
+        assert!(peers.is_empty());
+    }
+}

@@ -1,0 +1,172 @@
+//! One function per request, grouped by family, each returning a typed
+//! [`TrackerResult`] so it can be tested without sockets. [`dispatch`] maps
+//! a request to its function.
+//!
+//! Every request but `CreateUser`, `Login` and `VerifyTicket` names a
+//! session; it is checked first, and an unknown, closed, expired or forged
+//! token is `InvalidSession`.
+
+pub mod account;
+pub mod file;
+pub mod group;
+pub mod peer;
+pub mod ticket;
+
+use crate::shared::Shared;
+use fileshare_protocol::ids::{validate_name, NameKind};
+use fileshare_protocol::messages::{TrackerRequest, TrackerResult};
+use fileshare_protocol::ErrorCode;
+use std::net::SocketAddr;
+
+/// Who sent a request, as far as the connection tells.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller {
+    /// The connection's remote address, if known.
+    pub addr: Option<SocketAddr>,
+}
+
+pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> TrackerResult {
+    use TrackerRequest as R;
+    match req {
+        R::CreateUser { user, password } => account::create_user(shared, user, password).await,
+        R::Login { user, password } => account::login(shared, user, password).await,
+        R::Logout { session } => account::logout(shared, &session).await,
+        R::CreateGroup { session, group } => group::create(shared, &session, group).await,
+        R::ListGroups { session } => group::list(shared, &session),
+        R::JoinGroup { session, group } => group::join(shared, &session, group).await,
+        R::LeaveGroup { session, group } => group::leave(shared, &session, group).await,
+        R::ListRequests { session, group } => group::requests(shared, &session, &group),
+        R::AcceptRequest {
+            session,
+            group,
+            user,
+        } => group::decide_request(shared, &session, group, user, true).await,
+        R::RejectRequest {
+            session,
+            group,
+            user,
+        } => group::decide_request(shared, &session, group, user, false).await,
+        R::ListFiles { session, group } => file::list(shared, &session, &group),
+        R::Search { session, pattern } => file::search(shared, &session, &pattern),
+        R::ShareFile {
+            session,
+            group,
+            meta,
+        } => file::share(shared, &session, group, meta).await,
+        R::StopShare {
+            session,
+            group,
+            name,
+        } => file::stop_share(shared, &session, group, name).await,
+        R::Locate {
+            session,
+            group,
+            name,
+        } => file::locate(shared, &session, &group, &name),
+        R::Announce {
+            session,
+            peer,
+            addr,
+            holdings,
+        } => peer::announce(shared, caller, &session, peer, &addr, holdings),
+        R::ReportPieces {
+            session,
+            peer,
+            file,
+            pieces,
+        } => peer::report_pieces(shared, &session, peer, file, &pieces),
+        R::LeaveNetwork { session, peer } => peer::leave_network(shared, &session, peer),
+        R::IssueTicket { session, group } => ticket::issue(shared, &session, &group),
+        R::VerifyTicket { ticket } => ticket::verify(shared, &ticket),
+    }
+}
+
+fn user_name(name: &str) -> Result<(), ErrorCode> {
+    validate_name(NameKind::User, name)
+}
+
+fn group_name(name: &str) -> Result<(), ErrorCode> {
+    validate_name(NameKind::Group, name)
+}
+
+fn file_name(name: &str) -> Result<(), ErrorCode> {
+    validate_name(NameKind::File, name)
+}
+
+/// Shared set-up for the command tests: a tracker on a temporary store.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::shared::Settings;
+    use crate::writer::WriterThread;
+    use fileshare_protocol::messages::{SessionToken, TrackerReply};
+    use std::sync::Arc;
+
+    pub struct Fixture {
+        pub shared: Arc<Shared>,
+        pub thread: Option<WriterThread>,
+        pub dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        pub fn new() -> Fixture {
+            Self::with(Settings::default())
+        }
+
+        pub fn with(settings: Settings) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let (shared, thread) = Shared::open(dir.path(), settings).unwrap();
+            Fixture {
+                shared,
+                thread: Some(thread),
+                dir,
+            }
+        }
+
+        /// Stops the writer and opens the same directory again.
+        pub async fn restart(self) -> Fixture {
+            let Fixture {
+                shared,
+                thread,
+                dir,
+            } = self;
+            let settings = shared.settings.clone();
+            drop(shared);
+            thread.unwrap().stop().await;
+            let (shared, thread) = Shared::open(dir.path(), settings).unwrap();
+            Fixture {
+                shared,
+                thread: Some(thread),
+                dir,
+            }
+        }
+
+        pub async fn call(&self, req: TrackerRequest) -> TrackerResult {
+            dispatch(&self.shared, &Caller::default(), req).await
+        }
+
+        /// Creates `user` and logs in.
+        pub async fn user(&self, user: &str) -> SessionToken {
+            self.call(TrackerRequest::CreateUser {
+                user: user.into(),
+                password: "pw".into(),
+            })
+            .await
+            .unwrap();
+            self.login(user).await
+        }
+
+        pub async fn login(&self, user: &str) -> SessionToken {
+            match self
+                .call(TrackerRequest::Login {
+                    user: user.into(),
+                    password: "pw".into(),
+                })
+                .await
+            {
+                Ok(TrackerReply::Session { token, .. }) => token,
+                other => panic!("login: {other:?}"),
+            }
+        }
+    }
+}

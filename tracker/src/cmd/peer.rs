@@ -1,0 +1,171 @@
+//! Daemons announcing themselves and what they hold (soft state).
+
+use super::Caller;
+use crate::shared::Shared;
+use fileshare_protocol::ids::{FileId, PeerId};
+use fileshare_protocol::messages::tracker::Holding;
+use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
+use fileshare_protocol::ErrorCode;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// The address other peers should dial. A daemon listening on every
+/// interface (`0.0.0.0:port`) cannot know which of its addresses others
+/// reach, so the tracker puts in the one the announce came from.
+fn dialable(addr: &str, caller: &Caller) -> Result<String, ErrorCode> {
+    let mut parsed: SocketAddr = addr
+        .parse()
+        .map_err(|_| ErrorCode::BadRequest(format!("{addr:?} is not an ip:port address")))?;
+    if parsed.port() == 0 {
+        return Err(ErrorCode::BadRequest(format!("{addr} has no port")));
+    }
+    if parsed.ip().is_unspecified() {
+        if let Some(from) = caller.addr {
+            parsed.set_ip(from.ip());
+        }
+    }
+    Ok(parsed.to_string())
+}
+
+/// Replaces what the tracker knows of `peer`. Holdings of files the user
+/// cannot see, or with a bitfield of the wrong length, are ignored.
+pub fn announce(
+    shared: &Shared,
+    caller: &Caller,
+    session: &SessionToken,
+    peer: PeerId,
+    addr: &str,
+    holdings: Vec<Holding>,
+) -> TrackerResult {
+    let user = shared.session_user(session)?;
+    let addr = dialable(addr, caller)?;
+    let now = Instant::now();
+    let state = shared.state.read();
+    let visible: Vec<_> = holdings
+        .into_iter()
+        .filter(|h| {
+            state
+                .visible_file(&user, &h.file)
+                .is_some_and(|f| h.have.is_valid_for(layout_pieces(&f.meta)))
+        })
+        .map(|h| (h.file, h.have))
+        .collect();
+    shared
+        .peers
+        .write()
+        .announce(now, peer, &user, addr, visible)?;
+    drop(state);
+    let interval_secs = u32::try_from(shared.settings.announce_interval.as_secs())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    Ok(TrackerReply::Announced { interval_secs })
+}
+
+fn layout_pieces(meta: &fileshare_protocol::ids::FileMeta) -> u32 {
+    // Shared metadata was checked to be consistent, so this is its layout.
+    u32::try_from(meta.hashes.len()).unwrap_or(u32::MAX)
+}
+
+/// Pieces `peer` verified since its last announce.
+pub fn report_pieces(
+    shared: &Shared,
+    session: &SessionToken,
+    peer: PeerId,
+    file: FileId,
+    pieces: &[u32],
+) -> TrackerResult {
+    let user = shared.session_user(session)?;
+    let now = Instant::now();
+    let state = shared.state.read();
+    let f = state
+        .visible_file(&user, &file)
+        .ok_or_else(|| ErrorCode::BadRequest(format!("no file {file} in your groups")))?;
+    let n = layout_pieces(&f.meta);
+    if let Some(bad) = pieces.iter().find(|&&i| i >= n) {
+        return Err(ErrorCode::BadRequest(format!(
+            "piece {bad} is out of range: the file has {n}"
+        )));
+    }
+    shared
+        .peers
+        .write()
+        .report(now, peer, &user, file, n, pieces)?;
+    Ok(TrackerReply::Done)
+}
+
+pub fn leave_network(shared: &Shared, session: &SessionToken, peer: PeerId) -> TrackerResult {
+    let user = shared.session_user(session)?;
+    shared.peers.write().leave(&peer, &user)?;
+    Ok(TrackerReply::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::file::tests::{group, meta};
+    use crate::cmd::testing::Fixture;
+    use fileshare_protocol::messages::TrackerRequest;
+    use fileshare_protocol::Bitfield;
+
+    #[test]
+    fn unspecified_addresses_take_the_caller_ip() {
+        let caller = Caller {
+            addr: Some("10.1.2.3:5555".parse().unwrap()),
+        };
+        assert_eq!(dialable("0.0.0.0:7000", &caller).unwrap(), "10.1.2.3:7000");
+        assert_eq!(
+            dialable("127.0.0.1:7000", &caller).unwrap(),
+            "127.0.0.1:7000"
+        );
+        assert!(dialable("localhost:7000", &caller).is_err());
+        assert!(dialable("127.0.0.1:0", &caller).is_err());
+    }
+
+    #[tokio::test]
+    async fn bad_reports_are_refused() {
+        let fx = Fixture::new();
+        let [alice, _, carol] = group(&fx).await;
+        let m = meta("a", b"abc");
+        fx.call(TrackerRequest::ShareFile {
+            session: alice,
+            group: "g".into(),
+            meta: m.clone(),
+        })
+        .await
+        .unwrap();
+        let peer = PeerId([1; 16]);
+        let report = |session, pieces| TrackerRequest::ReportPieces {
+            session,
+            peer,
+            file: m.id(),
+            pieces,
+        };
+        // Not announced yet.
+        assert!(fx.call(report(alice, vec![0])).await.is_err());
+        let r = fx
+            .call(TrackerRequest::Announce {
+                session: alice,
+                peer,
+                addr: "127.0.0.1:9".into(),
+                holdings: vec![Holding {
+                    file: m.id(),
+                    // Wrong length: ignored.
+                    have: Bitfield::full(5),
+                }],
+            })
+            .await;
+        assert!(matches!(
+            r,
+            Ok(TrackerReply::Announced { interval_secs: 5 })
+        ));
+        assert!(
+            fx.call(report(alice, vec![1])).await.is_err(),
+            "out of range"
+        );
+        assert!(
+            fx.call(report(carol, vec![0])).await.is_err(),
+            "not visible"
+        );
+        fx.call(report(alice, vec![0])).await.unwrap();
+    }
+}

@@ -1,0 +1,58 @@
+//! The tracker's own errors: what can stop it from starting or from saving.
+//! Refusals sent to clients are [`fileshare_protocol::ErrorCode`]s instead.
+//!
+//! Each message already contains the inner error's text, so the variants do
+//! not also expose it as a `source`: a `{e:#}` chain then prints it once.
+
+use fileshare_protocol::trackers_file::TrackersFileError;
+use fileshare_protocol::ProtocolError;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error("cannot open the state store {path}: {error}")]
+    Open { path: PathBuf, error: redb::Error },
+    #[error("state store: {0}")]
+    Storage(redb::Error),
+    #[error(
+        "record {index} of the state store is corrupt (checksum {stored:016x}, expected \
+         {computed:016x}); refusing to start on damaged state"
+    )]
+    Checksum {
+        index: u64,
+        stored: u64,
+        computed: u64,
+    },
+    #[error("record {index} of the state store is too short ({len} bytes) to hold a checksum")]
+    ShortRecord { index: u64, len: usize },
+    #[error("record {index} of the state store cannot be decoded: {error}")]
+    Decode { index: u64, error: ProtocolError },
+    #[error("the state store skips from record {expected} to record {found}")]
+    Gap { expected: u64, found: u64 },
+    #[error("cannot encode a record: {0}")]
+    Encode(ProtocolError),
+    #[error("{0}")]
+    TrackersFile(#[from] TrackersFileError),
+    #[error("tracker number {no} is not in {path}, which lists {count} tracker(s)")]
+    NoSuchTracker {
+        no: u32,
+        path: PathBuf,
+        count: usize,
+    },
+    #[error("cannot create data directory {path}: {error}")]
+    DataDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: String, error: std::io::Error },
+    #[error("the operating system gave no randomness: {0}")]
+    Random(String),
+    #[error("bug: the record writer stopped: {0}")]
+    BugWriterGone(String),
+}
+
+/// Shorthand for mapping redb's many error types.
+pub(crate) fn storage<E: Into<redb::Error>>(e: E) -> TrackerError {
+    TrackerError::Storage(e.into())
+}

@@ -1,0 +1,180 @@
+//! The durable changes. The tracker's durable state is exactly what
+//! [`crate::state::State::apply`] makes of the ordered sequence of these
+//! records, so a record says what happened, never how to check it: checks
+//! were made when the record was decided ([`crate::change`]).
+//!
+//! Records are stored and (later) replicated as
+//! [`fileshare_protocol::codec`] encodings. Variants may be added at the end;
+//! existing ones never change shape, or old logs stop replaying.
+
+use fileshare_protocol::codec;
+use fileshare_protocol::ids::FileMeta;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// SHA-256 of a session token: what the tracker keeps, so a copy of the
+/// store does not hand out live sessions.
+pub type TokenHash = [u8; 32];
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// The first record of every cluster: the key that signs tickets, so
+    /// every tracker replaying the log verifies every other's tickets.
+    ClusterInit {
+        secret: [u8; 32],
+    },
+    /// `phc` is an argon2id PHC string; the password itself is never stored.
+    UserCreated {
+        user: String,
+        phc: String,
+    },
+    SessionOpened {
+        token_hash: TokenHash,
+        user: String,
+        /// When it was opened; lets replay prune sessions that had already
+        /// expired by then, without reading a clock.
+        opened_unix_ms: u64,
+        expires_unix_ms: u64,
+    },
+    SessionClosed {
+        token_hash: TokenHash,
+    },
+    /// The owner is the group's first member.
+    GroupCreated {
+        group: String,
+        owner: String,
+    },
+    JoinRequested {
+        group: String,
+        user: String,
+    },
+    RequestAccepted {
+        group: String,
+        user: String,
+    },
+    RequestRejected {
+        group: String,
+        user: String,
+    },
+    /// Also withdraws a pending request and drops the user's shares there.
+    MemberLeft {
+        group: String,
+        user: String,
+    },
+    /// `user` becomes one more holder of `meta` in `group`.
+    FileShared {
+        group: String,
+        meta: FileMeta,
+        user: String,
+    },
+    /// `user` stops holding the file named `name` in `group`.
+    ShareStopped {
+        group: String,
+        name: String,
+        user: String,
+    },
+}
+
+impl Record {
+    pub fn encode(&self) -> Result<Vec<u8>, fileshare_protocol::ProtocolError> {
+        codec::encode(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Record, fileshare_protocol::ProtocolError> {
+        codec::decode(bytes)
+    }
+}
+
+/// Never prints secrets or password hashes, so records can be logged.
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Record::ClusterInit { .. } => f.write_str("ClusterInit"),
+            Record::UserCreated { user, .. } => write!(f, "UserCreated({user})"),
+            Record::SessionOpened { user, .. } => write!(f, "SessionOpened({user})"),
+            Record::SessionClosed { .. } => f.write_str("SessionClosed"),
+            Record::GroupCreated { group, owner } => write!(f, "GroupCreated({group}, {owner})"),
+            Record::JoinRequested { group, user } => write!(f, "JoinRequested({group}, {user})"),
+            Record::RequestAccepted { group, user } => {
+                write!(f, "RequestAccepted({group}, {user})")
+            }
+            Record::RequestRejected { group, user } => {
+                write!(f, "RequestRejected({group}, {user})")
+            }
+            Record::MemberLeft { group, user } => write!(f, "MemberLeft({group}, {user})"),
+            Record::FileShared { group, meta, user } => {
+                write!(f, "FileShared({group}, {}, {user})", meta.name)
+            }
+            Record::ShareStopped { group, name, user } => {
+                write!(f, "ShareStopped({group}, {name}, {user})")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fileshare_protocol::{PieceHash, PIECE_LEN};
+
+    #[test]
+    fn every_variant_round_trips() {
+        let meta = FileMeta {
+            name: "a".into(),
+            size: 3,
+            piece_len: PIECE_LEN,
+            hashes: vec![PieceHash::of(b"abc")],
+        };
+        let all = [
+            Record::ClusterInit { secret: [1; 32] },
+            Record::UserCreated {
+                user: "u".into(),
+                phc: "$argon2id$x".into(),
+            },
+            Record::SessionOpened {
+                token_hash: [2; 32],
+                user: "u".into(),
+                opened_unix_ms: 1,
+                expires_unix_ms: 2,
+            },
+            Record::SessionClosed {
+                token_hash: [2; 32],
+            },
+            Record::GroupCreated {
+                group: "g".into(),
+                owner: "u".into(),
+            },
+            Record::JoinRequested {
+                group: "g".into(),
+                user: "v".into(),
+            },
+            Record::RequestAccepted {
+                group: "g".into(),
+                user: "v".into(),
+            },
+            Record::RequestRejected {
+                group: "g".into(),
+                user: "v".into(),
+            },
+            Record::MemberLeft {
+                group: "g".into(),
+                user: "v".into(),
+            },
+            Record::FileShared {
+                group: "g".into(),
+                meta,
+                user: "u".into(),
+            },
+            Record::ShareStopped {
+                group: "g".into(),
+                name: "a".into(),
+                user: "u".into(),
+            },
+        ];
+        for r in all {
+            let bytes = r.encode().unwrap();
+            assert_eq!(Record::decode(&bytes).unwrap(), r);
+            assert!(!format!("{r:?}").contains("argon2"));
+        }
+    }
+}

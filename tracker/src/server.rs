@@ -1,0 +1,196 @@
+//! Accepting connections and serving requests on them.
+//!
+//! Each connection gets a handler: a read loop that spawns one task per
+//! request (at most [`MAX_IN_FLIGHT`] at a time) and a writer task that
+//! sends replies in the order they complete, each with its request's id.
+//! A frame that cannot be read or decoded ends that connection only, after
+//! one log line and without a reply; nothing a client sends can panic the
+//! process. On shutdown, handlers stop reading, finish the requests in
+//! flight, flush their replies and close.
+
+use crate::cmd::{self, Caller};
+use crate::shared::Shared;
+use fileshare_protocol::connection::FrameWriter;
+use fileshare_protocol::messages::{Reply, Request, Role, TrackerRequest, TrackerResult};
+use fileshare_protocol::{Connection, ErrorCode, ProtocolError};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Requests of one connection processed at once; the read loop waits for
+/// a slot, so a flooding client slows only itself.
+pub const MAX_IN_FLIGHT: usize = 128;
+
+/// Serves `listener` until `shutdown` completes, then waits for every
+/// connection to finish its requests in flight.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future) {
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let mut server = Listener {
+        listener,
+        shared,
+        limit: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        cancel: cancel.clone(),
+        tasks: tasks.clone(),
+    };
+    tokio::select! {
+        () = server.run() => {}
+        _ = shutdown => tracing::info!("shutting down"),
+    }
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+}
+
+struct Listener {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Listener {
+    /// Accepts forever. Accept errors (out of file descriptors, mostly) are
+    /// retried with backoff rather than ending the tracker.
+    async fn run(&mut self) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let Ok(permit) = self.limit.clone().acquire_owned().await else {
+                return;
+            };
+            let (stream, addr) = match self.listener.accept().await {
+                Ok(s) => {
+                    backoff = Duration::from_millis(10);
+                    s
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed, retrying in {backoff:?}: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let handler = Handler {
+                shared: self.shared.clone(),
+                addr,
+                cancel: self.cancel.clone(),
+                tasks: self.tasks.clone(),
+            };
+            self.tasks.spawn(async move {
+                handler.run(stream).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+struct Handler {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Handler {
+    async fn run(self, stream: TcpStream) {
+        let mut conn = Connection::tcp(stream);
+        let me = Role::Tracker {
+            no: self.shared.settings.tracker_no,
+        };
+        let role = tokio::select! {
+            r = conn.handshake(me) => r,
+            () = self.cancel.cancelled() => return,
+        };
+        match role {
+            Ok(Role::Client) => {}
+            Ok(other) => {
+                tracing::info!(peer = %self.addr, "closing connection: {other:?} is not a client");
+                return;
+            }
+            Err(e) => {
+                tracing::info!(peer = %self.addr, "closing connection: {e}");
+                return;
+            }
+        }
+        let (mut reader, writer) = conn.into_split();
+        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+        let writer = tokio::spawn(write_replies(writer, rx, self.addr));
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let caller = Caller {
+            addr: Some(self.addr),
+        };
+        loop {
+            let frame = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => break,
+                f = reader.read_frame::<Request<TrackerRequest>>() => f,
+            };
+            let req = match frame {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(e) => {
+                    log_bad_frame(&self.addr, &e);
+                    break;
+                }
+            };
+            let permit = tokio::select! {
+                p = in_flight.clone().acquire_owned() => p,
+                () = self.cancel.cancelled() => break,
+            };
+            let Ok(permit) = permit else { break };
+            let tx = tx.clone();
+            let shared = self.shared.clone();
+            self.tasks.spawn(async move {
+                let body = cmd::dispatch(&shared, &caller, req.body).await;
+                let _ = tx.send(Reply { id: req.id, body }).await;
+                drop(permit);
+            });
+        }
+        // The writer ends once every request task has sent its reply.
+        drop(tx);
+        let _ = writer.await;
+    }
+}
+
+fn log_bad_frame(addr: &SocketAddr, e: &ProtocolError) {
+    match e {
+        ProtocolError::Io(_) => tracing::debug!(peer = %addr, "connection lost: {e}"),
+        _ => tracing::warn!(peer = %addr, "closing connection after a bad frame: {e}"),
+    }
+}
+
+async fn write_replies(
+    mut writer: FrameWriter<OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<Reply<TrackerResult>>,
+    addr: SocketAddr,
+) {
+    while let Some(reply) = rx.recv().await {
+        let id = reply.id;
+        let sent = match writer.write_frame(&reply).await {
+            Err(ProtocolError::FrameTooLarge { .. } | ProtocolError::Encode(_)) => {
+                // Nothing was written; the client still gets an answer.
+                let body: TrackerResult =
+                    Err(ErrorCode::Internal("the reply is too large to send".into()));
+                writer.write_frame(&Reply { id, body }).await
+            }
+            other => other,
+        };
+        if let Err(e) = sent {
+            tracing::debug!(peer = %addr, "cannot send reply: {e}");
+            // Keep draining so request tasks never wait on a dead socket.
+            while rx.recv().await.is_some() {}
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}

@@ -1,0 +1,529 @@
+//! The durable state: a pure function of the record sequence.
+//!
+//! [`State::apply`] is the only mutator. It reads no clock and no randomness
+//! and never fails: a record that does not fit the state (which deciding
+//! prevents) is ignored, so every tracker that replays the same records ends
+//! in the same state. Everything else here is a read-only query.
+
+use crate::records::{Record, TokenHash};
+use fileshare_protocol::ids::{FileId, FileMeta};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct User {
+    /// argon2id PHC string.
+    pub phc: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: String,
+    pub expires_unix_ms: u64,
+}
+
+/// One file name in one group.
+#[derive(Debug, Clone)]
+pub struct SharedFile {
+    pub id: FileId,
+    pub meta: Arc<FileMeta>,
+    /// Users sharing it. Invariant: never empty (the file is removed with its
+    /// last holder), and every holder is a member of the group.
+    pub holders: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Invariant: a key of `members`.
+    pub owner: String,
+    /// Member -> join sequence number; the smallest is the longest-standing
+    /// member. Invariant: never empty (an empty group is deleted).
+    members: BTreeMap<String, u64>,
+    /// Pending requests -> request sequence number. Invariant: disjoint
+    /// from `members`.
+    requests: BTreeMap<String, u64>,
+    /// By file name.
+    files: BTreeMap<String, SharedFile>,
+}
+
+impl Group {
+    pub fn is_member(&self, user: &str) -> bool {
+        self.members.contains_key(user)
+    }
+
+    pub fn is_pending(&self, user: &str) -> bool {
+        self.requests.contains_key(user)
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Pending requests, oldest first.
+    pub fn requests(&self) -> Vec<String> {
+        let mut v: Vec<_> = self.requests.iter().collect();
+        v.sort_by_key(|(_, seq)| **seq);
+        v.into_iter().map(|(u, _)| u.clone()).collect()
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = &SharedFile> {
+        self.files.values()
+    }
+
+    pub fn file(&self, name: &str) -> Option<&SharedFile> {
+        self.files.get(name)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    /// Invariant: the number of records applied, which is also the log index
+    /// of the last one (indexes start at 1).
+    applied: u64,
+    secret: Option<[u8; 32]>,
+    users: HashMap<String, User>,
+    sessions: HashMap<TokenHash, Session>,
+    /// Prune expired sessions when the map reaches this size, so the work is
+    /// amortized and the same on every replay.
+    prune_sessions_at: usize,
+    groups: BTreeMap<String, Group>,
+    /// User -> the groups they are a member of. Invariant: mirrors
+    /// `Group::members`.
+    memberships: HashMap<String, BTreeSet<String>>,
+    /// File id -> the groups listing it. Invariant: mirrors `Group::files`.
+    file_groups: HashMap<FileId, BTreeSet<String>>,
+    /// Source of join and request sequence numbers.
+    seq: u64,
+}
+
+const MIN_SESSION_PRUNE: usize = 1024;
+
+impl State {
+    /// Applies one record. Never fails; see the module doc.
+    pub fn apply(&mut self, rec: &Record) {
+        self.applied += 1;
+        match rec {
+            Record::ClusterInit { secret } => {
+                self.secret.get_or_insert(*secret);
+            }
+            Record::UserCreated { user, phc } => {
+                self.users
+                    .entry(user.clone())
+                    .or_insert_with(|| User { phc: phc.clone() });
+            }
+            Record::SessionOpened {
+                token_hash,
+                user,
+                opened_unix_ms,
+                expires_unix_ms,
+            } => {
+                if self.sessions.len() >= self.prune_sessions_at.max(MIN_SESSION_PRUNE) {
+                    self.sessions
+                        .retain(|_, s| s.expires_unix_ms > *opened_unix_ms);
+                    self.prune_sessions_at = self.sessions.len() * 2;
+                }
+                self.sessions.insert(
+                    *token_hash,
+                    Session {
+                        user: user.clone(),
+                        expires_unix_ms: *expires_unix_ms,
+                    },
+                );
+            }
+            Record::SessionClosed { token_hash } => {
+                self.sessions.remove(token_hash);
+            }
+            Record::GroupCreated { group, owner } => {
+                if self.groups.contains_key(group) {
+                    return;
+                }
+                self.seq += 1;
+                let g = Group {
+                    owner: owner.clone(),
+                    members: BTreeMap::from([(owner.clone(), self.seq)]),
+                    requests: BTreeMap::new(),
+                    files: BTreeMap::new(),
+                };
+                self.groups.insert(group.clone(), g);
+                self.memberships
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(group.clone());
+            }
+            Record::JoinRequested { group, user } => {
+                self.seq += 1;
+                let seq = self.seq;
+                if let Some(g) = self.groups.get_mut(group) {
+                    if !g.is_member(user) {
+                        g.requests.entry(user.clone()).or_insert(seq);
+                    }
+                }
+            }
+            Record::RequestAccepted { group, user } => {
+                self.seq += 1;
+                let seq = self.seq;
+                if let Some(g) = self.groups.get_mut(group) {
+                    if g.requests.remove(user).is_some() {
+                        g.members.insert(user.clone(), seq);
+                        self.memberships
+                            .entry(user.clone())
+                            .or_default()
+                            .insert(group.clone());
+                    }
+                }
+            }
+            Record::RequestRejected { group, user } => {
+                if let Some(g) = self.groups.get_mut(group) {
+                    g.requests.remove(user);
+                }
+            }
+            Record::MemberLeft { group, user } => self.member_left(group, user),
+            Record::FileShared { group, meta, user } => {
+                let Some(g) = self.groups.get_mut(group) else {
+                    return;
+                };
+                if !g.is_member(user) {
+                    return;
+                }
+                let id = meta.id();
+                if let Some(f) = g.files.get_mut(&meta.name) {
+                    if f.id == id {
+                        f.holders.insert(user.clone());
+                    }
+                    return;
+                }
+                g.files.insert(
+                    meta.name.clone(),
+                    SharedFile {
+                        id,
+                        meta: Arc::new(meta.clone()),
+                        holders: BTreeSet::from([user.clone()]),
+                    },
+                );
+                self.file_groups
+                    .entry(id)
+                    .or_default()
+                    .insert(group.clone());
+            }
+            Record::ShareStopped { group, name, user } => {
+                let Some(g) = self.groups.get_mut(group) else {
+                    return;
+                };
+                let Some(f) = g.files.get_mut(name) else {
+                    return;
+                };
+                f.holders.remove(user);
+                if f.holders.is_empty() {
+                    let id = f.id;
+                    g.files.remove(name);
+                    unlist_file(&mut self.file_groups, id, group);
+                }
+            }
+        }
+    }
+
+    /// The owner-leaves rule: ownership passes to the longest-standing
+    /// remaining member; the group is deleted with its last member.
+    fn member_left(&mut self, group: &str, user: &str) {
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        g.requests.remove(user);
+        if g.members.remove(user).is_none() {
+            return;
+        }
+        if let Some(set) = self.memberships.get_mut(user) {
+            set.remove(group);
+            if set.is_empty() {
+                self.memberships.remove(user);
+            }
+        }
+        let mut emptied = Vec::new();
+        for (name, f) in g.files.iter_mut() {
+            f.holders.remove(user);
+            if f.holders.is_empty() {
+                emptied.push((name.clone(), f.id));
+            }
+        }
+        for (name, id) in emptied {
+            g.files.remove(&name);
+            unlist_file(&mut self.file_groups, id, group);
+        }
+        if g.owner == user {
+            match g.members.iter().min_by_key(|(_, seq)| **seq) {
+                Some((next, _)) => g.owner = next.clone(),
+                None => {
+                    // Its files went with their last holder above.
+                    self.groups.remove(group);
+                }
+            }
+        }
+    }
+
+    /// Records applied so far; the index of the last one.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The ticket key, once the cluster's first record is applied.
+    pub fn secret(&self) -> Option<&[u8; 32]> {
+        self.secret.as_ref()
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// The session's user if it exists and has not expired at `now_unix_ms`.
+    pub fn session(&self, token_hash: &TokenHash, now_unix_ms: u64) -> Option<&Session> {
+        self.sessions
+            .get(token_hash)
+            .filter(|s| s.expires_unix_ms > now_unix_ms)
+    }
+
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.get(name)
+    }
+
+    /// Every group, by name.
+    pub fn groups(&self) -> impl Iterator<Item = (&String, &Group)> {
+        self.groups.iter()
+    }
+
+    /// The groups `user` is a member of, by name.
+    pub fn groups_of(&self, user: &str) -> impl Iterator<Item = (&String, &Group)> {
+        self.memberships
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.groups.get_key_value(name))
+    }
+
+    /// The file with id `id` as `user` may see it: in some group they belong
+    /// to.
+    pub fn visible_file(&self, user: &str, id: &FileId) -> Option<&SharedFile> {
+        self.file_groups
+            .get(id)?
+            .iter()
+            .filter_map(|g| self.groups.get(g))
+            .filter(|g| g.is_member(user))
+            .find_map(|g| g.files.values().find(|f| f.id == *id))
+    }
+
+    /// The groups listing file `id`.
+    pub fn groups_with_file(&self, id: &FileId) -> impl Iterator<Item = (&String, &Group)> {
+        self.file_groups
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| self.groups.get_key_value(g))
+    }
+}
+
+fn unlist_file(file_groups: &mut HashMap<FileId, BTreeSet<String>>, id: FileId, group: &str) {
+    if let Some(set) = file_groups.get_mut(&id) {
+        set.remove(group);
+        if set.is_empty() {
+            file_groups.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fileshare_protocol::{PieceHash, PIECE_LEN};
+
+    fn meta(name: &str, content: &[u8]) -> FileMeta {
+        FileMeta {
+            name: name.into(),
+            size: content.len() as u64,
+            piece_len: PIECE_LEN,
+            hashes: vec![PieceHash::of(content)],
+        }
+    }
+
+    fn s(x: &str) -> String {
+        x.to_string()
+    }
+
+    fn replay(records: &[Record]) -> State {
+        let mut st = State::default();
+        for r in records {
+            st.apply(r);
+        }
+        st
+    }
+
+    fn group_of_three() -> Vec<Record> {
+        let mut v = vec![Record::GroupCreated {
+            group: s("g"),
+            owner: s("alice"),
+        }];
+        for u in ["bob", "carol"] {
+            v.push(Record::JoinRequested {
+                group: s("g"),
+                user: s(u),
+            });
+            v.push(Record::RequestAccepted {
+                group: s("g"),
+                user: s(u),
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn owner_leaving_passes_ownership_to_the_longest_standing_member() {
+        let mut recs = group_of_three();
+        recs.push(Record::MemberLeft {
+            group: s("g"),
+            user: s("alice"),
+        });
+        let st = replay(&recs);
+        let g = st.group("g").unwrap();
+        assert_eq!(g.owner, "bob");
+        assert_eq!(g.member_count(), 2);
+        assert!(st.groups_of("alice").next().is_none());
+    }
+
+    #[test]
+    fn last_member_leaving_deletes_the_group_and_its_files() {
+        let m = meta("a", b"x");
+        let id = m.id();
+        let recs = vec![
+            Record::GroupCreated {
+                group: s("g"),
+                owner: s("alice"),
+            },
+            Record::FileShared {
+                group: s("g"),
+                meta: m,
+                user: s("alice"),
+            },
+            Record::MemberLeft {
+                group: s("g"),
+                user: s("alice"),
+            },
+        ];
+        let st = replay(&recs);
+        assert!(st.group("g").is_none());
+        assert!(st.groups_with_file(&id).next().is_none());
+        assert_eq!(st.applied(), 3);
+    }
+
+    #[test]
+    fn a_file_lives_while_it_has_holders() {
+        let m = meta("a", b"x");
+        let mut recs = group_of_three();
+        for u in ["alice", "bob"] {
+            recs.push(Record::FileShared {
+                group: s("g"),
+                meta: m.clone(),
+                user: s(u),
+            });
+        }
+        let st = replay(&recs);
+        assert_eq!(st.group("g").unwrap().file("a").unwrap().holders.len(), 2);
+        assert!(st.visible_file("carol", &m.id()).is_some());
+        assert!(st.visible_file("dave", &m.id()).is_none());
+
+        recs.push(Record::MemberLeft {
+            group: s("g"),
+            user: s("bob"),
+        });
+        recs.push(Record::ShareStopped {
+            group: s("g"),
+            name: s("a"),
+            user: s("alice"),
+        });
+        let st = replay(&recs);
+        assert!(st.group("g").unwrap().file("a").is_none());
+        assert!(st.visible_file("carol", &m.id()).is_none());
+    }
+
+    #[test]
+    fn records_that_do_not_fit_are_ignored() {
+        let mut recs = group_of_three();
+        recs.extend([
+            // Not a member: no effect.
+            Record::FileShared {
+                group: s("g"),
+                meta: meta("a", b"x"),
+                user: s("mallory"),
+            },
+            // No such request.
+            Record::RequestAccepted {
+                group: s("g"),
+                user: s("mallory"),
+            },
+            Record::MemberLeft {
+                group: s("nope"),
+                user: s("bob"),
+            },
+            Record::GroupCreated {
+                group: s("g"),
+                owner: s("mallory"),
+            },
+        ]);
+        let st = replay(&recs);
+        let g = st.group("g").unwrap();
+        assert_eq!(g.owner, "alice");
+        assert_eq!(g.member_count(), 3);
+        assert!(g.file("a").is_none());
+    }
+
+    #[test]
+    fn sessions_expire_and_are_pruned_deterministically() {
+        let mut recs = vec![];
+        for i in 0..(MIN_SESSION_PRUNE as u64 + 10) {
+            recs.push(Record::SessionOpened {
+                token_hash: {
+                    let mut h = [0; 32];
+                    h[..8].copy_from_slice(&i.to_be_bytes());
+                    h
+                },
+                user: s("u"),
+                opened_unix_ms: i * 10,
+                expires_unix_ms: i * 10 + 15,
+            });
+        }
+        let st = replay(&recs);
+        assert!(st.sessions.len() < MIN_SESSION_PRUNE);
+        let last = recs.last().unwrap();
+        let Record::SessionOpened {
+            token_hash,
+            expires_unix_ms,
+            ..
+        } = last
+        else {
+            unreachable!()
+        };
+        assert!(st.session(token_hash, expires_unix_ms - 1).is_some());
+        assert!(st.session(token_hash, *expires_unix_ms).is_none());
+    }
+
+    #[test]
+    fn requests_are_listed_oldest_first() {
+        let mut recs = vec![Record::GroupCreated {
+            group: s("g"),
+            owner: s("o"),
+        }];
+        for u in ["zed", "amy", "kim"] {
+            recs.push(Record::JoinRequested {
+                group: s("g"),
+                user: s(u),
+            });
+        }
+        recs.push(Record::MemberLeft {
+            group: s("g"),
+            user: s("amy"),
+        });
+        let st = replay(&recs);
+        assert_eq!(st.group("g").unwrap().requests(), vec!["zed", "kim"]);
+    }
+}
