@@ -16,9 +16,20 @@ use std::io::{BufRead, Write};
 
 /// Runs one tracker-only command and prints its result.
 pub async fn run(cmd: &Command, global: &Global, home: &Home) -> anyhow::Result<()> {
+    run_with_password(cmd, global, home, None).await
+}
+
+/// [`run`], with the password of `create-user` or `login` given by the
+/// caller (the shell's `login alice secret`) instead of asked for.
+pub async fn run_with_password(
+    cmd: &Command,
+    global: &Global,
+    home: &Home,
+    given: Option<&str>,
+) -> anyhow::Result<()> {
     let lines = match cmd {
-        Command::CreateUser { user } => create_user(global, home, user).await?,
-        Command::Login { user } => login(global, home, user).await?,
+        Command::CreateUser { user } => create_user(global, home, user, given).await?,
+        Command::Login { user } => login(global, home, user, given).await?,
         Command::Logout => logout(home).await?,
         Command::CreateGroup { group } => {
             let session = home.session()?;
@@ -159,32 +170,11 @@ pub async fn run(cmd: &Command, global: &Global, home: &Home) -> anyhow::Result<
         Command::UploadFile { .. }
         | Command::DownloadFile { .. }
         | Command::ShowDownloads
-        | Command::StopShare { .. } => bail!(
-            "`fsd {}` is handled by the daemon (`fsd mount`), which this build does not \
-             include yet",
-            command_name(cmd)
-        ),
-        Command::Shell => bail!("`fsd shell` is not available in this build yet"),
+        | Command::StopShare { .. } => return crate::daemon_client::run(cmd, home).await,
+        Command::Shell => bail!("bug: `fsd shell` is not a tracker command"),
         Command::Mount(_) => bail!("bug: `fsd mount` is not a tracker command"),
     };
     print_lines(&lines)
-}
-
-fn command_name(cmd: &Command) -> &'static str {
-    match cmd {
-        Command::UploadFile { .. } => "upload-file",
-        Command::DownloadFile { .. } => "download-file",
-        Command::ShowDownloads => "show-downloads",
-        Command::StopShare { .. } => "stop-share",
-        _ => "command",
-    }
-}
-
-/// Stops the running daemon of this home, if any, before the session ends.
-/// The daemon does not exist yet, so there is nothing to stop.
-pub fn stop_daemon_if_running(home: &Home) -> anyhow::Result<()> {
-    let _ = home;
-    Ok(())
 }
 
 async fn call(home: &Home, req: TrackerRequest) -> anyhow::Result<TrackerReply> {
@@ -203,8 +193,17 @@ fn unexpected(reply: &TrackerReply) -> anyhow::Error {
     anyhow::anyhow!("the tracker sent an unexpected answer: {reply:?}")
 }
 
-async fn create_user(global: &Global, home: &Home, user: &str) -> anyhow::Result<Vec<String>> {
-    let password = password(global, &format!("New password for {user}: "), true)?;
+async fn create_user(
+    global: &Global,
+    home: &Home,
+    user: &str,
+    given: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    let password = match given {
+        Some("") => bail!("the password is empty"),
+        Some(p) => p.to_string(),
+        None => password(global, &format!("New password for {user}: "), true)?,
+    };
     done(
         call(
             home,
@@ -220,8 +219,17 @@ async fn create_user(global: &Global, home: &Home, user: &str) -> anyhow::Result
     )])
 }
 
-async fn login(global: &Global, home: &Home, user: &str) -> anyhow::Result<Vec<String>> {
-    let password = password(global, &format!("Password for {user}: "), false)?;
+async fn login(
+    global: &Global,
+    home: &Home,
+    user: &str,
+    given: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    let password = match given {
+        Some("") => bail!("the password is empty"),
+        Some(p) => p.to_string(),
+        None => password(global, &format!("Password for {user}: "), false)?,
+    };
     let reply = call(
         home,
         TrackerRequest::Login {
@@ -251,7 +259,7 @@ async fn logout(home: &Home) -> anyhow::Result<Vec<String>> {
     let Some(session) = home.load_session()? else {
         bail!("not logged in");
     };
-    stop_daemon_if_running(home)?;
+    let stopped = crate::control::stop_daemon_if_running(home).await?;
     let told = call(
         home,
         TrackerRequest::Logout {
@@ -272,7 +280,12 @@ async fn logout(home: &Home) -> anyhow::Result<Vec<String>> {
             return Err(e.context("logged out on this machine, but the tracker could not be told"))
         }
     }
-    Ok(vec![format!("logged out {}", session.user)])
+    let mut lines = Vec::new();
+    if stopped {
+        lines.push("stopped sharing and unmounted".to_string());
+    }
+    lines.push(format!("logged out {}", session.user));
+    Ok(lines)
 }
 
 /// `NAME  owner=USER  members=N` and the caller's standing, if any.

@@ -21,18 +21,7 @@ const POLL: Duration = Duration::from_millis(200);
 /// Without a terminal, a progress line at most this often.
 const PLAIN_EVERY: Duration = Duration::from_secs(1);
 
-/// Whether `cmd` is one of the commands this module runs.
-pub fn handles(cmd: &Command) -> bool {
-    matches!(
-        cmd,
-        Command::UploadFile { .. }
-            | Command::DownloadFile { .. }
-            | Command::ShowDownloads
-            | Command::StopShare { .. }
-    )
-}
-
-/// Runs one of the commands for which [`handles`] is true.
+/// Runs `upload-file`, `download-file`, `show-downloads` or `stop-share`.
 pub async fn run(cmd: &Command, home: &Home) -> anyhow::Result<()> {
     match cmd {
         Command::UploadFile { path, group } => upload_file(home, path, group).await,

@@ -38,11 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            if fsd::daemon_client::handles(cmd) {
-                rt.block_on(fsd::daemon_client::run(cmd, &home))
-            } else {
-                rt.block_on(fsd::account::run(cmd, &cli.global, &home))
-            }
+            rt.block_on(fsd::account::run(cmd, &cli.global, &home))
         }
     }
 }

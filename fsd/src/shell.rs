@@ -326,13 +326,9 @@ async fn dispatch(
     home: &Home,
 ) -> anyhow::Result<()> {
     match cmd {
-        c if crate::daemon_client::handles(c) => crate::daemon_client::run(c, home).await,
         Command::Mount(args) => start_daemon(home, args),
         Command::Shell => anyhow::bail!("already in the shell"),
-        _ => {
-            let _ = password;
-            crate::account::run(cmd, global, home).await
-        }
+        _ => crate::account::run_with_password(cmd, global, home, password.as_deref()).await,
     }
 }
 
@@ -359,6 +355,7 @@ fn start_daemon(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn words_split_like_a_shell() {
@@ -470,7 +467,7 @@ mod tests {
             Line::Run {
                 cmd: Command::Mount(m),
                 ..
-            } => assert!(m.daemon && m.mountpoint == PathBuf::from("/mnt/fileshare")),
+            } => assert!(m.daemon && m.mountpoint == Path::new("/mnt/fileshare")),
             other => panic!("{other:?}"),
         }
     }

@@ -217,7 +217,7 @@ fn reading_the_last_byte_first_fetches_only_the_end() {
     );
     assert_eq!(out.stdout, vec![data[size - 1]]);
     let have = pieces_have(&b, "g/tail.bin");
-    assert!(have >= 1 && have <= 4, "fetched {have} pieces for one byte");
+    assert!((1..=4).contains(&have), "fetched {have} pieces for one byte");
 }
 
 #[test]

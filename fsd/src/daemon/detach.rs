@@ -120,8 +120,5 @@ fn wait_for_child(
         );
         return Ok(());
     }
-    Err(anyhow!(
-        "{}",
-        line.strip_prefix("err ").unwrap_or(line)
-    ))
+    Err(anyhow!("{}", line.strip_prefix("err ").unwrap_or(line)))
 }

@@ -227,6 +227,8 @@ struct Job {
 }
 
 impl Job {
+    // A float-to-int `as` saturates, which is what a rate display wants.
+    #[allow(clippy::cast_possible_truncation)]
     fn status(&self) -> DownloadStatus {
         let p = self.progress.lock();
         DownloadStatus {
@@ -236,7 +238,7 @@ impl Job {
             dest: WirePath::from(self.dest.as_path()),
             size: self.size,
             done: p.done,
-            rate: p.rate.clamp(0.0, u64::MAX as f64) as u64,
+            rate: p.rate as u64,
             peers: p.peers,
             state: p.state.clone(),
         }

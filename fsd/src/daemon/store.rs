@@ -443,7 +443,7 @@ mod tests {
         let f = store.import_staging("g", &meta, &st.path).unwrap();
         assert_eq!(
             f.read_at(PIECE_LEN - 2, 4).unwrap(),
-            bytes[(PIECE_LEN - 2) as usize..][..4]
+            bytes[usize::try_from(PIECE_LEN - 2).unwrap()..][..4]
         );
 
         let other = tempfile::tempdir().unwrap();
