@@ -217,7 +217,10 @@ fn reading_the_last_byte_first_fetches_only_the_end() {
     );
     assert_eq!(out.stdout, vec![data[size - 1]]);
     let have = pieces_have(&b, "g/tail.bin");
-    assert!((1..=4).contains(&have), "fetched {have} pieces for one byte");
+    assert!(
+        (1..=4).contains(&have),
+        "fetched {have} pieces for one byte"
+    );
 }
 
 #[test]

@@ -205,15 +205,47 @@ async fn serve(
     }
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), tracker.leave()).await;
+    let mp = mountpoint.clone();
     let _ = tokio::task::spawn_blocking(move || {
         if !session.guard.is_finished() {
-            let _ = session.umount_and_join();
+            unmount(&mp, session);
         }
     })
     .await;
     let _ = tokio::join!(server, announcer);
     control.join().await;
     Ok(())
+}
+
+/// Unmounts a live mount and waits (boundedly) for its FUSE thread.
+///
+/// fuser's own unmount under `AutoUnmount` only closes the socket of the
+/// `fusermount3` helper, which leaves a filesystem that still answers
+/// mounted, so `umount_and_join` would wait forever: unmount first.
+fn unmount(mountpoint: &Path, session: fuser::BackgroundSession) {
+    let fusermount = |lazy: bool| {
+        std::process::Command::new("fusermount3")
+            .arg("-u")
+            .args(lazy.then_some("-z"))
+            .arg(mountpoint)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !fusermount(false) && !fusermount(true) {
+        tracing::warn!(mountpoint = %mountpoint.display(), "cannot unmount");
+    }
+    let start = std::time::Instant::now();
+    while !session.guard.is_finished() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if session.guard.is_finished() {
+        let _ = session.umount_and_join();
+    } else {
+        // Still in use after a lazy unmount: exiting closes the FUSE
+        // device, which ends the filesystem for its last users.
+        std::mem::forget(session);
+    }
 }
 
 fn session_user(t: &TrackerLink) -> &str {
