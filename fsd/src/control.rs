@@ -269,15 +269,17 @@ pub fn human_bytes(n: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
+/// `1 peer`, `3 peers`.
+pub fn peers(n: u32) -> String {
+    if n == 1 {
+        "1 peer".to_string()
+    } else {
+        format!("{n} peers")
+    }
+}
+
 /// One `show-downloads` line: `[D] [G] NAME`, then percent, rate and peers.
 pub fn download_line(s: &DownloadStatus) -> String {
-    let peers = |n: u32| {
-        if n == 1 {
-            "1 peer".to_string()
-        } else {
-            format!("{n} peers")
-        }
-    };
     match &s.state {
         DownloadState::Fetching => format!(
             "[D] [{}] {} {:.1}% {}/s {}",

@@ -5,7 +5,7 @@
 
 use crate::cli::Command;
 use crate::control::{
-    download_line, human_bytes, ControlClient, ControlError, ControlReply, ControlRequest,
+    download_line, human_bytes, peers, ControlClient, ControlError, ControlReply, ControlRequest,
     DownloadState, DownloadStatus, WirePath,
 };
 use crate::session::Home;
@@ -170,8 +170,7 @@ impl ProgressView {
                 bar.set_position(s.done);
                 bar.set_message(match s.state {
                     DownloadState::Writing => "writing".to_string(),
-                    _ if s.peers == 1 => "1 peer".to_string(),
-                    _ => format!("{} peers", s.peers),
+                    _ => peers(s.peers),
                 });
             }
             ProgressView::Plain { last } => {
@@ -184,13 +183,13 @@ impl ProgressView {
                 };
                 if due {
                     eprintln!(
-                        "{}: {:.1}% ({} of {}), {}/s, {} peers",
+                        "{}: {:.1}% ({} of {}), {}/s, {}",
                         s.name,
                         s.percent(),
                         human_bytes(s.done),
                         human_bytes(s.size),
                         human_bytes(s.rate),
-                        s.peers
+                        peers(s.peers)
                     );
                     *last = Some((Instant::now(), s.done));
                 }

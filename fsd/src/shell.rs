@@ -11,6 +11,7 @@ use crate::cli::{Command, Global, MountArgs};
 use crate::session::Home;
 use anyhow::Context;
 use rustyline::error::ReadlineError;
+use std::io::IsTerminal;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
@@ -287,6 +288,8 @@ pub fn run(global: &Global, home: &Home) -> anyhow::Result<()> {
         .open(&history);
     let _ = std::fs::set_permissions(&history, std::fs::Permissions::from_mode(0o600));
     let _ = rl.load_history(&history);
+    // Like sh: only lines typed at a terminal go to the history.
+    let interactive = std::io::stdin().is_terminal();
     let mut last: anyhow::Result<()> = Ok(());
     loop {
         let line = match rl.readline("fsd> ") {
@@ -296,10 +299,12 @@ pub fn run(global: &Global, home: &Home) -> anyhow::Result<()> {
             Err(e) => return Err(e).context("cannot read the command line"),
         };
         let parsed = parse_line(&line);
-        if let Ok(Line::Run { password: None, .. } | Line::Help | Line::Quit) = &parsed {
-            if rl.add_history_entry(line.as_str()).unwrap_or(false) {
-                let _ = rl.append_history(&history);
-            }
+        let keep = matches!(
+            &parsed,
+            Ok(Line::Run { password: None, .. } | Line::Help | Line::Quit)
+        );
+        if keep && interactive && rl.add_history_entry(line.as_str()).unwrap_or(false) {
+            let _ = rl.append_history(&history);
         }
         last = match parsed {
             Ok(Line::Empty) => continue,

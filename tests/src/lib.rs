@@ -3,8 +3,11 @@
 //!
 //! # Layout
 //! - [`mount`]: `fsd mount` daemons and their guards.
+//! - [`daemon`]: background `fsd` commands, `fsd mount --daemon`, and small
+//!   read-only or full filesystems, each with its guard.
 //! - [`world`]: a tracker, users, groups and mounts for one test.
 
+pub mod daemon;
 pub mod mount;
 pub mod world;
 
