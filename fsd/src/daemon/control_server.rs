@@ -260,3 +260,38 @@ async fn dispatch(ctx: &Ctx, req: ControlRequest) -> ControlReply {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Global;
+
+    fn home(dir: &Path) -> Home {
+        Home::resolve(&Global {
+            home: Some(dir.to_path_buf()),
+            trackers: None,
+            password_stdin: false,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn socket_is_owner_only_single_and_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = home(dir.path());
+        let sock = home.control_socket();
+        // A socket left by a daemon that died is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        let control = Control::bind(&home).unwrap();
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A live one is not.
+        let err = Control::bind(&home).err().unwrap();
+        assert!(
+            matches!(err, ControlServerError::AlreadyRunning { .. }),
+            "{err}"
+        );
+        drop(control);
+        assert!(!sock.exists());
+    }
+}

@@ -319,8 +319,10 @@ impl Downloads {
             .await
             .map_err(|_| DownloadError::Stopped("the daemon is stopping"))??;
         let swarm = engine.open(group, &entry).await?;
-        swarm.want_all();
-        engine.ensure_discovery(&swarm);
+        if !swarm.is_complete() {
+            swarm.want_all();
+            engine.ensure_discovery(&swarm);
+        }
         let job = Arc::new(Job {
             id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
             group: group.to_string(),
@@ -335,7 +337,7 @@ impl Downloads {
                 peers: u32::try_from(swarm.links()).unwrap_or(u32::MAX),
             }),
         });
-        tracing::info!(group, file = name, dest = %job.dest.display(), "download started");
+        tracing::info!(group = %group, file = %name, dest = %job.dest.display(), "download started");
         {
             let mut jobs = self.jobs.lock();
             jobs.push(job.clone());

@@ -155,6 +155,12 @@ async fn piece(ctx: &ServeCtx, swarm: Arc<Swarm>, index: u32) -> PeerReply {
     let file = swarm.file.clone();
     let data = match tokio::task::spawn_blocking(move || file.read_piece(p)).await {
         Ok(Ok(d)) => d,
+        // A changed in-place file: the in_place watcher withdraws it with
+        // one log line of its own.
+        Ok(Err(e @ super::store::StoreError::SourceChanged { .. })) => {
+            tracing::debug!(file = %swarm.file.meta.name, "cannot serve piece {index}: {e:#}");
+            return PeerReply::Error(PeerError::NotAvailable);
+        }
         Ok(Err(e)) => {
             tracing::warn!(file = %swarm.file.meta.name, "cannot serve piece {index}: {e:#}");
             return PeerReply::Error(PeerError::Internal);
