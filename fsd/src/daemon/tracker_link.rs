@@ -60,7 +60,7 @@ pub struct TrackerLink {
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| fileshare_protocol::millis(d))
+        .map(fileshare_protocol::millis)
         .unwrap_or(0)
 }
 
