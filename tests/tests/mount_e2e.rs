@@ -517,3 +517,41 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
         );
     });
 }
+
+#[test]
+fn a_slow_read_does_not_stall_listing_or_other_files() {
+    let (w, u) = network(&["alice", "bob"]);
+    // Alice uploads at 256 KiB/s: reading her 8 MiB file takes half a minute.
+    let a = w.mount(&u[0], &["--max-upload-rate", "256K"]);
+    let b = w.mount(&u[1], &[]);
+    let slow_src = w.path("slow.bin");
+    random_file(&slow_src, 8 * MIB, 12);
+    cp_in(&slow_src, &a, "g");
+    let local_src = w.path("local.bin");
+    random_file(&local_src, 2 * MIB, 13);
+    cp_in(&local_src, &b, "g");
+    wait_listed(&b, "g", "slow.bin", 8 * MIB);
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow = {
+        let (from, to, done) = (b.path("g/slow.bin"), w.path("slow-out.bin"), done.clone());
+        std::thread::spawn(move || {
+            let r = std::fs::copy(from, to);
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // While that read crawls, listing and reading another file work.
+    for _ in 0..5 {
+        let out = run("ls", &["-l", b.path("g").to_str().unwrap()]);
+        assert!(out.status.success());
+        cmp(&local_src, &b.path("g/local.bin"));
+    }
+    assert!(
+        !done.load(std::sync::atomic::Ordering::SeqCst),
+        "the slow read finished first, so this test proved nothing"
+    );
+    drop(b);
+    let _ = slow.join();
+}

@@ -8,7 +8,7 @@ use super::store::{Staging, Store, StoreError};
 use super::swarm::Swarm;
 use super::tracker_link::{LinkError, TrackerLink};
 use fileshare_protocol::ids::FileMeta;
-use fileshare_protocol::messages::tracker::{FileEntry, Holding};
+use fileshare_protocol::messages::tracker::{FileEntry, Holding, PeerLocation};
 use fileshare_protocol::messages::TrackerRequest;
 use fileshare_protocol::ErrorCode;
 use std::sync::atomic::Ordering;
@@ -109,7 +109,7 @@ impl Engine {
         if let Some(s) = self.registry.get(&entry.id) {
             return Ok(s);
         }
-        let (meta, _) = self.tracker.locate(group, &entry.name).await?;
+        let (meta, peers) = self.tracker.locate(group, &entry.name).await?;
         let id = meta.id();
         if let Some(s) = self.registry.get(&id) {
             return Ok(s);
@@ -117,7 +117,11 @@ impl Engine {
         let (file, have) = self.store.create(group, &meta)?;
         let swarm = self.new_swarm(file, have);
         self.registry.insert(swarm.clone());
-        Ok(self.registry.get(&id).unwrap_or(swarm))
+        let swarm = self.registry.get(&id).unwrap_or(swarm);
+        // Connecting while the kernel sends the first read saves a round
+        // trip on the time to the first byte.
+        self.connect(&swarm, peers);
+        Ok(swarm)
     }
 
     /// The bytes `[offset, offset+len)` of a file, fetched as needed.
@@ -228,14 +232,7 @@ impl Engine {
             }
             if swarm.needs_pieces() && swarm.links() < MAX_LINKS {
                 match self.tracker.locate(&file.group, &file.meta.name).await {
-                    Ok((meta, peers)) if meta.id() == file.id => {
-                        for p in peers {
-                            if p.peer == self.link_ctx.my_id || swarm.is_linked(&p.peer) {
-                                continue;
-                            }
-                            tokio::spawn(peer_link::run(swarm.clone(), self.link_ctx.clone(), p));
-                        }
-                    }
+                    Ok((meta, peers)) if meta.id() == file.id => self.connect(swarm, peers),
                     Ok(_) => {
                         tracing::warn!(file = %file.meta.name, "the tracker now lists other content under this name")
                     }
@@ -247,6 +244,19 @@ impl Engine {
                 () = swarm.discover.notified() => {}
                 () = swarm.cancel.cancelled() => return,
             }
+        }
+    }
+
+    /// Starts links to the located peers we are not linked to yet.
+    fn connect(&self, swarm: &Arc<Swarm>, peers: Vec<PeerLocation>) {
+        for p in peers {
+            if p.peer == self.link_ctx.my_id
+                || swarm.is_linked(&p.peer)
+                || swarm.links() >= MAX_LINKS
+            {
+                continue;
+            }
+            tokio::spawn(peer_link::run(swarm.clone(), self.link_ctx.clone(), p));
         }
     }
 

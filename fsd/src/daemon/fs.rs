@@ -11,7 +11,7 @@ use super::store::Staging;
 use super::swarm::{Swarm, READ_AHEAD_PIECES};
 use fileshare_protocol::ids::check_name;
 use fileshare_protocol::messages::tracker::FileEntry;
-use fileshare_protocol::messages::{TrackerReply, TrackerRequest};
+use fileshare_protocol::messages::TrackerRequest;
 use fileshare_protocol::PIECE_LEN;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -764,6 +764,3 @@ impl Inner {
         Ok(out)
     }
 }
-
-#[allow(dead_code)]
-fn _assert_reply_types(_: TrackerReply) {}

@@ -155,6 +155,16 @@ async fn serve(
         uploaded: AtomicU64::new(0),
     });
     let server = tokio::spawn(peer_server::run(listener, serve_ctx, shutdown.clone()));
+    // Tickets for every group up front: the first read of a file then
+    // costs no tracker round trip for one.
+    let prefetch = tracker.clone();
+    tokio::spawn(async move {
+        if let Ok(groups) = prefetch.member_groups().await {
+            for g in groups {
+                let _ = prefetch.ticket(&g).await;
+            }
+        }
+    });
     let announcer = tokio::spawn(engine.clone().announce_loop(addr.clone()));
 
     let fs = fs::FileShareFs::new(engine.clone(), tokio::runtime::Handle::current());

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// How long to wait for a peer to connect or answer.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -117,6 +118,8 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
         return Ok(());
     };
     let _registered = Registered { swarm, key };
+    // Cancelled by a verification task when this peer must be dropped.
+    let dropped = CancellationToken::new();
 
     /// What each outstanding request id asked for.
     #[derive(Clone, Copy)]
@@ -167,22 +170,22 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
                     swarm.update_have(key, b);
                 }
                 (Asked::Piece(index), PeerReply::Piece { data }) => {
-                    let Some(piece) = file.layout.validate(index) else {
+                    if file.layout.validate(index).is_none() {
                         return Err(LinkFailure::Unexpected);
-                    };
+                    }
                     if !swarm.still_needed(index) {
                         continue;
                     }
-                    let ok = data.len() as u64 == file.layout.piece_size(piece)
-                        && PieceHash::of(&data) == file.meta.hashes[piece.usize()];
-                    if ok {
-                        file.write_piece(piece, &data)
-                            .map_err(|e| LinkFailure::Store(e.to_string()))?;
-                        swarm.mark_hash_ok(key, index, data.len() as u64);
-                        ctx.tracker.report_piece(file.id, index);
-                    } else if swarm.mark_hash_failed(key, index) == Verdict::DropPeer {
-                        return Err(LinkFailure::BadPieces(super::swarm::MAX_FAILURES));
-                    }
+                    // Hashing and storing run beside the wire loop, so the
+                    // socket keeps draining while a piece is checked.
+                    let (swarm, tracker, dropped) =
+                        (swarm.clone(), ctx.tracker.clone(), dropped.clone());
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = verify_and_store(&swarm, &tracker, key, index, &data) {
+                            tracing::warn!(file = %swarm.file.meta.name, "{e:#}");
+                            dropped.cancel();
+                        }
+                    });
                 }
                 (Asked::Piece(index), PeerReply::Error(_)) => {
                     swarm.piece_unavailable(key, index);
@@ -196,7 +199,41 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
     tokio::select! {
         r = send => r,
         r = receive => r,
+        () = dropped.cancelled() => Err(LinkFailure::BadPieces(super::swarm::MAX_FAILURES)),
     }
+}
+
+/// Checks a received piece against its SHA-256 and, if it matches, stores
+/// it and marks it verified. Errs when the link must end.
+fn verify_and_store(
+    swarm: &Swarm,
+    tracker: &TrackerLink,
+    key: LinkKey,
+    index: u32,
+    data: &[u8],
+) -> Result<(), LinkFailure> {
+    let file = &swarm.file;
+    let Some(piece) = file.layout.validate(index) else {
+        return Err(LinkFailure::Unexpected);
+    };
+    let ok = data.len() as u64 == file.layout.piece_size(piece)
+        && PieceHash::of(data) == file.meta.hashes[piece.usize()];
+    if !ok {
+        return match swarm.mark_hash_failed(key, index) {
+            Verdict::DropPeer => Err(LinkFailure::BadPieces(super::swarm::MAX_FAILURES)),
+            Verdict::KeepPeer => Ok(()),
+        };
+    }
+    if !swarm.still_needed(index) {
+        return Ok(());
+    }
+    if let Err(e) = file.write_piece(piece, data) {
+        swarm.piece_unavailable(key, index);
+        return Err(LinkFailure::Store(e.to_string()));
+    }
+    swarm.mark_hash_ok(key, index, data.len() as u64);
+    tracker.report_piece(file.id, index);
+    Ok(())
 }
 
 async fn read_reply<R: tokio::io::AsyncRead + Unpin>(

@@ -93,9 +93,13 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>, shutdown: Cancellati
     }
 }
 
+/// Requests one connection may have in service at once; the wire reader
+/// waits for a permit, so a flood of requests only fills the socket.
+const PER_CONNECTION: usize = 32;
+
 async fn serve(
     stream: tokio::net::TcpStream,
-    ctx: &ServeCtx,
+    ctx: &Arc<ServeCtx>,
 ) -> Result<(), fileshare_protocol::ProtocolError> {
     let mut conn = TcpConnection::tcp(stream);
     match conn.handshake(Role::Peer { id: ctx.my_id }).await? {
@@ -106,32 +110,66 @@ async fn serve(
             )))
         }
     }
-    let mut groups: Vec<String> = Vec::new();
-    while let Some(req) = conn.read_frame::<Request<PeerRequest>>().await? {
-        let body = match req.body {
-            PeerRequest::Authenticate { ticket } => {
-                match ctx.tracker.verify_ticket(&ticket).await {
+    let (mut reader, mut writer) = conn.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Reply<PeerReply>>(PER_CONNECTION);
+    let permits = Arc::new(Semaphore::new(PER_CONNECTION));
+    // Pieces are read and sent as they come, in any order; authentication
+    // is answered in order, before any later request is looked at.
+    let read_requests = async {
+        let mut groups: Arc<Vec<String>> = Arc::new(Vec::new());
+        while let Some(req) = reader.read_frame::<Request<PeerRequest>>().await? {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            if let PeerRequest::Authenticate { ticket } = &req.body {
+                let body = match ctx.tracker.verify_ticket(ticket).await {
                     Ok(group) => {
                         if !groups.contains(&group) {
-                            groups.push(group);
+                            Arc::make_mut(&mut groups).push(group);
                         }
                         PeerReply::Authenticated
                     }
                     Err(e) => PeerReply::Error(PeerError::TicketRefused(e.to_string())),
+                };
+                if tx.send(Reply { id: req.id, body }).await.is_err() {
+                    break;
                 }
+                drop(permit);
+                continue;
             }
-            PeerRequest::Bitfield { file } => match allowed(ctx, &groups, &file) {
-                Ok(swarm) => PeerReply::Bitfield(swarm.have()),
-                Err(e) => PeerReply::Error(e),
-            },
-            PeerRequest::Piece { file, index } => match allowed(ctx, &groups, &file) {
-                Ok(swarm) => piece(ctx, swarm, index).await,
-                Err(e) => PeerReply::Error(e),
-            },
-        };
-        conn.write_frame(&Reply { id: req.id, body }).await?;
+            let (ctx, groups, tx) = (ctx.clone(), groups.clone(), tx.clone());
+            tokio::spawn(async move {
+                let body = answer(&ctx, &groups, req.body).await;
+                let _ = tx.send(Reply { id: req.id, body }).await;
+                drop(permit);
+            });
+        }
+        Ok::<(), fileshare_protocol::ProtocolError>(())
+    };
+    let write_replies = async {
+        while let Some(reply) = rx.recv().await {
+            writer.write_frame(&reply).await?;
+        }
+        Ok::<(), fileshare_protocol::ProtocolError>(())
+    };
+    tokio::select! {
+        r = read_requests => r,
+        r = write_replies => r,
     }
-    Ok(())
+}
+
+async fn answer(ctx: &ServeCtx, groups: &[String], req: PeerRequest) -> PeerReply {
+    match req {
+        PeerRequest::Authenticate { .. } => PeerReply::Error(PeerError::Internal),
+        PeerRequest::Bitfield { file } => match allowed(ctx, groups, &file) {
+            Ok(swarm) => PeerReply::Bitfield(swarm.have()),
+            Err(e) => PeerReply::Error(e),
+        },
+        PeerRequest::Piece { file, index } => match allowed(ctx, groups, &file) {
+            Ok(swarm) => piece(ctx, swarm, index).await,
+            Err(e) => PeerReply::Error(e),
+        },
+    }
 }
 
 fn allowed(ctx: &ServeCtx, groups: &[String], file: &FileId) -> Result<Arc<Swarm>, PeerError> {

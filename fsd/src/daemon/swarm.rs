@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 /// A peer link's handle inside the swarm.
 pub type LinkKey = u64;
 
-/// Requests in flight to one peer at most: 8 x 512 KiB keeps a loopback or
-/// LAN link busy without hoarding pieces on a slow peer.
-pub const SLOTS_PER_PEER: u32 = 8;
+/// Requests in flight to one peer at most: 16 x 512 KiB covers the time a
+/// piece spends on the wire and in verification on a fast link without
+/// hoarding pieces on a slow peer.
+pub const SLOTS_PER_PEER: u32 = 16;
 
 /// Bad pieces a peer may send before it is dropped for this file.
 pub const MAX_FAILURES: u32 = 3;
