@@ -52,14 +52,24 @@ pub fn run(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
     let mut args = args.clone();
     args.mountpoint = std::path::absolute(&args.mountpoint)
         .with_context(|| format!("bad mount point {}", args.mountpoint.display()))?;
-    // The fork must come before the runtime starts any thread.
-    let ready = if args.daemon {
+    // The fork must come before the runtime starts any thread. The child
+    // leaves the working directory, so every path it uses is made absolute.
+    let detached_home;
+    let (home, ready) = if args.daemon {
+        detached_home = Home::resolve(&crate::cli::Global {
+            home: Some(home.dir().to_path_buf()),
+            trackers: Some(
+                std::path::absolute(home.trackers_file())
+                    .unwrap_or_else(|_| home.trackers_file().to_path_buf()),
+            ),
+            password_stdin: false,
+        })?;
         match detach::daemonize(&home.log_path(), &args.mountpoint)? {
             detach::Side::Parent(outcome) => return outcome,
-            detach::Side::Child(ready) => Some(ready),
+            detach::Side::Child(ready) => (&detached_home, Some(ready)),
         }
     } else {
-        None
+        (home, None)
     };
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
