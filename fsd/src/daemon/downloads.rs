@@ -306,6 +306,12 @@ impl Downloads {
         } else {
             dest.to_path_buf()
         };
+        if dest.is_dir() {
+            return Err(DownloadError::Write {
+                path: dest.display().to_string(),
+                why: "is a directory".into(),
+            });
+        }
         if self
             .jobs
             .lock()
