@@ -173,3 +173,73 @@ fn hostile_bytes_close_only_their_connection() {
     assert!(!log.contains("panicked"), "{log}");
     assert!(log.contains("bad frame"), "one line per bad frame:\n{log}");
 }
+
+#[test]
+fn a_client_that_never_reads_does_not_block_shutdown() {
+    let mut tracker = Tracker::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = tracker.client();
+    let session = rt.block_on(async {
+        client
+            .call(TrackerRequest::CreateUser {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await
+            .unwrap();
+        let Ok(TrackerReply::Session { token, .. }) = client
+            .call(TrackerRequest::Login {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await
+        else {
+            panic!("login")
+        };
+        // Big listings, so unread replies fill the socket buffers quickly.
+        for g in 0..200 {
+            client
+                .call(TrackerRequest::CreateGroup {
+                    session: token,
+                    group: format!("group-with-a-long-name-{g:04}"),
+                })
+                .await
+                .unwrap();
+        }
+        token
+    });
+    let mut burst = Vec::new();
+    for id in 0..1000u64 {
+        let req = Request {
+            id,
+            body: TrackerRequest::ListGroups { session },
+        };
+        burst.extend(frame(&codec::encode(&req).unwrap()));
+    }
+    let mut s = handshaken(&tracker);
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = written.clone();
+    let flooder = std::thread::spawn(move || {
+        while s.write_all(&burst).is_ok() {
+            counter.fetch_add(burst.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // Wait until the tracker stops reading: the flood makes no progress.
+    let mut last = usize::MAX;
+    fileshare_tests::wait_until("the tracker to push back", Duration::from_secs(15), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        let stalled = now == last && now > 0;
+        last = now;
+        stalled
+    });
+    // Others are still served meanwhile.
+    assert_still_serving(&mut tracker, &rt, &client);
+    let started = std::time::Instant::now();
+    assert!(tracker.terminate().success(), "{}", tracker.log());
+    assert!(started.elapsed() < Duration::from_secs(9));
+    flooder.join().unwrap();
+}
