@@ -5,18 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/ensure-deps.sh
+source scripts/lib/ensure-deps.sh
 
 section="${1:-all}"
 cargo build --release --workspace --bins --quiet
 export FILESHARE_PROFILE=release
+target="${CARGO_TARGET_DIR:-target}"
 
-run_mount() {
-  echo "== mount: 1 GiB through FUSE (BENCH_MIB to change)"
-  target/release/bench_mount
+run_tracker() {
+  echo "== tracker: 64 clients (one connection each), list-files and locate for 5 s (BENCH_SECS, BENCH_CLIENTS to change)"
+  "$target/release/bench_tracker"
 }
 
 case "$section" in
-  mount) run_mount ;;
-  all) run_mount ;;
-  *) echo "unknown section $section (mount)" >&2; exit 2 ;;
+  tracker) run_tracker ;;
+  all) run_tracker ;;
+  *) echo "unknown section $section (tracker)" >&2; exit 2 ;;
 esac

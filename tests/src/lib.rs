@@ -2,14 +2,20 @@
 //! mounts, all on 127.0.0.1, all ended by PID when a test ends.
 //!
 //! # Layout
+//! - [`tracker`]: a `fileshare-tracker` process and its guard.
+//! - [`cli`]: runs `fsd` commands with a home of their own.
 //! - [`mount`]: `fsd mount` daemons and their guards.
 //! - [`daemon`]: background `fsd` commands, `fsd mount --daemon`, and small
 //!   read-only or full filesystems, each with its guard.
 //! - [`world`]: a tracker, users, groups and mounts for one test.
 
+pub mod cli;
 pub mod daemon;
 pub mod mount;
+pub mod tracker;
 pub mod world;
+
+use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
@@ -48,4 +54,25 @@ pub fn bin(name: &str) -> std::path::PathBuf {
         path.display()
     );
     path
+}
+
+/// Polls `f` until it returns `Some`, panicking with `what` after `limit`:
+/// for waiting on another process without guessing how long it takes.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// [`wait_for`] a condition.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    wait_for(what, timeout, || cond().then_some(()))
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use crate::wait_for;
+
 /// Whether `path` is a FUSE mount point right now.
 pub fn is_mounted(path: &Path) -> bool {
     let Ok(canon) = path
@@ -45,21 +47,6 @@ pub fn require_fuse() {
         ok,
         "fusermount3 is missing: install fuse3 (scripts/test.sh does)"
     );
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One running `fsd mount`.

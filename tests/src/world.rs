@@ -1,84 +1,11 @@
 //! A whole local network for a test: one tracker process, users with their
 //! own homes, a group, and mounts. Everything is torn down on drop.
 
+use crate::bin;
 use crate::mount::{require_fuse, Mount};
-use crate::{bin, free_port};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-/// A tracker process, ended by PID on drop.
-pub struct TrackerProc {
-    child: Option<Child>,
-    pub addr: String,
-    pub trackers_file: PathBuf,
-    data_dir: PathBuf,
-    log: PathBuf,
-}
-
-impl TrackerProc {
-    pub fn start(dir: &Path) -> TrackerProc {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let trackers_file = dir.join("trackers.txt");
-        std::fs::write(&trackers_file, format!("{addr}\n")).expect("write trackers file");
-        let mut t = TrackerProc {
-            child: None,
-            addr,
-            trackers_file,
-            data_dir: dir.join("tracker-data"),
-            log: dir.join("tracker.log"),
-        };
-        t.spawn();
-        t
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("tracker log");
-        let child = Command::new(bin("fileshare-tracker"))
-            .arg(&self.trackers_file)
-            .arg("1")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--announce-interval", "1"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup"))
-            .stderr(log)
-            .spawn()
-            .expect("start fileshare-tracker");
-        self.child = Some(child);
-        let start = Instant::now();
-        while std::net::TcpStream::connect(&self.addr).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "tracker did not start:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-    }
-}
-
-impl Drop for TrackerProc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
+use crate::tracker::Tracker;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 
 /// A user of the test network with a home of their own.
 pub struct User {
@@ -87,7 +14,7 @@ pub struct User {
 }
 
 pub struct World {
-    pub tracker: TrackerProc,
+    pub tracker: Tracker,
     pub fsd: PathBuf,
     /// Dropped last, after the processes that use it.
     pub dir: tempfile::TempDir,
@@ -100,7 +27,7 @@ impl World {
             .prefix("fileshare-e2e-")
             .tempdir()
             .expect("temp dir");
-        let tracker = TrackerProc::start(dir.path());
+        let tracker = Tracker::start();
         World {
             dir,
             tracker,
@@ -114,7 +41,7 @@ impl World {
             .arg("--home")
             .arg(&user.home)
             .arg("--trackers")
-            .arg(&self.tracker.trackers_file)
+            .arg(self.tracker.trackers_file())
             .args(args)
             .env("FILESHARE_PASSWORD", format!("pw-{}", user.name))
             .stdin(Stdio::null())
@@ -160,7 +87,7 @@ impl World {
         Mount::start(
             &self.fsd,
             &user.home,
-            &self.tracker.trackers_file,
+            self.tracker.trackers_file(),
             &mp,
             extra,
         )

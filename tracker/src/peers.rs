@@ -8,45 +8,56 @@
 use fileshare_protocol::ids::{Bitfield, FileId, PeerId};
 use fileshare_protocol::ErrorCode;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Announce intervals a peer may miss before it is offline.
 pub const OFFLINE_AFTER: u32 = 3;
 
+/// What every holding of one peer shares: who it is and when it was last
+/// heard from. One per announce, so listing a file's holders reads it
+/// through a pointer instead of looking the peer up.
+#[derive(Debug)]
+pub struct Card {
+    pub id: PeerId,
+    pub user: String,
+    pub addr: String,
+    /// Milliseconds since [`Peers`]' epoch; atomic because every holding
+    /// shares the card and a report refreshes it.
+    last_seen_ms: AtomicU64,
+}
+
 #[derive(Debug, Clone)]
-pub struct Held {
+pub struct Holder {
+    pub card: Arc<Card>,
     pub have: Bitfield,
     /// Invariant: `have.count()`, cached because listings count holders.
     pub pieces: u32,
 }
 
-impl Held {
-    fn new(have: Bitfield) -> Held {
-        let pieces = have.count();
-        Held { have, pieces }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub user: String,
-    pub addr: String,
-    last_seen: Instant,
-    holdings: HashMap<FileId, Held>,
+#[derive(Debug)]
+struct Entry {
+    card: Arc<Card>,
+    /// Invariant: exactly the files whose `by_file` map has this peer.
+    files: HashSet<FileId>,
 }
 
 #[derive(Debug)]
 pub struct Peers {
     interval: Duration,
-    peers: HashMap<PeerId, Peer>,
-    /// Invariant: `p` is in `by_file[f]` iff `peers[p].holdings` has `f`.
-    by_file: HashMap<FileId, HashSet<PeerId>>,
+    epoch: Instant,
+    peers: HashMap<PeerId, Entry>,
+    /// File -> its holders. Invariant: `by_file[f][p]` exists iff
+    /// `peers[p].files` has `f`, and its card is `peers[p].card`.
+    by_file: HashMap<FileId, HashMap<PeerId, Holder>>,
 }
 
 impl Peers {
     pub fn new(interval: Duration) -> Peers {
         Peers {
             interval,
+            epoch: Instant::now(),
             peers: HashMap::new(),
             by_file: HashMap::new(),
         }
@@ -56,16 +67,21 @@ impl Peers {
         self.interval
     }
 
-    fn is_online(&self, p: &Peer, now: Instant) -> bool {
-        now.saturating_duration_since(p.last_seen) < self.interval * OFFLINE_AFTER
+    fn ms(&self, t: Instant) -> u64 {
+        fileshare_protocol::millis(t.saturating_duration_since(self.epoch))
+    }
+
+    fn is_online(&self, card: &Card, now_ms: u64) -> bool {
+        let silent = now_ms.saturating_sub(card.last_seen_ms.load(Ordering::Relaxed));
+        u128::from(silent) < (self.interval * OFFLINE_AFTER).as_millis()
     }
 
     /// Refuses a peer id another user's online daemon is using.
-    fn claim(&self, id: &PeerId, user: &str, now: Instant) -> Result<(), ErrorCode> {
+    fn claim(&self, id: &PeerId, user: &str, now_ms: u64) -> Result<(), ErrorCode> {
         match self.peers.get(id) {
-            Some(p) if p.user != user && self.is_online(p, now) => Err(ErrorCode::BadRequest(
-                format!("peer id {id} is in use by another user"),
-            )),
+            Some(e) if e.card.user != user && self.is_online(&e.card, now_ms) => Err(
+                ErrorCode::BadRequest(format!("peer id {id} is in use by another user")),
+            ),
             _ => Ok(()),
         }
     }
@@ -79,22 +95,29 @@ impl Peers {
         addr: String,
         holdings: Vec<(FileId, Bitfield)>,
     ) -> Result<(), ErrorCode> {
-        self.claim(&id, user, now)?;
+        let now_ms = self.ms(now);
+        self.claim(&id, user, now_ms)?;
         self.remove(&id);
-        let mut held = HashMap::with_capacity(holdings.len());
-        for (file, have) in holdings {
-            self.by_file.entry(file).or_default().insert(id);
-            held.insert(file, Held::new(have));
-        }
-        self.peers.insert(
+        let card = Arc::new(Card {
             id,
-            Peer {
-                user: user.to_string(),
-                addr,
-                last_seen: now,
-                holdings: held,
-            },
-        );
+            user: user.to_string(),
+            addr,
+            last_seen_ms: AtomicU64::new(now_ms),
+        });
+        let mut files = HashSet::with_capacity(holdings.len());
+        for (file, have) in holdings {
+            files.insert(file);
+            let pieces = have.count();
+            self.by_file.entry(file).or_default().insert(
+                id,
+                Holder {
+                    card: card.clone(),
+                    have,
+                    pieces,
+                },
+            );
+        }
+        self.peers.insert(id, Entry { card, files });
         Ok(())
     }
 
@@ -109,18 +132,33 @@ impl Peers {
         num_pieces: u32,
         pieces: &[u32],
     ) -> Result<(), ErrorCode> {
-        self.claim(&id, user, now)?;
-        let online = self.peers.get(&id).is_some_and(|p| self.is_online(p, now));
-        let Some(peer) = self.peers.get_mut(&id).filter(|p| p.user == user && online) else {
-            return Err(ErrorCode::BadRequest(format!(
-                "peer {id} has not announced itself"
-            )));
+        let now_ms = self.ms(now);
+        self.claim(&id, user, now_ms)?;
+        let online = self
+            .peers
+            .get(&id)
+            .is_some_and(|e| e.card.user == user && self.is_online(&e.card, now_ms));
+        let entry = match self.peers.get_mut(&id) {
+            Some(e) if online => e,
+            _ => {
+                return Err(ErrorCode::BadRequest(format!(
+                    "peer {id} has not announced itself"
+                )))
+            }
         };
-        peer.last_seen = now;
-        let held = peer
-            .holdings
+        entry.card.last_seen_ms.store(now_ms, Ordering::Relaxed);
+        entry.files.insert(file);
+        let card = entry.card.clone();
+        let held = self
+            .by_file
             .entry(file)
-            .or_insert_with(|| Held::new(Bitfield::new(num_pieces)));
+            .or_default()
+            .entry(id)
+            .or_insert_with(|| Holder {
+                card,
+                have: Bitfield::new(num_pieces),
+                pieces: 0,
+            });
         if !held.have.is_valid_for(num_pieces) {
             held.have = Bitfield::new(num_pieces);
         }
@@ -128,14 +166,13 @@ impl Peers {
             held.have.set(i);
         }
         held.pieces = held.have.count();
-        self.by_file.entry(file).or_default().insert(id);
         Ok(())
     }
 
     /// Drops the peer and all it held, if it is `user`'s.
     pub fn leave(&mut self, id: &PeerId, user: &str) -> Result<(), ErrorCode> {
         match self.peers.get(id) {
-            Some(p) if p.user != user => Err(ErrorCode::BadRequest(format!(
+            Some(e) if e.card.user != user => Err(ErrorCode::BadRequest(format!(
                 "peer {id} belongs to another user"
             ))),
             _ => {
@@ -149,10 +186,10 @@ impl Peers {
         let Some(old) = self.peers.remove(id) else {
             return;
         };
-        for file in old.holdings.keys() {
-            if let Some(set) = self.by_file.get_mut(file) {
-                set.remove(id);
-                if set.is_empty() {
+        for file in &old.files {
+            if let Some(holders) = self.by_file.get_mut(file) {
+                holders.remove(id);
+                if holders.is_empty() {
                     self.by_file.remove(file);
                 }
             }
@@ -160,29 +197,22 @@ impl Peers {
     }
 
     /// Online peers holding at least one piece of `file`.
-    pub fn holders(
-        &self,
-        file: &FileId,
-        now: Instant,
-    ) -> impl Iterator<Item = (&PeerId, &Peer, &Held)> {
-        let file = *file;
+    pub fn holders(&self, file: &FileId, now: Instant) -> impl Iterator<Item = &Holder> {
+        let now_ms = self.ms(now);
         self.by_file
-            .get(&file)
+            .get(file)
             .into_iter()
-            .flatten()
-            .filter_map(move |id| {
-                let p = self.peers.get(id)?;
-                let h = p.holdings.get(&file)?;
-                (h.pieces > 0 && self.is_online(p, now)).then_some((id, p, h))
-            })
+            .flat_map(HashMap::values)
+            .filter(move |h| h.pieces > 0 && self.is_online(&h.card, now_ms))
     }
 
     /// Forgets offline peers; returns how many.
     pub fn sweep(&mut self, now: Instant) -> usize {
+        let now_ms = self.ms(now);
         let gone: Vec<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| !self.is_online(p, now))
+            .filter(|(_, e)| !self.is_online(&e.card, now_ms))
             .map(|(id, _)| *id)
             .collect();
         for id in &gone {
@@ -235,8 +265,8 @@ mod tests {
         assert!(peers.report(t0, PeerId([9; 16]), "u", F, 4, &[0]).is_err());
         assert_eq!(peers.holders(&F, t0).count(), 0);
         peers.report(t0, P, "u", F, 4, &[1, 3]).unwrap();
-        let (_, p, h) = peers.holders(&F, t0).next().unwrap();
-        assert_eq!(p.addr, "a");
+        let h = peers.holders(&F, t0).next().unwrap();
+        assert_eq!(h.card.addr, "a");
         assert_eq!(h.have.ones().collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(h.pieces, 2);
     }

@@ -30,6 +30,10 @@ pub const MAX_CONNECTIONS: usize = 4096;
 /// a slot, so a flooding client slows only itself.
 pub const MAX_IN_FLIGHT: usize = 128;
 
+/// How long, once shutdown starts, a connection may take to accept its
+/// last replies.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves `listener` until `shutdown` completes, then waits for every
 /// connection to finish its requests in flight.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future) {
@@ -156,9 +160,21 @@ impl Handler {
                 drop(permit);
             });
         }
-        // The writer ends once every request task has sent its reply.
+        // The writer ends once every request task has sent its reply. A
+        // client that stopped reading could hold it forever: at shutdown it
+        // gets a grace period, then its replies are dropped.
         drop(tx);
-        let _ = writer.await;
+        let mut writer = writer;
+        tokio::select! {
+            _ = &mut writer => {}
+            () = async {
+                self.cancel.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => {
+                tracing::info!(peer = %self.addr, "dropping replies the client does not read");
+                writer.abort();
+            }
+        }
     }
 }
 

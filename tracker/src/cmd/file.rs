@@ -35,11 +35,11 @@ fn online_holders<'p>(
 ) -> impl Iterator<Item = PeerLocation> + 'p {
     peers
         .holders(&f.id, now)
-        .filter(|(_, p, _)| g.is_member(&p.user))
-        .map(|(id, p, h)| PeerLocation {
-            peer: *id,
-            user: p.user.clone(),
-            addr: p.addr.clone(),
+        .filter(|h| g.is_member(&h.card.user))
+        .map(|h| PeerLocation {
+            peer: h.card.id,
+            user: h.card.user.clone(),
+            addr: h.card.addr.clone(),
             have: h.have.clone(),
         })
 }
@@ -47,7 +47,7 @@ fn online_holders<'p>(
 fn entry(group: &str, g: &Group, f: &SharedFile, peers: &Peers, now: Instant) -> FileEntry {
     let online = peers
         .holders(&f.id, now)
-        .filter(|(_, p, _)| g.is_member(&p.user))
+        .filter(|h| g.is_member(&h.card.user))
         .count();
     FileEntry {
         group: group.to_string(),

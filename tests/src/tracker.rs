@@ -1,0 +1,200 @@
+//! A `fileshare-tracker` process on 127.0.0.1 with its own trackers file
+//! and data directory. The guard kills it by PID and reaps it on drop, and
+//! prints its log when a test fails, so a failure shows the tracker's side.
+
+use crate::{bin, free_port, wait_until};
+use fileshare_protocol::client::TrackerClient;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// How long a tracker may take to start accepting connections.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct Tracker {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    addr: String,
+    trackers_file: PathBuf,
+    data_dir: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+    /// Dropped last, after the process that uses it.
+    dir: tempfile::TempDir,
+}
+
+impl Tracker {
+    /// A tracker with a 1-second announce interval, so peer expiry is
+    /// quick to observe.
+    pub fn start() -> Tracker {
+        Tracker::with_args(&["--announce-interval", "1"])
+    }
+
+    /// A tracker started with extra command-line arguments.
+    pub fn with_args(args: &[&str]) -> Tracker {
+        let dir = tempfile::Builder::new()
+            .prefix("fileshare-tracker-")
+            .tempdir()
+            .expect("temp dir");
+        let mut t = Tracker {
+            child: None,
+            stdin: None,
+            addr: String::new(),
+            trackers_file: dir.path().join("trackers.txt"),
+            data_dir: dir.path().join("data"),
+            log: dir.path().join("tracker.log"),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        // Another process may take the free port before the tracker binds
+        // it; then try another.
+        for attempt in 0.. {
+            t.addr = format!("127.0.0.1:{}", free_port());
+            std::fs::write(&t.trackers_file, format!("# test cluster\n{}\n", t.addr))
+                .expect("write trackers file");
+            match t.spawn() {
+                Ok(()) => return t,
+                Err(why) if attempt < 3 && why.contains("cannot listen") => continue,
+                Err(why) => panic!("fileshare-tracker did not start: {why}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open tracker log");
+        let mut child = Command::new(bin("fileshare-tracker"))
+            .arg(&self.trackers_file)
+            .arg("1")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start fileshare-tracker");
+        self.stdin = child.stdin.take();
+        let start = std::time::Instant::now();
+        loop {
+            if std::net::TcpStream::connect(&self.addr).is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("exited with {status}:\n{}", self.log()));
+            }
+            if start.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "not accepting after {START_TIMEOUT:?}:\n{}",
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `host:port` it listens on.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn trackers_file(&self) -> &Path {
+        &self.trackers_file
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A scratch directory that lives as long as the tracker.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Everything the tracker logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process is still running (it has not crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// A client of this tracker, with a short per-call timeout.
+    pub fn client(&self) -> TrackerClient {
+        TrackerClient::new(vec![self.addr.clone()], Duration::from_secs(5))
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        self.stdin = None;
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data directory (killing it
+    /// first if it runs).
+    pub fn restart(&mut self) {
+        self.kill9();
+        if let Err(why) = self.spawn() {
+            panic!("fileshare-tracker did not restart: {why}");
+        }
+    }
+
+    /// Sends SIGTERM and waits for it to exit; returns its status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.pid().expect("tracker is not running");
+        let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        self.wait_exit()
+    }
+
+    /// Types `quit` on its standard input and waits for it to exit.
+    pub fn quit(&mut self) -> ExitStatus {
+        let stdin = self.stdin.as_mut().expect("tracker stdin");
+        stdin.write_all(b"quit\n").expect("write quit");
+        stdin.flush().expect("flush quit");
+        self.wait_exit()
+    }
+
+    fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("tracker is not running");
+        let mut status = None;
+        wait_until("the tracker to exit", Duration::from_secs(10), || {
+            status = child.try_wait().expect("wait for tracker");
+            status.is_some()
+        });
+        self.stdin = None;
+        status.expect("exit status")
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("---- tracker log ({}) ----\n{}", self.addr, self.log());
+        }
+    }
+}

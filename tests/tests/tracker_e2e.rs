@@ -1,0 +1,330 @@
+//! The tracker through the real `fsd` command line and the real
+//! `fileshare-tracker` binary on 127.0.0.1: accounts, groups, requests,
+//! listings, and every refusal with its one-line message.
+
+use fileshare_protocol::client::ClientError;
+use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+use fileshare_protocol::{ErrorCode, PieceHash, PIECE_LEN};
+use fileshare_tests::cli::Fsd;
+use fileshare_tests::tracker::Tracker;
+use fileshare_tests::wait_until;
+use std::time::Duration;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The session token `fsd login` saved in `user`'s home.
+fn token_of(user: &Fsd) -> SessionToken {
+    let text = std::fs::read_to_string(user.session_file()).unwrap();
+    let hex = text.lines().nth(1).unwrap();
+    let bytes = fileshare_protocol::ids::unhex(hex).unwrap();
+    SessionToken(bytes.try_into().unwrap())
+}
+
+fn meta(name: &str, size: u64) -> FileMeta {
+    let n = size.div_ceil(PIECE_LEN);
+    FileMeta {
+        name: name.into(),
+        size,
+        piece_len: PIECE_LEN,
+        hashes: (0..n).map(|i| PieceHash::of(&i.to_le_bytes())).collect(),
+    }
+}
+
+#[test]
+fn two_users_a_group_a_request_and_the_listings() {
+    let tracker = Tracker::start();
+    let alice = Fsd::new(&tracker);
+    let bob = Fsd::new(&tracker);
+    let carol = Fsd::new(&tracker);
+    alice.user("alice");
+    bob.user("bob");
+    carol.user("carol");
+
+    assert!(alice.ok(&["create-group", "g1"]).contains("g1"));
+    // The seed's spelling is accepted too.
+    alice.ok(&["create_group", "g2"]);
+    assert_eq!(
+        bob.ok(&["list-groups"]),
+        "g1  owner=alice  members=1\ng2  owner=alice  members=1\n"
+    );
+    bob.ok(&["join-group", "g1"]);
+    assert_eq!(
+        bob.ok(&["list-groups"]).lines().next(),
+        Some("g1  owner=alice  members=1  [pending]")
+    );
+    assert_eq!(alice.ok(&["list-requests", "g1"]), "bob\n");
+
+    // Only the owner decides.
+    let e = bob.fails(&["accept-request", "g1", "bob"]);
+    assert!(e.contains("only the owner of group g1"), "{e}");
+    let e = bob.fails(&["list-requests", "g1"]);
+    assert!(e.contains("only the owner of group g1"), "{e}");
+    let e = alice.fails(&["accept-request", "g1", "carol"]);
+    assert!(e.contains("carol has no pending request to join g1"), "{e}");
+
+    alice.ok(&["accept-request", "g1", "bob"]);
+    assert_eq!(alice.ok(&["list-requests", "g1"]), "");
+    assert_eq!(
+        bob.ok(&["list-groups"]),
+        "g1  owner=alice  members=2  [member]\ng2  owner=alice  members=1\n"
+    );
+    assert_eq!(
+        alice.ok(&["list-groups"]).lines().next(),
+        Some("g1  owner=alice  members=2  [owner]")
+    );
+
+    carol.ok(&["join-group", "g1"]);
+    alice.ok(&["reject-request", "g1", "carol"]);
+    assert_eq!(
+        carol.ok(&["list-groups"]).lines().next(),
+        Some("g1  owner=alice  members=2")
+    );
+
+    // Files, shared through the protocol (sharing from the CLI goes through
+    // the daemon), listed and searched through the CLI.
+    let rt = rt();
+    let client = tracker.client();
+    for (name, size) in [("report.pdf", 1_000_000), ("notes.txt", 12)] {
+        rt.block_on(client.call(TrackerRequest::ShareFile {
+            session: token_of(&alice),
+            group: "g1".into(),
+            meta: meta(name, size),
+        }))
+        .unwrap();
+    }
+    assert_eq!(
+        bob.ok(&["list-files", "g1"]),
+        "notes.txt  12  peers=0\nreport.pdf  1000000  peers=0\n"
+    );
+    assert_eq!(
+        bob.ok(&["search", "port"]),
+        "[g1] report.pdf  1000000  peers=0\n"
+    );
+    assert_eq!(bob.ok(&["search", "zzz"]), "");
+    assert_eq!(carol.ok(&["search", "port"]), "");
+    let e = carol.fails(&["list-files", "g1"]);
+    assert_eq!(e, "fsd: not a member of group g1\n");
+    let e = carol.fails(&["list-files", "nope"]);
+    assert_eq!(e, "fsd: no such group: nope\n");
+
+    // The owner leaves: bob, the longest-standing member, owns g1 now.
+    alice.ok(&["leave-group", "g1"]);
+    assert_eq!(
+        bob.ok(&["list-groups"]).lines().next(),
+        Some("g1  owner=bob  members=1  [owner]")
+    );
+    // alice's files left with her.
+    assert_eq!(bob.ok(&["list-files", "g1"]), "");
+    let e = alice.fails(&["leave-group", "g1"]);
+    assert!(e.contains("not a member of group g1"), "{e}");
+}
+
+#[test]
+fn wrong_passwords_duplicates_and_missing_sessions_are_refused() {
+    let tracker = Tracker::start();
+    let alice = Fsd::new(&tracker);
+    alice.user("alice");
+    let e = alice.fails(&["create-user", "alice"]);
+    assert_eq!(e, "fsd: user alice already exists\n");
+
+    let other = Fsd::new(&tracker).password(Some("wrong"));
+    assert_eq!(
+        other.fails(&["login", "alice"]),
+        "fsd: wrong user name or password\n"
+    );
+    assert_eq!(
+        other.fails(&["login", "nobody"]),
+        "fsd: wrong user name or password\n"
+    );
+    let e = other.fails(&["list-groups"]);
+    assert!(e.contains("not logged in"), "{e}");
+
+    let no_password = Fsd::new(&tracker).password(None);
+    let e = no_password.fails(&["login", "alice"]);
+    assert!(e.contains("no password given"), "{e}");
+
+    alice.ok(&["create-group", "g"]);
+    let e = alice.fails(&["create-group", "g"]);
+    assert_eq!(e, "fsd: group g already exists\n");
+    let e = alice.fails(&["join-group", "g"]);
+    assert_eq!(e, "fsd: already a member of group g\n");
+    let e = alice.fails(&["join-group", "nope"]);
+    assert_eq!(e, "fsd: no such group: nope\n");
+
+    // Daemon commands say so instead of pretending.
+    let e = alice.fails(&["upload-file", "/etc/hostname", "g"]);
+    assert!(e.contains("daemon"), "{e}");
+}
+
+#[test]
+fn repeated_wrong_passwords_are_slowed_down() {
+    let tracker = Tracker::start();
+    let alice = Fsd::new(&tracker);
+    alice.user("alice");
+    let guesser = Fsd::new(&tracker).password(Some("guess"));
+    for _ in 0..3 {
+        guesser.fails(&["login", "alice"]);
+    }
+    let e = guesser.fails(&["login", "alice"]);
+    assert!(e.contains("too many failed logins"), "{e}");
+    // Even the right password waits out the lockout.
+    let e = Fsd::new(&tracker).fails(&["login", "alice"]);
+    assert!(e.contains("too many failed logins"), "{e}");
+    // Other users are not affected.
+    Fsd::new(&tracker).user("bob");
+}
+
+#[test]
+fn every_bad_name_is_refused_with_a_clear_message() {
+    let tracker = Tracker::start();
+    let alice = Fsd::new(&tracker);
+    alice.user("alice");
+    let long = "x".repeat(256);
+    for (bad, why) in [
+        ("..", "reserved"),
+        (".", "reserved"),
+        ("a/b", "contains `/`"),
+        ("", "empty"),
+        (long.as_str(), "longer than 255 bytes"),
+    ] {
+        for cmd in ["create-group", "create-user", "join-group"] {
+            let e = alice.fails(&[cmd, bad]);
+            assert!(
+                e.contains("invalid") && e.contains(why),
+                "{cmd} {bad:?}: {e}"
+            );
+        }
+    }
+    // 255 bytes is fine.
+    alice.ok(&["create-group", &"x".repeat(255)]);
+
+    // A NUL cannot pass through a command line: send it raw.
+    let rt = rt();
+    let client = tracker.client();
+    let session = token_of(&alice);
+    let bad_name = |r: Result<TrackerReply, ClientError>| {
+        matches!(r, Err(ClientError::Refused(ErrorCode::BadName { .. })))
+    };
+    let r = rt.block_on(client.call(TrackerRequest::CreateGroup {
+        session,
+        group: "a\0b".into(),
+    }));
+    assert!(bad_name(r));
+    let r = rt.block_on(client.call(TrackerRequest::CreateUser {
+        user: "a\0b".into(),
+        password: "pw".into(),
+    }));
+    assert!(bad_name(r));
+    alice.ok(&["create-group", "g"]);
+    for name in ["a\0b", "..", ".", "a/b", "", long.as_str()] {
+        let r = rt.block_on(client.call(TrackerRequest::ShareFile {
+            session,
+            group: "g".into(),
+            meta: meta(name, 1),
+        }));
+        assert!(bad_name(r), "file name {name:?}");
+    }
+}
+
+#[test]
+fn an_expired_session_is_refused() {
+    let tracker = Tracker::with_args(&["--session-ttl", "1"]);
+    let alice = Fsd::new(&tracker);
+    alice.user("alice");
+    let mut last = String::new();
+    wait_until("the session to expire", Duration::from_secs(10), || {
+        let out = alice.run(&["list-groups"]);
+        last = out.stderr;
+        !out.status.success()
+    });
+    assert_eq!(
+        last,
+        "fsd: not logged in or the session has expired; run `fsd login USER`\n"
+    );
+    // Logging in again works.
+    alice.ok(&["login", "alice"]);
+    alice.ok(&["list-groups"]);
+}
+
+#[test]
+fn a_forged_session_is_refused() {
+    let tracker = Tracker::start();
+    let alice = Fsd::new(&tracker);
+    alice.user("alice");
+    let path = alice.session_file();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    // Flip one hex digit of the token.
+    let flipped = if lines[1].starts_with('0') { "1" } else { "0" };
+    lines[1].replace_range(0..1, flipped);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let e = alice.fails(&["list-groups"]);
+    assert!(e.contains("session has expired"), "{e}");
+    // A damaged file says so.
+    std::fs::write(&path, "alice\nnot-hex\n1\n").unwrap();
+    let e = alice.fails(&["list-groups"]);
+    assert!(e.contains("damaged"), "{e}");
+}
+
+#[test]
+fn logout_ends_the_session_on_the_tracker() {
+    let tracker = Tracker::start();
+    let alice = Fsd::new(&tracker);
+    alice.user("alice");
+    let saved = std::fs::read(alice.session_file()).unwrap();
+    assert_eq!(alice.ok(&["logout"]), "logged out alice\n");
+    assert!(alice.fails(&["list-groups"]).contains("not logged in"));
+    assert!(alice.fails(&["logout"]).contains("not logged in"));
+    // A copy of the old session file is worthless now.
+    std::fs::write(alice.session_file(), saved).unwrap();
+    assert!(alice
+        .fails(&["list-groups"])
+        .contains("session has expired"));
+}
+
+#[test]
+fn state_and_sessions_survive_clean_stops_and_restarts() {
+    let mut tracker = Tracker::start();
+    let alice = Fsd::new(&tracker);
+    alice.user("alice");
+    alice.ok(&["create-group", "g"]);
+
+    assert!(tracker.terminate().success(), "{}", tracker.log());
+    let e = alice.fails(&["list-groups"]);
+    assert!(e.contains("no tracker answered"), "{e}");
+    tracker.restart();
+    assert_eq!(
+        alice.ok(&["list-groups"]),
+        "g  owner=alice  members=1  [owner]\n"
+    );
+
+    assert!(tracker.quit().success(), "{}", tracker.log());
+    tracker.restart();
+    assert_eq!(
+        alice.ok(&["list-groups"]),
+        "g  owner=alice  members=1  [owner]\n"
+    );
+    let log = tracker.log();
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn an_unreachable_tracker_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("trackers.txt");
+    let port = fileshare_tests::free_port();
+    std::fs::write(&file, format!("127.0.0.1:{port}\n")).unwrap();
+    let user = Fsd::with_trackers(&file);
+    let e = user.fails(&["create-user", "alice"]);
+    assert!(e.starts_with("fsd: no tracker answered"), "{e}");
+    let missing = Fsd::with_trackers(&dir.path().join("missing.txt"));
+    let e = missing.fails(&["create-user", "alice"]);
+    assert!(e.contains("cannot read trackers file"), "{e}");
+}

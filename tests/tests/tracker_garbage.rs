@@ -1,0 +1,245 @@
+//! Hostile bytes on a raw TCP connection: the tracker closes that
+//! connection without a reply, never panics, and keeps serving others.
+
+use fileshare_protocol::client::TrackerClient;
+use fileshare_protocol::frame::{header, HEADER_LEN};
+use fileshare_protocol::messages::{Hello, Request, Role, TrackerReply, TrackerRequest, MAGIC};
+use fileshare_protocol::{codec, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use fileshare_tests::tracker::Tracker;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+fn connect(t: &Tracker) -> TcpStream {
+    let s = TcpStream::connect(t.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = header(body.len()).to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+/// Reads one whole frame's body; `None` when the tracker closed instead.
+fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = [0u8; HEADER_LEN];
+    s.read_exact(&mut head).ok()?;
+    let mut body = vec![0; u32::from_be_bytes(head) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+/// A connection past the handshake, as a client.
+fn handshaken(t: &Tracker) -> TcpStream {
+    let mut s = connect(t);
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        role: Role::Client,
+    };
+    s.write_all(&frame(&codec::encode(&hello).unwrap()))
+        .unwrap();
+    let theirs: Hello = codec::decode(&read_frame(&mut s).expect("tracker hello")).unwrap();
+    assert_eq!(theirs.role, Role::Tracker { no: 1 });
+    s
+}
+
+/// The tracker closes the connection (EOF or reset) without sending a frame.
+fn assert_closed_without_reply(mut s: TcpStream, what: &str) {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(n) => panic!("{what}: the tracker answered {n} bytes"),
+        Err(e) => panic!("{what}: the tracker did not close the connection: {e}"),
+    }
+}
+
+/// A well-behaved client is still served and the process is alive.
+fn assert_still_serving(t: &mut Tracker, rt: &tokio::runtime::Runtime, client: &TrackerClient) {
+    assert!(t.is_running(), "tracker died:\n{}", t.log());
+    let r = rt.block_on(client.call(TrackerRequest::VerifyTicket {
+        ticket: fileshare_protocol::messages::Ticket {
+            user: "u".into(),
+            group: "g".into(),
+            expires_unix_ms: u64::MAX,
+            mac: [0; 32],
+        },
+    }));
+    assert!(r.is_err(), "a forged ticket must be refused: {r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(fileshare_protocol::client::ClientError::Refused(
+                fileshare_protocol::ErrorCode::BadTicket
+            ))
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn hostile_bytes_close_only_their_connection() {
+    let mut tracker = Tracker::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A client connected throughout: its connection must outlive them all.
+    let client = tracker.client();
+    rt.block_on(client.call(TrackerRequest::CreateUser {
+        user: "alice".into(),
+        password: "pw".into(),
+    }))
+    .unwrap();
+    assert_still_serving(&mut tracker, &rt, &client);
+
+    // Garbage instead of a handshake.
+    let mut s = connect(&tracker);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let _ = read_frame(&mut s); // the tracker's hello, sent first
+    assert_closed_without_reply(s, "garbage handshake");
+    assert_still_serving(&mut tracker, &rt, &client);
+
+    // An oversized length prefix, before and after the handshake.
+    let mut s = connect(&tracker);
+    s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    let _ = read_frame(&mut s);
+    assert_closed_without_reply(s, "oversized hello");
+    let mut s = handshaken(&tracker);
+    s.write_all(&header(MAX_FRAME_LEN + 1)).unwrap();
+    assert_closed_without_reply(s, "oversized frame");
+    assert_still_serving(&mut tracker, &rt, &client);
+
+    // A truncated frame: the header promises more than ever comes.
+    let mut s = handshaken(&tracker);
+    s.write_all(&header(100)).unwrap();
+    s.write_all(&[1; 10]).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_closed_without_reply(s, "truncated frame");
+    assert_still_serving(&mut tracker, &rt, &client);
+
+    // A valid handshake, then bodies that are not requests.
+    let req = Request {
+        id: 1,
+        body: TrackerRequest::ListGroups {
+            session: fileshare_protocol::messages::SessionToken([0; 32]),
+        },
+    };
+    let valid = codec::encode(&req).unwrap();
+    let mut trailing = valid.clone();
+    trailing.push(0);
+    let mut unknown_variant = valid.clone();
+    unknown_variant[1] = 200;
+    let lying_length = {
+        // id 7, CreateUser, then a string claiming 2^60 bytes.
+        let mut b = vec![7u8, 0, 253];
+        b.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        b
+    };
+    for (what, body) in [
+        ("random bytes", vec![0xff; 40]),
+        ("trailing bytes", trailing),
+        ("unknown request", unknown_variant),
+        ("lying inner length", lying_length),
+        ("empty body", vec![]),
+    ] {
+        let mut s = handshaken(&tracker);
+        s.write_all(&frame(&body)).unwrap();
+        assert_closed_without_reply(s, what);
+        assert_still_serving(&mut tracker, &rt, &client);
+    }
+
+    // A good request still gets its answer on a raw connection.
+    let mut s = handshaken(&tracker);
+    s.write_all(&frame(&valid)).unwrap();
+    let reply: fileshare_protocol::messages::Reply<
+        Result<TrackerReply, fileshare_protocol::ErrorCode>,
+    > = codec::decode(&read_frame(&mut s).expect("a reply")).unwrap();
+    assert_eq!(reply.id, 1);
+    assert_eq!(
+        reply.body,
+        Err(fileshare_protocol::ErrorCode::InvalidSession)
+    );
+
+    // Many connections that never say anything do not stop the others.
+    let idle: Vec<TcpStream> = (0..50).map(|_| connect(&tracker)).collect();
+    assert_still_serving(&mut tracker, &rt, &client);
+    drop(idle);
+
+    let log = tracker.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("bad frame"), "one line per bad frame:\n{log}");
+}
+
+#[test]
+fn a_client_that_never_reads_does_not_block_shutdown() {
+    let mut tracker = Tracker::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = tracker.client();
+    let session = rt.block_on(async {
+        client
+            .call(TrackerRequest::CreateUser {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await
+            .unwrap();
+        let Ok(TrackerReply::Session { token, .. }) = client
+            .call(TrackerRequest::Login {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await
+        else {
+            panic!("login")
+        };
+        // Big listings, so unread replies fill the socket buffers quickly.
+        for g in 0..200 {
+            client
+                .call(TrackerRequest::CreateGroup {
+                    session: token,
+                    group: format!("group-with-a-long-name-{g:04}"),
+                })
+                .await
+                .unwrap();
+        }
+        token
+    });
+    let mut burst = Vec::new();
+    for id in 0..1000u64 {
+        let req = Request {
+            id,
+            body: TrackerRequest::ListGroups { session },
+        };
+        burst.extend(frame(&codec::encode(&req).unwrap()));
+    }
+    let mut s = handshaken(&tracker);
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = written.clone();
+    let flooder = std::thread::spawn(move || {
+        while s.write_all(&burst).is_ok() {
+            counter.fetch_add(burst.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // Wait until the tracker stops reading: the flood makes no progress.
+    let mut last = usize::MAX;
+    fileshare_tests::wait_until("the tracker to push back", Duration::from_secs(15), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        let stalled = now == last && now > 0;
+        last = now;
+        stalled
+    });
+    // Others are still served meanwhile.
+    assert_still_serving(&mut tracker, &rt, &client);
+    let started = std::time::Instant::now();
+    assert!(tracker.terminate().success(), "{}", tracker.log());
+    assert!(started.elapsed() < Duration::from_secs(9));
+    flooder.join().unwrap();
+}
