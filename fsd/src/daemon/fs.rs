@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -32,11 +32,18 @@ use std::time::{Duration, SystemTime};
 /// through `FOPEN_KEEP_CACHE`.
 const TTL: Duration = Duration::from_secs(1);
 
+/// Read-ahead, in pieces, after the first sequential read of a handle.
+const FIRST_READ_AHEAD: u32 = 2;
+
 enum Handle {
     Read {
         swarm: Arc<Swarm>,
         /// Where the last read ended, to tell sequential reads from seeks.
         next: AtomicU64,
+        /// The read-ahead window in pieces: it starts small so the first
+        /// read's pieces are not queued behind read-ahead traffic, and
+        /// doubles with every sequential read, like the kernel's own.
+        ahead: AtomicU32,
     },
     Write {
         group: String,
@@ -434,6 +441,7 @@ impl Filesystem for FileShareFs {
                 Ok(inner.new_handle(Handle::Read {
                     swarm,
                     next: AtomicU64::new(0),
+                    ahead: AtomicU32::new(0),
                 }))
             },
             move |r: Result<u64, Errno>| match r {
@@ -458,19 +466,28 @@ impl Filesystem for FileShareFs {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let Handle::Read { swarm, next } = &*handle else {
+        let Handle::Read { swarm, next, ahead } = &*handle else {
             return reply.error(Errno::EBADF);
         };
         let prev = next.swap(offset + u64::from(size), Ordering::Relaxed);
         // Sequential, allowing for the kernel's parallel read-ahead requests.
         let sequential = offset == 0 || offset.abs_diff(prev) <= 4 * PIECE_LEN;
+        let read_ahead = if sequential {
+            let window =
+                (ahead.load(Ordering::Relaxed) * 2).clamp(FIRST_READ_AHEAD, READ_AHEAD_PIECES);
+            ahead.store(window, Ordering::Relaxed);
+            window
+        } else {
+            ahead.store(0, Ordering::Relaxed);
+            0
+        };
         if swarm.has_range(offset, u64::from(size)) {
             let len = usize::try_from(size).unwrap_or(0);
             match swarm.file.read_at(offset, len) {
                 Ok(data) => {
-                    if sequential {
+                    if read_ahead > 0 && !swarm.is_complete() {
                         // Keep the read-ahead window moving on local hits too.
-                        let _ = swarm.acquire_range(offset, u64::from(size), READ_AHEAD_PIECES);
+                        let _ = swarm.acquire_range(offset, u64::from(size), read_ahead);
                         self.inner.engine_kick(swarm);
                     }
                     return reply.data(&data);
@@ -482,7 +499,6 @@ impl Filesystem for FileShareFs {
             }
         }
         let swarm = swarm.clone();
-        let read_ahead = if sequential { READ_AHEAD_PIECES } else { 0 };
         spawn(
             &self.inner,
             move |inner| async move { inner.engine.read(&swarm, offset, size, read_ahead).await },
