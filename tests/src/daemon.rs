@@ -102,11 +102,7 @@ impl Drop for Detached {
             }
         }
         if is_mounted(&self.mountpoint) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.mountpoint)
-                .status();
+            crate::mount::fusermount(&self.mountpoint, true);
         }
     }
 }

@@ -17,6 +17,27 @@ pub mod world;
 
 use std::time::{Duration, Instant};
 
+/// One mebibyte, for file sizes.
+pub const MIB: usize = 1 << 20;
+
+/// `cmp A B`, as a user would check a copy; panics with its output on a
+/// difference.
+pub fn cmp(a: &std::path::Path, b: &std::path::Path) {
+    let out = std::process::Command::new("cmp")
+        .arg(a)
+        .arg(b)
+        .output()
+        .expect("run cmp");
+    assert!(
+        out.status.success(),
+        "cmp {} {}: {}{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -30,6 +30,18 @@ pub fn is_mounted(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// `fusermount3 -u` (lazily with `-z`), quietly: callers check the result
+/// with [`is_mounted`].
+pub fn fusermount(path: &Path, lazy: bool) {
+    let _ = Command::new("fusermount3")
+        .arg("-u")
+        .args(lazy.then_some("-z"))
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// Fails loudly where FUSE cannot work, instead of skipping.
 pub fn require_fuse() {
     assert!(
@@ -140,10 +152,7 @@ impl Mount {
 
     /// `fusermount3 -u`, then waits for the daemon to exit by itself.
     pub fn unmount(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.mountpoint)
-            .status();
+        fusermount(&self.mountpoint, false);
         if let Some(mut c) = self.child.take() {
             let start = Instant::now();
             loop {
@@ -174,11 +183,7 @@ impl Mount {
             std::thread::sleep(Duration::from_millis(25));
         }
         if is_mounted(&self.mountpoint) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.mountpoint)
-                .status();
+            fusermount(&self.mountpoint, true);
         }
     }
 
@@ -197,10 +202,7 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mountpoint)
-                .status();
+            fusermount(&self.mountpoint, false);
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(5) {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -212,11 +214,7 @@ impl Drop for Mount {
             let _ = c.wait();
         }
         if is_mounted(&self.mountpoint) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.mountpoint)
-                .status();
+            fusermount(&self.mountpoint, true);
         }
     }
 }

@@ -61,6 +61,17 @@ impl World {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A network of `names`, all members of group `g` owned by the first.
+    pub fn network(names: &[&str]) -> (World, Vec<User>) {
+        let w = World::new();
+        let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
+        if let Some((owner, rest)) = users.split_first() {
+            let rest: Vec<&User> = rest.iter().collect();
+            w.group("g", owner, &rest);
+        }
+        (w, users)
+    }
+
     /// Creates and logs in a user.
     pub fn user(&self, name: &str) -> User {
         let u = User {

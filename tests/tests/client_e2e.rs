@@ -5,35 +5,12 @@
 
 use fileshare_tests::daemon::{alive, fsd_command, text, Detached, Tmpfs};
 use fileshare_tests::mount::{is_mounted, wait_for};
-use fileshare_tests::random_file;
 use fileshare_tests::world::{User, World};
+use fileshare_tests::{cmp, random_file, MIB};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-const MIB: usize = 1 << 20;
-
-fn cmp(a: &Path, b: &Path) {
-    let out = Command::new("cmp").arg(a).arg(b).output().expect("cmp");
-    assert!(
-        out.status.success(),
-        "cmp {} {}: {}",
-        a.display(),
-        b.display(),
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-/// A network of `names`, all in group `g` owned by the first.
-fn network(names: &[&str]) -> (World, Vec<User>) {
-    let w = World::new();
-    let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
-    let (owner, rest) = users.split_first().unwrap();
-    let rest: Vec<&User> = rest.iter().collect();
-    w.group("g", owner, &rest);
-    (w, users)
-}
 
 /// `list-files g` as `user`: (name, peers online).
 fn listed(w: &World, user: &User) -> Vec<(String, u32)> {
@@ -65,7 +42,7 @@ fn one_line_failure(out: &std::process::Output) -> String {
 
 #[test]
 fn commands_that_need_the_daemon_say_how_to_start_it() {
-    let (w, u) = network(&["alice"]);
+    let (w, u) = World::network(&["alice"]);
     let f = w.path("x.bin");
     random_file(&f, 1000, 1);
     for args in [
@@ -85,7 +62,7 @@ fn commands_that_need_the_daemon_say_how_to_start_it() {
 
 #[test]
 fn upload_in_place_is_read_by_others_and_withdrawn_when_it_changes() {
-    let (w, u) = network(&["alice", "bob"]);
+    let (w, u) = World::network(&["alice", "bob"]);
     let ma = w.mount(&u[0], &[]);
     let mb = w.mount(&u[1], &[]);
     let src = w.path("in-place.bin");
@@ -134,7 +111,7 @@ fn walk_size(dir: &Path) -> u64 {
 
 #[test]
 fn download_file_shows_progress_and_lands_whole() {
-    let (w, u) = network(&["alice", "bob"]);
+    let (w, u) = World::network(&["alice", "bob"]);
     // A slow seeder, so the download is seen while it runs.
     let _ma = w.mount(&u[0], &["--max-upload-rate", "4M"]);
     let _mb = w.mount(&u[1], &[]);
@@ -196,7 +173,7 @@ fn download_file_shows_progress_and_lands_whole() {
 
 #[test]
 fn stop_share_removes_the_file_from_other_listings() {
-    let (w, u) = network(&["alice", "bob"]);
+    let (w, u) = World::network(&["alice", "bob"]);
     let _ma = w.mount(&u[0], &[]);
     let mb = w.mount(&u[1], &[]);
     let src = w.path("s.bin");
@@ -220,7 +197,7 @@ fn stop_share_removes_the_file_from_other_listings() {
 
 #[test]
 fn logout_stops_the_daemon_and_the_next_mount_offers_files_again() {
-    let (w, u) = network(&["alice", "bob"]);
+    let (w, u) = World::network(&["alice", "bob"]);
     let mp = w.path("mnt-alice-detached");
     let (out, daemon) = Detached::start(&w, &u[0], &mp);
     let (stdout, stderr) = text(&out);
@@ -278,7 +255,7 @@ fn logout_stops_the_daemon_and_the_next_mount_offers_files_again() {
 
 #[test]
 fn unwritable_destinations_fail_clearly_and_leave_nothing() {
-    let (w, u) = network(&["alice", "bob"]);
+    let (w, u) = World::network(&["alice", "bob"]);
     let _ma = w.mount(&u[0], &[]);
     let _mb = w.mount(&u[1], &[]);
     let src = w.path("two-mib.bin");

@@ -2,31 +2,17 @@
 //! daemons, real FUSE mounts, `ls`, `cp`, `cat`, `cmp`, `rm`, `dd`.
 
 use fileshare_tests::mount::{fetched, wait_for, Mount};
-use fileshare_tests::random_file;
 use fileshare_tests::world::{User, World};
+use fileshare_tests::{cmp, random_file, MIB};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-const MIB: usize = 1 << 20;
 
 fn run(cmd: &str, args: &[&str]) -> std::process::Output {
     Command::new(cmd)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{cmd}: {e}"))
-}
-
-fn cmp(a: &Path, b: &Path) {
-    let out = run("cmp", &[a.to_str().unwrap(), b.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "cmp {} {}: {}{}",
-        a.display(),
-        b.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Waits until `ls -l` in the mount shows `name` with `size` bytes.
@@ -56,16 +42,6 @@ fn cp_in(src: &Path, m: &Mount, group: &str) {
     );
 }
 
-/// A network with `names` users, all in group `g` owned by the first.
-fn network(names: &[&str]) -> (World, Vec<User>) {
-    let w = World::new();
-    let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
-    let (owner, rest) = users.split_first().unwrap();
-    let rest: Vec<&User> = rest.iter().collect();
-    w.group("g", owner, &rest);
-    (w, users)
-}
-
 fn total_pieces(size: usize) -> u64 {
     size.div_ceil(512 * 1024) as u64
 }
@@ -77,7 +53,7 @@ fn pieces_have(m: &Mount, rel: &str) -> u64 {
 
 #[test]
 fn cp_in_then_others_list_and_read_identical_bytes() {
-    let (w, u) = network(&["alice", "bob", "carol"]);
+    let (w, u) = World::network(&["alice", "bob", "carol"]);
     let a = w.mount(&u[0], &[]);
     let b = w.mount(&u[1], &[]);
     let c = w.mount(&u[2], &[]);
@@ -100,7 +76,7 @@ fn cp_in_then_others_list_and_read_identical_bytes() {
 
 #[test]
 fn a_reader_fetches_from_every_seeder() {
-    let (w, u) = network(&["alice", "bob", "carol"]);
+    let (w, u) = World::network(&["alice", "bob", "carol"]);
     let a = w.mount(&u[0], &[]);
     let b = w.mount(&u[1], &[]);
     let src = w.path("data.bin");
@@ -140,7 +116,7 @@ fn a_reader_fetches_from_every_seeder() {
 
 #[test]
 fn a_reader_serves_what_it_has_before_it_finishes() {
-    let (w, u) = network(&["alice", "bob", "carol"]);
+    let (w, u) = World::network(&["alice", "bob", "carol"]);
     // Alice's upload is slow, so bob is far from done when carol reads.
     let a = w.mount(&u[0], &["--max-upload-rate", "3M"]);
     let b = w.mount(&u[1], &[]);
@@ -192,7 +168,7 @@ fn a_reader_serves_what_it_has_before_it_finishes() {
 
 #[test]
 fn reading_the_last_byte_first_fetches_only_the_end() {
-    let (w, u) = network(&["alice", "bob"]);
+    let (w, u) = World::network(&["alice", "bob"]);
     let a = w.mount(&u[0], &[]);
     let b = w.mount(&u[1], &[]);
     let size = 48 * MIB + 123;
@@ -225,7 +201,7 @@ fn reading_the_last_byte_first_fetches_only_the_end() {
 
 #[test]
 fn corrupted_pieces_are_refetched_and_the_bad_peer_named() {
-    let (w, u) = network(&["alice", "bob", "carol"]);
+    let (w, u) = World::network(&["alice", "bob", "carol"]);
     let a = w.mount(&u[0], &[]);
     let mut b = w.mount(&u[1], &[]);
     let size = 16 * MIB;
@@ -262,7 +238,7 @@ fn corrupted_pieces_are_refetched_and_the_bad_peer_named() {
 
 #[test]
 fn a_seeder_killed_mid_read_does_not_break_the_read() {
-    let (w, u) = network(&["alice", "bob", "carol"]);
+    let (w, u) = World::network(&["alice", "bob", "carol"]);
     let a = w.mount(&u[0], &["--max-upload-rate", "6M"]);
     let size = 32 * MIB;
     let src = w.path("k.bin");
@@ -294,7 +270,7 @@ fn a_seeder_killed_mid_read_does_not_break_the_read() {
 
 #[test]
 fn verified_pieces_survive_a_crash_of_the_reader() {
-    let (w, u) = network(&["alice", "bob"]);
+    let (w, u) = World::network(&["alice", "bob"]);
     let a = w.mount(&u[0], &[]);
     let mut b = w.mount(&u[1], &[]);
     let size = 24 * MIB;
@@ -332,7 +308,7 @@ fn verified_pieces_survive_a_crash_of_the_reader() {
 
 #[test]
 fn unmount_stops_sharing_and_a_new_mount_resumes_it() {
-    let (w, u) = network(&["alice", "bob"]);
+    let (w, u) = World::network(&["alice", "bob"]);
     let mut a = w.mount(&u[0], &[]);
     let b = w.mount(&u[1], &[]);
     let src = w.path("u.bin");
@@ -361,7 +337,7 @@ fn unmount_stops_sharing_and_a_new_mount_resumes_it() {
 
 #[test]
 fn shared_files_are_immutable_and_rm_stops_sharing() {
-    let (w, u) = network(&["alice", "bob"]);
+    let (w, u) = World::network(&["alice", "bob"]);
     let a = w.mount(&u[0], &[]);
     let b = w.mount(&u[1], &[]);
     let src = w.path("doc.txt");
@@ -389,7 +365,7 @@ fn shared_files_are_immutable_and_rm_stops_sharing() {
 
 #[test]
 fn mkdir_creates_a_group() {
-    let (w, u) = network(&["alice"]);
+    let (w, u) = World::network(&["alice"]);
     let a = w.mount(&u[0], &[]);
     std::fs::create_dir(a.path("newgroup")).expect("mkdir in the root creates a group");
     assert!(w.fsd_ok(&u[0], &["list-groups"]).contains("newgroup"));
@@ -429,7 +405,7 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
     };
     use fileshare_protocol::{ErrorCode, FileId, PeerId};
 
-    let (w, u) = network(&["alice"]);
+    let (w, u) = World::network(&["alice"]);
     let mallory = w.user("mallory");
     w.fsd_ok(&mallory, &["create-group", "mine"]);
     let a = w.mount(&u[0], &[]);
@@ -521,7 +497,7 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
 
 #[test]
 fn a_slow_read_does_not_stall_listing_or_other_files() {
-    let (w, u) = network(&["alice", "bob"]);
+    let (w, u) = World::network(&["alice", "bob"]);
     // Alice uploads at 256 KiB/s: reading her 8 MiB file takes half a minute.
     let a = w.mount(&u[0], &["--max-upload-rate", "256K"]);
     let b = w.mount(&u[1], &[]);
