@@ -532,3 +532,69 @@ fn a_slow_read_does_not_stall_listing_or_other_files() {
     drop(b);
     let _ = slow.join();
 }
+
+#[test]
+fn with_the_tracker_down_listings_come_from_cache_and_local_files_read() {
+    let (mut w, u) = World::network(&["alice", "bob"]);
+    let a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &[]);
+    let src = w.path("kept.bin");
+    random_file(&src, 3 * MIB, 14);
+    cp_in(&src, &a, "g");
+    wait_listed(&b, "g", "kept.bin", 3 * MIB);
+    cmp(&src, &b.path("g/kept.bin"));
+
+    w.tracker.kill9();
+    wait_for("bob's daemon to notice", Duration::from_secs(10), || {
+        b.log().contains("tracker lost").then_some(())
+    });
+    let start = std::time::Instant::now();
+    let out = run("ls", &["-l", b.path("g").to_str().unwrap()]);
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "ls failed with the tracker down: {out:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kept.bin"));
+    // Generous: the bound is about not hanging, the figure is ~0.8 s.
+    assert!(
+        took < Duration::from_secs(3),
+        "ls took {took:?} with the tracker down"
+    );
+    let out = run("ls", &[b.mountpoint.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "g");
+    cmp(&src, &b.path("g/kept.bin"));
+
+    // Back: the daemons announce again by themselves.
+    w.tracker.restart();
+    wait_for("both peers offered again", Duration::from_secs(20), || {
+        w.fsd_ok(&u[1], &["list-files", "g"])
+            .contains("peers=2")
+            .then_some(())
+    });
+    assert!(b.log().contains("tracker back"), "{}", b.log());
+}
+
+#[test]
+fn a_read_no_peer_can_serve_fails_with_eio_after_the_timeout() {
+    let (w, u) = World::network(&["alice", "bob"]);
+    let mut a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &["--read-timeout", "2"]);
+    let src = w.path("gone.bin");
+    random_file(&src, 2 * MIB, 15);
+    cp_in(&src, &a, "g");
+    wait_listed(&b, "g", "gone.bin", 2 * MIB);
+    a.unmount();
+    let err = std::fs::read(b.path("g/gone.bin")).expect_err("no peer has it");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        b.log().contains("no peer served these pieces"),
+        "the log names the missing pieces:\n{}",
+        b.log()
+    );
+    // Other reads go on: a file bob shares still reads.
+    let mine = w.path("mine.bin");
+    random_file(&mine, MIB, 16);
+    cp_in(&mine, &b, "g");
+    cmp(&mine, &b.path("g/mine.bin"));
+}

@@ -407,6 +407,10 @@ impl Engine {
             } else if !lost {
                 if let Err(e) = self.tracker.flush_reports().await {
                     tracing::debug!("piece report failed: {e:#}");
+                    if e.code().is_some() {
+                        // The tracker forgot us (it restarted): announce now.
+                        next = now;
+                    }
                 }
             }
             tokio::select! {
