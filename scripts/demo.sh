@@ -82,10 +82,14 @@ end=$(date +%s.%N)
 echo "identical ($(echo "scale=2; 32 / ($end - $start)" | bc 2>/dev/null || echo "?") MiB/s, debug build)"
 if command -v getfattr >/dev/null; then
   echo "\$ getfattr -d mnt-bob/demo/video.bin"
-  getfattr -d "$work/mnt-bob/demo/video.bin"
+  getfattr -d --absolute-names "$work/mnt-bob/demo/video.bin"
 fi
 as bob list-files demo
-as bob show-downloads || true
+
+step "bob also downloads it to a plain file, through his daemon"
+as bob download-file demo video.bin "$work/copy.bin"
+cmp "$work/video.bin" "$work/copy.bin" && echo "copy.bin identical"
+as bob show-downloads
 
 step "unmount; nothing is left behind"
 for m in "${mounts[@]}"; do fusermount3 -u "$m"; done
