@@ -12,4 +12,14 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== build binaries"
 cargo build --workspace --bins --quiet
 echo "== tests"
-cargo test --workspace --quiet -- --test-threads="${FILESHARE_TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --quiet -- --test-threads="${FILESHARE_TEST_THREADS:-2}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+echo
+echo "summary: $passed passed, $failed failed"
+exit "$status"
