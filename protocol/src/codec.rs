@@ -44,3 +44,62 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
     }
     Ok(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::messages::peer::{PeerReply, PeerRequest};
+    use crate::messages::tracker::{TrackerReply, TrackerRequest};
+    use crate::messages::{Hello, Reply, Request};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Hostile bodies of any shape decode to an error or a value, never
+        /// a panic, and never allocate past the frame limit (bincode's limit
+        /// covers lengths declared inside the body).
+        #[test]
+        fn random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<Hello>(&body);
+            let _ = decode::<Request<TrackerRequest>>(&body);
+            let _ = decode::<Reply<Result<TrackerReply, ErrorCode>>>(&body);
+            let _ = decode::<Request<PeerRequest>>(&body);
+            let _ = decode::<Reply<PeerReply>>(&body);
+        }
+
+        /// Valid messages with one byte flipped or the tail cut off are
+        /// refused or decode to something else, never a panic.
+        #[test]
+        fn mutated_messages_never_panic(
+            user in "[a-z]{0,40}",
+            flip in any::<usize>(),
+            cut in any::<usize>(),
+        ) {
+            let msg = Request { id: 3, body: TrackerRequest::Login { user, password: "pw".into() } };
+            let mut bytes = encode(&msg).unwrap();
+            let i = flip % bytes.len();
+            bytes[i] ^= 0xa5;
+            let _ = decode::<Request<TrackerRequest>>(&bytes);
+            let cut = cut % (bytes.len() + 1);
+            let _ = decode::<Request<TrackerRequest>>(&bytes[..cut]);
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = encode(&Request {
+            id: 1,
+            body: PeerRequest::Bitfield {
+                file: crate::FileId([0; 32]),
+            },
+        })
+        .unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<Request<PeerRequest>>(&bytes),
+            Err(ProtocolError::TrailingBytes { .. })
+        ));
+    }
+}
