@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Prints the benchmark table (release build). `scripts/bench.sh [SECTION]`
 # runs one section; with none, all of them. Figures vary with the machine's
-# load: compare within one run.
+# load: compare within one run. Sections:
+#   tracker  64 clients listing and locating against one tracker
+#   swarm    1 source and 8-16 readers of one file, every daemon with an
+#            upload limit, against the fluid-model bound D_min (needs root
+#            and FUSE; writes docs/swarm.csv and docs/swarm.svg)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/lib/ensure-deps.sh
 source scripts/lib/ensure-deps.sh
 
 section="${1:-all}"
@@ -17,8 +20,14 @@ run_tracker() {
   "$target/release/bench_tracker"
 }
 
+run_swarm() {
+  echo "== swarm: many readers of one file through their mounts, each daemon with --max-upload-rate (BENCH_CASES=1,3 to pick cases)"
+  "$target/release/bench_swarm"
+}
+
 case "$section" in
   tracker) run_tracker ;;
-  all) run_tracker ;;
-  *) echo "unknown section $section (tracker)" >&2; exit 2 ;;
+  swarm) run_swarm ;;
+  all) run_tracker; run_swarm ;;
+  *) echo "unknown section $section (tracker, swarm)" >&2; exit 2 ;;
 esac

@@ -375,11 +375,14 @@ impl Swarm {
     /// The link's periodic tick: pieces deferred long enough may be asked
     /// of the peer again.
     pub fn tick(&self, key: LinkKey) {
+        self.tick_at(key, Instant::now());
+    }
+
+    fn tick_at(&self, key: LinkKey, now: Instant) {
         let mut st = self.state.lock();
         let Some(l) = st.links.iter_mut().find(|l| l.key == key) else {
             return;
         };
-        let now = Instant::now();
         let before = l.deferred.len();
         let Link {
             deferred,
@@ -549,3 +552,7 @@ impl Swarm {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "swarm_tests.rs"]
+mod tests;
