@@ -105,6 +105,10 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>, shutdown: Cancellati
 /// waits for a permit, so a flood of requests only fills the socket.
 const PER_CONNECTION: usize = 32;
 
+/// Files one connection may subscribe to: a link subscribes to one, and
+/// each subscription is a task, so a peer cannot start them without bound.
+const MAX_SUBSCRIPTIONS: usize = 64;
+
 /// What the tasks of one connection share.
 struct ConnState {
     conn: u64,
@@ -114,6 +118,8 @@ struct ConnState {
     pending: Mutex<HashMap<u64, CancellationToken>>,
     /// Pieces refused `Busy` to this connection: the next ask is served.
     refused: Mutex<HashSet<(FileId, u32)>>,
+    /// Files this connection subscribed to, each once.
+    subscribed: Mutex<HashSet<FileId>>,
 }
 
 async fn serve(
@@ -137,6 +143,7 @@ async fn serve(
         groups: Mutex::new(Arc::new(Vec::new())),
         pending: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashSet::new()),
+        subscribed: Mutex::new(HashSet::new()),
     });
     // Pieces are read and sent as they come, in any order; authentication
     // is answered in order, before any later request is looked at.
@@ -171,11 +178,24 @@ async fn serve(
             }
             let groups = st.groups.lock().clone();
             if let PeerRequest::Subscribe { file } = req.body {
+                let fresh = {
+                    let mut subs = st.subscribed.lock();
+                    subs.len() < MAX_SUBSCRIPTIONS && subs.insert(file)
+                };
                 match allowed(ctx, &groups, &file) {
-                    Ok(swarm) => {
+                    Ok(swarm) if fresh => {
                         tokio::spawn(subscription(swarm, req.id, tx.clone()));
                     }
+                    Ok(_) => {
+                        let body = PeerReply::Error(PeerError::Busy);
+                        if tx.send(Reply { id: req.id, body }).await.is_err() {
+                            break;
+                        }
+                    }
                     Err(e) => {
+                        if fresh {
+                            st.subscribed.lock().remove(&file);
+                        }
                         let body = PeerReply::Error(e);
                         if tx.send(Reply { id: req.id, body }).await.is_err() {
                             break;
@@ -203,10 +223,12 @@ async fn serve(
         }
         Ok::<(), fileshare_protocol::ProtocolError>(())
     };
-    tokio::select! {
+    let r = tokio::select! {
         r = read_requests => r,
         r = write_replies => r,
-    }
+    };
+    ctx.uploads.forget_conn(st.conn);
+    r
 }
 
 /// One subscription: the bitfield now, then a `Have` per verified piece,

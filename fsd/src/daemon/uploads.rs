@@ -264,6 +264,11 @@ impl Uploads {
         rx.await.unwrap_or(Decision::Serve)
     }
 
+    /// The connection ended: its turn is not remembered any more.
+    pub fn forget_conn(&self, conn: u64) {
+        self.queue.lock().last_served.remove(&conn);
+    }
+
     /// The pacer: while the daemon runs, pays for one request at a time as
     /// the bucket allows. Without a rate limit it returns at once.
     pub async fn run(&self, shutdown: CancellationToken) {
