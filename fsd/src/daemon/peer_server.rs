@@ -209,7 +209,12 @@ async fn serve(
             st.pending.lock().insert(req.id, cancel.clone());
             let (ctx, st, tx) = (ctx.clone(), st.clone(), tx.clone());
             tokio::spawn(async move {
-                let body = answer(&ctx, &st, &groups, req.body, &cancel).await;
+                // A request of a connection that is gone leaves the upload
+                // queue instead of being paid for.
+                let body = tokio::select! {
+                    body = answer(&ctx, &st, &groups, req.body, &cancel) => body,
+                    () = tx.closed() => return,
+                };
                 st.pending.lock().remove(&req.id);
                 let _ = tx.send(Reply { id: req.id, body }).await;
                 drop(permit);
