@@ -462,6 +462,7 @@ impl Swarm {
             }
         }
         if let Some(addr) = addr {
+            tracing::trace!(piece, peer = %addr, "verified");
             let c = st.counters.entry(addr).or_default();
             c.bytes += bytes;
             c.pieces += 1;

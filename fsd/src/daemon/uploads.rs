@@ -162,9 +162,13 @@ impl Queue {
                 let e = self.entries.swap_remove(i);
                 // A closed receiver is a request cancelled just now: it is
                 // neither counted nor paid for.
-                if e.tx.send(d).is_ok() && d == Decision::Serve {
-                    self.count_upload(&e.w.ask);
-                    paid = Some(e.w.ask.bytes);
+                if e.tx.send(d).is_ok() {
+                    let a = &e.w.ask;
+                    tracing::trace!(piece = a.piece, conn = a.conn, second = a.second, decision = ?d, "upload");
+                    if d == Decision::Serve {
+                        self.count_upload(a);
+                        paid = Some(a.bytes);
+                    }
                 }
             }
             if paid.is_some() || p.serve.is_none() {

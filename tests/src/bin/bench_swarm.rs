@@ -284,6 +284,18 @@ fn run_case(case: &Case) -> Outcome {
         .filter(|(addr, ..)| *addr == source.listen)
         .map(|(_, bytes, ..)| bytes)
         .sum();
+    if let Some(dir) = std::env::var_os("BENCH_LOGS") {
+        // For a closer look: FILESHARE_TEST_LOG=info,fsd=trace logs every
+        // upload decision and every verified piece.
+        let dir = PathBuf::from(dir).join(case.name);
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join("source.listen"), &source.listen);
+        for (name, m) in std::iter::once(("source".to_string(), &source))
+            .chain(mounts.iter().enumerate().map(|(i, m)| (format!("r{i}"), m)))
+        {
+            let _ = std::fs::write(dir.join(format!("{name}.log")), m.log());
+        }
+    }
     drop(mounts);
     drop(source);
     Outcome {
