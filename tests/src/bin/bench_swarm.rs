@@ -358,19 +358,21 @@ fn draw_svg(path: &Path, outcomes: &[Outcome]) -> Result<(), Box<dyn std::error:
         let mut chart = ChartBuilder::on(area)
             .caption(
                 format!(
-                    "{}: N={} F={} MiB, u_s={} u_i={} MiB/s, ratio {:.2}",
+                    "{}: N={} F={} MiB, u_s={} u_i={} MiB/s: {:.2} s = {:.2} x D_min (one server: {:.0} s)",
                     c.name,
                     c.readers,
                     c.size_mib,
                     c.source_mib_s,
                     c.reader_mib_s,
-                    o.measured / d_min
+                    o.measured,
+                    o.measured / d_min,
+                    c.client_server()
                 ),
-                ("sans-serif", 14),
+                ("sans-serif", 13),
             )
             .margin(8)
             .x_label_area_size(28)
-            .y_label_area_size(36)
+            .y_label_area_size(52)
             .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..y_max)?;
         chart
             .configure_mesh()
@@ -379,6 +381,7 @@ fn draw_svg(path: &Path, outcomes: &[Outcome]) -> Result<(), Box<dyn std::error:
             .x_labels(n.min(16))
             .x_label_formatter(&|x| format!("{x:.0}"))
             .disable_x_mesh()
+            .light_line_style(WHITE)
             .draw()?;
         let span = |(i, &(join, done)): (usize, &(f64, f64))| {
             PathElement::new(
@@ -460,6 +463,7 @@ fn main() {
     }
     let dir = out_dir();
     std::fs::create_dir_all(&dir).expect("create the output directory");
+    let dir = dir.canonicalize().unwrap_or(dir);
     let csv = dir.join("swarm.csv");
     let svg = dir.join("swarm.svg");
     write_csv(&csv, &outcomes).expect("write the CSV");
