@@ -207,12 +207,14 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
                 return Err(LinkFailure::Unexpected);
             };
             match (what, reply.body) {
+                (Asked::Cancelled, PeerReply::Piece { data }) => swarm.count_duplicate(&data),
                 (Asked::Cancelled, _) => {}
                 (Asked::Piece(index), PeerReply::Piece { data }) => {
                     if file.layout.validate(index).is_none() {
                         return Err(LinkFailure::Unexpected);
                     }
                     if !swarm.still_needed(index) {
+                        swarm.count_duplicate(&data);
                         continue;
                     }
                     // Hashing and storing run beside the wire loop, so the
@@ -266,6 +268,7 @@ fn verify_and_store(
         };
     }
     if !swarm.still_needed(index) {
+        swarm.count_duplicate(data);
         return Ok(());
     }
     if let Err(e) = file.write_piece(piece, data) {

@@ -347,5 +347,8 @@ async fn piece(
         }
     }
     ctx.uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
+    swarm
+        .uploaded
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
     PeerReply::Piece { data }
 }

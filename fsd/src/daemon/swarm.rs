@@ -138,6 +138,11 @@ pub struct Swarm {
     pub discover: tokio::sync::Notify,
     /// Set once a discovery task runs for this swarm.
     pub discovering: std::sync::atomic::AtomicBool,
+    /// Bytes of this file sent to peers.
+    pub uploaded: std::sync::atomic::AtomicU64,
+    /// Bytes of pieces that arrived after another copy was verified (end
+    /// game, or a cancel that came too late): what the swarm wasted on us.
+    pub duplicate_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Swarm {
@@ -171,6 +176,8 @@ impl Swarm {
             cancel,
             discover: tokio::sync::Notify::new(),
             discovering: std::sync::atomic::AtomicBool::new(false),
+            uploaded: std::sync::atomic::AtomicU64::new(0),
+            duplicate_bytes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -421,6 +428,11 @@ impl Swarm {
             l.offer.clear(piece);
         }
         self.schedule(&mut st);
+    }
+
+    /// A piece arrived that another peer had delivered already.
+    pub fn count_duplicate(&self, data: &[u8]) {
+        (self.duplicate_bytes).fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether `piece` is still worth receiving (not already verified).

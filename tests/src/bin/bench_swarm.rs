@@ -119,7 +119,10 @@ struct Outcome {
     cpu_peak: f64,
     /// Cores used by this benchmark's processes (tracker, daemons, readers).
     ours: f64,
+    /// What the source uploaded, in copies of the file.
     source_copies: f64,
+    /// What the readers received twice (end game, late cancels), in copies.
+    duplicate_copies: f64,
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -277,12 +280,11 @@ fn run_case(case: &Case) -> Outcome {
         .collect();
     let measured = done.iter().copied().fold(0.0, f64::max);
 
-    // What the source sent, from the readers' per-peer counters.
-    let from_source: u64 = mounts
-        .iter()
-        .flat_map(|m| fileshare_tests::mount::fetched(m, "g/file.bin"))
-        .filter(|(addr, ..)| *addr == source.listen)
-        .map(|(_, bytes, ..)| bytes)
+    let counter =
+        |m: &Mount, name: &str| -> u64 { m.xattr("g/file.bin", name).trim().parse().unwrap_or(0) };
+    let from_source = counter(&source, "user.fileshare.uploaded");
+    let duplicates: u64 = (mounts.iter())
+        .map(|m| counter(m, "user.fileshare.duplicates"))
         .sum();
     if let Some(dir) = std::env::var_os("BENCH_LOGS") {
         // For a closer look: FILESHARE_TEST_LOG=info,fsd=trace logs every
@@ -306,6 +308,7 @@ fn run_case(case: &Case) -> Outcome {
         cpu_peak: peak,
         ours: ours / measured.max(1e-3),
         source_copies: from_source as f64 / size as f64,
+        duplicate_copies: duplicates as f64 / size as f64,
     }
 }
 
@@ -438,13 +441,14 @@ fn main() {
         let o = run_case(&case);
         let c = &o.case;
         println!(
-            "# {}: this benchmark's processes used {:.2} cores; the machine ({} cores, other work included) was {:.0}% busy, {:.0}% at peak; the source sent {:.2} copies of the file",
+            "# {}: this benchmark's processes used {:.2} cores; the machine ({} cores, other work included) was {:.0}% busy, {:.0}% at peak; the source uploaded {:.2} copies of the file; the readers received {:.2} copies' worth twice",
             c.name,
             o.ours,
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             o.cpu_mean * 100.0,
             o.cpu_peak * 100.0,
-            o.source_copies
+            o.source_copies,
+            o.duplicate_copies
         );
         println!(
             "case={} N={} F={}MiB u_s={}MiB/s u_i={}MiB/s stagger={}s D_min={:.2}s client_server={:.2}s measured={:.2}s ratio={:.2}",
