@@ -115,7 +115,10 @@ impl Mount {
             .arg("--listen")
             .arg(&self.listen)
             .args(&self.extra)
-            .env("RUST_LOG", "info,fsd=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("FILESHARE_TEST_LOG").unwrap_or_else(|_| "info,fsd=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 const MAX_LINKS: usize = 16;
 
 /// How often a swarm that needs pieces asks the tracker for more peers.
-const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
+/// Other readers of the same file are listed once they hold a piece, and
+/// every one of them found early adds upload to the swarm, so this is short.
+const DISCOVERY_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Discovery rounds with nothing wanted before the task ends.
-const IDLE_ROUNDS: u32 = 30;
+/// Discovery rounds with nothing wanted before the task ends (30 s).
+const IDLE_ROUNDS: u32 = 120;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -204,6 +206,7 @@ impl Engine {
     async fn discover(self: &Arc<Self>, swarm: &Arc<Swarm>) {
         let file = swarm.file.clone();
         let mut idle_rounds = 0;
+        let mut last_locate = None;
         loop {
             if swarm.is_complete() {
                 let req = TrackerRequest::ShareFile {
@@ -230,7 +233,13 @@ impl Engine {
             } else {
                 idle_rounds = 0;
             }
-            if swarm.needs_pieces() && swarm.links() < MAX_LINKS {
+            // Every read wakes this loop; ask the tracker at most once per
+            // interval unless there is no peer at all.
+            let due = last_locate.is_none_or(|t: tokio::time::Instant| {
+                t.elapsed() >= DISCOVERY_INTERVAL || swarm.links() == 0
+            });
+            if due && swarm.needs_pieces() && swarm.links() < MAX_LINKS {
+                last_locate = Some(tokio::time::Instant::now());
                 match self.tracker.locate(&file.group, &file.meta.name).await {
                     Ok((meta, peers)) if meta.id() == file.id => self.connect(swarm, peers),
                     Ok(_) => {
@@ -251,8 +260,8 @@ impl Engine {
     fn connect(&self, swarm: &Arc<Swarm>, peers: Vec<PeerLocation>) {
         for p in peers {
             if p.peer == self.link_ctx.my_id
-                || swarm.is_linked(&p.peer)
                 || swarm.links() >= MAX_LINKS
+                || !swarm.connect_started(p.peer)
             {
                 continue;
             }

@@ -772,10 +772,18 @@ impl Inner {
                 })
                 .collect();
             out.push(("user.fileshare.fetched".into(), fetched.join("; ")));
+            let count = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed).to_string();
+            out.push(("user.fileshare.uploaded".into(), count(&swarm.uploaded)));
+            out.push((
+                "user.fileshare.duplicates".into(),
+                count(&swarm.duplicate_bytes),
+            ));
         } else {
             let n = entry.size.div_ceil(PIECE_LEN);
             out.push(("user.fileshare.pieces".into(), format!("0/{n}")));
             out.push(("user.fileshare.fetched".into(), String::new()));
+            out.push(("user.fileshare.uploaded".into(), "0".into()));
+            out.push(("user.fileshare.duplicates".into(), "0".into()));
         }
         Ok(out)
     }

@@ -6,7 +6,8 @@
 //! - [`engine`]: reads, shares and unshares; peer discovery; announces.
 //! - [`swarm`]: one file's piece state, the single owner of it.
 //! - [`peer_link`]: fetching from one peer; [`peer_server`]: serving peers.
-//! - [`store`]: pieces on disk; [`throttle`]: rate limits.
+//! - [`store`]: pieces on disk; [`throttle`]: the download rate limit;
+//!   [`uploads`]: the upload rate limit and the order pieces are served in.
 //! - [`tracker_link`]: cached listings, tickets, announces.
 //! - [`control_server`]: the control socket; [`downloads`]: whole-file
 //!   downloads; [`in_place`]: withdraws in-place shares that changed.
@@ -25,6 +26,7 @@ pub mod store;
 pub mod swarm;
 pub mod throttle;
 pub mod tracker_link;
+pub mod uploads;
 
 use crate::cli::MountArgs;
 use crate::session::Home;
@@ -175,13 +177,19 @@ async fn serve(
     });
     let resumed = engine.load_store();
 
+    let uploads = Arc::new(uploads::Uploads::new(args.max_upload_rate, burst));
+    let pacer = tokio::spawn({
+        let (uploads, shutdown) = (uploads.clone(), shutdown.clone());
+        async move { uploads.run(shutdown).await }
+    });
     let serve_ctx = Arc::new(ServeCtx {
         my_id,
         tracker: tracker.clone(),
         registry,
-        upload: args.max_upload_rate.map(|r| Throttle::new(r, burst)),
+        uploads,
         corrupt: args.corrupt_uploads,
         uploaded: AtomicU64::new(0),
+        next_conn: AtomicU64::new(0),
     });
     let server = tokio::spawn(peer_server::run(listener, serve_ctx, shutdown.clone()));
     // Tickets for every group up front: the first read of a file then
@@ -252,7 +260,7 @@ async fn serve(
         }
     })
     .await;
-    let _ = tokio::join!(server, announcer);
+    let _ = tokio::join!(server, announcer, pacer);
     control.join().await;
     Ok(())
 }

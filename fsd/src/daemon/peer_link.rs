@@ -1,17 +1,18 @@
 //! The fetching side of one peer connection for one file: authenticate with
-//! a ticket, learn the peer's pieces, then keep its request slots full from
-//! the swarm's queue, verifying every piece before it is stored or offered.
+//! a ticket, subscribe to the peer's pieces (its bitfield, then a `Have` for
+//! each piece it verifies later), then send the requests and cancellations
+//! the swarm queues, verifying every piece before it is stored or offered.
 //!
 //! The wire loop never decides anything: it reports what arrived to the
 //! swarm, whose scheduling step chooses the next requests.
 
-use super::swarm::{LinkKey, Swarm, Verdict};
+use super::swarm::{LinkCmd, LinkKey, Swarm, Verdict};
 use super::throttle::Throttle;
 use super::tracker_link::TrackerLink;
 use fileshare_protocol::connection::TcpConnection;
 use fileshare_protocol::ids::PieceHash;
 use fileshare_protocol::messages::tracker::PeerLocation;
-use fileshare_protocol::messages::{PeerReply, PeerRequest, Reply, Request, Role};
+use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::{PeerId, ProtocolError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -22,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 /// How long to wait for a peer to connect or answer.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often a connected peer is asked for its bitfield while we need
-/// pieces: a reader that is still fetching becomes a source within this.
-pub const BITFIELD_POLL: Duration = Duration::from_millis(500);
+/// How often the link lets the swarm retry pieces the peer refused `Busy`.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// The request id of the subscription; its replies keep coming.
+const SUBSCRIPTION: u64 = 1;
 
 /// What every link of this daemon shares.
 pub struct LinkCtx {
@@ -52,8 +55,11 @@ enum LinkFailure {
 }
 
 /// Runs one link until the peer goes away, misbehaves or the swarm ends.
+///
+/// The caller has registered the attempt with [`Swarm::connect_started`].
 pub async fn run(swarm: Arc<Swarm>, ctx: Arc<LinkCtx>, remote: PeerLocation) {
     let addr = remote.addr.clone();
+    let peer = remote.peer;
     let cancel = swarm.cancel.clone();
     tokio::select! {
         r = link(&swarm, &ctx, remote) => {
@@ -63,6 +69,7 @@ pub async fn run(swarm: Arc<Swarm>, ctx: Arc<LinkCtx>, remote: PeerLocation) {
         }
         () = cancel.cancelled() => {}
     }
+    swarm.connect_ended(&peer);
 }
 
 /// Releases the link's requests however it ends.
@@ -105,8 +112,8 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
     }
     writer
         .write_frame(&Request {
-            id: 1,
-            body: PeerRequest::Bitfield { file: file.id },
+            id: SUBSCRIPTION,
+            body: PeerRequest::Subscribe { file: file.id },
         })
         .await?;
     let have = match read_reply(&mut reader).await?.body {
@@ -121,59 +128,93 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
     // Cancelled by a verification task when this peer must be dropped.
     let dropped = CancellationToken::new();
 
-    /// What each outstanding request id asked for.
+    /// What each outstanding piece request id asked for.
     #[derive(Clone, Copy)]
     enum Asked {
         Piece(u32),
-        Bitfield,
+        /// Cancelled: whatever answers it is dropped.
+        Cancelled,
     }
     let asked: Mutex<HashMap<u64, Asked>> = Mutex::new(HashMap::new());
 
     let send = async {
-        let mut next_id = 2u64;
-        let mut poll = tokio::time::interval(BITFIELD_POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_id = SUBSCRIPTION + 1;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let (what, body) = tokio::select! {
-                piece = queue.recv() => {
-                    let Some(piece) = piece else { return Ok::<(), LinkFailure>(()) };
-                    if let Some(t) = &ctx.download {
-                        let len = file.layout.validate(piece).map(|p| file.layout.piece_size(p)).unwrap_or(0);
-                        t.take(len).await;
-                    }
-                    (Asked::Piece(piece), PeerRequest::Piece { file: file.id, index: piece })
-                }
-                _ = poll.tick() => {
-                    if swarm.is_complete() || !swarm.needs_pieces() {
-                        continue;
-                    }
-                    (Asked::Bitfield, PeerRequest::Bitfield { file: file.id })
+            let cmd = tokio::select! {
+                cmd = queue.recv() => cmd,
+                _ = tick.tick() => {
+                    swarm.tick(key);
+                    continue;
                 }
             };
-            let id = next_id;
-            next_id += 1;
-            asked.lock().insert(id, what);
+            let (id, body) = match cmd {
+                None => return Ok::<(), LinkFailure>(()),
+                Some(LinkCmd::Request(piece)) => {
+                    if let Some(t) = &ctx.download {
+                        let len = file
+                            .layout
+                            .validate(piece)
+                            .map(|p| file.layout.piece_size(p))
+                            .unwrap_or(0);
+                        t.take(len).await;
+                    }
+                    let id = next_id;
+                    next_id += 1;
+                    asked.lock().insert(id, Asked::Piece(piece));
+                    (
+                        id,
+                        PeerRequest::Piece {
+                            file: file.id,
+                            index: piece,
+                        },
+                    )
+                }
+                Some(LinkCmd::Cancel(piece)) => {
+                    let mut a = asked.lock();
+                    let Some((&id, what)) = a
+                        .iter_mut()
+                        .find(|(_, w)| matches!(w, Asked::Piece(p) if *p == piece))
+                    else {
+                        // Answered already.
+                        continue;
+                    };
+                    *what = Asked::Cancelled;
+                    (id, PeerRequest::Cancel { id })
+                }
+            };
             writer.write_frame(&Request { id, body }).await?;
         }
     };
 
     let receive = async {
+        let num_pieces = file.layout.num_pieces();
         loop {
             let reply = read_reply(&mut reader).await?;
+            if reply.id == SUBSCRIPTION {
+                match reply.body {
+                    PeerReply::Have(i) if i < num_pieces => swarm.add_have(key, i),
+                    PeerReply::Bitfield(b) if b.is_valid_for(num_pieces) => {
+                        swarm.update_have(key, b)
+                    }
+                    PeerReply::Error(e) => return Err(LinkFailure::Refused(e.to_string())),
+                    _ => return Err(LinkFailure::Unexpected),
+                }
+                continue;
+            }
             let Some(what) = asked.lock().remove(&reply.id) else {
                 return Err(LinkFailure::Unexpected);
             };
             match (what, reply.body) {
-                (Asked::Bitfield, PeerReply::Bitfield(b))
-                    if b.is_valid_for(file.layout.num_pieces()) =>
-                {
-                    swarm.update_have(key, b);
-                }
+                (Asked::Cancelled, PeerReply::Piece { data }) => swarm.count_duplicate(&data),
+                (Asked::Cancelled, _) => {}
                 (Asked::Piece(index), PeerReply::Piece { data }) => {
                     if file.layout.validate(index).is_none() {
                         return Err(LinkFailure::Unexpected);
                     }
                     if !swarm.still_needed(index) {
+                        swarm.count_duplicate(&data);
                         continue;
                     }
                     // Hashing and storing run beside the wire loop, so the
@@ -187,10 +228,12 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
                         }
                     });
                 }
+                (Asked::Piece(index), PeerReply::Error(PeerError::Busy)) => {
+                    swarm.piece_busy(key, index);
+                }
                 (Asked::Piece(index), PeerReply::Error(_)) => {
                     swarm.piece_unavailable(key, index);
                 }
-                (_, PeerReply::Error(e)) => return Err(LinkFailure::Refused(e.to_string())),
                 _ => return Err(LinkFailure::Unexpected),
             }
         }
@@ -225,6 +268,7 @@ fn verify_and_store(
         };
     }
     if !swarm.still_needed(index) {
+        swarm.count_duplicate(data);
         return Ok(());
     }
     if let Err(e) = file.write_piece(piece, data) {

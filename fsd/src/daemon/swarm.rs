@@ -7,21 +7,48 @@
 
 use super::store::StoredFile;
 use crate::pieces::picker::{self, PeerView, PickInput};
-use fileshare_protocol::{Bitfield, PeerId, PieceIndex};
+use fileshare_protocol::{Bitfield, PeerId, PieceIndex, PIECE_LEN};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// A peer link's handle inside the swarm.
 pub type LinkKey = u64;
 
 /// Requests in flight to one peer at most: 16 x 512 KiB covers the time a
-/// piece spends on the wire and in verification on a fast link without
-/// hoarding pieces on a slow peer.
+/// piece spends on the wire and in verification on a fast link.
 pub const SLOTS_PER_PEER: u32 = 16;
+
+/// Requests in flight to a peer whose rate is not measured yet.
+pub const INITIAL_SLOTS: u32 = 4;
+
+/// How much of a peer's measured rate is kept in flight to it: enough to
+/// cover a round trip and a verification, little enough that a request
+/// waits at most about this long in a busy uploader's queue. Deep queues at
+/// a rate-limited peer would commit pieces to it long before they are sent,
+/// so other peers could not fetch them meanwhile, and a reader's whole file
+/// would sit in its peers' queues at once.
+pub const PIPELINE: Duration = Duration::from_millis(500);
+
+/// How long a piece refused `Busy` by a peer is not asked of it again: the
+/// peer has just sent it to someone else, who offers it within this time.
+pub const BUSY_DEFER: Duration = Duration::from_secs(1);
+
+/// Newly verified pieces a subscriber may fall behind by before it is sent
+/// the whole bitfield again.
+const HAVE_BACKLOG: usize = 1024;
+
+/// What the swarm tells a peer link to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkCmd {
+    /// Ask the peer for this piece.
+    Request(u32),
+    /// The piece arrived from another peer: cancel the request for it.
+    Cancel(u32),
+}
 
 /// Bad pieces a peer may send before it is dropped for this file.
 pub const MAX_FAILURES: u32 = 3;
@@ -33,12 +60,37 @@ struct Link {
     key: LinkKey,
     peer: PeerId,
     addr: String,
+    /// What the peer said it has (subscription).
     have: Bitfield,
+    /// Invariant: `have` minus the pieces in `deferred`; what the picker
+    /// may ask this peer for.
+    offer: Bitfield,
+    /// Pieces the peer refused `Busy`, and until when not to ask again.
+    deferred: Vec<(u32, Instant)>,
     in_flight: Vec<u32>,
-    tx: mpsc::UnboundedSender<u32>,
+    tx: mpsc::UnboundedSender<LinkCmd>,
     /// Bytes per second, smoothed.
     rate: f64,
     last_piece: Option<Instant>,
+}
+
+impl Link {
+    /// Requests to keep in flight: [`PIPELINE`] worth of the measured rate,
+    /// between 1 and [`SLOTS_PER_PEER`].
+    // A float-to-int `as` saturates, which is what a slot count wants.
+    #[allow(clippy::cast_possible_truncation)]
+    fn slots(&self) -> u32 {
+        if self.rate <= 0.0 || !self.rate.is_finite() {
+            return INITIAL_SLOTS;
+        }
+        let want = (self.rate * PIPELINE.as_secs_f64() / PIECE_LEN as f64).ceil();
+        (want as u32).clamp(1, SLOTS_PER_PEER)
+    }
+
+    fn free_slots(&self) -> u32 {
+        self.slots()
+            .saturating_sub(u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX))
+    }
 }
 
 /// What this daemon fetched from one peer address, kept after the link
@@ -63,6 +115,8 @@ struct PieceState {
     counters: HashMap<String, PeerCounters>,
     /// Peers dropped after sending bad pieces; never linked again.
     banned: Vec<PeerId>,
+    /// Peers a link is being set up to (not in `links` yet).
+    connecting: Vec<PeerId>,
 }
 
 /// Outcome of a received piece that failed verification.
@@ -75,6 +129,8 @@ pub enum Verdict {
 pub struct Swarm {
     pub file: Arc<StoredFile>,
     state: Mutex<PieceState>,
+    /// Every piece verified here, for the peers subscribed to this file.
+    haves: broadcast::Sender<u32>,
     seed: u64,
     /// Ends the swarm's discovery and link tasks.
     pub cancel: CancellationToken,
@@ -82,6 +138,11 @@ pub struct Swarm {
     pub discover: tokio::sync::Notify,
     /// Set once a discovery task runs for this swarm.
     pub discovering: std::sync::atomic::AtomicBool,
+    /// Bytes of this file sent to peers.
+    pub uploaded: std::sync::atomic::AtomicU64,
+    /// Bytes of pieces that arrived after another copy was verified (end
+    /// game, or a cancel that came too late): what the swarm wasted on us.
+    pub duplicate_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Swarm {
@@ -108,11 +169,15 @@ impl Swarm {
                 next_key: 1,
                 counters: HashMap::new(),
                 banned: Vec::new(),
+                connecting: Vec::new(),
             }),
+            haves: broadcast::channel(HAVE_BACKLOG).0,
             seed,
             cancel,
             discover: tokio::sync::Notify::new(),
             discovering: std::sync::atomic::AtomicBool::new(false),
+            uploaded: std::sync::atomic::AtomicU64::new(0),
+            duplicate_bytes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -143,9 +208,34 @@ impl Swarm {
         !st.waiters.is_empty() || st.wanted.ones().any(|i| !st.have.get(i))
     }
 
+    /// Pieces verified from now on, for a peer's subscription.
+    pub fn subscribe(&self) -> broadcast::Receiver<u32> {
+        self.haves.subscribe()
+    }
+
     pub fn is_linked(&self, peer: &PeerId) -> bool {
         let st = self.state.lock();
-        st.links.iter().any(|l| l.peer == *peer) || st.banned.contains(peer)
+        st.links.iter().any(|l| l.peer == *peer)
+            || st.banned.contains(peer)
+            || st.connecting.contains(peer)
+    }
+
+    /// A link to `peer` is being set up; false if there is one already (or
+    /// the peer is banned). Each `true` is ended by [`Swarm::connect_ended`].
+    pub fn connect_started(&self, peer: PeerId) -> bool {
+        let mut st = self.state.lock();
+        let taken = st.links.iter().any(|l| l.peer == peer)
+            || st.banned.contains(&peer)
+            || st.connecting.contains(&peer);
+        if !taken {
+            st.connecting.push(peer);
+        }
+        !taken
+    }
+
+    /// The link task started by [`Swarm::connect_started`] ended.
+    pub fn connect_ended(&self, peer: &PeerId) {
+        self.state.lock().connecting.retain(|p| p != peer);
     }
 
     pub fn counters(&self) -> Vec<(String, PeerCounters)> {
@@ -159,8 +249,10 @@ impl Swarm {
         v
     }
 
+    /// Links up or being set up.
     pub fn links(&self) -> usize {
-        self.state.lock().links.len()
+        let st = self.state.lock();
+        st.links.len() + st.connecting.len()
     }
 
     /// Registers waiters for the missing pieces of a read and marks the
@@ -212,8 +304,9 @@ impl Swarm {
         peer: PeerId,
         addr: String,
         have: Bitfield,
-    ) -> Option<(LinkKey, mpsc::UnboundedReceiver<u32>)> {
+    ) -> Option<(LinkKey, mpsc::UnboundedReceiver<LinkCmd>)> {
         let mut st = self.state.lock();
+        st.connecting.retain(|p| *p != peer);
         if st.banned.contains(&peer) || st.links.iter().any(|l| l.peer == peer) {
             return None;
         }
@@ -225,7 +318,9 @@ impl Swarm {
             key,
             peer,
             addr,
+            offer: have.clone(),
             have,
+            deferred: Vec::new(),
             in_flight: Vec::new(),
             tx,
             rate: 0.0,
@@ -240,9 +335,77 @@ impl Swarm {
         let mut st = self.state.lock();
         if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
             if l.have != have {
+                l.offer = have.clone();
+                for &(p, _) in &l.deferred {
+                    l.offer.clear(p);
+                }
                 l.have = have;
                 self.schedule(&mut st);
             }
+        }
+    }
+
+    /// The peer verified one more piece (its subscription said so).
+    pub fn add_have(&self, key: LinkKey, piece: u32) {
+        let mut st = self.state.lock();
+        let Some(l) = st.links.iter_mut().find(|l| l.key == key) else {
+            return;
+        };
+        if l.have.get(piece) {
+            return;
+        }
+        l.have.set(piece);
+        if !l.deferred.iter().any(|&(p, _)| p == piece) {
+            l.offer.set(piece);
+        }
+        let needed =
+            !st.have.get(piece) && (st.wanted.get(piece) || st.waiters.contains_key(&piece));
+        if needed {
+            self.schedule(&mut st);
+        }
+    }
+
+    /// The peer refused `piece` as `Busy` (it just sent it to someone
+    /// else): the slot is free, and the piece is not asked of this peer for
+    /// [`BUSY_DEFER`], so it comes from that someone else.
+    pub fn piece_busy(&self, key: LinkKey, piece: u32) {
+        let mut st = self.state.lock();
+        if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
+            l.in_flight.retain(|&p| p != piece);
+            l.offer.clear(piece);
+            l.deferred.retain(|&(p, _)| p != piece);
+            l.deferred.push((piece, Instant::now() + BUSY_DEFER));
+        }
+        self.schedule(&mut st);
+    }
+
+    /// The link's periodic tick: pieces deferred long enough may be asked
+    /// of the peer again.
+    pub fn tick(&self, key: LinkKey) {
+        self.tick_at(key, Instant::now());
+    }
+
+    fn tick_at(&self, key: LinkKey, now: Instant) {
+        let mut st = self.state.lock();
+        let Some(l) = st.links.iter_mut().find(|l| l.key == key) else {
+            return;
+        };
+        let before = l.deferred.len();
+        let Link {
+            deferred,
+            offer,
+            have,
+            ..
+        } = l;
+        deferred.retain(|&(p, until)| {
+            let keep = until > now;
+            if !keep && have.get(p) {
+                offer.set(p);
+            }
+            keep
+        });
+        if l.deferred.len() != before {
+            self.schedule(&mut st);
         }
     }
 
@@ -262,8 +425,14 @@ impl Swarm {
         if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
             l.in_flight.retain(|&p| p != piece);
             l.have.clear(piece);
+            l.offer.clear(piece);
         }
         self.schedule(&mut st);
+    }
+
+    /// A piece arrived that another peer had delivered already.
+    pub fn count_duplicate(&self, data: &[u8]) {
+        (self.duplicate_bytes).fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether `piece` is still worth receiving (not already verified).
@@ -271,18 +440,25 @@ impl Swarm {
         !self.state.lock().have.get(piece)
     }
 
-    /// Hash ok: the piece is in the store. Wakes its readers and frees every
-    /// link's request for it (end-game duplicates included).
+    /// Hash ok: the piece is in the store. Wakes its readers, offers it to
+    /// subscribed peers, and frees every link's request for it: end-game
+    /// duplicates at other peers are cancelled, so they cost those peers
+    /// no upload if they have not sent them yet.
     pub fn mark_hash_ok(&self, key: LinkKey, piece: u32, bytes: u64) {
         let mut st = self.state.lock();
         if st.have.get(piece) {
             return;
         }
         st.have.set(piece);
+        let _ = self.haves.send(piece);
         let now = Instant::now();
         let mut addr = None;
         for l in st.links.iter_mut() {
+            let before = l.in_flight.len();
             l.in_flight.retain(|&p| p != piece);
+            if l.key != key && l.in_flight.len() != before {
+                let _ = l.tx.send(LinkCmd::Cancel(piece));
+            }
             if l.key == key {
                 if let Some(t) = l.last_piece {
                     let dt = now.duration_since(t).as_secs_f64().max(1e-4);
@@ -298,6 +474,7 @@ impl Swarm {
             }
         }
         if let Some(addr) = addr {
+            tracing::trace!(piece, peer = %addr, "verified");
             let c = st.counters.entry(addr).or_default();
             c.bytes += bytes;
             c.pieces += 1;
@@ -319,6 +496,7 @@ impl Swarm {
         };
         st.links[pos].in_flight.retain(|&p| p != piece);
         st.links[pos].have.clear(piece);
+        st.links[pos].offer.clear(piece);
         let addr = st.links[pos].addr.clone();
         let peer = st.links[pos].peer;
         let c = st.counters.entry(addr.clone()).or_default();
@@ -361,9 +539,8 @@ impl Swarm {
             .links
             .iter()
             .map(|l| PeerView {
-                have: &l.have,
-                free_slots: SLOTS_PER_PEER
-                    .saturating_sub(u32::try_from(l.in_flight.len()).unwrap_or(u32::MAX)),
+                have: &l.offer,
+                free_slots: l.free_slots(),
                 in_flight: &l.in_flight,
                 rate: l.rate,
             })
@@ -382,9 +559,13 @@ impl Swarm {
             let Some(link) = st.links.get_mut(r.peer) else {
                 continue;
             };
-            if link.tx.send(r.piece).is_ok() {
+            if link.tx.send(LinkCmd::Request(r.piece)).is_ok() {
                 link.in_flight.push(r.piece);
             }
         }
     }
 }
+
+#[cfg(test)]
+#[path = "swarm_tests.rs"]
+mod tests;

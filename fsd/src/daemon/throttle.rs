@@ -1,5 +1,6 @@
-//! A token bucket shared by every peer connection in one direction, for
-//! `--max-upload-rate` and `--max-download-rate`.
+//! A token bucket shared by every peer link, for `--max-download-rate`.
+//! (`--max-upload-rate` is paced by the upload scheduler, `uploads.rs`,
+//! which also chooses which request to serve.)
 
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};

@@ -1,6 +1,12 @@
 //! Peer to peer. The fetching side authenticates once per group with a
 //! tracker-issued [`Ticket`], then asks for bitfields and pieces; several
 //! requests may be in flight and replies come back as pieces are read.
+//!
+//! Every request gets exactly one reply, with two exceptions:
+//! [`PeerRequest::Subscribe`] gets a stream of them (its bitfield, then a
+//! [`PeerReply::Have`] per newly verified piece), and [`PeerRequest::Cancel`]
+//! gets none of its own: the request it cancels is answered with
+//! [`PeerError::Cancelled`] if it was not answered yet.
 
 use crate::ids::{Bitfield, FileId};
 use crate::messages::tracker::Ticket;
@@ -12,8 +18,19 @@ pub enum PeerRequest {
     Authenticate { ticket: Ticket },
     /// Which pieces of `file` the serving peer has verified.
     Bitfield { file: FileId },
-    /// One whole piece.
+    /// One whole piece. A rate-limited peer may answer [`PeerError::Busy`]
+    /// for a piece it has just sent to someone else while other requests
+    /// wait: get it from that peer, or ask again later (a second ask is
+    /// served).
     Piece { file: FileId, index: u32 },
+    /// The bitfield of `file` now, then a [`PeerReply::Have`] (same request
+    /// id) for every piece the serving peer verifies later, for as long as
+    /// the connection lives: new pieces are offered at once, not polled. A
+    /// [`PeerReply::Bitfield`] may come again if Haves were dropped.
+    Subscribe { file: FileId },
+    /// Drops the request `id` if it is still waiting to be served (the
+    /// piece arrived from another peer); see the module documentation.
+    Cancel { id: u64 },
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +42,8 @@ pub enum PeerReply {
         data: Vec<u8>,
     },
     Error(PeerError),
+    /// One more verified piece, on a [`PeerRequest::Subscribe`] stream.
+    Have(u32),
 }
 
 impl std::fmt::Debug for PeerReply {
@@ -34,6 +53,7 @@ impl std::fmt::Debug for PeerReply {
             PeerReply::Bitfield(b) => write!(f, "Bitfield({b:?})"),
             PeerReply::Piece { data } => write!(f, "Piece({} bytes)", data.len()),
             PeerReply::Error(e) => write!(f, "Error({e:?})"),
+            PeerReply::Have(i) => write!(f, "Have({i})"),
         }
     }
 }
@@ -54,4 +74,40 @@ pub enum PeerError {
     Busy,
     #[error("peer failed to read the piece")]
     Internal,
+    #[error("request cancelled")]
+    Cancelled,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+    use crate::messages::{Reply, Request};
+
+    #[test]
+    fn subscribe_have_and_cancel_round_trip() {
+        let file = FileId([3; 32]);
+        for body in [
+            PeerRequest::Subscribe { file },
+            PeerRequest::Cancel { id: u64::MAX },
+            PeerRequest::Piece { file, index: 9 },
+        ] {
+            let req = Request { id: 5, body };
+            assert_eq!(
+                decode::<Request<PeerRequest>>(&encode(&req).unwrap()).unwrap(),
+                req
+            );
+        }
+        for body in [
+            PeerReply::Have(u32::MAX),
+            PeerReply::Error(PeerError::Cancelled),
+            PeerReply::Error(PeerError::Busy),
+        ] {
+            let reply = Reply { id: 5, body };
+            assert_eq!(
+                decode::<Reply<PeerReply>>(&encode(&reply).unwrap()).unwrap(),
+                reply
+            );
+        }
+    }
 }

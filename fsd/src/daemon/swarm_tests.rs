@@ -1,0 +1,180 @@
+//! The swarm's transitions as the peer links see them: what each link's
+//! queue receives.
+
+use super::*;
+use crate::daemon::store::Store;
+use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::PieceHash;
+
+fn swarm(pieces: u32) -> (tempfile::TempDir, Swarm) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let meta = FileMeta {
+        name: "f.bin".into(),
+        size: u64::from(pieces) * PIECE_LEN,
+        piece_len: PIECE_LEN,
+        hashes: (0..pieces)
+            .map(|i| PieceHash::of(&i.to_le_bytes()))
+            .collect(),
+    };
+    let (file, have) = store.create("g", &meta).unwrap();
+    let s = Swarm::new(file, have, 7, CancellationToken::new());
+    (dir, s)
+}
+
+fn peer(n: u8) -> PeerId {
+    PeerId([n; 16])
+}
+
+fn drain(rx: &mut mpsc::UnboundedReceiver<LinkCmd>) -> Vec<LinkCmd> {
+    let mut out = Vec::new();
+    while let Ok(c) = rx.try_recv() {
+        out.push(c);
+    }
+    out
+}
+
+fn requested(cmds: &[LinkCmd]) -> Vec<u32> {
+    let mut v: Vec<u32> = (cmds.iter())
+        .filter_map(|c| match c {
+            LinkCmd::Request(p) => Some(*p),
+            LinkCmd::Cancel(_) => None,
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn end_game_duplicates_are_cancelled_when_a_copy_arrives() {
+    let (_dir, s) = swarm(4);
+    let full = Bitfield::full(4);
+    let (a, mut rx_a) = s.add_link(peer(1), "a".into(), full.clone()).unwrap();
+    let (b, mut rx_b) = s.add_link(peer(2), "b".into(), full).unwrap();
+    s.want_all();
+    // Four pieces, two peers with four slots each: every piece goes to one
+    // peer, then the end game asks the other one too.
+    let (got_a, got_b) = (drain(&mut rx_a), drain(&mut rx_b));
+    assert_eq!(requested(&got_a), vec![0, 1, 2, 3]);
+    assert_eq!(requested(&got_b), vec![0, 1, 2, 3]);
+    // Piece 2 arrives from a: b is told to cancel it, a is not.
+    s.mark_hash_ok(a, 2, PIECE_LEN);
+    assert_eq!(drain(&mut rx_b), vec![LinkCmd::Cancel(2)]);
+    assert!(drain(&mut rx_a).is_empty());
+    // A late copy from b changes nothing and cancels nothing.
+    s.mark_hash_ok(b, 2, PIECE_LEN);
+    assert!(drain(&mut rx_a).is_empty() && drain(&mut rx_b).is_empty());
+    assert!(s.has(s.file.layout.validate(2).unwrap()));
+}
+
+#[test]
+fn no_piece_is_asked_twice_of_one_peer() {
+    let (_dir, s) = swarm(6);
+    let (a, mut rx) = s.add_link(peer(1), "a".into(), Bitfield::full(6)).unwrap();
+    s.want_all();
+    let first = requested(&drain(&mut rx));
+    assert_eq!(first.len(), INITIAL_SLOTS as usize);
+    // Every later schedule (a piece arriving) adds distinct pieces only.
+    s.mark_hash_ok(a, first[0], PIECE_LEN);
+    let next = requested(&drain(&mut rx));
+    assert!(
+        next.iter().all(|p| !first.contains(p)),
+        "{first:?} then {next:?}"
+    );
+}
+
+#[test]
+fn a_pushed_have_makes_the_peer_a_source_at_once() {
+    let (_dir, s) = swarm(4);
+    let (a, mut rx) = s.add_link(peer(1), "a".into(), Bitfield::new(4)).unwrap();
+    s.want_all();
+    assert!(drain(&mut rx).is_empty());
+    s.add_have(a, 3);
+    assert_eq!(drain(&mut rx), vec![LinkCmd::Request(3)]);
+    // A repeated or unwanted Have asks nothing more.
+    s.add_have(a, 3);
+    assert!(drain(&mut rx).is_empty());
+}
+
+#[test]
+fn a_busy_piece_comes_from_another_peer_or_later_from_the_same() {
+    let (_dir, s) = swarm(1);
+    let one = Bitfield::full(1);
+    let (a, mut rx_a) = s.add_link(peer(1), "a".into(), one.clone()).unwrap();
+    s.want_all();
+    assert_eq!(drain(&mut rx_a), vec![LinkCmd::Request(0)]);
+    // a sent piece 0 to someone else and refuses: nothing to ask now.
+    s.piece_busy(a, 0);
+    assert!(drain(&mut rx_a).is_empty());
+    s.tick(a);
+    assert!(
+        drain(&mut rx_a).is_empty(),
+        "asked again before the deferral"
+    );
+    // The one it went to offers it: it is asked there.
+    let (b, mut rx_b) = s.add_link(peer(2), "b".into(), Bitfield::new(1)).unwrap();
+    s.add_have(b, 0);
+    assert_eq!(drain(&mut rx_b), vec![LinkCmd::Request(0)]);
+    // After the deferral a may be asked again (here as an end-game copy).
+    s.tick_at(a, Instant::now() + BUSY_DEFER);
+    assert_eq!(drain(&mut rx_a), vec![LinkCmd::Request(0)]);
+}
+
+#[test]
+fn a_lone_refusing_peer_is_asked_again_after_the_deferral() {
+    let (_dir, s) = swarm(2);
+    let (a, mut rx) = s.add_link(peer(1), "a".into(), Bitfield::full(2)).unwrap();
+    s.want_all();
+    assert_eq!(requested(&drain(&mut rx)), vec![0, 1]);
+    s.piece_busy(a, 1);
+    assert!(drain(&mut rx).is_empty());
+    // A fresh bitfield keeps the deferral.
+    s.update_have(a, Bitfield::new(2));
+    s.update_have(a, Bitfield::full(2));
+    assert!(drain(&mut rx).is_empty());
+    s.tick_at(a, Instant::now() + BUSY_DEFER);
+    assert_eq!(drain(&mut rx), vec![LinkCmd::Request(1)]);
+}
+
+#[test]
+fn request_window_follows_the_measured_rate() {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut l = Link {
+        key: 1,
+        peer: peer(1),
+        addr: String::new(),
+        have: Bitfield::new(1),
+        offer: Bitfield::new(1),
+        deferred: Vec::new(),
+        in_flight: vec![0],
+        tx,
+        rate: 0.0,
+        last_piece: None,
+    };
+    assert_eq!(l.slots(), INITIAL_SLOTS);
+    // 1 MiB/s: half a second is one piece.
+    l.rate = 1024.0 * 1024.0;
+    assert_eq!((l.slots(), l.free_slots()), (1, 0));
+    l.rate = 4.0 * 1024.0 * 1024.0;
+    assert_eq!(l.slots(), 4);
+    l.rate = 1e12;
+    assert_eq!(l.slots(), SLOTS_PER_PEER);
+    l.rate = f64::NAN;
+    assert_eq!(l.slots(), INITIAL_SLOTS);
+}
+
+#[test]
+fn one_link_per_peer_while_connecting() {
+    let (_dir, s) = swarm(1);
+    assert!(s.connect_started(peer(1)));
+    assert!(!s.connect_started(peer(1)));
+    assert!(s.is_linked(&peer(1)));
+    assert_eq!(s.links(), 1);
+    let (key, _rx) = s.add_link(peer(1), "a".into(), Bitfield::new(1)).unwrap();
+    assert!(!s.connect_started(peer(1)));
+    s.connect_ended(&peer(1));
+    assert_eq!(s.links(), 1);
+    s.release_link(key);
+    assert!(!s.is_linked(&peer(1)));
+    assert!(s.connect_started(peer(1)));
+}

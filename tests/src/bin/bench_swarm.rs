@@ -1,0 +1,480 @@
+//! Swarm efficiency: many readers of one file, each daemon with an upload
+//! limit, against the fluid-model bound of Kumar & Ross.
+//!
+//! For a file of F bytes, one source uploading at `u_s` and N readers
+//! uploading at `u_i` (download unlimited), no schedule finishes every
+//! reader before `D_min = max(F / u_s, N F / (u_s + sum u_i))`, while one
+//! server alone needs `N F / u_s`. Every case runs a real tracker and one
+//! `fsd mount` per user on 127.0.0.1, each with `--max-upload-rate`; each
+//! reader reads the whole file through its mount (1 MiB reads, the
+//! product's main path) and checks the bytes. The time is from the start
+//! (the first reader's open) to the last reader's last byte.
+//!
+//! Readers that join late (`stagger`) change the bound: reader i joins at
+//! `t_i` and can upload only from then on, and the first one only once a
+//! second reader is there to take anything, from `t_1`. Every byte the N
+//! readers receive was uploaded by time T, so
+//! `T >= (N F + sum u_i max(t_i, t_1)) / (u_s + sum u_i)`; the source must
+//! still send the file once (`T >= F / u_s`) and the last reader needs
+//! `F / (u_s + sum of the others' u)` after it joins. `D_min` is the largest
+//! of the three, and the single server needs `max(N F / u_s, t_last + F / u_s)`.
+//!
+//! Writes the per-reader times to `docs/swarm.csv` and draws them against
+//! `D_min` in `docs/swarm.svg` (`BENCH_OUT` to change the directory).
+//! `BENCH_CASES=1,3` runs some cases only. Run through `scripts/bench.sh
+//! swarm` (release build).
+
+use fileshare_tests::mount::{wait_for, Mount};
+use fileshare_tests::world::{User, World};
+use plotters::prelude::*;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Debug, Clone)]
+struct Case {
+    name: &'static str,
+    readers: usize,
+    size_mib: u64,
+    source_mib_s: f64,
+    reader_mib_s: f64,
+    /// Seconds between two readers' joins (0: all at once).
+    stagger_s: f64,
+}
+
+impl Case {
+    fn joins(&self) -> Vec<f64> {
+        (0..self.readers)
+            .map(|i| i as f64 * self.stagger_s)
+            .collect()
+    }
+
+    /// The fluid-model bound; see the module documentation.
+    fn d_min(&self) -> f64 {
+        let f = self.size_mib as f64;
+        let n = self.readers as f64;
+        let (us, ui) = (self.source_mib_s, self.reader_mib_s);
+        let joins = self.joins();
+        let t1 = joins.get(1).copied().unwrap_or(0.0);
+        let late: f64 = joins.iter().map(|&t| ui * t.max(t1)).sum();
+        let capacity = (n * f + late) / (us + n * ui);
+        let last = joins.last().copied().unwrap_or(0.0) + f / (us + (n - 1.0) * ui);
+        (f / us).max(capacity).max(last)
+    }
+
+    fn client_server(&self) -> f64 {
+        let f = self.size_mib as f64;
+        let last = self.joins().last().copied().unwrap_or(0.0);
+        (self.readers as f64 * f / self.source_mib_s).max(last + f / self.source_mib_s)
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "equal",
+            readers: 8,
+            size_mib: 64,
+            source_mib_s: 8.0,
+            reader_mib_s: 8.0,
+            stagger_s: 0.0,
+        },
+        Case {
+            name: "fast-source",
+            readers: 8,
+            size_mib: 64,
+            source_mib_s: 16.0,
+            reader_mib_s: 4.0,
+            stagger_s: 0.0,
+        },
+        Case {
+            name: "sixteen",
+            readers: 16,
+            size_mib: 32,
+            source_mib_s: 4.0,
+            reader_mib_s: 4.0,
+            stagger_s: 0.0,
+        },
+        Case {
+            name: "staggered",
+            readers: 8,
+            size_mib: 64,
+            source_mib_s: 8.0,
+            reader_mib_s: 8.0,
+            stagger_s: 1.0,
+        },
+    ]
+}
+
+struct Outcome {
+    case: Case,
+    /// Per reader: (join, done), seconds from the start.
+    times: Vec<(f64, f64)>,
+    measured: f64,
+    /// The whole machine's CPU while the readers ran (other work included).
+    cpu_mean: f64,
+    cpu_peak: f64,
+    /// Cores used by this benchmark's processes (tracker, daemons, readers).
+    ours: f64,
+    /// What the source uploaded, in copies of the file.
+    source_copies: f64,
+    /// What the readers received twice (end game, late cancels), in copies.
+    duplicate_copies: f64,
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it do not.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / hz as f64
+}
+
+/// Busy and total jiffies of the whole machine, from `/proc/stat`.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn busy_between(a: (u64, u64), b: (u64, u64)) -> f64 {
+    let total = b.1.saturating_sub(a.1);
+    if total == 0 {
+        0.0
+    } else {
+        b.0.saturating_sub(a.0) as f64 / total as f64
+    }
+}
+
+fn wait_listed(m: &Mount, name: &str) {
+    let p = m.path(&format!("g/{name}"));
+    wait_for("file listed", Duration::from_secs(30), || {
+        p.exists().then_some(())
+    });
+}
+
+/// Reads the whole file through the mount and checks it against `want`.
+fn read_and_check(path: &Path, want: &[u8]) {
+    let mut f = std::fs::File::open(path).expect("open in the mount");
+    let mut buf = vec![0u8; MIB as usize];
+    let mut at = 0usize;
+    loop {
+        let n = f.read(&mut buf).expect("read through the mount");
+        if n == 0 {
+            break;
+        }
+        assert!(
+            want.get(at..at + n) == Some(&buf[..n]),
+            "{}: wrong bytes at {at}",
+            path.display()
+        );
+        at += n;
+    }
+    assert_eq!(at, want.len(), "{}: short read", path.display());
+}
+
+fn rate_arg(mib_s: f64) -> String {
+    format!("{}K", (mib_s * 1024.0).round())
+}
+
+fn run_case(case: &Case) -> Outcome {
+    let w = World::new();
+    let owner = w.user("source");
+    let readers: Vec<User> = (0..case.readers)
+        .map(|i| w.user(&format!("r{i}")))
+        .collect();
+    w.group("g", &owner, &readers.iter().collect::<Vec<_>>());
+
+    let size = case.size_mib * MIB;
+    let src = w.path("file.bin");
+    let data = Arc::new(fileshare_tests::random_file(
+        &src,
+        usize::try_from(size).expect("size fits"),
+        7,
+    ));
+    let source = w.mount(&owner, &["--max-upload-rate", &rate_arg(case.source_mib_s)]);
+    std::fs::copy(&src, source.path("g/file.bin")).expect("cp into the source's mount");
+    let mounts: Vec<Mount> = readers
+        .iter()
+        .map(|u| w.mount(u, &["--max-upload-rate", &rate_arg(case.reader_mib_s)]))
+        .collect();
+    for m in &mounts {
+        wait_listed(m, "file.bin");
+    }
+    // The source's pages are the machine's, not FileShare's: drop them so
+    // every case starts alike.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+
+    let joins = case.joins();
+    let barrier = Arc::new(Barrier::new(case.readers + 1));
+    let start = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let threads: Vec<_> = mounts
+        .iter()
+        .zip(&joins)
+        .map(|(m, &join)| {
+            let (path, data, barrier, start) = (
+                m.path("g/file.bin"),
+                data.clone(),
+                barrier.clone(),
+                start.clone(),
+            );
+            std::thread::spawn(move || {
+                barrier.wait();
+                let t0 = *start.wait();
+                let at = t0 + Duration::from_secs_f64(join);
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                read_and_check(&path, &data);
+                t0.elapsed().as_secs_f64()
+            })
+        })
+        .collect();
+
+    let mut pids: Vec<String> = mounts
+        .iter()
+        .chain(std::iter::once(&source))
+        .filter_map(Mount::pid)
+        .chain(w.tracker.pid())
+        .map(|p| p.to_string())
+        .collect();
+    pids.push("self".into());
+    let ours = || pids.iter().map(|p| cpu_secs(p)).sum::<f64>();
+    let ours0 = ours();
+    let cpu0 = cpu_jiffies();
+    let _ = start.set(Instant::now());
+    barrier.wait();
+    // Sample the machine's CPU while the readers run.
+    let mut peak: f64 = 0.0;
+    let mut last = cpu0;
+    while !threads.iter().all(|t| t.is_finished()) {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = cpu_jiffies();
+        peak = peak.max(busy_between(last, now));
+        last = now;
+    }
+    let cpu_mean = busy_between(cpu0, cpu_jiffies());
+    let ours = ours() - ours0;
+    let done: Vec<f64> = threads
+        .into_iter()
+        .map(|t| t.join().expect("a reader failed"))
+        .collect();
+    let measured = done.iter().copied().fold(0.0, f64::max);
+
+    let counter =
+        |m: &Mount, name: &str| -> u64 { m.xattr("g/file.bin", name).trim().parse().unwrap_or(0) };
+    let from_source = counter(&source, "user.fileshare.uploaded");
+    let duplicates: u64 = (mounts.iter())
+        .map(|m| counter(m, "user.fileshare.duplicates"))
+        .sum();
+    if let Some(dir) = std::env::var_os("BENCH_LOGS") {
+        // For a closer look: FILESHARE_TEST_LOG=info,fsd=trace logs every
+        // upload decision and every verified piece.
+        let dir = PathBuf::from(dir).join(case.name);
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join("source.listen"), &source.listen);
+        for (name, m) in std::iter::once(("source".to_string(), &source))
+            .chain(mounts.iter().enumerate().map(|(i, m)| (format!("r{i}"), m)))
+        {
+            let _ = std::fs::write(dir.join(format!("{name}.log")), m.log());
+        }
+    }
+    drop(mounts);
+    drop(source);
+    Outcome {
+        case: case.clone(),
+        times: joins.into_iter().zip(done).collect(),
+        measured,
+        cpu_mean,
+        cpu_peak: peak,
+        ours: ours / measured.max(1e-3),
+        source_copies: from_source as f64 / size as f64,
+        duplicate_copies: duplicates as f64 / size as f64,
+    }
+}
+
+fn out_dir() -> PathBuf {
+    std::env::var_os("BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs"))
+}
+
+fn write_csv(path: &Path, outcomes: &[Outcome]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    writeln!(
+        f,
+        "case,readers,size_mib,source_mib_s,reader_mib_s,reader,join_s,done_s,d_min_s,client_server_s"
+    )?;
+    for o in outcomes {
+        let c = &o.case;
+        for (i, (join, done)) in o.times.iter().enumerate() {
+            writeln!(
+                f,
+                "{},{},{},{},{},{i},{join:.3},{done:.3},{:.3},{:.3}",
+                c.name,
+                c.readers,
+                c.size_mib,
+                c.source_mib_s,
+                c.reader_mib_s,
+                c.d_min(),
+                c.client_server()
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// One panel per case: each reader's span from join to last byte, the
+/// bound `D_min` and 1.25 x `D_min`.
+fn draw_svg(path: &Path, outcomes: &[Outcome]) -> Result<(), Box<dyn std::error::Error>> {
+    let cols = 2;
+    let rows = outcomes.len().div_ceil(cols).max(1);
+    let height = u32::try_from(rows * 300).unwrap_or(600);
+    let root = SVGBackend::new(path, (960, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((rows, cols));
+    for (o, area) in outcomes.iter().zip(panels.iter()) {
+        let c = &o.case;
+        let d_min = c.d_min();
+        // Head room above the bars for the legend.
+        let y_max = (o.measured.max(1.25 * d_min) * 1.5).ceil();
+        let n = o.times.len();
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!(
+                    "{}: N={} F={} MiB, u_s={} u_i={} MiB/s: {:.2} s = {:.2} x D_min (one server: {:.0} s)",
+                    c.name,
+                    c.readers,
+                    c.size_mib,
+                    c.source_mib_s,
+                    c.reader_mib_s,
+                    o.measured,
+                    o.measured / d_min,
+                    c.client_server()
+                ),
+                ("sans-serif", 13),
+            )
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(52)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..y_max)?;
+        chart
+            .configure_mesh()
+            .x_desc("reader")
+            .y_desc("seconds from start")
+            .x_labels(n.min(16))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .disable_x_mesh()
+            .light_line_style(WHITE)
+            .draw()?;
+        let span = |(i, &(join, done)): (usize, &(f64, f64))| {
+            PathElement::new(
+                vec![(i as f64, join), (i as f64, done)],
+                BLUE.stroke_width(3),
+            )
+        };
+        chart
+            .draw_series(o.times.iter().enumerate().map(span))?
+            .label("join to last byte")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE.stroke_width(3)));
+        chart.draw_series(
+            (o.times.iter().enumerate())
+                .map(|(i, &(_, done))| Circle::new((i as f64, done), 3, BLUE.filled())),
+        )?;
+        let hline = |y: f64| vec![(-0.5, y), (n as f64 - 0.5, y)];
+        chart
+            .draw_series(LineSeries::new(hline(d_min), RED.stroke_width(2)))?
+            .label(format!("D_min {d_min:.2} s"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED.stroke_width(2)));
+        chart
+            .draw_series(LineSeries::new(
+                hline(1.25 * d_min),
+                RGBColor(240, 150, 0).stroke_width(1),
+            ))?
+            .label("1.25 x D_min")
+            .legend(|(x, y)| {
+                PathElement::new(
+                    vec![(x, y), (x + 16, y)],
+                    RGBColor(240, 150, 0).stroke_width(1),
+                )
+            });
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 11))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn main() {
+    let only: Option<Vec<usize>> = std::env::var("BENCH_CASES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let mut outcomes = Vec::new();
+    for (i, case) in cases().into_iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.contains(&(i + 1))) {
+            continue;
+        }
+        let o = run_case(&case);
+        let c = &o.case;
+        println!(
+            "# {}: this benchmark's processes used {:.2} cores; the machine ({} cores, other work included) was {:.0}% busy, {:.0}% at peak; the source uploaded {:.2} copies of the file; the readers received {:.2} copies' worth twice",
+            c.name,
+            o.ours,
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            o.cpu_mean * 100.0,
+            o.cpu_peak * 100.0,
+            o.source_copies,
+            o.duplicate_copies
+        );
+        println!(
+            "case={} N={} F={}MiB u_s={}MiB/s u_i={}MiB/s stagger={}s D_min={:.2}s client_server={:.2}s measured={:.2}s ratio={:.2}",
+            c.name,
+            c.readers,
+            c.size_mib,
+            c.source_mib_s,
+            c.reader_mib_s,
+            c.stagger_s,
+            c.d_min(),
+            c.client_server(),
+            o.measured,
+            o.measured / c.d_min()
+        );
+        outcomes.push(o);
+    }
+    let dir = out_dir();
+    std::fs::create_dir_all(&dir).expect("create the output directory");
+    let dir = dir.canonicalize().unwrap_or(dir);
+    let csv = dir.join("swarm.csv");
+    let svg = dir.join("swarm.svg");
+    write_csv(&csv, &outcomes).expect("write the CSV");
+    draw_svg(&svg, &outcomes).expect("draw the SVG");
+    println!(
+        "# per-reader times: {}; chart: {}",
+        csv.display(),
+        svg.display()
+    );
+}
