@@ -30,6 +30,7 @@ pub mod cmd;
 pub mod error;
 pub mod peers;
 pub mod records;
+pub mod replication;
 pub mod server;
 pub mod shared;
 pub mod state;
