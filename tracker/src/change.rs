@@ -16,8 +16,11 @@ use crate::records::{Record, TokenHash};
 use crate::state::State;
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::ErrorCode;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone)]
+/// A requested change. Followers send it to the leader as is (encoded with
+/// the protocol codec), so only the leader decides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Change {
     CreateUser {
         user: String,

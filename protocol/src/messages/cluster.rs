@@ -154,13 +154,11 @@ pub enum ClusterMsg {
         addr: String,
         holdings: Vec<Holding>,
     },
-    /// Gossip: a daemon reported verified pieces of `file` (`pieces_in_file`
-    /// pieces long) to the sender.
+    /// Gossip: a daemon reported verified pieces of `file` to the sender.
     PiecesReported {
         peer: PeerId,
         user: String,
         file: FileId,
-        pieces_in_file: u32,
         pieces: Vec<u32>,
     },
     /// Gossip: a daemon left the network.

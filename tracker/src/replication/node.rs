@@ -371,6 +371,18 @@ impl Node {
         self.broadcast_status();
     }
 
+    /// Stops serving for good (until restarted), saying why: the disk
+    /// failed, or the state conflicts with the cluster's.
+    pub fn refuse(&mut self, reason: String) {
+        self.notes.push(Note::Error(format!("refusing to serve: {reason}")));
+        self.role = Role::Refused(reason);
+        self.leading_since = None;
+        for p in self.peers.values_mut() {
+            p.progress = None;
+        }
+        self.broadcast_status();
+    }
+
     /// Orders `entries` after the log; leader only. Returns the index of
     /// the last one.
     pub fn propose(
