@@ -7,6 +7,10 @@ use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
 use fileshare_protocol::{PieceHash, PIECE_LEN};
 use fileshare_tests::cluster::Cluster;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -113,4 +117,283 @@ fn writes_through_one_tracker_are_read_through_every_other() {
             }
         });
     }
+}
+
+/// What the clients of a write stream saw acknowledged.
+#[derive(Default)]
+struct Acked {
+    groups: BTreeSet<String>,
+    /// Files, each in its client's home group `home{c}`.
+    files: BTreeMap<usize, BTreeSet<String>>,
+    count: usize,
+    errors: usize,
+}
+
+/// Several clients writing at once, each through the cluster starting at
+/// a different tracker: new groups and new files, alternately, until
+/// `stop` is set. Each client carries on after a failed write.
+struct Stream {
+    acked: Arc<Mutex<Acked>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    sessions: Vec<SessionToken>,
+}
+
+impl Stream {
+    fn start(rt: &tokio::runtime::Runtime, cluster: &Cluster, clients: usize) -> Stream {
+        let n = cluster.size();
+        let sessions: Vec<SessionToken> = rt.block_on(async {
+            let mut v = vec![];
+            for c in 0..clients {
+                let client = cluster.client_from(1);
+                let s = user(&client, &format!("writer{c}")).await;
+                client
+                    .call(TrackerRequest::CreateGroup {
+                        session: s,
+                        group: format!("home{c}"),
+                    })
+                    .await
+                    .unwrap();
+                v.push(s);
+            }
+            v
+        });
+        let acked = Arc::new(Mutex::new(Acked::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = vec![];
+        for (c, session) in sessions.iter().copied().enumerate() {
+            let first = u32::try_from(c).unwrap() % n + 1;
+            let client = cluster.client_from(first);
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tasks.push(rt.spawn(async move {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let group = i.is_multiple_of(2);
+                    let name = if group {
+                        format!("g-{c}-{i}")
+                    } else {
+                        format!("f-{c}-{i}")
+                    };
+                    let req = if group {
+                        TrackerRequest::CreateGroup {
+                            session,
+                            group: name.clone(),
+                        }
+                    } else {
+                        TrackerRequest::ShareFile {
+                            session,
+                            group: format!("home{c}"),
+                            meta: meta(&name),
+                        }
+                    };
+                    let r = client.call(req).await;
+                    let mut a = acked.lock().unwrap();
+                    match r {
+                        Ok(TrackerReply::Done) => {
+                            a.count += 1;
+                            if group {
+                                a.groups.insert(name);
+                            } else {
+                                a.files.entry(c).or_default().insert(name);
+                            }
+                        }
+                        Ok(other) => panic!("{other:?}"),
+                        Err(_) => a.errors += 1,
+                    }
+                }
+            }));
+        }
+        Stream {
+            acked,
+            stop,
+            tasks,
+            sessions,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().count
+    }
+
+    /// Waits until `more` further writes are acknowledged.
+    fn wait_more(&self, more: usize, what: &str) {
+        let target = self.count() + more;
+        let start = Instant::now();
+        while self.count() < target {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{what}: only {} of {target} writes acknowledged",
+                self.count()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn finish(self, rt: &tokio::runtime::Runtime) -> (Acked, Vec<SessionToken>) {
+        self.stop.store(true, Ordering::Relaxed);
+        rt.block_on(async {
+            for t in self.tasks {
+                t.await.unwrap();
+            }
+        });
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        (acked, self.sessions)
+    }
+}
+
+/// Tracker `i`'s listings: every group, and the files of each home group.
+async fn listings(
+    cluster: &Cluster,
+    i: u32,
+    sessions: &[SessionToken],
+) -> (BTreeSet<String>, Vec<BTreeSet<String>>) {
+    let client = cluster.client(i);
+    let all: BTreeSet<String> = groups(&client, sessions[0]).await.into_iter().collect();
+    let mut files = vec![];
+    for (c, s) in sessions.iter().enumerate() {
+        let TrackerReply::Files(f) = client
+            .call(TrackerRequest::ListFiles {
+                session: *s,
+                group: format!("home{c}"),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        files.push(f.into_iter().map(|f| f.name).collect());
+    }
+    (all, files)
+}
+
+/// Every acknowledged write is in tracker `i`'s listings.
+fn assert_has_all(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    i: u32,
+    acked: &Acked,
+    sessions: &[SessionToken],
+) {
+    let (all, files) = rt.block_on(listings(cluster, i, sessions));
+    let lost: Vec<_> = acked.groups.difference(&all).collect();
+    assert!(
+        lost.is_empty(),
+        "tracker {i} lost acknowledged groups {lost:?}"
+    );
+    for (c, names) in &acked.files {
+        let lost: Vec<_> = names.difference(&files[*c]).collect();
+        assert!(
+            lost.is_empty(),
+            "tracker {i} lost acknowledged files {lost:?}"
+        );
+    }
+}
+
+/// Every tracker of `trackers` answers the same listings.
+fn assert_same(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    trackers: &[u32],
+    sessions: &[SessionToken],
+) {
+    let first = rt.block_on(listings(cluster, trackers[0], sessions));
+    for &i in &trackers[1..] {
+        let l = rt.block_on(listings(cluster, i, sessions));
+        assert!(
+            l == first,
+            "trackers {} and {i} answer differently",
+            trackers[0]
+        );
+    }
+}
+
+fn multi_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `kill -9` of tracker `victim` of an `n`-tracker cluster in the middle of
+/// a stream of writes from several clients.
+fn kill_one_during_writes(n: u32, victim: u32) {
+    let mut cluster = Cluster::start(n);
+    let rt = multi_rt();
+    let stream = Stream::start(&rt, &cluster, 6);
+    stream.wait_more(150, "before the kill");
+    cluster.kill9(victim);
+    // The clients carry on through the survivors.
+    stream.wait_more(150, "after the kill");
+    let (acked, sessions) = stream.finish(&rt);
+    let survivors: Vec<u32> = (1..=n).filter(|i| *i != victim).collect();
+    for &i in &survivors {
+        assert_has_all(&rt, &cluster, i, &acked, &sessions);
+    }
+    assert_same(&rt, &cluster, &survivors, &sessions);
+    // Back, it catches up and answers as the others do.
+    cluster.restart(victim);
+    cluster.wait_serving(victim);
+    let all: Vec<u32> = (1..=n).collect();
+    assert_has_all(&rt, &cluster, victim, &acked, &sessions);
+    assert_same(&rt, &cluster, &all, &sessions);
+    eprintln!(
+        "{n} trackers, tracker {victim} killed: {} writes acknowledged, {} failed",
+        acked.count, acked.errors
+    );
+}
+
+#[test]
+fn two_trackers_kill_9_of_the_leader_loses_nothing() {
+    kill_one_during_writes(2, 1);
+}
+
+#[test]
+fn two_trackers_kill_9_of_the_follower_loses_nothing() {
+    kill_one_during_writes(2, 2);
+}
+
+#[test]
+fn three_trackers_kill_9_of_any_one_loses_nothing() {
+    kill_one_during_writes(3, 1);
+    kill_one_during_writes(3, 3);
+}
+
+#[test]
+fn both_trackers_killed_and_restarted_in_turn_lose_nothing() {
+    let mut cluster = Cluster::start(2);
+    let rt = multi_rt();
+    let stream = Stream::start(&rt, &cluster, 4);
+    stream.wait_more(50, "at first");
+    cluster.kill9(1);
+    stream.wait_more(50, "with tracker 2 alone");
+    cluster.restart(1);
+    cluster.wait_serving(1);
+    stream.wait_more(50, "with both back");
+    cluster.kill9(2);
+    stream.wait_more(50, "with tracker 1 alone");
+    cluster.restart(2);
+    cluster.wait_serving(2);
+    stream.wait_more(50, "with both back again");
+    // Both down at once, then back one by one: the first one back must
+    // not serve its own state alone, since the other may have more.
+    cluster.kill9(1);
+    stream.wait_more(20, "with tracker 2 alone again");
+    cluster.kill9(2);
+    let (acked, sessions) = stream.finish(&rt);
+    cluster.restart(1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !cluster.serving(1),
+        "tracker 1 serves alone an old state: {}",
+        cluster.answer(1)
+    );
+    cluster.restart(2);
+    cluster.wait_serving(2);
+    cluster.wait_serving(1);
+    for i in [1, 2] {
+        assert_has_all(&rt, &cluster, i, &acked, &sessions);
+    }
+    assert_same(&rt, &cluster, &[1, 2], &sessions);
 }

@@ -45,9 +45,9 @@ pub use error::TrackerError;
 pub use shared::{Settings, Shared};
 
 use fileshare_protocol::trackers_file;
+use replication::transport::Transport;
 use std::future::Future;
 use std::path::PathBuf;
-use replication::transport::Transport;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -85,7 +85,8 @@ impl Shared {
         let mut state = State::default();
         let mut log = Log::default();
         store.read_all_raw(|index, bytes| {
-            let e = LogEntry::decode(bytes).map_err(|error| TrackerError::Decode { index, error })?;
+            let e =
+                LogEntry::decode(bytes).map_err(|error| TrackerError::Decode { index, error })?;
             let applied = index <= commit;
             if applied {
                 state.apply(&e.record);
@@ -127,10 +128,9 @@ impl Shared {
     /// Refuses every request while this tracker is not caught up with the
     /// cluster: the client then tries another tracker.
     pub fn available(&self) -> Result<(), ErrorCode> {
-        self.availability
-            .read()
-            .clone()
-            .map_err(|why| ErrorCode::Unavailable(format!("tracker {}: {why}", self.settings.tracker_no)))
+        self.availability.read().clone().map_err(|why| {
+            ErrorCode::Unavailable(format!("tracker {}: {why}", self.settings.tracker_no))
+        })
     }
 
     /// Hands a message from tracker `from` to the writer; false once it

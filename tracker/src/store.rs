@@ -213,7 +213,8 @@ impl Store {
     /// Every record, in order, for replay.
     pub fn read_all(&self, mut each: impl FnMut(u64, Record)) -> Result<u64, TrackerError> {
         self.read_all_raw(|i, bytes| {
-            let r = Record::decode(&bytes).map_err(|error| TrackerError::Decode { index: i, error })?;
+            let r =
+                Record::decode(&bytes).map_err(|error| TrackerError::Decode { index: i, error })?;
             each(i, r);
             Ok(())
         })

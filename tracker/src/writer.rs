@@ -128,7 +128,10 @@ impl WriterThread {
 enum Origin {
     Local(Ack),
     /// A change forwarded by tracker `from` under request `id`.
-    Remote { from: u32, id: u64 },
+    Remote {
+        from: u32,
+        id: u64,
+    },
 }
 
 /// The writer's state; built by [`Writer::new`], run by [`spawn`].
@@ -429,7 +432,8 @@ impl Writer {
             }
             if let Err(e) = self.carry_out(&rd) {
                 tracing::error!("cannot save the log: {e:#}");
-                self.node.refuse(format!("this tracker cannot write its log: {e}"));
+                self.node
+                    .refuse(format!("this tracker cannot write its log: {e}"));
             }
             self.ack_upto(rd.acked);
         }

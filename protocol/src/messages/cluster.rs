@@ -229,10 +229,13 @@ mod tests {
                 hash: [1; 32],
             },
             applied: 8,
-            holds: vec![(2, LogPoint {
-                index: 3,
-                hash: [2; 32],
-            })],
+            holds: vec![(
+                2,
+                LogPoint {
+                    index: 3,
+                    hash: [2; 32],
+                },
+            )],
         };
         let all = [
             ClusterMsg::Status(status.clone()),

@@ -73,11 +73,7 @@ fn layout_pieces(meta: &fileshare_protocol::ids::FileMeta) -> u32 {
 }
 
 /// The holdings of files `user` may see, with bitfields of their length.
-fn visible_holdings(
-    state: &State,
-    user: &str,
-    holdings: Vec<Holding>,
-) -> Vec<(FileId, Bitfield)> {
+fn visible_holdings(state: &State, user: &str, holdings: Vec<Holding>) -> Vec<(FileId, Bitfield)> {
     holdings
         .into_iter()
         .filter(|h| {

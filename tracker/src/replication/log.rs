@@ -317,7 +317,11 @@ impl Log {
         }
         if from < self.cache_first {
             let upto = (self.cache_first - from).min(max_entries as u64);
-            return storage.read(from, usize::try_from(upto).unwrap_or(max_entries), max_bytes);
+            return storage.read(
+                from,
+                usize::try_from(upto).unwrap_or(max_entries),
+                max_bytes,
+            );
         }
         let mut out = Vec::new();
         let mut bytes = 0;

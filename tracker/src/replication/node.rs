@@ -374,7 +374,8 @@ impl Node {
     /// Stops serving for good (until restarted), saying why: the disk
     /// failed, or the state conflicts with the cluster's.
     pub fn refuse(&mut self, reason: String) {
-        self.notes.push(Note::Error(format!("refusing to serve: {reason}")));
+        self.notes
+            .push(Note::Error(format!("refusing to serve: {reason}")));
         self.role = Role::Refused(reason);
         self.leading_since = None;
         for p in self.peers.values_mut() {
@@ -488,9 +489,8 @@ impl Node {
         // change is committed, so that after a restart it still knows what
         // it acknowledged (and refuses, rather than drop it, should a split
         // cluster have gone on without it).
-        let commit_news = self.role == Role::Leader
-            && self.log.commit() > self.durable_commit
-            && !self.alone();
+        let commit_news =
+            self.role == Role::Leader && self.log.commit() > self.durable_commit && !self.alone();
         if !entries.is_empty() || self.pending_truncate.is_some() || commit_news {
             rd.persist = Some(Persist {
                 truncate_from: self.pending_truncate.take(),
@@ -690,9 +690,9 @@ impl Node {
                         && p.progress
                             .as_ref()
                             .is_some_and(|g| g.matched > 0 && g.matched + slack >= last)
-                        && p.status.as_ref().is_some_and(|s| {
-                            s.role == MemberRole::Recovering { source: Some(me) }
-                        })
+                        && p.status
+                            .as_ref()
+                            .is_some_and(|s| s.role == MemberRole::Recovering { source: Some(me) })
                 })
                 .map(|(n, _)| *n)
                 .collect();
@@ -809,9 +809,7 @@ impl Node {
     fn on_appended(&mut self, from: u32, view: ViewId, result: AppendResult, st: &dyn LogRead) {
         let current = self.role == Role::Leader
             && view.leader == self.cfg.me
-            && self
-                .leading_since
-                .is_some_and(|s| view.epoch >= s.epoch);
+            && self.leading_since.is_some_and(|s| view.epoch >= s.epoch);
         if !current {
             return;
         }
@@ -836,11 +834,7 @@ impl Node {
                 if let Some(p) = self.peers.get_mut(&from) {
                     p.status = Some(status.clone());
                 }
-                if self
-                    .peers
-                    .get(&from)
-                    .is_none_or(|p| p.progress.is_none())
-                {
+                if self.peers.get(&from).is_none_or(|p| p.progress.is_none()) {
                     return;
                 }
                 match self.start_point(&status) {
@@ -991,14 +985,12 @@ impl Node {
                 MemberRole::Recovering { source: Some(s) } if *s == me => {
                     self.admit(from, &st, storage)
                 }
-                MemberRole::Follower { leader } if *leader == me => {
-                    self.admit(from, &st, storage)
-                }
+                MemberRole::Follower { leader } if *leader == me => self.admit(from, &st, storage),
                 _ => {}
             },
             Role::Follower { leader } if from == leader => {
-                let still = st.role == MemberRole::Leader
-                    && st.view.as_ref().is_some_and(|v| v.has(me));
+                let still =
+                    st.role == MemberRole::Leader && st.view.as_ref().is_some_and(|v| v.has(me));
                 if !still && st.role == MemberRole::Leader {
                     self.note_info(format!(
                         "tracker {leader} left this tracker out of its view; catching up again"
@@ -1010,10 +1002,8 @@ impl Node {
             Role::Recovering { source: None } if st.role == MemberRole::Leader => {
                 self.choose_source();
             }
-            Role::Recovering { source: Some(s) } if s == from => {
-                if st.role != MemberRole::Leader {
-                    self.role = Role::Recovering { source: None };
-                }
+            Role::Recovering { source: Some(s) } if s == from && st.role != MemberRole::Leader => {
+                self.role = Role::Recovering { source: None };
             }
             _ => {}
         }
@@ -1033,9 +1023,7 @@ impl Node {
         let accept = view.leader == from
             && match &self.role {
                 Role::Leader | Role::Refused(_) | Role::Stopped => false,
-                Role::Follower { leader } => {
-                    *leader == from || (newer && !self.up(*leader))
-                }
+                Role::Follower { leader } => *leader == from || (newer && !self.up(*leader)),
                 Role::Recovering { source } => *source == Some(from),
             };
         if !accept {
@@ -1091,8 +1079,7 @@ impl Node {
                     self.rewind = Some(self.rewind.map_or(index - 1, |r| r.min(index - 1)));
                 }
                 self.log.truncate(index);
-                self.pending_truncate =
-                    Some(self.pending_truncate.map_or(index, |t| t.min(index)));
+                self.pending_truncate = Some(self.pending_truncate.map_or(index, |t| t.min(index)));
             }
             self.log.append(Arc::new(entry));
             hash = next;
@@ -1140,7 +1127,10 @@ impl Node {
             .peers
             .iter()
             .filter(|(n, p)| {
-                self.up(**n) && p.status.as_ref().is_some_and(|s| s.role == MemberRole::Leader)
+                self.up(**n)
+                    && p.status
+                        .as_ref()
+                        .is_some_and(|s| s.role == MemberRole::Leader)
             })
             .filter_map(|(n, p)| p.status.as_ref().map(|s| (key_of(s, *n), *n)))
             .max();
@@ -1160,7 +1150,9 @@ impl Node {
         let elsewhere = self.peers.iter().any(|(n, p)| {
             *n != old
                 && self.up(*n)
-                && p.status.as_ref().is_some_and(|s| s.role == MemberRole::Leader)
+                && p.status
+                    .as_ref()
+                    .is_some_and(|s| s.role == MemberRole::Leader)
         });
         if elsewhere {
             self.role = Role::Recovering { source: None };
@@ -1238,7 +1230,10 @@ impl Node {
             }
         }
         if required.iter().all(|n| reachable.contains(n)) && best.1 == me {
-            self.note_info("every tracker of the last views is reachable and this one holds the latest state".into());
+            self.note_info(
+                "every tracker of the last views is reachable and this one holds the latest state"
+                    .into(),
+            );
             self.become_leader(vec![me], storage);
         }
     }

@@ -165,9 +165,7 @@ impl Sim {
     pub fn leaders(&self) -> Vec<u32> {
         self.members
             .iter()
-            .filter(|(no, m)| {
-                m.node.as_ref().is_some_and(|n| n.is_leader()) && self.serving(**no)
-            })
+            .filter(|(no, m)| m.node.as_ref().is_some_and(|n| n.is_leader()) && self.serving(**no))
             .map(|(no, _)| *no)
             .collect()
     }
@@ -200,7 +198,7 @@ impl Sim {
                     m.disk.entries.truncate(usize::try_from(t - 1).unwrap());
                 }
                 for (i, e) in &p.entries {
-                    assert_eq!(*i as usize, m.disk.entries.len() + 1, "gapless appends");
+                    assert_eq!(*i, m.disk.entries.len() as u64 + 1, "gapless appends");
                     m.disk.entries.push(e.bytes.clone());
                 }
                 m.disk.commit = p.commit;
@@ -290,7 +288,12 @@ impl Sim {
             }
             self.step();
         }
-        assert!(cond(self), "{what}: not after {ms} ms\n{}\n{:?}", self.describe(), self.queue);
+        assert!(
+            cond(self),
+            "{what}: not after {ms} ms\n{}\n{:?}",
+            self.describe(),
+            self.queue
+        );
     }
 
     pub fn describe(&self) -> String {
@@ -390,7 +393,13 @@ impl Sim {
                 .collect();
             let views: HashSet<_> = live
                 .iter()
-                .map(|n| s.node(*n).unwrap().log().last_view().map(|(i, v)| (i, v.id)))
+                .map(|n| {
+                    s.node(*n)
+                        .unwrap()
+                        .log()
+                        .last_view()
+                        .map(|(i, v)| (i, v.id))
+                })
                 .collect();
             live.iter().all(|n| s.serving(*n))
                 && applied.len() == 1
@@ -748,7 +757,11 @@ mod tests {
             for no in (1..=n).filter(|x| matches!(sim.role(*x), Some(Role::Refused(_)))) {
                 everywhere.extend(sim.names(no));
             }
-            let lost: Vec<&String> = sim.acked.iter().filter(|a| !everywhere.contains(*a)).collect();
+            let lost: Vec<&String> = sim
+                .acked
+                .iter()
+                .filter(|a| !everywhere.contains(*a))
+                .collect();
             assert!(
                 lost.is_empty(),
                 "seed {seed}: acknowledged writes vanished: {lost:?}\n{}\n{}",

@@ -14,8 +14,8 @@
 
 use crate::shared::Shared;
 use fileshare_protocol::connection::FrameReader;
-use fileshare_protocol::messages::{ClusterMsg, Role};
 use fileshare_protocol::connection::TcpConnection;
+use fileshare_protocol::messages::{ClusterMsg, Role};
 use fileshare_protocol::ProtocolError;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -215,7 +215,10 @@ pub async fn serve_inbound<R: AsyncRead + Unpin>(
                 return;
             }
             Err(e) => {
-                tracing::warn!(tracker = from, "closing connection from tracker {from}: {e}");
+                tracing::warn!(
+                    tracker = from,
+                    "closing connection from tracker {from}: {e}"
+                );
                 return;
             }
         };
