@@ -458,7 +458,7 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let tracker =
-            TrackerClient::new(vec![w.tracker.addr().to_string()], Duration::from_secs(5));
+            TrackerClient::new(vec![w.tracker().addr().to_string()], Duration::from_secs(5));
         let refused = tracker
             .call(TrackerRequest::IssueTicket {
                 session,

@@ -124,6 +124,17 @@ impl WriterThread {
     }
 }
 
+/// A change a follower sent to its leader.
+struct Forwarded {
+    /// Kept while it may be sent again (see [`Change::is_repeatable`]).
+    change: Option<Change>,
+    ack: Ack,
+    sent: Instant,
+    /// When the client's change arrived.
+    since: Instant,
+    leader: u32,
+}
+
 /// Who waits for a change's outcome.
 enum Origin {
     Local(Ack),
@@ -151,7 +162,7 @@ pub struct Writer {
     /// on every member.
     acks: BTreeMap<u64, Vec<Origin>>,
     /// Follower: changes sent to the leader, by request id.
-    forwards: HashMap<u64, (Ack, Instant, u32)>,
+    forwards: HashMap<u64, Forwarded>,
     next_forward: u64,
     /// Follower: changes waiting for a reachable leader.
     waiting: VecDeque<(Change, Ack, Instant)>,
@@ -312,7 +323,14 @@ impl Writer {
             change: ByteBuf::from(bytes),
         };
         if self.out.send(leader, msg) {
-            self.forwards.insert(id, (ack, Instant::now(), leader));
+            let forwarded = Forwarded {
+                change: change.is_repeatable().then_some(change),
+                ack,
+                sent: Instant::now(),
+                since,
+                leader,
+            };
+            self.forwards.insert(id, forwarded);
         } else {
             self.waiting.push_back((change, ack, since));
         }
@@ -329,8 +347,8 @@ impl Writer {
                 }
             },
             ClusterMsg::Forwarded { id, result } => {
-                if let Some((ack, _, _)) = self.forwards.remove(&id) {
-                    let _ = ack.send(result);
+                if let Some(f) = self.forwards.remove(&id) {
+                    let _ = f.ack.send(result);
                 }
             }
             other => {
@@ -513,12 +531,24 @@ impl Writer {
         let lost: Vec<u64> = self
             .forwards
             .iter()
-            .filter(|(_, (_, _, to))| Some(*to) != leader)
+            .filter(|(_, f)| Some(f.leader) != leader)
             .map(|(id, _)| *id)
             .collect();
         for id in lost {
-            if let Some((ack, _, _)) = self.forwards.remove(&id) {
-                let _ = ack.send(Err(maybe_done()));
+            self.give_up_forward(id);
+        }
+    }
+
+    /// A forwarded change got no answer: sent again if that is harmless,
+    /// else its client is told it may or may not have taken effect.
+    fn give_up_forward(&mut self, id: u64) {
+        let Some(f) = self.forwards.remove(&id) else {
+            return;
+        };
+        match f.change {
+            Some(change) => self.waiting.push_back((change, f.ack, f.since)),
+            None => {
+                let _ = f.ack.send(Err(maybe_done()));
             }
         }
     }
@@ -530,13 +560,11 @@ impl Writer {
         let expired: Vec<u64> = self
             .forwards
             .iter()
-            .filter(|(_, (_, at, _))| now.duration_since(*at) > FORWARD_TIMEOUT)
+            .filter(|(_, f)| now.duration_since(f.sent) > FORWARD_TIMEOUT)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            if let Some((ack, _, _)) = self.forwards.remove(&id) {
-                let _ = ack.send(Err(maybe_done()));
-            }
+            self.give_up_forward(id);
         }
         let waiting = std::mem::take(&mut self.waiting);
         for (change, ack, since) in waiting {
@@ -570,8 +598,8 @@ impl Writer {
         for (_, ack, _) in std::mem::take(&mut self.waiting) {
             let _ = ack.send(Err(stopping()));
         }
-        for (_, (ack, _, _)) in std::mem::take(&mut self.forwards) {
-            let _ = ack.send(Err(maybe_done()));
+        for (_, f) in std::mem::take(&mut self.forwards) {
+            let _ = f.ack.send(Err(maybe_done()));
         }
         *self.availability.write() = Err("the tracker is shutting down".into());
     }
