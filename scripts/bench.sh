@@ -17,8 +17,14 @@ run_tracker() {
   "$target/release/bench_tracker"
 }
 
+run_cluster() {
+  echo "== cluster: 64 clients (one connection each) writing (create-group, share-file) for 5 s through one tracker, then through two replicated trackers (BENCH_SECS, BENCH_CLIENTS to change)"
+  "$target/release/bench_cluster"
+}
+
 case "$section" in
   tracker) run_tracker ;;
-  all) run_tracker ;;
-  *) echo "unknown section $section (tracker)" >&2; exit 2 ;;
+  cluster) run_cluster ;;
+  all) run_tracker; run_cluster ;;
+  *) echo "unknown section $section (tracker, cluster)" >&2; exit 2 ;;
 esac

@@ -198,6 +198,25 @@ impl Tracker {
         }
     }
 
+    /// SIGSTOP: the process stops answering, as if cut off the network.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Tracker::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.pid().expect("tracker is not running");
+        let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
     /// Sends SIGTERM and waits for it to exit; returns its status.
     pub fn terminate(&mut self) -> ExitStatus {
         let pid = self.pid().expect("tracker is not running");

@@ -397,3 +397,119 @@ fn both_trackers_killed_and_restarted_in_turn_lose_nothing() {
     }
     assert_same(&rt, &cluster, &[1, 2], &sessions);
 }
+
+/// A raw connection to tracker `i` that says it is tracker `claim`.
+fn as_tracker(cluster: &Cluster, i: u32, claim: u32) -> std::net::TcpStream {
+    use fileshare_protocol::codec;
+    use fileshare_protocol::frame::header;
+    use fileshare_protocol::messages::{Hello, Role, MAGIC};
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(cluster.addr(i)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hello = codec::encode(&Hello {
+        magic: MAGIC,
+        version: fileshare_protocol::PROTOCOL_VERSION,
+        role: Role::Tracker { no: claim },
+    })
+    .unwrap();
+    s.write_all(&header(hello.len())).unwrap();
+    s.write_all(&hello).unwrap();
+    s
+}
+
+/// Sends `body` as one frame.
+fn send_frame(s: &mut std::net::TcpStream, body: &[u8]) {
+    use std::io::Write;
+    let _ = s.write_all(&fileshare_protocol::frame::header(body.len()));
+    let _ = s.write_all(body);
+}
+
+/// Reads until the tracker closes the connection (after its hello).
+fn wait_closed(mut s: std::net::TcpStream) {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the tracker did not close the connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn hostile_bytes_on_the_cluster_channel_close_only_their_connection() {
+    use fileshare_protocol::codec;
+    use fileshare_protocol::messages::cluster::{ClusterMsg, LogPoint, ViewId};
+    let cluster = Cluster::start(2);
+    // Numbers that are not another tracker of the file.
+    for claim in [0, 1, 3, u32::MAX] {
+        wait_closed(as_tracker(&cluster, 1, claim));
+    }
+    // Garbage, an oversized length, and appends that fit no log.
+    let mut s = as_tracker(&cluster, 1, 2);
+    send_frame(&mut s, &[0xff; 64]);
+    wait_closed(s);
+    let mut s = as_tracker(&cluster, 1, 2);
+    send_frame(&mut s, &[]);
+    let _ = std::io::Write::write_all(&mut s, &u32::MAX.to_be_bytes());
+    wait_closed(s);
+    let mut s = as_tracker(&cluster, 2, 1);
+    for prev in [0, 7, u64::MAX] {
+        let append = ClusterMsg::Append {
+            view: ViewId {
+                epoch: u64::MAX,
+                leader: 1,
+            },
+            prev: LogPoint {
+                index: prev,
+                hash: [9; 32],
+            },
+            entries: vec![serde_bytes::ByteBuf::from(vec![0xee; 40])],
+            commit: u64::MAX,
+        };
+        send_frame(&mut s, &codec::encode(&append).unwrap());
+    }
+    drop(s);
+    // Both still serve, and agree.
+    for i in [1, 2] {
+        cluster.wait_serving(i);
+    }
+    let rt = rt();
+    rt.block_on(async {
+        let s = user(&cluster.client(2), "after").await;
+        for i in [1, 2] {
+            assert!(groups(&cluster.client(i), s).await.is_empty());
+        }
+    });
+}
+
+#[test]
+fn a_leader_cut_off_for_a_while_yields_to_the_one_that_took_over() {
+    let cluster = Cluster::start(2);
+    let rt = multi_rt();
+    let stream = Stream::start(&rt, &cluster, 4);
+    stream.wait_more(50, "at first");
+    // Tracker 1 leads; it stops answering (as if cut off) and tracker 2
+    // takes over and goes on alone.
+    cluster.tracker(1).pause();
+    stream.wait_more(100, "with tracker 1 cut off");
+    // Back, tracker 1 finds tracker 2 leading with changes it lacks: it
+    // yields, drops the view it recorded alone meanwhile, and catches up.
+    cluster.tracker(1).resume();
+    fileshare_tests::wait_until(
+        "tracker 1 to follow tracker 2",
+        Duration::from_secs(20),
+        || cluster.tracker(1).log().contains("following tracker 2"),
+    );
+    cluster.wait_serving(1);
+    stream.wait_more(50, "with both back");
+    let (acked, sessions) = stream.finish(&rt);
+    for i in [1, 2] {
+        assert_has_all(&rt, &cluster, i, &acked, &sessions);
+    }
+    assert_same(&rt, &cluster, &[1, 2], &sessions);
+    let log = cluster.tracker(1).log();
+    assert!(!log.contains("split brain"), "{log}");
+}

@@ -150,6 +150,8 @@ pub struct Node {
     /// Every other tracker of the file.
     peers: BTreeMap<u32, Peer>,
     now_ms: u64,
+    /// When `tick` last ran.
+    last_tick_ms: u64,
     status_due_ms: u64,
     /// Invariant: `Some` exactly while leading: the view that started this
     /// leadership. Acknowledgements of older appends are ignored.
@@ -203,6 +205,7 @@ impl Node {
             role: Role::Recovering { source: None },
             peers,
             now_ms,
+            last_tick_ms: now_ms,
             status_due_ms: now_ms,
             leading_since: None,
             max_epoch,
@@ -417,6 +420,19 @@ impl Node {
     /// from it, retransmissions.
     pub fn tick(&mut self, now_ms: u64, storage: &dyn LogRead) {
         self.now_ms = self.now_ms.max(now_ms);
+        if self.now_ms.saturating_sub(self.last_tick_ms) > self.cfg.fail_after_ms / 2 {
+            // This tracker itself was stopped or starved: the silence it
+            // sees is its own. Give everyone a fresh timeout, so what they
+            // sent meanwhile is heard before anyone is judged down.
+            let now = self.now_ms;
+            for p in self.peers.values_mut() {
+                if p.heard_ms.is_some() {
+                    p.heard_ms = Some(now);
+                }
+            }
+            self.leader_lost_ms = None;
+        }
+        self.last_tick_ms = self.now_ms;
         if self.now_ms >= self.status_due_ms {
             self.broadcast_status();
         }

@@ -40,6 +40,8 @@ pub struct Sim {
     cut: HashSet<(u32, u32)>,
     /// Drop one message in this many (0: none).
     drop_one_in: u64,
+    /// Stopped processes (SIGSTOP): no ticks; messages to them wait.
+    paused: HashSet<u32>,
     rng: u64,
     pub now: u64,
     /// Names written, with the (leader, index) they were given.
@@ -66,6 +68,7 @@ impl Sim {
             queue: VecDeque::new(),
             cut: HashSet::new(),
             drop_one_in: 0,
+            paused: HashSet::new(),
             rng: 0x2545_F491_4F6C_DD1D,
             now: 0,
             proposed: Vec::new(),
@@ -134,6 +137,23 @@ impl Sim {
         }
     }
 
+    /// SIGSTOP of `no`: it neither ticks nor reads until resumed.
+    pub fn pause(&mut self, no: u32) {
+        self.paused.insert(no);
+    }
+
+    /// SIGCONT: its clock jumps, and (the worst order) it ticks before it
+    /// reads what was sent to it meanwhile.
+    pub fn resume(&mut self, no: u32) {
+        self.paused.remove(&no);
+        let now = self.now;
+        let m = self.members.get_mut(&no).unwrap();
+        if let Some(node) = m.node.as_mut() {
+            node.tick(now, &m.disk);
+            self.drain(no);
+        }
+    }
+
     pub fn heal(&mut self) {
         self.cut.clear();
     }
@@ -165,7 +185,11 @@ impl Sim {
     pub fn leaders(&self) -> Vec<u32> {
         self.members
             .iter()
-            .filter(|(no, m)| m.node.as_ref().is_some_and(|n| n.is_leader()) && self.serving(**no))
+            .filter(|(no, m)| {
+                m.node.as_ref().is_some_and(|n| n.is_leader())
+                    && self.serving(**no)
+                    && !self.paused.contains(no)
+            })
             .map(|(no, _)| *no)
             .collect()
     }
@@ -248,7 +272,11 @@ impl Sim {
     /// lost), then every node ticks.
     pub fn step(&mut self) {
         self.now += STEP;
-        let batch: Vec<_> = self.queue.drain(..).collect();
+        let (held, batch): (Vec<_>, Vec<_>) = self
+            .queue
+            .drain(..)
+            .partition(|(_, to, _)| self.paused.contains(to));
+        self.queue.extend(held);
         for (from, to, msg) in batch {
             if self.cut.contains(&(from, to)) {
                 continue;
@@ -263,7 +291,12 @@ impl Sim {
                 self.drain(to);
             }
         }
-        let nos: Vec<u32> = self.members.keys().copied().collect();
+        let nos: Vec<u32> = self
+            .members
+            .keys()
+            .copied()
+            .filter(|n| !self.paused.contains(n))
+            .collect();
         for no in nos {
             let now = self.now;
             let m = self.members.get_mut(&no).unwrap();
@@ -609,6 +642,29 @@ mod tests {
         sim.check();
         assert_eq!(sim.names(1).len(), 10);
         assert_eq!(sim.leaders(), vec![2]);
+    }
+
+    #[test]
+    fn a_leader_stopped_for_a_while_yields_without_losing_anything() {
+        let mut sim = Sim::new(2);
+        sim.settle(3000);
+        write_n(&mut sim, 5);
+        // Writes appended by the leader but not sent yet when it stops.
+        sim.write();
+        sim.write();
+        sim.queue.retain(|(from, _, _)| *from != 1);
+        sim.pause(1);
+        sim.until("2 takes over", 3000, |s| s.leaders() == vec![2]);
+        write_n(&mut sim, 5);
+        sim.resume(1);
+        sim.settle(4000);
+        sim.check();
+        assert!(
+            !sim.trace.iter().any(|t| t.contains("split brain")),
+            "{}",
+            sim.trace.join("\n")
+        );
+        assert_eq!(sim.names(1), sim.names(2));
     }
 
     #[test]

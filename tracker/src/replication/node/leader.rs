@@ -15,7 +15,7 @@ impl Node {
     pub(super) fn become_leader(&mut self, members: Vec<u32>, storage: &dyn LogRead) {
         let me = self.cfg.me;
         let last_epoch = self.log.last_view().map_or(0, |(_, v)| v.id.epoch);
-        let epoch = self.max_epoch.max(last_epoch) + 1;
+        let epoch = self.max_epoch.max(last_epoch).saturating_add(1);
         let view = self.new_view(epoch, members);
         let Some(index) = self.append_view(&view) else {
             return;
@@ -143,7 +143,7 @@ impl Node {
                     .filter(|n| !gone.contains(n))
                     .chain(joining.iter().copied())
                     .collect();
-                let epoch = self.max_epoch.max(view.id.epoch) + 1;
+                let epoch = self.max_epoch.max(view.id.epoch).saturating_add(1);
                 let next = self.new_view(epoch, members);
                 for n in &gone {
                     if let Some(p) = self.peers.get_mut(n) {
