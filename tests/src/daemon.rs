@@ -14,7 +14,7 @@ pub fn fsd_command(w: &World, user: &User, args: &[&str]) -> Command {
     c.arg("--home")
         .arg(&user.home)
         .arg("--trackers")
-        .arg(w.tracker.trackers_file())
+        .arg(w.trackers_file())
         .args(args)
         .env("FILESHARE_PASSWORD", format!("pw-{}", user.name))
         .stdin(Stdio::null())

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`tracker`]: a `fileshare-tracker` process and its guard.
+//! - [`cluster`]: several trackers sharing one trackers file, each with its
+//!   own data directory; `kill -9` and restart of any one.
 //! - [`cli`]: runs `fsd` commands with a home of their own.
 //! - [`mount`]: `fsd mount` daemons and their guards.
 //! - [`daemon`]: background `fsd` commands, `fsd mount --daemon`, and small
@@ -10,6 +12,7 @@
 //! - [`world`]: a tracker, users, groups and mounts for one test.
 
 pub mod cli;
+pub mod cluster;
 pub mod daemon;
 pub mod mount;
 pub mod tracker;

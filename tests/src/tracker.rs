@@ -15,6 +15,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Tracker {
     child: Option<Child>,
     stdin: Option<ChildStdin>,
+    /// Its line in the trackers file, 1-based.
+    no: u32,
     addr: String,
     trackers_file: PathBuf,
     data_dir: PathBuf,
@@ -40,6 +42,7 @@ impl Tracker {
         let mut t = Tracker {
             child: None,
             stdin: None,
+            no: 1,
             addr: String::new(),
             trackers_file: dir.path().join("trackers.txt"),
             data_dir: dir.path().join("data"),
@@ -62,6 +65,32 @@ impl Tracker {
         unreachable!()
     }
 
+    /// Tracker `no` of a cluster whose trackers file (already written)
+    /// lists it at `addr`; not started yet ([`Tracker::launch`] does).
+    pub fn member(trackers_file: &Path, no: u32, addr: &str, args: &[&str]) -> Tracker {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("fileshare-tracker{no}-"))
+            .tempdir()
+            .expect("temp dir");
+        Tracker {
+            child: None,
+            stdin: None,
+            no,
+            addr: addr.to_string(),
+            trackers_file: trackers_file.to_path_buf(),
+            data_dir: dir.path().join("data"),
+            log: dir.path().join("tracker.log"),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            dir,
+        }
+    }
+
+    /// Starts the process and waits until it accepts connections; the
+    /// error says why it did not.
+    pub fn launch(&mut self) -> Result<(), String> {
+        self.spawn()
+    }
+
     fn spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -70,7 +99,7 @@ impl Tracker {
             .expect("open tracker log");
         let mut child = Command::new(bin("fileshare-tracker"))
             .arg(&self.trackers_file)
-            .arg("1")
+            .arg(self.no.to_string())
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
@@ -100,6 +129,11 @@ impl Tracker {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Its number in the trackers file.
+    pub fn no(&self) -> u32 {
+        self.no
     }
 
     /// `host:port` it listens on.
@@ -141,6 +175,11 @@ impl Tracker {
         TrackerClient::new(vec![self.addr.clone()], Duration::from_secs(5))
     }
 
+    /// Whether it has a process (started and not killed or stopped).
+    pub fn is_started(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// `kill -9`: no chance to flush or clean up.
     pub fn kill9(&mut self) {
         self.stdin = None;
@@ -156,6 +195,25 @@ impl Tracker {
         self.kill9();
         if let Err(why) = self.spawn() {
             panic!("fileshare-tracker did not restart: {why}");
+        }
+    }
+
+    /// SIGSTOP: the process stops answering, as if cut off the network.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Tracker::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = self.pid().expect("tracker is not running");
+        let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe {
+            libc::kill(pid, sig);
         }
     }
 
@@ -194,7 +252,12 @@ impl Drop for Tracker {
     fn drop(&mut self) {
         self.kill9();
         if std::thread::panicking() {
-            eprintln!("---- tracker log ({}) ----\n{}", self.addr, self.log());
+            eprintln!(
+                "---- tracker {} log ({}) ----\n{}",
+                self.no,
+                self.addr,
+                self.log()
+            );
         }
     }
 }

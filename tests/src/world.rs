@@ -1,10 +1,12 @@
-//! A whole local network for a test: one tracker process, users with their
-//! own homes, a group, and mounts. Everything is torn down on drop.
+//! A whole local network for a test: one tracker process (or a cluster of
+//! them), users with their own homes, a group, and mounts. Everything is
+//! torn down on drop.
 
 use crate::bin;
+use crate::cluster::Cluster;
 use crate::mount::{require_fuse, Mount};
 use crate::tracker::Tracker;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// A user of the test network with a home of their own.
@@ -13,25 +15,71 @@ pub struct User {
     pub home: PathBuf,
 }
 
+/// The trackers of a world.
+pub enum Trackers {
+    One(Tracker),
+    Cluster(Cluster),
+}
+
 pub struct World {
-    pub tracker: Tracker,
+    pub trackers: Trackers,
     pub fsd: PathBuf,
     /// Dropped last, after the processes that use it.
     pub dir: tempfile::TempDir,
 }
 
 impl World {
+    /// A network with one tracker.
     pub fn new() -> World {
+        World::with(Trackers::One(Tracker::start()))
+    }
+
+    /// A network whose trackers file lists a cluster of `n` trackers.
+    pub fn cluster(n: u32) -> World {
+        World::with(Trackers::Cluster(Cluster::start(n)))
+    }
+
+    fn with(trackers: Trackers) -> World {
         require_fuse();
         let dir = tempfile::Builder::new()
             .prefix("fileshare-e2e-")
             .tempdir()
             .expect("temp dir");
-        let tracker = Tracker::start();
         World {
             dir,
-            tracker,
+            trackers,
             fsd: bin("fsd"),
+        }
+    }
+
+    /// The tracker (tracker 1 of a cluster).
+    pub fn tracker(&self) -> &Tracker {
+        match &self.trackers {
+            Trackers::One(t) => t,
+            Trackers::Cluster(c) => c.tracker(1),
+        }
+    }
+
+    /// The single tracker, to kill and restart it; panics for a cluster.
+    pub fn tracker_mut(&mut self) -> &mut Tracker {
+        match &mut self.trackers {
+            Trackers::One(t) => t,
+            Trackers::Cluster(_) => panic!("this world has a cluster of trackers"),
+        }
+    }
+
+    /// The cluster; panics for a network of one tracker.
+    pub fn cluster_mut(&mut self) -> &mut Cluster {
+        match &mut self.trackers {
+            Trackers::One(_) => panic!("this world has one tracker"),
+            Trackers::Cluster(c) => c,
+        }
+    }
+
+    pub fn trackers_file(&self) -> &Path {
+        match &self.trackers {
+            Trackers::One(t) => t.trackers_file(),
+            Trackers::Cluster(c) => c.trackers_file(),
         }
     }
 
@@ -41,7 +89,7 @@ impl World {
             .arg("--home")
             .arg(&user.home)
             .arg("--trackers")
-            .arg(self.tracker.trackers_file())
+            .arg(self.trackers_file())
             .args(args)
             .env("FILESHARE_PASSWORD", format!("pw-{}", user.name))
             .stdin(Stdio::null())
@@ -95,13 +143,7 @@ impl World {
     /// Mounts the swarm for `user` at a mount point of its own.
     pub fn mount(&self, user: &User, extra: &[&str]) -> Mount {
         let mp = self.dir.path().join(format!("mnt-{}", user.name));
-        Mount::start(
-            &self.fsd,
-            &user.home,
-            self.tracker.trackers_file(),
-            &mp,
-            extra,
-        )
+        Mount::start(&self.fsd, &user.home, self.trackers_file(), &mp, extra)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -306,7 +306,7 @@ fn shell_takes_the_seed_lines() {
         .arg("--home")
         .arg(&home)
         .arg("--trackers")
-        .arg(w.tracker.trackers_file())
+        .arg(w.trackers_file())
         .arg("shell")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

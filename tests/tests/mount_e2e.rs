@@ -434,7 +434,7 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let tracker =
-            TrackerClient::new(vec![w.tracker.addr().to_string()], Duration::from_secs(5));
+            TrackerClient::new(vec![w.tracker().addr().to_string()], Duration::from_secs(5));
         let refused = tracker
             .call(TrackerRequest::IssueTicket {
                 session,
@@ -544,7 +544,7 @@ fn with_the_tracker_down_listings_come_from_cache_and_local_files_read() {
     wait_listed(&b, "g", "kept.bin", 3 * MIB);
     cmp(&src, &b.path("g/kept.bin"));
 
-    w.tracker.kill9();
+    w.tracker_mut().kill9();
     wait_for("bob's daemon to notice", Duration::from_secs(10), || {
         b.log().contains("tracker lost").then_some(())
     });
@@ -566,7 +566,7 @@ fn with_the_tracker_down_listings_come_from_cache_and_local_files_read() {
     cmp(&src, &b.path("g/kept.bin"));
 
     // Back: the daemons announce again by themselves.
-    w.tracker.restart();
+    w.tracker_mut().restart();
     wait_for("both peers offered again", Duration::from_secs(20), || {
         w.fsd_ok(&u[1], &["list-files", "g"])
             .contains("peers=2")

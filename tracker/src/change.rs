@@ -16,8 +16,11 @@ use crate::records::{Record, TokenHash};
 use crate::state::State;
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::ErrorCode;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone)]
+/// A requested change. Followers send it to the leader as is (encoded with
+/// the protocol codec), so only the leader decides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Change {
     CreateUser {
         user: String,
@@ -75,6 +78,19 @@ pub enum Key {
 }
 
 impl Change {
+    /// Whether deciding it twice has the effect of deciding it once (the
+    /// second time is a no-op, not a refusal), so a follower may send it
+    /// again to a new leader when the old one went away without answering.
+    pub fn is_repeatable(&self) -> bool {
+        matches!(
+            self,
+            Change::OpenSession { .. }
+                | Change::CloseSession { .. }
+                | Change::JoinGroup { .. }
+                | Change::ShareFile { .. }
+        )
+    }
+
     pub fn key(&self) -> Key {
         match self {
             Change::CreateUser { user, .. } | Change::OpenSession { user, .. } => {

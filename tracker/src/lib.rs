@@ -1,13 +1,14 @@
 //! `fileshare-tracker`: accounts, groups, memberships and the index of
-//! shared files, durable on disk, plus the soft state of which daemons are
-//! online with which pieces.
+//! shared files, durable on disk and replicated to every tracker of the
+//! trackers file, plus the soft state of which daemons are online with
+//! which pieces, gossiped between trackers.
 //!
-//! Durable state is one ordered sequence of records. A change is decided
-//! into records against the current state, the records are appended to the
-//! log in one durable transaction, and only then applied to the in-memory
-//! state and acknowledged. Start-up replays the log, so the state is a pure
-//! function of it; replicating the log between trackers later needs no
-//! change to deciding or applying.
+//! Durable state is one ordered sequence of records. The cluster's leader
+//! decides a change into records against the current state and appends
+//! them to its log in one durable transaction; every other tracker that is
+//! up appends them too, and only once all have them is the change applied
+//! and, once all have applied it, acknowledged. Start-up replays the log,
+//! so the state is a pure function of it. See `replication/STATE.md`.
 //!
 //! # Layout
 //! - [`server`]: listener, per-connection handlers, shutdown.
@@ -18,7 +19,10 @@
 //! - [`records`]: the durable record type.
 //! - [`state`]: the state and `apply`, its only mutator (pure).
 //! - [`store`]: the record log on disk (redb), with checksums.
-//! - [`writer`]: the group-commit thread tying the last four together.
+//! - [`writer`]: the group-commit thread tying the last four and the
+//!   replication core together.
+//! - [`replication`]: the replicated log: its core, with no I/O, and the
+//!   connections between trackers.
 //! - [`peers`]: online daemons and their pieces (memory only).
 //! - [`auth`]: password hashing, tokens, login throttling, tickets.
 //! - [`error`]: this crate's error type.
@@ -30,6 +34,7 @@ pub mod cmd;
 pub mod error;
 pub mod peers;
 pub mod records;
+pub mod replication;
 pub mod server;
 pub mod shared;
 pub mod state;
@@ -40,10 +45,16 @@ pub use error::TrackerError;
 pub use shared::{Settings, Shared};
 
 use fileshare_protocol::trackers_file;
+use replication::transport::Transport;
 use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How often the replication core's clock moves.
+const TICK: Duration = Duration::from_millis(50);
 
 /// Everything `fileshare-tracker` is started with.
 #[derive(Debug, Clone)]
@@ -69,34 +80,62 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerErr
             count: addrs.len(),
         })?
         .clone();
+    let size = u32::try_from(addrs.len()).unwrap_or(u32::MAX);
+    let mut settings = config.settings.clone();
+    settings.cluster_size = size;
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let transport = if size > 1 {
+        Transport::start(no, &addrs, &cancel, &tasks)
+    } else {
+        Transport::none()
+    };
     // Replay before listening, so a client that connects sees the state.
     let data_dir = config.data_dir.clone();
-    let settings = config.settings.clone();
-    let (shared, writer) = tokio::task::spawn_blocking(move || Shared::open(&data_dir, settings))
-        .await
-        .map_err(|e| TrackerError::BugWriterGone(e.to_string()))??;
+    let (shared, writer) =
+        tokio::task::spawn_blocking(move || Shared::open(&data_dir, settings, transport))
+            .await
+            .map_err(|e| TrackerError::BugWriterGone(e.to_string()))??;
     let listener = match TcpListener::bind(&addr).await {
         Ok(l) => l,
         Err(error) => {
+            cancel.cancel();
             writer.stop().await;
+            tasks.close();
+            tasks.wait().await;
             return Err(TrackerError::Bind { addr, error });
         }
     };
     tracing::info!(
-        "tracker {no} listening on {addr}, data in {}",
+        "tracker {no} of {size} listening on {addr}, data in {}",
         config.data_dir.display()
     );
-    let cancel = CancellationToken::new();
-    let sweeper = {
+    {
         let shared = shared.clone();
         let cancel = cancel.child_token();
-        tokio::spawn(async move { shared.sweep_peers(cancel).await })
-    };
+        tasks.spawn(async move { shared.sweep_peers(cancel).await });
+    }
+    {
+        let shared = shared.clone();
+        let cancel = cancel.child_token();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = tick.tick() => if !shared.tick() { return },
+                }
+            }
+        });
+    }
     server::run(listener, shared.clone(), shutdown).await;
-    cancel.cancel();
-    let _ = sweeper.await;
+    // The writer tells the others it stops; the dialers flush that, then end.
     drop(shared);
     writer.stop().await;
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
     tracing::info!("tracker {no} stopped");
     Ok(())
 }

@@ -3,12 +3,13 @@
 //! records, so a record says what happened, never how to check it: checks
 //! were made when the record was decided ([`crate::change`]).
 //!
-//! Records are stored and (later) replicated as
-//! [`fileshare_protocol::codec`] encodings. Variants may be added at the end;
-//! existing ones never change shape, or old logs stop replaying.
+//! Records are stored and replicated as [`fileshare_protocol::codec`]
+//! encodings. Variants may be added at the end; existing ones never change
+//! shape, or old logs stop replaying.
 
 use fileshare_protocol::codec;
 use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::messages::cluster::View;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -73,6 +74,20 @@ pub enum Record {
         name: String,
         user: String,
     },
+    /// The cluster's leader recorded which trackers are up: changes after
+    /// it are acknowledged once all of them have them. No effect on the
+    /// state; it sits in the log so views are ordered with the changes.
+    View(View),
+}
+
+impl Record {
+    /// The view this record starts, if it is one.
+    pub fn view(&self) -> Option<&View> {
+        match self {
+            Record::View(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 impl Record {
@@ -108,6 +123,7 @@ impl fmt::Debug for Record {
             Record::ShareStopped { group, name, user } => {
                 write!(f, "ShareStopped({group}, {name}, {user})")
             }
+            Record::View(v) => write!(f, "View({}/{} {:?})", v.id.epoch, v.id.leader, v.members),
         }
     }
 }
@@ -170,6 +186,13 @@ mod tests {
                 name: "a".into(),
                 user: "u".into(),
             },
+            Record::View(View {
+                id: fileshare_protocol::messages::cluster::ViewId {
+                    epoch: 2,
+                    leader: 1,
+                },
+                members: vec![1, 3],
+            }),
         ];
         for r in all {
             let bytes = r.encode().unwrap();

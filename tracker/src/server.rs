@@ -1,6 +1,8 @@
 //! Accepting connections and serving requests on them.
 //!
-//! Each connection gets a handler: a read loop that spawns one task per
+//! A connection from another tracker of the cluster (it says
+//! `Role::Tracker { no }`) is handed to the replication transport.
+//! Each client connection gets a handler: a read loop that spawns one task per
 //! request (at most [`MAX_IN_FLIGHT`] at a time) and a writer task that
 //! sends replies in the order they complete, each with its request's id.
 //! A frame that cannot be read or decoded ends that connection only, after
@@ -9,6 +11,7 @@
 //! flight, flush their replies and close.
 
 use crate::cmd::{self, Caller};
+use crate::replication::transport;
 use crate::shared::Shared;
 use fileshare_protocol::connection::FrameWriter;
 use fileshare_protocol::messages::{Reply, Request, Role, TrackerRequest, TrackerResult};
@@ -117,6 +120,21 @@ impl Handler {
         };
         match role {
             Ok(Role::Client) => {}
+            Ok(Role::Tracker { no }) => {
+                let size = self.shared.settings.cluster_size;
+                if no == 0 || no > size || no == self.shared.settings.tracker_no {
+                    tracing::warn!(
+                        peer = %self.addr,
+                        "closing connection: tracker {no} is not another tracker of the {size} \
+                         in the trackers file"
+                    );
+                    return;
+                }
+                let (reader, _writer) = conn.into_split();
+                transport::serve_inbound(no, reader, self.shared.clone(), self.cancel.clone())
+                    .await;
+                return;
+            }
             Ok(other) => {
                 tracing::info!(peer = %self.addr, "closing connection: {other:?} is not a client");
                 return;

@@ -1,22 +1,25 @@
 //! Everything the request handlers share, and how it comes up from disk.
 //!
-//! Lock order: `state` before `peers`; `throttle` is never held with
-//! either. No lock is held across an `.await`. See STATE.md.
+//! Lock order: `state` before `peers`; `throttle` and `availability` are
+//! never held with another. No lock is held across an `.await`. See
+//! STATE.md.
 
 use crate::auth;
 use crate::change::Change;
 use crate::error::TrackerError;
 use crate::peers::Peers;
-use crate::records::Record;
+use crate::replication::log::{Log, LogEntry};
+use crate::replication::node::{Config, Node};
+use crate::replication::transport::{Outbox, Transport};
 use crate::state::State;
 use crate::store::Store;
-use crate::writer::{self, WriterHandle, WriterThread};
-use fileshare_protocol::messages::SessionToken;
+use crate::writer::{self, Availability, Writer, WriterHandle, WriterThread};
+use fileshare_protocol::messages::{ClusterMsg, SessionToken};
 use fileshare_protocol::ErrorCode;
 use parking_lot::{Mutex, RwLock};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Knobs, mostly for tests.
@@ -24,6 +27,8 @@ use tokio::sync::Semaphore;
 pub struct Settings {
     /// This tracker's 1-based number in the trackers file.
     pub tracker_no: u32,
+    /// How many trackers the trackers file lists.
+    pub cluster_size: u32,
     pub session_ttl: Duration,
     pub announce_interval: Duration,
     pub ticket_ttl: Duration,
@@ -33,6 +38,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             tracker_no: 1,
+            cluster_size: 1,
             session_ttl: Duration::from_secs(7 * 24 * 3600),
             announce_interval: Duration::from_secs(5),
             ticket_ttl: Duration::from_secs(600),
@@ -52,36 +58,59 @@ pub struct Shared {
     /// Bounds concurrent argon2 runs: each takes ~19 MiB and a core.
     pub(crate) hashing: Semaphore,
     pub(crate) settings: Settings,
+    /// Whether this tracker answers clients (it is caught up with the
+    /// cluster), or why not; set by the writer.
+    pub(crate) availability: Arc<Availability>,
+    /// The other trackers, for gossip.
+    pub(crate) transport: Arc<Transport>,
 }
 
 impl Shared {
-    /// Opens the log in `data_dir` (created if missing), replays it, starts
-    /// the writer. Blocking: call it on the blocking pool.
+    /// Opens the log in `data_dir` (created if missing), replays what is
+    /// committed, starts the writer. A tracker that may serve at once (it
+    /// is alone in its trackers file, or was the last one up) has its state
+    /// complete when this returns. Blocking: call it on the blocking pool.
     pub fn open(
         data_dir: &Path,
         settings: Settings,
+        transport: Arc<Transport>,
     ) -> Result<(Arc<Shared>, WriterThread), TrackerError> {
         std::fs::create_dir_all(data_dir).map_err(|error| TrackerError::DataDir {
             path: data_dir.to_path_buf(),
             error,
         })?;
-        let mut store = Store::open(&data_dir.join(STORE_FILE))?;
+        let store = Store::open(&data_dir.join(STORE_FILE))?;
+        // A log from before replication: every record was acknowledged.
+        let commit = store.commit()?.unwrap_or(store.last_index());
         let mut state = State::default();
-        store.read_all(|_, r| state.apply(&r))?;
-        if state.secret().is_none() {
-            let secret = auth::random::<32>().map_err(|e| TrackerError::Random(e.to_string()))?;
-            let rec = Record::ClusterInit { secret };
-            store.append(std::slice::from_ref(&rec))?;
-            state.apply(&rec);
-        }
+        let mut log = Log::default();
+        store.read_all_raw(|index, bytes| {
+            let e =
+                LogEntry::decode(bytes).map_err(|error| TrackerError::Decode { index, error })?;
+            let applied = index <= commit;
+            if applied {
+                state.apply(&e.record);
+            }
+            log.restore(e, applied);
+            Ok(())
+        })?;
+        log.restore_commit(commit);
         tracing::info!(
-            records = state.applied(),
+            records = log.last_index(),
+            replayed = state.applied(),
             users = state.user_count(),
             "state replayed"
         );
+        let clock = Instant::now();
+        let config = Config::new(settings.tracker_no, settings.cluster_size.max(1));
+        let node = Node::new(config, log, 0);
         let state = Arc::new(RwLock::new(state));
-        let (writer, thread) = writer::spawn(store, state.clone())
-            .map_err(|e| TrackerError::BugWriterGone(e.to_string()))?;
+        let availability = Arc::new(RwLock::new(Err("the tracker is starting".to_string())));
+        let out: Arc<dyn Outbox> = transport.clone();
+        let mut w = Writer::new(store, state.clone(), node, out, availability.clone(), clock);
+        w.settle();
+        let (writer, thread) =
+            writer::spawn(w).map_err(|e| TrackerError::BugWriterGone(e.to_string()))?;
         let hashing = std::thread::available_parallelism().map_or(2, |n| n.get());
         let shared = Shared {
             state,
@@ -90,8 +119,40 @@ impl Shared {
             throttle: Mutex::new(auth::Throttle::default()),
             hashing: Semaphore::new(hashing),
             settings,
+            availability,
+            transport,
         };
         Ok((Arc::new(shared), thread))
+    }
+
+    /// Refuses every request while this tracker is not caught up with the
+    /// cluster: the client then tries another tracker.
+    pub fn available(&self) -> Result<(), ErrorCode> {
+        self.availability.read().clone().map_err(|why| {
+            ErrorCode::Unavailable(format!("tracker {}: {why}", self.settings.tracker_no))
+        })
+    }
+
+    /// Hands a message from tracker `from` to the writer; false once it
+    /// stopped.
+    pub async fn deliver(&self, from: u32, msg: ClusterMsg) -> bool {
+        self.writer.deliver(from, msg).await
+    }
+
+    /// A clock tick for the replication core.
+    pub fn tick(&self) -> bool {
+        self.writer.tick()
+    }
+
+    /// Tells every other tracker about a change of the soft state.
+    pub fn gossip(&self, msg: &ClusterMsg) {
+        self.transport.broadcast(msg);
+    }
+
+    /// Applies another tracker's news about a daemon (see
+    /// [`crate::cmd::peer::apply_gossip`]).
+    pub fn apply_gossip(&self, msg: ClusterMsg) {
+        crate::cmd::peer::apply_gossip(self, msg);
     }
 
     /// The user of a valid, unexpired session.

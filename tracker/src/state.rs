@@ -205,6 +205,8 @@ impl State {
                     .or_default()
                     .insert(group.clone());
             }
+            // Views order the log; they change nothing here.
+            Record::View(_) => {}
             Record::ShareStopped { group, name, user } => {
                 let Some(g) = self.groups.get_mut(group) else {
                     return;
@@ -263,6 +265,13 @@ impl State {
     /// Records applied so far; the index of the last one.
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// Forgets that the records after `index` were applied. Only sound when
+    /// every one of them is a view, which changes nothing else: replication
+    /// replaces views that a split cluster recorded on the losing side.
+    pub fn rewind_views(&mut self, index: u64) {
+        self.applied = self.applied.min(index);
     }
 
     /// The ticket key, once the cluster's first record is applied.

@@ -1,13 +1,16 @@
 //! The messages of each channel. A connection opens with a [`Hello`] each
 //! way; after that every frame is a [`Request`] or a [`Reply`] of the
-//! channel's body types, matched by id.
+//! channel's body types, matched by id, except between trackers, where
+//! every frame is a [`ClusterMsg`] (see [`cluster`]).
 
+pub mod cluster;
 pub mod peer;
 pub mod tracker;
 
 use crate::ids::PeerId;
 use serde::{Deserialize, Serialize};
 
+pub use cluster::ClusterMsg;
 pub use peer::{PeerError, PeerReply, PeerRequest};
 pub use tracker::{SessionToken, Ticket, TrackerReply, TrackerRequest, TrackerResult};
 

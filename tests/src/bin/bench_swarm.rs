@@ -254,7 +254,7 @@ fn run_case(case: &Case) -> Outcome {
         .iter()
         .chain(std::iter::once(&source))
         .filter_map(Mount::pid)
-        .chain(w.tracker.pid())
+        .chain(w.tracker().pid())
         .map(|p| p.to_string())
         .collect();
     pids.push("self".into());

@@ -25,8 +25,11 @@ pub struct Caller {
     pub addr: Option<SocketAddr>,
 }
 
+/// Answers `req`, or `Unavailable` while this tracker is not caught up
+/// with the cluster (the client then asks another tracker).
 pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> TrackerResult {
     use TrackerRequest as R;
+    shared.available()?;
     match req {
         R::CreateUser { user, password } => account::create_user(shared, user, password).await,
         R::Login { user, password } => account::login(shared, user, password).await,
@@ -97,6 +100,7 @@ fn file_name(name: &str) -> Result<(), ErrorCode> {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use crate::replication::transport::Transport;
     use crate::shared::Settings;
     use crate::writer::WriterThread;
     use fileshare_protocol::messages::{SessionToken, TrackerReply};
@@ -115,7 +119,7 @@ pub(crate) mod testing {
 
         pub fn with(settings: Settings) -> Fixture {
             let dir = tempfile::tempdir().unwrap();
-            let (shared, thread) = Shared::open(dir.path(), settings).unwrap();
+            let (shared, thread) = Shared::open(dir.path(), settings, Transport::none()).unwrap();
             Fixture {
                 shared,
                 thread: Some(thread),
@@ -133,7 +137,7 @@ pub(crate) mod testing {
             let settings = shared.settings.clone();
             drop(shared);
             thread.unwrap().stop().await;
-            let (shared, thread) = Shared::open(dir.path(), settings).unwrap();
+            let (shared, thread) = Shared::open(dir.path(), settings, Transport::none()).unwrap();
             Fixture {
                 shared,
                 thread: Some(thread),

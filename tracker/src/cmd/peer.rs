@@ -2,9 +2,10 @@
 
 use super::Caller;
 use crate::shared::Shared;
-use fileshare_protocol::ids::{FileId, PeerId};
+use crate::state::State;
+use fileshare_protocol::ids::{Bitfield, FileId, PeerId};
 use fileshare_protocol::messages::tracker::Holding;
-use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
+use fileshare_protocol::messages::{ClusterMsg, SessionToken, TrackerReply, TrackerResult};
 use fileshare_protocol::ErrorCode;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -41,20 +42,25 @@ pub fn announce(
     let addr = dialable(addr, caller)?;
     let now = Instant::now();
     let state = shared.state.read();
-    let visible: Vec<_> = holdings
-        .into_iter()
-        .filter(|h| {
-            state
-                .visible_file(&user, &h.file)
-                .is_some_and(|f| h.have.is_valid_for(layout_pieces(&f.meta)))
-        })
-        .map(|h| (h.file, h.have))
-        .collect();
+    let visible = visible_holdings(&state, &user, holdings);
+    let gossip = ClusterMsg::PeerAnnounced {
+        peer,
+        user: user.clone(),
+        addr: addr.clone(),
+        holdings: visible
+            .iter()
+            .map(|(file, have)| Holding {
+                file: *file,
+                have: have.clone(),
+            })
+            .collect(),
+    };
     shared
         .peers
         .write()
         .announce(now, peer, &user, addr, visible)?;
     drop(state);
+    shared.gossip(&gossip);
     let interval_secs = u32::try_from(shared.settings.announce_interval.as_secs())
         .unwrap_or(u32::MAX)
         .max(1);
@@ -64,6 +70,67 @@ pub fn announce(
 fn layout_pieces(meta: &fileshare_protocol::ids::FileMeta) -> u32 {
     // Shared metadata was checked to be consistent, so this is its layout.
     u32::try_from(meta.hashes.len()).unwrap_or(u32::MAX)
+}
+
+/// The holdings of files `user` may see, with bitfields of their length.
+fn visible_holdings(state: &State, user: &str, holdings: Vec<Holding>) -> Vec<(FileId, Bitfield)> {
+    holdings
+        .into_iter()
+        .filter(|h| {
+            state
+                .visible_file(user, &h.file)
+                .is_some_and(|f| h.have.is_valid_for(layout_pieces(&f.meta)))
+        })
+        .map(|h| (h.file, h.have))
+        .collect()
+}
+
+/// Applies another tracker's news about a daemon, so every tracker offers
+/// every online peer whichever tracker it announced to. What comes from
+/// another tracker is checked like a daemon's own word (same visibility
+/// and layout rules), so a bad message changes no more than a bad announce
+/// could; refusals are dropped quietly.
+pub fn apply_gossip(shared: &Shared, msg: ClusterMsg) {
+    let now = Instant::now();
+    let state = shared.state.read();
+    let result = match msg {
+        ClusterMsg::PeerAnnounced {
+            peer,
+            user,
+            addr,
+            holdings,
+        } => {
+            if addr.parse::<SocketAddr>().is_err() {
+                return;
+            }
+            let visible = visible_holdings(&state, &user, holdings);
+            shared
+                .peers
+                .write()
+                .announce(now, peer, &user, addr, visible)
+        }
+        ClusterMsg::PiecesReported {
+            peer,
+            user,
+            file,
+            pieces,
+        } => match state.visible_file(&user, &file) {
+            Some(f) => {
+                let n = layout_pieces(&f.meta);
+                let valid: Vec<u32> = pieces.into_iter().filter(|&i| i < n).collect();
+                shared
+                    .peers
+                    .write()
+                    .report(now, peer, &user, file, n, &valid)
+            }
+            None => Ok(()),
+        },
+        ClusterMsg::PeerLeft { peer, user } => shared.peers.write().leave(&peer, &user),
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::debug!("gossip not applied: {e}");
+    }
 }
 
 /// Pieces `peer` verified since its last announce.
@@ -90,12 +157,20 @@ pub fn report_pieces(
         .peers
         .write()
         .report(now, peer, &user, file, n, pieces)?;
+    drop(state);
+    shared.gossip(&ClusterMsg::PiecesReported {
+        peer,
+        user,
+        file,
+        pieces: pieces.to_vec(),
+    });
     Ok(TrackerReply::Done)
 }
 
 pub fn leave_network(shared: &Shared, session: &SessionToken, peer: PeerId) -> TrackerResult {
     let user = shared.session_user(session)?;
     shared.peers.write().leave(&peer, &user)?;
+    shared.gossip(&ClusterMsg::PeerLeft { peer, user });
     Ok(TrackerReply::Done)
 }
 

@@ -1,0 +1,183 @@
+//! Tracker write throughput, replicated against alone: many clients (one
+//! connection each) create groups and share files as fast as answers come
+//! back, first through a single tracker, then through a cluster of two
+//! (half the clients on each tracker, so half the writes are forwarded to
+//! the leader). Prints writes per second and latency for each, and the
+//! ratio.
+//!
+//! `BENCH_SECS` (default 5) sets the measured time of each run,
+//! `BENCH_CLIENTS` (default 64) the number of clients. Run it through
+//! `scripts/bench.sh cluster`, which builds the release binaries it needs.
+
+use fileshare_protocol::client::TrackerClient;
+use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+use fileshare_protocol::{PieceHash, PIECE_LEN};
+use fileshare_tests::cluster::Cluster;
+use fileshare_tests::tracker::Tracker;
+use std::time::{Duration, Instant};
+
+const WARMUP: Duration = Duration::from_millis(500);
+const ARGS: [&str; 2] = ["--announce-interval", "60"];
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn meta(name: &str) -> FileMeta {
+    FileMeta {
+        name: name.into(),
+        size: 4 << 20,
+        piece_len: PIECE_LEN,
+        hashes: (0..8u8)
+            .map(|p| PieceHash::of(format!("{name}/{p}").as_bytes()))
+            .collect(),
+    }
+}
+
+/// A user with a home group, through `client`.
+async fn set_up(client: &TrackerClient, c: usize) -> SessionToken {
+    let user = format!("bench{c}");
+    client
+        .call(TrackerRequest::CreateUser {
+            user: user.clone(),
+            password: "pw".into(),
+        })
+        .await
+        .expect("create user");
+    let TrackerReply::Session { token, .. } = client
+        .call(TrackerRequest::Login {
+            user,
+            password: "pw".into(),
+        })
+        .await
+        .expect("login")
+    else {
+        panic!("login did not return a session")
+    };
+    client
+        .call(TrackerRequest::CreateGroup {
+            session: token,
+            group: format!("home{c}"),
+        })
+        .await
+        .expect("create home group");
+    token
+}
+
+/// One client's loop: a new group, then a new file in its home group, and
+/// so on. Returns the latencies (µs) of writes started after the warm-up.
+async fn client_loop(
+    client: TrackerClient,
+    session: SessionToken,
+    c: usize,
+    start: Instant,
+    end: Instant,
+) -> Vec<u32> {
+    let mut lat = Vec::with_capacity(50_000);
+    for i in 0usize.. {
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        let req = if i.is_multiple_of(2) {
+            TrackerRequest::CreateGroup {
+                session,
+                group: format!("g-{c}-{i}"),
+            }
+        } else {
+            TrackerRequest::ShareFile {
+                session,
+                group: format!("home{c}"),
+                meta: meta(&format!("f-{c}-{i}")),
+            }
+        };
+        match client.call(req).await {
+            Ok(TrackerReply::Done) => {}
+            other => panic!("write failed: {other:?}"),
+        }
+        if t0 >= start + WARMUP {
+            lat.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+    lat
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
+}
+
+/// Runs the clients, client `c` through `client_of(c)`; returns writes per
+/// second and the sorted latencies.
+fn run(
+    rt: &tokio::runtime::Runtime,
+    clients: usize,
+    secs: u64,
+    client_of: impl Fn(usize) -> TrackerClient,
+) -> (f64, Vec<u32>) {
+    let sessions: Vec<SessionToken> = rt.block_on(async {
+        let mut v = Vec::new();
+        for c in 0..clients {
+            v.push(set_up(&client_of(c), c).await);
+        }
+        v
+    });
+    let start = Instant::now();
+    let end = start + WARMUP + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| rt.spawn(client_loop(client_of(c), sessions[c], c, start, end)))
+        .collect();
+    let mut all = Vec::new();
+    rt.block_on(async {
+        for t in tasks {
+            all.extend(t.await.expect("client task"));
+        }
+    });
+    all.sort_unstable();
+    (all.len() as f64 / secs as f64, all)
+}
+
+fn main() {
+    let secs = env_num("BENCH_SECS", 5);
+    let clients = usize::try_from(env_num("BENCH_CLIENTS", 64)).unwrap_or(64);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    println!("writes: {clients} clients, create-group and share-file alternately, {secs} s each");
+
+    let single = Tracker::with_args(&ARGS);
+    let addr = single.addr().to_string();
+    let (one, lat) = run(&rt, clients, secs, |_| {
+        TrackerClient::new(vec![addr.clone()], Duration::from_secs(30))
+    });
+    println!(
+        "single tracker writes/s: {one:.0} (p50 {:.2} ms, p99 {:.2} ms)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    drop(single);
+
+    let cluster = Cluster::with_args(2, &ARGS);
+    let addrs = cluster.addrs();
+    let (two, lat) = run(&rt, clients, secs, |c| {
+        let mut a = addrs.clone();
+        a.rotate_left(c % 2);
+        TrackerClient::new(a, Duration::from_secs(30))
+    });
+    println!(
+        "two-tracker cluster writes/s: {two:.0} (p50 {:.2} ms, p99 {:.2} ms)",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    println!("cluster / single: {:.2}", two / one.max(1.0));
+    drop(cluster);
+}

@@ -1,0 +1,515 @@
+//! Trackers in a cluster, as real processes on 127.0.0.1: every tracker
+//! answers the same, writes through one are read back through the others,
+//! and a `kill -9` of any one loses nothing acknowledged.
+
+use fileshare_protocol::client::TrackerClient;
+use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+use fileshare_protocol::{PieceHash, PIECE_LEN};
+use fileshare_tests::cluster::Cluster;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn meta(name: &str) -> FileMeta {
+    FileMeta {
+        name: name.into(),
+        size: 10,
+        piece_len: PIECE_LEN,
+        hashes: vec![PieceHash::of(name.as_bytes())],
+    }
+}
+
+async fn user(client: &TrackerClient, name: &str) -> SessionToken {
+    client
+        .call(TrackerRequest::CreateUser {
+            user: name.into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap();
+    match client
+        .call(TrackerRequest::Login {
+            user: name.into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap()
+    {
+        TrackerReply::Session { token, .. } => token,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn groups(client: &TrackerClient, session: SessionToken) -> Vec<String> {
+    match client
+        .call(TrackerRequest::ListGroups { session })
+        .await
+        .unwrap()
+    {
+        TrackerReply::Groups(g) => g.into_iter().map(|g| g.name).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn writes_through_one_tracker_are_read_through_every_other() {
+    for n in [2, 3] {
+        let cluster = Cluster::start(n);
+        let rt = rt();
+        rt.block_on(async {
+            for i in 1..=n {
+                let c = cluster.client(i);
+                let s = user(&c, &format!("user{i}")).await;
+                c.call(TrackerRequest::CreateGroup {
+                    session: s,
+                    group: format!("g{i}"),
+                })
+                .await
+                .unwrap();
+                c.call(TrackerRequest::ShareFile {
+                    session: s,
+                    group: format!("g{i}"),
+                    meta: meta(&format!("f{i}")),
+                })
+                .await
+                .unwrap();
+                // Read back at once through every tracker.
+                for j in 1..=n {
+                    let other = cluster.client(j);
+                    let gs = groups(&other, s).await;
+                    assert!(gs.contains(&format!("g{i}")), "tracker {j}: {gs:?}");
+                    let TrackerReply::Files(files) = other
+                        .call(TrackerRequest::ListFiles {
+                            session: s,
+                            group: format!("g{i}"),
+                        })
+                        .await
+                        .unwrap()
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(files.len(), 1, "tracker {j}");
+                    // A ticket from one tracker is good at every other.
+                    let TrackerReply::Ticket(t) = c
+                        .call(TrackerRequest::IssueTicket {
+                            session: s,
+                            group: format!("g{i}"),
+                        })
+                        .await
+                        .unwrap()
+                    else {
+                        panic!()
+                    };
+                    other
+                        .call(TrackerRequest::VerifyTicket { ticket: t })
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+    }
+}
+
+/// What the clients of a write stream saw acknowledged.
+#[derive(Default)]
+struct Acked {
+    groups: BTreeSet<String>,
+    /// Files, each in its client's home group `home{c}`.
+    files: BTreeMap<usize, BTreeSet<String>>,
+    count: usize,
+    errors: usize,
+}
+
+/// Several clients writing at once, each through the cluster starting at
+/// a different tracker: new groups and new files, alternately, until
+/// `stop` is set. Each client carries on after a failed write.
+struct Stream {
+    acked: Arc<Mutex<Acked>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    sessions: Vec<SessionToken>,
+}
+
+impl Stream {
+    fn start(rt: &tokio::runtime::Runtime, cluster: &Cluster, clients: usize) -> Stream {
+        let n = cluster.size();
+        let sessions: Vec<SessionToken> = rt.block_on(async {
+            let mut v = vec![];
+            for c in 0..clients {
+                let client = cluster.client_from(1);
+                let s = user(&client, &format!("writer{c}")).await;
+                client
+                    .call(TrackerRequest::CreateGroup {
+                        session: s,
+                        group: format!("home{c}"),
+                    })
+                    .await
+                    .unwrap();
+                v.push(s);
+            }
+            v
+        });
+        let acked = Arc::new(Mutex::new(Acked::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = vec![];
+        for (c, session) in sessions.iter().copied().enumerate() {
+            let first = u32::try_from(c).unwrap() % n + 1;
+            let client = cluster.client_from(first);
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tasks.push(rt.spawn(async move {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let group = i.is_multiple_of(2);
+                    let name = if group {
+                        format!("g-{c}-{i}")
+                    } else {
+                        format!("f-{c}-{i}")
+                    };
+                    let req = if group {
+                        TrackerRequest::CreateGroup {
+                            session,
+                            group: name.clone(),
+                        }
+                    } else {
+                        TrackerRequest::ShareFile {
+                            session,
+                            group: format!("home{c}"),
+                            meta: meta(&name),
+                        }
+                    };
+                    let r = client.call(req).await;
+                    let mut a = acked.lock().unwrap();
+                    match r {
+                        Ok(TrackerReply::Done) => {
+                            a.count += 1;
+                            if group {
+                                a.groups.insert(name);
+                            } else {
+                                a.files.entry(c).or_default().insert(name);
+                            }
+                        }
+                        Ok(other) => panic!("{other:?}"),
+                        Err(_) => a.errors += 1,
+                    }
+                }
+            }));
+        }
+        Stream {
+            acked,
+            stop,
+            tasks,
+            sessions,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().count
+    }
+
+    /// Waits until `more` further writes are acknowledged.
+    fn wait_more(&self, more: usize, what: &str) {
+        let target = self.count() + more;
+        let start = Instant::now();
+        while self.count() < target {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{what}: only {} of {target} writes acknowledged",
+                self.count()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn finish(self, rt: &tokio::runtime::Runtime) -> (Acked, Vec<SessionToken>) {
+        self.stop.store(true, Ordering::Relaxed);
+        rt.block_on(async {
+            for t in self.tasks {
+                t.await.unwrap();
+            }
+        });
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        (acked, self.sessions)
+    }
+}
+
+/// Tracker `i`'s listings: every group, and the files of each home group.
+async fn listings(
+    cluster: &Cluster,
+    i: u32,
+    sessions: &[SessionToken],
+) -> (BTreeSet<String>, Vec<BTreeSet<String>>) {
+    let client = cluster.client(i);
+    let all: BTreeSet<String> = groups(&client, sessions[0]).await.into_iter().collect();
+    let mut files = vec![];
+    for (c, s) in sessions.iter().enumerate() {
+        let TrackerReply::Files(f) = client
+            .call(TrackerRequest::ListFiles {
+                session: *s,
+                group: format!("home{c}"),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        files.push(f.into_iter().map(|f| f.name).collect());
+    }
+    (all, files)
+}
+
+/// Every acknowledged write is in tracker `i`'s listings.
+fn assert_has_all(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    i: u32,
+    acked: &Acked,
+    sessions: &[SessionToken],
+) {
+    let (all, files) = rt.block_on(listings(cluster, i, sessions));
+    let lost: Vec<_> = acked.groups.difference(&all).collect();
+    assert!(
+        lost.is_empty(),
+        "tracker {i} lost acknowledged groups {lost:?}"
+    );
+    for (c, names) in &acked.files {
+        let lost: Vec<_> = names.difference(&files[*c]).collect();
+        assert!(
+            lost.is_empty(),
+            "tracker {i} lost acknowledged files {lost:?}"
+        );
+    }
+}
+
+/// Every tracker of `trackers` answers the same listings.
+fn assert_same(
+    rt: &tokio::runtime::Runtime,
+    cluster: &Cluster,
+    trackers: &[u32],
+    sessions: &[SessionToken],
+) {
+    let first = rt.block_on(listings(cluster, trackers[0], sessions));
+    for &i in &trackers[1..] {
+        let l = rt.block_on(listings(cluster, i, sessions));
+        assert!(
+            l == first,
+            "trackers {} and {i} answer differently",
+            trackers[0]
+        );
+    }
+}
+
+fn multi_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `kill -9` of tracker `victim` of an `n`-tracker cluster in the middle of
+/// a stream of writes from several clients.
+fn kill_one_during_writes(n: u32, victim: u32) {
+    let mut cluster = Cluster::start(n);
+    let rt = multi_rt();
+    let stream = Stream::start(&rt, &cluster, 6);
+    stream.wait_more(150, "before the kill");
+    cluster.kill9(victim);
+    // The clients carry on through the survivors.
+    stream.wait_more(150, "after the kill");
+    let (acked, sessions) = stream.finish(&rt);
+    let survivors: Vec<u32> = (1..=n).filter(|i| *i != victim).collect();
+    for &i in &survivors {
+        assert_has_all(&rt, &cluster, i, &acked, &sessions);
+    }
+    assert_same(&rt, &cluster, &survivors, &sessions);
+    // Back, it catches up and answers as the others do.
+    cluster.restart(victim);
+    cluster.wait_serving(victim);
+    let all: Vec<u32> = (1..=n).collect();
+    assert_has_all(&rt, &cluster, victim, &acked, &sessions);
+    assert_same(&rt, &cluster, &all, &sessions);
+    eprintln!(
+        "{n} trackers, tracker {victim} killed: {} writes acknowledged, {} failed",
+        acked.count, acked.errors
+    );
+}
+
+#[test]
+fn two_trackers_kill_9_of_the_leader_loses_nothing() {
+    kill_one_during_writes(2, 1);
+}
+
+#[test]
+fn two_trackers_kill_9_of_the_follower_loses_nothing() {
+    kill_one_during_writes(2, 2);
+}
+
+#[test]
+fn three_trackers_kill_9_of_any_one_loses_nothing() {
+    kill_one_during_writes(3, 1);
+    kill_one_during_writes(3, 3);
+}
+
+#[test]
+fn both_trackers_killed_and_restarted_in_turn_lose_nothing() {
+    let mut cluster = Cluster::start(2);
+    let rt = multi_rt();
+    let stream = Stream::start(&rt, &cluster, 4);
+    stream.wait_more(50, "at first");
+    cluster.kill9(1);
+    stream.wait_more(50, "with tracker 2 alone");
+    cluster.restart(1);
+    cluster.wait_serving(1);
+    stream.wait_more(50, "with both back");
+    cluster.kill9(2);
+    stream.wait_more(50, "with tracker 1 alone");
+    cluster.restart(2);
+    cluster.wait_serving(2);
+    stream.wait_more(50, "with both back again");
+    // Both down at once, then back one by one: the first one back must
+    // not serve its own state alone, since the other may have more.
+    cluster.kill9(1);
+    stream.wait_more(20, "with tracker 2 alone again");
+    cluster.kill9(2);
+    let (acked, sessions) = stream.finish(&rt);
+    cluster.restart(1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !cluster.serving(1),
+        "tracker 1 serves alone an old state: {}",
+        cluster.answer(1)
+    );
+    cluster.restart(2);
+    cluster.wait_serving(2);
+    cluster.wait_serving(1);
+    for i in [1, 2] {
+        assert_has_all(&rt, &cluster, i, &acked, &sessions);
+    }
+    assert_same(&rt, &cluster, &[1, 2], &sessions);
+}
+
+/// A raw connection to tracker `i` that says it is tracker `claim`.
+fn as_tracker(cluster: &Cluster, i: u32, claim: u32) -> std::net::TcpStream {
+    use fileshare_protocol::codec;
+    use fileshare_protocol::frame::header;
+    use fileshare_protocol::messages::{Hello, Role, MAGIC};
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(cluster.addr(i)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hello = codec::encode(&Hello {
+        magic: MAGIC,
+        version: fileshare_protocol::PROTOCOL_VERSION,
+        role: Role::Tracker { no: claim },
+    })
+    .unwrap();
+    s.write_all(&header(hello.len())).unwrap();
+    s.write_all(&hello).unwrap();
+    s
+}
+
+/// Sends `body` as one frame.
+fn send_frame(s: &mut std::net::TcpStream, body: &[u8]) {
+    use std::io::Write;
+    let _ = s.write_all(&fileshare_protocol::frame::header(body.len()));
+    let _ = s.write_all(body);
+}
+
+/// Reads until the tracker closes the connection (after its hello).
+fn wait_closed(mut s: std::net::TcpStream) {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the tracker did not close the connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn hostile_bytes_on_the_cluster_channel_close_only_their_connection() {
+    use fileshare_protocol::codec;
+    use fileshare_protocol::messages::cluster::{ClusterMsg, LogPoint, ViewId};
+    let cluster = Cluster::start(2);
+    // Numbers that are not another tracker of the file.
+    for claim in [0, 1, 3, u32::MAX] {
+        wait_closed(as_tracker(&cluster, 1, claim));
+    }
+    // Garbage, an oversized length, and appends that fit no log.
+    let mut s = as_tracker(&cluster, 1, 2);
+    send_frame(&mut s, &[0xff; 64]);
+    wait_closed(s);
+    let mut s = as_tracker(&cluster, 1, 2);
+    send_frame(&mut s, &[]);
+    let _ = std::io::Write::write_all(&mut s, &u32::MAX.to_be_bytes());
+    wait_closed(s);
+    let mut s = as_tracker(&cluster, 2, 1);
+    for prev in [0, 7, u64::MAX] {
+        let append = ClusterMsg::Append {
+            view: ViewId {
+                epoch: u64::MAX,
+                leader: 1,
+            },
+            prev: LogPoint {
+                index: prev,
+                hash: [9; 32],
+            },
+            entries: vec![serde_bytes::ByteBuf::from(vec![0xee; 40])],
+            commit: u64::MAX,
+        };
+        send_frame(&mut s, &codec::encode(&append).unwrap());
+    }
+    drop(s);
+    // Both still serve, and agree.
+    for i in [1, 2] {
+        cluster.wait_serving(i);
+    }
+    let rt = rt();
+    rt.block_on(async {
+        let s = user(&cluster.client(2), "after").await;
+        for i in [1, 2] {
+            assert!(groups(&cluster.client(i), s).await.is_empty());
+        }
+    });
+}
+
+#[test]
+fn a_leader_cut_off_for_a_while_yields_to_the_one_that_took_over() {
+    let cluster = Cluster::start(2);
+    let rt = multi_rt();
+    let stream = Stream::start(&rt, &cluster, 4);
+    stream.wait_more(50, "at first");
+    // Tracker 1 leads; it stops answering (as if cut off) and tracker 2
+    // takes over and goes on alone.
+    cluster.tracker(1).pause();
+    stream.wait_more(100, "with tracker 1 cut off");
+    // Back, tracker 1 finds tracker 2 leading with changes it lacks: it
+    // yields, drops the view it recorded alone meanwhile, and catches up.
+    cluster.tracker(1).resume();
+    fileshare_tests::wait_until(
+        "tracker 1 to follow tracker 2",
+        Duration::from_secs(20),
+        || cluster.tracker(1).log().contains("following tracker 2"),
+    );
+    cluster.wait_serving(1);
+    stream.wait_more(50, "with both back");
+    let (acked, sessions) = stream.finish(&rt);
+    for i in [1, 2] {
+        assert_has_all(&rt, &cluster, i, &acked, &sessions);
+    }
+    assert_same(&rt, &cluster, &[1, 2], &sessions);
+    let log = cluster.tracker(1).log();
+    assert!(!log.contains("split brain"), "{log}");
+}

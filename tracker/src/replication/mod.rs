@@ -1,0 +1,16 @@
+//! Replication: every tracker of the trackers file keeps the same record
+//! log, ordered by one leader and acknowledged once every tracker that is
+//! up has it. See STATE.md here for the roles, the transitions and what is
+//! guaranteed.
+//!
+//! # Layout
+//! - [`log`]: entries, indexes, the hash chain, commit and apply marks.
+//! - [`node`]: the core, with no I/O: events in, a [`node::Ready`] out.
+//! - [`transport`]: the connections between trackers; the only I/O here.
+
+pub mod log;
+pub mod node;
+pub mod transport;
+
+#[cfg(test)]
+mod sim;

@@ -1,0 +1,236 @@
+//! The connections between trackers: the only place replication does I/O.
+//!
+//! Every tracker dials every other one (as `Role::Tracker { no }`) and
+//! sends only on the connection it dialed; what it receives comes in on the
+//! connections the others dialed, accepted by the client listener
+//! ([`crate::server`]) and handed to [`serve_inbound`]. So each direction
+//! has its own connection, and a broken one is redialed by its sender.
+//!
+//! Sending never blocks the record writer: each peer has a bounded queue,
+//! and a message that does not fit (the peer is slow or away) is dropped.
+//! The replication core sends again whatever matters, so a lost message
+//! costs time, never correctness. While a peer is away its queue is
+//! drained, so it does not get a backlog of stale messages on reconnect.
+
+use crate::shared::Shared;
+use fileshare_protocol::connection::FrameReader;
+use fileshare_protocol::connection::TcpConnection;
+use fileshare_protocol::messages::{ClusterMsg, Role};
+use fileshare_protocol::ProtocolError;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Messages queued for one peer before new ones are dropped.
+const QUEUE: usize = 4096;
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Waits between connection attempts, doubling up to the maximum.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Where the record writer sends what the replication core produced.
+pub trait Outbox: Send + Sync {
+    /// Queues `msg` for tracker `to`; false if it was dropped.
+    fn send(&self, to: u32, msg: ClusterMsg) -> bool;
+    /// Whether the connection to `to` is up right now.
+    fn connected(&self, to: u32) -> bool;
+}
+
+struct Link {
+    tx: mpsc::Sender<ClusterMsg>,
+    connected: Arc<AtomicBool>,
+}
+
+/// The outgoing side: one queue and one dialing task per other tracker.
+pub struct Transport {
+    links: BTreeMap<u32, Link>,
+}
+
+impl Transport {
+    /// A transport to nobody: a tracker alone in its trackers file.
+    pub fn none() -> Arc<Transport> {
+        Arc::new(Transport {
+            links: BTreeMap::new(),
+        })
+    }
+
+    /// Starts dialing every tracker of `addrs` (trackers-file order) but
+    /// `me`, until `cancel`; the tasks are tracked by `tasks`.
+    pub fn start(
+        me: u32,
+        addrs: &[String],
+        cancel: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Arc<Transport> {
+        let mut links = BTreeMap::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let Ok(no) = u32::try_from(i + 1) else { break };
+            if no == me {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let connected = Arc::new(AtomicBool::new(false));
+            tasks.spawn(dial(
+                me,
+                no,
+                addr.clone(),
+                rx,
+                connected.clone(),
+                cancel.clone(),
+            ));
+            links.insert(no, Link { tx, connected });
+        }
+        Arc::new(Transport { links })
+    }
+
+    /// Gossip to every tracker that is connected.
+    pub fn broadcast(&self, msg: &ClusterMsg) {
+        for (no, link) in &self.links {
+            if link.connected.load(Ordering::Relaxed) && link.tx.try_send(msg.clone()).is_err() {
+                tracing::debug!(tracker = no, "gossip dropped: queue full");
+            }
+        }
+    }
+}
+
+impl Outbox for Transport {
+    fn send(&self, to: u32, msg: ClusterMsg) -> bool {
+        self.links
+            .get(&to)
+            .is_some_and(|l| l.tx.try_send(msg).is_ok())
+    }
+
+    fn connected(&self, to: u32) -> bool {
+        self.links
+            .get(&to)
+            .is_some_and(|l| l.connected.load(Ordering::Relaxed))
+    }
+}
+
+/// Keeps a connection to tracker `no` and writes its queue to it.
+async fn dial(
+    me: u32,
+    no: u32,
+    addr: String,
+    mut rx: mpsc::Receiver<ClusterMsg>,
+    connected: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut reported = false;
+    loop {
+        let attempt = tokio::select! {
+            () = cancel.cancelled() => break,
+            r = TcpConnection::connect(&addr, Role::Tracker { no: me }, CONNECT_TIMEOUT) => r,
+        };
+        let (conn, role) = match attempt {
+            Ok(ok) => ok,
+            Err(e) => {
+                if !reported {
+                    tracing::debug!(tracker = no, %addr, "cannot reach tracker: {e}");
+                    reported = true;
+                }
+                // What was queued while it is away would be stale.
+                while rx.try_recv().is_ok() {}
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        if role != (Role::Tracker { no }) {
+            tracing::warn!(
+                tracker = no,
+                %addr,
+                "{addr} answered as {role:?}, not as tracker {no}: check the trackers file"
+            );
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(BACKOFF_MAX) => {}
+            }
+            continue;
+        }
+        tracing::info!(tracker = no, %addr, "connected to tracker {no}");
+        reported = false;
+        backoff = BACKOFF_MIN;
+        connected.store(true, Ordering::Relaxed);
+        let (_, mut writer) = conn.into_split();
+        let mut stopping = false;
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                () = cancel.cancelled(), if !stopping => {
+                    // Flush what is queued (a last status says we stop),
+                    // briefly, then leave.
+                    stopping = true;
+                    continue;
+                }
+                () = tokio::time::sleep(Duration::from_millis(200)), if stopping => None,
+            };
+            let Some(msg) = msg else { break };
+            if let Err(e) = writer.write_frame(&msg).await {
+                tracing::info!(tracker = no, "connection to tracker {no} lost: {e}");
+                break;
+            }
+        }
+        connected.store(false, Ordering::Relaxed);
+        if stopping || cancel.is_cancelled() {
+            let _ = writer.shutdown().await;
+            break;
+        }
+    }
+    connected.store(false, Ordering::Relaxed);
+}
+
+/// Reads what tracker `from` sends on a connection it dialed, until it
+/// closes or `cancel`: gossip is applied here, the rest goes to the record
+/// writer. A frame that cannot be read ends the connection.
+pub async fn serve_inbound<R: AsyncRead + Unpin>(
+    from: u32,
+    mut reader: FrameReader<R>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return,
+            f = reader.read_frame::<ClusterMsg>() => f,
+        };
+        let msg = match frame {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(ProtocolError::Io(e)) => {
+                tracing::debug!(tracker = from, "connection from tracker {from} lost: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    tracker = from,
+                    "closing connection from tracker {from}: {e}"
+                );
+                return;
+            }
+        };
+        match msg {
+            ClusterMsg::PeerAnnounced { .. }
+            | ClusterMsg::PiecesReported { .. }
+            | ClusterMsg::PeerLeft { .. } => shared.apply_gossip(msg),
+            other => {
+                if !shared.deliver(from, other).await {
+                    return;
+                }
+            }
+        }
+    }
+}
