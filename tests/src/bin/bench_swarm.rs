@@ -21,8 +21,9 @@
 //!
 //! Writes the per-reader times to `docs/swarm.csv` and draws them against
 //! `D_min` in `docs/swarm.svg` (`BENCH_OUT` to change the directory).
-//! `BENCH_CASES=1,3` runs some cases only. Run through `scripts/bench.sh
-//! swarm` (release build).
+//! `BENCH_CASES=1,3` runs some cases only; `BENCH_MODE=download` fetches
+//! with `fsd download-file` through each reader's daemon instead of reading
+//! through the mount. Run through `scripts/bench.sh swarm` (release build).
 
 use fileshare_tests::mount::{wait_for, Mount};
 use fileshare_tests::world::{User, World};
@@ -229,22 +230,47 @@ fn run_case(case: &Case) -> Outcome {
     let joins = case.joins();
     let barrier = Arc::new(Barrier::new(case.readers + 1));
     let start = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let download = std::env::var("BENCH_MODE").is_ok_and(|m| m == "download");
     let threads: Vec<_> = mounts
         .iter()
+        .zip(&readers)
         .zip(&joins)
-        .map(|(m, &join)| {
+        .map(|((m, u), &join)| {
             let (path, data, barrier, start) = (
                 m.path("g/file.bin"),
                 data.clone(),
                 barrier.clone(),
                 start.clone(),
             );
+            // `fsd download-file` through the reader's daemon instead.
+            let cmd = download.then(|| {
+                let mut c = std::process::Command::new(&w.fsd);
+                c.arg("--home")
+                    .arg(&u.home)
+                    .arg("--trackers")
+                    .arg(w.tracker.trackers_file())
+                    .args(["download-file", "g", "file.bin"])
+                    .arg(w.path(&format!("out-{}.bin", u.name)))
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+                c
+            });
+            let out = w.path(&format!("out-{}.bin", u.name));
             std::thread::spawn(move || {
                 barrier.wait();
                 let t0 = *start.wait();
                 let at = t0 + Duration::from_secs_f64(join);
                 std::thread::sleep(at.saturating_duration_since(Instant::now()));
-                read_and_check(&path, &data);
+                match cmd {
+                    Some(mut cmd) => {
+                        let status = cmd.status().expect("run fsd download-file");
+                        assert!(status.success(), "fsd download-file failed");
+                        let got = std::fs::read(&out).expect("read the download");
+                        assert!(got == **data, "{}: wrong bytes", out.display());
+                    }
+                    None => read_and_check(&path, &data),
+                }
                 t0.elapsed().as_secs_f64()
             })
         })
