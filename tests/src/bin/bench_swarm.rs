@@ -248,7 +248,7 @@ fn run_case(case: &Case) -> Outcome {
                 c.arg("--home")
                     .arg(&u.home)
                     .arg("--trackers")
-                    .arg(w.tracker.trackers_file())
+                    .arg(w.trackers_file())
                     .args(["download-file", "g", "file.bin"])
                     .arg(w.path(&format!("out-{}.bin", u.name)))
                     .stdin(std::process::Stdio::null())
