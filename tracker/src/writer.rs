@@ -168,6 +168,8 @@ pub struct Writer {
     waiting: VecDeque<(Change, Ack, Instant)>,
     /// Leader: the ticket key was proposed in this leadership.
     init_proposed: bool,
+    /// The last round decided as many changes as a round may.
+    full_round: bool,
     role: Role,
 }
 
@@ -196,6 +198,7 @@ impl Writer {
             next_forward: 1,
             waiting: VecDeque::new(),
             init_proposed: false,
+            full_round: false,
             role,
         }
     }
@@ -216,7 +219,10 @@ impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Input>) {
         loop {
             let mut inputs = Vec::new();
-            let busy = !self.queued.is_empty() && self.can_decide();
+            // More to decide than one round took: go on without waiting.
+            // Changes that wait for records in flight do not count, or the
+            // thread would spin until the acknowledgements come.
+            let busy = self.full_round && self.can_decide();
             if busy {
                 match rx.try_recv() {
                     Ok(i) => inputs.push(i),
@@ -371,6 +377,7 @@ impl Writer {
 
     /// Leader: decides queued changes into records and orders them.
     fn decide_queued(&mut self) {
+        self.full_round = false;
         if !self.can_decide() {
             return;
         }
@@ -396,6 +403,7 @@ impl Writer {
             while let Some((change, origin)) = self.queued.pop_front() {
                 if taken >= MAX_BATCH {
                     self.queued.push_front((change, origin));
+                    self.full_round = true;
                     break;
                 }
                 let key = change.key();
@@ -458,6 +466,9 @@ impl Writer {
     }
 
     fn carry_out(&mut self, rd: &Ready) -> Result<(), crate::TrackerError> {
+        if rd.send_first {
+            self.send_all(rd);
+        }
         if let Some(p) = &rd.persist {
             let entries = p
                 .entries
@@ -483,10 +494,16 @@ impl Writer {
             drop(state);
             self.in_flight.retain(|_, i| *i > applied);
         }
+        if !rd.send_first {
+            self.send_all(rd);
+        }
+        Ok(())
+    }
+
+    fn send_all(&self, rd: &Ready) {
         for (to, msg) in &rd.messages {
             self.out.send(*to, msg.clone());
         }
-        Ok(())
     }
 
     fn ack_upto(&mut self, acked: u64) {

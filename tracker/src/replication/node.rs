@@ -85,8 +85,11 @@ pub struct Ready {
     pub rewind_to: Option<u64>,
     /// Committed entries to apply, in order, after the persist.
     pub apply: Vec<Arc<LogEntry>>,
-    /// Messages to send once the persist is done.
+    /// Messages to send once the persist is done, or before it when
+    /// `send_first` (a leader's appends: the followers then write to disk
+    /// while the leader does; commit still needs the leader's own write).
     pub messages: Vec<(u32, ClusterMsg)>,
+    pub send_first: bool,
     /// Leader: every entry up to this index is applied on every member.
     pub acked: u64,
 }
@@ -558,6 +561,7 @@ impl Node {
         }
         rd.acked = self.acked;
         rd.messages = std::mem::take(&mut self.msgs);
+        rd.send_first = self.role == Role::Leader;
         rd
     }
 

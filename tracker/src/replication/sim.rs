@@ -217,6 +217,11 @@ impl Sim {
                 self.record_acks(no, rd.acked);
                 return;
             }
+            if rd.send_first {
+                for (to, msg) in &rd.messages {
+                    self.queue.push_back((no, *to, msg.clone()));
+                }
+            }
             if let Some(p) = &rd.persist {
                 if let Some(t) = p.truncate_from {
                     m.disk.entries.truncate(usize::try_from(t - 1).unwrap());
@@ -242,8 +247,10 @@ impl Sim {
                 m.applied.push(e.record.clone());
             }
             assert_eq!(m.applied.len() as u64, node.log().applied());
-            for (to, msg) in rd.messages {
-                self.queue.push_back((no, to, msg));
+            if !rd.send_first {
+                for (to, msg) in rd.messages {
+                    self.queue.push_back((no, to, msg));
+                }
             }
             self.record_acks(no, rd.acked);
         }
