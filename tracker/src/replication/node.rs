@@ -3,9 +3,10 @@
 //! It takes events (a heartbeat tick, a message from another tracker, a
 //! batch of records to order, "this much is on disk now") and hands back a
 //! [`Ready`] batch: entries to persist, entries to apply, messages to send
-//! and how far clients may be acknowledged. The driver persists first, then
-//! applies, then sends, then calls [`Node::persisted`], and asks again until
-//! the batch is empty. See STATE.md for the roles and their transitions.
+//! and how far clients may be acknowledged. The driver persists, calls
+//! [`Node::persisted`], applies, sends (a leader's messages go before its
+//! own disk write, see [`Ready::send_first`]), and asks again until the
+//! batch is empty. See STATE.md for the roles and their transitions.
 //!
 //! Ordering is primary-backup with views: the leader appends every entry
 //! and sends it to every member of its view; an entry is committed once all
@@ -226,10 +227,12 @@ impl Node {
             node.role = Role::Leader;
             node.leading_since = Some(id);
             node.acked = node.log.commit();
-            node.note_info(format!(
-                "leading alone: the last view ({}) had no other tracker up",
-                id.epoch
-            ));
+            let why = if node.cfg.size == 1 {
+                "the only tracker of the trackers file".to_string()
+            } else {
+                format!("the last view ({}) had no other tracker up", id.epoch)
+            };
+            node.note_info(format!("leading alone: {why}"));
         } else if node.cfg.size == 1 {
             node.become_leader(vec![me], &NoRead);
         } else {
