@@ -162,6 +162,9 @@ pub struct Node {
     leading_since: Option<ViewId>,
     /// The highest view epoch seen anywhere; new views go above it.
     max_epoch: u64,
+    /// Recovering with no leader to follow: the trackers of the last views
+    /// that are not reachable, which it waits for.
+    waiting_for: Vec<u32>,
     /// Follower: when our leader was first seen not leading. A successor
     /// is chosen only once every candidate has since sent a status, so all
     /// compare the same, final logs.
@@ -213,6 +216,7 @@ impl Node {
             status_due_ms: now_ms,
             leading_since: None,
             max_epoch,
+            waiting_for: Vec::new(),
             leader_lost_ms: None,
             owe_ack: None,
             matched_leader: 0,
@@ -281,6 +285,14 @@ impl Node {
             Role::Follower { leader } => *leader,
             Role::Recovering { source: Some(s) } => {
                 return Err(format!("this tracker is catching up with tracker {s}"))
+            }
+            Role::Recovering { source: None } if !self.waiting_for.is_empty() => {
+                let list: Vec<String> = self.waiting_for.iter().map(u32::to_string).collect();
+                return Err(format!(
+                    "this tracker is waiting for tracker(s) {} of its last view to come back: \
+                     they may hold newer state",
+                    list.join(", ")
+                ));
             }
             Role::Recovering { source: None } => {
                 return Err(
