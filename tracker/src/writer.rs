@@ -32,6 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// The log target of what the replication core reports.
+const REPLICATION: &str = "fileshare_tracker::replication";
+
 /// Most changes decided in one round.
 const MAX_BATCH: usize = 4096;
 
@@ -271,9 +274,9 @@ impl Writer {
         self.flush();
         for note in self.node.take_notes() {
             match note {
-                Note::Info(s) => tracing::info!("{s}"),
-                Note::Warn(s) => tracing::warn!("{s}"),
-                Note::Error(s) => tracing::error!("{s}"),
+                Note::Info(s) => tracing::info!(target: REPLICATION, "{s}"),
+                Note::Warn(s) => tracing::warn!(target: REPLICATION, "{s}"),
+                Note::Error(s) => tracing::error!(target: REPLICATION, "{s}"),
             }
         }
         *self.availability.write() = self.node.serving();
