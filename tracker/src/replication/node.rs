@@ -502,7 +502,8 @@ impl Node {
     /// Entries up to `index` are durable now, with commit index `commit`.
     pub fn persisted(&mut self, index: u64, commit: u64) {
         self.log.set_persisted(index);
-        self.durable_commit = self.durable_commit.max(commit);
+        // What the disk now says, even if lower: truncation may lower it.
+        self.durable_commit = commit;
         if self.role == Role::Leader {
             self.maybe_commit();
         }
