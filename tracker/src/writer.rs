@@ -317,7 +317,14 @@ impl Writer {
             return;
         };
         let bytes = match codec::encode(&change) {
-            Ok(b) => b,
+            Ok(b) if b.len() <= MAX_RECORD_LEN => b,
+            Ok(b) => {
+                let _ = ack.send(Err(ErrorCode::BadRequest(format!(
+                    "the change is too large to replicate ({} bytes, at most {MAX_RECORD_LEN})",
+                    b.len()
+                ))));
+                return;
+            }
             Err(e) => {
                 let _ = ack.send(Err(ErrorCode::BadRequest(format!(
                     "the change cannot be sent to the leader: {e}"
