@@ -289,8 +289,9 @@ impl Node {
             Role::Recovering { source: None } if !self.waiting_for.is_empty() => {
                 let list: Vec<String> = self.waiting_for.iter().map(u32::to_string).collect();
                 return Err(format!(
-                    "this tracker is waiting for tracker(s) {} of its last view to come back: \
-                     they may hold newer state",
+                    "this tracker is waiting for tracker(s) {}: it serves once they are \
+                     reachable, since they may hold newer state (a new cluster starts once all \
+                     its trackers are up)",
                     list.join(", ")
                 ));
             }
