@@ -39,6 +39,9 @@ impl ClientError {
     }
 }
 
+/// The pause after every tracker answered `Unavailable` in a row.
+const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(200);
+
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<TrackerResult>>>>>;
 
 /// One live connection to one tracker.
@@ -224,8 +227,10 @@ impl TrackerClient {
     /// Sends `req` and returns the tracker's answer, failing over between
     /// trackers as needed.
     pub async fn call(&self, req: TrackerRequest) -> Result<TrackerReply, ClientError> {
-        let rounds = self.addrs.len().max(1) * 2;
+        let trackers = self.addrs.len().max(1);
+        let rounds = trackers * 3;
         let mut last = String::new();
+        let mut unavailable = 0;
         for _ in 0..rounds {
             let link = self.link().await?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -235,6 +240,13 @@ impl TrackerClient {
                     tracing::debug!(tracker = %self.addrs[link.index], "tracker unavailable: {why}");
                     last = format!("{}: {why}", self.addrs[link.index]);
                     self.fail_over(&link).await;
+                    // Every tracker asked said it is not ready (a cluster
+                    // choosing a new leader, a tracker catching up): give
+                    // them a moment before the next round.
+                    unavailable += 1;
+                    if unavailable % trackers == 0 {
+                        tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+                    }
                 }
                 Ok(Err(code)) => return Err(ClientError::Refused(code)),
                 Err(CallError::NotSent(why)) => {

@@ -32,6 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// The log target of what the replication core reports.
+const REPLICATION: &str = "fileshare_tracker::replication";
+
 /// Most changes decided in one round.
 const MAX_BATCH: usize = 4096;
 
@@ -168,6 +171,8 @@ pub struct Writer {
     waiting: VecDeque<(Change, Ack, Instant)>,
     /// Leader: the ticket key was proposed in this leadership.
     init_proposed: bool,
+    /// The last round decided as many changes as a round may.
+    full_round: bool,
     role: Role,
 }
 
@@ -196,6 +201,7 @@ impl Writer {
             next_forward: 1,
             waiting: VecDeque::new(),
             init_proposed: false,
+            full_round: false,
             role,
         }
     }
@@ -216,7 +222,10 @@ impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Input>) {
         loop {
             let mut inputs = Vec::new();
-            let busy = !self.queued.is_empty() && self.can_decide();
+            // More to decide than one round took: go on without waiting.
+            // Changes that wait for records in flight do not count, or the
+            // thread would spin until the acknowledgements come.
+            let busy = self.full_round && self.can_decide();
             if busy {
                 match rx.try_recv() {
                     Ok(i) => inputs.push(i),
@@ -265,9 +274,9 @@ impl Writer {
         self.flush();
         for note in self.node.take_notes() {
             match note {
-                Note::Info(s) => tracing::info!("{s}"),
-                Note::Warn(s) => tracing::warn!("{s}"),
-                Note::Error(s) => tracing::error!("{s}"),
+                Note::Info(s) => tracing::info!(target: REPLICATION, "{s}"),
+                Note::Warn(s) => tracing::warn!(target: REPLICATION, "{s}"),
+                Note::Error(s) => tracing::error!(target: REPLICATION, "{s}"),
             }
         }
         *self.availability.write() = self.node.serving();
@@ -308,7 +317,14 @@ impl Writer {
             return;
         };
         let bytes = match codec::encode(&change) {
-            Ok(b) => b,
+            Ok(b) if b.len() <= MAX_RECORD_LEN => b,
+            Ok(b) => {
+                let _ = ack.send(Err(ErrorCode::BadRequest(format!(
+                    "the change is too large to replicate ({} bytes, at most {MAX_RECORD_LEN})",
+                    b.len()
+                ))));
+                return;
+            }
             Err(e) => {
                 let _ = ack.send(Err(ErrorCode::BadRequest(format!(
                     "the change cannot be sent to the leader: {e}"
@@ -371,6 +387,7 @@ impl Writer {
 
     /// Leader: decides queued changes into records and orders them.
     fn decide_queued(&mut self) {
+        self.full_round = false;
         if !self.can_decide() {
             return;
         }
@@ -396,6 +413,7 @@ impl Writer {
             while let Some((change, origin)) = self.queued.pop_front() {
                 if taken >= MAX_BATCH {
                     self.queued.push_front((change, origin));
+                    self.full_round = true;
                     break;
                 }
                 let key = change.key();
@@ -458,6 +476,9 @@ impl Writer {
     }
 
     fn carry_out(&mut self, rd: &Ready) -> Result<(), crate::TrackerError> {
+        if rd.send_first {
+            self.send_all(rd);
+        }
         if let Some(p) = &rd.persist {
             let entries = p
                 .entries
@@ -483,10 +504,16 @@ impl Writer {
             drop(state);
             self.in_flight.retain(|_, i| *i > applied);
         }
+        if !rd.send_first {
+            self.send_all(rd);
+        }
+        Ok(())
+    }
+
+    fn send_all(&self, rd: &Ready) {
         for (to, msg) in &rd.messages {
             self.out.send(*to, msg.clone());
         }
-        Ok(())
     }
 
     fn ack_upto(&mut self, acked: u64) {

@@ -5,12 +5,15 @@
 //!
 //! # Layout
 //! - [`log`]: entries, indexes, the hash chain, commit and apply marks.
-//! - [`node`]: the core, with no I/O: events in, a [`node::Ready`] out.
+//! - [`node`]: the core, with no I/O: events in, a [`node::Ready`] out;
+//!   its leader's side in `node/leader.rs`, every role's in
+//!   `node/follower.rs`.
 //! - [`transport`]: the connections between trackers; the only I/O here.
 
 pub mod log;
 pub mod node;
 pub mod transport;
 
+/// The simulated cluster the core's tests run on.
 #[cfg(test)]
 mod sim;

@@ -3,9 +3,10 @@
 //! It takes events (a heartbeat tick, a message from another tracker, a
 //! batch of records to order, "this much is on disk now") and hands back a
 //! [`Ready`] batch: entries to persist, entries to apply, messages to send
-//! and how far clients may be acknowledged. The driver persists first, then
-//! applies, then sends, then calls [`Node::persisted`], and asks again until
-//! the batch is empty. See STATE.md for the roles and their transitions.
+//! and how far clients may be acknowledged. The driver persists, calls
+//! [`Node::persisted`], applies, sends (a leader's messages go before its
+//! own disk write, see [`Ready::send_first`]), and asks again until the
+//! batch is empty. See STATE.md for the roles and their transitions.
 //!
 //! Ordering is primary-backup with views: the leader appends every entry
 //! and sends it to every member of its view; an entry is committed once all
@@ -85,8 +86,11 @@ pub struct Ready {
     pub rewind_to: Option<u64>,
     /// Committed entries to apply, in order, after the persist.
     pub apply: Vec<Arc<LogEntry>>,
-    /// Messages to send once the persist is done.
+    /// Messages to send once the persist is done, or before it when
+    /// `send_first` (a leader's appends: the followers then write to disk
+    /// while the leader does; commit still needs the leader's own write).
     pub messages: Vec<(u32, ClusterMsg)>,
+    pub send_first: bool,
     /// Leader: every entry up to this index is applied on every member.
     pub acked: u64,
 }
@@ -158,6 +162,9 @@ pub struct Node {
     leading_since: Option<ViewId>,
     /// The highest view epoch seen anywhere; new views go above it.
     max_epoch: u64,
+    /// Recovering with no leader to follow: the trackers of the last views
+    /// that are not reachable, which it waits for.
+    waiting_for: Vec<u32>,
     /// Follower: when our leader was first seen not leading. A successor
     /// is chosen only once every candidate has since sent a status, so all
     /// compare the same, final logs.
@@ -209,6 +216,7 @@ impl Node {
             status_due_ms: now_ms,
             leading_since: None,
             max_epoch,
+            waiting_for: Vec::new(),
             leader_lost_ms: None,
             owe_ack: None,
             matched_leader: 0,
@@ -223,10 +231,12 @@ impl Node {
             node.role = Role::Leader;
             node.leading_since = Some(id);
             node.acked = node.log.commit();
-            node.note_info(format!(
-                "leading alone: the last view ({}) had no other tracker up",
-                id.epoch
-            ));
+            let why = if node.cfg.size == 1 {
+                "the only tracker of the trackers file".to_string()
+            } else {
+                format!("the last view ({}) had no other tracker up", id.epoch)
+            };
+            node.note_info(format!("leading alone: {why}"));
         } else if node.cfg.size == 1 {
             node.become_leader(vec![me], &NoRead);
         } else {
@@ -275,6 +285,15 @@ impl Node {
             Role::Follower { leader } => *leader,
             Role::Recovering { source: Some(s) } => {
                 return Err(format!("this tracker is catching up with tracker {s}"))
+            }
+            Role::Recovering { source: None } if !self.waiting_for.is_empty() => {
+                let list: Vec<String> = self.waiting_for.iter().map(u32::to_string).collect();
+                return Err(format!(
+                    "this tracker is waiting for tracker(s) {}: it serves once they are \
+                     reachable, since they may hold newer state (a new cluster starts once all \
+                     its trackers are up)",
+                    list.join(", ")
+                ));
             }
             Role::Recovering { source: None } => {
                 return Err(
@@ -484,7 +503,8 @@ impl Node {
     /// Entries up to `index` are durable now, with commit index `commit`.
     pub fn persisted(&mut self, index: u64, commit: u64) {
         self.log.set_persisted(index);
-        self.durable_commit = self.durable_commit.max(commit);
+        // What the disk now says, even if lower: truncation may lower it.
+        self.durable_commit = commit;
         if self.role == Role::Leader {
             self.maybe_commit();
         }
@@ -558,6 +578,7 @@ impl Node {
         }
         rd.acked = self.acked;
         rd.messages = std::mem::take(&mut self.msgs);
+        rd.send_first = self.role == Role::Leader;
         rd
     }
 

@@ -217,6 +217,11 @@ impl Sim {
                 self.record_acks(no, rd.acked);
                 return;
             }
+            if rd.send_first {
+                for (to, msg) in &rd.messages {
+                    self.queue.push_back((no, *to, msg.clone()));
+                }
+            }
             if let Some(p) = &rd.persist {
                 if let Some(t) = p.truncate_from {
                     m.disk.entries.truncate(usize::try_from(t - 1).unwrap());
@@ -242,8 +247,10 @@ impl Sim {
                 m.applied.push(e.record.clone());
             }
             assert_eq!(m.applied.len() as u64, node.log().applied());
-            for (to, msg) in rd.messages {
-                self.queue.push_back((no, to, msg));
+            if !rd.send_first {
+                for (to, msg) in rd.messages {
+                    self.queue.push_back((no, to, msg));
+                }
             }
             self.record_acks(no, rd.acked);
         }
@@ -751,9 +758,10 @@ mod tests {
         }
     }
 
-    /// Random partitions as well as crashes: a split cluster may accept
-    /// writes on both sides, but no acknowledged write is dropped silently:
-    /// one missing from the trackers that serve is on one that refuses.
+    /// Random partitions and stopped processes as well as crashes: a split
+    /// cluster may accept writes on both sides, but no acknowledged write
+    /// is dropped silently: one missing from the trackers that serve is on
+    /// one that refuses.
     #[test]
     fn random_partitions_never_merge_silently() {
         for seed in seeds() {
@@ -787,8 +795,21 @@ mod tests {
                     if sim.node(no).is_none() {
                         sim.start(no);
                     }
+                } else if r < 433 {
+                    let no = 1 + u32::try_from(sim.random() % u64::from(n)).unwrap();
+                    sim.pause(no);
+                } else if r < 440 {
+                    let no = 1 + u32::try_from(sim.random() % u64::from(n)).unwrap();
+                    if sim.paused.contains(&no) {
+                        sim.resume(no);
+                    }
                 }
                 sim.step();
+            }
+            for no in 1..=n {
+                if sim.paused.contains(&no) {
+                    sim.resume(no);
+                }
             }
             sim.heal();
             for no in 1..=n {

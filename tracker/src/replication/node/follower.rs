@@ -282,7 +282,14 @@ impl Node {
                 best = best.max((key_of(st, n), n));
             }
         }
-        if required.iter().all(|n| reachable.contains(n)) && best.1 == me {
+        let mut missing: Vec<u32> = required
+            .into_iter()
+            .filter(|n| !reachable.contains(n))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        self.waiting_for = missing;
+        if self.waiting_for.is_empty() && best.1 == me {
             self.note_info(
                 "every tracker of the last views is reachable and this one holds the latest state"
                     .into(),
