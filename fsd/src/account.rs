@@ -10,7 +10,7 @@ use crate::session::{Home, Session};
 use anyhow::{bail, Context};
 use fileshare_protocol::client::ClientError;
 use fileshare_protocol::messages::tracker::{FileEntry, GroupInfo};
-use fileshare_protocol::messages::{TrackerReply, TrackerRequest};
+use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
 use fileshare_protocol::ErrorCode;
 use std::io::{BufRead, Write};
 
@@ -32,43 +32,27 @@ pub async fn run_with_password(
         Command::Login { user } => login(global, home, user, given).await?,
         Command::Logout => logout(home).await?,
         Command::CreateGroup { group } => {
-            let session = home.session()?;
             done(
-                call(
-                    home,
-                    TrackerRequest::CreateGroup {
-                        session: session.token,
-                        group: group.clone(),
-                    },
-                )
+                as_user(home, |session| TrackerRequest::CreateGroup {
+                    session,
+                    group: group.clone(),
+                })
                 .await?,
             )?;
             vec![format!("created group {group}; you own it")]
         }
         Command::ListGroups => {
-            let session = home.session()?;
-            match call(
-                home,
-                TrackerRequest::ListGroups {
-                    session: session.token,
-                },
-            )
-            .await?
-            {
+            match as_user(home, |session| TrackerRequest::ListGroups { session }).await? {
                 TrackerReply::Groups(groups) => groups.iter().map(group_line).collect(),
                 other => return Err(unexpected(&other)),
             }
         }
         Command::JoinGroup { group } => {
-            let session = home.session()?;
             done(
-                call(
-                    home,
-                    TrackerRequest::JoinGroup {
-                        session: session.token,
-                        group: group.clone(),
-                    },
-                )
+                as_user(home, |session| TrackerRequest::JoinGroup {
+                    session,
+                    group: group.clone(),
+                })
                 .await?,
             )?;
             vec![format!(
@@ -76,28 +60,20 @@ pub async fn run_with_password(
             )]
         }
         Command::LeaveGroup { group } => {
-            let session = home.session()?;
             done(
-                call(
-                    home,
-                    TrackerRequest::LeaveGroup {
-                        session: session.token,
-                        group: group.clone(),
-                    },
-                )
+                as_user(home, |session| TrackerRequest::LeaveGroup {
+                    session,
+                    group: group.clone(),
+                })
                 .await?,
             )?;
             vec![format!("left group {group}")]
         }
         Command::ListRequests { group } => {
-            let session = home.session()?;
-            match call(
-                home,
-                TrackerRequest::ListRequests {
-                    session: session.token,
-                    group: group.clone(),
-                },
-            )
+            match as_user(home, |session| TrackerRequest::ListRequests {
+                session,
+                group: group.clone(),
+            })
             .await?
             {
                 TrackerReply::Requests(users) => users,
@@ -105,44 +81,32 @@ pub async fn run_with_password(
             }
         }
         Command::AcceptRequest { group, user } => {
-            let session = home.session()?;
             done(
-                call(
-                    home,
-                    TrackerRequest::AcceptRequest {
-                        session: session.token,
-                        group: group.clone(),
-                        user: user.clone(),
-                    },
-                )
+                as_user(home, |session| TrackerRequest::AcceptRequest {
+                    session,
+                    group: group.clone(),
+                    user: user.clone(),
+                })
                 .await?,
             )?;
             vec![format!("{user} is now a member of {group}")]
         }
         Command::RejectRequest { group, user } => {
-            let session = home.session()?;
             done(
-                call(
-                    home,
-                    TrackerRequest::RejectRequest {
-                        session: session.token,
-                        group: group.clone(),
-                        user: user.clone(),
-                    },
-                )
+                as_user(home, |session| TrackerRequest::RejectRequest {
+                    session,
+                    group: group.clone(),
+                    user: user.clone(),
+                })
                 .await?,
             )?;
             vec![format!("rejected {user}'s request to join {group}")]
         }
         Command::ListFiles { group } => {
-            let session = home.session()?;
-            match call(
-                home,
-                TrackerRequest::ListFiles {
-                    session: session.token,
-                    group: group.clone(),
-                },
-            )
+            match as_user(home, |session| TrackerRequest::ListFiles {
+                session,
+                group: group.clone(),
+            })
             .await?
             {
                 TrackerReply::Files(files) => files.iter().map(file_line).collect(),
@@ -150,14 +114,10 @@ pub async fn run_with_password(
             }
         }
         Command::Search { pattern } => {
-            let session = home.session()?;
-            match call(
-                home,
-                TrackerRequest::Search {
-                    session: session.token,
-                    pattern: pattern.clone(),
-                },
-            )
+            match as_user(home, |session| TrackerRequest::Search {
+                session,
+                pattern: pattern.clone(),
+            })
             .await?
             {
                 TrackerReply::Files(files) => files
@@ -175,6 +135,15 @@ pub async fn run_with_password(
         Command::Mount(_) => bail!("bug: `fsd mount` is not a tracker command"),
     };
     print_lines(&lines)
+}
+
+/// Calls the trackers as the logged-in user.
+async fn as_user(
+    home: &Home,
+    request: impl FnOnce(SessionToken) -> TrackerRequest,
+) -> anyhow::Result<TrackerReply> {
+    let session = home.session()?;
+    call(home, request(session.token)).await
 }
 
 async fn call(home: &Home, req: TrackerRequest) -> anyhow::Result<TrackerReply> {

@@ -261,3 +261,29 @@ impl Drop for Tracker {
         }
     }
 }
+
+/// Creates `user` (password `pw`) and logs in, through `client`.
+pub async fn sign_up(
+    client: &TrackerClient,
+    user: &str,
+) -> fileshare_protocol::messages::SessionToken {
+    use fileshare_protocol::messages::{TrackerReply, TrackerRequest};
+    client
+        .call(TrackerRequest::CreateUser {
+            user: user.into(),
+            password: "pw".into(),
+        })
+        .await
+        .expect("create user");
+    match client
+        .call(TrackerRequest::Login {
+            user: user.into(),
+            password: "pw".into(),
+        })
+        .await
+        .expect("login")
+    {
+        TrackerReply::Session { token, .. } => token,
+        other => panic!("login did not return a session: {other:?}"),
+    }
+}

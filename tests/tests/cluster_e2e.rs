@@ -29,24 +29,7 @@ fn meta(name: &str) -> FileMeta {
 }
 
 async fn user(client: &TrackerClient, name: &str) -> SessionToken {
-    client
-        .call(TrackerRequest::CreateUser {
-            user: name.into(),
-            password: "pw".into(),
-        })
-        .await
-        .unwrap();
-    match client
-        .call(TrackerRequest::Login {
-            user: name.into(),
-            password: "pw".into(),
-        })
-        .await
-        .unwrap()
-    {
-        TrackerReply::Session { token, .. } => token,
-        other => panic!("{other:?}"),
-    }
+    fileshare_tests::tracker::sign_up(client, name).await
 }
 
 async fn groups(client: &TrackerClient, session: SessionToken) -> Vec<String> {

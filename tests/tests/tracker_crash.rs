@@ -16,24 +16,7 @@ const CLIENTS: usize = 6;
 const KILL_AFTER: usize = 300;
 
 async fn login(client: &TrackerClient, user: &str) -> SessionToken {
-    client
-        .call(TrackerRequest::CreateUser {
-            user: user.into(),
-            password: "pw".into(),
-        })
-        .await
-        .unwrap();
-    match client
-        .call(TrackerRequest::Login {
-            user: user.into(),
-            password: "pw".into(),
-        })
-        .await
-        .unwrap()
-    {
-        TrackerReply::Session { token, .. } => token,
-        other => panic!("{other:?}"),
-    }
+    fileshare_tests::tracker::sign_up(client, user).await
 }
 
 fn meta(name: &str) -> FileMeta {

@@ -46,24 +46,7 @@ fn meta(name: &str) -> FileMeta {
 
 /// A user with a home group, through `client`.
 async fn set_up(client: &TrackerClient, c: usize) -> SessionToken {
-    let user = format!("bench{c}");
-    client
-        .call(TrackerRequest::CreateUser {
-            user: user.clone(),
-            password: "pw".into(),
-        })
-        .await
-        .expect("create user");
-    let TrackerReply::Session { token, .. } = client
-        .call(TrackerRequest::Login {
-            user,
-            password: "pw".into(),
-        })
-        .await
-        .expect("login")
-    else {
-        panic!("login did not return a session")
-    };
+    let token = fileshare_tests::tracker::sign_up(client, &format!("bench{c}")).await;
     client
         .call(TrackerRequest::CreateGroup {
             session: token,

@@ -52,26 +52,7 @@ async fn set_up(addr: &str) -> Vec<SessionToken> {
     let client = TrackerClient::new(vec![addr.to_string()], Duration::from_secs(10));
     let mut sessions = Vec::new();
     for u in 0..USERS {
-        let user = format!("user{u}");
-        call(
-            &client,
-            TrackerRequest::CreateUser {
-                user: user.clone(),
-                password: "pw".into(),
-            },
-        )
-        .await;
-        let TrackerReply::Session { token, .. } = call(
-            &client,
-            TrackerRequest::Login {
-                user,
-                password: "pw".into(),
-            },
-        )
-        .await
-        else {
-            panic!("login did not return a session")
-        };
+        let token = fileshare_tests::tracker::sign_up(&client, &format!("user{u}")).await;
         sessions.push(token);
     }
     let owner = sessions[0];
