@@ -572,7 +572,11 @@ fn with_the_tracker_down_listings_come_from_cache_and_local_files_read() {
             .contains("peers=2")
             .then_some(())
     });
-    assert!(b.log().contains("tracker back"), "{}", b.log());
+    wait_for(
+        "bob's daemon to log the tracker back",
+        Duration::from_secs(10),
+        || b.log().contains("tracker back").then_some(()),
+    );
 }
 
 #[test]
