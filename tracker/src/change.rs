@@ -111,11 +111,7 @@ impl Change {
 /// The records that carry out `change`, or why it is refused. An empty list
 /// means there is nothing to do (the change is already in effect).
 pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
-    let group_of = |name: &str| {
-        state
-            .group(name)
-            .ok_or_else(|| ErrorCode::NoSuchGroup(name.to_string()))
-    };
+    let group_of = |name: &str| state.existing_group(name);
     let rec = match change {
         Change::CreateUser { user, phc } => {
             if state.user(&user).is_some() {
@@ -204,12 +200,7 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
 }
 
 fn check_request(state: &State, owner: &str, group: &str, user: &str) -> Result<(), ErrorCode> {
-    let g = state
-        .group(group)
-        .ok_or_else(|| ErrorCode::NoSuchGroup(group.to_string()))?;
-    if g.owner != owner {
-        return Err(ErrorCode::NotOwner(group.to_string()));
-    }
+    let g = state.owned_group(group, owner)?;
     if !g.is_pending(user) {
         return Err(ErrorCode::NoSuchRequest {
             group: group.to_string(),

@@ -7,6 +7,7 @@
 
 use crate::records::{Record, TokenHash};
 use fileshare_protocol::ids::{FileId, FileMeta};
+use fileshare_protocol::ErrorCode;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -296,6 +297,30 @@ impl State {
 
     pub fn group(&self, name: &str) -> Option<&Group> {
         self.groups.get(name)
+    }
+
+    /// The group, or the error a caller gets for a missing one.
+    pub fn existing_group(&self, name: &str) -> Result<&Group, ErrorCode> {
+        self.group(name)
+            .ok_or_else(|| ErrorCode::NoSuchGroup(name.to_string()))
+    }
+
+    /// The group, if `user` is a member of it.
+    pub fn member_group(&self, name: &str, user: &str) -> Result<&Group, ErrorCode> {
+        let g = self.existing_group(name)?;
+        if !g.is_member(user) {
+            return Err(ErrorCode::NotMember(name.to_string()));
+        }
+        Ok(g)
+    }
+
+    /// The group, if `user` owns it.
+    pub fn owned_group(&self, name: &str, user: &str) -> Result<&Group, ErrorCode> {
+        let g = self.existing_group(name)?;
+        if g.owner != user {
+            return Err(ErrorCode::NotOwner(name.to_string()));
+        }
+        Ok(g)
     }
 
     /// Every group, by name.

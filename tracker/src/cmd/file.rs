@@ -4,7 +4,7 @@ use super::{file_name, group_name};
 use crate::change::Change;
 use crate::peers::Peers;
 use crate::shared::Shared;
-use crate::state::{Group, SharedFile, State};
+use crate::state::{Group, SharedFile};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{FileEntry, PeerLocation};
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
@@ -13,17 +13,6 @@ use std::time::Instant;
 
 /// Longest search pattern: a name can be no longer.
 const MAX_PATTERN_LEN: usize = fileshare_protocol::ids::MAX_NAME_LEN;
-
-/// The group, if `user` is a member of it.
-fn member_group<'s>(state: &'s State, user: &str, group: &str) -> Result<&'s Group, ErrorCode> {
-    let g = state
-        .group(group)
-        .ok_or_else(|| ErrorCode::NoSuchGroup(group.to_string()))?;
-    if !g.is_member(user) {
-        return Err(ErrorCode::NotMember(group.to_string()));
-    }
-    Ok(g)
-}
 
 /// Online peers of members of `g` that hold part of `f`: a peer of someone
 /// who has left is not offered, even before it announces again.
@@ -109,7 +98,7 @@ pub fn list(shared: &Shared, session: &SessionToken, group: &str) -> TrackerResu
     group_name(group)?;
     let now = Instant::now();
     let state = shared.state.read();
-    let g = member_group(&state, &user, group)?;
+    let g = state.member_group(group, &user)?;
     let peers = shared.peers.read();
     let files = g.files().map(|f| entry(group, g, f, &peers, now)).collect();
     Ok(TrackerReply::Files(files))
@@ -150,7 +139,7 @@ pub fn locate(shared: &Shared, session: &SessionToken, group: &str, name: &str) 
     file_name(name)?;
     let now = Instant::now();
     let state = shared.state.read();
-    let g = member_group(&state, &user, group)?;
+    let g = state.member_group(group, &user)?;
     let f = g.file(name).ok_or_else(|| ErrorCode::NoSuchFile {
         group: group.to_string(),
         name: name.to_string(),

@@ -5,7 +5,6 @@ use crate::change::Change;
 use crate::shared::Shared;
 use fileshare_protocol::messages::tracker::GroupInfo;
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
-use fileshare_protocol::ErrorCode;
 
 pub async fn create(shared: &Shared, session: &SessionToken, group: String) -> TrackerResult {
     let user = shared.session_user(session)?;
@@ -51,12 +50,7 @@ pub fn requests(shared: &Shared, session: &SessionToken, group: &str) -> Tracker
     let user = shared.session_user(session)?;
     group_name(group)?;
     let state = shared.state.read();
-    let g = state
-        .group(group)
-        .ok_or_else(|| ErrorCode::NoSuchGroup(group.to_string()))?;
-    if g.owner != user {
-        return Err(ErrorCode::NotOwner(group.to_string()));
-    }
+    let g = state.owned_group(group, &user)?;
     Ok(TrackerReply::Requests(g.requests()))
 }
 

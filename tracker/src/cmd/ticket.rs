@@ -12,12 +12,7 @@ pub fn issue(shared: &Shared, session: &SessionToken, group: &str) -> TrackerRes
     let user = shared.session_user(session)?;
     group_name(group)?;
     let state = shared.state.read();
-    let g = state
-        .group(group)
-        .ok_or_else(|| ErrorCode::NoSuchGroup(group.to_string()))?;
-    if !g.is_member(&user) {
-        return Err(ErrorCode::NotMember(group.to_string()));
-    }
+    state.member_group(group, &user)?;
     let secret = state
         .secret()
         .ok_or_else(|| ErrorCode::Unavailable("the cluster is not initialized".into()))?;

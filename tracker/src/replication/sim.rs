@@ -358,19 +358,7 @@ impl Sim {
     /// A client write through the serving leader, if there is one.
     pub fn write(&mut self) -> Option<String> {
         let leader = *self.leaders().first()?;
-        self.written += 1;
-        let name = format!("w{}", self.written);
-        let entry = LogEntry::new(Record::UserCreated {
-            user: name.clone(),
-            phc: String::new(),
-        })
-        .unwrap();
-        let m = self.members.get_mut(&leader).unwrap();
-        let node = m.node.as_mut().unwrap();
-        let index = node.propose(vec![entry], &m.disk).unwrap();
-        self.proposed.push((leader, index, name.clone()));
-        self.drain(leader);
-        Some(name)
+        Some(self.write_to(leader, "w"))
     }
 
     /// A write proposed to leader `no` whether or not it serves, named
