@@ -45,10 +45,10 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 60)]
     pub read_timeout: u64,
     /// Cap on upload rate over all peers, e.g. 8M (bytes per second)
-    #[arg(long, value_parser = crate::rate::parse_rate)]
+    #[arg(long, value_parser = crate::units::parse_rate)]
     pub max_upload_rate: Option<u64>,
     /// Cap on download rate over all peers, e.g. 8M (bytes per second)
-    #[arg(long, value_parser = crate::rate::parse_rate)]
+    #[arg(long, value_parser = crate::units::parse_rate)]
     pub max_download_rate: Option<u64>,
     /// Testing only: corrupt every piece this daemon serves
     #[arg(long, hide = true)]

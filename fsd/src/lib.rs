@@ -4,23 +4,34 @@
 //! asks peers and trackers.
 //!
 //! # Layout
-//! - [`cli`]: the command line (clap).
-//! - [`session`]: the home directory, the saved session, the peer id.
-//! - [`account`]: commands that only talk to trackers.
-//! - [`control`]: the control socket's messages and client;
-//!   [`daemon_client`]: the commands served by the running daemon.
-//! - [`shell`]: `fsd shell`, the interactive prompt.
-//! - [`daemon`]: `fsd mount`: FUSE, piece store, engine, peer server.
-//! - [`pieces`]: piece state and the piece picker.
-//! - [`rate`]: byte-rate parsing.
+//! - [`cli`]: the command line (clap); [`commands`]: what each command does
+//!   on the client side, and `fsd shell`.
+//! - [`home`]: the home directory, the saved session, the peer id.
+//! - [`control`]: the control socket between the command line and the
+//!   daemon: its messages, its client and its server.
+//! - [`mount`]: `fsd mount`: starts and stops everything below.
+//! - [`fuse`]: the filesystem the kernel calls, its inode table and xattrs.
+//! - [`engine`]: what FUSE and the control socket ask for: reads, shares,
+//!   unshares, peer discovery, announces, download-file jobs.
+//! - [`pieces`]: one file's piece state (its single owner, with `STATE.md`),
+//!   the piece picker, piece verification, the registry of swarms.
+//! - [`net`]: peer connections: fetching from a peer, serving peers, the
+//!   upload scheduler, the token bucket that limits both directions.
+//! - [`store`]: pieces on disk.
+//! - [`trackers`]: the daemon's side of the trackers: every tracker request
+//!   the daemon makes, cached listings, tickets.
+//! - [`units`]: byte sizes and rates, parsed and shown.
 #![warn(clippy::cast_possible_truncation)]
 
-pub mod account;
 pub mod cli;
+pub mod commands;
 pub mod control;
-pub mod daemon;
-pub mod daemon_client;
+pub mod engine;
+pub mod fuse;
+pub mod home;
+pub mod mount;
+pub mod net;
 pub mod pieces;
-pub mod rate;
-pub mod session;
-pub mod shell;
+pub mod store;
+pub mod trackers;
+pub mod units;

@@ -1,6 +1,6 @@
 use clap::Parser;
 use fsd::cli::{Cli, Command};
-use fsd::session::Home;
+use fsd::home::Home;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -32,13 +32,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::resolve(&cli.global)?;
     match &cli.command {
-        Command::Mount(args) => fsd::daemon::run(&home, args),
-        Command::Shell => fsd::shell::run(&cli.global, &home),
+        Command::Mount(args) => fsd::mount::run(&home, args),
+        Command::Shell => fsd::commands::shell::run(&cli.global, &home),
         cmd => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(fsd::account::run(cmd, &cli.global, &home))
+            rt.block_on(fsd::commands::run(cmd, &cli.global, &home))
         }
     }
 }

@@ -1,3 +1,10 @@
-//! Piece state and the choice of what to fetch next.
+//! Piece state: [`swarm`] is the single owner of one file's pieces (see
+//! `STATE.md` beside it): which are verified, wanted, in flight and awaited,
+//! and where a FUSE read waits. [`picker`] is the pure choice of what to
+//! fetch next, [`verify`] where received bytes are hashed and become a
+//! verified piece, [`registry`] every swarm this daemon holds.
 
 pub mod picker;
+pub mod registry;
+pub mod swarm;
+pub mod verify;

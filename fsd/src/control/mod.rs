@@ -7,7 +7,9 @@
 //! command that shares or fetches bytes goes through it instead of opening
 //! the store a second time.
 
-use crate::session::Home;
+pub mod server;
+
+use crate::home::Home;
 use fileshare_protocol::connection::Connection;
 use fileshare_protocol::messages::{Reply, Request, Role};
 use fileshare_protocol::ProtocolError;

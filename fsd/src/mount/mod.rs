@@ -1,48 +1,26 @@
-//! The daemon behind `fsd mount`: a FUSE filesystem over the swarm, a peer
-//! server, the download engine, the piece store and the tracker link.
+//! `fsd mount`: brings up the engine, the peer server, the FUSE mount and
+//! the control socket, and takes them down again in order.
 //!
-//! # Layout
-//! - [`fs`]: the FUSE layer (fuser); [`nodes`]: its inode table.
-//! - [`engine`]: reads, shares and unshares; peer discovery; announces.
-//! - [`swarm`]: one file's piece state, the single owner of it.
-//! - [`peer_link`]: fetching from one peer; [`peer_server`]: serving peers.
-//! - [`store`]: pieces on disk; [`throttle`]: the download rate limit;
-//!   [`uploads`]: the upload rate limit and the order pieces are served in.
-//! - [`tracker_link`]: cached listings, tickets, announces.
-//! - [`control_server`]: the control socket; [`downloads`]: whole-file
-//!   downloads; [`in_place`]: withdraws in-place shares that changed.
-//! - [`detach`]: `--daemon`'s fork and readiness pipe.
+//! [`detach`] is `--daemon`'s fork and readiness pipe.
 
-pub mod control_server;
 pub mod detach;
-pub mod downloads;
-pub mod engine;
-pub mod fs;
-pub mod in_place;
-pub mod nodes;
-pub mod peer_link;
-pub mod peer_server;
-pub mod store;
-pub mod swarm;
-pub mod throttle;
-pub mod tracker_link;
-pub mod uploads;
 
 use crate::cli::MountArgs;
-use crate::session::Home;
+use crate::engine::Engine;
+use crate::home::Home;
+use crate::net::fetch::LinkCtx;
+use crate::net::serve::ServeCtx;
+use crate::net::token_bucket::Throttle;
+use crate::pieces::registry::Registry;
+use crate::store::Store;
+use crate::trackers::{now_ms, TrackerLink};
 use anyhow::{bail, Context};
-use engine::Engine;
-use peer_link::LinkCtx;
-use peer_server::{Registry, ServeCtx};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
-use store::Store;
-use throttle::Throttle;
 use tokio_util::sync::CancellationToken;
-use tracker_link::{now_ms, TrackerLink};
 
 /// Mounts the swarm and serves until unmounted, Ctrl-C, SIGTERM or a
 /// control request; with `--daemon`, returns once the mount is up.
@@ -135,11 +113,11 @@ fn public_addr(bound: SocketAddr, tracker: &str) -> String {
 async fn serve(
     home: &Home,
     args: &MountArgs,
-    session: crate::session::Session,
+    session: crate::home::Session,
     ready: Option<&detach::Ready>,
 ) -> anyhow::Result<()> {
     let mountpoint = &args.mountpoint;
-    let control = control_server::Control::bind(home)?;
+    let control = crate::control::server::Control::bind(home)?;
     clean_dead_mount(mountpoint);
     std::fs::create_dir_all(mountpoint)
         .with_context(|| format!("cannot create mount point {}", mountpoint.display()))?;
@@ -177,7 +155,10 @@ async fn serve(
     });
     let resumed = engine.load_store();
 
-    let uploads = Arc::new(uploads::Uploads::new(args.max_upload_rate, burst));
+    let uploads = Arc::new(crate::net::upload_scheduler::Uploads::new(
+        args.max_upload_rate,
+        burst,
+    ));
     let pacer = tokio::spawn({
         let (uploads, shutdown) = (uploads.clone(), shutdown.clone());
         async move { uploads.run(shutdown).await }
@@ -191,7 +172,11 @@ async fn serve(
         uploaded: AtomicU64::new(0),
         next_conn: AtomicU64::new(0),
     });
-    let server = tokio::spawn(peer_server::run(listener, serve_ctx, shutdown.clone()));
+    let server = tokio::spawn(crate::net::serve::run(
+        listener,
+        serve_ctx,
+        shutdown.clone(),
+    ));
     // Tickets for every group up front: the first read of a file then
     // costs no tracker round trip for one.
     let prefetch = tracker.clone();
@@ -204,7 +189,7 @@ async fn serve(
     });
     let announcer = tokio::spawn(engine.clone().announce_loop(addr.clone()));
 
-    let fs = fs::FileShareFs::new(engine.clone(), tokio::runtime::Handle::current());
+    let fs = crate::fuse::FileShareFs::new(engine.clone(), tokio::runtime::Handle::current());
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("fileshare".into()),

@@ -5,10 +5,12 @@
 //! daemon's runtime, so a slow peer or tracker never holds a FUSE thread;
 //! reads of verified pieces are answered on the FUSE thread directly.
 
-use super::engine::{Engine, EngineError};
-use super::nodes::{Node, Nodes, ROOT};
-use super::store::Staging;
-use super::swarm::{Swarm, READ_AHEAD_PIECES};
+pub mod inodes;
+
+use crate::engine::{Engine, EngineError};
+use crate::fuse::inodes::{Node, Nodes, ROOT};
+use crate::pieces::swarm::{Swarm, READ_AHEAD_PIECES};
+use crate::store::Staging;
 use fileshare_protocol::ids::check_name;
 use fileshare_protocol::messages::tracker::FileEntry;
 use fileshare_protocol::messages::TrackerRequest;

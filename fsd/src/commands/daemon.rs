@@ -8,7 +8,7 @@ use crate::control::{
     download_line, human_bytes, peers, ControlClient, ControlError, ControlReply, ControlRequest,
     DownloadState, DownloadStatus, WirePath,
 };
-use crate::session::Home;
+use crate::home::Home;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;

@@ -5,8 +5,8 @@
 //! step, which asks the pure picker for requests and hands them to the peer
 //! links' queues (never blocking). See `STATE.md` beside this file.
 
-use super::store::StoredFile;
 use crate::pieces::picker::{self, PeerView, PickInput};
+use crate::store::StoredFile;
 use fileshare_protocol::{Bitfield, PeerId, PieceIndex, PIECE_LEN};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};

@@ -2,11 +2,14 @@
 //! "these bytes of this file" into piece waits, finds peers through the
 //! trackers, and shares and unshares files.
 
-use super::peer_link::{self, LinkCtx};
-use super::peer_server::Registry;
-use super::store::{Staging, Store, StoreError};
-use super::swarm::Swarm;
-use super::tracker_link::{LinkError, TrackerLink};
+pub mod download_jobs;
+pub mod in_place;
+
+use crate::net::fetch::{self, LinkCtx};
+use crate::pieces::registry::Registry;
+use crate::pieces::swarm::Swarm;
+use crate::store::{Staging, Store, StoreError};
+use crate::trackers::{LinkError, TrackerLink};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{FileEntry, Holding, PeerLocation};
 use fileshare_protocol::messages::TrackerRequest;
@@ -88,7 +91,7 @@ fn seed_of(swarm_id: &fileshare_protocol::FileId, me: &fileshare_protocol::PeerI
 impl Engine {
     fn new_swarm(
         &self,
-        file: Arc<super::store::StoredFile>,
+        file: Arc<crate::store::StoredFile>,
         have: fileshare_protocol::Bitfield,
     ) -> Arc<Swarm> {
         let seed = seed_of(&file.id, &self.link_ctx.my_id);
@@ -265,7 +268,7 @@ impl Engine {
             {
                 continue;
             }
-            tokio::spawn(peer_link::run(swarm.clone(), self.link_ctx.clone(), p));
+            tokio::spawn(fetch::run(swarm.clone(), self.link_ctx.clone(), p));
         }
     }
 
@@ -315,7 +318,7 @@ impl Engine {
         &self,
         group: &str,
         meta: FileMeta,
-        stored: Arc<super::store::StoredFile>,
+        stored: Arc<crate::store::StoredFile>,
     ) -> Result<Arc<Swarm>, EngineError> {
         let id = meta.id();
         let req = TrackerRequest::ShareFile {

@@ -6,7 +6,7 @@
 //! line `main` prints.
 
 use crate::cli::{Command, Global};
-use crate::session::{Home, Session};
+use crate::home::{Home, Session};
 use anyhow::{bail, Context};
 use fileshare_protocol::client::ClientError;
 use fileshare_protocol::messages::tracker::{FileEntry, GroupInfo};
@@ -130,7 +130,7 @@ pub async fn run_with_password(
         Command::UploadFile { .. }
         | Command::DownloadFile { .. }
         | Command::ShowDownloads
-        | Command::StopShare { .. } => return crate::daemon_client::run(cmd, home).await,
+        | Command::StopShare { .. } => return crate::commands::daemon::run(cmd, home).await,
         Command::Shell => bail!("bug: `fsd shell` is not a tracker command"),
         Command::Mount(_) => bail!("bug: `fsd mount` is not a tracker command"),
     };

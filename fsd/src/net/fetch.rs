@@ -6,11 +6,10 @@
 //! The wire loop never decides anything: it reports what arrived to the
 //! swarm, whose scheduling step chooses the next requests.
 
-use super::swarm::{LinkCmd, LinkKey, Swarm, Verdict};
-use super::throttle::Throttle;
-use super::tracker_link::TrackerLink;
+use crate::net::token_bucket::Throttle;
+use crate::pieces::swarm::{LinkCmd, LinkKey, Swarm};
+use crate::trackers::TrackerLink;
 use fileshare_protocol::connection::TcpConnection;
-use fileshare_protocol::ids::PieceHash;
 use fileshare_protocol::messages::tracker::PeerLocation;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::{PeerId, ProtocolError};
@@ -50,8 +49,6 @@ enum LinkFailure {
     Ticket(String),
     #[error("peer closed the connection")]
     Closed,
-    #[error("store: {0}")]
-    Store(String),
 }
 
 /// Runs one link until the peer goes away, misbehaves or the swarm ends.
@@ -222,7 +219,9 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
                     let (swarm, tracker, dropped) =
                         (swarm.clone(), ctx.tracker.clone(), dropped.clone());
                     tokio::task::spawn_blocking(move || {
-                        if let Err(e) = verify_and_store(&swarm, &tracker, key, index, &data) {
+                        if let Err(e) = crate::pieces::verify::verify_and_store(
+                            &swarm, &tracker, key, index, &data,
+                        ) {
                             tracing::warn!(file = %swarm.file.meta.name, "{e:#}");
                             dropped.cancel();
                         }
@@ -242,42 +241,8 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
     tokio::select! {
         r = send => r,
         r = receive => r,
-        () = dropped.cancelled() => Err(LinkFailure::BadPieces(super::swarm::MAX_FAILURES)),
+        () = dropped.cancelled() => Err(LinkFailure::BadPieces(crate::pieces::swarm::MAX_FAILURES)),
     }
-}
-
-/// Checks a received piece against its SHA-256 and, if it matches, stores
-/// it and marks it verified. Errs when the link must end.
-fn verify_and_store(
-    swarm: &Swarm,
-    tracker: &TrackerLink,
-    key: LinkKey,
-    index: u32,
-    data: &[u8],
-) -> Result<(), LinkFailure> {
-    let file = &swarm.file;
-    let Some(piece) = file.layout.validate(index) else {
-        return Err(LinkFailure::Unexpected);
-    };
-    let ok = data.len() as u64 == file.layout.piece_size(piece)
-        && PieceHash::of(data) == file.meta.hashes[piece.usize()];
-    if !ok {
-        return match swarm.mark_hash_failed(key, index) {
-            Verdict::DropPeer => Err(LinkFailure::BadPieces(super::swarm::MAX_FAILURES)),
-            Verdict::KeepPeer => Ok(()),
-        };
-    }
-    if !swarm.still_needed(index) {
-        swarm.count_duplicate(data);
-        return Ok(());
-    }
-    if let Err(e) = file.write_piece(piece, data) {
-        swarm.piece_unavailable(key, index);
-        return Err(LinkFailure::Store(e.to_string()));
-    }
-    swarm.mark_hash_ok(key, index, data.len() as u64);
-    tracker.report_piece(file.id, index);
-    Ok(())
 }
 
 async fn read_reply<R: tokio::io::AsyncRead + Unpin>(

@@ -2,7 +2,7 @@
 //! queue receives.
 
 use super::*;
-use crate::daemon::store::Store;
+use crate::store::Store;
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::PieceHash;
 

@@ -5,10 +5,10 @@
 //! crashed is replaced. It is owner-only and removed when the daemon exits,
 //! together with the pid file that `systemd` (Type=forking) reads.
 
-use super::downloads::Downloads;
-use super::engine::Engine;
 use crate::control::{ControlReply, ControlRequest, WirePath};
-use crate::session::Home;
+use crate::engine::download_jobs::Downloads;
+use crate::engine::Engine;
+use crate::home::Home;
 use fileshare_protocol::connection::Connection;
 use fileshare_protocol::messages::{Reply, Request, Role};
 use fileshare_protocol::ProtocolError;
@@ -117,14 +117,13 @@ impl Control {
         shutdown: CancellationToken,
     ) -> Running {
         let Control { listener, files } = self;
-        if let Err(e) = crate::session::write_private(
-            &files.pid,
-            format!("{}\n", std::process::id()).as_bytes(),
-        ) {
+        if let Err(e) =
+            crate::home::write_private(&files.pid, format!("{}\n", std::process::id()).as_bytes())
+        {
             tracing::warn!("cannot write the pid file: {e:#}");
         }
         let stop = CancellationToken::new();
-        tokio::spawn(super::in_place::watch(engine.clone()));
+        tokio::spawn(crate::engine::in_place::watch(engine.clone()));
         let ctx = Arc::new(Ctx {
             engine,
             downloads: Downloads::default(),

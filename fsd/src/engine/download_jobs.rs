@@ -8,11 +8,11 @@
 //! renamed over the destination, and the directory is synced. Any failure,
 //! or the daemon stopping, removes the temporary file.
 
-use super::engine::{Engine, EngineError};
-use super::store::{StoreError, StoredFile};
-use super::swarm::Swarm;
-use super::tracker_link::LinkError;
 use crate::control::{human_bytes, DownloadState, DownloadStatus, WirePath};
+use crate::engine::{Engine, EngineError};
+use crate::pieces::swarm::Swarm;
+use crate::store::{StoreError, StoredFile};
+use crate::trackers::LinkError;
 use fileshare_protocol::ids::{check_name, hex, PieceHash};
 use parking_lot::Mutex;
 use std::ffi::OsString;
@@ -461,7 +461,7 @@ async fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::store::Store;
+    use crate::store::Store;
     use fileshare_protocol::PIECE_LEN;
 
     fn stored(dir: &Path, bytes: &[u8]) -> Arc<StoredFile> {

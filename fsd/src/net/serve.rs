@@ -5,14 +5,15 @@
 //! hash this daemon verified are ever sent.
 //!
 //! Piece requests wait their turn in the daemon's upload scheduler
-//! ([`super::uploads`]), which may refuse one with `Busy`; a request still
+//! ([`crate::net::upload_scheduler`]), which may refuse one with `Busy`; a request still
 //! waiting there can be cancelled by the requester. Subscriptions push a
 //! `Have` for every piece verified here, so readers become sources for each
 //! other as soon as they hold something.
 
-use super::swarm::Swarm;
-use super::tracker_link::TrackerLink;
-use super::uploads::{Ask, Decision, Uploads};
+use crate::net::upload_scheduler::{Ask, Decision, Uploads};
+use crate::pieces::registry::Registry;
+use crate::pieces::swarm::Swarm;
+use crate::trackers::TrackerLink;
 use fileshare_protocol::connection::TcpConnection;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::{FileId, PeerId};
@@ -26,30 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Connections served at once; more wait in the accept queue.
 const MAX_CONNECTIONS: usize = 512;
-
-/// The files this daemon can serve, by id.
-#[derive(Default)]
-pub struct Registry {
-    swarms: Mutex<HashMap<FileId, Arc<Swarm>>>,
-}
-
-impl Registry {
-    pub fn get(&self, id: &FileId) -> Option<Arc<Swarm>> {
-        self.swarms.lock().get(id).cloned()
-    }
-
-    pub fn insert(&self, swarm: Arc<Swarm>) {
-        self.swarms.lock().insert(swarm.file.id, swarm);
-    }
-
-    pub fn remove(&self, id: &FileId) -> Option<Arc<Swarm>> {
-        self.swarms.lock().remove(id)
-    }
-
-    pub fn all(&self) -> Vec<Arc<Swarm>> {
-        self.swarms.lock().values().cloned().collect()
-    }
-}
 
 pub struct ServeCtx {
     pub my_id: PeerId,
@@ -330,7 +307,7 @@ async fn piece(
         Ok(Ok(d)) => d,
         // A changed in-place file: the in_place watcher withdraws it with
         // one log line of its own.
-        Ok(Err(e @ super::store::StoreError::SourceChanged { .. })) => {
+        Ok(Err(e @ crate::store::StoreError::SourceChanged { .. })) => {
             tracing::debug!(file = %swarm.file.meta.name, "cannot serve piece {index}: {e:#}");
             return PeerReply::Error(PeerError::NotAvailable);
         }

@@ -8,7 +8,7 @@
 //! and exits with the status of the last command, like `sh`.
 
 use crate::cli::{Command, Global, MountArgs};
-use crate::session::Home;
+use crate::home::Home;
 use anyhow::Context;
 use rustyline::error::ReadlineError;
 use std::io::IsTerminal;
@@ -333,7 +333,10 @@ async fn dispatch(
     match cmd {
         Command::Mount(args) => start_daemon(home, args),
         Command::Shell => anyhow::bail!("already in the shell"),
-        _ => crate::account::run_with_password(cmd, global, home, password.as_deref()).await,
+        _ => {
+            crate::commands::tracker::run_with_password(cmd, global, home, password.as_deref())
+                .await
+        }
     }
 }
 

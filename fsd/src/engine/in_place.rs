@@ -4,9 +4,9 @@
 //! within a second and withdraws it, so peers stop being sent to us for
 //! bytes that no longer match the hashes, and the log says so once.
 
-use super::engine::Engine;
-use super::store::Source;
-use super::swarm::Swarm;
+use crate::engine::Engine;
+use crate::pieces::swarm::Swarm;
+use crate::store::Source;
 use fileshare_protocol::messages::TrackerRequest;
 use std::sync::Arc;
 use std::time::Duration;

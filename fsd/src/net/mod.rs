@@ -1,0 +1,9 @@
+//! Peer connections: [`fetch`] is the side that asks one peer for pieces,
+//! [`serve`] the side that answers other peers; [`upload_scheduler`]
+//! chooses which request is served next, and [`token_bucket`] limits the
+//! rate of either direction.
+
+pub mod fetch;
+pub mod serve;
+pub mod token_bucket;
+pub mod upload_scheduler;
