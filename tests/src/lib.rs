@@ -10,11 +10,15 @@
 //! - [`daemon`]: background `fsd` commands, `fsd mount --daemon`, and small
 //!   read-only or full filesystems, each with its guard.
 //! - [`world`]: a tracker, users, groups and mounts for one test.
+//! - [`relay`]: a recording TCP relay, for what crosses the wire.
+//! - [`local_user`]: another local user, for what it may do to a mount.
 
 pub mod cli;
 pub mod cluster;
 pub mod daemon;
+pub mod local_user;
 pub mod mount;
+pub mod relay;
 pub mod tracker;
 pub mod world;
 

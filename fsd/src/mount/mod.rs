@@ -198,12 +198,20 @@ async fn serve(
         fuser::MountOption::NoSuid,
         fuser::MountOption::NoAtime,
     ];
+    // The mount holds this user's session: only this user, and root, may
+    // enter it; the kernel refuses everyone else with EACCES before a call
+    // reaches the daemon. `allow_root` needs `user_allow_other` in
+    // /etc/fuse.conf when the daemon is not root; without it, the kernel's
+    // default (this user alone) still holds.
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    if root || fuse_conf_allows_other() {
+        config.acl = fuser::SessionACL::RootAndOwner;
+    }
+    if root {
         // The kernel unmounts for us if the daemon dies, so a crash never
         // leaves a dead mount behind.
         config.mount_options.push(fuser::MountOption::AutoUnmount);
-        config.acl = fuser::SessionACL::All;
     }
     config.n_threads = Some(2);
     let session = fuser::spawn_mount(fs, mountpoint, &config)
@@ -248,6 +256,14 @@ async fn serve(
     let _ = tokio::join!(server, announcer, pacer);
     control.join().await;
     Ok(())
+}
+
+/// Whether /etc/fuse.conf lets users other than root pass `allow_root`.
+fn fuse_conf_allows_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|text| {
+        text.lines()
+            .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other")
+    })
 }
 
 /// Unmounts a live mount and waits (boundedly) for its FUSE thread.
