@@ -5,17 +5,30 @@
 //! one of the trackers file and stays there; the caller sees an error only
 //! when no tracker answers, or when a call that must not be repeated was cut
 //! off mid-flight.
+//!
+//! Each request has a typed method returning what that request's reply
+//! carries, so a reply of the wrong kind is turned into an error once, here,
+//! rather than matched away at every caller.
+//!
+//! At most one connect attempt runs at a time, in a task of its own and
+//! without holding a lock: callers that need a connection while one is being
+//! opened wait for that attempt's outcome, and may stop waiting (a caller's
+//! timeout) without stopping the attempt or delaying anyone else.
 
 use crate::connection::{FrameWriter, TcpConnection};
 use crate::error::{ErrorCode, ProtocolError};
-use crate::messages::tracker::{TrackerReply, TrackerRequest, TrackerResult};
+use crate::ids::{FileId, FileMeta, PeerId};
+use crate::messages::tracker::{
+    FileEntry, GroupInfo, Holding, PeerLocation, SessionToken, Ticket, TrackerReply,
+    TrackerRequest, TrackerResult,
+};
 use crate::messages::{Reply, Request, Role};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -28,6 +41,13 @@ pub enum ClientError {
         "the tracker connection broke during the request; it may or may not have taken effect"
     )]
     Interrupted,
+    /// The tracker answered with a reply that does not belong to the
+    /// request (a tracker of another build, or a bug).
+    #[error("the tracker answered {request} with {reply}")]
+    UnexpectedReply {
+        request: &'static str,
+        reply: &'static str,
+    },
 }
 
 impl ClientError {
@@ -37,6 +57,29 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// A new session, as [`TrackerClient::login`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub token: SessionToken,
+    /// The user name as the tracker spells it.
+    pub user: String,
+    pub expires_unix_ms: u64,
+}
+
+/// A file's metadata and the online peers holding any of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub meta: FileMeta,
+    pub peers: Vec<PeerLocation>,
+}
+
+/// What a ticket a tracker vouched for grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketGrant {
+    pub user: String,
+    pub group: String,
 }
 
 /// The pause after every tracker answered `Unavailable` in a row.
@@ -67,8 +110,16 @@ enum CallError {
 }
 
 impl Link {
+    /// Connects and shakes hands within `timeout` in all: a tracker that
+    /// accepts but never answers is as dead as one that never accepts.
     async fn open(addr: &str, index: usize, timeout: Duration) -> Result<Link, ProtocolError> {
-        let (conn, _) = TcpConnection::connect(addr, Role::Client, timeout).await?;
+        let (conn, _) =
+            tokio::time::timeout(timeout, TcpConnection::connect(addr, Role::Client, timeout))
+                .await
+                .map_err(|_| ProtocolError::Timeout {
+                    what: "connect and handshake",
+                    ms: crate::millis(timeout),
+                })??;
         let (mut reader, writer) = conn.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let for_reader = pending.clone();
@@ -144,62 +195,61 @@ impl Link {
     }
 }
 
-/// A handle to the tracker cluster; cheap to share behind an `Arc`.
-pub struct TrackerClient {
+/// A connect attempt's outcome: the new link, or the last tracker's error.
+type Connected = Result<Arc<Link>, String>;
+
+/// The state the client shares with its connect attempt's task.
+struct Shared {
     addrs: Vec<String>,
-    link: tokio::sync::Mutex<Option<Arc<Link>>>,
-    preferred: AtomicUsize,
-    next_id: AtomicU64,
     timeout: Duration,
+    preferred: AtomicUsize,
+    slot: Mutex<Slot>,
 }
 
-impl TrackerClient {
-    /// `addrs` in trackers-file order; `timeout` bounds each connect and each
-    /// call on one tracker before the next is tried.
-    pub fn new(addrs: Vec<String>, timeout: Duration) -> Self {
-        TrackerClient {
-            addrs,
-            link: tokio::sync::Mutex::new(None),
-            preferred: AtomicUsize::new(0),
-            next_id: AtomicU64::new(1),
-            timeout,
-        }
+#[derive(Default)]
+struct Slot {
+    live: Option<Arc<Link>>,
+    /// The connect attempt under way; it publishes its outcome once.
+    attempt: Option<watch::Receiver<Option<Connected>>>,
+}
+
+impl Shared {
+    /// Never held across an await, so poisoning cannot leave it half-done.
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn addrs(&self) -> &[String] {
-        &self.addrs
+    /// Spawns the one connect attempt; the caller records the receiver in
+    /// the slot while still holding it.
+    fn start_attempt(self: &Arc<Self>) -> watch::Receiver<Option<Connected>> {
+        let (tx, rx) = watch::channel(None);
+        let attempt = Attempt {
+            shared: self.clone(),
+            tx,
+        };
+        tokio::spawn(async move {
+            let connected = attempt.shared.connect().await;
+            attempt.tx.send_replace(Some(connected));
+        });
+        rx
     }
 
-    /// The tracker currently in use, as written in the trackers file.
-    pub fn current(&self) -> &str {
-        let i = self.preferred.load(Ordering::Relaxed) % self.addrs.len().max(1);
-        self.addrs.get(i).map(String::as_str).unwrap_or("")
-    }
-
-    /// The live link, or a new one to the first tracker that answers,
-    /// starting from the preferred one.
-    async fn link(&self) -> Result<Arc<Link>, ClientError> {
-        let mut slot = self.link.lock().await;
-        if let Some(link) = slot.as_ref() {
-            if !link.is_closed() {
-                return Ok(link.clone());
-            }
-        }
-        *slot = None;
+    /// A new link to the first tracker that answers, starting from the
+    /// preferred one.
+    async fn connect(&self) -> Connected {
+        let n = self.addrs.len();
         let start = self.preferred.load(Ordering::Relaxed);
         let mut last = String::from("no trackers configured");
-        for k in 0..self.addrs.len() {
-            let index = (start + k) % self.addrs.len();
+        for k in 0..n {
+            let index = (start + k) % n;
             let addr = &self.addrs[index];
             match Link::open(addr, index, self.timeout).await {
                 Ok(link) => {
-                    if index != start % self.addrs.len() {
+                    if k != 0 {
                         tracing::warn!(tracker = %addr, "switched to another tracker");
                     }
                     self.preferred.store(index, Ordering::Relaxed);
-                    let link = Arc::new(link);
-                    *slot = Some(link.clone());
-                    return Ok(link);
+                    return Ok(Arc::new(link));
                 }
                 Err(e) => {
                     tracing::debug!(tracker = %addr, "cannot reach tracker: {e:#}");
@@ -207,39 +257,134 @@ impl TrackerClient {
                 }
             }
         }
-        Err(ClientError::Unreachable {
-            tried: self.addrs.join(", "),
-            last,
-        })
+        Err(last)
+    }
+}
+
+/// The connect attempt under way. However its task ends (done, or dropped
+/// with its runtime), dropping this frees the slot for the next attempt and
+/// installs the link it opened.
+struct Attempt {
+    shared: Arc<Shared>,
+    tx: watch::Sender<Option<Connected>>,
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        let mut slot = self.shared.slot();
+        // Only the running attempt ever fills `attempt`, so it is ours.
+        slot.attempt = None;
+        if let Some(Ok(link)) = &*self.tx.borrow() {
+            slot.live = Some(link.clone());
+        }
+    }
+}
+
+/// A handle to the tracker cluster; cheap to share behind an `Arc`.
+pub struct TrackerClient {
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+}
+
+impl TrackerClient {
+    /// `addrs` in trackers-file order; `timeout` bounds each connect and each
+    /// call on one tracker before the next is tried.
+    pub fn new(addrs: Vec<String>, timeout: Duration) -> Self {
+        TrackerClient {
+            shared: Arc::new(Shared {
+                addrs,
+                timeout,
+                preferred: AtomicUsize::new(0),
+                slot: Mutex::new(Slot::default()),
+            }),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn addrs(&self) -> &[String] {
+        &self.shared.addrs
+    }
+
+    /// The tracker currently in use, as written in the trackers file.
+    pub fn current(&self) -> &str {
+        let addrs = self.addrs();
+        let i = self.shared.preferred.load(Ordering::Relaxed) % addrs.len().max(1);
+        addrs.get(i).map(String::as_str).unwrap_or("")
+    }
+
+    /// The live link, or the outcome of the connect attempt under way,
+    /// starting one if none is.
+    async fn link(&self) -> Result<Arc<Link>, ClientError> {
+        loop {
+            let mut attempt = {
+                let mut slot = self.shared.slot();
+                if let Some(link) = slot.live.as_ref().filter(|l| !l.is_closed()) {
+                    return Ok(link.clone());
+                }
+                slot.live = None;
+                match &slot.attempt {
+                    Some(rx) => rx.clone(),
+                    None => {
+                        let rx = self.shared.start_attempt();
+                        slot.attempt = Some(rx.clone());
+                        rx
+                    }
+                }
+            };
+            let outcome = attempt
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|o| o.clone());
+            match outcome {
+                Some(Ok(link)) => return Ok(link),
+                Some(Err(last)) => {
+                    return Err(ClientError::Unreachable {
+                        tried: self.addrs().join(", "),
+                        last,
+                    })
+                }
+                // The attempt's task was dropped unfinished (its runtime
+                // shut down) and has freed the slot: start another.
+                None => continue,
+            }
+        }
     }
 
     /// Drops `failed` if it is still the live link, and prefers the next
     /// tracker.
-    async fn fail_over(&self, failed: &Arc<Link>) {
-        let mut slot = self.link.lock().await;
-        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, failed)) {
-            *slot = None;
-            let next = (failed.index + 1) % self.addrs.len().max(1);
-            self.preferred.store(next, Ordering::Relaxed);
+    fn fail_over(&self, failed: &Arc<Link>) {
+        let mut slot = self.shared.slot();
+        if slot.live.as_ref().is_some_and(|l| Arc::ptr_eq(l, failed)) {
+            slot.live = None;
+            let next = (failed.index + 1) % self.addrs().len().max(1);
+            self.shared.preferred.store(next, Ordering::Relaxed);
         }
     }
 
     /// Sends `req` and returns the tracker's answer, failing over between
     /// trackers as needed.
+    ///
+    /// Public only until `fsd` calls the typed methods below instead; new
+    /// code should not use it.
+    #[doc(hidden)]
     pub async fn call(&self, req: TrackerRequest) -> Result<TrackerReply, ClientError> {
-        let trackers = self.addrs.len().max(1);
+        let addrs = self.addrs();
+        let trackers = addrs.len().max(1);
         let rounds = trackers * 3;
+        let timeout = self.shared.timeout;
         let mut last = String::new();
         let mut unavailable = 0;
         for _ in 0..rounds {
             let link = self.link().await?;
+            let addr = &addrs[link.index];
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            match link.call(id, &req, self.timeout).await {
+            match link.call(id, &req, timeout).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(ErrorCode::Unavailable(why))) => {
-                    tracing::debug!(tracker = %self.addrs[link.index], "tracker unavailable: {why}");
-                    last = format!("{}: {why}", self.addrs[link.index]);
-                    self.fail_over(&link).await;
+                    tracing::debug!(tracker = %addr, "tracker unavailable: {why}");
+                    last = format!("{addr}: {why}");
+                    self.fail_over(&link);
                     // Every tracker asked said it is not ready (a cluster
                     // choosing a new leader, a tracker catching up): give
                     // them a moment before the next round.
@@ -250,13 +395,13 @@ impl TrackerClient {
                 }
                 Ok(Err(code)) => return Err(ClientError::Refused(code)),
                 Err(CallError::NotSent(why)) => {
-                    last = format!("{}: {why}", self.addrs[link.index]);
-                    self.fail_over(&link).await;
+                    last = format!("{addr}: {why}");
+                    self.fail_over(&link);
                 }
                 Err(CallError::Lost(why)) => {
-                    tracing::warn!(tracker = %self.addrs[link.index], "lost tracker: {why}");
-                    last = format!("{}: {why}", self.addrs[link.index]);
-                    self.fail_over(&link).await;
+                    tracing::warn!(tracker = %addr, "lost tracker: {why}");
+                    last = format!("{addr}: {why}");
+                    self.fail_over(&link);
                     if !req.is_idempotent() {
                         return Err(ClientError::Interrupted);
                     }
@@ -264,8 +409,296 @@ impl TrackerClient {
             }
         }
         Err(ClientError::Unreachable {
-            tried: self.addrs.join(", "),
+            tried: addrs.join(", "),
             last,
         })
     }
+
+    /// Sends `req` and keeps what `extract` takes out of the reply; any
+    /// other kind of reply is the one place an `UnexpectedReply` is made.
+    async fn call_as<T>(
+        &self,
+        req: TrackerRequest,
+        extract: fn(TrackerReply) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        let request = req.name();
+        let reply = self.call(req).await?;
+        let name = reply.name();
+        extract(reply).ok_or(ClientError::UnexpectedReply {
+            request,
+            reply: name,
+        })
+    }
+
+    /// [`Self::call_as`] for the requests answered with a bare `Done`.
+    async fn call_done(&self, req: TrackerRequest) -> Result<(), ClientError> {
+        self.call_as(req, |r| matches!(r, TrackerReply::Done).then_some(()))
+            .await
+    }
+
+    pub async fn create_user(&self, user: &str, password: &str) -> Result<(), ClientError> {
+        self.call_done(TrackerRequest::CreateUser {
+            user: user.into(),
+            password: password.into(),
+        })
+        .await
+    }
+
+    pub async fn login(&self, user: &str, password: &str) -> Result<Login, ClientError> {
+        let req = TrackerRequest::Login {
+            user: user.into(),
+            password: password.into(),
+        };
+        self.call_as(req, |r| match r {
+            TrackerReply::Session {
+                token,
+                user,
+                expires_unix_ms,
+            } => Some(Login {
+                token,
+                user,
+                expires_unix_ms,
+            }),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn logout(&self, session: SessionToken) -> Result<(), ClientError> {
+        self.call_done(TrackerRequest::Logout { session }).await
+    }
+
+    pub async fn create_group(
+        &self,
+        session: SessionToken,
+        group: &str,
+    ) -> Result<(), ClientError> {
+        let group = group.into();
+        self.call_done(TrackerRequest::CreateGroup { session, group })
+            .await
+    }
+
+    /// Every group, with the caller's standing in each.
+    pub async fn list_groups(&self, session: SessionToken) -> Result<Vec<GroupInfo>, ClientError> {
+        self.call_as(TrackerRequest::ListGroups { session }, |r| match r {
+            TrackerReply::Groups(g) => Some(g),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Asks to join `group`; its owner decides.
+    pub async fn join_group(&self, session: SessionToken, group: &str) -> Result<(), ClientError> {
+        let group = group.into();
+        self.call_done(TrackerRequest::JoinGroup { session, group })
+            .await
+    }
+
+    pub async fn leave_group(&self, session: SessionToken, group: &str) -> Result<(), ClientError> {
+        let group = group.into();
+        self.call_done(TrackerRequest::LeaveGroup { session, group })
+            .await
+    }
+
+    /// The users waiting to join `group` (its owner only).
+    pub async fn list_requests(
+        &self,
+        session: SessionToken,
+        group: &str,
+    ) -> Result<Vec<String>, ClientError> {
+        let group = group.into();
+        self.call_as(
+            TrackerRequest::ListRequests { session, group },
+            |r| match r {
+                TrackerReply::Requests(users) => Some(users),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    pub async fn accept_request(
+        &self,
+        session: SessionToken,
+        group: &str,
+        user: &str,
+    ) -> Result<(), ClientError> {
+        let (group, user) = (group.into(), user.into());
+        self.call_done(TrackerRequest::AcceptRequest {
+            session,
+            group,
+            user,
+        })
+        .await
+    }
+
+    pub async fn reject_request(
+        &self,
+        session: SessionToken,
+        group: &str,
+        user: &str,
+    ) -> Result<(), ClientError> {
+        let (group, user) = (group.into(), user.into());
+        self.call_done(TrackerRequest::RejectRequest {
+            session,
+            group,
+            user,
+        })
+        .await
+    }
+
+    pub async fn list_files(
+        &self,
+        session: SessionToken,
+        group: &str,
+    ) -> Result<Vec<FileEntry>, ClientError> {
+        let group = group.into();
+        self.call_as(TrackerRequest::ListFiles { session, group }, |r| match r {
+            TrackerReply::Files(files) => Some(files),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Files whose name contains `pattern`, in every group of the caller.
+    pub async fn search(
+        &self,
+        session: SessionToken,
+        pattern: &str,
+    ) -> Result<Vec<FileEntry>, ClientError> {
+        let pattern = pattern.into();
+        self.call_as(TrackerRequest::Search { session, pattern }, |r| match r {
+            TrackerReply::Files(files) => Some(files),
+            _ => None,
+        })
+        .await
+    }
+
+    pub async fn share_file(
+        &self,
+        session: SessionToken,
+        group: &str,
+        meta: FileMeta,
+    ) -> Result<(), ClientError> {
+        let group = group.into();
+        self.call_done(TrackerRequest::ShareFile {
+            session,
+            group,
+            meta,
+        })
+        .await
+    }
+
+    pub async fn stop_share(
+        &self,
+        session: SessionToken,
+        group: &str,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        let (group, name) = (group.into(), name.into());
+        self.call_done(TrackerRequest::StopShare {
+            session,
+            group,
+            name,
+        })
+        .await
+    }
+
+    pub async fn locate(
+        &self,
+        session: SessionToken,
+        group: &str,
+        name: &str,
+    ) -> Result<Location, ClientError> {
+        let (group, name) = (group.into(), name.into());
+        let req = TrackerRequest::Locate {
+            session,
+            group,
+            name,
+        };
+        self.call_as(req, |r| match r {
+            TrackerReply::Location { meta, peers } => Some(Location { meta, peers }),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Offers this peer at `addr` with everything it holds; returns the
+    /// tracker's interval until the next announce is due.
+    pub async fn announce(
+        &self,
+        session: SessionToken,
+        peer: PeerId,
+        addr: &str,
+        holdings: Vec<Holding>,
+    ) -> Result<Duration, ClientError> {
+        let req = TrackerRequest::Announce {
+            session,
+            peer,
+            addr: addr.into(),
+            holdings,
+        };
+        self.call_as(req, |r| match r {
+            TrackerReply::Announced { interval_secs } => {
+                Some(Duration::from_secs(u64::from(interval_secs)))
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    /// Pieces of `file` this peer verified since its last announce.
+    pub async fn report_pieces(
+        &self,
+        session: SessionToken,
+        peer: PeerId,
+        file: FileId,
+        pieces: Vec<u32>,
+    ) -> Result<(), ClientError> {
+        self.call_done(TrackerRequest::ReportPieces {
+            session,
+            peer,
+            file,
+            pieces,
+        })
+        .await
+    }
+
+    pub async fn leave_network(
+        &self,
+        session: SessionToken,
+        peer: PeerId,
+    ) -> Result<(), ClientError> {
+        self.call_done(TrackerRequest::LeaveNetwork { session, peer })
+            .await
+    }
+
+    pub async fn issue_ticket(
+        &self,
+        session: SessionToken,
+        group: &str,
+    ) -> Result<Ticket, ClientError> {
+        let group = group.into();
+        self.call_as(
+            TrackerRequest::IssueTicket { session, group },
+            |r| match r {
+                TrackerReply::Ticket(t) => Some(t),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Asks a tracker whether `ticket` is genuine and still valid.
+    pub async fn verify_ticket(&self, ticket: &Ticket) -> Result<TicketGrant, ClientError> {
+        let ticket = ticket.clone();
+        self.call_as(TrackerRequest::VerifyTicket { ticket }, |r| match r {
+            TrackerReply::TicketValid { user, group } => Some(TicketGrant { user, group }),
+            _ => None,
+        })
+        .await
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@
 use crate::free_port;
 use crate::tracker::Tracker;
 use fileshare_protocol::client::{ClientError, TrackerClient};
-use fileshare_protocol::messages::{Ticket, TrackerRequest};
+use fileshare_protocol::messages::Ticket;
 use fileshare_protocol::ErrorCode;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,17 +23,15 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-/// What a tracker answers a request that needs no session: a forged
-/// ticket is `BadTicket` from a serving tracker, `Unavailable` from one
-/// that is not caught up.
-fn probe() -> TrackerRequest {
-    TrackerRequest::VerifyTicket {
-        ticket: Ticket {
-            user: "probe".into(),
-            group: "probe".into(),
-            expires_unix_ms: u64::MAX,
-            mac: [0; 32],
-        },
+/// A ticket to check, a request that needs no session: a forged ticket
+/// is `BadTicket` from a serving tracker, `Unavailable` from one that is
+/// not caught up.
+fn probe() -> Ticket {
+    Ticket {
+        user: "probe".into(),
+        group: "probe".into(),
+        expires_unix_ms: u64::MAX,
+        mac: [0; 32],
     }
 }
 
@@ -151,14 +149,14 @@ impl Cluster {
     /// Whether tracker `i` answers clients now.
     pub fn serving(&self, i: u32) -> bool {
         let client = TrackerClient::new(vec![self.addr(i).to_string()], Duration::from_secs(2));
-        let r = self.rt.block_on(client.call(probe()));
+        let r = self.rt.block_on(client.verify_ticket(&probe()));
         matches!(r, Err(ClientError::Refused(ErrorCode::BadTicket)))
     }
 
     /// What tracker `i` answers the probe, for messages.
     pub fn answer(&self, i: u32) -> String {
         let client = TrackerClient::new(vec![self.addr(i).to_string()], Duration::from_secs(2));
-        format!("{:?}", self.rt.block_on(client.call(probe())))
+        format!("{:?}", self.rt.block_on(client.verify_ticket(&probe())))
     }
 
     /// Waits until tracker `i` serves, panicking with every log after

@@ -267,23 +267,6 @@ pub async fn sign_up(
     client: &TrackerClient,
     user: &str,
 ) -> fileshare_protocol::messages::SessionToken {
-    use fileshare_protocol::messages::{TrackerReply, TrackerRequest};
-    client
-        .call(TrackerRequest::CreateUser {
-            user: user.into(),
-            password: "pw".into(),
-        })
-        .await
-        .expect("create user");
-    match client
-        .call(TrackerRequest::Login {
-            user: user.into(),
-            password: "pw".into(),
-        })
-        .await
-        .expect("login")
-    {
-        TrackerReply::Session { token, .. } => token,
-        other => panic!("login did not return a session: {other:?}"),
-    }
+    client.create_user(user, "pw").await.expect("create user");
+    client.login(user, "pw").await.expect("login").token
 }

@@ -2,9 +2,9 @@
 //! answers the same, writes through one are read back through the others,
 //! and a `kill -9` of any one loses nothing acknowledged.
 
-use fileshare_protocol::client::TrackerClient;
+use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
-use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::{PieceHash, PIECE_LEN};
 use fileshare_tests::cluster::Cluster;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,14 +33,8 @@ async fn user(client: &TrackerClient, name: &str) -> SessionToken {
 }
 
 async fn groups(client: &TrackerClient, session: SessionToken) -> Vec<String> {
-    match client
-        .call(TrackerRequest::ListGroups { session })
-        .await
-        .unwrap()
-    {
-        TrackerReply::Groups(g) => g.into_iter().map(|g| g.name).collect(),
-        other => panic!("{other:?}"),
-    }
+    let groups = client.list_groups(session).await.unwrap();
+    groups.into_iter().map(|g| g.name).collect()
 }
 
 #[test]
@@ -52,50 +46,21 @@ fn writes_through_one_tracker_are_read_through_every_other() {
             for i in 1..=n {
                 let c = cluster.client(i);
                 let s = user(&c, &format!("user{i}")).await;
-                c.call(TrackerRequest::CreateGroup {
-                    session: s,
-                    group: format!("g{i}"),
-                })
-                .await
-                .unwrap();
-                c.call(TrackerRequest::ShareFile {
-                    session: s,
-                    group: format!("g{i}"),
-                    meta: meta(&format!("f{i}")),
-                })
-                .await
-                .unwrap();
+                let group = format!("g{i}");
+                c.create_group(s, &group).await.unwrap();
+                c.share_file(s, &group, meta(&format!("f{i}")))
+                    .await
+                    .unwrap();
                 // Read back at once through every tracker.
                 for j in 1..=n {
                     let other = cluster.client(j);
                     let gs = groups(&other, s).await;
-                    assert!(gs.contains(&format!("g{i}")), "tracker {j}: {gs:?}");
-                    let TrackerReply::Files(files) = other
-                        .call(TrackerRequest::ListFiles {
-                            session: s,
-                            group: format!("g{i}"),
-                        })
-                        .await
-                        .unwrap()
-                    else {
-                        panic!()
-                    };
+                    assert!(gs.contains(&group), "tracker {j}: {gs:?}");
+                    let files = other.list_files(s, &group).await.unwrap();
                     assert_eq!(files.len(), 1, "tracker {j}");
                     // A ticket from one tracker is good at every other.
-                    let TrackerReply::Ticket(t) = c
-                        .call(TrackerRequest::IssueTicket {
-                            session: s,
-                            group: format!("g{i}"),
-                        })
-                        .await
-                        .unwrap()
-                    else {
-                        panic!()
-                    };
-                    other
-                        .call(TrackerRequest::VerifyTicket { ticket: t })
-                        .await
-                        .unwrap();
+                    let t = c.issue_ticket(s, &group).await.unwrap();
+                    other.verify_ticket(&t).await.unwrap();
                 }
             }
         });
@@ -130,13 +95,7 @@ impl Stream {
             for c in 0..clients {
                 let client = cluster.client_from(1);
                 let s = user(&client, &format!("writer{c}")).await;
-                client
-                    .call(TrackerRequest::CreateGroup {
-                        session: s,
-                        group: format!("home{c}"),
-                    })
-                    .await
-                    .unwrap();
+                client.create_group(s, &format!("home{c}")).await.unwrap();
                 v.push(s);
             }
             v
@@ -158,22 +117,15 @@ impl Stream {
                     } else {
                         format!("f-{c}-{i}")
                     };
-                    let req = if group {
-                        TrackerRequest::CreateGroup {
-                            session,
-                            group: name.clone(),
-                        }
+                    let r = if group {
+                        client.create_group(session, &name).await
                     } else {
-                        TrackerRequest::ShareFile {
-                            session,
-                            group: format!("home{c}"),
-                            meta: meta(&name),
-                        }
+                        let home = format!("home{c}");
+                        client.share_file(session, &home, meta(&name)).await
                     };
-                    let r = client.call(req).await;
                     let mut a = acked.lock().unwrap();
                     match r {
-                        Ok(TrackerReply::Done) => {
+                        Ok(()) => {
                             a.count += 1;
                             if group {
                                 a.groups.insert(name);
@@ -181,7 +133,7 @@ impl Stream {
                                 a.files.entry(c).or_default().insert(name);
                             }
                         }
-                        Ok(other) => panic!("{other:?}"),
+                        Err(e @ ClientError::UnexpectedReply { .. }) => panic!("{e}"),
                         Err(_) => a.errors += 1,
                     }
                 }
@@ -235,16 +187,7 @@ async fn listings(
     let all: BTreeSet<String> = groups(&client, sessions[0]).await.into_iter().collect();
     let mut files = vec![];
     for (c, s) in sessions.iter().enumerate() {
-        let TrackerReply::Files(f) = client
-            .call(TrackerRequest::ListFiles {
-                session: *s,
-                group: format!("home{c}"),
-            })
-            .await
-            .unwrap()
-        else {
-            panic!()
-        };
+        let f = client.list_files(*s, &format!("home{c}")).await.unwrap();
         files.push(f.into_iter().map(|f| f.name).collect());
     }
     (all, files)

@@ -2,7 +2,7 @@
 //! listing, sharing and reading while the tracker they use is killed and
 //! another takes over, and are offered by the survivor.
 
-use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+use fileshare_protocol::messages::SessionToken;
 use fileshare_tests::mount::{wait_for, Mount};
 use fileshare_tests::random_file;
 use fileshare_tests::world::{User, World};
@@ -73,19 +73,13 @@ fn offered_by(w: &mut World, i: u32, session: SessionToken, name: &str) -> Vec<S
         .enable_all()
         .build()
         .unwrap();
-    match rt.block_on(client.call(TrackerRequest::Locate {
-        session,
-        group: "g".into(),
-        name: name.into(),
-    })) {
-        Ok(TrackerReply::Location { peers, .. }) => {
-            let mut users: Vec<String> = peers.into_iter().map(|p| p.user).collect();
-            users.sort();
-            users.dedup();
-            users
-        }
-        other => panic!("locate through tracker {i}: {other:?}"),
-    }
+    let found = rt
+        .block_on(client.locate(session, "g", name))
+        .unwrap_or_else(|e| panic!("locate through tracker {i}: {e:?}"));
+    let mut users: Vec<String> = found.peers.into_iter().map(|p| p.user).collect();
+    users.sort();
+    users.dedup();
+    users
 }
 
 #[test]

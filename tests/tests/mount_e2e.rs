@@ -400,9 +400,7 @@ fn session_of(user: &User) -> fileshare_protocol::messages::SessionToken {
 fn a_non_member_can_neither_list_nor_fetch_pieces() {
     use fileshare_protocol::client::{ClientError, TrackerClient};
     use fileshare_protocol::connection::TcpConnection;
-    use fileshare_protocol::messages::{
-        PeerError, PeerReply, PeerRequest, Role, Ticket, TrackerReply, TrackerRequest,
-    };
+    use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Role, Ticket};
     use fileshare_protocol::{ErrorCode, FileId, PeerId};
 
     let (w, u) = World::network(&["alice"]);
@@ -435,26 +433,15 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
     rt.block_on(async {
         let tracker =
             TrackerClient::new(vec![w.tracker().addr().to_string()], Duration::from_secs(5));
-        let refused = tracker
-            .call(TrackerRequest::IssueTicket {
-                session,
-                group: "g".into(),
-            })
-            .await;
+        let refused = tracker.issue_ticket(session, "g").await;
         assert!(
             matches!(refused, Err(ClientError::Refused(ErrorCode::NotMember(_)))),
             "{refused:?}"
         );
-        let own = match tracker
-            .call(TrackerRequest::IssueTicket {
-                session,
-                group: "mine".into(),
-            })
+        let own = tracker
+            .issue_ticket(session, "mine")
             .await
-        {
-            Ok(TrackerReply::Ticket(t)) => t,
-            other => panic!("{other:?}"),
-        };
+            .expect("a ticket for mallory's own group");
 
         let (mut conn, _) = TcpConnection::connect(
             &a.listen,

@@ -1,9 +1,9 @@
 //! `kill -9` in the middle of a stream of writes from several clients: every
 //! write the tracker acknowledged is there after a restart.
 
-use fileshare_protocol::client::TrackerClient;
+use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
-use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::{PieceHash, PIECE_LEN};
 use fileshare_tests::tracker::Tracker;
 use std::collections::BTreeSet;
@@ -54,13 +54,7 @@ fn every_acknowledged_write_survives_kill_9() {
         for c in 0..CLIENTS {
             let client = TrackerClient::new(vec![addr.clone()], Duration::from_secs(2));
             let s = login(&client, &format!("user{c}")).await;
-            client
-                .call(TrackerRequest::CreateGroup {
-                    session: s,
-                    group: format!("home{c}"),
-                })
-                .await
-                .unwrap();
+            client.create_group(s, &format!("home{c}")).await.unwrap();
             sessions.push(s);
         }
         sessions
@@ -76,24 +70,16 @@ fn every_acknowledged_write_survives_kill_9() {
         writers.push(rt.spawn(async move {
             let client = TrackerClient::new(vec![addr], Duration::from_secs(2));
             for i in 0usize.. {
-                let (req, name) = if i.is_multiple_of(2) {
+                let (written, name) = if i.is_multiple_of(2) {
                     let g = format!("g-{c}-{i}");
-                    let req = TrackerRequest::CreateGroup {
-                        session,
-                        group: g.clone(),
-                    };
-                    (req, g)
+                    (client.create_group(session, &g).await, g)
                 } else {
                     let f = format!("f-{c}-{i}");
-                    let req = TrackerRequest::ShareFile {
-                        session,
-                        group: format!("home{c}"),
-                        meta: meta(&f),
-                    };
-                    (req, f)
+                    let home = format!("home{c}");
+                    (client.share_file(session, &home, meta(&f)).await, f)
                 };
-                match client.call(req).await {
-                    Ok(TrackerReply::Done) => {
+                match written {
+                    Ok(()) => {
                         let mut m = mine.lock().unwrap();
                         if i.is_multiple_of(2) {
                             m.groups.insert(name);
@@ -104,8 +90,8 @@ fn every_acknowledged_write_survives_kill_9() {
                     }
                     // The tracker died with this write in flight; it and
                     // the rest of the stream are unacknowledged.
+                    Err(e @ ClientError::UnexpectedReply { .. }) => panic!("{e}"),
                     Err(_) => return i + 1,
-                    Ok(other) => panic!("{other:?}"),
                 }
             }
             unreachable!()
@@ -135,15 +121,10 @@ fn every_acknowledged_write_survives_kill_9() {
     tracker.restart();
     rt.block_on(async {
         let client = TrackerClient::new(vec![addr.clone()], Duration::from_secs(5));
-        let TrackerReply::Groups(groups) = client
-            .call(TrackerRequest::ListGroups {
-                session: sessions[0],
-            })
+        let groups = client
+            .list_groups(sessions[0])
             .await
-            .expect("sessions survive the crash")
-        else {
-            panic!()
-        };
+            .expect("sessions survive the crash");
         let present: BTreeSet<String> = groups.into_iter().map(|g| g.name).collect();
         for c in 0..CLIENTS {
             let (groups, acked_files) = {
@@ -152,16 +133,10 @@ fn every_acknowledged_write_survives_kill_9() {
             };
             let lost: Vec<_> = groups.difference(&present).collect();
             assert!(lost.is_empty(), "acknowledged groups lost: {lost:?}");
-            let TrackerReply::Files(files) = client
-                .call(TrackerRequest::ListFiles {
-                    session: sessions[c],
-                    group: format!("home{c}"),
-                })
+            let files = client
+                .list_files(sessions[c], &format!("home{c}"))
                 .await
-                .unwrap()
-            else {
-                panic!()
-            };
+                .unwrap();
             let have: BTreeSet<String> = files.into_iter().map(|f| f.name).collect();
             let lost: Vec<_> = acked_files.difference(&have).collect();
             assert!(lost.is_empty(), "acknowledged files lost: {lost:?}");

@@ -4,7 +4,7 @@
 
 use fileshare_protocol::client::ClientError;
 use fileshare_protocol::ids::FileMeta;
-use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::{ErrorCode, PieceHash, PIECE_LEN};
 use fileshare_tests::cli::Fsd;
 use fileshare_tests::tracker::Tracker;
@@ -91,12 +91,8 @@ fn two_users_a_group_a_request_and_the_listings() {
     let rt = rt();
     let client = tracker.client();
     for (name, size) in [("report.pdf", 1_000_000), ("notes.txt", 12)] {
-        rt.block_on(client.call(TrackerRequest::ShareFile {
-            session: token_of(&alice),
-            group: "g1".into(),
-            meta: meta(name, size),
-        }))
-        .unwrap();
+        rt.block_on(client.share_file(token_of(&alice), "g1", meta(name, size)))
+            .unwrap();
     }
     assert_eq!(
         bob.ok(&["list-files", "g1"]),
@@ -208,26 +204,14 @@ fn every_bad_name_is_refused_with_a_clear_message() {
     let rt = rt();
     let client = tracker.client();
     let session = token_of(&alice);
-    let bad_name = |r: Result<TrackerReply, ClientError>| {
+    let bad_name = |r: Result<(), ClientError>| {
         matches!(r, Err(ClientError::Refused(ErrorCode::BadName { .. })))
     };
-    let r = rt.block_on(client.call(TrackerRequest::CreateGroup {
-        session,
-        group: "a\0b".into(),
-    }));
-    assert!(bad_name(r));
-    let r = rt.block_on(client.call(TrackerRequest::CreateUser {
-        user: "a\0b".into(),
-        password: "pw".into(),
-    }));
-    assert!(bad_name(r));
+    assert!(bad_name(rt.block_on(client.create_group(session, "a\0b"))));
+    assert!(bad_name(rt.block_on(client.create_user("a\0b", "pw"))));
     alice.ok(&["create-group", "g"]);
     for name in ["a\0b", "..", ".", "a/b", "", long.as_str()] {
-        let r = rt.block_on(client.call(TrackerRequest::ShareFile {
-            session,
-            group: "g".into(),
-            meta: meta(name, 1),
-        }));
+        let r = rt.block_on(client.share_file(session, "g", meta(name, 1)));
         assert!(bad_name(r), "file name {name:?}");
     }
 }

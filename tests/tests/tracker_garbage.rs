@@ -3,7 +3,9 @@
 
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::frame::{header, HEADER_LEN};
-use fileshare_protocol::messages::{Hello, Request, Role, TrackerReply, TrackerRequest, MAGIC};
+use fileshare_protocol::messages::{
+    Hello, Reply, Request, Role, TrackerRequest, TrackerResult, MAGIC,
+};
 use fileshare_protocol::{codec, MAX_FRAME_LEN, PROTOCOL_VERSION};
 use fileshare_tests::tracker::Tracker;
 use std::io::{Read, Write};
@@ -60,13 +62,11 @@ fn assert_closed_without_reply(mut s: TcpStream, what: &str) {
 /// A well-behaved client is still served and the process is alive.
 fn assert_still_serving(t: &mut Tracker, rt: &tokio::runtime::Runtime, client: &TrackerClient) {
     assert!(t.is_running(), "tracker died:\n{}", t.log());
-    let r = rt.block_on(client.call(TrackerRequest::VerifyTicket {
-        ticket: fileshare_protocol::messages::Ticket {
-            user: "u".into(),
-            group: "g".into(),
-            expires_unix_ms: u64::MAX,
-            mac: [0; 32],
-        },
+    let r = rt.block_on(client.verify_ticket(&fileshare_protocol::messages::Ticket {
+        user: "u".into(),
+        group: "g".into(),
+        expires_unix_ms: u64::MAX,
+        mac: [0; 32],
     }));
     assert!(r.is_err(), "a forged ticket must be refused: {r:?}");
     assert!(
@@ -89,11 +89,7 @@ fn hostile_bytes_close_only_their_connection() {
         .unwrap();
     // A client connected throughout: its connection must outlive them all.
     let client = tracker.client();
-    rt.block_on(client.call(TrackerRequest::CreateUser {
-        user: "alice".into(),
-        password: "pw".into(),
-    }))
-    .unwrap();
+    rt.block_on(client.create_user("alice", "pw")).unwrap();
     assert_still_serving(&mut tracker, &rt, &client);
 
     // Garbage instead of a handshake.
@@ -155,9 +151,7 @@ fn hostile_bytes_close_only_their_connection() {
     // A good request still gets its answer on a raw connection.
     let mut s = handshaken(&tracker);
     s.write_all(&frame(&valid)).unwrap();
-    let reply: fileshare_protocol::messages::Reply<
-        Result<TrackerReply, fileshare_protocol::ErrorCode>,
-    > = codec::decode(&read_frame(&mut s).expect("a reply")).unwrap();
+    let reply: Reply<TrackerResult> = codec::decode(&read_frame(&mut s).expect("a reply")).unwrap();
     assert_eq!(reply.id, 1);
     assert_eq!(
         reply.body,
@@ -183,31 +177,12 @@ fn a_client_that_never_reads_does_not_block_shutdown() {
         .unwrap();
     let client = tracker.client();
     let session = rt.block_on(async {
-        client
-            .call(TrackerRequest::CreateUser {
-                user: "alice".into(),
-                password: "pw".into(),
-            })
-            .await
-            .unwrap();
-        let Ok(TrackerReply::Session { token, .. }) = client
-            .call(TrackerRequest::Login {
-                user: "alice".into(),
-                password: "pw".into(),
-            })
-            .await
-        else {
-            panic!("login")
-        };
+        client.create_user("alice", "pw").await.unwrap();
+        let token = client.login("alice", "pw").await.expect("login").token;
         // Big listings, so unread replies fill the socket buffers quickly.
         for g in 0..200 {
-            client
-                .call(TrackerRequest::CreateGroup {
-                    session: token,
-                    group: format!("group-with-a-long-name-{g:04}"),
-                })
-                .await
-                .unwrap();
+            let group = format!("group-with-a-long-name-{g:04}");
+            client.create_group(token, &group).await.unwrap();
         }
         token
     });

@@ -152,6 +152,33 @@ impl TrackerRequest {
                 | TrackerRequest::RejectRequest { .. }
         )
     }
+
+    /// The variant's name, for errors and logs (no fields: they may carry
+    /// passwords and tokens).
+    pub fn name(&self) -> &'static str {
+        match self {
+            TrackerRequest::CreateUser { .. } => "CreateUser",
+            TrackerRequest::Login { .. } => "Login",
+            TrackerRequest::Logout { .. } => "Logout",
+            TrackerRequest::CreateGroup { .. } => "CreateGroup",
+            TrackerRequest::ListGroups { .. } => "ListGroups",
+            TrackerRequest::JoinGroup { .. } => "JoinGroup",
+            TrackerRequest::LeaveGroup { .. } => "LeaveGroup",
+            TrackerRequest::ListRequests { .. } => "ListRequests",
+            TrackerRequest::AcceptRequest { .. } => "AcceptRequest",
+            TrackerRequest::RejectRequest { .. } => "RejectRequest",
+            TrackerRequest::ListFiles { .. } => "ListFiles",
+            TrackerRequest::Search { .. } => "Search",
+            TrackerRequest::ShareFile { .. } => "ShareFile",
+            TrackerRequest::StopShare { .. } => "StopShare",
+            TrackerRequest::Locate { .. } => "Locate",
+            TrackerRequest::Announce { .. } => "Announce",
+            TrackerRequest::ReportPieces { .. } => "ReportPieces",
+            TrackerRequest::LeaveNetwork { .. } => "LeaveNetwork",
+            TrackerRequest::IssueTicket { .. } => "IssueTicket",
+            TrackerRequest::VerifyTicket { .. } => "VerifyTicket",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +238,23 @@ pub enum TrackerReply {
     Announced {
         interval_secs: u32,
     },
+}
+
+impl TrackerReply {
+    /// The variant's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TrackerReply::Done => "Done",
+            TrackerReply::Session { .. } => "Session",
+            TrackerReply::Groups(_) => "Groups",
+            TrackerReply::Requests(_) => "Requests",
+            TrackerReply::Files(_) => "Files",
+            TrackerReply::Location { .. } => "Location",
+            TrackerReply::Ticket(_) => "Ticket",
+            TrackerReply::TicketValid { .. } => "TicketValid",
+            TrackerReply::Announced { .. } => "Announced",
+        }
+    }
 }
 
 pub type TrackerResult = Result<TrackerReply, ErrorCode>;

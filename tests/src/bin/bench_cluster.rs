@@ -17,7 +17,7 @@
 
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::ids::FileMeta;
-use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::{PieceHash, PIECE_LEN};
 use fileshare_tests::cluster::Cluster;
 use fileshare_tests::tracker::Tracker;
@@ -48,10 +48,7 @@ fn meta(name: &str) -> FileMeta {
 async fn set_up(client: &TrackerClient, c: usize) -> SessionToken {
     let token = fileshare_tests::tracker::sign_up(client, &format!("bench{c}")).await;
     client
-        .call(TrackerRequest::CreateGroup {
-            session: token,
-            group: format!("home{c}"),
-        })
+        .create_group(token, &format!("home{c}"))
         .await
         .expect("create home group");
     token
@@ -72,21 +69,16 @@ async fn client_loop(
         if t0 >= end {
             break;
         }
-        let req = if i.is_multiple_of(2) {
-            TrackerRequest::CreateGroup {
-                session,
-                group: format!("g-{c}-{i}"),
-            }
+        let written = if i.is_multiple_of(2) {
+            client.create_group(session, &format!("g-{c}-{i}")).await
         } else {
-            TrackerRequest::ShareFile {
-                session,
-                group: format!("home{c}"),
-                meta: meta(&format!("f-{c}-{i}")),
-            }
+            let home = format!("home{c}");
+            client
+                .share_file(session, &home, meta(&format!("f-{c}-{i}")))
+                .await
         };
-        match client.call(req).await {
-            Ok(TrackerReply::Done) => {}
-            other => panic!("write failed: {other:?}"),
+        if let Err(e) = written {
+            panic!("write failed: {e}");
         }
         if t0 >= start + WARMUP {
             lat.push(u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX));

@@ -10,7 +10,7 @@
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::Holding;
-use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::{Bitfield, PeerId, PieceHash, PIECE_LEN};
 use fileshare_tests::tracker::Tracker;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ const USERS: usize = 8;
 const FILES: usize = 20;
 const GROUP: &str = "bench";
 const WARMUP: Duration = Duration::from_millis(500);
+const SET_UP_FAILED: &str = "set-up request failed";
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -42,10 +43,6 @@ fn file(i: usize) -> FileMeta {
     }
 }
 
-async fn call(client: &TrackerClient, req: TrackerRequest) -> TrackerReply {
-    client.call(req).await.expect("set-up request failed")
-}
-
 /// Users, one group with everyone in it, the files, and one online peer
 /// per user holding every file.
 async fn set_up(addr: &str) -> Vec<SessionToken> {
@@ -56,44 +53,24 @@ async fn set_up(addr: &str) -> Vec<SessionToken> {
         sessions.push(token);
     }
     let owner = sessions[0];
-    call(
-        &client,
-        TrackerRequest::CreateGroup {
-            session: owner,
-            group: GROUP.into(),
-        },
-    )
-    .await;
+    client
+        .create_group(owner, GROUP)
+        .await
+        .expect(SET_UP_FAILED);
     for (u, s) in sessions.iter().enumerate().skip(1) {
-        call(
-            &client,
-            TrackerRequest::JoinGroup {
-                session: *s,
-                group: GROUP.into(),
-            },
-        )
-        .await;
-        call(
-            &client,
-            TrackerRequest::AcceptRequest {
-                session: owner,
-                group: GROUP.into(),
-                user: format!("user{u}"),
-            },
-        )
-        .await;
+        client.join_group(*s, GROUP).await.expect(SET_UP_FAILED);
+        let user = format!("user{u}");
+        client
+            .accept_request(owner, GROUP, &user)
+            .await
+            .expect(SET_UP_FAILED);
     }
     let metas: Vec<FileMeta> = (0..FILES).map(file).collect();
     for m in &metas {
-        call(
-            &client,
-            TrackerRequest::ShareFile {
-                session: owner,
-                group: GROUP.into(),
-                meta: m.clone(),
-            },
-        )
-        .await;
+        client
+            .share_file(owner, GROUP, m.clone())
+            .await
+            .expect(SET_UP_FAILED);
     }
     for (u, s) in sessions.iter().enumerate() {
         let holdings = metas
@@ -103,16 +80,12 @@ async fn set_up(addr: &str) -> Vec<SessionToken> {
                 have: Bitfield::full(u32::try_from(m.hashes.len()).unwrap_or(0)),
             })
             .collect();
-        call(
-            &client,
-            TrackerRequest::Announce {
-                session: *s,
-                peer: PeerId([u8::try_from(u).unwrap_or(0); 16]),
-                addr: format!("127.0.0.1:{}", 20000 + u),
-                holdings,
-            },
-        )
-        .await;
+        let peer = PeerId([u8::try_from(u).unwrap_or(0); 16]);
+        let addr = format!("127.0.0.1:{}", 20000 + u);
+        client
+            .announce(*s, peer, &addr, holdings)
+            .await
+            .expect(SET_UP_FAILED);
     }
     sessions
 }
@@ -134,22 +107,13 @@ async fn client_loop(
         if t0 >= end {
             return lat;
         }
-        let req = if i.is_multiple_of(2) {
-            TrackerRequest::ListFiles {
-                session,
-                group: GROUP.into(),
-            }
+        if i.is_multiple_of(2) {
+            let files = client.list_files(session, GROUP).await;
+            assert_eq!(files.expect("list files").len(), FILES);
         } else {
-            TrackerRequest::Locate {
-                session,
-                group: GROUP.into(),
-                name: file((i / 2) % FILES).name,
-            }
-        };
-        match client.call(req).await {
-            Ok(TrackerReply::Files(f)) => assert_eq!(f.len(), FILES),
-            Ok(TrackerReply::Location { peers, .. }) => assert_eq!(peers.len(), USERS),
-            other => panic!("unexpected answer: {other:?}"),
+            let name = file((i / 2) % FILES).name;
+            let found = client.locate(session, GROUP, &name).await;
+            assert_eq!(found.expect("locate").peers.len(), USERS);
         }
         if t0 >= start + WARMUP {
             let us = t0.elapsed().as_micros();

@@ -1,0 +1,180 @@
+use super::*;
+use crate::connection::TcpConnection;
+use std::time::Instant;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// The daemon's budget for a listing refresh or a ticket check.
+const BUDGET: Duration = Duration::from_millis(800);
+
+/// A loopback listener that never accepts, with its accept queue full so a
+/// further connect gets no answer at all, as from a dead host.
+struct BlackHole {
+    addr: String,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+async fn black_hole() -> BlackHole {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    // Connects complete until the queue is full; the first that hangs
+    // shows it is.
+    while let Ok(stream) =
+        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await
+    {
+        queued.push(stream.unwrap());
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    BlackHole {
+        addr: addr.to_string(),
+        _listener: listener,
+        _queued: queued,
+    }
+}
+
+/// A tracker on loopback that answers every request with `answer`.
+async fn fake_tracker(answer: fn(TrackerRequest) -> TrackerResult) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut conn = TcpConnection::tcp(stream);
+                if conn.handshake(Role::Tracker { no: 1 }).await.is_err() {
+                    return;
+                }
+                while let Ok(Some(req)) = conn.read_frame::<Request<TrackerRequest>>().await {
+                    let reply = Reply {
+                        id: req.id,
+                        body: answer(req.body),
+                    };
+                    if conn.write_frame(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn grant_every_ticket(req: TrackerRequest) -> TrackerResult {
+    match req {
+        TrackerRequest::VerifyTicket { ticket } => Ok(TrackerReply::TicketValid {
+            user: ticket.user,
+            group: ticket.group,
+        }),
+        _ => Ok(TrackerReply::Done),
+    }
+}
+
+fn ticket() -> Ticket {
+    Ticket {
+        user: "alice".into(),
+        group: "g".into(),
+        expires_unix_ms: u64::MAX,
+        mac: [0; 32],
+    }
+}
+
+#[tokio::test]
+async fn a_reply_of_the_wrong_kind_is_a_typed_error() {
+    let addr = fake_tracker(grant_every_ticket).await;
+    let client = TrackerClient::new(vec![addr], Duration::from_secs(5));
+    client.create_user("alice", "pw").await.unwrap();
+    let grant = client.verify_ticket(&ticket()).await.unwrap();
+    assert_eq!(
+        grant,
+        TicketGrant {
+            user: "alice".into(),
+            group: "g".into()
+        }
+    );
+    let e = client.login("alice", "pw").await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::UnexpectedReply {
+                request: "Login",
+                reply: "Done"
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.to_string(), "the tracker answered Login with Done");
+}
+
+/// With every tracker dead, callers arriving during a connect attempt get
+/// its outcome instead of each waiting for an attempt of their own after
+/// it, and a caller with a budget is held no longer than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_share_one_connect_attempt() {
+    let hole = black_hole().await;
+    let connect = Duration::from_secs(2);
+    let client = Arc::new(TrackerClient::new(vec![hole.addr.clone()], connect));
+    let start = Instant::now();
+    let unbounded: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let r = client.verify_ticket(&ticket()).await;
+                (r, start.elapsed())
+            })
+        })
+        .collect();
+    let budgeted = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let r = tokio::time::timeout(BUDGET, client.verify_ticket(&ticket())).await;
+            (r.is_err(), start.elapsed())
+        })
+    };
+    let (gave_up, at) = budgeted.await.unwrap();
+    assert!(gave_up, "no tracker can have answered");
+    assert!(at < BUDGET + Duration::from_millis(400), "{at:?}");
+    for task in unbounded {
+        let (r, at) = task.await.unwrap();
+        assert!(matches!(r, Err(ClientError::Unreachable { .. })), "{r:?}");
+        assert!(
+            at < connect + connect / 2,
+            "a second caller waited for a second attempt: {at:?}"
+        );
+    }
+}
+
+/// The caller that started a connect attempt gives up (its budget) while
+/// the first tracker is a black hole: the attempt carries on, so the
+/// caller after it is served in one connect time, not two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_outlives_the_caller_that_started_it() {
+    let hole = black_hole().await;
+    let good = fake_tracker(grant_every_ticket).await;
+    let connect = Duration::from_secs(3);
+    let client = Arc::new(TrackerClient::new(vec![hole.addr.clone(), good], connect));
+    let start = Instant::now();
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(BUDGET, client.verify_ticket(&ticket()))
+                .await
+                .is_err()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = client.verify_ticket(&ticket()).await;
+    let at = start.elapsed();
+    assert!(first.await.unwrap(), "the first caller kept to its budget");
+    assert_eq!(second.unwrap().group, "g");
+    assert!(
+        at < connect + BUDGET / 2,
+        "the second caller started the attempt over: {at:?}"
+    );
+    // The second tracker is in use now: a budgeted call is answered.
+    let again = tokio::time::timeout(BUDGET, client.verify_ticket(&ticket())).await;
+    assert!(matches!(again, Ok(Ok(_))), "{again:?}");
+    assert_eq!(client.current(), client.addrs()[1]);
+}
