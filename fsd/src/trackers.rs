@@ -1,6 +1,7 @@
-//! The daemon's side of the trackers: listings with a short-lived cache
-//! that outlives tracker outages, tickets, ticket checks for the peer
-//! server, and the announce loop that keeps this peer offered.
+//! The daemon's side of the trackers, and the one place it asks them
+//! anything: listings with a short-lived cache that outlives tracker
+//! outages, shares, tickets, ticket checks for the peer server, announces
+//! and piece reports (the engine's announce loop decides when).
 
 use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
@@ -25,8 +26,6 @@ pub enum LinkError {
     Tracker(#[from] ClientError),
     #[error("no tracker answered within {0} ms and nothing is cached")]
     Slow(u64),
-    #[error("tracker sent an unexpected reply")]
-    Unexpected,
 }
 
 impl LinkError {
@@ -135,17 +134,7 @@ impl TrackerLink {
                     value: v,
                 })
             },
-            || async {
-                match self
-                    .call(TrackerRequest::ListGroups {
-                        session: self.session,
-                    })
-                    .await?
-                {
-                    TrackerReply::Groups(g) => Ok(g),
-                    _ => Err(LinkError::Unexpected),
-                }
-            },
+            || async { Ok(self.client.list_groups(self.session).await?) },
         )
         .await
     }
@@ -177,20 +166,30 @@ impl TrackerLink {
                     },
                 );
             },
-            || async {
-                match self
-                    .call(TrackerRequest::ListFiles {
-                        session: self.session,
-                        group: group.to_string(),
-                    })
-                    .await?
-                {
-                    TrackerReply::Files(f) => Ok(f),
-                    _ => Err(LinkError::Unexpected),
-                }
-            },
+            || async { Ok(self.client.list_files(self.session, group).await?) },
         )
         .await
+    }
+
+    /// Creates a group owned by this user.
+    pub async fn create_group(&self, group: &str) -> Result<(), LinkError> {
+        self.client.create_group(self.session, group).await?;
+        self.invalidate(None);
+        Ok(())
+    }
+
+    /// Makes this user a holder of `meta` in `group`.
+    pub async fn share_file(&self, group: &str, meta: FileMeta) -> Result<(), LinkError> {
+        self.client.share_file(self.session, group, meta).await?;
+        self.invalidate(Some(group));
+        Ok(())
+    }
+
+    /// Ends this user's holding of `name` in `group`.
+    pub async fn stop_share(&self, group: &str, name: &str) -> Result<(), LinkError> {
+        self.client.stop_share(self.session, group, name).await?;
+        self.invalidate(Some(group));
+        Ok(())
     }
 
     /// Forgets cached listings after a change this daemon made.
@@ -210,17 +209,8 @@ impl TrackerLink {
         group: &str,
         name: &str,
     ) -> Result<(FileMeta, Vec<PeerLocation>), LinkError> {
-        match self
-            .call(TrackerRequest::Locate {
-                session: self.session,
-                group: group.to_string(),
-                name: name.to_string(),
-            })
-            .await?
-        {
-            TrackerReply::Location { meta, peers } => Ok((meta, peers)),
-            _ => Err(LinkError::Unexpected),
-        }
+        let found = self.client.locate(self.session, group, name).await?;
+        Ok((found.meta, found.peers))
     }
 
     /// A ticket for `group`, reused until a minute before it expires.
@@ -230,19 +220,9 @@ impl TrackerLink {
                 return Ok(t.clone());
             }
         }
-        match self
-            .call(TrackerRequest::IssueTicket {
-                session: self.session,
-                group: group.to_string(),
-            })
-            .await?
-        {
-            TrackerReply::Ticket(t) => {
-                self.tickets.lock().insert(group.to_string(), t.clone());
-                Ok(t)
-            }
-            _ => Err(LinkError::Unexpected),
-        }
+        let t = self.client.issue_ticket(self.session, group).await?;
+        self.tickets.lock().insert(group.to_string(), t.clone());
+        Ok(t)
     }
 
     /// Checks a ticket a peer presented, with the tracker the first time.
@@ -253,21 +233,12 @@ impl TrackerLink {
                 return Ok(group.clone());
             }
         }
-        match self
-            .call(TrackerRequest::VerifyTicket {
-                ticket: ticket.clone(),
-            })
-            .await?
-        {
-            TrackerReply::TicketValid { group, .. } => {
-                let exp = ticket.expires_unix_ms.min(now_ms() + 120_000);
-                self.verified
-                    .lock()
-                    .insert(ticket.mac, (group.clone(), exp));
-                Ok(group)
-            }
-            _ => Err(LinkError::Unexpected),
-        }
+        let group = self.client.verify_ticket(ticket).await?.group;
+        let exp = ticket.expires_unix_ms.min(now_ms() + 120_000);
+        self.verified
+            .lock()
+            .insert(ticket.mac, (group.clone(), exp));
+        Ok(group)
     }
 
     /// Queues a verified piece for the next report.
@@ -279,17 +250,12 @@ impl TrackerLink {
     pub async fn flush_reports(&self) -> Result<(), LinkError> {
         let pending: Vec<(FileId, Vec<u32>)> = self.reports.lock().drain().collect();
         for (file, pieces) in pending {
-            if let Err(e) = self
-                .call(TrackerRequest::ReportPieces {
-                    session: self.session,
-                    peer: self.peer,
-                    file,
-                    pieces: pieces.clone(),
-                })
+            if let Err(e) = (self.client)
+                .report_pieces(self.session, self.peer, file, pieces.clone())
                 .await
             {
                 self.reports.lock().entry(file).or_default().extend(pieces);
-                return Err(e);
+                return Err(e.into());
             }
         }
         Ok(())
@@ -303,28 +269,13 @@ impl TrackerLink {
         holdings: Vec<Holding>,
     ) -> Result<Duration, LinkError> {
         self.reports.lock().clear();
-        match self
-            .call(TrackerRequest::Announce {
-                session: self.session,
-                peer: self.peer,
-                addr: addr.to_string(),
-                holdings,
-            })
-            .await?
-        {
-            TrackerReply::Announced { interval_secs } => {
-                Ok(Duration::from_secs(u64::from(interval_secs.clamp(1, 300))))
-            }
-            _ => Err(LinkError::Unexpected),
-        }
+        let interval = (self.client)
+            .announce(self.session, self.peer, addr, holdings)
+            .await?;
+        Ok(interval.clamp(Duration::from_secs(1), Duration::from_secs(300)))
     }
 
     pub async fn leave(&self) -> Result<(), LinkError> {
-        self.call(TrackerRequest::LeaveNetwork {
-            session: self.session,
-            peer: self.peer,
-        })
-        .await?;
-        Ok(())
+        Ok(self.client.leave_network(self.session, self.peer).await?)
     }
 }
