@@ -8,9 +8,9 @@
 use crate::cli::{Command, Global};
 use crate::home::{Home, Session};
 use anyhow::{bail, Context};
-use fileshare_protocol::client::ClientError;
+use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::messages::tracker::{FileEntry, GroupInfo};
-use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::ErrorCode;
 use std::io::{BufRead, Write};
 
@@ -32,100 +32,53 @@ pub async fn run_with_password(
         Command::Login { user } => login(global, home, user, given).await?,
         Command::Logout => logout(home).await?,
         Command::CreateGroup { group } => {
-            done(
-                as_user(home, |session| TrackerRequest::CreateGroup {
-                    session,
-                    group: group.clone(),
-                })
-                .await?,
-            )?;
+            let (client, session) = as_user(home)?;
+            client.create_group(session, group).await?;
             vec![format!("created group {group}; you own it")]
         }
         Command::ListGroups => {
-            match as_user(home, |session| TrackerRequest::ListGroups { session }).await? {
-                TrackerReply::Groups(groups) => groups.iter().map(group_line).collect(),
-                other => return Err(unexpected(&other)),
-            }
+            let (client, session) = as_user(home)?;
+            let groups = client.list_groups(session).await?;
+            groups.iter().map(group_line).collect()
         }
         Command::JoinGroup { group } => {
-            done(
-                as_user(home, |session| TrackerRequest::JoinGroup {
-                    session,
-                    group: group.clone(),
-                })
-                .await?,
-            )?;
+            let (client, session) = as_user(home)?;
+            client.join_group(session, group).await?;
             vec![format!(
                 "asked to join {group}; you are a member once its owner accepts"
             )]
         }
         Command::LeaveGroup { group } => {
-            done(
-                as_user(home, |session| TrackerRequest::LeaveGroup {
-                    session,
-                    group: group.clone(),
-                })
-                .await?,
-            )?;
+            let (client, session) = as_user(home)?;
+            client.leave_group(session, group).await?;
             vec![format!("left group {group}")]
         }
         Command::ListRequests { group } => {
-            match as_user(home, |session| TrackerRequest::ListRequests {
-                session,
-                group: group.clone(),
-            })
-            .await?
-            {
-                TrackerReply::Requests(users) => users,
-                other => return Err(unexpected(&other)),
-            }
+            let (client, session) = as_user(home)?;
+            client.list_requests(session, group).await?
         }
         Command::AcceptRequest { group, user } => {
-            done(
-                as_user(home, |session| TrackerRequest::AcceptRequest {
-                    session,
-                    group: group.clone(),
-                    user: user.clone(),
-                })
-                .await?,
-            )?;
+            let (client, session) = as_user(home)?;
+            client.accept_request(session, group, user).await?;
             vec![format!("{user} is now a member of {group}")]
         }
         Command::RejectRequest { group, user } => {
-            done(
-                as_user(home, |session| TrackerRequest::RejectRequest {
-                    session,
-                    group: group.clone(),
-                    user: user.clone(),
-                })
-                .await?,
-            )?;
+            let (client, session) = as_user(home)?;
+            client.reject_request(session, group, user).await?;
             vec![format!("rejected {user}'s request to join {group}")]
         }
         Command::ListFiles { group } => {
-            match as_user(home, |session| TrackerRequest::ListFiles {
-                session,
-                group: group.clone(),
-            })
-            .await?
-            {
-                TrackerReply::Files(files) => files.iter().map(file_line).collect(),
-                other => return Err(unexpected(&other)),
-            }
+            let (client, session) = as_user(home)?;
+            let files = client.list_files(session, group).await?;
+            files.iter().map(file_line).collect()
         }
         Command::Search { pattern } => {
-            match as_user(home, |session| TrackerRequest::Search {
-                session,
-                pattern: pattern.clone(),
-            })
-            .await?
-            {
-                TrackerReply::Files(files) => files
-                    .iter()
-                    .map(|f| format!("[{}] {}", f.group, file_line(f)))
-                    .collect(),
-                other => return Err(unexpected(&other)),
-            }
+            let (client, session) = as_user(home)?;
+            let files = client.search(session, pattern).await?;
+            files
+                .iter()
+                .map(|f| format!("[{}] {}", f.group, file_line(f)))
+                .collect()
         }
         Command::UploadFile { .. }
         | Command::DownloadFile { .. }
@@ -137,29 +90,10 @@ pub async fn run_with_password(
     print_lines(&lines)
 }
 
-/// Calls the trackers as the logged-in user.
-async fn as_user(
-    home: &Home,
-    request: impl FnOnce(SessionToken) -> TrackerRequest,
-) -> anyhow::Result<TrackerReply> {
+/// The trackers, and the logged-in user's session to call them with.
+fn as_user(home: &Home) -> anyhow::Result<(TrackerClient, SessionToken)> {
     let session = home.session()?;
-    call(home, request(session.token)).await
-}
-
-async fn call(home: &Home, req: TrackerRequest) -> anyhow::Result<TrackerReply> {
-    let client = home.tracker_client()?;
-    Ok(client.call(req).await?)
-}
-
-fn done(reply: TrackerReply) -> anyhow::Result<()> {
-    match reply {
-        TrackerReply::Done => Ok(()),
-        other => Err(unexpected(&other)),
-    }
-}
-
-fn unexpected(reply: &TrackerReply) -> anyhow::Error {
-    anyhow::anyhow!("the tracker sent an unexpected answer: {reply:?}")
+    Ok((home.tracker_client()?, session.token))
 }
 
 async fn create_user(
@@ -173,16 +107,7 @@ async fn create_user(
         Some(p) => p.to_string(),
         None => password(global, &format!("New password for {user}: "), true)?,
     };
-    done(
-        call(
-            home,
-            TrackerRequest::CreateUser {
-                user: user.to_string(),
-                password,
-            },
-        )
-        .await?,
-    )?;
+    home.tracker_client()?.create_user(user, &password).await?;
     Ok(vec![format!(
         "created user {user}; log in with `fsd login {user}`"
     )])
@@ -199,26 +124,12 @@ async fn login(
         Some(p) => p.to_string(),
         None => password(global, &format!("Password for {user}: "), false)?,
     };
-    let reply = call(
-        home,
-        TrackerRequest::Login {
-            user: user.to_string(),
-            password,
-        },
-    )
-    .await?;
-    let TrackerReply::Session {
-        token,
-        user,
-        expires_unix_ms,
-    } = reply
-    else {
-        return Err(unexpected(&reply));
-    };
+    let login = home.tracker_client()?.login(user, &password).await?;
+    let user = login.user;
     home.save_session(&Session {
         user: user.clone(),
-        token,
-        expires_unix_ms,
+        token: login.token,
+        expires_unix_ms: login.expires_unix_ms,
     })
     .context("logged in, but cannot save the session")?;
     Ok(vec![format!("logged in as {user}")])
@@ -229,13 +140,13 @@ async fn logout(home: &Home) -> anyhow::Result<Vec<String>> {
         bail!("not logged in");
     };
     let stopped = crate::control::stop_daemon_if_running(home).await?;
-    let told = call(
-        home,
-        TrackerRequest::Logout {
-            session: session.token,
-        },
-    )
-    .await;
+    let told = match home.tracker_client() {
+        Ok(client) => client
+            .logout(session.token)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
     // The local session ends whatever the tracker says: the user asked.
     home.clear_session()?;
     match told {
