@@ -26,6 +26,16 @@
 //! - [`peers`]: online daemons and their pieces (memory only).
 //! - [`auth`]: password hashing, tokens, login throttling, tickets.
 //! - [`error`]: this crate's error type.
+//!
+//! # Dependencies
+//! They go one way, from the edge in: [`server`] → [`cmd`] → [`shared`] →
+//! [`writer`] → [`replication`]; no two modules import each other, directly
+//! or through others. The replication transport owns the gossip and the
+//! delivery between trackers and imports nothing of the tracker above it:
+//! the writer sends through its `Outbox`, handlers gossip through
+//! `Shared::gossip`, and the server, which accepts the other trackers'
+//! connections, hands the transport an `Inbox` (news about daemons to
+//! `cmd::peer::apply_gossip`, everything else to the writer).
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod auth;
