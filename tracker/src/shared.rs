@@ -5,14 +5,14 @@
 //! STATE.md.
 
 use crate::auth;
-use crate::change::Change;
 use crate::error::TrackerError;
 use crate::peers::Peers;
 use crate::replication::log::{Log, LogEntry};
 use crate::replication::node::{Config, Node};
 use crate::replication::transport::{Outbox, Transport};
+use crate::state::change::Change;
 use crate::state::State;
-use crate::store::Store;
+use crate::writer::store::Store;
 use crate::writer::{self, Availability, Writer, WriterHandle, WriterThread};
 use fileshare_protocol::messages::{ClusterMsg, SessionToken};
 use fileshare_protocol::ErrorCode;

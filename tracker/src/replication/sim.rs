@@ -6,7 +6,7 @@
 
 use super::log::{Log, LogEntry, LogRead};
 use super::node::{Config, Node, Role};
-use crate::records::Record;
+use crate::state::records::Record;
 use fileshare_protocol::messages::cluster::ClusterMsg;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 

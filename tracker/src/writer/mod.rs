@@ -13,16 +13,20 @@
 //! The thread is the only writer of the state, so the state cannot move
 //! between deciding and applying but by records this thread appended:
 //! a change whose key has records in flight waits until they are applied
-//! (see [`crate::change`]).
+//! (see [`crate::state::change`]).
+//!
+//! The log on disk, which only this thread writes, is [`store`].
+
+pub mod store;
 
 use crate::auth;
-use crate::change::{decide, Change, Key};
-use crate::records::Record;
 use crate::replication::log::LogEntry;
 use crate::replication::node::{Node, Note, Ready, Role};
 use crate::replication::transport::Outbox;
+use crate::state::change::{decide, Change, Key};
+use crate::state::records::Record;
 use crate::state::State;
-use crate::store::{Batch, Store};
+use crate::writer::store::{Batch, Store};
 use fileshare_protocol::messages::ClusterMsg;
 use fileshare_protocol::{codec, ErrorCode, MAX_FRAME_LEN};
 use parking_lot::RwLock;
