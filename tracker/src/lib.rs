@@ -12,7 +12,8 @@
 //!
 //! # Layout
 //! By what each part owns, from the edge in:
-//! - [`server`]: listener, per-connection handlers, shutdown.
+//! - [`server`]: listener, per-connection handlers, shutdown; another
+//!   tracker's connection goes to the replication transport.
 //! - [`cmd`]: one function per request, grouped by family, returning typed
 //!   replies.
 //! - [`shared`]: what handlers share; start-up from disk.
@@ -30,13 +31,14 @@
 //!
 //! # Dependencies
 //! They go one way, from the edge in: [`server`] → [`cmd`] → [`shared`] →
-//! [`writer`] → [`replication`] → [`state`]; no two modules import each
-//! other, directly or through others. The replication transport owns the gossip and the
-//! delivery between trackers and imports nothing of the tracker above it:
-//! the writer sends through its `Outbox`, handlers gossip through
-//! `Shared::gossip`, and the server, which accepts the other trackers'
-//! connections, hands the transport an `Inbox` (news about daemons to
-//! `cmd::peer::apply_gossip`, everything else to the writer).
+//! [`writer`] → [`replication`] → [`state`], with [`auth`], [`peers`] and
+//! [`error`] used from the side; no two modules import each other,
+//! directly or through others. The replication transport owns the gossip
+//! and the delivery between trackers and imports nothing of the tracker
+//! above it: the writer sends through its `Outbox`, handlers gossip
+//! through `Shared::gossip`, and the server, which accepts the other
+//! trackers' connections, hands the transport an `Inbox` (news about
+//! daemons to `cmd::peer::apply_gossip`, everything else to the writer).
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod auth;
