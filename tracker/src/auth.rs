@@ -3,7 +3,7 @@
 //! Hashing is argon2id with the crate's default cost and a random salt; it
 //! is slow on purpose, so callers run it on the blocking pool.
 
-use crate::records::TokenHash;
+use crate::state::records::TokenHash;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use fileshare_protocol::messages::{SessionToken, Ticket};

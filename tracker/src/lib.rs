@@ -11,34 +11,44 @@
 //! so the state is a pure function of it. See `replication/STATE.md`.
 //!
 //! # Layout
-//! - [`server`]: listener, per-connection handlers, shutdown.
+//! By what each part owns, from the edge in:
+//! - [`server`]: listener, per-connection handlers, shutdown; another
+//!   tracker's connection goes to the replication transport.
 //! - [`cmd`]: one function per request, grouped by family, returning typed
 //!   replies.
 //! - [`shared`]: what handlers share; start-up from disk.
-//! - [`change`]: deciding a change into records (pure).
-//! - [`records`]: the durable record type.
-//! - [`state`]: the state and `apply`, its only mutator (pure).
-//! - [`store`]: the record log on disk (redb), with checksums.
-//! - [`writer`]: the group-commit thread tying the last four and the
+//! - [`writer`]: the group-commit thread tying the durable state, the
+//!   record log on disk ([`writer::store`], redb, with checksums) and the
 //!   replication core together.
 //! - [`replication`]: the replicated log: its core, with no I/O, and the
 //!   connections between trackers.
-//! - [`peers`]: online daemons and their pieces (memory only).
+//! - [`state`]: the durable state, pure: the record type
+//!   ([`state::records`]), the state and `apply`, its only mutator, and
+//!   deciding a change into records ([`state::change`]).
+//! - [`peers`]: online daemons and their pieces (soft state, memory only).
 //! - [`auth`]: password hashing, tokens, login throttling, tickets.
 //! - [`error`]: this crate's error type.
+//!
+//! # Dependencies
+//! They go one way, from the edge in: [`server`] → [`cmd`] → [`shared`] →
+//! [`writer`] → [`replication`] → [`state`], with [`auth`], [`peers`] and
+//! [`error`] used from the side; no two modules import each other,
+//! directly or through others. The replication transport owns the gossip
+//! and the delivery between trackers and imports nothing of the tracker
+//! above it: the writer sends through its `Outbox`, handlers gossip
+//! through `Shared::gossip`, and the server, which accepts the other
+//! trackers' connections, hands the transport an `Inbox` (news about
+//! daemons to `cmd::peer::apply_gossip`, everything else to the writer).
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod auth;
-pub mod change;
 pub mod cmd;
 pub mod error;
 pub mod peers;
-pub mod records;
 pub mod replication;
 pub mod server;
 pub mod shared;
 pub mod state;
-pub mod store;
 pub mod writer;
 
 pub use error::TrackerError;

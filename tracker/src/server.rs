@@ -1,7 +1,9 @@
 //! Accepting connections and serving requests on them.
 //!
 //! A connection from another tracker of the cluster (it says
-//! `Role::Tracker { no }`) is handed to the replication transport.
+//! `Role::Tracker { no }`) is handed to the replication transport, with
+//! this tracker's [`Inbox`]: gossip to [`cmd::peer::apply_gossip`], the
+//! rest to the record writer.
 //! Each client connection gets a handler: a read loop that spawns one task per
 //! request (at most [`MAX_IN_FLIGHT`] at a time) and a writer task that
 //! sends replies in the order they complete, each with its request's id.
@@ -11,10 +13,12 @@
 //! flight, flush their replies and close.
 
 use crate::cmd::{self, Caller};
-use crate::replication::transport;
+use crate::replication::transport::{self, Inbox};
 use crate::shared::Shared;
 use fileshare_protocol::connection::FrameWriter;
-use fileshare_protocol::messages::{Reply, Request, Role, TrackerRequest, TrackerResult};
+use fileshare_protocol::messages::{
+    ClusterMsg, Reply, Request, Role, TrackerRequest, TrackerResult,
+};
 use fileshare_protocol::{Connection, ErrorCode, ProtocolError};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -193,6 +197,16 @@ impl Handler {
                 writer.abort();
             }
         }
+    }
+}
+
+impl Inbox for Shared {
+    fn gossip(&self, msg: ClusterMsg) {
+        cmd::peer::apply_gossip(self, msg);
+    }
+
+    async fn deliver(&self, from: u32, msg: ClusterMsg) -> bool {
+        self.writer.deliver(from, msg).await
     }
 }
 

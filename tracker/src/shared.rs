@@ -5,14 +5,14 @@
 //! STATE.md.
 
 use crate::auth;
-use crate::change::Change;
 use crate::error::TrackerError;
 use crate::peers::Peers;
 use crate::replication::log::{Log, LogEntry};
 use crate::replication::node::{Config, Node};
 use crate::replication::transport::{Outbox, Transport};
+use crate::state::change::Change;
 use crate::state::State;
-use crate::store::Store;
+use crate::writer::store::Store;
 use crate::writer::{self, Availability, Writer, WriterHandle, WriterThread};
 use fileshare_protocol::messages::{ClusterMsg, SessionToken};
 use fileshare_protocol::ErrorCode;
@@ -133,12 +133,6 @@ impl Shared {
         })
     }
 
-    /// Hands a message from tracker `from` to the writer; false once it
-    /// stopped.
-    pub async fn deliver(&self, from: u32, msg: ClusterMsg) -> bool {
-        self.writer.deliver(from, msg).await
-    }
-
     /// A clock tick for the replication core.
     pub fn tick(&self) -> bool {
         self.writer.tick()
@@ -147,12 +141,6 @@ impl Shared {
     /// Tells every other tracker about a change of the soft state.
     pub fn gossip(&self, msg: &ClusterMsg) {
         self.transport.broadcast(msg);
-    }
-
-    /// Applies another tracker's news about a daemon (see
-    /// [`crate::cmd::peer::apply_gossip`]).
-    pub fn apply_gossip(&self, msg: ClusterMsg) {
-        crate::cmd::peer::apply_gossip(self, msg);
     }
 
     /// The user of a valid, unexpired session.
@@ -200,5 +188,60 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(u: &str) -> Change {
+        Change::CreateUser {
+            user: u.into(),
+            phc: "x".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_changes_are_durable_and_conflicts_decided_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, thread) =
+            Shared::open(dir.path(), Settings::default(), Transport::none()).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let s = shared.clone();
+            // Every name twice: exactly one of each pair wins.
+            tasks.spawn(async move { s.submit(user(&format!("u{}", i % 100))).await });
+        }
+        let mut ok = 0;
+        let mut exists = 0;
+        while let Some(r) = tasks.join_next().await {
+            match r.unwrap() {
+                Ok(()) => ok += 1,
+                Err(ErrorCode::UserExists(_)) => exists += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!((ok, exists), (100, 100));
+        assert_eq!(shared.state.read().user_count(), 100);
+        thread.stop().await;
+        assert!(shared.submit(user("late")).await.is_err());
+        drop(shared);
+
+        {
+            let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+            let mut replayed = State::default();
+            store.read_all(|_, r| replayed.apply(&r)).unwrap();
+            assert_eq!(replayed.user_count(), 100);
+            // The users, the view of one tracker and the ticket key.
+            assert_eq!(replayed.applied(), 102);
+            assert!(replayed.secret().is_some());
+        }
+        // A tracker alone in its view serves all of it again at once.
+        let (shared, thread) =
+            Shared::open(dir.path(), Settings::default(), Transport::none()).unwrap();
+        assert!(shared.available().is_ok());
+        assert_eq!(shared.state.read().applied(), 102);
+        thread.stop().await;
     }
 }

@@ -2,8 +2,8 @@
 
 use super::user_name;
 use crate::auth;
-use crate::change::Change;
 use crate::shared::Shared;
+use crate::state::change::Change;
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
 use fileshare_protocol::ErrorCode;
 use std::time::Instant;

@@ -1,9 +1,9 @@
 //! The file index: sharing, listing, searching and locating files.
 
 use super::{file_name, group_name};
-use crate::change::Change;
 use crate::peers::Peers;
 use crate::shared::Shared;
+use crate::state::change::Change;
 use crate::state::{Group, SharedFile};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{FileEntry, PeerLocation};

@@ -1,8 +1,8 @@
 //! Groups: creation, listing, membership requests and leaving.
 
 use super::{group_name, user_name};
-use crate::change::Change;
 use crate::shared::Shared;
+use crate::state::change::Change;
 use fileshare_protocol::messages::tracker::GroupInfo;
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
 

@@ -11,7 +11,7 @@
 //! [`LogRead`]; everything not yet applied stays cached, so applying never
 //! reads the disk.
 
-use crate::records::Record;
+use crate::state::records::Record;
 use fileshare_protocol::messages::cluster::{LogPoint, View, ViewId};
 use fileshare_protocol::ProtocolError;
 use sha2::{Digest, Sha256};

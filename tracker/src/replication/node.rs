@@ -18,6 +18,8 @@
 
 mod follower;
 mod leader;
+mod status;
+mod succession;
 
 use super::log::{view_rank, Log, LogEntry, LogRead};
 use fileshare_protocol::messages::cluster::{

@@ -6,18 +6,25 @@
 //! ([`crate::server`]) and handed to [`serve_inbound`]. So each direction
 //! has its own connection, and a broken one is redialed by its sender.
 //!
+//! This module owns the gossip and the delivery between trackers and
+//! imports nothing of the tracker above it: the record writer sends
+//! through an [`Outbox`], handlers gossip through
+//! [`Transport::broadcast`], and [`serve_inbound`] routes what arrives to
+//! an [`Inbox`] (soft-state news to [`Inbox::gossip`], the rest to
+//! [`Inbox::deliver`]), which the server supplies.
+//!
 //! Sending never blocks the record writer: each peer has a bounded queue,
 //! and a message that does not fit (the peer is slow or away) is dropped.
 //! The replication core sends again whatever matters, so a lost message
 //! costs time, never correctness. While a peer is away its queue is
 //! drained, so it does not get a backlog of stale messages on reconnect.
 
-use crate::shared::Shared;
 use fileshare_protocol::connection::FrameReader;
 use fileshare_protocol::connection::TcpConnection;
 use fileshare_protocol::messages::{ClusterMsg, Role};
 use fileshare_protocol::ProtocolError;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +49,15 @@ pub trait Outbox: Send + Sync {
     fn send(&self, to: u32, msg: ClusterMsg) -> bool;
     /// Whether the connection to `to` is up right now.
     fn connected(&self, to: u32) -> bool;
+}
+
+/// Where what the other trackers send goes.
+pub trait Inbox: Send + Sync {
+    /// Applies another tracker's news about a daemon (soft state).
+    fn gossip(&self, msg: ClusterMsg);
+    /// Hands a message from tracker `from` to the record writer; false once
+    /// it stopped.
+    fn deliver(&self, from: u32, msg: ClusterMsg) -> impl Future<Output = bool> + Send;
 }
 
 struct Link {
@@ -193,12 +209,12 @@ async fn dial(
 }
 
 /// Reads what tracker `from` sends on a connection it dialed, until it
-/// closes or `cancel`: gossip is applied here, the rest goes to the record
-/// writer. A frame that cannot be read ends the connection.
-pub async fn serve_inbound<R: AsyncRead + Unpin>(
+/// closes or `cancel`: gossip goes to [`Inbox::gossip`], the rest to
+/// [`Inbox::deliver`]. A frame that cannot be read ends the connection.
+pub async fn serve_inbound<R: AsyncRead + Unpin, I: Inbox>(
     from: u32,
     mut reader: FrameReader<R>,
-    shared: Arc<Shared>,
+    inbox: Arc<I>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -225,9 +241,9 @@ pub async fn serve_inbound<R: AsyncRead + Unpin>(
         match msg {
             ClusterMsg::PeerAnnounced { .. }
             | ClusterMsg::PiecesReported { .. }
-            | ClusterMsg::PeerLeft { .. } => shared.apply_gossip(msg),
+            | ClusterMsg::PeerLeft { .. } => inbox.gossip(msg),
             other => {
-                if !shared.deliver(from, other).await {
+                if !inbox.deliver(from, other).await {
                     return;
                 }
             }

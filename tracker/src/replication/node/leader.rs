@@ -3,8 +3,8 @@
 //! and meeting another leader.
 
 use super::{key_of, Node, Note, Progress, Role};
-use crate::records::Record;
 use crate::replication::log::{LogEntry, LogRead};
+use crate::state::records::Record;
 use fileshare_protocol::messages::cluster::{
     AppendResult, ClusterMsg, MemberRole, Status, View, ViewId,
 };

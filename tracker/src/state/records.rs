@@ -1,7 +1,7 @@
 //! The durable changes. The tracker's durable state is exactly what
 //! [`crate::state::State::apply`] makes of the ordered sequence of these
 //! records, so a record says what happened, never how to check it: checks
-//! were made when the record was decided ([`crate::change`]).
+//! were made when the record was decided ([`crate::state::change`]).
 //!
 //! Records are stored and replicated as [`fileshare_protocol::codec`]
 //! encodings. Variants may be added at the end; existing ones never change

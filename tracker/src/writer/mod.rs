@@ -13,16 +13,20 @@
 //! The thread is the only writer of the state, so the state cannot move
 //! between deciding and applying but by records this thread appended:
 //! a change whose key has records in flight waits until they are applied
-//! (see [`crate::change`]).
+//! (see [`crate::state::change`]).
+//!
+//! The log on disk, which only this thread writes, is [`store`].
+
+pub mod store;
 
 use crate::auth;
-use crate::change::{decide, Change, Key};
-use crate::records::Record;
 use crate::replication::log::LogEntry;
 use crate::replication::node::{Node, Note, Ready, Role};
 use crate::replication::transport::Outbox;
+use crate::state::change::{decide, Change, Key};
+use crate::state::records::Record;
 use crate::state::State;
-use crate::store::{Batch, Store};
+use crate::writer::store::{Batch, Store};
 use fileshare_protocol::messages::ClusterMsg;
 use fileshare_protocol::{codec, ErrorCode, MAX_FRAME_LEN};
 use parking_lot::RwLock;
@@ -475,7 +479,7 @@ impl Writer {
         }
     }
 
-    fn carry_out(&mut self, rd: &Ready) -> Result<(), crate::TrackerError> {
+    fn carry_out(&mut self, rd: &Ready) -> Result<(), crate::error::TrackerError> {
         if rd.send_first {
             self.send_all(rd);
         }
@@ -665,58 +669,6 @@ pub fn spawn(mut writer: Writer) -> Result<(WriterHandle, WriterThread), std::io
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::transport::Transport;
-    use crate::shared::{Settings, Shared};
-
-    fn user(u: &str) -> Change {
-        Change::CreateUser {
-            user: u.into(),
-            phc: "x".into(),
-        }
-    }
-
-    #[tokio::test]
-    async fn concurrent_changes_are_durable_and_conflicts_decided_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let (shared, thread) =
-            Shared::open(dir.path(), Settings::default(), Transport::none()).unwrap();
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in 0..200 {
-            let s = shared.clone();
-            // Every name twice: exactly one of each pair wins.
-            tasks.spawn(async move { s.submit(user(&format!("u{}", i % 100))).await });
-        }
-        let mut ok = 0;
-        let mut exists = 0;
-        while let Some(r) = tasks.join_next().await {
-            match r.unwrap() {
-                Ok(()) => ok += 1,
-                Err(ErrorCode::UserExists(_)) => exists += 1,
-                Err(e) => panic!("{e}"),
-            }
-        }
-        assert_eq!((ok, exists), (100, 100));
-        assert_eq!(shared.state.read().user_count(), 100);
-        thread.stop().await;
-        assert!(shared.submit(user("late")).await.is_err());
-        drop(shared);
-
-        {
-            let store = Store::open(&dir.path().join(crate::shared::STORE_FILE)).unwrap();
-            let mut replayed = State::default();
-            store.read_all(|_, r| replayed.apply(&r)).unwrap();
-            assert_eq!(replayed.user_count(), 100);
-            // The users, the view of one tracker and the ticket key.
-            assert_eq!(replayed.applied(), 102);
-            assert!(replayed.secret().is_some());
-        }
-        // A tracker alone in its view serves all of it again at once.
-        let (shared, thread) =
-            Shared::open(dir.path(), Settings::default(), Transport::none()).unwrap();
-        assert!(shared.available().is_ok());
-        assert_eq!(shared.state.read().applied(), 102);
-        thread.stop().await;
-    }
 
     #[test]
     fn oversized_records_are_refused_before_they_are_ordered() {

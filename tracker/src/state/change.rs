@@ -12,7 +12,7 @@
 //! next batch. `decide` of a change therefore reads only state under its own
 //! key (users are never deleted, so a user's existence is stable).
 
-use crate::records::{Record, TokenHash};
+use crate::state::records::{Record, TokenHash};
 use crate::state::State;
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::ErrorCode;

@@ -4,8 +4,18 @@
 //! and never fails: a record that does not fit the state (which deciding
 //! prevents) is ignored, so every tracker that replays the same records ends
 //! in the same state. Everything else here is a read-only query.
+//!
+//! This folder holds the durable state and does no I/O:
+//! - [`records`]: the durable record type, what the log holds.
+//! - this module: the state and [`State::apply`], its only mutator.
+//! - [`change`]: deciding a change into records against the state.
+//!
+//! The log on disk is the record writer's ([`crate::writer::store`]).
 
-use crate::records::{Record, TokenHash};
+pub mod change;
+pub mod records;
+
+use crate::state::records::{Record, TokenHash};
 use fileshare_protocol::ids::{FileId, FileMeta};
 use fileshare_protocol::ErrorCode;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

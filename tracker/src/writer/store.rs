@@ -10,8 +10,8 @@
 //! spreading a wrong state.
 
 use crate::error::{storage, TrackerError};
-use crate::records::Record;
 use crate::replication::log::LogRead;
+use crate::state::records::Record;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
 use std::ops::Range;
