@@ -17,6 +17,7 @@ use crate::writer::{self, Availability, Writer, WriterHandle, WriterThread};
 use fileshare_protocol::messages::{ClusterMsg, SessionToken};
 use fileshare_protocol::ErrorCode;
 use parking_lot::{Mutex, RwLock};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,10 +76,19 @@ impl Shared {
         settings: Settings,
         transport: Arc<Transport>,
     ) -> Result<(Arc<Shared>, WriterThread), TrackerError> {
-        std::fs::create_dir_all(data_dir).map_err(|error| TrackerError::DataDir {
-            path: data_dir.to_path_buf(),
-            error,
-        })?;
+        // Owner-only: the directory holds password hashes, sessions and the
+        // key that signs tickets.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|error| TrackerError::DataDir {
+                path: data_dir.to_path_buf(),
+                error,
+            })?;
         let store = Store::open(&data_dir.join(STORE_FILE))?;
         // A log from before replication: every record was acknowledged.
         let commit = store.commit()?.unwrap_or(store.last_index());
