@@ -25,6 +25,16 @@ pub enum ProtocolError {
     Timeout { what: &'static str, ms: u64 },
     #[error("connection closed")]
     Closed,
+    /// Setting up the secure connection failed (boxed: it can hold a
+    /// `ProtocolError` itself).
+    #[error(transparent)]
+    Tls(Box<crate::tls::TlsError>),
+}
+
+impl From<crate::tls::TlsError> for ProtocolError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        ProtocolError::Tls(Box::new(e))
+    }
 }
 
 /// A tracker's typed refusal. The CLI prints its `Display` as the one-line
