@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -101,8 +101,14 @@ impl Partial {
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o600)
             .open(&tmp)
+            .and_then(|f| {
+                // Under the daemon's owner-only umask: give the download the
+                // mode the user's own umask would.
+                let mode = std::fs::Permissions::from_mode(crate::mount::user_file_mode());
+                f.set_permissions(mode).map(|()| f)
+            })
             .map_err(|e| DownloadError::Write {
                 path: dest.display().to_string(),
                 why: why(&e),

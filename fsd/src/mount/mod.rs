@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 /// Mounts the swarm and serves until unmounted, Ctrl-C, SIGTERM or a
 /// control request; with `--daemon`, returns once the mount is up.
 pub fn run(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
+    owner_only_files();
     let session = home.session()?;
     if session.expires_unix_ms <= now_ms() {
         bail!("the session has expired; run `fsd login {}`", session.user);
@@ -61,6 +62,23 @@ pub fn run(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         ready.failed(&format!("{e:#}"));
     }
     result
+}
+
+/// The user's umask when the daemon started, for the files it writes on the
+/// user's behalf outside its home (`download-file`).
+static USER_UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Everything the daemon creates in its home (pieces, staging files, logs)
+/// is owner-only, whatever the user's umask.
+fn owner_only_files() {
+    // SAFETY: umask cannot fail.
+    let old = unsafe { libc::umask(0o077) };
+    let _ = USER_UMASK.set(old);
+}
+
+/// The mode of a file the user asked for: `0o666` less the user's umask.
+pub fn user_file_mode() -> u32 {
+    0o666 & !USER_UMASK.get().copied().unwrap_or(0o022)
 }
 
 /// Unmounts a mount point left dead by a daemon that crashed.
