@@ -193,6 +193,18 @@ impl TrackerLink {
         .await
     }
 
+    /// Creates a group owned by this user; the cached group list is
+    /// forgotten so the new group shows at once.
+    pub async fn create_group(&self, group: &str) -> Result<(), LinkError> {
+        self.call(TrackerRequest::CreateGroup {
+            session: self.session,
+            group: group.to_string(),
+        })
+        .await?;
+        self.invalidate(None);
+        Ok(())
+    }
+
     /// Forgets cached listings after a change this daemon made.
     pub fn invalidate(&self, group: Option<&str>) {
         match group {
