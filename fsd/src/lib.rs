@@ -20,6 +20,8 @@
 //! - [`store`]: pieces on disk.
 //! - [`trackers`]: the daemon's side of the trackers: every tracker request
 //!   the daemon makes, cached listings, tickets.
+//! - [`tasks`]: named tasks in one tree of cancellation tokens, joined on
+//!   shutdown, and the bounded pool for blocking work.
 //! - [`units`]: byte sizes and rates, parsed and shown.
 #![warn(clippy::cast_possible_truncation)]
 
@@ -33,5 +35,6 @@ pub mod mount;
 pub mod net;
 pub mod pieces;
 pub mod store;
+pub mod tasks;
 pub mod trackers;
 pub mod units;

@@ -6,7 +6,7 @@
 use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{FileEntry, GroupInfo, Holding, PeerLocation};
-use fileshare_protocol::messages::{SessionToken, Ticket, TrackerReply, TrackerRequest};
+use fileshare_protocol::messages::{SessionToken, Ticket};
 use fileshare_protocol::{ErrorCode, FileId, PeerId};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -76,10 +76,6 @@ impl TrackerLink {
             verified: Mutex::new(HashMap::new()),
             reports: Mutex::new(HashMap::new()),
         }
-    }
-
-    pub async fn call(&self, req: TrackerRequest) -> Result<TrackerReply, LinkError> {
-        Ok(self.client.call(req).await?)
     }
 
     /// Runs `fetch` unless the cache is fresh; serves the cache when the

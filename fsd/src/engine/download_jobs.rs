@@ -7,6 +7,9 @@
 //! the pieces are hashed again as they are copied, the file is synced and
 //! renamed over the destination, and the directory is synced. Any failure,
 //! or the daemon stopping, removes the temporary file.
+//!
+//! Each job is a task under the engine's token; its file work runs on the
+//! blocking pool. The engine owns the jobs ([`Engine::start_download`]).
 
 use crate::control::{human_bytes, DownloadState, DownloadStatus, WirePath};
 use crate::engine::{Engine, EngineError};
@@ -307,17 +310,25 @@ impl Downloads {
                 })?
             }
         };
-        let dest = if dest.is_dir() {
-            dest.join(name)
-        } else {
-            dest.to_path_buf()
-        };
-        if dest.is_dir() {
-            return Err(DownloadError::Write {
-                path: dest.display().to_string(),
-                why: "is a directory".into(),
-            });
-        }
+        let (dest_c, name_c) = (dest.to_path_buf(), name.to_string());
+        let dest = engine
+            .tasks
+            .blocking(move || {
+                let dest = if dest_c.is_dir() {
+                    dest_c.join(name_c)
+                } else {
+                    dest_c
+                };
+                if dest.is_dir() {
+                    return Err(DownloadError::Write {
+                        path: dest.display().to_string(),
+                        why: "is a directory".into(),
+                    });
+                }
+                Ok(dest)
+            })
+            .await
+            .map_err(|_| DownloadError::Stopped("the daemon is stopping"))??;
         if self
             .jobs
             .lock()
@@ -327,7 +338,9 @@ impl Downloads {
             return Err(DownloadError::Busy(dest.display().to_string()));
         }
         let (dest_c, name_c, size) = (dest.clone(), name.to_string(), entry.size);
-        let partial = tokio::task::spawn_blocking(move || Partial::create(&dest_c, &name_c, size))
+        let partial = engine
+            .tasks
+            .blocking(move || Partial::create(&dest_c, &name_c, size))
             .await
             .map_err(|_| DownloadError::Stopped("the daemon is stopping"))??;
         let swarm = engine.open(group, &entry).await?;
@@ -367,7 +380,9 @@ impl Downloads {
             }
         }
         let status = job.status();
-        tokio::spawn(drive(engine.clone(), job, swarm, partial));
+        engine
+            .tasks
+            .spawn("download", drive(engine.clone(), job, swarm, partial));
         Ok(status)
     }
 
@@ -386,6 +401,8 @@ impl Downloads {
 }
 
 /// Follows one download to its end: progress while fetching, then the copy.
+/// When the daemon stops, the task is dropped, and with it the temporary
+/// file.
 async fn drive(engine: Arc<Engine>, job: Arc<Job>, mut swarm: Arc<Swarm>, partial: Partial) {
     let result = fetch(&engine, &job, &mut swarm).await;
     let result = match result {
@@ -397,7 +414,9 @@ async fn drive(engine: Arc<Engine>, job: Arc<Job>, mut swarm: Arc<Swarm>, partia
                 p.peers = u32::try_from(swarm.counters().len()).unwrap_or(u32::MAX);
             }
             let file = swarm.file.clone();
-            tokio::task::spawn_blocking(move || partial.fill_and_commit(&file))
+            engine
+                .tasks
+                .blocking(move || partial.fill_and_commit(&file))
                 .await
                 .unwrap_or(Err(DownloadError::Stopped("the daemon is stopping")))
         }
@@ -431,6 +450,11 @@ async fn fetch(
             return Ok(());
         }
         tokio::select! {
+            // Stopping cancels every swarm too: say which it was.
+            biased;
+            () = engine.tasks.token().cancelled() => {
+                return Err(DownloadError::Stopped("the daemon is stopping"));
+            }
             _ = tick.tick() => {}
             () = swarm.cancel.cancelled() => {
                 // Shared again under the same content: follow the new swarm.
@@ -443,9 +467,6 @@ async fn fetch(
                     }
                     _ => return Err(DownloadError::Stopped("the file was unshared here")),
                 }
-            }
-            () = engine.shutdown.cancelled() => {
-                return Err(DownloadError::Stopped("the daemon is stopping"));
             }
         }
         let now = Instant::now();

@@ -4,10 +4,12 @@
 //! the swarm queues, verifying every piece before it is stored or offered.
 //!
 //! The wire loop never decides anything: it reports what arrived to the
-//! swarm, whose scheduling step chooses the next requests.
+//! swarm, whose scheduling step chooses the next requests. Each piece is
+//! verified and stored by a task of the swarm, on the blocking pool.
 
 use crate::net::token_bucket::Throttle;
 use crate::pieces::swarm::{LinkCmd, LinkKey, Swarm};
+use crate::tasks::Tasks;
 use crate::trackers::TrackerLink;
 use fileshare_protocol::connection::TcpConnection;
 use fileshare_protocol::messages::tracker::PeerLocation;
@@ -53,13 +55,14 @@ enum LinkFailure {
 
 /// Runs one link until the peer goes away, misbehaves or the swarm ends.
 ///
-/// The caller has registered the attempt with [`Swarm::connect_started`].
-pub async fn run(swarm: Arc<Swarm>, ctx: Arc<LinkCtx>, remote: PeerLocation) {
+/// The caller has registered the attempt with [`Swarm::connect_started`];
+/// `tasks` is the swarm's node of the task tree.
+pub async fn run(swarm: Arc<Swarm>, ctx: Arc<LinkCtx>, remote: PeerLocation, tasks: Tasks) {
     let addr = remote.addr.clone();
     let peer = remote.peer;
     let cancel = swarm.cancel.clone();
     tokio::select! {
-        r = link(&swarm, &ctx, remote) => {
+        r = link(&swarm, &ctx, remote, &tasks) => {
             if let Err(e) = r {
                 tracing::debug!(file = %swarm.file.meta.name, peer = %addr, "link ended: {e:#}");
             }
@@ -81,7 +84,12 @@ impl Drop for Registered<'_> {
     }
 }
 
-async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result<(), LinkFailure> {
+async fn link(
+    swarm: &Arc<Swarm>,
+    ctx: &LinkCtx,
+    remote: PeerLocation,
+    tasks: &Tasks,
+) -> Result<(), LinkFailure> {
     let file = swarm.file.clone();
     let ticket = ctx
         .tracker
@@ -218,13 +226,18 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
                     // socket keeps draining while a piece is checked.
                     let (swarm, tracker, dropped) =
                         (swarm.clone(), ctx.tracker.clone(), dropped.clone());
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = crate::pieces::verify::verify_and_store(
-                            &swarm, &tracker, key, index, &data,
-                        ) {
-                            tracing::warn!(file = %swarm.file.meta.name, "{e:#}");
-                            dropped.cancel();
-                        }
+                    let pool = tasks.clone();
+                    tasks.spawn("verify-piece", async move {
+                        let _ = pool
+                            .blocking(move || {
+                                if let Err(e) = crate::pieces::verify::verify_and_store(
+                                    &swarm, &tracker, key, index, &data,
+                                ) {
+                                    tracing::warn!(file = %swarm.file.meta.name, "{e:#}");
+                                    dropped.cancel();
+                                }
+                            })
+                            .await;
                     });
                 }
                 (Asked::Piece(index), PeerReply::Error(PeerError::Busy)) => {

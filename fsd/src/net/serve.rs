@@ -9,10 +9,16 @@
 //! waiting there can be cancelled by the requester. Subscriptions push a
 //! `Have` for every piece verified here, so readers become sources for each
 //! other as soon as they hold something.
+//!
+//! Tasks: the accept loop runs under the server's node of the task tree,
+//! each connection under a child of it, and a connection's requests and
+//! subscriptions under the connection's, so they end with it. Pieces are
+//! read on the blocking pool.
 
 use crate::net::upload_scheduler::{Ask, Decision, Uploads};
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::Swarm;
+use crate::tasks::Tasks;
 use crate::trackers::TrackerLink;
 use fileshare_protocol::connection::TcpConnection;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
@@ -38,34 +44,27 @@ pub struct ServeCtx {
     pub uploaded: AtomicU64,
     /// Numbers the connections, for the upload scheduler.
     pub next_conn: AtomicU64,
+    /// The server's node of the task tree.
+    pub tasks: Tasks,
 }
 
-pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>, shutdown: CancellationToken) {
+/// Accepts peers until the server's token is cancelled (it runs as a task
+/// under it).
+pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p,
-            () = shutdown.cancelled() => return,
-        };
-        let Ok(permit) = permit else {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = shutdown.cancelled() => return,
-        };
-        match accepted {
+        match listener.accept().await {
             Ok((stream, from)) => {
-                let ctx = ctx.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        r = serve(stream, &ctx) => {
-                            if let Err(e) = r {
-                                tracing::debug!(peer = %from, "peer connection ended: {e:#}");
-                            }
-                        }
-                        () = shutdown.cancelled() => {}
+                let conn_tasks = ctx.tasks.child();
+                let conn_ctx = ctx.clone();
+                ctx.tasks.spawn("peer-connection", async move {
+                    // Its requests and subscriptions end with it.
+                    let _end = conn_tasks.token().clone().drop_guard();
+                    if let Err(e) = serve(stream, &conn_ctx, &conn_tasks).await {
+                        tracing::debug!(peer = %from, "peer connection ended: {e:#}");
                     }
                     drop(permit);
                 });
@@ -102,6 +101,7 @@ struct ConnState {
 async fn serve(
     stream: tokio::net::TcpStream,
     ctx: &Arc<ServeCtx>,
+    tasks: &Tasks,
 ) -> Result<(), fileshare_protocol::ProtocolError> {
     let mut conn = TcpConnection::tcp(stream);
     match conn.handshake(Role::Peer { id: ctx.my_id }).await? {
@@ -161,7 +161,7 @@ async fn serve(
                 };
                 match allowed(ctx, &groups, &file) {
                     Ok(swarm) if fresh => {
-                        tokio::spawn(subscription(swarm, req.id, tx.clone()));
+                        tasks.spawn("peer-subscription", subscription(swarm, req.id, tx.clone()));
                     }
                     Ok(_) => {
                         let body = PeerReply::Error(PeerError::Busy);
@@ -185,7 +185,7 @@ async fn serve(
             let cancel = CancellationToken::new();
             st.pending.lock().insert(req.id, cancel.clone());
             let (ctx, st, tx) = (ctx.clone(), st.clone(), tx.clone());
-            tokio::spawn(async move {
+            tasks.spawn("peer-request", async move {
                 // A request of a connection that is gone leaves the upload
                 // queue instead of being paid for.
                 let body = tokio::select! {
@@ -303,7 +303,7 @@ async fn piece(
     }
     st.refused.lock().remove(&key);
     let file = swarm.file.clone();
-    let data = match tokio::task::spawn_blocking(move || file.read_piece(p)).await {
+    let data = match ctx.tasks.blocking(move || file.read_piece(p)).await {
         Ok(Ok(d)) => d,
         // A changed in-place file: the in_place watcher withdraws it with
         // one log line of its own.
