@@ -484,6 +484,17 @@ impl Engine {
             }
             return Err(e.into());
         }
+        // The same file already shared in other groups stays shared there.
+        if let Some(old) = self.registry.get(&id) {
+            let (stored, old) = (stored.clone(), old.file.clone());
+            self.with_store(move |_| {
+                for g in old.groups() {
+                    stored.add_group(&g)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
         let have = fileshare_protocol::Bitfield::full(stored.layout.num_pieces());
         let swarm = self.new_swarm(stored, have);
         if let Some(old) = self.registry.get(&id) {
@@ -501,7 +512,7 @@ impl Engine {
             .registry
             .all()
             .into_iter()
-            .find(|s| s.file.group == group && s.file.meta.name == name);
+            .find(|s| s.file.in_group(group) && s.file.meta.name == name);
         let stopped = self.tracker.stop_share(group, name).await;
         match stopped {
             Ok(_) => {}
@@ -513,6 +524,13 @@ impl Engine {
             Err(e) => return Err(e.into()),
         }
         if let Some(swarm) = local {
+            let (file, g) = (swarm.file.clone(), group.to_string());
+            if self.with_store(move |_| file.remove_group(&g)).await? > 0 {
+                // Still shared in another group: keep the bytes.
+                self.tracker.invalidate(Some(group));
+                self.announce_now.notify_one();
+                return Ok(());
+            }
             let id = swarm.file.id;
             self.registry.remove(&id);
             swarm.cancel.cancel();

@@ -263,7 +263,7 @@ fn allowed(ctx: &ServeCtx, groups: &[String], file: &FileId) -> Result<Arc<Swarm
         return Err(PeerError::NotAuthenticated);
     }
     let swarm = ctx.registry.get(file).ok_or(PeerError::NoSuchFile)?;
-    if !groups.contains(&swarm.file.group) {
+    if !groups.iter().any(|g| swarm.file.in_group(g)) {
         return Err(PeerError::NotMember);
     }
     Ok(swarm)

@@ -69,7 +69,13 @@ struct MetaRecord {
 /// tasks may use it at once.
 pub struct StoredFile {
     pub id: FileId,
+    /// The group it was first shared or fetched in: where it is located and
+    /// fetched from.
     pub group: String,
+    /// Every group this user shares it in, `group` included: the same bytes
+    /// under the same name are one file id, and members of any of these
+    /// groups may fetch it from here. Persisted in the entry's `groups` file.
+    groups: Mutex<std::collections::BTreeSet<String>>,
     pub meta: FileMeta,
     pub layout: Layout,
     pub source: Source,
@@ -89,6 +95,45 @@ impl std::fmt::Debug for StoredFile {
 }
 
 impl StoredFile {
+    /// Whether members of `group` may fetch it from here.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.lock().contains(group)
+    }
+
+    /// Every group this user shares it in.
+    pub fn groups(&self) -> Vec<String> {
+        self.groups.lock().iter().cloned().collect()
+    }
+
+    /// Shares it in one more group too.
+    pub fn add_group(&self, group: &str) -> Result<(), StoreError> {
+        let mut groups = self.groups.lock();
+        if groups.insert(group.to_string()) {
+            self.write_groups(&groups)?;
+        }
+        Ok(())
+    }
+
+    /// Stops sharing it in `group`; returns how many groups remain.
+    pub fn remove_group(&self, group: &str) -> Result<usize, StoreError> {
+        let mut groups = self.groups.lock();
+        if groups.remove(group) {
+            self.write_groups(&groups)?;
+        }
+        Ok(groups.len())
+    }
+
+    fn write_groups(&self, groups: &std::collections::BTreeSet<String>) -> Result<(), StoreError> {
+        let mut text = String::new();
+        for g in groups {
+            text.push_str(g);
+            text.push('\n');
+        }
+        let tmp = self.dir.join("groups.tmp");
+        std::fs::write(&tmp, text).map_err(|e| StoreError::io(&tmp, e))?;
+        std::fs::rename(&tmp, self.dir.join("groups")).map_err(|e| StoreError::io(&tmp, e))
+    }
+
     /// Reads `len` bytes at `offset` (clipped to the file). The caller has
     /// checked that the pieces covering the range are verified.
     pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
@@ -258,6 +303,17 @@ impl Store {
                 File::open(path).map_err(|e| StoreError::io(path, e))?
             }
         };
+        // Without a `groups` file it is shared in its first group alone.
+        // Names are checked before anything is stored, so a line is a group.
+        let groups: std::collections::BTreeSet<String> =
+            match std::fs::read_to_string(dir.join("groups")) {
+                Ok(text) => text
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                Err(_) => [rec.group.clone()].into(),
+            };
         let log_path = dir.join("have");
         let have_log = OpenOptions::new()
             .append(true)
@@ -267,6 +323,7 @@ impl Store {
         Ok(Arc::new(StoredFile {
             id,
             group: rec.group,
+            groups: Mutex::new(groups),
             meta: rec.meta,
             layout,
             source: rec.source,
@@ -401,6 +458,14 @@ impl Store {
     ) -> Result<Arc<StoredFile>, StoreError> {
         let id = rec.meta.id();
         self.write_meta(&dir, &rec)?;
+        // A new share starts in its own group; the engine adds the groups it
+        // was already shared in.
+        match std::fs::remove_file(dir.join("groups")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::io(&dir.join("groups"), e))
+            }
+            _ => {}
+        }
         let log_path = dir.join("have");
         let mut log = Vec::new();
         for i in 0..rec.meta.hashes.len() {
