@@ -21,7 +21,7 @@ pub const REFRESH_BUDGET: Duration = Duration::from_millis(800);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("{0}")]
+    #[error(transparent)]
     Tracker(#[from] ClientError),
     #[error("no tracker answered within {0} ms and nothing is cached")]
     Slow(u64),

@@ -3,14 +3,12 @@
 
 use std::path::Path;
 
+/// Each message contains its cause's text, so no variant also exposes it as
+/// a `source`: an error chain (`{e:#}`) names the cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum TrackersFileError {
-    #[error("cannot read trackers file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read trackers file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("trackers file {path}, line {line}: {text:?} is not host:port")]
     BadLine {
         path: String,
@@ -49,9 +47,9 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<String>, TrackersFileError> {
 
 pub fn load(path: &Path) -> Result<Vec<String>, TrackersFileError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| TrackersFileError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| TrackersFileError::Read {
         path: shown.clone(),
-        source,
+        error,
     })?;
     parse(&text, &shown)
 }
@@ -67,6 +65,19 @@ mod tests {
             parse(t, "f").unwrap(),
             vec!["127.0.0.1:7001", "127.0.0.1:7002"]
         );
+    }
+
+    #[test]
+    fn a_missing_file_names_the_os_error_once() {
+        let err = load(Path::new("/nonexistent/trackers.txt")).unwrap_err();
+        // What `{e:#}` prints: each error of the chain, joined by ": ".
+        let mut chain = err.to_string();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(c) = cause {
+            chain = format!("{chain}: {c}");
+            cause = c.source();
+        }
+        assert_eq!(chain.matches("os error 2").count(), 1, "{chain}");
     }
 
     #[test]

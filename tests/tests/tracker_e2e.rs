@@ -327,4 +327,6 @@ fn an_unreachable_tracker_is_one_clear_line() {
     let missing = Fsd::with_trackers(&dir.path().join("missing.txt"));
     let e = missing.fails(&["create-user", "alice"]);
     assert!(e.contains("cannot read trackers file"), "{e}");
+    // The OS error is named once, not again by the error chain.
+    assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
 }

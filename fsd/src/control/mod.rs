@@ -141,18 +141,16 @@ impl DownloadStatus {
     }
 }
 
+/// Causes are in the messages, never also a `source`, so an error chain
+/// (`{e:#}`) names each once.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("the daemon is not running; start it with `fsd mount`")]
     NotRunning,
-    #[error("cannot reach the daemon at {path}: {source}")]
-    Connect {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot reach the daemon at {path}: {error}")]
+    Connect { path: String, error: std::io::Error },
     #[error("lost the daemon: {0}")]
-    Protocol(#[from] ProtocolError),
+    Protocol(ProtocolError),
     #[error("the daemon closed the connection")]
     Closed,
     #[error("the daemon sent an unexpected reply")]
@@ -160,6 +158,12 @@ pub enum ControlError {
     /// The daemon refused or failed the request; already a full sentence.
     #[error("{0}")]
     Daemon(String),
+}
+
+impl From<ProtocolError> for ControlError {
+    fn from(e: ProtocolError) -> Self {
+        ControlError::Protocol(e)
+    }
 }
 
 /// One connection to the running daemon.
@@ -186,10 +190,10 @@ impl ControlClient {
             {
                 return Err(ControlError::NotRunning)
             }
-            Err(source) => {
+            Err(error) => {
                 return Err(ControlError::Connect {
                     path: path.display().to_string(),
-                    source,
+                    error,
                 })
             }
         };

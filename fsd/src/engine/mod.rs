@@ -32,9 +32,9 @@ const IDLE_ROUNDS: u32 = 120;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("{0}")]
+    #[error(transparent)]
     Tracker(#[from] LinkError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("no peer served pieces {missing:?} within {secs} s")]
     Timeout { missing: Vec<u32>, secs: u64 },

@@ -8,7 +8,7 @@
 
 use crate::net::token_bucket::Throttle;
 use crate::pieces::swarm::{LinkCmd, LinkKey, Swarm};
-use crate::trackers::TrackerLink;
+use crate::trackers::{LinkError, TrackerLink};
 use fileshare_protocol::connection::TcpConnection;
 use fileshare_protocol::messages::tracker::PeerLocation;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
@@ -37,16 +37,18 @@ pub struct LinkCtx {
 
 #[derive(Debug, thiserror::Error)]
 enum LinkFailure {
-    #[error("{0}")]
+    #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("peer refused: {0}")]
-    Refused(String),
+    Refused(PeerError),
+    #[error("peer identity does not match the tracker's")]
+    WrongPeer,
     #[error("peer sent an unexpected reply")]
     Unexpected,
     #[error("peer sent {0} bad pieces")]
     BadPieces(u32),
     #[error("cannot get a ticket: {0}")]
-    Ticket(String),
+    Ticket(LinkError),
     #[error("peer closed the connection")]
     Closed,
 }
@@ -87,13 +89,11 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
         .tracker
         .ticket(&file.group)
         .await
-        .map_err(|e| LinkFailure::Ticket(e.to_string()))?;
+        .map_err(LinkFailure::Ticket)?;
     let (conn, role) =
         TcpConnection::connect(&remote.addr, Role::Peer { id: ctx.my_id }, PEER_TIMEOUT).await?;
     if role != (Role::Peer { id: remote.peer }) {
-        return Err(LinkFailure::Refused(
-            "peer identity does not match the tracker's".into(),
-        ));
+        return Err(LinkFailure::WrongPeer);
     }
     let (mut reader, mut writer) = conn.into_split();
     writer
@@ -104,7 +104,7 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
         .await?;
     match read_reply(&mut reader).await?.body {
         PeerReply::Authenticated => {}
-        PeerReply::Error(e) => return Err(LinkFailure::Refused(e.to_string())),
+        PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
         _ => return Err(LinkFailure::Unexpected),
     }
     writer
@@ -115,7 +115,7 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
         .await?;
     let have = match read_reply(&mut reader).await?.body {
         PeerReply::Bitfield(b) if b.is_valid_for(file.layout.num_pieces()) => b,
-        PeerReply::Error(e) => return Err(LinkFailure::Refused(e.to_string())),
+        PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
         _ => return Err(LinkFailure::Unexpected),
     };
     let Some((key, mut queue)) = swarm.add_link(remote.peer, remote.addr.clone(), have) else {
@@ -195,7 +195,7 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
                     PeerReply::Bitfield(b) if b.is_valid_for(num_pieces) => {
                         swarm.update_have(key, b)
                     }
-                    PeerReply::Error(e) => return Err(LinkFailure::Refused(e.to_string())),
+                    PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
                     _ => return Err(LinkFailure::Unexpected),
                 }
                 continue;
