@@ -169,7 +169,6 @@ async fn serve(
         registry,
         uploads,
         corrupt: args.corrupt_uploads,
-        uploaded: AtomicU64::new(0),
         next_conn: AtomicU64::new(0),
     });
     let server = tokio::spawn(crate::net::serve::run(
@@ -212,7 +211,7 @@ async fn serve(
     tracing::info!(
         mountpoint = %mountpoint.display(),
         peer = %addr,
-        user = %session_user(&tracker),
+        user = %tracker.user,
         resumed,
         "mounted"
     );
@@ -279,8 +278,4 @@ fn unmount(mountpoint: &Path, session: fuser::BackgroundSession) {
         // device, which ends the filesystem for its last users.
         std::mem::forget(session);
     }
-}
-
-fn session_user(t: &TrackerLink) -> &str {
-    &t.user
 }

@@ -35,7 +35,6 @@ pub struct ServeCtx {
     pub uploads: Arc<Uploads>,
     /// Testing only: flip a byte of every piece sent.
     pub corrupt: bool,
-    pub uploaded: AtomicU64,
     /// Numbers the connections, for the upload scheduler.
     pub next_conn: AtomicU64,
 }
@@ -323,7 +322,6 @@ async fn piece(
             *b ^= 0xff;
         }
     }
-    ctx.uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
     swarm
         .uploaded
         .fetch_add(data.len() as u64, Ordering::Relaxed);

@@ -213,13 +213,6 @@ impl Swarm {
         self.haves.subscribe()
     }
 
-    pub fn is_linked(&self, peer: &PeerId) -> bool {
-        let st = self.state.lock();
-        st.links.iter().any(|l| l.peer == *peer)
-            || st.banned.contains(peer)
-            || st.connecting.contains(peer)
-    }
-
     /// A link to `peer` is being set up; false if there is one already (or
     /// the peer is banned). Each `true` is ended by [`Swarm::connect_ended`].
     pub fn connect_started(&self, peer: PeerId) -> bool {
@@ -513,11 +506,6 @@ impl Swarm {
         };
         self.schedule(&mut st);
         verdict
-    }
-
-    /// Missing pieces that readers are waiting for, for the timeout log.
-    pub fn awaited(&self) -> Vec<u32> {
-        self.state.lock().waiters.keys().copied().collect()
     }
 
     /// Drops the waiters whose readers gave up.
