@@ -489,7 +489,7 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
             PeerReply::Error(PeerError::NotMember)
         );
         assert_eq!(
-            exchange(&mut conn, 5, PeerRequest::Bitfield { file: id }).await,
+            exchange(&mut conn, 5, PeerRequest::Subscribe { file: id }).await,
             PeerReply::Error(PeerError::NotMember)
         );
     });

@@ -246,10 +246,6 @@ async fn answer(
         PeerRequest::Authenticate { .. }
         | PeerRequest::Subscribe { .. }
         | PeerRequest::Cancel { .. } => PeerReply::Error(PeerError::Internal),
-        PeerRequest::Bitfield { file } => match allowed(ctx, groups, &file) {
-            Ok(swarm) => PeerReply::Bitfield(swarm.have()),
-            Err(e) => PeerReply::Error(e),
-        },
         PeerRequest::Piece { file, index } => match allowed(ctx, groups, &file) {
             Ok(swarm) => piece(ctx, st, swarm, index, cancel).await,
             Err(e) => PeerReply::Error(e),
