@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::home::Home;
 use crate::net::fetch::LinkCtx;
 use crate::net::serve::ServeCtx;
-use crate::net::token_bucket::Throttle;
+use crate::net::token_bucket::TokenBucket;
 use crate::pieces::registry::Registry;
 use crate::store::Store;
 use crate::trackers::{now_ms, TrackerLink};
@@ -147,7 +147,7 @@ async fn serve(
         link_ctx: Arc::new(LinkCtx {
             my_id,
             tracker: tracker.clone(),
-            download: args.max_download_rate.map(|r| Throttle::new(r, burst)),
+            download: args.max_download_rate.map(|r| TokenBucket::new(r, burst)),
         }),
         read_timeout: Duration::from_secs(args.read_timeout.max(1)),
         shutdown: shutdown.clone(),

@@ -6,7 +6,7 @@
 //! The wire loop never decides anything: it reports what arrived to the
 //! swarm, whose scheduling step chooses the next requests.
 
-use crate::net::token_bucket::Throttle;
+use crate::net::token_bucket::TokenBucket;
 use crate::pieces::swarm::{LinkCmd, LinkKey, Swarm};
 use crate::trackers::{LinkError, TrackerLink};
 use fileshare_protocol::connection::TcpConnection;
@@ -32,7 +32,7 @@ const SUBSCRIPTION: u64 = 1;
 pub struct LinkCtx {
     pub my_id: PeerId,
     pub tracker: Arc<TrackerLink>,
-    pub download: Option<Throttle>,
+    pub download: Option<TokenBucket>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -26,10 +26,10 @@
 //! while it waits (its piece arrived from another peer) costs no upload.
 //! Without a rate limit nothing queues: every request is served at once.
 
+use crate::net::token_bucket::TokenBucket;
 use fileshare_protocol::FileId;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -178,36 +178,10 @@ impl Queue {
     }
 }
 
-/// A token bucket the pacer pays from.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn refill(&mut self) {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-    }
-
-    /// How long until the bucket is out of debt.
-    fn wait(&mut self) -> Duration {
-        self.refill();
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
-    }
-}
-
 /// The upload scheduler of one daemon, shared by every peer connection.
 pub struct Uploads {
-    bucket: Option<Mutex<Bucket>>,
+    /// What the pacer pays from; `None` without a rate limit.
+    bucket: Option<TokenBucket>,
     queue: Mutex<Queue>,
     wake: Notify,
 }
@@ -232,14 +206,7 @@ impl Uploads {
     /// `rate` bytes per second with bursts of `burst` bytes, or unlimited.
     pub fn new(rate: Option<u64>, burst: u64) -> Self {
         Uploads {
-            bucket: rate.map(|r| {
-                Mutex::new(Bucket {
-                    rate: r.max(1) as f64,
-                    burst: burst.max(1) as f64,
-                    tokens: burst as f64,
-                    at: Instant::now(),
-                })
-            }),
+            bucket: rate.map(|r| TokenBucket::new(r, burst)),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
         }
@@ -280,7 +247,7 @@ impl Uploads {
             return;
         };
         loop {
-            let wait = bucket.lock().wait();
+            let wait = bucket.until_paid();
             if !wait.is_zero() {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -296,9 +263,7 @@ impl Uploads {
                     () = shutdown.cancelled() => return self.release_all(),
                 }
             };
-            let mut b = bucket.lock();
-            b.refill();
-            b.tokens -= bytes as f64;
+            bucket.charge(bytes);
         }
         self.release_all();
     }
