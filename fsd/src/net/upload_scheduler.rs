@@ -281,6 +281,7 @@ impl Uploads {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
 
     fn ask(conn: u64, piece: u32) -> Ask {
         Ask {
@@ -376,31 +377,31 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cancelled_requests_cost_no_upload() {
-        // 1000 B/s, so each 1000-byte piece takes a second of tokens.
-        let up = Arc::new(Uploads::new(Some(1000), 1000));
+        // 1000 B/s with a 1-byte burst: each 1000-byte piece puts the
+        // bucket a second into debt, so later requests wait their turn.
+        let up = Arc::new(Uploads::new(Some(1000), 1));
         let shutdown = CancellationToken::new();
         let pacer = tokio::spawn({
             let (up, s) = (up.clone(), shutdown.clone());
             async move { up.run(s).await }
         });
+        let admit = |a: Ask| {
+            let up = up.clone();
+            tokio::spawn(async move { up.admit(a).await })
+        };
         let start = tokio::time::Instant::now();
-        let a = tokio::spawn({
-            let up = up.clone();
-            async move { up.admit(ask(1, 0)).await }
-        });
-        let b = tokio::spawn({
-            let up = up.clone();
-            async move { up.admit(ask(2, 1)).await }
-        });
-        let c = tokio::spawn({
-            let up = up.clone();
-            async move { up.admit(ask(3, 2)).await }
-        });
-        assert_eq!(a.await.unwrap(), Decision::Serve);
-        // b waits for tokens; cancel it, and c is served a second after a.
+        assert_eq!(admit(ask(1, 0)).await.unwrap(), Decision::Serve);
+        // While the pacer waits out that second: a never-uploaded piece is
+        // asked for, then a first ask for piece 0, which already went out.
+        let fresh = admit(ask(2, 1));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let again = admit(ask(3, 0));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        b.abort();
-        assert_eq!(c.await.unwrap(), Decision::Serve);
+        // The fresh request is cancelled (its piece came from elsewhere):
+        // it leaves the queue, so it neither costs a second of upload nor
+        // turns the other request away as `Busy` in favour of itself.
+        fresh.abort();
+        assert_eq!(again.await.unwrap(), Decision::Serve);
         let took = start.elapsed();
         assert!(took < Duration::from_millis(1500), "{took:?}");
         shutdown.cancel();
