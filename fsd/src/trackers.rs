@@ -1,6 +1,8 @@
 //! The daemon's side of the trackers: listings with a short-lived cache
 //! that outlives tracker outages, tickets, ticket checks for the peer
-//! server, and the announce loop that keeps this peer offered.
+//! server, and the calls that keep this peer offered: one announce and the
+//! queued piece reports. The loop that makes them on schedule is the
+//! engine's (`Engine::announce_loop` in `engine/mod.rs`).
 
 use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
