@@ -8,11 +8,12 @@
 //! renamed over the destination, and the directory is synced. Any failure,
 //! or the daemon stopping, removes the temporary file.
 
-use crate::control::{human_bytes, DownloadState, DownloadStatus, WirePath};
+use crate::control::{DownloadState, DownloadStatus, WirePath};
 use crate::engine::{Engine, EngineError};
 use crate::pieces::swarm::Swarm;
 use crate::store::{StoreError, StoredFile};
 use crate::trackers::LinkError;
+use crate::units::human_bytes;
 use fileshare_protocol::ids::{check_name, hex, PieceHash};
 use parking_lot::Mutex;
 use std::ffi::OsString;
