@@ -319,8 +319,9 @@ fn state_and_sessions_survive_clean_stops_and_restarts() {
 fn an_unreachable_tracker_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("trackers.txt");
-    let port = fileshare_tests::free_port();
-    std::fs::write(&file, format!("127.0.0.1:{port}\n")).unwrap();
+    // Reserved, so no other test listens there meanwhile.
+    let port = fileshare_tests::reserve_port();
+    std::fs::write(&file, format!("127.0.0.1:{}\n", port.get())).unwrap();
     let user = Fsd::with_trackers(&file);
     let e = user.fails(&["create-user", "alice"]);
     assert!(e.starts_with("fsd: no tracker answered"), "{e}");
