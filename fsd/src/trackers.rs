@@ -1,7 +1,9 @@
 //! The daemon's side of the trackers, and the one place it asks them
 //! anything: listings with a short-lived cache that outlives tracker
-//! outages, shares, tickets, ticket checks for the peer server, announces
-//! and piece reports (the engine's announce loop decides when).
+//! outages, shares, tickets, ticket checks for the peer server, and the
+//! calls that keep this peer offered: one announce and the queued piece
+//! reports. The loop that makes them on schedule is the engine's
+//! (`Engine::announce_loop` in `engine/mod.rs`).
 
 use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
@@ -22,7 +24,7 @@ pub const REFRESH_BUDGET: Duration = Duration::from_millis(800);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("{0}")]
+    #[error(transparent)]
     Tracker(#[from] ClientError),
     #[error("no tracker answered within {0} ms and nothing is cached")]
     Slow(u64),

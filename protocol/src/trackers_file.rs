@@ -12,14 +12,12 @@ pub struct TrackerEntry {
     pub fingerprint: Option<Fingerprint>,
 }
 
+/// Each message contains its cause's text, so no variant also exposes it as
+/// a `source`: an error chain (`{e:#}`) names the cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum TrackersFileError {
-    #[error("cannot read trackers file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read trackers file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("trackers file {path}, line {line}: {text:?} is not host:port [sha256:HEX]")]
     BadLine {
         path: String,
@@ -88,9 +86,9 @@ pub fn parse_entries(text: &str, path: &str) -> Result<Vec<TrackerEntry>, Tracke
 /// Reads and parses the trackers file.
 pub fn load_entries(path: &Path) -> Result<Vec<TrackerEntry>, TrackersFileError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| TrackersFileError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| TrackersFileError::Read {
         path: shown.clone(),
-        source,
+        error,
     })?;
     parse_entries(&text, &shown)
 }
@@ -120,6 +118,19 @@ mod tests {
             parse(t, "f").unwrap(),
             vec!["127.0.0.1:7001", "127.0.0.1:7002"]
         );
+    }
+
+    #[test]
+    fn a_missing_file_names_the_os_error_once() {
+        let err = load(Path::new("/nonexistent/trackers.txt")).unwrap_err();
+        // What `{e:#}` prints: each error of the chain, joined by ": ".
+        let mut chain = err.to_string();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(c) = cause {
+            chain = format!("{chain}: {c}");
+            cause = c.source();
+        }
+        assert_eq!(chain.matches("os error 2").count(), 1, "{chain}");
     }
 
     #[test]

@@ -32,12 +32,8 @@ const MAX_CONNECTIONS: usize = 64;
 pub enum ControlServerError {
     #[error("a daemon is already running for {home} (its control socket {socket} answers)")]
     AlreadyRunning { home: String, socket: String },
-    #[error("cannot create the control socket {path}: {source}")]
-    Bind {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot create the control socket {path}: {error}")]
+    Bind { path: String, error: std::io::Error },
 }
 
 /// The bound socket, and the files to remove when the daemon ends.
@@ -98,9 +94,9 @@ impl Control {
     /// Binds the control socket of `home`, replacing a stale one.
     pub fn bind(home: &Home) -> Result<Control, ControlServerError> {
         let path = home.control_socket();
-        let bind_err = |source| ControlServerError::Bind {
+        let bind_err = |error| ControlServerError::Bind {
             path: path.display().to_string(),
-            source,
+            error,
         };
         if path.exists() {
             if std::os::unix::net::UnixStream::connect(&path).is_ok() {

@@ -11,11 +11,12 @@
 //! Each job is a task under the engine's token; its file work runs on the
 //! blocking pool. The engine owns the jobs ([`Engine::start_download`]).
 
-use crate::control::{human_bytes, DownloadState, DownloadStatus, WirePath};
+use crate::control::{DownloadState, DownloadStatus, WirePath};
 use crate::engine::{Engine, EngineError};
 use crate::pieces::swarm::Swarm;
 use crate::store::{StoreError, StoredFile};
 use crate::trackers::LinkError;
+use crate::units::human_bytes;
 use fileshare_protocol::ids::{check_name, hex, PieceHash};
 use parking_lot::Mutex;
 use std::ffi::OsString;
@@ -33,11 +34,13 @@ const TICK: Duration = Duration::from_millis(250);
 /// Finished downloads remembered for `show-downloads`; older ones go first.
 const KEEP_FINISHED: usize = 64;
 
+/// Causes are in the messages, never also a `source`, so an error chain
+/// (`{e:#}`) names each once.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    #[error("{0}")]
+    #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("{0}")]
+    #[error(transparent)]
     Tracker(#[from] LinkError),
     #[error("no file {name} in group {group}")]
     NoSuchFile { group: String, name: String },
@@ -45,20 +48,21 @@ pub enum DownloadError {
     BadName { name: String, why: &'static str },
     #[error("already downloading to {0}")]
     Busy(String),
-    #[error("cannot write {path}: {why}")]
-    Write { path: String, why: String },
+    #[error("cannot write {path}: {}", os_text(.error))]
+    Write { path: String, error: std::io::Error },
+    #[error("cannot write {0}: is a directory")]
+    IsDirectory(String),
     #[error("not enough space for {name} ({size}) in {dir}")]
     NoSpace {
         name: String,
         size: String,
         dir: String,
     },
-    #[error("cannot read piece {piece} of {name} from the store: {source}")]
+    #[error("cannot read piece {piece} of {name} from the store: {error}")]
     Store {
         piece: u32,
         name: String,
-        #[source]
-        source: StoreError,
+        error: StoreError,
     },
     #[error("piece {piece} of {name} no longer matches its hash in the store")]
     Corrupt { piece: u32, name: String },
@@ -70,7 +74,7 @@ pub enum DownloadError {
 
 /// An I/O error as the one line a user reads, without Rust's
 /// "(os error N)" suffix.
-fn why(e: &std::io::Error) -> String {
+fn os_text(e: &std::io::Error) -> String {
     let s = e.to_string();
     match s.find(" (os error") {
         Some(i) => s[..i].to_string(),
@@ -112,9 +116,9 @@ impl Partial {
                 let mode = std::fs::Permissions::from_mode(crate::mount::user_file_mode());
                 f.set_permissions(mode).map(|()| f)
             })
-            .map_err(|e| DownloadError::Write {
+            .map_err(|error| DownloadError::Write {
                 path: dest.display().to_string(),
-                why: why(&e),
+                error,
             })?;
         let partial = Partial {
             tmp,
@@ -140,15 +144,15 @@ impl Partial {
                     e.raw_os_error(),
                     Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
                 ) {
-                    return Err(partial.write_error(&e));
+                    return Err(partial.write_error(e));
                 }
             }
         }
         Ok(partial)
     }
 
-    fn write_error(&self, e: &std::io::Error) -> DownloadError {
-        if is_no_space(e) {
+    fn write_error(&self, e: std::io::Error) -> DownloadError {
+        if is_no_space(&e) {
             DownloadError::NoSpace {
                 name: self
                     .dest
@@ -169,7 +173,7 @@ impl Partial {
         } else {
             DownloadError::Write {
                 path: self.dest.display().to_string(),
-                why: why(e),
+                error: e,
             }
         }
     }
@@ -179,10 +183,10 @@ impl Partial {
     fn fill_and_commit(mut self, src: &StoredFile) -> Result<(), DownloadError> {
         let layout = src.layout;
         for p in layout.pieces() {
-            let data = src.read_piece(p).map_err(|source| DownloadError::Store {
+            let data = src.read_piece(p).map_err(|error| DownloadError::Store {
                 piece: p.get(),
                 name: src.meta.name.clone(),
-                source,
+                error,
             })?;
             if src.meta.hashes.get(p.usize()) != Some(&PieceHash::of(&data)) {
                 return Err(DownloadError::Corrupt {
@@ -192,13 +196,13 @@ impl Partial {
             }
             self.file
                 .write_all_at(&data, layout.piece_offset(p))
-                .map_err(|e| self.write_error(&e))?;
+                .map_err(|e| self.write_error(e))?;
         }
         self.file
             .set_len(layout.size())
             .and_then(|()| self.file.sync_all())
-            .map_err(|e| self.write_error(&e))?;
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| self.write_error(&e))?;
+            .map_err(|e| self.write_error(e))?;
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| self.write_error(e))?;
         self.committed = true;
         if let Some(dir) = self.dest.parent() {
             // The rename is durable once the directory is.
@@ -320,10 +324,7 @@ impl Downloads {
                     dest_c
                 };
                 if dest.is_dir() {
-                    return Err(DownloadError::Write {
-                        path: dest.display().to_string(),
-                        why: "is a directory".into(),
-                    });
+                    return Err(DownloadError::IsDirectory(dest.display().to_string()));
                 }
                 Ok(dest)
             })

@@ -15,7 +15,7 @@ pub mod in_place;
 use crate::control::DownloadStatus;
 use crate::engine::download_jobs::{DownloadError, Downloads};
 use crate::net::fetch::{self, LinkCtx};
-use crate::net::token_bucket::Throttle;
+use crate::net::token_bucket::TokenBucket;
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::Swarm;
 use crate::store::{Staging, Store, StoreError, StoredFile};
@@ -42,9 +42,9 @@ const IDLE_ROUNDS: u32 = 120;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("{0}")]
+    #[error(transparent)]
     Tracker(#[from] LinkError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("no peer served pieces {missing:?} within {secs} s")]
     Timeout { missing: Vec<u32>, secs: u64 },
@@ -109,7 +109,7 @@ impl Engine {
         store: Store,
         tracker: Arc<TrackerLink>,
         registry: Arc<Registry>,
-        download: Option<Throttle>,
+        download: Option<TokenBucket>,
         read_timeout: Duration,
         tasks: Tasks,
     ) -> Arc<Engine> {

@@ -16,7 +16,7 @@ use crate::cli::MountArgs;
 use crate::engine::Engine;
 use crate::home::Home;
 use crate::net::serve::ServeCtx;
-use crate::net::token_bucket::Throttle;
+use crate::net::token_bucket::TokenBucket;
 use crate::pieces::registry::Registry;
 use crate::store::Store;
 use crate::tasks::Tasks;
@@ -173,7 +173,7 @@ async fn serve(
         store,
         tracker.clone(),
         registry.clone(),
-        args.max_download_rate.map(|r| Throttle::new(r, burst)),
+        args.max_download_rate.map(|r| TokenBucket::new(r, burst)),
         Duration::from_secs(args.read_timeout.max(1)),
         engine_tasks.clone(),
     );
@@ -194,7 +194,6 @@ async fn serve(
         registry,
         uploads,
         corrupt: args.corrupt_uploads,
-        uploaded: AtomicU64::new(0),
         next_conn: AtomicU64::new(0),
         tasks: peer_tasks.clone(),
     });
@@ -214,7 +213,7 @@ async fn serve(
     tracing::info!(
         mountpoint = %mountpoint.display(),
         peer = %addr,
-        user = %session_user(&tracker),
+        user = %tracker.user,
         resumed,
         "mounted"
     );
@@ -375,8 +374,4 @@ impl FuseSession {
             );
         }
     }
-}
-
-fn session_user(t: &TrackerLink) -> &str {
-    &t.user
 }

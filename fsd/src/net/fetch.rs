@@ -7,10 +7,10 @@
 //! swarm, whose scheduling step chooses the next requests. Each piece is
 //! verified and stored by a task of the swarm, on the blocking pool.
 
-use crate::net::token_bucket::Throttle;
+use crate::net::token_bucket::TokenBucket;
 use crate::pieces::swarm::{LinkCmd, LinkKey, Swarm};
 use crate::tasks::Tasks;
-use crate::trackers::TrackerLink;
+use crate::trackers::{LinkError, TrackerLink};
 use fileshare_protocol::connection::TcpConnection;
 use fileshare_protocol::messages::tracker::PeerLocation;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
@@ -34,21 +34,23 @@ const SUBSCRIPTION: u64 = 1;
 pub struct LinkCtx {
     pub my_id: PeerId,
     pub tracker: Arc<TrackerLink>,
-    pub download: Option<Throttle>,
+    pub download: Option<TokenBucket>,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum LinkFailure {
-    #[error("{0}")]
+    #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("peer refused: {0}")]
-    Refused(String),
+    Refused(PeerError),
+    #[error("peer identity does not match the tracker's")]
+    WrongPeer,
     #[error("peer sent an unexpected reply")]
     Unexpected,
     #[error("peer sent {0} bad pieces")]
     BadPieces(u32),
     #[error("cannot get a ticket: {0}")]
-    Ticket(String),
+    Ticket(LinkError),
     #[error("peer closed the connection")]
     Closed,
 }
@@ -95,13 +97,11 @@ async fn link(
         .tracker
         .ticket(&file.group)
         .await
-        .map_err(|e| LinkFailure::Ticket(e.to_string()))?;
+        .map_err(LinkFailure::Ticket)?;
     let (conn, role) =
         TcpConnection::connect(&remote.addr, Role::Peer { id: ctx.my_id }, PEER_TIMEOUT).await?;
     if role != (Role::Peer { id: remote.peer }) {
-        return Err(LinkFailure::Refused(
-            "peer identity does not match the tracker's".into(),
-        ));
+        return Err(LinkFailure::WrongPeer);
     }
     let (mut reader, mut writer) = conn.into_split();
     writer
@@ -112,7 +112,7 @@ async fn link(
         .await?;
     match read_reply(&mut reader).await?.body {
         PeerReply::Authenticated => {}
-        PeerReply::Error(e) => return Err(LinkFailure::Refused(e.to_string())),
+        PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
         _ => return Err(LinkFailure::Unexpected),
     }
     writer
@@ -123,7 +123,7 @@ async fn link(
         .await?;
     let have = match read_reply(&mut reader).await?.body {
         PeerReply::Bitfield(b) if b.is_valid_for(file.layout.num_pieces()) => b,
-        PeerReply::Error(e) => return Err(LinkFailure::Refused(e.to_string())),
+        PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
         _ => return Err(LinkFailure::Unexpected),
     };
     let Some((key, mut queue)) = swarm.add_link(remote.peer, remote.addr.clone(), have) else {
@@ -203,7 +203,7 @@ async fn link(
                     PeerReply::Bitfield(b) if b.is_valid_for(num_pieces) => {
                         swarm.update_have(key, b)
                     }
-                    PeerReply::Error(e) => return Err(LinkFailure::Refused(e.to_string())),
+                    PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
                     _ => return Err(LinkFailure::Unexpected),
                 }
                 continue;

@@ -41,7 +41,6 @@ pub struct ServeCtx {
     pub uploads: Arc<Uploads>,
     /// Testing only: flip a byte of every piece sent.
     pub corrupt: bool,
-    pub uploaded: AtomicU64,
     /// Numbers the connections, for the upload scheduler.
     pub next_conn: AtomicU64,
     /// The server's node of the task tree.
@@ -247,10 +246,6 @@ async fn answer(
         PeerRequest::Authenticate { .. }
         | PeerRequest::Subscribe { .. }
         | PeerRequest::Cancel { .. } => PeerReply::Error(PeerError::Internal),
-        PeerRequest::Bitfield { file } => match allowed(ctx, groups, &file) {
-            Ok(swarm) => PeerReply::Bitfield(swarm.have()),
-            Err(e) => PeerReply::Error(e),
-        },
         PeerRequest::Piece { file, index } => match allowed(ctx, groups, &file) {
             Ok(swarm) => piece(ctx, st, swarm, index, cancel).await,
             Err(e) => PeerReply::Error(e),
@@ -323,7 +318,6 @@ async fn piece(
             *b ^= 0xff;
         }
     }
-    ctx.uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
     swarm
         .uploaded
         .fetch_add(data.len() as u64, Ordering::Relaxed);

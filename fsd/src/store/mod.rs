@@ -16,31 +16,39 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Causes are in the messages, never also a `source`, so an error chain
+/// (`{e:#}`) names each once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path} is damaged: {why}")]
     Damaged { path: String, why: String },
+    #[error("{path} is damaged: {error}")]
+    Decode {
+        path: String,
+        error: fileshare_protocol::ProtocolError,
+    },
+    #[error("cannot record the metadata in {path}: {error}")]
+    Encode {
+        path: String,
+        error: fileshare_protocol::ProtocolError,
+    },
     #[error("{path} changed since it was shared (size or modification time differs)")]
     SourceChanged { path: String },
 }
 
 impl StoreError {
-    fn io(path: &Path, source: std::io::Error) -> Self {
+    fn io(path: &Path, error: std::io::Error) -> Self {
         StoreError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         }
     }
 
     /// Whether the disk is full, so callers can say so plainly.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        matches!(self, StoreError::Io { error, .. } if error.raw_os_error() == Some(libc::ENOSPC))
     }
 }
 
@@ -251,9 +259,9 @@ impl Store {
         let dir = self.dir_of(&id);
         let meta_path = dir.join("meta");
         let bytes = std::fs::read(&meta_path).map_err(|e| StoreError::io(&meta_path, e))?;
-        let rec: MetaRecord = codec::decode(&bytes).map_err(|e| StoreError::Damaged {
+        let rec: MetaRecord = codec::decode(&bytes).map_err(|error| StoreError::Decode {
             path: meta_path.display().to_string(),
-            why: e.to_string(),
+            error,
         })?;
         if rec.meta.id() != id {
             return Err(StoreError::Damaged {
@@ -335,9 +343,9 @@ impl Store {
 
     fn write_meta(&self, dir: &Path, rec: &MetaRecord) -> Result<(), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        let bytes = codec::encode(rec).map_err(|e| StoreError::Damaged {
+        let bytes = codec::encode(rec).map_err(|error| StoreError::Encode {
             path: dir.display().to_string(),
-            why: e.to_string(),
+            error,
         })?;
         let tmp = dir.join("meta.tmp");
         std::fs::write(&tmp, bytes).map_err(|e| StoreError::io(&tmp, e))?;

@@ -1,6 +1,7 @@
 //! Peer to peer. The fetching side authenticates once per group with a
-//! tracker-issued [`Ticket`], then asks for bitfields and pieces; several
-//! requests may be in flight and replies come back as pieces are read.
+//! tracker-issued [`Ticket`], then subscribes to a file's bitfield and asks
+//! for pieces; several requests may be in flight and replies come back as
+//! pieces are read.
 //!
 //! Every request gets exactly one reply, with two exceptions:
 //! [`PeerRequest::Subscribe`] gets a stream of them (its bitfield, then a
@@ -16,8 +17,6 @@ use serde::{Deserialize, Serialize};
 pub enum PeerRequest {
     /// Grants access to the files of `ticket.group` on this connection.
     Authenticate { ticket: Ticket },
-    /// Which pieces of `file` the serving peer has verified.
-    Bitfield { file: FileId },
     /// One whole piece. A rate-limited peer may answer [`PeerError::Busy`]
     /// for a piece it has just sent to someone else while other requests
     /// wait: get it from that peer, or ask again later (a second ask is
