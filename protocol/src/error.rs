@@ -89,3 +89,20 @@ pub enum ErrorCode {
     #[error("tracker internal error: {0}")]
     Internal(String),
 }
+
+/// An error and its causes on one line (`outer: inner: …`), for where it
+/// becomes a string or a log line rather than an error that `{:#}` chains.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        // Transparent wrappers repeat their cause's message.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}

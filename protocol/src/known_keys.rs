@@ -199,6 +199,11 @@ impl TrackerTrust {
         }
     }
 
+    /// The tracker's address, as the trackers file gives it.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// The pin to connect with: the trackers file's fingerprint, or any key
     /// (then [`TrackerTrust::check`] holds it to the remembered one).
     pub fn pin(&self) -> Pin {

@@ -211,30 +211,55 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<(SecureConnection, Role, Fingerprint), TlsError> {
     let work = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|source| TlsError::Connect {
-                addr: addr.into(),
-                source,
-            })?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(SERVER_NAME).expect("SERVER_NAME is a valid DNS name");
-        let stream = tls
-            .connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| handshake_error(addr, e))?;
-        let seen = peer_fingerprint(stream.get_ref().1.peer_certificates())
-            .ok_or_else(|| TlsError::NoCertificate { addr: addr.into() })?;
-        let (conn, theirs) = hello(SecureStream::Client(stream), me, addr).await?;
+        let (stream, seen) = secure(addr, tls).await?;
+        let (conn, theirs) = hello(stream, me, addr).await?;
         Ok((conn, theirs, seen))
     };
+    within(timeout, addr, work).await
+}
+
+/// Connects and completes TLS only, within `timeout`: the bare stream,
+/// before any FileShare handshake, and the server's key. For tests that
+/// must put exact bytes (hostile ones included) inside the encryption.
+pub async fn connect_stream(
+    addr: &str,
+    tls: &ClientTls,
+    timeout: Duration,
+) -> Result<(SecureStream, Fingerprint), TlsError> {
+    within(timeout, addr, secure(addr, tls)).await
+}
+
+async fn within<T>(
+    timeout: Duration,
+    addr: &str,
+    work: impl std::future::Future<Output = Result<T, TlsError>>,
+) -> Result<T, TlsError> {
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| TlsError::Timeout {
             addr: addr.into(),
             ms: crate::millis(timeout),
         })?
+}
+
+/// TCP connect and the TLS handshake, checking the server's key.
+async fn secure(addr: &str, tls: &ClientTls) -> Result<(SecureStream, Fingerprint), TlsError> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|source| TlsError::Connect {
+            addr: addr.into(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(SERVER_NAME).expect("SERVER_NAME is a valid DNS name");
+    let stream = tls
+        .connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| handshake_error(addr, e))?;
+    let seen = peer_fingerprint(stream.get_ref().1.peer_certificates())
+        .ok_or_else(|| TlsError::NoCertificate { addr: addr.into() })?;
+    Ok((SecureStream::Client(stream), seen))
 }
 
 /// Completes TLS and the FileShare handshake (as `me`) on an accepted TCP
