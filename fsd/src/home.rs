@@ -1,12 +1,14 @@
-//! The home directory: the saved session, this daemon's peer id and where
-//! everything else in it lives. Files holding secrets are owner-only.
+//! The home directory: the saved session, this home's key (its identity on
+//! every connection, from which its peer id derives), the tracker keys it
+//! remembered, and where everything else in it lives. Files holding
+//! secrets are owner-only.
 
 use crate::cli::Global;
 use anyhow::{bail, Context};
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::ids::{hex, unhex};
 use fileshare_protocol::messages::SessionToken;
-use fileshare_protocol::{trackers_file, PeerId};
+use fileshare_protocol::{trackers_file, Identity, PeerId};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -85,10 +87,29 @@ impl Home {
         self.dir.join("fsd.log")
     }
 
-    /// A client for the trackers of the trackers file.
+    /// The tracker keys remembered on first use (`host:port sha256:HEX`),
+    /// for trackers the trackers file does not pin.
+    pub fn known_keys(&self) -> PathBuf {
+        self.dir.join("known_keys")
+    }
+
+    /// This home's key and certificate (`peer.key.der`, `peer.cert.der`),
+    /// made at first use: what the daemon and the commands present on
+    /// every connection.
+    pub fn identity(&self) -> anyhow::Result<Identity> {
+        Identity::load_or_create(&self.dir, "peer").context("cannot load this home's key")
+    }
+
+    /// A client for the trackers of the trackers file, presenting this
+    /// home's key and pinning the trackers' keys.
     pub fn tracker_client(&self) -> anyhow::Result<TrackerClient> {
-        let addrs = trackers_file::load(&self.trackers)?;
-        Ok(TrackerClient::new(addrs, TRACKER_TIMEOUT))
+        let trackers = trackers_file::load_entries(&self.trackers)?;
+        Ok(TrackerClient::new(
+            trackers,
+            self.known_keys(),
+            Some(self.identity()?),
+            TRACKER_TIMEOUT,
+        ))
     }
 
     pub fn load_session(&self) -> anyhow::Result<Option<Session>> {
@@ -140,18 +161,10 @@ impl Home {
         }
     }
 
-    /// This home's peer id, made at first use.
+    /// This home's peer id: derived from its key, so no other daemon can
+    /// take it.
     pub fn peer_id(&self) -> anyhow::Result<PeerId> {
-        let path = self.dir.join("peer_id");
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Some(id) = unhex(text.trim()).and_then(|b| <[u8; 16]>::try_from(b).ok()) {
-                return Ok(PeerId(id));
-            }
-        }
-        let mut id = [0u8; 16];
-        getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-        write_private(&path, hex(&id).as_bytes())?;
-        Ok(PeerId(id))
+        Ok(self.identity()?.peer_id())
     }
 }
 
@@ -200,6 +213,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(home.peer_id().unwrap(), home.peer_id().unwrap());
+        assert_eq!(home.peer_id().unwrap(), home.identity().unwrap().peer_id());
         home.clear_session().unwrap();
         assert!(home.session().is_err());
     }

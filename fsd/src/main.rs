@@ -3,6 +3,7 @@ use fsd::cli::{Cli, Command};
 use fsd::home::Home;
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -12,20 +13,70 @@ fn main() -> ExitCode {
     };
     // A detached daemon writes to its log file, never in colour.
     let detached = matches!(&cli.command, Command::Mount(m) if m.daemon);
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && !detached)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal() && !detached);
+    // A command's notes (a tracker key remembered) are read by people: no
+    // timestamps or module paths, and held until it ends, so a failure is
+    // still the one line that says what went wrong. The daemon and the
+    // shell log as they go.
+    let held = Held::default();
+    match cli.command {
+        Command::Mount(_) => log.with_writer(std::io::stderr).init(),
+        Command::Shell => log
+            .with_writer(std::io::stderr)
+            .without_time()
+            .with_target(false)
+            .init(),
+        _ => {
+            let writer = held.clone();
+            log.with_writer(move || writer.clone())
+                .without_time()
+                .with_target(false)
+                .init()
+        }
+    }
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            held.show();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("fsd: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Log output kept in memory until the command ends.
+#[derive(Clone, Default)]
+struct Held(Arc<Mutex<Vec<u8>>>);
+
+impl Held {
+    /// Writes what was held to stderr.
+    fn show(&self) {
+        let text = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        if !text.is_empty() {
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(&text);
+        }
+    }
+}
+
+impl std::io::Write for Held {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

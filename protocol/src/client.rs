@@ -14,20 +14,32 @@
 //! without holding a lock: callers that need a connection while one is being
 //! opened wait for that attempt's outcome, and may stop waiting (a caller's
 //! timeout) without stopping the attempt or delaying anyone else.
+//!
+//! Every connection is TLS 1.3 and the tracker's key is pinned: to the
+//! fingerprint its line of the trackers file gives, or else to the key
+//! remembered for it in the known keys file (the first one seen is
+//! remembered, as ssh does). A tracker presenting another key is not
+//! skipped quietly for the next one: the call fails with
+//! [`ClientError::Untrusted`], naming both keys.
 
-use crate::connection::{FrameWriter, TcpConnection};
-use crate::error::{ErrorCode, ProtocolError};
+use crate::connection::FrameWriter;
+use crate::error::ErrorCode;
+use crate::identity::Identity;
 use crate::ids::{FileId, FileMeta, PeerId};
+use crate::known_keys::{Seen, TrackerTrust};
 use crate::messages::tracker::{
     FileEntry, GroupInfo, Holding, PeerLocation, SessionToken, Ticket, TrackerReply,
     TrackerRequest, TrackerResult,
 };
 use crate::messages::{Reply, Request, Role};
+use crate::tls::{self, ClientTls, SecureStream, TlsError};
+use crate::trackers_file::TrackerEntry;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::WriteHalf;
 use tokio::sync::{oneshot, watch};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +49,11 @@ pub enum ClientError {
     Refused(ErrorCode),
     #[error("no tracker answered (tried {tried}): {last}")]
     Unreachable { tried: String, last: String },
+    /// A tracker presented a key other than the one pinned or remembered
+    /// for it (or the known keys file could not be used). Never a reason
+    /// to move on to another tracker quietly: someone may be in the way.
+    #[error("{0}")]
+    Untrusted(String),
     #[error(
         "the tracker connection broke during the request; it may or may not have taken effect"
     )]
@@ -90,7 +107,7 @@ type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<TrackerResult>>>>>;
 /// One live connection to one tracker.
 struct Link {
     index: usize,
-    writer: tokio::sync::Mutex<FrameWriter<OwnedWriteHalf>>,
+    writer: tokio::sync::Mutex<FrameWriter<WriteHalf<SecureStream>>>,
     /// `None` once the reader has seen the connection end.
     pending: Pending,
     reader: tokio::task::JoinHandle<()>,
@@ -109,17 +126,46 @@ enum CallError {
     Lost(String),
 }
 
+/// Why a link could not be opened.
+#[derive(Debug, Clone)]
+enum OpenError {
+    /// Down, slow or not a FileShare tracker: try the next one.
+    Unreachable(String),
+    /// The wrong key, or no way to check it: stop and say so.
+    Untrusted(String),
+}
+
+/// How this client proves who it is, and where it remembers tracker keys.
+struct Trust {
+    known_keys: PathBuf,
+    identity: Option<Identity>,
+}
+
 impl Link {
-    /// Connects and shakes hands within `timeout` in all: a tracker that
-    /// accepts but never answers is as dead as one that never accepts.
-    async fn open(addr: &str, index: usize, timeout: Duration) -> Result<Link, ProtocolError> {
-        let (conn, _) =
-            tokio::time::timeout(timeout, TcpConnection::connect(addr, Role::Client, timeout))
-                .await
-                .map_err(|_| ProtocolError::Timeout {
-                    what: "connect and handshake",
-                    ms: crate::millis(timeout),
-                })??;
+    /// Connects, completes TLS with the tracker's key pinned, and shakes
+    /// hands, within `timeout` in all: a tracker that accepts but never
+    /// answers is as dead as one that never accepts.
+    async fn open(
+        entry: &TrackerEntry,
+        index: usize,
+        trust: &Trust,
+        timeout: Duration,
+    ) -> Result<Link, OpenError> {
+        let pin = TrackerTrust::new(entry, &trust.known_keys);
+        let tls = ClientTls::new(trust.identity.as_ref(), pin.pin())
+            .map_err(|e| OpenError::Untrusted(crate::error::chain(&e)))?;
+        let (conn, _, seen) = tls::connect(&entry.addr, &tls, Role::Client, timeout)
+            .await
+            .map_err(|e| open_error(&entry.addr, e))?;
+        match pin.check(seen) {
+            Ok(Seen::Known) => {}
+            Ok(Seen::FirstSeen) => tracing::warn!(
+                "remembered tracker {}'s key {seen} in {}; only this key is accepted from now on",
+                entry.addr,
+                trust.known_keys.display()
+            ),
+            Err(e) => return Err(OpenError::Untrusted(crate::error::chain(&e))),
+        }
         let (mut reader, writer) = conn.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let for_reader = pending.clone();
@@ -195,12 +241,29 @@ impl Link {
     }
 }
 
-/// A connect attempt's outcome: the new link, or the last tracker's error.
-type Connected = Result<Arc<Link>, String>;
+/// Sorts a failed connection: a key that is not the pinned one is a hard
+/// error; anything else means this tracker is not reachable now.
+fn open_error(addr: &str, e: TlsError) -> OpenError {
+    match e {
+        TlsError::KeyMismatch { expected, seen, .. } => OpenError::Untrusted(format!(
+            "tracker {addr} presented key {seen}, but the trackers file pins it to {expected}; \
+             if its key really changed, put the new fingerprint on its line"
+        )),
+        e @ (TlsError::PeerMismatch { .. } | TlsError::Trust(_) | TlsError::Config(_)) => {
+            OpenError::Untrusted(crate::error::chain(&e))
+        }
+        e => OpenError::Unreachable(crate::error::chain(&e)),
+    }
+}
+
+/// A connect attempt's outcome: the new link, or why none was opened.
+type Connected = Result<Arc<Link>, OpenError>;
 
 /// The state the client shares with its connect attempt's task.
 struct Shared {
+    trackers: Vec<TrackerEntry>,
     addrs: Vec<String>,
+    trust: Trust,
     timeout: Duration,
     preferred: AtomicUsize,
     slot: Mutex<Slot>,
@@ -237,13 +300,13 @@ impl Shared {
     /// A new link to the first tracker that answers, starting from the
     /// preferred one.
     async fn connect(&self) -> Connected {
-        let n = self.addrs.len();
+        let n = self.trackers.len();
         let start = self.preferred.load(Ordering::Relaxed);
         let mut last = String::from("no trackers configured");
         for k in 0..n {
             let index = (start + k) % n;
             let addr = &self.addrs[index];
-            match Link::open(addr, index, self.timeout).await {
+            match Link::open(&self.trackers[index], index, &self.trust, self.timeout).await {
                 Ok(link) => {
                     if k != 0 {
                         tracing::warn!(tracker = %addr, "switched to another tracker");
@@ -251,13 +314,14 @@ impl Shared {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(Arc::new(link));
                 }
-                Err(e) => {
-                    tracing::debug!(tracker = %addr, "cannot reach tracker: {e:#}");
+                Err(OpenError::Unreachable(e)) => {
+                    tracing::debug!(tracker = %addr, "cannot reach tracker: {e}");
                     last = format!("{addr}: {e}");
                 }
+                Err(untrusted @ OpenError::Untrusted(_)) => return Err(untrusted),
             }
         }
-        Err(last)
+        Err(OpenError::Unreachable(last))
     }
 }
 
@@ -287,12 +351,25 @@ pub struct TrackerClient {
 }
 
 impl TrackerClient {
-    /// `addrs` in trackers-file order; `timeout` bounds each connect and each
-    /// call on one tracker before the next is tried.
-    pub fn new(addrs: Vec<String>, timeout: Duration) -> Self {
+    /// `trackers` in trackers-file order; `timeout` bounds each connect and
+    /// each call on one tracker before the next is tried. Keys of trackers
+    /// the file does not pin are remembered in (and checked against) the
+    /// file `known_keys`; `identity`, if given, is presented to the
+    /// trackers (a daemon's, so its announces are its own).
+    pub fn new(
+        trackers: Vec<TrackerEntry>,
+        known_keys: impl Into<PathBuf>,
+        identity: Option<Identity>,
+        timeout: Duration,
+    ) -> Self {
         TrackerClient {
             shared: Arc::new(Shared {
-                addrs,
+                addrs: trackers.iter().map(|t| t.addr.clone()).collect(),
+                trackers,
+                trust: Trust {
+                    known_keys: known_keys.into(),
+                    identity,
+                },
                 timeout,
                 preferred: AtomicUsize::new(0),
                 slot: Mutex::new(Slot::default()),
@@ -338,12 +415,13 @@ impl TrackerClient {
                 .and_then(|o| o.clone());
             match outcome {
                 Some(Ok(link)) => return Ok(link),
-                Some(Err(last)) => {
+                Some(Err(OpenError::Unreachable(last))) => {
                     return Err(ClientError::Unreachable {
                         tried: self.addrs().join(", "),
                         last,
                     })
                 }
+                Some(Err(OpenError::Untrusted(why))) => return Err(ClientError::Untrusted(why)),
                 // The attempt's task was dropped unfinished (its runtime
                 // shut down) and has freed the slot: start another.
                 None => continue,

@@ -128,7 +128,18 @@ impl Cluster {
 
     /// A client of tracker `i` only.
     pub fn client(&self, i: u32) -> TrackerClient {
-        TrackerClient::new(vec![self.addr(i).to_string()], Duration::from_secs(5))
+        self.client_of(&[self.addr(i)], Duration::from_secs(5))
+    }
+
+    /// A client of `addrs`, in that order, remembering the trackers' keys
+    /// in the cluster's known keys file ([`Cluster::known_keys`]).
+    pub fn client_of(&self, addrs: &[impl AsRef<str>], timeout: Duration) -> TrackerClient {
+        crate::tracker_client(addrs, &self.known_keys(), timeout)
+    }
+
+    /// Where the test's clients of this cluster remember tracker keys.
+    pub fn known_keys(&self) -> PathBuf {
+        self._dir.path().join("known_keys")
     }
 
     /// A client of the whole cluster, starting with tracker `first` (it
@@ -136,7 +147,7 @@ impl Cluster {
     pub fn client_from(&self, first: u32) -> TrackerClient {
         let mut addrs = self.addrs();
         addrs.rotate_left(usize::try_from(first - 1).expect("small index"));
-        TrackerClient::new(addrs, Duration::from_secs(5))
+        self.client_of(&addrs, Duration::from_secs(5))
     }
 
     /// `kill -9` of tracker `i`.
@@ -152,14 +163,14 @@ impl Cluster {
 
     /// Whether tracker `i` answers clients now.
     pub fn serving(&self, i: u32) -> bool {
-        let client = TrackerClient::new(vec![self.addr(i).to_string()], Duration::from_secs(2));
+        let client = self.client_of(&[self.addr(i)], Duration::from_secs(2));
         let r = self.rt.block_on(client.verify_ticket(&probe()));
         matches!(r, Err(ClientError::Refused(ErrorCode::BadTicket)))
     }
 
     /// What tracker `i` answers the probe, for messages.
     pub fn answer(&self, i: u32) -> String {
-        let client = TrackerClient::new(vec![self.addr(i).to_string()], Duration::from_secs(2));
+        let client = self.client_of(&[self.addr(i)], Duration::from_secs(2));
         format!("{:?}", self.rt.block_on(client.verify_ticket(&probe())))
     }
 

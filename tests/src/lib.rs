@@ -45,6 +45,25 @@ pub fn cmp(a: &std::path::Path, b: &std::path::Path) {
     );
 }
 
+/// A tracker client of `addrs`, in that order, none of them pinned: it
+/// remembers their keys in `known_keys` on first use and presents no key of
+/// its own, as the command-line client of a fresh home would (but that one
+/// presents the home's key).
+pub fn tracker_client(
+    addrs: &[impl AsRef<str>],
+    known_keys: &std::path::Path,
+    timeout: Duration,
+) -> fileshare_protocol::client::TrackerClient {
+    let trackers = addrs
+        .iter()
+        .map(|addr| fileshare_protocol::trackers_file::TrackerEntry {
+            addr: addr.as_ref().to_string(),
+            fingerprint: None,
+        })
+        .collect();
+    fileshare_protocol::client::TrackerClient::new(trackers, known_keys, None, timeout)
+}
+
 /// A TCP port on 127.0.0.1 set aside for one test, for processes that must
 /// be told their address before they start (trackers: every address is in
 /// the trackers file). `fsd mount` needs none: it binds port 0 and says

@@ -179,7 +179,18 @@ impl Tracker {
 
     /// A client of this tracker, with a short per-call timeout.
     pub fn client(&self) -> TrackerClient {
-        TrackerClient::new(vec![self.addr.clone()], Duration::from_secs(5))
+        self.client_with(Duration::from_secs(5))
+    }
+
+    /// A client of this tracker with a per-call timeout of `timeout`; its
+    /// key is remembered in [`Tracker::known_keys`].
+    pub fn client_with(&self, timeout: Duration) -> TrackerClient {
+        crate::tracker_client(&[&self.addr], &self.known_keys(), timeout)
+    }
+
+    /// Where the test's clients remember tracker keys.
+    pub fn known_keys(&self) -> PathBuf {
+        self.dir.path().join("known_keys")
     }
 
     /// Whether it has a process (started and not killed or stopped).

@@ -5,12 +5,14 @@
 use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::SessionToken;
-use fileshare_protocol::{PieceHash, PIECE_LEN};
+use fileshare_protocol::tls::{self, ClientTls, Pin, SecureStream};
+use fileshare_protocol::{Identity, PieceHash, PIECE_LEN};
 use fileshare_tests::cluster::Cluster;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -324,44 +326,58 @@ fn both_trackers_killed_and_restarted_in_turn_lose_nothing() {
     assert_same(&rt, &cluster, &[1, 2], &sessions);
 }
 
-/// A raw connection to tracker `i` that says it is tracker `claim`.
-fn as_tracker(cluster: &Cluster, i: u32, claim: u32) -> std::net::TcpStream {
+/// A secure connection to tracker `i`, presenting `key`, that says it is
+/// tracker `claim`; what follows is raw frames.
+async fn as_tracker(cluster: &Cluster, i: u32, claim: u32, key: &Identity) -> SecureStream {
     use fileshare_protocol::codec;
-    use fileshare_protocol::frame::header;
     use fileshare_protocol::messages::{Hello, Role, MAGIC};
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(cluster.addr(i)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let tls = ClientTls::new(Some(key), Pin::FirstUse).unwrap();
+    let (mut s, _) = tls::connect_stream(cluster.addr(i), &tls, Duration::from_secs(10))
+        .await
+        .unwrap();
     let hello = codec::encode(&Hello {
         magic: MAGIC,
         version: fileshare_protocol::PROTOCOL_VERSION,
         role: Role::Tracker { no: claim },
     })
     .unwrap();
-    s.write_all(&header(hello.len())).unwrap();
-    s.write_all(&hello).unwrap();
+    send_frame(&mut s, &hello).await;
     s
 }
 
 /// Sends `body` as one frame.
-fn send_frame(s: &mut std::net::TcpStream, body: &[u8]) {
-    use std::io::Write;
-    let _ = s.write_all(&fileshare_protocol::frame::header(body.len()));
-    let _ = s.write_all(body);
+async fn send_frame(s: &mut SecureStream, body: &[u8]) {
+    let _ = s
+        .write_all(&fileshare_protocol::frame::header(body.len()))
+        .await;
+    let _ = s.write_all(body).await;
 }
 
 /// Reads until the tracker closes the connection (after its hello).
-fn wait_closed(mut s: std::net::TcpStream) {
-    use std::io::Read;
+async fn wait_closed(mut s: SecureStream) {
     let mut buf = [0u8; 4096];
     loop {
-        match s.read(&mut buf) {
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+        match read.expect("the tracker did not close the connection") {
             Ok(0) => return,
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                return
+            }
             Err(e) => panic!("the tracker did not close the connection: {e}"),
         }
     }
+}
+
+/// Tracker `i`'s own key, read from its data directory: what a real
+/// member of the cluster presents.
+fn key_of(cluster: &Cluster, i: u32) -> Identity {
+    Identity::load_or_create(cluster.tracker(i).data_dir(), "tracker").unwrap()
 }
 
 #[test]
@@ -369,46 +385,64 @@ fn hostile_bytes_on_the_cluster_channel_close_only_their_connection() {
     use fileshare_protocol::codec;
     use fileshare_protocol::messages::cluster::{ClusterMsg, LogPoint, ViewId};
     let cluster = Cluster::start(2);
-    // Numbers that are not another tracker of the file.
-    for claim in [0, 1, 3, u32::MAX] {
-        wait_closed(as_tracker(&cluster, 1, claim));
-    }
-    // Garbage, an oversized length, and appends that fit no log.
-    let mut s = as_tracker(&cluster, 1, 2);
-    send_frame(&mut s, &[0xff; 64]);
-    wait_closed(s);
-    let mut s = as_tracker(&cluster, 1, 2);
-    send_frame(&mut s, &[]);
-    let _ = std::io::Write::write_all(&mut s, &u32::MAX.to_be_bytes());
-    wait_closed(s);
-    let mut s = as_tracker(&cluster, 2, 1);
-    for prev in [0, 7, u64::MAX] {
-        let append = ClusterMsg::Append {
-            view: ViewId {
-                epoch: u64::MAX,
-                leader: 1,
-            },
-            prev: LogPoint {
-                index: prev,
-                hash: [9; 32],
-            },
-            entries: vec![serde_bytes::ByteBuf::from(vec![0xee; 40])],
-            commit: u64::MAX,
-        };
-        send_frame(&mut s, &codec::encode(&append).unwrap());
-    }
-    drop(s);
+    let rt = rt();
+    let (stranger, one, two) = (
+        Identity::generate().unwrap(),
+        key_of(&cluster, 1),
+        key_of(&cluster, 2),
+    );
+    rt.block_on(async {
+        // Numbers that are not another tracker of the file, even with a
+        // member's key.
+        for claim in [0, 1, 3, u32::MAX] {
+            wait_closed(as_tracker(&cluster, 1, claim, &two).await).await;
+        }
+        // Tracker 2's number without tracker 2's key.
+        wait_closed(as_tracker(&cluster, 1, 2, &stranger).await).await;
+        // Garbage, an oversized length, and appends that fit no log, from
+        // the members' own keys.
+        let mut s = as_tracker(&cluster, 1, 2, &two).await;
+        send_frame(&mut s, &[0xff; 64]).await;
+        wait_closed(s).await;
+        let mut s = as_tracker(&cluster, 1, 2, &two).await;
+        send_frame(&mut s, &[]).await;
+        let _ = s.write_all(&u32::MAX.to_be_bytes()).await;
+        wait_closed(s).await;
+        let mut s = as_tracker(&cluster, 2, 1, &one).await;
+        for prev in [0, 7, u64::MAX] {
+            let append = ClusterMsg::Append {
+                view: ViewId {
+                    epoch: u64::MAX,
+                    leader: 1,
+                },
+                prev: LogPoint {
+                    index: prev,
+                    hash: [9; 32],
+                },
+                entries: vec![serde_bytes::ByteBuf::from(vec![0xee; 40])],
+                commit: u64::MAX,
+            };
+            send_frame(&mut s, &codec::encode(&append).unwrap()).await;
+        }
+        drop(s);
+    });
     // Both still serve, and agree.
     for i in [1, 2] {
         cluster.wait_serving(i);
     }
-    let rt = rt();
     rt.block_on(async {
         let s = user(&cluster.client(2), "after").await;
         for i in [1, 2] {
             assert!(groups(&cluster.client(i), s).await.is_empty());
         }
     });
+    let log = cluster.tracker(1).log();
+    assert_eq!(
+        log.matches("refused a connection claiming to be tracker 2")
+            .count(),
+        1,
+        "the stranger is logged once:\n{log}"
+    );
 }
 
 #[test]

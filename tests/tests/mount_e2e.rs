@@ -417,7 +417,7 @@ fn session_of(user: &User) -> fileshare_protocol::messages::SessionToken {
 
 #[test]
 fn a_non_member_can_neither_list_nor_fetch_pieces() {
-    use fileshare_protocol::client::{ClientError, TrackerClient};
+    use fileshare_protocol::client::ClientError;
     use fileshare_protocol::connection::TcpConnection;
     use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Role, Ticket};
     use fileshare_protocol::{ErrorCode, FileId, PeerId};
@@ -450,8 +450,7 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
     let session = session_of(&mallory);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let tracker =
-            TrackerClient::new(vec![w.tracker().addr().to_string()], Duration::from_secs(5));
+        let tracker = w.tracker().client();
         let refused = tracker.issue_ticket(session, "g").await;
         assert!(
             matches!(refused, Err(ClientError::Refused(ErrorCode::NotMember(_)))),

@@ -6,6 +6,7 @@ use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::{PieceHash, PIECE_LEN};
 use fileshare_tests::tracker::Tracker;
+use fileshare_tests::tracker_client;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,7 @@ fn every_acknowledged_write_survives_kill_9() {
         .build()
         .unwrap();
     let addr = tracker.addr().to_string();
+    let known = tracker.known_keys();
     let acked_total = Arc::new(AtomicUsize::new(0));
     let acked: Vec<Arc<Mutex<Acked>>> = (0..CLIENTS).map(|_| Arc::default()).collect();
 
@@ -52,7 +54,7 @@ fn every_acknowledged_write_survives_kill_9() {
     let sessions: Vec<SessionToken> = rt.block_on(async {
         let mut sessions = vec![];
         for c in 0..CLIENTS {
-            let client = TrackerClient::new(vec![addr.clone()], Duration::from_secs(2));
+            let client = tracker_client(&[&addr], &known, Duration::from_secs(2));
             let s = login(&client, &format!("user{c}")).await;
             client.create_group(s, &format!("home{c}")).await.unwrap();
             sessions.push(s);
@@ -61,14 +63,9 @@ fn every_acknowledged_write_survives_kill_9() {
     });
     let mut writers = vec![];
     for c in 0..CLIENTS {
-        let (addr, total, mine, session) = (
-            addr.clone(),
-            acked_total.clone(),
-            acked[c].clone(),
-            sessions[c],
-        );
+        let (total, mine, session) = (acked_total.clone(), acked[c].clone(), sessions[c]);
+        let client = tracker_client(&[&addr], &known, Duration::from_secs(2));
         writers.push(rt.spawn(async move {
-            let client = TrackerClient::new(vec![addr], Duration::from_secs(2));
             for i in 0usize.. {
                 let (written, name) = if i.is_multiple_of(2) {
                     let g = format!("g-{c}-{i}");
@@ -120,7 +117,7 @@ fn every_acknowledged_write_survives_kill_9() {
 
     tracker.restart();
     rt.block_on(async {
-        let client = TrackerClient::new(vec![addr.clone()], Duration::from_secs(5));
+        let client = tracker_client(&[&addr], &known, Duration::from_secs(5));
         let groups = client
             .list_groups(sessions[0])
             .await

@@ -1,4 +1,4 @@
-//! Hostile bytes on a raw TCP connection: the tracker closes that
+//! Hostile bytes, inside TLS and outside it: the tracker closes that
 //! connection without a reply, never panics, and keeps serving others.
 
 use fileshare_protocol::client::TrackerClient;
@@ -6,16 +6,22 @@ use fileshare_protocol::frame::{header, HEADER_LEN};
 use fileshare_protocol::messages::{
     Hello, Reply, Request, Role, TrackerRequest, TrackerResult, MAGIC,
 };
-use fileshare_protocol::{codec, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use fileshare_protocol::tls::{self, ClientTls, Pin, SecureStream};
+use fileshare_protocol::{codec, Identity, MAX_FRAME_LEN, PROTOCOL_VERSION};
 use fileshare_tests::tracker::Tracker;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn connect(t: &Tracker) -> TcpStream {
-    let s = TcpStream::connect(t.addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
+const T: Duration = Duration::from_secs(10);
+
+/// A TLS connection to the tracker (with a key of its own), before any
+/// FileShare handshake.
+async fn secure(t: &Tracker) -> SecureStream {
+    let key = Identity::generate().unwrap();
+    let tls = ClientTls::new(Some(&key), Pin::FirstUse).unwrap();
+    tls::connect_stream(t.addr(), &tls, T).await.unwrap().0
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {
@@ -25,38 +31,71 @@ fn frame(body: &[u8]) -> Vec<u8> {
 }
 
 /// Reads one whole frame's body; `None` when the tracker closed instead.
-fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+async fn read_frame(s: &mut SecureStream) -> Option<Vec<u8>> {
     let mut head = [0u8; HEADER_LEN];
-    s.read_exact(&mut head).ok()?;
+    tokio::time::timeout(T, s.read_exact(&mut head))
+        .await
+        .ok()?
+        .ok()?;
     let mut body = vec![0; u32::from_be_bytes(head) as usize];
-    s.read_exact(&mut body).ok()?;
+    tokio::time::timeout(T, s.read_exact(&mut body))
+        .await
+        .ok()?
+        .ok()?;
     Some(body)
 }
 
-/// A connection past the handshake, as a client.
-fn handshaken(t: &Tracker) -> TcpStream {
-    let mut s = connect(t);
+/// A secure connection past the handshake, as a client.
+async fn handshaken(t: &Tracker) -> SecureStream {
+    let mut s = secure(t).await;
     let hello = Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,
         role: Role::Client,
     };
     s.write_all(&frame(&codec::encode(&hello).unwrap()))
+        .await
         .unwrap();
-    let theirs: Hello = codec::decode(&read_frame(&mut s).expect("tracker hello")).unwrap();
+    let theirs: Hello = codec::decode(&read_frame(&mut s).await.expect("tracker hello")).unwrap();
     assert_eq!(theirs.role, Role::Tracker { no: 1 });
     s
 }
 
-/// The tracker closes the connection (EOF or reset) without sending a frame.
-fn assert_closed_without_reply(mut s: TcpStream, what: &str) {
+/// The tracker closes the connection (EOF, reset, or TLS's end without
+/// notice) without sending a frame.
+async fn assert_closed_without_reply(mut s: SecureStream, what: &str) {
     let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Ok(n) => panic!("{what}: the tracker answered {n} bytes"),
-        Err(e) => panic!("{what}: the tracker did not close the connection: {e}"),
+    match tokio::time::timeout(T, s.read(&mut buf)).await {
+        Ok(Ok(0)) => {}
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+            ) => {}
+        Ok(Ok(n)) => panic!("{what}: the tracker answered {n} bytes"),
+        Ok(Err(e)) => panic!("{what}: the tracker did not close the connection: {e}"),
+        Err(_) => panic!("{what}: the tracker did not close the connection within {T:?}"),
     }
+}
+
+/// A plain TCP connection that is not TLS: the tracker ends it (perhaps
+/// after a TLS alert), having understood nothing.
+fn assert_plain_bytes_are_refused(t: &Tracker, bytes: &[u8], what: &str) {
+    let mut s = TcpStream::connect(t.addr()).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{what}: the tracker did not close the connection: {e}"),
+        }
+    }
+    // At most a TLS alert record (content type 21), never a FileShare frame.
+    assert!(seen.is_empty() || seen[0] == 21, "{what}: got {seen:?}");
 }
 
 /// A well-behaved client is still served and the process is alive.
@@ -92,29 +131,45 @@ fn hostile_bytes_close_only_their_connection() {
     rt.block_on(client.create_user("alice", "pw")).unwrap();
     assert_still_serving(&mut tracker, &rt, &client);
 
-    // Garbage instead of a handshake.
-    let mut s = connect(&tracker);
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let _ = read_frame(&mut s); // the tracker's hello, sent first
-    assert_closed_without_reply(s, "garbage handshake");
+    // Plain text where TLS belongs, and a FileShare hello without TLS.
+    assert_plain_bytes_are_refused(&tracker, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "http");
+    let plain_hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        role: Role::Client,
+    };
+    let plain_hello = frame(&codec::encode(&plain_hello).unwrap());
+    assert_plain_bytes_are_refused(&tracker, &plain_hello, "hello without TLS");
     assert_still_serving(&mut tracker, &rt, &client);
 
-    // An oversized length prefix, before and after the handshake.
-    let mut s = connect(&tracker);
-    s.write_all(&u32::MAX.to_be_bytes()).unwrap();
-    let _ = read_frame(&mut s);
-    assert_closed_without_reply(s, "oversized hello");
-    let mut s = handshaken(&tracker);
-    s.write_all(&header(MAX_FRAME_LEN + 1)).unwrap();
-    assert_closed_without_reply(s, "oversized frame");
+    rt.block_on(async {
+        // Garbage instead of a handshake, inside TLS.
+        let mut s = secure(&tracker).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = read_frame(&mut s).await; // the tracker's hello, sent first
+        assert_closed_without_reply(s, "garbage handshake").await;
+
+        // An oversized length prefix, before and after the handshake.
+        let mut s = secure(&tracker).await;
+        s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let _ = read_frame(&mut s).await;
+        assert_closed_without_reply(s, "oversized hello").await;
+        let mut s = handshaken(&tracker).await;
+        s.write_all(&header(MAX_FRAME_LEN + 1)).await.unwrap();
+        assert_closed_without_reply(s, "oversized frame").await;
+    });
     assert_still_serving(&mut tracker, &rt, &client);
 
     // A truncated frame: the header promises more than ever comes.
-    let mut s = handshaken(&tracker);
-    s.write_all(&header(100)).unwrap();
-    s.write_all(&[1; 10]).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    assert_closed_without_reply(s, "truncated frame");
+    rt.block_on(async {
+        let mut s = handshaken(&tracker).await;
+        s.write_all(&header(100)).await.unwrap();
+        s.write_all(&[1; 10]).await.unwrap();
+        s.shutdown().await.unwrap();
+        assert_closed_without_reply(s, "truncated frame").await;
+    });
     assert_still_serving(&mut tracker, &rt, &client);
 
     // A valid handshake, then bodies that are not requests.
@@ -142,24 +197,31 @@ fn hostile_bytes_close_only_their_connection() {
         ("lying inner length", lying_length),
         ("empty body", vec![]),
     ] {
-        let mut s = handshaken(&tracker);
-        s.write_all(&frame(&body)).unwrap();
-        assert_closed_without_reply(s, what);
+        rt.block_on(async {
+            let mut s = handshaken(&tracker).await;
+            s.write_all(&frame(&body)).await.unwrap();
+            assert_closed_without_reply(s, what).await;
+        });
         assert_still_serving(&mut tracker, &rt, &client);
     }
 
     // A good request still gets its answer on a raw connection.
-    let mut s = handshaken(&tracker);
-    s.write_all(&frame(&valid)).unwrap();
-    let reply: Reply<TrackerResult> = codec::decode(&read_frame(&mut s).expect("a reply")).unwrap();
-    assert_eq!(reply.id, 1);
-    assert_eq!(
-        reply.body,
-        Err(fileshare_protocol::ErrorCode::InvalidSession)
-    );
+    rt.block_on(async {
+        let mut s = handshaken(&tracker).await;
+        s.write_all(&frame(&valid)).await.unwrap();
+        let body = read_frame(&mut s).await.expect("a reply");
+        let reply: Reply<TrackerResult> = codec::decode(&body).unwrap();
+        assert_eq!(reply.id, 1);
+        assert_eq!(
+            reply.body,
+            Err(fileshare_protocol::ErrorCode::InvalidSession)
+        );
+    });
 
     // Many connections that never say anything do not stop the others.
-    let idle: Vec<TcpStream> = (0..50).map(|_| connect(&tracker)).collect();
+    let idle: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(tracker.addr()).unwrap())
+        .collect();
     assert_still_serving(&mut tracker, &rt, &client);
     drop(idle);
 
@@ -171,7 +233,9 @@ fn hostile_bytes_close_only_their_connection() {
 #[test]
 fn a_client_that_never_reads_does_not_block_shutdown() {
     let mut tracker = Tracker::start();
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // The flood runs on a worker while the test waits.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
@@ -194,11 +258,11 @@ fn a_client_that_never_reads_does_not_block_shutdown() {
         };
         burst.extend(frame(&codec::encode(&req).unwrap()));
     }
-    let mut s = handshaken(&tracker);
+    let mut s = rt.block_on(handshaken(&tracker));
     let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = written.clone();
-    let flooder = std::thread::spawn(move || {
-        while s.write_all(&burst).is_ok() {
+    let flooder = rt.spawn(async move {
+        while s.write_all(&burst).await.is_ok() {
             counter.fetch_add(burst.len(), std::sync::atomic::Ordering::Relaxed);
         }
     });
@@ -216,5 +280,7 @@ fn a_client_that_never_reads_does_not_block_shutdown() {
     let started = std::time::Instant::now();
     assert!(tracker.terminate().success(), "{}", tracker.log());
     assert!(started.elapsed() < Duration::from_secs(9));
-    flooder.join().unwrap();
+    rt.block_on(async { tokio::time::timeout(T, flooder).await })
+        .expect("the flood ends with the tracker")
+        .unwrap();
 }

@@ -5,7 +5,7 @@
 //! not also expose it as a `source`: a `{e:#}` chain then prints it once.
 
 use fileshare_protocol::trackers_file::TrackersFileError;
-use fileshare_protocol::ProtocolError;
+use fileshare_protocol::{Fingerprint, ProtocolError};
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,20 @@ pub enum TrackerError {
     DataDir {
         path: PathBuf,
         error: std::io::Error,
+    },
+    #[error("cannot load this tracker's key: {0}")]
+    Identity(String),
+    #[error(
+        "the trackers file {path} pins tracker {no} to key {pinned}, but this tracker's key \
+         (in {dir}) is {own}: if this tracker's key was replaced, put the new fingerprint in \
+         the trackers files"
+    )]
+    NotPinnedKey {
+        no: u32,
+        path: PathBuf,
+        dir: PathBuf,
+        pinned: Fingerprint,
+        own: Fingerprint,
     },
     #[error("cannot listen on {addr}: {error}")]
     Bind { addr: String, error: std::io::Error },

@@ -54,10 +54,12 @@ pub mod writer;
 pub use error::TrackerError;
 pub use shared::{Settings, Shared};
 
-use fileshare_protocol::trackers_file;
+use fileshare_protocol::known_keys::TrackerTrust;
+use fileshare_protocol::tls::{ClientCerts, ServerTls};
+use fileshare_protocol::{trackers_file, Identity};
 use replication::transport::Transport;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +67,20 @@ use tokio_util::task::TaskTracker;
 
 /// How often the replication core's clock moves.
 const TICK: Duration = Duration::from_millis(50);
+
+/// This tracker's key and certificate in its data directory:
+/// `tracker.key.der` and `tracker.cert.der`.
+pub const IDENTITY: &str = "tracker";
+
+/// The other trackers' keys remembered on first use, in the data
+/// directory, for trackers the trackers file does not pin.
+pub const KNOWN_KEYS: &str = "known_keys";
+
+/// This tracker's identity, kept in `data_dir` (created on first use).
+pub fn identity(data_dir: &Path) -> Result<Identity, TrackerError> {
+    Identity::load_or_create(data_dir, IDENTITY)
+        .map_err(|e| TrackerError::Identity(fileshare_protocol::error::chain(&e)))
+}
 
 /// Everything `fileshare-tracker` is started with.
 #[derive(Debug, Clone)]
@@ -79,24 +95,45 @@ pub struct Config {
 /// disk, every task joined.
 pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerError> {
     let no = config.settings.tracker_no;
-    let addrs = trackers_file::load(&config.trackers_file)?;
-    let addr = usize::try_from(no)
+    let entries = trackers_file::load_entries(&config.trackers_file)?;
+    let mine = usize::try_from(no)
         .ok()
         .and_then(|n| n.checked_sub(1))
-        .and_then(|i| addrs.get(i))
+        .and_then(|i| entries.get(i))
         .ok_or_else(|| TrackerError::NoSuchTracker {
             no,
             path: config.trackers_file.clone(),
-            count: addrs.len(),
+            count: entries.len(),
         })?
         .clone();
-    let size = u32::try_from(addrs.len()).unwrap_or(u32::MAX);
+    let addr = mine.addr.clone();
+    let data_dir = config.data_dir.clone();
+    let identity = tokio::task::spawn_blocking(move || identity(&data_dir))
+        .await
+        .map_err(|e| TrackerError::Identity(e.to_string()))??;
+    if let Some(pinned) = mine.fingerprint.filter(|&p| p != identity.fingerprint()) {
+        return Err(TrackerError::NotPinnedKey {
+            no,
+            path: config.trackers_file.clone(),
+            dir: config.data_dir.clone(),
+            pinned,
+            own: identity.fingerprint(),
+        });
+    }
+    let tls = ServerTls::new(&identity, ClientCerts::Optional)
+        .map_err(|e| TrackerError::Identity(fileshare_protocol::error::chain(&e)))?;
+    let known_keys = config.data_dir.join(KNOWN_KEYS);
+    let trust: Vec<TrackerTrust> = entries
+        .iter()
+        .map(|e| TrackerTrust::new(e, &known_keys))
+        .collect();
+    let size = u32::try_from(entries.len()).unwrap_or(u32::MAX);
     let mut settings = config.settings.clone();
     settings.cluster_size = size;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let transport = if size > 1 {
-        Transport::start(no, &addrs, &cancel, &tasks)
+        Transport::start(no, &trust, &identity, &cancel, &tasks)
     } else {
         Transport::none()
     };
@@ -117,8 +154,9 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerErr
         }
     };
     tracing::info!(
-        "tracker {no} of {size} listening on {addr}, data in {}",
-        config.data_dir.display()
+        "tracker {no} of {size} listening on {addr}, data in {}, key {}",
+        config.data_dir.display(),
+        identity.fingerprint()
     );
     {
         let shared = shared.clone();
@@ -139,7 +177,8 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerErr
             }
         });
     }
-    server::run(listener, shared.clone(), shutdown).await;
+    let admission = server::Admission::new(tls, trust);
+    server::run(listener, shared.clone(), admission, shutdown).await;
     // The writer tells the others it stops; the dialers flush that, then end.
     drop(shared);
     writer.stop().await;

@@ -10,13 +10,16 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "fileshare-tracker", version)]
 struct Args {
-    /// One host:port per line; all of them form one cluster
+    /// One `host:port [sha256:HEX]` per line; all of them form one cluster
     trackers_file: PathBuf,
     /// This tracker's 1-based position in TRACKERS_FILE
     tracker_no: u32,
-    /// Where the state is kept [default: ./tracker-data-N]
+    /// Where the state and this tracker's key are kept [default: ./tracker-data-N]
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Print this tracker's key fingerprint (sha256:HEX, made if missing) and exit
+    #[arg(long)]
+    fingerprint: bool,
     /// Seconds between a daemon's announces (testing)
     #[arg(long, hide = true, default_value_t = 5)]
     announce_interval: u64,
@@ -35,11 +38,24 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("./tracker-data-{}", args.tracker_no)));
+    if args.fingerprint {
+        return match fileshare_tracker::identity(&data_dir) {
+            Ok(identity) => {
+                println!("{}", identity.fingerprint());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fileshare-tracker: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = Config {
-        data_dir: args
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("./tracker-data-{}", args.tracker_no))),
+        data_dir,
         trackers_file: args.trackers_file,
         settings: Settings {
             tracker_no: args.tracker_no,

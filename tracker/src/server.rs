@@ -1,9 +1,18 @@
 //! Accepting connections and serving requests on them.
 //!
+//! Every connection is TLS 1.3 with this tracker's key; a client may
+//! present a key of its own (a daemon always does), and its fingerprint
+//! goes with each of its requests ([`Caller::client_key`]).
+//!
 //! A connection from another tracker of the cluster (it says
-//! `Role::Tracker { no }`) is handed to the replication transport, with
+//! `Role::Tracker { no }`) must present tracker `no`'s key: the one the
+//! trackers file pins, or else the one first seen for it and remembered in
+//! the data directory. Then it is handed to the replication transport, with
 //! this tracker's [`Inbox`]: gossip to [`cmd::peer::apply_gossip`], the
-//! rest to the record writer.
+//! rest to the record writer. Any other key is closed at once, having
+//! been read nothing, and logged once per claimed number and address in
+//! [`REFUSAL_LOG_INTERVAL`]. A client connection is only ever read as
+//! client requests, so it can never carry a cluster message.
 //! Each client connection gets a handler: a read loop that spawns one task per
 //! request (at most [`MAX_IN_FLIGHT`] at a time) and a writer task that
 //! sends replies in the order they complete, each with its request's id.
@@ -16,15 +25,19 @@ use crate::cmd::{self, Caller};
 use crate::replication::transport::{self, Inbox};
 use crate::shared::Shared;
 use fileshare_protocol::connection::FrameWriter;
+use fileshare_protocol::known_keys::TrackerTrust;
 use fileshare_protocol::messages::{
     ClusterMsg, Reply, Request, Role, TrackerRequest, TrackerResult,
 };
-use fileshare_protocol::{Connection, ErrorCode, ProtocolError};
+use fileshare_protocol::tls::{self, SecureConnection, ServerTls};
+use fileshare_protocol::{ErrorCode, Fingerprint, ProtocolError};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::tcp::OwnedWriteHalf;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -41,14 +54,92 @@ pub const MAX_IN_FLIGHT: usize = 128;
 /// last replies.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How often a refused tracker connection from one address, claiming one
+/// number, is logged: an impostor redials every half second.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Who is let in: this tracker's TLS setup, and how each tracker of the
+/// trackers file (by number, from 1) is recognised.
+pub struct Admission {
+    tls: ServerTls,
+    trackers: Vec<TrackerTrust>,
+    /// When a refusal was last logged, by claimed number and address.
+    logged: Mutex<HashMap<(u32, IpAddr), Instant>>,
+}
+
+impl Admission {
+    /// `trackers` in trackers-file order.
+    pub fn new(tls: ServerTls, trackers: Vec<TrackerTrust>) -> Admission {
+        Admission {
+            tls,
+            trackers,
+            logged: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a client that presented `key` is tracker `no`: the key must
+    /// be the one pinned or remembered for it (remembered now if none is).
+    fn is_tracker(&self, no: u32, key: Option<Fingerprint>) -> Result<(), String> {
+        let trust = usize::try_from(no)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| self.trackers.get(i))
+            .ok_or_else(|| format!("there is no tracker {no}"))?;
+        let key = key.ok_or("it presented no key")?;
+        trust
+            .check(key)
+            .map(|_| ())
+            .map_err(|e| fileshare_protocol::error::chain(&e))
+    }
+
+    /// Logs a refused tracker connection, unless the same claim from the
+    /// same address was logged in the last [`REFUSAL_LOG_INTERVAL`].
+    fn log_refusal(&self, no: u32, from: SocketAddr, why: &str) {
+        let now = Instant::now();
+        let fresh = {
+            let mut logged = self.logged.lock();
+            // Bounded: a flood of addresses forgets the oldest news.
+            if logged.len() >= 1024 {
+                logged.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
+                if logged.len() >= 1024 {
+                    logged.clear();
+                }
+            }
+            match logged.get(&(no, from.ip())) {
+                Some(at) if now.duration_since(*at) < REFUSAL_LOG_INTERVAL => false,
+                _ => {
+                    logged.insert((no, from.ip()), now);
+                    true
+                }
+            }
+        };
+        if fresh {
+            tracing::warn!(
+                peer = %from,
+                "refused a connection claiming to be tracker {no}: {why}; it gets nothing \
+                 (further attempts are not logged for {} s)",
+                REFUSAL_LOG_INTERVAL.as_secs()
+            );
+        } else {
+            tracing::debug!(peer = %from, "refused a connection claiming to be tracker {no}: {why}");
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown` completes, then waits for every
 /// connection to finish its requests in flight.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future) {
+pub async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    admission: Admission,
+    shutdown: impl Future,
+) {
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut server = Listener {
         listener,
         shared,
+        admission: Arc::new(admission),
         limit: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         cancel: cancel.clone(),
         tasks: tasks.clone(),
@@ -65,6 +156,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
 struct Listener {
     listener: TcpListener,
     shared: Arc<Shared>,
+    admission: Arc<Admission>,
     limit: Arc<Semaphore>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -93,6 +185,7 @@ impl Listener {
             };
             let handler = Handler {
                 shared: self.shared.clone(),
+                admission: self.admission.clone(),
                 addr,
                 cancel: self.cancel.clone(),
                 tasks: self.tasks.clone(),
@@ -107,6 +200,7 @@ impl Listener {
 
 struct Handler {
     shared: Arc<Shared>,
+    admission: Arc<Admission>,
     addr: SocketAddr,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -114,46 +208,57 @@ struct Handler {
 
 impl Handler {
     async fn run(self, stream: TcpStream) {
-        let mut conn = Connection::tcp(stream);
         let me = Role::Tracker {
             no: self.shared.settings.tracker_no,
         };
-        let role = tokio::select! {
-            r = conn.handshake(me) => r,
+        let accepted = tokio::select! {
+            r = tls::accept(stream, &self.admission.tls, me) => r,
             () = self.cancel.cancelled() => return,
         };
-        match role {
-            Ok(Role::Client) => {}
-            Ok(Role::Tracker { no }) => {
-                let size = self.shared.settings.cluster_size;
-                if no == 0 || no > size || no == self.shared.settings.tracker_no {
-                    tracing::warn!(
-                        peer = %self.addr,
-                        "closing connection: tracker {no} is not another tracker of the {size} \
-                         in the trackers file"
-                    );
-                    return;
-                }
-                let (reader, _writer) = conn.into_split();
-                transport::serve_inbound(no, reader, self.shared.clone(), self.cancel.clone())
-                    .await;
-                return;
+        let (conn, key) = match accepted {
+            Ok((conn, Role::Client, key)) => (conn, key),
+            Ok((conn, Role::Tracker { no }, key)) => {
+                return self.serve_tracker(conn, no, key).await
             }
-            Ok(other) => {
+            Ok((_, other, _)) => {
                 tracing::info!(peer = %self.addr, "closing connection: {other:?} is not a client");
                 return;
             }
             Err(e) => {
+                let e = fileshare_protocol::error::chain(&e);
                 tracing::info!(peer = %self.addr, "closing connection: {e}");
                 return;
             }
+        };
+        self.serve_client(conn, key).await;
+    }
+
+    /// Hands a connection from tracker `no` to the replication transport,
+    /// if it is that tracker.
+    async fn serve_tracker(self, conn: SecureConnection, no: u32, key: Option<Fingerprint>) {
+        let size = self.shared.settings.cluster_size;
+        if no == 0 || no > size || no == self.shared.settings.tracker_no {
+            let why = format!("it is not another tracker of the {size} in the trackers file");
+            self.admission.log_refusal(no, self.addr, &why);
+            return;
         }
+        if let Err(why) = self.admission.is_tracker(no, key) {
+            self.admission.log_refusal(no, self.addr, &why);
+            return;
+        }
+        let (reader, _writer) = conn.into_split();
+        transport::serve_inbound(no, reader, self.shared.clone(), self.cancel.clone()).await;
+    }
+
+    /// Reads client requests, and only those, until the client leaves.
+    async fn serve_client(self, conn: SecureConnection, key: Option<Fingerprint>) {
         let (mut reader, writer) = conn.into_split();
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
         let writer = tokio::spawn(write_replies(writer, rx, self.addr));
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let caller = Caller {
             addr: Some(self.addr),
+            key,
         };
         loop {
             let frame = tokio::select! {
@@ -217,8 +322,8 @@ fn log_bad_frame(addr: &SocketAddr, e: &ProtocolError) {
     }
 }
 
-async fn write_replies(
-    mut writer: FrameWriter<OwnedWriteHalf>,
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut writer: FrameWriter<W>,
     mut rx: mpsc::Receiver<Reply<TrackerResult>>,
     addr: SocketAddr,
 ) {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::connection::TcpConnection;
+use crate::tls::{ClientCerts, ServerTls};
 use std::time::Instant;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -35,17 +35,27 @@ async fn black_hole() -> BlackHole {
     }
 }
 
-/// A tracker on loopback that answers every request with `answer`.
+/// A tracker on loopback, with a key of its own, that answers every
+/// request with `answer`.
 async fn fake_tracker(answer: fn(TrackerRequest) -> TrackerResult) -> String {
+    fake_tracker_with(Identity::generate().unwrap(), answer).await
+}
+
+async fn fake_tracker_with(
+    identity: Identity,
+    answer: fn(TrackerRequest) -> TrackerResult,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let tls = ServerTls::new(&identity, ClientCerts::Optional).unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let mut conn = TcpConnection::tcp(stream);
-                if conn.handshake(Role::Tracker { no: 1 }).await.is_err() {
+                let Ok((mut conn, _, _)) = tls::accept(stream, &tls, Role::Tracker { no: 1 }).await
+                else {
                     return;
-                }
+                };
                 while let Ok(Some(req)) = conn.read_frame::<Request<TrackerRequest>>().await {
                     let reply = Reply {
                         id: req.id,
@@ -59,6 +69,33 @@ async fn fake_tracker(answer: fn(TrackerRequest) -> TrackerResult) -> String {
         }
     });
     addr
+}
+
+/// A client of `addrs` (none pinned), remembering their keys in a
+/// directory that lives as long as it.
+struct Client {
+    client: TrackerClient,
+    dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Client {
+    type Target = TrackerClient;
+    fn deref(&self) -> &TrackerClient {
+        &self.client
+    }
+}
+
+fn client(addrs: &[&str], timeout: Duration) -> Client {
+    let dir = tempfile::tempdir().unwrap();
+    let trackers = addrs
+        .iter()
+        .map(|a| TrackerEntry {
+            addr: a.to_string(),
+            fingerprint: None,
+        })
+        .collect();
+    let client = TrackerClient::new(trackers, dir.path().join("known_keys"), None, timeout);
+    Client { client, dir }
 }
 
 fn grant_every_ticket(req: TrackerRequest) -> TrackerResult {
@@ -83,7 +120,7 @@ fn ticket() -> Ticket {
 #[tokio::test]
 async fn a_reply_of_the_wrong_kind_is_a_typed_error() {
     let addr = fake_tracker(grant_every_ticket).await;
-    let client = TrackerClient::new(vec![addr], Duration::from_secs(5));
+    let client = client(&[&addr], Duration::from_secs(5));
     client.create_user("alice", "pw").await.unwrap();
     let grant = client.verify_ticket(&ticket()).await.unwrap();
     assert_eq!(
@@ -114,7 +151,7 @@ async fn a_reply_of_the_wrong_kind_is_a_typed_error() {
 async fn concurrent_callers_share_one_connect_attempt() {
     let hole = black_hole().await;
     let connect = Duration::from_secs(2);
-    let client = Arc::new(TrackerClient::new(vec![hole.addr.clone()], connect));
+    let client = Arc::new(client(&[&hole.addr], connect));
     let start = Instant::now();
     let unbounded: Vec<_> = (0..2)
         .map(|_| {
@@ -154,7 +191,7 @@ async fn an_attempt_outlives_the_caller_that_started_it() {
     let hole = black_hole().await;
     let good = fake_tracker(grant_every_ticket).await;
     let connect = Duration::from_secs(3);
-    let client = Arc::new(TrackerClient::new(vec![hole.addr.clone(), good], connect));
+    let client = Arc::new(client(&[&hole.addr, &good], connect));
     let start = Instant::now();
     let first = {
         let client = client.clone();
@@ -177,4 +214,73 @@ async fn an_attempt_outlives_the_caller_that_started_it() {
     let again = tokio::time::timeout(BUDGET, client.verify_ticket(&ticket())).await;
     assert!(matches!(again, Ok(Ok(_))), "{again:?}");
     assert_eq!(client.current(), client.addrs()[1]);
+}
+
+/// A tracker's first key is remembered; a tracker at the same address with
+/// another key is refused with both keys and the file named, and the
+/// client does not quietly move on to the next tracker.
+#[tokio::test]
+async fn a_changed_key_is_refused_not_skipped() {
+    let first = Identity::generate().unwrap();
+    let addr = fake_tracker_with(first.clone(), grant_every_ticket).await;
+    let c = client(&[&addr], Duration::from_secs(5));
+    c.create_user("alice", "pw").await.unwrap();
+    let known = c.dir.path().join("known_keys");
+    let remembered = crate::known_keys::lookup(&known, &addr).unwrap();
+    assert_eq!(remembered.map(|(fp, _)| fp), Some(first.fingerprint()));
+
+    // Another key at the remembered address, then a good tracker.
+    let other = Identity::generate().unwrap();
+    let impostor = fake_tracker_with(other.clone(), grant_every_ticket).await;
+    let good = fake_tracker(grant_every_ticket).await;
+    std::fs::write(&known, format!("{impostor} {}\n", first.fingerprint())).unwrap();
+    let trackers = [impostor.clone(), good]
+        .into_iter()
+        .map(|addr| TrackerEntry {
+            addr,
+            fingerprint: None,
+        })
+        .collect();
+    let c = TrackerClient::new(trackers, &known, None, Duration::from_secs(5));
+    let e = c.create_user("bob", "pw").await.unwrap_err();
+    assert!(matches!(e, ClientError::Untrusted(_)), "{e:?}");
+    let text = e.to_string();
+    for part in [
+        first.fingerprint().to_string(),
+        other.fingerprint().to_string(),
+        known.display().to_string(),
+        impostor,
+    ] {
+        assert!(text.contains(&part), "{part} missing from {text}");
+    }
+}
+
+/// A fingerprint in the trackers file is required; the refusal names both
+/// keys.
+#[tokio::test]
+async fn a_pinned_key_is_required() {
+    let real = Identity::generate().unwrap();
+    let addr = fake_tracker_with(real.clone(), grant_every_ticket).await;
+    let dir = tempfile::tempdir().unwrap();
+    let known = dir.path().join("known_keys");
+    let pinned = |fingerprint| {
+        let entry = TrackerEntry {
+            addr: addr.clone(),
+            fingerprint: Some(fingerprint),
+        };
+        TrackerClient::new(vec![entry], &known, None, Duration::from_secs(5))
+    };
+    pinned(real.fingerprint())
+        .create_user("alice", "pw")
+        .await
+        .unwrap();
+    let wrong = Identity::generate().unwrap().fingerprint();
+    let e = pinned(wrong).create_user("bob", "pw").await.unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, ClientError::Untrusted(_)), "{e:?}");
+    assert!(text.contains(&wrong.to_string()), "{text}");
+    assert!(text.contains(&real.fingerprint().to_string()), "{text}");
+    assert!(text.contains("trackers file"), "{text}");
+    // Pinned trackers are never written to the known keys file.
+    assert!(!known.exists());
 }

@@ -136,9 +136,8 @@ fn main() {
     println!("writes: {clients} clients, create-group and share-file alternately, {secs} s each");
 
     let single = Tracker::with_args(&ARGS);
-    let addr = single.addr().to_string();
     let (one, lat) = run(&rt, clients, secs, |_| {
-        TrackerClient::new(vec![addr.clone()], Duration::from_secs(30))
+        single.client_with(Duration::from_secs(30))
     });
     println!(
         "single tracker writes/s: {one:.0} (p50 {:.2} ms, p99 {:.2} ms)",
@@ -155,7 +154,7 @@ fn main() {
         if spread {
             a.rotate_left(c % 2);
         }
-        TrackerClient::new(a, Duration::from_secs(30))
+        cluster.client_of(&a, Duration::from_secs(30))
     });
     println!(
         "two-tracker cluster writes/s: {two:.0} (p50 {:.2} ms, p99 {:.2} ms)",

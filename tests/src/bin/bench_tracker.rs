@@ -11,7 +11,8 @@ use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::Holding;
 use fileshare_protocol::messages::SessionToken;
-use fileshare_protocol::{Bitfield, PeerId, PieceHash, PIECE_LEN};
+use fileshare_protocol::trackers_file::TrackerEntry;
+use fileshare_protocol::{Bitfield, Identity, PieceHash, PIECE_LEN};
 use fileshare_tests::tracker::Tracker;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,8 +46,8 @@ fn file(i: usize) -> FileMeta {
 
 /// Users, one group with everyone in it, the files, and one online peer
 /// per user holding every file.
-async fn set_up(addr: &str) -> Vec<SessionToken> {
-    let client = TrackerClient::new(vec![addr.to_string()], Duration::from_secs(10));
+async fn set_up(tracker: &Tracker) -> Vec<SessionToken> {
+    let client = tracker.client_with(Duration::from_secs(10));
     let mut sessions = Vec::new();
     for u in 0..USERS {
         let token = fileshare_tests::tracker::sign_up(&client, &format!("user{u}")).await;
@@ -80,9 +81,21 @@ async fn set_up(addr: &str) -> Vec<SessionToken> {
                 have: Bitfield::full(u32::try_from(m.hashes.len()).unwrap_or(0)),
             })
             .collect();
-        let peer = PeerId([u8::try_from(u).unwrap_or(0); 16]);
+        // A daemon announces only the peer id of the key it presents.
+        let key = Identity::generate().expect("a key");
+        let peer = key.peer_id();
+        let entry = TrackerEntry {
+            addr: tracker.addr().to_string(),
+            fingerprint: None,
+        };
+        let daemon = TrackerClient::new(
+            vec![entry],
+            tracker.known_keys(),
+            Some(key),
+            Duration::from_secs(10),
+        );
         let addr = format!("127.0.0.1:{}", 20000 + u);
-        client
+        daemon
             .announce(*s, peer, &addr, holdings)
             .await
             .expect(SET_UP_FAILED);
@@ -93,13 +106,12 @@ async fn set_up(addr: &str) -> Vec<SessionToken> {
 /// One client's loop: alternately list the group and locate a file.
 /// Returns the latencies (µs) of requests that started after the warm-up.
 async fn client_loop(
-    addr: String,
+    client: TrackerClient,
     session: SessionToken,
     seed: usize,
     start: Instant,
     end: Instant,
 ) -> Vec<u32> {
-    let client = TrackerClient::new(vec![addr], Duration::from_secs(10));
     let mut lat = Vec::with_capacity(100_000);
     let mut i = seed;
     loop {
@@ -135,19 +147,18 @@ fn main() {
     let secs = env_num("BENCH_SECS", 5);
     let clients = usize::try_from(env_num("BENCH_CLIENTS", 64)).unwrap_or(64);
     let tracker = Tracker::with_args(&["--announce-interval", "60"]);
-    let addr = tracker.addr().to_string();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let sessions = Arc::new(rt.block_on(set_up(&addr)));
+    let sessions = Arc::new(rt.block_on(set_up(&tracker)));
     let start = Instant::now();
     let end = start + WARMUP + Duration::from_secs(secs);
     let tasks: Vec<_> = (0..clients)
         .map(|c| {
             rt.spawn(client_loop(
-                addr.clone(),
+                tracker.client_with(Duration::from_secs(10)),
                 sessions[c % sessions.len()],
                 c,
                 start,

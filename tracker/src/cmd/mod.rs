@@ -15,7 +15,7 @@ pub mod ticket;
 use crate::shared::Shared;
 use fileshare_protocol::ids::{validate_name, NameKind};
 use fileshare_protocol::messages::{TrackerRequest, TrackerResult};
-use fileshare_protocol::ErrorCode;
+use fileshare_protocol::{ErrorCode, Fingerprint, PeerId};
 use std::net::SocketAddr;
 
 /// Who sent a request, as far as the connection tells.
@@ -23,6 +23,35 @@ use std::net::SocketAddr;
 pub struct Caller {
     /// The connection's remote address, if known.
     pub addr: Option<SocketAddr>,
+    /// The fingerprint of the certificate the client presented in the TLS
+    /// handshake, which proves it holds that key. A daemon always presents
+    /// one; the command-line client may not.
+    pub key: Option<Fingerprint>,
+}
+
+impl Caller {
+    /// The key this connection's client proved it holds, if it presented
+    /// one: what a daemon's peer id derives from, and what anything handed
+    /// to a daemon (a ticket) can be bound to.
+    pub fn client_key(&self) -> Option<Fingerprint> {
+        self.key
+    }
+
+    /// Refuses unless this connection holds the key `peer` derives from:
+    /// nobody announces, reports for or withdraws another daemon's peer.
+    pub fn speaks_for(&self, peer: &PeerId) -> Result<(), ErrorCode> {
+        match self.key {
+            Some(key) if key.peer_id() == *peer => Ok(()),
+            Some(key) => Err(ErrorCode::BadRequest(format!(
+                "peer {peer} is not this connection's: its key speaks for peer {}",
+                key.peer_id()
+            ))),
+            None => Err(ErrorCode::BadRequest(format!(
+                "only the daemon holding peer {peer}'s key can speak for it, and this \
+                 connection presented no key"
+            ))),
+        }
+    }
 }
 
 /// Answers `req`, or `Unavailable` while this tracker is not caught up
@@ -77,8 +106,8 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
             peer,
             file,
             pieces,
-        } => peer::report_pieces(shared, &session, peer, file, &pieces),
-        R::LeaveNetwork { session, peer } => peer::leave_network(shared, &session, peer),
+        } => peer::report_pieces(shared, caller, &session, peer, file, &pieces),
+        R::LeaveNetwork { session, peer } => peer::leave_network(shared, caller, &session, peer),
         R::IssueTicket { session, group } => ticket::issue(shared, &session, &group),
         R::VerifyTicket { ticket } => ticket::verify(shared, &ticket),
     }
@@ -105,6 +134,13 @@ pub(crate) mod testing {
     use crate::writer::WriterThread;
     use fileshare_protocol::messages::{SessionToken, TrackerReply};
     use std::sync::Arc;
+
+    /// A key whose peer id is `peer`.
+    pub fn key_of(peer: fileshare_protocol::PeerId) -> fileshare_protocol::Fingerprint {
+        let mut key = [0; 32];
+        key[..16].copy_from_slice(&peer.0);
+        fileshare_protocol::Fingerprint(key)
+    }
 
     pub struct Fixture {
         pub shared: Arc<Shared>,
@@ -145,8 +181,20 @@ pub(crate) mod testing {
             }
         }
 
+        /// Answers `req` as from a daemon holding the key of the peer it
+        /// names, if any (every fingerprint byte past the peer id zero).
         pub async fn call(&self, req: TrackerRequest) -> TrackerResult {
-            dispatch(&self.shared, &Caller::default(), req).await
+            let peer = match &req {
+                TrackerRequest::Announce { peer, .. }
+                | TrackerRequest::ReportPieces { peer, .. }
+                | TrackerRequest::LeaveNetwork { peer, .. } => Some(*peer),
+                _ => None,
+            };
+            let caller = Caller {
+                addr: None,
+                key: peer.map(key_of),
+            };
+            dispatch(&self.shared, &caller, req).await
         }
 
         /// Creates `user` and logs in.

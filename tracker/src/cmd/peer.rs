@@ -39,6 +39,7 @@ pub fn announce(
     holdings: Vec<Holding>,
 ) -> TrackerResult {
     let user = shared.session_user(session)?;
+    caller.speaks_for(&peer)?;
     let addr = dialable(addr, caller)?;
     let now = Instant::now();
     let state = shared.state.read();
@@ -136,12 +137,14 @@ pub fn apply_gossip(shared: &Shared, msg: ClusterMsg) {
 /// Pieces `peer` verified since its last announce.
 pub fn report_pieces(
     shared: &Shared,
+    caller: &Caller,
     session: &SessionToken,
     peer: PeerId,
     file: FileId,
     pieces: &[u32],
 ) -> TrackerResult {
     let user = shared.session_user(session)?;
+    caller.speaks_for(&peer)?;
     let now = Instant::now();
     let state = shared.state.read();
     let f = state
@@ -167,8 +170,14 @@ pub fn report_pieces(
     Ok(TrackerReply::Done)
 }
 
-pub fn leave_network(shared: &Shared, session: &SessionToken, peer: PeerId) -> TrackerResult {
+pub fn leave_network(
+    shared: &Shared,
+    caller: &Caller,
+    session: &SessionToken,
+    peer: PeerId,
+) -> TrackerResult {
     let user = shared.session_user(session)?;
+    caller.speaks_for(&peer)?;
     shared.peers.write().leave(&peer, &user)?;
     shared.gossip(&ClusterMsg::PeerLeft { peer, user });
     Ok(TrackerReply::Done)
@@ -177,8 +186,9 @@ pub fn leave_network(shared: &Shared, session: &SessionToken, peer: PeerId) -> T
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::dispatch;
     use crate::cmd::file::tests::{group, meta};
-    use crate::cmd::testing::Fixture;
+    use crate::cmd::testing::{key_of, Fixture};
     use fileshare_protocol::messages::TrackerRequest;
     use fileshare_protocol::Bitfield;
 
@@ -186,6 +196,7 @@ mod tests {
     fn unspecified_addresses_take_the_caller_ip() {
         let caller = Caller {
             addr: Some("10.1.2.3:5555".parse().unwrap()),
+            key: None,
         };
         assert_eq!(dialable("0.0.0.0:7000", &caller).unwrap(), "10.1.2.3:7000");
         assert_eq!(
@@ -242,5 +253,41 @@ mod tests {
             "not visible"
         );
         fx.call(report(alice, vec![0])).await.unwrap();
+    }
+
+    /// A daemon announces, reports and withdraws only the peer id its own
+    /// key derives from.
+    #[tokio::test]
+    async fn only_the_key_holder_speaks_for_a_peer() {
+        let fx = Fixture::new();
+        let [alice, ..] = group(&fx).await;
+        let (mine, theirs) = (PeerId([1; 16]), PeerId([2; 16]));
+        let announce = |peer| TrackerRequest::Announce {
+            session: alice,
+            peer,
+            addr: "127.0.0.1:9".into(),
+            holdings: vec![],
+        };
+        let as_key = |key| Caller { addr: None, key };
+        let mine_key = as_key(Some(key_of(mine)));
+        for (caller, peer, ok) in [
+            (&mine_key, mine, true),
+            (&mine_key, theirs, false),
+            (&as_key(None), mine, false),
+        ] {
+            let r = dispatch(&fx.shared, caller, announce(peer)).await;
+            assert_eq!(r.is_ok(), ok, "{caller:?} announcing {peer}: {r:?}");
+            if !ok {
+                assert!(matches!(r, Err(ErrorCode::BadRequest(_))), "{r:?}");
+            }
+        }
+        let leave = |peer| TrackerRequest::LeaveNetwork {
+            session: alice,
+            peer,
+        };
+        assert!(dispatch(&fx.shared, &mine_key, leave(theirs))
+            .await
+            .is_err());
+        assert!(dispatch(&fx.shared, &mine_key, leave(mine)).await.is_ok());
     }
 }

@@ -6,6 +6,13 @@
 //! ([`crate::server`]) and handed to [`serve_inbound`]. So each direction
 //! has its own connection, and a broken one is redialed by its sender.
 //!
+//! Every connection is TLS 1.3 and both ends are the trackers they claim to
+//! be: a dialer presents this tracker's key and requires the other's key to
+//! be the one the trackers file pins for it, or else the one first seen for
+//! it and remembered in the data directory. A tracker presenting another
+//! key is never sent anything; the server admits inbound connections by
+//! the same rule (see [`crate::server`]).
+//!
 //! This module owns the gossip and the delivery between trackers and
 //! imports nothing of the tracker above it: the record writer sends
 //! through an [`Outbox`], handlers gossip through
@@ -20,9 +27,10 @@
 //! drained, so it does not get a backlog of stale messages on reconnect.
 
 use fileshare_protocol::connection::FrameReader;
-use fileshare_protocol::connection::TcpConnection;
+use fileshare_protocol::known_keys::TrackerTrust;
 use fileshare_protocol::messages::{ClusterMsg, Role};
-use fileshare_protocol::ProtocolError;
+use fileshare_protocol::tls::{self, ClientTls, TlsError};
+use fileshare_protocol::{Identity, ProtocolError};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,16 +86,18 @@ impl Transport {
         })
     }
 
-    /// Starts dialing every tracker of `addrs` (trackers-file order) but
-    /// `me`, until `cancel`; the tasks are tracked by `tasks`.
+    /// Starts dialing every tracker of `trackers` (trackers-file order)
+    /// but `me`, as `identity` and pinning each one's key as its trust
+    /// says, until `cancel`; the tasks are tracked by `tasks`.
     pub fn start(
         me: u32,
-        addrs: &[String],
+        trackers: &[TrackerTrust],
+        identity: &Identity,
         cancel: &CancellationToken,
         tasks: &TaskTracker,
     ) -> Arc<Transport> {
         let mut links = BTreeMap::new();
-        for (i, addr) in addrs.iter().enumerate() {
+        for (i, trust) in trackers.iter().enumerate() {
             let Ok(no) = u32::try_from(i + 1) else { break };
             if no == me {
                 continue;
@@ -95,9 +105,12 @@ impl Transport {
             let (tx, rx) = mpsc::channel(QUEUE);
             let connected = Arc::new(AtomicBool::new(false));
             tasks.spawn(dial(
-                me,
-                no,
-                addr.clone(),
+                Dialer {
+                    me,
+                    no,
+                    trust: trust.clone(),
+                    identity: identity.clone(),
+                },
                 rx,
                 connected.clone(),
                 cancel.clone(),
@@ -131,27 +144,59 @@ impl Outbox for Transport {
     }
 }
 
-/// Keeps a connection to tracker `no` and writes its queue to it.
-async fn dial(
+/// Who dials whom, and how the other's key is checked.
+struct Dialer {
     me: u32,
     no: u32,
-    addr: String,
+    trust: TrackerTrust,
+    identity: Identity,
+}
+
+/// Keeps a connection to tracker `no` and writes its queue to it.
+async fn dial(
+    d: Dialer,
     mut rx: mpsc::Receiver<ClusterMsg>,
     connected: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
+    let (me, no) = (d.me, d.no);
+    let addr = d.trust.addr().to_string();
+    let tls = match ClientTls::new(Some(&d.identity), d.trust.pin()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::error!(tracker = no, "cannot set up TLS to tracker {no}: {e}");
+            return;
+        }
+    };
     let mut backoff = BACKOFF_MIN;
     let mut reported = false;
+    // The last refusal of the other's key that was logged: an impostor
+    // redialed every half second is logged once, not at every attempt.
+    let mut refused: Option<String> = None;
     loop {
         let attempt = tokio::select! {
             () = cancel.cancelled() => break,
-            r = TcpConnection::connect(&addr, Role::Tracker { no: me }, CONNECT_TIMEOUT) => r,
+            r = tls::connect(&addr, &tls, Role::Tracker { no: me }, CONNECT_TIMEOUT) => r,
         };
-        let (conn, role) = match attempt {
+        let checked = attempt.and_then(|(conn, role, seen)| {
+            d.trust.check(seen)?;
+            Ok((conn, role))
+        });
+        let (conn, role) = match checked {
             Ok(ok) => ok,
             Err(e) => {
-                if !reported {
-                    tracing::debug!(tracker = no, %addr, "cannot reach tracker: {e}");
+                let text = fileshare_protocol::error::chain(&e);
+                if is_wrong_key(&e) {
+                    if refused.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(
+                            tracker = no,
+                            %addr,
+                            "not talking to tracker {no}: {text}; it is sent nothing"
+                        );
+                        refused = Some(text);
+                    }
+                } else if !reported {
+                    tracing::debug!(tracker = no, %addr, "cannot reach tracker: {text}");
                     reported = true;
                 }
                 // What was queued while it is away would be stale.
@@ -178,6 +223,7 @@ async fn dial(
         }
         tracing::info!(tracker = no, %addr, "connected to tracker {no}");
         reported = false;
+        refused = None;
         backoff = BACKOFF_MIN;
         connected.store(true, Ordering::Relaxed);
         let (_, mut writer) = conn.into_split();
@@ -206,6 +252,14 @@ async fn dial(
         }
     }
     connected.store(false, Ordering::Relaxed);
+}
+
+/// Whether the other end is up but is not the tracker it should be.
+fn is_wrong_key(e: &TlsError) -> bool {
+    matches!(
+        e,
+        TlsError::KeyMismatch { .. } | TlsError::PeerMismatch { .. } | TlsError::Trust(_)
+    )
 }
 
 /// Reads what tracker `from` sends on a connection it dialed, until it
