@@ -396,7 +396,7 @@ fn mkdir_creates_a_group() {
 
 /// One request on a raw peer connection and its reply.
 async fn exchange(
-    conn: &mut fileshare_protocol::connection::TcpConnection,
+    conn: &mut fileshare_protocol::tls::SecureConnection,
     id: u64,
     body: fileshare_protocol::messages::PeerRequest,
 ) -> fileshare_protocol::messages::PeerReply {
@@ -418,9 +418,9 @@ fn session_of(user: &User) -> fileshare_protocol::messages::SessionToken {
 #[test]
 fn a_non_member_can_neither_list_nor_fetch_pieces() {
     use fileshare_protocol::client::ClientError;
-    use fileshare_protocol::connection::TcpConnection;
     use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Role, Ticket};
-    use fileshare_protocol::{ErrorCode, FileId, PeerId};
+    use fileshare_protocol::tls::{self, ClientTls, Pin};
+    use fileshare_protocol::{ErrorCode, FileId, Fingerprint, Identity};
 
     let (w, u) = World::network(&["alice"]);
     let mallory = w.user("mallory");
@@ -461,15 +461,17 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
             .await
             .expect("a ticket for mallory's own group");
 
-        let (mut conn, _) = TcpConnection::connect(
-            &a.listen,
-            Role::Peer {
-                id: PeerId([9; 16]),
-            },
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("connect to alice's peer port");
+        // Mallory's own key, and alice's daemon pinned by its public
+        // certificate, as a tracker listing names it.
+        let key = Identity::generate().unwrap();
+        let cert = std::fs::read(u[0].home.join("peer.cert.der")).expect("alice's certificate");
+        let alice = Fingerprint::of_cert(&cert).peer_id();
+        let pinned = ClientTls::new(Some(&key), Pin::Peer(alice)).unwrap();
+        let me = Role::Peer { id: key.peer_id() };
+        let (mut conn, theirs, _) = tls::connect(&a.listen, &pinned, me, Duration::from_secs(5))
+            .await
+            .expect("connect to alice's peer port");
+        assert_eq!(theirs, Role::Peer { id: alice });
         let piece = PeerRequest::Piece { file: id, index: 0 };
         assert_eq!(
             exchange(&mut conn, 1, piece.clone()).await,

@@ -23,7 +23,7 @@ use crate::tasks::Tasks;
 use crate::trackers::{LinkError, TrackerLink};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{FileEntry, Holding, PeerLocation};
-use fileshare_protocol::{ErrorCode, FileId};
+use fileshare_protocol::{ErrorCode, FileId, Identity};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -102,11 +102,13 @@ fn seed_of(swarm_id: &fileshare_protocol::FileId, me: &fileshare_protocol::PeerI
 }
 
 impl Engine {
-    /// An engine over `store`, whose links fetch at most `download` bytes
-    /// per second and whose reads give up after `read_timeout`; its tasks
-    /// run under `tasks`. Nothing runs until [`Engine::start`].
+    /// An engine over `store`, whose links present `identity` to peers and
+    /// fetch at most `download` bytes per second, and whose reads give up
+    /// after `read_timeout`; its tasks run under `tasks`. Nothing runs
+    /// until [`Engine::start`].
     pub fn new(
         store: Store,
+        identity: Identity,
         tracker: Arc<TrackerLink>,
         registry: Arc<Registry>,
         download: Option<TokenBucket>,
@@ -117,6 +119,7 @@ impl Engine {
             store: Arc::new(store),
             link_ctx: Arc::new(LinkCtx {
                 my_id: tracker.peer,
+                identity,
                 tracker: tracker.clone(),
                 download,
             }),

@@ -22,6 +22,7 @@ use crate::store::Store;
 use crate::tasks::Tasks;
 use crate::trackers::{now_ms, TrackerLink};
 use anyhow::{bail, Context};
+use fileshare_protocol::tls::{ClientCerts, ServerTls};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -144,15 +145,20 @@ async fn serve(
     let control = crate::control::server::Control::bind(home)?;
     let tasks = Tasks::root();
     let (mp, home_c) = (mountpoint.clone(), home.clone());
-    let (store, client, my_id) = tasks
+    let (store, client, identity) = tasks
         .blocking(move || {
             clean_dead_mount(&mp);
             std::fs::create_dir_all(&mp)
                 .with_context(|| format!("cannot create mount point {}", mp.display()))?;
             let store = Store::open(&home_c.store_dir()).context("cannot open the piece store")?;
-            anyhow::Ok((store, home_c.tracker_client()?, home_c.peer_id()?))
+            anyhow::Ok((store, home_c.tracker_client()?, home_c.identity()?))
         })
         .await??;
+    let my_id = identity.peer_id();
+    // Peers are served only to daemons that present a key: the requester's
+    // peer id is its key's.
+    let peer_tls = ServerTls::new(&identity, ClientCerts::Required)
+        .context("cannot set up TLS for the peer server")?;
     let first_tracker = client.addrs().first().cloned().unwrap_or_default();
     let tracker = Arc::new(TrackerLink::new(
         client,
@@ -171,6 +177,7 @@ async fn serve(
     let engine_tasks = tasks.child();
     let engine = Engine::new(
         store,
+        identity,
         tracker.clone(),
         registry.clone(),
         args.max_download_rate.map(|r| TokenBucket::new(r, burst)),
@@ -190,6 +197,7 @@ async fn serve(
     });
     let serve_ctx = Arc::new(ServeCtx {
         my_id,
+        tls: peer_tls,
         tracker: tracker.clone(),
         registry,
         uploads,

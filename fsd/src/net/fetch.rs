@@ -1,7 +1,9 @@
-//! The fetching side of one peer connection for one file: authenticate with
-//! a ticket, subscribe to the peer's pieces (its bitfield, then a `Have` for
-//! each piece it verifies later), then send the requests and cancellations
-//! the swarm queues, verifying every piece before it is stored or offered.
+//! The fetching side of one peer connection for one file: connect over TLS,
+//! presenting this daemon's key and requiring the key of the peer the
+//! tracker listed (its peer id is its key's), authenticate with a ticket,
+//! subscribe to the peer's pieces (its bitfield, then a `Have` for each
+//! piece it verifies later), then send the requests and cancellations the
+//! swarm queues, verifying every piece before it is stored or offered.
 //!
 //! The wire loop never decides anything: it reports what arrived to the
 //! swarm, whose scheduling step chooses the next requests. Each piece is
@@ -11,10 +13,10 @@ use crate::net::token_bucket::TokenBucket;
 use crate::pieces::swarm::{LinkCmd, LinkKey, Swarm};
 use crate::tasks::Tasks;
 use crate::trackers::{LinkError, TrackerLink};
-use fileshare_protocol::connection::TcpConnection;
 use fileshare_protocol::messages::tracker::PeerLocation;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
-use fileshare_protocol::{PeerId, ProtocolError};
+use fileshare_protocol::tls::{self, ClientTls, Pin};
+use fileshare_protocol::{Identity, PeerId, ProtocolError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +35,8 @@ const SUBSCRIPTION: u64 = 1;
 /// What every link of this daemon shares.
 pub struct LinkCtx {
     pub my_id: PeerId,
+    /// This daemon's key, presented to every peer it fetches from.
+    pub identity: Identity,
     pub tracker: Arc<TrackerLink>,
     pub download: Option<TokenBucket>,
 }
@@ -98,8 +102,14 @@ async fn link(
         .ticket(&file.group)
         .await
         .map_err(LinkFailure::Ticket)?;
-    let (conn, role) =
-        TcpConnection::connect(&remote.addr, Role::Peer { id: ctx.my_id }, PEER_TIMEOUT).await?;
+    // Only the peer the tracker named can complete the handshake: its key
+    // must be the one its peer id derives from.
+    let pinned =
+        ClientTls::new(Some(&ctx.identity), Pin::Peer(remote.peer)).map_err(ProtocolError::from)?;
+    let me = Role::Peer { id: ctx.my_id };
+    let (conn, role, _) = tls::connect(&remote.addr, &pinned, me, PEER_TIMEOUT)
+        .await
+        .map_err(ProtocolError::from)?;
     if role != (Role::Peer { id: remote.peer }) {
         return Err(LinkFailure::WrongPeer);
     }

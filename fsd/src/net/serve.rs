@@ -1,5 +1,7 @@
 //! The serving side: other members fetch verified pieces from here.
 //!
+//! Every connection is TLS, and the requester must present a key: its peer
+//! id is taken from that key, and a Hello naming another peer is refused.
 //! A connection is worth nothing until it presents a ticket that a tracker
 //! confirms; each ticket opens the files of one group. Only pieces whose
 //! hash this daemon verified are ever sent.
@@ -20,9 +22,9 @@ use crate::pieces::registry::Registry;
 use crate::pieces::swarm::Swarm;
 use crate::tasks::Tasks;
 use crate::trackers::TrackerLink;
-use fileshare_protocol::connection::TcpConnection;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
-use fileshare_protocol::{FileId, PeerId};
+use fileshare_protocol::tls::{self, ServerTls};
+use fileshare_protocol::{FileId, PeerId, ProtocolError};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +38,8 @@ const MAX_CONNECTIONS: usize = 512;
 
 pub struct ServeCtx {
     pub my_id: PeerId,
+    /// This daemon's key; requesters must present theirs.
+    pub tls: ServerTls,
     pub tracker: Arc<TrackerLink>,
     pub registry: Arc<Registry>,
     pub uploads: Arc<Uploads>,
@@ -87,6 +91,8 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 /// What the tasks of one connection share.
 struct ConnState {
     conn: u64,
+    /// The requester, as its certificate proves: its key's peer id.
+    requester: PeerId,
     /// Groups this connection presented tickets for.
     groups: Mutex<Arc<Vec<String>>>,
     /// Piece requests not answered yet, by request id, to cancel.
@@ -101,12 +107,20 @@ async fn serve(
     stream: tokio::net::TcpStream,
     ctx: &Arc<ServeCtx>,
     tasks: &Tasks,
-) -> Result<(), fileshare_protocol::ProtocolError> {
-    let mut conn = TcpConnection::tcp(stream);
-    match conn.handshake(Role::Peer { id: ctx.my_id }).await? {
-        Role::Peer { .. } => {}
+) -> Result<(), ProtocolError> {
+    let (conn, role, key) = tls::accept(stream, &ctx.tls, Role::Peer { id: ctx.my_id }).await?;
+    // Required by the TLS setup; checked again rather than assumed.
+    let key = key.ok_or_else(|| ProtocolError::Handshake("the peer presented no key".into()))?;
+    let requester = key.peer_id();
+    match role {
+        Role::Peer { id } if id == requester => {}
+        Role::Peer { id } => {
+            return Err(ProtocolError::Handshake(format!(
+                "the peer says it is {id}, but its key is peer {requester}'s"
+            )))
+        }
         other => {
-            return Err(fileshare_protocol::ProtocolError::Handshake(format!(
+            return Err(ProtocolError::Handshake(format!(
                 "expected a peer, got {other:?}"
             )))
         }
@@ -116,6 +130,7 @@ async fn serve(
     let permits = Arc::new(Semaphore::new(PER_CONNECTION));
     let st = Arc::new(ConnState {
         conn: ctx.next_conn.fetch_add(1, Ordering::Relaxed),
+        requester,
         groups: Mutex::new(Arc::new(Vec::new())),
         pending: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashSet::new()),
@@ -144,7 +159,10 @@ async fn serve(
                         }
                         PeerReply::Authenticated
                     }
-                    Err(e) => PeerReply::Error(PeerError::TicketRefused(e.to_string())),
+                    Err(e) => {
+                        tracing::debug!(requester = %st.requester, "ticket refused: {e}");
+                        PeerReply::Error(PeerError::TicketRefused(e.to_string()))
+                    }
                 };
                 if tx.send(Reply { id: req.id, body }).await.is_err() {
                     break;
@@ -196,13 +214,13 @@ async fn serve(
                 drop(permit);
             });
         }
-        Ok::<(), fileshare_protocol::ProtocolError>(())
+        Ok::<(), ProtocolError>(())
     };
     let write_replies = async {
         while let Some(reply) = rx.recv().await {
             writer.write_frame(&reply).await?;
         }
-        Ok::<(), fileshare_protocol::ProtocolError>(())
+        Ok::<(), ProtocolError>(())
     };
     let r = tokio::select! {
         r = read_requests => r,
