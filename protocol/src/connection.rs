@@ -3,6 +3,11 @@
 //! The reader and writer halves are separate types so a connection can be
 //! split between a read loop and a writer task; both keep one reusable
 //! buffer, so a long-lived connection allocates at most one frame limit.
+//!
+//! There is no plain TCP constructor: every network connection is made by
+//! [`crate::tls`] and is a [`crate::tls::SecureConnection`]. The generic
+//! [`Connection::new`] remains for local streams (the daemon's control
+//! socket, a Unix socket in the owner-only home) and in-memory tests.
 
 use crate::codec;
 use crate::error::ProtocolError;
@@ -12,8 +17,6 @@ use crate::PROTOCOL_VERSION;
 use serde::{de::DeserializeOwned, Serialize};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 /// How long the other end has to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -133,34 +136,6 @@ pub struct Connection<R, W> {
 impl<R, W> std::fmt::Debug for Connection<R, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Connection")
-    }
-}
-
-/// The connection every component uses today: plain TCP.
-pub type TcpConnection = Connection<OwnedReadHalf, OwnedWriteHalf>;
-
-impl TcpConnection {
-    pub fn tcp(stream: TcpStream) -> Self {
-        let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
-        Connection::new(r, w)
-    }
-
-    /// Connects to `addr` and completes the handshake as `me`.
-    pub async fn connect(
-        addr: &str,
-        me: Role,
-        timeout: Duration,
-    ) -> Result<(Self, Role), ProtocolError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ProtocolError::Timeout {
-                what: "connect",
-                ms: crate::millis(timeout),
-            })??;
-        let mut conn = Connection::tcp(stream);
-        let theirs = conn.handshake(me).await?;
-        Ok((conn, theirs))
     }
 }
 

@@ -2,7 +2,7 @@
 //! refused, that only TLS 1.3 is spoken, and that nothing crosses the wire
 //! in the clear.
 
-use fileshare_protocol::connection::TcpConnection;
+use fileshare_protocol::connection::Connection;
 use fileshare_protocol::known_keys::{self, KnownKeysError, Seen};
 use fileshare_protocol::messages::Role;
 use fileshare_protocol::tls::{
@@ -440,7 +440,8 @@ async fn throughput_of_512k_frames() {
     let addr = listener.local_addr().unwrap().to_string();
     let sink = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut conn = TcpConnection::tcp(tcp);
+        let (r, w) = tcp.into_split();
+        let mut conn = Connection::new(r, w);
         conn.handshake(SERVER_ROLE).await.unwrap();
         while let Some(f) = conn.read_frame::<(String, ByteBuf)>().await.unwrap() {
             if f.0 == "end" {
@@ -448,9 +449,10 @@ async fn throughput_of_512k_frames() {
             }
         }
     });
-    let (mut conn, _) = TcpConnection::connect(&addr, Role::Client, T)
-        .await
-        .unwrap();
+    // Plain TCP, for the comparison only: no component can open one.
+    let (r, w) = TcpStream::connect(&addr).await.unwrap().into_split();
+    let mut conn = Connection::new(r, w);
+    conn.handshake(Role::Client).await.unwrap();
     let start = Instant::now();
     for _ in 0..FRAMES {
         conn.write_frame(&(String::new(), &piece)).await.unwrap();
