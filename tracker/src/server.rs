@@ -29,7 +29,7 @@ use fileshare_protocol::known_keys::TrackerTrust;
 use fileshare_protocol::messages::{
     ClusterMsg, Reply, Request, Role, TrackerRequest, TrackerResult,
 };
-use fileshare_protocol::tls::{self, SecureConnection, ServerTls};
+use fileshare_protocol::tls::{self, SecureConnection, ServerTls, TlsError};
 use fileshare_protocol::{ErrorCode, Fingerprint, ProtocolError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -222,6 +222,13 @@ impl Handler {
             }
             Ok((_, other, _)) => {
                 tracing::info!(peer = %self.addr, "closing connection: {other:?} is not a client");
+                return;
+            }
+            // Probes, scanners and clients that gave up mid-handshake are
+            // common and say nothing about this tracker.
+            Err(e @ (TlsError::Handshake { .. } | TlsError::Timeout { .. })) => {
+                let e = fileshare_protocol::error::chain(&e);
+                tracing::debug!(peer = %self.addr, "closing connection: {e}");
                 return;
             }
             Err(e) => {
