@@ -11,11 +11,11 @@
 //! - [`codec`]: the one place that knows the body encoding (bincode 2).
 //! - [`frame`]: the length prefix and the frame size limit, as a pure step.
 //! - [`connection`]: a framed async stream, generic over the transport.
-//! - [`identity`]: an endpoint's key and self-signed certificate, kept on
-//!   disk, and the [`Fingerprint`] that names it.
 //! - [`tls`]: TLS 1.3 with pinned keys; [`tls::SecureConnection`], the one
-//!   connection type, with `connect` and `accept`.
-//! - [`known_keys`]: tracker keys remembered on first use, as ssh does.
+//!   network connection type, with `connect` and `accept`. Inside it (and
+//!   re-exported here): [`identity`], an endpoint's key and self-signed
+//!   certificate, kept on disk, and the [`Fingerprint`] that names it;
+//!   [`known_keys`], tracker keys remembered on first use, as ssh does.
 //! - [`messages`]: the message enums of each channel and the handshake.
 //! - [`ids`]: content hashes, ids, piece layout, bitfields and name rules.
 //! - [`error`]: the typed errors of this crate and the tracker's error codes.
@@ -30,12 +30,12 @@ pub mod codec;
 pub mod connection;
 pub mod error;
 pub mod frame;
-pub mod identity;
 pub mod ids;
-pub mod known_keys;
 pub mod messages;
 pub mod tls;
 pub mod trackers_file;
+
+pub use tls::{identity, known_keys};
 
 pub use connection::Connection;
 pub use error::{ErrorCode, ProtocolError};

@@ -11,6 +11,9 @@
 //! resumption is off: a resumed session skips the certificate check, and
 //! every FileShare server answers to the same name.
 
+pub mod identity;
+pub mod known_keys;
+
 use crate::connection::{Connection, HANDSHAKE_TIMEOUT};
 use crate::error::ProtocolError;
 use crate::identity::{Fingerprint, Identity, CERT_NAME};
