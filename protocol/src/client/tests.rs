@@ -1,5 +1,7 @@
 use super::*;
-use crate::tls::{ClientCerts, ServerTls};
+use crate::messages::tracker::TrackerResult;
+use crate::messages::{Reply, Request, Role};
+use crate::tls::{self, ClientCerts, ServerTls};
 use std::time::Instant;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
