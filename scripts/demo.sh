@@ -27,7 +27,10 @@ trap cleanup EXIT
 port=$((20000 + RANDOM % 20000))
 echo "127.0.0.1:$port" > "$work/trackers.txt"
 
-step "a tracker on 127.0.0.1:$port"
+step "a tracker on 127.0.0.1:$port, its key pinned in the trackers file"
+fp=$("$bin/fileshare-tracker" "$work/trackers.txt" 1 --data-dir "$work/tracker" --fingerprint)
+echo "127.0.0.1:$port $fp" > "$work/trackers.txt"
+cat "$work/trackers.txt"
 "$bin/fileshare-tracker" "$work/trackers.txt" 1 --data-dir "$work/tracker" \
   >"$work/tracker.log" 2>&1 </dev/null &
 pids+=($!)
