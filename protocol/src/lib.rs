@@ -12,7 +12,8 @@
 //! - [`frame`]: the length prefix and the frame size limit, as a pure step.
 //! - [`connection`]: a framed async stream, generic over the transport so TLS
 //!   can slot in later.
-//! - [`messages`]: the message enums of each channel and the handshake.
+//! - [`messages`]: the message enums of each channel and the handshake;
+//!   [`ticket`], the signed tickets that open a group's files on a peer.
 //! - [`ids`]: content hashes, ids, piece layout, bitfields and name rules.
 //! - [`error`]: the typed errors of this crate and the tracker's error codes.
 //! - [`client`]: a multiplexing tracker client that fails over between
@@ -29,13 +30,15 @@ pub mod ids;
 pub mod messages;
 pub mod trackers_file;
 
+pub use messages::ticket;
+
 pub use connection::Connection;
 pub use error::{ErrorCode, ProtocolError};
 pub use ids::{Bitfield, FileId, Layout, PeerId, PieceHash, PieceIndex, PIECE_LEN};
 
 /// Bumped whenever a message enum changes shape; peers of another version are
 /// refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame body anyone accepts, checked before a byte of it is
 /// buffered. A 512 KiB piece plus headers fits with room; so does the hash

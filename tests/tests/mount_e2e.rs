@@ -400,7 +400,8 @@ fn session_of(user: &User) -> fileshare_protocol::messages::SessionToken {
 fn a_non_member_can_neither_list_nor_fetch_pieces() {
     use fileshare_protocol::client::{ClientError, TrackerClient};
     use fileshare_protocol::connection::TcpConnection;
-    use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Role, Ticket};
+    use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Role};
+    use fileshare_protocol::ticket::{Ticket, TicketError};
     use fileshare_protocol::{ErrorCode, FileId, PeerId};
 
     let (w, u) = World::network(&["alice"]);
@@ -433,25 +434,21 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
     rt.block_on(async {
         let tracker =
             TrackerClient::new(vec![w.tracker().addr().to_string()], Duration::from_secs(5));
-        let refused = tracker.issue_ticket(session, "g").await;
+        let me = PeerId([9; 16]);
+        let refused = tracker.issue_ticket(session, "g", me).await;
         assert!(
             matches!(refused, Err(ClientError::Refused(ErrorCode::NotMember(_)))),
             "{refused:?}"
         );
         let own = tracker
-            .issue_ticket(session, "mine")
+            .issue_ticket(session, "mine", me)
             .await
             .expect("a ticket for mallory's own group");
 
-        let (mut conn, _) = TcpConnection::connect(
-            &a.listen,
-            Role::Peer {
-                id: PeerId([9; 16]),
-            },
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("connect to alice's peer port");
+        let (mut conn, _) =
+            TcpConnection::connect(&a.listen, Role::Peer { id: me }, Duration::from_secs(5))
+                .await
+                .expect("connect to alice's peer port");
         let piece = PeerRequest::Piece { file: id, index: 0 };
         assert_eq!(
             exchange(&mut conn, 1, piece.clone()).await,
@@ -460,13 +457,14 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
         let forged = Ticket {
             user: "mallory".into(),
             group: "g".into(),
+            holder: me,
             expires_unix_ms: u64::MAX / 2,
-            mac: [7; 32],
+            signature: vec![7; 64],
         };
-        assert!(matches!(
+        assert_eq!(
             exchange(&mut conn, 2, PeerRequest::Authenticate { ticket: forged }).await,
-            PeerReply::Error(PeerError::TicketRefused(_))
-        ));
+            PeerReply::Error(PeerError::TicketRefused(TicketError::BadSignature))
+        );
         assert_eq!(
             exchange(&mut conn, 3, PeerRequest::Authenticate { ticket: own }).await,
             PeerReply::Authenticated

@@ -151,7 +151,20 @@ impl Engine {
                 }
                 Ok(())
             };
+            // No peer serves a user who left the group: refuse at once.
+            let all = async {
+                tokio::select! {
+                    r = all => r,
+                    e = self.tracker.membership_lost(&swarm.file.group) => {
+                        Err(EngineError::Tracker(e))
+                    }
+                }
+            };
             match tokio::time::timeout(self.read_timeout, all).await {
+                Ok(Err(e @ EngineError::Tracker(_))) => {
+                    swarm.forget_closed_waiters();
+                    return Err(e);
+                }
                 Ok(r) => r?,
                 Err(_) => {
                     swarm.forget_closed_waiters();

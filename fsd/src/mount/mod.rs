@@ -177,10 +177,14 @@ async fn serve(
         serve_ctx,
         shutdown.clone(),
     ));
-    // Tickets for every group up front: the first read of a file then
-    // costs no tracker round trip for one.
+    // The ticket key and tickets for every group up front: the first
+    // request of a peer and the first read of a file then cost no tracker
+    // round trip for one.
     let prefetch = tracker.clone();
     tokio::spawn(async move {
+        if let Err(e) = prefetch.ticket_key().await {
+            tracing::debug!("no ticket key yet: {e:#}");
+        }
         if let Ok(groups) = prefetch.member_groups().await {
             for g in groups {
                 let _ = prefetch.ticket(&g).await;

@@ -1,8 +1,13 @@
 //! The serving side: other members fetch verified pieces from here.
 //!
-//! A connection is worth nothing until it presents a ticket that a tracker
-//! confirms; each ticket opens the files of one group. Only pieces whose
-//! hash this daemon verified are ever sent.
+//! A connection is worth nothing until it presents a ticket, which this
+//! daemon checks alone with the cluster's ticket key: signed by the
+//! cluster, issued to the connecting peer's own id, unexpired. Each ticket
+//! opens the files of one group until it expires, and every request is
+//! checked against it, so a member who leaves or is removed (and gets no
+//! new tickets) is refused within one ticket lifetime, on connections
+//! already open too; subscriptions end then. Only pieces whose hash this
+//! daemon verified are ever sent.
 //!
 //! Piece requests wait their turn in the daemon's upload scheduler
 //! ([`crate::net::upload_scheduler`]), which may refuse one with `Busy`; a request still
@@ -13,14 +18,16 @@
 use crate::net::upload_scheduler::{Ask, Decision, Uploads};
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::Swarm;
-use crate::trackers::TrackerLink;
+use crate::trackers::{now_ms, TrackerLink};
 use fileshare_protocol::connection::TcpConnection;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
+use fileshare_protocol::ticket::Ticket;
 use fileshare_protocol::{FileId, PeerId};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -89,8 +96,11 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 /// What the tasks of one connection share.
 struct ConnState {
     conn: u64,
-    /// Groups this connection presented tickets for.
-    groups: Mutex<Arc<Vec<String>>>,
+    /// The connecting daemon's peer id, from its hello: the holder every
+    /// ticket on this connection must name.
+    peer: PeerId,
+    /// Group -> when the latest ticket presented for it expires (unix ms).
+    tickets: Mutex<HashMap<String, u64>>,
     /// Piece requests not answered yet, by request id, to cancel.
     pending: Mutex<HashMap<u64, CancellationToken>>,
     /// Pieces refused `Busy` to this connection: the next ask is served.
@@ -104,20 +114,22 @@ async fn serve(
     ctx: &Arc<ServeCtx>,
 ) -> Result<(), fileshare_protocol::ProtocolError> {
     let mut conn = TcpConnection::tcp(stream);
-    match conn.handshake(Role::Peer { id: ctx.my_id }).await? {
-        Role::Peer { .. } => {}
+    // TLS: the id will be the one the peer's certificate proves.
+    let peer = match conn.handshake(Role::Peer { id: ctx.my_id }).await? {
+        Role::Peer { id } => id,
         other => {
             return Err(fileshare_protocol::ProtocolError::Handshake(format!(
                 "expected a peer, got {other:?}"
             )))
         }
-    }
+    };
     let (mut reader, mut writer) = conn.into_split();
     let (tx, mut rx) = mpsc::channel::<Reply<PeerReply>>(PER_CONNECTION);
     let permits = Arc::new(Semaphore::new(PER_CONNECTION));
     let st = Arc::new(ConnState {
         conn: ctx.next_conn.fetch_add(1, Ordering::Relaxed),
-        groups: Mutex::new(Arc::new(Vec::new())),
+        peer,
+        tickets: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashSet::new()),
         subscribed: Mutex::new(HashSet::new()),
@@ -137,15 +149,9 @@ async fn serve(
                 break;
             };
             if let PeerRequest::Authenticate { ticket } = &req.body {
-                let body = match ctx.tracker.verify_ticket(ticket).await {
-                    Ok(group) => {
-                        let mut groups = st.groups.lock();
-                        if !groups.contains(&group) {
-                            Arc::make_mut(&mut *groups).push(group);
-                        }
-                        PeerReply::Authenticated
-                    }
-                    Err(e) => PeerReply::Error(PeerError::TicketRefused(e.to_string())),
+                let body = match authenticate(ctx, &st, ticket).await {
+                    Ok(()) => PeerReply::Authenticated,
+                    Err(e) => PeerReply::Error(e),
                 };
                 if tx.send(Reply { id: req.id, body }).await.is_err() {
                     break;
@@ -153,15 +159,14 @@ async fn serve(
                 drop(permit);
                 continue;
             }
-            let groups = st.groups.lock().clone();
             if let PeerRequest::Subscribe { file } = req.body {
                 let fresh = {
                     let mut subs = st.subscribed.lock();
                     subs.len() < MAX_SUBSCRIPTIONS && subs.insert(file)
                 };
-                match allowed(ctx, &groups, &file) {
+                match allowed(ctx, &st, &file) {
                     Ok(swarm) if fresh => {
-                        tokio::spawn(subscription(swarm, req.id, tx.clone()));
+                        tokio::spawn(subscription(swarm, st.clone(), req.id, tx.clone()));
                     }
                     Ok(_) => {
                         let body = PeerReply::Error(PeerError::Busy);
@@ -189,7 +194,7 @@ async fn serve(
                 // A request of a connection that is gone leaves the upload
                 // queue instead of being paid for.
                 let body = tokio::select! {
-                    body = answer(&ctx, &st, &groups, req.body, &cancel) => body,
+                    body = answer(&ctx, &st, req.body, &cancel) => body,
                     () = tx.closed() => return,
                 };
                 st.pending.lock().remove(&req.id);
@@ -214,32 +219,68 @@ async fn serve(
 }
 
 /// One subscription: the bitfield now, then a `Have` per verified piece,
-/// until the connection or the swarm ends. Subscribing before taking the
-/// bitfield means no piece falls between the two.
-async fn subscription(swarm: Arc<Swarm>, id: u64, tx: mpsc::Sender<Reply<PeerReply>>) {
+/// until the connection or the swarm ends, or the ticket for the file's
+/// group expires without a fresh one (then `TicketExpired` ends it).
+/// Subscribing before taking the bitfield means no piece falls between the
+/// two.
+async fn subscription(
+    swarm: Arc<Swarm>,
+    st: Arc<ConnState>,
+    id: u64,
+    tx: mpsc::Sender<Reply<PeerReply>>,
+) {
+    let group = &swarm.file.group;
+    let expires = || st.tickets.lock().get(group).copied().unwrap_or(0);
     let mut haves = swarm.subscribe();
-    let mut body = PeerReply::Bitfield(swarm.have());
+    let mut next = Some(PeerReply::Bitfield(swarm.have()));
     loop {
-        if tx.send(Reply { id, body }).await.is_err() {
-            return;
+        if let Some(body) = next.take() {
+            if tx.send(Reply { id, body }).await.is_err() {
+                return;
+            }
         }
-        body = tokio::select! {
+        let left = Duration::from_millis(expires().saturating_sub(now_ms()));
+        next = tokio::select! {
             r = haves.recv() => match r {
-                Ok(i) => PeerReply::Have(i),
+                Ok(i) => Some(PeerReply::Have(i)),
                 // Too far behind: the whole bitfield again.
-                Err(broadcast::error::RecvError::Lagged(_)) => PeerReply::Bitfield(swarm.have()),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some(PeerReply::Bitfield(swarm.have())),
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             () = tx.closed() => return,
             () = swarm.cancel.cancelled() => return,
+            // A fresh ticket may have come meanwhile: look again.
+            () = tokio::time::sleep(left) => None,
         };
+        if expires() <= now_ms() {
+            st.subscribed.lock().remove(&swarm.file.id);
+            let body = PeerReply::Error(PeerError::TicketExpired);
+            let _ = tx.send(Reply { id, body }).await;
+            return;
+        }
     }
+}
+
+/// Checks a ticket alone, with the cluster's key: signed by the cluster,
+/// issued to the connecting peer, unexpired. A good one opens its group
+/// until it expires.
+async fn authenticate(ctx: &ServeCtx, st: &ConnState, ticket: &Ticket) -> Result<(), PeerError> {
+    let key = ctx.tracker.ticket_key().await.map_err(|e| {
+        tracing::warn!("cannot check a ticket: no ticket key: {e:#}");
+        PeerError::NoTicketKey
+    })?;
+    ticket
+        .verify(&key, &st.peer, now_ms())
+        .map_err(PeerError::TicketRefused)?;
+    let mut tickets = st.tickets.lock();
+    let expires = tickets.entry(ticket.group.clone()).or_default();
+    *expires = (*expires).max(ticket.expires_unix_ms);
+    Ok(())
 }
 
 async fn answer(
     ctx: &ServeCtx,
     st: &ConnState,
-    groups: &[String],
     req: PeerRequest,
     cancel: &CancellationToken,
 ) -> PeerReply {
@@ -247,26 +288,29 @@ async fn answer(
         PeerRequest::Authenticate { .. }
         | PeerRequest::Subscribe { .. }
         | PeerRequest::Cancel { .. } => PeerReply::Error(PeerError::Internal),
-        PeerRequest::Bitfield { file } => match allowed(ctx, groups, &file) {
+        PeerRequest::Bitfield { file } => match allowed(ctx, st, &file) {
             Ok(swarm) => PeerReply::Bitfield(swarm.have()),
             Err(e) => PeerReply::Error(e),
         },
-        PeerRequest::Piece { file, index } => match allowed(ctx, groups, &file) {
+        PeerRequest::Piece { file, index } => match allowed(ctx, st, &file) {
             Ok(swarm) => piece(ctx, st, swarm, index, cancel).await,
             Err(e) => PeerReply::Error(e),
         },
     }
 }
 
-fn allowed(ctx: &ServeCtx, groups: &[String], file: &FileId) -> Result<Arc<Swarm>, PeerError> {
-    if groups.is_empty() {
+/// The swarm of `file`, if this connection holds an unexpired ticket for
+/// its group: checked on every request, not once per connection.
+fn allowed(ctx: &ServeCtx, st: &ConnState, file: &FileId) -> Result<Arc<Swarm>, PeerError> {
+    if st.tickets.lock().is_empty() {
         return Err(PeerError::NotAuthenticated);
     }
     let swarm = ctx.registry.get(file).ok_or(PeerError::NoSuchFile)?;
-    if !groups.contains(&swarm.file.group) {
-        return Err(PeerError::NotMember);
+    match st.tickets.lock().get(&swarm.file.group) {
+        None => Err(PeerError::NotMember),
+        Some(&expires) if expires <= now_ms() => Err(PeerError::TicketExpired),
+        Some(_) => Ok(swarm),
     }
-    Ok(swarm)
 }
 
 async fn piece(
