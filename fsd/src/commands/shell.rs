@@ -71,6 +71,11 @@ const SPECS: &[Spec] = &[
         &["GROUP", "USER"],
         "turn USER's request down",
     ),
+    spec(
+        "remove_member",
+        &["GROUP", "USER"],
+        "take USER out of your group",
+    ),
     spec("list_groups", &[], "every group in the network"),
     spec("list_files", &["GROUP"], "the files shared in a group"),
     spec("search", &["PATTERN"], "files by name in your groups"),
@@ -236,6 +241,10 @@ pub fn parse_line(line: &str) -> Result<Line, ParseError> {
             user: a(1),
         }),
         "reject_request" => run(Command::RejectRequest {
+            group: a(0),
+            user: a(1),
+        }),
+        "remove_member" => run(Command::RemoveMember {
             group: a(0),
             user: a(1),
         }),
@@ -415,6 +424,15 @@ mod tests {
                 ..
             } => assert_eq!((group.as_str(), user.as_str()), ("g1", "bob")),
             other => panic!("{other:?}"),
+        }
+        for line in ["remove_member g1 bob", "remove-member g1 bob"] {
+            match parse_line(line).unwrap() {
+                Line::Run {
+                    cmd: Command::RemoveMember { group, user },
+                    password: None,
+                } => assert_eq!((group.as_str(), user.as_str()), ("g1", "bob")),
+                other => panic!("{line}: {other:?}"),
+            }
         }
         match parse_line("upload_file /path g1").unwrap() {
             Line::Run {
