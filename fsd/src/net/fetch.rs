@@ -177,7 +177,9 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let cmd = tokio::select! {
-                cmd = queue.recv() => cmd,
+                // A fresh ticket first: requests may wait on the download
+                // limit, and the current ticket must not expire meanwhile.
+                biased;
                 Some(ticket) = fresh.recv() => {
                     let id = next_id;
                     next_id += 1;
@@ -186,6 +188,7 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
                     writer.write_frame(&Request { id, body }).await?;
                     continue;
                 }
+                cmd = queue.recv() => cmd,
                 _ = tick.tick() => {
                     swarm.tick(key);
                     continue;
