@@ -9,6 +9,11 @@
 #   swarm    1 source and 8-16 readers of one file, every daemon with an
 #            upload limit, against the fluid-model bound D_min (needs root
 #            and FUSE; writes docs/swarm.csv and docs/swarm.svg)
+#
+# Before and after in one run: BENCH_BASELINE=REV (a commit, tag or branch)
+# builds REV's fsd and fileshare-tracker into target/baseline/ and runs each
+# chosen section twice, first against REV's binaries, then against this
+# tree's; the benchmark programs themselves are this tree's.
 # Adding a section: a run_NAME function and NAME in SECTIONS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,10 +46,30 @@ run_cluster() {
 }
 
 if [ "$section" = all ]; then
-  for s in "${SECTIONS[@]}"; do "run_$s"; done
+  chosen=("${SECTIONS[@]}")
 elif [[ " ${SECTIONS[*]} " == *" $section "* ]]; then
-  "run_$section"
+  chosen=("$section")
 else
   echo "unknown section $section (${SECTIONS[*]})" >&2
   exit 2
 fi
+
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  rev=$(git rev-parse --short "$BENCH_BASELINE")
+  base_dir="$PWD/$target/baseline"
+  src=$(mktemp -d)
+  trap 'git worktree remove --force "$src" >/dev/null 2>&1 || rm -rf "$src"' EXIT
+  echo "== building the baseline $rev into $base_dir"
+  git worktree add --detach --force "$src" "$rev" >/dev/null
+  CARGO_TARGET_DIR="$base_dir" cargo build --release --quiet \
+    --manifest-path "$src/Cargo.toml" -p fsd -p fileshare-tracker
+fi
+
+for s in "${chosen[@]}"; do
+  if [ -n "${BENCH_BASELINE:-}" ]; then
+    echo "-- baseline $rev"
+    FILESHARE_BIN_DIR="$base_dir/release" "run_$s"
+    echo "-- this tree"
+  fi
+  "run_$s"
+done

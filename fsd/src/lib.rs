@@ -21,6 +21,8 @@
 //! - [`trackers`]: the daemon's side of the trackers: every tracker request
 //!   the daemon makes, cached listings, tickets and the cluster's ticket
 //!   key, the groups this user was removed from.
+//! - [`tasks`]: named tasks in one tree of cancellation tokens, joined on
+//!   shutdown, and the bounded pool for blocking work.
 //! - [`units`]: byte sizes and rates, parsed and shown.
 #![warn(clippy::cast_possible_truncation)]
 
@@ -34,5 +36,6 @@ pub mod mount;
 pub mod net;
 pub mod pieces;
 pub mod store;
+pub mod tasks;
 pub mod trackers;
 pub mod units;

@@ -1,7 +1,9 @@
 //! The daemon's side of the trackers, and the one place it asks them
 //! anything: listings with a short-lived cache that outlives tracker
-//! outages, shares, tickets and the cluster's ticket key, announces and
-//! piece reports (the engine's announce loop decides when).
+//! outages, shares, tickets and the cluster's ticket key, and the calls
+//! that keep this peer offered: one announce and the queued piece reports.
+//! The loop that makes them on schedule is the engine's
+//! (`Engine::announce_loop` in `engine/mod.rs`).
 //!
 //! It also remembers the groups the trackers said this user is no longer a
 //! member of, so reads of their files fail at once with EACCES instead of
@@ -10,7 +12,7 @@
 use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{FileEntry, GroupInfo, Holding, PeerLocation};
-use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::ticket::{Ticket, TicketKey};
 use fileshare_protocol::{ErrorCode, FileId, PeerId};
 use parking_lot::Mutex;
@@ -27,7 +29,7 @@ pub const REFRESH_BUDGET: Duration = Duration::from_millis(800);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("{0}")]
+    #[error(transparent)]
     Tracker(#[from] ClientError),
     #[error("no tracker answered within {0} ms and nothing is cached")]
     Slow(u64),
@@ -114,10 +116,6 @@ impl TrackerLink {
             lost_news: tokio::sync::Notify::new(),
             reports: Mutex::new(HashMap::new()),
         }
-    }
-
-    pub async fn call(&self, req: TrackerRequest) -> Result<TrackerReply, LinkError> {
-        Ok(self.client.call(req).await?)
     }
 
     /// Runs `fetch` unless the cache is fresh; serves the cache when the

@@ -1,4 +1,5 @@
-//! Byte rates written like `8M`, `512K` or `1G` (powers of 1024).
+//! Byte counts as people read and write them: rates like `8M`, `512K` or
+//! `1G`, and sizes like `1.5 MiB` (powers of 1024 both ways).
 
 /// Parses a rate in bytes per second.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
@@ -28,9 +29,27 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     Ok(rate)
 }
 
+/// Bytes as a short human figure, powers of 1024 like the rate options.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_rate;
+    use super::{human_bytes, parse_rate};
 
     #[test]
     fn units() {
@@ -41,5 +60,13 @@ mod tests {
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("0").is_err());
         assert!(parse_rate("8X").is_err());
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 }

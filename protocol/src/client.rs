@@ -357,12 +357,9 @@ impl TrackerClient {
     }
 
     /// Sends `req` and returns the tracker's answer, failing over between
-    /// trackers as needed.
-    ///
-    /// Public only until `fsd` calls the typed methods below instead; new
-    /// code should not use it.
-    #[doc(hidden)]
-    pub async fn call(&self, req: TrackerRequest) -> Result<TrackerReply, ClientError> {
+    /// trackers as needed. Private: callers use the typed methods, so no
+    /// caller ever matches on a reply of the wrong kind.
+    async fn call(&self, req: TrackerRequest) -> Result<TrackerReply, ClientError> {
         let addrs = self.addrs();
         let trackers = addrs.len().max(1);
         let rounds = trackers * 3;

@@ -91,7 +91,7 @@ mod tests {
     fn trailing_bytes_are_refused() {
         let mut bytes = encode(&Request {
             id: 1,
-            body: PeerRequest::Bitfield {
+            body: PeerRequest::Subscribe {
                 file: crate::FileId([0; 32]),
             },
         })

@@ -2,11 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Why a frame could not be read, written or understood.
+/// Why a frame could not be read, written or understood. The I/O cause is
+/// in the message, not also a `source`, so an error chain names it once.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("frame of {len} bytes exceeds the limit of {limit}")]
     FrameTooLarge { len: u64, limit: usize },
     #[error("connection closed in the middle of a frame ({got} of {expected} bytes)")]
@@ -25,6 +26,22 @@ pub enum ProtocolError {
     Timeout { what: &'static str, ms: u64 },
     #[error("connection closed")]
     Closed,
+    /// Setting up the secure connection failed (boxed: it can hold a
+    /// `ProtocolError` itself).
+    #[error(transparent)]
+    Tls(Box<crate::tls::TlsError>),
+}
+
+impl From<crate::tls::TlsError> for ProtocolError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        ProtocolError::Tls(Box::new(e))
+    }
+}
+
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> Self {
+        ProtocolError::Io(e)
+    }
 }
 
 /// A tracker's typed refusal. The CLI prints its `Display` as the one-line

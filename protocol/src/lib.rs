@@ -10,15 +10,20 @@
 //! # Layout
 //! - [`codec`]: the one place that knows the body encoding (bincode 2).
 //! - [`frame`]: the length prefix and the frame size limit, as a pure step.
-//! - [`connection`]: a framed async stream, generic over the transport so TLS
-//!   can slot in later.
+//! - [`connection`]: a framed async stream, generic over the transport.
+//! - [`identity`]: an endpoint's key and self-signed certificate, kept on
+//!   disk, and the [`Fingerprint`] that names it.
+//! - [`tls`]: TLS 1.3 with pinned keys; [`tls::SecureConnection`], the one
+//!   connection type, with `connect` and `accept`.
+//! - [`known_keys`]: tracker keys remembered on first use, as ssh does.
 //! - [`messages`]: the message enums of each channel and the handshake;
 //!   [`ticket`], the signed tickets that open a group's files on a peer.
 //! - [`ids`]: content hashes, ids, piece layout, bitfields and name rules.
 //! - [`error`]: the typed errors of this crate and the tracker's error codes.
 //! - [`client`]: a multiplexing tracker client that fails over between
 //!   trackers.
-//! - [`trackers_file`]: the `host:port` list every component reads.
+//! - [`trackers_file`]: the `host:port [sha256:HEX]` list every component
+//!   reads.
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod client;
@@ -26,19 +31,23 @@ pub mod codec;
 pub mod connection;
 pub mod error;
 pub mod frame;
+pub mod identity;
 pub mod ids;
+pub mod known_keys;
 pub mod messages;
+pub mod tls;
 pub mod trackers_file;
 
 pub use messages::ticket;
 
 pub use connection::Connection;
 pub use error::{ErrorCode, ProtocolError};
+pub use identity::{Fingerprint, Identity};
 pub use ids::{Bitfield, FileId, Layout, PeerId, PieceHash, PieceIndex, PIECE_LEN};
 
 /// Bumped whenever a message enum changes shape; peers of another version are
 /// refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame body anyone accepts, checked before a byte of it is
 /// buffered. A 512 KiB piece plus headers fits with room; so does the hash

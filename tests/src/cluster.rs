@@ -3,8 +3,8 @@
 //! ended by PID when the cluster is dropped, and every log is printed when
 //! a test fails.
 
-use crate::free_port;
 use crate::tracker::Tracker;
+use crate::{reserve_port, Port};
 use fileshare_protocol::client::TrackerClient;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,6 +17,8 @@ pub struct Cluster {
     trackers: Vec<Tracker>,
     trackers_file: PathBuf,
     rt: tokio::runtime::Runtime,
+    /// The trackers' ports, reserved for as long as the cluster lives.
+    _ports: Vec<Port>,
     /// Dropped last, after the processes that use it.
     _dir: tempfile::TempDir,
 }
@@ -34,16 +36,17 @@ impl Cluster {
             .enable_all()
             .build()
             .expect("runtime");
-        // Another process may take a free port before its tracker binds
-        // it; then try other ports.
+        // A process outside the tests could still bind a reserved port
+        // first; then try other ports.
         for attempt in 0.. {
             let dir = tempfile::Builder::new()
                 .prefix("fileshare-cluster-")
                 .tempdir()
                 .expect("temp dir");
             let trackers_file = dir.path().join("trackers.txt");
-            let addrs: Vec<String> = (0..n)
-                .map(|_| format!("127.0.0.1:{}", free_port()))
+            let ports: Vec<Port> = (0..n).map(|_| reserve_port()).collect();
+            let addrs: Vec<String> = (ports.iter())
+                .map(|p| format!("127.0.0.1:{}", p.get()))
                 .collect();
             let mut text = String::from("# test cluster\n");
             for a in &addrs {
@@ -69,6 +72,7 @@ impl Cluster {
                         trackers,
                         trackers_file,
                         rt,
+                        _ports: ports,
                         _dir: dir,
                     };
                     for i in 1..=n {

@@ -45,12 +45,66 @@ pub fn cmp(a: &std::path::Path, b: &std::path::Path) {
     );
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+/// A TCP port on 127.0.0.1 set aside for one test, for processes that must
+/// be told their address before they start (trackers: every address is in
+/// the trackers file). `fsd mount` needs none: it binds port 0 and says
+/// which port it got.
+///
+/// A port is held by a lock file that every test process honours, for as
+/// long as this value lives, so no other test is given it even while its
+/// process is down (a tracker killed and restarted on the same port). It
+/// is chosen below the kernel's ephemeral range, so neither a `bind` to
+/// port 0 nor an outgoing connection is ever given it either.
+pub struct Port {
+    port: u16,
+    /// Holds the reservation (an `flock`), released on drop.
+    _lock: std::fs::File,
+}
+
+impl Port {
+    pub fn get(&self) -> u16 {
+        self.port
+    }
+}
+
+/// Reserves a [`Port`] that nothing listens on now.
+pub fn reserve_port() -> Port {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    // Below the ephemeral range (`ip_local_port_range`, 32768 by default).
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32768u32);
+    let hi = ephemeral.clamp(2048, 65535);
+    let lo = hi.saturating_sub(12_000).max(1024);
+    let dir = std::env::temp_dir().join("fileshare-test-ports");
+    std::fs::create_dir_all(&dir).expect("create the port reservation directory");
+    // Each process starts somewhere else in the range.
+    let start = std::process::id()
+        .wrapping_mul(7919)
+        .wrapping_add(CALLS.fetch_add(1, Ordering::Relaxed) * 104_729);
+    for i in 0..hi - lo {
+        let port = u16::try_from(lo + (start.wrapping_add(i) % (hi - lo))).expect("port");
+        let Ok(lock) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        // Not reserved by a test, but maybe in use by something else.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Port { port, _lock: lock };
+        }
+    }
+    panic!("no port left to reserve between {lo} and {hi} on 127.0.0.1");
 }
 
 /// Writes `len` pseudo-random bytes (from `seed`) to `path`.
@@ -69,8 +123,14 @@ pub fn random_file(path: &std::path::Path, len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// A built binary of the workspace (`fsd`, `fileshare-tracker`), from
+/// `$FILESHARE_BIN_DIR` if set (the benchmarks' baseline build), else from
 /// `$CARGO_TARGET_DIR` or `target/`, profile `$FILESHARE_PROFILE` (debug).
 pub fn bin(name: &str) -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("FILESHARE_BIN_DIR") {
+        let path = std::path::PathBuf::from(dir).join(name);
+        assert!(path.exists(), "{} is missing", path.display());
+        return path;
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));

@@ -67,7 +67,8 @@ pub struct Mount {
     pub home: PathBuf,
     pub trackers: PathBuf,
     pub mountpoint: PathBuf,
-    /// Where this daemon serves peers (127.0.0.1:port).
+    /// Where this daemon serves peers (127.0.0.1:port): it binds port 0
+    /// and its "mounted" log line says which port it got.
     pub listen: String,
     extra: Vec<String>,
     log: PathBuf,
@@ -83,13 +84,12 @@ impl Mount {
         mountpoint: &Path,
         extra: &[&str],
     ) -> Mount {
-        let port = crate::free_port();
         let mut m = Mount {
             fsd: fsd.to_path_buf(),
             home: home.to_path_buf(),
             trackers: trackers.to_path_buf(),
             mountpoint: mountpoint.to_path_buf(),
-            listen: format!("127.0.0.1:{port}"),
+            listen: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             log: home.join("mount.log"),
             child: None,
@@ -105,6 +105,10 @@ impl Mount {
             .append(true)
             .open(&self.log)
             .expect("open daemon log");
+        // Only this run's lines count.
+        let from = log.metadata().map_or(0, |m| m.len());
+        let filter =
+            std::env::var("FILESHARE_TEST_LOG").unwrap_or_else(|_| "info,fsd=debug".into());
         let child = Command::new(&self.fsd)
             .arg("--home")
             .arg(&self.home)
@@ -113,12 +117,10 @@ impl Mount {
             .arg("mount")
             .arg(&self.mountpoint)
             .arg("--listen")
-            .arg(&self.listen)
+            .arg("127.0.0.1:0")
             .args(&self.extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("FILESHARE_TEST_LOG").unwrap_or_else(|_| "info,fsd=debug".into()),
-            )
+            // The "mounted" line gives the port, whatever else is logged.
+            .env("RUST_LOG", format!("{filter},fsd::mount=info"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -126,7 +128,13 @@ impl Mount {
             .expect("start fsd mount");
         self.child = Some(child);
         let start = Instant::now();
-        while !is_mounted(&self.mountpoint) {
+        loop {
+            if is_mounted(&self.mountpoint) {
+                if let Some(addr) = self.mounted_addr(from) {
+                    self.listen = addr;
+                    break;
+                }
+            }
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
                     panic!("fsd mount exited with {status}:\n{}", self.log());
@@ -139,6 +147,17 @@ impl Mount {
             );
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// The peer address in this run's "mounted" log line, once written.
+    fn mounted_addr(&self, from: u64) -> Option<String> {
+        let log = std::fs::read(&self.log).ok()?;
+        let run = log.get(usize::try_from(from).ok()?..)?;
+        String::from_utf8_lossy(run)
+            .lines()
+            .filter(|l| l.contains("fsd::mount: mounted "))
+            .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("peer=")))
+            .map(str::to_string)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -190,7 +209,7 @@ impl Mount {
         }
     }
 
-    /// Mounts again with the same home, mount point and port.
+    /// Mounts again with the same home and mount point (on a new port).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart of a running daemon");
         self.spawn();

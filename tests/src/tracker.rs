@@ -2,7 +2,7 @@
 //! and data directory. The guard kills it by PID and reaps it on drop, and
 //! prints its log when a test fails, so a failure shows the tracker's side.
 
-use crate::{bin, free_port, wait_until};
+use crate::{bin, reserve_port, wait_until, Port};
 use fileshare_protocol::client::TrackerClient;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,9 @@ pub struct Tracker {
     data_dir: PathBuf,
     log: PathBuf,
     args: Vec<String>,
+    /// Its port, reserved for as long as the tracker lives (a cluster's
+    /// trackers are given theirs by the cluster, which holds them).
+    port: Option<Port>,
     /// Dropped last, after the process that uses it.
     dir: tempfile::TempDir,
 }
@@ -48,12 +51,15 @@ impl Tracker {
             data_dir: dir.path().join("data"),
             log: dir.path().join("tracker.log"),
             args: args.iter().map(|s| s.to_string()).collect(),
+            port: None,
             dir,
         };
-        // Another process may take the free port before the tracker binds
-        // it; then try another.
+        // A process outside the tests could still bind the reserved port
+        // first; then try another.
         for attempt in 0.. {
-            t.addr = format!("127.0.0.1:{}", free_port());
+            let port = reserve_port();
+            t.addr = format!("127.0.0.1:{}", port.get());
+            t.port = Some(port);
             std::fs::write(&t.trackers_file, format!("# test cluster\n{}\n", t.addr))
                 .expect("write trackers file");
             match t.spawn() {
@@ -81,6 +87,7 @@ impl Tracker {
             data_dir: dir.path().join("data"),
             log: dir.path().join("tracker.log"),
             args: args.iter().map(|s| s.to_string()).collect(),
+            port: None,
             dir,
         }
     }

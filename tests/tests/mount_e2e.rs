@@ -259,13 +259,32 @@ fn a_seeder_killed_mid_read_does_not_break_the_read() {
         let to = out_path.clone();
         std::thread::spawn(move || std::fs::copy(from, to))
     };
-    std::thread::sleep(Duration::from_millis(1200));
+    // Bob is killed once he has served carol something, mid-read.
+    let bob = b.listen.clone();
+    let from_bob = |c: &Mount| {
+        let counters = fetched(c, "g/k.bin");
+        (counters.iter()).find(|x| x.0 == bob).map_or(0, |x| x.1)
+    };
+    wait_for("bob to serve carol", Duration::from_secs(15), || {
+        (from_bob(&c) > 0).then_some(())
+    });
+    let had = pieces_have(&c, "g/k.bin");
     b.kill9();
+    assert!(
+        had < total_pieces(size),
+        "the read was over before bob was killed"
+    );
     reader
         .join()
         .unwrap()
         .expect("the read must finish from alice");
     cmp(&src, &out_path);
+    let counters = fetched(&c, "g/k.bin");
+    assert!(from_bob(&c) > 0, "nothing from bob: {counters:?}");
+    assert!(
+        counters.iter().any(|x| x.0 == a.listen && x.1 > 0),
+        "nothing from alice: {counters:?}"
+    );
 }
 
 #[test]
@@ -474,7 +493,7 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
             PeerReply::Error(PeerError::NotMember)
         );
         assert_eq!(
-            exchange(&mut conn, 5, PeerRequest::Bitfield { file: id }).await,
+            exchange(&mut conn, 5, PeerRequest::Subscribe { file: id }).await,
             PeerReply::Error(PeerError::NotMember)
         );
     });

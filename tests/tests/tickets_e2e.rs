@@ -168,7 +168,7 @@ fn forged_expired_and_other_peers_tickets_are_refused_by_a_serving_peer() {
             PeerReply::Error(PeerError::TicketExpired)
         );
         assert_eq!(
-            exchange(&mut conn, 9, PeerRequest::Bitfield { file: id }).await,
+            exchange(&mut conn, 9, PeerRequest::Subscribe { file: id }).await,
             PeerReply::Error(PeerError::TicketExpired)
         );
         assert_eq!(

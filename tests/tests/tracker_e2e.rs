@@ -303,12 +303,15 @@ fn state_and_sessions_survive_clean_stops_and_restarts() {
 fn an_unreachable_tracker_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("trackers.txt");
-    let port = fileshare_tests::free_port();
-    std::fs::write(&file, format!("127.0.0.1:{port}\n")).unwrap();
+    // Reserved, so no other test listens there meanwhile.
+    let port = fileshare_tests::reserve_port();
+    std::fs::write(&file, format!("127.0.0.1:{}\n", port.get())).unwrap();
     let user = Fsd::with_trackers(&file);
     let e = user.fails(&["create-user", "alice"]);
     assert!(e.starts_with("fsd: no tracker answered"), "{e}");
     let missing = Fsd::with_trackers(&dir.path().join("missing.txt"));
     let e = missing.fails(&["create-user", "alice"]);
     assert!(e.contains("cannot read trackers file"), "{e}");
+    // The OS error is named once, not again by the error chain.
+    assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
 }

@@ -69,3 +69,44 @@ fn a_file_shared_in_two_groups_is_read_by_members_of_both() {
         cmp(&src, &m.path(&format!("{g}/both.bin")));
     }
 }
+
+#[test]
+fn the_trackers_state_and_the_daemons_files_are_owner_only() {
+    let (w, u) = World::network(&["alice"]);
+    let a = w.mount(&u[0], &[]);
+    let src = w.path("mine.bin");
+    random_file(&src, MIB, 3);
+    std::fs::copy(&src, a.path("g/mine.bin")).expect("cp into the mount");
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let data = w.tracker().data_dir();
+    assert_eq!(mode(data), 0o700, "{}", data.display());
+    for entry in std::fs::read_dir(data).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+    }
+    // Every file of the daemon's home, the piece store included (but the
+    // log this test harness writes there).
+    let mut stack = vec![u[0].home.clone()];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            let ft = std::fs::symlink_metadata(&p).unwrap().file_type();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() && !p.ends_with("mount.log") {
+                files += 1;
+                assert_eq!(mode(&p) & 0o077, 0, "{} is open to others", p.display());
+            }
+        }
+    }
+    assert!(files > 3, "the home holds the session and the store");
+}

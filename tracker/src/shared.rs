@@ -18,6 +18,7 @@ use fileshare_protocol::messages::{ClusterMsg, SessionToken};
 use fileshare_protocol::ticket::TicketSigner;
 use fileshare_protocol::ErrorCode;
 use parking_lot::{Mutex, RwLock};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -84,8 +85,21 @@ impl Shared {
         settings: Settings,
         transport: Arc<Transport>,
     ) -> Result<(Arc<Shared>, WriterThread), TrackerError> {
+        // Owner-only: the directory holds password hashes, sessions and the
+        // key that signs tickets.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|error| TrackerError::DataDir {
+                path: data_dir.to_path_buf(),
+                error,
+            })?;
         let store_file = data_dir.join(STORE_FILE);
-        private_files(data_dir, &store_file).map_err(|error| TrackerError::DataDir {
+        private_file(&store_file).map_err(|error| TrackerError::DataDir {
             path: data_dir.to_path_buf(),
             error,
         })?;
@@ -215,15 +229,9 @@ impl Shared {
     }
 }
 
-/// Makes the data directory (mode 0700) and the store file (0600) before
-/// the store opens it: the log holds the ticket signing key and password
-/// hashes, for this tracker's user only.
-fn private_files(dir: &Path, store_file: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
+/// Makes the store file owner-only (0600) before the store opens it: the
+/// log holds the ticket signing key and password hashes.
+fn private_file(store_file: &Path) -> std::io::Result<()> {
     // An empty file is a new database to the store.
     std::fs::OpenOptions::new()
         .append(true)

@@ -5,10 +5,11 @@
 
 use crate::cli::Command;
 use crate::control::{
-    download_line, human_bytes, peers, ControlClient, ControlError, ControlReply, ControlRequest,
-    DownloadState, DownloadStatus, WirePath,
+    ControlClient, ControlError, ControlReply, ControlRequest, DownloadState, DownloadStatus,
+    WirePath,
 };
 use crate::home::Home;
+use crate::units::human_bytes;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -201,5 +202,86 @@ impl ProgressView {
         if let ProgressView::Bar(bar) = self {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// `1 peer`, `3 peers`.
+fn peers(n: u32) -> String {
+    if n == 1 {
+        "1 peer".to_string()
+    } else {
+        format!("{n} peers")
+    }
+}
+
+/// One `show-downloads` line: `[D] [G] NAME`, then percent, rate and peers.
+fn download_line(s: &DownloadStatus) -> String {
+    match &s.state {
+        DownloadState::Fetching => format!(
+            "[D] [{}] {} {:.1}% {}/s {}",
+            s.group,
+            s.name,
+            s.percent(),
+            human_bytes(s.rate),
+            peers(s.peers)
+        ),
+        DownloadState::Writing => format!(
+            "[D] [{}] {} 100% writing {}",
+            s.group,
+            s.name,
+            s.dest.to_path().display()
+        ),
+        DownloadState::Complete { millis } => {
+            let avg = s.size.saturating_mul(1000) / (*millis).max(1);
+            format!(
+                "[C] [{}] {} 100% {}/s from {} -> {}",
+                s.group,
+                s.name,
+                human_bytes(avg),
+                peers(s.peers),
+                s.dest.to_path().display()
+            )
+        }
+        DownloadState::Failed(why) => format!(
+            "[F] [{}] {} {:.1}% failed: {why}",
+            s.group,
+            s.name,
+            s.percent()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: DownloadState) -> DownloadStatus {
+        DownloadStatus {
+            id: 3,
+            group: "g1".into(),
+            name: "a.iso".into(),
+            dest: WirePath::from(Path::new("/tmp/a.iso")),
+            size: 4 << 20,
+            done: 1 << 20,
+            rate: 3 << 20,
+            peers: 2,
+            state,
+        }
+    }
+
+    #[test]
+    fn lines_of_show_downloads() {
+        assert_eq!(
+            download_line(&status(DownloadState::Fetching)),
+            "[D] [g1] a.iso 25.0% 3.0 MiB/s 2 peers"
+        );
+        let mut done = status(DownloadState::Complete { millis: 2000 });
+        done.done = done.size;
+        done.peers = 1;
+        assert_eq!(
+            download_line(&done),
+            "[C] [g1] a.iso 100% 2.0 MiB/s from 1 peer -> /tmp/a.iso"
+        );
+        assert!(download_line(&status(DownloadState::Failed("x".into()))).starts_with("[F] [g1]"));
     }
 }

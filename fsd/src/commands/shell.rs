@@ -3,17 +3,23 @@
 //! `download_file g1 a.iso /tmp`), passwords included, and runs them
 //! through the same functions as the command line.
 //!
+//! A line is parsed by the command line's own definitions (`cli.rs`): the
+//! same commands, spellings, arguments and defaults. The shell adds only
+//! the password argument of `create_user` and `login`, and `mount` always
+//! starts the daemon in the background.
+//!
 //! Lines that carry a password never reach the history file. Without a
 //! terminal the shell reads lines from standard input, prints no prompt,
 //! and exits with the status of the last command, like `sh`.
 
-use crate::cli::{Command, Global, MountArgs};
+use crate::cli::{Command, Global};
 use crate::home::Home;
 use anyhow::Context;
+use clap::error::ErrorKind;
+use clap::{Arg, FromArgMatches, Subcommand};
 use rustyline::error::ReadlineError;
 use std::io::IsTerminal;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::PathBuf;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -23,7 +29,8 @@ pub enum ParseError {
     TrailingBackslash,
     #[error("unknown command `{0}`; type `help` for the list")]
     Unknown(String),
-    #[error("usage: {0}")]
+    /// What is wrong with the line, then how the command is used.
+    #[error("{0}")]
     Usage(String),
 }
 
@@ -31,102 +38,96 @@ pub enum ParseError {
 #[derive(Debug)]
 pub enum Line {
     Empty,
-    Help,
+    /// Text to show: the command list, or one command's help.
+    Help(String),
     Quit,
     Run {
         cmd: Command,
         /// Given on the line (`login alice secret`), never prompted for.
         password: Option<String>,
+        /// The words after the command's name, as typed: `mount` passes
+        /// them on to the daemon it starts.
+        args: Vec<String>,
     },
 }
 
-/// A command of the shell: its seed spelling and argument names.
-struct Spec {
-    name: &'static str,
-    args: &'static [&'static str],
-    /// Trailing arguments that may be left out.
-    optional: usize,
-    about: &'static str,
+/// The argument the shell adds to `create_user` and `login`.
+const PASSWORD: &str = "password";
+
+/// The shell's grammar: the command line's subcommands, with a password
+/// argument where the classic lines have one.
+fn grammar() -> clap::Command {
+    let root = clap::Command::new("fsd")
+        .no_binary_name(true)
+        .subcommand_required(true)
+        .disable_help_subcommand(true)
+        .color(clap::ColorChoice::Never);
+    let with_password = |c: clap::Command| {
+        c.arg(
+            Arg::new(PASSWORD)
+                .value_name("PASSWORD")
+                .required(true)
+                .help("The password (the command line asks for it instead)"),
+        )
+    };
+    Command::augment_subcommands(root)
+        .mut_subcommand("create-user", with_password)
+        .mut_subcommand("login", with_password)
+        .mut_subcommand("shell", |c| c.hide(true))
 }
 
-const SPECS: &[Spec] = &[
-    spec("create_user", &["USER", "PASSWORD"], "create an account"),
-    spec("login", &["USER", "PASSWORD"], "log in"),
-    spec("logout", &[], "stop sharing, unmount, end the session"),
-    spec("create_group", &["GROUP"], "create a group you own"),
-    spec("join_group", &["GROUP"], "ask to join a group"),
-    spec("leave_group", &["GROUP"], "leave a group"),
-    spec(
-        "list_requests",
-        &["GROUP"],
-        "pending requests to join your group",
-    ),
-    spec(
-        "accept_request",
-        &["GROUP", "USER"],
-        "let USER into your group",
-    ),
-    spec(
-        "reject_request",
-        &["GROUP", "USER"],
-        "turn USER's request down",
-    ),
-    spec(
-        "remove_member",
-        &["GROUP", "USER"],
-        "take USER out of your group",
-    ),
-    spec("list_groups", &[], "every group in the network"),
-    spec("list_files", &["GROUP"], "the files shared in a group"),
-    spec("search", &["PATTERN"], "files by name in your groups"),
-    spec("upload_file", &["PATH", "GROUP"], "share PATH in place"),
-    spec(
-        "download_file",
-        &["GROUP", "NAME", "DEST"],
-        "download NAME to DEST (a file or a directory)",
-    ),
-    spec("show_downloads", &[], "downloads running and complete"),
-    spec("stop_share", &["GROUP", "NAME"], "stop sharing NAME"),
-    Spec {
-        name: "mount",
-        args: &["MOUNTPOINT"],
-        optional: 1,
-        about: "start the daemon in the background (default /mnt/fileshare)",
-    },
-    spec("help", &[], "this list"),
-    spec("quit", &[], "leave the shell (also `exit` or Ctrl-D)"),
-];
-
-const fn spec(name: &'static str, args: &'static [&'static str], about: &'static str) -> Spec {
-    Spec {
-        name,
-        args,
-        optional: 0,
-        about,
-    }
-}
-
-impl Spec {
-    fn usage(&self) -> String {
-        let mut s = self.name.to_string();
-        for (i, a) in self.args.iter().enumerate() {
-            if i >= self.args.len() - self.optional {
-                s.push_str(&format!(" [{a}]"));
-            } else {
-                s.push(' ');
-                s.push_str(a);
-            }
+/// How a command is written in the shell: its classic snake_case name
+/// where it has one, then its arguments.
+fn usage(c: &clap::Command) -> String {
+    let name = c
+        .get_all_aliases()
+        .find(|a| a.contains('_'))
+        .unwrap_or(c.get_name());
+    let mut s = name.to_string();
+    for a in c.get_positionals() {
+        let v = a
+            .get_value_names()
+            .and_then(|v| v.first())
+            .map_or_else(|| a.get_id().as_str().to_uppercase(), |v| v.to_string());
+        if a.is_required_set() {
+            s.push_str(&format!(" {v}"));
+        } else {
+            s.push_str(&format!(" [{v}]"));
         }
-        s
     }
+    let options = c
+        .get_arguments()
+        .any(|a| !a.is_positional() && !a.is_hide_set() && a.get_id() != "help");
+    if options {
+        s.push_str(" [OPTIONS]");
+    }
+    s
 }
 
 /// The help text: one line per command.
 pub fn help() -> String {
-    let width = SPECS.iter().map(|s| s.usage().len()).max().unwrap_or(0);
-    SPECS
-        .iter()
-        .map(|s| format!("  {:width$}  {}\n", s.usage(), s.about))
+    let g = grammar();
+    // In the command line's order (the shell's additions moved some).
+    let order = Command::augment_subcommands(clap::Command::new("fsd"));
+    let mut rows: Vec<(String, String)> = (order.get_subcommands())
+        .filter_map(|c| g.find_subcommand(c.get_name()))
+        .filter(|c| !c.is_hide_set())
+        .map(|c| {
+            let about = c.get_about().map(|a| a.to_string()).unwrap_or_default();
+            (usage(c), about)
+        })
+        .collect();
+    rows.push((
+        "help [COMMAND]".into(),
+        "This list, or one command's help".into(),
+    ));
+    rows.push((
+        "quit".into(),
+        "Leave the shell (also `exit` or Ctrl-D)".into(),
+    ));
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(u, about)| format!("  {u:width$}  {about}\n"))
         .collect()
 }
 
@@ -189,8 +190,8 @@ pub fn split_words(line: &str) -> Result<Vec<String>, ParseError> {
     Ok(words)
 }
 
-/// Parses one line of the shell. Names take the seed's snake_case or the
-/// command line's kebab-case.
+/// Parses one line of the shell with the command line's definitions.
+/// Names take the seed's snake_case or the command line's kebab-case.
 pub fn parse_line(line: &str) -> Result<Line, ParseError> {
     let words = split_words(line)?;
     let Some((head, rest)) = words.split_first() else {
@@ -199,86 +200,67 @@ pub fn parse_line(line: &str) -> Result<Line, ParseError> {
     if head.starts_with('#') {
         return Ok(Line::Empty);
     }
-    let name = head.replace('-', "_");
-    let name = match name.as_str() {
-        "exit" => "quit",
-        "?" => "help",
-        n => n,
-    };
-    let spec = SPECS
-        .iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| ParseError::Unknown(head.clone()))?;
-    let max = spec.args.len();
-    if rest.len() > max || rest.len() < max - spec.optional {
-        return Err(ParseError::Usage(spec.usage()));
+    match (head.as_str(), rest) {
+        ("help" | "?", []) => Ok(Line::Help(help())),
+        ("help" | "?", [topic]) => parse_words(&[topic.clone(), "--help".into()]),
+        ("quit" | "exit", []) => Ok(Line::Quit),
+        _ => parse_words(&words),
     }
-    let a = |i: usize| rest.get(i).cloned().unwrap_or_default();
-    let run = |cmd| {
-        Ok(Line::Run {
-            cmd,
-            password: None,
-        })
+}
+
+/// Parses the words of a command line (not empty).
+fn parse_words(words: &[String]) -> Result<Line, ParseError> {
+    let (head, rest) = words
+        .split_first()
+        .ok_or(ParseError::Unknown(String::new()))?;
+    let matches = match grammar().try_get_matches_from(words) {
+        Ok(m) => m,
+        Err(e) => return clap_error(&e, head),
     };
-    match spec.name {
-        "help" => Ok(Line::Help),
-        "quit" => Ok(Line::Quit),
-        "create_user" => Ok(Line::Run {
-            cmd: Command::CreateUser { user: a(0) },
-            password: Some(a(1)),
-        }),
-        "login" => Ok(Line::Run {
-            cmd: Command::Login { user: a(0) },
-            password: Some(a(1)),
-        }),
-        "logout" => run(Command::Logout),
-        "create_group" => run(Command::CreateGroup { group: a(0) }),
-        "join_group" => run(Command::JoinGroup { group: a(0) }),
-        "leave_group" => run(Command::LeaveGroup { group: a(0) }),
-        "list_requests" => run(Command::ListRequests { group: a(0) }),
-        "accept_request" => run(Command::AcceptRequest {
-            group: a(0),
-            user: a(1),
-        }),
-        "reject_request" => run(Command::RejectRequest {
-            group: a(0),
-            user: a(1),
-        }),
-        "remove_member" => run(Command::RemoveMember {
-            group: a(0),
-            user: a(1),
-        }),
-        "list_groups" => run(Command::ListGroups),
-        "list_files" => run(Command::ListFiles { group: a(0) }),
-        "search" => run(Command::Search { pattern: a(0) }),
-        "upload_file" => run(Command::UploadFile {
-            path: PathBuf::from(a(0)),
-            group: a(1),
-        }),
-        "download_file" => run(Command::DownloadFile {
-            group: a(0),
-            name: a(1),
-            dest: PathBuf::from(a(2)),
-        }),
-        "show_downloads" => run(Command::ShowDownloads),
-        "stop_share" => run(Command::StopShare {
-            group: a(0),
-            name: a(1),
-        }),
-        "mount" => run(Command::Mount(MountArgs {
-            mountpoint: rest
-                .first()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/mnt/fileshare")),
-            listen: "0.0.0.0:0".into(),
-            daemon: true,
-            read_timeout: 60,
-            max_upload_rate: None,
-            max_download_rate: None,
-            corrupt_uploads: false,
-        })),
-        other => Err(ParseError::Unknown(other.to_string())),
+    let password = (matches.subcommand())
+        .and_then(|(_, m)| m.try_get_one::<String>(PASSWORD).ok().flatten().cloned());
+    let mut cmd = Command::from_arg_matches(&matches).map_err(|e| one_line(&e))?;
+    if let Command::Mount(m) = &mut cmd {
+        m.daemon = true;
     }
+    Ok(Line::Run {
+        cmd,
+        password,
+        args: rest.to_vec(),
+    })
+}
+
+/// A parse failure as the shell shows it.
+fn clap_error(e: &clap::Error, head: &str) -> Result<Line, ParseError> {
+    match e.kind() {
+        ErrorKind::InvalidSubcommand => Err(ParseError::Unknown(head.to_string())),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            Ok(Line::Help(format!("{}\n", e.to_string().trim_end())))
+        }
+        _ => Err(one_line(e)),
+    }
+}
+
+/// clap's message in one line: what is wrong, then the usage.
+fn one_line(e: &clap::Error) -> ParseError {
+    let text = e.to_string();
+    let lines: Vec<&str> = (text.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect();
+    let mut out = String::new();
+    for l in lines {
+        let l = l.strip_prefix("error: ").unwrap_or(l);
+        if let Some(u) = l.strip_prefix("Usage: ") {
+            out.push_str(&format!("; usage: {u}"));
+        } else {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(l);
+        }
+    }
+    ParseError::Usage(out)
 }
 
 /// Runs the shell until `quit` or end of input.
@@ -310,19 +292,23 @@ pub fn run(global: &Global, home: &Home) -> anyhow::Result<()> {
         let parsed = parse_line(&line);
         let keep = matches!(
             &parsed,
-            Ok(Line::Run { password: None, .. } | Line::Help | Line::Quit)
+            Ok(Line::Run { password: None, .. } | Line::Help(_) | Line::Quit)
         );
         if keep && interactive && rl.add_history_entry(line.as_str()).unwrap_or(false) {
             let _ = rl.append_history(&history);
         }
         last = match parsed {
             Ok(Line::Empty) => continue,
-            Ok(Line::Help) => {
-                print!("{}", help());
+            Ok(Line::Help(text)) => {
+                print!("{text}");
                 Ok(())
             }
             Ok(Line::Quit) => break,
-            Ok(Line::Run { cmd, password }) => rt.block_on(dispatch(&cmd, password, global, home)),
+            Ok(Line::Run {
+                cmd,
+                password,
+                args,
+            }) => rt.block_on(dispatch(&cmd, password, &args, global, home)),
             Err(e) => Err(e.into()),
         };
         if let Err(e) = &last {
@@ -336,11 +322,12 @@ pub fn run(global: &Global, home: &Home) -> anyhow::Result<()> {
 async fn dispatch(
     cmd: &Command,
     password: Option<String>,
+    args: &[String],
     global: &Global,
     home: &Home,
 ) -> anyhow::Result<()> {
     match cmd {
-        Command::Mount(args) => start_daemon(home, args),
+        Command::Mount(_) => start_daemon(home, args),
         Command::Shell => anyhow::bail!("already in the shell"),
         _ => {
             crate::commands::tracker::run_with_password(cmd, global, home, password.as_deref())
@@ -349,9 +336,9 @@ async fn dispatch(
     }
 }
 
-/// `mount` inside the shell: `fsd mount --daemon` as a child process, so
-/// this process (which runs a runtime) never forks itself.
-fn start_daemon(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
+/// `mount` inside the shell: `fsd mount ARGS --daemon` as a child
+/// process, so this process (which runs a runtime) never forks itself.
+fn start_daemon(home: &Home, args: &[String]) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the fsd executable")?;
     let status = std::process::Command::new(exe)
         .arg("--home")
@@ -359,8 +346,8 @@ fn start_daemon(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         .arg("--trackers")
         .arg(home.trackers_file())
         .arg("mount")
-        .arg(&args.mountpoint)
-        .arg("--daemon")
+        .args(args)
+        .args((!args.iter().any(|a| a == "--daemon")).then_some("--daemon"))
         .status()
         .context("cannot start the daemon")?;
     if !status.success() {
@@ -372,7 +359,8 @@ fn start_daemon(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use clap::Parser;
+    use std::path::{Path, PathBuf};
 
     #[test]
     fn words_split_like_a_shell() {
@@ -398,6 +386,7 @@ mod tests {
             Line::Run {
                 cmd: Command::CreateUser { user },
                 password: Some(p),
+                ..
             } => assert_eq!((user.as_str(), p.as_str()), ("alice", "secret")),
             other => panic!("{other:?}"),
         }
@@ -405,6 +394,7 @@ mod tests {
             Line::Run {
                 cmd: Command::Login { user },
                 password: Some(p),
+                ..
             } => assert_eq!((user.as_str(), p.as_str()), ("alice", "secret")),
             other => panic!("{other:?}"),
         }
@@ -412,6 +402,7 @@ mod tests {
             Line::Run {
                 cmd: Command::DownloadFile { group, name, dest },
                 password: None,
+                ..
             } => {
                 assert_eq!((group.as_str(), name.as_str()), ("g1", "a.iso"));
                 assert_eq!(dest, PathBuf::from("/tmp"));
@@ -430,6 +421,7 @@ mod tests {
                 Line::Run {
                     cmd: Command::RemoveMember { group, user },
                     password: None,
+                    ..
                 } => assert_eq!((group.as_str(), user.as_str()), ("g1", "bob")),
                 other => panic!("{line}: {other:?}"),
             }
@@ -466,43 +458,99 @@ mod tests {
         }
         assert!(matches!(parse_line("quit"), Ok(Line::Quit)));
         assert!(matches!(parse_line("exit"), Ok(Line::Quit)));
-        assert!(matches!(parse_line("help"), Ok(Line::Help)));
+        assert!(matches!(parse_line("help"), Ok(Line::Help(_))));
         assert!(matches!(parse_line("   "), Ok(Line::Empty)));
         assert!(matches!(parse_line("# note"), Ok(Line::Empty)));
     }
 
     #[test]
     fn bad_lines_say_what_is_wrong() {
-        assert_eq!(
-            parse_line("login alice").unwrap_err(),
-            ParseError::Usage("login USER PASSWORD".into())
+        let usage = |line: &str| match parse_line(line) {
+            Err(ParseError::Usage(u)) => u,
+            other => panic!("{line}: {other:?}"),
+        };
+        let u = usage("login alice");
+        assert!(
+            u.contains("<PASSWORD>") && u.ends_with("usage: login <USER> <PASSWORD>"),
+            "{u}"
         );
-        assert_eq!(
-            parse_line("list_groups extra").unwrap_err(),
-            ParseError::Usage("list_groups".into())
+        let u = usage("list_groups extra");
+        assert!(
+            u.contains("'extra'") && u.ends_with("usage: list-groups"),
+            "{u}"
         );
+        assert!(usage("mount a b").contains("'b'"));
+        assert!(usage("mount --read-timeout soon").contains("soon"));
+        assert!(!usage("download_file g1").contains('\n'));
         assert_eq!(
             parse_line("frobnicate").unwrap_err(),
             ParseError::Unknown("frobnicate".into())
         );
         assert_eq!(
-            parse_line("mount a b").unwrap_err(),
-            ParseError::Usage("mount [MOUNTPOINT]".into())
+            parse_line("help frobnicate").unwrap_err(),
+            ParseError::Unknown("frobnicate".into())
         );
-        match parse_line("mount").unwrap() {
+    }
+
+    #[test]
+    fn defaults_and_options_are_the_command_lines() {
+        let mount = |line: &str| match parse_line(line).unwrap() {
             Line::Run {
                 cmd: Command::Mount(m),
+                args,
                 ..
-            } => assert!(m.daemon && m.mountpoint == Path::new("/mnt/fileshare")),
+            } => (m, args),
             other => panic!("{other:?}"),
-        }
+        };
+        let (m, args) = mount("mount");
+        let cli = crate::cli::Cli::try_parse_from(["fsd", "mount"]).unwrap();
+        let Command::Mount(default) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert!(m.daemon, "the shell's mount always detaches");
+        assert_eq!(m.mountpoint, default.mountpoint);
+        assert_eq!(m.listen, default.listen);
+        assert_eq!(m.read_timeout, default.read_timeout);
+        assert!(args.is_empty());
+        let (m, args) = mount("mount /mnt/x --listen 127.0.0.1:0 --max-upload-rate 1M");
+        assert_eq!(m.mountpoint, Path::new("/mnt/x"));
+        assert_eq!(
+            (m.listen.as_str(), m.max_upload_rate),
+            ("127.0.0.1:0", Some(1 << 20))
+        );
+        assert_eq!(
+            args,
+            [
+                "/mnt/x",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-upload-rate",
+                "1M"
+            ]
+        );
     }
 
     #[test]
     fn help_lists_every_command() {
         let h = help();
-        for s in SPECS {
-            assert!(h.contains(&s.usage()), "{}", s.name);
+        for line in [
+            "create_user USER PASSWORD",
+            "login USER PASSWORD",
+            "download_file GROUP NAME DEST",
+            "mount [MOUNTPOINT] [OPTIONS]",
+            "show_downloads",
+            "quit",
+        ] {
+            assert!(h.contains(line), "{line}:\n{h}");
         }
+        assert!(
+            !h.lines().any(|l| l.trim_start().starts_with("shell")),
+            "{h}"
+        );
+        match parse_line("help login").unwrap() {
+            Line::Help(text) => assert!(text.contains("<PASSWORD>"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_line("?"), Ok(Line::Help(_))));
     }
 }

@@ -141,18 +141,16 @@ impl DownloadStatus {
     }
 }
 
+/// Causes are in the messages, never also a `source`, so an error chain
+/// (`{e:#}`) names each once.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("the daemon is not running; start it with `fsd mount`")]
     NotRunning,
-    #[error("cannot reach the daemon at {path}: {source}")]
-    Connect {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot reach the daemon at {path}: {error}")]
+    Connect { path: String, error: std::io::Error },
     #[error("lost the daemon: {0}")]
-    Protocol(#[from] ProtocolError),
+    Protocol(ProtocolError),
     #[error("the daemon closed the connection")]
     Closed,
     #[error("the daemon sent an unexpected reply")]
@@ -160,6 +158,12 @@ pub enum ControlError {
     /// The daemon refused or failed the request; already a full sentence.
     #[error("{0}")]
     Daemon(String),
+}
+
+impl From<ProtocolError> for ControlError {
+    fn from(e: ProtocolError) -> Self {
+        ControlError::Protocol(e)
+    }
 }
 
 /// One connection to the running daemon.
@@ -186,10 +190,10 @@ impl ControlClient {
             {
                 return Err(ControlError::NotRunning)
             }
-            Err(source) => {
+            Err(error) => {
                 return Err(ControlError::Connect {
                     path: path.display().to_string(),
-                    source,
+                    error,
                 })
             }
         };
@@ -251,70 +255,6 @@ pub async fn stop_daemon_if_running(home: &Home) -> anyhow::Result<bool> {
         );
     }
     Ok(true)
-}
-
-/// Bytes as a short human figure, powers of 1024 like the rate options.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = UNITS[0];
-    for u in &UNITS[1..] {
-        if v < 1024.0 {
-            break;
-        }
-        v /= 1024.0;
-        unit = u;
-    }
-    format!("{v:.1} {unit}")
-}
-
-/// `1 peer`, `3 peers`.
-pub fn peers(n: u32) -> String {
-    if n == 1 {
-        "1 peer".to_string()
-    } else {
-        format!("{n} peers")
-    }
-}
-
-/// One `show-downloads` line: `[D] [G] NAME`, then percent, rate and peers.
-pub fn download_line(s: &DownloadStatus) -> String {
-    match &s.state {
-        DownloadState::Fetching => format!(
-            "[D] [{}] {} {:.1}% {}/s {}",
-            s.group,
-            s.name,
-            s.percent(),
-            human_bytes(s.rate),
-            peers(s.peers)
-        ),
-        DownloadState::Writing => format!(
-            "[D] [{}] {} 100% writing {}",
-            s.group,
-            s.name,
-            s.dest.to_path().display()
-        ),
-        DownloadState::Complete { millis } => {
-            let avg = s.size.saturating_mul(1000) / (*millis).max(1);
-            format!(
-                "[C] [{}] {} 100% {}/s from {} -> {}",
-                s.group,
-                s.name,
-                human_bytes(avg),
-                peers(s.peers),
-                s.dest.to_path().display()
-            )
-        }
-        DownloadState::Failed(why) => format!(
-            "[F] [{}] {} {:.1}% failed: {why}",
-            s.group,
-            s.name,
-            s.percent()
-        ),
-    }
 }
 
 #[cfg(test)]
@@ -395,30 +335,6 @@ mod tests {
     fn non_utf8_paths_survive_the_wire() {
         let p = PathBuf::from(std::ffi::OsString::from_vec(b"/tmp/\xfe\xff".to_vec()));
         assert_eq!(WirePath::from(p.as_path()).to_path(), p);
-    }
-
-    #[test]
-    fn lines_of_show_downloads() {
-        assert_eq!(
-            download_line(&status(DownloadState::Fetching)),
-            "[D] [g1] a.iso 25.0% 3.0 MiB/s 2 peers"
-        );
-        let mut done = status(DownloadState::Complete { millis: 2000 });
-        done.done = done.size;
-        done.peers = 1;
-        assert_eq!(
-            download_line(&done),
-            "[C] [g1] a.iso 100% 2.0 MiB/s from 1 peer -> /tmp/a.iso"
-        );
-        assert!(download_line(&status(DownloadState::Failed("x".into()))).starts_with("[F] [g1]"));
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 
     #[tokio::test]

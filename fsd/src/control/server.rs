@@ -4,17 +4,23 @@
 //! home fails before touching anything, and a socket left by a daemon that
 //! crashed is replaced. It is owner-only and removed when the daemon exits,
 //! together with the pid file that `systemd` (Type=forking) reads.
+//!
+//! The server only serves the socket: each request is one call into the
+//! [`Engine`]. Its accept loop runs under the control node of the task tree
+//! ([`crate::tasks`]), each connection under a child of it.
 
 use crate::control::{ControlReply, ControlRequest, WirePath};
-use crate::engine::download_jobs::Downloads;
 use crate::engine::Engine;
 use crate::home::Home;
+use crate::tasks::Tasks;
 use fileshare_protocol::connection::Connection;
 use fileshare_protocol::messages::{Reply, Request, Role};
 use fileshare_protocol::ProtocolError;
+use parking_lot::Mutex;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -26,12 +32,8 @@ const MAX_CONNECTIONS: usize = 64;
 pub enum ControlServerError {
     #[error("a daemon is already running for {home} (its control socket {socket} answers)")]
     AlreadyRunning { home: String, socket: String },
-    #[error("cannot create the control socket {path}: {source}")]
-    Bind {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot create the control socket {path}: {error}")]
+    Bind { path: String, error: std::io::Error },
 }
 
 /// The bound socket, and the files to remove when the daemon ends.
@@ -52,27 +54,35 @@ impl Drop for Files {
     }
 }
 
+type ControlConnection = Connection<OwnedReadHalf, OwnedWriteHalf>;
+
+/// Connections that asked the daemon to stop, held open until it is gone.
+type Stopping = Arc<Mutex<Vec<ControlConnection>>>;
+
 /// What every control connection works with.
 struct Ctx {
     engine: Arc<Engine>,
-    downloads: Downloads,
     mountpoint: PathBuf,
     /// Cancelled by a `Shutdown` request; the daemon's main loop watches it.
     stop: CancellationToken,
+    stopping: Stopping,
 }
 
-/// A running control server; dropping it removes the socket and pid file.
+/// A running control server. Its tasks end with the token it was started
+/// under; dropping it (last, once the daemon is done) removes the socket
+/// and the pid file, then closes the connections that asked it to stop,
+/// so their end of stream means the daemon is gone.
 pub struct Running {
     /// Cancelled when a client asked the daemon to exit.
     pub stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    _files: Files,
+    files: Option<Files>,
+    stopping: Stopping,
 }
 
-impl Running {
-    /// Waits for the accept loop to end (after the daemon's shutdown).
-    pub async fn join(self) {
-        let _ = self.task.await;
+impl Drop for Running {
+    fn drop(&mut self) {
+        drop(self.files.take());
+        self.stopping.lock().clear();
     }
 }
 
@@ -84,9 +94,9 @@ impl Control {
     /// Binds the control socket of `home`, replacing a stale one.
     pub fn bind(home: &Home) -> Result<Control, ControlServerError> {
         let path = home.control_socket();
-        let bind_err = |source| ControlServerError::Bind {
+        let bind_err = |error| ControlServerError::Bind {
             path: path.display().to_string(),
-            source,
+            error,
         };
         if path.exists() {
             if std::os::unix::net::UnixStream::connect(&path).is_ok() {
@@ -108,14 +118,9 @@ impl Control {
         Ok(Control { listener, files })
     }
 
-    /// Writes the pid file and serves control requests (and watches the
-    /// files shared in place) until `shutdown`.
-    pub fn start(
-        self,
-        engine: Arc<Engine>,
-        mountpoint: &Path,
-        shutdown: CancellationToken,
-    ) -> Running {
+    /// Writes the pid file and serves control requests as tasks under
+    /// `tasks`, until its token is cancelled.
+    pub fn start(self, engine: Arc<Engine>, mountpoint: &Path, tasks: Tasks) -> Running {
         let Control { listener, files } = self;
         if let Err(e) =
             crate::home::write_private(&files.pid, format!("{}\n", std::process::id()).as_bytes())
@@ -123,38 +128,32 @@ impl Control {
             tracing::warn!("cannot write the pid file: {e:#}");
         }
         let stop = CancellationToken::new();
-        tokio::spawn(crate::engine::in_place::watch(engine.clone()));
+        let stopping = Stopping::default();
         let ctx = Arc::new(Ctx {
             engine,
-            downloads: Downloads::default(),
             mountpoint: mountpoint.to_path_buf(),
             stop: stop.clone(),
+            stopping: stopping.clone(),
         });
-        let task = tokio::spawn(serve(listener, ctx, shutdown));
+        tasks.spawn("control-server", serve(listener, ctx, tasks.clone()));
         Running {
             stop,
-            task,
-            _files: files,
+            files: Some(files),
+            stopping,
         }
     }
 }
 
-async fn serve(listener: UnixListener, ctx: Arc<Ctx>, shutdown: CancellationToken) {
+async fn serve(listener: UnixListener, ctx: Arc<Ctx>, tasks: Tasks) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p,
-            () = shutdown.cancelled() => return,
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
         };
-        let Ok(permit) = permit else { return };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = shutdown.cancelled() => return,
-        };
-        match accepted {
+        match listener.accept().await {
             Ok((stream, _)) => {
                 let ctx = ctx.clone();
-                tokio::spawn(async move {
+                tasks.child().spawn("control-connection", async move {
                     if let Err(e) = handle(stream, &ctx).await {
                         tracing::debug!("control connection ended: {e:#}");
                     }
@@ -186,17 +185,24 @@ async fn handle(stream: UnixStream, ctx: &Ctx) -> Result<(), ProtocolError> {
         return Ok(());
     }
     let (r, w) = stream.into_split();
-    let mut conn = Connection::new(r, w);
+    let mut conn: ControlConnection = Connection::new(r, w);
     conn.handshake(Role::Client).await?;
     while let Some(req) = conn.read_frame::<Request<ControlRequest>>().await? {
         let stopping = matches!(req.body, ControlRequest::Shutdown);
         let body = dispatch(ctx, req.body).await;
-        conn.write_frame(&Reply { id: req.id, body }).await?;
+        let written = conn.write_frame(&Reply { id: req.id, body }).await;
         if stopping {
-            // Held open until the process exits: the client's end of stream
-            // means the daemon has unmounted and is gone.
-            std::future::pending::<()>().await;
+            // Held open until the daemon is done (see `Running`): the
+            // client's end of stream means it has unmounted and is gone.
+            // The daemon is told once the reply is out, as stopping
+            // cancels this task.
+            if written.is_ok() {
+                ctx.stopping.lock().push(conn);
+            }
+            ctx.stop.cancel();
+            return written;
         }
+        written?;
     }
     Ok(())
 }
@@ -206,7 +212,7 @@ async fn dispatch(ctx: &Ctx, req: ControlRequest) -> ControlReply {
     match req {
         ControlRequest::Status => ControlReply::Status {
             pid: std::process::id(),
-            user: engine.tracker.user.clone(),
+            user: engine.user().to_string(),
             mountpoint: WirePath::from(ctx.mountpoint.as_path()),
         },
         ControlRequest::UploadFile { path, group } => {
@@ -233,16 +239,16 @@ async fn dispatch(ctx: &Ctx, req: ControlRequest) -> ControlReply {
             if !dest.is_absolute() {
                 return ControlReply::Error(format!("{} is not an absolute path", dest.display()));
             }
-            match ctx.downloads.start(engine, &group, &name, &dest).await {
+            match engine.start_download(&group, &name, &dest).await {
                 Ok(s) => ControlReply::Download(s),
                 Err(e) => ControlReply::Error(e.to_string()),
             }
         }
-        ControlRequest::Progress { id } => match ctx.downloads.status(id) {
+        ControlRequest::Progress { id } => match engine.download_status(id) {
             Ok(s) => ControlReply::Download(s),
             Err(e) => ControlReply::Error(e.to_string()),
         },
-        ControlRequest::Downloads => ControlReply::Downloads(ctx.downloads.all()),
+        ControlRequest::Downloads => ControlReply::Downloads(engine.downloads()),
         ControlRequest::StopShare { group, name } => match engine.unshare(&group, &name).await {
             Ok(()) => {
                 tracing::info!(group = %group, file = %name, "stopped sharing");
@@ -252,7 +258,6 @@ async fn dispatch(ctx: &Ctx, req: ControlRequest) -> ControlReply {
         },
         ControlRequest::Shutdown => {
             tracing::info!("asked to stop");
-            ctx.stop.cancel();
             ControlReply::Stopping {
                 pid: std::process::id(),
             }

@@ -7,18 +7,22 @@
 //! the pieces are hashed again as they are copied, the file is synced and
 //! renamed over the destination, and the directory is synced. Any failure,
 //! or the daemon stopping, removes the temporary file.
+//!
+//! Each job is a task under the engine's token; its file work runs on the
+//! blocking pool. The engine owns the jobs ([`Engine::start_download`]).
 
-use crate::control::{human_bytes, DownloadState, DownloadStatus, WirePath};
+use crate::control::{DownloadState, DownloadStatus, WirePath};
 use crate::engine::{Engine, EngineError};
 use crate::pieces::swarm::Swarm;
 use crate::store::{StoreError, StoredFile};
 use crate::trackers::LinkError;
+use crate::units::human_bytes;
 use fileshare_protocol::ids::{check_name, hex, PieceHash};
 use parking_lot::Mutex;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,11 +34,13 @@ const TICK: Duration = Duration::from_millis(250);
 /// Finished downloads remembered for `show-downloads`; older ones go first.
 const KEEP_FINISHED: usize = 64;
 
+/// Causes are in the messages, never also a `source`, so an error chain
+/// (`{e:#}`) names each once.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    #[error("{0}")]
+    #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("{0}")]
+    #[error(transparent)]
     Tracker(#[from] LinkError),
     #[error("no file {name} in group {group}")]
     NoSuchFile { group: String, name: String },
@@ -42,20 +48,21 @@ pub enum DownloadError {
     BadName { name: String, why: &'static str },
     #[error("already downloading to {0}")]
     Busy(String),
-    #[error("cannot write {path}: {why}")]
-    Write { path: String, why: String },
+    #[error("cannot write {path}: {}", os_text(.error))]
+    Write { path: String, error: std::io::Error },
+    #[error("cannot write {0}: is a directory")]
+    IsDirectory(String),
     #[error("not enough space for {name} ({size}) in {dir}")]
     NoSpace {
         name: String,
         size: String,
         dir: String,
     },
-    #[error("cannot read piece {piece} of {name} from the store: {source}")]
+    #[error("cannot read piece {piece} of {name} from the store: {error}")]
     Store {
         piece: u32,
         name: String,
-        #[source]
-        source: StoreError,
+        error: StoreError,
     },
     #[error("piece {piece} of {name} no longer matches its hash in the store")]
     Corrupt { piece: u32, name: String },
@@ -67,7 +74,7 @@ pub enum DownloadError {
 
 /// An I/O error as the one line a user reads, without Rust's
 /// "(os error N)" suffix.
-fn why(e: &std::io::Error) -> String {
+fn os_text(e: &std::io::Error) -> String {
     let s = e.to_string();
     match s.find(" (os error") {
         Some(i) => s[..i].to_string(),
@@ -101,11 +108,17 @@ impl Partial {
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o600)
             .open(&tmp)
-            .map_err(|e| DownloadError::Write {
+            .and_then(|f| {
+                // Under the daemon's owner-only umask: give the download the
+                // mode the user's own umask would.
+                let mode = std::fs::Permissions::from_mode(crate::mount::user_file_mode());
+                f.set_permissions(mode).map(|()| f)
+            })
+            .map_err(|error| DownloadError::Write {
                 path: dest.display().to_string(),
-                why: why(&e),
+                error,
             })?;
         let partial = Partial {
             tmp,
@@ -131,15 +144,15 @@ impl Partial {
                     e.raw_os_error(),
                     Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
                 ) {
-                    return Err(partial.write_error(&e));
+                    return Err(partial.write_error(e));
                 }
             }
         }
         Ok(partial)
     }
 
-    fn write_error(&self, e: &std::io::Error) -> DownloadError {
-        if is_no_space(e) {
+    fn write_error(&self, e: std::io::Error) -> DownloadError {
+        if is_no_space(&e) {
             DownloadError::NoSpace {
                 name: self
                     .dest
@@ -160,7 +173,7 @@ impl Partial {
         } else {
             DownloadError::Write {
                 path: self.dest.display().to_string(),
-                why: why(e),
+                error: e,
             }
         }
     }
@@ -170,10 +183,10 @@ impl Partial {
     fn fill_and_commit(mut self, src: &StoredFile) -> Result<(), DownloadError> {
         let layout = src.layout;
         for p in layout.pieces() {
-            let data = src.read_piece(p).map_err(|source| DownloadError::Store {
+            let data = src.read_piece(p).map_err(|error| DownloadError::Store {
                 piece: p.get(),
                 name: src.meta.name.clone(),
-                source,
+                error,
             })?;
             if src.meta.hashes.get(p.usize()) != Some(&PieceHash::of(&data)) {
                 return Err(DownloadError::Corrupt {
@@ -183,13 +196,13 @@ impl Partial {
             }
             self.file
                 .write_all_at(&data, layout.piece_offset(p))
-                .map_err(|e| self.write_error(&e))?;
+                .map_err(|e| self.write_error(e))?;
         }
         self.file
             .set_len(layout.size())
             .and_then(|()| self.file.sync_all())
-            .map_err(|e| self.write_error(&e))?;
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| self.write_error(&e))?;
+            .map_err(|e| self.write_error(e))?;
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| self.write_error(e))?;
         self.committed = true;
         if let Some(dir) = self.dest.parent() {
             // The rename is durable once the directory is.
@@ -301,17 +314,22 @@ impl Downloads {
                 })?
             }
         };
-        let dest = if dest.is_dir() {
-            dest.join(name)
-        } else {
-            dest.to_path_buf()
-        };
-        if dest.is_dir() {
-            return Err(DownloadError::Write {
-                path: dest.display().to_string(),
-                why: "is a directory".into(),
-            });
-        }
+        let (dest_c, name_c) = (dest.to_path_buf(), name.to_string());
+        let dest = engine
+            .tasks
+            .blocking(move || {
+                let dest = if dest_c.is_dir() {
+                    dest_c.join(name_c)
+                } else {
+                    dest_c
+                };
+                if dest.is_dir() {
+                    return Err(DownloadError::IsDirectory(dest.display().to_string()));
+                }
+                Ok(dest)
+            })
+            .await
+            .map_err(|_| DownloadError::Stopped("the daemon is stopping"))??;
         if self
             .jobs
             .lock()
@@ -321,7 +339,9 @@ impl Downloads {
             return Err(DownloadError::Busy(dest.display().to_string()));
         }
         let (dest_c, name_c, size) = (dest.clone(), name.to_string(), entry.size);
-        let partial = tokio::task::spawn_blocking(move || Partial::create(&dest_c, &name_c, size))
+        let partial = engine
+            .tasks
+            .blocking(move || Partial::create(&dest_c, &name_c, size))
             .await
             .map_err(|_| DownloadError::Stopped("the daemon is stopping"))??;
         let swarm = engine.open(group, &entry).await?;
@@ -361,7 +381,9 @@ impl Downloads {
             }
         }
         let status = job.status();
-        tokio::spawn(drive(engine.clone(), job, swarm, partial));
+        engine
+            .tasks
+            .spawn("download", drive(engine.clone(), job, swarm, partial));
         Ok(status)
     }
 
@@ -380,6 +402,8 @@ impl Downloads {
 }
 
 /// Follows one download to its end: progress while fetching, then the copy.
+/// When the daemon stops, the task is dropped, and with it the temporary
+/// file.
 async fn drive(engine: Arc<Engine>, job: Arc<Job>, mut swarm: Arc<Swarm>, partial: Partial) {
     let result = fetch(&engine, &job, &mut swarm).await;
     let result = match result {
@@ -391,7 +415,9 @@ async fn drive(engine: Arc<Engine>, job: Arc<Job>, mut swarm: Arc<Swarm>, partia
                 p.peers = u32::try_from(swarm.counters().len()).unwrap_or(u32::MAX);
             }
             let file = swarm.file.clone();
-            tokio::task::spawn_blocking(move || partial.fill_and_commit(&file))
+            engine
+                .tasks
+                .blocking(move || partial.fill_and_commit(&file))
                 .await
                 .unwrap_or(Err(DownloadError::Stopped("the daemon is stopping")))
         }
@@ -425,6 +451,11 @@ async fn fetch(
             return Ok(());
         }
         tokio::select! {
+            // Stopping cancels every swarm too: say which it was.
+            biased;
+            () = engine.tasks.token().cancelled() => {
+                return Err(DownloadError::Stopped("the daemon is stopping"));
+            }
             _ = tick.tick() => {}
             () = swarm.cancel.cancelled() => {
                 // Shared again under the same content: follow the new swarm.
@@ -437,9 +468,6 @@ async fn fetch(
                     }
                     _ => return Err(DownloadError::Stopped("the file was unshared here")),
                 }
-            }
-            () = engine.shutdown.cancelled() => {
-                return Err(DownloadError::Stopped("the daemon is stopping"));
             }
         }
         let now = Instant::now();

@@ -7,7 +7,6 @@
 use crate::engine::Engine;
 use crate::pieces::swarm::Swarm;
 use crate::store::Source;
-use fileshare_protocol::messages::TrackerRequest;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,15 +16,13 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Attempts at telling the trackers, which may be briefly unreachable.
 const STOP_SHARE_ATTEMPTS: u32 = 6;
 
-/// Checks every in-place file until the daemon stops.
-pub async fn watch(engine: Arc<Engine>) {
+/// Checks every in-place file until the daemon stops (the task ends with
+/// the engine's token; [`Engine::start`] starts it).
+pub(super) async fn watch(engine: Arc<Engine>) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = engine.shutdown.cancelled() => return,
-        }
+        tick.tick().await;
         let in_place: Vec<Arc<Swarm>> = engine
             .registry
             .all()
@@ -35,22 +32,24 @@ pub async fn watch(engine: Arc<Engine>) {
         if in_place.is_empty() {
             continue;
         }
-        let changed = tokio::task::spawn_blocking(move || {
-            in_place
-                .into_iter()
-                .filter_map(|s| s.file.check_source().err().map(|e| (s, e.to_string())))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
+        let changed = engine
+            .tasks
+            .blocking(move || {
+                in_place
+                    .into_iter()
+                    .filter_map(|s| s.file.check_source().err().map(|e| (s, e.to_string())))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
         for (swarm, why) in changed {
-            withdraw(&engine, &swarm, &why);
+            withdraw(&engine, &swarm, &why).await;
         }
     }
 }
 
 /// Stops serving a changed file at once, then tells the trackers.
-fn withdraw(engine: &Arc<Engine>, swarm: &Arc<Swarm>, why: &str) {
+async fn withdraw(engine: &Arc<Engine>, swarm: &Arc<Swarm>, why: &str) {
     let id = swarm.file.id;
     match engine.registry.get(&id) {
         Some(current) if Arc::ptr_eq(&current, swarm) => {}
@@ -62,13 +61,14 @@ fn withdraw(engine: &Arc<Engine>, swarm: &Arc<Swarm>, why: &str) {
     let group = swarm.file.group.clone();
     let name = swarm.file.meta.name.clone();
     tracing::warn!(group = %group, file = %name, "{why}; no longer sharing it");
-    if let Err(e) = engine.store.remove(&id) {
+    if let Err(e) = engine.with_store(move |s| s.remove(&id)).await {
         tracing::debug!(file = %name, "cannot remove the store entry: {e:#}");
     }
     engine.tracker.invalidate(Some(&group));
     engine.announce_now.notify_one();
-    let engine = engine.clone();
-    tokio::spawn(async move {
+    let retries = engine.clone();
+    engine.tasks.spawn("stop-share", async move {
+        let engine = retries;
         let mut delay = Duration::from_millis(500);
         for _ in 0..STOP_SHARE_ATTEMPTS {
             // Shared again meanwhile (a fresh upload-file): leave it be.
@@ -80,26 +80,15 @@ fn withdraw(engine: &Arc<Engine>, swarm: &Arc<Swarm>, why: &str) {
             if again {
                 return;
             }
-            let req = TrackerRequest::StopShare {
-                session: engine.tracker.session,
-                group: group.clone(),
-                name: name.clone(),
-            };
-            match engine.tracker.call(req).await {
-                Ok(_) => {
-                    engine.tracker.invalidate(Some(&group));
-                    return;
-                }
+            match engine.tracker.stop_share(&group, &name).await {
+                Ok(()) => return,
                 Err(e) if e.code().is_some() => {
                     tracing::debug!(file = %name, "tracker refused stop-share: {e:#}");
                     return;
                 }
                 Err(e) => tracing::debug!(file = %name, "stop-share failed, will retry: {e:#}"),
             }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = engine.shutdown.cancelled() => return,
-            }
+            tokio::time::sleep(delay).await;
             delay *= 2;
         }
     });

@@ -1,23 +1,33 @@
 //! The engine: what the FUSE layer and the control socket ask for. It turns
 //! "these bytes of this file" into piece waits, finds peers through the
-//! trackers, and shares and unshares files.
+//! trackers, shares and unshares files, and runs the download jobs.
+//!
+//! Its state is its own: callers use the operations of [`Engine`], and data
+//! flows one way, from FUSE and the control socket through the engine to
+//! peers and trackers. Its tasks run under the engine's node of the task
+//! tree ([`crate::tasks`]), each swarm's under a token of its own, and its
+//! file work (store entries, hashing, reads that waited for pieces) runs on
+//! the bounded blocking pool.
 
 pub mod download_jobs;
 pub mod in_place;
 
+use crate::control::DownloadStatus;
+use crate::engine::download_jobs::{DownloadError, Downloads};
 use crate::net::fetch::{self, LinkCtx};
+use crate::net::token_bucket::TokenBucket;
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::Swarm;
-use crate::store::{Staging, Store, StoreError};
+use crate::store::{Staging, Store, StoreError, StoredFile};
+use crate::tasks::Tasks;
 use crate::trackers::{LinkError, TrackerLink};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{FileEntry, Holding, PeerLocation};
-use fileshare_protocol::messages::TrackerRequest;
-use fileshare_protocol::ErrorCode;
+use fileshare_protocol::{ErrorCode, FileId};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// Peers one file is fetched from at most.
 const MAX_LINKS: usize = 16;
@@ -32,9 +42,9 @@ const IDLE_ROUNDS: u32 = 120;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("{0}")]
+    #[error(transparent)]
     Tracker(#[from] LinkError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("no peer served pieces {missing:?} within {secs} s")]
     Timeout { missing: Vec<u32>, secs: u64 },
@@ -70,14 +80,17 @@ impl EngineError {
 }
 
 pub struct Engine {
-    pub store: Store,
-    pub tracker: Arc<TrackerLink>,
-    pub registry: Arc<Registry>,
-    pub link_ctx: Arc<LinkCtx>,
-    pub read_timeout: Duration,
-    pub shutdown: CancellationToken,
+    store: Arc<Store>,
+    tracker: Arc<TrackerLink>,
+    /// Shared with the peer server, which looks up what it may serve.
+    registry: Arc<Registry>,
+    link_ctx: Arc<LinkCtx>,
+    read_timeout: Duration,
+    /// The engine's node of the task tree.
+    tasks: Tasks,
     /// Wakes the announce loop after a change worth telling the tracker.
-    pub announce_now: tokio::sync::Notify,
+    announce_now: tokio::sync::Notify,
+    downloads: Downloads,
 }
 
 fn seed_of(swarm_id: &fileshare_protocol::FileId, me: &fileshare_protocol::PeerId) -> u64 {
@@ -89,24 +102,126 @@ fn seed_of(swarm_id: &fileshare_protocol::FileId, me: &fileshare_protocol::PeerI
 }
 
 impl Engine {
-    fn new_swarm(
+    /// An engine over `store`, whose links fetch at most `download` bytes
+    /// per second and whose reads give up after `read_timeout`; its tasks
+    /// run under `tasks`. Nothing runs until [`Engine::start`].
+    pub fn new(
+        store: Store,
+        tracker: Arc<TrackerLink>,
+        registry: Arc<Registry>,
+        download: Option<TokenBucket>,
+        read_timeout: Duration,
+        tasks: Tasks,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            store: Arc::new(store),
+            link_ctx: Arc::new(LinkCtx {
+                my_id: tracker.peer,
+                tracker: tracker.clone(),
+                download,
+            }),
+            tracker,
+            registry,
+            read_timeout,
+            tasks,
+            announce_now: tokio::sync::Notify::new(),
+            downloads: Downloads::default(),
+        })
+    }
+
+    /// Starts the engine's own tasks: the announce loop (offering this peer
+    /// at `addr`), the watcher of files shared in place, and tickets for
+    /// every group up front, so the first read of a file costs no tracker
+    /// round trip for one.
+    pub fn start(self: &Arc<Self>, addr: String) {
+        self.tasks
+            .spawn("announce", self.clone().announce_loop(addr));
+        self.tasks
+            .spawn("in-place-watch", in_place::watch(self.clone()));
+        // The ticket key and a ticket for every group up front: a peer's
+        // first request and the first read of a file then cost no tracker
+        // round trip for one.
+        let tracker = self.tracker.clone();
+        self.tasks.spawn("ticket-prefetch", async move {
+            if let Err(e) = tracker.ticket_key().await {
+                tracing::debug!("no ticket key yet: {e:#}");
+            }
+            if let Ok(groups) = tracker.member_groups().await {
+                for g in groups {
+                    let _ = tracker.ticket(&g).await;
+                }
+            }
+        });
+    }
+
+    /// The user this daemon runs for.
+    pub fn user(&self) -> &str {
+        &self.tracker.user
+    }
+
+    /// The groups this user belongs to.
+    pub async fn list_groups(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self.tracker.member_groups().await?)
+    }
+
+    /// The files shared in `group` (a listing cached briefly).
+    pub async fn list_files(&self, group: &str) -> Result<Vec<FileEntry>, EngineError> {
+        Ok(self.tracker.files(group).await?)
+    }
+
+    /// Creates a group owned by this user.
+    pub async fn create_group(&self, group: &str) -> Result<(), EngineError> {
+        Ok(self.tracker.create_group(group).await?)
+    }
+
+    /// This daemon's swarm of a file, if it holds or fetches one.
+    pub fn swarm(&self, id: &FileId) -> Option<Arc<Swarm>> {
+        self.registry.get(id)
+    }
+
+    /// A new staging file for a write through the mount (file work: call
+    /// it from a FUSE thread, not from a task).
+    pub fn staging(&self) -> Result<Staging, EngineError> {
+        Ok(self.store.staging()?)
+    }
+
+    /// The engine's tasks under a swarm: they end with it.
+    fn swarm_tasks(&self, swarm: &Swarm) -> Tasks {
+        self.tasks.with_token(swarm.cancel.clone())
+    }
+
+    /// Runs `f` on the store on the blocking pool.
+    async fn with_store<T: Send + 'static>(
         &self,
-        file: Arc<crate::store::StoredFile>,
-        have: fileshare_protocol::Bitfield,
-    ) -> Arc<Swarm> {
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let store = self.store.clone();
+        self.tasks
+            .blocking(move || f(&store))
+            .await
+            .map_err(|_| EngineError::ShuttingDown)?
+            .map_err(EngineError::from)
+    }
+
+    fn new_swarm(&self, file: Arc<StoredFile>, have: fileshare_protocol::Bitfield) -> Arc<Swarm> {
         let seed = seed_of(&file.id, &self.link_ctx.my_id);
-        Arc::new(Swarm::new(file, have, seed, self.shutdown.child_token()))
+        Arc::new(Swarm::new(
+            file,
+            have,
+            seed,
+            self.tasks.token().child_token(),
+        ))
     }
 
     /// Offers everything in the store again (after a restart or remount).
-    pub fn load_store(&self) -> usize {
-        let all = self.store.load_all();
+    pub async fn load_store(&self) -> Result<usize, EngineError> {
+        let all = self.with_store(|s| Ok(s.load_all())).await?;
         let n = all.len();
         for (file, have) in all {
             let swarm = self.new_swarm(file, have);
             self.registry.insert(swarm);
         }
-        n
+        Ok(n)
     }
 
     /// The swarm of a listed file, creating its store entry on first use.
@@ -119,7 +234,10 @@ impl Engine {
         if let Some(s) = self.registry.get(&id) {
             return Ok(s);
         }
-        let (file, have) = self.store.create(group, &meta)?;
+        let (group_c, meta_c) = (group.to_string(), meta.clone());
+        let (file, have) = self
+            .with_store(move |s| s.create(&group_c, &meta_c))
+            .await?;
         let swarm = self.new_swarm(file, have);
         self.registry.insert(swarm.clone());
         let swarm = self.registry.get(&id).unwrap_or(swarm);
@@ -127,6 +245,37 @@ impl Engine {
         // trip on the time to the first byte.
         self.connect(&swarm, peers);
         Ok(swarm)
+    }
+
+    /// The bytes `[offset, offset+len)` of a file if every piece under them
+    /// is verified here, read on the calling thread (a FUSE thread: no task
+    /// hop, no extra copy); `None` if some must be fetched first, with
+    /// [`Engine::read`]. A hit keeps the read-ahead window moving.
+    pub fn read_verified(
+        self: &Arc<Self>,
+        swarm: &Arc<Swarm>,
+        offset: u64,
+        len: u32,
+        read_ahead: u32,
+    ) -> Option<Result<Vec<u8>, EngineError>> {
+        if !swarm.has_range(offset, u64::from(len)) {
+            return None;
+        }
+        let data = swarm
+            .file
+            .read_at(offset, usize::try_from(len).unwrap_or(0))
+            .map_err(|e| {
+                tracing::warn!(file = %swarm.file.meta.name, "read failed: {e:#}");
+                EngineError::from(e)
+            });
+        if data.is_ok() && read_ahead > 0 && !swarm.is_complete() {
+            // The scheduling step is cheap and never blocks.
+            let _ = swarm.acquire_range(offset, u64::from(len), read_ahead);
+            if swarm.needs_pieces() {
+                self.ensure_discovery(swarm);
+            }
+        }
+        Some(data)
     }
 
     /// The bytes `[offset, offset+len)` of a file, fetched as needed.
@@ -187,21 +336,23 @@ impl Engine {
         }
         let file = swarm.file.clone();
         let len = usize::try_from(len).unwrap_or(0);
-        tokio::task::spawn_blocking(move || file.read_at(offset, len))
+        self.tasks
+            .blocking(move || file.read_at(offset, len))
             .await
             .map_err(|_| EngineError::ShuttingDown)?
             .map_err(EngineError::from)
     }
 
     /// Starts the swarm's peer discovery if it is not running, and wakes it.
-    pub fn ensure_discovery(self: &Arc<Self>, swarm: &Arc<Swarm>) {
+    fn ensure_discovery(self: &Arc<Self>, swarm: &Arc<Swarm>) {
         swarm.discover.notify_one();
         if swarm.discovering.swap(true, Ordering::AcqRel) {
             return;
         }
         let engine = self.clone();
+        let tasks = self.swarm_tasks(swarm);
         let swarm = swarm.clone();
-        tokio::spawn(async move {
+        tasks.spawn("discovery", async move {
             loop {
                 engine.discover(&swarm).await;
                 swarm.discovering.store(false, Ordering::Release);
@@ -225,13 +376,12 @@ impl Engine {
         let mut last_locate = None;
         loop {
             if swarm.is_complete() {
-                let req = TrackerRequest::ShareFile {
-                    session: self.tracker.session,
-                    group: file.group.clone(),
-                    meta: file.meta.clone(),
-                };
-                match self.tracker.call(req).await {
-                    Ok(_) => tracing::info!(file = %file.meta.name, "complete; now shared"),
+                match self
+                    .tracker
+                    .share_file(&file.group, file.meta.clone())
+                    .await
+                {
+                    Ok(()) => tracing::info!(file = %file.meta.name, "complete; now shared"),
                     Err(e) => {
                         tracing::warn!(file = %file.meta.name, "complete, but cannot share it: {e:#}")
                     }
@@ -264,16 +414,17 @@ impl Engine {
                     Err(e) => tracing::debug!(file = %file.meta.name, "locate failed: {e:#}"),
                 }
             }
+            // The task ends with the swarm's token.
             tokio::select! {
                 () = tokio::time::sleep(DISCOVERY_INTERVAL) => {}
                 () = swarm.discover.notified() => {}
-                () = swarm.cancel.cancelled() => return,
             }
         }
     }
 
     /// Starts links to the located peers we are not linked to yet.
     fn connect(&self, swarm: &Arc<Swarm>, peers: Vec<PeerLocation>) {
+        let tasks = self.swarm_tasks(swarm);
         for p in peers {
             if p.peer == self.link_ctx.my_id
                 || swarm.links() >= MAX_LINKS
@@ -281,7 +432,10 @@ impl Engine {
             {
                 continue;
             }
-            tokio::spawn(fetch::run(swarm.clone(), self.link_ctx.clone(), p));
+            tasks.spawn(
+                "peer-link",
+                fetch::run(swarm.clone(), self.link_ctx.clone(), p, tasks.clone()),
+            );
         }
     }
 
@@ -292,13 +446,18 @@ impl Engine {
         name: &str,
         staging: Staging,
     ) -> Result<Arc<Swarm>, EngineError> {
-        let name_owned = name.to_string();
+        let (group_c, name_c) = (group.to_string(), name.to_string());
         let Staging { path, file } = staging;
-        let meta = tokio::task::spawn_blocking(move || Store::hash_file(&file, &name_owned))
+        let store = self.store.clone();
+        let (meta, stored) = self
+            .tasks
+            .blocking(move || {
+                let meta = Store::hash_file(&file, &name_c).map_err(EngineError::Hash)?;
+                let stored = store.import_staging(&group_c, &meta, &path)?;
+                Ok::<_, EngineError>((meta, stored))
+            })
             .await
-            .map_err(|_| EngineError::ShuttingDown)?
-            .map_err(EngineError::Hash)?;
-        let stored = self.store.import_staging(group, &meta, &path)?;
+            .map_err(|_| EngineError::ShuttingDown)??;
         self.publish(group, meta, stored).await
     }
 
@@ -306,24 +465,28 @@ impl Engine {
     pub async fn share_in_place(
         &self,
         group: &str,
-        path: &std::path::Path,
+        path: &Path,
     ) -> Result<Arc<Swarm>, EngineError> {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or(EngineError::NotFound)?
             .to_string();
-        let p = path.to_path_buf();
-        let (meta, md) = tokio::task::spawn_blocking(move || {
-            let f = std::fs::File::open(&p)?;
-            let md = f.metadata()?;
-            let meta = Store::hash_file(&f, &name)?;
-            Ok::<_, std::io::Error>((meta, md))
-        })
-        .await
-        .map_err(|_| EngineError::ShuttingDown)?
-        .map_err(EngineError::Hash)?;
-        let stored = self.store.import_in_place(group, &meta, path, &md)?;
+        let (group_c, p) = (group.to_string(), path.to_path_buf());
+        let store = self.store.clone();
+        let (meta, stored) = self
+            .tasks
+            .blocking(move || {
+                let hashed = std::fs::File::open(&p).and_then(|f| {
+                    let md = f.metadata()?;
+                    Ok((Store::hash_file(&f, &name)?, md))
+                });
+                let (meta, md) = hashed.map_err(EngineError::Hash)?;
+                let stored = store.import_in_place(&group_c, &meta, &p, &md)?;
+                Ok::<_, EngineError>((meta, stored))
+            })
+            .await
+            .map_err(|_| EngineError::ShuttingDown)??;
         self.publish(group, meta, stored).await
     }
 
@@ -331,19 +494,25 @@ impl Engine {
         &self,
         group: &str,
         meta: FileMeta,
-        stored: Arc<crate::store::StoredFile>,
+        stored: Arc<StoredFile>,
     ) -> Result<Arc<Swarm>, EngineError> {
         let id = meta.id();
-        let req = TrackerRequest::ShareFile {
-            session: self.tracker.session,
-            group: group.to_string(),
-            meta,
-        };
-        if let Err(e) = self.tracker.call(req).await {
+        if let Err(e) = self.tracker.share_file(group, meta).await {
             if self.registry.get(&id).is_none() {
-                let _ = self.store.remove(&id);
+                let _ = self.with_store(move |s| s.remove(&id)).await;
             }
             return Err(e.into());
+        }
+        // The same file already shared in other groups stays shared there.
+        if let Some(old) = self.registry.get(&id) {
+            let (stored, old) = (stored.clone(), old.file.clone());
+            self.with_store(move |_| {
+                for g in old.groups() {
+                    stored.add_group(&g)?;
+                }
+                Ok(())
+            })
+            .await?;
         }
         let have = fileshare_protocol::Bitfield::full(stored.layout.num_pieces());
         let swarm = self.new_swarm(stored, have);
@@ -362,15 +531,8 @@ impl Engine {
             .registry
             .all()
             .into_iter()
-            .find(|s| s.file.group == group && s.file.meta.name == name);
-        let stopped = self
-            .tracker
-            .call(TrackerRequest::StopShare {
-                session: self.tracker.session,
-                group: group.to_string(),
-                name: name.to_string(),
-            })
-            .await;
+            .find(|s| s.file.in_group(group) && s.file.meta.name == name);
+        let stopped = self.tracker.stop_share(group, name).await;
         match stopped {
             Ok(_) => {}
             // A copy this user only read (never a holder of) is still ours
@@ -381,9 +543,17 @@ impl Engine {
             Err(e) => return Err(e.into()),
         }
         if let Some(swarm) = local {
-            self.registry.remove(&swarm.file.id);
+            let (file, g) = (swarm.file.clone(), group.to_string());
+            if self.with_store(move |_| file.remove_group(&g)).await? > 0 {
+                // Still shared in another group: keep the bytes.
+                self.tracker.invalidate(Some(group));
+                self.announce_now.notify_one();
+                return Ok(());
+            }
+            let id = swarm.file.id;
+            self.registry.remove(&id);
             swarm.cancel.cancel();
-            self.store.remove(&swarm.file.id)?;
+            self.with_store(move |s| s.remove(&id)).await?;
         }
         self.tracker.invalidate(Some(group));
         self.announce_now.notify_one();
@@ -405,9 +575,30 @@ impl Engine {
             .collect()
     }
 
+    /// Starts fetching a whole file into `dest` for `fsd download-file`.
+    pub async fn start_download(
+        self: &Arc<Self>,
+        group: &str,
+        name: &str,
+        dest: &Path,
+    ) -> Result<DownloadStatus, DownloadError> {
+        self.downloads.start(self, group, name, dest).await
+    }
+
+    /// One download's status, by id.
+    pub fn download_status(&self, id: u64) -> Result<DownloadStatus, DownloadError> {
+        self.downloads.status(id)
+    }
+
+    /// Every download of this daemon's life.
+    pub fn downloads(&self) -> Vec<DownloadStatus> {
+        self.downloads.all()
+    }
+
     /// Keeps this peer announced while the daemon runs; logs when the
-    /// trackers are lost and when they are back.
-    pub async fn announce_loop(self: Arc<Self>, addr: String) {
+    /// trackers are lost and when they are back. Ends with the engine's
+    /// token.
+    async fn announce_loop(self: Arc<Self>, addr: String) {
         let mut lost = false;
         let mut next = tokio::time::Instant::now();
         loop {
@@ -441,7 +632,6 @@ impl Engine {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(250)) => {}
                 () = self.announce_now.notified() => { next = tokio::time::Instant::now(); }
-                () = self.shutdown.cancelled() => return,
             }
         }
     }

@@ -2,8 +2,13 @@
 //! `cp` in to share, `rm` to stop sharing, `mkdir` to create a group.
 //!
 //! Every call that may touch the network moves its reply into a task on the
-//! daemon's runtime, so a slow peer or tracker never holds a FUSE thread;
-//! reads of verified pieces are answered on the FUSE thread directly.
+//! daemon's runtime (under the FUSE node of the task tree, see
+//! [`crate::tasks`]), so a slow peer or tracker never holds a FUSE thread;
+//! reads of verified pieces are answered on the FUSE thread directly. FUSE
+//! threads may block on files; the tasks leave that to the blocking pool.
+//!
+//! Everything else is asked of the [`Engine`]: listings, groups, opening,
+//! reading, sharing and unsharing.
 
 pub mod inodes;
 
@@ -11,9 +16,9 @@ use crate::engine::{Engine, EngineError};
 use crate::fuse::inodes::{Node, Nodes, ROOT};
 use crate::pieces::swarm::{Swarm, READ_AHEAD_PIECES};
 use crate::store::Staging;
+use crate::tasks::Tasks;
 use fileshare_protocol::ids::check_name;
 use fileshare_protocol::messages::tracker::FileEntry;
-use fileshare_protocol::messages::TrackerRequest;
 use fileshare_protocol::PIECE_LEN;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -59,7 +64,8 @@ enum Handle {
 
 struct Inner {
     engine: Arc<Engine>,
-    rt: tokio::runtime::Handle,
+    /// The FUSE node of the task tree.
+    tasks: Tasks,
     nodes: Mutex<Nodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
@@ -83,13 +89,13 @@ fn name_of(name: &OsStr) -> Result<&str, Errno> {
 }
 
 impl FileShareFs {
-    pub fn new(engine: Arc<Engine>, rt: tokio::runtime::Handle) -> Self {
+    pub fn new(engine: Arc<Engine>, tasks: Tasks) -> Self {
         // SAFETY: geteuid and getegid cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         FileShareFs {
             inner: Arc::new(Inner {
                 engine,
-                rt,
+                tasks,
                 nodes: Mutex::new(Nodes::new()),
                 handles: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
@@ -102,6 +108,8 @@ impl FileShareFs {
 }
 
 impl Inner {
+    /// A node's attributes; a file being written is `stat`ed, so call this
+    /// on a FUSE thread, or through [`Inner::attr_in_task`].
     fn attr(&self, ino: u64, node: &Node) -> FileAttr {
         let (kind, size, perm, nlink) = match node {
             Node::Root | Node::Group(_) => (FileType::Directory, 0, 0o755, 2),
@@ -132,6 +140,18 @@ impl Inner {
         }
     }
 
+    /// [`Inner::attr`] from a task: the `stat` runs on the blocking pool.
+    async fn attr_in_task(self: &Arc<Self>, ino: u64, node: Node) -> Result<FileAttr, Errno> {
+        if !matches!(node, Node::Staging { .. }) {
+            return Ok(self.attr(ino, &node));
+        }
+        let inner = self.clone();
+        self.tasks
+            .blocking(move || inner.attr(ino, &node))
+            .await
+            .map_err(|_| Errno::EIO)
+    }
+
     fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
         self.nodes.lock().get(ino.0).cloned().ok_or(Errno::ENOENT)
     }
@@ -155,7 +175,7 @@ impl Inner {
 
     /// The root's entries: the groups this user belongs to.
     async fn list_root(&self) -> Result<Vec<(String, u64, FileType)>, Errno> {
-        let groups = self.engine.tracker.member_groups().await.map_err(|e| {
+        let groups = self.engine.list_groups().await.map_err(|e| {
             tracing::warn!("cannot list groups: {e:#}");
             Errno::EIO
         })?;
@@ -171,12 +191,7 @@ impl Inner {
 
     /// A group's entries: its shared files and this user's unfinished writes.
     async fn list_group(&self, group: &str) -> Result<Vec<(String, u64, FileType)>, Errno> {
-        let files = self
-            .engine
-            .tracker
-            .files(group)
-            .await
-            .map_err(|e| errno(&EngineError::Tracker(e)))?;
+        let files = self.engine.list_files(group).await.map_err(|e| errno(&e))?;
         let mut nodes = self.nodes.lock();
         let mut out: Vec<(String, u64, FileType)> = files
             .iter()
@@ -255,17 +270,21 @@ impl Inner {
     }
 }
 
-/// Runs `f` on the daemon's runtime and hands its result to `done`.
-fn spawn<T, F, D>(inner: &Arc<Inner>, f: impl FnOnce(Arc<Inner>) -> F + Send + 'static, done: D)
-where
+/// Runs `f` as the task `name` and hands its result to `done`. Cancelled
+/// at shutdown, the reply is dropped, which answers `EIO`.
+fn spawn<T, F, D>(
+    inner: &Arc<Inner>,
+    name: &'static str,
+    f: impl FnOnce(Arc<Inner>) -> F + Send + 'static,
+    done: D,
+) where
     F: std::future::Future<Output = T> + Send + 'static,
     D: FnOnce(T) + Send + 'static,
     T: Send + 'static,
 {
-    let inner = inner.clone();
-    let rt = inner.rt.clone();
-    rt.spawn(async move {
-        let out = f(inner).await;
+    let task = inner.clone();
+    inner.tasks.spawn(name, async move {
+        let out = f(task).await;
         done(out);
     });
 }
@@ -290,9 +309,10 @@ impl Filesystem for FileShareFs {
         };
         spawn(
             &self.inner,
+            "fuse-lookup",
             move |inner| async move {
                 let (ino, node) = inner.lookup(parent, &name).await?;
-                Ok(inner.attr(ino, &node))
+                inner.attr_in_task(ino, node).await
             },
             move |r: Result<FileAttr, Errno>| match r {
                 Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -369,16 +389,13 @@ impl Filesystem for FileShareFs {
         };
         spawn(
             &self.inner,
+            "fuse-mkdir",
             move |inner| async move {
-                let tracker = &inner.engine.tracker;
-                tracker
-                    .call(TrackerRequest::CreateGroup {
-                        session: tracker.session,
-                        group: name.clone(),
-                    })
+                inner
+                    .engine
+                    .create_group(&name)
                     .await
-                    .map_err(|e| errno(&EngineError::Tracker(e)))?;
-                tracker.invalidate(None);
+                    .map_err(|e| errno(&e))?;
                 tracing::info!(group = %name, "group created");
                 let ino = inner.nodes.lock().group(&name);
                 Ok(inner.attr(ino, &Node::Group(name)))
@@ -405,6 +422,7 @@ impl Filesystem for FileShareFs {
         };
         spawn(
             &self.inner,
+            "fuse-unlink",
             move |inner| async move {
                 inner
                     .engine
@@ -434,6 +452,7 @@ impl Filesystem for FileShareFs {
         }
         spawn(
             &self.inner,
+            "fuse-open",
             move |inner| async move {
                 let swarm = inner
                     .engine
@@ -483,26 +502,19 @@ impl Filesystem for FileShareFs {
             ahead.store(0, Ordering::Relaxed);
             0
         };
-        if swarm.has_range(offset, u64::from(size)) {
-            let len = usize::try_from(size).unwrap_or(0);
-            match swarm.file.read_at(offset, len) {
-                Ok(data) => {
-                    if read_ahead > 0 && !swarm.is_complete() {
-                        // Keep the read-ahead window moving on local hits too.
-                        let _ = swarm.acquire_range(offset, u64::from(size), read_ahead);
-                        self.inner.engine_kick(swarm);
-                    }
-                    return reply.data(&data);
-                }
-                Err(e) => {
-                    tracing::warn!(file = %swarm.file.meta.name, "read failed: {e:#}");
-                    return reply.error(Errno::EIO);
-                }
-            }
+        match self
+            .inner
+            .engine
+            .read_verified(swarm, offset, size, read_ahead)
+        {
+            Some(Ok(data)) => return reply.data(&data),
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => {}
         }
         let swarm = swarm.clone();
         spawn(
             &self.inner,
+            "fuse-read",
             move |inner| async move { inner.engine.read(&swarm, offset, size, read_ahead).await },
             move |r: Result<Vec<u8>, EngineError>| match r {
                 Ok(data) => reply.data(&data),
@@ -538,9 +550,9 @@ impl Filesystem for FileShareFs {
         {
             return reply.error(Errno::EBUSY);
         }
-        let staging = match self.inner.engine.store.staging() {
+        let staging = match self.inner.engine.staging() {
             Ok(s) => s,
-            Err(e) => return reply.error(errno(&EngineError::Store(e))),
+            Err(e) => return reply.error(errno(&e)),
         };
         let ino = self
             .inner
@@ -617,6 +629,7 @@ impl Filesystem for FileShareFs {
         // returns, other members see the file.
         spawn(
             &self.inner,
+            "fuse-flush",
             move |inner| async move { inner.finish_write(&handle).await },
             move |r: Result<(), Errno>| match r {
                 Ok(()) => reply.ok(),
@@ -640,6 +653,7 @@ impl Filesystem for FileShareFs {
             if matches!(&*handle, Handle::Write { .. }) {
                 spawn(
                     &self.inner,
+                    "fuse-release",
                     move |inner| async move { inner.finish_write(&handle).await },
                     |_| {},
                 );
@@ -662,6 +676,7 @@ impl Filesystem for FileShareFs {
         };
         spawn(
             &self.inner,
+            "fuse-readdir",
             move |inner| async move {
                 match &node {
                     Node::Root => inner.list_root().await,
@@ -736,15 +751,6 @@ fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
 }
 
 impl Inner {
-    /// Keeps the read-ahead going after a local hit (the scheduling step is
-    /// cheap and never blocks).
-    fn engine_kick(&self, swarm: &Arc<Swarm>) {
-        if swarm.needs_pieces() {
-            let _guard = self.rt.enter();
-            self.engine.ensure_discovery(swarm);
-        }
-    }
-
     /// The `user.fileshare.*` attributes of a file, for `getfattr -d`.
     fn xattrs(&self, ino: INodeNo) -> Result<Vec<(String, String)>, Errno> {
         let Node::File { entry, .. } = self.node(ino)? else {
@@ -757,7 +763,7 @@ impl Inner {
                 entry.peers_online.to_string(),
             ),
         ];
-        if let Some(swarm) = self.engine.registry.get(&entry.id) {
+        if let Some(swarm) = self.engine.swarm(&entry.id) {
             let have = swarm.have();
             out.push((
                 "user.fileshare.pieces".into(),

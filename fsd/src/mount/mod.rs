@@ -1,6 +1,13 @@
 //! `fsd mount`: brings up the engine, the peer server, the FUSE mount and
 //! the control socket, and takes them down again in order.
 //!
+//! `serve` owns the root of the task tree ([`crate::tasks`]) and gives
+//! each of them a child. It waits for the first of: a signal, a stop
+//! request on the control socket, or the end of the FUSE session (someone
+//! unmounted); then it cancels peers, engine and control, tells the
+//! trackers it leaves, unmounts, and cancels and joins what is left within
+//! a bound.
+//!
 //! [`detach`] is `--daemon`'s fork and readiness pipe.
 
 pub mod detach;
@@ -8,11 +15,11 @@ pub mod detach;
 use crate::cli::MountArgs;
 use crate::engine::Engine;
 use crate::home::Home;
-use crate::net::fetch::LinkCtx;
 use crate::net::serve::ServeCtx;
-use crate::net::token_bucket::Throttle;
+use crate::net::token_bucket::TokenBucket;
 use crate::pieces::registry::Registry;
 use crate::store::Store;
+use crate::tasks::Tasks;
 use crate::trackers::{now_ms, TrackerLink};
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
@@ -20,11 +27,11 @@ use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// Mounts the swarm and serves until unmounted, Ctrl-C, SIGTERM or a
 /// control request; with `--daemon`, returns once the mount is up.
 pub fn run(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
+    owner_only_files();
     let session = home.session()?;
     if session.expires_unix_ms <= now_ms() {
         bail!("the session has expired; run `fsd login {}`", session.user);
@@ -61,6 +68,23 @@ pub fn run(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         ready.failed(&format!("{e:#}"));
     }
     result
+}
+
+/// The user's umask when the daemon started, for the files it writes on the
+/// user's behalf outside its home (`download-file`).
+static USER_UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Everything the daemon creates in its home (pieces, staging files, logs)
+/// is owner-only, whatever the user's umask.
+fn owner_only_files() {
+    // SAFETY: umask cannot fail.
+    let old = unsafe { libc::umask(0o077) };
+    let _ = USER_UMASK.set(old);
+}
+
+/// The mode of a file the user asked for: `0o666` less the user's umask.
+pub fn user_file_mode() -> u32 {
+    0o666 & !USER_UMASK.get().copied().unwrap_or(0o022)
 }
 
 /// Unmounts a mount point left dead by a daemon that crashed.
@@ -118,12 +142,18 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mountpoint = &args.mountpoint;
     let control = crate::control::server::Control::bind(home)?;
-    clean_dead_mount(mountpoint);
-    std::fs::create_dir_all(mountpoint)
-        .with_context(|| format!("cannot create mount point {}", mountpoint.display()))?;
-    let client = home.tracker_client()?;
+    let tasks = Tasks::root();
+    let (mp, home_c) = (mountpoint.clone(), home.clone());
+    let (store, client, my_id) = tasks
+        .blocking(move || {
+            clean_dead_mount(&mp);
+            std::fs::create_dir_all(&mp)
+                .with_context(|| format!("cannot create mount point {}", mp.display()))?;
+            let store = Store::open(&home_c.store_dir()).context("cannot open the piece store")?;
+            anyhow::Ok((store, home_c.tracker_client()?, home_c.peer_id()?))
+        })
+        .await??;
     let first_tracker = client.addrs().first().cloned().unwrap_or_default();
-    let my_id = home.peer_id()?;
     let tracker = Arc::new(TrackerLink::new(
         client,
         session.token,
@@ -136,32 +166,27 @@ async fn serve(
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = public_addr(listener.local_addr()?, &first_tracker);
 
-    let shutdown = CancellationToken::new();
     let registry = Arc::new(Registry::default());
-    let store = Store::open(&home.store_dir()).context("cannot open the piece store")?;
     let burst = fileshare_protocol::PIECE_LEN;
-    let engine = Arc::new(Engine {
+    let engine_tasks = tasks.child();
+    let engine = Engine::new(
         store,
-        tracker: tracker.clone(),
-        registry: registry.clone(),
-        link_ctx: Arc::new(LinkCtx {
-            my_id,
-            tracker: tracker.clone(),
-            download: args.max_download_rate.map(|r| Throttle::new(r, burst)),
-        }),
-        read_timeout: Duration::from_secs(args.read_timeout.max(1)),
-        shutdown: shutdown.clone(),
-        announce_now: tokio::sync::Notify::new(),
-    });
-    let resumed = engine.load_store();
+        tracker.clone(),
+        registry.clone(),
+        args.max_download_rate.map(|r| TokenBucket::new(r, burst)),
+        Duration::from_secs(args.read_timeout.max(1)),
+        engine_tasks.clone(),
+    );
+    let resumed = engine.load_store().await?;
 
+    let peer_tasks = tasks.child();
     let uploads = Arc::new(crate::net::upload_scheduler::Uploads::new(
         args.max_upload_rate,
         burst,
     ));
-    let pacer = tokio::spawn({
-        let (uploads, shutdown) = (uploads.clone(), shutdown.clone());
-        async move { uploads.run(shutdown).await }
+    peer_tasks.spawn("upload-pacer", {
+        let (uploads, token) = (uploads.clone(), peer_tasks.token().clone());
+        async move { uploads.run(token).await }
     });
     let serve_ctx = Arc::new(ServeCtx {
         my_id,
@@ -169,96 +194,59 @@ async fn serve(
         registry,
         uploads,
         corrupt: args.corrupt_uploads,
-        uploaded: AtomicU64::new(0),
         next_conn: AtomicU64::new(0),
+        tasks: peer_tasks.clone(),
     });
-    let server = tokio::spawn(crate::net::serve::run(
-        listener,
-        serve_ctx,
-        shutdown.clone(),
-    ));
-    // The ticket key and tickets for every group up front: the first
-    // request of a peer and the first read of a file then cost no tracker
-    // round trip for one.
-    let prefetch = tracker.clone();
-    tokio::spawn(async move {
-        if let Err(e) = prefetch.ticket_key().await {
-            tracing::debug!("no ticket key yet: {e:#}");
-        }
-        if let Ok(groups) = prefetch.member_groups().await {
-            for g in groups {
-                let _ = prefetch.ticket(&g).await;
-            }
-        }
-    });
-    let announcer = tokio::spawn(engine.clone().announce_loop(addr.clone()));
+    peer_tasks.spawn("peer-server", crate::net::serve::run(listener, serve_ctx));
+    engine.start(addr.clone());
 
-    let fs = crate::fuse::FileShareFs::new(engine.clone(), tokio::runtime::Handle::current());
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        fuser::MountOption::FSName("fileshare".into()),
-        fuser::MountOption::Subtype("fileshare".into()),
-        fuser::MountOption::NoDev,
-        fuser::MountOption::NoSuid,
-        fuser::MountOption::NoAtime,
-    ];
-    // The mount holds this user's session: only this user, and root, may
-    // enter it; the kernel refuses everyone else with EACCES before a call
-    // reaches the daemon. `allow_root` needs `user_allow_other` in
-    // /etc/fuse.conf when the daemon is not root; without it, the kernel's
-    // default (this user alone) still holds.
-    // SAFETY: geteuid cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root || fuse_conf_allows_other() {
-        config.acl = fuser::SessionACL::RootAndOwner;
-    }
-    if root {
-        // The kernel unmounts for us if the daemon dies, so a crash never
-        // leaves a dead mount behind.
-        config.mount_options.push(fuser::MountOption::AutoUnmount);
-    }
-    config.n_threads = Some(2);
-    let session = fuser::spawn_mount(fs, mountpoint, &config)
-        .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
-    raise_read_ahead(mountpoint);
+    let fs = crate::fuse::FileShareFs::new(engine.clone(), tasks.child());
+    let mut fuse = match FuseSession::mount(&tasks, fs, mountpoint).await {
+        Ok(f) => f,
+        Err(e) => {
+            tasks.shutdown(SHUTDOWN_GRACE).await;
+            return Err(e);
+        }
+    };
+    let mp = mountpoint.clone();
+    let _ = tasks.blocking(move || raise_read_ahead(&mp)).await;
     tracing::info!(
         mountpoint = %mountpoint.display(),
         peer = %addr,
-        user = %session_user(&tracker),
+        user = %tracker.user,
         resumed,
         "mounted"
     );
-    let control = control.start(engine.clone(), mountpoint, shutdown.clone());
+    let control_tasks = tasks.child();
+    let control = control.start(engine.clone(), mountpoint, control_tasks.clone());
     if let Some(ready) = ready {
         ready.mounted();
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut poll = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; unmounting"); break; }
-            _ = term.recv() => { tracing::info!("terminated; unmounting"); break; }
-            () = control.stop.cancelled() => { tracing::info!("unmounting"); break; }
-            _ = poll.tick() => {
-                if session.guard.is_finished() {
-                    tracing::info!("unmounted");
-                    break;
-                }
-            }
-        }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; unmounting"),
+        _ = term.recv() => tracing::info!("terminated; unmounting"),
+        () = control.stop.cancelled() => tracing::info!("unmounting"),
+        () = fuse.ended() => tracing::info!("unmounted"),
     }
-    shutdown.cancel();
+    // Peers, the engine and the control socket stop first, while the
+    // trackers hear that we leave; FUSE calls are answered until the
+    // unmount. Then everything left is cancelled and joined.
+    for t in [&peer_tasks, &engine_tasks, &control_tasks] {
+        t.token().cancel();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), tracker.leave()).await;
-    let mp = mountpoint.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        if !session.guard.is_finished() {
-            unmount(&mp, session);
-        }
-    })
-    .await;
-    let _ = tokio::join!(server, announcer, pacer);
-    control.join().await;
+    fuse.unmount(&tasks, mountpoint).await;
+    match tasks.shutdown(SHUTDOWN_GRACE).await {
+        0 => tracing::debug!("every task ended"),
+        left => tracing::warn!(
+            "{left} tasks still running after {} s; exiting anyway",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
+    // Last: the socket and pid file go, then the stop requests' streams end.
+    drop(control);
     Ok(())
 }
 
@@ -270,37 +258,120 @@ fn fuse_conf_allows_other() -> bool {
     })
 }
 
-/// Unmounts a live mount and waits (boundedly) for its FUSE thread.
+/// How long the tasks have to end once cancelled.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the FUSE session has to end after an unmount.
+const UNMOUNT_WAIT: Duration = Duration::from_secs(5);
+
+/// The FUSE session, served by a thread of its own that reports its end.
 ///
-/// fuser's own unmount under `AutoUnmount` only closes the socket of the
-/// `fusermount3` helper, which leaves a filesystem that still answers
-/// mounted, so `umount_and_join` would wait forever: unmount first.
-fn unmount(mountpoint: &Path, session: fuser::BackgroundSession) {
-    let fusermount = |lazy: bool| {
-        std::process::Command::new("fusermount3")
-            .arg("-u")
-            .args(lazy.then_some("-z"))
-            .arg(mountpoint)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !fusermount(false) && !fusermount(true) {
-        tracing::warn!(mountpoint = %mountpoint.display(), "cannot unmount");
-    }
-    let start = std::time::Instant::now();
-    while !session.guard.is_finished() && start.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if session.guard.is_finished() {
-        let _ = session.umount_and_join();
-    } else {
-        // Still in use after a lazy unmount: exiting closes the FUSE
-        // device, which ends the filesystem for its last users.
-        std::mem::forget(session);
-    }
+/// The thread owns the session, so nothing is left to forget: if the
+/// session outlives [`FuseSession::unmount`] (still in use after a lazy
+/// unmount), the process exits around it, which closes the FUSE device and
+/// ends the filesystem for its last users.
+struct FuseSession {
+    /// Completes when the session's thread is done, whoever unmounted.
+    ended: tokio::sync::oneshot::Receiver<()>,
+    done: bool,
 }
 
-fn session_user(t: &TrackerLink) -> &str {
-    &t.user
+impl FuseSession {
+    /// Mounts `fs` at `mountpoint` (on the blocking pool: mounting runs
+    /// `fusermount3` and waits for the kernel's first request) and serves
+    /// it on the thread `fsd-fuse`, which runs fuser's worker threads.
+    async fn mount(
+        tasks: &Tasks,
+        fs: crate::fuse::FileShareFs,
+        mountpoint: &Path,
+    ) -> anyhow::Result<FuseSession> {
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![
+            fuser::MountOption::FSName("fileshare".into()),
+            fuser::MountOption::Subtype("fileshare".into()),
+            fuser::MountOption::NoDev,
+            fuser::MountOption::NoSuid,
+            fuser::MountOption::NoAtime,
+        ];
+        // SAFETY: geteuid cannot fail.
+        // The mount holds this user's session: only this user, and root,
+        // may enter it; the kernel refuses everyone else with EACCES before
+        // a call reaches the daemon. `allow_root` needs `user_allow_other`
+        // in /etc/fuse.conf when the daemon is not root; without it, the
+        // kernel's default (this user alone) still holds.
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root || fuse_conf_allows_other() {
+            config.acl = fuser::SessionACL::RootAndOwner;
+        }
+        if root {
+            // The kernel unmounts for us if the daemon dies, so a crash
+            // never leaves a dead mount behind.
+            config.mount_options.push(fuser::MountOption::AutoUnmount);
+        }
+        config.n_threads = Some(2);
+        let mp = mountpoint.to_path_buf();
+        let session = tasks
+            .blocking(move || fuser::Session::new(fs, &mp, &config))
+            .await?
+            .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+        let (tx, ended) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("fsd-fuse".into())
+            .spawn(move || {
+                if let Err(e) = session.run() {
+                    tracing::warn!("the FUSE session ended: {e}");
+                }
+                let _ = tx.send(());
+            })
+            .context("cannot start the FUSE thread")?;
+        Ok(FuseSession { ended, done: false })
+    }
+
+    /// Completes when the session has ended (the filesystem was unmounted).
+    async fn ended(&mut self) {
+        if !self.done {
+            // A thread that died without sending has ended too.
+            let _ = (&mut self.ended).await;
+            self.done = true;
+        }
+    }
+
+    /// Unmounts, unless that happened already, and waits (boundedly) for
+    /// the session to end.
+    ///
+    /// fuser's own unmount under `AutoUnmount` only closes the socket of the
+    /// `fusermount3` helper, which leaves a filesystem that still answers
+    /// mounted: `fusermount3 -u` (lazily if busy) does it.
+    async fn unmount(mut self, tasks: &Tasks, mountpoint: &Path) {
+        if self.done {
+            return;
+        }
+        let mp = mountpoint.to_path_buf();
+        let _ = tasks
+            .blocking(move || {
+                let fusermount = |lazy: bool| {
+                    std::process::Command::new("fusermount3")
+                        .arg("-u")
+                        .args(lazy.then_some("-z"))
+                        .arg(&mp)
+                        .stderr(std::process::Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                };
+                if !fusermount(false) && !fusermount(true) {
+                    tracing::warn!(mountpoint = %mp.display(), "cannot unmount");
+                }
+            })
+            .await;
+        if tokio::time::timeout(UNMOUNT_WAIT, self.ended())
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                mountpoint = %mountpoint.display(),
+                "still in use after a lazy unmount; exiting ends it"
+            );
+        }
+    }
 }

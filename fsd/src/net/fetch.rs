@@ -7,11 +7,13 @@
 //! tracker that refuses a fresh one (the user left the group) ends it.
 //!
 //! The wire loop never decides anything: it reports what arrived to the
-//! swarm, whose scheduling step chooses the next requests.
+//! swarm, whose scheduling step chooses the next requests. Each piece is
+//! verified and stored by a task of the swarm, on the blocking pool.
 
-use crate::net::token_bucket::Throttle;
+use crate::net::token_bucket::TokenBucket;
 use crate::pieces::swarm::{LinkCmd, LinkKey, Swarm};
-use crate::trackers::{now_ms, TrackerLink};
+use crate::tasks::Tasks;
+use crate::trackers::{now_ms, LinkError, TrackerLink};
 use fileshare_protocol::connection::TcpConnection;
 use fileshare_protocol::messages::tracker::PeerLocation;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
@@ -39,34 +41,37 @@ const RENEW_RETRY: Duration = Duration::from_secs(1);
 pub struct LinkCtx {
     pub my_id: PeerId,
     pub tracker: Arc<TrackerLink>,
-    pub download: Option<Throttle>,
+    pub download: Option<TokenBucket>,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum LinkFailure {
-    #[error("{0}")]
+    #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("peer refused: {0}")]
-    Refused(String),
+    Refused(PeerError),
+    #[error("peer identity does not match the tracker's")]
+    WrongPeer,
     #[error("peer sent an unexpected reply")]
     Unexpected,
     #[error("peer sent {0} bad pieces")]
     BadPieces(u32),
     #[error("cannot get a ticket: {0}")]
-    Ticket(String),
+    Ticket(LinkError),
     #[error("peer closed the connection")]
     Closed,
 }
 
 /// Runs one link until the peer goes away, misbehaves or the swarm ends.
 ///
-/// The caller has registered the attempt with [`Swarm::connect_started`].
-pub async fn run(swarm: Arc<Swarm>, ctx: Arc<LinkCtx>, remote: PeerLocation) {
+/// The caller has registered the attempt with [`Swarm::connect_started`];
+/// `tasks` is the swarm's node of the task tree.
+pub async fn run(swarm: Arc<Swarm>, ctx: Arc<LinkCtx>, remote: PeerLocation, tasks: Tasks) {
     let addr = remote.addr.clone();
     let peer = remote.peer;
     let cancel = swarm.cancel.clone();
     tokio::select! {
-        r = link(&swarm, &ctx, remote) => {
+        r = link(&swarm, &ctx, remote, &tasks) => {
             if let Err(e) = r {
                 tracing::debug!(file = %swarm.file.meta.name, peer = %addr, "link ended: {e:#}");
             }
@@ -88,19 +93,22 @@ impl Drop for Registered<'_> {
     }
 }
 
-async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result<(), LinkFailure> {
+async fn link(
+    swarm: &Arc<Swarm>,
+    ctx: &LinkCtx,
+    remote: PeerLocation,
+    tasks: &Tasks,
+) -> Result<(), LinkFailure> {
     let file = swarm.file.clone();
     let held = ctx
         .tracker
         .ticket(&file.group)
         .await
-        .map_err(|e| LinkFailure::Ticket(e.to_string()))?;
+        .map_err(LinkFailure::Ticket)?;
     let (conn, role) =
         TcpConnection::connect(&remote.addr, Role::Peer { id: ctx.my_id }, PEER_TIMEOUT).await?;
     if role != (Role::Peer { id: remote.peer }) {
-        return Err(LinkFailure::Refused(
-            "peer identity does not match the tracker's".into(),
-        ));
+        return Err(LinkFailure::WrongPeer);
     }
     let (mut reader, mut writer) = conn.into_split();
     writer
@@ -113,7 +121,7 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
         .await?;
     match read_reply(&mut reader).await?.body {
         PeerReply::Authenticated => {}
-        PeerReply::Error(e) => return Err(LinkFailure::Refused(e.to_string())),
+        PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
         _ => return Err(LinkFailure::Unexpected),
     }
     writer
@@ -124,7 +132,7 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
         .await?;
     let have = match read_reply(&mut reader).await?.body {
         PeerReply::Bitfield(b) if b.is_valid_for(file.layout.num_pieces()) => b,
-        PeerReply::Error(e) => return Err(LinkFailure::Refused(e.to_string())),
+        PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
         _ => return Err(LinkFailure::Unexpected),
     };
     let Some((key, mut queue)) = swarm.add_link(remote.peer, remote.addr.clone(), have) else {
@@ -162,7 +170,7 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
                 }
                 // Refused: not a member any more. The peer refuses us
                 // once the ticket it holds expires; stop now.
-                Err(e) if e.code().is_some() => return Err(LinkFailure::Ticket(e.to_string())),
+                Err(e) if e.code().is_some() => return Err(LinkFailure::Ticket(e)),
                 Err(e) => {
                     tracing::debug!(group = %file.group, "cannot renew the ticket yet: {e:#}");
                     at = now_ms() + fileshare_protocol::millis(RENEW_RETRY);
@@ -243,7 +251,7 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
                     PeerReply::Bitfield(b) if b.is_valid_for(num_pieces) => {
                         swarm.update_have(key, b)
                     }
-                    PeerReply::Error(e) => return Err(LinkFailure::Refused(e.to_string())),
+                    PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
                     _ => return Err(LinkFailure::Unexpected),
                 }
                 continue;
@@ -253,9 +261,7 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
             };
             match (what, reply.body) {
                 (Asked::Authenticate, PeerReply::Authenticated) => {}
-                (Asked::Authenticate, PeerReply::Error(e)) => {
-                    return Err(LinkFailure::Refused(e.to_string()))
-                }
+                (Asked::Authenticate, PeerReply::Error(e)) => return Err(LinkFailure::Refused(e)),
                 (Asked::Cancelled, PeerReply::Piece { data }) => swarm.count_duplicate(&data),
                 (Asked::Cancelled, _) => {}
                 (Asked::Piece(index), PeerReply::Piece { data }) => {
@@ -270,13 +276,18 @@ async fn link(swarm: &Arc<Swarm>, ctx: &LinkCtx, remote: PeerLocation) -> Result
                     // socket keeps draining while a piece is checked.
                     let (swarm, tracker, dropped) =
                         (swarm.clone(), ctx.tracker.clone(), dropped.clone());
-                    tokio::task::spawn_blocking(move || {
-                        if let Err(e) = crate::pieces::verify::verify_and_store(
-                            &swarm, &tracker, key, index, &data,
-                        ) {
-                            tracing::warn!(file = %swarm.file.meta.name, "{e:#}");
-                            dropped.cancel();
-                        }
+                    let pool = tasks.clone();
+                    tasks.spawn("verify-piece", async move {
+                        let _ = pool
+                            .blocking(move || {
+                                if let Err(e) = crate::pieces::verify::verify_and_store(
+                                    &swarm, &tracker, key, index, &data,
+                                ) {
+                                    tracing::warn!(file = %swarm.file.meta.name, "{e:#}");
+                                    dropped.cancel();
+                                }
+                            })
+                            .await;
                     });
                 }
                 (Asked::Piece(index), PeerReply::Error(PeerError::Busy)) => {

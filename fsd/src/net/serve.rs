@@ -14,10 +14,16 @@
 //! waiting there can be cancelled by the requester. Subscriptions push a
 //! `Have` for every piece verified here, so readers become sources for each
 //! other as soon as they hold something.
+//!
+//! Tasks: the accept loop runs under the server's node of the task tree,
+//! each connection under a child of it, and a connection's requests and
+//! subscriptions under the connection's, so they end with it. Pieces are
+//! read on the blocking pool.
 
 use crate::net::upload_scheduler::{Ask, Decision, Uploads};
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::Swarm;
+use crate::tasks::Tasks;
 use crate::trackers::{now_ms, TrackerLink};
 use fileshare_protocol::connection::TcpConnection;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
@@ -42,37 +48,29 @@ pub struct ServeCtx {
     pub uploads: Arc<Uploads>,
     /// Testing only: flip a byte of every piece sent.
     pub corrupt: bool,
-    pub uploaded: AtomicU64,
     /// Numbers the connections, for the upload scheduler.
     pub next_conn: AtomicU64,
+    /// The server's node of the task tree.
+    pub tasks: Tasks,
 }
 
-pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>, shutdown: CancellationToken) {
+/// Accepts peers until the server's token is cancelled (it runs as a task
+/// under it).
+pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p,
-            () = shutdown.cancelled() => return,
-        };
-        let Ok(permit) = permit else {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = shutdown.cancelled() => return,
-        };
-        match accepted {
+        match listener.accept().await {
             Ok((stream, from)) => {
-                let ctx = ctx.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        r = serve(stream, &ctx) => {
-                            if let Err(e) = r {
-                                tracing::debug!(peer = %from, "peer connection ended: {e:#}");
-                            }
-                        }
-                        () = shutdown.cancelled() => {}
+                let conn_tasks = ctx.tasks.child();
+                let conn_ctx = ctx.clone();
+                ctx.tasks.spawn("peer-connection", async move {
+                    // Its requests and subscriptions end with it.
+                    let _end = conn_tasks.token().clone().drop_guard();
+                    if let Err(e) = serve(stream, &conn_ctx, &conn_tasks).await {
+                        tracing::debug!(peer = %from, "peer connection ended: {e:#}");
                     }
                     drop(permit);
                 });
@@ -109,9 +107,22 @@ struct ConnState {
     subscribed: Mutex<HashSet<FileId>>,
 }
 
+impl ConnState {
+    /// Until when (unix ms) this connection may fetch the swarm's file: the
+    /// latest expiry of its tickets for the groups the file is shared in
+    /// here; `None` with no ticket for any of them.
+    fn access_until(&self, swarm: &Swarm) -> Option<u64> {
+        (self.tickets.lock().iter())
+            .filter(|(g, _)| swarm.file.in_group(g))
+            .map(|(_, &expires)| expires)
+            .max()
+    }
+}
+
 async fn serve(
     stream: tokio::net::TcpStream,
     ctx: &Arc<ServeCtx>,
+    tasks: &Tasks,
 ) -> Result<(), fileshare_protocol::ProtocolError> {
     let mut conn = TcpConnection::tcp(stream);
     // TLS: the id will be the one the peer's certificate proves.
@@ -166,7 +177,10 @@ async fn serve(
                 };
                 match allowed(ctx, &st, &file) {
                     Ok(swarm) if fresh => {
-                        tokio::spawn(subscription(swarm, st.clone(), req.id, tx.clone()));
+                        tasks.spawn(
+                            "peer-subscription",
+                            subscription(swarm, st.clone(), req.id, tx.clone()),
+                        );
                     }
                     Ok(_) => {
                         let body = PeerReply::Error(PeerError::Busy);
@@ -190,7 +204,7 @@ async fn serve(
             let cancel = CancellationToken::new();
             st.pending.lock().insert(req.id, cancel.clone());
             let (ctx, st, tx) = (ctx.clone(), st.clone(), tx.clone());
-            tokio::spawn(async move {
+            tasks.spawn("peer-request", async move {
                 // A request of a connection that is gone leaves the upload
                 // queue instead of being paid for.
                 let body = tokio::select! {
@@ -219,8 +233,8 @@ async fn serve(
 }
 
 /// One subscription: the bitfield now, then a `Have` per verified piece,
-/// until the connection or the swarm ends, or the ticket for the file's
-/// group expires without a fresh one (then `TicketExpired` ends it).
+/// until the connection or the swarm ends, or the tickets for the file's
+/// groups expire without a fresh one (then `TicketExpired` ends it).
 /// Subscribing before taking the bitfield means no piece falls between the
 /// two.
 async fn subscription(
@@ -229,8 +243,7 @@ async fn subscription(
     id: u64,
     tx: mpsc::Sender<Reply<PeerReply>>,
 ) {
-    let group = &swarm.file.group;
-    let expires = || st.tickets.lock().get(group).copied().unwrap_or(0);
+    let expires = || st.access_until(&swarm).unwrap_or(0);
     let mut haves = swarm.subscribe();
     let mut next = Some(PeerReply::Bitfield(swarm.have()));
     loop {
@@ -288,10 +301,6 @@ async fn answer(
         PeerRequest::Authenticate { .. }
         | PeerRequest::Subscribe { .. }
         | PeerRequest::Cancel { .. } => PeerReply::Error(PeerError::Internal),
-        PeerRequest::Bitfield { file } => match allowed(ctx, st, &file) {
-            Ok(swarm) => PeerReply::Bitfield(swarm.have()),
-            Err(e) => PeerReply::Error(e),
-        },
         PeerRequest::Piece { file, index } => match allowed(ctx, st, &file) {
             Ok(swarm) => piece(ctx, st, swarm, index, cancel).await,
             Err(e) => PeerReply::Error(e),
@@ -299,16 +308,17 @@ async fn answer(
     }
 }
 
-/// The swarm of `file`, if this connection holds an unexpired ticket for
-/// its group: checked on every request, not once per connection.
+/// The swarm of `file`, if this connection holds an unexpired ticket for a
+/// group it is shared in: checked on every request, not once per
+/// connection.
 fn allowed(ctx: &ServeCtx, st: &ConnState, file: &FileId) -> Result<Arc<Swarm>, PeerError> {
     if st.tickets.lock().is_empty() {
         return Err(PeerError::NotAuthenticated);
     }
     let swarm = ctx.registry.get(file).ok_or(PeerError::NoSuchFile)?;
-    match st.tickets.lock().get(&swarm.file.group) {
+    match st.access_until(&swarm) {
         None => Err(PeerError::NotMember),
-        Some(&expires) if expires <= now_ms() => Err(PeerError::TicketExpired),
+        Some(expires) if expires <= now_ms() => Err(PeerError::TicketExpired),
         Some(_) => Ok(swarm),
     }
 }
@@ -347,7 +357,7 @@ async fn piece(
     }
     st.refused.lock().remove(&key);
     let file = swarm.file.clone();
-    let data = match tokio::task::spawn_blocking(move || file.read_piece(p)).await {
+    let data = match ctx.tasks.blocking(move || file.read_piece(p)).await {
         Ok(Ok(d)) => d,
         // A changed in-place file: the in_place watcher withdraws it with
         // one log line of its own.
@@ -367,7 +377,6 @@ async fn piece(
             *b ^= 0xff;
         }
     }
-    ctx.uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
     swarm
         .uploaded
         .fetch_add(data.len() as u64, Ordering::Relaxed);

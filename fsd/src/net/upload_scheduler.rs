@@ -26,10 +26,10 @@
 //! while it waits (its piece arrived from another peer) costs no upload.
 //! Without a rate limit nothing queues: every request is served at once.
 
+use crate::net::token_bucket::TokenBucket;
 use fileshare_protocol::FileId;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -178,36 +178,10 @@ impl Queue {
     }
 }
 
-/// A token bucket the pacer pays from.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn refill(&mut self) {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-    }
-
-    /// How long until the bucket is out of debt.
-    fn wait(&mut self) -> Duration {
-        self.refill();
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
-    }
-}
-
 /// The upload scheduler of one daemon, shared by every peer connection.
 pub struct Uploads {
-    bucket: Option<Mutex<Bucket>>,
+    /// What the pacer pays from; `None` without a rate limit.
+    bucket: Option<TokenBucket>,
     queue: Mutex<Queue>,
     wake: Notify,
 }
@@ -232,14 +206,7 @@ impl Uploads {
     /// `rate` bytes per second with bursts of `burst` bytes, or unlimited.
     pub fn new(rate: Option<u64>, burst: u64) -> Self {
         Uploads {
-            bucket: rate.map(|r| {
-                Mutex::new(Bucket {
-                    rate: r.max(1) as f64,
-                    burst: burst.max(1) as f64,
-                    tokens: burst as f64,
-                    at: Instant::now(),
-                })
-            }),
+            bucket: rate.map(|r| TokenBucket::new(r, burst)),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
         }
@@ -280,7 +247,7 @@ impl Uploads {
             return;
         };
         loop {
-            let wait = bucket.lock().wait();
+            let wait = bucket.until_paid();
             if !wait.is_zero() {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -296,9 +263,7 @@ impl Uploads {
                     () = shutdown.cancelled() => return self.release_all(),
                 }
             };
-            let mut b = bucket.lock();
-            b.refill();
-            b.tokens -= bytes as f64;
+            bucket.charge(bytes);
         }
         self.release_all();
     }
@@ -316,6 +281,7 @@ impl Uploads {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
 
     fn ask(conn: u64, piece: u32) -> Ask {
         Ask {
@@ -411,31 +377,31 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cancelled_requests_cost_no_upload() {
-        // 1000 B/s, so each 1000-byte piece takes a second of tokens.
-        let up = Arc::new(Uploads::new(Some(1000), 1000));
+        // 1000 B/s with a 1-byte burst: each 1000-byte piece puts the
+        // bucket a second into debt, so later requests wait their turn.
+        let up = Arc::new(Uploads::new(Some(1000), 1));
         let shutdown = CancellationToken::new();
         let pacer = tokio::spawn({
             let (up, s) = (up.clone(), shutdown.clone());
             async move { up.run(s).await }
         });
+        let admit = |a: Ask| {
+            let up = up.clone();
+            tokio::spawn(async move { up.admit(a).await })
+        };
         let start = tokio::time::Instant::now();
-        let a = tokio::spawn({
-            let up = up.clone();
-            async move { up.admit(ask(1, 0)).await }
-        });
-        let b = tokio::spawn({
-            let up = up.clone();
-            async move { up.admit(ask(2, 1)).await }
-        });
-        let c = tokio::spawn({
-            let up = up.clone();
-            async move { up.admit(ask(3, 2)).await }
-        });
-        assert_eq!(a.await.unwrap(), Decision::Serve);
-        // b waits for tokens; cancel it, and c is served a second after a.
+        assert_eq!(admit(ask(1, 0)).await.unwrap(), Decision::Serve);
+        // While the pacer waits out that second: a never-uploaded piece is
+        // asked for, then a first ask for piece 0, which already went out.
+        let fresh = admit(ask(2, 1));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let again = admit(ask(3, 0));
         tokio::time::sleep(Duration::from_millis(100)).await;
-        b.abort();
-        assert_eq!(c.await.unwrap(), Decision::Serve);
+        // The fresh request is cancelled (its piece came from elsewhere):
+        // it leaves the queue, so it neither costs a second of upload nor
+        // turns the other request away as `Busy` in favour of itself.
+        fresh.abort();
+        assert_eq!(again.await.unwrap(), Decision::Serve);
         let took = start.elapsed();
         assert!(took < Duration::from_millis(1500), "{took:?}");
         shutdown.cancel();

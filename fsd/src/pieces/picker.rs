@@ -1,19 +1,26 @@
 //! Which piece to request from which peer: a pure function of a snapshot.
 //!
-//! The engine calls [`pick`] periodically and whenever a request slot frees,
-//! passing what we have, what we want, what a reader is blocked on, and for
+//! The swarm's scheduling step (`swarm.rs`) calls [`pick`] at the end of
+//! every transition that can free a request slot or add work (a read
+//! waiting, a piece verified or failed, a peer joining, leaving, offering a
+//! piece or refusing one, a `Busy` deferral expiring); never on a timer. It
+//! passes what we have, what we want, what a reader is blocked on, and for
 //! every connected peer its bitfield, free request slots, requests in flight
 //! and recent rate. [`pick`] returns the requests to send. Nothing here does
 //! I/O, reads a clock or draws random numbers.
 //!
-//! # Algorithm
-//! 1. **Urgent pieces**, in the caller's order (the piece a read is blocked
-//!    on, then the read-ahead). Each goes to the peer expected to deliver it
-//!    soonest: the smallest `(queued + 1) / rate`, where `queued` counts its
-//!    requests in flight including those handed out by this call. Queues grow
-//!    as pieces are handed out, so consecutive urgent pieces land on different
-//!    peers when rates are similar: a sequential read pulls from all peers.
-//! 2. **Rarest first**: the other wanted pieces nobody is fetching, ordered by
+//! # Rules
+//! 1. **Only useful requests**: each is for a piece we lack and want (or
+//!    that is urgent), from a peer that has it and was not asked for it
+//!    already, within that peer's free slots.
+//! 2. **Urgent pieces first**, in the caller's order (the piece a read is
+//!    blocked on, then the read-ahead), those nobody is fetching yet. Each
+//!    goes to the peer expected to deliver it soonest: the smallest
+//!    `(queued + 1) / rate`, where `queued` counts its requests in flight
+//!    including those handed out by this call. Queues grow as pieces are
+//!    handed out, so consecutive urgent pieces land on different peers when
+//!    rates are similar: a sequential read pulls from all peers.
+//! 3. **Rarest first**: the other wanted pieces nobody is fetching, ordered by
 //!    availability (how many connected peers have them), ties broken by a hash
 //!    of `(seed, piece)`. Rare pieces are fetched while their few holders are
 //!    still around, and since every daemon has its own seed, two daemons
@@ -21,18 +28,22 @@
 //!    something to trade. Each piece goes to a holder with a free slot,
 //!    preferring a *starved* peer (one with at least as many free slots as
 //!    unassigned pieces it could serve, which would idle if another peer took
-//!    this one), then the soonest finisher as above. Every piece is offered to
-//!    every holder with a free slot, so no peer is left with a free slot while
-//!    it has a wanted piece nobody is fetching.
-//! 3. **End game**: once every wanted missing piece that some peer has is in
+//!    this one), then the soonest finisher as in rule 2.
+//! 4. **No idle slot beside unclaimed work**: every wanted piece nobody is
+//!    fetching is offered to every holder with a free slot, so no peer is
+//!    left with a free slot while it has such a piece.
+//! 5. **End game**: once every wanted missing piece that some peer has is in
 //!    flight, free slots ask further peers for pieces already in flight, up to
 //!    `max_duplicates` peers per piece: urgent pieces first, then those with
 //!    the fewest copies in flight, then the oldest (earliest position in some
 //!    peer's `in_flight`). The last pieces then do not hang on one slow peer.
 //!    When a copy arrives, [`cancellations`] lists the requests to cancel.
 //!
-//! An urgent piece already in flight is only duplicated in the end game; the
-//! engine should time out and cancel a request stuck on a slow peer.
+//! An urgent piece already in flight is only duplicated in the end game.
+//! Nothing times a request out: one stuck on a slow peer stays in flight
+//! until that peer answers it, its link ends (a peer silent for the link's
+//! read timeout, `fetch.rs`, is dropped and its requests return to the
+//! pool), or a copy from another peer arrives.
 //!
 //! # Cost
 //! With `N` pieces, `P` peers and `F` requests in flight (input and output):
@@ -456,6 +467,7 @@ mod tests {
         out.iter().map(|r| r.piece).collect()
     }
 
+    /// Rule 3.
     #[test]
     fn rarest_first() {
         // Availability: piece 0 → 4 peers, 1 → 3, 2 → 2, 3 → 3.
@@ -472,6 +484,7 @@ mod tests {
         assert_eq!(pieces_of(&c.run()), vec![2]);
     }
 
+    /// Rule 2, before rule 3.
     #[test]
     fn urgent_first_in_given_order() {
         let n = 20;
@@ -484,6 +497,7 @@ mod tests {
         assert_eq!(pieces_of(&out[..4]), vec![12, 5, 17, 3]);
     }
 
+    /// Rule 2: queues grow as pieces are handed out.
     #[test]
     fn urgent_pieces_spread_over_peers() {
         let n = 16;
@@ -502,6 +516,7 @@ mod tests {
         }
     }
 
+    /// Rule 2: the soonest finisher.
     #[test]
     fn urgent_prefers_faster_and_less_loaded_peer() {
         let n = 4;
@@ -517,6 +532,7 @@ mod tests {
         assert_eq!(c.run(), vec![Request { peer: 0, piece: 2 }]);
     }
 
+    /// Rule 1.
     #[test]
     fn never_requests_a_piece_we_have() {
         let n = 10;
@@ -528,6 +544,7 @@ mod tests {
         assert_eq!(got, vec![1, 3, 5, 7, 9]);
     }
 
+    /// Rule 1.
     #[test]
     fn nothing_from_a_peer_lacking_it() {
         let n = 6;
@@ -539,6 +556,7 @@ mod tests {
         }
     }
 
+    /// Rule 1, also in the end game.
     #[test]
     fn no_duplicate_piece_to_one_peer() {
         let n = 5;
@@ -551,6 +569,7 @@ mod tests {
         assert_eq!(got, vec![0, 2, 4]);
     }
 
+    /// Rule 1.
     #[test]
     fn free_slots_respected() {
         let n = 50;
@@ -560,6 +579,7 @@ mod tests {
         assert!(out.iter().all(|r| r.peer == 0));
     }
 
+    /// Rule 3: ties broken per daemon.
     #[test]
     fn seeds_give_different_orders_for_equally_rare_pieces() {
         let n = 64;
@@ -573,6 +593,7 @@ mod tests {
         assert!(a.windows(2).any(|w| w[0] > w[1]), "not shuffled: {a:?}");
     }
 
+    /// Rules 3 and 4: a starved peer is preferred.
     #[test]
     fn sole_source_peer_gets_its_piece() {
         // Piece 0 is on peers 0 and 1; peer 1 has nothing else to do, peer 0
@@ -591,6 +612,7 @@ mod tests {
         }
     }
 
+    /// Rule 5, and [`cancellations`].
     #[test]
     fn end_game_duplicates_then_cancels() {
         let n = 4;
@@ -625,6 +647,7 @@ mod tests {
         assert!(c.run().is_empty());
     }
 
+    /// Rule 5: pieces no peer has do not hold the end game back.
     #[test]
     fn end_game_is_not_blocked_by_a_piece_nobody_has() {
         let n = 3;
@@ -634,6 +657,7 @@ mod tests {
         assert_eq!(c.run(), vec![Request { peer: 1, piece: 0 }]);
     }
 
+    /// Rule 1: urgent pieces count as wanted.
     #[test]
     fn nothing_requested_when_nothing_wanted() {
         let n = 10;
@@ -714,6 +738,7 @@ mod tests {
     }
 
     proptest! {
+        /// Rules 1, 4 and 5 (checked by every `run`), and [`cancellations`].
         #[test]
         fn invariants_hold(c in arb_case()) {
             let out = c.run();

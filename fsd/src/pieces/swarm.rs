@@ -213,13 +213,6 @@ impl Swarm {
         self.haves.subscribe()
     }
 
-    pub fn is_linked(&self, peer: &PeerId) -> bool {
-        let st = self.state.lock();
-        st.links.iter().any(|l| l.peer == *peer)
-            || st.banned.contains(peer)
-            || st.connecting.contains(peer)
-    }
-
     /// A link to `peer` is being set up; false if there is one already (or
     /// the peer is banned). Each `true` is ended by [`Swarm::connect_ended`].
     pub fn connect_started(&self, peer: PeerId) -> bool {
@@ -451,14 +444,15 @@ impl Swarm {
         }
         st.have.set(piece);
         let _ = self.haves.send(piece);
+        let done_by = st.links.iter().position(|l| l.key == key);
+        let cancel = picker::cancellations(piece, done_by.unwrap_or(usize::MAX), &views(&st));
+        for r in cancel {
+            let _ = st.links[r.peer].tx.send(LinkCmd::Cancel(piece));
+        }
         let now = Instant::now();
         let mut addr = None;
         for l in st.links.iter_mut() {
-            let before = l.in_flight.len();
             l.in_flight.retain(|&p| p != piece);
-            if l.key != key && l.in_flight.len() != before {
-                let _ = l.tx.send(LinkCmd::Cancel(piece));
-            }
             if l.key == key {
                 if let Some(t) = l.last_piece {
                     let dt = now.duration_since(t).as_secs_f64().max(1e-4);
@@ -515,11 +509,6 @@ impl Swarm {
         verdict
     }
 
-    /// Missing pieces that readers are waiting for, for the timeout log.
-    pub fn awaited(&self) -> Vec<u32> {
-        self.state.lock().waiters.keys().copied().collect()
-    }
-
     /// Drops the waiters whose readers gave up.
     pub fn forget_closed_waiters(&self) {
         let mut st = self.state.lock();
@@ -535,26 +524,17 @@ impl Swarm {
             return;
         }
         let urgent: Vec<u32> = st.waiters.keys().copied().collect();
-        let views: Vec<PeerView> = st
-            .links
-            .iter()
-            .map(|l| PeerView {
-                have: &l.offer,
-                free_slots: l.free_slots(),
-                in_flight: &l.in_flight,
-                rate: l.rate,
-            })
-            .collect();
+        let peers = views(st);
         let requests = picker::pick(&PickInput {
             num_pieces: self.file.layout.num_pieces(),
             have: &st.have,
             wanted: &st.wanted,
             urgent: &urgent,
-            peers: &views,
+            peers: &peers,
             seed: self.seed,
             max_duplicates: 2,
         });
-        drop(views);
+        drop(peers);
         for r in requests {
             let Some(link) = st.links.get_mut(r.peer) else {
                 continue;
@@ -564,6 +544,18 @@ impl Swarm {
             }
         }
     }
+}
+
+/// What the picker sees of each link, in `links` order.
+fn views(st: &PieceState) -> Vec<PeerView<'_>> {
+    (st.links.iter())
+        .map(|l| PeerView {
+            have: &l.offer,
+            free_slots: l.free_slots(),
+            in_flight: &l.in_flight,
+            rate: l.rate,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -167,14 +167,48 @@ fn request_window_follows_the_measured_rate() {
 fn one_link_per_peer_while_connecting() {
     let (_dir, s) = swarm(1);
     assert!(s.connect_started(peer(1)));
-    assert!(!s.connect_started(peer(1)));
-    assert!(s.is_linked(&peer(1)));
+    assert!(
+        !s.connect_started(peer(1)),
+        "a second link task while connecting"
+    );
     assert_eq!(s.links(), 1);
     let (key, _rx) = s.add_link(peer(1), "a".into(), Bitfield::new(1)).unwrap();
-    assert!(!s.connect_started(peer(1)));
+    assert!(!s.connect_started(peer(1)), "a link task while linked");
+    assert!(s.add_link(peer(1), "a".into(), Bitfield::new(1)).is_none());
     s.connect_ended(&peer(1));
     assert_eq!(s.links(), 1);
     s.release_link(key);
-    assert!(!s.is_linked(&peer(1)));
-    assert!(s.connect_started(peer(1)));
+    assert_eq!(s.links(), 0);
+    assert!(
+        s.connect_started(peer(1)),
+        "not linked again after the link ended"
+    );
+}
+
+#[test]
+fn a_peer_dropped_for_bad_pieces_is_never_linked_again() {
+    let (_dir, s) = swarm(MAX_FAILURES);
+    let (a, mut rx) = s
+        .add_link(peer(1), "a".into(), Bitfield::full(MAX_FAILURES))
+        .unwrap();
+    s.want_all();
+    for p in requested(&drain(&mut rx)) {
+        let verdict = s.mark_hash_failed(a, p);
+        assert_eq!(verdict == Verdict::DropPeer, p + 1 == MAX_FAILURES);
+    }
+    assert_eq!(s.links(), 0);
+    assert!(!s.connect_started(peer(1)));
+    assert!(s
+        .add_link(peer(1), "a".into(), Bitfield::full(MAX_FAILURES))
+        .is_none());
+    assert_eq!(
+        s.counters(),
+        vec![(
+            "a".into(),
+            PeerCounters {
+                failures: MAX_FAILURES,
+                ..Default::default()
+            }
+        )]
+    );
 }

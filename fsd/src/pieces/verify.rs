@@ -7,18 +7,18 @@ use crate::pieces::swarm::{LinkKey, Swarm, Verdict, MAX_FAILURES};
 use crate::trackers::TrackerLink;
 use fileshare_protocol::ids::PieceHash;
 
-/// Why the connection a piece came by must end.
+/// Why the connection a piece came by must end. Causes are in the
+/// messages, never also a `source`, so an error chain names each once.
 #[derive(Debug, thiserror::Error)]
 pub enum Rejected {
     #[error("peer sent piece {0}, which the file does not have")]
     NoSuchPiece(u32),
     #[error("peer sent {MAX_FAILURES} pieces that fail their hash")]
     BadPieces,
-    #[error("cannot store piece {index}: {source}")]
+    #[error("cannot store piece {index}: {error}")]
     Store {
         index: u32,
-        #[source]
-        source: crate::store::StoreError,
+        error: crate::store::StoreError,
     },
 }
 
@@ -49,7 +49,7 @@ pub fn verify_and_store(
     }
     if let Err(e) = file.write_piece(piece, data) {
         swarm.piece_unavailable(key, index);
-        return Err(Rejected::Store { index, source: e });
+        return Err(Rejected::Store { index, error: e });
     }
     swarm.mark_hash_ok(key, index, data.len() as u64);
     tracker.report_piece(file.id, index);

@@ -16,31 +16,39 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Causes are in the messages, never also a `source`, so an error chain
+/// (`{e:#}`) names each once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path} is damaged: {why}")]
     Damaged { path: String, why: String },
+    #[error("{path} is damaged: {error}")]
+    Decode {
+        path: String,
+        error: fileshare_protocol::ProtocolError,
+    },
+    #[error("cannot record the metadata in {path}: {error}")]
+    Encode {
+        path: String,
+        error: fileshare_protocol::ProtocolError,
+    },
     #[error("{path} changed since it was shared (size or modification time differs)")]
     SourceChanged { path: String },
 }
 
 impl StoreError {
-    fn io(path: &Path, source: std::io::Error) -> Self {
+    fn io(path: &Path, error: std::io::Error) -> Self {
         StoreError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         }
     }
 
     /// Whether the disk is full, so callers can say so plainly.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        matches!(self, StoreError::Io { error, .. } if error.raw_os_error() == Some(libc::ENOSPC))
     }
 }
 
@@ -69,7 +77,13 @@ struct MetaRecord {
 /// tasks may use it at once.
 pub struct StoredFile {
     pub id: FileId,
+    /// The group it was first shared or fetched in: where it is located and
+    /// fetched from.
     pub group: String,
+    /// Every group this user shares it in, `group` included: the same bytes
+    /// under the same name are one file id, and members of any of these
+    /// groups may fetch it from here. Persisted in the entry's `groups` file.
+    groups: Mutex<std::collections::BTreeSet<String>>,
     pub meta: FileMeta,
     pub layout: Layout,
     pub source: Source,
@@ -89,6 +103,45 @@ impl std::fmt::Debug for StoredFile {
 }
 
 impl StoredFile {
+    /// Whether members of `group` may fetch it from here.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.lock().contains(group)
+    }
+
+    /// Every group this user shares it in.
+    pub fn groups(&self) -> Vec<String> {
+        self.groups.lock().iter().cloned().collect()
+    }
+
+    /// Shares it in one more group too.
+    pub fn add_group(&self, group: &str) -> Result<(), StoreError> {
+        let mut groups = self.groups.lock();
+        if groups.insert(group.to_string()) {
+            self.write_groups(&groups)?;
+        }
+        Ok(())
+    }
+
+    /// Stops sharing it in `group`; returns how many groups remain.
+    pub fn remove_group(&self, group: &str) -> Result<usize, StoreError> {
+        let mut groups = self.groups.lock();
+        if groups.remove(group) {
+            self.write_groups(&groups)?;
+        }
+        Ok(groups.len())
+    }
+
+    fn write_groups(&self, groups: &std::collections::BTreeSet<String>) -> Result<(), StoreError> {
+        let mut text = String::new();
+        for g in groups {
+            text.push_str(g);
+            text.push('\n');
+        }
+        let tmp = self.dir.join("groups.tmp");
+        std::fs::write(&tmp, text).map_err(|e| StoreError::io(&tmp, e))?;
+        std::fs::rename(&tmp, self.dir.join("groups")).map_err(|e| StoreError::io(&tmp, e))
+    }
+
     /// Reads `len` bytes at `offset` (clipped to the file). The caller has
     /// checked that the pieces covering the range are verified.
     pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
@@ -206,9 +259,9 @@ impl Store {
         let dir = self.dir_of(&id);
         let meta_path = dir.join("meta");
         let bytes = std::fs::read(&meta_path).map_err(|e| StoreError::io(&meta_path, e))?;
-        let rec: MetaRecord = codec::decode(&bytes).map_err(|e| StoreError::Damaged {
+        let rec: MetaRecord = codec::decode(&bytes).map_err(|error| StoreError::Decode {
             path: meta_path.display().to_string(),
-            why: e.to_string(),
+            error,
         })?;
         if rec.meta.id() != id {
             return Err(StoreError::Damaged {
@@ -258,6 +311,17 @@ impl Store {
                 File::open(path).map_err(|e| StoreError::io(path, e))?
             }
         };
+        // Without a `groups` file it is shared in its first group alone.
+        // Names are checked before anything is stored, so a line is a group.
+        let groups: std::collections::BTreeSet<String> =
+            match std::fs::read_to_string(dir.join("groups")) {
+                Ok(text) => text
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                Err(_) => [rec.group.clone()].into(),
+            };
         let log_path = dir.join("have");
         let have_log = OpenOptions::new()
             .append(true)
@@ -267,6 +331,7 @@ impl Store {
         Ok(Arc::new(StoredFile {
             id,
             group: rec.group,
+            groups: Mutex::new(groups),
             meta: rec.meta,
             layout,
             source: rec.source,
@@ -278,9 +343,9 @@ impl Store {
 
     fn write_meta(&self, dir: &Path, rec: &MetaRecord) -> Result<(), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        let bytes = codec::encode(rec).map_err(|e| StoreError::Damaged {
+        let bytes = codec::encode(rec).map_err(|error| StoreError::Encode {
             path: dir.display().to_string(),
-            why: e.to_string(),
+            error,
         })?;
         let tmp = dir.join("meta.tmp");
         std::fs::write(&tmp, bytes).map_err(|e| StoreError::io(&tmp, e))?;
@@ -401,6 +466,14 @@ impl Store {
     ) -> Result<Arc<StoredFile>, StoreError> {
         let id = rec.meta.id();
         self.write_meta(&dir, &rec)?;
+        // A new share starts in its own group; the engine adds the groups it
+        // was already shared in.
+        match std::fs::remove_file(dir.join("groups")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::io(&dir.join("groups"), e))
+            }
+            _ => {}
+        }
         let log_path = dir.join("have");
         let mut log = Vec::new();
         for i in 0..rec.meta.hashes.len() {

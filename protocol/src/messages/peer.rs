@@ -1,10 +1,11 @@
 //! Peer to peer. The fetching side authenticates per group with a
-//! tracker-issued [`Ticket`] naming its own peer id, then asks for
-//! bitfields and pieces; several requests may be in flight and replies come
-//! back as pieces are read. The serving peer checks the ticket itself, with
-//! the cluster's ticket key, and checks on every request that the ticket
-//! for the file's group is still unexpired: the fetching side authenticates
-//! again with a fresh ticket before its ticket expires.
+//! tracker-issued [`Ticket`] naming its own peer id, then subscribes to a
+//! file's bitfield and asks for pieces; several requests may be in flight
+//! and replies come back as pieces are read. The serving peer checks the
+//! ticket itself, with the cluster's ticket key, and checks on every
+//! request that the ticket for the file's group is still unexpired: the
+//! fetching side authenticates again with a fresh ticket before its ticket
+//! expires.
 //!
 //! Every request gets exactly one reply, with two exceptions:
 //! [`PeerRequest::Subscribe`] gets a stream of them (its bitfield, then a
@@ -21,8 +22,6 @@ pub enum PeerRequest {
     /// Grants access to the files of `ticket.group` on this connection
     /// until the ticket expires; a later one for the same group extends it.
     Authenticate { ticket: Ticket },
-    /// Which pieces of `file` the serving peer has verified.
-    Bitfield { file: FileId },
     /// One whole piece. A rate-limited peer may answer [`PeerError::Busy`]
     /// for a piece it has just sent to someone else while other requests
     /// wait: get it from that peer, or ask again later (a second ask is

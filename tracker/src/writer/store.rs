@@ -15,6 +15,7 @@ use crate::state::records::Record;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
 use std::ops::Range;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -61,6 +62,16 @@ impl Store {
             path: path.to_path_buf(),
             error: e,
         };
+        // Created owner-only before redb opens it, and made so if an older
+        // tracker left it readable by others.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|_| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| open_err(e.into()))?;
         let db = Database::create(path).map_err(|e| open_err(e.into()))?;
         let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
         let last = {
