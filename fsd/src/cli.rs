@@ -87,6 +87,10 @@ pub enum Command {
     /// Reject a request to join a group you own
     #[command(alias = "reject_request")]
     RejectRequest { group: String, user: String },
+    /// Remove a member from a group you own: listings are refused at once,
+    /// pieces within the ticket lifetime
+    #[command(alias = "remove_member")]
+    RemoveMember { group: String, user: String },
     /// List the files shared in a group
     #[command(alias = "list_files")]
     ListFiles { group: String },

@@ -19,7 +19,8 @@
 //!   upload scheduler, the token bucket that limits both directions.
 //! - [`store`]: pieces on disk.
 //! - [`trackers`]: the daemon's side of the trackers: every tracker request
-//!   the daemon makes, cached listings, tickets.
+//!   the daemon makes, cached listings, tickets and the cluster's ticket
+//!   key, the groups this user was removed from.
 //! - [`tasks`]: named tasks in one tree of cancellation tokens, joined on
 //!   shutdown, and the bounded pool for blocking work.
 //! - [`units`]: byte sizes and rates, parsed and shown.

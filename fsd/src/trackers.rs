@@ -1,17 +1,22 @@
 //! The daemon's side of the trackers, and the one place it asks them
 //! anything: listings with a short-lived cache that outlives tracker
-//! outages, shares, tickets, ticket checks for the peer server, and the
-//! calls that keep this peer offered: one announce and the queued piece
-//! reports. The loop that makes them on schedule is the engine's
+//! outages, shares, tickets and the cluster's ticket key, and the calls
+//! that keep this peer offered: one announce and the queued piece reports.
+//! The loop that makes them on schedule is the engine's
 //! (`Engine::announce_loop` in `engine/mod.rs`).
+//!
+//! It also remembers the groups the trackers said this user is no longer a
+//! member of, so reads of their files fail at once with EACCES instead of
+//! waiting for peers that will refuse.
 
 use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{FileEntry, GroupInfo, Holding, PeerLocation};
-use fileshare_protocol::messages::{SessionToken, Ticket};
+use fileshare_protocol::messages::SessionToken;
+use fileshare_protocol::ticket::{Ticket, TicketKey};
 use fileshare_protocol::{ErrorCode, FileId, PeerId};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +49,33 @@ struct Cached<T> {
     value: T,
 }
 
+/// A ticket for one of this user's groups, and when to get the next one:
+/// once less than a third of its lifetime is left, so links that renew it
+/// then never present an expired one.
+#[derive(Debug, Clone)]
+pub struct HeldTicket {
+    pub ticket: Ticket,
+    pub renew_at_ms: u64,
+}
+
+impl HeldTicket {
+    fn new(ticket: Ticket, now_ms: u64) -> HeldTicket {
+        let lifetime = ticket.expires_unix_ms.saturating_sub(now_ms);
+        HeldTicket {
+            renew_at_ms: now_ms + lifetime - lifetime / 3,
+            ticket,
+        }
+    }
+}
+
+/// Whether a refusal says the user is not (or no longer) in `group`.
+fn lost_membership(e: &ClientError) -> bool {
+    matches!(
+        e.code(),
+        Some(ErrorCode::NotMember(_)) | Some(ErrorCode::NoSuchGroup(_))
+    )
+}
+
 pub struct TrackerLink {
     pub client: TrackerClient,
     pub session: SessionToken,
@@ -51,9 +83,13 @@ pub struct TrackerLink {
     pub peer: PeerId,
     groups: Mutex<Option<Cached<Vec<GroupInfo>>>>,
     files: Mutex<HashMap<String, Cached<Vec<FileEntry>>>>,
-    tickets: Mutex<HashMap<String, Ticket>>,
-    /// Tickets already checked with a tracker, by MAC.
-    verified: Mutex<HashMap<[u8; 32], (String, u64)>>,
+    tickets: Mutex<HashMap<String, HeldTicket>>,
+    /// The cluster's ticket key, once a tracker told it; it never changes.
+    ticket_key: Mutex<Option<TicketKey>>,
+    /// Groups the trackers said this user is not a member of (any more).
+    lost: Mutex<HashSet<String>>,
+    /// Woken when a group is added to `lost`.
+    lost_news: tokio::sync::Notify,
     /// Verified pieces not yet reported, per file.
     reports: Mutex<HashMap<FileId, Vec<u32>>>,
 }
@@ -75,7 +111,9 @@ impl TrackerLink {
             groups: Mutex::new(None),
             files: Mutex::new(HashMap::new()),
             tickets: Mutex::new(HashMap::new()),
-            verified: Mutex::new(HashMap::new()),
+            ticket_key: Mutex::new(None),
+            lost: Mutex::new(HashSet::new()),
+            lost_news: tokio::sync::Notify::new(),
             reports: Mutex::new(HashMap::new()),
         }
     }
@@ -132,7 +170,11 @@ impl TrackerLink {
                     value: v,
                 })
             },
-            || async { Ok(self.client.list_groups(self.session).await?) },
+            || async {
+                let groups = self.client.list_groups(self.session).await?;
+                self.note_listing(&groups);
+                Ok(groups)
+            },
         )
         .await
     }
@@ -164,7 +206,10 @@ impl TrackerLink {
                     },
                 );
             },
-            || async { Ok(self.client.list_files(self.session, group).await?) },
+            || async {
+                let files = self.client.list_files(self.session, group).await;
+                Ok(self.note(group, files)?)
+            },
         )
         .await
     }
@@ -207,36 +252,107 @@ impl TrackerLink {
         group: &str,
         name: &str,
     ) -> Result<(FileMeta, Vec<PeerLocation>), LinkError> {
-        let found = self.client.locate(self.session, group, name).await?;
+        let found = self.client.locate(self.session, group, name).await;
+        let found = self.note(group, found)?;
         Ok((found.meta, found.peers))
     }
 
-    /// A ticket for `group`, reused until a minute before it expires.
-    pub async fn ticket(&self, group: &str) -> Result<Ticket, LinkError> {
+    /// A ticket for this daemon in `group`, reused until it is due for
+    /// renewal (a third of its lifetime left). A tracker gives one to
+    /// members only.
+    pub async fn ticket(&self, group: &str) -> Result<HeldTicket, LinkError> {
         if let Some(t) = self.tickets.lock().get(group) {
-            if t.expires_unix_ms > now_ms() + 60_000 {
+            if now_ms() < t.renew_at_ms {
                 return Ok(t.clone());
             }
         }
-        let t = self.client.issue_ticket(self.session, group).await?;
-        self.tickets.lock().insert(group.to_string(), t.clone());
-        Ok(t)
+        let t = self
+            .client
+            .issue_ticket(self.session, group, self.peer)
+            .await;
+        let held = HeldTicket::new(self.note(group, t)?, now_ms());
+        self.tickets.lock().insert(group.to_string(), held.clone());
+        Ok(held)
     }
 
-    /// Checks a ticket a peer presented, with the tracker the first time.
-    /// Returns the group it grants.
-    pub async fn verify_ticket(&self, ticket: &Ticket) -> Result<String, LinkError> {
-        if let Some((group, exp)) = self.verified.lock().get(&ticket.mac) {
-            if *exp > now_ms() {
-                return Ok(group.clone());
+    /// The cluster's ticket key, from a tracker the first time.
+    pub async fn ticket_key(&self) -> Result<TicketKey, LinkError> {
+        if let Some(k) = *self.ticket_key.lock() {
+            return Ok(k);
+        }
+        let k = self.client.ticket_key().await?;
+        *self.ticket_key.lock() = Some(k);
+        Ok(k)
+    }
+
+    /// Keeps what a tracker's answer about `group` says of this user's
+    /// membership there: a refusal for not being a member marks the group
+    /// lost (and drops its ticket); any other answer clears the mark.
+    fn note<T>(&self, group: &str, r: Result<T, ClientError>) -> Result<T, ClientError> {
+        match &r {
+            Err(e) if lost_membership(e) => self.mark_lost(group),
+            Err(_) => {}
+            Ok(_) => {
+                self.lost.lock().remove(group);
             }
         }
-        let group = self.client.verify_ticket(ticket).await?.group;
-        let exp = ticket.expires_unix_ms.min(now_ms() + 120_000);
-        self.verified
-            .lock()
-            .insert(ticket.mac, (group.clone(), exp));
-        Ok(group)
+        r
+    }
+
+    /// Marks every group of `groups` the user is not a member of lost, if
+    /// this daemon was using it, and every one it is a member of not lost.
+    fn note_listing(&self, groups: &[GroupInfo]) {
+        let mut lost = Vec::new();
+        {
+            let tickets = self.tickets.lock();
+            let mut marked = self.lost.lock();
+            for g in groups {
+                if g.is_member {
+                    marked.remove(&g.name);
+                } else if tickets.contains_key(&g.name) {
+                    lost.push(g.name.clone());
+                }
+            }
+            // A group deleted since (its last member left) is lost too.
+            for name in tickets.keys() {
+                if !groups.iter().any(|g| g.name == *name) {
+                    lost.push(name.clone());
+                }
+            }
+        }
+        for g in lost {
+            self.mark_lost(&g);
+        }
+    }
+
+    fn mark_lost(&self, group: &str) {
+        self.tickets.lock().remove(group);
+        if self.lost.lock().insert(group.to_string()) {
+            tracing::info!(group, "no longer a member; its files are out of reach");
+        }
+        self.lost_news.notify_waiters();
+    }
+
+    /// Refuses with `NotMember` if the trackers said this user is no longer
+    /// in `group`.
+    pub fn check_member(&self, group: &str) -> Result<(), LinkError> {
+        if self.lost.lock().contains(group) {
+            let code = ErrorCode::NotMember(group.to_string());
+            return Err(LinkError::Tracker(ClientError::Refused(code)));
+        }
+        Ok(())
+    }
+
+    /// Completes (with the refusal) once the trackers say this user is no
+    /// longer in `group`.
+    pub async fn membership_lost(&self, group: &str) -> LinkError {
+        loop {
+            let news = self.lost_news.notified();
+            if let Err(e) = self.check_member(group) {
+                return e;
+            }
+            news.await;
+        }
     }
 
     /// Queues a verified piece for the next report.

@@ -27,8 +27,9 @@ mod link;
 use crate::error::ErrorCode;
 use crate::identity::Identity;
 use crate::ids::{FileId, FileMeta, PeerId};
+use crate::messages::ticket::{Ticket, TicketKey};
 use crate::messages::tracker::{
-    FileEntry, GroupInfo, Holding, PeerLocation, SessionToken, Ticket, TrackerReply, TrackerRequest,
+    FileEntry, GroupInfo, Holding, PeerLocation, SessionToken, TrackerReply, TrackerRequest,
 };
 use crate::trackers_file::TrackerEntry;
 use link::{CallError, Link, OpenError, Trust};
@@ -86,13 +87,6 @@ pub struct Login {
 pub struct Location {
     pub meta: FileMeta,
     pub peers: Vec<PeerLocation>,
-}
-
-/// What a ticket a tracker vouched for grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TicketGrant {
-    pub user: String,
-    pub group: String,
 }
 
 /// The pause after every tracker answered `Unavailable` in a row.
@@ -475,6 +469,22 @@ impl TrackerClient {
         .await
     }
 
+    /// Takes `user` out of `group` (its owner only).
+    pub async fn remove_member(
+        &self,
+        session: SessionToken,
+        group: &str,
+        user: &str,
+    ) -> Result<(), ClientError> {
+        let (group, user) = (group.into(), user.into());
+        self.call_done(TrackerRequest::RemoveMember {
+            session,
+            group,
+            user,
+        })
+        .await
+    }
+
     pub async fn list_files(
         &self,
         session: SessionToken,
@@ -601,27 +611,30 @@ impl TrackerClient {
             .await
     }
 
+    /// A ticket for this user's daemon `holder` in `group` (members only).
     pub async fn issue_ticket(
         &self,
         session: SessionToken,
         group: &str,
+        holder: PeerId,
     ) -> Result<Ticket, ClientError> {
         let group = group.into();
-        self.call_as(
-            TrackerRequest::IssueTicket { session, group },
-            |r| match r {
-                TrackerReply::Ticket(t) => Some(t),
-                _ => None,
-            },
-        )
+        let req = TrackerRequest::IssueTicket {
+            session,
+            group,
+            holder,
+        };
+        self.call_as(req, |r| match r {
+            TrackerReply::Ticket(t) => Some(t),
+            _ => None,
+        })
         .await
     }
 
-    /// Asks a tracker whether `ticket` is genuine and still valid.
-    pub async fn verify_ticket(&self, ticket: &Ticket) -> Result<TicketGrant, ClientError> {
-        let ticket = ticket.clone();
-        self.call_as(TrackerRequest::VerifyTicket { ticket }, |r| match r {
-            TrackerReply::TicketValid { user, group } => Some(TicketGrant { user, group }),
+    /// The cluster's public key, which checks every ticket it issues.
+    pub async fn ticket_key(&self) -> Result<TicketKey, ClientError> {
+        self.call_as(TrackerRequest::TicketKey, |r| match r {
+            TrackerReply::TicketKey(k) => Some(k),
             _ => None,
         })
         .await

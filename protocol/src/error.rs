@@ -70,6 +70,10 @@ pub enum ErrorCode {
     AlreadyMember(String),
     #[error("{user} has no pending request to join {group}")]
     NoSuchRequest { group: String, user: String },
+    #[error("{user} is not a member of group {group}")]
+    NoSuchMember { group: String, user: String },
+    #[error("the owner cannot remove themselves from group {0}; `fsd leave-group {0}` passes ownership on")]
+    OwnerCannotBeRemoved(String),
     #[error("no file {name} in group {group}")]
     NoSuchFile { group: String, name: String },
     #[error("group {group} already has a different file named {name}")]
@@ -82,8 +86,6 @@ pub enum ErrorCode {
     },
     #[error("invalid request: {0}")]
     BadRequest(String),
-    #[error("ticket is invalid or expired")]
-    BadTicket,
     #[error("tracker unavailable: {0}")]
     Unavailable(String),
     #[error("tracker internal error: {0}")]

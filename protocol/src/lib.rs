@@ -16,7 +16,8 @@
 //!   re-exported here): [`identity`], an endpoint's key and self-signed
 //!   certificate, kept on disk, and the [`Fingerprint`] that names it;
 //!   [`known_keys`], tracker keys remembered on first use, as ssh does.
-//! - [`messages`]: the message enums of each channel and the handshake.
+//! - [`messages`]: the message enums of each channel and the handshake;
+//!   [`ticket`], the signed tickets that open a group's files on a peer.
 //! - [`ids`]: content hashes, ids, piece layout, bitfields and name rules.
 //! - [`error`]: the typed errors of this crate and the tracker's error codes.
 //! - [`client`]: a multiplexing tracker client that fails over between
@@ -35,6 +36,7 @@ pub mod messages;
 pub mod tls;
 pub mod trackers_file;
 
+pub use messages::ticket;
 pub use tls::{identity, known_keys};
 
 pub use connection::Connection;
@@ -44,7 +46,7 @@ pub use ids::{Bitfield, FileId, Layout, PeerId, PieceHash, PieceIndex, PIECE_LEN
 
 /// Bumped whenever a message enum changes shape; peers of another version are
 /// refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame body anyone accepts, checked before a byte of it is
 /// buffered. A 512 KiB piece plus headers fits with room; so does the hash

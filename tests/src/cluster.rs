@@ -5,9 +5,7 @@
 
 use crate::tracker::Tracker;
 use crate::{reserve_port, Port};
-use fileshare_protocol::client::{ClientError, TrackerClient};
-use fileshare_protocol::messages::Ticket;
-use fileshare_protocol::ErrorCode;
+use fileshare_protocol::client::TrackerClient;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,18 +21,6 @@ pub struct Cluster {
     _ports: Vec<Port>,
     /// Dropped last, after the processes that use it.
     _dir: tempfile::TempDir,
-}
-
-/// A ticket to check, a request that needs no session: a forged ticket
-/// is `BadTicket` from a serving tracker, `Unavailable` from one that is
-/// not caught up.
-fn probe() -> Ticket {
-    Ticket {
-        user: "probe".into(),
-        group: "probe".into(),
-        expires_unix_ms: u64::MAX,
-        mac: [0; 32],
-    }
 }
 
 impl Cluster {
@@ -164,14 +150,15 @@ impl Cluster {
     /// Whether tracker `i` answers clients now.
     pub fn serving(&self, i: u32) -> bool {
         let client = self.client_of(&[self.addr(i)], Duration::from_secs(2));
-        let r = self.rt.block_on(client.verify_ticket(&probe()));
-        matches!(r, Err(ClientError::Refused(ErrorCode::BadTicket)))
+        // A request that needs no session: answered by a serving tracker,
+        // `Unavailable` from one that is not caught up.
+        self.rt.block_on(client.ticket_key()).is_ok()
     }
 
     /// What tracker `i` answers the probe, for messages.
     pub fn answer(&self, i: u32) -> String {
         let client = self.client_of(&[self.addr(i)], Duration::from_secs(2));
-        format!("{:?}", self.rt.block_on(client.verify_ticket(&probe())))
+        format!("{:?}", self.rt.block_on(client.ticket_key()))
     }
 
     /// Waits until tracker `i` serves, panicking with every log after

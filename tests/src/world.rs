@@ -15,6 +15,16 @@ pub struct User {
     pub home: PathBuf,
 }
 
+impl User {
+    /// The session token `fsd login` saved in the home.
+    pub fn session(&self) -> fileshare_protocol::messages::SessionToken {
+        let text = std::fs::read_to_string(self.home.join("session")).expect("session file");
+        let hex = text.lines().nth(1).expect("token line");
+        let bytes = fileshare_protocol::ids::unhex(hex).expect("hex token");
+        fileshare_protocol::messages::SessionToken(bytes.try_into().expect("32 bytes"))
+    }
+}
+
 /// The trackers of a world.
 pub enum Trackers {
     One(Tracker),
@@ -32,6 +42,14 @@ impl World {
     /// A network with one tracker.
     pub fn new() -> World {
         World::with(Trackers::One(Tracker::start()))
+    }
+
+    /// A network with one tracker started with `args` (besides a
+    /// 1-second announce interval), e.g. a short `--ticket-ttl`.
+    pub fn with_tracker_args(args: &[&str]) -> World {
+        let mut all = vec!["--announce-interval", "1"];
+        all.extend_from_slice(args);
+        World::with(Trackers::One(Tracker::with_args(&all)))
     }
 
     /// A network whose trackers file lists a cluster of `n` trackers.
@@ -111,7 +129,13 @@ impl World {
 
     /// A network of `names`, all members of group `g` owned by the first.
     pub fn network(names: &[&str]) -> (World, Vec<User>) {
-        let w = World::new();
+        World::new().with_users(names)
+    }
+
+    /// This network with users `names`, all members of group `g` owned by
+    /// the first.
+    pub fn with_users(self, names: &[&str]) -> (World, Vec<User>) {
+        let w = self;
         let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
         if let Some((owner, rest)) = users.split_first() {
             let rest: Vec<&User> = rest.iter().collect();

@@ -60,9 +60,12 @@ fn writes_through_one_tracker_are_read_through_every_other() {
                     assert!(gs.contains(&group), "tracker {j}: {gs:?}");
                     let files = other.list_files(s, &group).await.unwrap();
                     assert_eq!(files.len(), 1, "tracker {j}");
-                    // A ticket from one tracker is good at every other.
-                    let t = c.issue_ticket(s, &group).await.unwrap();
-                    other.verify_ticket(&t).await.unwrap();
+                    // A ticket from one tracker is good with every
+                    // other's key: they are the cluster's.
+                    let holder = fileshare_protocol::PeerId([7; 16]);
+                    let t = c.issue_ticket(s, &group, holder).await.unwrap();
+                    let key = other.ticket_key().await.unwrap();
+                    t.verify(&key, &holder, 0).unwrap();
                 }
             }
         });

@@ -417,9 +417,11 @@ fn session_of(user: &User) -> fileshare_protocol::messages::SessionToken {
 
 #[test]
 fn a_non_member_can_neither_list_nor_fetch_pieces() {
-    use fileshare_protocol::client::ClientError;
-    use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Role, Ticket};
+    use fileshare_protocol::client::{ClientError, TrackerClient};
+    use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Role};
+    use fileshare_protocol::ticket::{Ticket, TicketError};
     use fileshare_protocol::tls::{self, ClientTls, Pin};
+    use fileshare_protocol::trackers_file::TrackerEntry;
     use fileshare_protocol::{ErrorCode, FileId, Fingerprint, Identity};
 
     let (w, u) = World::network(&["alice"]);
@@ -450,27 +452,44 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
     let session = session_of(&mallory);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let tracker = w.tracker().client();
-        let refused = tracker.issue_ticket(session, "g").await;
+        // Mallory's own daemon key: tickets name it, and it is the only
+        // peer id she can present.
+        let key = Identity::generate().unwrap();
+        let me = key.peer_id();
+        let entry = TrackerEntry {
+            addr: w.tracker().addr().to_string(),
+            fingerprint: None,
+        };
+        let known = w.path("mallory-known-keys");
+        let tracker = TrackerClient::new(
+            vec![entry],
+            known,
+            Some(key.clone()),
+            Duration::from_secs(5),
+        );
+        let refused = tracker.issue_ticket(session, "g", me).await;
         assert!(
             matches!(refused, Err(ClientError::Refused(ErrorCode::NotMember(_)))),
             "{refused:?}"
         );
         let own = tracker
-            .issue_ticket(session, "mine")
+            .issue_ticket(session, "mine", me)
             .await
             .expect("a ticket for mallory's own group");
 
-        // Mallory's own key, and alice's daemon pinned by its public
-        // certificate, as a tracker listing names it.
-        let key = Identity::generate().unwrap();
+        // Alice's daemon pinned by its public certificate, as a tracker
+        // listing names it.
         let cert = std::fs::read(u[0].home.join("peer.cert.der")).expect("alice's certificate");
         let alice = Fingerprint::of_cert(&cert).peer_id();
         let pinned = ClientTls::new(Some(&key), Pin::Peer(alice)).unwrap();
-        let me = Role::Peer { id: key.peer_id() };
-        let (mut conn, theirs, _) = tls::connect(&a.listen, &pinned, me, Duration::from_secs(5))
-            .await
-            .expect("connect to alice's peer port");
+        let (mut conn, theirs, _) = tls::connect(
+            &a.listen,
+            &pinned,
+            Role::Peer { id: me },
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("connect to alice's peer port");
         assert_eq!(theirs, Role::Peer { id: alice });
         let piece = PeerRequest::Piece { file: id, index: 0 };
         assert_eq!(
@@ -480,13 +499,14 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
         let forged = Ticket {
             user: "mallory".into(),
             group: "g".into(),
+            holder: me,
             expires_unix_ms: u64::MAX / 2,
-            mac: [7; 32],
+            signature: vec![7; 64],
         };
-        assert!(matches!(
+        assert_eq!(
             exchange(&mut conn, 2, PeerRequest::Authenticate { ticket: forged }).await,
-            PeerReply::Error(PeerError::TicketRefused(_))
-        ));
+            PeerReply::Error(PeerError::TicketRefused(TicketError::BadSignature))
+        );
         assert_eq!(
             exchange(&mut conn, 3, PeerRequest::Authenticate { ticket: own }).await,
             PeerReply::Authenticated

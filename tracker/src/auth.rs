@@ -1,4 +1,5 @@
-//! Secrets: password hashes, session tokens, login throttling and tickets.
+//! Secrets: password hashes, session tokens and login throttling. Tickets
+//! are signed with the cluster's key ([`fileshare_protocol::ticket`]).
 //!
 //! Hashing is argon2id with the crate's default cost and a random salt; it
 //! is slow on purpose, so callers run it on the blocking pool.
@@ -6,9 +7,8 @@
 use crate::state::records::TokenHash;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use fileshare_protocol::messages::{SessionToken, Ticket};
+use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::ErrorCode;
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -122,39 +122,6 @@ impl Throttle {
     }
 }
 
-fn ticket_mac(secret: &[u8; 32], user: &str, group: &str, expires_unix_ms: u64) -> Hmac<Sha256> {
-    // Lengths first, so no two (user, group) pairs sign the same bytes.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(&(user.len() as u64).to_be_bytes());
-    mac.update(user.as_bytes());
-    mac.update(&(group.len() as u64).to_be_bytes());
-    mac.update(group.as_bytes());
-    mac.update(&expires_unix_ms.to_be_bytes());
-    mac
-}
-
-pub fn sign_ticket(secret: &[u8; 32], user: &str, group: &str, expires_unix_ms: u64) -> Ticket {
-    let mac = ticket_mac(secret, user, group, expires_unix_ms)
-        .finalize()
-        .into_bytes()
-        .into();
-    Ticket {
-        user: user.to_string(),
-        group: group.to_string(),
-        expires_unix_ms,
-        mac,
-    }
-}
-
-/// Whether the ticket was signed with `secret` (in constant time) and is
-/// unexpired at `now_unix_ms`. Membership is the caller's check.
-pub fn ticket_is_authentic(secret: &[u8; 32], t: &Ticket, now_unix_ms: u64) -> bool {
-    t.expires_unix_ms > now_unix_ms
-        && ticket_mac(secret, &t.user, &t.group, t.expires_unix_ms)
-            .verify_slice(&t.mac)
-            .is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,36 +164,5 @@ mod tests {
         );
         t.succeeded("u");
         assert!(t.check("u", t1).is_ok());
-    }
-
-    #[test]
-    fn tickets_are_bound_to_user_group_expiry_and_key() {
-        let key = [7u8; 32];
-        let t = sign_ticket(&key, "alice", "g", 1000);
-        assert!(ticket_is_authentic(&key, &t, 999));
-        assert!(!ticket_is_authentic(&key, &t, 1000), "expired");
-        assert!(!ticket_is_authentic(&[8; 32], &t, 0), "other key");
-        for forged in [
-            Ticket {
-                user: "bob".into(),
-                ..t.clone()
-            },
-            Ticket {
-                group: "h".into(),
-                ..t.clone()
-            },
-            Ticket {
-                expires_unix_ms: 5000,
-                ..t.clone()
-            },
-            // Moving a byte between user and group keeps the concatenation.
-            Ticket {
-                user: "alic".into(),
-                group: "eg".into(),
-                ..t.clone()
-            },
-        ] {
-            assert!(!ticket_is_authentic(&key, &forged, 0), "{forged:?}");
-        }
     }
 }

@@ -26,7 +26,7 @@
 //!   ([`state::records`]), the state and `apply`, its only mutator, and
 //!   deciding a change into records ([`state::change`]).
 //! - [`peers`]: online daemons and their pieces (soft state, memory only).
-//! - [`auth`]: password hashing, tokens, login throttling, tickets.
+//! - [`auth`]: password hashing, tokens, login throttling.
 //! - [`error`]: this crate's error type.
 //!
 //! # Dependencies

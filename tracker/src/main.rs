@@ -20,6 +20,10 @@ struct Args {
     /// Print this tracker's key fingerprint (sha256:HEX, made if missing) and exit
     #[arg(long)]
     fingerprint: bool,
+    /// Seconds a ticket lasts: how long a group's access on the peers
+    /// outlives a membership
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    ticket_ttl: u64,
     /// Seconds between a daemon's announces (testing)
     #[arg(long, hide = true, default_value_t = 5)]
     announce_interval: u64,
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
             tracker_no: args.tracker_no,
             announce_interval: Duration::from_secs(args.announce_interval.max(1)),
             session_ttl: Duration::from_secs(args.session_ttl),
+            ticket_ttl: Duration::from_secs(args.ticket_ttl),
             ..Settings::default()
         },
     };

@@ -86,6 +86,12 @@ impl Peers {
         }
     }
 
+    /// Refuses `id` as the holder of `user`'s ticket while another user's
+    /// online daemon announces with it.
+    pub fn check_holder(&self, id: &PeerId, user: &str, now: Instant) -> Result<(), ErrorCode> {
+        self.claim(id, user, self.ms(now))
+    }
+
     /// Replaces everything known of `id` with this announce.
     pub fn announce(
         &mut self,

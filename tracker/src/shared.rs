@@ -15,11 +15,12 @@ use crate::state::State;
 use crate::writer::store::Store;
 use crate::writer::{self, Availability, Writer, WriterHandle, WriterThread};
 use fileshare_protocol::messages::{ClusterMsg, SessionToken};
+use fileshare_protocol::ticket::TicketSigner;
 use fileshare_protocol::ErrorCode;
 use parking_lot::{Mutex, RwLock};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -32,6 +33,8 @@ pub struct Settings {
     pub cluster_size: u32,
     pub session_ttl: Duration,
     pub announce_interval: Duration,
+    /// How long a ticket lasts: how long a group's access outlives a
+    /// membership on the peers.
     pub ticket_ttl: Duration,
 }
 
@@ -42,10 +45,13 @@ impl Default for Settings {
             cluster_size: 1,
             session_ttl: Duration::from_secs(7 * 24 * 3600),
             announce_interval: Duration::from_secs(5),
-            ticket_ttl: Duration::from_secs(600),
+            ticket_ttl: DEFAULT_TICKET_TTL,
         }
     }
 }
+
+/// A ticket's lifetime unless `--ticket-ttl` says otherwise.
+pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(300);
 
 /// The file of the record log inside the data directory.
 pub const STORE_FILE: &str = "records.redb";
@@ -64,6 +70,9 @@ pub struct Shared {
     pub(crate) availability: Arc<Availability>,
     /// The other trackers, for gossip.
     pub(crate) transport: Arc<Transport>,
+    /// The ticket key pair, made from the state's seed on first use (the
+    /// seed never changes once set).
+    signer: OnceLock<TicketSigner>,
 }
 
 impl Shared {
@@ -89,7 +98,12 @@ impl Shared {
                 path: data_dir.to_path_buf(),
                 error,
             })?;
-        let store = Store::open(&data_dir.join(STORE_FILE))?;
+        let store_file = data_dir.join(STORE_FILE);
+        private_file(&store_file).map_err(|error| TrackerError::DataDir {
+            path: data_dir.to_path_buf(),
+            error,
+        })?;
+        let store = Store::open(&store_file)?;
         // A log from before replication: every record was acknowledged.
         let commit = store.commit()?.unwrap_or(store.last_index());
         let mut state = State::default();
@@ -131,6 +145,7 @@ impl Shared {
             settings,
             availability,
             transport,
+            signer: OnceLock::new(),
         };
         Ok((Arc::new(shared), thread))
     }
@@ -161,6 +176,19 @@ impl Shared {
             .session(&hash, auth::now_unix_ms())
             .map(|s| s.user.clone())
             .ok_or(ErrorCode::InvalidSession)
+    }
+
+    /// The cluster's ticket key pair, once the cluster's first record is
+    /// applied.
+    pub fn ticket_signer(&self) -> Result<&TicketSigner, ErrorCode> {
+        if let Some(s) = self.signer.get() {
+            return Ok(s);
+        }
+        let seed =
+            *self.state.read().ticket_seed().ok_or_else(|| {
+                ErrorCode::Unavailable("the cluster is not initialized yet".into())
+            })?;
+        Ok(self.signer.get_or_init(|| TicketSigner::from_seed(&seed)))
     }
 
     /// Waits until `change` is durable and visible, or refused.
@@ -199,6 +227,18 @@ impl Shared {
             }
         }
     }
+}
+
+/// Makes the store file owner-only (0600) before the store opens it: the
+/// log holds the ticket signing key and password hashes.
+fn private_file(store_file: &Path) -> std::io::Result<()> {
+    // An empty file is a new database to the store.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(store_file)?;
+    std::fs::set_permissions(store_file, std::fs::Permissions::from_mode(0o600))
 }
 
 #[cfg(test)]
@@ -245,7 +285,7 @@ mod tests {
             assert_eq!(replayed.user_count(), 100);
             // The users, the view of one tracker and the ticket key.
             assert_eq!(replayed.applied(), 102);
-            assert!(replayed.secret().is_some());
+            assert!(replayed.ticket_seed().is_some());
         }
         // A tracker alone in its view serves all of it again at once.
         let (shared, thread) =
@@ -253,5 +293,8 @@ mod tests {
         assert!(shared.available().is_ok());
         assert_eq!(shared.state.read().applied(), 102);
         thread.stop().await;
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join(STORE_FILE)), 0o600);
     }
 }

@@ -416,6 +416,16 @@ mod tests {
             } => assert_eq!((group.as_str(), user.as_str()), ("g1", "bob")),
             other => panic!("{other:?}"),
         }
+        for line in ["remove_member g1 bob", "remove-member g1 bob"] {
+            match parse_line(line).unwrap() {
+                Line::Run {
+                    cmd: Command::RemoveMember { group, user },
+                    password: None,
+                    ..
+                } => assert_eq!((group.as_str(), user.as_str()), ("g1", "bob")),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
         match parse_line("upload_file /path g1").unwrap() {
             Line::Run {
                 cmd: Command::UploadFile { path, group },

@@ -67,6 +67,11 @@ pub async fn run_with_password(
             client.reject_request(session, group, user).await?;
             vec![format!("rejected {user}'s request to join {group}")]
         }
+        Command::RemoveMember { group, user } => {
+            let (client, session) = as_user(home)?;
+            client.remove_member(session, group, user).await?;
+            vec![format!("removed {user} from {group}")]
+        }
         Command::ListFiles { group } => {
             let (client, session) = as_user(home)?;
             let files = client.list_files(session, group).await?;

@@ -141,8 +141,14 @@ impl Engine {
             .spawn("announce", self.clone().announce_loop(addr));
         self.tasks
             .spawn("in-place-watch", in_place::watch(self.clone()));
+        // The ticket key and a ticket for every group up front: a peer's
+        // first request and the first read of a file then cost no tracker
+        // round trip for one.
         let tracker = self.tracker.clone();
         self.tasks.spawn("ticket-prefetch", async move {
+            if let Err(e) = tracker.ticket_key().await {
+                tracing::debug!("no ticket key yet: {e:#}");
+            }
             if let Ok(groups) = tracker.member_groups().await {
                 for g in groups {
                     let _ = tracker.ticket(&g).await;
@@ -297,7 +303,20 @@ impl Engine {
                 }
                 Ok(())
             };
+            // No peer serves a user who left the group: refuse at once.
+            let all = async {
+                tokio::select! {
+                    r = all => r,
+                    e = self.tracker.membership_lost(&swarm.file.group) => {
+                        Err(EngineError::Tracker(e))
+                    }
+                }
+            };
             match tokio::time::timeout(self.read_timeout, all).await {
+                Ok(Err(e @ EngineError::Tracker(_))) => {
+                    swarm.forget_closed_waiters();
+                    return Err(e);
+                }
                 Ok(r) => r?,
                 Err(_) => {
                     swarm.forget_closed_waiters();

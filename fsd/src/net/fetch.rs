@@ -4,6 +4,9 @@
 //! subscribe to the peer's pieces (its bitfield, then a `Have` for each
 //! piece it verifies later), then send the requests and cancellations the
 //! swarm queues, verifying every piece before it is stored or offered.
+//! Before the ticket expires (with a third of its lifetime left) the link
+//! authenticates again with a fresh one, so long reads never break; a
+//! tracker that refuses a fresh one (the user left the group) ends it.
 //!
 //! The wire loop never decides anything: it reports what arrived to the
 //! swarm, whose scheduling step chooses the next requests. Each piece is
@@ -12,7 +15,7 @@
 use crate::net::token_bucket::TokenBucket;
 use crate::pieces::swarm::{LinkCmd, LinkKey, Swarm};
 use crate::tasks::Tasks;
-use crate::trackers::{LinkError, TrackerLink};
+use crate::trackers::{now_ms, LinkError, TrackerLink};
 use fileshare_protocol::messages::tracker::PeerLocation;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::tls::{self, ClientTls, Pin};
@@ -21,6 +24,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How long to wait for a peer to connect or answer.
@@ -31,6 +35,9 @@ pub const TICK: Duration = Duration::from_millis(250);
 
 /// The request id of the subscription; its replies keep coming.
 const SUBSCRIPTION: u64 = 1;
+
+/// How soon to ask again for a fresh ticket when no tracker answered.
+const RENEW_RETRY: Duration = Duration::from_secs(1);
 
 /// What every link of this daemon shares.
 pub struct LinkCtx {
@@ -97,7 +104,7 @@ async fn link(
     tasks: &Tasks,
 ) -> Result<(), LinkFailure> {
     let file = swarm.file.clone();
-    let ticket = ctx
+    let held = ctx
         .tracker
         .ticket(&file.group)
         .await
@@ -117,7 +124,9 @@ async fn link(
     writer
         .write_frame(&Request {
             id: 0,
-            body: PeerRequest::Authenticate { ticket },
+            body: PeerRequest::Authenticate {
+                ticket: held.ticket,
+            },
         })
         .await?;
     match read_reply(&mut reader).await?.body {
@@ -149,8 +158,36 @@ async fn link(
         Piece(u32),
         /// Cancelled: whatever answers it is dropped.
         Cancelled,
+        /// A fresh ticket.
+        Authenticate,
     }
     let asked: Mutex<HashMap<u64, Asked>> = Mutex::new(HashMap::new());
+
+    // Fresh tickets, as they are due, for the sending loop to present.
+    let (fresh_tx, mut fresh) = mpsc::channel(1);
+    let renew = async {
+        let mut at = held.renew_at_ms;
+        loop {
+            tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await;
+            match ctx.tracker.ticket(&file.group).await {
+                Ok(next) => {
+                    at = next
+                        .renew_at_ms
+                        .max(now_ms() + fileshare_protocol::millis(RENEW_RETRY));
+                    if fresh_tx.send(next.ticket).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                // Refused: not a member any more. The peer refuses us
+                // once the ticket it holds expires; stop now.
+                Err(e) if e.code().is_some() => return Err(LinkFailure::Ticket(e)),
+                Err(e) => {
+                    tracing::debug!(group = %file.group, "cannot renew the ticket yet: {e:#}");
+                    at = now_ms() + fileshare_protocol::millis(RENEW_RETRY);
+                }
+            }
+        }
+    };
 
     let send = async {
         let mut next_id = SUBSCRIPTION + 1;
@@ -158,6 +195,17 @@ async fn link(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let cmd = tokio::select! {
+                // A fresh ticket first: requests may wait on the download
+                // limit, and the current ticket must not expire meanwhile.
+                biased;
+                Some(ticket) = fresh.recv() => {
+                    let id = next_id;
+                    next_id += 1;
+                    asked.lock().insert(id, Asked::Authenticate);
+                    let body = PeerRequest::Authenticate { ticket };
+                    writer.write_frame(&Request { id, body }).await?;
+                    continue;
+                }
                 cmd = queue.recv() => cmd,
                 _ = tick.tick() => {
                     swarm.tick(key);
@@ -222,6 +270,8 @@ async fn link(
                 return Err(LinkFailure::Unexpected);
             };
             match (what, reply.body) {
+                (Asked::Authenticate, PeerReply::Authenticated) => {}
+                (Asked::Authenticate, PeerReply::Error(e)) => return Err(LinkFailure::Refused(e)),
                 (Asked::Cancelled, PeerReply::Piece { data }) => swarm.count_duplicate(&data),
                 (Asked::Cancelled, _) => {}
                 (Asked::Piece(index), PeerReply::Piece { data }) => {
@@ -264,6 +314,7 @@ async fn link(
     tokio::select! {
         r = send => r,
         r = receive => r,
+        r = renew => r,
         () = dropped.cancelled() => Err(LinkFailure::BadPieces(crate::pieces::swarm::MAX_FAILURES)),
     }
 }

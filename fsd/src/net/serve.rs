@@ -1,10 +1,16 @@
 //! The serving side: other members fetch verified pieces from here.
 //!
-//! Every connection is TLS, and the requester must present a key: its peer
-//! id is taken from that key, and a Hello naming another peer is refused.
-//! A connection is worth nothing until it presents a ticket that a tracker
-//! confirms; each ticket opens the files of one group. Only pieces whose
-//! hash this daemon verified are ever sent.
+//! Every connection is TLS, and the requester must present a key: its
+//! peer id is the one its key proves, and a Hello naming another peer is
+//! refused.
+//! A connection is worth nothing until it presents a ticket, which this
+//! daemon checks alone with the cluster's ticket key: signed by the
+//! cluster, issued to the connecting peer's own id, unexpired. Each ticket
+//! opens the files of one group until it expires, and every request is
+//! checked against it, so a member who leaves or is removed (and gets no
+//! new tickets) is refused within one ticket lifetime, on connections
+//! already open too; subscriptions end then. Only pieces whose hash this
+//! daemon verified are ever sent.
 //!
 //! Piece requests wait their turn in the daemon's upload scheduler
 //! ([`crate::net::upload_scheduler`]), which may refuse one with `Busy`; a request still
@@ -21,14 +27,16 @@ use crate::net::upload_scheduler::{Ask, Decision, Uploads};
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::Swarm;
 use crate::tasks::Tasks;
-use crate::trackers::TrackerLink;
+use crate::trackers::{now_ms, TrackerLink};
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
+use fileshare_protocol::ticket::Ticket;
 use fileshare_protocol::tls::{self, ServerTls};
 use fileshare_protocol::{FileId, PeerId, ProtocolError};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -91,16 +99,29 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 /// What the tasks of one connection share.
 struct ConnState {
     conn: u64,
-    /// The requester, as its certificate proves: its key's peer id.
-    requester: PeerId,
-    /// Groups this connection presented tickets for.
-    groups: Mutex<Arc<Vec<String>>>,
+    /// The connecting daemon's peer id, as its certificate proves: the
+    /// holder every ticket on this connection must name.
+    peer: PeerId,
+    /// Group -> when the latest ticket presented for it expires (unix ms).
+    tickets: Mutex<HashMap<String, u64>>,
     /// Piece requests not answered yet, by request id, to cancel.
     pending: Mutex<HashMap<u64, CancellationToken>>,
     /// Pieces refused `Busy` to this connection: the next ask is served.
     refused: Mutex<HashSet<(FileId, u32)>>,
     /// Files this connection subscribed to, each once.
     subscribed: Mutex<HashSet<FileId>>,
+}
+
+impl ConnState {
+    /// Until when (unix ms) this connection may fetch the swarm's file: the
+    /// latest expiry of its tickets for the groups the file is shared in
+    /// here; `None` with no ticket for any of them.
+    fn access_until(&self, swarm: &Swarm) -> Option<u64> {
+        (self.tickets.lock().iter())
+            .filter(|(g, _)| swarm.file.in_group(g))
+            .map(|(_, &expires)| expires)
+            .max()
+    }
 }
 
 async fn serve(
@@ -111,12 +132,12 @@ async fn serve(
     let (conn, role, key) = tls::accept(stream, &ctx.tls, Role::Peer { id: ctx.my_id }).await?;
     // Required by the TLS setup; checked again rather than assumed.
     let key = key.ok_or_else(|| ProtocolError::Handshake("the peer presented no key".into()))?;
-    let requester = key.peer_id();
+    let peer = key.peer_id();
     match role {
-        Role::Peer { id } if id == requester => {}
+        Role::Peer { id } if id == peer => {}
         Role::Peer { id } => {
             return Err(ProtocolError::Handshake(format!(
-                "the peer says it is {id}, but its key is peer {requester}'s"
+                "the peer says it is {id}, but its key is peer {peer}'s"
             )))
         }
         other => {
@@ -124,14 +145,14 @@ async fn serve(
                 "expected a peer, got {other:?}"
             )))
         }
-    }
+    };
     let (mut reader, mut writer) = conn.into_split();
     let (tx, mut rx) = mpsc::channel::<Reply<PeerReply>>(PER_CONNECTION);
     let permits = Arc::new(Semaphore::new(PER_CONNECTION));
     let st = Arc::new(ConnState {
         conn: ctx.next_conn.fetch_add(1, Ordering::Relaxed),
-        requester,
-        groups: Mutex::new(Arc::new(Vec::new())),
+        peer,
+        tickets: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashSet::new()),
         subscribed: Mutex::new(HashSet::new()),
@@ -151,18 +172,9 @@ async fn serve(
                 break;
             };
             if let PeerRequest::Authenticate { ticket } = &req.body {
-                let body = match ctx.tracker.verify_ticket(ticket).await {
-                    Ok(group) => {
-                        let mut groups = st.groups.lock();
-                        if !groups.contains(&group) {
-                            Arc::make_mut(&mut *groups).push(group);
-                        }
-                        PeerReply::Authenticated
-                    }
-                    Err(e) => {
-                        tracing::debug!(requester = %st.requester, "ticket refused: {e}");
-                        PeerReply::Error(PeerError::TicketRefused(e.to_string()))
-                    }
+                let body = match authenticate(ctx, &st, ticket).await {
+                    Ok(()) => PeerReply::Authenticated,
+                    Err(e) => PeerReply::Error(e),
                 };
                 if tx.send(Reply { id: req.id, body }).await.is_err() {
                     break;
@@ -170,15 +182,17 @@ async fn serve(
                 drop(permit);
                 continue;
             }
-            let groups = st.groups.lock().clone();
             if let PeerRequest::Subscribe { file } = req.body {
                 let fresh = {
                     let mut subs = st.subscribed.lock();
                     subs.len() < MAX_SUBSCRIPTIONS && subs.insert(file)
                 };
-                match allowed(ctx, &groups, &file) {
+                match allowed(ctx, &st, &file) {
                     Ok(swarm) if fresh => {
-                        tasks.spawn("peer-subscription", subscription(swarm, req.id, tx.clone()));
+                        tasks.spawn(
+                            "peer-subscription",
+                            subscription(swarm, st.clone(), req.id, tx.clone()),
+                        );
                     }
                     Ok(_) => {
                         let body = PeerReply::Error(PeerError::Busy);
@@ -206,7 +220,7 @@ async fn serve(
                 // A request of a connection that is gone leaves the upload
                 // queue instead of being paid for.
                 let body = tokio::select! {
-                    body = answer(&ctx, &st, &groups, req.body, &cancel) => body,
+                    body = answer(&ctx, &st, req.body, &cancel) => body,
                     () = tx.closed() => return,
                 };
                 st.pending.lock().remove(&req.id);
@@ -231,32 +245,67 @@ async fn serve(
 }
 
 /// One subscription: the bitfield now, then a `Have` per verified piece,
-/// until the connection or the swarm ends. Subscribing before taking the
-/// bitfield means no piece falls between the two.
-async fn subscription(swarm: Arc<Swarm>, id: u64, tx: mpsc::Sender<Reply<PeerReply>>) {
+/// until the connection or the swarm ends, or the tickets for the file's
+/// groups expire without a fresh one (then `TicketExpired` ends it).
+/// Subscribing before taking the bitfield means no piece falls between the
+/// two.
+async fn subscription(
+    swarm: Arc<Swarm>,
+    st: Arc<ConnState>,
+    id: u64,
+    tx: mpsc::Sender<Reply<PeerReply>>,
+) {
+    let expires = || st.access_until(&swarm).unwrap_or(0);
     let mut haves = swarm.subscribe();
-    let mut body = PeerReply::Bitfield(swarm.have());
+    let mut next = Some(PeerReply::Bitfield(swarm.have()));
     loop {
-        if tx.send(Reply { id, body }).await.is_err() {
-            return;
+        if let Some(body) = next.take() {
+            if tx.send(Reply { id, body }).await.is_err() {
+                return;
+            }
         }
-        body = tokio::select! {
+        let left = Duration::from_millis(expires().saturating_sub(now_ms()));
+        next = tokio::select! {
             r = haves.recv() => match r {
-                Ok(i) => PeerReply::Have(i),
+                Ok(i) => Some(PeerReply::Have(i)),
                 // Too far behind: the whole bitfield again.
-                Err(broadcast::error::RecvError::Lagged(_)) => PeerReply::Bitfield(swarm.have()),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some(PeerReply::Bitfield(swarm.have())),
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             () = tx.closed() => return,
             () = swarm.cancel.cancelled() => return,
+            // A fresh ticket may have come meanwhile: look again.
+            () = tokio::time::sleep(left) => None,
         };
+        if expires() <= now_ms() {
+            st.subscribed.lock().remove(&swarm.file.id);
+            let body = PeerReply::Error(PeerError::TicketExpired);
+            let _ = tx.send(Reply { id, body }).await;
+            return;
+        }
     }
+}
+
+/// Checks a ticket alone, with the cluster's key: signed by the cluster,
+/// issued to the connecting peer, unexpired. A good one opens its group
+/// until it expires.
+async fn authenticate(ctx: &ServeCtx, st: &ConnState, ticket: &Ticket) -> Result<(), PeerError> {
+    let key = ctx.tracker.ticket_key().await.map_err(|e| {
+        tracing::warn!("cannot check a ticket: no ticket key: {e:#}");
+        PeerError::NoTicketKey
+    })?;
+    ticket
+        .verify(&key, &st.peer, now_ms())
+        .map_err(PeerError::TicketRefused)?;
+    let mut tickets = st.tickets.lock();
+    let expires = tickets.entry(ticket.group.clone()).or_default();
+    *expires = (*expires).max(ticket.expires_unix_ms);
+    Ok(())
 }
 
 async fn answer(
     ctx: &ServeCtx,
     st: &ConnState,
-    groups: &[String],
     req: PeerRequest,
     cancel: &CancellationToken,
 ) -> PeerReply {
@@ -264,22 +313,26 @@ async fn answer(
         PeerRequest::Authenticate { .. }
         | PeerRequest::Subscribe { .. }
         | PeerRequest::Cancel { .. } => PeerReply::Error(PeerError::Internal),
-        PeerRequest::Piece { file, index } => match allowed(ctx, groups, &file) {
+        PeerRequest::Piece { file, index } => match allowed(ctx, st, &file) {
             Ok(swarm) => piece(ctx, st, swarm, index, cancel).await,
             Err(e) => PeerReply::Error(e),
         },
     }
 }
 
-fn allowed(ctx: &ServeCtx, groups: &[String], file: &FileId) -> Result<Arc<Swarm>, PeerError> {
-    if groups.is_empty() {
+/// The swarm of `file`, if this connection holds an unexpired ticket for a
+/// group it is shared in: checked on every request, not once per
+/// connection.
+fn allowed(ctx: &ServeCtx, st: &ConnState, file: &FileId) -> Result<Arc<Swarm>, PeerError> {
+    if st.tickets.lock().is_empty() {
         return Err(PeerError::NotAuthenticated);
     }
     let swarm = ctx.registry.get(file).ok_or(PeerError::NoSuchFile)?;
-    if !groups.iter().any(|g| swarm.file.in_group(g)) {
-        return Err(PeerError::NotMember);
+    match st.access_until(&swarm) {
+        None => Err(PeerError::NotMember),
+        Some(expires) if expires <= now_ms() => Err(PeerError::TicketExpired),
+        Some(_) => Ok(swarm),
     }
-    Ok(swarm)
 }
 
 async fn piece(

@@ -100,38 +100,21 @@ fn client(addrs: &[&str], timeout: Duration) -> Client {
     Client { client, dir }
 }
 
-fn grant_every_ticket(req: TrackerRequest) -> TrackerResult {
-    match req {
-        TrackerRequest::VerifyTicket { ticket } => Ok(TrackerReply::TicketValid {
-            user: ticket.user,
-            group: ticket.group,
-        }),
-        _ => Ok(TrackerReply::Done),
-    }
-}
+const KEY: TicketKey = TicketKey([5; 32]);
 
-fn ticket() -> Ticket {
-    Ticket {
-        user: "alice".into(),
-        group: "g".into(),
-        expires_unix_ms: u64::MAX,
-        mac: [0; 32],
+fn answer_every_key(req: TrackerRequest) -> TrackerResult {
+    match req {
+        TrackerRequest::TicketKey => Ok(TrackerReply::TicketKey(KEY)),
+        _ => Ok(TrackerReply::Done),
     }
 }
 
 #[tokio::test]
 async fn a_reply_of_the_wrong_kind_is_a_typed_error() {
-    let addr = fake_tracker(grant_every_ticket).await;
+    let addr = fake_tracker(answer_every_key).await;
     let client = client(&[&addr], Duration::from_secs(5));
     client.create_user("alice", "pw").await.unwrap();
-    let grant = client.verify_ticket(&ticket()).await.unwrap();
-    assert_eq!(
-        grant,
-        TicketGrant {
-            user: "alice".into(),
-            group: "g".into()
-        }
-    );
+    assert_eq!(client.ticket_key().await.unwrap(), KEY);
     let e = client.login("alice", "pw").await.unwrap_err();
     assert!(
         matches!(
@@ -159,7 +142,7 @@ async fn concurrent_callers_share_one_connect_attempt() {
         .map(|_| {
             let client = client.clone();
             tokio::spawn(async move {
-                let r = client.verify_ticket(&ticket()).await;
+                let r = client.ticket_key().await;
                 (r, start.elapsed())
             })
         })
@@ -168,7 +151,7 @@ async fn concurrent_callers_share_one_connect_attempt() {
         let client = client.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let r = tokio::time::timeout(BUDGET, client.verify_ticket(&ticket())).await;
+            let r = tokio::time::timeout(BUDGET, client.ticket_key()).await;
             (r.is_err(), start.elapsed())
         })
     };
@@ -191,29 +174,29 @@ async fn concurrent_callers_share_one_connect_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_outlives_the_caller_that_started_it() {
     let hole = black_hole().await;
-    let good = fake_tracker(grant_every_ticket).await;
+    let good = fake_tracker(answer_every_key).await;
     let connect = Duration::from_secs(3);
     let client = Arc::new(client(&[&hole.addr, &good], connect));
     let start = Instant::now();
     let first = {
         let client = client.clone();
         tokio::spawn(async move {
-            tokio::time::timeout(BUDGET, client.verify_ticket(&ticket()))
+            tokio::time::timeout(BUDGET, client.ticket_key())
                 .await
                 .is_err()
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let second = client.verify_ticket(&ticket()).await;
+    let second = client.ticket_key().await;
     let at = start.elapsed();
     assert!(first.await.unwrap(), "the first caller kept to its budget");
-    assert_eq!(second.unwrap().group, "g");
+    assert_eq!(second.unwrap(), KEY);
     assert!(
         at < connect + BUDGET / 2,
         "the second caller started the attempt over: {at:?}"
     );
     // The second tracker is in use now: a budgeted call is answered.
-    let again = tokio::time::timeout(BUDGET, client.verify_ticket(&ticket())).await;
+    let again = tokio::time::timeout(BUDGET, client.ticket_key()).await;
     assert!(matches!(again, Ok(Ok(_))), "{again:?}");
     assert_eq!(client.current(), client.addrs()[1]);
 }
@@ -224,7 +207,7 @@ async fn an_attempt_outlives_the_caller_that_started_it() {
 #[tokio::test]
 async fn a_changed_key_is_refused_not_skipped() {
     let first = Identity::generate().unwrap();
-    let addr = fake_tracker_with(first.clone(), grant_every_ticket).await;
+    let addr = fake_tracker_with(first.clone(), answer_every_key).await;
     let c = client(&[&addr], Duration::from_secs(5));
     c.create_user("alice", "pw").await.unwrap();
     let known = c.dir.path().join("known_keys");
@@ -233,8 +216,8 @@ async fn a_changed_key_is_refused_not_skipped() {
 
     // Another key at the remembered address, then a good tracker.
     let other = Identity::generate().unwrap();
-    let impostor = fake_tracker_with(other.clone(), grant_every_ticket).await;
-    let good = fake_tracker(grant_every_ticket).await;
+    let impostor = fake_tracker_with(other.clone(), answer_every_key).await;
+    let good = fake_tracker(answer_every_key).await;
     std::fs::write(&known, format!("{impostor} {}\n", first.fingerprint())).unwrap();
     let trackers = [impostor.clone(), good]
         .into_iter()
@@ -262,7 +245,7 @@ async fn a_changed_key_is_refused_not_skipped() {
 #[tokio::test]
 async fn a_pinned_key_is_required() {
     let real = Identity::generate().unwrap();
-    let addr = fake_tracker_with(real.clone(), grant_every_ticket).await;
+    let addr = fake_tracker_with(real.clone(), answer_every_key).await;
     let dir = tempfile::tempdir().unwrap();
     let known = dir.path().join("known_keys");
     let pinned = |fingerprint| {

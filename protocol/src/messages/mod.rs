@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod peer;
+pub mod ticket;
 pub mod tracker;
 
 use crate::ids::PeerId;
@@ -12,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 pub use cluster::ClusterMsg;
 pub use peer::{PeerError, PeerReply, PeerRequest};
-pub use tracker::{SessionToken, Ticket, TrackerReply, TrackerRequest, TrackerResult};
+pub use ticket::{Ticket, TicketError, TicketKey};
+pub use tracker::{SessionToken, TrackerReply, TrackerRequest, TrackerResult};
 
 /// First bytes of every handshake, so a stray client fails fast.
 pub const MAGIC: [u8; 4] = *b"FSH\x01";

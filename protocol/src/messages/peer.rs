@@ -1,7 +1,11 @@
-//! Peer to peer. The fetching side authenticates once per group with a
-//! tracker-issued [`Ticket`], then subscribes to a file's bitfield and asks
-//! for pieces; several requests may be in flight and replies come back as
-//! pieces are read.
+//! Peer to peer. The fetching side authenticates per group with a
+//! tracker-issued [`Ticket`] naming its own peer id, then subscribes to a
+//! file's bitfield and asks for pieces; several requests may be in flight
+//! and replies come back as pieces are read. The serving peer checks the
+//! ticket itself, with the cluster's ticket key, and checks on every
+//! request that the ticket for the file's group is still unexpired: the
+//! fetching side authenticates again with a fresh ticket before its ticket
+//! expires.
 //!
 //! Every request gets exactly one reply, with two exceptions:
 //! [`PeerRequest::Subscribe`] gets a stream of them (its bitfield, then a
@@ -10,12 +14,13 @@
 //! [`PeerError::Cancelled`] if it was not answered yet.
 
 use crate::ids::{Bitfield, FileId};
-use crate::messages::tracker::Ticket;
+use crate::messages::ticket::{Ticket, TicketError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRequest {
-    /// Grants access to the files of `ticket.group` on this connection.
+    /// Grants access to the files of `ticket.group` on this connection
+    /// until the ticket expires; a later one for the same group extends it.
     Authenticate { ticket: Ticket },
     /// One whole piece. A rate-limited peer may answer [`PeerError::Busy`]
     /// for a piece it has just sent to someone else while other requests
@@ -25,7 +30,9 @@ pub enum PeerRequest {
     /// The bitfield of `file` now, then a [`PeerReply::Have`] (same request
     /// id) for every piece the serving peer verifies later, for as long as
     /// the connection lives: new pieces are offered at once, not polled. A
-    /// [`PeerReply::Bitfield`] may come again if Haves were dropped.
+    /// [`PeerReply::Bitfield`] may come again if Haves were dropped. The
+    /// stream ends with [`PeerError::TicketExpired`] once the group's ticket
+    /// expires without a fresh one.
     Subscribe { file: FileId },
     /// Drops the request `id` if it is still waiting to be served (the
     /// piece arrived from another peer); see the module documentation.
@@ -62,7 +69,13 @@ pub enum PeerError {
     #[error("authenticate with a ticket first")]
     NotAuthenticated,
     #[error("ticket refused: {0}")]
-    TicketRefused(String),
+    TicketRefused(TicketError),
+    /// The serving peer has no ticket key yet (no tracker answered it).
+    #[error("the peer cannot check tickets yet")]
+    NoTicketKey,
+    /// The ticket presented for the file's group has expired.
+    #[error("the ticket for this group has expired; authenticate again")]
+    TicketExpired,
     #[error("not a member of the file's group")]
     NotMember,
     #[error("no such file")]
@@ -101,6 +114,8 @@ mod tests {
             PeerReply::Have(u32::MAX),
             PeerReply::Error(PeerError::Cancelled),
             PeerReply::Error(PeerError::Busy),
+            PeerReply::Error(PeerError::TicketRefused(TicketError::OtherHolder)),
+            PeerReply::Error(PeerError::TicketExpired),
         ] {
             let reply = Reply { id: 5, body };
             assert_eq!(

@@ -1,9 +1,10 @@
-//! Client to tracker. Every call but `CreateUser`, `Login` and
-//! `VerifyTicket` carries the caller's session token, so any tracker of the
-//! cluster can answer any request and a client can fail over freely.
+//! Client to tracker. Every call but `CreateUser`, `Login` and `TicketKey`
+//! carries the caller's session token, so any tracker of the cluster can
+//! answer any request and a client can fail over freely.
 
 use crate::error::ErrorCode;
 use crate::ids::{Bitfield, FileId, FileMeta, PeerId};
+use crate::messages::ticket::{Ticket, TicketKey};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -14,23 +15,6 @@ pub struct SessionToken(pub [u8; 32]);
 impl fmt::Debug for SessionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SessionToken(..)")
-    }
-}
-
-/// Proof, issued by a tracker, that `user` belongs to `group` until
-/// `expires_unix_ms`. A peer asked for pieces checks it with a tracker
-/// (`VerifyTicket`) instead of trusting the requester's word.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ticket {
-    pub user: String,
-    pub group: String,
-    pub expires_unix_ms: u64,
-    pub mac: [u8; 32],
-}
-
-impl fmt::Debug for Ticket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Ticket({}@{})", self.user, self.group)
     }
 }
 
@@ -83,6 +67,13 @@ pub enum TrackerRequest {
         group: String,
         user: String,
     },
+    /// The owner takes `user` out of `group` (durable): their listings are
+    /// refused at once, their tickets are not renewed.
+    RemoveMember {
+        session: SessionToken,
+        group: String,
+        user: String,
+    },
     ListFiles {
         session: SessionToken,
         group: String,
@@ -129,13 +120,15 @@ pub enum TrackerRequest {
         session: SessionToken,
         peer: PeerId,
     },
+    /// A ticket for the caller's daemon `holder` (the peer id it announces
+    /// with) in `group`; members only.
     IssueTicket {
         session: SessionToken,
         group: String,
+        holder: PeerId,
     },
-    VerifyTicket {
-        ticket: Ticket,
-    },
+    /// The cluster's public ticket key, which checks every ticket.
+    TicketKey,
 }
 
 impl TrackerRequest {
@@ -150,6 +143,9 @@ impl TrackerRequest {
                 | TrackerRequest::LeaveGroup { .. }
                 | TrackerRequest::AcceptRequest { .. }
                 | TrackerRequest::RejectRequest { .. }
+                // Done twice, the second is refused: the user is no
+                // longer a member.
+                | TrackerRequest::RemoveMember { .. }
         )
     }
 
@@ -167,6 +163,7 @@ impl TrackerRequest {
             TrackerRequest::ListRequests { .. } => "ListRequests",
             TrackerRequest::AcceptRequest { .. } => "AcceptRequest",
             TrackerRequest::RejectRequest { .. } => "RejectRequest",
+            TrackerRequest::RemoveMember { .. } => "RemoveMember",
             TrackerRequest::ListFiles { .. } => "ListFiles",
             TrackerRequest::Search { .. } => "Search",
             TrackerRequest::ShareFile { .. } => "ShareFile",
@@ -176,7 +173,7 @@ impl TrackerRequest {
             TrackerRequest::ReportPieces { .. } => "ReportPieces",
             TrackerRequest::LeaveNetwork { .. } => "LeaveNetwork",
             TrackerRequest::IssueTicket { .. } => "IssueTicket",
-            TrackerRequest::VerifyTicket { .. } => "VerifyTicket",
+            TrackerRequest::TicketKey => "TicketKey",
         }
     }
 }
@@ -230,10 +227,7 @@ pub enum TrackerReply {
         peers: Vec<PeerLocation>,
     },
     Ticket(Ticket),
-    TicketValid {
-        user: String,
-        group: String,
-    },
+    TicketKey(TicketKey),
     /// Announce answer: seconds until the next announce is due.
     Announced {
         interval_secs: u32,
@@ -251,7 +245,7 @@ impl TrackerReply {
             TrackerReply::Files(_) => "Files",
             TrackerReply::Location { .. } => "Location",
             TrackerReply::Ticket(_) => "Ticket",
-            TrackerReply::TicketValid { .. } => "TicketValid",
+            TrackerReply::TicketKey(_) => "TicketKey",
             TrackerReply::Announced { .. } => "Announced",
         }
     }

@@ -1,4 +1,4 @@
-//! Groups: creation, listing, membership requests and leaving.
+//! Groups: creation, listing, membership requests, leaving and removal.
 
 use super::{group_name, user_name};
 use crate::shared::Shared;
@@ -70,6 +70,24 @@ pub async fn decide_request(
         Change::RejectRequest { owner, group, user }
     };
     shared.submit(change).await?;
+    Ok(TrackerReply::Done)
+}
+
+/// The owner takes `user` out of `group`. Their listings are refused from
+/// now on, and they get no new tickets, so peers refuse them within one
+/// ticket lifetime.
+pub async fn remove_member(
+    shared: &Shared,
+    session: &SessionToken,
+    group: String,
+    user: String,
+) -> TrackerResult {
+    let owner = shared.session_user(session)?;
+    group_name(&group)?;
+    user_name(&user)?;
+    shared
+        .submit(Change::RemoveMember { owner, group, user })
+        .await?;
     Ok(TrackerReply::Done)
 }
 
@@ -164,6 +182,72 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(fx.call(list(bob)).await, Ok(TrackerReply::Groups(vec![])));
+    }
+
+    #[tokio::test]
+    async fn a_removed_member_is_refused_listings_at_once() {
+        let fx = Fixture::new();
+        let [alice, bob, _carol] = crate::cmd::file::tests::group(&fx).await;
+        let m = crate::cmd::file::tests::meta("a", b"x");
+        fx.call(TrackerRequest::ShareFile {
+            session: alice,
+            group: "g".into(),
+            meta: m,
+        })
+        .await
+        .unwrap();
+        let remove = |session, user: &str| TrackerRequest::RemoveMember {
+            session,
+            group: "g".into(),
+            user: user.into(),
+        };
+        assert_eq!(
+            fx.call(remove(bob, "alice")).await,
+            Err(ErrorCode::NotOwner("g".into()))
+        );
+        assert_eq!(
+            fx.call(remove(alice, "alice")).await,
+            Err(ErrorCode::OwnerCannotBeRemoved("g".into()))
+        );
+        assert_eq!(
+            fx.call(remove(alice, "carol")).await,
+            Err(ErrorCode::NoSuchMember {
+                group: "g".into(),
+                user: "carol".into()
+            })
+        );
+        let list = TrackerRequest::ListFiles {
+            session: bob,
+            group: "g".into(),
+        };
+        assert!(fx.call(list.clone()).await.is_ok());
+        fx.call(remove(alice, "bob")).await.unwrap();
+        let not_member = Err(ErrorCode::NotMember("g".into()));
+        assert_eq!(fx.call(list).await, not_member);
+        let locate = TrackerRequest::Locate {
+            session: bob,
+            group: "g".into(),
+            name: "a".into(),
+        };
+        assert_eq!(fx.call(locate).await, not_member);
+        let search = TrackerRequest::Search {
+            session: bob,
+            pattern: "a".into(),
+        };
+        assert_eq!(fx.call(search).await, Ok(TrackerReply::Files(vec![])));
+        let Ok(TrackerReply::Groups(gs)) =
+            fx.call(TrackerRequest::ListGroups { session: bob }).await
+        else {
+            panic!()
+        };
+        assert!(!gs[0].is_member && gs[0].members == 1);
+        // Durable: still out after a restart.
+        let fx = fx.restart().await;
+        let list = TrackerRequest::ListFiles {
+            session: bob,
+            group: "g".into(),
+        };
+        assert_eq!(fx.call(list).await, not_member);
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! [`TrackerResult`] so it can be tested without sockets. [`dispatch`] maps
 //! a request to its function.
 //!
-//! Every request but `CreateUser`, `Login` and `VerifyTicket` names a
+//! Every request but `CreateUser`, `Login` and `TicketKey` names a
 //! session; it is checked first, and an unknown, closed, expired or forged
 //! token is `InvalidSession`.
 
@@ -78,6 +78,11 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
             group,
             user,
         } => group::decide_request(shared, &session, group, user, false).await,
+        R::RemoveMember {
+            session,
+            group,
+            user,
+        } => group::remove_member(shared, &session, group, user).await,
         R::ListFiles { session, group } => file::list(shared, &session, &group),
         R::Search { session, pattern } => file::search(shared, &session, &pattern),
         R::ShareFile {
@@ -108,8 +113,12 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
             pieces,
         } => peer::report_pieces(shared, caller, &session, peer, file, &pieces),
         R::LeaveNetwork { session, peer } => peer::leave_network(shared, caller, &session, peer),
-        R::IssueTicket { session, group } => ticket::issue(shared, &session, &group),
-        R::VerifyTicket { ticket } => ticket::verify(shared, &ticket),
+        R::IssueTicket {
+            session,
+            group,
+            holder,
+        } => ticket::issue(shared, caller, &session, &group, holder),
+        R::TicketKey => ticket::key(shared),
     }
 }
 

@@ -1,90 +1,135 @@
-//! Tickets: a tracker's signed word that a user belongs to a group, which
-//! a serving peer checks back with any tracker of the cluster.
+//! Tickets: the cluster's signed word that a member's daemon may fetch a
+//! group's files for a few minutes. Serving peers check them alone, with
+//! the cluster's public key ([`key`]); membership is checked here, at
+//! issue, so a user who leaves or is removed gets no new ones.
 
-use super::group_name;
+use super::{group_name, Caller};
 use crate::auth;
 use crate::shared::Shared;
-use fileshare_protocol::messages::{SessionToken, Ticket, TrackerReply, TrackerResult};
-use fileshare_protocol::ErrorCode;
+use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
+use fileshare_protocol::PeerId;
+use std::time::Instant;
 
-/// A ticket for the caller in `group`; members only.
-pub fn issue(shared: &Shared, session: &SessionToken, group: &str) -> TrackerResult {
+/// A ticket for the caller's daemon `holder` in `group`; members only.
+pub fn issue(
+    shared: &Shared,
+    _caller: &Caller,
+    session: &SessionToken,
+    group: &str,
+    holder: PeerId,
+) -> TrackerResult {
     let user = shared.session_user(session)?;
     group_name(group)?;
+    let signer = shared.ticket_signer()?;
     let state = shared.state.read();
     state.member_group(group, &user)?;
-    let secret = state
-        .secret()
-        .ok_or_else(|| ErrorCode::Unavailable("the cluster is not initialized".into()))?;
-    let expires =
-        auth::now_unix_ms().saturating_add(fileshare_protocol::millis(shared.settings.ticket_ttl));
-    Ok(TrackerReply::Ticket(auth::sign_ticket(
-        secret, &user, group, expires,
-    )))
+    // TLS: once connections carry TLS, refuse unless `holder` is the peer id
+    // of the requesting connection's own key (`Caller` will carry it), so a
+    // ticket can be had only for the daemon that asks. Until then, a peer
+    // id that another user's online daemon announces is refused.
+    shared
+        .peers
+        .read()
+        .check_holder(&holder, &user, Instant::now())?;
+    drop(state);
+    let ttl = fileshare_protocol::millis(shared.settings.ticket_ttl);
+    let expires = auth::now_unix_ms().saturating_add(ttl);
+    Ok(TrackerReply::Ticket(
+        signer.sign(&user, group, holder, expires),
+    ))
 }
 
-/// Valid if signed by this cluster, unexpired, and its user is still a
-/// member: leaving a group revokes outstanding tickets at once.
-pub fn verify(shared: &Shared, ticket: &Ticket) -> TrackerResult {
-    let state = shared.state.read();
-    let secret = state.secret().ok_or(ErrorCode::BadTicket)?;
-    if !auth::ticket_is_authentic(secret, ticket, auth::now_unix_ms()) {
-        return Err(ErrorCode::BadTicket);
-    }
-    if !state
-        .group(&ticket.group)
-        .is_some_and(|g| g.is_member(&ticket.user))
-    {
-        return Err(ErrorCode::BadTicket);
-    }
-    Ok(TrackerReply::TicketValid {
-        user: ticket.user.clone(),
-        group: ticket.group.clone(),
-    })
+/// The cluster's public ticket key; asked by daemons before they serve.
+pub fn key(shared: &Shared) -> TrackerResult {
+    Ok(TrackerReply::TicketKey(shared.ticket_signer()?.key()))
 }
 
 #[cfg(test)]
 mod tests {
     use crate::cmd::file::tests::group;
     use crate::cmd::testing::Fixture;
-    use fileshare_protocol::messages::{TrackerReply, TrackerRequest};
-    use fileshare_protocol::ErrorCode;
+    use crate::shared::Settings;
+    use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+    use fileshare_protocol::ticket::{Ticket, TicketError, TicketKey};
+    use fileshare_protocol::{ErrorCode, PeerId};
+    use std::time::Duration;
+
+    const BOBS_DAEMON: PeerId = PeerId([2; 16]);
+
+    async fn issue(fx: &Fixture, session: SessionToken) -> Result<Ticket, ErrorCode> {
+        match fx
+            .call(TrackerRequest::IssueTicket {
+                session,
+                group: "g".into(),
+                holder: BOBS_DAEMON,
+            })
+            .await?
+        {
+            TrackerReply::Ticket(t) => Ok(t),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn key(fx: &Fixture) -> TicketKey {
+        match fx.call(TrackerRequest::TicketKey).await {
+            Ok(TrackerReply::TicketKey(k)) => k,
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[tokio::test]
-    async fn tickets_prove_membership_until_the_member_leaves() {
-        let fx = Fixture::new();
+    async fn tickets_go_to_members_only_and_verify_with_the_cluster_key() {
+        let fx = Fixture::with(Settings {
+            ticket_ttl: Duration::from_secs(60),
+            ..Settings::default()
+        });
         let [alice, bob, carol] = group(&fx).await;
-        let issue = |session| TrackerRequest::IssueTicket {
-            session,
-            group: "g".into(),
-        };
         assert_eq!(
-            fx.call(issue(carol)).await,
+            issue(&fx, carol).await,
             Err(ErrorCode::NotMember("g".into()))
         );
-        let Ok(TrackerReply::Ticket(t)) = fx.call(issue(bob)).await else {
-            panic!()
-        };
-        let verify = |ticket| TrackerRequest::VerifyTicket { ticket };
-        // The key survives a restart, so old tickets stay valid.
-        let fx = fx.restart().await;
+        let t = issue(&fx, bob).await.unwrap();
+        assert_eq!((t.user.as_str(), t.group.as_str()), ("bob", "g"));
+        assert_eq!(t.holder, BOBS_DAEMON);
+        let now = crate::auth::now_unix_ms();
+        assert!(t.expires_unix_ms > now + 55_000 && t.expires_unix_ms <= now + 60_000);
+        let k = key(&fx).await;
+        assert_eq!(t.verify(&k, &BOBS_DAEMON, now), Ok(()));
         assert_eq!(
-            fx.call(verify(t.clone())).await,
-            Ok(TrackerReply::TicketValid {
-                user: "bob".into(),
-                group: "g".into()
-            })
+            t.verify(&k, &PeerId([3; 16]), now),
+            Err(TicketError::OtherHolder)
         );
-        let mut forged = t.clone();
-        forged.user = "carol".into();
-        assert_eq!(fx.call(verify(forged)).await, Err(ErrorCode::BadTicket));
-        let _ = alice;
-        fx.call(TrackerRequest::LeaveGroup {
-            session: bob,
+
+        // The key survives a restart, so tickets issued before still verify.
+        let fx = fx.restart().await;
+        assert_eq!(key(&fx).await, k);
+
+        // Once bob is removed, no more tickets for him.
+        fx.call(TrackerRequest::RemoveMember {
+            session: alice,
             group: "g".into(),
+            user: "bob".into(),
         })
         .await
         .unwrap();
-        assert_eq!(fx.call(verify(t)).await, Err(ErrorCode::BadTicket));
+        assert_eq!(issue(&fx, bob).await, Err(ErrorCode::NotMember("g".into())));
+    }
+
+    #[tokio::test]
+    async fn another_users_online_peer_id_is_refused_as_holder() {
+        let fx = Fixture::new();
+        let [alice, bob, _] = group(&fx).await;
+        fx.call(TrackerRequest::Announce {
+            session: alice,
+            peer: BOBS_DAEMON,
+            addr: "127.0.0.1:9".into(),
+            holdings: vec![],
+        })
+        .await
+        .unwrap();
+        assert!(matches!(
+            issue(&fx, bob).await,
+            Err(ErrorCode::BadRequest(_))
+        ));
     }
 }

@@ -57,6 +57,11 @@ pub enum Change {
         user: String,
         group: String,
     },
+    RemoveMember {
+        owner: String,
+        group: String,
+        user: String,
+    },
     ShareFile {
         user: String,
         group: String,
@@ -102,6 +107,7 @@ impl Change {
             | Change::AcceptRequest { group, .. }
             | Change::RejectRequest { group, .. }
             | Change::LeaveGroup { group, .. }
+            | Change::RemoveMember { group, .. }
             | Change::ShareFile { group, .. }
             | Change::StopShare { group, .. } => Key::Group(group.clone()),
         }
@@ -166,6 +172,16 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
                 return Err(ErrorCode::NotMember(group));
             }
             Record::MemberLeft { group, user }
+        }
+        Change::RemoveMember { owner, group, user } => {
+            let g = state.owned_group(&group, &owner)?;
+            if user == owner {
+                return Err(ErrorCode::OwnerCannotBeRemoved(group));
+            }
+            if !g.is_member(&user) {
+                return Err(ErrorCode::NoSuchMember { group, user });
+            }
+            Record::MemberRemoved { group, user }
         }
         Change::ShareFile { user, group, meta } => {
             let g = group_of(&group)?;
@@ -396,6 +412,72 @@ mod tests {
         assert!(!st.group("g").unwrap().is_pending("bob"));
         assert_eq!(run(&mut st, leave("alice")), Ok(1));
         assert!(st.group("g").is_none());
+    }
+
+    #[test]
+    fn only_the_owner_removes_and_only_other_members() {
+        let mut st = setup();
+        for u in ["bob", "carol"] {
+            run(
+                &mut st,
+                Change::JoinGroup {
+                    user: s(u),
+                    group: s("g"),
+                },
+            )
+            .unwrap();
+        }
+        run(
+            &mut st,
+            Change::AcceptRequest {
+                owner: s("alice"),
+                group: s("g"),
+                user: s("bob"),
+            },
+        )
+        .unwrap();
+        run(
+            &mut st,
+            Change::ShareFile {
+                user: s("bob"),
+                group: s("g"),
+                meta: meta("b", b"1"),
+            },
+        )
+        .unwrap();
+        let remove = |owner: &str, u: &str| Change::RemoveMember {
+            owner: s(owner),
+            group: s("g"),
+            user: s(u),
+        };
+        assert_eq!(
+            run(&mut st, remove("bob", "alice")),
+            Err(ErrorCode::NotOwner(s("g")))
+        );
+        assert_eq!(
+            run(&mut st, remove("alice", "alice")),
+            Err(ErrorCode::OwnerCannotBeRemoved(s("g")))
+        );
+        assert_eq!(
+            run(&mut st, remove("alice", "carol")),
+            Err(ErrorCode::NoSuchMember {
+                group: s("g"),
+                user: s("carol")
+            }),
+            "a pending request is not membership"
+        );
+        assert_eq!(run(&mut st, remove("alice", "bob")), Ok(1));
+        let g = st.group("g").unwrap();
+        assert!(!g.is_member("bob") && g.is_pending("carol"));
+        assert!(g.file("b").is_none(), "bob's shares went with him");
+        assert!(st.groups_of("bob").next().is_none());
+        assert_eq!(
+            run(&mut st, remove("alice", "bob")),
+            Err(ErrorCode::NoSuchMember {
+                group: s("g"),
+                user: s("bob")
+            })
+        );
     }
 
     #[test]

@@ -91,7 +91,8 @@ pub struct State {
     /// Invariant: the number of records applied, which is also the log index
     /// of the last one (indexes start at 1).
     applied: u64,
-    secret: Option<[u8; 32]>,
+    /// The Ed25519 seed of the ticket key, set by the first record.
+    ticket_seed: Option<[u8; 32]>,
     users: HashMap<String, User>,
     sessions: HashMap<TokenHash, Session>,
     /// Prune expired sessions when the map reaches this size, so the work is
@@ -114,8 +115,8 @@ impl State {
     pub fn apply(&mut self, rec: &Record) {
         self.applied += 1;
         match rec {
-            Record::ClusterInit { secret } => {
-                self.secret.get_or_insert(*secret);
+            Record::ClusterInit { ticket_seed } => {
+                self.ticket_seed.get_or_insert(*ticket_seed);
             }
             Record::UserCreated { user, phc } => {
                 self.users
@@ -188,7 +189,9 @@ impl State {
                     g.requests.remove(user);
                 }
             }
-            Record::MemberLeft { group, user } => self.member_left(group, user),
+            Record::MemberLeft { group, user } | Record::MemberRemoved { group, user } => {
+                self.member_left(group, user)
+            }
             Record::FileShared { group, meta, user } => {
                 let Some(g) = self.groups.get_mut(group) else {
                     return;
@@ -285,9 +288,10 @@ impl State {
         self.applied = self.applied.min(index);
     }
 
-    /// The ticket key, once the cluster's first record is applied.
-    pub fn secret(&self) -> Option<&[u8; 32]> {
-        self.secret.as_ref()
+    /// The seed of the ticket signing key, once the cluster's first record
+    /// is applied. It never changes after that.
+    pub fn ticket_seed(&self) -> Option<&[u8; 32]> {
+        self.ticket_seed.as_ref()
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {

@@ -19,10 +19,13 @@ pub type TokenHash = [u8; 32];
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
-    /// The first record of every cluster: the key that signs tickets, so
-    /// every tracker replaying the log verifies every other's tickets.
+    /// The first record of every cluster: the Ed25519 seed (private key)
+    /// that signs tickets, so every tracker replaying the log signs with the
+    /// same key and one public key checks every ticket. (Logs from before
+    /// signed tickets hold an HMAC key here: 32 random bytes as well, which
+    /// serve as the seed.)
     ClusterInit {
-        secret: [u8; 32],
+        ticket_seed: [u8; 32],
     },
     /// `phc` is an argon2id PHC string; the password itself is never stored.
     UserCreated {
@@ -78,6 +81,12 @@ pub enum Record {
     /// it are acknowledged once all of them have them. No effect on the
     /// state; it sits in the log so views are ordered with the changes.
     View(View),
+    /// The owner took `user` out of `group`: as [`Record::MemberLeft`], but
+    /// never the owner.
+    MemberRemoved {
+        group: String,
+        user: String,
+    },
 }
 
 impl Record {
@@ -124,6 +133,7 @@ impl fmt::Debug for Record {
                 write!(f, "ShareStopped({group}, {name}, {user})")
             }
             Record::View(v) => write!(f, "View({}/{} {:?})", v.id.epoch, v.id.leader, v.members),
+            Record::MemberRemoved { group, user } => write!(f, "MemberRemoved({group}, {user})"),
         }
     }
 }
@@ -142,7 +152,9 @@ mod tests {
             hashes: vec![PieceHash::of(b"abc")],
         };
         let all = [
-            Record::ClusterInit { secret: [1; 32] },
+            Record::ClusterInit {
+                ticket_seed: [1; 32],
+            },
             Record::UserCreated {
                 user: "u".into(),
                 phc: "$argon2id$x".into(),
@@ -193,6 +205,10 @@ mod tests {
                 },
                 members: vec![1, 3],
             }),
+            Record::MemberRemoved {
+                group: "g".into(),
+                user: "v".into(),
+            },
         ];
         for r in all {
             let bytes = r.encode().unwrap();

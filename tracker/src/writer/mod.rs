@@ -402,10 +402,10 @@ impl Writer {
         let mut later = VecDeque::new();
         {
             let state = self.state.read();
-            if state.secret().is_none() && !self.init_proposed {
+            if state.ticket_seed().is_none() && !self.init_proposed {
                 match auth::random::<32>() {
-                    Ok(secret) => {
-                        if let Ok(e) = LogEntry::new(Record::ClusterInit { secret }) {
+                    Ok(ticket_seed) => {
+                        if let Ok(e) = LogEntry::new(Record::ClusterInit { ticket_seed }) {
                             entries.push(e);
                             self.init_proposed = true;
                         }
