@@ -191,12 +191,13 @@ pub(crate) mod testing {
         }
 
         /// Answers `req` as from a daemon holding the key of the peer it
-        /// names, if any (every fingerprint byte past the peer id zero).
+        /// names (announces, reports, tickets), if any.
         pub async fn call(&self, req: TrackerRequest) -> TrackerResult {
             let peer = match &req {
                 TrackerRequest::Announce { peer, .. }
                 | TrackerRequest::ReportPieces { peer, .. }
-                | TrackerRequest::LeaveNetwork { peer, .. } => Some(*peer),
+                | TrackerRequest::LeaveNetwork { peer, .. }
+                | TrackerRequest::IssueTicket { holder: peer, .. } => Some(*peer),
                 _ => None,
             };
             let caller = Caller {

@@ -13,20 +13,20 @@ use std::time::Instant;
 /// A ticket for the caller's daemon `holder` in `group`; members only.
 pub fn issue(
     shared: &Shared,
-    _caller: &Caller,
+    caller: &Caller,
     session: &SessionToken,
     group: &str,
     holder: PeerId,
 ) -> TrackerResult {
     let user = shared.session_user(session)?;
     group_name(group)?;
+    // Only for the daemon that asks: `holder` must be the peer id of the
+    // key this connection presented.
+    caller.speaks_for(&holder)?;
     let signer = shared.ticket_signer()?;
     let state = shared.state.read();
     state.member_group(group, &user)?;
-    // TLS: once connections carry TLS, refuse unless `holder` is the peer id
-    // of the requesting connection's own key (`Caller` will carry it), so a
-    // ticket can be had only for the daemon that asks. Until then, a peer
-    // id that another user's online daemon announces is refused.
+    // And never for a peer id another user's online daemon announces.
     shared
         .peers
         .read()
@@ -47,7 +47,8 @@ pub fn key(shared: &Shared) -> TrackerResult {
 #[cfg(test)]
 mod tests {
     use crate::cmd::file::tests::group;
-    use crate::cmd::testing::Fixture;
+    use crate::cmd::testing::{key_of, Fixture};
+    use crate::cmd::{dispatch, Caller};
     use crate::shared::Settings;
     use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
     use fileshare_protocol::ticket::{Ticket, TicketError, TicketKey};
@@ -131,5 +132,28 @@ mod tests {
             issue(&fx, bob).await,
             Err(ErrorCode::BadRequest(_))
         ));
+    }
+
+    /// A ticket is only for the daemon that asks: its holder must be the
+    /// peer id of the key the request's connection presented.
+    #[tokio::test]
+    async fn the_holder_is_the_asking_connections_own_peer() {
+        let fx = Fixture::new();
+        let [_, bob, _] = group(&fx).await;
+        let req = TrackerRequest::IssueTicket {
+            session: bob,
+            group: "g".into(),
+            holder: BOBS_DAEMON,
+        };
+        for key in [None, Some(key_of(PeerId([3; 16])))] {
+            let caller = Caller { addr: None, key };
+            let r = dispatch(&fx.shared, &caller, req.clone()).await;
+            assert!(matches!(r, Err(ErrorCode::BadRequest(_))), "{r:?}");
+        }
+        let mine = Caller {
+            addr: None,
+            key: Some(key_of(BOBS_DAEMON)),
+        };
+        assert!(dispatch(&fx.shared, &mine, req).await.is_ok());
     }
 }
