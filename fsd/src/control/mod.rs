@@ -245,16 +245,32 @@ pub async fn stop_daemon_if_running(home: &Home) -> anyhow::Result<bool> {
         ControlReply::Stopping { pid } => pid,
         _ => return Err(ControlError::Unexpected.into()),
     };
-    if tokio::time::timeout(STOP_TIMEOUT, client.closed())
-        .await
-        .is_err()
-    {
+    let stopped = async {
+        client.closed().await;
+        // Closing the socket is the daemon's last act but one: wait for
+        // the process itself, so that when this returns it is gone.
+        while running(pid) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout(STOP_TIMEOUT, stopped).await.is_err() {
         anyhow::bail!(
             "the daemon (pid {pid}) did not stop within {} s",
             STOP_TIMEOUT.as_secs()
         );
     }
     Ok(true)
+}
+
+/// Whether process `pid` still runs (a zombie has ended).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the parenthesised command name.
+        stat.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 #[cfg(test)]
