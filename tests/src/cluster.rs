@@ -123,6 +123,17 @@ impl Cluster {
         crate::tracker_client(addrs, &self.known_keys(), timeout)
     }
 
+    /// A client of tracker `i` only that presents `key`, as the daemon
+    /// whose key it is would: tickets and announces name its peer id.
+    pub fn client_as(&self, i: u32, key: &fileshare_protocol::Identity) -> TrackerClient {
+        let entry = fileshare_protocol::trackers_file::TrackerEntry {
+            addr: self.addr(i).to_string(),
+            fingerprint: None,
+        };
+        let key = Some(key.clone());
+        TrackerClient::new(vec![entry], self.known_keys(), key, Duration::from_secs(5))
+    }
+
     /// Where the test's clients of this cluster remember tracker keys.
     pub fn known_keys(&self) -> PathBuf {
         self._dir.path().join("known_keys")

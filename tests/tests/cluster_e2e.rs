@@ -61,9 +61,12 @@ fn writes_through_one_tracker_are_read_through_every_other() {
                     let files = other.list_files(s, &group).await.unwrap();
                     assert_eq!(files.len(), 1, "tracker {j}");
                     // A ticket from one tracker is good with every
-                    // other's key: they are the cluster's.
-                    let holder = fileshare_protocol::PeerId([7; 16]);
-                    let t = c.issue_ticket(s, &group, holder).await.unwrap();
+                    // other's key: they are the cluster's. (It is issued
+                    // to the daemon that asks: the key its client shows.)
+                    let daemon = Identity::generate().unwrap();
+                    let holder = daemon.peer_id();
+                    let t = cluster.client_as(i, &daemon);
+                    let t = t.issue_ticket(s, &group, holder).await.unwrap();
                     let key = other.ticket_key().await.unwrap();
                     t.verify(&key, &holder, 0).unwrap();
                 }
