@@ -8,13 +8,29 @@ use fileshare_tests::{cmp, random_file, MIB};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+/// `cp SRC DEST`, as a user shares a file.
+fn cp(src: &std::path::Path, dest: &std::path::Path) {
+    let out = std::process::Command::new("cp")
+        .arg(src)
+        .arg(dest)
+        .output()
+        .expect("run cp");
+    assert!(
+        out.status.success(),
+        "cp {} {}: {}",
+        src.display(),
+        dest.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn another_local_user_gets_eacces_everywhere_in_the_mount() {
     let (w, u) = World::network(&["alice", "bob"]);
     let a = w.mount(&u[0], &[]);
     let src = w.path("secret.bin");
     random_file(&src, MIB, 7);
-    std::fs::copy(&src, a.path("g/secret.bin")).expect("cp into the mount");
+    cp(&src, &a.path("g/secret.bin"));
     // The test's own folders are open to everyone, so a refusal can only
     // come from the mount.
     std::fs::set_permissions(w.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -58,8 +74,8 @@ fn a_file_shared_in_two_groups_is_read_by_members_of_both() {
     let c = w.mount(&carol, &["--read-timeout", "15"]);
     let src = w.path("both.bin");
     random_file(&src, 3 * MIB, 11);
-    std::fs::copy(&src, a.path("g1/both.bin")).expect("share in g1");
-    std::fs::copy(&src, a.path("g2/both.bin")).expect("share in g2");
+    cp(&src, &a.path("g1/both.bin"));
+    cp(&src, &a.path("g2/both.bin"));
     for (m, g) in [(&c, "g2"), (&b, "g1")] {
         wait_for(
             &format!("both.bin listed in {g}"),
@@ -76,7 +92,7 @@ fn the_trackers_state_and_the_daemons_files_are_owner_only() {
     let a = w.mount(&u[0], &[]);
     let src = w.path("mine.bin");
     random_file(&src, MIB, 3);
-    std::fs::copy(&src, a.path("g/mine.bin")).expect("cp into the mount");
+    cp(&src, &a.path("g/mine.bin"));
     let mode = |p: &std::path::Path| {
         std::fs::metadata(p)
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
