@@ -10,10 +10,11 @@
 #            upload limit, against the fluid-model bound D_min (needs root
 #            and FUSE; writes docs/swarm.csv and docs/swarm.svg)
 #
-# Before and after in one run: BENCH_BASELINE=REV (a commit, tag or branch)
-# builds REV's fsd and fileshare-tracker into target/baseline/ and runs each
-# chosen section twice, first against REV's binaries, then against this
-# tree's; the benchmark programs themselves are this tree's.
+# Before and after in one run: BENCH_BASELINE="REV [REV...]" (commits, tags
+# or branches) builds each REV's fsd and fileshare-tracker into
+# target/baseline-REV/ and runs each chosen section against every REV's
+# binaries in turn, then against this tree's; the benchmark programs
+# themselves are this tree's.
 # Adding a section: a run_NAME function and NAME in SECTIONS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ SECTIONS=(tracker cluster mount swarm)
 section="${1:-all}"
 cargo build --release --workspace --bins --quiet
 export FILESHARE_PROFILE=release
-target="${CARGO_TARGET_DIR:-target}"
+target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 
 run_tracker() {
   echo "== tracker: 64 clients (one connection each), list-files and locate for 5 s (BENCH_SECS, BENCH_CLIENTS to change)"
@@ -54,22 +55,27 @@ else
   exit 2
 fi
 
+revs=()
 if [ -n "${BENCH_BASELINE:-}" ]; then
-  rev=$(git rev-parse --short "$BENCH_BASELINE")
-  base_dir="$PWD/$target/baseline"
   src=$(mktemp -d)
+  rmdir "$src"
   trap 'git worktree remove --force "$src" >/dev/null 2>&1 || rm -rf "$src"' EXIT
-  echo "== building the baseline $rev into $base_dir"
-  git worktree add --detach --force "$src" "$rev" >/dev/null
-  CARGO_TARGET_DIR="$base_dir" cargo build --release --quiet \
-    --manifest-path "$src/Cargo.toml" -p fsd -p fileshare-tracker
+  for r in $BENCH_BASELINE; do
+    rev=$(git rev-parse --short "$r")
+    revs+=("$rev")
+    echo "== building the baseline $rev into $target/baseline-$rev"
+    git worktree add --detach --force "$src" "$rev" >/dev/null
+    CARGO_TARGET_DIR="$target/baseline-$rev" cargo build --release --quiet \
+      --manifest-path "$src/Cargo.toml" -p fsd -p fileshare-tracker
+    git worktree remove --force "$src"
+  done
 fi
 
 for s in "${chosen[@]}"; do
-  if [ -n "${BENCH_BASELINE:-}" ]; then
+  for rev in "${revs[@]}"; do
     echo "-- baseline $rev"
-    FILESHARE_BIN_DIR="$base_dir/release" "run_$s"
-    echo "-- this tree"
-  fi
+    FILESHARE_BIN_DIR="$target/baseline-$rev/release" "run_$s"
+  done
+  [ ${#revs[@]} -eq 0 ] || echo "-- this tree"
   "run_$s"
 done
