@@ -65,8 +65,13 @@ if [ -n "${BENCH_BASELINE:-}" ]; then
     revs+=("$rev")
     echo "== building the baseline $rev into $target/baseline-$rev"
     git worktree add --detach --force "$src" "$rev" >/dev/null
-    CARGO_TARGET_DIR="$target/baseline-$rev" cargo build --release --quiet \
+    # One build directory for every baseline: their dependencies are
+    # built once.
+    CARGO_TARGET_DIR="$target/baseline" cargo build --release --quiet \
       --manifest-path "$src/Cargo.toml" -p fsd -p fileshare-tracker
+    mkdir -p "$target/baseline-$rev/release"
+    cp "$target/baseline/release/fsd" "$target/baseline/release/fileshare-tracker" \
+      "$target/baseline-$rev/release/"
     git worktree remove --force "$src"
   done
 fi
