@@ -81,6 +81,17 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
         R::LeaveNetwork { session, peer } => peer::leave_network(shared, &session, peer),
         R::IssueTicket { session, group } => ticket::issue(shared, &session, &group),
         R::VerifyTicket { ticket } => ticket::verify(shared, &ticket),
+        R::RenameShare {
+            session,
+            group,
+            from,
+            to,
+        } => file::rename_share(shared, &session, group, from, to).await,
+        R::ReplaceShare {
+            session,
+            group,
+            meta,
+        } => file::replace_share(shared, &session, group, meta).await,
     }
 }
 
