@@ -391,6 +391,44 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_save_over_a_file_its_readers_hold_replaces_it() {
+        let fx = Fixture::new();
+        let [alice, bob, _] = group(&fx).await;
+        let v1 = meta("notes.txt", b"one");
+        let v2 = meta("notes.txt", b"two!");
+        fx.call(share(alice, v1)).await.unwrap();
+        fx.call(TrackerRequest::ReplaceShare {
+            session: alice,
+            group: "g".into(),
+            meta: v2.clone(),
+        })
+        .await
+        .unwrap();
+        // Bob read it whole: he holds it too.
+        fx.call(share(bob, v2)).await.unwrap();
+        let tmp = meta("sedX1", b"three");
+        fx.call(share(alice, tmp.clone())).await.unwrap();
+        fx.call(TrackerRequest::RenameShare {
+            session: alice,
+            group: "g".into(),
+            from: "sedX1".into(),
+            to: "notes.txt".into(),
+        })
+        .await
+        .unwrap();
+        let l = files(
+            fx.call(TrackerRequest::ListFiles {
+                session: bob,
+                group: "g".into(),
+            })
+            .await,
+        );
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert_eq!(l[0].name, "notes.txt");
+        assert_eq!(l[0].size, 5);
+    }
+
+    #[tokio::test]
     async fn inconsistent_metadata_is_refused() {
         let fx = Fixture::new();
         let [alice, ..] = group(&fx).await;

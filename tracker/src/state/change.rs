@@ -220,14 +220,16 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
             if !g.is_member(&user) {
                 return Err(ErrorCode::NotMember(group));
             }
-            let held = |name: &str| g.file(name).filter(|f| f.holders.contains(&user));
-            let Some(f) = held(&from) else {
+            let Some(f) = g.file(&from) else {
                 // Sent again after it took effect: nothing left to do.
-                if held(&to).is_some() {
+                if g.file(&to).is_some_and(|t| t.holders.contains(&user)) {
                     return Ok(vec![]);
                 }
                 return Err(ErrorCode::NoSuchFile { group, name: from });
             };
+            if f.sharer != user {
+                return Err(ErrorCode::NotSharer { group, name: from });
+            }
             if from == to {
                 return Ok(vec![]);
             }
@@ -263,7 +265,8 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
 }
 
 /// Whether `user` may put `meta` under its name: the name is free, holds
-/// the same file, or holds a file that `user` alone shares (replaced).
+/// the same file, or holds a file that `user` shared (then replaced, for
+/// its readers too).
 fn check_replace(
     g: &crate::state::Group,
     group: &str,
@@ -271,12 +274,10 @@ fn check_replace(
     meta: &FileMeta,
 ) -> Result<(), ErrorCode> {
     match g.file(&meta.name) {
-        Some(f) if f.id != meta.id() && f.holders.iter().any(|h| h != user) => {
-            Err(ErrorCode::NameTaken {
-                group: group.to_string(),
-                name: meta.name.clone(),
-            })
-        }
+        Some(f) if f.id != meta.id() && f.sharer != user => Err(ErrorCode::NameTaken {
+            group: group.to_string(),
+            name: meta.name.clone(),
+        }),
         _ => Ok(()),
     }
 }
@@ -493,11 +494,11 @@ mod tests {
         run(&mut st, share("bob", meta("theirs", b"3"))).unwrap();
         assert_eq!(
             run(&mut st, rename("bob", "a", "b")),
-            Err(ErrorCode::NoSuchFile {
+            Err(ErrorCode::NotSharer {
                 group: s("g"),
                 name: s("a")
             }),
-            "only a holder renames"
+            "only the sharer renames"
         );
         assert_eq!(
             run(&mut st, rename("alice", "a", "theirs")),
@@ -523,16 +524,37 @@ mod tests {
             .groups_with_file(&meta("mine", b"2").id())
             .next()
             .is_none());
-        // A file others hold too stays listed for them under the old name.
+        // Readers who hold it too (they seed it) neither stop the rename
+        // nor keep the old name listed; they are not sharers.
         run(&mut st, share("carol", meta("mine", b"1"))).unwrap();
+        assert_eq!(
+            run(&mut st, rename("carol", "mine", "c")),
+            Err(ErrorCode::NotSharer {
+                group: s("g"),
+                name: s("mine")
+            })
+        );
         assert_eq!(run(&mut st, rename("alice", "mine", "c")), Ok(1));
         let g = st.group("g").unwrap();
-        assert_eq!(g.file("mine").unwrap().holders.len(), 1);
-        assert!(g.file("c").unwrap().holders.contains("alice"));
+        assert!(g.file("mine").is_none());
+        assert_eq!(g.file("c").unwrap().sharer, "alice");
+        // When the sharer stops, a remaining holder takes over.
+        run(&mut st, share("carol", meta("c", b"1"))).unwrap();
+        run(
+            &mut st,
+            Change::StopShare {
+                user: s("alice"),
+                group: s("g"),
+                name: s("c"),
+            },
+        )
+        .unwrap();
+        assert_eq!(st.group("g").unwrap().file("c").unwrap().sharer, "carol");
+        assert_eq!(run(&mut st, rename("carol", "c", "d")), Ok(1));
     }
 
     #[test]
-    fn replacing_a_share_needs_the_name_to_be_the_callers_alone() {
+    fn replacing_a_share_needs_the_caller_to_have_shared_it() {
         let mut st = setup();
         let replace = |u: &str, m: FileMeta| Change::ReplaceShare {
             user: s(u),

@@ -41,6 +41,24 @@ pub struct SharedFile {
     /// Users sharing it. Invariant: never empty (the file is removed with its
     /// last holder), and every holder is a member of the group.
     pub holders: BTreeSet<String>,
+    /// Who shared it under this name: the one member who may rename it or
+    /// save another file over it. Readers who finish it become holders (they
+    /// seed it), not sharers. Invariant: one of `holders`; when the sharer
+    /// stops holding it, the first remaining holder by name takes over.
+    pub sharer: String,
+}
+
+impl SharedFile {
+    /// `user` stops holding it; false if no holder is left.
+    fn drop_holder(&mut self, user: &str) -> bool {
+        self.holders.remove(user);
+        if self.sharer == user {
+            if let Some(next) = self.holders.first() {
+                self.sharer = next.clone();
+            }
+        }
+        !self.holders.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -211,10 +229,16 @@ impl State {
                     name: to.clone(),
                     ..(*f.meta).clone()
                 };
-                if !self.may_hold(group, &renamed, user) {
+                if f.sharer != *user || !self.may_hold(group, &renamed, user) {
                     return;
                 }
-                self.release(group, from, user);
+                // The name moves for everyone: the file's other holders
+                // hold the old id, which no name lists any more.
+                if let Some(g) = self.groups.get_mut(group) {
+                    if let Some(old) = g.files.remove(from) {
+                        unlist_file(&mut self.file_groups, old.id, group);
+                    }
+                }
                 self.hold(group, &renamed, user, true);
             }
             Record::ShareReplaced { group, meta, user } => {
@@ -226,7 +250,8 @@ impl State {
     }
 
     /// Whether `user`, a member of `group`, may hold `meta` there with
-    /// `replace` (see [`State::hold`]).
+    /// `replace` (see [`State::hold`]): the name is free, is the same file,
+    /// or is a file `user` shared.
     fn may_hold(&self, group: &str, meta: &FileMeta, user: &str) -> bool {
         let Some(g) = self.groups.get(group) else {
             return false;
@@ -234,12 +259,12 @@ impl State {
         g.is_member(user)
             && g.files
                 .get(&meta.name)
-                .is_none_or(|f| f.id == meta.id() || f.holders.iter().all(|h| h == user))
+                .is_none_or(|f| f.id == meta.id() || f.sharer == user)
     }
 
     /// `user` holds `meta` in `group`. A different file under its name
-    /// stays, unless `replace`, when it gives way (deciding checked that
-    /// `user` alone held it).
+    /// stays, unless `replace`, when it gives way with all its holders
+    /// (deciding checked that `user` shared it).
     fn hold(&mut self, group: &str, meta: &FileMeta, user: &str, replace: bool) {
         let Some(g) = self.groups.get_mut(group) else {
             return;
@@ -266,6 +291,7 @@ impl State {
                 id,
                 meta: Arc::new(meta.clone()),
                 holders: BTreeSet::from([user.to_string()]),
+                sharer: user.to_string(),
             },
         );
         self.file_groups
@@ -283,8 +309,7 @@ impl State {
         let Some(f) = g.files.get_mut(name) else {
             return;
         };
-        f.holders.remove(user);
-        if f.holders.is_empty() {
+        if !f.drop_holder(user) {
             let id = f.id;
             g.files.remove(name);
             unlist_file(&mut self.file_groups, id, group);
@@ -309,8 +334,7 @@ impl State {
         }
         let mut emptied = Vec::new();
         for (name, f) in g.files.iter_mut() {
-            f.holders.remove(user);
-            if f.holders.is_empty() {
+            if !f.drop_holder(user) {
                 emptied.push((name.clone(), f.id));
             }
         }
