@@ -1,8 +1,9 @@
 //! Directories: the root lists the user's groups, a group lists its shared
-//! files and this user's files being written; `mkdir` in the root creates a
-//! group, `rm` stops sharing.
+//! files and this user's files being written (or not shared yet); `mkdir`
+//! in the root creates a group, `rm` stops sharing, `rmdir` is refused.
 
-use super::{errno, name_of, spawn, Inner, TTL};
+use super::names::valid_name;
+use super::{errno, spawn, Inner, TTL};
 use crate::fuse::inodes::{Node, ROOT};
 use fuser::{
     Errno, FileAttr, FileType, Generation, INodeNo, ReplyDirectory, ReplyEmpty, ReplyEntry,
@@ -27,19 +28,23 @@ impl Inner {
             .collect())
     }
 
-    /// A group's entries: its shared files and this user's unfinished writes.
+    /// A group's entries: its shared files and this user's unfinished
+    /// writes, which hide a shared file of the same name here (a save over
+    /// it that is not shared yet).
     async fn list_group(&self, group: &str) -> Result<Vec<(String, u64, FileType)>, Errno> {
         let files = self.engine.list_files(group).await.map_err(|e| errno(&e))?;
         let mut nodes = self.nodes.lock();
+        let staging = nodes.staging_in(group);
         let mut out: Vec<(String, u64, FileType)> = files
             .iter()
+            .filter(|f| !staging.iter().any(|(n, _)| *n == f.name))
             .map(|f| (f.name.clone(), nodes.file(group, f), FileType::RegularFile))
             .collect();
-        for (name, ino) in nodes.staging_in(group) {
-            if !out.iter().any(|(n, _, _)| *n == name) {
-                out.push((name, ino, FileType::RegularFile));
-            }
-        }
+        out.extend(
+            staging
+                .into_iter()
+                .map(|(name, ino)| (name, ino, FileType::RegularFile)),
+        );
         Ok(out)
     }
 
@@ -48,7 +53,8 @@ impl Inner {
         let entries = match self.node(parent)? {
             Node::Root => self.list_root().await?,
             Node::Group(g) => {
-                if let Some(ino) = self.nodes.lock().find_staging(&g, name) {
+                let staging = self.nodes.lock().find_staging(&g, name);
+                if let Some(ino) = staging {
                     let node = self.node(INodeNo(ino))?;
                     return Ok((ino, node));
                 }
@@ -66,8 +72,10 @@ impl Inner {
     }
 
     pub(super) fn lookup(self: &Arc<Self>, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some(name) = name.to_str().map(str::to_string) else {
-            return reply.error(Errno::ENOENT);
+        let name = match valid_name(name) {
+            Ok(n) => n.to_string(),
+            Err(Errno::ENAMETOOLONG) => return reply.error(Errno::ENAMETOOLONG),
+            Err(_) => return reply.error(Errno::ENOENT),
         };
         spawn(
             self,
@@ -84,13 +92,14 @@ impl Inner {
     }
 
     pub(super) fn mkdir(self: &Arc<Self>, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent.0 != ROOT {
-            return reply.error(Errno::EPERM);
-        }
-        let name = match name_of(name) {
+        let name = match valid_name(name) {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
+        if parent.0 != ROOT {
+            // Groups hold files only.
+            return reply.error(Errno::EPERM);
+        }
         spawn(
             self,
             "fuse-mkdir",
@@ -111,6 +120,9 @@ impl Inner {
         );
     }
 
+    /// `rm`: a file being written or not shared yet is dropped; a shared
+    /// file stops being shared by this user. `EPERM` for a file only others
+    /// share.
     pub(super) fn unlink(self: &Arc<Self>, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let group = match self.group_of(parent) {
             Ok(g) => g,
@@ -119,17 +131,56 @@ impl Inner {
         let Some(name) = name.to_str().map(str::to_string) else {
             return reply.error(Errno::ENOENT);
         };
+        let staging = self.nodes.lock().find_staging(&group, &name);
+        if let Some(staged) = staging.and_then(|ino| self.staged(ino)) {
+            self.remove_staged(&staged);
+            return reply.ok();
+        }
         spawn(
             self,
             "fuse-unlink",
             move |inner| async move {
-                inner
-                    .engine
-                    .unshare(&group, &name)
-                    .await
-                    .map_err(|e| errno(&e))?;
+                match inner.engine.unshare(&group, &name).await {
+                    Ok(()) => {}
+                    Err(e) if e.errno() == libc::ENOENT => {
+                        // Listed, but not this user's to remove.
+                        let listed = inner.engine.list_files(&group).await;
+                        if listed.is_ok_and(|l| l.iter().any(|f| f.name == name)) {
+                            return Err(Errno::EPERM);
+                        }
+                        return Err(Errno::ENOENT);
+                    }
+                    Err(e) => return Err(errno(&e)),
+                }
                 tracing::info!(group = %group, file = %name, "stopped sharing");
                 Ok(())
+            },
+            move |r: Result<(), Errno>| super::reply_empty(reply, r),
+        );
+    }
+
+    /// `rmdir` of a group: `ENOTEMPTY` while it lists files, else `EPERM`:
+    /// leaving a group is `fsd leave-group`, never a side effect of `rm -r`.
+    pub(super) fn rmdir(self: &Arc<Self>, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if parent.0 != ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return reply.error(Errno::ENOENT);
+        };
+        spawn(
+            self,
+            "fuse-rmdir",
+            move |inner| async move {
+                let (_, node) = inner.find(parent, &name).await?;
+                let Node::Group(g) = node else {
+                    return Err(Errno::ENOTDIR);
+                };
+                if inner.list_group(&g).await?.is_empty() {
+                    Err(Errno::EPERM)
+                } else {
+                    Err(Errno::ENOTEMPTY)
+                }
             },
             move |r: Result<(), Errno>| super::reply_empty(reply, r),
         );

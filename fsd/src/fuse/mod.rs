@@ -16,27 +16,32 @@
 //! - [`inodes`]: the inode table;
 //! - [`attr`]: attributes, `setattr`, `statfs`;
 //! - [`dir`]: lookups, listings, `mkdir`, `rmdir`, `unlink`;
-//! - [`read`]: opening and reading shared files;
+//! - [`names`]: valid names and the rule for temporary-looking ones;
+//! - [`read`]: opening and reading files;
 //! - [`write`]: files being written (staging) and the close that shares;
+//! - [`rename`]: `mv` within a group;
 //! - [`xattr`]: the `user.fileshare.*` attributes.
+//!
+//! The README's "The mount, call by call" lists what every operation does.
 
 mod attr;
 mod dir;
 pub mod inodes;
+pub mod names;
 mod read;
+mod rename;
 mod write;
 mod xattr;
 
 use crate::engine::{Engine, EngineError};
 use crate::fuse::inodes::{Node, Nodes};
+use crate::fuse::write::Staged;
 use crate::pieces::swarm::Swarm;
-use crate::store::Staging;
 use crate::tasks::Tasks;
-use fileshare_protocol::ids::check_name;
 use fuser::{
-    Errno, FileHandle, Filesystem, INodeNo, KernelConfig, LockOwner, OpenFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, Filesystem, INodeNo, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -60,14 +65,10 @@ enum Handle {
         /// doubles with every sequential read, like the kernel's own.
         ahead: AtomicU32,
     },
-    Write {
-        group: String,
-        name: String,
-        ino: u64,
-        staging: Mutex<Option<Staging>>,
-        /// The outcome of sharing, once the file was closed.
-        shared: Mutex<Option<Result<(), Errno>>>,
-    },
+    /// A file being written, or not shared yet, opened for reading.
+    ReadStaged { file: std::fs::File },
+    /// A file being written.
+    Write { staged: Arc<Staged> },
 }
 
 struct Inner {
@@ -76,6 +77,8 @@ struct Inner {
     tasks: Tasks,
     nodes: Mutex<Nodes>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Files being written or not shared yet, by inode.
+    staged: Mutex<HashMap<u64, Arc<Staged>>>,
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
@@ -90,12 +93,6 @@ fn errno(e: &EngineError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-fn name_of(name: &OsStr) -> Result<&str, Errno> {
-    let s = name.to_str().ok_or(Errno::EINVAL)?;
-    check_name(s).map_err(|_| Errno::EINVAL)?;
-    Ok(s)
-}
-
 impl FileShareFs {
     pub fn new(engine: Arc<Engine>, tasks: Tasks) -> Self {
         // SAFETY: geteuid and getegid cannot fail.
@@ -106,6 +103,7 @@ impl FileShareFs {
                 tasks,
                 nodes: Mutex::new(Nodes::new()),
                 handles: Mutex::new(HashMap::new()),
+                staged: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
                 uid,
                 gid,
@@ -226,9 +224,36 @@ impl Filesystem for FileShareFs {
         self.inner.mkdir(parent, name, reply);
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        // Leaving a group is `fsd leave-group`, never a side effect of rm -r.
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Regular files come through `create`; nothing else is shared.
         reply.error(Errno::EPERM);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.inner.rmdir(parent, name, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.inner
+            .rename(parent, name, newparent, newname, flags, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -258,12 +283,12 @@ impl Filesystem for FileShareFs {
         _req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        self.inner.create(parent, name, reply);
+        self.inner.create(parent, name, mode, umask, reply);
     }
 
     fn write(
@@ -306,6 +331,21 @@ impl Filesystem for FileShareFs {
         reply.ok();
     }
 
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.inner.fsync(fh, datasync));
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        reply_empty(reply, self.inner.access(ino, mask));
+    }
+
     fn readdir(
         &self,
         _req: &Request,
@@ -318,7 +358,25 @@ impl Filesystem for FileShareFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
+        self.inner.statfs(reply);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        // The `user.fileshare.*` attributes are the network's.
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOTSUP);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

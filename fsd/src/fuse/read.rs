@@ -1,5 +1,6 @@
-//! Opening and reading shared files: verified pieces are read on the FUSE
-//! thread; a read that needs pieces waits for them in a task.
+//! Opening and reading files: verified pieces of shared files are read on
+//! the FUSE thread; a read that needs pieces waits for them in a task.
+//! Files being written are read from their staging file.
 
 use super::{errno, spawn, Handle, Inner};
 use crate::engine::EngineError;
@@ -17,7 +18,16 @@ impl Inner {
     pub(super) fn open(self: &Arc<Self>, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (group, entry) = match self.node(ino) {
             Ok(Node::File { group, entry }) => (group, entry),
-            Ok(Node::Staging { .. }) => return reply.error(Errno::EBUSY),
+            Ok(Node::Staging { .. }) => {
+                let opened = match self.staged(ino.0) {
+                    Some(staged) => self.open_staged(staged, flags.0),
+                    None => Err(Errno::ENOENT),
+                };
+                return match opened {
+                    Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                    Err(e) => reply.error(e),
+                };
+            }
             Ok(_) => return reply.error(Errno::EISDIR),
             Err(e) => return reply.error(e),
         };
@@ -52,8 +62,16 @@ impl Inner {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let Handle::Read { swarm, next, ahead } = &*handle else {
-            return reply.error(Errno::EBADF);
+        let (swarm, next, ahead) = match &*handle {
+            Handle::Read { swarm, next, ahead } => (swarm, next, ahead),
+            Handle::ReadStaged { file } => {
+                let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0)];
+                return match read_full(file, &mut buf, offset) {
+                    Ok(n) => reply.data(&buf[..n]),
+                    Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))),
+                };
+            }
+            Handle::Write { .. } => return reply.error(Errno::EBADF),
         };
         let prev = next.swap(offset + u64::from(size), Ordering::Relaxed);
         // Sequential, allowing for the kernel's parallel read-ahead requests.
@@ -83,4 +101,19 @@ impl Inner {
             },
         );
     }
+}
+
+/// Reads into `buf` at `offset` until it is full or the file ends.
+fn read_full(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
