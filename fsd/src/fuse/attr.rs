@@ -146,7 +146,7 @@ impl Inner {
     /// disk already.
     pub(super) fn fsync(&self, fh: FileHandle, datasync: bool) -> Result<(), Errno> {
         let handle = self.handle(fh)?;
-        let Handle::Write { staged } = &*handle else {
+        let Handle::Write { staged, .. } = &*handle else {
             return Ok(());
         };
         let st = staged.state.lock();

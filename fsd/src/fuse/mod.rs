@@ -67,8 +67,12 @@ enum Handle {
     },
     /// A file being written, or not shared yet, opened for reading.
     ReadStaged { file: std::fs::File },
-    /// A file being written.
-    Write { staged: Arc<Staged> },
+    /// A file being written; `reader` reads it back (the same open file,
+    /// so it reads on after the file is shared).
+    Write {
+        staged: Arc<Staged>,
+        reader: std::fs::File,
+    },
 }
 
 struct Inner {

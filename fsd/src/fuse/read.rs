@@ -64,14 +64,13 @@ impl Inner {
         };
         let (swarm, next, ahead) = match &*handle {
             Handle::Read { swarm, next, ahead } => (swarm, next, ahead),
-            Handle::ReadStaged { file } => {
+            Handle::ReadStaged { file } | Handle::Write { reader: file, .. } => {
                 let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0)];
                 return match read_full(file, &mut buf, offset) {
                     Ok(n) => reply.data(&buf[..n]),
                     Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))),
                 };
             }
-            Handle::Write { .. } => return reply.error(Errno::EBADF),
         };
         let prev = next.swap(offset + u64::from(size), Ordering::Relaxed);
         // Sequential, allowing for the kernel's parallel read-ahead requests.

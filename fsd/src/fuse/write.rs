@@ -90,6 +90,10 @@ impl Inner {
             Err(e) => return reply.error(errno(&e)),
         };
         let Staging { path, file } = staging;
+        let reader = match file.try_clone() {
+            Ok(r) => r,
+            Err(e) => return reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))),
+        };
         let ino = self.nodes.lock().add_staging(&group, &name, path.clone());
         let staged = Arc::new(Staged {
             ino,
@@ -110,7 +114,7 @@ impl Inner {
         });
         self.staged.lock().insert(ino, staged.clone());
         let node = Node::Staging { group, name, path };
-        let fh = self.new_handle(Handle::Write { staged });
+        let fh = self.new_handle(Handle::Write { staged, reader });
         reply.created(
             &TTL,
             &self.attr(ino, &node),
@@ -128,7 +132,7 @@ impl Inner {
             let file = File::open(&staged.path).map_err(io)?;
             return Ok(self.new_handle(Handle::ReadStaged { file }));
         }
-        {
+        let reader = {
             let mut st = staged.state.lock();
             let Some(file) = st.file.as_ref() else {
                 // Being shared: shared files are immutable.
@@ -137,10 +141,12 @@ impl Inner {
             if flags & libc::O_TRUNC != 0 {
                 file.set_len(0).map_err(io)?;
             }
+            let reader = file.try_clone().map_err(io)?;
             st.writers += 1;
             st.generation += 1;
-        }
-        Ok(self.new_handle(Handle::Write { staged }))
+            reader
+        };
+        Ok(self.new_handle(Handle::Write { staged, reader }))
     }
 
     pub(super) fn write(&self, fh: FileHandle, offset: u64, data: &[u8], reply: ReplyWrite) {
@@ -148,7 +154,7 @@ impl Inner {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let Handle::Write { staged } = &*handle else {
+        let Handle::Write { staged, .. } = &*handle else {
             return reply.error(Errno::EBADF);
         };
         let st = staged.state.lock();
@@ -167,7 +173,7 @@ impl Inner {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let Handle::Write { staged } = &*handle else {
+        let Handle::Write { staged, .. } = &*handle else {
             return reply.ok();
         };
         {
@@ -191,7 +197,7 @@ impl Inner {
         let Some(handle) = self.handles.lock().remove(&fh.0) else {
             return;
         };
-        let Handle::Write { staged } = &*handle else {
+        let Handle::Write { staged, .. } = &*handle else {
             return;
         };
         let (last, temporary) = {
