@@ -196,6 +196,11 @@ fn mv_within_a_group_renames_it_for_everyone_in_one_step() {
     let src = w.path("draft.bin");
     let bytes = random_file(&src, 3 * MIB, 7);
     ok(&a, "cp", &[s(&src), s(&a.path("g"))]);
+    // Shared before cp returned: the tracker lists it at once.
+    assert_eq!(
+        tracker_names(&w.fsd, w.trackers_file(), &u[1], "g"),
+        set(&["draft.bin"])
+    );
     wait_names(&b.path("g"), &set(&["draft.bin"]));
 
     // A read open under the old name keeps reading after the rename.
