@@ -10,7 +10,8 @@
 //! - [`control`]: the control socket between the command line and the
 //!   daemon: its messages, its client and its server.
 //! - [`mount`]: `fsd mount`: starts and stops everything below.
-//! - [`fuse`]: the filesystem the kernel calls, its inode table and xattrs.
+//! - [`fuse`]: the filesystem the kernel calls: inodes, attributes,
+//!   directories, reads, writes, renames, xattrs.
 //! - [`engine`]: what FUSE and the control socket ask for: reads, shares,
 //!   unshares, peer discovery, announces, download-file jobs.
 //! - [`pieces`]: one file's piece state (its single owner, with `STATE.md`),

@@ -235,6 +235,24 @@ impl TrackerLink {
         Ok(())
     }
 
+    /// Moves this user's holding of `from` in `group` to the name `to`, in
+    /// one tracker change: other members never see both names or neither.
+    pub async fn rename_share(&self, group: &str, from: &str, to: &str) -> Result<(), LinkError> {
+        self.client
+            .rename_share(self.session, group, from, to)
+            .await?;
+        self.invalidate(Some(group));
+        Ok(())
+    }
+
+    /// Makes this user a holder of `meta` in `group`, replacing their own
+    /// different file of that name in the same tracker change.
+    pub async fn replace_share(&self, group: &str, meta: FileMeta) -> Result<(), LinkError> {
+        self.client.replace_share(self.session, group, meta).await?;
+        self.invalidate(Some(group));
+        Ok(())
+    }
+
     /// Forgets cached listings after a change this daemon made.
     pub fn invalidate(&self, group: Option<&str>) {
         match group {

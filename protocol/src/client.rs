@@ -542,6 +542,41 @@ impl TrackerClient {
         .await
     }
 
+    /// Moves this user's holding of `from` to the name `to`, in one step.
+    pub async fn rename_share(
+        &self,
+        session: SessionToken,
+        group: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), ClientError> {
+        let (group, from, to) = (group.into(), from.into(), to.into());
+        self.call_done(TrackerRequest::RenameShare {
+            session,
+            group,
+            from,
+            to,
+        })
+        .await
+    }
+
+    /// Shares `meta`, replacing this user's own different file of that name
+    /// in the same step.
+    pub async fn replace_share(
+        &self,
+        session: SessionToken,
+        group: &str,
+        meta: FileMeta,
+    ) -> Result<(), ClientError> {
+        let group = group.into();
+        self.call_done(TrackerRequest::ReplaceShare {
+            session,
+            group,
+            meta,
+        })
+        .await
+    }
+
     pub async fn locate(
         &self,
         session: SessionToken,

@@ -90,6 +90,8 @@ pub enum ErrorCode {
     Unavailable(String),
     #[error("tracker internal error: {0}")]
     Internal(String),
+    #[error("only the member who shared {name} in {group} can rename it or save over it")]
+    NotSharer { group: String, name: String },
 }
 
 /// An error and its causes on one line (`outer: inner: …`), for where it

@@ -11,6 +11,7 @@
 
 pub mod download_jobs;
 pub mod in_place;
+mod rename;
 
 use crate::control::DownloadStatus;
 use crate::engine::download_jobs::{DownloadError, Downloads};
@@ -54,6 +55,8 @@ pub enum EngineError {
     Hash(std::io::Error),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("not a file this daemon shares")]
+    NotShared,
 }
 
 impl EngineError {
@@ -66,6 +69,7 @@ impl EngineError {
                     libc::ENOENT
                 }
                 Some(ErrorCode::NameTaken { .. }) | Some(ErrorCode::GroupExists(_)) => libc::EEXIST,
+                Some(ErrorCode::NotSharer { .. }) => libc::EPERM,
                 Some(ErrorCode::BadName { .. }) => libc::EINVAL,
                 Some(ErrorCode::InvalidSession) => libc::EACCES,
                 _ => libc::EIO,
@@ -75,6 +79,7 @@ impl EngineError {
             EngineError::Timeout { .. } => libc::EIO,
             EngineError::NotFound => libc::ENOENT,
             EngineError::ShuttingDown => libc::EIO,
+            EngineError::NotShared => libc::EPERM,
         }
     }
 }
@@ -186,6 +191,11 @@ impl Engine {
     /// it from a FUSE thread, not from a task).
     pub fn staging(&self) -> Result<Staging, EngineError> {
         Ok(self.store.staging()?)
+    }
+
+    /// The room the mount offers, as `df` shows it.
+    pub async fn space(&self) -> Result<crate::store::Space, EngineError> {
+        self.with_store(|s| s.space()).await
     }
 
     /// The engine's tasks under a swarm: they end with it.
@@ -379,6 +389,13 @@ impl Engine {
         let mut last_locate = None;
         loop {
             if swarm.is_complete() {
+                // One more holder of the file as listed; never a share of
+                // a name its sharer renamed or removed meanwhile.
+                let listed = self.tracker.locate(&file.group, &file.meta.name).await;
+                if !listed.is_ok_and(|(meta, _)| meta.id() == file.id) {
+                    tracing::info!(file = %file.meta.name, "complete; no longer listed as it was, so not shared");
+                    return;
+                }
                 match self
                     .tracker
                     .share_file(&file.group, file.meta.clone())
@@ -442,12 +459,15 @@ impl Engine {
         }
     }
 
-    /// Hashes a file written through the mount, stores it and shares it.
+    /// Hashes a file written through the mount, stores it and shares it;
+    /// with `replace`, in place of this user's own different file of that
+    /// name, in one tracker change (rename(2) of a new file onto it).
     pub async fn share_staging(
         &self,
         group: &str,
         name: &str,
         staging: Staging,
+        replace: bool,
     ) -> Result<Arc<Swarm>, EngineError> {
         let (group_c, name_c) = (group.to_string(), name.to_string());
         let Staging { path, file } = staging;
@@ -461,7 +481,7 @@ impl Engine {
             })
             .await
             .map_err(|_| EngineError::ShuttingDown)??;
-        self.publish(group, meta, stored).await
+        self.publish(group, meta, stored, replace).await
     }
 
     /// Shares a file the user already has, where it lies.
@@ -490,7 +510,7 @@ impl Engine {
             })
             .await
             .map_err(|_| EngineError::ShuttingDown)??;
-        self.publish(group, meta, stored).await
+        self.publish(group, meta, stored, false).await
     }
 
     async fn publish(
@@ -498,13 +518,23 @@ impl Engine {
         group: &str,
         meta: FileMeta,
         stored: Arc<StoredFile>,
+        replace: bool,
     ) -> Result<Arc<Swarm>, EngineError> {
         let id = meta.id();
-        if let Err(e) = self.tracker.share_file(group, meta).await {
+        let name = meta.name.clone();
+        let shared = if replace {
+            self.tracker.replace_share(group, meta).await
+        } else {
+            self.tracker.share_file(group, meta).await
+        };
+        if let Err(e) = shared {
             if self.registry.get(&id).is_none() {
                 let _ = self.with_store(move |s| s.remove(&id)).await;
             }
             return Err(e.into());
+        }
+        if replace {
+            self.drop_replaced(group, &name, &id).await?;
         }
         // The same file already shared in other groups stays shared there.
         if let Some(old) = self.registry.get(&id) {

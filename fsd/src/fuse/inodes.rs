@@ -17,7 +17,8 @@ pub enum Node {
         group: String,
         entry: FileEntry,
     },
-    /// A file being written by `cp`; shared when it is closed.
+    /// A file being written through the mount, or written under a
+    /// temporary name and not shared yet (see `fuse/write.rs`).
     Staging {
         group: String,
         name: String,
@@ -108,6 +109,31 @@ impl Nodes {
         self.staging
             .get(&(group.to_string(), name.to_string()))
             .copied()
+    }
+
+    /// A file being written takes the name `to` (its inode stays).
+    pub fn rename_staging(&mut self, ino: u64, to: &str) {
+        if let Some(Node::Staging { group, name, .. }) = self.by_ino.get_mut(&ino) {
+            self.staging.remove(&(group.clone(), name.clone()));
+            *name = to.to_string();
+            self.staging.insert((group.clone(), to.to_string()), ino);
+        }
+    }
+
+    /// A shared file was renamed: the same inode is now the file `entry`
+    /// (a new id), so names the kernel cached keep working.
+    pub fn rename_file(&mut self, ino: u64, group: &str, entry: FileEntry) {
+        if let Some(Node::File { entry: old, .. }) = self.by_ino.get(&ino) {
+            self.files.remove(&(group.to_string(), old.id));
+        }
+        self.files.insert((group.to_string(), entry.id), ino);
+        self.by_ino.insert(
+            ino,
+            Node::File {
+                group: group.to_string(),
+                entry,
+            },
+        );
     }
 
     /// A written file became a shared one: same inode, now a file.

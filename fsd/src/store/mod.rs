@@ -6,6 +6,11 @@
 //! after a crash of the daemon every logged piece is on disk; pieces
 //! verified but not yet logged are simply fetched again.
 
+mod rename;
+mod space;
+
+pub use space::Space;
+
 use fileshare_protocol::ids::{FileMeta, Layout};
 use fileshare_protocol::{codec, Bitfield, FileId, PieceIndex};
 use parking_lot::Mutex;

@@ -129,6 +129,26 @@ pub enum TrackerRequest {
     },
     /// The cluster's public ticket key, which checks every ticket.
     TicketKey,
+    /// Moves the caller's holding of `from` in `group` to the name `to` in
+    /// one durable step: no listing ever shows both names or neither. The
+    /// file under `to` is the old metadata with the new name (so a new id,
+    /// the same piece hashes). `from` stays listed while others hold it
+    /// too. A different file named `to` is replaced if the caller alone
+    /// holds it, and refused with `NameTaken` if anyone else does.
+    RenameShare {
+        session: SessionToken,
+        group: String,
+        from: String,
+        to: String,
+    },
+    /// `ShareFile`, except that a different file named `meta.name` that the
+    /// caller alone holds is replaced by this one in the same step, as
+    /// rename(2) of a new file onto an old one.
+    ReplaceShare {
+        session: SessionToken,
+        group: String,
+        meta: FileMeta,
+    },
 }
 
 impl TrackerRequest {
@@ -174,6 +194,8 @@ impl TrackerRequest {
             TrackerRequest::LeaveNetwork { .. } => "LeaveNetwork",
             TrackerRequest::IssueTicket { .. } => "IssueTicket",
             TrackerRequest::TicketKey => "TicketKey",
+            TrackerRequest::RenameShare { .. } => "RenameShare",
+            TrackerRequest::ReplaceShare { .. } => "ReplaceShare",
         }
     }
 }

@@ -92,6 +92,45 @@ pub async fn stop_share(
     Ok(TrackerReply::Done)
 }
 
+/// Moves the caller's holding of `from` to the name `to` in one record.
+pub async fn rename_share(
+    shared: &Shared,
+    session: &SessionToken,
+    group: String,
+    from: String,
+    to: String,
+) -> TrackerResult {
+    let user = shared.session_user(session)?;
+    group_name(&group)?;
+    file_name(&from)?;
+    file_name(&to)?;
+    shared
+        .submit(Change::RenameShare {
+            user,
+            group,
+            from,
+            to,
+        })
+        .await?;
+    Ok(TrackerReply::Done)
+}
+
+/// Shares `meta`, replacing the caller's own different file of its name.
+pub async fn replace_share(
+    shared: &Shared,
+    session: &SessionToken,
+    group: String,
+    meta: FileMeta,
+) -> TrackerResult {
+    let user = shared.session_user(session)?;
+    group_name(&group)?;
+    check_meta(&meta)?;
+    shared
+        .submit(Change::ReplaceShare { user, group, meta })
+        .await?;
+    Ok(TrackerReply::Done)
+}
+
 /// The files of a group, by name; members only.
 pub fn list(shared: &Shared, session: &SessionToken, group: &str) -> TrackerResult {
     let user = shared.session_user(session)?;
@@ -266,6 +305,127 @@ pub(crate) mod tests {
         assert!(fx.call(stop(alice)).await.is_err());
         fx.call(stop(bob)).await.unwrap();
         assert!(files(fx.call(list(bob)).await).is_empty());
+    }
+
+    #[tokio::test]
+    async fn rename_is_one_durable_step_seen_by_every_member() {
+        let fx = Fixture::new();
+        let [alice, bob, carol] = group(&fx).await;
+        let a = meta("draft.txt", b"words");
+        fx.call(share(alice, a.clone())).await.unwrap();
+        fx.call(share(bob, meta("bobs.txt", b"his"))).await.unwrap();
+        let rename = |session, from: &str, to: &str| TrackerRequest::RenameShare {
+            session,
+            group: "g".into(),
+            from: from.into(),
+            to: to.into(),
+        };
+        let list = |session| TrackerRequest::ListFiles {
+            session,
+            group: "g".into(),
+        };
+        let names = |r| {
+            let mut n: Vec<String> = files(r).into_iter().map(|f| f.name).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(
+            fx.call(rename(carol, "draft.txt", "x")).await,
+            Err(ErrorCode::NotMember("g".into()))
+        );
+        assert!(matches!(
+            fx.call(rename(alice, "draft.txt", "a/b")).await,
+            Err(ErrorCode::BadName { .. })
+        ));
+        assert_eq!(
+            fx.call(rename(alice, "draft.txt", "bobs.txt")).await,
+            Err(ErrorCode::NameTaken {
+                group: "g".into(),
+                name: "bobs.txt".into()
+            })
+        );
+        fx.call(rename(alice, "draft.txt", "final.txt"))
+            .await
+            .unwrap();
+        assert_eq!(names(fx.call(list(bob)).await), ["bobs.txt", "final.txt"]);
+        let fx = fx.restart().await;
+        let Ok(TrackerReply::Location { meta: got, .. }) = fx
+            .call(TrackerRequest::Locate {
+                session: bob,
+                group: "g".into(),
+                name: "final.txt".into(),
+            })
+            .await
+        else {
+            panic!("final.txt is not located after a restart")
+        };
+        assert_eq!(got.name, "final.txt");
+        assert_eq!(got.hashes, a.hashes);
+        // Sent again (a retry on another tracker): already done.
+        fx.call(rename(alice, "draft.txt", "final.txt"))
+            .await
+            .unwrap();
+        // A new version replaces the caller's own file in one step.
+        let v2 = meta("final.txt", b"more words");
+        fx.call(TrackerRequest::ReplaceShare {
+            session: alice,
+            group: "g".into(),
+            meta: v2.clone(),
+        })
+        .await
+        .unwrap();
+        let l = files(fx.call(list(bob)).await);
+        assert!(l.iter().any(|f| f.name == "final.txt" && f.id == v2.id()));
+        assert_eq!(
+            fx.call(TrackerRequest::ReplaceShare {
+                session: alice,
+                group: "g".into(),
+                meta: meta("bobs.txt", b"mine now"),
+            })
+            .await,
+            Err(ErrorCode::NameTaken {
+                group: "g".into(),
+                name: "bobs.txt".into()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_save_over_a_file_its_readers_hold_replaces_it() {
+        let fx = Fixture::new();
+        let [alice, bob, _] = group(&fx).await;
+        let v1 = meta("notes.txt", b"one");
+        let v2 = meta("notes.txt", b"two!");
+        fx.call(share(alice, v1)).await.unwrap();
+        fx.call(TrackerRequest::ReplaceShare {
+            session: alice,
+            group: "g".into(),
+            meta: v2.clone(),
+        })
+        .await
+        .unwrap();
+        // Bob read it whole: he holds it too.
+        fx.call(share(bob, v2)).await.unwrap();
+        let tmp = meta("sedX1", b"three");
+        fx.call(share(alice, tmp.clone())).await.unwrap();
+        fx.call(TrackerRequest::RenameShare {
+            session: alice,
+            group: "g".into(),
+            from: "sedX1".into(),
+            to: "notes.txt".into(),
+        })
+        .await
+        .unwrap();
+        let l = files(
+            fx.call(TrackerRequest::ListFiles {
+                session: bob,
+                group: "g".into(),
+            })
+            .await,
+        );
+        assert_eq!(l.len(), 1, "{l:?}");
+        assert_eq!(l[0].name, "notes.txt");
+        assert_eq!(l[0].size, 5);
     }
 
     #[tokio::test]

@@ -119,6 +119,17 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
             holder,
         } => ticket::issue(shared, caller, &session, &group, holder),
         R::TicketKey => ticket::key(shared),
+        R::RenameShare {
+            session,
+            group,
+            from,
+            to,
+        } => file::rename_share(shared, &session, group, from, to).await,
+        R::ReplaceShare {
+            session,
+            group,
+            meta,
+        } => file::replace_share(shared, &session, group, meta).await,
     }
 }
 

@@ -72,6 +72,17 @@ pub enum Change {
         group: String,
         name: String,
     },
+    RenameShare {
+        user: String,
+        group: String,
+        from: String,
+        to: String,
+    },
+    ReplaceShare {
+        user: String,
+        group: String,
+        meta: FileMeta,
+    },
 }
 
 /// What a change reads and writes; see the module doc.
@@ -93,6 +104,8 @@ impl Change {
                 | Change::CloseSession { .. }
                 | Change::JoinGroup { .. }
                 | Change::ShareFile { .. }
+                | Change::RenameShare { .. }
+                | Change::ReplaceShare { .. }
         )
     }
 
@@ -109,7 +122,9 @@ impl Change {
             | Change::LeaveGroup { group, .. }
             | Change::RemoveMember { group, .. }
             | Change::ShareFile { group, .. }
-            | Change::StopShare { group, .. } => Key::Group(group.clone()),
+            | Change::StopShare { group, .. }
+            | Change::RenameShare { group, .. }
+            | Change::ReplaceShare { group, .. } => Key::Group(group.clone()),
         }
     }
 }
@@ -211,8 +226,76 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
             }
             Record::ShareStopped { group, name, user }
         }
+        Change::RenameShare {
+            user,
+            group,
+            from,
+            to,
+        } => {
+            let g = group_of(&group)?;
+            if !g.is_member(&user) {
+                return Err(ErrorCode::NotMember(group));
+            }
+            let Some(f) = g.file(&from) else {
+                // Sent again after it took effect: nothing left to do.
+                if g.file(&to).is_some_and(|t| t.holders.contains(&user)) {
+                    return Ok(vec![]);
+                }
+                return Err(ErrorCode::NoSuchFile { group, name: from });
+            };
+            if f.sharer != user {
+                return Err(ErrorCode::NotSharer { group, name: from });
+            }
+            if from == to {
+                return Ok(vec![]);
+            }
+            let renamed = FileMeta {
+                name: to.clone(),
+                ..(*f.meta).clone()
+            };
+            check_replace(g, &group, &user, &renamed)?;
+            Record::ShareRenamed {
+                group,
+                from,
+                to,
+                user,
+            }
+        }
+        Change::ReplaceShare { user, group, meta } => {
+            let g = group_of(&group)?;
+            if !g.is_member(&user) {
+                return Err(ErrorCode::NotMember(group));
+            }
+            match g.file(&meta.name) {
+                Some(f) if f.id == meta.id() && f.holders.contains(&user) => return Ok(vec![]),
+                Some(f) if f.id == meta.id() => Record::FileShared { group, meta, user },
+                Some(_) => {
+                    check_replace(g, &group, &user, &meta)?;
+                    Record::ShareReplaced { group, meta, user }
+                }
+                None => Record::FileShared { group, meta, user },
+            }
+        }
     };
     Ok(vec![rec])
+}
+
+/// Whether `user` may put `meta` under its name: the name is free, holds
+/// the same file, or holds a file that `user` shared (then replaced, for
+/// its readers too).
+fn check_replace(
+    g: &crate::state::Group,
+    group: &str,
+    user: &str,
+    meta: &FileMeta,
+) -> Result<(), ErrorCode> {
+    match g.file(&meta.name) {
+        Some(f) if f.id != meta.id() && f.sharer != user => Err(ErrorCode::NameTaken {
+            group: group.to_string(),
+            name: meta.name.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn check_request(state: &State, owner: &str, group: &str, user: &str) -> Result<(), ErrorCode> {
@@ -387,6 +470,144 @@ mod tests {
         );
         assert_eq!(run(&mut st, stop("alice", "a")), Ok(1));
         assert!(st.group("g").unwrap().file("a").is_none());
+    }
+
+    #[test]
+    fn renaming_moves_the_callers_holding_in_one_record() {
+        let mut st = setup();
+        for u in ["bob", "carol"] {
+            run(
+                &mut st,
+                Change::JoinGroup {
+                    user: s(u),
+                    group: s("g"),
+                },
+            )
+            .unwrap();
+            run(
+                &mut st,
+                Change::AcceptRequest {
+                    owner: s("alice"),
+                    group: s("g"),
+                    user: s(u),
+                },
+            )
+            .unwrap();
+        }
+        let share = |u: &str, m: FileMeta| Change::ShareFile {
+            user: s(u),
+            group: s("g"),
+            meta: m,
+        };
+        let rename = |u: &str, from: &str, to: &str| Change::RenameShare {
+            user: s(u),
+            group: s("g"),
+            from: s(from),
+            to: s(to),
+        };
+        run(&mut st, share("alice", meta("a", b"1"))).unwrap();
+        run(&mut st, share("alice", meta("mine", b"2"))).unwrap();
+        run(&mut st, share("bob", meta("theirs", b"3"))).unwrap();
+        assert_eq!(
+            run(&mut st, rename("bob", "a", "b")),
+            Err(ErrorCode::NotSharer {
+                group: s("g"),
+                name: s("a")
+            }),
+            "only the sharer renames"
+        );
+        assert_eq!(
+            run(&mut st, rename("alice", "a", "theirs")),
+            Err(ErrorCode::NameTaken {
+                group: s("g"),
+                name: s("theirs")
+            }),
+            "another member's file is never replaced"
+        );
+        assert_eq!(run(&mut st, rename("alice", "a", "b")), Ok(1));
+        let g = st.group("g").unwrap();
+        assert!(g.file("a").is_none());
+        let b = g.file("b").unwrap();
+        assert_eq!(b.id, meta("b", b"1").id());
+        assert_eq!(b.meta.hashes, meta("a", b"1").hashes);
+        assert_eq!(run(&mut st, rename("alice", "a", "b")), Ok(0), "repeated");
+        // Onto the caller's own file: replaced.
+        assert_eq!(run(&mut st, rename("alice", "b", "mine")), Ok(1));
+        let g = st.group("g").unwrap();
+        assert!(g.file("b").is_none());
+        assert_eq!(g.file("mine").unwrap().id, meta("mine", b"1").id());
+        assert!(st
+            .groups_with_file(&meta("mine", b"2").id())
+            .next()
+            .is_none());
+        // Readers who hold it too (they seed it) neither stop the rename
+        // nor keep the old name listed; they are not sharers.
+        run(&mut st, share("carol", meta("mine", b"1"))).unwrap();
+        assert_eq!(
+            run(&mut st, rename("carol", "mine", "c")),
+            Err(ErrorCode::NotSharer {
+                group: s("g"),
+                name: s("mine")
+            })
+        );
+        assert_eq!(run(&mut st, rename("alice", "mine", "c")), Ok(1));
+        let g = st.group("g").unwrap();
+        assert!(g.file("mine").is_none());
+        assert_eq!(g.file("c").unwrap().sharer, "alice");
+        // When the sharer stops, a remaining holder takes over.
+        run(&mut st, share("carol", meta("c", b"1"))).unwrap();
+        run(
+            &mut st,
+            Change::StopShare {
+                user: s("alice"),
+                group: s("g"),
+                name: s("c"),
+            },
+        )
+        .unwrap();
+        assert_eq!(st.group("g").unwrap().file("c").unwrap().sharer, "carol");
+        assert_eq!(run(&mut st, rename("carol", "c", "d")), Ok(1));
+    }
+
+    #[test]
+    fn replacing_a_share_needs_the_caller_to_have_shared_it() {
+        let mut st = setup();
+        let replace = |u: &str, m: FileMeta| Change::ReplaceShare {
+            user: s(u),
+            group: s("g"),
+            meta: m,
+        };
+        assert_eq!(run(&mut st, replace("alice", meta("a", b"1"))), Ok(1));
+        assert_eq!(run(&mut st, replace("alice", meta("a", b"1"))), Ok(0));
+        assert_eq!(run(&mut st, replace("alice", meta("a", b"2"))), Ok(1));
+        assert_eq!(
+            st.group("g").unwrap().file("a").unwrap().id,
+            meta("a", b"2").id()
+        );
+        run(
+            &mut st,
+            Change::JoinGroup {
+                user: s("bob"),
+                group: s("g"),
+            },
+        )
+        .unwrap();
+        run(
+            &mut st,
+            Change::AcceptRequest {
+                owner: s("alice"),
+                group: s("g"),
+                user: s("bob"),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            run(&mut st, replace("bob", meta("a", b"3"))),
+            Err(ErrorCode::NameTaken {
+                group: s("g"),
+                name: s("a")
+            })
+        );
     }
 
     #[test]

@@ -41,6 +41,24 @@ pub struct SharedFile {
     /// Users sharing it. Invariant: never empty (the file is removed with its
     /// last holder), and every holder is a member of the group.
     pub holders: BTreeSet<String>,
+    /// Who shared it under this name: the one member who may rename it or
+    /// save another file over it. Readers who finish it become holders (they
+    /// seed it), not sharers. Invariant: one of `holders`; when the sharer
+    /// stops holding it, the first remaining holder by name takes over.
+    pub sharer: String,
+}
+
+impl SharedFile {
+    /// `user` stops holding it; false if no holder is left.
+    fn drop_holder(&mut self, user: &str) -> bool {
+        self.holders.remove(user);
+        if self.sharer == user {
+            if let Some(next) = self.holders.first() {
+                self.sharer = next.clone();
+            }
+        }
+        !self.holders.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -192,49 +210,112 @@ impl State {
             Record::MemberLeft { group, user } | Record::MemberRemoved { group, user } => {
                 self.member_left(group, user)
             }
-            Record::FileShared { group, meta, user } => {
-                let Some(g) = self.groups.get_mut(group) else {
-                    return;
-                };
-                if !g.is_member(user) {
-                    return;
-                }
-                let id = meta.id();
-                if let Some(f) = g.files.get_mut(&meta.name) {
-                    if f.id == id {
-                        f.holders.insert(user.clone());
-                    }
-                    return;
-                }
-                g.files.insert(
-                    meta.name.clone(),
-                    SharedFile {
-                        id,
-                        meta: Arc::new(meta.clone()),
-                        holders: BTreeSet::from([user.clone()]),
-                    },
-                );
-                self.file_groups
-                    .entry(id)
-                    .or_default()
-                    .insert(group.clone());
-            }
+            Record::FileShared { group, meta, user } => self.hold(group, meta, user, false),
             // Views order the log; they change nothing here.
             Record::View(_) => {}
-            Record::ShareStopped { group, name, user } => {
-                let Some(g) = self.groups.get_mut(group) else {
+            Record::ShareStopped { group, name, user } => self.release(group, name, user),
+            Record::ShareRenamed {
+                group,
+                from,
+                to,
+                user,
+            } => {
+                let Some(f) = self
+                    .groups
+                    .get(group)
+                    .and_then(|g| g.files.get(from))
+                    .filter(|f| from != to && f.holders.contains(user))
+                else {
                     return;
                 };
-                let Some(f) = g.files.get_mut(name) else {
-                    return;
+                let renamed = FileMeta {
+                    name: to.clone(),
+                    ..(*f.meta).clone()
                 };
-                f.holders.remove(user);
-                if f.holders.is_empty() {
-                    let id = f.id;
-                    g.files.remove(name);
-                    unlist_file(&mut self.file_groups, id, group);
+                if f.sharer != *user || !self.may_hold(group, &renamed, user) {
+                    return;
+                }
+                // The name moves for everyone: the file's other holders
+                // hold the old id, which no name lists any more.
+                if let Some(g) = self.groups.get_mut(group) {
+                    if let Some(old) = g.files.remove(from) {
+                        unlist_file(&mut self.file_groups, old.id, group);
+                    }
+                }
+                self.hold(group, &renamed, user, true);
+            }
+            Record::ShareReplaced { group, meta, user } => {
+                if self.may_hold(group, meta, user) {
+                    self.hold(group, meta, user, true);
                 }
             }
+        }
+    }
+
+    /// Whether `user`, a member of `group`, may hold `meta` there with
+    /// `replace` (see [`State::hold`]): the name is free, is the same file,
+    /// or is a file `user` shared.
+    fn may_hold(&self, group: &str, meta: &FileMeta, user: &str) -> bool {
+        let Some(g) = self.groups.get(group) else {
+            return false;
+        };
+        g.is_member(user)
+            && g.files
+                .get(&meta.name)
+                .is_none_or(|f| f.id == meta.id() || f.sharer == user)
+    }
+
+    /// `user` holds `meta` in `group`. A different file under its name
+    /// stays, unless `replace`, when it gives way with all its holders
+    /// (deciding checked that `user` shared it).
+    fn hold(&mut self, group: &str, meta: &FileMeta, user: &str, replace: bool) {
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        if !g.is_member(user) {
+            return;
+        }
+        let id = meta.id();
+        if let Some(f) = g.files.get_mut(&meta.name) {
+            if f.id == id {
+                f.holders.insert(user.to_string());
+                return;
+            }
+            if !replace {
+                return;
+            }
+            let old = f.id;
+            g.files.remove(&meta.name);
+            unlist_file(&mut self.file_groups, old, group);
+        }
+        g.files.insert(
+            meta.name.clone(),
+            SharedFile {
+                id,
+                meta: Arc::new(meta.clone()),
+                holders: BTreeSet::from([user.to_string()]),
+                sharer: user.to_string(),
+            },
+        );
+        self.file_groups
+            .entry(id)
+            .or_default()
+            .insert(group.to_string());
+    }
+
+    /// `user` stops holding the file `name` of `group`; it goes with its
+    /// last holder.
+    fn release(&mut self, group: &str, name: &str, user: &str) {
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        let Some(f) = g.files.get_mut(name) else {
+            return;
+        };
+        if !f.drop_holder(user) {
+            let id = f.id;
+            g.files.remove(name);
+            unlist_file(&mut self.file_groups, id, group);
         }
     }
 
@@ -256,8 +337,7 @@ impl State {
         }
         let mut emptied = Vec::new();
         for (name, f) in g.files.iter_mut() {
-            f.holders.remove(user);
-            if f.holders.is_empty() {
+            if !f.drop_holder(user) {
                 emptied.push((name.clone(), f.id));
             }
         }

@@ -87,6 +87,22 @@ pub enum Record {
         group: String,
         user: String,
     },
+    /// `user` stops holding `from` in `group` and holds the same file under
+    /// the name `to` instead: its metadata with the new name (a new id, the
+    /// same piece hashes). A file named `to` held by `user` alone gives way.
+    ShareRenamed {
+        group: String,
+        from: String,
+        to: String,
+        user: String,
+    },
+    /// `user` holds `meta` in `group`; a different file of its name held by
+    /// `user` alone gives way.
+    ShareReplaced {
+        group: String,
+        meta: FileMeta,
+        user: String,
+    },
 }
 
 impl Record {
@@ -134,6 +150,15 @@ impl fmt::Debug for Record {
             }
             Record::View(v) => write!(f, "View({}/{} {:?})", v.id.epoch, v.id.leader, v.members),
             Record::MemberRemoved { group, user } => write!(f, "MemberRemoved({group}, {user})"),
+            Record::ShareRenamed {
+                group,
+                from,
+                to,
+                user,
+            } => write!(f, "ShareRenamed({group}, {from} -> {to}, {user})"),
+            Record::ShareReplaced { group, meta, user } => {
+                write!(f, "ShareReplaced({group}, {}, {user})", meta.name)
+            }
         }
     }
 }
@@ -189,6 +214,17 @@ mod tests {
                 user: "v".into(),
             },
             Record::FileShared {
+                group: "g".into(),
+                meta: meta.clone(),
+                user: "u".into(),
+            },
+            Record::ShareRenamed {
+                group: "g".into(),
+                from: "a".into(),
+                to: "b".into(),
+                user: "u".into(),
+            },
+            Record::ShareReplaced {
                 group: "g".into(),
                 meta,
                 user: "u".into(),

@@ -1,0 +1,92 @@
+//! The `user.fileshare.*` extended attributes, for `getfattr -d`: a file's
+//! id, its pieces verified here, its peers and the bytes moved.
+
+use super::Inner;
+use crate::fuse::inodes::Node;
+use fileshare_protocol::PIECE_LEN;
+use fuser::{Errno, INodeNo, ReplyXattr};
+use std::ffi::OsStr;
+use std::sync::atomic::Ordering;
+
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+    if size == 0 {
+        reply.size(len);
+    } else if len <= size {
+        reply.data(value);
+    } else {
+        reply.error(Errno::ERANGE);
+    }
+}
+
+impl Inner {
+    pub(super) fn getxattr(&self, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let value = match self.xattrs(ino) {
+            Ok(attrs) => attrs
+                .into_iter()
+                .find(|(k, _)| OsStr::new(k) == name)
+                .map(|(_, v)| v),
+            Err(e) => return reply.error(e),
+        };
+        let Some(value) = value else {
+            return reply.error(Errno::NO_XATTR);
+        };
+        xattr_reply(reply, size, value.as_bytes());
+    }
+
+    pub(super) fn listxattr(&self, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let names = match self.xattrs(ino) {
+            Ok(attrs) => attrs
+                .into_iter()
+                .flat_map(|(k, _)| k.into_bytes().into_iter().chain([0]))
+                .collect::<Vec<u8>>(),
+            Err(e) => return reply.error(e),
+        };
+        xattr_reply(reply, size, &names);
+    }
+
+    /// The `user.fileshare.*` attributes of a file, for `getfattr -d`.
+    fn xattrs(&self, ino: INodeNo) -> Result<Vec<(String, String)>, Errno> {
+        let Node::File { entry, .. } = self.node(ino)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = vec![
+            ("user.fileshare.id".to_string(), entry.id.to_hex()),
+            (
+                "user.fileshare.peers_online".to_string(),
+                entry.peers_online.to_string(),
+            ),
+        ];
+        if let Some(swarm) = self.engine.swarm(&entry.id) {
+            let have = swarm.have();
+            out.push((
+                "user.fileshare.pieces".into(),
+                format!("{}/{}", have.count(), have.len()),
+            ));
+            let fetched: Vec<String> = swarm
+                .counters()
+                .into_iter()
+                .map(|(addr, c)| {
+                    format!(
+                        "{addr} bytes={} pieces={} failures={}",
+                        c.bytes, c.pieces, c.failures
+                    )
+                })
+                .collect();
+            out.push(("user.fileshare.fetched".into(), fetched.join("; ")));
+            let count = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed).to_string();
+            out.push(("user.fileshare.uploaded".into(), count(&swarm.uploaded)));
+            out.push((
+                "user.fileshare.duplicates".into(),
+                count(&swarm.duplicate_bytes),
+            ));
+        } else {
+            let n = entry.size.div_ceil(PIECE_LEN);
+            out.push(("user.fileshare.pieces".into(), format!("0/{n}")));
+            out.push(("user.fileshare.fetched".into(), String::new()));
+            out.push(("user.fileshare.uploaded".into(), "0".into()));
+            out.push(("user.fileshare.duplicates".into(), "0".into()));
+        }
+        Ok(out)
+    }
+}
