@@ -13,8 +13,8 @@
 # Before and after in one run: BENCH_BASELINE="REV [REV...]" (commits, tags
 # or branches) builds each REV's fsd and fileshare-tracker into
 # target/baseline-REV/ and runs each chosen section against every REV's
-# binaries in turn, then against this tree's; the benchmark programs
-# themselves are this tree's.
+# binaries in turn (with REV's own benchmark programs), then against this
+# tree's.
 # Adding a section: a run_NAME function and NAME in SECTIONS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,25 +25,26 @@ section="${1:-all}"
 cargo build --release --workspace --bins --quiet
 export FILESHARE_PROFILE=release
 target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+bin_dir="$target/release"
 
 run_tracker() {
   echo "== tracker: 64 clients (one connection each), list-files and locate for 5 s (BENCH_SECS, BENCH_CLIENTS to change)"
-  "$target/release/bench_tracker"
+  "$bin_dir/bench_tracker"
 }
 
 run_mount() {
   echo "== mount: a 1 GiB file through FUSE: cold from 1, 2 and 4 seeders, warm, first 4 KiB, reader memory (BENCH_MIB to change)"
-  "$target/release/bench_mount"
+  "$bin_dir/bench_mount"
 }
 
 run_swarm() {
   echo "== swarm: many readers of one file through their mounts, each daemon with --max-upload-rate (BENCH_CASES=1,3 to pick cases)"
-  "$target/release/bench_swarm"
+  "$bin_dir/bench_swarm"
 }
 
 run_cluster() {
   echo "== cluster: 64 clients (one connection each) writing (create-group, share-file) for 5 s through one tracker, then through two replicated trackers (BENCH_SECS, BENCH_CLIENTS to change)"
-  "$target/release/bench_cluster"
+  "$bin_dir/bench_cluster"
 }
 
 if [ "$section" = all ]; then
@@ -67,11 +68,13 @@ if [ -n "${BENCH_BASELINE:-}" ]; then
     git worktree add --detach --force "$src" "$rev" >/dev/null
     # One build directory for every baseline: their dependencies are
     # built once.
+    # REV's own benchmark programs run REV's binaries, so a harness that
+    # changed since cannot skew the figures.
     CARGO_TARGET_DIR="$target/baseline" cargo build --release --quiet \
-      --manifest-path "$src/Cargo.toml" -p fsd -p fileshare-tracker
+      --manifest-path "$src/Cargo.toml" --workspace --bins
     mkdir -p "$target/baseline-$rev/release"
-    cp "$target/baseline/release/fsd" "$target/baseline/release/fileshare-tracker" \
-      "$target/baseline-$rev/release/"
+    find "$target/baseline/release" -maxdepth 1 -type f -executable \
+      -exec cp {} "$target/baseline-$rev/release/" \;
     git worktree remove --force "$src"
   done
 fi
@@ -79,7 +82,7 @@ fi
 for s in "${chosen[@]}"; do
   for rev in "${revs[@]}"; do
     echo "-- baseline $rev"
-    FILESHARE_BIN_DIR="$target/baseline-$rev/release" "run_$s"
+    (bin_dir="$target/baseline-$rev/release" CARGO_TARGET_DIR="$target/baseline-$rev" "run_$s")
   done
   [ ${#revs[@]} -eq 0 ] || echo "-- this tree"
   "run_$s"

@@ -142,14 +142,8 @@ pub fn random_file(path: &std::path::Path, len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// A built binary of the workspace (`fsd`, `fileshare-tracker`), from
-/// `$FILESHARE_BIN_DIR` if set (the benchmarks' baseline build), else from
 /// `$CARGO_TARGET_DIR` or `target/`, profile `$FILESHARE_PROFILE` (debug).
 pub fn bin(name: &str) -> std::path::PathBuf {
-    if let Some(dir) = std::env::var_os("FILESHARE_BIN_DIR") {
-        let path = std::path::PathBuf::from(dir).join(name);
-        assert!(path.exists(), "{} is missing", path.display());
-        return path;
-    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
