@@ -33,11 +33,22 @@
 //!    fetching is offered to every holder with a free slot, so no peer is
 //!    left with a free slot while it has such a piece.
 //! 5. **End game**: once every wanted missing piece that some peer has is in
-//!    flight, free slots ask further peers for pieces already in flight, up to
-//!    `max_duplicates` peers per piece: urgent pieces first, then those with
-//!    the fewest copies in flight, then the oldest (earliest position in some
-//!    peer's `in_flight`). The last pieces then do not hang on one slow peer.
-//!    When a copy arrives, [`cancellations`] lists the requests to cancel.
+//!    flight, free slots ask further peers for *late* pieces already in
+//!    flight (the caller says which are late), up to `max_duplicates` peers
+//!    per piece: urgent pieces first, then those with the fewest copies in
+//!    flight, then the oldest (earliest position in some peer's
+//!    `in_flight`). The last pieces then do not hang on one slow peer, and
+//!    pieces on their way are not fetched twice. When a copy arrives,
+//!    [`cancellations`] lists the requests to cancel.
+//!
+//! 6. **Seeds last**: a peer that has every piece (a seed, usually the
+//!    file's source) is not asked for a piece that a peer without every
+//!    piece offers, neither in rule 3 nor 4 nor 5; for an urgent piece it
+//!    is only the last choice (after every such peer with a free slot). A
+//!    seed's upload is the swarm's scarcest: it should carry the pieces
+//!    nobody else has, and readers should fetch the rest from each other.
+//!    Such a piece waits for a free slot at the peers that offer it (which
+//!    holds the end game back until it is asked for).
 //!
 //! An urgent piece already in flight is only duplicated in the end game.
 //! Nothing times a request out: one stuck on a slow peer stays in flight
@@ -56,8 +67,11 @@ use fileshare_protocol::Bitfield;
 /// What the picker needs to know about one connected peer.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerView<'a> {
-    /// Pieces this peer has verified.
+    /// Pieces this peer offers (verified there).
     pub have: &'a Bitfield,
+    /// It has every piece (a seed, such as the file's source): asked only
+    /// for what no other peer offers (rule 6).
+    pub complete: bool,
     /// How many more requests we may send it now.
     pub free_slots: u32,
     /// Pieces currently requested from this peer, oldest request first.
@@ -86,6 +100,8 @@ pub struct PickInput<'a> {
     /// End game: how many peers may have the same piece in flight at once.
     /// 0 and 1 both mean no duplicates.
     pub max_duplicates: u32,
+    /// Pieces in flight for long enough to be asked of another peer too.
+    pub late: &'a Bitfield,
 }
 
 /// Ask peer `peers[peer]` for `piece`.
@@ -148,6 +164,8 @@ struct State<'i, 'a> {
     queued: Vec<usize>,
     /// Per peer: rate, unknown ones replaced by the mean of known ones.
     rate: Vec<f64>,
+    /// Indexed by piece: some peer without every piece offers it (rule 6).
+    partial_has: Vec<bool>,
     out: Vec<Request>,
 }
 
@@ -187,6 +205,10 @@ impl<'i, 'a> State<'i, 'a> {
             .map(|v| Some(v.rate).filter(known).unwrap_or(default_rate))
             .collect();
         let slots: Vec<u32> = input.peers.iter().map(|v| v.free_slots).collect();
+        let partial: Vec<&PeerView> = input.peers.iter().filter(|v| !v.complete).collect();
+        let partial_has = (0..n)
+            .map(|p| partial.iter().any(|v| v.have.get(p)))
+            .collect();
         State {
             input,
             want,
@@ -199,8 +221,14 @@ impl<'i, 'a> State<'i, 'a> {
             slots,
             queued: input.peers.iter().map(|v| v.in_flight.len()).collect(),
             rate,
+            partial_has,
             out: Vec::new(),
         }
+    }
+
+    /// Rule 6: `peer` is a seed and another peer offers `piece`.
+    fn shunned(&self, peer: usize, piece: u32) -> bool {
+        self.input.peers[peer].complete && self.partial_has[piece as usize]
     }
 
     /// Expected time until `peer` would deliver one more piece, in
@@ -210,17 +238,26 @@ impl<'i, 'a> State<'i, 'a> {
     }
 
     /// The peer to ask for `piece`: it has it, has a free slot and is not
-    /// already asked for it. Minimises `(penalised(peer), eta)`, then prefers
-    /// more free slots, then the lower index. O(P).
-    fn best_peer(&self, piece: u32, penalised: impl Fn(usize) -> bool) -> Option<usize> {
+    /// already asked for it, nor shunned unless `seeds` (rule 6). Minimises
+    /// `(shunned, penalised(peer), eta)`, then prefers more free slots,
+    /// then the lower index. O(P).
+    fn best_peer(
+        &self,
+        piece: u32,
+        seeds: bool,
+        penalised: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let shunned = |i: usize| self.shunned(i, piece);
         (0..self.input.peers.len())
             .filter(|&i| {
                 self.slots[i] > 0
                     && self.input.peers[i].have.get(piece)
                     && !self.asked[i].get(piece)
+                    && (seeds || !shunned(i))
             })
             .min_by(|&a, &b| {
-                (penalised(a).cmp(&penalised(b)))
+                (shunned(a).cmp(&shunned(b)))
+                    .then(penalised(a).cmp(&penalised(b)))
                     .then(self.eta(a).total_cmp(&self.eta(b)))
                     .then(self.slots[b].cmp(&self.slots[a]))
                     .then(a.cmp(&b))
@@ -241,7 +278,7 @@ impl<'i, 'a> State<'i, 'a> {
         for k in 0..self.urgent.len() {
             let p = self.urgent[k];
             if self.want[p as usize] && self.copies[p as usize] == 0 {
-                if let Some(i) = self.best_peer(p, |_| false) {
+                if let Some(i) = self.best_peer(p, true, |_| false) {
                     self.assign(i, p);
                 }
             }
@@ -266,11 +303,12 @@ impl<'i, 'a> State<'i, 'a> {
         }
         let seed = self.input.seed;
         candidates.sort_unstable_by_key(|&p| (avail[p as usize], tie_break(seed, p)));
-        // Per peer: candidates it has that are not handed out yet.
+        // Per peer: candidates it may serve that are not handed out yet.
+        let may = |s: &Self, i: usize, p: u32| peers[i].have.get(p) && !s.shunned(i, p);
         let mut open = vec![0u32; peers.len()];
         for &p in &candidates {
             for (i, o) in open.iter_mut().enumerate() {
-                *o += u32::from(peers[i].have.get(p));
+                *o += u32::from(may(self, i, p));
             }
         }
         let mut complete = true;
@@ -280,9 +318,9 @@ impl<'i, 'a> State<'i, 'a> {
             }
             let slots = &self.slots;
             // Not starved (more open pieces than free slots): penalised.
-            let best = self.best_peer(p, |i| open[i] > slots[i]);
+            let best = self.best_peer(p, false, |i| open[i] > slots[i]);
             for (i, o) in open.iter_mut().enumerate() {
-                *o -= u32::from(peers[i].have.get(p));
+                *o -= u32::from(may(self, i, p));
             }
             match best {
                 Some(i) => self.assign(i, p),
@@ -298,13 +336,17 @@ impl<'i, 'a> State<'i, 'a> {
         if max <= 1 || self.slots_total == 0 {
             return;
         }
-        let eligible = |s: &Self, p: usize| s.want[p] && s.copies[p] >= 1 && s.copies[p] < max;
+        let late = self.input.late;
+        let eligible = |s: &Self, p: u32| {
+            let i = p as usize;
+            s.want[i] && s.copies[i] >= 1 && s.copies[i] < max && late.get(p)
+        };
         let mut order: Vec<u32> = (self.urgent.iter().copied())
-            .filter(|&p| eligible(self, p as usize))
+            .filter(|&p| eligible(self, p))
             .collect();
         let seed = self.input.seed;
         let mut rest: Vec<u32> = (0..self.input.num_pieces)
-            .filter(|&p| !self.is_urgent[p as usize] && eligible(self, p as usize))
+            .filter(|&p| !self.is_urgent[p as usize] && eligible(self, p))
             .collect();
         rest.sort_unstable_by_key(|&p| {
             let p_us = p as usize;
@@ -318,7 +360,7 @@ impl<'i, 'a> State<'i, 'a> {
             progress = false;
             for &p in &order {
                 if self.copies[p as usize] < max {
-                    if let Some(i) = self.best_peer(p, |_| false) {
+                    if let Some(i) = self.best_peer(p, false, |_| false) {
                         self.assign(i, p);
                         progress = true;
                     }
@@ -345,18 +387,29 @@ mod tests {
     #[derive(Debug, Clone)]
     struct Peer {
         have: Bitfield,
+        complete: bool,
         slots: u32,
         in_flight: Vec<u32>,
         rate: f64,
     }
 
+    /// A peer that is not a seed (whatever it has).
     fn peer(have: Bitfield, slots: u32) -> Peer {
         let in_flight = Vec::new();
         Peer {
             have,
+            complete: false,
             slots,
             in_flight,
             rate: 0.0,
+        }
+    }
+
+    /// A seed: every piece, and it says so.
+    fn seed(n: u32, slots: u32) -> Peer {
+        Peer {
+            complete: true,
+            ..full(n, slots)
         }
     }
 
@@ -373,6 +426,7 @@ mod tests {
         peers: Vec<Peer>,
         seed: u64,
         max_duplicates: u32,
+        late: Bitfield,
     }
 
     impl Case {
@@ -386,6 +440,7 @@ mod tests {
                 peers,
                 seed: 7,
                 max_duplicates: 1,
+                late: Bitfield::full(n),
             }
         }
 
@@ -394,6 +449,7 @@ mod tests {
                 .iter()
                 .map(|p| PeerView {
                     have: &p.have,
+                    complete: p.complete,
                     free_slots: p.slots,
                     in_flight: &p.in_flight,
                     rate: p.rate,
@@ -412,6 +468,7 @@ mod tests {
                 peers: &views,
                 seed: self.seed,
                 max_duplicates: self.max_duplicates,
+                late: &self.late,
             };
             let out = pick(&input);
             assert_eq!(out, pick(&input), "not deterministic");
@@ -450,13 +507,26 @@ mod tests {
             .filter(|&p| want(p) && c.peers.iter().any(|v| v.have.get(p)))
             .collect();
         let end_game = fetchable.iter().all(|&p| copies(p) > 0);
+        // Rule 6: a seed is not asked for what a non-seed offers.
+        let shunned = |i: usize, p: u32| {
+            c.peers[i].complete && c.peers.iter().any(|v| !v.complete && v.have.get(p))
+        };
+        for r in out.iter().filter(|r| shunned(r.peer, r.piece)) {
+            assert!(
+                c.urgent.contains(&r.piece),
+                "{r:?}: a seed asked for a shared piece"
+            );
+        }
         for (i, v) in c.peers.iter().enumerate() {
             if used[i] == v.slots {
                 continue;
             }
-            for &p in fetchable.iter().filter(|&&p| v.have.get(p)) {
+            for &p in fetchable
+                .iter()
+                .filter(|&&p| v.have.get(p) && !shunned(i, p))
+            {
                 assert!(copies(p) > 0, "peer {i} idle, piece {p} unrequested");
-                if end_game && !pairs.contains(&(i, p)) {
+                if end_game && !pairs.contains(&(i, p)) && c.late.get(p) {
                     assert!(copies(p) >= max, "end game: peer {i} idle, could dup {p}");
                 }
             }
@@ -612,6 +682,35 @@ mod tests {
         }
     }
 
+    /// Rule 6.
+    #[test]
+    fn seeds_carry_only_what_nobody_else_offers() {
+        let n = 8;
+        // Peer 0 is the seed; peer 1 has pieces 0..4.
+        let mut c = Case::new(n, vec![seed(n, 8), peer(bf(n, 0..4), 8)]);
+        c.max_duplicates = 2;
+        let out = c.run();
+        for r in &out {
+            assert_eq!(r.peer, usize::from(r.piece < 4), "{r:?}");
+        }
+        assert_eq!(out.len(), 8);
+        // With no free slot at peer 1, its pieces wait for one.
+        c.peers[1].slots = 0;
+        let mut got = pieces_of(&c.run());
+        got.sort_unstable();
+        assert_eq!(got, vec![4, 5, 6, 7]);
+        // Except an urgent one: the seed is the last choice, not none.
+        c.urgent = vec![2];
+        assert_eq!(c.run()[0], Request { peer: 0, piece: 2 });
+        c.peers[1].slots = 1;
+        assert_eq!(c.run()[0], Request { peer: 1, piece: 2 });
+        // A peer with every piece that does not say so is no seed.
+        let mut c = Case::new(n, vec![full(n, 8), seed(n, 8)]);
+        c.peers[0].rate = 1.0;
+        c.peers[1].rate = 1e9;
+        assert!(c.run().iter().all(|r| r.peer == 0));
+    }
+
     /// Rule 5, and [`cancellations`].
     #[test]
     fn end_game_duplicates_then_cancels() {
@@ -642,9 +741,13 @@ mod tests {
             vec![Request { peer: 0, piece: 3 }]
         );
         assert!(cancellations(0, 1, &views).is_empty());
-        // Without duplicates allowed, the end game does nothing.
+        // Without duplicates allowed, the end game does nothing; nor for
+        // pieces that are not late.
         c.max_duplicates = 1;
         assert!(c.run().is_empty());
+        c.max_duplicates = 2;
+        c.late = bf(n, [1]);
+        assert_eq!(c.run(), vec![Request { peer: 1, piece: 1 }]);
     }
 
     /// Rule 5: pieces no peer has do not hold the end game back.
@@ -698,8 +801,10 @@ mod tests {
             .prop_flat_map(|(n, np)| {
                 let rate = prop_oneof![Just(0.0), 1.0..1e7f64];
                 let in_flight = prop::collection::vec(0..n, 0..6);
-                let peer = (arb_bits(n), 0u32..6, in_flight, rate).prop_map(
-                    |(have, slots, in_flight, rate)| Peer {
+                let have = prop_oneof![arb_bits(n), Just(Bitfield::full(n))];
+                let peer = (have, 0u32..6, in_flight, rate, any::<bool>()).prop_map(
+                    |(have, slots, in_flight, rate, seed)| Peer {
+                        complete: seed && have.is_full(),
                         have,
                         slots,
                         in_flight,
@@ -709,10 +814,11 @@ mod tests {
                 let urgent = prop::collection::vec(0..n + 3, 0..8);
                 let peers = prop::collection::vec(peer, np);
                 let rest = (any::<u64>(), 0u32..4, any::<bool>());
-                (Just(n), arb_bits(n), arb_bits(n), urgent, peers, rest)
+                let bits = (arb_bits(n), arb_bits(n), arb_bits(n));
+                (Just(n), bits, urgent, peers, rest)
             })
             .prop_map(
-                |(n, have, wanted, urgent, peers, (seed, max_duplicates, saturate))| {
+                |(n, (have, wanted, late), urgent, peers, (seed, max_duplicates, saturate))| {
                     let mut c = Case {
                         n,
                         have,
@@ -721,6 +827,7 @@ mod tests {
                         peers,
                         seed,
                         max_duplicates,
+                        late,
                     };
                     if saturate {
                         // Every fetchable wanted piece in flight somewhere: end game.
