@@ -11,9 +11,10 @@
 //!   the *interested* connections (those that asked for a piece during the
 //!   round or have requests waiting): first those whose peers uploaded the
 //!   most to this daemon during the round (tit-for-tat: readers that trade
-//!   are served by each other), then those this daemon sent the most (a
-//!   seed downloads nothing: it keeps serving who takes the most), then
-//!   those already unchoked, then connection order.
+//!   are served by each other), then those this daemon sent the least (a
+//!   seed downloads nothing: it takes its readers in turns, so its pieces
+//!   spread over all of them and each has something of its own to trade),
+//!   then those already unchoked, then connection order.
 //! - **Optimistic unchoke**: one more interested connection, moved every
 //!   [`OPTIMISTIC_ROUNDS`] rounds to the choked one that held it longest
 //!   ago (never first): a newcomer has nothing to offer yet, and this is
@@ -103,7 +104,7 @@ impl Choker {
         ranked.sort_by_key(|c| {
             (
                 Reverse(c.received),
-                Reverse(c.sent),
+                c.sent,
                 !before.contains(&c.conn),
                 c.conn,
             )
@@ -185,22 +186,22 @@ mod tests {
     }
 
     #[test]
-    fn a_seed_keeps_who_takes_the_most_then_who_it_served() {
+    fn a_seed_takes_its_readers_in_turns() {
         let mut c = Choker::default();
         for conn in [3, 4, 5, 6] {
             c.try_unchoke(conn, |_| true);
         }
-        // Nothing received (a seed); conns 3..6 were served, 8 took most.
+        // Nothing received (a seed); conns 3..6 were served, 1 and 8 not.
         let cands = [
             cand(1, 0, 0),
             cand(3, 0, 10),
             cand(4, 0, 10),
-            cand(5, 0, 10),
+            cand(5, 0, 20),
             cand(6, 0, 10),
-            cand(8, 0, 50),
+            cand(8, 0, 0),
         ];
         c.rotate(&cands);
-        assert_eq!(c.regular, vec![8, 3, 4, 5]);
+        assert_eq!(c.regular, vec![1, 8, 3, 4]);
     }
 
     #[test]

@@ -29,14 +29,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// The smallest window: two pieces, one being sent while the next one is
-/// read from disk and handed over.
+/// read from disk and handed over. With one, the uplink idles at each
+/// hand-over, and longer after a connection that was idle (TCP restarts
+/// it slowly).
 pub const MIN_WINDOW: u64 = 2 * PIECE_LEN;
 
 /// The largest window (fast links), so the scheduler keeps its choice.
 pub const MAX_WINDOW: u64 = 64 * PIECE_LEN;
 
 /// How long the bytes in flight should take to drain at the measured rate.
-pub const TARGET_DRAIN: Duration = Duration::from_millis(100);
+pub const TARGET_DRAIN: Duration = Duration::from_millis(50);
 
 /// A sample of the rate covers at least this much busy time...
 pub const SAMPLE_BUSY: Duration = Duration::from_millis(200);
@@ -255,9 +257,9 @@ mod tests {
         let mut u = Uplink::new(Instant::now());
         assert_eq!(u.window(), MIN_WINDOW, "unmeasured");
         u.rate = 8e6;
-        assert_eq!(u.window(), MIN_WINDOW, "0.8 MB < two pieces");
+        assert_eq!(u.window(), MIN_WINDOW, "0.4 MB < two pieces");
         u.rate = 100e6;
-        assert_eq!(u.window(), 10_000_000);
+        assert_eq!(u.window(), 5_000_000);
         u.rate = 1e12;
         assert_eq!(u.window(), MAX_WINDOW);
     }

@@ -42,13 +42,13 @@
 //!    [`cancellations`] lists the requests to cancel.
 //!
 //! 6. **Seeds last**: a peer that has every piece (a seed, usually the
-//!    file's source) is not asked for a piece that a peer without every
-//!    piece offers, neither in rule 3 nor 4 nor 5; for an urgent piece it
-//!    is only the last choice (after every such peer with a free slot). A
-//!    seed's upload is the swarm's scarcest: it should carry the pieces
+//!    file's source) is asked for a piece that a peer without every piece
+//!    offers only when no such peer has a free slot, in every rule above.
+//!    A seed's upload is the swarm's scarcest: it should carry the pieces
 //!    nobody else has, and readers should fetch the rest from each other.
-//!    Such a piece waits for a free slot at the peers that offer it (which
-//!    holds the end game back until it is asked for).
+//!    What it gets asked beyond that, it serves only while it has nothing
+//!    fresher to send (`net/upload_scheduler.rs`): a seed with upload to
+//!    spare still speeds the swarm up.
 //!
 //! An urgent piece already in flight is only duplicated in the end game.
 //! Nothing times a request out: one stuck on a slow peer stays in flight
@@ -238,22 +238,16 @@ impl<'i, 'a> State<'i, 'a> {
     }
 
     /// The peer to ask for `piece`: it has it, has a free slot and is not
-    /// already asked for it, nor shunned unless `seeds` (rule 6). Minimises
-    /// `(shunned, penalised(peer), eta)`, then prefers more free slots,
-    /// then the lower index. O(P).
-    fn best_peer(
-        &self,
-        piece: u32,
-        seeds: bool,
-        penalised: impl Fn(usize) -> bool,
-    ) -> Option<usize> {
+    /// already asked for it. Minimises `(shunned, penalised(peer), eta)`
+    /// (rule 6 first), then prefers more free slots, then the lower index.
+    /// O(P).
+    fn best_peer(&self, piece: u32, penalised: impl Fn(usize) -> bool) -> Option<usize> {
         let shunned = |i: usize| self.shunned(i, piece);
         (0..self.input.peers.len())
             .filter(|&i| {
                 self.slots[i] > 0
                     && self.input.peers[i].have.get(piece)
                     && !self.asked[i].get(piece)
-                    && (seeds || !shunned(i))
             })
             .min_by(|&a, &b| {
                 (shunned(a).cmp(&shunned(b)))
@@ -278,7 +272,7 @@ impl<'i, 'a> State<'i, 'a> {
         for k in 0..self.urgent.len() {
             let p = self.urgent[k];
             if self.want[p as usize] && self.copies[p as usize] == 0 {
-                if let Some(i) = self.best_peer(p, true, |_| false) {
+                if let Some(i) = self.best_peer(p, |_| false) {
                     self.assign(i, p);
                 }
             }
@@ -303,12 +297,11 @@ impl<'i, 'a> State<'i, 'a> {
         }
         let seed = self.input.seed;
         candidates.sort_unstable_by_key(|&p| (avail[p as usize], tie_break(seed, p)));
-        // Per peer: candidates it may serve that are not handed out yet.
-        let may = |s: &Self, i: usize, p: u32| peers[i].have.get(p) && !s.shunned(i, p);
+        // Per peer: candidates it has that are not handed out yet.
         let mut open = vec![0u32; peers.len()];
         for &p in &candidates {
             for (i, o) in open.iter_mut().enumerate() {
-                *o += u32::from(may(self, i, p));
+                *o += u32::from(peers[i].have.get(p));
             }
         }
         let mut complete = true;
@@ -318,9 +311,9 @@ impl<'i, 'a> State<'i, 'a> {
             }
             let slots = &self.slots;
             // Not starved (more open pieces than free slots): penalised.
-            let best = self.best_peer(p, false, |i| open[i] > slots[i]);
+            let best = self.best_peer(p, |i| open[i] > slots[i]);
             for (i, o) in open.iter_mut().enumerate() {
-                *o -= u32::from(may(self, i, p));
+                *o -= u32::from(peers[i].have.get(p));
             }
             match best {
                 Some(i) => self.assign(i, p),
@@ -360,7 +353,7 @@ impl<'i, 'a> State<'i, 'a> {
             progress = false;
             for &p in &order {
                 if self.copies[p as usize] < max {
-                    if let Some(i) = self.best_peer(p, false, |_| false) {
+                    if let Some(i) = self.best_peer(p, |_| false) {
                         self.assign(i, p);
                         progress = true;
                     }
@@ -507,24 +500,21 @@ mod tests {
             .filter(|&p| want(p) && c.peers.iter().any(|v| v.have.get(p)))
             .collect();
         let end_game = fetchable.iter().all(|&p| copies(p) > 0);
-        // Rule 6: a seed is not asked for what a non-seed offers.
-        let shunned = |i: usize, p: u32| {
-            c.peers[i].complete && c.peers.iter().any(|v| !v.complete && v.have.get(p))
-        };
-        for r in out.iter().filter(|r| shunned(r.peer, r.piece)) {
-            assert!(
-                c.urgent.contains(&r.piece),
-                "{r:?}: a seed asked for a shared piece"
-            );
+        // Rule 6: a seed is asked for what a non-seed offers only when
+        // every such peer is busy (no free slot left) or asked already.
+        for r in out.iter().filter(|r| c.peers[r.peer].complete) {
+            for (i, v) in c.peers.iter().enumerate() {
+                if !v.complete && v.have.get(r.piece) {
+                    let busy = used[i] == v.slots || pairs.contains(&(i, r.piece));
+                    assert!(busy, "{r:?}: asked of a seed while peer {i} could serve it");
+                }
+            }
         }
         for (i, v) in c.peers.iter().enumerate() {
             if used[i] == v.slots {
                 continue;
             }
-            for &p in fetchable
-                .iter()
-                .filter(|&&p| v.have.get(p) && !shunned(i, p))
-            {
+            for &p in fetchable.iter().filter(|&&p| v.have.get(p)) {
                 assert!(copies(p) > 0, "peer {i} idle, piece {p} unrequested");
                 if end_game && !pairs.contains(&(i, p)) && c.late.get(p) {
                     assert!(copies(p) >= max, "end game: peer {i} idle, could dup {p}");
@@ -684,23 +674,27 @@ mod tests {
 
     /// Rule 6.
     #[test]
-    fn seeds_carry_only_what_nobody_else_offers() {
+    fn seeds_carry_what_nobody_else_offers_first() {
         let n = 8;
         // Peer 0 is the seed; peer 1 has pieces 0..4.
         let mut c = Case::new(n, vec![seed(n, 8), peer(bf(n, 0..4), 8)]);
-        c.max_duplicates = 2;
+        c.peers[0].rate = 1e9;
+        c.peers[1].rate = 1.0;
         let out = c.run();
         for r in &out {
             assert_eq!(r.peer, usize::from(r.piece < 4), "{r:?}");
         }
         assert_eq!(out.len(), 8);
-        // With no free slot at peer 1, its pieces wait for one.
-        c.peers[1].slots = 0;
-        let mut got = pieces_of(&c.run());
-        got.sort_unstable();
-        assert_eq!(got, vec![4, 5, 6, 7]);
-        // Except an urgent one: the seed is the last choice, not none.
+        // With two free slots at peer 1, the seed gets the other two.
+        c.peers[1].slots = 2;
+        let from_seed: Vec<u32> = (c.run().iter())
+            .filter(|r| r.peer == 0)
+            .map(|r| r.piece)
+            .collect();
+        assert_eq!(from_seed.iter().filter(|&&p| p < 4).count(), 2);
+        // Urgent pieces too: the seed is the last choice, not none.
         c.urgent = vec![2];
+        c.peers[1].slots = 0;
         assert_eq!(c.run()[0], Request { peer: 0, piece: 2 });
         c.peers[1].slots = 1;
         assert_eq!(c.run()[0], Request { peer: 1, piece: 2 });

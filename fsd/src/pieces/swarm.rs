@@ -38,12 +38,18 @@ pub const PIPELINE: Duration = Duration::from_millis(500);
 pub const BUSY_DEFER: Duration = Duration::from_secs(1);
 
 /// A request in flight for this long (and for three times what its place
-/// in the peer's queue takes at the peer's rate) is *late*: only late
+/// in the peer's queue takes at the peer's rate) is *late*. Only late
 /// pieces are asked of a second peer in the end game (the picker's rule
-/// 5). A duplicate whose cancel comes too late costs that peer a piece of
-/// upload, the swarm's scarce resource, so pieces that are on their way
-/// are left alone; one stuck at a slow peer is fetched elsewhere.
+/// 5), and only those a reader is blocked on or, near the end of the file
+/// ([`END_GAME_PIECES`]), any: a duplicate whose cancel comes too late
+/// costs that peer a piece of upload, the swarm's scarce resource, so
+/// pieces on their way are left alone; one stuck at a slow peer is fetched
+/// elsewhere.
 pub const LATE_MIN: Duration = Duration::from_millis(750);
+
+/// Missing pieces at most for any late piece to be duplicated; before,
+/// only those a reader is blocked on are.
+pub const END_GAME_PIECES: u32 = 8;
 
 /// Newly verified pieces a subscriber may fall behind by before it is sent
 /// the whole bitfield again.
@@ -590,10 +596,11 @@ impl Swarm {
         }
         let urgent: Vec<u32> = st.waiters.keys().copied().collect();
         let n = self.file.layout.num_pieces();
+        let end = n - st.have.count() <= END_GAME_PIECES;
         let mut late = Bitfield::new(n);
         for l in &st.links {
             for (pos, &p) in l.in_flight.iter().enumerate() {
-                if l.late(pos, now) {
+                if (end || st.waiters.contains_key(&p)) && l.late(pos, now) {
                     late.set(p);
                 }
             }
