@@ -23,10 +23,10 @@
 //!    ordered, refused or cancelled, not in kernel buffers.
 //! 3. **Order** ([`plan`]): each time one more piece may go, the pacer
 //!    chooses among all waiting requests:
-//!    1. the piece this daemon has uploaded fewest times (a second ask after
-//!       a refusal counts as never uploaded): every piece leaves once before
-//!       any leaves twice, so the readers hold different pieces and trade
-//!       them;
+//!    1. a piece this daemon never uploaded; then a piece asked again
+//!       after a refusal; then the piece uploaded fewest times: every piece
+//!       leaves once before any leaves twice, so the readers hold different
+//!       pieces and trade them;
 //!    2. then the connection served longest ago, so requesters share the
 //!       upload evenly and their measured rates, hence their request
 //!       windows, stay alike;
@@ -34,10 +34,13 @@
 //!
 //! A first ask for a piece already uploaded is answered `Busy` while an ask
 //! for a never-uploaded piece waits: the requester fetches it from the peer
-//! it went to, which is about to offer it, or asks again later and is then
-//! served. A refusal frees the requester's slot at once instead of leaving
-//! it stuck behind fresher work, and the upload never idles for a refusal:
-//! there is always a fresher request to serve instead.
+//! it went to, which is about to offer it, or asks again later. A second
+//! ask is never refused, but waits for the never-uploaded pieces: by then
+//! the requester usually has it from another peer (it asks one once the
+//! request is late, `pieces/swarm.rs`) and cancels it here. A refusal frees
+//! the requester's slot at once instead of leaving it stuck behind fresher
+//! work, and the upload never idles for a refusal: there is always a
+//! fresher request to serve instead.
 //!
 //! Room and tokens are taken only when a request is chosen, so a request
 //! cancelled while it waits (its piece arrived from another peer) costs no
@@ -139,19 +142,18 @@ pub fn plan(
     uploads: impl Fn(&FileId, u32) -> u32,
     last_served: impl Fn(u64) -> u64,
 ) -> Plan {
-    let rank = |w: &Waiting| {
-        if w.ask.second {
-            0
-        } else {
-            uploads(&w.ask.file, w.ask.piece)
-        }
+    // Never uploaded: 0; asked again after a refusal: 1; else 1 + uploads.
+    let rank = |w: &Waiting| match uploads(&w.ask.file, w.ask.piece) {
+        0 => 0,
+        _ if w.ask.second => 1,
+        n => n.saturating_add(1),
     };
     let fresh = waiting.iter().any(|w| rank(w) == 0);
     let mut out = Plan::default();
     let mut best: Option<(u32, u64, u64)> = None;
     for (i, w) in waiting.iter().enumerate() {
         let r = rank(w);
-        if fresh && r > 0 {
+        if fresh && r > 0 && !w.ask.second {
             out.refuse.push(i);
             continue;
         }
@@ -465,7 +467,11 @@ impl Uploads {
                     let mut st = inner.state.lock();
                     let now = Instant::now();
                     let served = if st.uplink.has_room(now) {
-                        st.step(inner, now)
+                        let s = st.step(inner, now);
+                        if s.is_none() {
+                            tracing::trace!(in_flight = st.uplink.in_flight(), "upload idle");
+                        }
+                        s
                     } else {
                         None
                     };
@@ -583,13 +589,16 @@ mod tests {
     }
 
     #[test]
-    fn a_second_ask_counts_as_fresh() {
-        let mut w = waiting(&[ask(1, 0), ask(2, 5)]);
+    fn a_second_ask_waits_for_fresh_pieces_but_is_never_refused() {
+        let mut w = waiting(&[ask(1, 0), ask(2, 5), ask(3, 0)]);
         w[0].ask.second = true;
         let uploads = |_: &FileId, p: u32| u32::from(p == 0);
         let p = plan(&w, uploads, |_| 0);
-        assert_eq!(p.serve, Some(0), "earlier and as fresh as piece 5");
-        assert!(p.refuse.is_empty());
+        assert_eq!(p.serve, Some(1), "the never-uploaded piece first");
+        assert_eq!(p.refuse, vec![2], "the first ask for piece 0 only");
+        // Without fresh work: the second ask before stale first asks.
+        let w = [w[2], w[0]];
+        assert_eq!(plan(&w, uploads, |_| 0).serve, Some(1));
     }
 
     #[test]
@@ -634,7 +643,11 @@ mod tests {
                 .collect();
             let w = waiting(&asks);
             let p = plan(&w, |_, i| counts[i as usize], |c| turns[usize::try_from(c).unwrap_or(0)]);
-            let rank = |i: usize| if asks[i].second { 0 } else { counts[asks[i].piece as usize] };
+            let rank = |i: usize| match counts[asks[i].piece as usize] {
+                0 => 0,
+                _ if asks[i].second => 1,
+                c => c + 1,
+            };
             let n = asks.len();
             proptest::prop_assert_eq!(p.serve.is_some(), n > 0);
             if let Some(s) = p.serve {
@@ -642,6 +655,7 @@ mod tests {
                 proptest::prop_assert!((0..n).all(|i| p.refuse.contains(&i) || rank(i) >= rank(s)));
             }
             for &r in &p.refuse {
+                proptest::prop_assert!(!asks[r].second);
                 proptest::prop_assert!(rank(r) > 0 && (0..n).any(|i| rank(i) == 0));
             }
         }

@@ -45,7 +45,10 @@ pub const BUSY_DEFER: Duration = Duration::from_secs(1);
 /// costs that peer a piece of upload, the swarm's scarce resource, so
 /// pieces on their way are left alone; one stuck at a slow peer is fetched
 /// elsewhere.
-pub const LATE_MIN: Duration = Duration::from_millis(750);
+pub const LATE_MIN: Duration = Duration::from_secs(1);
+
+/// However slow the peer, a request in flight this long is late.
+pub const LATE_MAX: Duration = Duration::from_secs(3);
 
 /// Missing pieces at most for any late piece to be duplicated; before,
 /// only those a reader is blocked on are.
@@ -139,7 +142,7 @@ impl Link {
         let mut after = LATE_MIN;
         if self.rate > 0.0 && self.rate.is_finite() {
             let queue = 3.0 * (pos + 1) as f64 * PIECE_LEN as f64 / self.rate;
-            after = after.max(Duration::from_secs_f64(queue.min(3600.0)));
+            after = after.max(Duration::from_secs_f64(queue.min(LATE_MAX.as_secs_f64())));
         }
         now.saturating_duration_since(at) >= after
     }
