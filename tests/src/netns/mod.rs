@@ -7,8 +7,9 @@
 //! FUSE mounts made inside are seen outside.
 //!
 //! Cleaning up: dropping the [`Lan`] kills every process left in its
-//! namespaces (by PID), lazily unmounts the mount points registered with it,
-//! and deletes the veths, the namespaces and the bridge. An interrupted
+//! namespaces (by PID), lazily unmounts the mount points registered with it
+//! ([`Lan::track_mount`], listed in a file of its own under the temporary
+//! directory), and deletes the veths, the namespaces and the bridge. An interrupted
 //! process (SIGINT, SIGTERM, SIGHUP) does the same before it exits, from a
 //! watcher thread woken by the signal handler; and every new LAN first
 //! removes what a previous process killed outright (SIGKILL) left behind:
@@ -43,12 +44,12 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// `rate` bytes per second, with a burst of 64 KiB and a queue of 50 ms.
+    /// `rate` bytes per second, with a burst of 64 KiB and a queue of 200 ms.
     pub fn rate(rate: u64) -> Shape {
         Shape {
             rate,
             burst: 64 * 1024,
-            latency: Duration::from_millis(50),
+            latency: Duration::from_millis(200),
         }
     }
 }
@@ -126,18 +127,12 @@ pub struct Lan {
     hosts: Vec<Host>,
 }
 
-/// What the signal watcher must remove: every live LAN's prefix and hosts,
-/// and the mount points inside them.
+/// What the signal watcher must remove: every live LAN's prefix and hosts.
 struct Live {
     lans: Vec<(String, usize)>,
-    /// Mount points, by the prefix of the LAN they belong to.
-    mounts: Vec<(String, PathBuf)>,
 }
 
-static LIVE: Mutex<Live> = Mutex::new(Live {
-    lans: Vec::new(),
-    mounts: Vec::new(),
-});
+static LIVE: Mutex<Live> = Mutex::new(Live { lans: Vec::new() });
 
 fn live() -> std::sync::MutexGuard<'static, Live> {
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
@@ -221,15 +216,33 @@ fn owner(name: &str) -> Option<u32> {
     u32::from_str_radix(pid, 36).ok()
 }
 
+/// Whether a process lives (a zombie nobody reaped yet does not).
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    crate::daemon::alive(pid)
 }
 
-/// Removes the namespaces and interfaces left by processes that died
-/// without cleaning up (SIGKILL).
+/// Where each live LAN lists its mount points (one file per LAN, named by
+/// its prefix), for the clean-up of a process killed outright.
+fn state_dir() -> PathBuf {
+    std::env::temp_dir().join("fileshare-netns")
+}
+
+/// Removes the namespaces, interfaces and mounts left by processes that
+/// died without cleaning up (SIGKILL).
 fn remove_stale() {
     let me = std::process::id();
     let stale = |name: &str| owner(name).is_some_and(|pid| pid != me && !alive(pid));
+    for entry in std::fs::read_dir(state_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if stale(&name) {
+            unmount_listed(&entry.path());
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     for line in output(&["ip", "netns", "list"]).lines() {
         let Some(ns) = line.split_whitespace().next() else {
             continue;
@@ -262,19 +275,23 @@ fn kill_inside(ns: &str) {
     }
 }
 
+/// Lazily unmounts the mount points listed in `file` that are mounted.
+fn unmount_listed(file: &Path) {
+    let list = std::fs::read_to_string(file).unwrap_or_default();
+    for m in list.lines().map(Path::new) {
+        if crate::mount::is_mounted(m) {
+            crate::mount::fusermount(m, true);
+        }
+    }
+}
+
 fn remove(prefix: &str, hosts: usize) {
     for i in 0..hosts {
         kill_inside(&ns_name(prefix, i));
     }
-    let mounts: Vec<PathBuf> = (live().mounts.iter())
-        .filter(|(p, _)| p == prefix)
-        .map(|(_, m)| m.clone())
-        .collect();
-    for m in mounts {
-        if crate::mount::is_mounted(&m) {
-            crate::mount::fusermount(&m, true);
-        }
-    }
+    let list = state_dir().join(prefix);
+    unmount_listed(&list);
+    let _ = std::fs::remove_file(list);
     for i in 0..hosts {
         quiet(&["ip", "link", "del", &veth_name(prefix, i)]);
         quiet(&["ip", "netns", "del", &ns_name(prefix, i)]);
@@ -411,17 +428,24 @@ impl Lan {
         ]);
     }
 
-    /// Unmounted lazily if still mounted when the LAN goes (or on a signal).
+    /// Unmounted lazily if still mounted when the LAN goes (or on a
+    /// signal, or by the next LAN if this process is killed outright).
     pub fn track_mount(&self, mountpoint: &Path) {
-        (live().mounts).push((self.prefix.clone(), mountpoint.to_path_buf()));
+        use std::io::Write;
+        let _ = std::fs::create_dir_all(state_dir());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state_dir().join(&self.prefix));
+        if let Ok(mut f) = file {
+            let _ = writeln!(f, "{}", mountpoint.display());
+        }
     }
 }
 
 impl Drop for Lan {
     fn drop(&mut self) {
         remove(&self.prefix, self.hosts.len());
-        let mut l = live();
-        l.lans.retain(|(p, _)| *p != self.prefix);
-        l.mounts.retain(|(p, _)| *p != self.prefix);
+        live().lans.retain(|(p, _)| *p != self.prefix);
     }
 }
