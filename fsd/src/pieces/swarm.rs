@@ -54,6 +54,11 @@ pub const LATE_MAX: Duration = Duration::from_secs(3);
 /// only those a reader is blocked on are.
 pub const END_GAME_PIECES: u32 = 8;
 
+/// Near the end of the file ([`END_GAME_PIECES`]) a request is late after
+/// this instead of [`LATE_MIN`]: a last piece holds its reader up, and
+/// there are few of them to duplicate.
+pub const END_LATE_MIN: Duration = Duration::from_millis(250);
+
 /// Newly verified pieces a subscriber may fall behind by before it is sent
 /// the whole bitfield again.
 const HAVE_BACKLOG: usize = 1024;
@@ -134,12 +139,12 @@ impl Link {
     }
 
     /// Whether the request at `pos` in `in_flight` is late at `now`
-    /// ([`LATE_MIN`]).
-    fn late(&self, pos: usize, now: Instant) -> bool {
+    /// ([`LATE_MIN`], or `least` near the end of the file).
+    fn late(&self, pos: usize, now: Instant, least: Duration) -> bool {
         let Some(&at) = self.asked_at.get(pos) else {
             return false;
         };
-        let mut after = LATE_MIN;
+        let mut after = least;
         if self.rate > 0.0 && self.rate.is_finite() {
             let queue = 3.0 * (pos + 1) as f64 * PIECE_LEN as f64 / self.rate;
             after = after.max(Duration::from_secs_f64(queue.min(LATE_MAX.as_secs_f64())));
@@ -463,7 +468,7 @@ impl Swarm {
             }
             keep
         });
-        let late = (0..l.in_flight.len()).any(|pos| l.late(pos, now));
+        let late = (0..l.in_flight.len()).any(|pos| l.late(pos, now, END_LATE_MIN));
         if l.deferred.len() != before || late {
             self.schedule_at(&mut st, now);
         }
@@ -600,10 +605,11 @@ impl Swarm {
         let urgent: Vec<u32> = st.waiters.keys().copied().collect();
         let n = self.file.layout.num_pieces();
         let end = n - st.have.count() <= END_GAME_PIECES;
+        let least = if end { END_LATE_MIN } else { LATE_MIN };
         let mut late = Bitfield::new(n);
         for l in &st.links {
             for (pos, &p) in l.in_flight.iter().enumerate() {
-                if (end || st.waiters.contains_key(&p)) && l.late(pos, now) {
+                if (end || st.waiters.contains_key(&p)) && l.late(pos, now, least) {
                     late.set(p);
                 }
             }

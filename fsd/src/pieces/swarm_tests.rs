@@ -61,7 +61,7 @@ fn end_game_duplicates_are_cancelled_when_a_copy_arrives() {
     s.tick_at(a, Instant::now());
     assert!(drain(&mut rx_a).is_empty() && drain(&mut rx_b).is_empty());
     // Once they are late, the end game asks the other peer too.
-    s.tick_at(a, Instant::now() + LATE_MIN);
+    s.tick_at(a, Instant::now() + END_LATE_MIN);
     assert_eq!(requested(&drain(&mut rx_a)), first_b);
     assert_eq!(requested(&drain(&mut rx_b)), first_a);
     // A piece arrives from a: b is told to cancel it, a is not.
