@@ -8,7 +8,10 @@
 #            first 4 KiB, the reader's peak memory (needs root and FUSE)
 #   swarm    1 source and 8-16 readers of one file, every daemon with an
 #            upload limit, against the fluid-model bound D_min (needs root
-#            and FUSE; writes docs/swarm.csv and docs/swarm.svg)
+#            and FUSE; writes docs/swarm.csv and docs/swarm.svg). With
+#            BENCH_SHAPE=net each daemon runs in a network namespace of its
+#            own, its uplink shaped by tc tbf and no rate flag (also needs
+#            iproute2; writes docs/swarm-net.csv and docs/swarm-net.svg)
 #
 # Before and after in one run: BENCH_BASELINE="REV [REV...]" (commits, tags
 # or branches) builds each REV's fsd and fileshare-tracker into
@@ -38,7 +41,11 @@ run_mount() {
 }
 
 run_swarm() {
-  echo "== swarm: many readers of one file through their mounts, each daemon with --max-upload-rate (BENCH_CASES=1,3 to pick cases)"
+  if [ "${BENCH_SHAPE:-}" = net ]; then
+    echo "== swarm: many readers of one file through their mounts, each daemon in a network namespace with its uplink shaped by tbf, no rate flag (BENCH_CASES=1,3 to pick cases)"
+  else
+    echo "== swarm: many readers of one file through their mounts, each daemon with --max-upload-rate (BENCH_CASES=1,3 to pick cases)"
+  fi
   "$bin_dir/bench_swarm"
 }
 

@@ -4,6 +4,8 @@ need_apt=()
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 command -v getfattr >/dev/null 2>&1 || need_apt+=(attr)
 command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
+# ip and tc: the shaped-network tests and benchmarks (network namespaces).
+{ command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; } || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then

@@ -10,6 +10,8 @@
 //! - [`daemon`]: background `fsd` commands, `fsd mount --daemon`, and small
 //!   read-only or full filesystems, each with its guard.
 //! - [`world`]: a tracker, users, groups and mounts for one test.
+//! - [`netns`]: a LAN of network namespaces with shaped uplinks, for
+//!   trackers and mounts on hosts of their own ([`world::World::on`]).
 //! - [`relay`]: a recording TCP relay, for what crosses the wire.
 //! - [`local_user`]: another local user, for what it may do to a mount.
 
@@ -18,6 +20,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod local_user;
 pub mod mount;
+pub mod netns;
 pub mod relay;
 pub mod tracker;
 pub mod world;

@@ -67,10 +67,13 @@ pub struct Mount {
     pub home: PathBuf,
     pub trackers: PathBuf,
     pub mountpoint: PathBuf,
-    /// Where this daemon serves peers (127.0.0.1:port): it binds port 0
-    /// and its "mounted" log line says which port it got.
+    /// Where this daemon serves peers (127.0.0.1:port, or its host's
+    /// address): it binds port 0 and its "mounted" log line says which
+    /// port it got.
     pub listen: String,
     extra: Vec<String>,
+    /// The network namespace it runs in, if not the machine's.
+    host: Option<crate::netns::Host>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -84,6 +87,19 @@ impl Mount {
         mountpoint: &Path,
         extra: &[&str],
     ) -> Mount {
+        Mount::start_on(None, fsd, home, trackers, mountpoint, extra)
+    }
+
+    /// [`Mount::start`] inside `host`'s network namespace (if any),
+    /// serving peers on its address.
+    pub fn start_on(
+        host: Option<&crate::netns::Host>,
+        fsd: &Path,
+        home: &Path,
+        trackers: &Path,
+        mountpoint: &Path,
+        extra: &[&str],
+    ) -> Mount {
         let mut m = Mount {
             fsd: fsd.to_path_buf(),
             home: home.to_path_buf(),
@@ -91,6 +107,7 @@ impl Mount {
             mountpoint: mountpoint.to_path_buf(),
             listen: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            host: host.cloned(),
             log: home.join("mount.log"),
             child: None,
         };
@@ -109,7 +126,11 @@ impl Mount {
         let from = log.metadata().map_or(0, |m| m.len());
         let filter =
             std::env::var("FILESHARE_TEST_LOG").unwrap_or_else(|_| "info,fsd=debug".into());
-        let child = Command::new(&self.fsd)
+        let (mut cmd, listen) = match &self.host {
+            Some(h) => (h.command(&self.fsd), format!("{}:0", h.addr)),
+            None => (Command::new(&self.fsd), "127.0.0.1:0".to_string()),
+        };
+        let child = cmd
             .arg("--home")
             .arg(&self.home)
             .arg("--trackers")
@@ -117,7 +138,7 @@ impl Mount {
             .arg("mount")
             .arg(&self.mountpoint)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .args(&self.extra)
             // The "mounted" line gives the port, whatever else is logged.
             .env("RUST_LOG", format!("{filter},fsd::mount=info"))

@@ -2,6 +2,7 @@
 //! and data directory. The guard kills it by PID and reaps it on drop, and
 //! prints its log when a test fails, so a failure shows the tracker's side.
 
+use crate::netns::Host;
 use crate::{bin, reserve_port, wait_until, Port};
 use fileshare_protocol::client::TrackerClient;
 use std::io::Write;
@@ -25,6 +26,8 @@ pub struct Tracker {
     /// Its port, reserved for as long as the tracker lives (a cluster's
     /// trackers are given theirs by the cluster, which holds them).
     port: Option<Port>,
+    /// The network namespace it runs in, if not the machine's.
+    host: Option<Host>,
     /// Dropped last, after the process that uses it.
     dir: tempfile::TempDir,
 }
@@ -52,6 +55,7 @@ impl Tracker {
             log: dir.path().join("tracker.log"),
             args: args.iter().map(|s| s.to_string()).collect(),
             port: None,
+            host: None,
             dir,
         };
         // A process outside the tests could still bind the reserved port
@@ -88,8 +92,24 @@ impl Tracker {
             log: dir.path().join("tracker.log"),
             args: args.iter().map(|s| s.to_string()).collect(),
             port: None,
+            host: None,
             dir,
         }
+    }
+
+    /// A tracker in `host`'s network namespace, listening on its address
+    /// (no port to reserve: nothing else runs there).
+    pub fn start_on(host: &Host, args: &[&str]) -> Tracker {
+        let addr = format!("{}:7000", host.addr);
+        let mut t = Tracker::member(Path::new(""), 1, &addr, args);
+        t.trackers_file = t.dir.path().join("trackers.txt");
+        std::fs::write(&t.trackers_file, format!("# test cluster\n{addr}\n"))
+            .expect("write trackers file");
+        t.host = Some(host.clone());
+        if let Err(why) = t.spawn() {
+            panic!("fileshare-tracker did not start in {}: {why}", host.ns);
+        }
+        t
     }
 
     /// Starts the process and waits until it accepts connections; the
@@ -104,7 +124,11 @@ impl Tracker {
             .append(true)
             .open(&self.log)
             .expect("open tracker log");
-        let mut child = Command::new(bin("fileshare-tracker"))
+        let mut cmd = match &self.host {
+            Some(h) => h.command(bin("fileshare-tracker")),
+            None => Command::new(bin("fileshare-tracker")),
+        };
+        let mut child = cmd
             .arg(&self.trackers_file)
             .arg(self.no.to_string())
             .arg("--data-dir")
@@ -118,8 +142,14 @@ impl Tracker {
             .expect("start fileshare-tracker");
         self.stdin = child.stdin.take();
         let start = std::time::Instant::now();
+        let accepts = |addr: &str| match &self.host {
+            Some(h) => (addr.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse().ok())
+                .is_some_and(|p| h.accepts(p)),
+            None => std::net::TcpStream::connect(addr).is_ok(),
+        };
         loop {
-            if std::net::TcpStream::connect(&self.addr).is_ok() {
+            if accepts(&self.addr) {
                 self.child = Some(child);
                 return Ok(());
             }

@@ -5,6 +5,7 @@
 use crate::bin;
 use crate::cluster::Cluster;
 use crate::mount::{require_fuse, Mount};
+use crate::netns::Host;
 use crate::tracker::Tracker;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -34,6 +35,9 @@ pub enum Trackers {
 pub struct World {
     pub trackers: Trackers,
     pub fsd: PathBuf,
+    /// Where commands run: the network namespace of the tracker's host on
+    /// a [`crate::netns::Lan`], else the machine's.
+    pub host: Option<Host>,
     /// Dropped last, after the processes that use it.
     pub dir: tempfile::TempDir,
 }
@@ -57,6 +61,17 @@ impl World {
         World::with(Trackers::Cluster(Cluster::start(n)))
     }
 
+    /// A network whose tracker runs on `host` of a LAN; commands run
+    /// there too, and mounts on the hosts given to [`World::mount_on`].
+    pub fn on(host: &Host) -> World {
+        let mut w = World::with(Trackers::One(Tracker::start_on(
+            host,
+            &["--announce-interval", "1"],
+        )));
+        w.host = Some(host.clone());
+        w
+    }
+
     fn with(trackers: Trackers) -> World {
         require_fuse();
         let dir = tempfile::Builder::new()
@@ -67,6 +82,7 @@ impl World {
             dir,
             trackers,
             fsd: bin("fsd"),
+            host: None,
         }
     }
 
@@ -103,8 +119,11 @@ impl World {
 
     /// Runs `fsd` as `user` with `args`.
     pub fn fsd(&self, user: &User, args: &[&str]) -> Output {
-        Command::new(&self.fsd)
-            .arg("--home")
+        let mut cmd = match &self.host {
+            Some(h) => h.command(&self.fsd),
+            None => Command::new(&self.fsd),
+        };
+        cmd.arg("--home")
             .arg(&user.home)
             .arg("--trackers")
             .arg(self.trackers_file())
@@ -168,6 +187,20 @@ impl World {
     pub fn mount(&self, user: &User, extra: &[&str]) -> Mount {
         let mp = self.dir.path().join(format!("mnt-{}", user.name));
         Mount::start(&self.fsd, &user.home, self.trackers_file(), &mp, extra)
+    }
+
+    /// Mounts the swarm for `user` with its daemon in `host`'s network
+    /// namespace, serving peers on the host's address.
+    pub fn mount_on(&self, host: &Host, user: &User, extra: &[&str]) -> Mount {
+        let mp = self.dir.path().join(format!("mnt-{}", user.name));
+        Mount::start_on(
+            Some(host),
+            &self.fsd,
+            &user.home,
+            self.trackers_file(),
+            &mp,
+            extra,
+        )
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -171,6 +171,7 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = public_addr(listener.local_addr()?, &first_tracker);
+    crate::net::upload_scheduler::limit_unsent(&listener);
 
     let registry = Arc::new(Registry::default());
     let burst = fileshare_protocol::PIECE_LEN;
@@ -190,6 +191,10 @@ async fn serve(
     let uploads = Arc::new(crate::net::upload_scheduler::Uploads::new(
         args.max_upload_rate,
         burst,
+        {
+            let registry = registry.clone();
+            move |peer: &fileshare_protocol::PeerId| registry.received_from(peer)
+        },
     ));
     peer_tasks.spawn("upload-pacer", {
         let (uploads, token) = (uploads.clone(), peer_tasks.token().clone());

@@ -3,7 +3,9 @@
 //! chooses which request is served next, and [`token_bucket`] limits the
 //! rate of either direction.
 
+pub mod choke;
 pub mod fetch;
 pub mod serve;
 pub mod token_bucket;
+pub mod uplink;
 pub mod upload_scheduler;

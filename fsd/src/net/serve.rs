@@ -13,8 +13,10 @@
 //! daemon verified are ever sent.
 //!
 //! Piece requests wait their turn in the daemon's upload scheduler
-//! ([`crate::net::upload_scheduler`]), which may refuse one with `Busy`; a request still
-//! waiting there can be cancelled by the requester. Subscriptions push a
+//! ([`crate::net::upload_scheduler`]), which may refuse one with `Busy`
+//! (also when the connection is choked); a request still waiting there can
+//! be cancelled by the requester. A served piece holds its room in the
+//! scheduler's uplink window until the connection's writer has written it. Subscriptions push a
 //! `Have` for every piece verified here, so readers become sources for each
 //! other as soon as they hold something.
 //!
@@ -23,7 +25,7 @@
 //! subscriptions under the connection's, so they end with it. Pieces are
 //! read on the blocking pool.
 
-use crate::net::upload_scheduler::{Ask, Decision, Uploads};
+use crate::net::upload_scheduler::{Admission, Ask, Sending, Uploads};
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::Swarm;
 use crate::tasks::Tasks;
@@ -96,6 +98,10 @@ const PER_CONNECTION: usize = 32;
 /// each subscription is a task, so a peer cannot start them without bound.
 const MAX_SUBSCRIPTIONS: usize = 64;
 
+/// A reply for the connection's writer, and for a piece the upload
+/// scheduler's hold on the uplink, released once it is written.
+type Outgoing = (Reply<PeerReply>, Option<Sending>);
+
 /// What the tasks of one connection share.
 struct ConnState {
     conn: u64,
@@ -147,7 +153,7 @@ async fn serve(
         }
     };
     let (mut reader, mut writer) = conn.into_split();
-    let (tx, mut rx) = mpsc::channel::<Reply<PeerReply>>(PER_CONNECTION);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(PER_CONNECTION);
     let permits = Arc::new(Semaphore::new(PER_CONNECTION));
     let st = Arc::new(ConnState {
         conn: ctx.next_conn.fetch_add(1, Ordering::Relaxed),
@@ -157,6 +163,7 @@ async fn serve(
         refused: Mutex::new(HashSet::new()),
         subscribed: Mutex::new(HashSet::new()),
     });
+    ctx.uploads.connected(st.conn, peer);
     // Pieces are read and sent as they come, in any order; authentication
     // is answered in order, before any later request is looked at.
     let read_requests = async {
@@ -176,7 +183,7 @@ async fn serve(
                     Ok(()) => PeerReply::Authenticated,
                     Err(e) => PeerReply::Error(e),
                 };
-                if tx.send(Reply { id: req.id, body }).await.is_err() {
+                if tx.send((Reply { id: req.id, body }, None)).await.is_err() {
                     break;
                 }
                 drop(permit);
@@ -196,7 +203,7 @@ async fn serve(
                     }
                     Ok(_) => {
                         let body = PeerReply::Error(PeerError::Busy);
-                        if tx.send(Reply { id: req.id, body }).await.is_err() {
+                        if tx.send((Reply { id: req.id, body }, None)).await.is_err() {
                             break;
                         }
                     }
@@ -205,7 +212,7 @@ async fn serve(
                             st.subscribed.lock().remove(&file);
                         }
                         let body = PeerReply::Error(e);
-                        if tx.send(Reply { id: req.id, body }).await.is_err() {
+                        if tx.send((Reply { id: req.id, body }, None)).await.is_err() {
                             break;
                         }
                     }
@@ -219,20 +226,24 @@ async fn serve(
             tasks.spawn("peer-request", async move {
                 // A request of a connection that is gone leaves the upload
                 // queue instead of being paid for.
-                let body = tokio::select! {
-                    body = answer(&ctx, &st, req.body, &cancel) => body,
+                let (body, sending) = tokio::select! {
+                    a = answer(&ctx, &st, req.body, &cancel) => a,
                     () = tx.closed() => return,
                 };
                 st.pending.lock().remove(&req.id);
-                let _ = tx.send(Reply { id: req.id, body }).await;
+                let _ = tx.send((Reply { id: req.id, body }, sending)).await;
                 drop(permit);
             });
         }
         Ok::<(), ProtocolError>(())
     };
     let write_replies = async {
-        while let Some(reply) = rx.recv().await {
+        while let Some((reply, sending)) = rx.recv().await {
             writer.write_frame(&reply).await?;
+            // The uplink took the piece: its room goes to the next one.
+            if let Some(s) = sending {
+                s.written();
+            }
         }
         Ok::<(), ProtocolError>(())
     };
@@ -249,18 +260,13 @@ async fn serve(
 /// groups expire without a fresh one (then `TicketExpired` ends it).
 /// Subscribing before taking the bitfield means no piece falls between the
 /// two.
-async fn subscription(
-    swarm: Arc<Swarm>,
-    st: Arc<ConnState>,
-    id: u64,
-    tx: mpsc::Sender<Reply<PeerReply>>,
-) {
+async fn subscription(swarm: Arc<Swarm>, st: Arc<ConnState>, id: u64, tx: mpsc::Sender<Outgoing>) {
     let expires = || st.access_until(&swarm).unwrap_or(0);
     let mut haves = swarm.subscribe();
     let mut next = Some(PeerReply::Bitfield(swarm.have()));
     loop {
         if let Some(body) = next.take() {
-            if tx.send(Reply { id, body }).await.is_err() {
+            if tx.send((Reply { id, body }, None)).await.is_err() {
                 return;
             }
         }
@@ -280,7 +286,7 @@ async fn subscription(
         if expires() <= now_ms() {
             st.subscribed.lock().remove(&swarm.file.id);
             let body = PeerReply::Error(PeerError::TicketExpired);
-            let _ = tx.send(Reply { id, body }).await;
+            let _ = tx.send((Reply { id, body }, None)).await;
             return;
         }
     }
@@ -308,14 +314,14 @@ async fn answer(
     st: &ConnState,
     req: PeerRequest,
     cancel: &CancellationToken,
-) -> PeerReply {
+) -> (PeerReply, Option<Sending>) {
     match req {
         PeerRequest::Authenticate { .. }
         | PeerRequest::Subscribe { .. }
-        | PeerRequest::Cancel { .. } => PeerReply::Error(PeerError::Internal),
+        | PeerRequest::Cancel { .. } => (PeerReply::Error(PeerError::Internal), None),
         PeerRequest::Piece { file, index } => match allowed(ctx, st, &file) {
             Ok(swarm) => piece(ctx, st, swarm, index, cancel).await,
-            Err(e) => PeerReply::Error(e),
+            Err(e) => (PeerReply::Error(e), None),
         },
     }
 }
@@ -341,12 +347,13 @@ async fn piece(
     swarm: Arc<Swarm>,
     index: u32,
     cancel: &CancellationToken,
-) -> PeerReply {
+) -> (PeerReply, Option<Sending>) {
+    let refuse = |e| (PeerReply::Error(e), None);
     let Some(p) = swarm.file.layout.validate(index) else {
-        return PeerReply::Error(PeerError::NotAvailable);
+        return refuse(PeerError::NotAvailable);
     };
     if !swarm.has(p) {
-        return PeerReply::Error(PeerError::NotAvailable);
+        return refuse(PeerError::NotAvailable);
     }
     let key = (swarm.file.id, index);
     let ask = Ask {
@@ -359,14 +366,18 @@ async fn piece(
     };
     // Cancellation counts only while the request waits for its turn: once
     // chosen, its bytes are paid for and sent.
-    let decision = tokio::select! {
-        d = ctx.uploads.admit(ask) => d,
-        () = cancel.cancelled() => return PeerReply::Error(PeerError::Cancelled),
+    let sending = tokio::select! {
+        a = ctx.uploads.admit(ask) => match a {
+            Admission::Serve(s) => s,
+            Admission::Busy => {
+                st.refused.lock().insert(key);
+                return refuse(PeerError::Busy);
+            }
+            // Not a refusal of this piece: the next ask is a first ask.
+            Admission::Choked => return refuse(PeerError::Busy),
+        },
+        () = cancel.cancelled() => return refuse(PeerError::Cancelled),
     };
-    if decision == Decision::Busy {
-        st.refused.lock().insert(key);
-        return PeerReply::Error(PeerError::Busy);
-    }
     st.refused.lock().remove(&key);
     let file = swarm.file.clone();
     let data = match ctx.tasks.blocking(move || file.read_piece(p)).await {
@@ -375,13 +386,13 @@ async fn piece(
         // one log line of its own.
         Ok(Err(e @ crate::store::StoreError::SourceChanged { .. })) => {
             tracing::debug!(file = %swarm.file.meta.name, "cannot serve piece {index}: {e:#}");
-            return PeerReply::Error(PeerError::NotAvailable);
+            return refuse(PeerError::NotAvailable);
         }
         Ok(Err(e)) => {
             tracing::warn!(file = %swarm.file.meta.name, "cannot serve piece {index}: {e:#}");
-            return PeerReply::Error(PeerError::Internal);
+            return refuse(PeerError::Internal);
         }
-        Err(_) => return PeerReply::Error(PeerError::Internal),
+        Err(_) => return refuse(PeerError::Internal),
     };
     let mut data = data;
     if ctx.corrupt {
@@ -392,5 +403,5 @@ async fn piece(
     swarm
         .uploaded
         .fetch_add(data.len() as u64, Ordering::Relaxed);
-    PeerReply::Piece { data }
+    (PeerReply::Piece { data }, Some(sending))
 }

@@ -1,46 +1,105 @@
-//! The order in which a rate-limited uploader serves piece requests.
+//! Which piece requests this daemon serves, in which order, and how many
+//! at once.
 //!
-//! With `--max-upload-rate`, this daemon's upload is the scarce resource of
-//! every swarm it seeds. Serving requests in arrival order would send the
+//! This daemon's uplink is the scarce resource of every swarm it seeds.
+//! Serving requests in arrival order, as fast as they come, would send the
 //! same piece to every reader that asked for it at about the same time (all
-//! readers of a new file want much the same pieces from its one source), and
-//! a swarm would be no faster than a single server. So requests wait in one
-//! queue, and each time the token bucket can pay for one more piece the
-//! pacer chooses among all of them ([`plan`]):
-//! 1. the piece this daemon has uploaded fewest times (a second ask after a
-//!    refusal counts as never uploaded): every piece leaves once before any
-//!    leaves twice, so the readers hold different pieces and trade them;
-//! 2. then the connection served longest ago, so requesters share the
-//!    upload evenly and their measured rates, hence their request windows,
-//!    stay alike;
-//! 3. then arrival order.
+//! readers of a new file want much the same pieces from its one source),
+//! and a swarm would be no faster than a single server. Three things shape
+//! the upload, with or without `--max-upload-rate`:
+//!
+//! 1. **Choking** (`choke.rs`): at most four connections, chosen every two
+//!    seconds by how much their peers upload to this daemon (tit-for-tat),
+//!    plus one optimistic unchoke, are served; a choked connection's
+//!    requests are answered `Busy` at once ([`Admission::Choked`]), so its
+//!    requester turns to its other peers without waiting.
+//! 2. **Pacing**: requests wait in one queue, and one more is served only
+//!    when the uplink can take it: while the bytes granted and not yet
+//!    written are below the window measured from the writes' back-pressure
+//!    (`uplink.rs`), and, with `--max-upload-rate`, when the token bucket
+//!    can pay for it. The peer sockets keep at most [`UNSENT_LOWAT`] bytes
+//!    unsent ([`limit_unsent`]), so a write returns about when the uplink
+//!    has taken the piece: requests wait here, where they can still be
+//!    ordered, refused or cancelled, not in kernel buffers.
+//! 3. **Order** ([`plan`]): each time one more piece may go, the pacer
+//!    chooses among all waiting requests:
+//!    1. a piece this daemon never uploaded; then a piece asked again
+//!       after a refusal; then the piece uploaded fewest times: every piece
+//!       leaves once before any leaves twice, so the readers hold different
+//!       pieces and trade them;
+//!    2. then the connection served longest ago, so requesters share the
+//!       upload evenly and their measured rates, hence their request
+//!       windows, stay alike;
+//!    3. then arrival order.
 //!
 //! A first ask for a piece already uploaded is answered `Busy` while an ask
 //! for a never-uploaded piece waits: the requester fetches it from the peer
-//! it went to, which is about to offer it, or asks again later and is then
-//! served. A refusal frees the requester's slot at once instead of leaving
-//! it stuck behind fresher work, and the upload never idles for a refusal:
-//! there is always a fresher request to serve instead.
+//! it went to, which is about to offer it, or asks again later. A second
+//! ask is never refused, but waits for the never-uploaded pieces: by then
+//! the requester usually has it from another peer (it asks one once the
+//! request is late, `pieces/swarm.rs`) and cancels it here. A refusal frees
+//! the requester's slot at once instead of leaving it stuck behind fresher
+//! work, and the upload never idles for a refusal: there is always a
+//! fresher request to serve instead.
 //!
-//! Tokens are taken only when a request is chosen, so a request cancelled
-//! while it waits (its piece arrived from another peer) costs no upload.
-//! Without a rate limit nothing queues: every request is served at once.
+//! Room and tokens are taken only when a request is chosen, so a request
+//! cancelled while it waits (its piece arrived from another peer) costs no
+//! upload. A served request holds its room until its connection's writer
+//! has written it and drops the [`Sending`] it came with.
 
+use crate::net::choke::{self, Candidate, Choker};
 use crate::net::token_bucket::TokenBucket;
-use fileshare_protocol::FileId;
+use crate::net::uplink::Uplink;
+use fileshare_protocol::{FileId, PeerId};
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// What a request may do now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Send the piece; its bytes are paid for.
-    Serve,
+/// Unsent bytes a peer socket may hold (`TCP_NOTSENT_LOWAT`): a quarter of
+/// a piece, enough to bridge the hand-over of the next piece to the
+/// kernel, so a write returns about when the uplink has taken it.
+pub const UNSENT_LOWAT: u32 = 128 * 1024;
+
+/// Sets [`UNSENT_LOWAT`] on the peer server's listening socket; the
+/// connections it accepts inherit it. Best effort: without it, writes
+/// return as soon as the kernel buffers them, and the pacing only sees the
+/// uplink once those buffers are full.
+pub fn limit_unsent(listener: &tokio::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(UNSENT_LOWAT).unwrap_or(libc::c_int::MAX);
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: setsockopt on a socket this process owns, with a c_int
+    // option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&raw const v).cast(),
+            len,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(
+            "TCP_NOTSENT_LOWAT: {}: uploads are paced by full socket buffers",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// What a piece request may do now.
+#[derive(Debug)]
+pub enum Admission {
+    /// Send the piece; drop the [`Sending`] once the write returned.
+    Serve(Sending),
     /// Refused for now: this piece just went to another peer while
-    /// never-uploaded pieces wait.
+    /// never-uploaded pieces wait. The next ask for it is served.
     Busy,
+    /// Refused: the connection is choked. Sent as `Busy` too.
+    Choked,
 }
 
 /// One piece request as the scheduler sees it.
@@ -83,19 +142,18 @@ pub fn plan(
     uploads: impl Fn(&FileId, u32) -> u32,
     last_served: impl Fn(u64) -> u64,
 ) -> Plan {
-    let rank = |w: &Waiting| {
-        if w.ask.second {
-            0
-        } else {
-            uploads(&w.ask.file, w.ask.piece)
-        }
+    // Never uploaded: 0; asked again after a refusal: 1; else 1 + uploads.
+    let rank = |w: &Waiting| match uploads(&w.ask.file, w.ask.piece) {
+        0 => 0,
+        _ if w.ask.second => 1,
+        n => n.saturating_add(1),
     };
     let fresh = waiting.iter().any(|w| rank(w) == 0);
     let mut out = Plan::default();
     let mut best: Option<(u32, u64, u64)> = None;
     for (i, w) in waiting.iter().enumerate() {
         let r = rank(w);
-        if fresh && r > 0 {
+        if fresh && r > 0 && !w.ask.second {
             out.refuse.push(i);
             continue;
         }
@@ -110,11 +168,22 @@ pub fn plan(
 
 struct Entry {
     w: Waiting,
-    tx: oneshot::Sender<Decision>,
+    tx: oneshot::Sender<Admission>,
 }
 
-#[derive(Default)]
-struct Queue {
+/// One connection as the scheduler counts it.
+struct Conn {
+    peer: Option<PeerId>,
+    last_ask: Instant,
+    /// Asked for a piece since the last rotation.
+    asked: bool,
+    /// Bytes written to it since the last rotation.
+    sent: u64,
+    /// Bytes received from its peer, over all files, at the last rotation.
+    received_mark: u64,
+}
+
+struct State {
     entries: Vec<Entry>,
     next_seq: u64,
     /// Per file, per piece: times this daemon chose to upload it.
@@ -122,9 +191,13 @@ struct Queue {
     /// Per connection: the grant number it was last served at.
     last_served: HashMap<u64, u64>,
     grants: u64,
+    uplink: Uplink,
+    choker: Choker,
+    conns: HashMap<u64, Conn>,
+    next_rotation: Instant,
 }
 
-impl Queue {
+impl State {
     fn count_upload(&mut self, ask: &Ask) {
         let counts = self
             .uploads
@@ -137,9 +210,19 @@ impl Queue {
         self.last_served.insert(ask.conn, self.grants);
     }
 
+    fn conn(&mut self, conn: u64, now: Instant) -> &mut Conn {
+        self.conns.entry(conn).or_insert_with(|| Conn {
+            peer: None,
+            last_ask: now,
+            asked: false,
+            sent: 0,
+            received_mark: 0,
+        })
+    }
+
     /// Applies one [`plan`]: answers the refused and the served request.
     /// Returns the bytes to pay for, if a request was served.
-    fn step(&mut self) -> Option<u64> {
+    fn step(&mut self, inner: &Arc<Inner>, now: Instant) -> Option<u64> {
         loop {
             let waiting: Vec<Waiting> = self.entries.iter().map(|e| e.w).collect();
             let p = plan(
@@ -152,23 +235,47 @@ impl Queue {
                 },
                 |c| self.last_served.get(&c).copied().unwrap_or(0),
             );
-            let mut take: Vec<(usize, Decision)> =
-                p.refuse.iter().map(|&i| (i, Decision::Busy)).collect();
-            take.extend(p.serve.map(|i| (i, Decision::Serve)));
+            let mut take: Vec<(usize, bool)> = p.refuse.iter().map(|&i| (i, false)).collect();
+            take.extend(p.serve.map(|i| (i, true)));
             // Remove from the back so the indexes stay valid.
             take.sort_unstable_by_key(|t| std::cmp::Reverse(t.0));
             let mut paid = None;
-            for (i, d) in take {
+            for (i, serve) in take {
                 let e = self.entries.swap_remove(i);
-                // A closed receiver is a request cancelled just now: it is
-                // neither counted nor paid for.
-                if e.tx.send(d).is_ok() {
-                    let a = &e.w.ask;
-                    tracing::trace!(piece = a.piece, conn = a.conn, second = a.second, decision = ?d, "upload");
-                    if d == Decision::Serve {
-                        self.count_upload(a);
-                        paid = Some(a.bytes);
+                let a = e.w.ask;
+                let answer = if serve {
+                    Admission::Serve(Sending {
+                        inner: inner.clone(),
+                        conn: a.conn,
+                        write: self.uplink.start(a.bytes, now),
+                        bytes: a.bytes,
+                        written: false,
+                        armed: true,
+                    })
+                } else {
+                    Admission::Busy
+                };
+                match e.tx.send(answer) {
+                    Ok(()) => {
+                        tracing::trace!(
+                            piece = a.piece,
+                            conn = a.conn,
+                            second = a.second,
+                            serve,
+                            "upload"
+                        );
+                        if serve {
+                            self.count_upload(&a);
+                            paid = Some(a.bytes);
+                        }
                     }
+                    // A closed receiver is a request cancelled just now: it
+                    // is neither counted nor paid for.
+                    Err(Admission::Serve(mut s)) => {
+                        s.armed = false;
+                        self.uplink.finish(s.write, false, now);
+                    }
+                    Err(_) => {}
                 }
             }
             if paid.is_some() || p.serve.is_none() {
@@ -176,14 +283,72 @@ impl Queue {
             }
         }
     }
+
+    /// Whether an unchoked connection still wants pieces.
+    fn active(&self, conn: u64, now: Instant) -> bool {
+        self.entries.iter().any(|e| e.w.ask.conn == conn)
+            || self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| now.saturating_duration_since(c.last_ask) < choke::IDLE)
+    }
+}
+
+/// What [`Uploads`] and its [`Sending`] guards share.
+struct Inner {
+    /// What the pacer pays from with `--max-upload-rate`.
+    bucket: Option<TokenBucket>,
+    state: Mutex<State>,
+    wake: Notify,
+    /// Bytes received from a peer so far, over all files (tit-for-tat).
+    received_from: Box<dyn Fn(&PeerId) -> u64 + Send + Sync>,
+}
+
+/// A served piece on its way out: it holds its room in the uplink's window
+/// until dropped. Call [`Sending::written`] once the write returned.
+pub struct Sending {
+    inner: Arc<Inner>,
+    conn: u64,
+    write: u64,
+    bytes: u64,
+    written: bool,
+    /// False for a grant nobody received (undone under the lock).
+    armed: bool,
+}
+
+impl std::fmt::Debug for Sending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sending({} bytes to {})", self.bytes, self.conn)
+    }
+}
+
+impl Sending {
+    /// The connection's writer returned from writing the piece.
+    pub fn written(mut self) {
+        self.written = true;
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut st = self.inner.state.lock();
+        st.uplink.finish(self.write, self.written, Instant::now());
+        if self.written {
+            if let Some(c) = st.conns.get_mut(&self.conn) {
+                c.sent += self.bytes;
+            }
+        }
+        drop(st);
+        self.inner.wake.notify_one();
+    }
 }
 
 /// The upload scheduler of one daemon, shared by every peer connection.
 pub struct Uploads {
-    /// What the pacer pays from; `None` without a rate limit.
-    bucket: Option<TokenBucket>,
-    queue: Mutex<Queue>,
-    wake: Notify,
+    inner: Arc<Inner>,
 }
 
 /// Removes a request from the queue when its future is dropped (cancelled).
@@ -194,245 +359,202 @@ struct Waiter<'a> {
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        self.uploads
-            .queue
-            .lock()
+        (self.uploads.inner.state.lock())
             .entries
             .retain(|e| e.w.seq != self.seq);
     }
 }
 
 impl Uploads {
-    /// `rate` bytes per second with bursts of `burst` bytes, or unlimited.
-    pub fn new(rate: Option<u64>, burst: u64) -> Self {
+    /// With `rate` bytes per second (bursts of `burst` bytes) or no rate
+    /// limit; `received_from(peer)` is the bytes received from a peer so
+    /// far, over all files, for tit-for-tat.
+    pub fn new(
+        rate: Option<u64>,
+        burst: u64,
+        received_from: impl Fn(&PeerId) -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        let now = Instant::now();
         Uploads {
-            bucket: rate.map(|r| TokenBucket::new(r, burst)),
-            queue: Mutex::new(Queue::default()),
-            wake: Notify::new(),
+            inner: Arc::new(Inner {
+                bucket: rate.map(|r| TokenBucket::new(r, burst)),
+                state: Mutex::new(State {
+                    entries: Vec::new(),
+                    next_seq: 0,
+                    uploads: HashMap::new(),
+                    last_served: HashMap::new(),
+                    grants: 0,
+                    uplink: Uplink::new(now),
+                    choker: Choker::default(),
+                    conns: HashMap::new(),
+                    next_rotation: now + choke::ROTATE,
+                }),
+                wake: Notify::new(),
+                received_from: Box::new(received_from),
+            }),
         }
     }
 
+    /// Connection `conn` is from `peer` (its handshake said so).
+    pub fn connected(&self, conn: u64, peer: PeerId) {
+        let mut st = self.inner.state.lock();
+        st.conn(conn, Instant::now()).peer = Some(peer);
+    }
+
     /// Waits for this request's turn. Dropping the future withdraws it.
-    pub async fn admit(&self, ask: Ask) -> Decision {
-        if self.bucket.is_none() {
-            return Decision::Serve;
-        }
+    pub async fn admit(&self, ask: Ask) -> Admission {
         let (tx, rx) = oneshot::channel();
         let seq = {
-            let mut q = self.queue.lock();
-            let seq = q.next_seq;
-            q.next_seq += 1;
-            q.entries.push(Entry {
+            let mut st = self.inner.state.lock();
+            let now = Instant::now();
+            let c = st.conn(ask.conn, now);
+            c.last_ask = now;
+            c.asked = true;
+            if !st.choker.is_unchoked(ask.conn) {
+                let mut choker = std::mem::take(&mut st.choker);
+                let unchoked = choker.try_unchoke(ask.conn, |c| st.active(c, now));
+                st.choker = choker;
+                if !unchoked {
+                    return Admission::Choked;
+                }
+            }
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.entries.push(Entry {
                 w: Waiting { ask, seq },
                 tx,
             });
             seq
         };
         let _waiter = Waiter { uploads: self, seq };
-        self.wake.notify_one();
+        self.inner.wake.notify_one();
         // The pacer only drops a sender after answering it, or when it
-        // stops, and then nothing is paid for any more.
-        rx.await.unwrap_or(Decision::Serve)
+        // stops, and then nothing is served any more.
+        rx.await.unwrap_or(Admission::Busy)
     }
 
-    /// The connection ended: its turn is not remembered any more.
+    /// The connection ended: its turn and its slot are not kept.
     pub fn forget_conn(&self, conn: u64) {
-        self.queue.lock().last_served.remove(&conn);
+        let mut st = self.inner.state.lock();
+        st.last_served.remove(&conn);
+        st.conns.remove(&conn);
+        st.choker.forget(conn);
     }
 
-    /// The pacer: while the daemon runs, pays for one request at a time as
-    /// the bucket allows. Without a rate limit it returns at once.
+    /// The measured upload rate in bytes per second (0: not yet).
+    pub fn measured_rate(&self) -> f64 {
+        self.inner.state.lock().uplink.rate()
+    }
+
+    /// The pacer: while the daemon runs, serves one request at a time as
+    /// the uplink's window (and the bucket, if any) allows, and rotates
+    /// the unchoked connections.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let Some(bucket) = &self.bucket else {
-            return;
-        };
+        let inner = &self.inner;
         loop {
-            let wait = bucket.until_paid();
-            if !wait.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = shutdown.cancelled() => break,
+            if let Some(bucket) = &inner.bucket {
+                let wait = bucket.until_paid();
+                if !wait.is_zero() {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.cancelled() => break,
+                    }
                 }
             }
             let bytes = loop {
-                if let Some(b) = self.queue.lock().step() {
+                self.rotate_if_due();
+                let (served, until) = {
+                    let mut st = inner.state.lock();
+                    let now = Instant::now();
+                    let served = if st.uplink.has_room(now) {
+                        let s = st.step(inner, now);
+                        if s.is_none() {
+                            tracing::trace!(in_flight = st.uplink.in_flight(), "upload idle");
+                        }
+                        s
+                    } else {
+                        None
+                    };
+                    let stall = st.uplink.next_stall();
+                    (
+                        served,
+                        stall.map_or(st.next_rotation, |s| s.min(st.next_rotation)),
+                    )
+                };
+                if let Some(b) = served {
                     break b;
                 }
                 tokio::select! {
-                    () = self.wake.notified() => {}
+                    () = inner.wake.notified() => {}
+                    () = tokio::time::sleep_until(until) => {}
                     () = shutdown.cancelled() => return self.release_all(),
                 }
             };
-            bucket.charge(bytes);
+            if let Some(bucket) = &inner.bucket {
+                bucket.charge(bytes);
+            }
         }
         self.release_all();
+    }
+
+    /// Chooses the unchoked connections again once [`choke::ROTATE`] has
+    /// passed; the waiting requests of those it chokes are refused.
+    fn rotate_if_due(&self) {
+        let peers: Vec<(u64, Option<PeerId>)> = {
+            let st = self.inner.state.lock();
+            if Instant::now() < st.next_rotation {
+                return;
+            }
+            st.conns.iter().map(|(&c, v)| (c, v.peer)).collect()
+        };
+        // Asked outside the lock: it reads every swarm's counters.
+        let received: Vec<(u64, u64)> = (peers.into_iter())
+            .map(|(c, p)| (c, p.map_or(0, |p| (self.inner.received_from)(&p))))
+            .collect();
+        let mut st = self.inner.state.lock();
+        let now = Instant::now();
+        st.next_rotation = now + choke::ROTATE;
+        let waiting: Vec<u64> = st.entries.iter().map(|e| e.w.ask.conn).collect();
+        let candidates: Vec<Candidate> = (received.iter())
+            .filter_map(|&(conn, total)| {
+                let waiting = waiting.contains(&conn);
+                let c = st.conns.get_mut(&conn)?;
+                let cand = Candidate {
+                    conn,
+                    interested: c.asked || waiting,
+                    received: total.saturating_sub(c.received_mark),
+                    sent: c.sent,
+                };
+                c.received_mark = total;
+                c.asked = false;
+                c.sent = 0;
+                Some(cand)
+            })
+            .collect();
+        let choked = st.choker.rotate(&candidates);
+        if !choked.is_empty() {
+            tracing::trace!(?choked, unchoked = ?st.choker.unchoked().collect::<Vec<_>>(), "choke rotation");
+        }
+        let (gone, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut st.entries)
+            .into_iter()
+            .partition(|e| choked.contains(&e.w.ask.conn));
+        st.entries = kept;
+        drop(st);
+        for e in gone {
+            let _ = e.tx.send(Admission::Choked);
+        }
     }
 
     /// On shutdown: every waiting request is answered, so no connection
     /// task waits forever.
     fn release_all(&self) {
-        for e in self.queue.lock().entries.drain(..) {
-            let _ = e.tx.send(Decision::Busy);
+        let gone = std::mem::take(&mut self.inner.state.lock().entries);
+        for e in gone {
+            let _ = e.tx.send(Admission::Busy);
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    fn ask(conn: u64, piece: u32) -> Ask {
-        Ask {
-            conn,
-            file: FileId([1; 32]),
-            piece,
-            num_pieces: 64,
-            bytes: 1000,
-            second: false,
-        }
-    }
-
-    fn waiting(asks: &[Ask]) -> Vec<Waiting> {
-        (asks.iter().enumerate())
-            .map(|(i, &ask)| Waiting { ask, seq: i as u64 })
-            .collect()
-    }
-
-    #[test]
-    fn never_uploaded_pieces_first_and_stale_first_asks_refused() {
-        // Pieces 0 and 1 went out once already; piece 2 never did.
-        let w = waiting(&[ask(1, 0), ask(2, 1), ask(3, 2), ask(4, 0)]);
-        let uploads = |_: &FileId, p: u32| u32::from(p < 2);
-        let p = plan(&w, uploads, |_| 0);
-        assert_eq!(p.serve, Some(2));
-        assert_eq!(p.refuse, vec![0, 1, 3]);
-    }
-
-    #[test]
-    fn a_second_ask_counts_as_fresh() {
-        let mut w = waiting(&[ask(1, 0), ask(2, 5)]);
-        w[0].ask.second = true;
-        let uploads = |_: &FileId, p: u32| u32::from(p == 0);
-        let p = plan(&w, uploads, |_| 0);
-        assert_eq!(p.serve, Some(0), "earlier and as fresh as piece 5");
-        assert!(p.refuse.is_empty());
-    }
-
-    #[test]
-    fn nothing_refused_without_fresher_work() {
-        // Everything went out once or twice: the least uploaded is served,
-        // nothing is refused, so the upload never idles.
-        let w = waiting(&[ask(1, 0), ask(2, 1), ask(3, 0)]);
-        let uploads = |_: &FileId, p: u32| if p == 0 { 2 } else { 1 };
-        let p = plan(&w, uploads, |_| 0);
-        assert_eq!(
-            p,
-            Plan {
-                serve: Some(1),
-                refuse: vec![]
-            }
-        );
-        assert_eq!(plan(&[], uploads, |_| 0), Plan::default());
-    }
-
-    #[test]
-    fn connections_take_turns() {
-        // Connection 1 asked first for two pieces, but was just served.
-        let w = waiting(&[ask(1, 0), ask(1, 1), ask(2, 2)]);
-        let last = |c: u64| if c == 1 { 5 } else { 3 };
-        assert_eq!(plan(&w, |_, _| 0, last).serve, Some(2));
-        // Same turn: arrival order.
-        assert_eq!(plan(&w, |_, _| 0, |_| 0).serve, Some(0));
-    }
-
-    proptest::proptest! {
-        /// Each plan answers distinct requests, serves one whenever any
-        /// waits, serves a least-uploaded one, and refuses only first asks
-        /// of uploaded pieces while a fresh request waits.
-        #[test]
-        fn plans_are_sound(
-            asks in proptest::collection::vec((0u64..3, 0u32..6, proptest::bool::weighted(0.25)), 0..8),
-            counts in proptest::collection::vec(0u32..3, 6),
-            turns in proptest::collection::vec(0u64..4, 3),
-        ) {
-            let asks: Vec<Ask> = (asks.iter())
-                .map(|&(conn, piece, second)| Ask { second, ..ask(conn, piece) })
-                .collect();
-            let w = waiting(&asks);
-            let p = plan(&w, |_, i| counts[i as usize], |c| turns[usize::try_from(c).unwrap_or(0)]);
-            let rank = |i: usize| if asks[i].second { 0 } else { counts[asks[i].piece as usize] };
-            let n = asks.len();
-            proptest::prop_assert_eq!(p.serve.is_some(), n > 0);
-            if let Some(s) = p.serve {
-                proptest::prop_assert!(!p.refuse.contains(&s));
-                proptest::prop_assert!((0..n).all(|i| p.refuse.contains(&i) || rank(i) >= rank(s)));
-            }
-            for &r in &p.refuse {
-                proptest::prop_assert!(rank(r) > 0 && (0..n).any(|i| rank(i) == 0));
-            }
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn cancelled_requests_cost_no_upload() {
-        // 1000 B/s with a 1-byte burst: each 1000-byte piece puts the
-        // bucket a second into debt, so later requests wait their turn.
-        let up = Arc::new(Uploads::new(Some(1000), 1));
-        let shutdown = CancellationToken::new();
-        let pacer = tokio::spawn({
-            let (up, s) = (up.clone(), shutdown.clone());
-            async move { up.run(s).await }
-        });
-        let admit = |a: Ask| {
-            let up = up.clone();
-            tokio::spawn(async move { up.admit(a).await })
-        };
-        let start = tokio::time::Instant::now();
-        assert_eq!(admit(ask(1, 0)).await.unwrap(), Decision::Serve);
-        // While the pacer waits out that second: a never-uploaded piece is
-        // asked for, then a first ask for piece 0, which already went out.
-        let fresh = admit(ask(2, 1));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let again = admit(ask(3, 0));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        // The fresh request is cancelled (its piece came from elsewhere):
-        // it leaves the queue, so it neither costs a second of upload nor
-        // turns the other request away as `Busy` in favour of itself.
-        fresh.abort();
-        assert_eq!(again.await.unwrap(), Decision::Serve);
-        let took = start.elapsed();
-        assert!(took < Duration::from_millis(1500), "{took:?}");
-        shutdown.cancel();
-        pacer.await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_same_piece_goes_out_once_while_others_wait() {
-        let up = Arc::new(Uploads::new(Some(1000), 1000));
-        let shutdown = CancellationToken::new();
-        // Queue everything before the pacer runs: four readers ask for
-        // piece 0, one for piece 1.
-        let asks = [ask(1, 0), ask(2, 0), ask(3, 0), ask(4, 0), ask(5, 1)];
-        let tasks: Vec<_> = (asks.iter().copied())
-            .map(|a| {
-                let up = up.clone();
-                tokio::spawn(async move { up.admit(a).await })
-            })
-            .collect();
-        tokio::task::yield_now().await;
-        let pacer = tokio::spawn({
-            let (up, s) = (up.clone(), shutdown.clone());
-            async move { up.run(s).await }
-        });
-        let mut got = Vec::new();
-        for t in tasks {
-            got.push(t.await.unwrap());
-        }
-        use Decision::{Busy, Serve};
-        assert_eq!(got, vec![Serve, Busy, Busy, Busy, Serve]);
-        shutdown.cancel();
-        pacer.await.unwrap();
-    }
-}
+#[path = "upload_scheduler_tests.rs"]
+mod tests;

@@ -33,11 +33,22 @@
 //!    fetching is offered to every holder with a free slot, so no peer is
 //!    left with a free slot while it has such a piece.
 //! 5. **End game**: once every wanted missing piece that some peer has is in
-//!    flight, free slots ask further peers for pieces already in flight, up to
-//!    `max_duplicates` peers per piece: urgent pieces first, then those with
-//!    the fewest copies in flight, then the oldest (earliest position in some
-//!    peer's `in_flight`). The last pieces then do not hang on one slow peer.
-//!    When a copy arrives, [`cancellations`] lists the requests to cancel.
+//!    flight, free slots ask further peers for *late* pieces already in
+//!    flight (the caller says which are late), up to `max_duplicates` peers
+//!    per piece: urgent pieces first, then those with the fewest copies in
+//!    flight, then the oldest (earliest position in some peer's
+//!    `in_flight`). The last pieces then do not hang on one slow peer, and
+//!    pieces on their way are not fetched twice. When a copy arrives,
+//!    [`cancellations`] lists the requests to cancel.
+//!
+//! 6. **Seeds last**: a peer that has every piece (a seed, usually the
+//!    file's source) is asked for a piece that a peer without every piece
+//!    offers only when no such peer has a free slot, in every rule above.
+//!    A seed's upload is the swarm's scarcest: it should carry the pieces
+//!    nobody else has, and readers should fetch the rest from each other.
+//!    What it gets asked beyond that, it serves only while it has nothing
+//!    fresher to send (`net/upload_scheduler.rs`): a seed with upload to
+//!    spare still speeds the swarm up.
 //!
 //! An urgent piece already in flight is only duplicated in the end game.
 //! Nothing times a request out: one stuck on a slow peer stays in flight
@@ -56,8 +67,11 @@ use fileshare_protocol::Bitfield;
 /// What the picker needs to know about one connected peer.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerView<'a> {
-    /// Pieces this peer has verified.
+    /// Pieces this peer offers (verified there).
     pub have: &'a Bitfield,
+    /// It has every piece (a seed, such as the file's source): asked only
+    /// for what no other peer offers (rule 6).
+    pub complete: bool,
     /// How many more requests we may send it now.
     pub free_slots: u32,
     /// Pieces currently requested from this peer, oldest request first.
@@ -86,6 +100,8 @@ pub struct PickInput<'a> {
     /// End game: how many peers may have the same piece in flight at once.
     /// 0 and 1 both mean no duplicates.
     pub max_duplicates: u32,
+    /// Pieces in flight for long enough to be asked of another peer too.
+    pub late: &'a Bitfield,
 }
 
 /// Ask peer `peers[peer]` for `piece`.
@@ -148,6 +164,8 @@ struct State<'i, 'a> {
     queued: Vec<usize>,
     /// Per peer: rate, unknown ones replaced by the mean of known ones.
     rate: Vec<f64>,
+    /// Indexed by piece: some peer without every piece offers it (rule 6).
+    partial_has: Vec<bool>,
     out: Vec<Request>,
 }
 
@@ -187,6 +205,10 @@ impl<'i, 'a> State<'i, 'a> {
             .map(|v| Some(v.rate).filter(known).unwrap_or(default_rate))
             .collect();
         let slots: Vec<u32> = input.peers.iter().map(|v| v.free_slots).collect();
+        let partial: Vec<&PeerView> = input.peers.iter().filter(|v| !v.complete).collect();
+        let partial_has = (0..n)
+            .map(|p| partial.iter().any(|v| v.have.get(p)))
+            .collect();
         State {
             input,
             want,
@@ -199,8 +221,14 @@ impl<'i, 'a> State<'i, 'a> {
             slots,
             queued: input.peers.iter().map(|v| v.in_flight.len()).collect(),
             rate,
+            partial_has,
             out: Vec::new(),
         }
+    }
+
+    /// Rule 6: `peer` is a seed and another peer offers `piece`.
+    fn shunned(&self, peer: usize, piece: u32) -> bool {
+        self.input.peers[peer].complete && self.partial_has[piece as usize]
     }
 
     /// Expected time until `peer` would deliver one more piece, in
@@ -210,9 +238,11 @@ impl<'i, 'a> State<'i, 'a> {
     }
 
     /// The peer to ask for `piece`: it has it, has a free slot and is not
-    /// already asked for it. Minimises `(penalised(peer), eta)`, then prefers
-    /// more free slots, then the lower index. O(P).
+    /// already asked for it. Minimises `(shunned, penalised(peer), eta)`
+    /// (rule 6 first), then prefers more free slots, then the lower index.
+    /// O(P).
     fn best_peer(&self, piece: u32, penalised: impl Fn(usize) -> bool) -> Option<usize> {
+        let shunned = |i: usize| self.shunned(i, piece);
         (0..self.input.peers.len())
             .filter(|&i| {
                 self.slots[i] > 0
@@ -220,7 +250,8 @@ impl<'i, 'a> State<'i, 'a> {
                     && !self.asked[i].get(piece)
             })
             .min_by(|&a, &b| {
-                (penalised(a).cmp(&penalised(b)))
+                (shunned(a).cmp(&shunned(b)))
+                    .then(penalised(a).cmp(&penalised(b)))
                     .then(self.eta(a).total_cmp(&self.eta(b)))
                     .then(self.slots[b].cmp(&self.slots[a]))
                     .then(a.cmp(&b))
@@ -298,13 +329,17 @@ impl<'i, 'a> State<'i, 'a> {
         if max <= 1 || self.slots_total == 0 {
             return;
         }
-        let eligible = |s: &Self, p: usize| s.want[p] && s.copies[p] >= 1 && s.copies[p] < max;
+        let late = self.input.late;
+        let eligible = |s: &Self, p: u32| {
+            let i = p as usize;
+            s.want[i] && s.copies[i] >= 1 && s.copies[i] < max && late.get(p)
+        };
         let mut order: Vec<u32> = (self.urgent.iter().copied())
-            .filter(|&p| eligible(self, p as usize))
+            .filter(|&p| eligible(self, p))
             .collect();
         let seed = self.input.seed;
         let mut rest: Vec<u32> = (0..self.input.num_pieces)
-            .filter(|&p| !self.is_urgent[p as usize] && eligible(self, p as usize))
+            .filter(|&p| !self.is_urgent[p as usize] && eligible(self, p))
             .collect();
         rest.sort_unstable_by_key(|&p| {
             let p_us = p as usize;
@@ -329,431 +364,5 @@ impl<'i, 'a> State<'i, 'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use std::collections::HashSet;
-
-    fn bf(n: u32, ones: impl IntoIterator<Item = u32>) -> Bitfield {
-        let mut b = Bitfield::new(n);
-        for i in ones {
-            b.set(i);
-        }
-        b
-    }
-
-    #[derive(Debug, Clone)]
-    struct Peer {
-        have: Bitfield,
-        slots: u32,
-        in_flight: Vec<u32>,
-        rate: f64,
-    }
-
-    fn peer(have: Bitfield, slots: u32) -> Peer {
-        let in_flight = Vec::new();
-        Peer {
-            have,
-            slots,
-            in_flight,
-            rate: 0.0,
-        }
-    }
-
-    fn full(n: u32, slots: u32) -> Peer {
-        peer(Bitfield::full(n), slots)
-    }
-
-    #[derive(Debug, Clone)]
-    struct Case {
-        n: u32,
-        have: Bitfield,
-        wanted: Bitfield,
-        urgent: Vec<u32>,
-        peers: Vec<Peer>,
-        seed: u64,
-        max_duplicates: u32,
-    }
-
-    impl Case {
-        /// Want everything, have nothing, no urgency, no duplicates.
-        fn new(n: u32, peers: Vec<Peer>) -> Self {
-            Case {
-                n,
-                have: Bitfield::new(n),
-                wanted: Bitfield::full(n),
-                urgent: Vec::new(),
-                peers,
-                seed: 7,
-                max_duplicates: 1,
-            }
-        }
-
-        fn views(&self) -> Vec<PeerView<'_>> {
-            self.peers
-                .iter()
-                .map(|p| PeerView {
-                    have: &p.have,
-                    free_slots: p.slots,
-                    in_flight: &p.in_flight,
-                    rate: p.rate,
-                })
-                .collect()
-        }
-
-        /// Runs the picker, checks every invariant, returns the requests.
-        fn run(&self) -> Vec<Request> {
-            let views = self.views();
-            let input = PickInput {
-                num_pieces: self.n,
-                have: &self.have,
-                wanted: &self.wanted,
-                urgent: &self.urgent,
-                peers: &views,
-                seed: self.seed,
-                max_duplicates: self.max_duplicates,
-            };
-            let out = pick(&input);
-            assert_eq!(out, pick(&input), "not deterministic");
-            check(self, &out);
-            out
-        }
-    }
-
-    /// Rules 1, 4 and 5 as properties of one call's output.
-    fn check(c: &Case, out: &[Request]) {
-        let want = |p: u32| p < c.n && !c.have.get(p) && (c.wanted.get(p) || c.urgent.contains(&p));
-        let mut pairs: HashSet<(usize, u32)> = HashSet::new();
-        for (i, v) in c.peers.iter().enumerate() {
-            pairs.extend(v.in_flight.iter().map(|&p| (i, p)));
-        }
-        let mut used = vec![0u32; c.peers.len()];
-        for r in out {
-            let v = &c.peers[r.peer];
-            assert!(want(r.piece), "{r:?}: not wanted or already had");
-            assert!(v.have.get(r.piece), "{r:?}: peer lacks it");
-            assert!(pairs.insert((r.peer, r.piece)), "{r:?}: already asked");
-            used[r.peer] += 1;
-            assert!(used[r.peer] <= v.slots, "{r:?}: over free_slots");
-        }
-        let mut count = vec![0usize; c.n as usize];
-        for &(_, p) in pairs.iter().filter(|&&(_, p)| p < c.n) {
-            count[p as usize] += 1;
-        }
-        let copies = |p: u32| count[p as usize];
-        let max = c.max_duplicates.max(1) as usize;
-        for r in out {
-            assert!(copies(r.piece) <= max, "{r:?}: too many copies");
-        }
-        // No peer with a free slot left while it has work it could do.
-        let fetchable: Vec<u32> = (0..c.n)
-            .filter(|&p| want(p) && c.peers.iter().any(|v| v.have.get(p)))
-            .collect();
-        let end_game = fetchable.iter().all(|&p| copies(p) > 0);
-        for (i, v) in c.peers.iter().enumerate() {
-            if used[i] == v.slots {
-                continue;
-            }
-            for &p in fetchable.iter().filter(|&&p| v.have.get(p)) {
-                assert!(copies(p) > 0, "peer {i} idle, piece {p} unrequested");
-                if end_game && !pairs.contains(&(i, p)) {
-                    assert!(copies(p) >= max, "end game: peer {i} idle, could dup {p}");
-                }
-            }
-        }
-    }
-
-    fn pieces_of(out: &[Request]) -> Vec<u32> {
-        out.iter().map(|r| r.piece).collect()
-    }
-
-    /// Rule 3.
-    #[test]
-    fn rarest_first() {
-        // Availability: piece 0 → 4 peers, 1 → 3, 2 → 2, 3 → 3.
-        let n = 4;
-        let mut c = Case::new(n, vec![full(n, 0), peer(bf(n, [0, 1, 3]), 0)]);
-        c.peers.extend([peer(bf(n, [0]), 0), full(n, 4)]);
-        let out = c.run();
-        assert_eq!(out[0].piece, 2);
-        let mid: HashSet<u32> = pieces_of(&out[1..3]).into_iter().collect();
-        assert_eq!(mid, HashSet::from([1, 3]));
-        assert_eq!(out[3].piece, 0);
-        // With one slot, only the rarest is asked for.
-        c.peers[3].slots = 1;
-        assert_eq!(pieces_of(&c.run()), vec![2]);
-    }
-
-    /// Rule 2, before rule 3.
-    #[test]
-    fn urgent_first_in_given_order() {
-        let n = 20;
-        // Piece 3 is the rarest (one holder), yet urgent pieces come first.
-        let mut c = Case::new(n, vec![full(n, 5)]);
-        c.peers.push(peer(bf(n, (0..n).filter(|&p| p != 3)), 0));
-        c.urgent = vec![12, 5, 17];
-        let out = c.run();
-        assert_eq!(out.len(), 5);
-        assert_eq!(pieces_of(&out[..4]), vec![12, 5, 17, 3]);
-    }
-
-    /// Rule 2: queues grow as pieces are handed out.
-    #[test]
-    fn urgent_pieces_spread_over_peers() {
-        let n = 16;
-        let mut c = Case::new(n, vec![full(n, 8); 4]);
-        c.wanted = Bitfield::new(n);
-        c.urgent = (0..8).collect();
-        for (i, p) in c.peers.iter_mut().enumerate() {
-            p.rate = 1e6 + i as f64 * 1e4; // similar rates
-        }
-        let out = c.run();
-        assert_eq!(out.len(), 8);
-        let first: HashSet<usize> = out[..4].iter().map(|r| r.peer).collect();
-        assert_eq!(first.len(), 4, "{out:?}");
-        for i in 0..4 {
-            assert_eq!(out.iter().filter(|r| r.peer == i).count(), 2);
-        }
-    }
-
-    /// Rule 2: the soonest finisher.
-    #[test]
-    fn urgent_prefers_faster_and_less_loaded_peer() {
-        let n = 4;
-        let mut c = Case::new(n, vec![full(n, 4), full(n, 4)]);
-        c.wanted = Bitfield::new(n);
-        c.urgent = vec![2];
-        c.peers[1].rate = 5e6;
-        c.peers[0].rate = 1e6;
-        assert_eq!(c.run(), vec![Request { peer: 1, piece: 2 }]);
-        // Peer 1 has 3 requests queued at 1.5 MB/s: peer 0 is now sooner.
-        c.peers[1].in_flight = vec![0, 1, 3];
-        c.peers[1].rate = 1.5e6;
-        assert_eq!(c.run(), vec![Request { peer: 0, piece: 2 }]);
-    }
-
-    /// Rule 1.
-    #[test]
-    fn never_requests_a_piece_we_have() {
-        let n = 10;
-        let mut c = Case::new(n, vec![full(n, 10)]);
-        c.have = bf(n, [0, 2, 4, 6, 8]);
-        c.urgent = vec![2, 3];
-        let mut got = pieces_of(&c.run());
-        got.sort_unstable();
-        assert_eq!(got, vec![1, 3, 5, 7, 9]);
-    }
-
-    /// Rule 1.
-    #[test]
-    fn nothing_from_a_peer_lacking_it() {
-        let n = 6;
-        let c = Case::new(n, vec![peer(bf(n, [0, 1]), 10), peer(bf(n, [4]), 10)]);
-        let out = c.run();
-        assert_eq!(out.len(), 3);
-        for r in out {
-            assert_eq!(r.peer, usize::from(r.piece == 4));
-        }
-    }
-
-    /// Rule 1, also in the end game.
-    #[test]
-    fn no_duplicate_piece_to_one_peer() {
-        let n = 5;
-        let mut c = Case::new(n, vec![full(n, 10)]);
-        c.peers[0].in_flight = vec![1, 3];
-        c.max_duplicates = 3;
-        c.urgent = vec![1, 1, 0, 0];
-        let mut got = pieces_of(&c.run());
-        got.sort_unstable();
-        assert_eq!(got, vec![0, 2, 4]);
-    }
-
-    /// Rule 1.
-    #[test]
-    fn free_slots_respected() {
-        let n = 50;
-        let c = Case::new(n, vec![full(n, 3), full(n, 0)]);
-        let out = c.run();
-        assert_eq!(out.len(), 3);
-        assert!(out.iter().all(|r| r.peer == 0));
-    }
-
-    /// Rule 3: ties broken per daemon.
-    #[test]
-    fn seeds_give_different_orders_for_equally_rare_pieces() {
-        let n = 64;
-        let mut c = Case::new(n, vec![full(n, 8)]);
-        let a = pieces_of(&c.run());
-        c.seed = 8;
-        let b = pieces_of(&c.run());
-        assert_ne!(a, b);
-        let overlap = a.iter().filter(|p| b.contains(p)).count();
-        assert!(overlap < 4, "seeds 7 and 8 overlap in {overlap} of 8");
-        assert!(a.windows(2).any(|w| w[0] > w[1]), "not shuffled: {a:?}");
-    }
-
-    /// Rules 3 and 4: a starved peer is preferred.
-    #[test]
-    fn sole_source_peer_gets_its_piece() {
-        // Piece 0 is on peers 0 and 1; peer 1 has nothing else to do, peer 0
-        // (faster) has pieces 1 and 2 too, which nobody else can serve now.
-        let n = 3;
-        let mut c = Case::new(n, vec![full(n, 2), peer(bf(n, [0]), 1)]);
-        c.peers.extend([peer(bf(n, [1]), 0), peer(bf(n, [2]), 0)]);
-        c.peers[0].rate = 1e7;
-        c.peers[1].rate = 1e5;
-        for seed in 0..16 {
-            c.seed = seed;
-            let mut out = c.run();
-            out.sort_unstable();
-            let want = [(0, 1), (0, 2), (1, 0)].map(|(peer, piece)| Request { peer, piece });
-            assert_eq!(out, want);
-        }
-    }
-
-    /// Rule 5, and [`cancellations`].
-    #[test]
-    fn end_game_duplicates_then_cancels() {
-        let n = 4;
-        let mut c = Case::new(n, vec![full(n, 0), full(n, 3)]);
-        c.have = bf(n, [0]);
-        c.max_duplicates = 2;
-        // Not end game while piece 2 has no request: with one free slot,
-        // only it is asked for.
-        c.peers[0].in_flight = vec![3, 1];
-        c.peers[1].slots = 1;
-        assert_eq!(c.run(), vec![Request { peer: 1, piece: 2 }]);
-        c.peers[1].slots = 3;
-        // Everything in flight: duplicate, urgent first, then oldest.
-        c.peers[0].in_flight = vec![3, 1, 2];
-        c.urgent = vec![2];
-        let out = c.run();
-        assert_eq!(pieces_of(&out), vec![2, 3, 1]);
-        assert!(out.iter().all(|r| r.peer == 1));
-        // Limited to max_duplicates: nothing more once both peers have all.
-        let mut after = c.clone();
-        after.peers[1].in_flight = pieces_of(&out);
-        assert!(after.run().is_empty());
-        // Piece 3 arrives from peer 1: cancel it at peer 0, not at peer 1.
-        let views = after.views();
-        assert_eq!(
-            cancellations(3, 1, &views),
-            vec![Request { peer: 0, piece: 3 }]
-        );
-        assert!(cancellations(0, 1, &views).is_empty());
-        // Without duplicates allowed, the end game does nothing.
-        c.max_duplicates = 1;
-        assert!(c.run().is_empty());
-    }
-
-    /// Rule 5: pieces no peer has do not hold the end game back.
-    #[test]
-    fn end_game_is_not_blocked_by_a_piece_nobody_has() {
-        let n = 3;
-        let mut c = Case::new(n, vec![peer(bf(n, [0, 1]), 0), peer(bf(n, [0, 1]), 1)]);
-        c.peers[0].in_flight = vec![0, 1];
-        c.max_duplicates = 2;
-        assert_eq!(c.run(), vec![Request { peer: 1, piece: 0 }]);
-    }
-
-    /// Rule 1: urgent pieces count as wanted.
-    #[test]
-    fn nothing_requested_when_nothing_wanted() {
-        let n = 10;
-        let mut c = Case::new(n, vec![full(n, 10)]);
-        c.wanted = Bitfield::new(n);
-        c.max_duplicates = 2;
-        assert!(c.run().is_empty());
-        // Urgent pieces count as wanted (duplicates and out of range ignored).
-        c.urgent = vec![6, 6, 99];
-        assert_eq!(c.run(), vec![Request { peer: 0, piece: 6 }]);
-        c.wanted = Bitfield::full(n);
-        c.have = Bitfield::full(n);
-        c.urgent = vec![1, 2];
-        assert!(c.run().is_empty());
-        let empty = Case::new(0, vec![]);
-        assert!(empty.run().is_empty());
-    }
-
-    #[test]
-    fn scales_to_many_pieces_and_peers() {
-        let n = 4096;
-        let peers = (0..32u32)
-            .map(|i| peer(bf(n, (0..n).filter(|p| (p + i) % 3 != 0)), 16))
-            .collect();
-        let c = Case::new(n, peers);
-        assert_eq!(c.run().len(), 32 * 16);
-    }
-
-    /// A bitfield with a random density of random bits.
-    fn arb_bits(n: u32) -> impl Strategy<Value = Bitfield> {
-        let bytes = prop::collection::vec(any::<u8>(), n as usize);
-        (0u8..=100, bytes)
-            .prop_map(move |(d, b)| bf(n, (0..n).filter(|&i| b[i as usize] % 100 < d)))
-    }
-
-    fn arb_case() -> impl Strategy<Value = Case> {
-        (1u32..300, 1usize..=8)
-            .prop_flat_map(|(n, np)| {
-                let rate = prop_oneof![Just(0.0), 1.0..1e7f64];
-                let in_flight = prop::collection::vec(0..n, 0..6);
-                let peer = (arb_bits(n), 0u32..6, in_flight, rate).prop_map(
-                    |(have, slots, in_flight, rate)| Peer {
-                        have,
-                        slots,
-                        in_flight,
-                        rate,
-                    },
-                );
-                let urgent = prop::collection::vec(0..n + 3, 0..8);
-                let peers = prop::collection::vec(peer, np);
-                let rest = (any::<u64>(), 0u32..4, any::<bool>());
-                (Just(n), arb_bits(n), arb_bits(n), urgent, peers, rest)
-            })
-            .prop_map(
-                |(n, have, wanted, urgent, peers, (seed, max_duplicates, saturate))| {
-                    let mut c = Case {
-                        n,
-                        have,
-                        wanted,
-                        urgent,
-                        peers,
-                        seed,
-                        max_duplicates,
-                    };
-                    if saturate {
-                        // Every fetchable wanted piece in flight somewhere: end game.
-                        for p in (0..n).filter(|&p| !c.have.get(p) && c.wanted.get(p)) {
-                            if let Some(v) = c.peers.iter_mut().find(|v| v.have.get(p)) {
-                                if !v.in_flight.contains(&p) {
-                                    v.in_flight.push(p);
-                                }
-                            }
-                        }
-                    }
-                    c
-                },
-            )
-    }
-
-    proptest! {
-        /// Rules 1, 4 and 5 (checked by every `run`), and [`cancellations`].
-        #[test]
-        fn invariants_hold(c in arb_case()) {
-            let out = c.run();
-            // Once sent, a delivery cancels exactly the other copies.
-            let mut sent = c.clone();
-            for r in &out {
-                sent.peers[r.peer].in_flight.push(r.piece);
-            }
-            let views = sent.views();
-            for r in &out {
-                let cancel = cancellations(r.piece, r.peer, &views);
-                let copies = views.iter().filter(|v| v.in_flight.contains(&r.piece)).count();
-                prop_assert_eq!(cancel.len(), copies - 1);
-                prop_assert!(cancel.iter().all(|x| x.peer != r.peer && x.piece == r.piece));
-            }
-        }
-    }
-}
+#[path = "picker_tests.rs"]
+mod tests;

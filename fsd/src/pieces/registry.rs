@@ -2,7 +2,7 @@
 //! them, the peer server looks up what it may serve.
 
 use crate::pieces::swarm::Swarm;
-use fileshare_protocol::FileId;
+use fileshare_protocol::{FileId, PeerId};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,5 +28,11 @@ impl Registry {
 
     pub fn all(&self) -> Vec<Arc<Swarm>> {
         self.swarms.lock().values().cloned().collect()
+    }
+
+    /// Verified bytes received from `peer` so far, over every file: what
+    /// the upload scheduler reciprocates.
+    pub fn received_from(&self, peer: &PeerId) -> u64 {
+        self.all().iter().map(|s| s.received_from(peer)).sum()
     }
 }

@@ -37,6 +37,28 @@ pub const PIPELINE: Duration = Duration::from_millis(500);
 /// peer has just sent it to someone else, who offers it within this time.
 pub const BUSY_DEFER: Duration = Duration::from_secs(1);
 
+/// A request in flight for this long (and for three times what its place
+/// in the peer's queue takes at the peer's rate) is *late*. Only late
+/// pieces are asked of a second peer in the end game (the picker's rule
+/// 5), and only those a reader is blocked on or, near the end of the file
+/// ([`END_GAME_PIECES`]), any: a duplicate whose cancel comes too late
+/// costs that peer a piece of upload, the swarm's scarce resource, so
+/// pieces on their way are left alone; one stuck at a slow peer is fetched
+/// elsewhere.
+pub const LATE_MIN: Duration = Duration::from_secs(1);
+
+/// However slow the peer, a request in flight this long is late.
+pub const LATE_MAX: Duration = Duration::from_secs(3);
+
+/// Missing pieces at most for any late piece to be duplicated; before,
+/// only those a reader is blocked on are.
+pub const END_GAME_PIECES: u32 = 8;
+
+/// Near the end of the file ([`END_GAME_PIECES`]) a request is late after
+/// this instead of [`LATE_MIN`]: a last piece holds its reader up, and
+/// there are few of them to duplicate.
+pub const END_LATE_MIN: Duration = Duration::from_millis(250);
+
 /// Newly verified pieces a subscriber may fall behind by before it is sent
 /// the whole bitfield again.
 const HAVE_BACKLOG: usize = 1024;
@@ -68,6 +90,8 @@ struct Link {
     /// Pieces the peer refused `Busy`, and until when not to ask again.
     deferred: Vec<(u32, Instant)>,
     in_flight: Vec<u32>,
+    /// When each request in `in_flight` was sent (same order).
+    asked_at: Vec<Instant>,
     tx: mpsc::UnboundedSender<LinkCmd>,
     /// Bytes per second, smoothed.
     rate: f64,
@@ -76,7 +100,11 @@ struct Link {
 
 impl Link {
     /// Requests to keep in flight: [`PIPELINE`] worth of the measured rate,
-    /// between 1 and [`SLOTS_PER_PEER`].
+    /// between 1 and [`SLOTS_PER_PEER`]; at least [`INITIAL_SLOTS`] at a
+    /// seed, which is asked only for pieces no other peer offers (the
+    /// picker's rule 6): its uploads are shared among many requesters, so
+    /// each one's rate from it is a fraction of what it sends, and a few
+    /// such requests waiting there give it the choice of what goes out.
     // A float-to-int `as` saturates, which is what a slot count wants.
     #[allow(clippy::cast_possible_truncation)]
     fn slots(&self) -> u32 {
@@ -84,12 +112,44 @@ impl Link {
             return INITIAL_SLOTS;
         }
         let want = (self.rate * PIPELINE.as_secs_f64() / PIECE_LEN as f64).ceil();
-        (want as u32).clamp(1, SLOTS_PER_PEER)
+        let least = if self.have.is_full() {
+            INITIAL_SLOTS
+        } else {
+            1
+        };
+        (want as u32).clamp(least, SLOTS_PER_PEER)
     }
 
     fn free_slots(&self) -> u32 {
         self.slots()
             .saturating_sub(u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX))
+    }
+
+    fn ask(&mut self, piece: u32, now: Instant) {
+        self.in_flight.push(piece);
+        self.asked_at.push(now);
+    }
+
+    /// The request for `piece` is answered, refused or cancelled.
+    fn forget(&mut self, piece: u32) {
+        if let Some(i) = self.in_flight.iter().position(|&p| p == piece) {
+            self.in_flight.remove(i);
+            self.asked_at.remove(i);
+        }
+    }
+
+    /// Whether the request at `pos` in `in_flight` is late at `now`
+    /// ([`LATE_MIN`], or `least` near the end of the file).
+    fn late(&self, pos: usize, now: Instant, least: Duration) -> bool {
+        let Some(&at) = self.asked_at.get(pos) else {
+            return false;
+        };
+        let mut after = least;
+        if self.rate > 0.0 && self.rate.is_finite() {
+            let queue = 3.0 * (pos + 1) as f64 * PIECE_LEN as f64 / self.rate;
+            after = after.max(Duration::from_secs_f64(queue.min(LATE_MAX.as_secs_f64())));
+        }
+        now.saturating_duration_since(at) >= after
     }
 }
 
@@ -117,6 +177,8 @@ struct PieceState {
     banned: Vec<PeerId>,
     /// Peers a link is being set up to (not in `links` yet).
     connecting: Vec<PeerId>,
+    /// Verified bytes received from each peer (tit-for-tat, uploads).
+    received: HashMap<PeerId, u64>,
 }
 
 /// Outcome of a received piece that failed verification.
@@ -170,6 +232,7 @@ impl Swarm {
                 counters: HashMap::new(),
                 banned: Vec::new(),
                 connecting: Vec::new(),
+                received: HashMap::new(),
             }),
             haves: broadcast::channel(HAVE_BACKLOG).0,
             seed,
@@ -315,6 +378,7 @@ impl Swarm {
             have,
             deferred: Vec::new(),
             in_flight: Vec::new(),
+            asked_at: Vec::new(),
             tx,
             rate: 0.0,
             last_piece: None,
@@ -359,17 +423,24 @@ impl Swarm {
     }
 
     /// The peer refused `piece` as `Busy` (it just sent it to someone
-    /// else): the slot is free, and the piece is not asked of this peer for
-    /// [`BUSY_DEFER`], so it comes from that someone else.
+    /// else, or it chokes us): the slot is free, and the piece is not asked
+    /// of this peer for [`BUSY_DEFER`], so it comes from someone else. A
+    /// peer that chokes us refuses every piece at once, so within a few
+    /// round trips it is asked nothing until the deferrals expire.
     pub fn piece_busy(&self, key: LinkKey, piece: u32) {
         let mut st = self.state.lock();
         if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
-            l.in_flight.retain(|&p| p != piece);
+            l.forget(piece);
             l.offer.clear(piece);
             l.deferred.retain(|&(p, _)| p != piece);
             l.deferred.push((piece, Instant::now() + BUSY_DEFER));
         }
         self.schedule(&mut st);
+    }
+
+    /// Verified bytes received from `peer` so far.
+    pub fn received_from(&self, peer: &PeerId) -> u64 {
+        self.state.lock().received.get(peer).copied().unwrap_or(0)
     }
 
     /// The link's periodic tick: pieces deferred long enough may be asked
@@ -397,8 +468,9 @@ impl Swarm {
             }
             keep
         });
-        if l.deferred.len() != before {
-            self.schedule(&mut st);
+        let late = (0..l.in_flight.len()).any(|pos| l.late(pos, now, END_LATE_MIN));
+        if l.deferred.len() != before || late {
+            self.schedule_at(&mut st, now);
         }
     }
 
@@ -416,7 +488,7 @@ impl Swarm {
     pub fn piece_unavailable(&self, key: LinkKey, piece: u32) {
         let mut st = self.state.lock();
         if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
-            l.in_flight.retain(|&p| p != piece);
+            l.forget(piece);
             l.have.clear(piece);
             l.offer.clear(piece);
         }
@@ -425,6 +497,7 @@ impl Swarm {
 
     /// A piece arrived that another peer had delivered already.
     pub fn count_duplicate(&self, data: &[u8]) {
+        tracing::trace!(bytes = data.len(), "duplicate");
         (self.duplicate_bytes).fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -447,12 +520,13 @@ impl Swarm {
         let done_by = st.links.iter().position(|l| l.key == key);
         let cancel = picker::cancellations(piece, done_by.unwrap_or(usize::MAX), &views(&st));
         for r in cancel {
+            tracing::trace!(piece, peer = %st.links[r.peer].addr, "cancel");
             let _ = st.links[r.peer].tx.send(LinkCmd::Cancel(piece));
         }
         let now = Instant::now();
         let mut addr = None;
         for l in st.links.iter_mut() {
-            l.in_flight.retain(|&p| p != piece);
+            l.forget(piece);
             if l.key == key {
                 if let Some(t) = l.last_piece {
                     let dt = now.duration_since(t).as_secs_f64().max(1e-4);
@@ -464,10 +538,11 @@ impl Swarm {
                     };
                 }
                 l.last_piece = Some(now);
-                addr = Some(l.addr.clone());
+                addr = Some((l.addr.clone(), l.peer));
             }
         }
-        if let Some(addr) = addr {
+        if let Some((addr, peer)) = addr {
+            *st.received.entry(peer).or_default() += bytes;
             tracing::trace!(piece, peer = %addr, "verified");
             let c = st.counters.entry(addr).or_default();
             c.bytes += bytes;
@@ -488,7 +563,7 @@ impl Swarm {
         let Some(pos) = st.links.iter().position(|l| l.key == key) else {
             return Verdict::DropPeer;
         };
-        st.links[pos].in_flight.retain(|&p| p != piece);
+        st.links[pos].forget(piece);
         st.links[pos].have.clear(piece);
         st.links[pos].offer.clear(piece);
         let addr = st.links[pos].addr.clone();
@@ -520,19 +595,35 @@ impl Swarm {
 
     /// The scheduling step: asks the picker what to request and queues it.
     fn schedule(&self, st: &mut PieceState) {
+        self.schedule_at(st, Instant::now());
+    }
+
+    fn schedule_at(&self, st: &mut PieceState, now: Instant) {
         if st.links.is_empty() {
             return;
         }
         let urgent: Vec<u32> = st.waiters.keys().copied().collect();
+        let n = self.file.layout.num_pieces();
+        let end = n - st.have.count() <= END_GAME_PIECES;
+        let least = if end { END_LATE_MIN } else { LATE_MIN };
+        let mut late = Bitfield::new(n);
+        for l in &st.links {
+            for (pos, &p) in l.in_flight.iter().enumerate() {
+                if (end || st.waiters.contains_key(&p)) && l.late(pos, now, least) {
+                    late.set(p);
+                }
+            }
+        }
         let peers = views(st);
         let requests = picker::pick(&PickInput {
-            num_pieces: self.file.layout.num_pieces(),
+            num_pieces: n,
             have: &st.have,
             wanted: &st.wanted,
             urgent: &urgent,
             peers: &peers,
             seed: self.seed,
             max_duplicates: 2,
+            late: &late,
         });
         drop(peers);
         for r in requests {
@@ -540,7 +631,8 @@ impl Swarm {
                 continue;
             };
             if link.tx.send(LinkCmd::Request(r.piece)).is_ok() {
-                link.in_flight.push(r.piece);
+                tracing::trace!(piece = r.piece, peer = %link.addr, "request");
+                link.ask(r.piece, now);
             }
         }
     }
@@ -551,6 +643,7 @@ fn views(st: &PieceState) -> Vec<PeerView<'_>> {
     (st.links.iter())
         .map(|l| PeerView {
             have: &l.offer,
+            complete: l.have.is_full(),
             free_slots: l.free_slots(),
             in_flight: &l.in_flight,
             rate: l.rate,

@@ -53,18 +53,26 @@ fn end_game_duplicates_are_cancelled_when_a_copy_arrives() {
     let (b, mut rx_b) = s.add_link(peer(2), "b".into(), full).unwrap();
     s.want_all();
     // Four pieces, two peers with four slots each: every piece goes to one
-    // peer, then the end game asks the other one too.
-    let (got_a, got_b) = (drain(&mut rx_a), drain(&mut rx_b));
-    assert_eq!(requested(&got_a), vec![0, 1, 2, 3]);
-    assert_eq!(requested(&got_b), vec![0, 1, 2, 3]);
-    // Piece 2 arrives from a: b is told to cancel it, a is not.
-    s.mark_hash_ok(a, 2, PIECE_LEN);
-    assert_eq!(drain(&mut rx_b), vec![LinkCmd::Cancel(2)]);
+    // peer, and nothing twice while the requests are fresh.
+    let (first_a, first_b) = (requested(&drain(&mut rx_a)), requested(&drain(&mut rx_b)));
+    let mut all: Vec<u32> = first_a.iter().chain(&first_b).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, vec![0, 1, 2, 3]);
+    s.tick_at(a, Instant::now());
+    assert!(drain(&mut rx_a).is_empty() && drain(&mut rx_b).is_empty());
+    // Once they are late, the end game asks the other peer too.
+    s.tick_at(a, Instant::now() + END_LATE_MIN);
+    assert_eq!(requested(&drain(&mut rx_a)), first_b);
+    assert_eq!(requested(&drain(&mut rx_b)), first_a);
+    // A piece arrives from a: b is told to cancel it, a is not.
+    let p = first_a[0];
+    s.mark_hash_ok(a, p, PIECE_LEN);
+    assert_eq!(drain(&mut rx_b), vec![LinkCmd::Cancel(p)]);
     assert!(drain(&mut rx_a).is_empty());
     // A late copy from b changes nothing and cancels nothing.
-    s.mark_hash_ok(b, 2, PIECE_LEN);
+    s.mark_hash_ok(b, p, PIECE_LEN);
     assert!(drain(&mut rx_a).is_empty() && drain(&mut rx_b).is_empty());
-    assert!(s.has(s.file.layout.validate(2).unwrap()));
+    assert!(s.has(s.file.layout.validate(p).unwrap()));
 }
 
 #[test]
@@ -137,6 +145,29 @@ fn a_lone_refusing_peer_is_asked_again_after_the_deferral() {
 }
 
 #[test]
+fn readers_fetch_from_each_other_before_the_seed() {
+    let (_dir, s) = swarm(4);
+    let (src, mut from_src) = s
+        .add_link(peer(1), "src".into(), Bitfield::full(4))
+        .unwrap();
+    let mut half = Bitfield::new(4);
+    half.set(0);
+    half.set(1);
+    let (_r, mut from_r) = s.add_link(peer(2), "r".into(), half).unwrap();
+    s.want_all();
+    let mut r = requested(&drain(&mut from_r));
+    r.sort_unstable();
+    assert_eq!(r, vec![0, 1]);
+    let mut from_seed = requested(&drain(&mut from_src));
+    from_seed.sort_unstable();
+    assert_eq!(from_seed, vec![2, 3]);
+    // What it received, by peer, for the uploads' tit-for-tat.
+    s.mark_hash_ok(src, 2, 100);
+    assert_eq!(s.received_from(&peer(1)), 100);
+    assert_eq!(s.received_from(&peer(2)), 0);
+}
+
+#[test]
 fn request_window_follows_the_measured_rate() {
     let (tx, _rx) = mpsc::unbounded_channel();
     let mut l = Link {
@@ -147,6 +178,7 @@ fn request_window_follows_the_measured_rate() {
         offer: Bitfield::new(1),
         deferred: Vec::new(),
         in_flight: vec![0],
+        asked_at: vec![Instant::now()],
         tx,
         rate: 0.0,
         last_piece: None,
@@ -160,6 +192,10 @@ fn request_window_follows_the_measured_rate() {
     l.rate = 1e12;
     assert_eq!(l.slots(), SLOTS_PER_PEER);
     l.rate = f64::NAN;
+    assert_eq!(l.slots(), INITIAL_SLOTS);
+    // A seed keeps a few requests waiting even at a low rate.
+    l.have = Bitfield::full(1);
+    l.rate = 1024.0 * 1024.0;
     assert_eq!(l.slots(), INITIAL_SLOTS);
 }
 

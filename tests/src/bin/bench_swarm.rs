@@ -24,8 +24,17 @@
 //! `BENCH_CASES=1,3` runs some cases only; `BENCH_MODE=download` fetches
 //! with `fsd download-file` through each reader's daemon instead of reading
 //! through the mount. Run through `scripts/bench.sh swarm` (release build).
+//!
+//! `BENCH_SHAPE=net` shapes the network instead of the daemons: the tracker
+//! and every daemon run in a network namespace of their own on one bridge
+//! (`fileshare_tests::netns`), each daemon's uplink shaped by `tbf` to the
+//! case's rate, and no daemon has a rate flag: the uploads are scheduled
+//! from what each daemon measures. The outputs are then `swarm-net.csv` and
+//! `swarm-net.svg`. The shaped rate counts packet headers too, so about 4%
+//! of it is not file bytes, and the bound is taken at the full rate.
 
 use fileshare_tests::mount::{wait_for, Mount};
+use fileshare_tests::netns::{Lan, Shape};
 use fileshare_tests::world::{User, World};
 use plotters::prelude::*;
 use std::io::{Read, Write};
@@ -199,8 +208,26 @@ fn rate_arg(mib_s: f64) -> String {
     format!("{}K", (mib_s * 1024.0).round())
 }
 
+/// Whether the network is shaped instead of the daemons (`BENCH_SHAPE=net`).
+fn net_shaped() -> bool {
+    std::env::var("BENCH_SHAPE").is_ok_and(|s| s == "net")
+}
+
+/// Host 0 runs the tracker, host 1 the source, host 2 + i reader i.
+fn shaped(lan: &Lan, host: usize, mib_s: f64) -> &fileshare_tests::netns::Host {
+    // A float-to-int `as` saturates, which is what a rate wants.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let rate = (mib_s * MIB as f64) as u64;
+    lan.shape(host, Shape::rate(rate));
+    lan.host(host)
+}
+
 fn run_case(case: &Case) -> Outcome {
-    let w = World::new();
+    let lan = net_shaped().then(|| Lan::new(case.readers + 2));
+    let w = match &lan {
+        Some(lan) => World::on(lan.host(0)),
+        None => World::new(),
+    };
     let owner = w.user("source");
     let readers: Vec<User> = (0..case.readers)
         .map(|i| w.user(&format!("r{i}")))
@@ -214,11 +241,18 @@ fn run_case(case: &Case) -> Outcome {
         usize::try_from(size).expect("size fits"),
         7,
     ));
-    let source = w.mount(&owner, &["--max-upload-rate", &rate_arg(case.source_mib_s)]);
+    let mount = |u: &User, host: usize, mib_s: f64| match &lan {
+        Some(lan) => {
+            let m = w.mount_on(shaped(lan, host, mib_s), u, &[]);
+            lan.track_mount(&m.mountpoint);
+            m
+        }
+        None => w.mount(u, &["--max-upload-rate", &rate_arg(mib_s)]),
+    };
+    let source = mount(&owner, 1, case.source_mib_s);
     std::fs::copy(&src, source.path("g/file.bin")).expect("cp into the source's mount");
-    let mounts: Vec<Mount> = readers
-        .iter()
-        .map(|u| w.mount(u, &["--max-upload-rate", &rate_arg(case.reader_mib_s)]))
+    let mounts: Vec<Mount> = (readers.iter().enumerate())
+        .map(|(i, u)| mount(u, i + 2, case.reader_mib_s))
         .collect();
     for m in &mounts {
         wait_listed(m, "file.bin");
@@ -489,13 +523,22 @@ fn main() {
             o.measured,
             o.measured / c.d_min()
         );
+        println!(
+            "summary case={} shape={} ratio={:.2} source_copies={:.2} duplicates={:.1}%",
+            c.name,
+            if net_shaped() { "net" } else { "daemon" },
+            o.measured / c.d_min(),
+            o.source_copies,
+            o.duplicate_copies * 100.0
+        );
         outcomes.push(o);
     }
     let dir = out_dir();
     std::fs::create_dir_all(&dir).expect("create the output directory");
     let dir = dir.canonicalize().unwrap_or(dir);
-    let csv = dir.join("swarm.csv");
-    let svg = dir.join("swarm.svg");
+    let name = if net_shaped() { "swarm-net" } else { "swarm" };
+    let csv = dir.join(format!("{name}.csv"));
+    let svg = dir.join(format!("{name}.svg"));
     write_csv(&csv, &outcomes).expect("write the CSV");
     draw_svg(&svg, &outcomes).expect("draw the SVG");
     println!(

@@ -1,0 +1,247 @@
+//! The upload scheduler: the pure plan, then the pacer with the uplink's
+//! window, the token bucket and choking, in paused time.
+
+use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn ask(conn: u64, piece: u32) -> Ask {
+    Ask {
+        conn,
+        file: FileId([1; 32]),
+        piece,
+        num_pieces: 64,
+        bytes: 1000,
+        second: false,
+    }
+}
+
+fn waiting(asks: &[Ask]) -> Vec<Waiting> {
+    (asks.iter().enumerate())
+        .map(|(i, &ask)| Waiting { ask, seq: i as u64 })
+        .collect()
+}
+
+#[test]
+fn never_uploaded_pieces_first_and_stale_first_asks_refused() {
+    // Pieces 0 and 1 went out once already; piece 2 never did.
+    let w = waiting(&[ask(1, 0), ask(2, 1), ask(3, 2), ask(4, 0)]);
+    let uploads = |_: &FileId, p: u32| u32::from(p < 2);
+    let p = plan(&w, uploads, |_| 0);
+    assert_eq!(p.serve, Some(2));
+    assert_eq!(p.refuse, vec![0, 1, 3]);
+}
+
+#[test]
+fn a_second_ask_waits_for_fresh_pieces_but_is_never_refused() {
+    let mut w = waiting(&[ask(1, 0), ask(2, 5), ask(3, 0)]);
+    w[0].ask.second = true;
+    let uploads = |_: &FileId, p: u32| u32::from(p == 0);
+    let p = plan(&w, uploads, |_| 0);
+    assert_eq!(p.serve, Some(1), "the never-uploaded piece first");
+    assert_eq!(p.refuse, vec![2], "the first ask for piece 0 only");
+    // Without fresh work: the second ask before stale first asks.
+    let w = [w[2], w[0]];
+    assert_eq!(plan(&w, uploads, |_| 0).serve, Some(1));
+}
+
+#[test]
+fn nothing_refused_without_fresher_work() {
+    // Everything went out once or twice: the least uploaded is served,
+    // nothing is refused, so the upload never idles.
+    let w = waiting(&[ask(1, 0), ask(2, 1), ask(3, 0)]);
+    let uploads = |_: &FileId, p: u32| if p == 0 { 2 } else { 1 };
+    let p = plan(&w, uploads, |_| 0);
+    assert_eq!(
+        p,
+        Plan {
+            serve: Some(1),
+            refuse: vec![]
+        }
+    );
+    assert_eq!(plan(&[], uploads, |_| 0), Plan::default());
+}
+
+#[test]
+fn connections_take_turns() {
+    // Connection 1 asked first for two pieces, but was just served.
+    let w = waiting(&[ask(1, 0), ask(1, 1), ask(2, 2)]);
+    let last = |c: u64| if c == 1 { 5 } else { 3 };
+    assert_eq!(plan(&w, |_, _| 0, last).serve, Some(2));
+    // Same turn: arrival order.
+    assert_eq!(plan(&w, |_, _| 0, |_| 0).serve, Some(0));
+}
+
+proptest::proptest! {
+    /// Each plan answers distinct requests, serves one whenever any
+    /// waits, serves a least-uploaded one, and refuses only first asks
+    /// of uploaded pieces while a fresh request waits.
+    #[test]
+    fn plans_are_sound(
+        asks in proptest::collection::vec((0u64..3, 0u32..6, proptest::bool::weighted(0.25)), 0..8),
+        counts in proptest::collection::vec(0u32..3, 6),
+        turns in proptest::collection::vec(0u64..4, 3),
+    ) {
+        let asks: Vec<Ask> = (asks.iter())
+            .map(|&(conn, piece, second)| Ask { second, ..ask(conn, piece) })
+            .collect();
+        let w = waiting(&asks);
+        let p = plan(&w, |_, i| counts[i as usize], |c| turns[usize::try_from(c).unwrap_or(0)]);
+        let rank = |i: usize| match counts[asks[i].piece as usize] {
+            0 => 0,
+            _ if asks[i].second => 1,
+            c => c + 1,
+        };
+        let n = asks.len();
+        proptest::prop_assert_eq!(p.serve.is_some(), n > 0);
+        if let Some(s) = p.serve {
+            proptest::prop_assert!(!p.refuse.contains(&s));
+            proptest::prop_assert!((0..n).all(|i| p.refuse.contains(&i) || rank(i) >= rank(s)));
+        }
+        for &r in &p.refuse {
+            proptest::prop_assert!(!asks[r].second);
+            proptest::prop_assert!(rank(r) > 0 && (0..n).any(|i| rank(i) == 0));
+        }
+    }
+}
+
+fn what(a: Admission) -> &'static str {
+    match a {
+        Admission::Serve(_) => "serve",
+        Admission::Busy => "busy",
+        Admission::Choked => "choked",
+    }
+}
+
+fn pacer(up: &Arc<Uploads>) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    let (u, s) = (up.clone(), shutdown.clone());
+    (shutdown, tokio::spawn(async move { u.run(s).await }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_requests_cost_no_upload() {
+    // 1000 B/s with a 1-byte burst: each 1000-byte piece puts the
+    // bucket a second into debt, so later requests wait their turn.
+    let up = Arc::new(Uploads::new(Some(1000), 1, |_| 0));
+    let (shutdown, pacer) = pacer(&up);
+    let admit = |a: Ask| {
+        let up = up.clone();
+        tokio::spawn(async move { what(up.admit(a).await) })
+    };
+    let start = tokio::time::Instant::now();
+    assert_eq!(admit(ask(1, 0)).await.unwrap(), "serve");
+    // While the pacer waits out that second: a never-uploaded piece is
+    // asked for, then a first ask for piece 0, which already went out.
+    let fresh = admit(ask(2, 1));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let again = admit(ask(3, 0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The fresh request is cancelled (its piece came from elsewhere):
+    // it leaves the queue, so it neither costs a second of upload nor
+    // turns the other request away as `Busy` in favour of itself.
+    fresh.abort();
+    assert_eq!(again.await.unwrap(), "serve");
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    shutdown.cancel();
+    pacer.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_piece_goes_out_once_while_others_wait() {
+    let up = Arc::new(Uploads::new(Some(1000), 1000, |_| 0));
+    // Queue everything before the pacer runs: four readers ask for
+    // piece 0, one for piece 1.
+    let asks = [ask(1, 0), ask(2, 0), ask(3, 0), ask(4, 0), ask(5, 1)];
+    let tasks: Vec<_> = (asks.iter().copied())
+        .map(|a| {
+            let up = up.clone();
+            tokio::spawn(async move { what(up.admit(a).await) })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let (shutdown, pacer) = pacer(&up);
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    assert_eq!(got, vec!["serve", "busy", "busy", "busy", "serve"]);
+    shutdown.cancel();
+    pacer.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_rate_the_unwritten_bytes_pace_the_uploads() {
+    use fileshare_protocol::PIECE_LEN;
+    let up = Arc::new(Uploads::new(None, 0, |_| 0));
+    let (shutdown, pacer) = pacer(&up);
+    let big = |conn, piece| Ask {
+        bytes: PIECE_LEN,
+        ..ask(conn, piece)
+    };
+    // Two pieces fill the smallest window: both go at once.
+    let Admission::Serve(a) = up.admit(big(1, 0)).await else {
+        panic!("not served")
+    };
+    let Admission::Serve(_b) = up.admit(big(2, 1)).await else {
+        panic!("not served")
+    };
+    // The next ones wait: a fresh piece, then a first ask for piece 0.
+    let spawn = |a: Ask| {
+        let up = up.clone();
+        tokio::spawn(async move { what(up.admit(a).await) })
+    };
+    let fresh = spawn(big(3, 2));
+    let stale = spawn(big(4, 0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!fresh.is_finished() && !stale.is_finished());
+    // One write returns: the fresh piece takes its room, and the stale
+    // ask is refused rather than sent twice while fresh work waited.
+    a.written();
+    assert_eq!(fresh.await.unwrap(), "serve");
+    assert_eq!(stale.await.unwrap(), "busy");
+    shutdown.cancel();
+    pacer.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn choked_connections_are_refused_at_once_until_they_upload_to_us() {
+    // The peer of connection 6 uploads to us; nobody else does.
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let r = received.clone();
+    let up = Arc::new(Uploads::new(None, 0, move |p: &PeerId| {
+        if p.0[0] == 6 {
+            r.load(std::sync::atomic::Ordering::Relaxed)
+        } else {
+            0
+        }
+    }));
+    for conn in 1..=6u8 {
+        up.connected(u64::from(conn), PeerId([conn; 16]));
+    }
+    let (shutdown, pacer) = pacer(&up);
+    // Five connections take the four regular slots and the optimistic
+    // one; the sixth is refused without waiting.
+    for conn in 1..=5u32 {
+        let a = up.admit(ask(u64::from(conn), conn)).await;
+        assert_eq!(what(a), "serve");
+    }
+    assert_eq!(what(up.admit(ask(6, 6)).await), "choked");
+    // Its peer uploads to us, and everyone keeps asking: after the
+    // next rotation it is served, and one of the others is choked.
+    received.store(1 << 20, std::sync::atomic::Ordering::Relaxed);
+    let mut last = Vec::new();
+    for round in 0..6u32 {
+        tokio::time::sleep(choke::ROTATE / 4).await;
+        last.clear();
+        for conn in 1..=6u32 {
+            let a = up.admit(ask(u64::from(conn), 10 + round * 8 + conn)).await;
+            last.push(what(a));
+        }
+    }
+    assert_eq!(last[5], "serve", "{last:?}");
+    assert!(last[..5].contains(&"choked"), "{last:?}");
+    shutdown.cancel();
+    pacer.await.unwrap();
+}
