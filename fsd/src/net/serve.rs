@@ -8,7 +8,9 @@
 //! ([`crate::net::upload_scheduler`]), which may refuse one with `Busy`; a request still
 //! waiting there can be cancelled by the requester. Subscriptions push a
 //! `Have` for every piece verified here, so readers become sources for each
-//! other as soon as they hold something.
+//! other as soon as they hold something, and the whole bitfield again when
+//! pieces are evicted. A piece not held (evicted meanwhile too) is
+//! `NotAvailable`.
 //!
 //! Tasks: the accept loop runs under the server's node of the task tree,
 //! each connection under a child of it, and a connection's requests and
@@ -17,7 +19,7 @@
 
 use crate::net::upload_scheduler::{Ask, Decision, Uploads};
 use crate::pieces::registry::Registry;
-use crate::pieces::swarm::Swarm;
+use crate::pieces::swarm::{Offer, Swarm};
 use crate::tasks::Tasks;
 use crate::trackers::TrackerLink;
 use fileshare_protocol::connection::TcpConnection;
@@ -224,9 +226,11 @@ async fn subscription(swarm: Arc<Swarm>, id: u64, tx: mpsc::Sender<Reply<PeerRep
         }
         body = tokio::select! {
             r = haves.recv() => match r {
-                Ok(i) => PeerReply::Have(i),
-                // Too far behind: the whole bitfield again.
-                Err(broadcast::error::RecvError::Lagged(_)) => PeerReply::Bitfield(swarm.have()),
+                Ok(Offer::Have(i)) => PeerReply::Have(i),
+                // Pieces evicted, or too far behind: the whole bitfield again.
+                Ok(Offer::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    PeerReply::Bitfield(swarm.have())
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             () = tx.closed() => return,
@@ -297,16 +301,18 @@ async fn piece(
         return PeerReply::Error(PeerError::Busy);
     }
     st.refused.lock().remove(&key);
-    let file = swarm.file.clone();
-    let data = match ctx.tasks.blocking(move || file.read_piece(p)).await {
-        Ok(Ok(d)) => d,
+    let reading = swarm.clone();
+    let data = match ctx.tasks.blocking(move || reading.read_piece(p)).await {
+        Ok(Some(Ok(d))) => d,
+        // Evicted since it was asked for.
+        Ok(None) => return PeerReply::Error(PeerError::NotAvailable),
         // A changed in-place file: the in_place watcher withdraws it with
         // one log line of its own.
-        Ok(Err(e @ crate::store::StoreError::SourceChanged { .. })) => {
+        Ok(Some(Err(e @ crate::store::StoreError::SourceChanged { .. }))) => {
             tracing::debug!(file = %swarm.file.meta.name, "cannot serve piece {index}: {e:#}");
             return PeerReply::Error(PeerError::NotAvailable);
         }
-        Ok(Err(e)) => {
+        Ok(Some(Err(e))) => {
             tracing::warn!(file = %swarm.file.meta.name, "cannot serve piece {index}: {e:#}");
             return PeerReply::Error(PeerError::Internal);
         }
