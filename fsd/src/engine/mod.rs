@@ -64,6 +64,8 @@ pub enum EngineError {
     NotFound,
     #[error("hashing failed: {0}")]
     Hash(std::io::Error),
+    #[error("a write failed: {}", std::io::Error::from_raw_os_error(*.0))]
+    WriteFailed(i32),
     #[error("the daemon is shutting down")]
     ShuttingDown,
 }
@@ -85,7 +87,7 @@ impl EngineError {
             EngineError::Store(e) if e.is_no_space() => libc::ENOSPC,
             EngineError::Store(_) | EngineError::Hash(_) => libc::EIO,
             EngineError::Timeout { .. } => libc::EIO,
-            EngineError::Unstorable { errno, .. } => *errno,
+            EngineError::Unstorable { errno, .. } | EngineError::WriteFailed(errno) => *errno,
             EngineError::NotFound => libc::ENOENT,
             EngineError::ShuttingDown => libc::EIO,
         }
@@ -201,6 +203,25 @@ impl Engine {
     /// it from a FUSE thread, not from a task).
     pub fn staging(&self) -> Result<Staging, EngineError> {
         Ok(self.store.staging()?)
+    }
+
+    /// Writes into a file being written through the mount. When the disk is
+    /// full, fetched pieces are evicted to make room and the write is tried
+    /// once more. A write that fails is remembered (every later one, and
+    /// sharing it, fail alike) and the staging file is removed at once.
+    /// Returns the errno (file work: call it from a FUSE thread).
+    pub fn write_staging(&self, st: &Staging, offset: u64, data: &[u8]) -> Result<(), i32> {
+        let mut written = st.write_at(offset, data);
+        if written == Err(libc::ENOSPC)
+            && st.failed().is_none()
+            && self.free_space(data.len() as u64) > 0
+        {
+            written = st.write_at(offset, data);
+        }
+        if let Err(errno) = written {
+            st.fail(errno);
+        }
+        written
     }
 
     /// The engine's tasks under a swarm: they end with it.
@@ -489,15 +510,26 @@ impl Engine {
         name: &str,
         staging: Staging,
     ) -> Result<Arc<Swarm>, EngineError> {
+        if let Some(errno) = staging.failed() {
+            return Err(EngineError::WriteFailed(errno));
+        }
         let (group_c, name_c) = (group.to_string(), name.to_string());
-        let Staging { path, file } = staging;
         let store = self.store.clone();
         let (meta, stored) = self
             .tasks
             .blocking(move || {
-                let meta = Store::hash_file(&file, &name_c).map_err(EngineError::Hash)?;
-                let stored = store.import_staging(&group_c, &meta, &path)?;
-                Ok::<_, EngineError>((meta, stored))
+                let Staging { path, file, .. } = staging;
+                let imported = Store::hash_file(&file, &name_c)
+                    .map_err(EngineError::Hash)
+                    .and_then(|meta| {
+                        let stored = store.import_staging(&group_c, &meta, &path)?;
+                        Ok((meta, stored))
+                    });
+                if imported.is_err() {
+                    // Nothing half written stays behind.
+                    let _ = std::fs::remove_file(&path);
+                }
+                imported
             })
             .await
             .map_err(|_| EngineError::ShuttingDown)??;

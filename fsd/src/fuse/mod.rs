@@ -29,7 +29,6 @@ use fuser::{
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -604,9 +603,10 @@ impl Filesystem for FileShareFs {
             // Already shared: shared files are immutable.
             return reply.error(Errno::EPERM);
         };
-        match st.file.write_all_at(data, offset) {
+        // A failed write is remembered: the close fails alike, unshared.
+        match self.inner.engine.write_staging(st, offset, data) {
             Ok(()) => reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX)),
-            Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))),
+            Err(errno) => reply.error(Errno::from_i32(errno)),
         }
     }
 

@@ -341,6 +341,41 @@ fn mtime_of(md: &std::fs::Metadata) -> i128 {
 pub struct Staging {
     pub path: PathBuf,
     pub file: File,
+    /// The errno of a write that failed (0: none): the file is gone then,
+    /// and it is never shared.
+    failed: std::sync::atomic::AtomicI32,
+}
+
+impl Staging {
+    /// Writes `data` at `offset`. After a failure, every later write fails
+    /// with the same errno.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), i32> {
+        match self.failed() {
+            Some(errno) => Err(errno),
+            None => (self.file.write_all_at(data, offset))
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+        }
+    }
+
+    /// Remembers that a write failed with `errno`, and frees and removes
+    /// the file at once.
+    pub fn fail(&self, errno: i32) {
+        use std::sync::atomic::Ordering;
+        if (self.failed)
+            .compare_exchange(0, errno.max(1), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // Its blocks go now, though the handle stays open until close.
+            let _ = self.file.set_len(0);
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    /// The errno of the write that failed, if one did.
+    pub fn failed(&self) -> Option<i32> {
+        let errno = self.failed.load(std::sync::atomic::Ordering::Acquire);
+        (errno != 0).then_some(errno)
+    }
 }
 
 pub struct Store {
@@ -546,7 +581,11 @@ impl Store {
             .mode(0o600)
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
-        Ok(Staging { path, file })
+        Ok(Staging {
+            path,
+            file,
+            failed: std::sync::atomic::AtomicI32::new(0),
+        })
     }
 
     /// Hashes a file's bytes into metadata: `name` and the SHA-256 of every
