@@ -56,7 +56,10 @@ fi
 
 if [ -n "${BENCH_BASELINE:-}" ]; then
   rev=$(git rev-parse --short "$BENCH_BASELINE")
-  base_dir="$PWD/$target/baseline"
+  case "$target" in
+    /*) base_dir="$target/baseline" ;;
+    *) base_dir="$PWD/$target/baseline" ;;
+  esac
   src=$(mktemp -d)
   trap 'git worktree remove --force "$src" >/dev/null 2>&1 || rm -rf "$src"' EXIT
   echo "== building the baseline $rev into $base_dir"
