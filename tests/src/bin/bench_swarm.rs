@@ -32,6 +32,8 @@
 //! from what each daemon measures. The outputs are then `swarm-net.csv` and
 //! `swarm-net.svg`. The shaped rate counts packet headers too, so about 4%
 //! of it is not file bytes, and the bound is taken at the full rate.
+//! `BENCH_QUEUE_MS` sets how long a packet may wait in a shaped uplink's
+//! queue (`tbf ... latency`, 200 ms by default).
 
 use fileshare_tests::mount::{wait_for, Mount};
 use fileshare_tests::netns::{Lan, Shape};
@@ -218,7 +220,14 @@ fn shaped(lan: &Lan, host: usize, mib_s: f64) -> &fileshare_tests::netns::Host {
     // A float-to-int `as` saturates, which is what a rate wants.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let rate = (mib_s * MIB as f64) as u64;
-    lan.shape(host, Shape::rate(rate));
+    let mut shape = Shape::rate(rate);
+    if let Some(ms) = std::env::var("BENCH_QUEUE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        shape.latency = Duration::from_millis(ms);
+    }
+    lan.shape(host, shape);
     lan.host(host)
 }
 
