@@ -8,10 +8,13 @@
 //! tree ([`crate::tasks`]), each swarm's under a token of its own, and its
 //! file work (store entries, hashing, reads that waited for pieces) runs on
 //! the bounded blocking pool.
+//!
+//! It also makes the store's bytes durable in batches ([`store_sync`]).
 
 pub mod download_jobs;
 pub mod in_place;
 mod rename;
+mod store_sync;
 
 use crate::control::DownloadStatus;
 use crate::engine::download_jobs::{DownloadError, Downloads};
@@ -144,6 +147,8 @@ impl Engine {
     pub fn start(self: &Arc<Self>, addr: String) {
         self.tasks
             .spawn("announce", self.clone().announce_loop(addr));
+        self.tasks
+            .spawn("store-sync", self.clone().store_sync_loop());
         self.tasks
             .spawn("in-place-watch", in_place::watch(self.clone()));
         // The ticket key and a ticket for every group up front: a peer's

@@ -258,6 +258,9 @@ async fn serve(
             SHUTDOWN_GRACE.as_secs()
         ),
     }
+    // Every piece stored is made durable: the next start checks none again.
+    let syncing = engine.clone();
+    let _ = tokio::task::spawn_blocking(move || syncing.sync_store()).await;
     // Last: the socket and pid file go, then the stop requests' streams end.
     drop(control);
     Ok(())
