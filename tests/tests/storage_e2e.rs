@@ -1,15 +1,27 @@
-//! The piece store under pressure, through real mounts: pieces lost in a
-//! crash fetched again, never served.
+//! The piece store under pressure, through real mounts: the cache budget
+//! and eviction, a user's own shares kept whatever the budget, pieces lost
+//! in a crash fetched again, and a full home (a small tmpfs).
 
+use fileshare_tests::daemon::Tmpfs;
 use fileshare_tests::mount::{fetched, wait_for, Mount};
-use fileshare_tests::world::World;
+use fileshare_tests::world::{User, World};
 use fileshare_tests::{cmp, random_file, MIB};
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const PIECE: u64 = 512 * 1024;
+
+/// What one sequential reader keeps from eviction, beyond the budget: the
+/// kernel's read-ahead (4 MiB, whose pieces are kept until read) and the
+/// daemon's (half the budget, at most 32 MiB).
+fn read_window(budget: u64) -> u64 {
+    4 * MIB as u64 + (budget / 2).clamp(PIECE, 64 * PIECE)
+}
 
 fn cp_in(src: &Path, m: &Mount, group: &str) {
     let out = Command::new("cp")
@@ -42,9 +54,151 @@ fn pieces(m: &Mount, rel: &str) -> (u64, u64) {
     (a.parse().unwrap(), b.parse().unwrap())
 }
 
+/// Bytes on disk of the files this home fetched from others (holes
+/// excluded): the pieces the cache budget bounds.
+fn cache_bytes(home: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(home.join("store")).into_iter().flatten() {
+        let dir = e.unwrap().path();
+        if dir.join("fetched").exists() {
+            if let Ok(md) = std::fs::metadata(dir.join("data")) {
+                total += md.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
 /// The store entry of a file, by the id the mount shows.
 fn entry_of(m: &Mount, rel: &str) -> PathBuf {
     m.home.join("store").join(m.xattr(rel, "user.fileshare.id"))
+}
+
+/// A world whose named users get their homes on small tmpfs file systems
+/// (`size` each); the others on the test's disk. Every user is in `g`,
+/// owned by the first.
+fn world_with_small_homes(users: &[(&str, Option<&str>)]) -> (World, Vec<Tmpfs>, Vec<User>) {
+    let w = World::new();
+    let homes = (users.iter())
+        .filter_map(|(name, size)| {
+            size.map(|size| Tmpfs::mount(&w.path(&format!("home-{name}")), size, false))
+        })
+        .collect();
+    let us: Vec<User> = users.iter().map(|(name, _)| w.user(name)).collect();
+    let rest: Vec<&User> = us[1..].iter().collect();
+    w.group("g", &us[0], &rest);
+    (w, homes, us)
+}
+
+#[test]
+fn a_file_four_times_the_budget_streams_within_the_budget() {
+    let (w, u) = World::network(&["alice", "bob", "carol"]);
+    let mut a = w.mount(&u[0], &[]);
+    let budget = 16 * MIB as u64;
+    let b = w.mount(&u[1], &["--cache-size", "16M"]);
+    let size = 64 * MIB;
+    let src = w.path("movie.bin");
+    random_file(&src, size, 21);
+    cp_in(&src, &a, "g");
+    wait_listed(&b, "g", "movie.bin");
+
+    // Bob's store, sampled while he reads the whole file.
+    let (stop, peak) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let sampler = {
+        let (stop, peak, home) = (stop.clone(), peak.clone(), b.home.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(cache_bytes(&home), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    cmp(&src, &b.path("g/movie.bin"));
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    let window = read_window(budget);
+    eprintln!("bob's store peaked at {peak} bytes");
+    assert!(
+        peak <= budget + window,
+        "bob's store held {peak} bytes; budget {budget} plus window {window}"
+    );
+    assert!(peak >= budget / 2, "the budget was not used: {peak}");
+    let (held, total) = pieces(&b, "g/movie.bin");
+    assert_eq!(total, size as u64 / PIECE);
+    assert!(
+        held * PIECE <= budget + window && cache_bytes(&b.home) <= budget + window,
+        "{held} pieces held after the read"
+    );
+    assert!(
+        b.log().contains("fsd::engine::cache: evicted"),
+        "{}",
+        b.log()
+    );
+
+    // Evicted pieces are no longer offered: with alice gone, carol reads
+    // the end of the file from bob, and the start, which bob evicted,
+    // from no one.
+    a.unmount();
+    let c = w.mount(&u[2], &["--read-timeout", "3"]);
+    wait_listed(&c, "g", "movie.bin");
+    let tail_at = (size - 2 * MIB) as u64;
+    let mut f = std::fs::File::open(c.path("g/movie.bin")).unwrap();
+    let mut tail = Vec::new();
+    f.seek(SeekFrom::Start(tail_at)).unwrap();
+    f.read_to_end(&mut tail).unwrap();
+    assert!(
+        tail == std::fs::read(&src).unwrap()[tail_at as usize..],
+        "the tail differs"
+    );
+    let mut head = vec![0u8; 4096];
+    let err = f.read_exact_at(&mut head, 0).expect_err("bob evicted it");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let from_bob = fetched(&c, "g/movie.bin");
+    assert!(
+        from_bob.iter().all(|x| x.3 == 0),
+        "bob served a bad piece: {from_bob:?}"
+    );
+}
+
+#[test]
+fn a_users_own_shares_survive_a_budget_smaller_than_them() {
+    let (w, u) = World::network(&["alice", "bob"]);
+    let a = w.mount(&u[0], &["--cache-size", "1M"]);
+    let b = w.mount(&u[1], &[]);
+    let copied = w.path("copied.bin");
+    random_file(&copied, 6 * MIB + 7, 31);
+    cp_in(&copied, &a, "g");
+    let in_place = w.path("in-place.bin");
+    random_file(&in_place, 5 * MIB, 32);
+    w.fsd_ok(&u[0], &["upload-file", in_place.to_str().unwrap(), "g"]);
+    // Alice reads a file of bob's: her cache keeps at most about 1M of it.
+    let theirs = w.path("theirs.bin");
+    random_file(&theirs, 8 * MIB, 33);
+    cp_in(&theirs, &b, "g");
+    wait_listed(&a, "g", "theirs.bin");
+    cmp(&theirs, &a.path("g/theirs.bin"));
+    let kept = cache_bytes(&a.home);
+    let budget = MIB as u64;
+    assert!(
+        pieces(&a, "g/theirs.bin").0 < 16 && kept <= budget + read_window(budget),
+        "{:?} held, {kept} bytes\n{}",
+        pieces(&a, "g/theirs.bin"),
+        a.log()
+    );
+    // Her own files are whole: every piece held, every byte on disk.
+    assert_eq!(pieces(&a, "g/copied.bin"), (13, 13));
+    assert_eq!(pieces(&a, "g/in-place.bin"), (10, 10));
+    let data = entry_of(&a, "g/copied.bin").join("data");
+    assert!(std::fs::metadata(&data).unwrap().blocks() * 512 >= 6 * MIB as u64);
+    // And bob reads them from her.
+    wait_listed(&b, "g", "copied.bin");
+    wait_listed(&b, "g", "in-place.bin");
+    cmp(&copied, &b.path("g/copied.bin"));
+    cmp(&in_place, &b.path("g/in-place.bin"));
 }
 
 #[test]
@@ -85,4 +239,45 @@ fn a_piece_lost_in_a_crash_is_fetched_again_never_served_wrong() {
     cmp(&src, &b.path("g/f.bin"));
     let again: u64 = fetched(&b, "g/f.bin").iter().map(|c| c.2).sum();
     assert_eq!(again, 1, "only the lost piece is fetched again");
+}
+
+#[test]
+fn a_piece_that_cannot_be_stored_fails_the_read_at_once() {
+    let (w, homes, u) = world_with_small_homes(&[("alice", None), ("bob", Some("16m"))]);
+    let a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &["--read-timeout", "60"]);
+    let src = w.path("z.bin");
+    random_file(&src, 4 * MIB, 61);
+    cp_in(&src, &a, "g");
+    wait_listed(&b, "g", "z.bin");
+    let f = std::fs::File::open(b.path("g/z.bin")).unwrap();
+    // Bob's disk fills up.
+    let filler_path = homes[0].dir.join("filler");
+    let mut filler = std::fs::File::create(&filler_path).unwrap();
+    for chunk in [MIB, 4096] {
+        while filler.write_all(&vec![1u8; chunk]).is_ok() {}
+    }
+    let start = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let err = f
+        .read_exact_at(&mut buf, 0)
+        .expect_err("nowhere to store it");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the read waited {:?}",
+        start.elapsed()
+    );
+    drop(filler);
+    std::fs::remove_file(&filler_path).unwrap();
+    // Room again: the same handle reads, over the same link.
+    let mut all = Vec::new();
+    (&f).read_to_end(&mut all).unwrap();
+    assert!(all == std::fs::read(&src).unwrap(), "bytes differ");
+    let joined = b
+        .log()
+        .lines()
+        .filter(|l| l.contains("peer joined") && l.contains("z.bin"))
+        .count();
+    assert_eq!(joined, 1, "the link to alice dropped:\n{}", b.log());
 }

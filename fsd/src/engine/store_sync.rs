@@ -7,6 +7,8 @@
 //! unclean stop leaves pieces to hash again at the next start, at most
 //! about `SYNC_BYTES` of them.
 //!
+//! The same loop recounts the cache's use from the swarms, and evicts what
+//! readers no longer keep while the cache is over its budget.
 
 use crate::engine::Engine;
 use crate::store::StoredFile;
@@ -31,6 +33,13 @@ impl Engine {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            self.cache.recount();
+            // Pieces kept for readers who have moved on go now.
+            let (budget, used) = self.cache.usage();
+            if used > budget {
+                let cache = self.cache.clone();
+                let _ = self.tasks.blocking(move || cache.make_room(0)).await;
+            }
             let files = self.files();
             let mut bytes = 0u64;
             let mut oldest = Duration::ZERO;

@@ -183,6 +183,7 @@ async fn serve(
         registry.clone(),
         args.max_download_rate.map(|r| TokenBucket::new(r, burst)),
         Duration::from_secs(args.read_timeout.max(1)),
+        args.cache_size,
         engine_tasks.clone(),
     );
     let resumed = engine.load_store().await?;
