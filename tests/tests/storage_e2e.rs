@@ -1,8 +1,8 @@
 //! The piece store under pressure, through real mounts: the cache budget
 //! and eviction, a user's own shares kept whatever the budget, pieces lost
-//! in a crash fetched again, and a full home (a small tmpfs).
+//! in a crash fetched again, and full disks (small tmpfs homes).
 
-use fileshare_tests::daemon::Tmpfs;
+use fileshare_tests::daemon::{text, Tmpfs};
 use fileshare_tests::mount::{fetched, wait_for, Mount};
 use fileshare_tests::world::{User, World};
 use fileshare_tests::{cmp, random_file, MIB};
@@ -239,6 +239,40 @@ fn a_piece_lost_in_a_crash_is_fetched_again_never_served_wrong() {
     cmp(&src, &b.path("g/f.bin"));
     let again: u64 = fetched(&b, "g/f.bin").iter().map(|c| c.2).sum();
     assert_eq!(again, 1, "only the lost piece is fetched again");
+}
+
+#[test]
+fn a_full_disk_during_cp_fails_the_close_and_shares_nothing() {
+    let (w, _homes, u) = world_with_small_homes(&[("alice", Some("48m")), ("bob", None)]);
+    let a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &[]);
+    let big = w.path("big.bin");
+    random_file(&big, 64 * MIB, 51);
+    let out = Command::new("cp")
+        .arg(&big)
+        .arg(a.path("g"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success(), "cp into a full home succeeded");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    // Nothing staged is left, nothing is shared, and one line says so.
+    let staging = u[0].home.join("store/staging");
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    assert!(!a.path("g/big.bin").exists());
+    w.fsd_ok(&u[1], &["list-files", "g"])
+        .lines()
+        .for_each(|l| assert!(!l.starts_with("big.bin"), "{l}"));
+    let log = a.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("big.bin")).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("No space left on device"), "{lines:?}");
+    // The space is free again: the next read works.
+    let small = w.path("small.bin");
+    random_file(&small, 4 * MIB, 52);
+    cp_in(&small, &b, "g");
+    wait_listed(&a, "g", "small.bin");
+    cmp(&small, &a.path("g/small.bin"));
 }
 
 #[test]

@@ -31,6 +31,8 @@ use crate::trackers::{LinkError, TrackerLink};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{FileEntry, Holding, PeerLocation};
 use fileshare_protocol::{ErrorCode, FileId, Identity};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -220,6 +222,21 @@ impl Engine {
     /// The room the mount offers, as `df` shows it.
     pub async fn space(&self) -> Result<crate::store::Space, EngineError> {
         self.with_store(|s| s.space()).await
+    }
+
+    /// Writes into a file being written through the mount. When the disk is
+    /// full, fetched pieces are evicted to make room and the write is tried
+    /// once more. Returns the errno (file work: call it from a FUSE thread).
+    pub fn write_staging(&self, file: &File, offset: u64, data: &[u8]) -> Result<(), i32> {
+        let write = || {
+            file.write_all_at(data, offset)
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+        };
+        let mut written = write();
+        if written == Err(libc::ENOSPC) && self.free_space(data.len() as u64) > 0 {
+            written = write();
+        }
+        written
     }
 
     /// The engine's tasks under a swarm: they end with it.
@@ -532,14 +549,22 @@ impl Engine {
         replace: bool,
     ) -> Result<Arc<Swarm>, EngineError> {
         let (group_c, name_c) = (group.to_string(), name.to_string());
-        let Staging { path, file } = staging;
         let store = self.store.clone();
         let (meta, stored) = self
             .tasks
             .blocking(move || {
-                let meta = Store::hash_file(&file, &name_c).map_err(EngineError::Hash)?;
-                let stored = store.import_staging(&group_c, &meta, &path)?;
-                Ok::<_, EngineError>((meta, stored))
+                let Staging { path, file } = staging;
+                let imported = Store::hash_file(&file, &name_c)
+                    .map_err(EngineError::Hash)
+                    .and_then(|meta| {
+                        let stored = store.import_staging(&group_c, &meta, &path)?;
+                        Ok((meta, stored))
+                    });
+                if imported.is_err() {
+                    // Nothing half written stays behind.
+                    let _ = std::fs::remove_file(&path);
+                }
+                imported
             })
             .await
             .map_err(|_| EngineError::ShuttingDown)??;

@@ -21,7 +21,6 @@ use fuser::{
 use parking_lot::Mutex;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -51,6 +50,9 @@ pub(super) struct StagedState {
     pub generation: u64,
     /// The outcome of sharing, once it was tried.
     pub outcome: Option<Result<(), Errno>>,
+    /// The errno of a write that failed: the staging file is gone then,
+    /// every later write and the close fail alike, and nothing is shared.
+    pub failed: Option<Errno>,
     /// What `chmod` and `utimens` set, shown until it is shared.
     pub perm: u16,
     pub mtime: Option<SystemTime>,
@@ -107,6 +109,7 @@ impl Inner {
                 removed: false,
                 generation: 0,
                 outcome: None,
+                failed: None,
                 perm: u16::try_from(mode & !umask & 0o7777).unwrap_or(0o644),
                 mtime: None,
                 atime: None,
@@ -134,6 +137,9 @@ impl Inner {
         }
         let reader = {
             let mut st = staged.state.lock();
+            if let Some(e) = st.failed {
+                return Err(e);
+            }
             let Some(file) = st.file.as_ref() else {
                 // Being shared: shared files are immutable.
                 return Err(Errno::EPERM);
@@ -157,14 +163,30 @@ impl Inner {
         let Handle::Write { staged, .. } = &*handle else {
             return reply.error(Errno::EBADF);
         };
-        let st = staged.state.lock();
+        let mut st = staged.state.lock();
+        if let Some(e) = st.failed {
+            return reply.error(e);
+        }
         let Some(file) = st.file.as_ref() else {
             // Already shared: shared files are immutable.
             return reply.error(Errno::EPERM);
         };
-        match file.write_all_at(data, offset) {
+        match self.engine.write_staging(file, offset, data) {
             Ok(()) => reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX)),
-            Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))),
+            Err(errno) => {
+                // Its blocks go now, though handles stay open until close.
+                let _ = file.set_len(0);
+                let _ = std::fs::remove_file(&staged.path);
+                let e = Errno::from_i32(errno);
+                tracing::warn!(
+                    group = %st.group,
+                    file = %st.name,
+                    "a write failed ({}): the file is not shared",
+                    std::io::Error::from_raw_os_error(errno)
+                );
+                st.failed = Some(e);
+                reply.error(e)
+            }
         }
     }
 
@@ -256,6 +278,15 @@ impl Inner {
             let mut st = staged.state.lock();
             if st.removed {
                 return Ok(());
+            }
+            if let Some(e) = st.failed {
+                // Remembered from the write: nothing is shared.
+                st.file = None;
+                st.outcome = Some(Err(e));
+                drop(st);
+                self.nodes.lock().drop_staging(staged.ino);
+                self.staged.lock().remove(&staged.ino);
+                return Err(e);
             }
             let Some(file) = st.file.take() else {
                 // Shared, or being shared by another call.
