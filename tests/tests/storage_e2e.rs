@@ -1,6 +1,7 @@
 //! The piece store under pressure, through real mounts: the cache budget
 //! and eviction, a user's own shares kept whatever the budget, pieces lost
-//! in a crash fetched again, and full disks (small tmpfs homes).
+//! in a crash fetched again, full disks (small tmpfs homes), and stale
+//! temporary files of downloads.
 
 use fileshare_tests::daemon::{text, Tmpfs};
 use fileshare_tests::mount::{fetched, wait_for, Mount};
@@ -314,4 +315,48 @@ fn a_piece_that_cannot_be_stored_fails_the_read_at_once() {
         .filter(|l| l.contains("peer joined") && l.contains("z.bin"))
         .count();
     assert_eq!(joined, 1, "the link to alice dropped:\n{}", b.log());
+}
+
+/// `fsd download-file g NAME DEST` as `user`, run to its end.
+fn download(w: &World, user: &User, name: &str, dest: &Path) -> std::process::Output {
+    w.fsd(user, &["download-file", "g", name, dest.to_str().unwrap()])
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn stale_download_files_go_and_a_full_destination_keeps_nothing() {
+    let (w, u) = World::network(&["alice", "bob"]);
+    let a = w.mount(&u[0], &[]);
+    let _b = w.mount(&u[1], &[]);
+    let six = w.path("six.bin");
+    random_file(&six, 6 * MIB, 71);
+    cp_in(&six, &a, "g");
+    let twelve = w.path("twelve.bin");
+    random_file(&twelve, 12 * MIB, 72);
+    cp_in(&twelve, &a, "g");
+
+    // A killed download's leftover fills most of the destination; a file
+    // of another pattern stays.
+    let dest = Tmpfs::mount(&w.path("dest"), "8m", false);
+    std::fs::write(dest.dir.join(".six.bin.0123abcd.part"), vec![0u8; 3 * MIB]).unwrap();
+    std::fs::write(dest.dir.join(".six.bin.part"), b"not ours").unwrap();
+    let out = download(&w, &u[1], "six.bin", &dest.dir);
+    assert!(out.status.success(), "{}", text(&out).1);
+    cmp(&six, &dest.dir.join("six.bin"));
+    assert_eq!(names_in(&dest.dir), [".six.bin.part", "six.bin"]);
+
+    // No room for the next one: it fails and leaves nothing.
+    let out = download(&w, &u[1], "twelve.bin", &dest.dir);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not enough space"), "{stderr}");
+    assert_eq!(names_in(&dest.dir), [".six.bin.part", "six.bin"]);
 }

@@ -1,28 +1,24 @@
 //! Whole-file downloads for `fsd download-file`: the same swarm a FUSE read
 //! would use, told to want every piece, then copied to the destination.
 //!
-//! The destination appears complete or not at all. A hidden temporary file
-//! beside it is created and given its full size before anything is fetched,
-//! so a read-only or full place fails at once; once every piece is verified
-//! the pieces are hashed again as they are copied, the file is synced and
-//! renamed over the destination, and the directory is synced. Any failure,
-//! or the daemon stopping, removes the temporary file.
+//! The destination appears complete or not at all: a hidden temporary file
+//! beside it ([`super::partial`]) is given its full size before anything is
+//! fetched, so a read-only or full place fails at once; once every piece is
+//! verified the pieces are hashed again as they are copied, the file is
+//! synced and renamed over the destination, and the directory is synced.
+//! Any failure, or the daemon stopping, removes the temporary file.
 //!
 //! Each job is a task under the engine's token; its file work runs on the
 //! blocking pool. The engine owns the jobs ([`Engine::start_download`]).
 
 use crate::control::{DownloadState, DownloadStatus, WirePath};
+use crate::engine::partial::Partial;
 use crate::engine::{Engine, EngineError};
 use crate::pieces::swarm::Swarm;
-use crate::store::{StoreError, StoredFile};
+use crate::store::StoreError;
 use crate::trackers::LinkError;
-use crate::units::human_bytes;
-use fileshare_protocol::ids::{check_name, hex, PieceHash};
+use fileshare_protocol::ids::check_name;
 use parking_lot::Mutex;
-use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -79,146 +75,6 @@ fn os_text(e: &std::io::Error) -> String {
     match s.find(" (os error") {
         Some(i) => s[..i].to_string(),
         None => s,
-    }
-}
-
-fn is_no_space(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-}
-
-/// The destination's temporary twin; removed on drop unless committed.
-struct Partial {
-    tmp: PathBuf,
-    dest: PathBuf,
-    file: File,
-    committed: bool,
-}
-
-impl Partial {
-    /// Creates the temporary file beside `dest` with room for `size` bytes.
-    fn create(dest: &Path, name: &str, size: u64) -> Result<Partial, DownloadError> {
-        let dir = dest.parent().unwrap_or(Path::new("/"));
-        let mut rnd = [0u8; 4];
-        let _ = getrandom::fill(&mut rnd);
-        let mut tmp_name = OsString::from(".");
-        tmp_name.push(dest.file_name().unwrap_or(name.as_ref()));
-        tmp_name.push(format!(".{}.part", hex(&rnd)));
-        let tmp = dir.join(tmp_name);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|f| {
-                // Under the daemon's owner-only umask: give the download the
-                // mode the user's own umask would.
-                let mode = std::fs::Permissions::from_mode(crate::mount::user_file_mode());
-                f.set_permissions(mode).map(|()| f)
-            })
-            .map_err(|error| DownloadError::Write {
-                path: dest.display().to_string(),
-                error,
-            })?;
-        let partial = Partial {
-            tmp,
-            dest: dest.to_path_buf(),
-            file,
-            committed: false,
-        };
-        if size > 0 {
-            let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
-            // SAFETY: the descriptor is open for writing and owned by `file`.
-            let r = unsafe { libc::fallocate(partial.file.as_raw_fd(), 0, 0, len) };
-            if r != 0 {
-                let e = std::io::Error::last_os_error();
-                if is_no_space(&e) || e.raw_os_error() == Some(libc::EFBIG) {
-                    return Err(DownloadError::NoSpace {
-                        name: name.to_string(),
-                        size: human_bytes(size),
-                        dir: dir.display().to_string(),
-                    });
-                }
-                // Filesystems without fallocate: space is checked as we write.
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
-                ) {
-                    return Err(partial.write_error(e));
-                }
-            }
-        }
-        Ok(partial)
-    }
-
-    fn write_error(&self, e: std::io::Error) -> DownloadError {
-        if is_no_space(&e) {
-            DownloadError::NoSpace {
-                name: self
-                    .dest
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                size: self
-                    .file
-                    .metadata()
-                    .map(|m| human_bytes(m.len()))
-                    .unwrap_or_default(),
-                dir: self
-                    .dest
-                    .parent()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-            }
-        } else {
-            DownloadError::Write {
-                path: self.dest.display().to_string(),
-                error: e,
-            }
-        }
-    }
-
-    /// Copies every (verified) piece of `src`, checking each against its
-    /// hash once more, then syncs and renames over the destination.
-    fn fill_and_commit(mut self, src: &StoredFile) -> Result<(), DownloadError> {
-        let layout = src.layout;
-        for p in layout.pieces() {
-            let data = src.read_piece(p).map_err(|error| DownloadError::Store {
-                piece: p.get(),
-                name: src.meta.name.clone(),
-                error,
-            })?;
-            if src.meta.hashes.get(p.usize()) != Some(&PieceHash::of(&data)) {
-                return Err(DownloadError::Corrupt {
-                    piece: p.get(),
-                    name: src.meta.name.clone(),
-                });
-            }
-            self.file
-                .write_all_at(&data, layout.piece_offset(p))
-                .map_err(|e| self.write_error(e))?;
-        }
-        self.file
-            .set_len(layout.size())
-            .and_then(|()| self.file.sync_all())
-            .map_err(|e| self.write_error(e))?;
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| self.write_error(e))?;
-        self.committed = true;
-        if let Some(dir) = self.dest.parent() {
-            // The rename is durable once the directory is.
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
     }
 }
 
@@ -483,60 +339,5 @@ async fn fetch(
         };
         p.done = done;
         p.peers = u32::try_from(swarm.links()).unwrap_or(u32::MAX);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::Store;
-    use fileshare_protocol::PIECE_LEN;
-
-    fn stored(dir: &Path, bytes: &[u8]) -> Arc<StoredFile> {
-        let store = Store::open(dir).unwrap();
-        let st = store.staging().unwrap();
-        st.file.write_all_at(bytes, 0).unwrap();
-        let meta = Store::hash_file(&st.file, "a.bin").unwrap();
-        store.import_staging("g", &meta, &st.path).unwrap()
-    }
-
-    fn leftovers(dir: &Path) -> Vec<String> {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-
-    #[test]
-    fn destination_appears_whole_and_temp_is_gone() {
-        let store_dir = tempfile::tempdir().unwrap();
-        let bytes: Vec<u8> = (0..PIECE_LEN * 2 + 3).map(|i| (i % 253) as u8).collect();
-        let src = stored(store_dir.path(), &bytes);
-        let out = tempfile::tempdir().unwrap();
-        let dest = out.path().join("a.bin");
-        let p = Partial::create(&dest, "a.bin", src.layout.size()).unwrap();
-        assert!(!dest.exists());
-        p.fill_and_commit(&src).unwrap();
-        assert_eq!(std::fs::read(&dest).unwrap(), bytes);
-        assert_eq!(leftovers(out.path()), vec!["a.bin".to_string()]);
-    }
-
-    #[test]
-    fn dropped_partial_leaves_nothing() {
-        let out = tempfile::tempdir().unwrap();
-        let dest = out.path().join("x");
-        let p = Partial::create(&dest, "x", 1000).unwrap();
-        drop(p);
-        assert!(leftovers(out.path()).is_empty());
-    }
-
-    #[test]
-    fn missing_directory_is_one_clear_line() {
-        let out = tempfile::tempdir().unwrap();
-        let dest = out.path().join("nope/x");
-        let err = Partial::create(&dest, "x", 10).err().unwrap().to_string();
-        assert!(err.starts_with("cannot write "), "{err}");
-        assert!(err.ends_with("No such file or directory"), "{err}");
-        assert!(!err.contains('\n'));
     }
 }

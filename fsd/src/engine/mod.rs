@@ -15,6 +15,7 @@
 pub mod cache;
 pub mod download_jobs;
 pub mod in_place;
+mod partial;
 mod rename;
 mod store_sync;
 
