@@ -1,9 +1,9 @@
 //! The piece store under pressure, through real mounts: the cache budget
 //! and eviction, a user's own shares kept whatever the budget, pieces lost
-//! in a crash fetched again, full disks (small tmpfs homes), and stale
-//! temporary files of downloads.
+//! in a crash fetched again, full disks (small tmpfs homes), stale
+//! temporary files of downloads, and downloads resumed after a restart.
 
-use fileshare_tests::daemon::{text, Tmpfs};
+use fileshare_tests::daemon::{fsd_command, text, Tmpfs};
 use fileshare_tests::mount::{fetched, wait_for, Mount};
 use fileshare_tests::world::{User, World};
 use fileshare_tests::{cmp, random_file, MIB};
@@ -359,4 +359,72 @@ fn stale_download_files_go_and_a_full_destination_keeps_nothing() {
     assert!(!out.status.success());
     assert!(stderr.contains("not enough space"), "{stderr}");
     assert_eq!(names_in(&dest.dir), [".six.bin.part", "six.bin"]);
+}
+
+#[test]
+fn a_download_is_resumed_after_a_restart() {
+    let (w, u) = World::network(&["alice", "bob"]);
+    let a = w.mount(&u[0], &["--max-upload-rate", "2M"]);
+    let mut b = w.mount(&u[1], &[]);
+    let size = 12 * MIB;
+    let src = w.path("slow.bin");
+    random_file(&src, size, 81);
+    cp_in(&src, &a, "g");
+    wait_listed(&b, "g", "slow.bin");
+    let out_dir = w.path("downloads");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let child = fsd_command(
+        &w,
+        &u[1],
+        &["download-file", "g", "slow.bin", out_dir.to_str().unwrap()],
+    )
+    .spawn()
+    .unwrap();
+    let part = wait_for("a quarter downloaded", Duration::from_secs(30), || {
+        let shown = w.fsd_ok(&u[1], &["show-downloads"]);
+        let pct: f64 = shown
+            .lines()
+            .find(|l| l.starts_with("[D] [g] slow.bin "))?
+            .split_whitespace()
+            .nth(3)?
+            .trim_end_matches('%')
+            .parse()
+            .ok()?;
+        (pct >= 25.0).then(|| names_in(&out_dir))
+    });
+    assert_eq!(part.len(), 1, "{part:?}");
+    assert!(part[0].starts_with(".slow.bin.") && part[0].ends_with(".part"));
+    b.kill9();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "download-file outlived its daemon");
+    assert_eq!(names_in(&out_dir), part, "the leftover of the crash");
+
+    b.restart();
+    let shown = w.fsd_ok(&u[1], &["show-downloads"]);
+    assert!(
+        shown.lines().any(|l| l.contains("[g] slow.bin ")),
+        "not listed: {shown}\n{}",
+        b.log()
+    );
+    assert!(
+        !names_in(&out_dir).contains(&part[0]),
+        "the stale temporary file stayed"
+    );
+    wait_for("the resumed download", Duration::from_secs(30), || {
+        let shown = w.fsd_ok(&u[1], &["show-downloads"]);
+        assert!(!shown.contains("[F]"), "{shown}\n{}", b.log());
+        shown
+            .lines()
+            .any(|l| l.starts_with("[C] [g] slow.bin "))
+            .then_some(())
+    });
+    cmp(&src, &out_dir.join("slow.bin"));
+    assert_eq!(names_in(&out_dir), ["slow.bin"]);
+    let again: u64 = fetched(&b, "g/slow.bin").iter().map(|c| c.2).sum();
+    assert!(
+        again < size as u64 / PIECE,
+        "{again} pieces fetched again: the store's were not used"
+    );
+    assert!(b.log().contains("download resumed"), "{}", b.log());
+    drop(a);
 }

@@ -9,8 +9,9 @@
 //! file work (store entries, hashing, reads that waited for pieces) runs on
 //! the bounded blocking pool.
 //!
-//! It also keeps the store within its budget ([`cache`]) and makes the
-//! store's bytes durable in batches ([`store_sync`]).
+//! It also keeps the store within its budget ([`cache`]), makes the store's
+//! bytes durable in batches ([`store_sync`]) and resumes the
+//! `download-file` jobs a stopped daemon left ([`download_jobs`]).
 
 pub mod cache;
 pub mod download_jobs;
@@ -171,6 +172,8 @@ impl Engine {
             .spawn("announce", self.clone().announce_loop(addr));
         self.tasks
             .spawn("store-sync", self.clone().store_sync_loop());
+        self.tasks
+            .spawn("resume-downloads", self.clone().resume_downloads());
         self.tasks
             .spawn("in-place-watch", in_place::watch(self.clone()));
         // The ticket key and a ticket for every group up front: a peer's
@@ -730,6 +733,11 @@ impl Engine {
         dest: &Path,
     ) -> Result<DownloadStatus, DownloadError> {
         self.downloads.start(self, group, name, dest).await
+    }
+
+    /// Resumes the downloads a stopped daemon left (from [`Engine::start`]).
+    async fn resume_downloads(self: Arc<Self>) {
+        self.downloads.resume(&self).await;
     }
 
     /// One download's status, by id.

@@ -11,8 +11,11 @@
 //! Loading a file hashes again every piece recorded after the last sync
 //! point covering it (only an unclean stop leaves any), so bytes a power
 //! loss took are fetched again, never served.
+//!
+//! `downloads` (see [`jobs`]) lists the `download-file` jobs to resume.
 
 pub mod disk;
+pub mod jobs;
 pub mod log;
 mod rename;
 mod space;
