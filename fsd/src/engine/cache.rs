@@ -24,9 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How far below the budget an eviction goes, so that the next pieces
-/// stored need none: a sixteenth of the budget, at most 8 pieces.
+/// stored need none: a sixteenth of the budget, at most 64 pieces (each
+/// eviction looks at every fetched piece held, so large caches evict in
+/// larger batches).
 fn batch(budget: u64) -> u64 {
-    (budget / 16).min(8 * PIECE_LEN)
+    (budget / 16).min(64 * PIECE_LEN)
 }
 
 /// At most one line per this interval about pieces that cannot be stored.
@@ -155,6 +157,12 @@ impl Cache {
         let mut candidates: Vec<(u64, usize, u32)> = Vec::new();
         for (n, s) in swarms.iter().enumerate() {
             candidates.extend(s.evictable().into_iter().map(|(t, p)| (t, n, p)));
+        }
+        // The oldest that may be enough, in order.
+        let enough = usize::try_from(bytes.div_ceil(PIECE_LEN)).unwrap_or(usize::MAX);
+        if enough < candidates.len() {
+            candidates.select_nth_unstable(enough);
+            candidates.truncate(enough + 1);
         }
         candidates.sort_unstable();
         let mut chosen: Vec<Vec<u32>> = vec![Vec::new(); swarms.len()];
