@@ -196,6 +196,9 @@ pub struct PieceLog {
     /// An append failed and could not be undone: nothing more is written,
     /// so no record can hide behind a torn one.
     broken: bool,
+    /// Whether the entry's directory was synced since the log was created
+    /// (its name, and the data's, durable); the first sync point does it.
+    dir_synced: bool,
 }
 
 fn io_other(what: &str) -> std::io::Error {
@@ -221,12 +224,13 @@ impl PieceLog {
             records: state.records,
             pending_since: None,
             broken: false,
+            dir_synced: true,
         })
     }
 
     /// Writes a fresh log at `path` saying `synced` are held and durable and
-    /// `unsynced` are held but not yet synced, durably replacing any old
-    /// one (unless it says nothing), and opens it.
+    /// `unsynced` are held but not yet synced, replacing any old one
+    /// (durably if it claims durable pieces), and opens it.
     pub fn create(
         path: &Path,
         num_pieces: u32,
@@ -257,8 +261,11 @@ impl PieceLog {
             pending.add(records, i);
             records += 1;
         }
-        // A log that holds nothing needs no sync: lost, it says the same.
-        let durable = records > 0;
+        // A new log that claims no durable piece needs no sync now: lost,
+        // it claims nothing that could be wrong. The next sync point syncs
+        // it. One that replaces another must be durable, or the old one
+        // could come back.
+        let durable = synced.count() > 0 || path.exists();
         let tmp = path.with_extension("tmp");
         {
             let mut f = OpenOptions::new()
@@ -286,6 +293,7 @@ impl PieceLog {
             records,
             pending_since,
             broken: false,
+            dir_synced: durable,
         })
     }
 
@@ -339,7 +347,7 @@ impl PieceLog {
         if self.pending.len() == 0 {
             self.pending_since = None;
         }
-        self.file.sync_data()
+        self.sync_file()
     }
 
     /// The sync mark: the number of records now. Once the data file is
@@ -356,7 +364,19 @@ impl PieceLog {
         if self.pending.len() == 0 {
             self.pending_since = None;
         }
-        self.file.sync_data()
+        self.sync_file()
+    }
+
+    /// Makes the log durable, and its name the first time.
+    fn sync_file(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        if !self.dir_synced {
+            if let Some(dir) = self.path.parent() {
+                super::disk::sync_dir(dir)?;
+            }
+            self.dir_synced = true;
+        }
+        Ok(())
     }
 
     /// Pieces added and not yet synced, and since when.
