@@ -223,9 +223,12 @@ impl Engine {
         Ok(self.store.staging()?)
     }
 
-    /// The room the mount offers, as `df` shows it.
+    /// The room the mount offers, as `df` shows it: the cache budget and
+    /// its use.
     pub async fn space(&self) -> Result<crate::store::Space, EngineError> {
-        self.with_store(|s| s.space()).await
+        let disk = self.with_store(|s| s.space()).await?;
+        let (budget, used) = self.cache.usage();
+        Ok(disk.within_budget(budget, used))
     }
 
     /// Writes into a file being written through the mount. When the disk is
