@@ -139,6 +139,17 @@ fn a_file_four_times_the_budget_streams_within_the_budget() {
         "{}",
         b.log()
     );
+    // `df` shows the budget as the mount's size and its use.
+    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+    let at = std::ffi::CString::new(b.mountpoint.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::statvfs(at.as_ptr(), &mut sv) }, 0);
+    let (df_size, avail) = (sv.f_blocks * sv.f_frsize, sv.f_bavail * sv.f_frsize);
+    assert_eq!(df_size, budget, "df size");
+    let held_now = cache_bytes(&b.home);
+    assert!(
+        avail <= budget.saturating_sub(held_now) + PIECE,
+        "df available {avail}, with {held_now} of {budget} held"
+    );
 
     // Evicted pieces are no longer offered: with alice gone, carol reads
     // the end of the file from bob, and the start, which bob evicted,

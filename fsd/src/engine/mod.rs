@@ -125,23 +125,34 @@ fn seed_of(swarm_id: &fileshare_protocol::FileId, me: &fileshare_protocol::PeerI
     u64::from_le_bytes(s)
 }
 
+/// How an engine fetches and keeps pieces.
+pub struct EngineConfig {
+    /// At most this many bytes per second fetched, over all links.
+    pub download: Option<TokenBucket>,
+    /// A read gives up after this long without its pieces.
+    pub read_timeout: Duration,
+    /// At most this many bytes of files fetched from others are kept
+    /// (default: a tenth of the store's file system, at most 50 GiB).
+    pub cache_size: Option<u64>,
+}
+
 impl Engine {
-    /// An engine over `store`, whose links present `identity` to peers and
-    /// fetch at most `download` bytes per second, whose reads give up after
-    /// `read_timeout` and which keeps at most `cache_size` bytes of files
-    /// fetched from others (default: a tenth of the store's file system, at
-    /// most 50 GiB); its tasks run under `tasks`. Nothing runs until
+    /// An engine over `store`, whose links present `identity` to peers,
+    /// set as `config` says; its tasks run under `tasks`. Nothing runs until
     /// [`Engine::start`].
     pub fn new(
         store: Store,
         identity: Identity,
         tracker: Arc<TrackerLink>,
         registry: Arc<Registry>,
-        download: Option<TokenBucket>,
-        read_timeout: Duration,
-        cache_size: Option<u64>,
+        config: EngineConfig,
         tasks: Tasks,
     ) -> Arc<Engine> {
+        let EngineConfig {
+            download,
+            read_timeout,
+            cache_size,
+        } = config;
         let budget = cache_size.unwrap_or_else(|| crate::store::disk::default_budget(store.root()));
         let cache = Arc::new(Cache::new(budget, registry.clone()));
         Arc::new(Engine {

@@ -13,7 +13,7 @@
 pub mod detach;
 
 use crate::cli::MountArgs;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineConfig};
 use crate::home::Home;
 use crate::net::serve::ServeCtx;
 use crate::net::token_bucket::TokenBucket;
@@ -181,9 +181,11 @@ async fn serve(
         identity,
         tracker.clone(),
         registry.clone(),
-        args.max_download_rate.map(|r| TokenBucket::new(r, burst)),
-        Duration::from_secs(args.read_timeout.max(1)),
-        args.cache_size,
+        EngineConfig {
+            download: args.max_download_rate.map(|r| TokenBucket::new(r, burst)),
+            read_timeout: Duration::from_secs(args.read_timeout.max(1)),
+            cache_size: args.cache_size,
+        },
         engine_tasks.clone(),
     );
     let resumed = engine.load_store().await?;
