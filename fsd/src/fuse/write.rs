@@ -70,6 +70,7 @@ impl Inner {
         name: &OsStr,
         mode: u32,
         umask: u32,
+        pid: u32,
         reply: ReplyCreate,
     ) {
         if parent.0 == ROOT {
@@ -117,7 +118,11 @@ impl Inner {
         });
         self.staged.lock().insert(ino, staged.clone());
         let node = Node::Staging { group, name, path };
-        let fh = self.new_handle(Handle::Write { staged, reader });
+        let fh = self.new_handle(Handle::Write {
+            staged,
+            reader,
+            opener: process_of(pid),
+        });
         reply.created(
             &TTL,
             &self.attr(ino, &node),
@@ -129,7 +134,12 @@ impl Inner {
 
     /// Opens a file being written (or written under a temporary name): for
     /// reading, or for writing while it is not being shared.
-    pub(super) fn open_staged(&self, staged: Arc<Staged>, flags: i32) -> Result<u64, Errno> {
+    pub(super) fn open_staged(
+        &self,
+        staged: Arc<Staged>,
+        flags: i32,
+        pid: u32,
+    ) -> Result<u64, Errno> {
         let io = |e: std::io::Error| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO));
         if flags & (libc::O_WRONLY | libc::O_RDWR) == 0 {
             let file = File::open(&staged.path).map_err(io)?;
@@ -152,7 +162,11 @@ impl Inner {
             st.generation += 1;
             reader
         };
-        Ok(self.new_handle(Handle::Write { staged, reader }))
+        Ok(self.new_handle(Handle::Write {
+            staged,
+            reader,
+            opener: process_of(pid),
+        }))
     }
 
     pub(super) fn write(&self, fh: FileHandle, offset: u64, data: &[u8], reply: ReplyWrite) {
@@ -190,14 +204,19 @@ impl Inner {
         }
     }
 
-    pub(super) fn flush(self: &Arc<Self>, fh: FileHandle, reply: ReplyEmpty) {
+    pub(super) fn flush(self: &Arc<Self>, fh: FileHandle, pid: u32, reply: ReplyEmpty) {
         let handle = match self.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let Handle::Write { staged, .. } = &*handle else {
+        let Handle::Write { staged, opener, .. } = &*handle else {
             return reply.ok();
         };
+        if process_of(pid) != *opener {
+            // A child's copy of the descriptor closing (at its exec or
+            // exit) while the opener writes on: not the end of the file.
+            return reply.ok();
+        }
         {
             let st = staged.state.lock();
             // Another handle still writes, or the name is temporary: the
@@ -371,4 +390,16 @@ impl Inner {
         }
         let _ = std::fs::remove_file(&staged.path);
     }
+}
+
+/// The process of thread `tid` (the kernel names the calling thread in a
+/// request); `tid` itself if it cannot be told.
+fn process_of(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(tid)
 }
