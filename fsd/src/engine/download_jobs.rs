@@ -3,9 +3,10 @@
 //!
 //! The destination appears complete or not at all: a hidden temporary file
 //! beside it ([`super::partial`]) is given its full size before anything is
-//! fetched, so a read-only or full place fails at once; once every piece is
-//! verified the pieces are hashed again as they are copied, the file is
-//! synced and renamed over the destination, and the directory is synced.
+//! fetched, so a read-only or full place fails at once; pieces are copied
+//! into it as they are verified (in the kernel, not hashed again), and once
+//! every piece is, the file is synced and renamed over the destination, and
+//! the directory is synced.
 //! Any failure, or the daemon stopping, removes the temporary file.
 //!
 //! A job holds its file's pieces ([`Swarm::pin`]) until it has copied them,
@@ -68,8 +69,6 @@ pub enum DownloadError {
         name: String,
         error: StoreError,
     },
-    #[error("piece {piece} of {name} no longer matches its hash in the store")]
-    Corrupt { piece: u32, name: String },
     #[error("cannot store the pieces of {name}: {}", os_text(&std::io::Error::from_raw_os_error(*.errno)))]
     Unstorable { name: String, errno: i32 },
     #[error("stopped: {0}")]
@@ -414,10 +413,40 @@ fn prepare_resume(rec: &JobRecord) -> Result<(Option<Partial>, Duration), Downlo
 /// When the daemon stops, the task is dropped, and with it the temporary
 /// file; the job stays recorded, to be resumed.
 async fn drive(engine: Arc<Engine>, job: Arc<Job>, mut pinned: Pinned, partial: Partial) {
-    let result = fetch(&engine, &job, &mut pinned).await;
+    // Verified pieces are copied while the rest arrive, so little is left
+    // to copy at the end.
+    let copying = pinned.0.clone();
+    let mut partial = Some(partial);
+    let result = {
+        let fetching = fetch(&engine, &job, &mut pinned);
+        tokio::pin!(fetching);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = &mut fetching => break r,
+                _ = tick.tick() => {
+                    let Some(mut p) = partial.take() else { break Err(STOPPING) };
+                    let (file, have) = (copying.file.clone(), copying.have());
+                    let copied = engine.tasks.blocking(move || {
+                        // Best effort: what fails here is copied, or
+                        // reported, at the end.
+                        if let Err(e) = p.copy_verified(&file, &have) {
+                            tracing::debug!("copy while fetching: {e}");
+                        }
+                        p
+                    });
+                    match copied.await {
+                        Ok(p) => partial = Some(p),
+                        Err(_) => break Err(STOPPING),
+                    }
+                }
+            }
+        }
+    };
     let swarm = pinned.0.clone();
-    let result = match result {
-        Ok(()) => {
+    let result = match (result, partial) {
+        (Ok(()), Some(partial)) => {
             {
                 let mut p = job.progress.lock();
                 p.state = DownloadState::Writing;
@@ -427,11 +456,12 @@ async fn drive(engine: Arc<Engine>, job: Arc<Job>, mut pinned: Pinned, partial: 
             let file = swarm.file.clone();
             engine
                 .tasks
-                .blocking(move || partial.fill_and_commit(&file))
+                .blocking(move || partial.commit(&file))
                 .await
                 .unwrap_or(Err(STOPPING))
         }
-        Err(e) => Err(e),
+        (Ok(()), None) => Err(STOPPING),
+        (Err(e), _) => Err(e),
     };
     drop(pinned);
     let stopping = engine.tasks.token().is_cancelled();

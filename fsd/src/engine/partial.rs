@@ -1,7 +1,9 @@
 //! The temporary twin of a `download-file` destination:
 //! `.NAME.XXXXXXXX.part` beside it (`NAME` the destination's file name, `X`
 //! eight lowercase hex digits), given its full size before anything is
-//! fetched, filled from the store, synced and renamed over the destination.
+//! fetched, filled from the store as pieces are verified (copied in the
+//! kernel, not hashed again: the store's log vouches for them), synced
+//! once and renamed over the destination.
 //! Any failure, or the daemon stopping, removes it.
 //!
 //! A daemon killed mid-download cannot remove it, so every twin holds an
@@ -13,12 +15,13 @@
 use crate::engine::download_jobs::DownloadError;
 use crate::store::StoredFile;
 use crate::units::human_bytes;
-use fileshare_protocol::ids::{hex, PieceHash};
+use fileshare_protocol::ids::hex;
+use fileshare_protocol::Bitfield;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Whether `name` is one of our temporary twins: `.`, a non-empty name,
@@ -90,6 +93,8 @@ pub(super) struct Partial {
     tmp: PathBuf,
     dest: PathBuf,
     file: File,
+    /// Pieces copied in so far.
+    copied: Bitfield,
     committed: bool,
 }
 
@@ -127,6 +132,7 @@ impl Partial {
             tmp,
             dest: dest.to_path_buf(),
             file,
+            copied: Bitfield::new(0),
             committed: false,
         };
         if size > 0 {
@@ -181,28 +187,41 @@ impl Partial {
         }
     }
 
-    /// Copies every (verified) piece of `src`, checking each against its
-    /// hash once more, then syncs and renames over the destination.
-    pub(super) fn fill_and_commit(mut self, src: &StoredFile) -> Result<(), DownloadError> {
-        let layout = src.layout;
-        for p in layout.pieces() {
-            let data = src.read_piece(p).map_err(|error| DownloadError::Store {
-                piece: p.get(),
-                name: src.meta.name.clone(),
-                error,
-            })?;
-            if src.meta.hashes.get(p.usize()) != Some(&PieceHash::of(&data)) {
-                return Err(DownloadError::Corrupt {
+    /// Copies the pieces of `src` that `have` says are verified and that
+    /// are not copied yet. Returns how many it copied.
+    pub(super) fn copy_verified(
+        &mut self,
+        src: &StoredFile,
+        have: &Bitfield,
+    ) -> Result<u32, DownloadError> {
+        let n = src.layout.num_pieces();
+        if self.copied.len() != n {
+            self.copied = Bitfield::new(n);
+        }
+        let mut copied = 0;
+        for p in src.layout.pieces() {
+            if !have.get(p.get()) || self.copied.get(p.get()) {
+                continue;
+            }
+            src.copy_piece_to(p, &self.file)
+                .map_err(|error| DownloadError::Store {
                     piece: p.get(),
                     name: src.meta.name.clone(),
-                });
-            }
-            self.file
-                .write_all_at(&data, layout.piece_offset(p))
+                    error,
+                })?
                 .map_err(|e| self.write_error(e))?;
+            self.copied.set(p.get());
+            copied += 1;
         }
+        Ok(copied)
+    }
+
+    /// Copies what is left of `src` (every piece verified by now), then
+    /// syncs once and renames over the destination.
+    pub(super) fn commit(mut self, src: &StoredFile) -> Result<(), DownloadError> {
+        self.copy_verified(src, &Bitfield::full(src.layout.num_pieces()))?;
         self.file
-            .set_len(layout.size())
+            .set_len(src.layout.size())
             .and_then(|()| self.file.sync_all())
             .map_err(|e| self.write_error(e))?;
         std::fs::rename(&self.tmp, &self.dest).map_err(|e| self.write_error(e))?;
@@ -230,6 +249,7 @@ mod tests {
     use super::*;
     use crate::store::Store;
     use fileshare_protocol::PIECE_LEN;
+    use std::os::unix::fs::FileExt;
     use std::sync::Arc;
 
     fn stored(dir: &Path, bytes: &[u8]) -> Arc<StoredFile> {
@@ -258,7 +278,7 @@ mod tests {
         let dest = out.path().join("a.bin");
         let p = Partial::create(&dest, "a.bin", src.layout.size()).unwrap();
         assert!(!dest.exists());
-        p.fill_and_commit(&src).unwrap();
+        p.commit(&src).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), bytes);
         assert_eq!(leftovers(out.path()), vec!["a.bin".to_string()]);
     }

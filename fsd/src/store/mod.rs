@@ -190,12 +190,28 @@ impl StoredFile {
     pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
         let end = offset.saturating_add(len as u64).min(self.layout.size());
         let len = usize::try_from(end.saturating_sub(offset)).unwrap_or(0);
-        let mut buf = vec![0u8; len];
         self.check_source()?;
-        self.data
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| StoreError::io(&self.data_path(), e))?;
-        Ok(buf)
+        disk::read_exact_at(&self.data, offset, len)
+            .map_err(|e| StoreError::io(&self.data_path(), e))
+    }
+
+    /// Copies a verified piece to the same place in `to`, in the kernel
+    /// where it can: no second hash, the log vouches for the bytes (pieces
+    /// logged after the last sync point were hashed again at load). The
+    /// outer error is the store's; the inner one the copy's, most likely
+    /// `to`'s (a full disk).
+    pub fn copy_piece_to(
+        &self,
+        piece: PieceIndex,
+        to: &File,
+    ) -> Result<std::io::Result<()>, StoreError> {
+        let _held = self.read_guard();
+        self.check_source()?;
+        let (offset, len) = (
+            self.layout.piece_offset(piece),
+            self.layout.piece_size(piece),
+        );
+        Ok(disk::copy_range(&self.data, to, offset, len))
     }
 
     /// Reads one whole piece.
