@@ -50,6 +50,9 @@ pub struct MountArgs {
     /// Cap on download rate over all peers, e.g. 8M (bytes per second)
     #[arg(long, value_parser = crate::units::parse_rate)]
     pub max_download_rate: Option<u64>,
+    /// Where the dashboard listens (`fsd ui` prints its URL), or `off`
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = crate::ui::parse_addr)]
+    pub ui: crate::ui::UiAddr,
     /// Testing only: corrupt every piece this daemon serves
     #[arg(long, hide = true)]
     pub corrupt_uploads: bool,
@@ -114,4 +117,16 @@ pub enum Command {
     StopShare { group: String, name: String },
     /// An interactive prompt that takes the classic command lines
     Shell,
+    /// One screen: the mount, the daemon, the trackers, groups, shared
+    /// files and transfers
+    Status,
+    /// Print the running daemon's dashboard URL, with its access token
+    Ui,
+    /// Print shell completions: `fsd completions bash > /etc/bash_completion.d/fsd`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `fsd man | man -l -`
+    Man,
 }

@@ -143,6 +143,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mountpoint = &args.mountpoint;
     let control = crate::control::server::Control::bind(home)?;
+    let ui = crate::ui::bind(&args.ui).await?;
     let tasks = Tasks::root();
     let (mp, home_c) = (mountpoint.clone(), home.clone());
     let (store, client, identity) = tasks
@@ -204,13 +205,23 @@ async fn serve(
         my_id,
         tls: peer_tls,
         tracker: tracker.clone(),
-        registry,
-        uploads,
+        registry: registry.clone(),
+        uploads: uploads.clone(),
         corrupt: args.corrupt_uploads,
         next_conn: AtomicU64::new(0),
         tasks: peer_tasks.clone(),
     });
     peer_tasks.spawn("peer-server", crate::net::serve::run(listener, serve_ctx));
+    let meter = Arc::new(crate::ui::meter::Meter::default());
+    peer_tasks.spawn(
+        "ui-meter",
+        crate::ui::meter::run(
+            meter.clone(),
+            registry.clone(),
+            uploads.clone(),
+            peer_tasks.token().clone(),
+        ),
+    );
     engine.start(addr.clone());
 
     let fs = crate::fuse::FileShareFs::new(engine.clone(), tasks.child());
@@ -231,7 +242,21 @@ async fn serve(
         "mounted"
     );
     let control_tasks = tasks.child();
-    let control = control.start(engine.clone(), mountpoint, control_tasks.clone());
+    let source = Arc::new(crate::ui::snapshot::Source::new(
+        engine.clone(),
+        tracker.clone(),
+        registry,
+        meter,
+        mountpoint.clone(),
+    ));
+    if let Some(listener) = ui {
+        let token = crate::ui::token::load_or_create(home)?;
+        let addr = crate::ui::server::start(listener, source.clone(), token, &control_tasks)
+            .context("cannot start the dashboard")?;
+        tracing::info!(url = %addr, "dashboard listening; `fsd ui` prints its URL with the token");
+        let _ = source.ui_addr.set(addr);
+    }
+    let control = control.start(engine.clone(), source, mountpoint, control_tasks.clone());
     if let Some(ready) = ready {
         ready.mounted();
     }
