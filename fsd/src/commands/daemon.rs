@@ -211,11 +211,14 @@ impl ProgressView {
 
 /// `a.iso: 25.0% (1.0 MiB of 4.0 MiB), 3.0 MiB/s, 2 peers`.
 fn plain_line(s: &DownloadStatus, rate: u64, tail: &str) -> String {
+    let (done, percent) = match s.state {
+        DownloadState::Complete { .. } => (s.size, 100.0),
+        _ => (s.done, s.percent()),
+    };
     format!(
-        "{}: {:.1}% ({} of {}), {}/s, {tail}",
+        "{}: {percent:.1}% ({} of {}), {}/s, {tail}",
         s.name,
-        s.percent(),
-        human_bytes(if s.is_finished() { s.size } else { s.done }),
+        human_bytes(done),
         human_bytes(s.size),
         human_bytes(rate),
     )

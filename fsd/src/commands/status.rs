@@ -173,7 +173,7 @@ fn daemon_lines(s: &Snapshot) -> String {
     for (g, f, l) in &local {
         let _ = writeln!(
             out,
-            "  {}/{}  {}  {}/{} pieces  down {}/s  up {}/s  {} peers online",
+            "  {}/{}  {}  {}/{} pieces  down {}/s  up {}/s  {} online",
             g.name,
             f.name,
             human_bytes(f.size),
@@ -181,15 +181,15 @@ fn daemon_lines(s: &Snapshot) -> String {
             l.pieces,
             human_bytes(l.down),
             human_bytes(l.up),
-            f.peers_online
+            count(f.peers_online, "peer")
         );
     }
     let _ = writeln!(
         out,
-        "transfers  down {}/s  up {}/s  {} peer links",
+        "transfers  down {}/s  up {}/s  {}",
         human_bytes(s.total.down),
         human_bytes(s.total.up),
-        s.peers.len()
+        count(u32::try_from(s.peers.len()).unwrap_or(u32::MAX), "peer")
     );
     for d in s.downloads.iter().filter(|d| d.state != "complete") {
         let pct = if d.size == 0 {
@@ -207,9 +207,22 @@ fn daemon_lines(s: &Snapshot) -> String {
             d.dest
         );
     }
-    // The cache budget is not in this daemon yet: once it is, its use goes
-    // here and on the dashboard.
+    // Follow-up: once the cache budget exists, its limit goes beside.
+    let _ = writeln!(
+        out,
+        "store      {} of pieces fetched or copied in",
+        human_bytes(s.stored)
+    );
     out
+}
+
+/// `1 peer`, `3 peers`.
+fn count(n: u32, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +264,10 @@ mod tests {
             text.contains("  g/a.iso  2.0 MiB  4/4 pieces  down 0 B/s  up 1.0 MiB/s"),
             "{text}"
         );
-        assert!(text.contains("transfers  down 0 B/s  up 0 B/s"), "{text}");
+        assert!(
+            text.contains("transfers  down 0 B/s  up 0 B/s  0 peers"),
+            "{text}"
+        );
+        assert!(text.contains("store      0 B of pieces"), "{text}");
     }
 }

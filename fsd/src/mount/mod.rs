@@ -143,7 +143,10 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mountpoint = &args.mountpoint;
     let control = crate::control::server::Control::bind(home)?;
-    let ui = crate::ui::bind(&args.ui).await?;
+    let ui = match crate::ui::bind(&args.ui).await? {
+        Some(listener) => Some((listener, crate::ui::token::load_or_create(home)?)),
+        None => None,
+    };
     let tasks = Tasks::root();
     let (mp, home_c) = (mountpoint.clone(), home.clone());
     let (store, client, identity) = tasks
@@ -249,12 +252,14 @@ async fn serve(
         meter,
         mountpoint.clone(),
     ));
-    if let Some(listener) = ui {
-        let token = crate::ui::token::load_or_create(home)?;
-        let addr = crate::ui::server::start(listener, source.clone(), token, &control_tasks)
-            .context("cannot start the dashboard")?;
-        tracing::info!(url = %addr, "dashboard listening; `fsd ui` prints its URL with the token");
-        let _ = source.ui_addr.set(addr);
+    if let Some((listener, token)) = ui {
+        match crate::ui::server::start(listener, source.clone(), token, &control_tasks) {
+            Ok(addr) => {
+                tracing::info!(url = %addr, "dashboard listening; `fsd ui` prints its URL with the token");
+                let _ = source.ui_addr.set(addr);
+            }
+            Err(e) => tracing::warn!("cannot start the dashboard: {e}"),
+        }
     }
     let control = control.start(engine.clone(), source, mountpoint, control_tasks.clone());
     if let Some(ready) = ready {

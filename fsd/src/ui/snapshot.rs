@@ -43,6 +43,9 @@ pub struct Snapshot {
     pub downloads: Vec<DownloadView>,
     /// Where `download-file` from the page puts files by default.
     pub download_dir: String,
+    /// Bytes of verified pieces in the piece store (files shared in place
+    /// take none). Follow-up: with the cache budget, its limit goes beside.
+    pub stored: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +263,18 @@ impl Source {
                     .map(|(s, v)| self.local(&s.file.id, v));
             }
         }
+        let stored = views
+            .iter()
+            .filter(|(s, _)| matches!(s.file.source, crate::store::Source::Store))
+            .map(|(s, v)| {
+                let layout = s.file.layout;
+                v.have
+                    .ones()
+                    .filter_map(|i| layout.validate(i))
+                    .map(|p| layout.piece_size(p))
+                    .sum::<u64>()
+            })
+            .sum();
         let downloads = self
             .engine
             .downloads()
@@ -279,6 +294,7 @@ impl Source {
             peers,
             downloads,
             download_dir: download_dir(),
+            stored,
         }
     }
 

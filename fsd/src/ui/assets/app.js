@@ -141,6 +141,7 @@ function render(s) {
   // Through the CSSOM: the page's policy allows no inline styles.
   for (const b of document.querySelectorAll(".bar > span")) b.style.width = b.dataset.pct + "%";
   drawChart(s.history);
+  $("stored").textContent = bytes(s.stored) + " in the piece store";
 }
 
 function toast(text, error) {
