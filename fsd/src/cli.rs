@@ -22,7 +22,8 @@ pub struct Global {
     /// [default: ~/.local/share/fileshare]
     #[arg(long, env = "FILESHARE_HOME", global = true)]
     pub home: Option<PathBuf>,
-    /// The trackers file, one host:port per line [default: HOME/trackers.txt]
+    /// The trackers file, one host:port per line [default: the one given at
+    /// login, else HOME/trackers.txt]
     #[arg(long, env = "FILESHARE_TRACKERS", global = true)]
     pub trackers: Option<PathBuf>,
     /// Read the password from the first line of standard input
