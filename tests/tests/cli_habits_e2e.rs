@@ -19,6 +19,13 @@ fn fsd_bare(w: &World, args: &[&str]) -> Output {
         .expect("run fsd")
 }
 
+/// A note on the test run's own stderr, past the harness's capture, so a
+/// part of a test left out is never left out silently.
+fn say(note: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "note: {note}");
+}
+
 fn ok(out: &Output, what: &str) -> String {
     let (stdout, stderr) = text(out);
     assert!(out.status.success(), "{what} failed: {stderr}");
@@ -148,9 +155,9 @@ fn man_page_is_roff_that_man_renders() {
                 "{stdout}"
             );
         }
-        Err(e) => eprintln!(
+        Err(e) => say(&format!(
             "not rendering the man page: `man` cannot run here ({e}); the roff was checked"
-        ),
+        )),
     }
 }
 
@@ -298,7 +305,10 @@ fn systemd_user_unit_verifies_and_runs_where_a_user_manager_is() {
     );
 
     if let Err(why) = user_manager() {
-        eprintln!("NOT running the unit under `systemd-run --user`: no user manager here: {why}");
+        say(&format!(
+            "systemd_user_unit: verified, but NOT run under `systemd-run --user`: \
+             no user manager here: {why}"
+        ));
         return;
     }
     // Where a user manager runs: the unit's own command line, as a

@@ -218,6 +218,44 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_accepts_a_request() {
     stop.store(true, Ordering::Relaxed);
     let read = reader.join().unwrap().expect("bob's read");
     assert!(read > 0 && read <= len, "{read}");
+
+    // The other actions, as the page's own script sends them.
+    let post = |b: &mut Browser, path: &str, body: serde_json::Value| {
+        b.eval(&format!(
+            "fetch('{path}', {{method: 'POST', headers: {{'Content-Type': 'application/json'}}, \
+             body: JSON.stringify({body})}}).then(r => r.json()).then(j => j.ok || ('error: ' + j.error))"
+        ))
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    };
+    let dest = w.path("from-the-page.bin");
+    let said = post(
+        &mut b,
+        "/api/download",
+        serde_json::json!({"group": "g", "name": "big.bin", "dest": dest}),
+    );
+    assert!(said.starts_with("downloading big.bin to"), "{said}");
+    b.wait_for(
+        "the download to show complete",
+        Duration::from_secs(30),
+        "document.getElementById('downloads').innerText.includes('complete')",
+    );
+    fileshare_tests::cmp(&src, &dest);
+    let said = post(
+        &mut b,
+        "/api/stop-share",
+        serde_json::json!({"group": "g", "name": "big.bin"}),
+    );
+    assert_eq!(said, "stopped sharing big.bin in g");
+    let status = w.fsd_ok(alice, &["status"]);
+    assert!(status.contains("files      0 held here"), "{status}");
+    let said = post(
+        &mut b,
+        "/api/reject",
+        serde_json::json!({"group": "g", "user": "nobody"}),
+    );
+    assert!(said.starts_with("error: "), "{said}");
     drop(b);
     drop(mb);
     drop(ma);
