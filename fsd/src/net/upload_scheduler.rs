@@ -348,8 +348,7 @@ impl Drop for Sending {
                 }
             }
         }
-        let st = guard;
-        drop(st);
+        drop(guard);
         self.inner.wake.notify_one();
     }
 }
