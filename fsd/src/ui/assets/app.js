@@ -56,7 +56,8 @@ function drawChart(history) {
   svg.innerHTML = grid +
     '<path class="area down" d="' + area("down") + '"/><path class="area up" d="' + area("up") + '"/>' +
     '<path class="line down" d="' + path("down") + '"/><path class="line up" d="' + path("up") + '"/>';
-  $("chart-scale").textContent = "peak " + rate(max);
+  const peak = Math.max(0, ...history.map((s) => Math.max(s.down, s.up)));
+  $("chart-scale").textContent = peak ? "peak " + rate(peak) : "idle";
   const secs = history.length;
   $("chart-span").textContent = secs >= 60 ? "last " + Math.round(secs / 60) + " min" : "last " + secs + " s";
 }
