@@ -94,6 +94,10 @@ as bob download-file demo video.bin "$work/copy.bin"
 cmp "$work/video.bin" "$work/copy.bin" && echo "copy.bin identical"
 as bob show-downloads
 
+step "bob's status, and his dashboard (open the URL in a browser while the demo runs)"
+as bob status
+as bob ui
+
 step "unmount; nothing is left behind"
 for m in "${mounts[@]}"; do fusermount3 -u "$m"; done
 mounts=()

@@ -22,7 +22,8 @@ pub struct Global {
     /// [default: ~/.local/share/fileshare]
     #[arg(long, env = "FILESHARE_HOME", global = true)]
     pub home: Option<PathBuf>,
-    /// The trackers file, one host:port per line [default: HOME/trackers.txt]
+    /// The trackers file, one host:port per line [default: the one given at
+    /// login, else HOME/trackers.txt]
     #[arg(long, env = "FILESHARE_TRACKERS", global = true)]
     pub trackers: Option<PathBuf>,
     /// Read the password from the first line of standard input
@@ -56,6 +57,9 @@ pub struct MountArgs {
     /// 50G]
     #[arg(long, value_parser = crate::units::parse_size)]
     pub cache_size: Option<u64>,
+    /// Where the dashboard listens (`fsd ui` prints its URL), or `off`
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = crate::ui::parse_addr)]
+    pub ui: crate::ui::UiAddr,
     /// Testing only: corrupt every piece this daemon serves
     #[arg(long, hide = true)]
     pub corrupt_uploads: bool,
@@ -120,4 +124,16 @@ pub enum Command {
     StopShare { group: String, name: String },
     /// An interactive prompt that takes the classic command lines
     Shell,
+    /// One screen: the mount, the daemon, the trackers, groups, shared
+    /// files and transfers
+    Status,
+    /// Print the running daemon's dashboard URL, with its access token
+    Ui,
+    /// Print shell completions: `fsd completions bash > /etc/bash_completion.d/fsd`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `fsd man | man -l -`
+    Man,
 }

@@ -53,10 +53,10 @@ impl Home {
         let dir = dir
             .canonicalize()
             .with_context(|| format!("cannot resolve home directory {}", dir.display()))?;
-        let trackers = global
-            .trackers
-            .clone()
-            .unwrap_or_else(|| dir.join("trackers.txt"));
+        let trackers = match &global.trackers {
+            Some(t) => t.clone(),
+            None => remembered_trackers(&dir)?.unwrap_or_else(|| dir.join("trackers.txt")),
+        };
         Ok(Home { dir, trackers })
     }
 
@@ -66,6 +66,35 @@ impl Home {
 
     pub fn trackers_file(&self) -> &Path {
         &self.trackers
+    }
+
+    /// Where `fsd login` notes the trackers file it used, so later
+    /// commands find the same trackers without `--trackers`.
+    pub fn trackers_note(&self) -> PathBuf {
+        self.dir.join("trackers.path")
+    }
+
+    /// Remembers this home's trackers file (as an absolute path) for later
+    /// commands; the default file needs no note.
+    pub fn remember_trackers(&self) -> anyhow::Result<()> {
+        let abs = std::path::absolute(&self.trackers)
+            .with_context(|| format!("bad path {}", self.trackers.display()))?;
+        if abs == self.dir.join("trackers.txt") {
+            return match std::fs::remove_file(self.trackers_note()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).context("cannot update the remembered trackers file")
+                }
+                _ => Ok(()),
+            };
+        }
+        let mut text = abs.into_os_string().into_encoded_bytes();
+        text.push(b'\n');
+        write_private(&self.trackers_note(), &text)
+    }
+
+    /// The dashboard's access token, owner-only.
+    pub fn ui_token_path(&self) -> PathBuf {
+        self.dir.join("ui-token")
     }
 
     pub fn session_path(&self) -> PathBuf {
@@ -168,6 +197,25 @@ impl Home {
     }
 }
 
+/// The trackers file noted by the last `fsd login` in home `dir`, if any.
+fn remembered_trackers(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let note = dir.join("trackers.path");
+    match std::fs::read(&note) {
+        Ok(mut bytes) => {
+            while bytes.last() == Some(&b'\n') {
+                bytes.pop();
+            }
+            if bytes.is_empty() {
+                return Ok(None);
+            }
+            use std::os::unix::ffi::OsStringExt;
+            Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(bytes))))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", note.display())),
+    }
+}
+
 /// Writes `data` to `path` atomically, readable by the owner only.
 pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -216,5 +264,34 @@ mod tests {
         assert_eq!(home.peer_id().unwrap(), home.identity().unwrap().peer_id());
         home.clear_session().unwrap();
         assert!(home.session().is_err());
+    }
+
+    #[test]
+    fn the_trackers_file_of_login_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let global = |trackers: Option<PathBuf>| Global {
+            home: Some(dir.path().join("h")),
+            trackers,
+            password_stdin: false,
+        };
+        let given = dir.path().join("my-trackers.txt");
+        let home = Home::resolve(&global(Some(given.clone()))).unwrap();
+        home.remember_trackers().unwrap();
+        let later = Home::resolve(&global(None)).unwrap();
+        assert_eq!(later.trackers_file(), given.as_path());
+        // `--trackers` still wins over the note.
+        let other = dir.path().join("other.txt");
+        let explicit = Home::resolve(&global(Some(other.clone()))).unwrap();
+        assert_eq!(explicit.trackers_file(), other.as_path());
+        // Logging in with the default file forgets the note.
+        let default = later.dir().join("trackers.txt");
+        Home::resolve(&global(Some(default.clone())))
+            .unwrap()
+            .remember_trackers()
+            .unwrap();
+        assert_eq!(
+            Home::resolve(&global(None)).unwrap().trackers_file(),
+            default.as_path()
+        );
     }
 }

@@ -25,6 +25,8 @@
 //! - [`tasks`]: named tasks in one tree of cancellation tokens, joined on
 //!   shutdown, and the bounded pool for blocking work.
 //! - [`units`]: byte sizes and rates, parsed and shown.
+//! - [`ui`]: the dashboard the daemon serves, and the snapshot of the
+//!   daemon it shows (also what `fsd status` prints).
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod cli;
@@ -39,4 +41,5 @@ pub mod pieces;
 pub mod store;
 pub mod tasks;
 pub mod trackers;
+pub mod ui;
 pub mod units;

@@ -81,6 +81,12 @@ impl std::io::Write for Held {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Generated from the command line alone: no home needed.
+    match &cli.command {
+        Command::Completions { shell } => return fsd::commands::docs::completions(*shell),
+        Command::Man => return fsd::commands::docs::man(),
+        _ => {}
+    }
     let home = Home::resolve(&cli.global)?;
     match &cli.command {
         Command::Mount(args) => fsd::mount::run(&home, args),

@@ -12,10 +12,11 @@
 //! │   │       stop-share retries, download jobs
 //! │   └── one token per swarm: its discovery, its peer links, the
 //! │                            verification of the pieces they bring
-//! ├── peers: the peer server's accept loop, the upload pacer
+//! ├── peers: the peer server's accept loop, the upload pacer, the
+//! │   │      dashboard's rate meter
 //! │   └── one per connection: its requests and subscriptions
 //! ├── fuse: the FUSE calls that wait for the network
-//! └── control: the control socket's accept loop
+//! └── control: the control socket's accept loop, the dashboard's server
 //!     └── one per connection
 //! ```
 //!

@@ -5,6 +5,10 @@ command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 command -v getfattr >/dev/null 2>&1 || need_apt+=(attr)
 command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
 # ip and tc: the shaped-network tests and benchmarks (network namespaces).
+# chromium: the dashboard's test drives the page in a real, headless browser.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# systemd-analyze: the test that checks the systemd user unit in contrib/.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 { command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; } || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"

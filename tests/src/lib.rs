@@ -14,7 +14,10 @@
 //!   trackers and mounts on hosts of their own ([`world::World::on`]).
 //! - [`relay`]: a recording TCP relay, for what crosses the wire.
 //! - [`local_user`]: another local user, for what it may do to a mount.
+//! - [`browser`]: headless Chromium over the DevTools pipe, for the
+//!   dashboard.
 
+pub mod browser;
 pub mod cli;
 pub mod cluster;
 pub mod daemon;

@@ -114,14 +114,16 @@ pub async fn download_file(
     loop {
         view.update(&status);
         match &status.state {
-            DownloadState::Complete { .. } => {
+            DownloadState::Complete { millis } => {
                 view.finish();
                 println!(
-                    "downloaded {}/{} to {} ({})",
+                    "downloaded {}/{} to {} ({} in {:.1} s, {}/s)",
                     status.group,
                     status.name,
                     status.dest.to_path().display(),
-                    human_bytes(status.size)
+                    human_bytes(status.size),
+                    *millis as f64 / 1000.0,
+                    human_bytes(average_rate(status.size, *millis))
                 );
                 return Ok(());
             }
@@ -175,7 +177,17 @@ impl ProgressView {
                 });
             }
             ProgressView::Plain { last } => {
-                if s.state != DownloadState::Fetching {
+                // The last line is the whole download's own rate, never the
+                // 0 B/s of a status taken after the last piece came in.
+                if let DownloadState::Complete { millis } = s.state {
+                    if last.is_some_and(|(_, done)| done == s.size) {
+                        return;
+                    }
+                    eprintln!("{}", plain_line(s, average_rate(s.size, millis), "average"));
+                    *last = Some((Instant::now(), s.size));
+                    return;
+                }
+                if s.state != DownloadState::Fetching || s.done == s.size {
                     return;
                 }
                 let due = match last {
@@ -183,15 +195,7 @@ impl ProgressView {
                     Some((at, done)) => at.elapsed() >= PLAIN_EVERY && *done != s.done,
                 };
                 if due {
-                    eprintln!(
-                        "{}: {:.1}% ({} of {}), {}/s, {}",
-                        s.name,
-                        s.percent(),
-                        human_bytes(s.done),
-                        human_bytes(s.size),
-                        human_bytes(s.rate),
-                        peers(s.peers)
-                    );
+                    eprintln!("{}", plain_line(s, s.rate, &peers(s.peers)));
                     *last = Some((Instant::now(), s.done));
                 }
             }
@@ -203,6 +207,26 @@ impl ProgressView {
             bar.finish_and_clear();
         }
     }
+}
+
+/// `a.iso: 25.0% (1.0 MiB of 4.0 MiB), 3.0 MiB/s, 2 peers`.
+fn plain_line(s: &DownloadStatus, rate: u64, tail: &str) -> String {
+    let (done, percent) = match s.state {
+        DownloadState::Complete { .. } => (s.size, 100.0),
+        _ => (s.done, s.percent()),
+    };
+    format!(
+        "{}: {percent:.1}% ({} of {}), {}/s, {tail}",
+        s.name,
+        human_bytes(done),
+        human_bytes(s.size),
+        human_bytes(rate),
+    )
+}
+
+/// Bytes per second over a whole download.
+fn average_rate(size: u64, millis: u64) -> u64 {
+    size.saturating_mul(1000) / millis.max(1)
 }
 
 /// `1 peer`, `3 peers`.
@@ -232,7 +256,7 @@ fn download_line(s: &DownloadStatus) -> String {
             s.dest.to_path().display()
         ),
         DownloadState::Complete { millis } => {
-            let avg = s.size.saturating_mul(1000) / (*millis).max(1);
+            let avg = average_rate(s.size, *millis);
             format!(
                 "[C] [{}] {} 100% {}/s from {} -> {}",
                 s.group,
@@ -283,5 +307,15 @@ mod tests {
             "[C] [g1] a.iso 100% 2.0 MiB/s from 1 peer -> /tmp/a.iso"
         );
         assert!(download_line(&status(DownloadState::Failed("x".into()))).starts_with("[F] [g1]"));
+    }
+
+    #[test]
+    fn the_last_plain_line_has_the_real_rate() {
+        let mut done = status(DownloadState::Complete { millis: 2000 });
+        done.rate = 0;
+        assert_eq!(
+            plain_line(&done, average_rate(done.size, 2000), "average"),
+            "a.iso: 100.0% (4.0 MiB of 4.0 MiB), 2.0 MiB/s, average"
+        );
     }
 }

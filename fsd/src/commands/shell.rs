@@ -329,6 +329,8 @@ async fn dispatch(
     match cmd {
         Command::Mount(_) => start_daemon(home, args),
         Command::Shell => anyhow::bail!("already in the shell"),
+        Command::Completions { shell } => crate::commands::docs::completions(*shell),
+        Command::Man => crate::commands::docs::man(),
         _ => {
             crate::commands::tracker::run_with_password(cmd, global, home, password.as_deref())
                 .await

@@ -89,6 +89,11 @@ pub async fn run_with_password(
         | Command::DownloadFile { .. }
         | Command::ShowDownloads
         | Command::StopShare { .. } => return crate::commands::daemon::run(cmd, home).await,
+        Command::Status => return crate::commands::status::status(home).await,
+        Command::Ui => return crate::commands::status::ui(home).await,
+        Command::Completions { .. } | Command::Man => {
+            bail!("bug: completions and the man page need no home")
+        }
         Command::Shell => bail!("bug: `fsd shell` is not a tracker command"),
         Command::Mount(_) => bail!("bug: `fsd mount` is not a tracker command"),
     };
@@ -137,6 +142,8 @@ async fn login(
         expires_unix_ms: login.expires_unix_ms,
     })
     .context("logged in, but cannot save the session")?;
+    home.remember_trackers()
+        .context("logged in, but cannot remember the trackers file")?;
     Ok(vec![format!("logged in as {user}")])
 }
 

@@ -66,6 +66,10 @@ pub enum ControlRequest {
         group: String,
         name: String,
     },
+    /// Everything `fsd status` shows: answers [`ControlReply::Overview`].
+    Overview,
+    /// Where the dashboard listens: answers [`ControlReply::Ui`].
+    Ui,
     /// Stop serving, unmount and exit. The daemon answers
     /// [`ControlReply::Stopping`] and keeps the connection open until it
     /// exits, so the caller can wait for the end of the stream.
@@ -90,6 +94,11 @@ pub enum ControlReply {
     Done,
     Stopping {
         pid: u32,
+    },
+    Overview(Box<crate::ui::snapshot::Snapshot>),
+    /// `http://ip:port/`, or none when the daemon runs with `--ui off`.
+    Ui {
+        addr: Option<String>,
     },
     /// The request failed; the text is the one line to show the user.
     Error(String),
@@ -311,6 +320,8 @@ mod tests {
                 group: "g1".into(),
                 name: "a.iso".into(),
             },
+            ControlRequest::Overview,
+            ControlRequest::Ui,
             ControlRequest::Shutdown,
         ];
         for r in reqs {
@@ -338,6 +349,10 @@ mod tests {
             ]),
             ControlReply::Done,
             ControlReply::Stopping { pid: 7 },
+            ControlReply::Overview(Box::default()),
+            ControlReply::Ui {
+                addr: Some("http://127.0.0.1:1/".into()),
+            },
             ControlReply::Error("no".into()),
         ];
         for r in replies {

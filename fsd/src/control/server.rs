@@ -13,6 +13,7 @@ use crate::control::{ControlReply, ControlRequest, WirePath};
 use crate::engine::Engine;
 use crate::home::Home;
 use crate::tasks::Tasks;
+use crate::ui::snapshot::Source;
 use fileshare_protocol::connection::Connection;
 use fileshare_protocol::messages::{Reply, Request, Role};
 use fileshare_protocol::ProtocolError;
@@ -62,6 +63,8 @@ type Stopping = Arc<Mutex<Vec<ControlConnection>>>;
 /// What every control connection works with.
 struct Ctx {
     engine: Arc<Engine>,
+    /// What `fsd status` shows, and where the dashboard listens.
+    source: Arc<Source>,
     mountpoint: PathBuf,
     /// Cancelled by a `Shutdown` request; the daemon's main loop watches it.
     stop: CancellationToken,
@@ -120,7 +123,13 @@ impl Control {
 
     /// Writes the pid file and serves control requests as tasks under
     /// `tasks`, until its token is cancelled.
-    pub fn start(self, engine: Arc<Engine>, mountpoint: &Path, tasks: Tasks) -> Running {
+    pub fn start(
+        self,
+        engine: Arc<Engine>,
+        source: Arc<Source>,
+        mountpoint: &Path,
+        tasks: Tasks,
+    ) -> Running {
         let Control { listener, files } = self;
         if let Err(e) =
             crate::home::write_private(&files.pid, format!("{}\n", std::process::id()).as_bytes())
@@ -131,6 +140,7 @@ impl Control {
         let stopping = Stopping::default();
         let ctx = Arc::new(Ctx {
             engine,
+            source,
             mountpoint: mountpoint.to_path_buf(),
             stop: stop.clone(),
             stopping: stopping.clone(),
@@ -255,6 +265,10 @@ async fn dispatch(ctx: &Ctx, req: ControlRequest) -> ControlReply {
                 ControlReply::Done
             }
             Err(e) => ControlReply::Error(e.to_string()),
+        },
+        ControlRequest::Overview => ControlReply::Overview(Box::new(ctx.source.snapshot().await)),
+        ControlRequest::Ui => ControlReply::Ui {
+            addr: ctx.source.ui_addr.get().cloned(),
         },
         ControlRequest::Shutdown => {
             tracing::info!("asked to stop");

@@ -203,6 +203,11 @@ impl Engine {
         });
     }
 
+    /// The cache budget and the bytes of fetched pieces held now.
+    pub fn cache_usage(&self) -> (u64, u64) {
+        self.cache.usage()
+    }
+
     /// The user this daemon runs for.
     pub fn user(&self) -> &str {
         &self.tracker.user

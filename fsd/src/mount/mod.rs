@@ -143,6 +143,10 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mountpoint = &args.mountpoint;
     let control = crate::control::server::Control::bind(home)?;
+    let ui = match crate::ui::bind(&args.ui).await? {
+        Some(listener) => Some((listener, crate::ui::token::load_or_create(home)?)),
+        None => None,
+    };
     let tasks = Tasks::root();
     let (mp, home_c) = (mountpoint.clone(), home.clone());
     let (store, client, identity) = tasks
@@ -207,13 +211,23 @@ async fn serve(
         my_id,
         tls: peer_tls,
         tracker: tracker.clone(),
-        registry,
-        uploads,
+        registry: registry.clone(),
+        uploads: uploads.clone(),
         corrupt: args.corrupt_uploads,
         next_conn: AtomicU64::new(0),
         tasks: peer_tasks.clone(),
     });
     peer_tasks.spawn("peer-server", crate::net::serve::run(listener, serve_ctx));
+    let meter = Arc::new(crate::ui::meter::Meter::default());
+    peer_tasks.spawn(
+        "ui-meter",
+        crate::ui::meter::run(
+            meter.clone(),
+            registry.clone(),
+            uploads.clone(),
+            peer_tasks.token().clone(),
+        ),
+    );
     engine.start(addr.clone());
 
     let fs = crate::fuse::FileShareFs::new(engine.clone(), tasks.child());
@@ -234,7 +248,23 @@ async fn serve(
         "mounted"
     );
     let control_tasks = tasks.child();
-    let control = control.start(engine.clone(), mountpoint, control_tasks.clone());
+    let source = Arc::new(crate::ui::snapshot::Source::new(
+        engine.clone(),
+        tracker.clone(),
+        registry,
+        meter,
+        mountpoint.clone(),
+    ));
+    if let Some((listener, token)) = ui {
+        match crate::ui::server::start(listener, source.clone(), token, &control_tasks) {
+            Ok(addr) => {
+                tracing::info!(url = %addr, "dashboard listening; `fsd ui` prints its URL with the token");
+                let _ = source.ui_addr.set(addr);
+            }
+            Err(e) => tracing::warn!("cannot start the dashboard: {e}"),
+        }
+    }
+    let control = control.start(engine.clone(), source, mountpoint, control_tasks.clone());
     if let Some(ready) = ready {
         ready.mounted();
     }

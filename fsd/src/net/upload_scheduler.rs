@@ -195,6 +195,9 @@ struct State {
     choker: Choker,
     conns: HashMap<u64, Conn>,
     next_rotation: Instant,
+    /// Bytes written to each peer over the daemon's life, for the
+    /// dashboard's per-peer rates.
+    sent_to: HashMap<PeerId, u64>,
 }
 
 impl State {
@@ -334,14 +337,18 @@ impl Drop for Sending {
         if !self.armed {
             return;
         }
-        let mut st = self.inner.state.lock();
+        let mut guard = self.inner.state.lock();
+        let st = &mut *guard;
         st.uplink.finish(self.write, self.written, Instant::now());
         if self.written {
             if let Some(c) = st.conns.get_mut(&self.conn) {
                 c.sent += self.bytes;
+                if let Some(peer) = c.peer {
+                    *st.sent_to.entry(peer).or_default() += self.bytes;
+                }
             }
         }
-        drop(st);
+        drop(guard);
         self.inner.wake.notify_one();
     }
 }
@@ -388,6 +395,7 @@ impl Uploads {
                     choker: Choker::default(),
                     conns: HashMap::new(),
                     next_rotation: now + choke::ROTATE,
+                    sent_to: HashMap::new(),
                 }),
                 wake: Notify::new(),
                 received_from: Box::new(received_from),
@@ -439,6 +447,12 @@ impl Uploads {
         st.last_served.remove(&conn);
         st.conns.remove(&conn);
         st.choker.forget(conn);
+    }
+
+    /// Bytes written to each peer so far, over every file.
+    pub fn sent_to(&self) -> Vec<(PeerId, u64)> {
+        let st = self.inner.state.lock();
+        st.sent_to.iter().map(|(p, b)| (*p, *b)).collect()
     }
 
     /// The measured upload rate in bytes per second (0: not yet).

@@ -1,0 +1,75 @@
+//! The dashboard: a web page served by the daemon that shows the user's
+//! groups, files, piece maps, transfers, peers and downloads as they
+//! change, and takes a few actions (accept or reject a request to join,
+//! stop sharing a file, start a download).
+//!
+//! Plain HTML, CSS and JavaScript compiled into the binary: nothing to
+//! build, nothing fetched from elsewhere. It listens on loopback unless
+//! told otherwise, and only answers requests that carry the access token.
+//!
+//! # Layout
+//! - [`meter`]: transfer rates from the daemon's byte counters, and their
+//!   recent history.
+//! - [`snapshot`]: what the page and `fsd status` show, gathered into one
+//!   serializable value.
+//! - [`token`]: the access token kept in the home, and how requests carry
+//!   it.
+//! - [`server`]: the routes, the token guard, the event stream and the
+//!   actions.
+//! - `assets/`: the page, its style and its script.
+
+pub mod meter;
+pub mod server;
+pub mod snapshot;
+pub mod token;
+
+/// Where the dashboard listens: `--ui ADDR`, or `--ui off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UiAddr {
+    Off,
+    At(String),
+}
+
+/// Parses `--ui`: `off`, or an address to listen on such as
+/// `127.0.0.1:8080`.
+pub fn parse_addr(s: &str) -> Result<UiAddr, String> {
+    match s {
+        "off" | "none" => Ok(UiAddr::Off),
+        _ => s
+            .parse::<std::net::SocketAddr>()
+            .map(|_| UiAddr::At(s.to_string()))
+            .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8080, nor `off`")),
+    }
+}
+
+/// Binds the dashboard's address before anything else starts, so a busy
+/// port fails the mount at once; a non-loopback address is logged, as it
+/// offers the page (behind its token) to the network.
+pub async fn bind(addr: &UiAddr) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    use anyhow::Context;
+    let UiAddr::At(addr) = addr else {
+        return Ok(None);
+    };
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the dashboard"))?;
+    if !l.local_addr()?.ip().is_loopback() {
+        tracing::warn!(addr = %addr, "the dashboard listens beyond this machine");
+    }
+    Ok(Some(l))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ui_addresses() {
+        assert_eq!(parse_addr("off"), Ok(UiAddr::Off));
+        assert_eq!(
+            parse_addr("127.0.0.1:0"),
+            Ok(UiAddr::At("127.0.0.1:0".into()))
+        );
+        assert!(parse_addr("localhost").is_err());
+    }
+}
