@@ -25,7 +25,13 @@
 //!    of `(seed, piece)`. Rare pieces are fetched while their few holders are
 //!    still around, and since every daemon has its own seed, two daemons
 //!    reading the same file fetch *different* pieces first and soon have
-//!    something to trade. Each piece goes to a holder with a free slot,
+//!    something to trade. When every connected peer is a seed (a lone
+//!    `download-file`, or a reader that has found only the source so far)
+//!    there is nothing to trade yet and every piece is equally rare: pieces
+//!    go in order, starting at a point drawn from the seed and wrapping
+//!    around, so a seed's disk reads run on sequentially (the kernel's
+//!    read-ahead then serves them, where a shuffled order makes each seed
+//!    read about twice what it sends) while two daemons still start apart. Each piece goes to a holder with a free slot,
 //!    preferring a *starved* peer (one with at least as many free slots as
 //!    unassigned pieces it could serve, which would idle if another peer took
 //!    this one), then the soonest finisher as in rule 2.
@@ -296,7 +302,15 @@ impl<'i, 'a> State<'i, 'a> {
             }
         }
         let seed = self.input.seed;
-        candidates.sort_unstable_by_key(|&p| (avail[p as usize], tie_break(seed, p)));
+        if peers.iter().all(|v| v.complete) {
+            // Only seeds: nobody to trade with, so in order (from a point of
+            // this daemon's own), and each seed reads on from where it was.
+            let n = u64::from(self.input.num_pieces.max(1));
+            let start = tie_break(seed, 0) % n;
+            candidates.sort_unstable_by_key(|&p| (u64::from(p) + n - start) % n);
+        } else {
+            candidates.sort_unstable_by_key(|&p| (avail[p as usize], tie_break(seed, p)));
+        }
         // Per peer: candidates it has that are not handed out yet.
         let mut open = vec![0u32; peers.len()];
         for &p in &candidates {

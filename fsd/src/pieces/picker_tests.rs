@@ -289,6 +289,35 @@ fn seeds_give_different_orders_for_equally_rare_pieces() {
     assert!(a.windows(2).any(|w| w[0] > w[1]), "not shuffled: {a:?}");
 }
 
+/// Rule 3: with only seeds, in order from a point of the daemon's own.
+#[test]
+fn only_seeds_give_pieces_in_order_from_a_point_of_each_daemon() {
+    let n = 64;
+    let mut c = Case::new(n, vec![seed(n, 4), seed(n, 4)]);
+    let runs = |c: &Case| {
+        let mut out = pieces_of(&c.run());
+        out.sort_unstable();
+        out
+    };
+    let a = runs(&c);
+    assert_eq!(a.len(), 8);
+    // Eight consecutive pieces (wrapping around the end).
+    let start = *a
+        .iter()
+        .find(|&&p| !a.contains(&((p + n - 1) % n)))
+        .expect("a first piece");
+    let want: Vec<u32> = {
+        let mut v: Vec<u32> = (0..8).map(|k| (start + k) % n).collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(a, want);
+    c.seed = 8;
+    let b = runs(&c);
+    let overlap = a.iter().filter(|p| b.contains(p)).count();
+    assert!(overlap < 4, "seeds 7 and 8 overlap in {overlap} of 8");
+}
+
 /// Rules 3 and 4: a starved peer is preferred.
 #[test]
 fn sole_source_peer_gets_its_piece() {
