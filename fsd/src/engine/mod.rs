@@ -203,11 +203,6 @@ impl Engine {
         });
     }
 
-    /// The cache budget and the bytes of fetched pieces held now.
-    pub fn cache_usage(&self) -> (u64, u64) {
-        self.cache.usage()
-    }
-
     /// The user this daemon runs for.
     pub fn user(&self) -> &str {
         &self.tracker.user
@@ -303,7 +298,7 @@ impl Engine {
     }
 
     /// The cache budget and the bytes of fetched pieces held now (for
-    /// `statfs` and `fsd status`).
+    /// `fsd status` and the dashboard).
     pub fn cache_usage(&self) -> (u64, u64) {
         self.cache.usage()
     }
