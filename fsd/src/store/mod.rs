@@ -573,18 +573,60 @@ impl Store {
     }
 
     /// Hashes a file's bytes into metadata: `name` and the SHA-256 of every
-    /// piece of `file`.
+    /// piece of `file`. A file of a few MiB or more is hashed on every core
+    /// (up to four), each thread a contiguous run of pieces, so sharing a
+    /// large file waits for the disk more than for one core.
     pub fn hash_file(file: &File, name: &str) -> Result<FileMeta, std::io::Error> {
         use fileshare_protocol::PIECE_LEN;
         let size = file.metadata()?.len();
         let layout = Layout::new(size, PIECE_LEN).map_err(std::io::Error::other)?;
-        let mut hashes = Vec::with_capacity(layout.num_pieces() as usize);
-        let mut buf = vec![0u8; usize::try_from(PIECE_LEN).unwrap_or(512 * 1024)];
-        for p in layout.pieces() {
-            let len = usize::try_from(layout.piece_size(p)).unwrap_or(0);
-            file.read_exact_at(&mut buf[..len], layout.piece_offset(p))?;
-            hashes.push(PieceHash::of(&buf[..len]));
-        }
+        let n = layout.num_pieces();
+        let hash_run = |from: u32, to: u32| -> std::io::Result<Vec<PieceHash>> {
+            let mut buf = vec![0u8; usize::try_from(PIECE_LEN).unwrap_or(512 * 1024)];
+            (from..to)
+                .filter_map(|i| layout.validate(i))
+                .map(|p| {
+                    let len = usize::try_from(layout.piece_size(p)).unwrap_or(0);
+                    file.read_exact_at(&mut buf[..len], layout.piece_offset(p))?;
+                    Ok(PieceHash::of(&buf[..len]))
+                })
+                .collect()
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get().min(4));
+        let threads = if n >= 8 {
+            u32::try_from(cores).unwrap_or(1)
+        } else {
+            1
+        };
+        let hashes = if threads <= 1 {
+            hash_run(0, n)?
+        } else {
+            let bounds: Vec<(u32, u32)> = (0..threads)
+                .map(|t| {
+                    let at = |k: u32| {
+                        u32::try_from(u64::from(n) * u64::from(k) / u64::from(threads)).unwrap_or(n)
+                    };
+                    (at(t), at(t + 1))
+                })
+                .collect();
+            let runs = std::thread::scope(|s| {
+                let handles: Vec<_> = (bounds.iter())
+                    .map(|&(a, b)| s.spawn(move || hash_run(a, b)))
+                    .collect();
+                (handles.into_iter())
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(std::io::Error::other("hashing thread panicked"))
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let mut all = Vec::with_capacity(n as usize);
+            for run in runs {
+                all.extend(run?);
+            }
+            all
+        };
         Ok(FileMeta {
             name: name.to_string(),
             size,

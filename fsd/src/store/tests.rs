@@ -126,3 +126,20 @@ fn an_older_daemons_log_is_checked_once() {
     assert!(!entry.join(LEGACY_LOG).exists());
     assert_eq!(held(&store), vec![0, 2]);
 }
+
+#[test]
+fn a_file_hashed_on_several_threads_has_each_piece_hash_in_order() {
+    use fileshare_protocol::ids::PieceHash;
+    let dir = tempfile::tempdir().unwrap();
+    let len = PIECE_LEN * 9 + 1234;
+    let data = bytes(len, 3);
+    let f = std::fs::File::create_new(dir.path().join("f")).unwrap();
+    f.write_all_at(&data, 0).unwrap();
+    let meta = Store::hash_file(&f, "f").unwrap();
+    let want: Vec<PieceHash> = data
+        .chunks(usize::try_from(PIECE_LEN).unwrap())
+        .map(PieceHash::of)
+        .collect();
+    assert_eq!(meta.hashes, want);
+    assert_eq!(meta.size, len);
+}
