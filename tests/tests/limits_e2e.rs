@@ -1,0 +1,213 @@
+//! Limits that hold under attack: a flood of half-sent frames, connection
+//! caps per address, idle connections and quotas. Each attack is made by a
+//! stranger speaking real TLS; everyone else keeps working.
+
+use fileshare_protocol::frame::{header, HEADER_LEN};
+use fileshare_protocol::messages::{Hello, Role, MAGIC};
+use fileshare_protocol::tls::{self, ClientTls, Pin, SecureStream};
+use fileshare_protocol::{codec, Identity, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use fileshare_tests::mount::Mount;
+use fileshare_tests::tracker::{sign_up, Tracker};
+use fileshare_tests::world::World;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+const T: Duration = Duration::from_secs(20);
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A TLS connection to `addr` from the loopback address `from`, past the
+/// FileShare handshake as `role`; `None` if the server closed it first.
+async fn stranger(from: IpAddr, addr: &str, tls: &ClientTls, role: Role) -> Option<SecureStream> {
+    let target: SocketAddr = addr.parse().unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let tcp = socket.connect(target).await.ok()?;
+    let (mut s, _) = tls::secure_over(tcp, addr, tls, T).await.ok()?;
+    let hello = codec::encode(&Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        role,
+    })
+    .unwrap();
+    s.write_all(&header(hello.len())).await.ok()?;
+    s.write_all(&hello).await.ok()?;
+    let mut head = [0u8; HEADER_LEN];
+    tokio::time::timeout(T, s.read_exact(&mut head))
+        .await
+        .ok()?
+        .ok()?;
+    let mut theirs = vec![0; u32::from_be_bytes(head) as usize];
+    s.read_exact(&mut theirs).await.ok()?;
+    Some(s)
+}
+
+/// Whether the server closed `s` within `within` (EOF, reset, or TLS's end
+/// without notice), rather than leaving it open.
+async fn closed_within(s: &mut SecureStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(within, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Resident memory of process `pid`, in MiB, from /proc.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024
+}
+
+/// `n` connections to `addr`, spread over 16 loopback addresses (under the
+/// per-address caps), each of which sends a header claiming a whole frame
+/// and then one byte of it.
+async fn half_sent_frames(addr: &str, tls: ClientTls, role: Role, n: usize) -> Vec<SecureStream> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (addr, tls, gate, role) = (addr.to_string(), tls.clone(), gate.clone(), role.clone());
+        tasks.push(tokio::spawn(async move {
+            let _turn = gate.acquire().await.unwrap();
+            let from = IpAddr::from([127, 0, 9, 1 + (i % 16) as u8]);
+            let mut s = stranger(from, &addr, &tls, role).await?;
+            s.write_all(&header(MAX_FRAME_LEN)).await.ok()?;
+            s.write_all(&[7]).await.ok()?;
+            s.flush().await.ok()?;
+            Some(s)
+        }));
+    }
+    let mut open = Vec::new();
+    for t in tasks {
+        if let Some(s) = t.await.unwrap() {
+            open.push(s);
+        }
+    }
+    open
+}
+
+/// 800 connections claiming 4 MiB frames, then one byte each, at the
+/// tracker and at a daemon's peer port: both stay under 256 MiB, and
+/// `fsd list-groups` answers within a second.
+#[test]
+fn a_flood_of_half_sent_frames_leaves_memory_bounded() {
+    let (w, u) = World::network(&["alice"]);
+    let m: Mount = w.mount(&u[0], &[]);
+    let tracker_pid = w.tracker().pid().unwrap();
+    let daemon_pid = m.pid().unwrap();
+    let rt = rt();
+    let stranger_key = Identity::generate().unwrap();
+    let tracker_tls = ClientTls::new(None, Pin::FirstUse).unwrap();
+    let peer_tls = ClientTls::new(Some(&stranger_key), Pin::FirstUse).unwrap();
+    let peer_role = Role::Peer {
+        id: stranger_key.fingerprint().peer_id(),
+    };
+    let (at_tracker, at_daemon) = rt.block_on(async {
+        let t = half_sent_frames(w.tracker().addr(), tracker_tls, Role::Client, 800).await;
+        let d = half_sent_frames(&m.listen, peer_tls, peer_role, 800).await;
+        (t, d)
+    });
+    eprintln!(
+        "flood in: tracker {}, daemon {}",
+        at_tracker.len(),
+        at_daemon.len()
+    );
+    assert_eq!(at_tracker.len(), 800, "every flood connection got in");
+    assert_eq!(at_daemon.len(), 800, "every flood connection got in");
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let groups = w.fsd_ok(&u[0], &["list-groups"]);
+    let took = started.elapsed();
+    assert!(groups.contains('g'), "{groups}");
+    let (tracker_rss, daemon_rss) = (rss_mib(tracker_pid), rss_mib(daemon_pid));
+    eprintln!(
+        "under the flood: tracker {tracker_rss} MiB, daemon {daemon_rss} MiB, \
+         list-groups {} ms",
+        took.as_millis()
+    );
+    assert!(tracker_rss < 256, "tracker RSS {tracker_rss} MiB");
+    assert!(daemon_rss < 256, "daemon RSS {daemon_rss} MiB");
+    assert!(took < Duration::from_secs(1), "list-groups took {took:?}");
+    let root = std::fs::read_dir(m.path("")).unwrap().count();
+    assert!(root >= 1, "the mount's root lists");
+    drop(at_tracker);
+    drop(at_daemon);
+}
+
+/// Over `--max-connections-per-address` from one address, a connection is
+/// closed before TLS completes; other addresses, and the daemon's own
+/// links, keep working. An idle connection is closed after
+/// `--idle-timeout`, and a client that idles longer still gets its answers.
+#[test]
+fn per_address_cap_and_idle_deadline_close_only_the_offender() {
+    let tracker =
+        Tracker::with_args(&["--max-connections-per-address", "8", "--idle-timeout", "2"]);
+    let rt = rt();
+    let client = tracker.client();
+    let session = rt.block_on(sign_up(&client, "alice"));
+    let tls = ClientTls::new(None, Pin::FirstUse).unwrap();
+    rt.block_on(async {
+        let hog = IpAddr::from([127, 0, 8, 1]);
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(
+                stranger(hog, tracker.addr(), &tls, Role::Client)
+                    .await
+                    .expect("under the cap"),
+            );
+        }
+        assert!(
+            stranger(hog, tracker.addr(), &tls, Role::Client)
+                .await
+                .is_none(),
+            "the ninth connection from one address is closed"
+        );
+        let other = IpAddr::from([127, 0, 8, 2]);
+        let mut fine = stranger(other, tracker.addr(), &tls, Role::Client)
+            .await
+            .expect("another address gets in");
+        client
+            .list_groups(session)
+            .await
+            .expect("others are served");
+        // Nobody sent a frame: every one is closed after the idle deadline.
+        let started = Instant::now();
+        assert!(closed_within(&mut fine, Duration::from_secs(8)).await);
+        for s in &mut held {
+            assert!(closed_within(s, Duration::from_secs(8)).await);
+        }
+        assert!(started.elapsed() < Duration::from_secs(8));
+        // The hog's slots are free again.
+        assert!(stranger(hog, tracker.addr(), &tls, Role::Client)
+            .await
+            .is_some());
+        // A client idle longer than the deadline reconnects and is served.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        client
+            .list_groups(session)
+            .await
+            .expect("served after idling");
+    });
+    let log = tracker.log();
+    assert!(
+        log.contains("connections from 127.0.8.1 are open, the most served from one address"),
+        "{log}"
+    );
+}
