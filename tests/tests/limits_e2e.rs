@@ -211,3 +211,37 @@ fn per_address_cap_and_idle_deadline_close_only_the_offender() {
         "{log}"
     );
 }
+
+/// A user's 101st group is refused, naming the limit and its flag; every
+/// mount's root still lists.
+#[test]
+fn the_101st_group_is_refused_and_every_root_still_lists() {
+    let (w, u) = World::network(&["alice", "bob"]);
+    let rt = rt();
+    let client = w.tracker().client();
+    let session = u[0].session();
+    // "g" is the first of alice's groups.
+    rt.block_on(async {
+        for i in 2..=100 {
+            client
+                .create_group(session, &format!("alice-{i:03}"))
+                .await
+                .unwrap_or_else(|e| panic!("group {i}: {e}"));
+        }
+    });
+    let out = w.fsd(&u[0], &["create-group", "one-too-many"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("limit reached") && err.contains("--max-groups-per-user 100"),
+        "{err}"
+    );
+    // Others still create theirs.
+    w.fsd_ok(&u[1], &["create-group", "bobs"]);
+    let a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &[]);
+    let root_a: Vec<_> = std::fs::read_dir(a.path("")).unwrap().collect();
+    let root_b: Vec<_> = std::fs::read_dir(b.path("")).unwrap().collect();
+    assert_eq!(root_a.len(), 100, "alice's root lists her 100 groups");
+    assert_eq!(root_b.len(), 2, "bob's root lists g and bobs");
+}
