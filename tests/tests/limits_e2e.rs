@@ -245,3 +245,45 @@ fn the_101st_group_is_refused_and_every_root_still_lists() {
     assert_eq!(root_a.len(), 100, "alice's root lists her 100 groups");
     assert_eq!(root_b.len(), 2, "bob's root lists g and bobs");
 }
+
+/// An attacker hammering alice's password from one address is slowed
+/// down; alice, from her own address, logs in at once all the while.
+#[test]
+fn the_right_password_from_elsewhere_logs_in_while_an_attacker_hammers() {
+    use fileshare_protocol::messages::{Reply, Request, TrackerRequest, TrackerResult};
+    use fileshare_protocol::ErrorCode;
+    let (w, u) = World::network(&["alice"]);
+    let rt = rt();
+    let tls = ClientTls::new(None, Pin::FirstUse).unwrap();
+    let attacker = IpAddr::from([127, 0, 7, 1]);
+    let outcomes = rt.block_on(async {
+        let s = stranger(attacker, w.tracker().addr(), &tls, Role::Client)
+            .await
+            .expect("the attacker connects");
+        let (r, wr) = tokio::io::split(s);
+        let mut conn = fileshare_protocol::Connection::new(r, wr);
+        let mut outcomes = Vec::new();
+        for id in 0..10 {
+            let req = Request {
+                id,
+                body: TrackerRequest::Login {
+                    user: "alice".into(),
+                    password: format!("guess-{id}"),
+                },
+            };
+            conn.write_frame(&req).await.unwrap();
+            let reply: Reply<TrackerResult> = conn.read_frame().await.unwrap().unwrap();
+            outcomes.push(reply.body);
+        }
+        outcomes
+    });
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Err(ErrorCode::TooManyAttempts { .. }))),
+        "{outcomes:?}"
+    );
+    let started = Instant::now();
+    w.fsd_ok(&u[0], &["login", "alice"]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}

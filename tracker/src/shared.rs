@@ -107,6 +107,9 @@ pub struct Shared {
     pub(crate) throttle: Mutex<auth::Throttle>,
     /// Bounds concurrent argon2 runs: each takes ~19 MiB and a core.
     pub(crate) hashing: Semaphore,
+    /// Places for logins and sign-ups waiting for (or in) `hashing`; one
+    /// that finds none is answered `Busy` at once.
+    pub(crate) login_queue: Semaphore,
     pub(crate) settings: Settings,
     /// Whether this tracker answers clients (it is caught up with the
     /// cluster), or why not; set by the writer.
@@ -183,7 +186,8 @@ impl Shared {
             state,
             peers: RwLock::new(Peers::new(settings.announce_interval)),
             writer,
-            throttle: Mutex::new(auth::Throttle::default()),
+            throttle: Mutex::new(auth::Throttle::new(settings.cluster_size)),
+            login_queue: Semaphore::new(settings.limits.login_queue),
             hashing: Semaphore::new(hashing),
             settings,
             availability,
@@ -239,11 +243,16 @@ impl Shared {
         self.writer.submit(change).await
     }
 
-    /// Runs argon2 work on the blocking pool, a few at a time.
+    /// Runs argon2 work on the blocking pool, a few at a time; with
+    /// `--max-login-queue` already waiting, refuses `Busy` at once.
     pub async fn hash_work<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ErrorCode> {
+        let _place = self
+            .login_queue
+            .try_acquire()
+            .map_err(|_| ErrorCode::Busy)?;
         let _permit = self
             .hashing
             .acquire()

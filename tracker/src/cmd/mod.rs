@@ -61,7 +61,9 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
     shared.available()?;
     match req {
         R::CreateUser { user, password } => account::create_user(shared, user, password).await,
-        R::Login { user, password } => account::login(shared, user, password).await,
+        R::Login { user, password } => {
+            account::login(shared, caller.addr.map(|a| a.ip()), user, password).await
+        }
         R::Logout { session } => account::logout(shared, &session).await,
         R::CreateGroup { session, group } => group::create(shared, &session, group).await,
         R::ListGroups { session } => group::list(shared, &session),
