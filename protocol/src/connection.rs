@@ -202,6 +202,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Bytes as they are, not a frame, flushed: only for tests that must
+    /// break the framing (the lying peers of the end-to-end tests).
+    pub async fn write_unframed(&mut self, raw: &[u8]) -> Result<(), ProtocolError> {
+        self.stream.write_all(raw).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
     pub async fn shutdown(&mut self) -> Result<(), ProtocolError> {
         self.stream.shutdown().await?;
         Ok(())
