@@ -80,7 +80,11 @@ impl Liar {
         let client = client(trackers, &known_keys, &identity);
         let (listener, session, file, pieces) = rt.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let session = client.login(&user.name, &format!("pw-{}", user.name)).await.expect("login").token;
+            let session = client
+                .login(&user.name, &format!("pw-{}", user.name))
+                .await
+                .expect("login")
+                .token;
             let loc = client.locate(session, group, name).await.expect("locate");
             let pieces = loc.meta.layout().unwrap().num_pieces();
             (listener, session, loc.meta.id(), pieces)
@@ -215,7 +219,11 @@ pub fn flood(
     let known_keys = user.home.join(format!("flood-known-keys-{peer}"));
     let client = client(trackers, &known_keys, &identity);
     rt.block_on(async {
-        let session = client.login(&user.name, &format!("pw-{}", user.name)).await.expect("login").token;
+        let session = client
+            .login(&user.name, &format!("pw-{}", user.name))
+            .await
+            .expect("login")
+            .token;
         let loc = client.locate(session, group, name).await.expect("locate");
         let file = loc.meta.id();
         let pieces = loc.meta.layout().unwrap().num_pieces();

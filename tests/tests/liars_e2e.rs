@@ -12,10 +12,11 @@ use fileshare_tests::{cmp, random_file, MIB};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// How long a reader may take for [`SIZE`] among the liars: the seeder
-/// alone serves it in well under a second here; liars cost a few stalled
-/// requests each before they are given up.
-const READ_BOUND: Duration = Duration::from_secs(60);
+/// How long a reader may take for [`SIZE`] among the liars: about 3 s
+/// measured on 2 cores. Before the upload scheduler capped the pieces a
+/// connection may hold unwritten, the flood alone held the seeder's uplink
+/// for as long as it lasted (39 s).
+const READ_BOUND: Duration = Duration::from_secs(30);
 
 const SIZE: usize = 8 * MIB;
 
@@ -81,7 +82,7 @@ fn a_reader_among_lying_peers_gets_exact_bytes_in_bounded_time() {
             "data.bin",
             (&listen, seeder),
             100_000,
-            Duration::from_secs(20),
+            Duration::from_secs(5),
         );
     });
     std::thread::sleep(Duration::from_secs(1));
@@ -95,6 +96,9 @@ fn a_reader_among_lying_peers_gets_exact_bytes_in_bounded_time() {
         .map(|l| (l.lie, l.asked.load(std::sync::atomic::Ordering::Relaxed)))
         .collect();
     eprintln!("read {SIZE} bytes among liars in {took:?}; piece requests they got: {asked:?}");
+    if let Ok(dump) = std::env::var("LIARS_LOG") {
+        std::fs::write(dump, b.log()).unwrap();
+    }
     assert!(took < READ_BOUND, "the read took {took:?}\n{}", b.log());
     assert!(
         asked.iter().any(|(_, n)| *n > 0),
