@@ -287,3 +287,65 @@ fn the_right_password_from_elsewhere_logs_in_while_an_attacker_hammers() {
     w.fsd_ok(&u[0], &["login", "alice"]);
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// A client that sends listing requests without end and never reads the
+/// replies is stopped being read once its replies fill its budget: the
+/// tracker's memory stays bounded and everyone else is served.
+#[test]
+fn a_client_that_never_reads_its_replies_is_bounded() {
+    use fileshare_protocol::messages::{Request, TrackerRequest};
+    let (w, u) = World::network(&["alice"]);
+    let rt = rt();
+    let client = w.tracker().client();
+    let session = u[0].session();
+    // Replies of about 20 KB each.
+    rt.block_on(async {
+        for i in 0..90 {
+            let name = format!("{i:03}-{}", "n".repeat(200));
+            client.create_group(session, &name).await.unwrap();
+        }
+    });
+    let tls = ClientTls::new(None, Pin::FirstUse).unwrap();
+    let sent = rt.block_on(async {
+        let s = stranger(
+            IpAddr::from([127, 0, 6, 1]),
+            w.tracker().addr(),
+            &tls,
+            Role::Client,
+        )
+        .await
+        .unwrap();
+        let (r, wr) = tokio::io::split(s);
+        let mut conn = fileshare_protocol::Connection::new(r, wr);
+        let mut sent = 0u64;
+        let flood = async {
+            for id in 0..500_000 {
+                let req = Request {
+                    id,
+                    body: TrackerRequest::ListGroups { session },
+                };
+                if conn.write_frame(&req).await.is_err() {
+                    return;
+                }
+                sent += 1;
+            }
+        };
+        // The tracker stops reading it: the writes block.
+        let _ = tokio::time::timeout(Duration::from_secs(5), flood).await;
+        let started = Instant::now();
+        client
+            .list_groups(session)
+            .await
+            .expect("others are served");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let rss = rss_mib(w.tracker().pid().unwrap());
+        eprintln!("{sent} listings asked, none read: tracker {rss} MiB");
+        assert!(rss < 256, "tracker RSS {rss} MiB");
+        drop(conn);
+        sent
+    });
+    assert!(
+        sent < 500_000,
+        "the tracker kept reading a client that never reads"
+    );
+}
