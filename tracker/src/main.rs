@@ -24,10 +24,11 @@ struct Args {
     /// outlives a membership
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     ticket_ttl: u64,
-    /// Client connections served at once; more are closed when accepted
+    /// Connections (clients and the other trackers) served at once; more
+    /// are closed when accepted
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
-    /// Client connections served at once from one source address
+    /// Connections served at once from one source address
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections_per_address: u64,
     /// Seconds a client connection may send nothing before it is closed
