@@ -3,7 +3,7 @@
 //! harm the others. Each announces to the tracker that it holds every
 //! piece of a file, then serves according to its [`Lie`]; [`flood`] turns
 //! the tables and floods an honest daemon with requests it never reads the
-//! answers to.
+//! answers to; [`stranger`] is a TLS client from any loopback address.
 //!
 //! A liar runs on a runtime of its own and stops when dropped.
 
@@ -11,16 +11,22 @@ use crate::world::User;
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::connection::FrameWriter;
 use fileshare_protocol::frame::header;
+use fileshare_protocol::frame::HEADER_LEN;
 use fileshare_protocol::messages::tracker::Holding;
+use fileshare_protocol::messages::{Hello, MAGIC};
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
-use fileshare_protocol::tls::{self, ClientCerts, ClientTls, Pin, ServerTls};
+use fileshare_protocol::tls::{self, ClientCerts, ClientTls, Pin, SecureStream, ServerTls};
+use fileshare_protocol::{codec, PROTOCOL_VERSION};
 use fileshare_protocol::{Bitfield, Identity, MAX_FRAME_LEN};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWrite;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 
 /// How a liar answers piece requests, having claimed every piece.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,4 +269,40 @@ pub fn flood(
         let _ = tokio::time::timeout(hold, flood).await;
         tokio::time::sleep(hold).await;
     });
+}
+
+/// How long a stranger waits for the server at each step.
+const STRANGER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A TLS connection to `addr` from the loopback address `from`, past the
+/// FileShare handshake as `role`; `None` if the server closed it first.
+pub async fn stranger(
+    from: IpAddr,
+    addr: &str,
+    tls: &ClientTls,
+    role: Role,
+) -> Option<SecureStream> {
+    let target: SocketAddr = addr.parse().unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let tcp = socket.connect(target).await.ok()?;
+    let (mut s, _) = tls::secure_over(tcp, addr, tls, STRANGER_TIMEOUT)
+        .await
+        .ok()?;
+    let hello = codec::encode(&Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        role,
+    })
+    .unwrap();
+    s.write_all(&header(hello.len())).await.ok()?;
+    s.write_all(&hello).await.ok()?;
+    let mut head = [0u8; HEADER_LEN];
+    tokio::time::timeout(STRANGER_TIMEOUT, s.read_exact(&mut head))
+        .await
+        .ok()?
+        .ok()?;
+    let mut theirs = vec![0; u32::from_be_bytes(head) as usize];
+    s.read_exact(&mut theirs).await.ok()?;
+    Some(s)
 }

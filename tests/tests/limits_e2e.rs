@@ -2,20 +2,18 @@
 //! caps per address, idle connections and quotas. Each attack is made by a
 //! stranger speaking real TLS; everyone else keeps working.
 
-use fileshare_protocol::frame::{header, HEADER_LEN};
-use fileshare_protocol::messages::{Hello, Role, MAGIC};
-use fileshare_protocol::tls::{self, ClientTls, Pin, SecureStream};
-use fileshare_protocol::{codec, Identity, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use fileshare_protocol::frame::header;
+use fileshare_protocol::messages::Role;
+use fileshare_protocol::tls::{ClientTls, Pin, SecureStream};
+use fileshare_protocol::{Identity, MAX_FRAME_LEN};
+use fileshare_tests::liar::stranger;
 use fileshare_tests::mount::Mount;
 use fileshare_tests::tracker::{sign_up, Tracker};
 use fileshare_tests::world::World;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
-
-const T: Duration = Duration::from_secs(20);
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -23,32 +21,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// A TLS connection to `addr` from the loopback address `from`, past the
-/// FileShare handshake as `role`; `None` if the server closed it first.
-async fn stranger(from: IpAddr, addr: &str, tls: &ClientTls, role: Role) -> Option<SecureStream> {
-    let target: SocketAddr = addr.parse().unwrap();
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(from, 0)).unwrap();
-    let tcp = socket.connect(target).await.ok()?;
-    let (mut s, _) = tls::secure_over(tcp, addr, tls, T).await.ok()?;
-    let hello = codec::encode(&Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        role,
-    })
-    .unwrap();
-    s.write_all(&header(hello.len())).await.ok()?;
-    s.write_all(&hello).await.ok()?;
-    let mut head = [0u8; HEADER_LEN];
-    tokio::time::timeout(T, s.read_exact(&mut head))
-        .await
-        .ok()?
-        .ok()?;
-    let mut theirs = vec![0; u32::from_be_bytes(head) as usize];
-    s.read_exact(&mut theirs).await.ok()?;
-    Some(s)
 }
 
 /// Whether the server closed `s` within `within` (EOF, reset, or TLS's end

@@ -60,6 +60,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    return_big_allocations();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -126,6 +127,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Every Argon2 check allocates about 19 MiB on one of the blocking pool's
+/// threads. glibc raises its mmap threshold past that size after the first
+/// free, and each thread's arena would then keep its own 19 MiB resident:
+/// a stream of logins grew a tracker by hundreds of MiB. A fixed threshold
+/// maps such blocks and returns them on free. Called before any thread
+/// starts.
+fn return_big_allocations() {
+    // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.
+    let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
 }
 
 /// A count flag as a `usize`, saturating.
