@@ -50,6 +50,12 @@ pub struct MountArgs {
     /// Cap on download rate over all peers, e.g. 8M (bytes per second)
     #[arg(long, value_parser = crate::units::parse_rate)]
     pub max_download_rate: Option<u64>,
+    /// Bytes of files fetched from others kept on disk, e.g. 500M or 8G;
+    /// the least recently read pieces are evicted beyond it. Files you
+    /// shared never are [default: 10% of the home's file system, at most
+    /// 50G]
+    #[arg(long, value_parser = crate::units::parse_size)]
+    pub cache_size: Option<u64>,
     /// Testing only: corrupt every piece this daemon serves
     #[arg(long, hide = true)]
     pub corrupt_uploads: bool,

@@ -395,3 +395,25 @@ fn df_shows_the_size_and_long_names_are_too_long() {
     std::fs::write(a.path(&format!("g/{longest}")), b"x").expect("255 bytes is a name");
     assert!(w.fsd_ok(&u[0], &["list-files", "g"]).contains(&longest));
 }
+
+#[test]
+fn a_child_forked_while_a_file_is_written_does_not_share_it_half_written() {
+    let (w, u) = World::network(&["alice", "bob"]);
+    let a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &[]);
+    let (first, second) = (
+        "the first half\n".repeat(4096),
+        "the second half\n".repeat(4096),
+    );
+    let bytes = format!("{first}{second}").into_bytes();
+    let mut f = std::fs::File::create(a.path("g/whole.bin")).unwrap();
+    use std::io::Write;
+    f.write_all(first.as_bytes()).unwrap();
+    // The child inherits the descriptor (close-on-exec) and its exec
+    // closes and flushes it while the writer is only half done.
+    ok(&a, "true", &[]);
+    f.write_all(second.as_bytes())
+        .expect("writes after a child's exec go on");
+    drop(f);
+    wait_content(&b.path("g/whole.bin"), &bytes, &[&a, &b], String::new);
+}

@@ -1,30 +1,35 @@
 //! Whole-file downloads for `fsd download-file`: the same swarm a FUSE read
 //! would use, told to want every piece, then copied to the destination.
 //!
-//! The destination appears complete or not at all. A hidden temporary file
-//! beside it is created and given its full size before anything is fetched,
-//! so a read-only or full place fails at once; once every piece is verified
-//! the pieces are hashed again as they are copied, the file is synced and
-//! renamed over the destination, and the directory is synced. Any failure,
-//! or the daemon stopping, removes the temporary file.
+//! The destination appears complete or not at all: a hidden temporary file
+//! beside it ([`super::partial`]) is given its full size before anything is
+//! fetched, so a read-only or full place fails at once; pieces are copied
+//! into it as they are verified (in the kernel, not hashed again), and once
+//! every piece is, the file is synced and renamed over the destination, and
+//! the directory is synced.
+//! Any failure, or the daemon stopping, removes the temporary file.
+//!
+//! A job holds its file's pieces ([`Swarm::pin`]) until it has copied them,
+//! so the cache budget never evicts what it still needs. Jobs are recorded
+//! in the store ([`crate::store::jobs`]) from their start until they
+//! complete or fail: a daemon stopped or killed mid-download resumes them
+//! at its next start from the pieces the store holds ([`Engine::start`]).
 //!
 //! Each job is a task under the engine's token; its file work runs on the
 //! blocking pool. The engine owns the jobs ([`Engine::start_download`]).
 
 use crate::control::{DownloadState, DownloadStatus, WirePath};
+use crate::engine::partial::{remove_stale, Partial};
 use crate::engine::{Engine, EngineError};
 use crate::pieces::swarm::Swarm;
-use crate::store::{StoreError, StoredFile};
+use crate::store::jobs::JobRecord;
+use crate::store::{Store, StoreError};
 use crate::trackers::LinkError;
-use crate::units::human_bytes;
-use fileshare_protocol::ids::{check_name, hex, PieceHash};
+use fileshare_protocol::ids::check_name;
+use fileshare_protocol::messages::tracker::FileEntry;
 use parking_lot::Mutex;
-use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,8 +69,8 @@ pub enum DownloadError {
         name: String,
         error: StoreError,
     },
-    #[error("piece {piece} of {name} no longer matches its hash in the store")]
-    Corrupt { piece: u32, name: String },
+    #[error("cannot store the pieces of {name}: {}", os_text(&std::io::Error::from_raw_os_error(*.errno)))]
+    Unstorable { name: String, errno: i32 },
     #[error("stopped: {0}")]
     Stopped(&'static str),
     #[error("no download with id {0}")]
@@ -74,151 +79,11 @@ pub enum DownloadError {
 
 /// An I/O error as the one line a user reads, without Rust's
 /// "(os error N)" suffix.
-fn os_text(e: &std::io::Error) -> String {
+pub(super) fn os_text(e: &std::io::Error) -> String {
     let s = e.to_string();
     match s.find(" (os error") {
         Some(i) => s[..i].to_string(),
         None => s,
-    }
-}
-
-fn is_no_space(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-}
-
-/// The destination's temporary twin; removed on drop unless committed.
-struct Partial {
-    tmp: PathBuf,
-    dest: PathBuf,
-    file: File,
-    committed: bool,
-}
-
-impl Partial {
-    /// Creates the temporary file beside `dest` with room for `size` bytes.
-    fn create(dest: &Path, name: &str, size: u64) -> Result<Partial, DownloadError> {
-        let dir = dest.parent().unwrap_or(Path::new("/"));
-        let mut rnd = [0u8; 4];
-        let _ = getrandom::fill(&mut rnd);
-        let mut tmp_name = OsString::from(".");
-        tmp_name.push(dest.file_name().unwrap_or(name.as_ref()));
-        tmp_name.push(format!(".{}.part", hex(&rnd)));
-        let tmp = dir.join(tmp_name);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|f| {
-                // Under the daemon's owner-only umask: give the download the
-                // mode the user's own umask would.
-                let mode = std::fs::Permissions::from_mode(crate::mount::user_file_mode());
-                f.set_permissions(mode).map(|()| f)
-            })
-            .map_err(|error| DownloadError::Write {
-                path: dest.display().to_string(),
-                error,
-            })?;
-        let partial = Partial {
-            tmp,
-            dest: dest.to_path_buf(),
-            file,
-            committed: false,
-        };
-        if size > 0 {
-            let len = libc::off_t::try_from(size).unwrap_or(libc::off_t::MAX);
-            // SAFETY: the descriptor is open for writing and owned by `file`.
-            let r = unsafe { libc::fallocate(partial.file.as_raw_fd(), 0, 0, len) };
-            if r != 0 {
-                let e = std::io::Error::last_os_error();
-                if is_no_space(&e) || e.raw_os_error() == Some(libc::EFBIG) {
-                    return Err(DownloadError::NoSpace {
-                        name: name.to_string(),
-                        size: human_bytes(size),
-                        dir: dir.display().to_string(),
-                    });
-                }
-                // Filesystems without fallocate: space is checked as we write.
-                if !matches!(
-                    e.raw_os_error(),
-                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
-                ) {
-                    return Err(partial.write_error(e));
-                }
-            }
-        }
-        Ok(partial)
-    }
-
-    fn write_error(&self, e: std::io::Error) -> DownloadError {
-        if is_no_space(&e) {
-            DownloadError::NoSpace {
-                name: self
-                    .dest
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                size: self
-                    .file
-                    .metadata()
-                    .map(|m| human_bytes(m.len()))
-                    .unwrap_or_default(),
-                dir: self
-                    .dest
-                    .parent()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-            }
-        } else {
-            DownloadError::Write {
-                path: self.dest.display().to_string(),
-                error: e,
-            }
-        }
-    }
-
-    /// Copies every (verified) piece of `src`, checking each against its
-    /// hash once more, then syncs and renames over the destination.
-    fn fill_and_commit(mut self, src: &StoredFile) -> Result<(), DownloadError> {
-        let layout = src.layout;
-        for p in layout.pieces() {
-            let data = src.read_piece(p).map_err(|error| DownloadError::Store {
-                piece: p.get(),
-                name: src.meta.name.clone(),
-                error,
-            })?;
-            if src.meta.hashes.get(p.usize()) != Some(&PieceHash::of(&data)) {
-                return Err(DownloadError::Corrupt {
-                    piece: p.get(),
-                    name: src.meta.name.clone(),
-                });
-            }
-            self.file
-                .write_all_at(&data, layout.piece_offset(p))
-                .map_err(|e| self.write_error(e))?;
-        }
-        self.file
-            .set_len(layout.size())
-            .and_then(|()| self.file.sync_all())
-            .map_err(|e| self.write_error(e))?;
-        std::fs::rename(&self.tmp, &self.dest).map_err(|e| self.write_error(e))?;
-        self.committed = true;
-        if let Some(dir) = self.dest.parent() {
-            // The rename is durable once the directory is.
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
     }
 }
 
@@ -237,6 +102,9 @@ struct Job {
     size: u64,
     started: Instant,
     progress: Mutex<Progress>,
+    /// What the store records of it, while it is to be resumed.
+    record: JobRecord,
+    recorded: AtomicBool,
 }
 
 impl Job {
@@ -267,20 +135,34 @@ impl Job {
 
 /// Bytes of the verified pieces.
 fn verified_bytes(swarm: &Swarm) -> u64 {
-    let layout = swarm.file.layout;
-    swarm
-        .have()
-        .ones()
-        .filter_map(|i| layout.validate(i))
-        .map(|p| layout.piece_size(p))
-        .sum()
+    swarm.held_bytes()
 }
+
+const STOPPING: DownloadError = DownloadError::Stopped("the daemon is stopping");
 
 /// Every download of this daemon's life, running and finished.
 #[derive(Default)]
 pub struct Downloads {
-    jobs: Mutex<Vec<Arc<Job>>>,
+    jobs: Arc<Mutex<Vec<Arc<Job>>>>,
     next_id: AtomicU64,
+    /// Serialises rewrites of the store's record of jobs.
+    saving: Arc<Mutex<()>>,
+}
+
+/// Holds a swarm's pieces for a job: unpinned on drop.
+struct Pinned(Arc<Swarm>);
+
+impl Pinned {
+    fn new(swarm: Arc<Swarm>) -> Pinned {
+        swarm.pin();
+        Pinned(swarm)
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.0.unpin();
+    }
 }
 
 impl Downloads {
@@ -298,22 +180,7 @@ impl Downloads {
             name: name.to_string(),
             why,
         })?;
-        let find = |files: Vec<fileshare_protocol::messages::tracker::FileEntry>| {
-            files.into_iter().find(|f| f.name == name)
-        };
-        let entry = match find(engine.tracker.files(group).await?) {
-            Some(e) => e,
-            None => {
-                // The cached listing may predate a share made a moment ago.
-                engine.tracker.invalidate(Some(group));
-                find(engine.tracker.files(group).await?).ok_or_else(|| {
-                    DownloadError::NoSuchFile {
-                        group: group.to_string(),
-                        name: name.to_string(),
-                    }
-                })?
-            }
-        };
+        let entry = find_entry(engine, group, name, |_| true).await?;
         let (dest_c, name_c) = (dest.to_path_buf(), name.to_string());
         let dest = engine
             .tasks
@@ -329,7 +196,7 @@ impl Downloads {
                 Ok(dest)
             })
             .await
-            .map_err(|_| DownloadError::Stopped("the daemon is stopping"))??;
+            .map_err(|_| STOPPING)??;
         if self
             .jobs
             .lock()
@@ -343,48 +210,147 @@ impl Downloads {
             .tasks
             .blocking(move || Partial::create(&dest_c, &name_c, size))
             .await
-            .map_err(|_| DownloadError::Stopped("the daemon is stopping"))??;
+            .map_err(|_| STOPPING)??;
         let swarm = engine.open(group, &entry).await?;
+        let record = JobRecord::new(group, name, &dest, entry.id, entry.size);
+        tracing::info!(group = %group, file = %name, dest = %dest.display(), "download started");
+        Ok(self.launch(engine, record, swarm, partial).await)
+    }
+
+    /// Starts the job's task, recorded in the store until it ends.
+    async fn launch(
+        &self,
+        engine: &Arc<Engine>,
+        record: JobRecord,
+        swarm: Arc<Swarm>,
+        partial: Partial,
+    ) -> DownloadStatus {
+        let pinned = Pinned::new(swarm.clone());
         if !swarm.is_complete() {
             swarm.want_all();
             engine.ensure_discovery(&swarm);
         }
-        let job = Arc::new(Job {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
-            group: group.to_string(),
-            name: name.to_string(),
-            dest,
-            size: entry.size,
-            started: Instant::now(),
-            progress: Mutex::new(Progress {
-                state: DownloadState::Fetching,
-                done: verified_bytes(&swarm),
-                rate: 0.0,
-                peers: u32::try_from(swarm.links()).unwrap_or(u32::MAX),
-            }),
-        });
-        tracing::info!(group = %group, file = %name, dest = %job.dest.display(), "download started");
-        {
-            let mut jobs = self.jobs.lock();
-            jobs.push(job.clone());
-            let finished = jobs.iter().filter(|j| !j.is_active()).count();
-            if finished > KEEP_FINISHED {
-                let mut drop_n = finished - KEEP_FINISHED;
-                jobs.retain(|j| {
-                    if drop_n > 0 && !j.is_active() {
-                        drop_n -= 1;
-                        false
-                    } else {
-                        true
-                    }
-                });
-            }
-        }
+        let job = self.add_job(&record, DownloadState::Fetching, Some(&swarm), true);
+        self.save(engine).await;
         let status = job.status();
         engine
             .tasks
-            .spawn("download", drive(engine.clone(), job, swarm, partial));
-        Ok(status)
+            .spawn("download", drive(engine.clone(), job, pinned, partial));
+        status
+    }
+
+    fn add_job(
+        &self,
+        record: &JobRecord,
+        state: DownloadState,
+        swarm: Option<&Swarm>,
+        recorded: bool,
+    ) -> Arc<Job> {
+        let job = Arc::new(Job {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed) + 1,
+            group: record.group.clone(),
+            name: record.name.clone(),
+            dest: record.dest(),
+            size: record.size,
+            started: Instant::now(),
+            progress: Mutex::new(Progress {
+                state,
+                done: swarm.map_or(0, verified_bytes),
+                rate: 0.0,
+                peers: swarm.map_or(0, |s| u32::try_from(s.links()).unwrap_or(u32::MAX)),
+            }),
+            record: record.clone(),
+            recorded: AtomicBool::new(recorded),
+        });
+        let mut jobs = self.jobs.lock();
+        jobs.push(job.clone());
+        let finished = jobs.iter().filter(|j| !j.is_active()).count();
+        if finished > KEEP_FINISHED {
+            let mut drop_n = finished - KEEP_FINISHED;
+            jobs.retain(|j| {
+                if drop_n > 0 && !j.is_active() {
+                    drop_n -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        job
+    }
+
+    /// Rewrites the store's record of the jobs to resume.
+    async fn save(&self, engine: &Engine) {
+        let (jobs, saving, store) = (self.jobs.clone(), self.saving.clone(), engine.store.clone());
+        let saved = engine
+            .tasks
+            .blocking(move || {
+                let _one = saving.lock();
+                let records: Vec<JobRecord> = (jobs.lock().iter())
+                    .filter(|j| j.recorded.load(Ordering::Acquire))
+                    .map(|j| j.record.clone())
+                    .collect();
+                store.set_jobs(&records)
+            })
+            .await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!("cannot record the downloads to resume: {e:#}");
+        }
+    }
+
+    /// Resumes the jobs a stopped daemon recorded, from what the store
+    /// holds; those that cannot be resumed are shown failed and forgotten.
+    pub async fn resume(&self, engine: &Arc<Engine>) {
+        let records = engine
+            .with_store(|s| Ok(s.jobs()))
+            .await
+            .unwrap_or_default();
+        for record in records {
+            let (group, name) = (record.group.clone(), record.name.clone());
+            if let Err(e) = self.resume_one(engine, record.clone()).await {
+                tracing::warn!(group = %group, file = %name, "cannot resume the download: {e}");
+                let swarm = engine.registry.get(&record.file);
+                let failed = DownloadState::Failed(e.to_string());
+                self.add_job(&record, failed, swarm.as_deref(), false);
+            }
+        }
+        self.save(engine).await;
+    }
+
+    async fn resume_one(
+        &self,
+        engine: &Arc<Engine>,
+        record: JobRecord,
+    ) -> Result<(), DownloadError> {
+        let rec = record.clone();
+        let (partial, done) = engine
+            .tasks
+            .blocking(move || prepare_resume(&rec))
+            .await
+            .map_err(|_| STOPPING)??;
+        let swarm = match engine.registry.get(&record.file) {
+            Some(s) if !s.cancel.is_cancelled() => s,
+            _ => {
+                let entry =
+                    find_entry(engine, &record.group, &record.name, |e| e.id == record.file)
+                        .await?;
+                engine.open(&record.group, &entry).await?
+            }
+        };
+        let Some(partial) = partial else {
+            // It had landed whole before the daemon stopped.
+            let millis = fileshare_protocol::millis(done);
+            self.add_job(
+                &record,
+                DownloadState::Complete { millis },
+                Some(&swarm),
+                false,
+            );
+            return Ok(());
+        };
+        tracing::info!(group = %record.group, file = %record.name, dest = %record.dest().display(), pieces = swarm.have().count(), "download resumed");
+        self.launch(engine, record, swarm, partial).await;
+        Ok(())
     }
 
     pub fn status(&self, id: u64) -> Result<DownloadStatus, DownloadError> {
@@ -401,13 +367,86 @@ impl Downloads {
     }
 }
 
+/// The listed file `name` of `group` that `accept` takes, listing again if
+/// the cached listing lacks it.
+async fn find_entry(
+    engine: &Engine,
+    group: &str,
+    name: &str,
+    accept: impl Fn(&FileEntry) -> bool,
+) -> Result<FileEntry, DownloadError> {
+    let find = |files: Vec<FileEntry>| files.into_iter().find(|f| f.name == name && accept(f));
+    if let Some(e) = find(engine.tracker.files(group).await?) {
+        return Ok(e);
+    }
+    // The cached listing may predate a share made a moment ago.
+    engine.tracker.invalidate(Some(group));
+    find(engine.tracker.files(group).await?).ok_or_else(|| DownloadError::NoSuchFile {
+        group: group.to_string(),
+        name: name.to_string(),
+    })
+}
+
+/// Gets a recorded job's destination ready again: the leftovers of the
+/// interrupted attempt go, and a new temporary file is made, unless the
+/// destination already holds the whole file (then `None`, and the time it
+/// took to check).
+fn prepare_resume(rec: &JobRecord) -> Result<(Option<Partial>, Duration), DownloadError> {
+    let start = Instant::now();
+    let dest = rec.dest();
+    if let Some(dir) = dest.parent() {
+        remove_stale(dir);
+    }
+    let landed = std::fs::File::open(&dest)
+        .and_then(|f| Store::hash_file(&f, &rec.name))
+        .is_ok_and(|meta| meta.id() == rec.file);
+    if landed {
+        return Ok((None, start.elapsed()));
+    }
+    Ok((
+        Some(Partial::create(&dest, &rec.name, rec.size)?),
+        start.elapsed(),
+    ))
+}
+
 /// Follows one download to its end: progress while fetching, then the copy.
 /// When the daemon stops, the task is dropped, and with it the temporary
-/// file.
-async fn drive(engine: Arc<Engine>, job: Arc<Job>, mut swarm: Arc<Swarm>, partial: Partial) {
-    let result = fetch(&engine, &job, &mut swarm).await;
-    let result = match result {
-        Ok(()) => {
+/// file; the job stays recorded, to be resumed.
+async fn drive(engine: Arc<Engine>, job: Arc<Job>, mut pinned: Pinned, partial: Partial) {
+    // Verified pieces are copied while the rest arrive, so little is left
+    // to copy at the end.
+    let copying = pinned.0.clone();
+    let mut partial = Some(partial);
+    let result = {
+        let fetching = fetch(&engine, &job, &mut pinned);
+        tokio::pin!(fetching);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = &mut fetching => break r,
+                _ = tick.tick() => {
+                    let Some(mut p) = partial.take() else { break Err(STOPPING) };
+                    let (file, have) = (copying.file.clone(), copying.have());
+                    let copied = engine.tasks.blocking(move || {
+                        // Best effort: what fails here is copied, or
+                        // reported, at the end.
+                        if let Err(e) = p.copy_verified(&file, &have) {
+                            tracing::debug!("copy while fetching: {e}");
+                        }
+                        p
+                    });
+                    match copied.await {
+                        Ok(p) => partial = Some(p),
+                        Err(_) => break Err(STOPPING),
+                    }
+                }
+            }
+        }
+    };
+    let swarm = pinned.0.clone();
+    let result = match (result, partial) {
+        (Ok(()), Some(partial)) => {
             {
                 let mut p = job.progress.lock();
                 p.state = DownloadState::Writing;
@@ -417,45 +456,57 @@ async fn drive(engine: Arc<Engine>, job: Arc<Job>, mut swarm: Arc<Swarm>, partia
             let file = swarm.file.clone();
             engine
                 .tasks
-                .blocking(move || partial.fill_and_commit(&file))
+                .blocking(move || partial.commit(&file))
                 .await
-                .unwrap_or(Err(DownloadError::Stopped("the daemon is stopping")))
+                .unwrap_or(Err(STOPPING))
         }
-        Err(e) => Err(e),
+        (Ok(()), None) => Err(STOPPING),
+        (Err(e), _) => Err(e),
     };
-    let mut p = job.progress.lock();
-    match result {
-        Ok(()) => {
-            let millis = fileshare_protocol::millis(job.started.elapsed());
-            tracing::info!(group = %job.group, file = %job.name, dest = %job.dest.display(), millis, "download complete");
-            p.state = DownloadState::Complete { millis };
+    drop(pinned);
+    let stopping = engine.tasks.token().is_cancelled();
+    {
+        let mut p = job.progress.lock();
+        match result {
+            Ok(()) => {
+                let millis = fileshare_protocol::millis(job.started.elapsed());
+                tracing::info!(group = %job.group, file = %job.name, dest = %job.dest.display(), millis, "download complete");
+                p.state = DownloadState::Complete { millis };
+            }
+            Err(e) => {
+                tracing::warn!(group = %job.group, file = %job.name, "download failed: {e}");
+                p.state = DownloadState::Failed(e.to_string());
+            }
         }
-        Err(e) => {
-            tracing::warn!(group = %job.group, file = %job.name, "download failed: {e}");
-            p.state = DownloadState::Failed(e.to_string());
-        }
+    }
+    if !stopping {
+        job.recorded.store(false, Ordering::Release);
+        engine.downloads.save(&engine).await;
     }
 }
 
 /// Waits until every piece is verified, keeping the progress current.
-async fn fetch(
-    engine: &Arc<Engine>,
-    job: &Job,
-    swarm: &mut Arc<Swarm>,
-) -> Result<(), DownloadError> {
+async fn fetch(engine: &Arc<Engine>, job: &Job, pinned: &mut Pinned) -> Result<(), DownloadError> {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut last = (Instant::now(), verified_bytes(swarm));
+    let mut last = (Instant::now(), verified_bytes(&pinned.0));
+    let failures = pinned.0.store_failures();
     loop {
+        let swarm = pinned.0.clone();
         if swarm.is_complete() {
             return Ok(());
+        }
+        if swarm.store_failures() > failures {
+            // The store is full or failing: a piece was lost on arrival.
+            return Err(DownloadError::Unstorable {
+                name: job.name.clone(),
+                errno: swarm.last_store_errno(),
+            });
         }
         tokio::select! {
             // Stopping cancels every swarm too: say which it was.
             biased;
-            () = engine.tasks.token().cancelled() => {
-                return Err(DownloadError::Stopped("the daemon is stopping"));
-            }
+            () = engine.tasks.token().cancelled() => return Err(STOPPING),
             _ = tick.tick() => {}
             () = swarm.cancel.cancelled() => {
                 // Shared again under the same content: follow the new swarm.
@@ -463,7 +514,7 @@ async fn fetch(
                     Some(s) if !s.cancel.is_cancelled() => {
                         s.want_all();
                         engine.ensure_discovery(&s);
-                        *swarm = s;
+                        *pinned = Pinned::new(s);
                         continue;
                     }
                     _ => return Err(DownloadError::Stopped("the file was unshared here")),
@@ -471,7 +522,7 @@ async fn fetch(
             }
         }
         let now = Instant::now();
-        let done = verified_bytes(swarm);
+        let done = verified_bytes(&swarm);
         let dt = now.duration_since(last.0).as_secs_f64().max(1e-3);
         let inst = done.saturating_sub(last.1) as f64 / dt;
         last = (now, done);
@@ -483,60 +534,5 @@ async fn fetch(
         };
         p.done = done;
         p.peers = u32::try_from(swarm.links()).unwrap_or(u32::MAX);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::Store;
-    use fileshare_protocol::PIECE_LEN;
-
-    fn stored(dir: &Path, bytes: &[u8]) -> Arc<StoredFile> {
-        let store = Store::open(dir).unwrap();
-        let st = store.staging().unwrap();
-        st.file.write_all_at(bytes, 0).unwrap();
-        let meta = Store::hash_file(&st.file, "a.bin").unwrap();
-        store.import_staging("g", &meta, &st.path).unwrap()
-    }
-
-    fn leftovers(dir: &Path) -> Vec<String> {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-
-    #[test]
-    fn destination_appears_whole_and_temp_is_gone() {
-        let store_dir = tempfile::tempdir().unwrap();
-        let bytes: Vec<u8> = (0..PIECE_LEN * 2 + 3).map(|i| (i % 253) as u8).collect();
-        let src = stored(store_dir.path(), &bytes);
-        let out = tempfile::tempdir().unwrap();
-        let dest = out.path().join("a.bin");
-        let p = Partial::create(&dest, "a.bin", src.layout.size()).unwrap();
-        assert!(!dest.exists());
-        p.fill_and_commit(&src).unwrap();
-        assert_eq!(std::fs::read(&dest).unwrap(), bytes);
-        assert_eq!(leftovers(out.path()), vec!["a.bin".to_string()]);
-    }
-
-    #[test]
-    fn dropped_partial_leaves_nothing() {
-        let out = tempfile::tempdir().unwrap();
-        let dest = out.path().join("x");
-        let p = Partial::create(&dest, "x", 1000).unwrap();
-        drop(p);
-        assert!(leftovers(out.path()).is_empty());
-    }
-
-    #[test]
-    fn missing_directory_is_one_clear_line() {
-        let out = tempfile::tempdir().unwrap();
-        let dest = out.path().join("nope/x");
-        let err = Partial::create(&dest, "x", 10).err().unwrap().to_string();
-        assert!(err.starts_with("cannot write "), "{err}");
-        assert!(err.ends_with("No such file or directory"), "{err}");
-        assert!(!err.contains('\n'));
     }
 }

@@ -8,12 +8,20 @@
 //! tree ([`crate::tasks`]), each swarm's under a token of its own, and its
 //! file work (store entries, hashing, reads that waited for pieces) runs on
 //! the bounded blocking pool.
+//!
+//! It also keeps the store within its budget ([`cache`]), makes the store's
+//! bytes durable in batches ([`store_sync`]) and resumes the
+//! `download-file` jobs a stopped daemon left ([`download_jobs`]).
 
+pub mod cache;
 pub mod download_jobs;
 pub mod in_place;
+mod partial;
 mod rename;
+mod store_sync;
 
 use crate::control::DownloadStatus;
+use crate::engine::cache::Cache;
 use crate::engine::download_jobs::{DownloadError, Downloads};
 use crate::net::fetch::{self, LinkCtx};
 use crate::net::token_bucket::TokenBucket;
@@ -25,6 +33,8 @@ use crate::trackers::{LinkError, TrackerLink};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{FileEntry, Holding, PeerLocation};
 use fileshare_protocol::{ErrorCode, FileId, Identity};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -41,6 +51,10 @@ const DISCOVERY_INTERVAL: Duration = Duration::from_millis(250);
 /// Discovery rounds with nothing wanted before the task ends (30 s).
 const IDLE_ROUNDS: u32 = 120;
 
+/// The shortest time between two announces made because pieces were
+/// evicted.
+const EVICTION_ANNOUNCE_GAP: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
@@ -49,6 +63,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("no peer served pieces {missing:?} within {secs} s")]
     Timeout { missing: Vec<u32>, secs: u64 },
+    #[error("cannot store piece {piece}: {}", std::io::Error::from_raw_os_error(*.errno))]
+    Unstorable { piece: u32, errno: i32 },
     #[error("no such file")]
     NotFound,
     #[error("hashing failed: {0}")]
@@ -79,6 +95,7 @@ impl EngineError {
             EngineError::Store(e) if e.is_no_space() => libc::ENOSPC,
             EngineError::Store(_) | EngineError::Hash(_) => libc::EIO,
             EngineError::Timeout { .. } => libc::EIO,
+            EngineError::Unstorable { errno, .. } => *errno,
             EngineError::NotFound => libc::ENOENT,
             EngineError::ShuttingDown => libc::EIO,
             EngineError::NotShared => libc::EPERM,
@@ -98,6 +115,8 @@ pub struct Engine {
     /// Wakes the announce loop after a change worth telling the tracker.
     announce_now: tokio::sync::Notify,
     downloads: Downloads,
+    /// The budget of fetched pieces, and eviction.
+    cache: Arc<Cache>,
 }
 
 fn seed_of(swarm_id: &fileshare_protocol::FileId, me: &fileshare_protocol::PeerId) -> u64 {
@@ -108,20 +127,36 @@ fn seed_of(swarm_id: &fileshare_protocol::FileId, me: &fileshare_protocol::PeerI
     u64::from_le_bytes(s)
 }
 
+/// How an engine fetches and keeps pieces.
+pub struct EngineConfig {
+    /// At most this many bytes per second fetched, over all links.
+    pub download: Option<TokenBucket>,
+    /// A read gives up after this long without its pieces.
+    pub read_timeout: Duration,
+    /// At most this many bytes of files fetched from others are kept
+    /// (default: a tenth of the store's file system, at most 50 GiB).
+    pub cache_size: Option<u64>,
+}
+
 impl Engine {
-    /// An engine over `store`, whose links present `identity` to peers and
-    /// fetch at most `download` bytes per second, and whose reads give up
-    /// after `read_timeout`; its tasks run under `tasks`. Nothing runs
-    /// until [`Engine::start`].
+    /// An engine over `store`, whose links present `identity` to peers,
+    /// set as `config` says; its tasks run under `tasks`. Nothing runs until
+    /// [`Engine::start`].
     pub fn new(
         store: Store,
         identity: Identity,
         tracker: Arc<TrackerLink>,
         registry: Arc<Registry>,
-        download: Option<TokenBucket>,
-        read_timeout: Duration,
+        config: EngineConfig,
         tasks: Tasks,
     ) -> Arc<Engine> {
+        let EngineConfig {
+            download,
+            read_timeout,
+            cache_size,
+        } = config;
+        let budget = cache_size.unwrap_or_else(|| crate::store::disk::default_budget(store.root()));
+        let cache = Arc::new(Cache::new(budget, registry.clone()));
         Arc::new(Engine {
             store: Arc::new(store),
             link_ctx: Arc::new(LinkCtx {
@@ -129,6 +164,7 @@ impl Engine {
                 identity,
                 tracker: tracker.clone(),
                 download,
+                cache: cache.clone(),
             }),
             tracker,
             registry,
@@ -136,6 +172,7 @@ impl Engine {
             tasks,
             announce_now: tokio::sync::Notify::new(),
             downloads: Downloads::default(),
+            cache,
         })
     }
 
@@ -146,6 +183,10 @@ impl Engine {
     pub fn start(self: &Arc<Self>, addr: String) {
         self.tasks
             .spawn("announce", self.clone().announce_loop(addr));
+        self.tasks
+            .spawn("store-sync", self.clone().store_sync_loop());
+        self.tasks
+            .spawn("resume-downloads", self.clone().resume_downloads());
         self.tasks
             .spawn("in-place-watch", in_place::watch(self.clone()));
         // The ticket key and a ticket for every group up front: a peer's
@@ -195,9 +236,27 @@ impl Engine {
         Ok(self.store.staging()?)
     }
 
-    /// The room the mount offers, as `df` shows it.
+    /// The room the mount offers, as `df` shows it: the cache budget and
+    /// its use.
     pub async fn space(&self) -> Result<crate::store::Space, EngineError> {
-        self.with_store(|s| s.space()).await
+        let disk = self.with_store(|s| s.space()).await?;
+        let (budget, used) = self.cache.usage();
+        Ok(disk.within_budget(budget, used))
+    }
+
+    /// Writes into a file being written through the mount. When the disk is
+    /// full, fetched pieces are evicted to make room and the write is tried
+    /// once more. Returns the errno (file work: call it from a FUSE thread).
+    pub fn write_staging(&self, file: &File, offset: u64, data: &[u8]) -> Result<(), i32> {
+        let write = || {
+            file.write_all_at(data, offset)
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+        };
+        let mut written = write();
+        if written == Err(libc::ENOSPC) && self.free_space(data.len() as u64) > 0 {
+            written = write();
+        }
+        written
     }
 
     /// The engine's tasks under a swarm: they end with it.
@@ -236,7 +295,21 @@ impl Engine {
             let swarm = self.new_swarm(file, have);
             self.registry.insert(swarm);
         }
+        self.cache.recount();
         Ok(n)
+    }
+
+    /// The cache budget and the bytes of fetched pieces held now (for
+    /// `statfs` and `fsd status`).
+    pub fn cache_usage(&self) -> (u64, u64) {
+        self.cache.usage()
+    }
+
+    /// The disk is full under a write: evicts fetched pieces (any that may
+    /// go, whatever the budget) to free at least `bytes`. Returns the bytes
+    /// freed (file work: call it from a FUSE thread, not from a task).
+    pub fn free_space(&self, bytes: u64) -> u64 {
+        self.cache.free(bytes)
     }
 
     /// The swarm of a listed file, creating its store entry on first use.
@@ -273,12 +346,9 @@ impl Engine {
         len: u32,
         read_ahead: u32,
     ) -> Option<Result<Vec<u8>, EngineError>> {
-        if !swarm.has_range(offset, u64::from(len)) {
-            return None;
-        }
+        let read_ahead = read_ahead.min(self.cache.max_read_ahead());
         let data = swarm
-            .file
-            .read_at(offset, usize::try_from(len).unwrap_or(0))
+            .read_range(offset, u64::from(len), read_ahead)?
             .map_err(|e| {
                 tracing::warn!(file = %swarm.file.meta.name, "read failed: {e:#}");
                 EngineError::from(e)
@@ -293,7 +363,8 @@ impl Engine {
         Some(data)
     }
 
-    /// The bytes `[offset, offset+len)` of a file, fetched as needed.
+    /// The bytes `[offset, offset+len)` of a file, fetched as needed. Fails
+    /// at once with the cause when a piece it waits for cannot be stored.
     pub async fn read(
         self: &Arc<Self>,
         swarm: &Arc<Swarm>,
@@ -301,61 +372,87 @@ impl Engine {
         len: u32,
         read_ahead: u32,
     ) -> Result<Vec<u8>, EngineError> {
-        let waits = swarm.acquire_range(offset, u64::from(len), read_ahead);
-        if !waits.is_empty() || read_ahead > 0 {
-            self.ensure_discovery(swarm);
-        }
-        if !waits.is_empty() {
-            let pieces: Vec<u32> = waits.iter().map(|(p, _)| *p).collect();
-            let all = async {
-                for (_, rx) in waits {
-                    if rx.await.is_err() {
-                        return Err(EngineError::ShuttingDown);
-                    }
-                }
-                Ok(())
-            };
-            // No peer serves a user who left the group: refuse at once.
-            let all = async {
-                tokio::select! {
-                    r = all => r,
-                    e = self.tracker.membership_lost(&swarm.file.group) => {
-                        Err(EngineError::Tracker(e))
-                    }
-                }
-            };
-            match tokio::time::timeout(self.read_timeout, all).await {
-                Ok(Err(e @ EngineError::Tracker(_))) => {
-                    swarm.forget_closed_waiters();
-                    return Err(e);
-                }
-                Ok(r) => r?,
-                Err(_) => {
-                    swarm.forget_closed_waiters();
-                    let missing: Vec<u32> = pieces
-                        .into_iter()
-                        .filter(|&p| swarm.still_needed(p))
-                        .collect();
-                    tracing::warn!(
-                        file = %swarm.file.meta.name,
-                        ?missing,
-                        "read failed: no peer served these pieces within {} s",
-                        self.read_timeout.as_secs()
-                    );
+        let read_ahead = read_ahead.min(self.cache.max_read_ahead());
+        let deadline = tokio::time::Instant::now() + self.read_timeout;
+        loop {
+            let waits = swarm.acquire_range(offset, u64::from(len), read_ahead);
+            if !waits.is_empty() || read_ahead > 0 {
+                self.ensure_discovery(swarm);
+            }
+            if !waits.is_empty() {
+                self.wait_pieces(swarm, waits, deadline).await?;
+            }
+            let s = swarm.clone();
+            let read = self
+                .tasks
+                .blocking(move || s.read_range(offset, u64::from(len), read_ahead))
+                .await
+                .map_err(|_| EngineError::ShuttingDown)?;
+            // `None`: evicted between the wait and the read; fetch again.
+            match read {
+                Some(data) => return data.map_err(EngineError::from),
+                None if tokio::time::Instant::now() >= deadline => {
                     return Err(EngineError::Timeout {
-                        missing,
+                        missing: Vec::new(),
                         secs: self.read_timeout.as_secs(),
-                    });
+                    })
                 }
+                None => {}
             }
         }
-        let file = swarm.file.clone();
-        let len = usize::try_from(len).unwrap_or(0);
-        self.tasks
-            .blocking(move || file.read_at(offset, len))
-            .await
-            .map_err(|_| EngineError::ShuttingDown)?
-            .map_err(EngineError::from)
+    }
+
+    /// Waits for the pieces of a read until `deadline`.
+    async fn wait_pieces(
+        &self,
+        swarm: &Swarm,
+        waits: Vec<(u32, crate::pieces::swarm::PieceWait)>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), EngineError> {
+        let pieces: Vec<u32> = waits.iter().map(|(p, _)| *p).collect();
+        let all = async {
+            for (piece, rx) in waits {
+                match rx.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(errno)) => return Err(EngineError::Unstorable { piece, errno }),
+                    Err(_) => return Err(EngineError::ShuttingDown),
+                }
+            }
+            Ok(())
+        };
+        // No peer serves a user who left the group: refuse at once.
+        let all = async {
+            tokio::select! {
+                r = all => r,
+                e = self.tracker.membership_lost(&swarm.file.group) => {
+                    Err(EngineError::Tracker(e))
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, all).await {
+            Ok(Err(e @ EngineError::Tracker(_))) => {
+                swarm.forget_closed_waiters();
+                Err(e)
+            }
+            Ok(r) => r,
+            Err(_) => {
+                swarm.forget_closed_waiters();
+                let missing: Vec<u32> = pieces
+                    .into_iter()
+                    .filter(|&p| swarm.still_needed(p))
+                    .collect();
+                tracing::warn!(
+                    file = %swarm.file.meta.name,
+                    ?missing,
+                    "read failed: no peer served these pieces within {} s",
+                    self.read_timeout.as_secs()
+                );
+                Err(EngineError::Timeout {
+                    missing,
+                    secs: self.read_timeout.as_secs(),
+                })
+            }
+        }
     }
 
     /// Starts the swarm's peer discovery if it is not running, and wakes it.
@@ -472,14 +569,22 @@ impl Engine {
         replace: bool,
     ) -> Result<Arc<Swarm>, EngineError> {
         let (group_c, name_c) = (group.to_string(), name.to_string());
-        let Staging { path, file } = staging;
         let store = self.store.clone();
         let (meta, stored) = self
             .tasks
             .blocking(move || {
-                let meta = Store::hash_file(&file, &name_c).map_err(EngineError::Hash)?;
-                let stored = store.import_staging(&group_c, &meta, &path)?;
-                Ok::<_, EngineError>((meta, stored))
+                let Staging { path, file } = staging;
+                let imported = Store::hash_file(&file, &name_c)
+                    .map_err(EngineError::Hash)
+                    .and_then(|meta| {
+                        let stored = store.import_staging(&group_c, &meta, &path)?;
+                        Ok((meta, stored))
+                    });
+                if imported.is_err() {
+                    // Nothing half written stays behind.
+                    let _ = std::fs::remove_file(&path);
+                }
+                imported
             })
             .await
             .map_err(|_| EngineError::ShuttingDown)??;
@@ -595,6 +700,32 @@ impl Engine {
         Ok(())
     }
 
+    /// A fetched file this user became a holder of when it was complete
+    /// lost pieces to eviction: it stops being one (the trackers then list
+    /// only holders of the whole file), unless it is complete again.
+    fn no_longer_holder(self: &Arc<Self>, swarm: Arc<Swarm>) {
+        let engine = self.clone();
+        self.tasks.spawn("stop-share", async move {
+            if swarm.is_complete() || swarm.cancel.is_cancelled() {
+                return;
+            }
+            let file = &swarm.file;
+            match engine
+                .tracker
+                .stop_share(&file.group, &file.meta.name)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(file = %file.meta.name, "pieces evicted; no longer a holder");
+                    engine.tracker.invalidate(Some(&file.group));
+                }
+                Err(e) => {
+                    tracing::debug!(file = %file.meta.name, "stop-share after eviction: {e:#}")
+                }
+            }
+        });
+    }
+
     /// Everything this peer can serve, for the announce.
     pub fn holdings(&self) -> Vec<Holding> {
         self.registry
@@ -620,6 +751,11 @@ impl Engine {
         self.downloads.start(self, group, name, dest).await
     }
 
+    /// Resumes the downloads a stopped daemon left (from [`Engine::start`]).
+    async fn resume_downloads(self: Arc<Self>) {
+        self.downloads.resume(&self).await;
+    }
+
     /// One download's status, by id.
     pub fn download_status(&self, id: u64) -> Result<DownloadStatus, DownloadError> {
         self.downloads.status(id)
@@ -636,15 +772,28 @@ impl Engine {
     async fn announce_loop(self: Arc<Self>, addr: String) {
         let mut lost = false;
         let mut next = tokio::time::Instant::now();
+        let mut last_announce: Option<tokio::time::Instant> = None;
+        let mut shrank = false;
         loop {
             let now = tokio::time::Instant::now();
+            // Evicted pieces: the trackers hear the true bitfields soon,
+            // at most once per EVICTION_ANNOUNCE_GAP.
+            shrank |= self.cache.take_shrank();
+            if shrank && last_announce.is_none_or(|t| now >= t + EVICTION_ANNOUNCE_GAP) {
+                next = now;
+            }
+            for swarm in self.cache.take_incomplete() {
+                self.no_longer_holder(swarm);
+            }
             if now >= next {
+                shrank = false;
                 match self.tracker.announce(&addr, self.holdings()).await {
                     Ok(i) => {
                         if lost {
                             tracing::info!(tracker = %self.tracker.client.current(), "tracker back; announced again");
                         }
                         lost = false;
+                        last_announce = Some(now);
                         next = now + i;
                     }
                     Err(e) => {

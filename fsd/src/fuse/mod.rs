@@ -72,6 +72,10 @@ enum Handle {
     Write {
         staged: Arc<Staged>,
         reader: std::fs::File,
+        /// The process that opened it: only its own close shares the file,
+        /// not that of a child it forked (a `CLOEXEC` descriptor is closed,
+        /// and flushed, by every exec).
+        opener: u32,
     },
 }
 
@@ -264,8 +268,8 @@ impl Filesystem for FileShareFs {
         self.inner.unlink(parent, name, reply);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.inner.open(ino, flags, reply);
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.inner.open(ino, flags, req.pid(), reply);
     }
 
     fn read(
@@ -284,7 +288,7 @@ impl Filesystem for FileShareFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -292,7 +296,8 @@ impl Filesystem for FileShareFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        self.inner.create(parent, name, mode, umask, reply);
+        self.inner
+            .create(parent, name, mode, umask, req.pid(), reply);
     }
 
     fn write(
@@ -312,13 +317,13 @@ impl Filesystem for FileShareFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.inner.flush(fh, reply);
+        self.inner.flush(fh, req.pid(), reply);
     }
 
     fn release(

@@ -15,12 +15,18 @@ use std::sync::Arc;
 const FIRST_READ_AHEAD: u32 = 2;
 
 impl Inner {
-    pub(super) fn open(self: &Arc<Self>, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    pub(super) fn open(
+        self: &Arc<Self>,
+        ino: INodeNo,
+        flags: OpenFlags,
+        pid: u32,
+        reply: ReplyOpen,
+    ) {
         let (group, entry) = match self.node(ino) {
             Ok(Node::File { group, entry }) => (group, entry),
             Ok(Node::Staging { .. }) => {
                 let opened = match self.staged(ino.0) {
-                    Some(staged) => self.open_staged(staged, flags.0),
+                    Some(staged) => self.open_staged(staged, flags.0, pid),
                     None => Err(Errno::ENOENT),
                 };
                 return match opened {

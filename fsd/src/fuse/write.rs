@@ -21,7 +21,6 @@ use fuser::{
 use parking_lot::Mutex;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -51,6 +50,9 @@ pub(super) struct StagedState {
     pub generation: u64,
     /// The outcome of sharing, once it was tried.
     pub outcome: Option<Result<(), Errno>>,
+    /// The errno of a write that failed: the staging file is gone then,
+    /// every later write and the close fail alike, and nothing is shared.
+    pub failed: Option<Errno>,
     /// What `chmod` and `utimens` set, shown until it is shared.
     pub perm: u16,
     pub mtime: Option<SystemTime>,
@@ -68,6 +70,7 @@ impl Inner {
         name: &OsStr,
         mode: u32,
         umask: u32,
+        pid: u32,
         reply: ReplyCreate,
     ) {
         if parent.0 == ROOT {
@@ -107,6 +110,7 @@ impl Inner {
                 removed: false,
                 generation: 0,
                 outcome: None,
+                failed: None,
                 perm: u16::try_from(mode & !umask & 0o7777).unwrap_or(0o644),
                 mtime: None,
                 atime: None,
@@ -114,7 +118,11 @@ impl Inner {
         });
         self.staged.lock().insert(ino, staged.clone());
         let node = Node::Staging { group, name, path };
-        let fh = self.new_handle(Handle::Write { staged, reader });
+        let fh = self.new_handle(Handle::Write {
+            staged,
+            reader,
+            opener: process_of(pid),
+        });
         reply.created(
             &TTL,
             &self.attr(ino, &node),
@@ -126,7 +134,12 @@ impl Inner {
 
     /// Opens a file being written (or written under a temporary name): for
     /// reading, or for writing while it is not being shared.
-    pub(super) fn open_staged(&self, staged: Arc<Staged>, flags: i32) -> Result<u64, Errno> {
+    pub(super) fn open_staged(
+        &self,
+        staged: Arc<Staged>,
+        flags: i32,
+        pid: u32,
+    ) -> Result<u64, Errno> {
         let io = |e: std::io::Error| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO));
         if flags & (libc::O_WRONLY | libc::O_RDWR) == 0 {
             let file = File::open(&staged.path).map_err(io)?;
@@ -134,6 +147,9 @@ impl Inner {
         }
         let reader = {
             let mut st = staged.state.lock();
+            if let Some(e) = st.failed {
+                return Err(e);
+            }
             let Some(file) = st.file.as_ref() else {
                 // Being shared: shared files are immutable.
                 return Err(Errno::EPERM);
@@ -146,7 +162,11 @@ impl Inner {
             st.generation += 1;
             reader
         };
-        Ok(self.new_handle(Handle::Write { staged, reader }))
+        Ok(self.new_handle(Handle::Write {
+            staged,
+            reader,
+            opener: process_of(pid),
+        }))
     }
 
     pub(super) fn write(&self, fh: FileHandle, offset: u64, data: &[u8], reply: ReplyWrite) {
@@ -157,25 +177,46 @@ impl Inner {
         let Handle::Write { staged, .. } = &*handle else {
             return reply.error(Errno::EBADF);
         };
-        let st = staged.state.lock();
+        let mut st = staged.state.lock();
+        if let Some(e) = st.failed {
+            return reply.error(e);
+        }
         let Some(file) = st.file.as_ref() else {
             // Already shared: shared files are immutable.
             return reply.error(Errno::EPERM);
         };
-        match file.write_all_at(data, offset) {
+        match self.engine.write_staging(file, offset, data) {
             Ok(()) => reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX)),
-            Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))),
+            Err(errno) => {
+                // Its blocks go now, though handles stay open until close.
+                let _ = file.set_len(0);
+                let _ = std::fs::remove_file(&staged.path);
+                let e = Errno::from_i32(errno);
+                tracing::warn!(
+                    group = %st.group,
+                    file = %st.name,
+                    "a write failed ({}): the file is not shared",
+                    std::io::Error::from_raw_os_error(errno)
+                );
+                st.failed = Some(e);
+                reply.error(e)
+            }
         }
     }
 
-    pub(super) fn flush(self: &Arc<Self>, fh: FileHandle, reply: ReplyEmpty) {
+    pub(super) fn flush(self: &Arc<Self>, fh: FileHandle, pid: u32, reply: ReplyEmpty) {
         let handle = match self.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let Handle::Write { staged, .. } = &*handle else {
+        let Handle::Write { staged, opener, .. } = &*handle else {
             return reply.ok();
         };
+        if process_of(pid) != *opener {
+            // A child's copy of the descriptor closing (at its exec or
+            // exit) while the opener writes on: not the end of the file.
+            return reply.ok();
+        }
         {
             let st = staged.state.lock();
             // Another handle still writes, or the name is temporary: the
@@ -256,6 +297,15 @@ impl Inner {
             let mut st = staged.state.lock();
             if st.removed {
                 return Ok(());
+            }
+            if let Some(e) = st.failed {
+                // Remembered from the write: nothing is shared.
+                st.file = None;
+                st.outcome = Some(Err(e));
+                drop(st);
+                self.nodes.lock().drop_staging(staged.ino);
+                self.staged.lock().remove(&staged.ino);
+                return Err(e);
             }
             let Some(file) = st.file.take() else {
                 // Shared, or being shared by another call.
@@ -340,4 +390,16 @@ impl Inner {
         }
         let _ = std::fs::remove_file(&staged.path);
     }
+}
+
+/// The process of thread `tid` (the kernel names the calling thread in a
+/// request); `tid` itself if it cannot be told.
+fn process_of(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(tid)
 }

@@ -13,7 +13,7 @@
 pub mod detach;
 
 use crate::cli::MountArgs;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineConfig};
 use crate::home::Home;
 use crate::net::serve::ServeCtx;
 use crate::net::token_bucket::TokenBucket;
@@ -181,8 +181,11 @@ async fn serve(
         identity,
         tracker.clone(),
         registry.clone(),
-        args.max_download_rate.map(|r| TokenBucket::new(r, burst)),
-        Duration::from_secs(args.read_timeout.max(1)),
+        EngineConfig {
+            download: args.max_download_rate.map(|r| TokenBucket::new(r, burst)),
+            read_timeout: Duration::from_secs(args.read_timeout.max(1)),
+            cache_size: args.cache_size,
+        },
         engine_tasks.clone(),
     );
     let resumed = engine.load_store().await?;
@@ -258,6 +261,9 @@ async fn serve(
             SHUTDOWN_GRACE.as_secs()
         ),
     }
+    // Every piece stored is made durable: the next start checks none again.
+    let syncing = engine.clone();
+    let _ = tokio::task::spawn_blocking(move || syncing.sync_store()).await;
     // Last: the socket and pid file go, then the stop requests' streams end.
     drop(control);
     Ok(())

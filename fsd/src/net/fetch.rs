@@ -46,6 +46,8 @@ pub struct LinkCtx {
     pub identity: Identity,
     pub tracker: Arc<TrackerLink>,
     pub download: Option<TokenBucket>,
+    /// Where received pieces are stored, within the cache budget.
+    pub cache: Arc<crate::engine::cache::Cache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -286,12 +288,13 @@ async fn link(
                     // socket keeps draining while a piece is checked.
                     let (swarm, tracker, dropped) =
                         (swarm.clone(), ctx.tracker.clone(), dropped.clone());
+                    let cache = ctx.cache.clone();
                     let pool = tasks.clone();
                     tasks.spawn("verify-piece", async move {
                         let _ = pool
                             .blocking(move || {
                                 if let Err(e) = crate::pieces::verify::verify_and_store(
-                                    &swarm, &tracker, key, index, &data,
+                                    &swarm, &cache, &tracker, key, index, &data,
                                 ) {
                                     tracing::warn!(file = %swarm.file.meta.name, "{e:#}");
                                     dropped.cancel();

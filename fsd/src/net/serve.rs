@@ -18,7 +18,9 @@
 //! be cancelled by the requester. A served piece holds its room in the
 //! scheduler's uplink window until the connection's writer has written it. Subscriptions push a
 //! `Have` for every piece verified here, so readers become sources for each
-//! other as soon as they hold something.
+//! other as soon as they hold something, and the whole bitfield again when
+//! pieces are evicted. A piece not held (evicted meanwhile too) is
+//! `NotAvailable`.
 //!
 //! Tasks: the accept loop runs under the server's node of the task tree,
 //! each connection under a child of it, and a connection's requests and
@@ -27,7 +29,7 @@
 
 use crate::net::upload_scheduler::{Admission, Ask, Sending, Uploads};
 use crate::pieces::registry::Registry;
-use crate::pieces::swarm::Swarm;
+use crate::pieces::swarm::{Offer, Swarm};
 use crate::tasks::Tasks;
 use crate::trackers::{now_ms, TrackerLink};
 use fileshare_protocol::conn_limits::ConnLimits;
@@ -290,9 +292,11 @@ async fn subscription(swarm: Arc<Swarm>, st: Arc<ConnState>, id: u64, tx: mpsc::
         let left = Duration::from_millis(expires().saturating_sub(now_ms()));
         next = tokio::select! {
             r = haves.recv() => match r {
-                Ok(i) => Some(PeerReply::Have(i)),
-                // Too far behind: the whole bitfield again.
-                Err(broadcast::error::RecvError::Lagged(_)) => Some(PeerReply::Bitfield(swarm.have())),
+                Ok(Offer::Have(i)) => Some(PeerReply::Have(i)),
+                // Pieces evicted, or too far behind: the whole bitfield again.
+                Ok(Offer::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    Some(PeerReply::Bitfield(swarm.have()))
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             () = tx.closed() => return,
@@ -396,16 +400,18 @@ async fn piece(
         () = cancel.cancelled() => return refuse(PeerError::Cancelled),
     };
     st.refused.lock().remove(&key);
-    let file = swarm.file.clone();
-    let data = match ctx.tasks.blocking(move || file.read_piece(p)).await {
-        Ok(Ok(d)) => d,
+    let reading = swarm.clone();
+    let data = match ctx.tasks.blocking(move || reading.read_piece(p)).await {
+        Ok(Some(Ok(d))) => d,
+        // Evicted since it was asked for.
+        Ok(None) => return refuse(PeerError::NotAvailable),
         // A changed in-place file: the in_place watcher withdraws it with
         // one log line of its own.
-        Ok(Err(e @ crate::store::StoreError::SourceChanged { .. })) => {
+        Ok(Some(Err(e @ crate::store::StoreError::SourceChanged { .. }))) => {
             tracing::debug!(file = %swarm.file.meta.name, "cannot serve piece {index}: {e:#}");
             return refuse(PeerError::NotAvailable);
         }
-        Ok(Err(e)) => {
+        Ok(Some(Err(e))) => {
             tracing::warn!(file = %swarm.file.meta.name, "cannot serve piece {index}: {e:#}");
             return refuse(PeerError::Internal);
         }

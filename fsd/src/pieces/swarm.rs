@@ -4,12 +4,17 @@
 //! Every transition runs under the one lock and ends with the scheduling
 //! step, which asks the pure picker for requests and hands them to the peer
 //! links' queues (never blocking). See `STATE.md` beside this file.
+//!
+//! It also keeps what eviction needs (when each piece was last read, and
+//! the windows readers are in) and is where a piece enters and leaves the
+//! store: [`Swarm::store_verified`] and [`Swarm::evict`].
 
 use crate::pieces::picker::{self, PeerView, PickInput};
 use crate::store::StoredFile;
 use fileshare_protocol::{Bitfield, PeerId, PieceIndex, PIECE_LEN};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -77,6 +82,31 @@ pub const MAX_FAILURES: u32 = 3;
 
 /// Pieces past the read position fetched ahead of a sequential reader.
 pub const READ_AHEAD_PIECES: u32 = 64;
+
+/// How long a reader's window is kept from eviction after its last read.
+pub const WINDOW_TTL: Duration = Duration::from_secs(30);
+
+/// Reader windows remembered per file; the oldest goes first.
+const MAX_WINDOWS: usize = 16;
+
+/// What a subscription is told: one more verified piece, or that some were
+/// evicted (it sends the whole bitfield again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Have(u32),
+    Lost,
+}
+
+/// A reader's wait for one piece: `Err(errno)` when the piece arrived but
+/// could not be stored.
+pub type PieceWait = oneshot::Receiver<Result<(), i32>>;
+
+/// The order of reads, daemon-wide: a larger tick is a later read.
+static CLOCK: AtomicU64 = AtomicU64::new(1);
+
+fn tick() -> u64 {
+    CLOCK.fetch_add(1, Ordering::Relaxed)
+}
 
 struct Link {
     key: LinkKey,
@@ -169,7 +199,17 @@ struct PieceState {
     /// Pieces to fetch even with no reader waiting (read-ahead, downloads).
     wanted: Bitfield,
     /// Readers blocked on a piece. Invariant: no key is in `have`.
-    waiters: BTreeMap<u32, Vec<oneshot::Sender<()>>>,
+    waiters: BTreeMap<u32, Vec<oneshot::Sender<Result<(), i32>>>>,
+    /// When each piece was last read or stored ([`tick`]): eviction takes
+    /// the smallest first.
+    last_read: Vec<u64>,
+    /// Where readers are: pieces in a window are never evicted.
+    windows: Vec<Window>,
+    /// Pieces that arrived for a waiting reader, until it reads them (or
+    /// [`WINDOW_TTL`] passes): never evicted.
+    awaited: Vec<(u32, Instant)>,
+    /// `download-file` jobs that need every piece: none is evicted.
+    pins: u32,
     links: Vec<Link>,
     next_key: LinkKey,
     counters: HashMap<String, PeerCounters>,
@@ -191,8 +231,15 @@ pub enum Verdict {
 pub struct Swarm {
     pub file: Arc<StoredFile>,
     state: Mutex<PieceState>,
-    /// Every piece verified here, for the peers subscribed to this file.
-    haves: broadcast::Sender<u32>,
+    /// Every piece verified or evicted here, for the peers subscribed to
+    /// this file.
+    haves: broadcast::Sender<Offer>,
+    /// Bytes of the pieces in `have`, for the cache's budget.
+    held: AtomicU64,
+    /// Pieces that arrived verified but could not be stored, and the errno
+    /// of the last one.
+    store_failures: AtomicU64,
+    last_store_errno: std::sync::atomic::AtomicI32,
     seed: u64,
     /// Ends the swarm's discovery and link tasks.
     pub cancel: CancellationToken,
@@ -221,12 +268,17 @@ impl Swarm {
         cancel: CancellationToken,
     ) -> Self {
         let n = file.layout.num_pieces();
+        let held = bytes_of(&file, &have);
         Swarm {
             file,
             state: Mutex::new(PieceState {
                 have,
                 wanted: Bitfield::new(n),
                 waiters: BTreeMap::new(),
+                last_read: vec![0; n as usize],
+                windows: Vec::new(),
+                awaited: Vec::new(),
+                pins: 0,
                 links: Vec::new(),
                 next_key: 1,
                 counters: HashMap::new(),
@@ -235,6 +287,9 @@ impl Swarm {
                 received: HashMap::new(),
             }),
             haves: broadcast::channel(HAVE_BACKLOG).0,
+            held: AtomicU64::new(held),
+            store_failures: AtomicU64::new(0),
+            last_store_errno: std::sync::atomic::AtomicI32::new(0),
             seed,
             cancel,
             discover: tokio::sync::Notify::new(),
@@ -271,9 +326,24 @@ impl Swarm {
         !st.waiters.is_empty() || st.wanted.ones().any(|i| !st.have.get(i))
     }
 
-    /// Pieces verified from now on, for a peer's subscription.
-    pub fn subscribe(&self) -> broadcast::Receiver<u32> {
+    /// Pieces verified or evicted from now on, for a peer's subscription.
+    pub fn subscribe(&self) -> broadcast::Receiver<Offer> {
         self.haves.subscribe()
+    }
+
+    /// Bytes of the verified pieces held.
+    pub fn held_bytes(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Pieces that could not be stored so far.
+    pub fn store_failures(&self) -> u64 {
+        self.store_failures.load(Ordering::Acquire)
+    }
+
+    /// Why the last piece could not be stored (an errno), 0 if none was.
+    pub fn last_store_errno(&self) -> i32 {
+        self.last_store_errno.load(Ordering::Acquire)
     }
 
     /// A link to `peer` is being set up; false if there is one already (or
@@ -314,17 +384,14 @@ impl Swarm {
     /// Registers waiters for the missing pieces of a read and marks the
     /// read-ahead window wanted. Returns what to await; empty when every
     /// piece is already here.
-    pub fn acquire_range(
-        &self,
-        offset: u64,
-        len: u64,
-        read_ahead: u32,
-    ) -> Vec<(u32, oneshot::Receiver<()>)> {
+    pub fn acquire_range(&self, offset: u64, len: u64, read_ahead: u32) -> Vec<(u32, PieceWait)> {
         let layout = self.file.layout;
         let mut st = self.state.lock();
         let mut out = Vec::new();
+        let mut first = None;
         let mut last = None;
         for p in layout.pieces_for_range(offset, len) {
+            first.get_or_insert(p.get());
             last = Some(p.get());
             if !st.have.get(p.get()) {
                 let (tx, rx) = oneshot::channel();
@@ -332,13 +399,14 @@ impl Swarm {
                 out.push((p.get(), rx));
             }
         }
-        if let Some(last) = last {
+        if let (Some(first), Some(last)) = (first, last) {
             let end = last
                 .saturating_add(read_ahead)
                 .min(layout.num_pieces().saturating_sub(1));
             for i in last + 1..=end {
                 st.wanted.set(i);
             }
+            note_window(&mut st, first, end, Instant::now());
         }
         if !out.is_empty() || read_ahead > 0 {
             self.schedule(&mut st);
@@ -510,13 +578,20 @@ impl Swarm {
     /// subscribed peers, and frees every link's request for it: end-game
     /// duplicates at other peers are cancelled, so they cost those peers
     /// no upload if they have not sent them yet.
-    pub fn mark_hash_ok(&self, key: LinkKey, piece: u32, bytes: u64) {
+    /// Returns whether the piece is newly verified.
+    pub fn mark_hash_ok(&self, key: LinkKey, piece: u32, bytes: u64) -> bool {
         let mut st = self.state.lock();
         if st.have.get(piece) {
-            return;
+            return false;
         }
         st.have.set(piece);
-        let _ = self.haves.send(piece);
+        if let Some(p) = self.file.layout.validate(piece) {
+            (self.held).fetch_add(self.file.layout.piece_size(p), Ordering::Relaxed);
+        }
+        if let Some(t) = st.last_read.get_mut(piece as usize) {
+            *t = tick();
+        }
+        let _ = self.haves.send(Offer::Have(piece));
         let done_by = st.links.iter().position(|l| l.key == key);
         let cancel = picker::cancellations(piece, done_by.unwrap_or(usize::MAX), &views(&st));
         for r in cancel {
@@ -550,10 +625,13 @@ impl Swarm {
         }
         if let Some(waiters) = st.waiters.remove(&piece) {
             for w in waiters {
-                let _ = w.send(());
+                let _ = w.send(Ok(()));
             }
+            // Kept from eviction until its reader has read it.
+            st.awaited.push((piece, Instant::now()));
         }
         self.schedule(&mut st);
+        true
     }
 
     /// Hash failed: the piece goes back to the pool; after
@@ -650,6 +728,11 @@ fn views(st: &PieceState) -> Vec<PeerView<'_>> {
         })
         .collect()
 }
+
+#[path = "swarm_residency.rs"]
+mod residency;
+pub use residency::Evicted;
+use residency::{bytes_of, note_window, Window};
 
 #[cfg(test)]
 #[path = "swarm_tests.rs"]

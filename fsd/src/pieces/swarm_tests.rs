@@ -248,3 +248,80 @@ fn a_peer_dropped_for_bad_pieces_is_never_linked_again() {
         )]
     );
 }
+
+/// Stores every piece of `s` (its bytes are the piece's index).
+fn store_all(s: &Swarm) {
+    for p in s.file.layout.pieces() {
+        let byte = u8::try_from(p.get()).unwrap();
+        let data = vec![byte; usize::try_from(s.file.layout.piece_size(p)).unwrap()];
+        assert_eq!(s.store_verified(0, p, &data).unwrap(), PIECE_LEN);
+    }
+}
+
+fn offset(piece: u32) -> u64 {
+    u64::from(piece) * PIECE_LEN
+}
+
+fn evictable(s: &Swarm) -> Vec<u32> {
+    let mut v = s.evictable();
+    v.sort_unstable();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+#[test]
+fn eviction_takes_the_least_recently_read_outside_readers_windows() {
+    let (_dir, s) = swarm(8);
+    store_all(&s);
+    assert_eq!(s.held_bytes(), 8 * PIECE_LEN);
+    // Stored in order, nothing read: oldest first.
+    assert_eq!(evictable(&s), vec![0, 1, 2, 3, 4, 5, 6, 7]);
+    // A reader at 4 reading 2 ahead: 4..=6 are kept; what it read before
+    // 4 is not in its window once it moved on.
+    s.read_range(offset(2), 1, 2).unwrap().unwrap();
+    s.read_range(offset(4), 1, 2).unwrap().unwrap();
+    assert_eq!(evictable(&s), vec![0, 1, 3, 7, 2]);
+    let mut subscription = s.subscribe();
+    let out = s.evict(&[0, 5, 3]).unwrap();
+    assert_eq!(out.pieces, vec![0, 3], "5 is in the reader's window");
+    assert_eq!(out.bytes, 2 * PIECE_LEN);
+    assert!(out.was_complete);
+    assert_eq!(subscription.try_recv().unwrap(), Offer::Lost);
+    assert_eq!(s.held_bytes(), 6 * PIECE_LEN);
+    assert!(s.read_range(offset(0), 1, 0).is_none());
+    assert!(s.read_piece(s.file.layout.validate(3).unwrap()).is_none());
+    assert_eq!(
+        s.read_range(offset(5), 3, 0).unwrap().unwrap(),
+        vec![5u8; 3]
+    );
+    // Evicted pieces are not fetched again unless a reader asks.
+    let (_a, mut rx) = s.add_link(peer(1), "a".into(), Bitfield::full(8)).unwrap();
+    assert!(drain(&mut rx).is_empty());
+    // A download holds every piece.
+    s.pin();
+    assert!(s.evictable().is_empty());
+    assert!(s.evict(&[1]).unwrap().pieces.is_empty());
+    s.unpin();
+    assert_eq!(s.evict(&[1]).unwrap().pieces, vec![1]);
+}
+
+#[test]
+fn a_piece_that_cannot_be_stored_fails_its_readers_at_once() {
+    let (_dir, s) = swarm(4);
+    let (a, mut rx) = s.add_link(peer(1), "a".into(), Bitfield::full(4)).unwrap();
+    let mut waits = s.acquire_range(offset(1), 10, 2);
+    assert_eq!(waits.len(), 1);
+    assert!(requested(&drain(&mut rx)).contains(&1));
+    s.piece_unstorable(a, 1, libc::ENOSPC);
+    assert_eq!(waits[0].1.try_recv().unwrap(), Err(libc::ENOSPC));
+    assert_eq!(
+        (s.store_failures(), s.last_store_errno()),
+        (1, libc::ENOSPC)
+    );
+    assert!(s.links() == 1, "the link stays");
+    // Not asked again until a reader wants it.
+    s.piece_busy(a, 2);
+    assert!(!requested(&drain(&mut rx)).contains(&1));
+    let again = s.acquire_range(offset(1), 10, 0);
+    assert_eq!(again.len(), 1);
+    assert!(requested(&drain(&mut rx)).contains(&1));
+}

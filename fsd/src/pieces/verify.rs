@@ -1,8 +1,9 @@
 //! Where received bytes become a verified piece: checked against the
-//! file's SHA-256 piece hash, written to the store, marked verified in the
-//! swarm (which offers it to other peers at once) and reported to the
-//! trackers.
+//! file's SHA-256 piece hash, written to the store (through the cache,
+//! which makes room for it), marked verified in the swarm (which offers it
+//! to other peers at once) and reported to the trackers.
 
+use crate::engine::cache::Cache;
 use crate::pieces::swarm::{LinkKey, Swarm, Verdict, MAX_FAILURES};
 use crate::trackers::TrackerLink;
 use fileshare_protocol::ids::PieceHash;
@@ -15,17 +16,14 @@ pub enum Rejected {
     NoSuchPiece(u32),
     #[error("peer sent {MAX_FAILURES} pieces that fail their hash")]
     BadPieces,
-    #[error("cannot store piece {index}: {error}")]
-    Store {
-        index: u32,
-        error: crate::store::StoreError,
-    },
 }
 
 /// Checks a received piece against its SHA-256 and, if it matches, stores
-/// it and marks it verified. Errs when the link it came by must end.
+/// it and marks it verified. Errs when the link it came by must end; a
+/// piece that cannot be stored fails its readers and keeps the link.
 pub fn verify_and_store(
     swarm: &Swarm,
+    cache: &Cache,
     tracker: &TrackerLink,
     key: LinkKey,
     index: u32,
@@ -47,11 +45,8 @@ pub fn verify_and_store(
         swarm.count_duplicate(data);
         return Ok(());
     }
-    if let Err(e) = file.write_piece(piece, data) {
-        swarm.piece_unavailable(key, index);
-        return Err(Rejected::Store { index, error: e });
+    if cache.store(swarm, key, piece, data) {
+        tracker.report_piece(file.id, index);
     }
-    swarm.mark_hash_ok(key, index, data.len() as u64);
-    tracker.report_piece(file.id, index);
     Ok(())
 }

@@ -1,25 +1,44 @@
 //! The piece store under `HOME/store/`: one directory per file id holding
-//! the file's metadata (`meta`), its bytes (`data`, sparse while incomplete)
-//! and an append-only log of verified pieces (`have`).
+//! the file's metadata (`meta`), its bytes (`data`, sparse while incomplete
+//! or after evictions), the log of verified pieces (`verified`, see
+//! [`log`]), and `fetched` for a file fetched from others rather than
+//! shared by this user: only those are a cache, whose pieces may be evicted
+//! (a hole punched, a `Lost` record durable first).
 //!
-//! A piece's bytes are written before its index is appended to the log, so
-//! after a crash of the daemon every logged piece is on disk; pieces
-//! verified but not yet logged are simply fetched again.
+//! Durability: a piece's bytes are written, then its `Add` is appended to
+//! the log, with no sync. Sync points ([`StoredFile::sync`], batched by the
+//! engine) `fdatasync` the data and then record which adds they cover.
+//! Loading a file hashes again every piece recorded after the last sync
+//! point covering it (only an unclean stop leaves any), so bytes a power
+//! loss took are fetched again, never served.
+//!
+//! `downloads` (see [`jobs`]) lists the `download-file` jobs to resume.
 
+pub mod disk;
+pub mod jobs;
+pub mod log;
 mod rename;
 mod space;
 
 pub use space::Space;
 
-use fileshare_protocol::ids::{FileMeta, Layout};
+use crate::store::log::PieceLog;
+use fileshare_protocol::ids::{FileMeta, Layout, PieceHash};
 use fileshare_protocol::{codec, Bitfield, FileId, PieceIndex};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
+
+/// The log of verified pieces in an entry.
+const LOG: &str = "verified";
+/// The log of daemons before sync points: read once, then replaced.
+const LEGACY_LOG: &str = "have";
+/// Present in the entry of a file fetched from others (a cache entry).
+const FETCHED: &str = "fetched";
 
 /// Causes are in the messages, never also a `source`, so an error chain
 /// (`{e:#}`) names each once.
@@ -53,7 +72,18 @@ impl StoreError {
 
     /// Whether the disk is full, so callers can say so plainly.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, StoreError::Io { error, .. } if error.raw_os_error() == Some(libc::ENOSPC))
+        matches!(self, StoreError::Io { error, .. }
+            if matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+
+    /// The errno a file-system call reports for it: `ENOSPC` for a full
+    /// disk, `EIO` for anything else.
+    pub fn errno(&self) -> i32 {
+        if self.is_no_space() {
+            libc::ENOSPC
+        } else {
+            libc::EIO
+        }
     }
 }
 
@@ -92,9 +122,17 @@ pub struct StoredFile {
     pub meta: FileMeta,
     pub layout: Layout,
     pub source: Source,
+    /// Fetched from others: a cache entry whose pieces may be evicted.
+    fetched: bool,
     dir: PathBuf,
     data: File,
-    have_log: Mutex<File>,
+    log: Mutex<PieceLog>,
+    /// Serialises sync points and compactions of the log.
+    syncing: Mutex<()>,
+    /// Held shared while verified bytes are read or written, exclusively
+    /// while holes are punched: a reader that saw a piece verified under
+    /// it reads that piece's bytes, never a hole.
+    holes: RwLock<()>,
 }
 
 impl std::fmt::Debug for StoredFile {
@@ -152,12 +190,28 @@ impl StoredFile {
     pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
         let end = offset.saturating_add(len as u64).min(self.layout.size());
         let len = usize::try_from(end.saturating_sub(offset)).unwrap_or(0);
-        let mut buf = vec![0u8; len];
         self.check_source()?;
-        self.data
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| StoreError::io(&self.data_path(), e))?;
-        Ok(buf)
+        disk::read_exact_at(&self.data, offset, len)
+            .map_err(|e| StoreError::io(&self.data_path(), e))
+    }
+
+    /// Copies a verified piece to the same place in `to`, in the kernel
+    /// where it can: no second hash, the log vouches for the bytes (pieces
+    /// logged after the last sync point were hashed again at load). The
+    /// outer error is the store's; the inner one the copy's, most likely
+    /// `to`'s (a full disk).
+    pub fn copy_piece_to(
+        &self,
+        piece: PieceIndex,
+        to: &File,
+    ) -> Result<std::io::Result<()>, StoreError> {
+        let _held = self.read_guard();
+        self.check_source()?;
+        let (offset, len) = (
+            self.layout.piece_offset(piece),
+            self.layout.piece_size(piece),
+        );
+        Ok(disk::copy_range(&self.data, to, offset, len))
     }
 
     /// Reads one whole piece.
@@ -166,14 +220,109 @@ impl StoredFile {
         self.read_at(self.layout.piece_offset(piece), len)
     }
 
-    /// Writes a verified piece, then logs it as had.
+    /// Writes a verified piece, then logs it as had (not yet synced). Call
+    /// it under [`StoredFile::read_guard`].
     pub fn write_piece(&self, piece: PieceIndex, data: &[u8]) -> Result<(), StoreError> {
         self.data
             .write_all_at(data, self.layout.piece_offset(piece))
             .map_err(|e| StoreError::io(&self.data_path(), e))?;
-        let mut log = self.have_log.lock();
-        log.write_all(&piece.get().to_le_bytes())
-            .map_err(|e| StoreError::io(&self.dir.join("have"), e))
+        self.log
+            .lock()
+            .add(piece.get())
+            .map_err(|e| StoreError::io(&self.dir.join(LOG), e))
+    }
+
+    /// Whether it was fetched from others (its pieces may be evicted), not
+    /// shared by this user.
+    pub fn is_fetched(&self) -> bool {
+        self.fetched
+    }
+
+    /// Held while verified bytes are read or written.
+    pub fn read_guard(&self) -> RwLockReadGuard<'_, ()> {
+        self.holes.read()
+    }
+
+    /// Held while holes are punched: no verified read or write runs.
+    pub fn punch_guard(&self) -> RwLockWriteGuard<'_, ()> {
+        self.holes.write()
+    }
+
+    /// Pieces logged since the last sync point, and since when.
+    pub fn pending(&self) -> (usize, Option<Instant>) {
+        self.log.lock().pending()
+    }
+
+    /// A sync point: the data is synced, then the log records which pieces
+    /// that covers. Returns whether there was anything to sync.
+    pub fn sync(&self) -> Result<bool, StoreError> {
+        let _one = self.syncing.lock();
+        let mark = {
+            let log = self.log.lock();
+            if log.pending().0 == 0 {
+                return Ok(false);
+            }
+            log.mark()
+        };
+        if self.source == Source::Store {
+            self.data
+                .sync_data()
+                .map_err(|e| StoreError::io(&self.data_path(), e))?;
+        }
+        let log_path = self.dir.join(LOG);
+        let mut log = self.log.lock();
+        log.synced(mark).map_err(|e| StoreError::io(&log_path, e))?;
+        if log.wants_compaction() {
+            log.compact().map_err(|e| StoreError::io(&log_path, e))?;
+        }
+        Ok(true)
+    }
+
+    /// Durably records that `pieces` are gone, before their holes are
+    /// punched.
+    pub fn record_lost(&self, pieces: &[u32]) -> Result<(), StoreError> {
+        self.log
+            .lock()
+            .lost(pieces)
+            .map_err(|e| StoreError::io(&self.dir.join(LOG), e))
+    }
+
+    /// Records `pieces` as held again: an eviction recorded them lost and
+    /// then kept them.
+    pub fn record_kept(&self, pieces: &[u32]) -> Result<(), StoreError> {
+        self.log
+            .lock()
+            .add_all(pieces)
+            .map_err(|e| StoreError::io(&self.dir.join(LOG), e))
+    }
+
+    /// Frees the blocks of `pieces` (recorded lost first). Call it under
+    /// [`StoredFile::punch_guard`].
+    pub fn punch(&self, pieces: &[u32]) -> Result<(), StoreError> {
+        if self.source != Source::Store {
+            return Ok(());
+        }
+        for &i in pieces {
+            let Some(p) = self.layout.validate(i) else {
+                continue;
+            };
+            disk::punch_hole(
+                &self.data,
+                self.layout.piece_offset(p),
+                self.layout.piece_size(p),
+            )
+            .map_err(|e| StoreError::io(&self.data_path(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of the data file on disk (holes excluded): none for a file
+    /// shared in place.
+    pub fn allocated(&self) -> u64 {
+        match self.source {
+            Source::Store => disk::allocated(&self.data).unwrap_or(0),
+            Source::InPlace { .. } => 0,
+        }
     }
 
     fn data_path(&self) -> PathBuf {
@@ -221,6 +370,17 @@ pub struct Store {
     root: PathBuf,
 }
 
+/// How an entry's log starts when it is opened.
+enum LogInit {
+    /// Replay the log on disk, checking again what it is unsure of.
+    Recover,
+    /// A new log: `synced` held and durable, `unsynced` held, not yet synced.
+    Fresh {
+        synced: Bitfield,
+        unsynced: Bitfield,
+    },
+}
+
 impl Store {
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         for d in [root.to_path_buf(), root.join("staging")] {
@@ -235,6 +395,11 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
         })
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     fn dir_of(&self, id: &FileId) -> PathBuf {
@@ -274,25 +439,15 @@ impl Store {
                 why: "metadata does not match the directory's id".into(),
             });
         }
-        let file = self.open_entry(id, rec)?;
-        let have = self.read_have(&file)?;
-        Ok((file, have))
+        self.open_entry(id, rec, LogInit::Recover)
     }
 
-    fn read_have(&self, file: &StoredFile) -> Result<Bitfield, StoreError> {
-        let path = file.dir.join("have");
-        let mut bytes = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| StoreError::io(&path, e))?;
-        let mut have = Bitfield::new(file.layout.num_pieces());
-        for chunk in bytes.chunks_exact(4) {
-            have.set(u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]));
-        }
-        Ok(have)
-    }
-
-    fn open_entry(&self, id: FileId, rec: MetaRecord) -> Result<Arc<StoredFile>, StoreError> {
+    fn open_entry(
+        &self,
+        id: FileId,
+        rec: MetaRecord,
+        init: LogInit,
+    ) -> Result<(Arc<StoredFile>, Bitfield), StoreError> {
         let dir = self.dir_of(&id);
         let layout = rec.meta.layout().map_err(|why| StoreError::Damaged {
             path: dir.display().to_string(),
@@ -327,23 +482,35 @@ impl Store {
                     .collect(),
                 Err(_) => [rec.group.clone()].into(),
             };
-        let log_path = dir.join("have");
-        let have_log = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&log_path)
-            .map_err(|e| StoreError::io(&log_path, e))?;
-        Ok(Arc::new(StoredFile {
+        let log_path = dir.join(LOG);
+        let (log, have) = match init {
+            LogInit::Recover => recover_log(&dir, &rec, layout, &data)?,
+            LogInit::Fresh { synced, unsynced } => {
+                let log = PieceLog::create(&log_path, layout.num_pieces(), &synced, &unsynced)
+                    .map_err(|e| StoreError::io(&log_path, e))?;
+                let mut have = synced;
+                for i in unsynced.ones() {
+                    have.set(i);
+                }
+                (log, have)
+            }
+        };
+        let fetched = dir.join(FETCHED).exists();
+        let file = Arc::new(StoredFile {
             id,
             group: rec.group,
             groups: Mutex::new(groups),
             meta: rec.meta,
             layout,
             source: rec.source,
+            fetched,
             dir,
             data,
-            have_log: Mutex::new(have_log),
-        }))
+            log: Mutex::new(log),
+            syncing: Mutex::new(()),
+            holes: RwLock::new(()),
+        });
+        Ok((file, have))
     }
 
     fn write_meta(&self, dir: &Path, rec: &MetaRecord) -> Result<(), StoreError> {
@@ -374,10 +541,17 @@ impl Store {
             source: Source::Store,
         };
         let dir = self.dir_of(&id);
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let marker = dir.join(FETCHED);
+        std::fs::write(&marker, b"").map_err(|e| StoreError::io(&marker, e))?;
         self.write_meta(&dir, &rec)?;
-        let file = self.open_entry(id, rec)?;
-        let have = Bitfield::new(file.layout.num_pieces());
-        Ok((file, have))
+        let n = meta.hashes.len();
+        let none = Bitfield::new(u32::try_from(n).unwrap_or(u32::MAX));
+        let init = LogInit::Fresh {
+            synced: none.clone(),
+            unsynced: none,
+        };
+        self.open_entry(id, rec, init)
     }
 
     /// A new staging file for a write through the mount.
@@ -401,7 +575,6 @@ impl Store {
     /// Hashes a file's bytes into metadata: `name` and the SHA-256 of every
     /// piece of `file`.
     pub fn hash_file(file: &File, name: &str) -> Result<FileMeta, std::io::Error> {
-        use fileshare_protocol::ids::PieceHash;
         use fileshare_protocol::PIECE_LEN;
         let size = file.metadata()?.len();
         let layout = Layout::new(size, PIECE_LEN).map_err(std::io::Error::other)?;
@@ -421,6 +594,8 @@ impl Store {
     }
 
     /// Moves a finished staging file into the store as a complete file.
+    /// Its bytes are synced by the next sync point; until then its pieces
+    /// are checked again after an unclean stop, like fetched ones.
     pub fn import_staging(
         &self,
         group: &str,
@@ -429,16 +604,24 @@ impl Store {
     ) -> Result<Arc<StoredFile>, StoreError> {
         let id = meta.id();
         let dir = self.dir_of(&id);
-        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
-        std::fs::rename(staging, dir.join("data")).map_err(|e| StoreError::io(staging, e))?;
-        self.finish_complete(
-            dir,
-            MetaRecord {
-                group: group.to_string(),
-                meta: meta.clone(),
-                source: Source::Store,
-            },
-        )
+        let existed = dir.exists();
+        let imported = std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::io(&dir, e))
+            .and_then(|()| {
+                std::fs::rename(staging, dir.join("data")).map_err(|e| StoreError::io(staging, e))
+            })
+            .and_then(|()| {
+                let rec = MetaRecord {
+                    group: group.to_string(),
+                    meta: meta.clone(),
+                    source: Source::Store,
+                };
+                self.finish_complete(dir.clone(), rec, false)
+            });
+        if imported.is_err() && !existed {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        imported
     }
 
     /// Records a user's file shared in place; its bytes stay where they are.
@@ -461,31 +644,44 @@ impl Store {
                     mtime_ns: mtime_of(md),
                 },
             },
+            true,
         )
     }
 
+    /// Records a complete file this user shares; `durable` if its bytes
+    /// need no sync point (the user's own file, shared in place).
     fn finish_complete(
         &self,
         dir: PathBuf,
         rec: MetaRecord,
+        durable: bool,
     ) -> Result<Arc<StoredFile>, StoreError> {
         let id = rec.meta.id();
         self.write_meta(&dir, &rec)?;
         // A new share starts in its own group; the engine adds the groups it
-        // was already shared in.
-        match std::fs::remove_file(dir.join("groups")) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(StoreError::io(&dir.join("groups"), e))
+        // was already shared in. Shared by this user, it is no cache entry.
+        for name in ["groups", FETCHED, LEGACY_LOG] {
+            match std::fs::remove_file(dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::io(&dir.join(name), e))
+                }
+                _ => {}
             }
-            _ => {}
         }
-        let log_path = dir.join("have");
-        let mut log = Vec::new();
-        for i in 0..rec.meta.hashes.len() {
-            log.extend_from_slice(&u32::try_from(i).unwrap_or(u32::MAX).to_le_bytes());
-        }
-        std::fs::write(&log_path, log).map_err(|e| StoreError::io(&log_path, e))?;
-        self.open_entry(id, rec)
+        let n = u32::try_from(rec.meta.hashes.len()).unwrap_or(u32::MAX);
+        let (all, none) = (Bitfield::full(n), Bitfield::new(n));
+        let init = if durable {
+            LogInit::Fresh {
+                synced: all,
+                unsynced: none,
+            }
+        } else {
+            LogInit::Fresh {
+                synced: none,
+                unsynced: all,
+            }
+        };
+        Ok(self.open_entry(id, rec, init)?.0)
     }
 
     /// Deletes a file's entry and, for files in the store, its bytes.
@@ -504,38 +700,70 @@ impl Store {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use fileshare_protocol::PIECE_LEN;
-
-    #[test]
-    fn staged_file_round_trips_and_fetched_pieces_survive_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let st = store.staging().unwrap();
-        let bytes: Vec<u8> = (0..PIECE_LEN * 2 + 7).map(|i| (i % 251) as u8).collect();
-        st.file.write_all_at(&bytes, 0).unwrap();
-        let meta = Store::hash_file(&st.file, "a.bin").unwrap();
-        assert_eq!(meta.hashes.len(), 3);
-        let f = store.import_staging("g", &meta, &st.path).unwrap();
-        assert_eq!(
-            f.read_at(PIECE_LEN - 2, 4).unwrap(),
-            bytes[usize::try_from(PIECE_LEN - 2).unwrap()..][..4]
-        );
-
-        let other = tempfile::tempdir().unwrap();
-        let store2 = Store::open(other.path()).unwrap();
-        let (g, have) = store2.create("g", &meta).unwrap();
-        assert_eq!(have.count(), 0);
-        let p1 = g.layout.validate(1).unwrap();
-        g.write_piece(p1, &f.read_piece(p1).unwrap()).unwrap();
-        drop(g);
-        let all = store2.load_all();
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].1.ones().collect::<Vec<_>>(), vec![1]);
-        assert_eq!(all[0].0.read_piece(p1).unwrap(), f.read_piece(p1).unwrap());
-        store2.remove(&meta.id()).unwrap();
-        assert!(store2.load_all().is_empty());
+/// Opens an entry's log, replaying it: pieces recorded after the last sync
+/// point covering them (an unclean stop) are hashed again, those that no
+/// longer match are dropped, the bytes are synced and the log is rewritten
+/// as one sync point. An older daemon's log is read the same way, all of it
+/// unsure.
+fn recover_log(
+    dir: &Path,
+    rec: &MetaRecord,
+    layout: Layout,
+    data: &File,
+) -> Result<(PieceLog, Bitfield), StoreError> {
+    let n = layout.num_pieces();
+    let path = dir.join(LOG);
+    let read = |p: &Path| match std::fs::read(p) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(p, e)),
+    };
+    let legacy_path = dir.join(LEGACY_LOG);
+    let (state, legacy) = match read(&path)? {
+        Some(bytes) => (log::replay(&bytes, n), false),
+        None => match read(&legacy_path)? {
+            Some(bytes) => (log::replay_legacy(&bytes, n), true),
+            None => (log::replay(&[], n), false),
+        },
+    };
+    if state.tidy && state.unsure.count() == 0 {
+        let log = PieceLog::open(&path, n, &state).map_err(|e| StoreError::io(&path, e))?;
+        return Ok((log, state.have));
     }
+    let mut have = state.have.clone();
+    let unsure: Vec<u32> = state.unsure.ones().collect();
+    if !unsure.is_empty() {
+        let mut buf = Vec::new();
+        let mut bad = Vec::new();
+        for &i in &unsure {
+            let Some(p) = layout.validate(i) else {
+                continue;
+            };
+            buf.resize(usize::try_from(layout.piece_size(p)).unwrap_or(0), 0);
+            let ok = data.read_exact_at(&mut buf, layout.piece_offset(p)).is_ok()
+                && rec.meta.hashes.get(p.usize()) == Some(&PieceHash::of(&buf));
+            if !ok {
+                have.clear(i);
+                bad.push(i);
+            }
+        }
+        if bad.is_empty() {
+            tracing::info!(file = %rec.meta.name, checked = unsure.len(), "pieces recorded since the last sync point checked again: all intact");
+        } else {
+            tracing::warn!(file = %rec.meta.name, checked = unsure.len(), ?bad, "pieces recorded since the last sync point no longer match their hash; fetching them again");
+        }
+        if rec.source == Source::Store {
+            data.sync_data()
+                .map_err(|e| StoreError::io(&dir.join("data"), e))?;
+        }
+    }
+    let log = PieceLog::create(&path, n, &have, &Bitfield::new(n))
+        .map_err(|e| StoreError::io(&path, e))?;
+    if legacy {
+        let _ = std::fs::remove_file(&legacy_path);
+    }
+    Ok((log, have))
 }
+
+#[cfg(test)]
+mod tests;

@@ -34,6 +34,10 @@ impl Store {
             }
             Source::InPlace { .. } => old.source.clone(),
         };
+        // Linked bytes are as durable as the old entry's, which may have
+        // pieces not yet synced: counted as unsynced, they are hashed again
+        // after an unclean stop. A file shared in place is the user's own.
+        let durable = matches!(source, Source::InPlace { .. });
         self.finish_complete(
             dir,
             MetaRecord {
@@ -41,6 +45,7 @@ impl Store {
                 meta: meta.clone(),
                 source,
             },
+            durable,
         )
     }
 }

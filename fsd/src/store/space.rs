@@ -1,4 +1,6 @@
-//! How much room the store has: what `df` shows of the mount.
+//! How much room the store has, and what `df` shows of the mount: the
+//! cache budget as its size, the fetched pieces held as used, and the room
+//! left under the budget (never more than the disk has) as available.
 
 use super::{Store, StoreError};
 use std::ffi::CString;
@@ -45,9 +47,46 @@ impl Store {
     }
 }
 
+impl Space {
+    /// The mount as `df` shows it: a `budget` of which `used` bytes are
+    /// taken, on this filesystem.
+    pub fn within_budget(self, budget: u64, used: u64) -> Space {
+        let frsize = u64::from(self.frsize.max(1));
+        let size = (budget / frsize).min(self.blocks);
+        let room = size.saturating_sub(used.div_ceil(frsize));
+        Space {
+            blocks: size,
+            bfree: room.min(self.bfree),
+            bavail: room.min(self.bavail),
+            ..self
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mount_shows_the_budget_and_its_use() {
+        let disk = Space {
+            blocks: 1000,
+            bfree: 600,
+            bavail: 500,
+            files: 10,
+            ffree: 5,
+            bsize: 4096,
+            frsize: 4096,
+        };
+        let s = disk.within_budget(400 * 4096, 100 * 4096 + 1);
+        assert_eq!((s.blocks, s.bfree, s.bavail), (400, 299, 299));
+        // A budget over the disk: the disk's size and room.
+        let s = disk.within_budget(u64::MAX, 0);
+        assert_eq!((s.blocks, s.bfree, s.bavail), (1000, 600, 500));
+        // Held over the budget (readers keep their windows): no room.
+        let s = disk.within_budget(400 * 4096, 500 * 4096);
+        assert_eq!((s.blocks, s.bavail), (400, 0));
+    }
 
     #[test]
     fn the_store_reports_its_filesystem() {

@@ -30,9 +30,12 @@ pub enum PeerRequest {
     /// The bitfield of `file` now, then a [`PeerReply::Have`] (same request
     /// id) for every piece the serving peer verifies later, for as long as
     /// the connection lives: new pieces are offered at once, not polled. A
-    /// [`PeerReply::Bitfield`] may come again if Haves were dropped. The
-    /// stream ends with [`PeerError::TicketExpired`] once the group's ticket
-    /// expires without a fresh one.
+    /// [`PeerReply::Bitfield`] may come again if Haves were dropped, or
+    /// when the peer evicted pieces: it replaces the previous one, and a
+    /// piece it lacks is no longer offered (asked anyway, it is answered
+    /// [`PeerError::NotAvailable`]). The stream ends with
+    /// [`PeerError::TicketExpired`] once the group's ticket expires without
+    /// a fresh one.
     Subscribe { file: FileId },
     /// Drops the request `id` if it is still waiting to be served (the
     /// piece arrived from another peer); see the module documentation.

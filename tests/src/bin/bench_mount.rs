@@ -1,6 +1,10 @@
 //! Throughput of the mount: a 1 GiB file read cold through FUSE from one,
-//! two and four seeders, the warm re-read, the time to the first 4 KiB of a
-//! cold file, and the reading daemon's peak memory.
+//! two and four seeders, the warm re-read, `fsd download-file` of it, the
+//! time to the first 4 KiB of a cold file, and the reading daemon's peak
+//! memory. Cold reads also give the CPU seconds per GiB the reader and the
+//! seeders spent: the figure other work on the machine moves least.
+//! `BENCH_KEEP_CACHES=1` keeps the page cache between reads (the seeders
+//! then read from memory); `BENCH_PROFILE=DIR` records `perf` profiles.
 //!
 //! Run through `scripts/bench.sh mount` (release build).
 
@@ -52,16 +56,84 @@ fn wait_listed(m: &Mount, name: &str) {
     });
 }
 
+/// CPU seconds the daemons of `mounts` have used so far.
+fn cpu(mounts: &[&Mount]) -> f64 {
+    (mounts.iter())
+        .filter_map(|m| m.pid())
+        .map(|p| fileshare_tests::cpu_secs(&p.to_string()))
+        .sum()
+}
+
+/// Reads `path` cold through `reader`'s mount from `seeders`; prints the
+/// rate and the CPU seconds per GiB each side spent.
+fn cold_read(path: &Path, reader: &Mount, seeders: &[&Mount], mib: usize) -> f64 {
+    drop_caches();
+    let (r0, s0) = (cpu(&[reader]), cpu(seeders));
+    let profiles = profile(reader, seeders);
+    let (rate, n) = read_all(path);
+    for mut p in profiles {
+        // SAFETY: kill has no preconditions; perf writes its file on SIGINT.
+        unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+        let _ = p.wait();
+    }
+    assert_eq!(n, (mib << 20) as u64);
+    let gib = n as f64 / f64::from(1u32 << 30);
+    let (r, s) = ((cpu(&[reader]) - r0) / gib, (cpu(seeders) - s0) / gib);
+    println!(
+        "bench=cold    seeders={} size_mib={mib} mb_s={rate:.0} cpu_s_per_gib reader={r:.2} seeders={s:.2}",
+        seeders.len()
+    );
+    rate
+}
+
+/// With `BENCH_PROFILE=DIR`: `perf record` of the reader and of the
+/// seeders while they work, into `DIR/reader-N.data` and
+/// `DIR/seeders-N.data` (N seeders); `perf report -i FILE` reads them.
+/// `BENCH_PROFILE_ARGS` adds to perf's arguments (`--call-graph dwarf`).
+fn profile(reader: &Mount, seeders: &[&Mount]) -> Vec<std::process::Child> {
+    let Some(dir) = std::env::var_os("BENCH_PROFILE") else {
+        return Vec::new();
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).expect("profile dir");
+    let pids = |ms: &[&Mount]| {
+        (ms.iter().filter_map(|m| m.pid()))
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let n = seeders.len();
+    let perfs = [("reader", pids(&[reader])), ("seeders", pids(seeders))]
+        .into_iter()
+        .map(|(who, pids)| {
+            let extra = std::env::var("BENCH_PROFILE_ARGS").unwrap_or_default();
+            std::process::Command::new("perf")
+                .args(["record", "-q", "-F", "997", "-p", &pids])
+                .args(extra.split_whitespace())
+                .arg("-o")
+                .arg(dir.join(format!("{who}-{n}.data")))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("perf (Debian's linux-perf)")
+        })
+        .collect();
+    // perf attaches to running processes in a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    perfs
+}
+
 fn drop_caches() {
     // The seeders' page cache is part of the machine, not of FileShare; the
     // reader's pages are new either way. Dropping makes runs comparable.
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+    if std::env::var_os("BENCH_KEEP_CACHES").is_none() {
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+    }
 }
 
 fn main() {
     let mib = size_mib();
     let w = World::new();
-    let names = ["alice", "bob", "carol", "dave", "eve", "frank"];
+    let names = ["alice", "bob", "carol", "dave", "eve", "frank", "grace"];
     let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
     let rest: Vec<&User> = users[1..].iter().collect();
     w.group("g", &users[0], &rest);
@@ -80,14 +152,43 @@ fn main() {
 
     let b = w.mount(&users[1], &[]);
     wait_listed(&b, "big.bin");
-    drop_caches();
-    let (rate1, n) = read_all(&b.path("g/big.bin"));
-    assert_eq!(n, (mib << 20) as u64);
+    cold_read(&b.path("g/big.bin"), &b, &[&a], mib);
     let rss_b = b.pid().map(peak_rss_mib).unwrap_or(0.0);
-    println!("bench=cold    seeders=1 size_mib={mib} mb_s={rate1:.0}");
     let (warm, _) = read_all(&b.path("g/big.bin"));
     println!("bench=warm    size_mib={mib} mb_s={warm:.0}");
     println!("bench=memory  reader_peak_rss_mib={rss_b:.1}");
+
+    // download-file from the same two seeders a read through the mount
+    // has next.
+    let g = w.mount(&users[6], &[]);
+    wait_listed(&g, "big.bin");
+    let dest = w.path("downloaded.bin");
+    drop_caches();
+    let (g0, s0) = (cpu(&[&g]), cpu(&[&a, &b]));
+    let t = Instant::now();
+    w.fsd_ok(
+        &users[6],
+        &[
+            "download-file",
+            "g",
+            "big.bin",
+            dest.to_str().expect("utf-8"),
+        ],
+    );
+    let secs = t.elapsed().as_secs_f64();
+    let gib = (mib << 20) as f64 / f64::from(1u32 << 30);
+    assert_eq!(
+        std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0),
+        (mib << 20) as u64
+    );
+    std::fs::remove_file(&dest).ok();
+    println!(
+        "bench=download seeders=2 size_mib={mib} mb_s={:.0} cpu_s_per_gib reader={:.2} seeders={:.2}",
+        (mib << 20) as f64 / secs / 1e6,
+        (cpu(&[&g]) - g0) / gib,
+        (cpu(&[&a, &b]) - s0) / gib
+    );
+    drop(g);
 
     let c = w.mount(&users[2], &[]);
     wait_for("bob seeding", Duration::from_secs(30), || {
@@ -95,9 +196,7 @@ fn main() {
             .contains("peers=2")
             .then_some(())
     });
-    drop_caches();
-    let (rate2, _) = read_all(&c.path("g/big.bin"));
-    println!("bench=cold    seeders=2 size_mib={mib} mb_s={rate2:.0}");
+    cold_read(&c.path("g/big.bin"), &c, &[&a, &b], mib);
 
     let d = w.mount(&users[3], &[]);
     wait_for("carol seeding", Duration::from_secs(30), || {
@@ -112,9 +211,7 @@ fn main() {
             .contains("peers=4")
             .then_some(())
     });
-    drop_caches();
-    let (rate4, _) = read_all(&e.path("g/big.bin"));
-    println!("bench=cold    seeders=4 size_mib={mib} mb_s={rate4:.0}");
+    cold_read(&e.path("g/big.bin"), &e, &[&a, &b, &c, &d], mib);
 
     let f = w.mount(&users[5], &[]);
     wait_listed(&f, "big.bin");

@@ -137,23 +137,6 @@ struct Outcome {
     duplicate_copies: f64,
 }
 
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_secs(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name may hold spaces; the fields after it do not.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    ticks as f64 / hz as f64
-}
-
 /// Busy and total jiffies of the whole machine, from `/proc/stat`.
 fn cpu_jiffies() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -327,7 +310,11 @@ fn run_case(case: &Case) -> Outcome {
         .map(|p| p.to_string())
         .collect();
     pids.push("self".into());
-    let ours = || pids.iter().map(|p| cpu_secs(p)).sum::<f64>();
+    let ours = || {
+        pids.iter()
+            .map(|p| fileshare_tests::cpu_secs(p))
+            .sum::<f64>()
+    };
     let ours0 = ours();
     let cpu0 = cpu_jiffies();
     let _ = start.set(Instant::now());
