@@ -12,6 +12,12 @@
 #            BENCH_SHAPE=net each daemon runs in a network namespace of its
 #            own, its uplink shaped by tc tbf and no rate flag (also needs
 #            iproute2; writes docs/swarm-net.csv and docs/swarm-net.svg)
+#   soak     64 readers through two mounts, a stream of `ls -l`, logins and
+#            list-groups, with floods running (half-sent 4 MiB frames at the
+#            tracker and the seeder's peer port, a password guesser, a peer
+#            flooding requests it never reads): zero errors, every byte
+#            compared, RSS at start and end, p99 of `ls -l`; SOAK_SECS
+#            (default 300) sets the duration. Not part of `all`.
 #
 # Before and after in one run: BENCH_BASELINE="REV [REV...]" (commits, tags
 # or branches) builds each REV's fsd and fileshare-tracker into
@@ -49,6 +55,11 @@ run_swarm() {
   "$bin_dir/bench_swarm"
 }
 
+run_soak() {
+  echo "== soak: 64 readers through two mounts, ls -l, logins and list-groups under floods for ${SOAK_SECS:-300} s (SOAK_SECS to change)"
+  "$bin_dir/bench_soak"
+}
+
 run_cluster() {
   echo "== cluster: 64 clients (one connection each) writing (create-group, share-file) for 5 s through one tracker, then through two replicated trackers (BENCH_SECS, BENCH_CLIENTS to change)"
   "$bin_dir/bench_cluster"
@@ -56,7 +67,7 @@ run_cluster() {
 
 if [ "$section" = all ]; then
   chosen=("${SECTIONS[@]}")
-elif [[ " ${SECTIONS[*]} " == *" $section "* ]]; then
+elif [[ " ${SECTIONS[*]} soak " == *" $section "* ]]; then
   chosen=("$section")
 else
   echo "unknown section $section (${SECTIONS[*]})" >&2

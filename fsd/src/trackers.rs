@@ -76,6 +76,18 @@ fn lost_membership(e: &ClientError) -> bool {
     )
 }
 
+/// Whether a refusal says the caller may not see what it asked for: then a
+/// cached listing must not be served either.
+fn denies_access(code: &ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::InvalidSession
+            | ErrorCode::NotMember(_)
+            | ErrorCode::NoSuchGroup(_)
+            | ErrorCode::NotOwner(_)
+    )
+}
+
 pub struct TrackerLink {
     pub client: TrackerClient,
     pub session: SessionToken,
@@ -119,7 +131,9 @@ impl TrackerLink {
     }
 
     /// Runs `fetch` unless the cache is fresh; serves the cache when the
-    /// trackers fail or are slow.
+    /// trackers fail or are slow, or answer with any error but one that
+    /// says the caller may not see the listing (a reply too large, a busy or
+    /// failing tracker must not empty `ls` for everyone).
     async fn cached<T: Clone, F, Fut>(
         &self,
         get: impl Fn() -> Option<(Instant, T)>,
@@ -146,7 +160,7 @@ impl TrackerLink {
                 put(v.clone());
                 Ok(v)
             }
-            Ok(Err(e)) if e.code().is_some() => Err(e),
+            Ok(Err(e)) if e.code().is_some_and(denies_access) => Err(e),
             Ok(Err(e)) => match cached {
                 Some((_, v)) => {
                     tracing::debug!("serving cached listing: {e:#}");

@@ -21,12 +21,39 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 /// How long the other end has to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-const IO_BUF: usize = 256 * 1024;
+/// Read and write buffers of a connection. TLS buffers a record (16 KiB)
+/// below this already; bodies larger than it bypass it.
+const IO_BUF: usize = 32 * 1024;
+
+/// A frame body grows by at most this much per read: memory follows what
+/// has arrived, never what a header claims.
+pub const BODY_CHUNK: usize = 64 * 1024;
+
+/// A body buffer larger than this is given back after its frame: a
+/// connection keeps at most a piece's worth between frames.
+const KEEP_BODY: usize = 1 << 20;
+
+/// How long a frame may take to arrive once its first byte has: a fixed
+/// allowance plus the time its length takes at [`MIN_FRAME_RATE`]. A body
+/// that trickles in slower ends the connection.
+pub const FRAME_ALLOWANCE: Duration = Duration::from_secs(30);
+
+/// The slowest rate, in bytes per second, a frame may arrive at (beyond
+/// [`FRAME_ALLOWANCE`]).
+pub const MIN_FRAME_RATE: u64 = 16 * 1024;
+
+/// The deadline of a frame of `len` bytes, counted from its first byte.
+pub fn frame_deadline(len: usize) -> Duration {
+    FRAME_ALLOWANCE + Duration::from_millis(len as u64 * 1000 / MIN_FRAME_RATE)
+}
 
 /// The read half: whole frames out of a byte stream.
 pub struct FrameReader<R> {
     stream: BufReader<R>,
     body: Vec<u8>,
+    /// How long the stream may stay quiet between frames; `None` waits
+    /// forever.
+    idle: Option<Duration>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -34,51 +61,106 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             stream: BufReader::with_capacity(IO_BUF, stream),
             body: Vec::new(),
+            idle: None,
         }
     }
 
+    /// Ends the stream with [`ProtocolError::Timeout`] when no frame starts
+    /// within `idle` of the previous one.
+    pub fn set_idle_timeout(&mut self, idle: Option<Duration>) {
+        self.idle = idle;
+    }
+
     /// The next frame's raw body; `None` on a clean end of stream between
-    /// frames. The declared length is checked before the body is buffered.
+    /// frames. The declared length is checked before anything is buffered,
+    /// the body grows as its bytes arrive, and the whole frame must arrive
+    /// within [`frame_deadline`] of its first byte.
     pub async fn read_body(&mut self) -> Result<Option<&[u8]>, ProtocolError> {
-        let mut head = [0u8; HEADER_LEN];
-        let mut got = 0;
-        while got < HEADER_LEN {
-            let n = match self.stream.read(&mut head[got..]).await {
-                // TLS reports a peer that closed without close_notify this
-                // way. Between frames that loses nothing (frames carry their
-                // length), so it ends the stream like a plain TCP close.
-                Err(e) if got == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-                r => r?,
-            };
-            if n == 0 {
-                if got == 0 {
-                    return Ok(None);
-                }
-                return Err(ProtocolError::Truncated {
-                    got,
-                    expected: HEADER_LEN,
-                });
-            }
-            got += n;
+        if self.body.capacity() > KEEP_BODY {
+            self.body = Vec::new();
         }
+        self.body.clear();
+        let mut head = [0u8; HEADER_LEN];
+        // The first byte: as long as the idle deadline allows.
+        let first = match self.idle {
+            None => self.stream.read(&mut head).await,
+            Some(idle) => match tokio::time::timeout(idle, self.stream.read(&mut head)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(ProtocolError::Timeout {
+                        what: "the next frame (idle connection)",
+                        ms: crate::millis(idle),
+                    })
+                }
+            },
+        };
+        let got = match first {
+            // TLS reports a peer that closed without close_notify this
+            // way. Between frames that loses nothing (frames carry their
+            // length), so it ends the stream like a plain TCP close.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            r => r?,
+        };
+        if got == 0 {
+            return Ok(None);
+        }
+        let started = tokio::time::Instant::now();
+        let header_deadline = started + FRAME_ALLOWANCE;
+        let rest = async {
+            let mut got = got;
+            while got < HEADER_LEN {
+                let n = self.stream.read(&mut head[got..]).await?;
+                if n == 0 {
+                    return Err(ProtocolError::Truncated {
+                        got,
+                        expected: HEADER_LEN,
+                    });
+                }
+                got += n;
+            }
+            Ok(())
+        };
+        tokio::time::timeout_at(header_deadline, rest)
+            .await
+            .map_err(|_| ProtocolError::Timeout {
+                what: "a frame header",
+                ms: crate::millis(FRAME_ALLOWANCE),
+            })??;
         let Header::Body(len) = frame::check_header(&head)? else {
             return Err(ProtocolError::Truncated {
-                got,
+                got: HEADER_LEN,
                 expected: HEADER_LEN,
             });
         };
-        self.body.resize(len, 0);
-        let mut filled = 0;
-        while filled < len {
-            let n = self.stream.read(&mut self.body[filled..]).await?;
-            if n == 0 {
-                return Err(ProtocolError::Truncated {
-                    got: filled,
-                    expected: len,
-                });
+        let deadline = frame_deadline(len);
+        let body = &mut self.body;
+        let stream = &mut self.stream;
+        let fill = async {
+            while body.len() < len {
+                if body.capacity() == body.len() {
+                    // Full: grow by doubling, so a body is copied O(1)
+                    // times on average, yet never to more than twice what
+                    // has arrived plus a chunk.
+                    let target = (body.capacity() * 2).max(body.len() + BODY_CHUNK).min(len);
+                    body.reserve_exact(target - body.len());
+                }
+                let room = (body.capacity() - body.len()).min(len - body.len());
+                let n = (&mut *stream).take(room as u64).read_buf(body).await?;
+                if n == 0 {
+                    return Err(ProtocolError::Truncated {
+                        got: body.len(),
+                        expected: len,
+                    });
+                }
             }
-            filled += n;
-        }
+            Ok(())
+        };
+        tokio::time::timeout_at(started + deadline, fill)
+            .await
+            .map_err(|_| ProtocolError::Timeout {
+                what: "a frame body that trickles in",
+                ms: crate::millis(deadline),
+            })??;
         Ok(Some(&self.body[..len]))
     }
 
@@ -117,6 +199,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if self.buf.capacity() > IO_BUF * 4 {
             self.buf = Vec::new();
         }
+        Ok(())
+    }
+
+    /// Bytes as they are, not a frame, flushed: only for tests that must
+    /// break the framing (the lying peers of the end-to-end tests).
+    pub async fn write_unframed(&mut self, raw: &[u8]) -> Result<(), ProtocolError> {
+        self.stream.write_all(raw).await?;
+        self.stream.flush().await?;
         Ok(())
     }
 
@@ -277,6 +367,47 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn memory_follows_what_arrived_not_the_header() {
+        let (mut conn, mut raw) = pipe();
+        raw.write_all(&frame::header(MAX_FRAME_LEN)).await.unwrap();
+        raw.write_all(&[1]).await.unwrap();
+        drop(raw);
+        let err = conn.read_frame::<Hello>().await.unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Truncated { got: 1, .. }),
+            "{err}"
+        );
+        assert!(conn.reader.body.capacity() <= BODY_CHUNK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_body_times_out() {
+        let (mut conn, mut raw) = pipe();
+        raw.write_all(&frame::header(1000)).await.unwrap();
+        let trickle = async move {
+            for _ in 0..1000 {
+                raw.write_all(&[0]).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        tokio::select! {
+            r = conn.read_frame::<Hello>() => {
+                let err = r.unwrap_err();
+                assert!(matches!(err, ProtocolError::Timeout { .. }), "{err}");
+            }
+            () = trickle => panic!("the trickle outlived the deadline"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_times_out_between_frames() {
+        let (mut conn, _raw) = pipe();
+        conn.reader.set_idle_timeout(Some(Duration::from_secs(5)));
+        let err = conn.read_frame::<Hello>().await.unwrap_err();
+        assert!(matches!(err, ProtocolError::Timeout { .. }), "{err}");
     }
 
     #[tokio::test]

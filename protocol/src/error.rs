@@ -92,6 +92,13 @@ pub enum ErrorCode {
     Internal(String),
     #[error("only the member who shared {name} in {group} can rename it or save over it")]
     NotSharer { group: String, name: String },
+    /// A quota of the tracker: the text names the limit and its flag.
+    #[error("limit reached: {0}")]
+    LimitReached(String),
+    /// Unauthenticated work (logins, sign-ups) is queued no deeper than
+    /// this tracker can serve soon; the rest is refused at once.
+    #[error("the tracker is busy; retry later")]
+    Busy,
 }
 
 /// An error and its causes on one line (`outer: inner: …`), for where it

@@ -128,6 +128,11 @@ impl FileMeta {
     }
 }
 
+/// The longest piece any layout accepts: a piece travels in one frame
+/// (with room for its reply's envelope), so a longer one could never be
+/// served. The tracker refuses to list such a file and a daemon to store it.
+pub const MAX_PIECE_LEN: u64 = (crate::MAX_FRAME_LEN - (64 << 10)) as u64;
+
 /// A piece index known to be inside its file; only [`Layout`] makes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PieceIndex(u32);
@@ -152,8 +157,11 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(size: u64, piece_len: u64) -> Result<Self, String> {
-        if piece_len == 0 || piece_len > 16 << 20 {
-            return Err(format!("piece length {piece_len} out of range"));
+        if piece_len == 0 || piece_len > MAX_PIECE_LEN {
+            return Err(format!(
+                "piece length {piece_len} out of range: a piece must fit one frame, \
+                 so at most {MAX_PIECE_LEN} bytes"
+            ));
         }
         let n = size.div_ceil(piece_len);
         let num_pieces = u32::try_from(n).map_err(|_| format!("{n} pieces is too many"))?;
@@ -368,6 +376,9 @@ mod tests {
 
     #[test]
     fn empty_file_has_no_pieces() {
+        assert!(Layout::new(1 << 30, MAX_PIECE_LEN).is_ok());
+        let err = Layout::new(1 << 30, MAX_PIECE_LEN + 1).unwrap_err();
+        assert!(err.contains("must fit one frame"), "{err}");
         let l = Layout::new(0, PIECE_LEN).unwrap();
         assert_eq!(l.num_pieces(), 0);
         assert_eq!(l.pieces_for_range(0, 4096).count(), 0);

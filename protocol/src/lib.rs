@@ -10,7 +10,9 @@
 //! # Layout
 //! - [`codec`]: the one place that knows the body encoding (bincode 2).
 //! - [`frame`]: the length prefix and the frame size limit, as a pure step.
-//! - [`connection`]: a framed async stream, generic over the transport.
+//! - [`connection`]: a framed async stream, generic over the transport;
+//!   its memory follows what arrived, and a frame has a deadline.
+//! - [`conn_limits`]: a server's connection caps, in total and per address.
 //! - [`tls`]: TLS 1.3 with pinned keys; [`tls::SecureConnection`], the one
 //!   network connection type, with `connect` and `accept`. Inside it (and
 //!   re-exported here): [`identity`], an endpoint's key and self-signed
@@ -28,6 +30,7 @@
 
 pub mod client;
 pub mod codec;
+pub mod conn_limits;
 pub mod connection;
 pub mod error;
 pub mod frame;
@@ -46,7 +49,7 @@ pub use ids::{Bitfield, FileId, Layout, PeerId, PieceHash, PieceIndex, PIECE_LEN
 
 /// Bumped whenever a message enum changes shape; peers of another version are
 /// refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame body anyone accepts, checked before a byte of it is
 /// buffered. A 512 KiB piece plus headers fits with room; so does the hash

@@ -245,6 +245,17 @@ async fn within<T>(
         })?
 }
 
+/// [`connect_stream`] over a TCP stream the caller connected (from a
+/// source address of its choosing, in the limits' tests).
+pub async fn secure_over(
+    tcp: TcpStream,
+    addr: &str,
+    tls: &ClientTls,
+    timeout: Duration,
+) -> Result<(SecureStream, Fingerprint), TlsError> {
+    within(timeout, addr, secure_tcp(tcp, addr, tls)).await
+}
+
 /// TCP connect and the TLS handshake, checking the server's key.
 async fn secure(addr: &str, tls: &ClientTls) -> Result<(SecureStream, Fingerprint), TlsError> {
     let tcp = TcpStream::connect(addr)
@@ -253,6 +264,15 @@ async fn secure(addr: &str, tls: &ClientTls) -> Result<(SecureStream, Fingerprin
             addr: addr.into(),
             source,
         })?;
+    secure_tcp(tcp, addr, tls).await
+}
+
+/// The TLS handshake over a connected stream, checking the server's key.
+async fn secure_tcp(
+    tcp: TcpStream,
+    addr: &str,
+    tls: &ClientTls,
+) -> Result<(SecureStream, Fingerprint), TlsError> {
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(SERVER_NAME).expect("SERVER_NAME is a valid DNS name");
     let stream = tls

@@ -13,6 +13,7 @@
 //! - [`netns`]: a LAN of network namespaces with shaped uplinks, for
 //!   trackers and mounts on hosts of their own ([`world::World::on`]).
 //! - [`relay`]: a recording TCP relay, for what crosses the wire.
+//! - [`liar`]: lying peers speaking the real protocol, and a request flood.
 //! - [`local_user`]: another local user, for what it may do to a mount.
 //! - [`browser`]: headless Chromium over the DevTools pipe, for the
 //!   dashboard.
@@ -21,6 +22,7 @@ pub mod browser;
 pub mod cli;
 pub mod cluster;
 pub mod daemon;
+pub mod liar;
 pub mod local_user;
 pub mod mount;
 pub mod netns;

@@ -170,7 +170,8 @@ fn repeated_wrong_passwords_are_slowed_down() {
     }
     let e = guesser.fails(&["login", "alice"]);
     assert!(e.contains("too many failed logins"), "{e}");
-    // Even the right password waits out the lockout.
+    // From the same address, even the right password waits out the
+    // backoff (limits_e2e shows another address is not held up).
     let e = Fsd::new(&tracker).fails(&["login", "alice"]);
     assert!(e.contains("too many failed logins"), "{e}");
     // Other users are not affected.

@@ -218,7 +218,8 @@ fn hostile_bytes_close_only_their_connection() {
 
 #[test]
 fn a_client_that_never_reads_does_not_block_shutdown() {
-    let mut tracker = Tracker::start();
+    // 200 groups of one user: over the default quota.
+    let mut tracker = Tracker::with_args(&["--max-groups-per-user", "200"]);
     // The flood runs on a worker while the test waits.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

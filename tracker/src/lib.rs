@@ -52,7 +52,7 @@ pub mod state;
 pub mod writer;
 
 pub use error::TrackerError;
-pub use shared::{Settings, Shared};
+pub use shared::{Limits, Settings, Shared};
 
 use fileshare_protocol::known_keys::TrackerTrust;
 use fileshare_protocol::tls::{ClientCerts, ServerTls};

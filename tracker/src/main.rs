@@ -1,5 +1,5 @@
 use clap::Parser;
-use fileshare_tracker::{Config, Settings};
+use fileshare_tracker::{Config, Limits, Settings};
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +24,33 @@ struct Args {
     /// outlives a membership
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     ticket_ttl: u64,
+    /// Connections (clients and the other trackers) served at once; more
+    /// are closed when accepted
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Connections served at once from one source address
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_address: u64,
+    /// Seconds a client connection may send nothing before it is closed
+    /// (daemons ping within it)
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Groups one user may own
+    #[arg(long, default_value_t = 100)]
+    max_groups_per_user: u64,
+    /// Daemons (peer ids) one user may have online at once
+    #[arg(long, default_value_t = 32)]
+    max_peers_per_user: u64,
+    /// Files one user may share in one group
+    #[arg(long, default_value_t = 10_000)]
+    max_files_per_user: u64,
+    /// Join requests that may wait in one group
+    #[arg(long, default_value_t = 1000)]
+    max_pending_requests: u64,
+    /// Logins and sign-ups that may wait for a password check; more are
+    /// answered "busy, retry later" at once
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_login_queue: u64,
     /// Seconds between a daemon's announces (testing)
     #[arg(long, hide = true, default_value_t = 5)]
     announce_interval: u64,
@@ -33,6 +60,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    return_big_allocations();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -66,6 +94,16 @@ fn main() -> ExitCode {
             announce_interval: Duration::from_secs(args.announce_interval.max(1)),
             session_ttl: Duration::from_secs(args.session_ttl),
             ticket_ttl: Duration::from_secs(args.ticket_ttl),
+            limits: Limits {
+                connections: count(args.max_connections),
+                connections_per_address: count(args.max_connections_per_address),
+                idle_timeout: Duration::from_secs(args.idle_timeout),
+                groups_per_user: count(args.max_groups_per_user),
+                peers_per_user: count(args.max_peers_per_user),
+                files_per_user: count(args.max_files_per_user),
+                pending_requests: count(args.max_pending_requests),
+                login_queue: count(args.max_login_queue),
+            },
             ..Settings::default()
         },
     };
@@ -89,6 +127,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Every Argon2 check allocates about 19 MiB on one of the blocking pool's
+/// threads. glibc raises its mmap threshold past that size after the first
+/// free, and each thread's arena would then keep its own 19 MiB resident:
+/// a stream of logins grew a tracker by hundreds of MiB. A fixed threshold
+/// maps such blocks and returns them on free. Called before any thread
+/// starts.
+fn return_big_allocations() {
+    // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.
+    let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+}
+
+/// A count flag as a `usize`, saturating.
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// `quit` on standard input stops the tracker. A plain thread, because a

@@ -92,6 +92,16 @@ impl Peers {
         self.claim(id, user, self.ms(now))
     }
 
+    /// Whether `id` is online now.
+    pub fn knows(&self, id: &PeerId) -> bool {
+        self.peers.contains_key(id)
+    }
+
+    /// How many peers of `user` are online now.
+    pub fn count_of(&self, user: &str) -> usize {
+        self.peers.values().filter(|e| e.card.user == user).count()
+    }
+
     /// Replaces everything known of `id` with this announce.
     pub fn announce(
         &mut self,

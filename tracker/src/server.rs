@@ -13,9 +13,14 @@
 //! been read nothing, and logged once per claimed number and address in
 //! [`REFUSAL_LOG_INTERVAL`]. A client connection is only ever read as
 //! client requests, so it can never carry a cluster message.
+//! Connections over `--max-connections`, or over
+//! `--max-connections-per-address` from one address, are closed as soon as
+//! they are accepted (see [`ConnLimits`]).
 //! Each client connection gets a handler: a read loop that spawns one task per
-//! request (at most [`MAX_IN_FLIGHT`] at a time) and a writer task that
+//! request (at most [`MAX_IN_FLIGHT`] at a time, and no more than
+//! [`QUEUED_REPLY_BYTES`] of replies not yet written) and a writer task that
 //! sends replies in the order they complete, each with its request's id.
+//! A client that sends no frame for `--idle-timeout` is closed; daemons ping.
 //! A frame that cannot be read or decoded ends that connection only, after
 //! one log line and without a reply; nothing a client sends can panic the
 //! process. On shutdown, handlers stop reading, finish the requests in
@@ -24,13 +29,14 @@
 use crate::cmd::{self, Caller};
 use crate::replication::transport::{self, Inbox};
 use crate::shared::Shared;
+use fileshare_protocol::conn_limits::ConnLimits;
 use fileshare_protocol::connection::FrameWriter;
 use fileshare_protocol::known_keys::TrackerTrust;
 use fileshare_protocol::messages::{
     ClusterMsg, Reply, Request, Role, TrackerRequest, TrackerResult,
 };
 use fileshare_protocol::tls::{self, SecureConnection, ServerTls, TlsError};
-use fileshare_protocol::{ErrorCode, Fingerprint, ProtocolError};
+use fileshare_protocol::{ErrorCode, Fingerprint, ProtocolError, MAX_FRAME_LEN};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,16 +45,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWrite;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// Connections served at once; more wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Requests of one connection processed at once; the read loop waits for
 /// a slot, so a flooding client slows only itself.
 pub const MAX_IN_FLIGHT: usize = 128;
+
+/// Bytes of replies one connection may have computed but not yet written:
+/// a client that does not read stops being read. A request that may
+/// answer with a listing reserves a whole frame, any other
+/// [`SMALL_REPLY`], until its reply is written.
+pub const QUEUED_REPLY_BYTES: usize = 4 * MAX_FRAME_LEN;
+
+/// What a reply that is not a listing reserves of [`QUEUED_REPLY_BYTES`].
+const SMALL_REPLY: usize = 16 * 1024;
+
+/// The budget's unit: semaphores count in `u32`.
+const BUDGET_UNIT: usize = 1024;
+
+/// How often refused connections are logged at most.
+const CAP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long, once shutdown starts, a connection may take to accept its
 /// last replies.
@@ -136,11 +154,16 @@ pub async fn run(
 ) {
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let limits = ConnLimits::new(
+        shared.settings.limits.connections,
+        shared.settings.limits.connections_per_address,
+    );
     let mut server = Listener {
         listener,
         shared,
+        limits,
         admission: Arc::new(admission),
-        limit: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        last_cap_log: None,
         cancel: cancel.clone(),
         tasks: tasks.clone(),
     };
@@ -157,7 +180,8 @@ struct Listener {
     listener: TcpListener,
     shared: Arc<Shared>,
     admission: Arc<Admission>,
-    limit: Arc<Semaphore>,
+    limits: ConnLimits,
+    last_cap_log: Option<Instant>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -168,9 +192,6 @@ impl Listener {
     async fn run(&mut self) {
         let mut backoff = Duration::from_millis(10);
         loop {
-            let Ok(permit) = self.limit.clone().acquire_owned().await else {
-                return;
-            };
             let (stream, addr) = match self.listener.accept().await {
                 Ok(s) => {
                     backoff = Duration::from_millis(10);
@@ -183,6 +204,21 @@ impl Listener {
                     continue;
                 }
             };
+            let slot = match self.limits.admit(addr.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    let now = Instant::now();
+                    if self
+                        .last_cap_log
+                        .is_none_or(|at| now.duration_since(at) >= CAP_LOG_INTERVAL)
+                    {
+                        self.last_cap_log = Some(now);
+                        tracing::warn!(peer = %addr, "closing a new connection: {why}");
+                    }
+                    drop(stream);
+                    continue;
+                }
+            };
             let handler = Handler {
                 shared: self.shared.clone(),
                 admission: self.admission.clone(),
@@ -192,7 +228,7 @@ impl Listener {
             };
             self.tasks.spawn(async move {
                 handler.run(stream).await;
-                drop(permit);
+                drop(slot);
             });
         }
     }
@@ -260,9 +296,11 @@ impl Handler {
     /// Reads client requests, and only those, until the client leaves.
     async fn serve_client(self, conn: SecureConnection, key: Option<Fingerprint>) {
         let (mut reader, writer) = conn.into_split();
+        reader.set_idle_timeout(Some(self.shared.settings.limits.idle_timeout));
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
         let writer = tokio::spawn(write_replies(writer, rx, self.addr));
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let budget = Arc::new(Semaphore::new(QUEUED_REPLY_BYTES / BUDGET_UNIT));
         let caller = Caller {
             addr: Some(self.addr),
             key,
@@ -286,12 +324,18 @@ impl Handler {
                 () = self.cancel.cancelled() => break,
             };
             let Ok(permit) = permit else { break };
+            let units = u32::try_from(reply_reserve(&req.body) / BUDGET_UNIT).unwrap_or(u32::MAX);
+            let reserved = tokio::select! {
+                r = budget.clone().acquire_many_owned(units) => r,
+                () = self.cancel.cancelled() => break,
+            };
+            let Ok(reserved) = reserved else { break };
             let tx = tx.clone();
             let shared = self.shared.clone();
             self.tasks.spawn(async move {
                 let body = cmd::dispatch(&shared, &caller, req.body).await;
-                let _ = tx.send(Reply { id: req.id, body }).await;
                 drop(permit);
+                let _ = tx.send((Reply { id: req.id, body }, reserved)).await;
             });
         }
         // The writer ends once every request task has sent its reply. A
@@ -329,12 +373,30 @@ fn log_bad_frame(addr: &SocketAddr, e: &ProtocolError) {
     }
 }
 
+/// What a request's reply may take of [`QUEUED_REPLY_BYTES`]: a whole frame
+/// for listings, little for the rest.
+fn reply_reserve(req: &TrackerRequest) -> usize {
+    use TrackerRequest as R;
+    match req {
+        R::ListGroups { .. }
+        | R::ListRequests { .. }
+        | R::ListFiles { .. }
+        | R::Search { .. }
+        | R::Locate { .. } => MAX_FRAME_LEN,
+        _ => SMALL_REPLY,
+    }
+}
+
+/// A reply, and its reservation of the connection's budget, released once
+/// the reply is written.
+type Queued = (Reply<TrackerResult>, OwnedSemaphorePermit);
+
 async fn write_replies<W: AsyncWrite + Unpin>(
     mut writer: FrameWriter<W>,
-    mut rx: mpsc::Receiver<Reply<TrackerResult>>,
+    mut rx: mpsc::Receiver<Queued>,
     addr: SocketAddr,
 ) {
-    while let Some(reply) = rx.recv().await {
+    while let Some((reply, _reserved)) = rx.recv().await {
         let id = reply.id;
         let sent = match writer.write_frame(&reply).await {
             Err(ProtocolError::FrameTooLarge { .. } | ProtocolError::Encode(_)) => {

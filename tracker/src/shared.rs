@@ -36,6 +36,48 @@ pub struct Settings {
     /// How long a ticket lasts: how long a group's access outlives a
     /// membership on the peers.
     pub ticket_ttl: Duration,
+    /// Caps and quotas that hold against a client or a member who attacks.
+    pub limits: Limits,
+}
+
+/// What one connection, one address or one account may take; each is a
+/// flag of `fileshare-tracker` (see its `--help` and the README's
+/// "Limits").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Client connections served at once (`--max-connections`).
+    pub connections: usize,
+    /// Of those, from one source address (`--max-connections-per-address`).
+    pub connections_per_address: usize,
+    /// A client connection that sends no frame for this long is closed
+    /// (`--idle-timeout`); daemons ping well within it.
+    pub idle_timeout: Duration,
+    /// Groups one user may own (`--max-groups-per-user`).
+    pub groups_per_user: usize,
+    /// Peer ids (daemons) one user may have online (`--max-peers-per-user`).
+    pub peers_per_user: usize,
+    /// Files one user may share in one group (`--max-files-per-user`).
+    pub files_per_user: usize,
+    /// Join requests waiting in one group (`--max-pending-requests`).
+    pub pending_requests: usize,
+    /// Logins and sign-ups waiting for a password hash; more are refused
+    /// `Busy` at once (`--max-login-queue`).
+    pub login_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 4096,
+            connections_per_address: 256,
+            idle_timeout: Duration::from_secs(120),
+            groups_per_user: 100,
+            peers_per_user: 32,
+            files_per_user: 10_000,
+            pending_requests: 1000,
+            login_queue: 64,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -46,6 +88,7 @@ impl Default for Settings {
             session_ttl: Duration::from_secs(7 * 24 * 3600),
             announce_interval: Duration::from_secs(5),
             ticket_ttl: DEFAULT_TICKET_TTL,
+            limits: Limits::default(),
         }
     }
 }
@@ -64,6 +107,9 @@ pub struct Shared {
     pub(crate) throttle: Mutex<auth::Throttle>,
     /// Bounds concurrent argon2 runs: each takes ~19 MiB and a core.
     pub(crate) hashing: Semaphore,
+    /// Places for logins and sign-ups waiting for (or in) `hashing`; one
+    /// that finds none is answered `Busy` at once.
+    pub(crate) login_queue: Semaphore,
     pub(crate) settings: Settings,
     /// Whether this tracker answers clients (it is caught up with the
     /// cluster), or why not; set by the writer.
@@ -140,7 +186,8 @@ impl Shared {
             state,
             peers: RwLock::new(Peers::new(settings.announce_interval)),
             writer,
-            throttle: Mutex::new(auth::Throttle::default()),
+            throttle: Mutex::new(auth::Throttle::new(settings.cluster_size)),
+            login_queue: Semaphore::new(settings.limits.login_queue),
             hashing: Semaphore::new(hashing),
             settings,
             availability,
@@ -196,11 +243,16 @@ impl Shared {
         self.writer.submit(change).await
     }
 
-    /// Runs argon2 work on the blocking pool, a few at a time.
+    /// Runs argon2 work on the blocking pool, a few at a time; with
+    /// `--max-login-queue` already waiting, refuses `Busy` at once.
     pub async fn hash_work<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ErrorCode> {
+        let _place = self
+            .login_queue
+            .try_acquire()
+            .map_err(|_| ErrorCode::Busy)?;
         let _permit = self
             .hashing
             .acquire()

@@ -88,6 +88,8 @@ impl EngineError {
                 Some(ErrorCode::NotSharer { .. }) => libc::EPERM,
                 Some(ErrorCode::BadName { .. }) => libc::EINVAL,
                 Some(ErrorCode::InvalidSession) => libc::EACCES,
+                Some(ErrorCode::LimitReached(_)) => libc::EDQUOT,
+                Some(ErrorCode::Busy) => libc::EAGAIN,
                 _ => libc::EIO,
             },
             EngineError::Store(e) if e.is_no_space() => libc::ENOSPC,

@@ -23,7 +23,7 @@ use fileshare_protocol::{Identity, PeerId, ProtocolError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +35,30 @@ pub const TICK: Duration = Duration::from_millis(250);
 
 /// The request id of the subscription; its replies keep coming.
 const SUBSCRIPTION: u64 = 1;
+
+/// A piece request unanswered for this many times what one piece takes at
+/// the peer's measured rate is stuck there: it is cancelled at that peer
+/// and asked of another (see [`stuck_after`]).
+const STUCK_FACTOR: f64 = 8.0;
+
+/// A request is never stuck sooner than this (a peer's upload scheduler
+/// holds requests a while on purpose) nor, however slow or silent the
+/// peer, later than [`STUCK_MAX`].
+const STUCK_MIN: Duration = Duration::from_secs(8);
+const STUCK_MAX: Duration = Duration::from_secs(20);
+
+/// When the oldest request of a link is stuck: [`STUCK_FACTOR`] pieces'
+/// time at the link's measured rate (`bytes` of pieces over `elapsed`),
+/// within [`STUCK_MIN`] and [`STUCK_MAX`]; [`STUCK_MAX`] while nothing has
+/// arrived to measure.
+fn stuck_after(piece_len: u64, bytes: u64, elapsed: Duration) -> Duration {
+    if bytes == 0 || elapsed.is_zero() {
+        return STUCK_MAX;
+    }
+    let rate = bytes as f64 / elapsed.as_secs_f64();
+    let secs = STUCK_FACTOR * piece_len as f64 / rate;
+    Duration::from_secs_f64(secs.clamp(STUCK_MIN.as_secs_f64(), STUCK_MAX.as_secs_f64()))
+}
 
 /// How soon to ask again for a fresh ticket when no tracker answered.
 const RENEW_RETRY: Duration = Duration::from_secs(1);
@@ -157,13 +181,17 @@ async fn link(
     /// What each outstanding piece request id asked for.
     #[derive(Clone, Copy)]
     enum Asked {
-        Piece(u32),
+        /// A piece, and when it was asked for.
+        Piece(u32, Instant),
         /// Cancelled: whatever answers it is dropped.
         Cancelled,
         /// A fresh ticket.
         Authenticate,
     }
     let asked: Mutex<HashMap<u64, Asked>> = Mutex::new(HashMap::new());
+    // Piece bytes received on this link, and since when, for its rate.
+    let started = Instant::now();
+    let received = std::sync::atomic::AtomicU64::new(0);
 
     // Fresh tickets, as they are due, for the sending loop to present.
     let (fresh_tx, mut fresh) = mpsc::channel(1);
@@ -211,6 +239,39 @@ async fn link(
                 cmd = queue.recv() => cmd,
                 _ = tick.tick() => {
                     swarm.tick(key);
+                    // The oldest piece request, if stuck: cancelled here,
+                    // and the swarm asks another peer for it.
+                    let after = stuck_after(
+                        file.layout.piece_len(),
+                        received.load(std::sync::atomic::Ordering::Relaxed),
+                        started.elapsed(),
+                    );
+                    let stuck = {
+                        let mut a = asked.lock();
+                        let oldest = (a.iter())
+                            .filter_map(|(&id, w)| match *w {
+                                Asked::Piece(p, at) => Some((at, id, p)),
+                                _ => None,
+                            })
+                            .min();
+                        match oldest {
+                            Some((at, id, p)) if at.elapsed() >= after => {
+                                a.insert(id, Asked::Cancelled);
+                                Some((id, p))
+                            }
+                            _ => None,
+                        }
+                    };
+                    if let Some((id, piece)) = stuck {
+                        tracing::debug!(
+                            file = %file.meta.name,
+                            "piece {piece} unanswered for {after:?}: asking another peer"
+                        );
+                        writer
+                            .write_frame(&Request { id, body: PeerRequest::Cancel { id } })
+                            .await?;
+                        swarm.piece_busy(key, piece);
+                    }
                     continue;
                 }
             };
@@ -227,7 +288,7 @@ async fn link(
                     }
                     let id = next_id;
                     next_id += 1;
-                    asked.lock().insert(id, Asked::Piece(piece));
+                    asked.lock().insert(id, Asked::Piece(piece, Instant::now()));
                     (
                         id,
                         PeerRequest::Piece {
@@ -240,7 +301,7 @@ async fn link(
                     let mut a = asked.lock();
                     let Some((&id, what)) = a
                         .iter_mut()
-                        .find(|(_, w)| matches!(w, Asked::Piece(p) if *p == piece))
+                        .find(|(_, w)| matches!(w, Asked::Piece(p, _) if *p == piece))
                     else {
                         // Answered already.
                         continue;
@@ -276,7 +337,8 @@ async fn link(
                 (Asked::Authenticate, PeerReply::Error(e)) => return Err(LinkFailure::Refused(e)),
                 (Asked::Cancelled, PeerReply::Piece { data }) => swarm.count_duplicate(&data),
                 (Asked::Cancelled, _) => {}
-                (Asked::Piece(index), PeerReply::Piece { data }) => {
+                (Asked::Piece(index, _), PeerReply::Piece { data }) => {
+                    received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     if file.layout.validate(index).is_none() {
                         return Err(LinkFailure::Unexpected);
                     }
@@ -303,10 +365,10 @@ async fn link(
                             .await;
                     });
                 }
-                (Asked::Piece(index), PeerReply::Error(PeerError::Busy)) => {
+                (Asked::Piece(index, _), PeerReply::Error(PeerError::Busy)) => {
                     swarm.piece_busy(key, index);
                 }
-                (Asked::Piece(index), PeerReply::Error(_)) => {
+                (Asked::Piece(index, _), PeerReply::Error(_)) => {
                     swarm.piece_unavailable(key, index);
                 }
                 _ => return Err(LinkFailure::Unexpected),
@@ -333,5 +395,29 @@ async fn read_reply<R: tokio::io::AsyncRead + Unpin>(
             what: "peer reply",
             ms: fileshare_protocol::millis(PEER_TIMEOUT * 3),
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_stuck_after_pieces_worth_of_the_measured_rate() {
+        let piece = 512 * 1024;
+        // Nothing measured yet: the longest wait.
+        assert_eq!(stuck_after(piece, 0, Duration::from_secs(5)), STUCK_MAX);
+        // 256 KiB/s: a piece takes 2 s, stuck after 16 s.
+        let after = stuck_after(piece, 10 * piece, Duration::from_secs(20));
+        assert_eq!(after.as_secs(), 16);
+        // Fast and very slow peers stay within the bounds.
+        assert_eq!(
+            stuck_after(piece, 1000 * piece, Duration::from_secs(1)),
+            STUCK_MIN
+        );
+        assert_eq!(
+            stuck_after(piece, piece, Duration::from_secs(60)),
+            STUCK_MAX
+        );
     }
 }

@@ -32,6 +32,7 @@ use crate::pieces::registry::Registry;
 use crate::pieces::swarm::{Offer, Swarm};
 use crate::tasks::Tasks;
 use crate::trackers::{now_ms, TrackerLink};
+use fileshare_protocol::conn_limits::ConnLimits;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::ticket::Ticket;
 use fileshare_protocol::tls::{self, ServerTls};
@@ -42,11 +43,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-/// Connections served at once; more wait in the accept queue.
-const MAX_CONNECTIONS: usize = 512;
+/// Connections served at once; more are closed when accepted.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Connections served at once from one source address: a peer needs one.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 
 pub struct ServeCtx {
     pub my_id: PeerId,
@@ -66,13 +70,17 @@ pub struct ServeCtx {
 /// Accepts peers until the server's token is cancelled (it runs as a task
 /// under it).
 pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limits = ConnLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS);
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         match listener.accept().await {
             Ok((stream, from)) => {
+                let permit = match limits.admit(from.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        tracing::debug!(peer = %from, "closing a new peer connection: {why}");
+                        continue;
+                    }
+                };
                 let conn_tasks = ctx.tasks.child();
                 let conn_ctx = ctx.clone();
                 ctx.tasks.spawn("peer-connection", async move {
@@ -101,8 +109,10 @@ const PER_CONNECTION: usize = 32;
 const MAX_SUBSCRIPTIONS: usize = 64;
 
 /// A reply for the connection's writer, and for a piece the upload
-/// scheduler's hold on the uplink, released once it is written.
-type Outgoing = (Reply<PeerReply>, Option<Sending>);
+/// scheduler's hold on the uplink and the request's place among the
+/// connection's [`PER_CONNECTION`], both released once it is written: a
+/// requester that does not read holds at most that many replies here.
+type Outgoing = (Reply<PeerReply>, Option<(Sending, OwnedSemaphorePermit)>);
 
 /// What the tasks of one connection share.
 struct ConnState {
@@ -233,8 +243,14 @@ async fn serve(
                     () = tx.closed() => return,
                 };
                 st.pending.lock().remove(&req.id);
-                let _ = tx.send((Reply { id: req.id, body }, sending)).await;
-                drop(permit);
+                let held = match sending {
+                    Some(s) => Some((s, permit)),
+                    None => {
+                        drop(permit);
+                        None
+                    }
+                };
+                let _ = tx.send((Reply { id: req.id, body }, held)).await;
             });
         }
         Ok::<(), ProtocolError>(())
@@ -243,8 +259,9 @@ async fn serve(
         while let Some((reply, sending)) = rx.recv().await {
             writer.write_frame(&reply).await?;
             // The uplink took the piece: its room goes to the next one.
-            if let Some(s) = sending {
+            if let Some((s, permit)) = sending {
                 s.written();
+                drop(permit);
             }
         }
         Ok::<(), ProtocolError>(())

@@ -42,6 +42,11 @@
 //! work, and the upload never idles for a refusal: there is always a
 //! fresher request to serve instead.
 //!
+//! A connection holds at most [`MAX_UNWRITTEN`] served pieces not yet
+//! written: one whose peer stops reading (a flood of requests whose
+//! answers it never takes) cannot fill the uplink's window and starve
+//! everyone else; its further requests wait until it reads.
+//!
 //! Room and tokens are taken only when a request is chosen, so a request
 //! cancelled while it waits (its piece arrived from another peer) costs no
 //! upload. A served request holds its room until its connection's writer
@@ -57,6 +62,9 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// Served pieces one connection may have granted and not yet written.
+pub const MAX_UNWRITTEN: u32 = 2;
 
 /// Unsent bytes a peer socket may hold (`TCP_NOTSENT_LOWAT`): a quarter of
 /// a piece, enough to bridge the hand-over of the next piece to the
@@ -181,6 +189,8 @@ struct Conn {
     sent: u64,
     /// Bytes received from its peer, over all files, at the last rotation.
     received_mark: u64,
+    /// Pieces served to it and not yet written ([`MAX_UNWRITTEN`]).
+    unwritten: u32,
 }
 
 struct State {
@@ -220,6 +230,7 @@ impl State {
             asked: false,
             sent: 0,
             received_mark: 0,
+            unwritten: 0,
         })
     }
 
@@ -227,7 +238,12 @@ impl State {
     /// Returns the bytes to pay for, if a request was served.
     fn step(&mut self, inner: &Arc<Inner>, now: Instant) -> Option<u64> {
         loop {
-            let waiting: Vec<Waiting> = self.entries.iter().map(|e| e.w).collect();
+            // Connections holding MAX_UNWRITTEN pieces wait for their writer.
+            let full = |c: u64| (self.conns.get(&c)).is_some_and(|c| c.unwritten >= MAX_UNWRITTEN);
+            let eligible: Vec<usize> = (0..self.entries.len())
+                .filter(|&i| !full(self.entries[i].w.ask.conn))
+                .collect();
+            let waiting: Vec<Waiting> = eligible.iter().map(|&i| self.entries[i].w).collect();
             let p = plan(
                 &waiting,
                 |f, i| {
@@ -238,8 +254,9 @@ impl State {
                 },
                 |c| self.last_served.get(&c).copied().unwrap_or(0),
             );
-            let mut take: Vec<(usize, bool)> = p.refuse.iter().map(|&i| (i, false)).collect();
-            take.extend(p.serve.map(|i| (i, true)));
+            let mut take: Vec<(usize, bool)> =
+                p.refuse.iter().map(|&i| (eligible[i], false)).collect();
+            take.extend(p.serve.map(|i| (eligible[i], true)));
             // Remove from the back so the indexes stay valid.
             take.sort_unstable_by_key(|t| std::cmp::Reverse(t.0));
             let mut paid = None;
@@ -269,6 +286,7 @@ impl State {
                         );
                         if serve {
                             self.count_upload(&a);
+                            self.conn(a.conn, now).unwritten += 1;
                             paid = Some(a.bytes);
                         }
                     }
@@ -340,8 +358,9 @@ impl Drop for Sending {
         let mut guard = self.inner.state.lock();
         let st = &mut *guard;
         st.uplink.finish(self.write, self.written, Instant::now());
-        if self.written {
-            if let Some(c) = st.conns.get_mut(&self.conn) {
+        if let Some(c) = st.conns.get_mut(&self.conn) {
+            c.unwritten = c.unwritten.saturating_sub(1);
+            if self.written {
                 c.sent += self.bytes;
                 if let Some(peer) = c.peer {
                     *st.sent_to.entry(peer).or_default() += self.bytes;

@@ -245,3 +245,30 @@ async fn choked_connections_are_refused_at_once_until_they_upload_to_us() {
     shutdown.cancel();
     pacer.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_never_reads_holds_at_most_two_pieces() {
+    // Small pieces: the uplink's window is no limit here.
+    let up = Arc::new(Uploads::new(None, 0, |_| 0));
+    let (shutdown, pacer) = pacer(&up);
+    let mut held = Vec::new();
+    for piece in 0..MAX_UNWRITTEN {
+        let Admission::Serve(s) = up.admit(ask(1, piece)).await else {
+            panic!("not served")
+        };
+        held.push(s);
+    }
+    // Its third waits while the first two are unwritten; another
+    // connection is served meanwhile.
+    let third = {
+        let up = up.clone();
+        tokio::spawn(async move { what(up.admit(ask(1, 10)).await) })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!third.is_finished());
+    assert!(matches!(up.admit(ask(2, 20)).await, Admission::Serve(_)));
+    held.pop().unwrap().written();
+    assert_eq!(third.await.unwrap(), "serve");
+    shutdown.cancel();
+    pacer.await.unwrap();
+}

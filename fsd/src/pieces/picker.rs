@@ -57,10 +57,11 @@
 //!    spare still speeds the swarm up.
 //!
 //! An urgent piece already in flight is only duplicated in the end game.
-//! Nothing times a request out: one stuck on a slow peer stays in flight
-//! until that peer answers it, its link ends (a peer silent for the link's
-//! read timeout, `fetch.rs`, is dropped and its requests return to the
-//! pool), or a copy from another peer arrives.
+//! Nothing here times a request out; the link does (`fetch.rs`): a request
+//! unanswered for eight pieces' time at its peer's measured rate (8 to
+//! 20 s) is cancelled there and comes back here as that peer's refusal, so
+//! it goes to another peer; a peer silent for the link's read timeout is
+//! dropped and its requests return to the pool.
 //!
 //! # Cost
 //! With `N` pieces, `P` peers and `F` requests in flight (input and output):

@@ -18,18 +18,30 @@ use tokio::sync::oneshot;
 
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<TrackerResult>>>>>;
 
+type Writer = Arc<tokio::sync::Mutex<FrameWriter<WriteHalf<SecureStream>>>>;
+
+/// How often an open link pings its tracker, well within the trackers'
+/// idle deadline (`--idle-timeout`, 120 s by default), so a daemon's link
+/// stays up between its calls.
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The request id of pings; their replies match no call and are dropped.
+const PING_ID: u64 = u64::MAX;
+
 /// One live connection to one tracker.
 pub(super) struct Link {
     pub(super) index: usize,
-    writer: tokio::sync::Mutex<FrameWriter<WriteHalf<SecureStream>>>,
+    writer: Writer,
     /// `None` once the reader has seen the connection end.
     pending: Pending,
     reader: tokio::task::JoinHandle<()>,
+    pinger: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
         self.reader.abort();
+        self.pinger.abort();
     }
 }
 
@@ -98,11 +110,14 @@ impl Link {
                 p.take();
             }
         });
+        let writer: Writer = Arc::new(tokio::sync::Mutex::new(writer));
+        let pinger = tokio::spawn(ping(writer.clone()));
         Ok(Link {
             index,
-            writer: tokio::sync::Mutex::new(writer),
+            writer,
             pending,
             reader,
+            pinger,
         })
     }
 
@@ -151,6 +166,21 @@ impl Link {
                     timeout.as_millis()
                 )))
             }
+        }
+    }
+}
+
+/// Sends the cheapest request (`TicketKey`) every [`PING_INTERVAL`] until
+/// the connection fails.
+async fn ping(writer: Writer) {
+    let ping = Request {
+        id: PING_ID,
+        body: TrackerRequest::TicketKey,
+    };
+    loop {
+        tokio::time::sleep(PING_INTERVAL).await;
+        if writer.lock().await.write_frame(&ping).await.is_err() {
+            return;
         }
     }
 }

@@ -24,7 +24,13 @@ use fileshare_tests::tracker::Tracker;
 use std::time::{Duration, Instant};
 
 const WARMUP: Duration = Duration::from_millis(500);
-const ARGS: [&str; 2] = ["--announce-interval", "60"];
+/// Each client creates groups as fast as it can: no quota may stop it.
+const ARGS: [&str; 4] = [
+    "--announce-interval",
+    "60",
+    "--max-groups-per-user",
+    "100000000",
+];
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -6,6 +6,7 @@ use crate::shared::Shared;
 use crate::state::change::Change;
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
 use fileshare_protocol::ErrorCode;
+use std::net::IpAddr;
 use std::time::Instant;
 
 pub async fn create_user(shared: &Shared, user: String, password: String) -> TrackerResult {
@@ -22,21 +23,26 @@ pub async fn create_user(shared: &Shared, user: String, password: String) -> Tra
     Ok(TrackerReply::Done)
 }
 
-pub async fn login(shared: &Shared, user: String, password: String) -> TrackerResult {
+pub async fn login(
+    shared: &Shared,
+    from: Option<IpAddr>,
+    user: String,
+    password: String,
+) -> TrackerResult {
     user_name(&user)?;
     if password.len() > auth::MAX_PASSWORD_LEN {
         return Err(ErrorCode::WrongPassword);
     }
-    shared.throttle.lock().check(&user, Instant::now())?;
+    shared.throttle.lock().check(&user, from, Instant::now())?;
     let phc = shared.state.read().user(&user).map(|u| u.phc.clone());
     let ok = shared
         .hash_work(move || auth::verify_password(phc.as_deref(), &password))
         .await?;
     if !ok {
-        shared.throttle.lock().failed(&user, Instant::now());
+        shared.throttle.lock().failed(&user, from, Instant::now());
         return Err(ErrorCode::WrongPassword);
     }
-    shared.throttle.lock().succeeded(&user);
+    shared.throttle.lock().succeeded(&user, from);
     let token = SessionToken(auth::random::<32>()?);
     let now_unix_ms = auth::now_unix_ms();
     let ttl = fileshare_protocol::millis(shared.settings.session_ttl);
@@ -140,23 +146,69 @@ mod tests {
         ));
     }
 
+    /// Failures from one address hold up that address only: the right
+    /// password from elsewhere still logs in while it hammers.
     #[tokio::test]
-    async fn repeated_failures_lock_the_user_out() {
+    async fn repeated_failures_slow_only_their_address() {
+        use crate::cmd::{dispatch, Caller};
         let fx = Fixture::new();
         fx.user("alice").await;
+        let from = |ip: &str| Caller {
+            addr: Some(format!("{ip}:4000").parse().unwrap()),
+            key: None,
+        };
+        let attacker = from("10.0.0.66");
         for _ in 0..crate::auth::FREE_FAILURES {
             assert_eq!(
-                fx.call(login("alice", "bad")).await,
+                dispatch(&fx.shared, &attacker, login("alice", "bad")).await,
                 Err(ErrorCode::WrongPassword)
             );
         }
-        // Even the right password waits out the lockout.
-        let r = fx.call(login("alice", "pw")).await;
+        // The attacker's address waits, even with the right password.
+        let r = dispatch(&fx.shared, &attacker, login("alice", "pw")).await;
         assert!(
             matches!(r, Err(ErrorCode::TooManyAttempts { retry_after_ms }) if retry_after_ms > 0),
             "{r:?}"
         );
+        // Alice, from her own address, does not.
+        let r = dispatch(&fx.shared, &from("10.0.0.7"), login("alice", "pw")).await;
+        assert!(matches!(r, Ok(TrackerReply::Session { .. })), "{r:?}");
         fx.user("bob").await;
+    }
+
+    /// Logins beyond `--max-login-queue` are refused `Busy` at once rather
+    /// than queued behind the password hashing.
+    #[tokio::test]
+    async fn logins_beyond_the_queue_are_busy_at_once() {
+        let fx = Fixture::with(Settings {
+            limits: crate::shared::Limits {
+                login_queue: 1,
+                ..Default::default()
+            },
+            ..Settings::default()
+        });
+        fx.user("alice").await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let shared = fx.shared.clone();
+            tasks.spawn(async move {
+                let caller = crate::cmd::Caller::default();
+                crate::cmd::dispatch(&shared, &caller, login("alice", "pw")).await
+            });
+        }
+        let (mut ok, mut busy) = (0, 0);
+        while let Some(r) = tasks.join_next().await {
+            match r.unwrap() {
+                Ok(_) => ok += 1,
+                Err(ErrorCode::Busy) => busy += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
+        assert_eq!(
+            ErrorCode::Busy.to_string(),
+            "the tracker is busy; retry later"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! The file index: sharing, listing, searching and locating files.
 
-use super::{file_name, group_name};
+use super::{bounded, file_name, group_name, quota, LISTING_BUDGET};
 use crate::peers::Peers;
 use crate::shared::Shared;
 use crate::state::change::Change;
@@ -72,7 +72,12 @@ pub async fn share(
     group_name(&group)?;
     check_meta(&meta)?;
     shared
-        .submit(Change::ShareFile { user, group, meta })
+        .submit(Change::ShareFile {
+            user,
+            group,
+            meta,
+            quota: quota(shared.settings.limits.files_per_user),
+        })
         .await?;
     Ok(TrackerReply::Done)
 }
@@ -126,7 +131,12 @@ pub async fn replace_share(
     group_name(&group)?;
     check_meta(&meta)?;
     shared
-        .submit(Change::ReplaceShare { user, group, meta })
+        .submit(Change::ReplaceShare {
+            user,
+            group,
+            meta,
+            quota: quota(shared.settings.limits.files_per_user),
+        })
         .await?;
     Ok(TrackerReply::Done)
 }
@@ -139,7 +149,11 @@ pub fn list(shared: &Shared, session: &SessionToken, group: &str) -> TrackerResu
     let state = shared.state.read();
     let g = state.member_group(group, &user)?;
     let peers = shared.peers.read();
-    let files = g.files().map(|f| entry(group, g, f, &peers, now)).collect();
+    let files = bounded(
+        LISTING_BUDGET,
+        g.files().map(|f| entry(group, g, f, &peers, now)),
+        |e| e.group.len() + e.name.len() + 96,
+    );
     Ok(TrackerReply::Files(files))
 }
 
@@ -184,7 +198,13 @@ pub fn locate(shared: &Shared, session: &SessionToken, group: &str, name: &str) 
         name: name.to_string(),
     })?;
     let peers = shared.peers.read();
-    let located = online_holders(&peers, g, f, now).collect();
+    // The hashes go along, and each peer's bitfield.
+    let meta = f.meta.hashes.len() * 32 + f.meta.name.len() + 64;
+    let located = bounded(
+        LISTING_BUDGET.saturating_sub(meta),
+        online_holders(&peers, g, f, now),
+        |p| p.user.len() + p.addr.len() + p.have.len() as usize / 8 + 64,
+    );
     Ok(TrackerReply::Location {
         meta: (*f.meta).clone(),
         peers: located,

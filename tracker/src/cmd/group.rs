@@ -1,6 +1,6 @@
 //! Groups: creation, listing, membership requests, leaving and removal.
 
-use super::{group_name, user_name};
+use super::{bounded, group_name, quota, user_name, LISTING_BUDGET};
 use crate::shared::Shared;
 use crate::state::change::Change;
 use fileshare_protocol::messages::tracker::GroupInfo;
@@ -9,32 +9,50 @@ use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
 pub async fn create(shared: &Shared, session: &SessionToken, group: String) -> TrackerResult {
     let user = shared.session_user(session)?;
     group_name(&group)?;
-    shared.submit(Change::CreateGroup { user, group }).await?;
+    let quota = quota(shared.settings.limits.groups_per_user);
+    shared
+        .submit(Change::CreateGroup { user, group, quota })
+        .await?;
     Ok(TrackerReply::Done)
 }
 
-/// Every group, marked for the caller.
+/// Every group, marked for the caller, as many as fit a frame: the
+/// caller's own groups (owned, joined, pending) first, so a flood of
+/// others' groups can never hide them.
 pub fn list(shared: &Shared, session: &SessionToken) -> TrackerResult {
     let user = shared.session_user(session)?;
     let state = shared.state.read();
-    let groups = state
+    let info = |(name, g): (&String, &crate::state::Group)| GroupInfo {
+        name: name.clone(),
+        owner: g.owner.clone(),
+        members: u32::try_from(g.member_count()).unwrap_or(u32::MAX),
+        is_owner: g.owner == user,
+        is_member: g.is_member(&user),
+        pending: g.is_pending(&user),
+    };
+    let mine = state
         .groups()
-        .map(|(name, g)| GroupInfo {
-            name: name.clone(),
-            owner: g.owner.clone(),
-            members: u32::try_from(g.member_count()).unwrap_or(u32::MAX),
-            is_owner: g.owner == user,
-            is_member: g.is_member(&user),
-            pending: g.is_pending(&user),
-        })
-        .collect();
+        .filter(|(_, g)| g.is_member(&user) || g.is_pending(&user));
+    let others = state
+        .groups()
+        .filter(|(_, g)| !g.is_member(&user) && !g.is_pending(&user));
+    let mut groups = bounded(LISTING_BUDGET, mine.chain(others).map(info), info_size);
+    groups.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(TrackerReply::Groups(groups))
+}
+
+/// An upper bound of a [`GroupInfo`]'s encoding.
+fn info_size(g: &GroupInfo) -> usize {
+    g.name.len() + g.owner.len() + 32
 }
 
 pub async fn join(shared: &Shared, session: &SessionToken, group: String) -> TrackerResult {
     let user = shared.session_user(session)?;
     group_name(&group)?;
-    shared.submit(Change::JoinGroup { user, group }).await?;
+    let quota = quota(shared.settings.limits.pending_requests);
+    shared
+        .submit(Change::JoinGroup { user, group, quota })
+        .await?;
     Ok(TrackerReply::Done)
 }
 
@@ -51,7 +69,8 @@ pub fn requests(shared: &Shared, session: &SessionToken, group: &str) -> Tracker
     group_name(group)?;
     let state = shared.state.read();
     let g = state.owned_group(group, &user)?;
-    Ok(TrackerReply::Requests(g.requests()))
+    let requests = bounded(LISTING_BUDGET, g.requests().into_iter(), |u| u.len() + 16);
+    Ok(TrackerReply::Requests(requests))
 }
 
 pub async fn decide_request(
@@ -266,5 +285,72 @@ mod tests {
                 "{bad:?}: {r:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn group_and_request_quotas_name_their_limit_and_spare_others() {
+        let fx = Fixture::with(crate::shared::Settings {
+            limits: crate::shared::Limits {
+                groups_per_user: 2,
+                pending_requests: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let alice = fx.user("alice").await;
+        let bob = fx.user("bob").await;
+        let carol = fx.user("carol").await;
+        let create = |session, group: &str| TrackerRequest::CreateGroup {
+            session,
+            group: group.into(),
+        };
+        fx.call(create(alice, "a1")).await.unwrap();
+        fx.call(create(alice, "a2")).await.unwrap();
+        let Err(ErrorCode::LimitReached(why)) = fx.call(create(alice, "a3")).await else {
+            panic!("the third group must be refused");
+        };
+        assert!(why.contains("--max-groups-per-user 2"), "{why}");
+        // Someone else still creates, and alice still lists hers.
+        fx.call(create(bob, "b1")).await.unwrap();
+        let Ok(TrackerReply::Groups(gs)) =
+            fx.call(TrackerRequest::ListGroups { session: alice }).await
+        else {
+            panic!()
+        };
+        assert_eq!(gs.len(), 3);
+        let join = |session| TrackerRequest::JoinGroup {
+            session,
+            group: "a1".into(),
+        };
+        fx.call(join(bob)).await.unwrap();
+        let Err(ErrorCode::LimitReached(why)) = fx.call(join(carol)).await else {
+            panic!("the second pending request must be refused");
+        };
+        assert!(why.contains("--max-pending-requests 1"), "{why}");
+        fx.call(TrackerRequest::AcceptRequest {
+            session: alice,
+            group: "a1".into(),
+            user: "bob".into(),
+        })
+        .await
+        .unwrap();
+        fx.call(join(carol)).await.unwrap();
+    }
+
+    #[test]
+    fn a_listing_of_more_groups_than_a_frame_holds_is_bounded() {
+        // 20,000 groups with 250-byte names: 5 MB of names.
+        let all = (0..20_000).map(|i| GroupInfo {
+            name: format!("{i:05}{}", "x".repeat(245)),
+            owner: "o".repeat(64),
+            members: u32::MAX,
+            is_owner: false,
+            is_member: false,
+            pending: false,
+        });
+        let gs = super::bounded(super::LISTING_BUDGET, all, super::info_size);
+        let reply = fileshare_protocol::codec::encode(&TrackerReply::Groups(gs.clone())).unwrap();
+        assert!(reply.len() <= super::LISTING_BUDGET, "{}", reply.len());
+        assert!(gs.len() > 10_000, "{}", gs.len());
     }
 }

@@ -61,7 +61,9 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
     shared.available()?;
     match req {
         R::CreateUser { user, password } => account::create_user(shared, user, password).await,
-        R::Login { user, password } => account::login(shared, user, password).await,
+        R::Login { user, password } => {
+            account::login(shared, caller.addr.map(|a| a.ip()), user, password).await
+        }
         R::Logout { session } => account::logout(shared, &session).await,
         R::CreateGroup { session, group } => group::create(shared, &session, group).await,
         R::ListGroups { session } => group::list(shared, &session),
@@ -131,6 +133,32 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
             meta,
         } => file::replace_share(shared, &session, group, meta).await,
     }
+}
+
+/// What the items of one listing reply may take, so the reply always fits
+/// a frame with room for its envelope.
+pub const LISTING_BUDGET: usize = fileshare_protocol::MAX_FRAME_LEN - (64 << 10);
+
+/// The items of `items` that fit `budget` (at most [`LISTING_BUDGET`]), by
+/// `size` (an upper bound of an item's encoding), in order: a listing never
+/// outgrows a frame.
+fn bounded<T>(budget: usize, items: impl Iterator<Item = T>, size: impl Fn(&T) -> usize) -> Vec<T> {
+    let budget = budget.min(LISTING_BUDGET);
+    let mut used = 0;
+    let mut out = Vec::new();
+    for item in items {
+        used += size(&item);
+        if used > budget {
+            break;
+        }
+        out.push(item);
+    }
+    out
+}
+
+/// A quota flag as a change carries it, saturating.
+fn quota(limit: usize) -> u32 {
+    u32::try_from(limit).unwrap_or(u32::MAX)
 }
 
 fn user_name(name: &str) -> Result<(), ErrorCode> {

@@ -56,10 +56,20 @@ pub fn announce(
             })
             .collect(),
     };
-    shared
-        .peers
-        .write()
-        .announce(now, peer, &user, addr, visible)?;
+    {
+        let mut peers = shared.peers.write();
+        let quota = shared.settings.limits.peers_per_user;
+        if !peers.knows(&peer) {
+            let online = peers.count_of(&user);
+            if online >= quota {
+                return Err(ErrorCode::LimitReached(format!(
+                    "{user} has {online} daemons online, the most one user may have \
+                     (--max-peers-per-user {quota}); stop one or wait until it times out"
+                )));
+            }
+        }
+        peers.announce(now, peer, &user, addr, visible)?;
+    }
     drop(state);
     shared.gossip(&gossip);
     let interval_secs = u32::try_from(shared.settings.announce_interval.as_secs())
@@ -253,6 +263,51 @@ mod tests {
             "not visible"
         );
         fx.call(report(alice, vec![0])).await.unwrap();
+    }
+
+    /// A user's daemons beyond `--max-peers-per-user` are refused, naming
+    /// the limit; those online keep announcing, and other users are not
+    /// counted against it.
+    #[tokio::test]
+    async fn peers_per_user_are_capped() {
+        let fx = Fixture::with(crate::shared::Settings {
+            limits: crate::shared::Limits {
+                peers_per_user: 2,
+                files_per_user: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let [alice, bob, _] = group(&fx).await;
+        let announce = |session, n: u8| TrackerRequest::Announce {
+            session,
+            peer: PeerId([n; 16]),
+            addr: "127.0.0.1:9".into(),
+            holdings: vec![],
+        };
+        fx.call(announce(alice, 1)).await.unwrap();
+        fx.call(announce(alice, 2)).await.unwrap();
+        let Err(ErrorCode::LimitReached(why)) = fx.call(announce(alice, 3)).await else {
+            panic!("a third daemon must be refused");
+        };
+        assert!(why.contains("--max-peers-per-user 2"), "{why}");
+        fx.call(announce(alice, 1)).await.unwrap();
+        fx.call(announce(bob, 4)).await.unwrap();
+        // One file each per group: a second name is refused, the same
+        // file shared again is not.
+        let share = |session, m: &fileshare_protocol::ids::FileMeta| TrackerRequest::ShareFile {
+            session,
+            group: "g".into(),
+            meta: m.clone(),
+        };
+        let (a, b) = (meta("a", b"abc"), meta("b", b"def"));
+        fx.call(share(alice, &a)).await.unwrap();
+        fx.call(share(alice, &a)).await.unwrap();
+        let Err(ErrorCode::LimitReached(why)) = fx.call(share(alice, &b)).await else {
+            panic!("a second file must be refused");
+        };
+        assert!(why.contains("--max-files-per-user 1"), "{why}");
+        fx.call(share(bob, &b)).await.unwrap();
     }
 
     /// A daemon announces, reports and withdraws only the peer id its own

@@ -35,13 +35,19 @@ pub enum Change {
     CloseSession {
         token_hash: TokenHash,
     },
+    /// `quota`: groups `user` may own (the receiving tracker's
+    /// `--max-groups-per-user`).
     CreateGroup {
         user: String,
         group: String,
+        quota: u32,
     },
+    /// `quota`: requests that may wait in the group
+    /// (`--max-pending-requests`).
     JoinGroup {
         user: String,
         group: String,
+        quota: u32,
     },
     AcceptRequest {
         owner: String,
@@ -62,10 +68,13 @@ pub enum Change {
         group: String,
         user: String,
     },
+    /// `quota`: files `user` may have shared in the group
+    /// (`--max-files-per-user`).
     ShareFile {
         user: String,
         group: String,
         meta: FileMeta,
+        quota: u32,
     },
     StopShare {
         user: String,
@@ -78,10 +87,12 @@ pub enum Change {
         from: String,
         to: String,
     },
+    /// `quota` as for `ShareFile`.
     ReplaceShare {
         user: String,
         group: String,
         meta: FileMeta,
+        quota: u32,
     },
 }
 
@@ -157,19 +168,35 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
             }
         }
         Change::CloseSession { token_hash } => Record::SessionClosed { token_hash },
-        Change::CreateGroup { user, group } => {
+        Change::CreateGroup { user, group, quota } => {
             if state.group(&group).is_some() {
                 return Err(ErrorCode::GroupExists(group));
             }
+            let owned = (state.groups_of(&user))
+                .filter(|(_, g)| g.owner == user)
+                .count();
+            if owned >= quota as usize {
+                return Err(ErrorCode::LimitReached(format!(
+                    "{user} owns {owned} groups, the most one user may own \
+                     (--max-groups-per-user {quota})"
+                )));
+            }
             Record::GroupCreated { group, owner: user }
         }
-        Change::JoinGroup { user, group } => {
+        Change::JoinGroup { user, group, quota } => {
             let g = group_of(&group)?;
             if g.is_member(&user) {
                 return Err(ErrorCode::AlreadyMember(group));
             }
             if g.is_pending(&user) {
                 return Ok(vec![]);
+            }
+            let pending = g.pending_count();
+            if pending >= quota as usize {
+                return Err(ErrorCode::LimitReached(format!(
+                    "group {group} has {pending} join requests waiting, the most one group \
+                     may have (--max-pending-requests {quota}); ask its owner to decide some"
+                )));
             }
             Record::JoinRequested { group, user }
         }
@@ -198,10 +225,18 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
             }
             Record::MemberRemoved { group, user }
         }
-        Change::ShareFile { user, group, meta } => {
+        Change::ShareFile {
+            user,
+            group,
+            meta,
+            quota,
+        } => {
             let g = group_of(&group)?;
             if !g.is_member(&user) {
                 return Err(ErrorCode::NotMember(group));
+            }
+            if g.file(&meta.name).is_none() {
+                check_files_quota(g, &group, &user, quota)?;
             }
             if let Some(f) = g.file(&meta.name) {
                 if f.id != meta.id() {
@@ -261,10 +296,18 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
                 user,
             }
         }
-        Change::ReplaceShare { user, group, meta } => {
+        Change::ReplaceShare {
+            user,
+            group,
+            meta,
+            quota,
+        } => {
             let g = group_of(&group)?;
             if !g.is_member(&user) {
                 return Err(ErrorCode::NotMember(group));
+            }
+            if g.file(&meta.name).is_none() {
+                check_files_quota(g, &group, &user, quota)?;
             }
             match g.file(&meta.name) {
                 Some(f) if f.id == meta.id() && f.holders.contains(&user) => return Ok(vec![]),
@@ -278,6 +321,23 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
         }
     };
     Ok(vec![rec])
+}
+
+/// Refuses a new file name in `g` once `user` shared `quota` files there.
+fn check_files_quota(
+    g: &crate::state::Group,
+    group: &str,
+    user: &str,
+    quota: u32,
+) -> Result<(), ErrorCode> {
+    let shared = g.files().filter(|f| f.sharer == user).count();
+    if shared >= quota as usize {
+        return Err(ErrorCode::LimitReached(format!(
+            "{user} shares {shared} files in group {group}, the most one user may share in \
+             one group (--max-files-per-user {quota})"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `user` may put `meta` under its name: the name is free, holds
@@ -351,6 +411,7 @@ mod tests {
         run(
             &mut st,
             Change::CreateGroup {
+                quota: u32::MAX,
                 user: s("alice"),
                 group: s("g"),
             },
@@ -373,6 +434,7 @@ mod tests {
         let e = run(
             &mut st,
             Change::CreateGroup {
+                quota: u32::MAX,
                 user: s("bob"),
                 group: s("g"),
             },
@@ -384,6 +446,7 @@ mod tests {
     fn join_accept_reject_flow() {
         let mut st = setup();
         let join = |u: &str| Change::JoinGroup {
+            quota: u32::MAX,
             user: s(u),
             group: s("g"),
         };
@@ -427,6 +490,7 @@ mod tests {
             run(
                 &mut st,
                 Change::JoinGroup {
+                    quota: u32::MAX,
                     user: s("bob"),
                     group: s("nope")
                 }
@@ -439,6 +503,7 @@ mod tests {
     fn sharing_rules() {
         let mut st = setup();
         let share = |u: &str, m: FileMeta| Change::ShareFile {
+            quota: u32::MAX,
             user: s(u),
             group: s("g"),
             meta: m,
@@ -479,6 +544,7 @@ mod tests {
             run(
                 &mut st,
                 Change::JoinGroup {
+                    quota: u32::MAX,
                     user: s(u),
                     group: s("g"),
                 },
@@ -495,6 +561,7 @@ mod tests {
             .unwrap();
         }
         let share = |u: &str, m: FileMeta| Change::ShareFile {
+            quota: u32::MAX,
             user: s(u),
             group: s("g"),
             meta: m,
@@ -573,6 +640,7 @@ mod tests {
     fn replacing_a_share_needs_the_caller_to_have_shared_it() {
         let mut st = setup();
         let replace = |u: &str, m: FileMeta| Change::ReplaceShare {
+            quota: u32::MAX,
             user: s(u),
             group: s("g"),
             meta: m,
@@ -587,6 +655,7 @@ mod tests {
         run(
             &mut st,
             Change::JoinGroup {
+                quota: u32::MAX,
                 user: s("bob"),
                 group: s("g"),
             },
@@ -624,6 +693,7 @@ mod tests {
         run(
             &mut st,
             Change::JoinGroup {
+                quota: u32::MAX,
                 user: s("bob"),
                 group: s("g"),
             },
@@ -642,6 +712,7 @@ mod tests {
             run(
                 &mut st,
                 Change::JoinGroup {
+                    quota: u32::MAX,
                     user: s(u),
                     group: s("g"),
                 },
@@ -660,6 +731,7 @@ mod tests {
         run(
             &mut st,
             Change::ShareFile {
+                quota: u32::MAX,
                 user: s("bob"),
                 group: s("g"),
                 meta: meta("b", b"1"),
@@ -714,6 +786,7 @@ mod tests {
             expires_unix_ms: 1,
         };
         let c = Change::CreateGroup {
+            quota: u32::MAX,
             user: s("x"),
             group: s("x"),
         };

@@ -88,6 +88,11 @@ impl Group {
         self.members.len()
     }
 
+    /// Join requests waiting.
+    pub fn pending_count(&self) -> usize {
+        self.requests.len()
+    }
+
     /// Pending requests, oldest first.
     pub fn requests(&self) -> Vec<String> {
         let mut v: Vec<_> = self.requests.iter().collect();

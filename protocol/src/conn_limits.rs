@@ -1,0 +1,119 @@
+//! Connection caps of a server: in total and per source address.
+//!
+//! A server asks [`ConnLimits::admit`] for every accepted socket and keeps
+//! the returned [`ConnSlot`] as long as it serves it; a socket over either
+//! cap is closed at once, so a flood from one address can neither hold every
+//! slot nor make other clients wait in the listen backlog.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// Why a connection was not let in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("{limit} connections are open, the most this server serves at once")]
+    Total { limit: usize },
+    #[error("{limit} connections from {addr} are open, the most served from one address")]
+    PerAddress { addr: IpAddr, limit: usize },
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    by_addr: HashMap<IpAddr, usize>,
+}
+
+/// The caps and the connections open now. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    total: usize,
+    per_addr: usize,
+    counts: Arc<Mutex<Counts>>,
+}
+
+/// One admitted connection; dropping it frees its place.
+#[derive(Debug)]
+pub struct ConnSlot {
+    addr: IpAddr,
+    counts: Arc<Mutex<Counts>>,
+}
+
+impl ConnLimits {
+    /// At most `total` connections, at most `per_addr` of them from one
+    /// address (each at least 1).
+    pub fn new(total: usize, per_addr: usize) -> ConnLimits {
+        ConnLimits {
+            total: total.max(1),
+            per_addr: per_addr.max(1),
+            counts: Arc::default(),
+        }
+    }
+
+    /// A place for a connection from `addr`, or why there is none.
+    pub fn admit(&self, addr: IpAddr) -> Result<ConnSlot, Refused> {
+        let mut c = lock(&self.counts);
+        if c.total >= self.total {
+            return Err(Refused::Total { limit: self.total });
+        }
+        let n = c.by_addr.entry(addr).or_insert(0);
+        if *n >= self.per_addr {
+            return Err(Refused::PerAddress {
+                addr,
+                limit: self.per_addr,
+            });
+        }
+        *n += 1;
+        c.total += 1;
+        Ok(ConnSlot {
+            addr,
+            counts: self.counts.clone(),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        lock(&self.counts).total
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut c = lock(&self.counts);
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_addr.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_addr.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// Never held across anything that can panic halfway.
+fn lock(m: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_per_address_and_in_total() {
+        let limits = ConnLimits::new(3, 2);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let a1 = limits.admit(a).unwrap();
+        let _a2 = limits.admit(a).unwrap();
+        assert_eq!(
+            limits.admit(a).unwrap_err(),
+            Refused::PerAddress { addr: a, limit: 2 }
+        );
+        let _b1 = limits.admit(b).unwrap();
+        assert_eq!(limits.admit(b).unwrap_err(), Refused::Total { limit: 3 });
+        drop(a1);
+        assert_eq!(limits.open(), 2);
+        let _a3 = limits.admit(a).unwrap();
+    }
+}

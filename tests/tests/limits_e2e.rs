@@ -1,0 +1,323 @@
+//! Limits that hold under attack: a flood of half-sent frames, connection
+//! caps per address, idle connections and quotas. Each attack is made by a
+//! stranger speaking real TLS; everyone else keeps working.
+
+use fileshare_protocol::frame::header;
+use fileshare_protocol::messages::Role;
+use fileshare_protocol::tls::{ClientTls, Pin, SecureStream};
+use fileshare_protocol::{Identity, MAX_FRAME_LEN};
+use fileshare_tests::liar::stranger;
+use fileshare_tests::mount::Mount;
+use fileshare_tests::tracker::{sign_up, Tracker};
+use fileshare_tests::world::World;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Whether the server closed `s` within `within` (EOF, reset, or TLS's end
+/// without notice), rather than leaving it open.
+async fn closed_within(s: &mut SecureStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(within, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Resident memory of process `pid`, in MiB, from /proc.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024
+}
+
+/// `n` connections to `addr`, spread over 16 loopback addresses (under the
+/// per-address caps), each of which sends a header claiming a whole frame
+/// and then one byte of it.
+async fn half_sent_frames(addr: &str, tls: ClientTls, role: Role, n: usize) -> Vec<SecureStream> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (addr, tls, gate, role) = (addr.to_string(), tls.clone(), gate.clone(), role.clone());
+        tasks.push(tokio::spawn(async move {
+            let _turn = gate.acquire().await.unwrap();
+            let from = IpAddr::from([127, 0, 9, 1 + (i % 16) as u8]);
+            let mut s = stranger(from, &addr, &tls, role).await?;
+            s.write_all(&header(MAX_FRAME_LEN)).await.ok()?;
+            s.write_all(&[7]).await.ok()?;
+            s.flush().await.ok()?;
+            Some(s)
+        }));
+    }
+    let mut open = Vec::new();
+    for t in tasks {
+        if let Some(s) = t.await.unwrap() {
+            open.push(s);
+        }
+    }
+    open
+}
+
+/// 800 connections claiming 4 MiB frames, then one byte each, at the
+/// tracker and at a daemon's peer port: both stay under 256 MiB, and
+/// `fsd list-groups` answers within a second.
+#[test]
+fn a_flood_of_half_sent_frames_leaves_memory_bounded() {
+    let (w, u) = World::network(&["alice"]);
+    let m: Mount = w.mount(&u[0], &[]);
+    let tracker_pid = w.tracker().pid().unwrap();
+    let daemon_pid = m.pid().unwrap();
+    let rt = rt();
+    let stranger_key = Identity::generate().unwrap();
+    let tracker_tls = ClientTls::new(None, Pin::FirstUse).unwrap();
+    let peer_tls = ClientTls::new(Some(&stranger_key), Pin::FirstUse).unwrap();
+    let peer_role = Role::Peer {
+        id: stranger_key.fingerprint().peer_id(),
+    };
+    let (at_tracker, at_daemon) = rt.block_on(async {
+        let t = half_sent_frames(w.tracker().addr(), tracker_tls, Role::Client, 800).await;
+        let d = half_sent_frames(&m.listen, peer_tls, peer_role, 800).await;
+        (t, d)
+    });
+    eprintln!(
+        "flood in: tracker {}, daemon {}",
+        at_tracker.len(),
+        at_daemon.len()
+    );
+    assert_eq!(at_tracker.len(), 800, "every flood connection got in");
+    assert_eq!(at_daemon.len(), 800, "every flood connection got in");
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let groups = w.fsd_ok(&u[0], &["list-groups"]);
+    let took = started.elapsed();
+    assert!(groups.contains('g'), "{groups}");
+    let (tracker_rss, daemon_rss) = (rss_mib(tracker_pid), rss_mib(daemon_pid));
+    eprintln!(
+        "under the flood: tracker {tracker_rss} MiB, daemon {daemon_rss} MiB, \
+         list-groups {} ms",
+        took.as_millis()
+    );
+    assert!(tracker_rss < 256, "tracker RSS {tracker_rss} MiB");
+    assert!(daemon_rss < 256, "daemon RSS {daemon_rss} MiB");
+    assert!(took < Duration::from_secs(1), "list-groups took {took:?}");
+    let root = std::fs::read_dir(m.path("")).unwrap().count();
+    assert!(root >= 1, "the mount's root lists");
+    drop(at_tracker);
+    drop(at_daemon);
+}
+
+/// Over `--max-connections-per-address` from one address, a connection is
+/// closed before TLS completes; other addresses, and the daemon's own
+/// links, keep working. An idle connection is closed after
+/// `--idle-timeout`, and a client that idles longer still gets its answers.
+#[test]
+fn per_address_cap_and_idle_deadline_close_only_the_offender() {
+    let tracker =
+        Tracker::with_args(&["--max-connections-per-address", "8", "--idle-timeout", "2"]);
+    let rt = rt();
+    let client = tracker.client();
+    let session = rt.block_on(sign_up(&client, "alice"));
+    let tls = ClientTls::new(None, Pin::FirstUse).unwrap();
+    rt.block_on(async {
+        let hog = IpAddr::from([127, 0, 8, 1]);
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(
+                stranger(hog, tracker.addr(), &tls, Role::Client)
+                    .await
+                    .expect("under the cap"),
+            );
+        }
+        assert!(
+            stranger(hog, tracker.addr(), &tls, Role::Client)
+                .await
+                .is_none(),
+            "the ninth connection from one address is closed"
+        );
+        let other = IpAddr::from([127, 0, 8, 2]);
+        let mut fine = stranger(other, tracker.addr(), &tls, Role::Client)
+            .await
+            .expect("another address gets in");
+        client
+            .list_groups(session)
+            .await
+            .expect("others are served");
+        // Nobody sent a frame: every one is closed after the idle deadline.
+        let started = Instant::now();
+        assert!(closed_within(&mut fine, Duration::from_secs(8)).await);
+        for s in &mut held {
+            assert!(closed_within(s, Duration::from_secs(8)).await);
+        }
+        assert!(started.elapsed() < Duration::from_secs(8));
+        // The hog's slots are free again.
+        assert!(stranger(hog, tracker.addr(), &tls, Role::Client)
+            .await
+            .is_some());
+        // A client idle longer than the deadline reconnects and is served.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        client
+            .list_groups(session)
+            .await
+            .expect("served after idling");
+    });
+    let log = tracker.log();
+    assert!(
+        log.contains("connections from 127.0.8.1 are open, the most served from one address"),
+        "{log}"
+    );
+}
+
+/// A user's 101st group is refused, naming the limit and its flag; every
+/// mount's root still lists.
+#[test]
+fn the_101st_group_is_refused_and_every_root_still_lists() {
+    let (w, u) = World::network(&["alice", "bob"]);
+    let rt = rt();
+    let client = w.tracker().client();
+    let session = u[0].session();
+    // "g" is the first of alice's groups.
+    rt.block_on(async {
+        for i in 2..=100 {
+            client
+                .create_group(session, &format!("alice-{i:03}"))
+                .await
+                .unwrap_or_else(|e| panic!("group {i}: {e}"));
+        }
+    });
+    let out = w.fsd(&u[0], &["create-group", "one-too-many"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("limit reached") && err.contains("--max-groups-per-user 100"),
+        "{err}"
+    );
+    // Others still create theirs.
+    w.fsd_ok(&u[1], &["create-group", "bobs"]);
+    let a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &[]);
+    let root_a: Vec<_> = std::fs::read_dir(a.path("")).unwrap().collect();
+    let root_b: Vec<_> = std::fs::read_dir(b.path("")).unwrap().collect();
+    assert_eq!(root_a.len(), 100, "alice's root lists her 100 groups");
+    assert_eq!(root_b.len(), 2, "bob's root lists g and bobs");
+}
+
+/// An attacker hammering alice's password from one address is slowed
+/// down; alice, from her own address, logs in at once all the while.
+#[test]
+fn the_right_password_from_elsewhere_logs_in_while_an_attacker_hammers() {
+    use fileshare_protocol::messages::{Reply, Request, TrackerRequest, TrackerResult};
+    use fileshare_protocol::ErrorCode;
+    let (w, u) = World::network(&["alice"]);
+    let rt = rt();
+    let tls = ClientTls::new(None, Pin::FirstUse).unwrap();
+    let attacker = IpAddr::from([127, 0, 7, 1]);
+    let outcomes = rt.block_on(async {
+        let s = stranger(attacker, w.tracker().addr(), &tls, Role::Client)
+            .await
+            .expect("the attacker connects");
+        let (r, wr) = tokio::io::split(s);
+        let mut conn = fileshare_protocol::Connection::new(r, wr);
+        let mut outcomes = Vec::new();
+        for id in 0..10 {
+            let req = Request {
+                id,
+                body: TrackerRequest::Login {
+                    user: "alice".into(),
+                    password: format!("guess-{id}"),
+                },
+            };
+            conn.write_frame(&req).await.unwrap();
+            let reply: Reply<TrackerResult> = conn.read_frame().await.unwrap().unwrap();
+            outcomes.push(reply.body);
+        }
+        outcomes
+    });
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Err(ErrorCode::TooManyAttempts { .. }))),
+        "{outcomes:?}"
+    );
+    let started = Instant::now();
+    w.fsd_ok(&u[0], &["login", "alice"]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// A client that sends listing requests without end and never reads the
+/// replies is stopped being read once its replies fill its budget: the
+/// tracker's memory stays bounded and everyone else is served.
+#[test]
+fn a_client_that_never_reads_its_replies_is_bounded() {
+    use fileshare_protocol::messages::{Request, TrackerRequest};
+    let (w, u) = World::network(&["alice"]);
+    let rt = rt();
+    let client = w.tracker().client();
+    let session = u[0].session();
+    // Replies of about 20 KB each.
+    rt.block_on(async {
+        for i in 0..90 {
+            let name = format!("{i:03}-{}", "n".repeat(200));
+            client.create_group(session, &name).await.unwrap();
+        }
+    });
+    let tls = ClientTls::new(None, Pin::FirstUse).unwrap();
+    let sent = rt.block_on(async {
+        let s = stranger(
+            IpAddr::from([127, 0, 6, 1]),
+            w.tracker().addr(),
+            &tls,
+            Role::Client,
+        )
+        .await
+        .unwrap();
+        let (r, wr) = tokio::io::split(s);
+        let mut conn = fileshare_protocol::Connection::new(r, wr);
+        let mut sent = 0u64;
+        let flood = async {
+            for id in 0..500_000 {
+                let req = Request {
+                    id,
+                    body: TrackerRequest::ListGroups { session },
+                };
+                if conn.write_frame(&req).await.is_err() {
+                    return;
+                }
+                sent += 1;
+            }
+        };
+        // The tracker stops reading it: the writes block.
+        let _ = tokio::time::timeout(Duration::from_secs(5), flood).await;
+        let started = Instant::now();
+        client
+            .list_groups(session)
+            .await
+            .expect("others are served");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let rss = rss_mib(w.tracker().pid().unwrap());
+        eprintln!("{sent} listings asked, none read: tracker {rss} MiB");
+        assert!(rss < 256, "tracker RSS {rss} MiB");
+        drop(conn);
+        sent
+    });
+    assert!(
+        sent < 500_000,
+        "the tracker kept reading a client that never reads"
+    );
+}
