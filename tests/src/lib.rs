@@ -27,6 +27,7 @@ pub mod local_user;
 pub mod mount;
 pub mod netns;
 pub mod relay;
+pub mod swarm;
 pub mod tracker;
 pub mod world;
 

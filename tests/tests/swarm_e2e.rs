@@ -2,10 +2,10 @@
 //! spreads distinct pieces and the readers trade the rest. Counts bytes,
 //! never times (the timing targets live in `bench_swarm`).
 
-use fileshare_tests::mount::{fetched, wait_for, Mount};
+use fileshare_tests::mount::Mount;
 use fileshare_tests::random_file;
+use fileshare_tests::swarm::read_together;
 use fileshare_tests::world::{User, World};
-use std::time::Duration;
 
 const MIB: usize = 1 << 20;
 
@@ -27,37 +27,10 @@ fn a_rate_limited_source_sends_each_piece_about_once() {
     let readers: Vec<Mount> = (rest.iter())
         .map(|u| w.mount(u, &["--max-upload-rate", "16M"]))
         .collect();
-    for m in &readers {
-        let p = m.path("g/s.bin");
-        wait_for("s.bin listed", Duration::from_secs(15), || {
-            p.exists().then_some(())
-        });
-    }
-    let threads: Vec<_> = (readers.iter())
-        .map(|m| {
-            let p = m.path("g/s.bin");
-            std::thread::spawn(move || std::fs::read(p))
-        })
-        .collect();
-    for t in threads {
-        let got = t.join().unwrap().expect("read through the mount");
-        assert!(got == data, "wrong bytes");
-    }
-    for m in &readers {
-        let counters = fetched(m, "g/s.bin");
-        assert!(
-            counters.iter().any(|c| c.0 != source.listen && c.1 > 0),
-            "{} fetched nothing from another reader: {counters:?}",
-            m.listen
-        );
-    }
     // One server alone would send the file five times; a swarm whose
     // source serves every piece once before any twice sends it about once
     // (duplicates come only from readers not linked to each other yet).
-    let uploaded: u64 = (source.xattr("g/s.bin", "user.fileshare.uploaded").trim())
-        .parse()
-        .expect("uploaded bytes");
-    let copies = uploaded as f64 / size as f64;
+    let copies = read_together(&source, &readers, "g/s.bin", &data);
     eprintln!("the source sent {copies:.2} copies");
     assert!(
         copies < 1.5,

@@ -5,11 +5,11 @@
 //! rest. Counts bytes, never times (the timing targets live in
 //! `bench_swarm`, `BENCH_SHAPE=net`).
 
-use fileshare_tests::mount::{fetched, wait_for, Mount};
+use fileshare_tests::mount::Mount;
 use fileshare_tests::netns::{Lan, Shape};
 use fileshare_tests::random_file;
+use fileshare_tests::swarm::read_together;
 use fileshare_tests::world::{User, World};
-use std::time::Duration;
 
 const MIB: usize = 1 << 20;
 
@@ -36,37 +36,10 @@ fn an_unflagged_source_on_a_shaped_link_sends_each_piece_about_once() {
     let readers: Vec<Mount> = (rest.iter().enumerate())
         .map(|(i, u)| mount(i + 2, u))
         .collect();
-    for m in &readers {
-        let p = m.path("g/s.bin");
-        wait_for("s.bin listed", Duration::from_secs(15), || {
-            p.exists().then_some(())
-        });
-    }
-    let threads: Vec<_> = (readers.iter())
-        .map(|m| {
-            let p = m.path("g/s.bin");
-            std::thread::spawn(move || std::fs::read(p))
-        })
-        .collect();
-    for t in threads {
-        let got = t.join().unwrap().expect("read through the mount");
-        assert!(got == data, "wrong bytes");
-    }
-    for m in &readers {
-        let counters = fetched(m, "g/s.bin");
-        assert!(
-            counters.iter().any(|c| c.0 != source.listen && c.1 > 0),
-            "{} fetched nothing from another reader: {counters:?}",
-            m.listen
-        );
-    }
     // One server alone would send the file four times. The source measures
     // its uplink, serves every piece once before any twice and leaves the
     // rest to the readers' trading.
-    let uploaded: u64 = (source.xattr("g/s.bin", "user.fileshare.uploaded").trim())
-        .parse()
-        .expect("uploaded bytes");
-    let copies = uploaded as f64 / size as f64;
+    let copies = read_together(&source, &readers, "g/s.bin", &data);
     eprintln!("the source sent {copies:.2} copies");
     assert!(
         copies <= 1.5,

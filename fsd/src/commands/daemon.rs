@@ -280,17 +280,7 @@ mod tests {
     use super::*;
 
     fn status(state: DownloadState) -> DownloadStatus {
-        DownloadStatus {
-            id: 3,
-            group: "g1".into(),
-            name: "a.iso".into(),
-            dest: WirePath::from(Path::new("/tmp/a.iso")),
-            size: 4 << 20,
-            done: 1 << 20,
-            rate: 3 << 20,
-            peers: 2,
-            state,
-        }
+        DownloadStatus::sample(state)
     }
 
     #[test]
