@@ -185,6 +185,22 @@ impl Mount {
         self.mountpoint.join(rel)
     }
 
+    /// `cp SRC` into the directory of `group`, as a user would; fails the
+    /// test with cp's error and the daemon's log.
+    pub fn cp_in(&self, src: &Path, group: &str) {
+        let out = std::process::Command::new("cp")
+            .arg(src)
+            .arg(self.path(group))
+            .output()
+            .expect("run cp");
+        assert!(
+            out.status.success(),
+            "cp into the mount failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

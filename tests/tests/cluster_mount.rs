@@ -6,7 +6,6 @@ use fileshare_protocol::messages::SessionToken;
 use fileshare_tests::mount::{wait_for, Mount};
 use fileshare_tests::random_file;
 use fileshare_tests::world::{User, World};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -37,20 +36,6 @@ fn wait_listed(m: &Mount, group: &str, name: &str, size: usize) {
                 .any(|l| l.ends_with(&format!(" {name}")) && l.contains(&format!(" {size} ")))
                 .then_some(())
         },
-    );
-}
-
-fn cp_in(src: &Path, m: &Mount, group: &str) {
-    let out = Command::new("cp")
-        .arg(src)
-        .arg(m.path(group))
-        .output()
-        .expect("cp");
-    assert!(
-        out.status.success(),
-        "cp into the mount failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log()
     );
 }
 
@@ -93,7 +78,7 @@ fn mounts_keep_working_while_their_tracker_is_killed_and_another_takes_over() {
 
     let one = w.path("one.bin");
     let one_data = random_file(&one, 3 * MIB, 1);
-    cp_in(&one, &ma, "g");
+    ma.cp_in(&one, "g");
     wait_listed(&mb, "g", "one.bin", 3 * MIB);
     read_back(&mb, "g", "one.bin", &one_data);
     // Both trackers offer both daemons, whichever they announced to.
@@ -110,7 +95,7 @@ fn mounts_keep_working_while_their_tracker_is_killed_and_another_takes_over() {
     // Sharing goes through tracker 2 once it has taken over.
     let two = w.path("two.bin");
     let two_data = random_file(&two, 2 * MIB, 2);
-    cp_in(&two, &ma, "g");
+    ma.cp_in(&two, "g");
     wait_listed(&mb, "g", "two.bin", 2 * MIB);
     read_back(&mb, "g", "two.bin", &two_data);
     // A newcomer mounted now finds everything through tracker 2.

@@ -4,7 +4,6 @@
 use fileshare_tests::mount::{fetched, wait_for, Mount};
 use fileshare_tests::world::{User, World};
 use fileshare_tests::{cmp, random_file, MIB};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -31,17 +30,6 @@ fn wait_listed(m: &Mount, group: &str, name: &str, size: usize) {
     );
 }
 
-fn cp_in(src: &Path, m: &Mount, group: &str) {
-    let dest = m.path(group);
-    let out = run("cp", &[src.to_str().unwrap(), dest.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "cp into the mount failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log()
-    );
-}
-
 fn total_pieces(size: usize) -> u64 {
     size.div_ceil(512 * 1024) as u64
 }
@@ -62,7 +50,7 @@ fn cp_in_then_others_list_and_read_identical_bytes() {
 
     let groups = String::from_utf8(run("ls", &[a.mountpoint.to_str().unwrap()]).stdout).unwrap();
     assert_eq!(groups.trim(), "g", "ls of the root lists the user's groups");
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     // Once cp returns, the owner's own listing shows it at once.
     wait_listed(&a, "g", "movie.bin", 20 * MIB);
     for m in [&b, &c] {
@@ -81,7 +69,7 @@ fn a_reader_fetches_from_every_seeder() {
     let b = w.mount(&u[1], &[]);
     let src = w.path("data.bin");
     random_file(&src, 24 * MIB, 2);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_listed(&b, "g", "data.bin", 24 * MIB);
     cmp(&src, &b.path("g/data.bin"));
     // Bob now holds all of it too; wait until the tracker offers him.
@@ -124,7 +112,7 @@ fn a_reader_serves_what_it_has_before_it_finishes() {
     let size = 64 * MIB;
     let src = w.path("big.bin");
     random_file(&src, size, 3);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_listed(&b, "g", "big.bin", size);
     let part = w.path("part.bin");
     let out = run(
@@ -174,7 +162,7 @@ fn reading_the_last_byte_first_fetches_only_the_end() {
     let size = 48 * MIB + 123;
     let src = w.path("tail.bin");
     let data = random_file(&src, size, 4);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_listed(&b, "g", "tail.bin", size);
     let out = run(
         "dd",
@@ -207,7 +195,7 @@ fn corrupted_pieces_are_refetched_and_the_bad_peer_named() {
     let size = 16 * MIB;
     let src = w.path("c.bin");
     random_file(&src, size, 5);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_listed(&b, "g", "c.bin", size);
     cmp(&src, &b.path("g/c.bin"));
     // Bob comes back serving corrupted bytes.
@@ -243,7 +231,7 @@ fn a_seeder_killed_mid_read_does_not_break_the_read() {
     let size = 32 * MIB;
     let src = w.path("k.bin");
     random_file(&src, size, 6);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     let mut b = w.mount(&u[1], &["--max-upload-rate", "6M"]);
     wait_listed(&b, "g", "k.bin", size);
     cmp(&src, &b.path("g/k.bin"));
@@ -295,7 +283,7 @@ fn verified_pieces_survive_a_crash_of_the_reader() {
     let size = 24 * MIB;
     let src = w.path("r.bin");
     random_file(&src, size, 7);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_listed(&b, "g", "r.bin", size);
     let out = run(
         "dd",
@@ -332,7 +320,7 @@ fn unmount_stops_sharing_and_a_new_mount_resumes_it() {
     let b = w.mount(&u[1], &[]);
     let src = w.path("u.bin");
     random_file(&src, 3 * MIB, 8);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_for("alice online", Duration::from_secs(10), || {
         w.fsd_ok(&u[1], &["list-files", "g"])
             .contains("peers=1")
@@ -361,7 +349,7 @@ fn shared_files_are_immutable_and_rm_stops_sharing() {
     let b = w.mount(&u[1], &[]);
     let src = w.path("doc.txt");
     random_file(&src, 1000, 9);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     let err = std::fs::OpenOptions::new()
         .append(true)
         .open(a.path("g/doc.txt"))
@@ -390,7 +378,7 @@ fn mkdir_creates_a_group() {
     assert!(w.fsd_ok(&u[0], &["list-groups"]).contains("newgroup"));
     let src = w.path("n.bin");
     random_file(&src, 4096, 10);
-    cp_in(&src, &a, "newgroup");
+    a.cp_in(&src, "newgroup");
     cmp(&src, &a.path("newgroup/n.bin"));
 }
 
@@ -431,7 +419,7 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
     let m = w.mount(&mallory, &[]);
     let src = w.path("secret.bin");
     random_file(&src, 2 * MIB, 11);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
 
     let roots = String::from_utf8(run("ls", &[m.mountpoint.to_str().unwrap()]).stdout).unwrap();
     assert_eq!(
@@ -530,10 +518,10 @@ fn a_slow_read_does_not_stall_listing_or_other_files() {
     let b = w.mount(&u[1], &[]);
     let slow_src = w.path("slow.bin");
     random_file(&slow_src, 8 * MIB, 12);
-    cp_in(&slow_src, &a, "g");
+    a.cp_in(&slow_src, "g");
     let local_src = w.path("local.bin");
     random_file(&local_src, 2 * MIB, 13);
-    cp_in(&local_src, &b, "g");
+    b.cp_in(&local_src, "g");
     wait_listed(&b, "g", "slow.bin", 8 * MIB);
 
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -567,7 +555,7 @@ fn with_the_tracker_down_listings_come_from_cache_and_local_files_read() {
     let b = w.mount(&u[1], &[]);
     let src = w.path("kept.bin");
     random_file(&src, 3 * MIB, 14);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_listed(&b, "g", "kept.bin", 3 * MIB);
     cmp(&src, &b.path("g/kept.bin"));
 
@@ -613,7 +601,7 @@ fn a_read_no_peer_can_serve_fails_with_eio_after_the_timeout() {
     let b = w.mount(&u[1], &["--read-timeout", "2"]);
     let src = w.path("gone.bin");
     random_file(&src, 2 * MIB, 15);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_listed(&b, "g", "gone.bin", 2 * MIB);
     a.unmount();
     let err = std::fs::read(b.path("g/gone.bin")).expect_err("no peer has it");
@@ -626,6 +614,6 @@ fn a_read_no_peer_can_serve_fails_with_eio_after_the_timeout() {
     // Other reads go on: a file bob shares still reads.
     let mine = w.path("mine.bin");
     random_file(&mine, MIB, 16);
-    cp_in(&mine, &b, "g");
+    b.cp_in(&mine, "g");
     cmp(&mine, &b.path("g/mine.bin"));
 }

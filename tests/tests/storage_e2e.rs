@@ -24,20 +24,6 @@ fn read_window(budget: u64) -> u64 {
     4 * MIB as u64 + (budget / 2).clamp(PIECE, 64 * PIECE)
 }
 
-fn cp_in(src: &Path, m: &Mount, group: &str) {
-    let out = Command::new("cp")
-        .arg(src)
-        .arg(m.path(group))
-        .output()
-        .expect("run cp");
-    assert!(
-        out.status.success(),
-        "cp into the mount failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        m.log()
-    );
-}
-
 /// Waits until `m` lists `group/name`.
 fn wait_listed(m: &Mount, group: &str, name: &str) {
     let path = m.path(&format!("{group}/{name}"));
@@ -100,7 +86,7 @@ fn a_file_four_times_the_budget_streams_within_the_budget() {
     let size = 64 * MIB;
     let src = w.path("movie.bin");
     random_file(&src, size, 21);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_listed(&b, "g", "movie.bin");
 
     // Bob's store, sampled while he reads the whole file.
@@ -183,14 +169,14 @@ fn a_users_own_shares_survive_a_budget_smaller_than_them() {
     let b = w.mount(&u[1], &[]);
     let copied = w.path("copied.bin");
     random_file(&copied, 6 * MIB + 7, 31);
-    cp_in(&copied, &a, "g");
+    a.cp_in(&copied, "g");
     let in_place = w.path("in-place.bin");
     random_file(&in_place, 5 * MIB, 32);
     w.fsd_ok(&u[0], &["upload-file", in_place.to_str().unwrap(), "g"]);
     // Alice reads a file of bob's: her cache keeps at most about 1M of it.
     let theirs = w.path("theirs.bin");
     random_file(&theirs, 8 * MIB, 33);
-    cp_in(&theirs, &b, "g");
+    b.cp_in(&theirs, "g");
     wait_listed(&a, "g", "theirs.bin");
     cmp(&theirs, &a.path("g/theirs.bin"));
     let kept = cache_bytes(&a.home);
@@ -221,7 +207,7 @@ fn a_piece_lost_in_a_crash_is_fetched_again_never_served_wrong() {
     let size = 8 * MIB;
     let src = w.path("f.bin");
     random_file(&src, size, 41);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_listed(&b, "g", "f.bin");
     cmp(&src, &b.path("g/f.bin"));
     assert_eq!(pieces(&b, "g/f.bin"), (16, 16));
@@ -282,7 +268,7 @@ fn a_full_disk_during_cp_fails_the_close_and_shares_nothing() {
     // The space is free again: the next read works.
     let small = w.path("small.bin");
     random_file(&small, 4 * MIB, 52);
-    cp_in(&small, &b, "g");
+    b.cp_in(&small, "g");
     wait_listed(&a, "g", "small.bin");
     cmp(&small, &a.path("g/small.bin"));
 }
@@ -294,7 +280,7 @@ fn a_piece_that_cannot_be_stored_fails_the_read_at_once() {
     let b = w.mount(&u[1], &["--read-timeout", "60"]);
     let src = w.path("z.bin");
     random_file(&src, 4 * MIB, 61);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_listed(&b, "g", "z.bin");
     let f = std::fs::File::open(b.path("g/z.bin")).unwrap();
     // Bob's disk fills up.
@@ -349,10 +335,10 @@ fn stale_download_files_go_and_a_full_destination_keeps_nothing() {
     let _b = w.mount(&u[1], &[]);
     let six = w.path("six.bin");
     random_file(&six, 6 * MIB, 71);
-    cp_in(&six, &a, "g");
+    a.cp_in(&six, "g");
     let twelve = w.path("twelve.bin");
     random_file(&twelve, 12 * MIB, 72);
-    cp_in(&twelve, &a, "g");
+    a.cp_in(&twelve, "g");
 
     // A killed download's leftover fills most of the destination; a file
     // of another pattern stays.
@@ -380,7 +366,7 @@ fn a_download_is_resumed_after_a_restart() {
     let size = 12 * MIB;
     let src = w.path("slow.bin");
     random_file(&src, size, 81);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_listed(&b, "g", "slow.bin");
     let out_dir = w.path("downloads");
     std::fs::create_dir_all(&out_dir).unwrap();

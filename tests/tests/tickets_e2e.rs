@@ -29,19 +29,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn cp_in(src: &Path, m: &Mount, group: &str) {
-    let out = Command::new("cp")
-        .arg(src)
-        .arg(m.path(group))
-        .output()
-        .expect("run cp");
-    assert!(
-        out.status.success(),
-        "cp into the mount failed:\n{}",
-        m.log()
-    );
-}
-
 /// The names `ls` shows in a directory of the mount.
 fn ls(dir: &Path) -> Vec<String> {
     let out = Command::new("ls").arg(dir).output().expect("run ls");
@@ -125,7 +112,7 @@ fn forged_expired_and_other_peers_tickets_are_refused_by_a_serving_peer() {
     let a = w.mount(&u[0], &[]);
     let src = w.path("f.bin");
     random_file(&src, 2 * MIB, 1);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     let id = file_id(&a, "g/f.bin");
     let piece = PeerRequest::Piece { file: id, index: 0 };
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -211,7 +198,7 @@ fn a_removed_members_open_connection_is_refused_within_the_ticket_lifetime() {
     let a = w.mount(&u[0], &[]);
     let src = w.path("f.bin");
     random_file(&src, MIB, 2);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     let id = file_id(&a, "g/f.bin");
     let piece = PeerRequest::Piece { file: id, index: 0 };
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -272,8 +259,8 @@ fn a_removed_member_loses_the_group_while_the_others_read_on() {
     let (one, two) = (w.path("one.bin"), w.path("two.bin"));
     random_file(&one, 3 * MIB, 3);
     random_file(&two, 3 * MIB, 4);
-    cp_in(&one, &a, "g");
-    cp_in(&two, &a, "g");
+    a.cp_in(&one, "g");
+    a.cp_in(&two, "g");
     wait_until("bob sees both files", Duration::from_secs(15), || {
         ls(&b.path("g")).len() == 2
     });
@@ -334,7 +321,7 @@ fn a_read_longer_than_a_ticket_lifetime_does_not_break() {
     let b = w.mount(&u[1], &["--max-download-rate", "2M"]);
     let src = w.path("long.bin");
     random_file(&src, 10 * MIB, 5);
-    cp_in(&src, &a, "g");
+    a.cp_in(&src, "g");
     wait_until("bob sees the file", Duration::from_secs(15), || {
         ls(&b.path("g")).contains(&"long.bin".to_string())
     });
