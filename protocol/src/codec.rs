@@ -1,6 +1,7 @@
 //! The body encoding. Everything else in the workspace encodes and decodes
 //! through these two functions, so the format can change in one place.
 
+use crate::messages::{Payload, PeerReply, Reply};
 use crate::{error::ProtocolError, MAX_FRAME_LEN};
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -45,6 +46,47 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
     Ok(value)
 }
 
+/// The variant index of [`PeerReply::Piece`] in the derived encoding.
+const PIECE_VARIANT: u32 = 2;
+
+/// The body of `Reply { id, body: PeerReply::Piece { data } }` without
+/// `data`'s bytes, which end the body: the caller sends them right after,
+/// from where they are, instead of copying them into the frame first.
+pub fn encode_piece_head(id: u64, len: usize, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    // The derived encoding of the struct, the variant and a byte string:
+    // the id, the variant index, then the length, each a varint.
+    encode_into(&(id, PIECE_VARIANT, len as u64), out)
+}
+
+/// Decodes a peer reply from a body it takes whole. A piece's bytes stay
+/// where they arrived: the payload keeps the body buffer, which the caller
+/// may hand back to the connection once the piece is stored
+/// ([`crate::connection::FrameReader::recycle`]). Any other reply decodes
+/// as [`decode`] does.
+pub fn decode_peer_reply(body: Vec<u8>) -> Result<Reply<PeerReply>, ProtocolError> {
+    let head = bincode::serde::decode_from_slice::<(u64, u32), _>(&body, config());
+    let Ok(((id, PIECE_VARIANT), used)) = head else {
+        return decode(&body);
+    };
+    let rest = &body[used..];
+    let (data, n) =
+        bincode::serde::borrow_decode_from_slice::<&serde_bytes::Bytes, _>(rest, config())
+            .map_err(|e| ProtocolError::Decode(e.to_string()))?;
+    if used + n != body.len() {
+        return Err(ProtocolError::TrailingBytes {
+            used: used + n,
+            len: body.len(),
+        });
+    }
+    let start = body.len() - data.len();
+    Ok(Reply {
+        id,
+        body: PeerReply::Piece {
+            data: Payload::within(body, start),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,7 +108,9 @@ mod tests {
             let _ = decode::<Request<TrackerRequest>>(&body);
             let _ = decode::<Reply<Result<TrackerReply, ErrorCode>>>(&body);
             let _ = decode::<Request<PeerRequest>>(&body);
-            let _ = decode::<Reply<PeerReply>>(&body);
+            let general = decode::<Reply<PeerReply>>(&body).ok();
+            // The in-place decoder of peer links agrees with the derived one.
+            prop_assert_eq!(decode_peer_reply(body).ok(), general);
         }
 
         /// Valid messages with one byte flipped or the tail cut off are
@@ -85,6 +129,51 @@ mod tests {
             let cut = cut % (bytes.len() + 1);
             let _ = decode::<Request<TrackerRequest>>(&bytes[..cut]);
         }
+    }
+
+    /// The head written before a piece's bytes and the borrowing decoder
+    /// agree with the derived encoding, byte for byte.
+    #[test]
+    fn pieces_are_framed_and_read_in_place_as_the_derived_encoding() {
+        for (id, len) in [(0u64, 0usize), (1, 1), (300, 250), (u64::MAX, 512 * 1024)] {
+            let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect();
+            let reply = Reply {
+                id,
+                body: PeerReply::Piece {
+                    data: Payload::from(data.clone()),
+                },
+            };
+            let derived = encode(&reply).unwrap();
+            let mut ours = Vec::new();
+            encode_piece_head(id, len, &mut ours).unwrap();
+            ours.extend_from_slice(&data);
+            assert_eq!(ours, derived, "id {id} len {len}");
+            let base = derived.as_ptr() as usize;
+            let back = decode_peer_reply(derived).unwrap();
+            assert_eq!(back, reply);
+            let PeerReply::Piece { data: got } = back.body else {
+                unreachable!()
+            };
+            // The bytes were not copied out of the body.
+            if len > 0 {
+                assert_eq!(got.as_ptr() as usize, base + got.into_buffer().len() - len);
+            }
+        }
+        // Other replies decode as usual; a short or long piece is refused.
+        let have = Reply {
+            id: 4,
+            body: PeerReply::Have(7),
+        };
+        assert_eq!(decode_peer_reply(encode(&have).unwrap()).unwrap(), have);
+        let mut cut = Vec::new();
+        encode_piece_head(1, 10, &mut cut).unwrap();
+        cut.extend_from_slice(&[0; 9]);
+        assert!(decode_peer_reply(cut.clone()).is_err());
+        cut.extend_from_slice(&[0; 2]);
+        assert!(matches!(
+            decode_peer_reply(cut),
+            Err(ProtocolError::TrailingBytes { .. })
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use crate::codec;
 use crate::error::ProtocolError;
 use crate::frame::{self, Header, HEADER_LEN};
-use crate::messages::{Hello, Role, MAGIC};
+use crate::messages::{Hello, PeerReply, Reply, Role, MAGIC};
 use crate::PROTOCOL_VERSION;
 use serde::{de::DeserializeOwned, Serialize};
 use std::time::Duration;
@@ -164,6 +164,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some(&self.body[..len]))
     }
 
+    /// The next peer reply; a piece keeps the frame's body buffer
+    /// ([`codec::decode_peer_reply`]), so the next frame starts a new one
+    /// unless one is given back with [`FrameReader::recycle`].
+    pub async fn read_peer_reply(&mut self) -> Result<Option<Reply<PeerReply>>, ProtocolError> {
+        if self.read_body().await?.is_none() {
+            return Ok(None);
+        }
+        codec::decode_peer_reply(std::mem::take(&mut self.body)).map(Some)
+    }
+
+    /// Takes a buffer back for the next frame's body (one a piece kept),
+    /// so receiving pieces does not allocate, grow and copy a body each
+    /// time. Kept only if larger than the one in hand and within the size a
+    /// connection keeps between frames.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() > self.body.capacity() && buf.capacity() <= KEEP_BODY {
+            buf.clear();
+            self.body = buf;
+        }
+    }
+
     /// The next frame, decoded; `None` on a clean end of stream.
     pub async fn read_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ProtocolError> {
         match self.read_body().await? {
@@ -199,6 +220,27 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if self.buf.capacity() > IO_BUF * 4 {
             self.buf = Vec::new();
         }
+        Ok(())
+    }
+
+    /// `Reply { id, body: PeerReply::Piece { data } }`, flushed, with the
+    /// piece's bytes written from `data` itself rather than copied into the
+    /// frame buffer first (they bypass the write buffer too, being larger).
+    pub async fn write_piece(&mut self, id: u64, data: &[u8]) -> Result<(), ProtocolError> {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0; HEADER_LEN]);
+        codec::encode_piece_head(id, data.len(), &mut self.buf)?;
+        let body_len = self.buf.len() - HEADER_LEN + data.len();
+        if body_len > crate::MAX_FRAME_LEN {
+            return Err(ProtocolError::FrameTooLarge {
+                len: body_len as u64,
+                limit: crate::MAX_FRAME_LEN,
+            });
+        }
+        self.buf[..HEADER_LEN].copy_from_slice(&frame::header(body_len));
+        self.stream.write_all(&self.buf).await?;
+        self.stream.write_all(data).await?;
+        self.stream.flush().await?;
         Ok(())
     }
 
@@ -333,11 +375,23 @@ mod tests {
         let piece = Reply {
             id: 1,
             body: PeerReply::Piece {
-                data: vec![9; 512 * 1024],
+                data: vec![9; 512 * 1024].into(),
             },
         };
         a.write_frame(&piece).await.unwrap();
-        assert_eq!(b.read_frame().await.unwrap(), Some(piece));
+        assert_eq!(b.read_frame().await.unwrap(), Some(piece.clone()));
+        // The same piece written from its bytes and read in place, then
+        // its buffer recycled for the next one.
+        a.writer.write_piece(2, &[7; 512 * 1024]).await.unwrap();
+        let got = b.reader.read_peer_reply().await.unwrap().unwrap();
+        assert_eq!(got.id, 2);
+        let PeerReply::Piece { data } = got.body else {
+            panic!("{got:?}")
+        };
+        assert!(data.iter().all(|&x| x == 7) && data.len() == 512 * 1024);
+        b.reader.recycle(data.into_buffer());
+        a.write_frame(&piece).await.unwrap();
+        assert_eq!(b.reader.read_peer_reply().await.unwrap(), Some(piece));
         drop(a);
         assert_eq!(b.read_frame::<Reply<PeerReply>>().await.unwrap(), None);
     }
@@ -445,10 +499,17 @@ mod tests {
     async fn writer_refuses_oversized_message() {
         let (mut conn, _raw) = pipe();
         let big = PeerReply::Piece {
-            data: vec![0; MAX_FRAME_LEN + 1],
+            data: vec![0; MAX_FRAME_LEN + 1].into(),
         };
         assert!(matches!(
             conn.write_frame(&big).await.unwrap_err(),
+            ProtocolError::FrameTooLarge { .. }
+        ));
+        assert!(matches!(
+            conn.writer
+                .write_piece(1, &vec![0; MAX_FRAME_LEN])
+                .await
+                .unwrap_err(),
             ProtocolError::FrameTooLarge { .. }
         ));
     }

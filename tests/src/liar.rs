@@ -170,7 +170,7 @@ impl<W: AsyncWrite + Unpin> Serving<W> {
             PeerRequest::Cancel { .. } => return true,
             PeerRequest::Piece { .. } => match self.lie {
                 Lie::WrongBytes => PeerReply::Piece {
-                    data: vec![0xa5; fileshare_protocol::PIECE_LEN as usize],
+                    data: vec![0xa5; fileshare_protocol::PIECE_LEN as usize].into(),
                 },
                 Lie::ClaimsButLacks => PeerReply::Error(PeerError::NotAvailable),
                 Lie::CloseAtRandom => {
@@ -184,7 +184,7 @@ impl<W: AsyncWrite + Unpin> Serving<W> {
                     let piece = Reply {
                         id,
                         body: PeerReply::Piece {
-                            data: vec![0; fileshare_protocol::PIECE_LEN as usize],
+                            data: vec![0; fileshare_protocol::PIECE_LEN as usize].into(),
                         },
                     };
                     let bytes = fileshare_protocol::codec::encode(&piece).unwrap();

@@ -60,6 +60,10 @@ fn stuck_after(piece_len: u64, bytes: u64, elapsed: Duration) -> Duration {
     Duration::from_secs_f64(secs.clamp(STUCK_MIN.as_secs_f64(), STUCK_MAX.as_secs_f64()))
 }
 
+/// Piece buffers a link keeps for reuse: about the pieces being verified
+/// at once.
+const SPARE_BUFFERS: usize = 4;
+
 /// How soon to ask again for a fresh ticket when no tracker answered.
 const RENEW_RETRY: Duration = Duration::from_secs(1);
 
@@ -314,9 +318,15 @@ async fn link(
         }
     };
 
+    // Body buffers of verified pieces, back from the verifying tasks for
+    // the next pieces to arrive in.
+    let spare: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let receive = async {
         let num_pieces = file.layout.num_pieces();
         loop {
+            if let Some(buf) = spare.lock().pop() {
+                reader.recycle(buf);
+            }
             let reply = read_reply(&mut reader).await?;
             if reply.id == SUBSCRIPTION {
                 match reply.body {
@@ -352,6 +362,7 @@ async fn link(
                         (swarm.clone(), ctx.tracker.clone(), dropped.clone());
                     let cache = ctx.cache.clone();
                     let pool = tasks.clone();
+                    let spare = spare.clone();
                     tasks.spawn("verify-piece", async move {
                         let _ = pool
                             .blocking(move || {
@@ -360,6 +371,10 @@ async fn link(
                                 ) {
                                     tracing::warn!(file = %swarm.file.meta.name, "{e:#}");
                                     dropped.cancel();
+                                }
+                                let mut spare = spare.lock();
+                                if spare.len() < SPARE_BUFFERS {
+                                    spare.push(data.into_buffer());
                                 }
                             })
                             .await;
@@ -387,7 +402,7 @@ async fn link(
 async fn read_reply<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut fileshare_protocol::connection::FrameReader<R>,
 ) -> Result<Reply<PeerReply>, LinkFailure> {
-    match tokio::time::timeout(PEER_TIMEOUT * 3, reader.read_frame::<Reply<PeerReply>>()).await {
+    match tokio::time::timeout(PEER_TIMEOUT * 3, reader.read_peer_reply()).await {
         Ok(Ok(Some(r))) => Ok(r),
         Ok(Ok(None)) => Err(LinkFailure::Closed),
         Ok(Err(e)) => Err(e.into()),

@@ -257,7 +257,10 @@ async fn serve(
     };
     let write_replies = async {
         while let Some((reply, sending)) = rx.recv().await {
-            writer.write_frame(&reply).await?;
+            match &reply.body {
+                PeerReply::Piece { data } => writer.write_piece(reply.id, data).await?,
+                _ => writer.write_frame(&reply).await?,
+            }
             // The uplink took the piece: its room goes to the next one.
             if let Some((s, permit)) = sending {
                 s.written();
@@ -426,5 +429,5 @@ async fn piece(
     swarm
         .uploaded
         .fetch_add(data.len() as u64, Ordering::Relaxed);
-    (PeerReply::Piece { data }, Some(sending))
+    (PeerReply::Piece { data: data.into() }, Some(sending))
 }

@@ -29,7 +29,12 @@ fuzz_target!(|data: &[u8]| {
         1 => check::<Request<TrackerRequest>>(body),
         2 => check::<Reply<TrackerResult>>(body),
         3 => check::<Request<PeerRequest>>(body),
-        4 => check::<Reply<PeerReply>>(body),
+        4 => {
+            check::<Reply<PeerReply>>(body);
+            // The in-place decoder of peer links agrees with the derived one.
+            let general = codec::decode::<Reply<PeerReply>>(body).ok();
+            assert_eq!(codec::decode_peer_reply(body.to_vec()).ok(), general);
+        }
         5 => check::<ClusterMsg>(body),
         6 => check::<Ticket>(body),
         7 => check::<TicketKey>(body),

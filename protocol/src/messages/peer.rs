@@ -46,9 +46,12 @@ pub enum PeerRequest {
 pub enum PeerReply {
     Authenticated,
     Bitfield(Bitfield),
+    /// Always the last field of its variant, so its bytes end the frame:
+    /// they are written from where the serving peer read them and read
+    /// where they arrived ([`crate::codec::encode_piece_head`],
+    /// [`crate::codec::decode_peer_reply`]).
     Piece {
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        data: Payload,
     },
     Error(PeerError),
     /// One more verified piece, on a [`PeerRequest::Subscribe`] stream.
@@ -64,6 +67,79 @@ impl std::fmt::Debug for PeerReply {
             PeerReply::Error(e) => write!(f, "Error({e:?})"),
             PeerReply::Have(i) => write!(f, "Have({i})"),
         }
+    }
+}
+
+/// A piece's bytes, at `start..` of the buffer they were read into: a
+/// received piece keeps its whole frame body, so its bytes are never copied
+/// out of it (nor zeroed first), and the buffer can be given back to the
+/// connection afterwards ([`Payload::into_buffer`]). On the wire it is a
+/// byte string, as a `Vec<u8>` with `serde_bytes` would be.
+#[derive(Clone, Default)]
+pub struct Payload {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Payload {
+    /// The bytes at `start..` of `buf`; `start` is clamped to its length.
+    pub fn within(buf: Vec<u8>, start: usize) -> Payload {
+        let start = start.min(buf.len());
+        Payload { buf, start }
+    }
+
+    /// The buffer the bytes are in, for reuse.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(buf: Vec<u8>) -> Payload {
+        Payload { buf, start: 0 }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl std::ops::DerefMut for Payload {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..]
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Payload {}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Payload({} bytes)", self.len())
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    /// The general path copies (bincode's owned decoding of a byte string
+    /// does too); peer links decode pieces with
+    /// [`crate::codec::decode_peer_reply`], which does not.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Payload, D::Error> {
+        let v: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
+        Ok(Payload::from(v.into_vec()))
     }
 }
 
