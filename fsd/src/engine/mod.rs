@@ -27,6 +27,7 @@ use crate::net::fetch::{self, LinkCtx};
 use crate::net::token_bucket::TokenBucket;
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::Swarm;
+use crate::store::prehash::Prehash;
 use crate::store::{Staging, Store, StoreError, StoredFile};
 use crate::tasks::Tasks;
 use crate::trackers::{LinkError, TrackerLink};
@@ -558,7 +559,8 @@ impl Engine {
         }
     }
 
-    /// Hashes a file written through the mount, stores it and shares it;
+    /// Hashes a file written through the mount (the pieces `prehash` has
+    /// not hashed yet), stores it and shares it;
     /// with `replace`, in place of this user's own different file of that
     /// name, in one tracker change (rename(2) of a new file onto it).
     pub async fn share_staging(
@@ -566,6 +568,7 @@ impl Engine {
         group: &str,
         name: &str,
         staging: Staging,
+        prehash: Prehash,
         replace: bool,
     ) -> Result<Arc<Swarm>, EngineError> {
         let (group_c, name_c) = (group.to_string(), name.to_string());
@@ -574,7 +577,7 @@ impl Engine {
             .tasks
             .blocking(move || {
                 let Staging { path, file } = staging;
-                let imported = Store::hash_file(&file, &name_c)
+                let imported = Store::hash_file_after(&file, &name_c, prehash.finish())
                     .map_err(EngineError::Hash)
                     .and_then(|meta| {
                         let stored = store.import_staging(&group_c, &meta, &path)?;

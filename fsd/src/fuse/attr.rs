@@ -100,6 +100,7 @@ impl Inner {
                     let file = st.file.as_ref().ok_or(Errno::EPERM)?;
                     file.set_len(size)
                         .map_err(|e| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)))?;
+                    st.prehash.resized();
                 }
                 if let Some(mode) = mode {
                     st.perm = u16::try_from(mode & 0o7777).unwrap_or(0o644);

@@ -13,6 +13,7 @@
 use super::names::{is_temporary, valid_name, TEMPORARY_GRACE};
 use super::{errno, spawn, Handle, Inner, TTL};
 use crate::fuse::inodes::{Node, ROOT};
+use crate::store::prehash::Prehash;
 use crate::store::Staging;
 use fileshare_protocol::messages::tracker::FileEntry;
 use fuser::{
@@ -57,6 +58,9 @@ pub(super) struct StagedState {
     pub perm: u16,
     pub mtime: Option<SystemTime>,
     pub atime: Option<SystemTime>,
+    /// Whole pieces hashed beside in-order writes, so that sharing at
+    /// close hashes only the rest.
+    pub prehash: Prehash,
 }
 
 impl Inner {
@@ -114,6 +118,7 @@ impl Inner {
                 perm: u16::try_from(mode & !umask & 0o7777).unwrap_or(0o644),
                 mtime: None,
                 atime: None,
+                prehash: Prehash::new(),
             }),
         });
         self.staged.lock().insert(ino, staged.clone());
@@ -156,6 +161,7 @@ impl Inner {
             };
             if flags & libc::O_TRUNC != 0 {
                 file.set_len(0).map_err(io)?;
+                st.prehash.resized();
             }
             let reader = file.try_clone().map_err(io)?;
             st.writers += 1;
@@ -186,7 +192,10 @@ impl Inner {
             return reply.error(Errno::EPERM);
         };
         match self.engine.write_staging(file, offset, data) {
-            Ok(()) => reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX)),
+            Ok(()) => {
+                st.prehash.wrote(file, offset, data.len() as u64);
+                reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX));
+            }
             Err(errno) => {
                 // Its blocks go now, though handles stay open until close.
                 let _ = file.set_len(0);
@@ -293,7 +302,7 @@ impl Inner {
     /// inode becomes the shared file. On failure the file is dropped, or,
     /// with `keep`, stays as it was (a rename that could not share it).
     pub(super) async fn share_staged(&self, staged: &Staged, keep: bool) -> Result<(), Errno> {
-        let (group, name, file, replace) = {
+        let (group, name, file, replace, prehash) = {
             let mut st = staged.state.lock();
             if st.removed {
                 return Ok(());
@@ -311,7 +320,8 @@ impl Inner {
                 // Shared, or being shared by another call.
                 return st.outcome.unwrap_or(Ok(()));
             };
-            (st.group.clone(), st.name.clone(), file, st.replace)
+            let prehash = std::mem::take(&mut st.prehash);
+            (st.group.clone(), st.name.clone(), file, st.replace, prehash)
         };
         // A second name for the bytes, so a refused share loses nothing.
         let kept = staged.path.with_extension("keep");
@@ -322,7 +332,7 @@ impl Inner {
         };
         let result = match self
             .engine
-            .share_staging(&group, &name, staging, replace)
+            .share_staging(&group, &name, staging, prehash, replace)
             .await
         {
             Ok(swarm) => {

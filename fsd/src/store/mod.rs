@@ -17,6 +17,7 @@
 pub mod disk;
 pub mod jobs;
 pub mod log;
+pub mod prehash;
 mod rename;
 mod space;
 
@@ -577,10 +578,22 @@ impl Store {
     /// (up to four), each thread a contiguous run of pieces, so sharing a
     /// large file waits for the disk more than for one core.
     pub fn hash_file(file: &File, name: &str) -> Result<FileMeta, std::io::Error> {
+        Self::hash_file_after(file, name, Vec::new())
+    }
+
+    /// [`Store::hash_file`] where the hashes of the first pieces are known
+    /// already (hashed while the file was written, see [`prehash`]).
+    pub fn hash_file_after(
+        file: &File,
+        name: &str,
+        mut done: Vec<PieceHash>,
+    ) -> Result<FileMeta, std::io::Error> {
         use fileshare_protocol::PIECE_LEN;
         let size = file.metadata()?.len();
         let layout = Layout::new(size, PIECE_LEN).map_err(std::io::Error::other)?;
         let n = layout.num_pieces();
+        done.truncate(n as usize);
+        let first = u32::try_from(done.len()).unwrap_or(n);
         let hash_run = |from: u32, to: u32| -> std::io::Result<Vec<PieceHash>> {
             let mut buf = vec![0u8; usize::try_from(PIECE_LEN).unwrap_or(512 * 1024)];
             (from..to)
@@ -593,18 +606,21 @@ impl Store {
                 .collect()
         };
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get().min(4));
-        let threads = if n >= 8 {
+        let left = n - first;
+        let threads = if left >= 8 {
             u32::try_from(cores).unwrap_or(1)
         } else {
             1
         };
         let hashes = if threads <= 1 {
-            hash_run(0, n)?
+            hash_run(first, n)?
         } else {
             let bounds: Vec<(u32, u32)> = (0..threads)
                 .map(|t| {
                     let at = |k: u32| {
-                        u32::try_from(u64::from(n) * u64::from(k) / u64::from(threads)).unwrap_or(n)
+                        first
+                            + u32::try_from(u64::from(left) * u64::from(k) / u64::from(threads))
+                                .unwrap_or(left)
                     };
                     (at(t), at(t + 1))
                 })
@@ -621,17 +637,18 @@ impl Store {
                     })
                     .collect::<Vec<_>>()
             });
-            let mut all = Vec::with_capacity(n as usize);
+            let mut all = Vec::with_capacity(left as usize);
             for run in runs {
                 all.extend(run?);
             }
             all
         };
+        done.extend(hashes);
         Ok(FileMeta {
             name: name.to_string(),
             size,
             piece_len: PIECE_LEN,
-            hashes,
+            hashes: done,
         })
     }
 
