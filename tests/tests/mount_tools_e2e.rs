@@ -417,3 +417,63 @@ fn a_child_forked_while_a_file_is_written_does_not_share_it_half_written() {
     drop(f);
     wait_content(&b.path("g/whole.bin"), &bytes, &[&a, &b], String::new);
 }
+
+/// Whole pieces are hashed while a file is written in order; a program
+/// that writes out of order, goes back to change a byte already hashed,
+/// or truncates, still shares exactly the bytes it left, as others read
+/// them.
+#[test]
+fn files_written_out_of_order_or_changed_behind_the_writes_share_their_final_bytes() {
+    use std::os::unix::fs::FileExt;
+    let (w, u) = World::network(&["alice", "bob"]);
+    let a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &[]);
+    let piece = 512 * 1024;
+    let src = w.path("src.bin");
+    let data = random_file(&src, 3 * piece + 777, 11);
+    let mut back = data.clone();
+    back[10] ^= 0x5a;
+    let cases: [(&str, Vec<u8>, &dyn Fn(&std::fs::File)); 3] = [
+        ("backwards.bin", data.clone(), &|f| {
+            for at in [3 * piece, 2 * piece, piece, 0] {
+                let end = (at + piece).min(data.len());
+                f.write_all_at(&data[at..end], at as u64).expect("write");
+            }
+        }),
+        ("changed.bin", back.clone(), &|f| {
+            f.write_all_at(&data, 0).expect("write");
+            // Two whole pieces were complete, hence maybe hashed already.
+            std::thread::sleep(Duration::from_millis(200));
+            f.write_all_at(&back[10..11], 10).expect("write back");
+        }),
+        ("truncated.bin", data[..piece + 5].to_vec(), &|f| {
+            f.write_all_at(&data, 0).expect("write");
+            std::thread::sleep(Duration::from_millis(200));
+            f.set_len(piece as u64 + 5).expect("truncate");
+        }),
+    ];
+    for (name, want, write) in &cases {
+        let f = std::fs::File::create(a.path(&format!("g/{name}"))).expect("create");
+        write(&f);
+        drop(f);
+        let theirs = b.path(&format!("g/{name}"));
+        let start = std::time::Instant::now();
+        loop {
+            let got = std::fs::read(&theirs).unwrap_or_default();
+            if got == *want {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let first = got.iter().zip(want.iter()).position(|(x, y)| x != y);
+                panic!(
+                    "{name}: bob reads {} bytes, not {}; first difference at {first:?}\n{}\n----\n{}",
+                    got.len(),
+                    want.len(),
+                    a.log(),
+                    b.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
