@@ -433,7 +433,8 @@ fn files_written_out_of_order_or_changed_behind_the_writes_share_their_final_byt
     let data = random_file(&src, 3 * piece + 777, 11);
     let mut back = data.clone();
     back[10] ^= 0x5a;
-    let cases: [(&str, Vec<u8>, &dyn Fn(&std::fs::File)); 3] = [
+    type Writer<'a> = &'a dyn Fn(&std::fs::File);
+    let cases: [(&str, Vec<u8>, Writer); 3] = [
         ("backwards.bin", data.clone(), &|f| {
             for at in [3 * piece, 2 * piece, piece, 0] {
                 let end = (at + piece).min(data.len());

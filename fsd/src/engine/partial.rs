@@ -2,8 +2,9 @@
 //! `.NAME.XXXXXXXX.part` beside it (`NAME` the destination's file name, `X`
 //! eight lowercase hex digits), given its full size before anything is
 //! fetched, filled from the store as pieces are verified (copied in the
-//! kernel, not hashed again: the store's log vouches for them), synced
-//! once and renamed over the destination.
+//! kernel, not hashed again: the store's log vouches for them) and
+//! written back to the disk as they are copied, synced once at the end
+//! and renamed over the destination.
 //! Any failure, or the daemon stopping, removes it.
 //!
 //! A daemon killed mid-download cannot remove it, so every twin holds an
@@ -210,6 +211,13 @@ impl Partial {
                     error,
                 })?
                 .map_err(|e| self.write_error(e))?;
+            // Written back as it goes (a filesystem that cannot say so is
+            // synced at the end all the same).
+            let _ = crate::store::disk::start_writeback(
+                &self.file,
+                src.layout.piece_offset(p),
+                src.layout.piece_size(p),
+            );
             self.copied.set(p.get());
             copied += 1;
         }

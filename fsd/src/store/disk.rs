@@ -119,6 +119,26 @@ pub fn read_exact_at(file: &File, offset: u64, len: usize) -> std::io::Result<Ve
     Ok(buf)
 }
 
+/// Starts writing `len` bytes at `offset` of `file` back to the disk, and
+/// returns at once: the `fsync` at the end then waits for what is still
+/// in flight, not for the whole file.
+pub fn start_writeback(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return Ok(());
+    };
+    // SAFETY: sync_file_range on a descriptor `file` owns; it only starts
+    // writeback of dirty pages in the range.
+    let r = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Makes the entries of `dir` (a rename, a new file) durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
