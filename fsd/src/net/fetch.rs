@@ -60,9 +60,10 @@ fn stuck_after(piece_len: u64, bytes: u64, elapsed: Duration) -> Duration {
     Duration::from_secs_f64(secs.clamp(STUCK_MIN.as_secs_f64(), STUCK_MAX.as_secs_f64()))
 }
 
-/// Piece buffers a link keeps for reuse: about the pieces being verified
-/// at once.
-const SPARE_BUFFERS: usize = 4;
+/// Piece buffers a link keeps for reuse beside the one its reader holds:
+/// enough for pieces verified while the next arrives, few enough that an
+/// idle link parks at most a MiB.
+const SPARE_BUFFERS: usize = 2;
 
 /// How soon to ask again for a fresh ticket when no tracker answered.
 const RENEW_RETRY: Duration = Duration::from_secs(1);
