@@ -12,7 +12,10 @@
 //!    seconds by how much their peers upload to this daemon (tit-for-tat),
 //!    plus one optimistic unchoke, are served; a choked connection's
 //!    requests are answered `Busy` at once ([`Admission::Choked`]), so its
-//!    requester turns to its other peers without waiting.
+//!    requester turns to its other peers without waiting. Unless the
+//!    uplink would idle: a choked connection's request that finds room in
+//!    the window and no other request to serve is served (a *spare*
+//!    upload), so choking never costs upload, only shares it.
 //! 2. **Pacing**: requests wait in one queue, and one more is served only
 //!    when the uplink can take it: while the bytes granted and not yet
 //!    written are below the window measured from the writes' back-pressure
@@ -305,6 +308,32 @@ impl State {
         }
     }
 
+    /// Whether this daemon never chose to upload the piece: its first copy
+    /// goes to whoever asks, choked or not. A piece just verified here is
+    /// often one few others have (the source's fresh pieces at first, the
+    /// last ones at the end): its first copy doubles its holders, while a
+    /// `Busy` for it would keep the requester from it for a second. Once
+    /// it went out, choking applies again, and further askers get it from
+    /// the holders it went to.
+    fn never_uploaded(&self, ask: &Ask) -> bool {
+        (self.uploads.get(&ask.file))
+            .and_then(|c| c.get(ask.piece as usize))
+            .is_none_or(|&n| n == 0)
+    }
+
+    /// Whether the uplink would idle now (the token bucket, if any, being
+    /// out of debt): it has room, and every waiting
+    /// request belongs to a connection that already holds
+    /// [`MAX_UNWRITTEN`] pieces. A choked connection's request is then
+    /// served too: choking keeps the uplink from being split too thin, and
+    /// an idle uplink is split among nobody.
+    fn spare(&mut self, now: Instant) -> bool {
+        self.uplink.has_room(now)
+            && (self.entries.iter()).all(|e| {
+                (self.conns.get(&e.w.ask.conn)).is_some_and(|c| c.unwritten >= MAX_UNWRITTEN)
+            })
+    }
+
     /// Whether an unchoked connection still wants pieces.
     fn active(&self, conn: u64, now: Instant) -> bool {
         self.entries.iter().any(|e| e.w.ask.conn == conn)
@@ -441,8 +470,19 @@ impl Uploads {
                 let mut choker = std::mem::take(&mut st.choker);
                 let unchoked = choker.try_unchoke(ask.conn, |c| st.active(c, now));
                 st.choker = choker;
-                if !unchoked {
-                    return Admission::Choked;
+                if !unchoked && !st.never_uploaded(&ask) {
+                    let paid =
+                        (self.inner.bucket.as_ref()).is_none_or(|b| b.until_paid().is_zero());
+                    if !(paid && st.spare(now)) {
+                        return Admission::Choked;
+                    }
+                    tracing::trace!(piece = ask.piece, conn = ask.conn, "spare upload");
+                } else if !unchoked {
+                    tracing::trace!(
+                        piece = ask.piece,
+                        conn = ask.conn,
+                        "first copy while choked"
+                    );
                 }
             }
             let seq = st.next_seq;

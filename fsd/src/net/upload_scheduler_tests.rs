@@ -210,7 +210,10 @@ async fn choked_connections_are_refused_at_once_until_they_upload_to_us() {
     // The peer of connection 6 uploads to us; nobody else does.
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let r = received.clone();
-    let up = Arc::new(Uploads::new(None, 0, move |p: &PeerId| {
+    // A token bucket in debt for 10 ms after each 1000-byte piece, so
+    // the uplink is not idle when a choked connection asks right after
+    // another was served: it gets no spare upload.
+    let up = Arc::new(Uploads::new(Some(100_000), 1, move |p: &PeerId| {
         if p.0[0] == 6 {
             r.load(std::sync::atomic::Ordering::Relaxed)
         } else {
@@ -222,12 +225,13 @@ async fn choked_connections_are_refused_at_once_until_they_upload_to_us() {
     }
     let (shutdown, pacer) = pacer(&up);
     // Five connections take the four regular slots and the optimistic
-    // one; the sixth is refused without waiting.
+    // one; the sixth, asking for a piece already sent, is refused without
+    // waiting.
     for conn in 1..=5u32 {
         let a = up.admit(ask(u64::from(conn), conn)).await;
         assert_eq!(what(a), "serve");
     }
-    assert_eq!(what(up.admit(ask(6, 6)).await), "choked");
+    assert_eq!(what(up.admit(ask(6, 1)).await), "choked");
     // Its peer uploads to us, and everyone keeps asking: after the
     // next rotation it is served, and one of the others is choked.
     received.store(1 << 20, std::sync::atomic::Ordering::Relaxed);
@@ -236,12 +240,64 @@ async fn choked_connections_are_refused_at_once_until_they_upload_to_us() {
         tokio::time::sleep(choke::ROTATE / 4).await;
         last.clear();
         for conn in 1..=6u32 {
-            let a = up.admit(ask(u64::from(conn), 10 + round * 8 + conn)).await;
+            let a = up.admit(ask(u64::from(conn), 1 + (conn + round) % 5)).await;
             last.push(what(a));
         }
     }
     assert_eq!(last[5], "serve", "{last:?}");
     assert!(last[..5].contains(&"choked"), "{last:?}");
+    shutdown.cancel();
+    pacer.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_choked_connection_is_served_when_the_uplink_would_idle() {
+    use fileshare_protocol::PIECE_LEN;
+    let up = Arc::new(Uploads::new(None, 0, |_| 0));
+    let (shutdown, pacer) = pacer(&up);
+    let big = |conn, piece| Ask {
+        bytes: PIECE_LEN,
+        ..ask(conn, piece)
+    };
+    // Five connections take every unchoked slot; two of them hold a
+    // whole piece each, unwritten, which fills the uplink's window.
+    for conn in 3..=5u64 {
+        assert_eq!(what(up.admit(ask(conn, 0)).await), "serve");
+    }
+    let mut held = Vec::new();
+    for conn in 1..=2u64 {
+        let Admission::Serve(s) = up.admit(big(conn, 0)).await else {
+            panic!("not served")
+        };
+        held.push(s);
+    }
+    // The window is full: a sixth connection is choked.
+    assert_eq!(what(up.admit(big(6, 0)).await), "choked");
+    // The window frees and no unchoked request waits: it is served.
+    drop(held);
+    tokio::task::yield_now().await;
+    assert_eq!(what(up.admit(big(6, 0)).await), "serve");
+    // Not while an unchoked connection's request waits for room.
+    let Admission::Serve(a) = up.admit(big(1, 3)).await else {
+        panic!("not served")
+    };
+    let Admission::Serve(_b) = up.admit(big(2, 4)).await else {
+        panic!("not served")
+    };
+    let waiting = {
+        let up = up.clone();
+        tokio::spawn(async move { what(up.admit(big(3, 5)).await) })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(what(up.admit(big(6, 0)).await), "choked");
+    // Unless it asks for a piece never sent: that goes to whoever asks.
+    let fresh = {
+        let up = up.clone();
+        tokio::spawn(async move { what(up.admit(big(6, 7)).await) })
+    };
+    a.written();
+    assert_eq!(fresh.await.unwrap(), "serve");
+    assert_eq!(waiting.await.unwrap(), "serve");
     shutdown.cancel();
     pacer.await.unwrap();
 }
