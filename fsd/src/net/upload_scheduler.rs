@@ -30,10 +30,14 @@
 //!       after a refusal; then the piece uploaded fewest times: every piece
 //!       leaves once before any leaves twice, so the readers hold different
 //!       pieces and trade them;
-//!    2. then the connection served longest ago, so requesters share the
+//!    2. then the piece most requesters wait for here: the source's last
+//!       fresh pieces, or the ones readers are blocked on, are those no
+//!       other peer offers them, so one more copy of such a piece helps
+//!       most, and in the end it reaches every reader in fewer hops;
+//!    3. then the connection served longest ago, so requesters share the
 //!       upload evenly and their measured rates, hence their request
 //!       windows, stay alike;
-//!    3. then arrival order.
+//!    4. then arrival order.
 //!
 //! A first ask for a piece already uploaded is answered `Busy` while an ask
 //! for a never-uploaded piece waits: the requester fetches it from the peer
@@ -160,15 +164,25 @@ pub fn plan(
         n => n.saturating_add(1),
     };
     let fresh = waiting.iter().any(|w| rank(w) == 0);
+    let mut demand: HashMap<(FileId, u32), u32> = HashMap::new();
+    for w in waiting {
+        *demand.entry((w.ask.file, w.ask.piece)).or_default() += 1;
+    }
     let mut out = Plan::default();
-    let mut best: Option<(u32, u64, u64)> = None;
+    let mut best: Option<(u32, std::cmp::Reverse<u32>, u64, u64)> = None;
     for (i, w) in waiting.iter().enumerate() {
         let r = rank(w);
         if fresh && r > 0 && !w.ask.second {
             out.refuse.push(i);
             continue;
         }
-        let key = (r, last_served(w.ask.conn), w.seq);
+        let wanted = demand.get(&(w.ask.file, w.ask.piece)).copied();
+        let key = (
+            r,
+            std::cmp::Reverse(wanted.unwrap_or(0)),
+            last_served(w.ask.conn),
+            w.seq,
+        );
         if best.is_none_or(|b| key < b) {
             best = Some(key);
             out.serve = Some(i);

@@ -72,6 +72,23 @@ fn connections_take_turns() {
     assert_eq!(plan(&w, |_, _| 0, |_| 0).serve, Some(0));
 }
 
+#[test]
+fn the_piece_most_requesters_wait_for_goes_first() {
+    // All went out once: piece 3 is asked for by three connections,
+    // piece 1 by one that has waited longer.
+    let w = waiting(&[ask(1, 1), ask(2, 3), ask(3, 3), ask(4, 3)]);
+    let once = |_: &FileId, _: u32| 1;
+    let last = |c: u64| [0, 1, 4, 3, 2][usize::try_from(c).unwrap_or(0)];
+    // Of piece 3's requesters, the one served longest ago.
+    assert_eq!(plan(&w, once, last).serve, Some(3));
+    // Fresh pieces likewise.
+    assert_eq!(plan(&w, |_, _| 0, last).serve, Some(3));
+    // But never before a piece uploaded fewer times.
+    let w = waiting(&[ask(1, 1), ask(2, 3), ask(3, 3)]);
+    let fewer = |_: &FileId, p: u32| if p == 1 { 1 } else { 2 };
+    assert_eq!(plan(&w, fewer, last).serve, Some(0));
+}
+
 proptest::proptest! {
     /// Each plan answers distinct requests, serves one whenever any
     /// waits, serves a least-uploaded one, and refuses only first asks
