@@ -40,8 +40,12 @@
 //!    4. then arrival order.
 //!
 //! A first ask for a piece already uploaded is answered `Busy` while an ask
-//! for a never-uploaded piece waits: the requester fetches it from the peer
-//! it went to, which is about to offer it, or asks again later. A second
+//! for a never-uploaded piece waits, and so are the other first asks for
+//! the piece just chosen while asks for other pieces wait: the requester
+//! fetches it from the peer it went to, which is about to offer it, or
+//! asks again later. Left waiting here instead, the requests for the
+//! source's last pieces would be served by the source one after another,
+//! long after the readers it sent them to could have passed them on. A second
 //! ask is never refused, but waits for the never-uploaded pieces: by then
 //! the requester usually has it from another peer (it asks one once the
 //! request is late, `pieces/swarm.rs`) and cancels it here. A refusal frees
@@ -186,6 +190,24 @@ pub fn plan(
         if best.is_none_or(|b| key < b) {
             best = Some(key);
             out.serve = Some(i);
+        }
+    }
+    // The other first asks for the piece about to go out are refused while
+    // requests for other pieces wait: its requesters get it from the peer
+    // it goes to, and the upload goes on with those other pieces.
+    if let Some(s) = out.serve {
+        let piece = |i: usize| (waiting[i].ask.file, waiting[i].ask.piece);
+        let mut kept = vec![true; waiting.len()];
+        kept[s] = false;
+        for &i in &out.refuse {
+            kept[i] = false;
+        }
+        if (0..waiting.len()).any(|i| kept[i] && piece(i) != piece(s)) {
+            out.refuse.extend(
+                (0..waiting.len())
+                    .filter(|&i| kept[i] && piece(i) == piece(s) && !waiting[i].ask.second),
+            );
+            out.refuse.sort_unstable();
         }
     }
     out

@@ -63,6 +63,19 @@ fn nothing_refused_without_fresher_work() {
 }
 
 #[test]
+fn other_first_asks_for_the_piece_chosen_are_refused_while_other_pieces_wait() {
+    // Everything went out once; three connections want piece 3, one piece 1.
+    let mut w = waiting(&[ask(1, 3), ask(2, 3), ask(3, 1), ask(4, 3)]);
+    w[3].ask.second = true;
+    let p = plan(&w, |_, _| 1, |_| 0);
+    assert_eq!(p.serve, Some(3), "the second ask, then the most wanted");
+    assert_eq!(p.refuse, vec![0, 1], "its first asks: get it from conn 4");
+    // With nothing else to send, they wait for their turn.
+    let w = waiting(&[ask(1, 3), ask(2, 3)]);
+    assert_eq!(plan(&w, |_, _| 1, |_| 0).refuse, Vec::<usize>::new());
+}
+
+#[test]
 fn connections_take_turns() {
     // Connection 1 asked first for two pieces, but was just served.
     let w = waiting(&[ask(1, 0), ask(1, 1), ask(2, 2)]);
@@ -117,7 +130,8 @@ proptest::proptest! {
         }
         for &r in &p.refuse {
             proptest::prop_assert!(!asks[r].second);
-            proptest::prop_assert!(rank(r) > 0 && (0..n).any(|i| rank(i) == 0));
+            let same = p.serve.is_some_and(|s| asks[s].piece == asks[r].piece);
+            proptest::prop_assert!(same || (rank(r) > 0 && (0..n).any(|i| rank(i) == 0)));
         }
     }
 }
