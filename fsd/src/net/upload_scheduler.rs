@@ -216,6 +216,9 @@ pub fn plan(
 struct Entry {
     w: Waiting,
     tx: oneshot::Sender<Admission>,
+    /// Admitted from a choked connection only for the piece's first copy:
+    /// refused once that copy went to someone else.
+    first_copy: bool,
 }
 
 /// One connection as the scheduler counts it.
@@ -276,6 +279,13 @@ impl State {
     /// Applies one [`plan`]: answers the refused and the served request.
     /// Returns the bytes to pay for, if a request was served.
     fn step(&mut self, inner: &Arc<Inner>, now: Instant) -> Option<u64> {
+        let (late, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.entries)
+            .into_iter()
+            .partition(|e| e.first_copy && !self.never_uploaded(&e.w.ask));
+        self.entries = kept;
+        for e in late {
+            let _ = e.tx.send(Admission::Choked);
+        }
         loop {
             // Connections holding MAX_UNWRITTEN pieces wait for their writer.
             let full = |c: u64| (self.conns.get(&c)).is_some_and(|c| c.unwritten >= MAX_UNWRITTEN);
@@ -502,6 +512,7 @@ impl Uploads {
             let c = st.conn(ask.conn, now);
             c.last_ask = now;
             c.asked = true;
+            let mut first_copy = false;
             if !st.choker.is_unchoked(ask.conn) {
                 let mut choker = std::mem::take(&mut st.choker);
                 let unchoked = choker.try_unchoke(ask.conn, |c| st.active(c, now));
@@ -514,6 +525,7 @@ impl Uploads {
                     }
                     tracing::trace!(piece = ask.piece, conn = ask.conn, "spare upload");
                 } else if !unchoked {
+                    first_copy = true;
                     tracing::trace!(
                         piece = ask.piece,
                         conn = ask.conn,
@@ -526,6 +538,7 @@ impl Uploads {
             st.entries.push(Entry {
                 w: Waiting { ask, seq },
                 tx,
+                first_copy,
             });
             seq
         };

@@ -359,3 +359,46 @@ async fn a_connection_that_never_reads_holds_at_most_two_pieces() {
     shutdown.cancel();
     pacer.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_choked_first_copy_request_is_refused_once_the_copy_went_elsewhere() {
+    use fileshare_protocol::PIECE_LEN;
+    let up = Arc::new(Uploads::new(None, 0, |_| 0));
+    let (shutdown, pacer) = pacer(&up);
+    let big = |conn, piece| Ask {
+        bytes: PIECE_LEN,
+        ..ask(conn, piece)
+    };
+    // Connection 6 is served once while the uplink is idle (a spare
+    // upload), after five others took every unchoked slot.
+    for conn in 3..=5u64 {
+        assert_eq!(what(up.admit(ask(conn, 0)).await), "serve");
+    }
+    for conn in 1..=2u64 {
+        assert_eq!(what(up.admit(ask(conn, 0)).await), "serve");
+    }
+    assert_eq!(what(up.admit(ask(6, 0)).await), "serve");
+    // The window fills; both 6 (choked) and 1 then ask for fresh piece 7.
+    let mut held = Vec::new();
+    for conn in 1..=2u64 {
+        let Admission::Serve(s) = up.admit(big(conn, 1)).await else {
+            panic!("not served")
+        };
+        held.push(s);
+    }
+    let spawn = |a: Ask| {
+        let up = up.clone();
+        tokio::spawn(async move { what(up.admit(a).await) })
+    };
+    let six = spawn(big(6, 7));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let three = spawn(big(3, 7));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Connection 3 was served longer ago: it gets the first copy, and 6,
+    // choked, is refused rather than sent a second one.
+    drop(held);
+    assert_eq!(three.await.unwrap(), "serve");
+    assert_eq!(six.await.unwrap(), "choked");
+    shutdown.cancel();
+    pacer.await.unwrap();
+}
