@@ -12,10 +12,12 @@
 //!    seconds by how much their peers upload to this daemon (tit-for-tat),
 //!    plus one optimistic unchoke, are served; a choked connection's
 //!    requests are answered `Busy` at once ([`Admission::Choked`]), so its
-//!    requester turns to its other peers without waiting. Unless the
-//!    uplink would idle: a choked connection's request that finds room in
-//!    the window and no other request to serve is served (a *spare*
-//!    upload), so choking never costs upload, only shares it.
+//!    requester turns to its other peers without waiting. Two exceptions:
+//!    a request for a piece this daemon never uploaded is served choked or
+//!    not (the piece's first copy; see `State::never_uploaded`), and a
+//!    request that finds room in the window and no other request to serve
+//!    is served (a *spare* upload), so choking never costs upload, only
+//!    shares it.
 //! 2. **Pacing**: requests wait in one queue, and one more is served only
 //!    when the uplink can take it: while the bytes granted and not yet
 //!    written are below the window measured from the writes' back-pressure
