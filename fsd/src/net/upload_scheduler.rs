@@ -12,7 +12,12 @@
 //!    seconds by how much their peers upload to this daemon (tit-for-tat),
 //!    plus one optimistic unchoke, are served; a choked connection's
 //!    requests are answered `Busy` at once ([`Admission::Choked`]), so its
-//!    requester turns to its other peers without waiting.
+//!    requester turns to its other peers without waiting. Two exceptions:
+//!    a request for a piece this daemon never uploaded is served choked or
+//!    not (the piece's first copy; see `State::never_uploaded`), and a
+//!    request that finds room in the window and no other request to serve
+//!    is served (a *spare* upload), so choking never costs upload, only
+//!    shares it.
 //! 2. **Pacing**: requests wait in one queue, and one more is served only
 //!    when the uplink can take it: while the bytes granted and not yet
 //!    written are below the window measured from the writes' back-pressure
@@ -27,14 +32,22 @@
 //!       after a refusal; then the piece uploaded fewest times: every piece
 //!       leaves once before any leaves twice, so the readers hold different
 //!       pieces and trade them;
-//!    2. then the connection served longest ago, so requesters share the
+//!    2. then the piece most requesters wait for here: the source's last
+//!       fresh pieces, or the ones readers are blocked on, are those no
+//!       other peer offers them, so one more copy of such a piece helps
+//!       most, and in the end it reaches every reader in fewer hops;
+//!    3. then the connection served longest ago, so requesters share the
 //!       upload evenly and their measured rates, hence their request
 //!       windows, stay alike;
-//!    3. then arrival order.
+//!    4. then arrival order.
 //!
 //! A first ask for a piece already uploaded is answered `Busy` while an ask
-//! for a never-uploaded piece waits: the requester fetches it from the peer
-//! it went to, which is about to offer it, or asks again later. A second
+//! for a never-uploaded piece waits, and so are the other first asks for
+//! the piece just chosen while asks for other pieces wait: the requester
+//! fetches it from the peer it went to, which is about to offer it, or
+//! asks again later. Left waiting here instead, the requests for the
+//! source's last pieces would be served by the source one after another,
+//! long after the readers it sent them to could have passed them on. A second
 //! ask is never refused, but waits for the never-uploaded pieces: by then
 //! the requester usually has it from another peer (it asks one once the
 //! request is late, `pieces/swarm.rs`) and cancels it here. A refusal frees
@@ -157,18 +170,46 @@ pub fn plan(
         n => n.saturating_add(1),
     };
     let fresh = waiting.iter().any(|w| rank(w) == 0);
+    let mut demand: HashMap<(FileId, u32), u32> = HashMap::new();
+    for w in waiting {
+        *demand.entry((w.ask.file, w.ask.piece)).or_default() += 1;
+    }
     let mut out = Plan::default();
-    let mut best: Option<(u32, u64, u64)> = None;
+    let mut best: Option<(u32, std::cmp::Reverse<u32>, u64, u64)> = None;
     for (i, w) in waiting.iter().enumerate() {
         let r = rank(w);
         if fresh && r > 0 && !w.ask.second {
             out.refuse.push(i);
             continue;
         }
-        let key = (r, last_served(w.ask.conn), w.seq);
+        let wanted = demand.get(&(w.ask.file, w.ask.piece)).copied();
+        let key = (
+            r,
+            std::cmp::Reverse(wanted.unwrap_or(0)),
+            last_served(w.ask.conn),
+            w.seq,
+        );
         if best.is_none_or(|b| key < b) {
             best = Some(key);
             out.serve = Some(i);
+        }
+    }
+    // The other first asks for the piece about to go out are refused while
+    // requests for other pieces wait: its requesters get it from the peer
+    // it goes to, and the upload goes on with those other pieces.
+    if let Some(s) = out.serve {
+        let piece = |i: usize| (waiting[i].ask.file, waiting[i].ask.piece);
+        let mut kept = vec![true; waiting.len()];
+        kept[s] = false;
+        for &i in &out.refuse {
+            kept[i] = false;
+        }
+        if (0..waiting.len()).any(|i| kept[i] && piece(i) != piece(s)) {
+            out.refuse.extend(
+                (0..waiting.len())
+                    .filter(|&i| kept[i] && piece(i) == piece(s) && !waiting[i].ask.second),
+            );
+            out.refuse.sort_unstable();
         }
     }
     out
@@ -177,6 +218,9 @@ pub fn plan(
 struct Entry {
     w: Waiting,
     tx: oneshot::Sender<Admission>,
+    /// Admitted from a choked connection only for the piece's first copy:
+    /// refused once that copy went to someone else.
+    first_copy: bool,
 }
 
 /// One connection as the scheduler counts it.
@@ -237,6 +281,13 @@ impl State {
     /// Applies one [`plan`]: answers the refused and the served request.
     /// Returns the bytes to pay for, if a request was served.
     fn step(&mut self, inner: &Arc<Inner>, now: Instant) -> Option<u64> {
+        let (late, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.entries)
+            .into_iter()
+            .partition(|e| e.first_copy && !self.never_uploaded(&e.w.ask));
+        self.entries = kept;
+        for e in late {
+            let _ = e.tx.send(Admission::Choked);
+        }
         loop {
             // Connections holding MAX_UNWRITTEN pieces wait for their writer.
             let full = |c: u64| (self.conns.get(&c)).is_some_and(|c| c.unwritten >= MAX_UNWRITTEN);
@@ -303,6 +354,32 @@ impl State {
                 return paid;
             }
         }
+    }
+
+    /// Whether this daemon never chose to upload the piece: its first copy
+    /// goes to whoever asks, choked or not. A piece just verified here is
+    /// often one few others have (the source's fresh pieces at first, the
+    /// last ones at the end): its first copy doubles its holders, while a
+    /// `Busy` for it would keep the requester from it for a second. Once
+    /// it went out, choking applies again, and further askers get it from
+    /// the holders it went to.
+    fn never_uploaded(&self, ask: &Ask) -> bool {
+        (self.uploads.get(&ask.file))
+            .and_then(|c| c.get(ask.piece as usize))
+            .is_none_or(|&n| n == 0)
+    }
+
+    /// Whether the uplink would idle now (the token bucket, if any, being
+    /// out of debt): it has room, and every waiting
+    /// request belongs to a connection that already holds
+    /// [`MAX_UNWRITTEN`] pieces. A choked connection's request is then
+    /// served too: choking keeps the uplink from being split too thin, and
+    /// an idle uplink is split among nobody.
+    fn spare(&mut self, now: Instant) -> bool {
+        self.uplink.has_room(now)
+            && (self.entries.iter()).all(|e| {
+                (self.conns.get(&e.w.ask.conn)).is_some_and(|c| c.unwritten >= MAX_UNWRITTEN)
+            })
     }
 
     /// Whether an unchoked connection still wants pieces.
@@ -437,12 +514,25 @@ impl Uploads {
             let c = st.conn(ask.conn, now);
             c.last_ask = now;
             c.asked = true;
+            let mut first_copy = false;
             if !st.choker.is_unchoked(ask.conn) {
                 let mut choker = std::mem::take(&mut st.choker);
                 let unchoked = choker.try_unchoke(ask.conn, |c| st.active(c, now));
                 st.choker = choker;
-                if !unchoked {
-                    return Admission::Choked;
+                if !unchoked && !st.never_uploaded(&ask) {
+                    let paid =
+                        (self.inner.bucket.as_ref()).is_none_or(|b| b.until_paid().is_zero());
+                    if !(paid && st.spare(now)) {
+                        return Admission::Choked;
+                    }
+                    tracing::trace!(piece = ask.piece, conn = ask.conn, "spare upload");
+                } else if !unchoked {
+                    first_copy = true;
+                    tracing::trace!(
+                        piece = ask.piece,
+                        conn = ask.conn,
+                        "first copy while choked"
+                    );
                 }
             }
             let seq = st.next_seq;
@@ -450,6 +540,7 @@ impl Uploads {
             st.entries.push(Entry {
                 w: Waiting { ask, seq },
                 tx,
+                first_copy,
             });
             seq
         };

@@ -63,6 +63,19 @@ fn nothing_refused_without_fresher_work() {
 }
 
 #[test]
+fn other_first_asks_for_the_piece_chosen_are_refused_while_other_pieces_wait() {
+    // Everything went out once; three connections want piece 3, one piece 1.
+    let mut w = waiting(&[ask(1, 3), ask(2, 3), ask(3, 1), ask(4, 3)]);
+    w[3].ask.second = true;
+    let p = plan(&w, |_, _| 1, |_| 0);
+    assert_eq!(p.serve, Some(3), "the second ask, then the most wanted");
+    assert_eq!(p.refuse, vec![0, 1], "its first asks: get it from conn 4");
+    // With nothing else to send, they wait for their turn.
+    let w = waiting(&[ask(1, 3), ask(2, 3)]);
+    assert_eq!(plan(&w, |_, _| 1, |_| 0).refuse, Vec::<usize>::new());
+}
+
+#[test]
 fn connections_take_turns() {
     // Connection 1 asked first for two pieces, but was just served.
     let w = waiting(&[ask(1, 0), ask(1, 1), ask(2, 2)]);
@@ -70,6 +83,23 @@ fn connections_take_turns() {
     assert_eq!(plan(&w, |_, _| 0, last).serve, Some(2));
     // Same turn: arrival order.
     assert_eq!(plan(&w, |_, _| 0, |_| 0).serve, Some(0));
+}
+
+#[test]
+fn the_piece_most_requesters_wait_for_goes_first() {
+    // All went out once: piece 3 is asked for by three connections,
+    // piece 1 by one that has waited longer.
+    let w = waiting(&[ask(1, 1), ask(2, 3), ask(3, 3), ask(4, 3)]);
+    let once = |_: &FileId, _: u32| 1;
+    let last = |c: u64| [0, 1, 4, 3, 2][usize::try_from(c).unwrap_or(0)];
+    // Of piece 3's requesters, the one served longest ago.
+    assert_eq!(plan(&w, once, last).serve, Some(3));
+    // Fresh pieces likewise.
+    assert_eq!(plan(&w, |_, _| 0, last).serve, Some(3));
+    // But never before a piece uploaded fewer times.
+    let w = waiting(&[ask(1, 1), ask(2, 3), ask(3, 3)]);
+    let fewer = |_: &FileId, p: u32| if p == 1 { 1 } else { 2 };
+    assert_eq!(plan(&w, fewer, last).serve, Some(0));
 }
 
 proptest::proptest! {
@@ -100,7 +130,8 @@ proptest::proptest! {
         }
         for &r in &p.refuse {
             proptest::prop_assert!(!asks[r].second);
-            proptest::prop_assert!(rank(r) > 0 && (0..n).any(|i| rank(i) == 0));
+            let same = p.serve.is_some_and(|s| asks[s].piece == asks[r].piece);
+            proptest::prop_assert!(same || (rank(r) > 0 && (0..n).any(|i| rank(i) == 0)));
         }
     }
 }
@@ -210,7 +241,10 @@ async fn choked_connections_are_refused_at_once_until_they_upload_to_us() {
     // The peer of connection 6 uploads to us; nobody else does.
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let r = received.clone();
-    let up = Arc::new(Uploads::new(None, 0, move |p: &PeerId| {
+    // A token bucket in debt for 10 ms after each 1000-byte piece, so
+    // the uplink is not idle when a choked connection asks right after
+    // another was served: it gets no spare upload.
+    let up = Arc::new(Uploads::new(Some(100_000), 1, move |p: &PeerId| {
         if p.0[0] == 6 {
             r.load(std::sync::atomic::Ordering::Relaxed)
         } else {
@@ -222,12 +256,13 @@ async fn choked_connections_are_refused_at_once_until_they_upload_to_us() {
     }
     let (shutdown, pacer) = pacer(&up);
     // Five connections take the four regular slots and the optimistic
-    // one; the sixth is refused without waiting.
+    // one; the sixth, asking for a piece already sent, is refused without
+    // waiting.
     for conn in 1..=5u32 {
         let a = up.admit(ask(u64::from(conn), conn)).await;
         assert_eq!(what(a), "serve");
     }
-    assert_eq!(what(up.admit(ask(6, 6)).await), "choked");
+    assert_eq!(what(up.admit(ask(6, 1)).await), "choked");
     // Its peer uploads to us, and everyone keeps asking: after the
     // next rotation it is served, and one of the others is choked.
     received.store(1 << 20, std::sync::atomic::Ordering::Relaxed);
@@ -236,12 +271,64 @@ async fn choked_connections_are_refused_at_once_until_they_upload_to_us() {
         tokio::time::sleep(choke::ROTATE / 4).await;
         last.clear();
         for conn in 1..=6u32 {
-            let a = up.admit(ask(u64::from(conn), 10 + round * 8 + conn)).await;
+            let a = up.admit(ask(u64::from(conn), 1 + (conn + round) % 5)).await;
             last.push(what(a));
         }
     }
     assert_eq!(last[5], "serve", "{last:?}");
     assert!(last[..5].contains(&"choked"), "{last:?}");
+    shutdown.cancel();
+    pacer.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_choked_connection_is_served_when_the_uplink_would_idle() {
+    use fileshare_protocol::PIECE_LEN;
+    let up = Arc::new(Uploads::new(None, 0, |_| 0));
+    let (shutdown, pacer) = pacer(&up);
+    let big = |conn, piece| Ask {
+        bytes: PIECE_LEN,
+        ..ask(conn, piece)
+    };
+    // Five connections take every unchoked slot; two of them hold a
+    // whole piece each, unwritten, which fills the uplink's window.
+    for conn in 3..=5u64 {
+        assert_eq!(what(up.admit(ask(conn, 0)).await), "serve");
+    }
+    let mut held = Vec::new();
+    for conn in 1..=2u64 {
+        let Admission::Serve(s) = up.admit(big(conn, 0)).await else {
+            panic!("not served")
+        };
+        held.push(s);
+    }
+    // The window is full: a sixth connection is choked.
+    assert_eq!(what(up.admit(big(6, 0)).await), "choked");
+    // The window frees and no unchoked request waits: it is served.
+    drop(held);
+    tokio::task::yield_now().await;
+    assert_eq!(what(up.admit(big(6, 0)).await), "serve");
+    // Not while an unchoked connection's request waits for room.
+    let Admission::Serve(a) = up.admit(big(1, 3)).await else {
+        panic!("not served")
+    };
+    let Admission::Serve(_b) = up.admit(big(2, 4)).await else {
+        panic!("not served")
+    };
+    let waiting = {
+        let up = up.clone();
+        tokio::spawn(async move { what(up.admit(big(3, 5)).await) })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(what(up.admit(big(6, 0)).await), "choked");
+    // Unless it asks for a piece never sent: that goes to whoever asks.
+    let fresh = {
+        let up = up.clone();
+        tokio::spawn(async move { what(up.admit(big(6, 7)).await) })
+    };
+    a.written();
+    assert_eq!(fresh.await.unwrap(), "serve");
+    assert_eq!(waiting.await.unwrap(), "serve");
     shutdown.cancel();
     pacer.await.unwrap();
 }
@@ -269,6 +356,49 @@ async fn a_connection_that_never_reads_holds_at_most_two_pieces() {
     assert!(matches!(up.admit(ask(2, 20)).await, Admission::Serve(_)));
     held.pop().unwrap().written();
     assert_eq!(third.await.unwrap(), "serve");
+    shutdown.cancel();
+    pacer.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_choked_first_copy_request_is_refused_once_the_copy_went_elsewhere() {
+    use fileshare_protocol::PIECE_LEN;
+    let up = Arc::new(Uploads::new(None, 0, |_| 0));
+    let (shutdown, pacer) = pacer(&up);
+    let big = |conn, piece| Ask {
+        bytes: PIECE_LEN,
+        ..ask(conn, piece)
+    };
+    // Connection 6 is served once while the uplink is idle (a spare
+    // upload), after five others took every unchoked slot.
+    for conn in 3..=5u64 {
+        assert_eq!(what(up.admit(ask(conn, 0)).await), "serve");
+    }
+    for conn in 1..=2u64 {
+        assert_eq!(what(up.admit(ask(conn, 0)).await), "serve");
+    }
+    assert_eq!(what(up.admit(ask(6, 0)).await), "serve");
+    // The window fills; both 6 (choked) and 1 then ask for fresh piece 7.
+    let mut held = Vec::new();
+    for conn in 1..=2u64 {
+        let Admission::Serve(s) = up.admit(big(conn, 1)).await else {
+            panic!("not served")
+        };
+        held.push(s);
+    }
+    let spawn = |a: Ask| {
+        let up = up.clone();
+        tokio::spawn(async move { what(up.admit(a).await) })
+    };
+    let six = spawn(big(6, 7));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let three = spawn(big(3, 7));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Connection 3 was served longer ago: it gets the first copy, and 6,
+    // choked, is refused rather than sent a second one.
+    drop(held);
+    assert_eq!(three.await.unwrap(), "serve");
+    assert_eq!(six.await.unwrap(), "choked");
     shutdown.cancel();
     pacer.await.unwrap();
 }
