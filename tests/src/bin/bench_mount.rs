@@ -6,9 +6,17 @@
 //! `BENCH_KEEP_CACHES=1` keeps the page cache between reads (the seeders
 //! then read from memory); `BENCH_PROFILE=DIR` records `perf` profiles.
 //!
+//! Then the shaped case: a lone reader of a 64 MiB file from four seeders
+//! that are other machines with slow uplinks. Every daemon (and the
+//! tracker) runs in a network namespace of its own on one bridge, each
+//! seeder's uplink shaped to 20 MB/s by `tbf`, no rate flag on any daemon;
+//! the same from one shaped seeder for comparison. `BENCH_SHAPED=0` skips
+//! it, `BENCH_SHAPED=only` runs nothing else.
+//!
 //! Run through `scripts/bench.sh mount` (release build).
 
-use fileshare_tests::mount::{wait_for, Mount};
+use fileshare_tests::mount::{fetched, wait_for, Mount};
+use fileshare_tests::netns::{Lan, Shape};
 use fileshare_tests::world::{User, World};
 use std::io::Read;
 use std::path::Path;
@@ -130,7 +138,88 @@ fn drop_caches() {
     }
 }
 
+/// Bytes per second each shaped seeder's uplink carries (headers
+/// included, so about 4% less of payload).
+const SHAPED_RATE: u64 = 20_000_000;
+
+/// The shaped case's file size.
+const SHAPED_MIB: usize = 64;
+
+/// Reads `rel` cold through `reader` and prints the rate, the duplicates
+/// and what each seeder sent.
+fn shaped_read(reader: &Mount, rel: &str, seeders: usize) {
+    drop_caches();
+    let (rate, n) = read_all(&reader.path(rel));
+    assert_eq!(n, (SHAPED_MIB << 20) as u64);
+    let dup: u64 = (reader.xattr(rel, "user.fileshare.duplicates").trim())
+        .parse()
+        .unwrap_or(0);
+    let from: Vec<String> = (fetched(reader, rel).into_iter())
+        .map(|(addr, bytes, ..)| format!("{addr}={:.1}", bytes as f64 / 1e6))
+        .collect();
+    println!(
+        "bench=shaped  seeders={seeders} uplink_mb_s={} size_mib={SHAPED_MIB} mb_s={rate:.0} duplicates_mb={:.1} duplicates_pct={:.1} fetched_mb {}",
+        SHAPED_RATE / 1_000_000,
+        dup as f64 / 1e6,
+        dup as f64 * 100.0 / n as f64,
+        from.join(" ")
+    );
+}
+
+/// A lone reader from four seeders on shaped uplinks, then from one.
+fn shaped() {
+    // Host 0: the tracker; hosts 1 to 4: the seeders; host 5: the reader.
+    let lan = Lan::new(6);
+    let w = World::on(lan.host(0));
+    let names = ["s1", "s2", "s3", "s4", "reader"];
+    let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
+    let rest: Vec<&User> = users[1..].iter().collect();
+    w.group("g", &users[0], &rest);
+    let mount = |i: usize| {
+        let m = w.mount_on(lan.host(i + 1), &users[i], &[]);
+        lan.track_mount(&m.mountpoint);
+        m
+    };
+    let seeders: Vec<Mount> = (0..4).map(mount).collect();
+    for (name, seed) in [("four.bin", 43), ("one.bin", 44)] {
+        let src = w.path(name);
+        fileshare_tests::random_file(&src, SHAPED_MIB << 20, seed);
+        seeders[0].cp_in(&src, "g");
+        std::fs::remove_file(&src).ok();
+    }
+    // The other seeders get four.bin over the bridge before any shaping.
+    for s in &seeders[1..] {
+        wait_listed(s, "four.bin");
+        read_all(&s.path("g/four.bin"));
+    }
+    let reader = mount(4);
+    wait_for("four seeders", Duration::from_secs(30), || {
+        w.fsd_ok(&users[4], &["list-files", "g"])
+            .lines()
+            .any(|l| l.contains("four.bin") && l.contains("peers=4"))
+            .then_some(())
+    });
+    for i in 1..=4 {
+        lan.shape(i, Shape::rate(SHAPED_RATE));
+    }
+    shaped_read(&reader, "g/four.bin", 4);
+    shaped_read(&reader, "g/one.bin", 1);
+    if std::env::var_os("BENCH_SHOW_LOG").is_some() {
+        eprintln!("{}", reader.log());
+    }
+}
+
 fn main() {
+    let shaped_case = std::env::var("BENCH_SHAPED").unwrap_or_default();
+    if shaped_case != "only" {
+        loopback();
+    }
+    if shaped_case != "0" {
+        shaped();
+    }
+}
+
+fn loopback() {
     let mib = size_mib();
     let w = World::new();
     let names = ["alice", "bob", "carol", "dave", "eve", "frank", "grace"];
