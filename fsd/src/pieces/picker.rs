@@ -28,8 +28,10 @@
 //!    something to trade. When every connected peer is a seed (a lone
 //!    `download-file`, or a reader that has found only the source so far)
 //!    there is nothing to trade yet and every piece is equally rare: pieces
-//!    go in order, starting at a point drawn from the seed and wrapping
-//!    around, so a seed's disk reads run on sequentially (the kernel's
+//!    go in order, starting at the first urgent piece (where a reader
+//!    waits: its read-ahead then comes in the order it is read) or else at
+//!    a point drawn from the seed, and wrapping around, so a seed's disk
+//!    reads run on sequentially (the kernel's
 //!    read-ahead then serves them, where a shuffled order makes each seed
 //!    read about twice what it sends) while two daemons still start apart. Each piece goes to a holder with a free slot,
 //!    preferring a *starved* peer (one with at least as many free slots as
@@ -304,10 +306,12 @@ impl<'i, 'a> State<'i, 'a> {
         }
         let seed = self.input.seed;
         if peers.iter().all(|v| v.complete) {
-            // Only seeds: nobody to trade with, so in order (from a point of
-            // this daemon's own), and each seed reads on from where it was.
+            // Only seeds: nobody to trade with, so in order (from where a
+            // reader waits, else from a point of this daemon's own), and
+            // each seed reads on from where it was.
             let n = u64::from(self.input.num_pieces.max(1));
-            let start = tie_break(seed, 0) % n;
+            let start = (self.urgent.iter().min())
+                .map_or_else(|| tie_break(seed, 0) % n, |&p| u64::from(p));
             candidates.sort_unstable_by_key(|&p| (u64::from(p) + n - start) % n);
         } else {
             candidates.sort_unstable_by_key(|&p| (avail[p as usize], tie_break(seed, p)));

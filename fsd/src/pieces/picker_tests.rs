@@ -289,6 +289,25 @@ fn seeds_give_different_orders_for_equally_rare_pieces() {
     assert!(a.windows(2).any(|w| w[0] > w[1]), "not shuffled: {a:?}");
 }
 
+/// Rule 3: with only seeds, a reader's window comes in reading order,
+/// from where it waits, spread over the seeds, whatever the daemon's seed.
+#[test]
+fn only_seeds_give_a_readers_window_in_order_from_where_it_waits() {
+    let n = 64;
+    for seed_value in [7, 8, 9, 1234] {
+        let mut c = Case::new(n, vec![seed(n, 3), seed(n, 3), seed(n, 3)]);
+        c.seed = seed_value;
+        c.wanted = bf(n, 20..40);
+        c.urgent = vec![20];
+        let out = c.run();
+        assert_eq!(pieces_of(&out), (20..29).collect::<Vec<u32>>());
+        // Each seed gets every third piece: all of them at once.
+        for i in 0..3 {
+            assert_eq!(out.iter().filter(|r| r.peer == i).count(), 3);
+        }
+    }
+}
+
 /// Rule 3: with only seeds, in order from a point of the daemon's own.
 #[test]
 fn only_seeds_give_pieces_in_order_from_a_point_of_each_daemon() {

@@ -204,8 +204,14 @@ fn shaped() {
     }
     shaped_read(&reader, "g/four.bin", 4);
     shaped_read(&reader, "g/one.bin", 1);
-    if std::env::var_os("BENCH_SHOW_LOG").is_some() {
-        eprintln!("{}", reader.log());
+    // For a closer look: FILESHARE_TEST_LOG=info,fsd=trace logs every
+    // request, upload decision and verified piece.
+    if let Some(dir) = std::env::var_os("BENCH_LOGS") {
+        let dir = std::path::PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        for (m, name) in seeders.iter().chain([&reader]).zip(names) {
+            let _ = std::fs::write(dir.join(format!("{name}.log")), m.log());
+        }
     }
 }
 
