@@ -540,3 +540,73 @@ proptest! {
         }
     }
 }
+
+/// Runs [`moves`] on a case and checks rule 7's invariants.
+fn run_moves(c: &Case) -> Vec<Move> {
+    let views = c.views();
+    let input = PickInput {
+        num_pieces: c.n,
+        have: &c.have,
+        wanted: &c.wanted,
+        urgent: &c.urgent,
+        peers: &views,
+        seed: c.seed,
+        max_duplicates: c.max_duplicates,
+        late: &c.late,
+    };
+    let out = moves(&input);
+    assert_eq!(out, moves(&input), "not deterministic");
+    let mut taken = vec![0u32; c.peers.len()];
+    for m in &out {
+        let (from, to) = (&c.peers[m.from], &c.peers[m.to]);
+        let pos = (from.in_flight.iter().position(|&p| p == m.piece))
+            .unwrap_or_else(|| panic!("{m:?}: not in flight there"));
+        assert!(pos >= MOVE_FROM, "{m:?}: may be on its way already");
+        assert!(to.have.get(m.piece) && !to.in_flight.contains(&m.piece));
+        assert!(from.rate > 0.0 && to.rate > 0.0, "{m:?}: rate unknown");
+        taken[m.to] += 1;
+        assert!(taken[m.to] <= to.slots, "{m:?}: over free_slots");
+        let moved_to = (out.iter()).filter(|n| n.piece == m.piece).count();
+        assert_eq!(moved_to, 1, "{m:?}: moved twice");
+    }
+    out
+}
+
+/// Rule 7: at the end, a peer about to idle takes over the tail of a long
+/// queue, once per piece, never its head.
+#[test]
+fn an_idle_peer_takes_over_the_tail_of_a_long_queue() {
+    let n = 8;
+    let mut long = seed(n, 0);
+    long.in_flight = vec![0, 1, 2, 3, 4, 5];
+    long.rate = 1e6;
+    let mut idle = seed(n, 4);
+    idle.rate = 1e6;
+    let mut c = Case::new(n, vec![long, idle]);
+    c.wanted = bf(n, 0..6);
+    let got = run_moves(&c);
+    // The idle peer takes the last piece, then the one before: two in
+    // flight, it idles no more.
+    let moved: Vec<(usize, usize, u32)> = got.iter().map(|m| (m.from, m.to, m.piece)).collect();
+    assert_eq!(moved, vec![(0, 1, 5), (0, 1, 4)]);
+    // Not while wanted pieces wait for a request: rule 4 gives those out.
+    let mut c2 = c.clone();
+    c2.peers[0].in_flight.pop();
+    assert!(run_moves(&c2).is_empty());
+    // Not to a peer much slower than the one it would take from.
+    let mut c3 = c.clone();
+    c3.peers[1].rate = 1e5;
+    assert!(run_moves(&c3).is_empty());
+    // Not to a seed when another peer offers the piece (rule 6).
+    let mut c4 = c.clone();
+    c4.peers[0].complete = false;
+    assert!(run_moves(&c4).is_empty());
+}
+
+proptest! {
+    /// Rule 7's invariants on arbitrary cases.
+    #[test]
+    fn moves_are_sound(c in arb_case()) {
+        run_moves(&c);
+    }
+}

@@ -202,6 +202,9 @@ fn shaped() {
     for i in 1..=4 {
         lan.shape(i, Shape::rate(SHAPED_RATE));
     }
+    // The seeders fetched the file from each other a moment ago: let that
+    // swarm go quiet, so the reader is alone as the case says.
+    std::thread::sleep(Duration::from_secs(2));
     shaped_read(&reader, "g/four.bin", 4);
     shaped_read(&reader, "g/one.bin", 1);
     // For a closer look: FILESHARE_TEST_LOG=info,fsd=trace logs every
