@@ -244,15 +244,12 @@ impl State {
         })
     }
 
-    /// Notes that `conn` asks for `file`; forgets askers idle for
-    /// [`choke::IDLE`].
+    /// Notes that `conn` asks for `file`; forgets the file's askers idle
+    /// for [`choke::IDLE`] (a connection that ends is forgotten at once).
     fn note_asker(&mut self, file: FileId, conn: u64, now: Instant) {
         let idle = |at: Instant| now.saturating_duration_since(at) >= choke::IDLE;
-        self.askers.retain(|_, v| {
-            v.retain(|&(_, at)| !idle(at));
-            !v.is_empty()
-        });
         let v = self.askers.entry(file).or_default();
+        v.retain(|&(c, at)| c == conn || !idle(at));
         match v.iter_mut().find(|(c, _)| *c == conn) {
             Some(e) => e.1 = now,
             None => v.push((conn, now)),
@@ -283,17 +280,18 @@ impl State {
                 .collect();
             let waiting: Vec<Waiting> = eligible.iter().map(|&i| self.entries[i].w).collect();
             // A file asked for by one connection only: arrival order.
-            let mut contested: Vec<FileId> = Vec::new();
+            let mut files: Vec<(FileId, bool)> = Vec::new();
             for w in &waiting {
-                if !contested.contains(&w.ask.file) && self.contested(&w.ask.file, now) {
-                    contested.push(w.ask.file);
+                if !files.iter().any(|(f, _)| *f == w.ask.file) {
+                    files.push((w.ask.file, self.contested(&w.ask.file, now)));
                 }
             }
+            let contested = |f: &FileId| files.iter().any(|(g, c)| g == f && *c);
             let p = plan(
                 &waiting,
                 |f, i| {
                     (self.uploads.get(f))
-                        .filter(|_| contested.contains(f))
+                        .filter(|_| contested(f))
                         .and_then(|c| c.get(i as usize))
                         .copied()
                         .unwrap_or(0)
@@ -514,9 +512,10 @@ impl Uploads {
         st.last_served.remove(&conn);
         st.conns.remove(&conn);
         st.choker.forget(conn);
-        for v in st.askers.values_mut() {
+        st.askers.retain(|_, v| {
             v.retain(|&(c, _)| c != conn);
-        }
+            !v.is_empty()
+        });
     }
 
     /// Bytes written to each peer so far, over every file.
