@@ -36,7 +36,7 @@ pub const INITIAL_SLOTS: u32 = 4;
 /// a rate-limited peer would commit pieces to it long before they are sent,
 /// so other peers could not fetch them meanwhile, and a reader's whole file
 /// would sit in its peers' queues at once.
-pub const PIPELINE: Duration = Duration::from_millis(250);
+pub const PIPELINE: Duration = Duration::from_millis(500);
 
 /// A peer's rate is sampled over at least this long.
 pub const RATE_SAMPLE: Duration = Duration::from_millis(200);

@@ -186,10 +186,10 @@ fn request_window_follows_the_measured_rate() {
         sample_at: None,
     };
     assert_eq!(l.slots(), INITIAL_SLOTS);
-    // 1 MiB/s: a quarter of a second is half a piece, so one.
+    // 1 MiB/s: half a second is one piece.
     l.rate = 1024.0 * 1024.0;
     assert_eq!((l.slots(), l.free_slots()), (1, 0));
-    l.rate = 8.0 * 1024.0 * 1024.0;
+    l.rate = 4.0 * 1024.0 * 1024.0;
     assert_eq!(l.slots(), 4);
     l.rate = 1e12;
     assert_eq!(l.slots(), SLOTS_PER_PEER);
