@@ -168,12 +168,16 @@ impl Link {
     /// A piece of `bytes` arrived at `now`: one more sample of the rate
     /// once [`RATE_SAMPLE`] has passed since the last. Pieces are verified
     /// in bursts when the machine is busy, so the time between two of them
-    /// says little.
+    /// says little. The first sample ends sooner, after [`INITIAL_SLOTS`]
+    /// pieces: until then a fast peer is held to that many requests.
     fn measure(&mut self, bytes: u64, now: Instant) {
         if let Some(at) = self.sample_at {
             self.sample_bytes += bytes;
             let dt = now.saturating_duration_since(at);
-            if dt >= RATE_SAMPLE {
+            let first = self.rate == 0.0
+                && !dt.is_zero()
+                && self.sample_bytes >= u64::from(INITIAL_SLOTS) * PIECE_LEN;
+            if dt >= RATE_SAMPLE || first {
                 let inst = self.sample_bytes as f64 / dt.as_secs_f64();
                 self.rate = if self.rate == 0.0 {
                     inst

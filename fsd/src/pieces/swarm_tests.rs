@@ -351,21 +351,24 @@ fn link_at(rate: f64) -> Link {
 fn the_rate_is_sampled_over_a_while_not_between_two_pieces() {
     let mut l = link_at(0.0);
     let t = Instant::now();
-    // Pieces verified in a burst say nothing yet: the first starts the
+    // Pieces verified in a burst say nothing: the first starts the
     // sample, and no time passes.
     for _ in 0..4 {
         l.measure(PIECE_LEN, t);
     }
-    l.measure(PIECE_LEN, t + Duration::from_millis(1));
     assert_eq!(l.rate, 0.0);
-    // Four more by 200 ms: 8 pieces (4 MiB) in 200 ms.
-    for k in 1..=4 {
-        l.measure(PIECE_LEN, t + Duration::from_millis(50 * k));
+    // The first sample ends after four pieces: 2 MiB in 100 ms.
+    l.measure(PIECE_LEN, t + Duration::from_millis(100));
+    let mib_s = l.rate / (1024.0 * 1024.0);
+    assert!((19.9..20.1).contains(&mib_s), "{mib_s} MiB/s");
+    // Later ones last 200 ms however many pieces come: 8 pieces (4 MiB)
+    // move the rate half-way to 20 MiB/s, then 5 MiB half-way to 25.
+    for k in 1..=8 {
+        l.measure(PIECE_LEN, t + Duration::from_millis(100 + 25 * k));
     }
     let mib_s = l.rate / (1024.0 * 1024.0);
     assert!((19.9..20.1).contains(&mib_s), "{mib_s} MiB/s");
-    // The next sample moves the rate half-way.
-    l.measure(10 * PIECE_LEN, t + Duration::from_millis(400));
+    l.measure(10 * PIECE_LEN, t + Duration::from_millis(500));
     let mib_s = l.rate / (1024.0 * 1024.0);
     assert!((22.4..22.6).contains(&mib_s), "{mib_s} MiB/s");
 }
