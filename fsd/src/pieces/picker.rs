@@ -64,13 +64,14 @@
 //!    than [`MOVE_FROM`] requests in flight) takes over a request waiting
 //!    at the tail of another peer's queue (never one of the first
 //!    [`MOVE_FROM`], which that peer may be sending already) when, at the
-//!    measured rates, it would deliver it at least a piece's time sooner.
-//!    A moved request is among its new peer's first [`MOVE_FROM`], so it
-//!    never moves again: the request is cancelled at the first peer, which had
-//!    not started it, and sent to the second. The pieces are fetched once,
-//!    and a reader's last pieces do not wait in one peer's queue while
-//!    others idle. Rule 6 holds: a seed takes over no piece a non-seed
-//!    offers.
+//!    measured rates, it would deliver it at least a piece's time sooner:
+//!    the request is cancelled at the first peer, which had not started
+//!    it, and sent to the second. A moved request is among its new peer's
+//!    first [`MOVE_FROM`], so it never moves again. The pieces are fetched
+//!    once, and a reader's last pieces do not wait in one peer's queue
+//!    while others idle. Rule 6 holds: a seed takes over no piece a
+//!    non-seed offers. The swarm asks for moves only near the end of the
+//!    file, where the read-ahead no longer keeps every peer busy.
 //!
 //! An urgent piece already in flight is only duplicated in the end game.
 //! Nothing here times a request out; the link does (`fetch.rs`): a request
@@ -82,7 +83,8 @@
 //! # Cost
 //! With `N` pieces, `P` peers and `F` requests in flight (input and output):
 //! O(N·P) to count availability and hand out pieces, O(N log N) to sort,
-//! O(min(D, P)·F·P) for the end game (`D = max_duplicates`); O(N·P/8) bytes
+//! O(min(D, P)·F·P) for the end game (`D = max_duplicates`), and for
+//! [`moves`] O(N·P) plus O(P²) per request moved; O(N·P/8) bytes
 //! of per-peer in-flight bitfields. Never O(N²).
 
 use fileshare_protocol::Bitfield;
