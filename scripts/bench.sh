@@ -5,7 +5,11 @@
 #   tracker  64 clients listing and locating against one tracker
 #   cluster  write throughput through two replicated trackers against one
 #   mount    a 1 GiB file through FUSE: cold from 1, 2 and 4 seeders, warm,
-#            first 4 KiB, the reader's peak memory (needs root and FUSE)
+#            first 4 KiB, the reader's peak memory (needs root and FUSE);
+#            then lone readers of a 64 MiB file from four seeders whose
+#            uplinks tbf shapes to 20 MB/s, each daemon in a network
+#            namespace of its own (also needs iproute2; BENCH_SHAPED=0
+#            skips it, BENCH_SHAPED=only runs only it)
 #   swarm    1 source and 8-16 readers of one file, every daemon with an
 #            upload limit, against the fluid-model bound D_min (needs root
 #            and FUSE; writes docs/swarm.csv and docs/swarm.svg). With
@@ -42,7 +46,7 @@ run_tracker() {
 }
 
 run_mount() {
-  echo "== mount: a 1 GiB file through FUSE: cold from 1, 2 and 4 seeders, warm, first 4 KiB, reader memory (BENCH_MIB to change)"
+  echo "== mount: a 1 GiB file through FUSE: cold from 1, 2 and 4 seeders, warm, first 4 KiB, reader memory (BENCH_MIB to change); lone readers from four seeders on 20 MB/s shaped uplinks (BENCH_SHAPED=0 skips, =only runs only that)"
   "$bin_dir/bench_mount"
 }
 

@@ -12,7 +12,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Read-ahead, in pieces, after the first sequential read of a handle.
-const FIRST_READ_AHEAD: u32 = 2;
+const FIRST_READ_AHEAD: u32 = 4;
+
+/// How much the read-ahead grows with each further sequential read. The
+/// kernel sends a reader's first reads before any of them is answered, so
+/// the window reaches every peer (a few requests each) by the second read
+/// and its full size by the third: a cold read pulls from all its peers
+/// from the start instead of waiting for the first pieces to arrive.
+const READ_AHEAD_GROWTH: u32 = 4;
 
 impl Inner {
     pub(super) fn open(
@@ -82,8 +89,10 @@ impl Inner {
         // Sequential, allowing for the kernel's parallel read-ahead requests.
         let sequential = offset == 0 || offset.abs_diff(prev) <= 4 * PIECE_LEN;
         let read_ahead = if sequential {
-            let window =
-                (ahead.load(Ordering::Relaxed) * 2).clamp(FIRST_READ_AHEAD, READ_AHEAD_PIECES);
+            let window = (ahead
+                .load(Ordering::Relaxed)
+                .saturating_mul(READ_AHEAD_GROWTH))
+            .clamp(FIRST_READ_AHEAD, READ_AHEAD_PIECES);
             ahead.store(window, Ordering::Relaxed);
             window
         } else {

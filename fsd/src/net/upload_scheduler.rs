@@ -55,6 +55,14 @@
 //! work, and the upload never idles for a refusal: there is always a
 //! fresher request to serve instead.
 //!
+//! All of this is about several requesters of one file. A file that only
+//! one connection asks for (none other asked for it within [`choke::IDLE`])
+//! has nobody to trade with: its requests are served in arrival order,
+//! none refused, whatever was uploaded before. The requester chose that
+//! order (a reader's next pieces first), and pieces this daemon sent to
+//! others long ago would otherwise hold a lone reader up or send it
+//! elsewhere for them.
+//!
 //! A connection holds at most [`MAX_UNWRITTEN`] served pieces not yet
 //! written: one whose peer stops reading (a flood of requests whose
 //! answers it never takes) cannot fill the uplink's window and starve
@@ -252,6 +260,8 @@ struct State {
     /// Bytes written to each peer over the daemon's life, for the
     /// dashboard's per-peer rates.
     sent_to: HashMap<PeerId, u64>,
+    /// Per file: the connections that asked for it, and when they last did.
+    askers: HashMap<FileId, Vec<(u64, Instant)>>,
 }
 
 impl State {
@@ -278,6 +288,31 @@ impl State {
         })
     }
 
+    /// Notes that `conn` asks for `file`; forgets the file's askers idle
+    /// for [`choke::IDLE`] (a connection that ends is forgotten at once).
+    fn note_asker(&mut self, file: FileId, conn: u64, now: Instant) {
+        let idle = |at: Instant| now.saturating_duration_since(at) >= choke::IDLE;
+        let v = self.askers.entry(file).or_default();
+        v.retain(|&(c, at)| c == conn || !idle(at));
+        match v.iter_mut().find(|(c, _)| *c == conn) {
+            Some(e) => e.1 = now,
+            None => v.push((conn, now)),
+        }
+    }
+
+    /// Whether more than one connection asks for `file` now: has requests
+    /// for it waiting, or asked for it within [`choke::IDLE`].
+    fn contested(&self, file: &FileId, now: Instant) -> bool {
+        let recent = (self.askers.get(file).into_iter().flatten())
+            .filter(|&&(_, at)| now.saturating_duration_since(at) < choke::IDLE)
+            .map(|&(c, _)| c);
+        let waiting = (self.entries.iter())
+            .filter(|e| e.w.ask.file == *file)
+            .map(|e| e.w.ask.conn);
+        let mut first = None;
+        recent.chain(waiting).any(|c| *first.get_or_insert(c) != c)
+    }
+
     /// Applies one [`plan`]: answers the refused and the served request.
     /// Returns the bytes to pay for, if a request was served.
     fn step(&mut self, inner: &Arc<Inner>, now: Instant) -> Option<u64> {
@@ -295,10 +330,19 @@ impl State {
                 .filter(|&i| !full(self.entries[i].w.ask.conn))
                 .collect();
             let waiting: Vec<Waiting> = eligible.iter().map(|&i| self.entries[i].w).collect();
+            // A file asked for by one connection only: arrival order.
+            let mut files: Vec<(FileId, bool)> = Vec::new();
+            for w in &waiting {
+                if !files.iter().any(|(f, _)| *f == w.ask.file) {
+                    files.push((w.ask.file, self.contested(&w.ask.file, now)));
+                }
+            }
+            let contested = |f: &FileId| files.iter().any(|(g, c)| g == f && *c);
             let p = plan(
                 &waiting,
                 |f, i| {
                     (self.uploads.get(f))
+                        .filter(|_| contested(f))
                         .and_then(|c| c.get(i as usize))
                         .copied()
                         .unwrap_or(0)
@@ -492,6 +536,7 @@ impl Uploads {
                     conns: HashMap::new(),
                     next_rotation: now + choke::ROTATE,
                     sent_to: HashMap::new(),
+                    askers: HashMap::new(),
                 }),
                 wake: Notify::new(),
                 received_from: Box::new(received_from),
@@ -515,6 +560,7 @@ impl Uploads {
             c.last_ask = now;
             c.asked = true;
             let mut first_copy = false;
+            st.note_asker(ask.file, ask.conn, now);
             if !st.choker.is_unchoked(ask.conn) {
                 let mut choker = std::mem::take(&mut st.choker);
                 let unchoked = choker.try_unchoke(ask.conn, |c| st.active(c, now));
@@ -557,6 +603,10 @@ impl Uploads {
         st.last_served.remove(&conn);
         st.conns.remove(&conn);
         st.choker.forget(conn);
+        st.askers.retain(|_, v| {
+            v.retain(|&(c, _)| c != conn);
+            !v.is_empty()
+        });
     }
 
     /// Bytes written to each peer so far, over every file.

@@ -402,3 +402,52 @@ async fn a_choked_first_copy_request_is_refused_once_the_copy_went_elsewhere() {
     shutdown.cancel();
     pacer.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_requester_is_served_in_its_own_order() {
+    use fileshare_protocol::PIECE_LEN;
+    let up = Arc::new(Uploads::new(None, 0, |_| 0));
+    let (shutdown, pacer) = pacer(&up);
+    let big = |conn, piece| Ask {
+        bytes: PIECE_LEN,
+        ..ask(conn, piece)
+    };
+    // Another peer fetched pieces 0 and 1 earlier, then went quiet.
+    for piece in [0, 1] {
+        let Admission::Serve(s) = up.admit(big(1, piece)).await else {
+            panic!("not served")
+        };
+        s.written();
+    }
+    tokio::time::sleep(crate::net::choke::IDLE).await;
+    // A lone reader asks for 0, 1 and 2, in that order, while the uplink
+    // is busy: nothing is refused, and 0 goes first.
+    let Admission::Serve(a) = up.admit(big(2, 5)).await else {
+        panic!("not served")
+    };
+    let Admission::Serve(_b) = up.admit(big(2, 6)).await else {
+        panic!("not served")
+    };
+    let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let tasks: Vec<_> = [0, 1, 2]
+        .into_iter()
+        .map(|piece| {
+            let (up, order) = (up.clone(), order.clone());
+            tokio::spawn(async move {
+                let got = up.admit(big(2, piece)).await;
+                let served = matches!(got, Admission::Serve(_));
+                order.lock().push(piece);
+                served
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    drop(a);
+    for t in tasks {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(t.await.unwrap(), "refused");
+    }
+    assert_eq!(*order.lock(), vec![0, 1, 2]);
+    shutdown.cancel();
+    pacer.await.unwrap();
+}

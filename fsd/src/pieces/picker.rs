@@ -28,8 +28,10 @@
 //!    something to trade. When every connected peer is a seed (a lone
 //!    `download-file`, or a reader that has found only the source so far)
 //!    there is nothing to trade yet and every piece is equally rare: pieces
-//!    go in order, starting at a point drawn from the seed and wrapping
-//!    around, so a seed's disk reads run on sequentially (the kernel's
+//!    go in order, starting at the first urgent piece (where a reader
+//!    waits: its read-ahead then comes in the order it is read) or else at
+//!    a point drawn from the seed, and wrapping around, so a seed's disk
+//!    reads run on sequentially (the kernel's
 //!    read-ahead then serves them, where a shuffled order makes each seed
 //!    read about twice what it sends) while two daemons still start apart. Each piece goes to a holder with a free slot,
 //!    preferring a *starved* peer (one with at least as many free slots as
@@ -56,6 +58,21 @@
 //!    fresher to send (`net/upload_scheduler.rs`): a seed with upload to
 //!    spare still speeds the swarm up.
 //!
+//! 7. **Moves at the end**: [`moves`], asked after [`pick`] with the
+//!    requests it made in flight, evens the queues out once every wanted
+//!    piece that some peer has is in flight. A peer about to idle (fewer
+//!    than [`MOVE_FROM`] requests in flight) takes over a request waiting
+//!    at the tail of another peer's queue (never one of the first
+//!    [`MOVE_FROM`], which that peer may be sending already) when, at the
+//!    measured rates, it would deliver it at least a piece's time sooner:
+//!    the request is cancelled at the first peer, which had not started
+//!    it, and sent to the second. A moved request is among its new peer's
+//!    first [`MOVE_FROM`], so it never moves again. The pieces are fetched
+//!    once, and a reader's last pieces do not wait in one peer's queue
+//!    while others idle. Rule 6 holds: a seed takes over no piece a
+//!    non-seed offers. The swarm asks for moves only near the end of the
+//!    file, where the read-ahead no longer keeps every peer busy.
+//!
 //! An urgent piece already in flight is only duplicated in the end game.
 //! Nothing here times a request out; the link does (`fetch.rs`): a request
 //! unanswered for eight pieces' time at its peer's measured rate (8 to
@@ -66,7 +83,8 @@
 //! # Cost
 //! With `N` pieces, `P` peers and `F` requests in flight (input and output):
 //! O(N·P) to count availability and hand out pieces, O(N log N) to sort,
-//! O(min(D, P)·F·P) for the end game (`D = max_duplicates`); O(N·P/8) bytes
+//! O(min(D, P)·F·P) for the end game (`D = max_duplicates`), and for
+//! [`moves`] O(N·P) plus O(P²) per request moved; O(N·P/8) bytes
 //! of per-peer in-flight bitfields. Never O(N²).
 
 use fileshare_protocol::Bitfield;
@@ -127,6 +145,70 @@ pub fn pick(input: &PickInput) -> Vec<Request> {
         s.end_game();
     }
     s.out
+}
+
+/// Requests at a peer's queue positions below this are never moved (rule
+/// 7): the peer may be sending them already (its upload scheduler grants a
+/// connection two pieces ahead of its writes).
+pub const MOVE_FROM: usize = 2;
+
+/// How many requests at the tail of each peer's queue rule 7 looks at.
+const MOVE_TAIL: usize = 4;
+
+/// Cancel the request for `piece` at `peers[from]` and ask `peers[to]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    pub from: usize,
+    pub to: usize,
+    pub piece: u32,
+}
+
+/// Rule 7: requests to move from long queues to peers with free slots, in
+/// order. Call it with the requests [`pick`] made already in flight.
+/// O(M·P·MOVE_TAIL) for M moves.
+pub fn moves(input: &PickInput) -> Vec<Move> {
+    let mut s = State::new(input);
+    if !s.all_in_flight() {
+        return Vec::new();
+    }
+    let peers = input.peers;
+    let known = |i: usize| peers[i].rate.is_finite() && peers[i].rate > 0.0;
+    // Per peer: its queue as it stands, without the pieces moved away.
+    let mut queue: Vec<Vec<u32>> = peers.iter().map(|v| v.in_flight.to_vec()).collect();
+    let mut out = Vec::new();
+    loop {
+        // The best (gain, from, pos, to): the largest gain in seconds.
+        let mut best: Option<(f64, usize, usize, usize)> = None;
+        let idling = |s: &State, i: usize| s.slots[i] > 0 && s.queued[i] < MOVE_FROM;
+        for to in (0..peers.len()).filter(|&i| idling(&s, i) && known(i)) {
+            let at_to = (s.queued[to] + 2) as f64 / s.rate[to];
+            for from in (0..peers.len()).filter(|&i| i != to && known(i)) {
+                let q = &queue[from];
+                let first = q.len().saturating_sub(MOVE_TAIL).max(MOVE_FROM);
+                for (pos, &p) in q.iter().enumerate().skip(first) {
+                    let movable = p < input.num_pieces
+                        && s.want[p as usize]
+                        && s.copies[p as usize] == 1
+                        && peers[to].have.get(p)
+                        && !s.asked[to].get(p)
+                        && !s.shunned(to, p);
+                    let gain = (pos + 1) as f64 / s.rate[from] - at_to;
+                    if movable && gain > 0.0 && best.is_none_or(|b| gain > b.0) {
+                        best = Some((gain, from, pos, to));
+                    }
+                }
+            }
+        }
+        let Some((_, from, pos, to)) = best else {
+            return out;
+        };
+        let piece = queue[from].remove(pos);
+        s.asked[from].clear(piece);
+        s.queued[from] -= 1;
+        s.copies[piece as usize] -= 1;
+        s.assign(to, piece);
+        out.push(Move { from, to, piece });
+    }
 }
 
 /// When `piece` has been verified (delivered by `done_by`), the requests for
@@ -233,6 +315,16 @@ impl<'i, 'a> State<'i, 'a> {
         }
     }
 
+    /// Whether every wanted piece that some peer has is in flight.
+    fn all_in_flight(&self) -> bool {
+        (0..self.input.num_pieces).all(|p| {
+            let p_us = p as usize;
+            !self.want[p_us]
+                || self.copies[p_us] > 0
+                || !self.input.peers.iter().any(|v| v.have.get(p))
+        })
+    }
+
     /// Rule 6: `peer` is a seed and another peer offers `piece`.
     fn shunned(&self, peer: usize, piece: u32) -> bool {
         self.input.peers[peer].complete && self.partial_has[piece as usize]
@@ -304,10 +396,12 @@ impl<'i, 'a> State<'i, 'a> {
         }
         let seed = self.input.seed;
         if peers.iter().all(|v| v.complete) {
-            // Only seeds: nobody to trade with, so in order (from a point of
-            // this daemon's own), and each seed reads on from where it was.
+            // Only seeds: nobody to trade with, so in order (from where a
+            // reader waits, else from a point of this daemon's own), and
+            // each seed reads on from where it was.
             let n = u64::from(self.input.num_pieces.max(1));
-            let start = tie_break(seed, 0) % n;
+            let start = (self.urgent.iter().min())
+                .map_or_else(|| tie_break(seed, 0) % n, |&p| u64::from(p));
             candidates.sort_unstable_by_key(|&p| (u64::from(p) + n - start) % n);
         } else {
             candidates.sort_unstable_by_key(|&p| (avail[p as usize], tie_break(seed, p)));

@@ -289,6 +289,25 @@ fn seeds_give_different_orders_for_equally_rare_pieces() {
     assert!(a.windows(2).any(|w| w[0] > w[1]), "not shuffled: {a:?}");
 }
 
+/// Rule 3: with only seeds, a reader's window comes in reading order,
+/// from where it waits, spread over the seeds, whatever the daemon's seed.
+#[test]
+fn only_seeds_give_a_readers_window_in_order_from_where_it_waits() {
+    let n = 64;
+    for seed_value in [7, 8, 9, 1234] {
+        let mut c = Case::new(n, vec![seed(n, 3), seed(n, 3), seed(n, 3)]);
+        c.seed = seed_value;
+        c.wanted = bf(n, 20..40);
+        c.urgent = vec![20];
+        let out = c.run();
+        assert_eq!(pieces_of(&out), (20..29).collect::<Vec<u32>>());
+        // Each seed gets every third piece: all of them at once.
+        for i in 0..3 {
+            assert_eq!(out.iter().filter(|r| r.peer == i).count(), 3);
+        }
+    }
+}
+
 /// Rule 3: with only seeds, in order from a point of the daemon's own.
 #[test]
 fn only_seeds_give_pieces_in_order_from_a_point_of_each_daemon() {
@@ -519,5 +538,75 @@ proptest! {
             prop_assert_eq!(cancel.len(), copies - 1);
             prop_assert!(cancel.iter().all(|x| x.peer != r.peer && x.piece == r.piece));
         }
+    }
+}
+
+/// Runs [`moves`] on a case and checks rule 7's invariants.
+fn run_moves(c: &Case) -> Vec<Move> {
+    let views = c.views();
+    let input = PickInput {
+        num_pieces: c.n,
+        have: &c.have,
+        wanted: &c.wanted,
+        urgent: &c.urgent,
+        peers: &views,
+        seed: c.seed,
+        max_duplicates: c.max_duplicates,
+        late: &c.late,
+    };
+    let out = moves(&input);
+    assert_eq!(out, moves(&input), "not deterministic");
+    let mut taken = vec![0u32; c.peers.len()];
+    for m in &out {
+        let (from, to) = (&c.peers[m.from], &c.peers[m.to]);
+        let pos = (from.in_flight.iter().position(|&p| p == m.piece))
+            .unwrap_or_else(|| panic!("{m:?}: not in flight there"));
+        assert!(pos >= MOVE_FROM, "{m:?}: may be on its way already");
+        assert!(to.have.get(m.piece) && !to.in_flight.contains(&m.piece));
+        assert!(from.rate > 0.0 && to.rate > 0.0, "{m:?}: rate unknown");
+        taken[m.to] += 1;
+        assert!(taken[m.to] <= to.slots, "{m:?}: over free_slots");
+        let moved_to = (out.iter()).filter(|n| n.piece == m.piece).count();
+        assert_eq!(moved_to, 1, "{m:?}: moved twice");
+    }
+    out
+}
+
+/// Rule 7: at the end, a peer about to idle takes over the tail of a long
+/// queue, once per piece, never its head.
+#[test]
+fn an_idle_peer_takes_over_the_tail_of_a_long_queue() {
+    let n = 8;
+    let mut long = seed(n, 0);
+    long.in_flight = vec![0, 1, 2, 3, 4, 5];
+    long.rate = 1e6;
+    let mut idle = seed(n, 4);
+    idle.rate = 1e6;
+    let mut c = Case::new(n, vec![long, idle]);
+    c.wanted = bf(n, 0..6);
+    let got = run_moves(&c);
+    // The idle peer takes the last piece, then the one before: two in
+    // flight, it idles no more.
+    let moved: Vec<(usize, usize, u32)> = got.iter().map(|m| (m.from, m.to, m.piece)).collect();
+    assert_eq!(moved, vec![(0, 1, 5), (0, 1, 4)]);
+    // Not while wanted pieces wait for a request: rule 4 gives those out.
+    let mut c2 = c.clone();
+    c2.peers[0].in_flight.pop();
+    assert!(run_moves(&c2).is_empty());
+    // Not to a peer much slower than the one it would take from.
+    let mut c3 = c.clone();
+    c3.peers[1].rate = 1e5;
+    assert!(run_moves(&c3).is_empty());
+    // Not to a seed when another peer offers the piece (rule 6).
+    let mut c4 = c.clone();
+    c4.peers[0].complete = false;
+    assert!(run_moves(&c4).is_empty());
+}
+
+proptest! {
+    /// Rule 7's invariants on arbitrary cases.
+    #[test]
+    fn moves_are_sound(c in arb_case()) {
+        run_moves(&c);
     }
 }

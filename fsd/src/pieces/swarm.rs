@@ -38,18 +38,24 @@ pub const INITIAL_SLOTS: u32 = 4;
 /// would sit in its peers' queues at once.
 pub const PIPELINE: Duration = Duration::from_millis(500);
 
+/// A peer's rate is sampled over at least this long.
+pub const RATE_SAMPLE: Duration = Duration::from_millis(200);
+
 /// How long a piece refused `Busy` by a peer is not asked of it again: the
 /// peer has just sent it to someone else, who offers it within this time.
 pub const BUSY_DEFER: Duration = Duration::from_secs(1);
 
-/// A request in flight for this long (and for three times what its place
-/// in the peer's queue takes at the peer's rate) is *late*. Only late
-/// pieces are asked of a second peer in the end game (the picker's rule
-/// 5), and only those a reader is blocked on or, near the end of the file
-/// ([`END_GAME_PIECES`]), any: a duplicate whose cancel comes too late
-/// costs that peer a piece of upload, the swarm's scarce resource, so
-/// pieces on their way are left alone; one stuck at a slow peer is fetched
-/// elsewhere.
+/// A request is *late* when its peer has delivered nothing for this long
+/// (and for three times what the requests ahead of it and itself take at
+/// the peer's measured rate), counted from when it was asked or from the
+/// peer's last piece, whichever is later: a peer working through a queue
+/// at its rate is on time, however long the queue; one that stops is not.
+/// Only late pieces are asked of a second peer in the end game (the
+/// picker's rule 5), and only those a reader is blocked on or, near the
+/// end of the file ([`END_GAME_PIECES`]), any: a duplicate whose cancel
+/// comes too late costs that peer a piece of upload, the swarm's scarce
+/// resource, so pieces on their way are left alone; one stuck at a slow
+/// peer is fetched elsewhere.
 pub const LATE_MIN: Duration = Duration::from_secs(1);
 
 /// However slow the peer, a request in flight this long is late.
@@ -58,6 +64,12 @@ pub const LATE_MAX: Duration = Duration::from_secs(3);
 /// Missing pieces at most for any late piece to be duplicated; before,
 /// only those a reader is blocked on are.
 pub const END_GAME_PIECES: u32 = 8;
+
+/// Missing pieces at most for requests to be moved from long queues to
+/// idle peers (the picker's rule 7): the tail of a read, where a queue
+/// longer than the others would hold the last pieces up while the other
+/// peers idle. Earlier, the reader's read-ahead keeps every peer busy.
+pub const MOVE_PIECES: u32 = 32;
 
 /// Near the end of the file ([`END_GAME_PIECES`]) a request is late after
 /// this instead of [`LATE_MIN`]: a last piece holds its reader up, and
@@ -126,6 +138,9 @@ struct Link {
     /// Bytes per second, smoothed.
     rate: f64,
     last_piece: Option<Instant>,
+    /// Bytes verified since `sample_at`, for the next sample of `rate`.
+    sample_bytes: u64,
+    sample_at: Option<Instant>,
 }
 
 impl Link {
@@ -148,6 +163,35 @@ impl Link {
             1
         };
         (want as u32).clamp(least, SLOTS_PER_PEER)
+    }
+
+    /// A piece of `bytes` arrived at `now`: one more sample of the rate
+    /// once [`RATE_SAMPLE`] has passed since the last. Pieces are verified
+    /// in bursts when the machine is busy, so the time between two of them
+    /// says little. The first sample ends sooner, after [`INITIAL_SLOTS`]
+    /// pieces: until then a fast peer is held to that many requests.
+    fn measure(&mut self, bytes: u64, now: Instant) {
+        if let Some(at) = self.sample_at {
+            self.sample_bytes += bytes;
+            let dt = now.saturating_duration_since(at);
+            let first = self.rate == 0.0
+                && !dt.is_zero()
+                && self.sample_bytes >= u64::from(INITIAL_SLOTS) * PIECE_LEN;
+            if dt >= RATE_SAMPLE || first {
+                let inst = self.sample_bytes as f64 / dt.as_secs_f64();
+                self.rate = if self.rate == 0.0 {
+                    inst
+                } else {
+                    0.5 * self.rate + 0.5 * inst
+                };
+                self.sample_bytes = 0;
+                self.sample_at = Some(now);
+            }
+        } else {
+            // The first piece starts the first sample.
+            self.sample_at = Some(now);
+        }
+        self.last_piece = Some(now);
     }
 
     fn free_slots(&self) -> u32 {
@@ -179,7 +223,9 @@ impl Link {
             let queue = 3.0 * (pos + 1) as f64 * PIECE_LEN as f64 / self.rate;
             after = after.max(Duration::from_secs_f64(queue.min(LATE_MAX.as_secs_f64())));
         }
-        now.saturating_duration_since(at) >= after
+        let since = self.last_piece.map_or(at, |t| t.max(at));
+        now.saturating_duration_since(since) >= after
+            || now.saturating_duration_since(at) >= LATE_MAX
     }
 }
 
@@ -499,6 +545,8 @@ impl Swarm {
             tx,
             rate: 0.0,
             last_piece: None,
+            sample_bytes: 0,
+            sample_at: None,
         });
         self.schedule(&mut st);
         Some((key, rx))
@@ -652,16 +700,7 @@ impl Swarm {
         for l in st.links.iter_mut() {
             l.forget(piece);
             if l.key == key {
-                if let Some(t) = l.last_piece {
-                    let dt = now.duration_since(t).as_secs_f64().max(1e-4);
-                    let inst = bytes as f64 / dt;
-                    l.rate = if l.rate == 0.0 {
-                        inst
-                    } else {
-                        0.8 * l.rate + 0.2 * inst
-                    };
-                }
-                l.last_piece = Some(now);
+                l.measure(bytes, now);
                 addr = Some((l.addr.clone(), l.peer));
             }
         }
@@ -761,6 +800,37 @@ impl Swarm {
                 tracing::trace!(piece = r.piece, peer = %link.addr, "request");
                 link.ask(r.piece, now);
             }
+        }
+        if n - st.have.count() <= MOVE_PIECES {
+            self.move_requests(st, &urgent, &late, now);
+        }
+    }
+
+    /// The picker's rule 7 on the queues as they are after a schedule.
+    fn move_requests(&self, st: &mut PieceState, urgent: &[u32], late: &Bitfield, now: Instant) {
+        let peers = views(st);
+        let moves = picker::moves(&PickInput {
+            num_pieces: self.file.layout.num_pieces(),
+            have: &st.have,
+            wanted: &st.wanted,
+            urgent,
+            peers: &peers,
+            seed: self.seed,
+            max_duplicates: 2,
+            late,
+        });
+        drop(peers);
+        for m in moves {
+            if st.links[m.to].tx.send(LinkCmd::Request(m.piece)).is_err() {
+                continue;
+            }
+            let from = &mut st.links[m.from];
+            tracing::trace!(piece = m.piece, peer = %from.addr, "move");
+            from.forget(m.piece);
+            let _ = from.tx.send(LinkCmd::Cancel(m.piece));
+            let to = &mut st.links[m.to];
+            tracing::trace!(piece = m.piece, peer = %to.addr, "request");
+            to.ask(m.piece, now);
         }
     }
 }

@@ -182,6 +182,8 @@ fn request_window_follows_the_measured_rate() {
         tx,
         rate: 0.0,
         last_piece: None,
+        sample_bytes: 0,
+        sample_at: None,
     };
     assert_eq!(l.slots(), INITIAL_SLOTS);
     // 1 MiB/s: half a second is one piece.
@@ -324,4 +326,75 @@ fn a_piece_that_cannot_be_stored_fails_its_readers_at_once() {
     let again = s.acquire_range(offset(1), 10, 0);
     assert_eq!(again.len(), 1);
     assert!(requested(&drain(&mut rx)).contains(&1));
+}
+
+fn link_at(rate: f64) -> Link {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    Link {
+        key: 1,
+        peer: peer(1),
+        addr: String::new(),
+        have: Bitfield::full(8),
+        offer: Bitfield::full(8),
+        deferred: Vec::new(),
+        in_flight: Vec::new(),
+        asked_at: Vec::new(),
+        tx,
+        rate,
+        last_piece: None,
+        sample_bytes: 0,
+        sample_at: None,
+    }
+}
+
+#[test]
+fn the_rate_is_sampled_over_a_while_not_between_two_pieces() {
+    let mut l = link_at(0.0);
+    let t = Instant::now();
+    // Pieces verified in a burst say nothing: the first starts the
+    // sample, and no time passes.
+    for _ in 0..4 {
+        l.measure(PIECE_LEN, t);
+    }
+    assert_eq!(l.rate, 0.0);
+    // The first sample ends after four pieces: 2 MiB in 100 ms.
+    l.measure(PIECE_LEN, t + Duration::from_millis(100));
+    let mib_s = l.rate / (1024.0 * 1024.0);
+    assert!((19.9..20.1).contains(&mib_s), "{mib_s} MiB/s");
+    // Later ones last 200 ms however many pieces come: 8 pieces (4 MiB)
+    // move the rate half-way to 20 MiB/s, then 5 MiB half-way to 25.
+    for k in 1..=8 {
+        l.measure(PIECE_LEN, t + Duration::from_millis(100 + 25 * k));
+    }
+    let mib_s = l.rate / (1024.0 * 1024.0);
+    assert!((19.9..20.1).contains(&mib_s), "{mib_s} MiB/s");
+    l.measure(10 * PIECE_LEN, t + Duration::from_millis(500));
+    let mib_s = l.rate / (1024.0 * 1024.0);
+    assert!((22.4..22.6).contains(&mib_s), "{mib_s} MiB/s");
+}
+
+#[test]
+fn a_queue_worked_through_at_the_peers_rate_is_on_time() {
+    // 20 MB/s: a piece every 26 ms.
+    let mut l = link_at(20e6);
+    let t = Instant::now();
+    for p in 0..8 {
+        l.ask(p, t);
+    }
+    let piece = Duration::from_secs_f64(PIECE_LEN as f64 / 20e6);
+    // The peer delivers one piece after another: the next one is never
+    // late, though it was asked long ago.
+    let mut now = t;
+    for p in 0..6 {
+        now += piece;
+        l.measure(PIECE_LEN, now);
+        l.forget(p);
+        assert!(!l.late(0, now + piece, END_LATE_MIN), "piece {p}");
+    }
+    // A peer that stops is late once it has sent nothing for a while.
+    assert!(!l.late(0, now + END_LATE_MIN / 2, END_LATE_MIN));
+    assert!(l.late(0, now + END_LATE_MIN, END_LATE_MIN));
+    // However it delivers, a request in flight for LATE_MAX is late.
+    l.measure(PIECE_LEN, t + LATE_MAX);
+    assert!(l.late(0, t + LATE_MAX, END_LATE_MIN));
 }

@@ -6,9 +6,19 @@
 //! `BENCH_KEEP_CACHES=1` keeps the page cache between reads (the seeders
 //! then read from memory); `BENCH_PROFILE=DIR` records `perf` profiles.
 //!
+//! Then the shaped case: a lone reader of a 64 MiB file from four seeders
+//! that are other machines with slow uplinks. Every daemon (and the
+//! tracker) runs in a network namespace of its own on one bridge, each
+//! seeder's uplink shaped to 20 MB/s by `tbf`, no rate flag on any daemon;
+//! the same from one shaped seeder for comparison. Each of
+//! `BENCH_SHAPED_RUNS` (3) readers reads alone in turn; the median goes
+//! last. `BENCH_SHAPED=0` skips the case, `BENCH_SHAPED=only` runs nothing
+//! else.
+//!
 //! Run through `scripts/bench.sh mount` (release build).
 
-use fileshare_tests::mount::{wait_for, Mount};
+use fileshare_tests::mount::{fetched, wait_for, Mount};
+use fileshare_tests::netns::{Lan, Shape};
 use fileshare_tests::world::{User, World};
 use std::io::Read;
 use std::path::Path;
@@ -130,7 +140,133 @@ fn drop_caches() {
     }
 }
 
+/// Bytes per second each shaped seeder's uplink carries (headers
+/// included, so about 4% less of payload).
+const SHAPED_RATE: u64 = 20_000_000;
+
+/// The shaped case's file size.
+const SHAPED_MIB: usize = 64;
+
+/// Lone reads of the four seeders' file, one reader after another
+/// (`BENCH_SHAPED_RUNS`, default 3): a read takes about a second, so one
+/// alone says little on a busy machine.
+fn shaped_runs() -> usize {
+    std::env::var("BENCH_SHAPED_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
+/// Reads `rel` cold through `reader`; prints and returns the rate, the
+/// duplicates and what each seeder sent.
+fn shaped_read(reader: &Mount, rel: &str, seeders: usize) -> (f64, f64) {
+    drop_caches();
+    let (rate, n) = read_all(&reader.path(rel));
+    assert_eq!(n, (SHAPED_MIB << 20) as u64);
+    let dup: u64 = (reader.xattr(rel, "user.fileshare.duplicates").trim())
+        .parse()
+        .unwrap_or(0);
+    let from: Vec<String> = (fetched(reader, rel).into_iter())
+        .map(|(addr, bytes, ..)| format!("{addr}={:.1}", bytes as f64 / 1e6))
+        .collect();
+    let pct = dup as f64 * 100.0 / n as f64;
+    println!(
+        "bench=shaped  seeders={seeders} uplink_mb_s={} size_mib={SHAPED_MIB} mb_s={rate:.0} duplicates_mb={:.1} duplicates_pct={pct:.1} fetched_mb {}",
+        SHAPED_RATE / 1_000_000,
+        dup as f64 / 1e6,
+        from.join(" ")
+    );
+    (rate, pct)
+}
+
+/// Lone readers from four seeders on shaped uplinks, then from one.
+fn shaped() {
+    let runs = shaped_runs();
+    // Host 0: the tracker; hosts 1 to 4: the seeders; then the readers.
+    let lan = Lan::new(5 + runs);
+    let w = World::on(lan.host(0));
+    let mut names: Vec<String> = (1..=4).map(|i| format!("s{i}")).collect();
+    names.extend((1..=runs).map(|i| format!("reader{i}")));
+    let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
+    let rest: Vec<&User> = users[1..].iter().collect();
+    w.group("g", &users[0], &rest);
+    let mount = |i: usize| {
+        let m = w.mount_on(lan.host(i + 1), &users[i], &[]);
+        lan.track_mount(&m.mountpoint);
+        m
+    };
+    let seeders: Vec<Mount> = (0..4).map(mount).collect();
+    for (name, seed) in [("four.bin", 43), ("one.bin", 44)] {
+        let src = w.path(name);
+        fileshare_tests::random_file(&src, SHAPED_MIB << 20, seed);
+        seeders[0].cp_in(&src, "g");
+        std::fs::remove_file(&src).ok();
+    }
+    // The other seeders get four.bin over the bridge before any shaping.
+    for s in &seeders[1..] {
+        wait_listed(s, "four.bin");
+        read_all(&s.path("g/four.bin"));
+    }
+    for i in 1..=4 {
+        lan.shape(i, Shape::rate(SHAPED_RATE));
+    }
+    let mut rates = Vec::new();
+    let mut dups = Vec::new();
+    let mut logs = Vec::new();
+    for r in 0..runs {
+        // Each reader is alone: the one before has gone.
+        let reader = mount(4 + r);
+        wait_for("four seeders", Duration::from_secs(30), || {
+            w.fsd_ok(&users[4 + r], &["list-files", "g"])
+                .lines()
+                .any(|l| l.contains("four.bin") && l.contains("peers=4"))
+                .then_some(())
+        });
+        // The seeders fetched the file from each other (or served the
+        // reader before) a moment ago: let that go quiet, so the reader
+        // is alone as the case says.
+        std::thread::sleep(Duration::from_secs(2));
+        let (rate, pct) = shaped_read(&reader, "g/four.bin", 4);
+        rates.push(rate);
+        dups.push(pct);
+        if r + 1 == runs {
+            shaped_read(&reader, "g/one.bin", 1);
+        }
+        logs.push(reader.log());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "bench=shaped  seeders=4 runs={runs} median_mb_s={:.0} median_duplicates_pct={:.1}",
+        median(&mut rates),
+        median(&mut dups)
+    );
+    // For a closer look: FILESHARE_TEST_LOG=info,fsd=trace logs every
+    // request, upload decision and verified piece.
+    if let Some(dir) = std::env::var_os("BENCH_LOGS") {
+        let dir = std::path::PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let all = seeders.iter().map(Mount::log).chain(logs);
+        for (log, name) in all.zip(&names) {
+            let _ = std::fs::write(dir.join(format!("{name}.log")), log);
+        }
+    }
+}
+
 fn main() {
+    let shaped_case = std::env::var("BENCH_SHAPED").unwrap_or_default();
+    if shaped_case != "only" {
+        loopback();
+    }
+    if shaped_case != "0" {
+        shaped();
+    }
+}
+
+fn loopback() {
     let mib = size_mib();
     let w = World::new();
     let names = ["alice", "bob", "carol", "dave", "eve", "frank", "grace"];
