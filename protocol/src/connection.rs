@@ -33,6 +33,9 @@ pub const BODY_CHUNK: usize = 64 * 1024;
 /// connection keeps at most a piece's worth between frames.
 const KEEP_BODY: usize = 1 << 20;
 
+/// Buffers a reader keeps given back by [`FrameReader::recycle`].
+const SPARE_BODIES: usize = 1;
+
 /// How long a frame may take to arrive once its first byte has: a fixed
 /// allowance plus the time its length takes at [`MIN_FRAME_RATE`]. A body
 /// that trickles in slower ends the connection.
@@ -51,6 +54,8 @@ pub fn frame_deadline(len: usize) -> Duration {
 pub struct FrameReader<R> {
     stream: BufReader<R>,
     body: Vec<u8>,
+    /// Buffers given back for later bodies ([`FrameReader::recycle`]).
+    spares: Vec<Vec<u8>>,
     /// How long the stream may stay quiet between frames; `None` waits
     /// forever.
     idle: Option<Duration>,
@@ -61,6 +66,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             stream: BufReader::with_capacity(IO_BUF, stream),
             body: Vec::new(),
+            spares: Vec::new(),
             idle: None,
         }
     }
@@ -165,23 +171,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The next peer reply; a piece keeps the frame's body buffer
-    /// ([`codec::decode_peer_reply`]), so the next frame starts a new one
-    /// unless one is given back with [`FrameReader::recycle`].
+    /// ([`codec::decode_peer_reply`]), and the next frame goes into a
+    /// buffer given back with [`FrameReader::recycle`] or, with none, a new
+    /// one of the same capacity, so a piece's body is neither copied out
+    /// nor grown (and copied) again chunk by chunk. Only the fetching side
+    /// of a peer link reads pieces this way, from peers it chose.
     pub async fn read_peer_reply(&mut self) -> Result<Option<Reply<PeerReply>>, ProtocolError> {
         if self.read_body().await?.is_none() {
             return Ok(None);
         }
-        codec::decode_peer_reply(std::mem::take(&mut self.body)).map(Some)
+        let next = match self.spares.pop() {
+            Some(b) => b,
+            None => Vec::with_capacity(self.body.capacity().min(KEEP_BODY)),
+        };
+        codec::decode_peer_reply(std::mem::replace(&mut self.body, next)).map(Some)
     }
 
-    /// Takes a buffer back for the next frame's body (one a piece kept),
-    /// so receiving pieces does not allocate, grow and copy a body each
-    /// time. Kept only if larger than the one in hand and within the size a
-    /// connection keeps between frames.
+    /// Takes a buffer back (one a piece kept) for a later frame's body.
+    /// At most [`SPARE_BODIES`] is kept, none over the size a connection
+    /// keeps between frames.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() > self.body.capacity() && buf.capacity() <= KEEP_BODY {
+        if buf.capacity() <= KEEP_BODY && self.spares.len() < SPARE_BODIES {
             buf.clear();
-            self.body = buf;
+            self.spares.push(buf);
         }
     }
 

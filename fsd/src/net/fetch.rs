@@ -60,10 +60,10 @@ fn stuck_after(piece_len: u64, bytes: u64, elapsed: Duration) -> Duration {
     Duration::from_secs_f64(secs.clamp(STUCK_MIN.as_secs_f64(), STUCK_MAX.as_secs_f64()))
 }
 
-/// Piece buffers a link keeps for reuse beside the one its reader holds:
-/// enough for pieces verified while the next arrives, few enough that an
-/// idle link parks at most a MiB.
-const SPARE_BUFFERS: usize = 2;
+/// Piece buffers given back by verifications, waiting to go to the link's
+/// reader: one is enough, as a piece is verified faster than the next
+/// arrives; with none, the reader takes a new buffer, never a growing one.
+const SPARE_BUFFERS: usize = 1;
 
 /// How soon to ask again for a fresh ticket when no tracker answered.
 const RENEW_RETRY: Duration = Duration::from_secs(1);
@@ -325,7 +325,7 @@ async fn link(
     let receive = async {
         let num_pieces = file.layout.num_pieces();
         loop {
-            if let Some(buf) = spare.lock().pop() {
+            for buf in spare.lock().drain(..) {
                 reader.recycle(buf);
             }
             let reply = read_reply(&mut reader).await?;
