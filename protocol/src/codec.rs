@@ -58,6 +58,15 @@ pub fn encode_piece_head(id: u64, len: usize, out: &mut Vec<u8>) -> Result<(), P
     encode_into(&(id, PIECE_VARIANT, len as u64), out)
 }
 
+/// Whether `body` starts as a [`PeerReply::Piece`] reply does: the bodies
+/// worth handing to [`decode_peer_reply`] whole.
+pub fn is_piece_reply(body: &[u8]) -> bool {
+    matches!(
+        bincode::serde::decode_from_slice::<(u64, u32), _>(body, config()),
+        Ok(((_, PIECE_VARIANT), _))
+    )
+}
+
 /// Decodes a peer reply from a body it takes whole. A piece's bytes stay
 /// where they arrived: the payload keeps the body buffer, which the caller
 /// may hand back to the connection once the piece is stored
@@ -164,6 +173,10 @@ mod tests {
             id: 4,
             body: PeerReply::Have(7),
         };
+        assert!(!is_piece_reply(&encode(&have).unwrap()));
+        let mut head = Vec::new();
+        encode_piece_head(9, 3, &mut head).unwrap();
+        assert!(is_piece_reply(&head));
         assert_eq!(decode_peer_reply(encode(&have).unwrap()).unwrap(), have);
         let mut cut = Vec::new();
         encode_piece_head(1, 10, &mut cut).unwrap();

@@ -177,8 +177,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// nor grown (and copied) again chunk by chunk. Only the fetching side
     /// of a peer link reads pieces this way, from peers it chose.
     pub async fn read_peer_reply(&mut self) -> Result<Option<Reply<PeerReply>>, ProtocolError> {
-        if self.read_body().await?.is_none() {
+        let Some(body) = self.read_body().await? else {
             return Ok(None);
+        };
+        if !codec::is_piece_reply(body) {
+            // A small reply (a `Have`, an error): the buffer stays.
+            return codec::decode(body).map(Some);
         }
         let next = match self.spares.pop() {
             Some(b) => b,
