@@ -16,6 +16,14 @@ fn ask(conn: u64, piece: u32) -> Ask {
     }
 }
 
+/// A request for a whole piece: one fills much of the uplink's window.
+fn big(conn: u64, piece: u32) -> Ask {
+    Ask {
+        bytes: fileshare_protocol::PIECE_LEN,
+        ..ask(conn, piece)
+    }
+}
+
 fn waiting(asks: &[Ask]) -> Vec<Waiting> {
     (asks.iter().enumerate())
         .map(|(i, &ask)| Waiting { ask, seq: i as u64 })
@@ -204,13 +212,8 @@ async fn the_same_piece_goes_out_once_while_others_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn without_a_rate_the_unwritten_bytes_pace_the_uploads() {
-    use fileshare_protocol::PIECE_LEN;
     let up = Arc::new(Uploads::new(None, 0, |_| 0));
     let (shutdown, pacer) = pacer(&up);
-    let big = |conn, piece| Ask {
-        bytes: PIECE_LEN,
-        ..ask(conn, piece)
-    };
     // Two pieces fill the smallest window: both go at once.
     let Admission::Serve(a) = up.admit(big(1, 0)).await else {
         panic!("not served")
@@ -283,13 +286,8 @@ async fn choked_connections_are_refused_at_once_until_they_upload_to_us() {
 
 #[tokio::test(start_paused = true)]
 async fn a_choked_connection_is_served_when_the_uplink_would_idle() {
-    use fileshare_protocol::PIECE_LEN;
     let up = Arc::new(Uploads::new(None, 0, |_| 0));
     let (shutdown, pacer) = pacer(&up);
-    let big = |conn, piece| Ask {
-        bytes: PIECE_LEN,
-        ..ask(conn, piece)
-    };
     // Five connections take every unchoked slot; two of them hold a
     // whole piece each, unwritten, which fills the uplink's window.
     for conn in 3..=5u64 {
@@ -362,13 +360,8 @@ async fn a_connection_that_never_reads_holds_at_most_two_pieces() {
 
 #[tokio::test(start_paused = true)]
 async fn a_choked_first_copy_request_is_refused_once_the_copy_went_elsewhere() {
-    use fileshare_protocol::PIECE_LEN;
     let up = Arc::new(Uploads::new(None, 0, |_| 0));
     let (shutdown, pacer) = pacer(&up);
-    let big = |conn, piece| Ask {
-        bytes: PIECE_LEN,
-        ..ask(conn, piece)
-    };
     // Connection 6 is served once while the uplink is idle (a spare
     // upload), after five others took every unchoked slot.
     for conn in 3..=5u64 {
@@ -405,13 +398,8 @@ async fn a_choked_first_copy_request_is_refused_once_the_copy_went_elsewhere() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lone_requester_is_served_in_its_own_order() {
-    use fileshare_protocol::PIECE_LEN;
     let up = Arc::new(Uploads::new(None, 0, |_| 0));
     let (shutdown, pacer) = pacer(&up);
-    let big = |conn, piece| Ask {
-        bytes: PIECE_LEN,
-        ..ask(conn, piece)
-    };
     // Another peer fetched pieces 0 and 1 earlier, then went quiet.
     for piece in [0, 1] {
         let Admission::Serve(s) = up.admit(big(1, piece)).await else {
