@@ -86,19 +86,24 @@ impl Case {
             .collect()
     }
 
-    /// Runs the picker, checks every invariant, returns the requests.
-    fn run(&self) -> Vec<Request> {
-        let views = self.views();
-        let input = PickInput {
+    /// The picker's input for this case, with the peers' `views`.
+    fn input<'a>(&'a self, views: &'a [PeerView<'a>]) -> PickInput<'a> {
+        PickInput {
             num_pieces: self.n,
             have: &self.have,
             wanted: &self.wanted,
             urgent: &self.urgent,
-            peers: &views,
+            peers: views,
             seed: self.seed,
             max_duplicates: self.max_duplicates,
             late: &self.late,
-        };
+        }
+    }
+
+    /// Runs the picker, checks every invariant, returns the requests.
+    fn run(&self) -> Vec<Request> {
+        let views = self.views();
+        let input = self.input(&views);
         let out = pick(&input);
         assert_eq!(out, pick(&input), "not deterministic");
         check(self, &out);
@@ -544,16 +549,7 @@ proptest! {
 /// Runs [`moves`] on a case and checks rule 7's invariants.
 fn run_moves(c: &Case) -> Vec<Move> {
     let views = c.views();
-    let input = PickInput {
-        num_pieces: c.n,
-        have: &c.have,
-        wanted: &c.wanted,
-        urgent: &c.urgent,
-        peers: &views,
-        seed: c.seed,
-        max_duplicates: c.max_duplicates,
-        late: &c.late,
-    };
+    let input = c.input(&views);
     let out = moves(&input);
     assert_eq!(out, moves(&input), "not deterministic");
     let mut taken = vec![0u32; c.peers.len()];

@@ -107,12 +107,6 @@ impl std::ops::Deref for Payload {
     }
 }
 
-impl std::ops::DerefMut for Payload {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..]
-    }
-}
-
 impl PartialEq for Payload {
     fn eq(&self, other: &Payload) -> bool {
         **self == **other
