@@ -214,6 +214,7 @@ async fn serve(
         registry: registry.clone(),
         uploads: uploads.clone(),
         corrupt: args.corrupt_uploads,
+        send_buffers: Default::default(),
         next_conn: AtomicU64::new(0),
         tasks: peer_tasks.clone(),
     });

@@ -1,10 +1,12 @@
 //! Peer connections: [`fetch`] is the side that asks one peer for pieces,
 //! [`serve`] the side that answers other peers; [`upload_scheduler`]
-//! chooses which request is served next, and [`token_bucket`] limits the
-//! rate of either direction.
+//! chooses which request is served next, [`send_buffer`] keeps the
+//! uplink's queue short, and [`token_bucket`] limits the rate of either
+//! direction.
 
 pub mod choke;
 pub mod fetch;
+pub mod send_buffer;
 pub mod serve;
 pub mod token_bucket;
 pub mod uplink;

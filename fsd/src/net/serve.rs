@@ -27,6 +27,7 @@
 //! subscriptions under the connection's, so they end with it. Pieces are
 //! read on the blocking pool.
 
+use crate::net::send_buffer::{self, SendBuffers};
 use crate::net::upload_scheduler::{Admission, Ask, Sending, Uploads};
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::{Offer, Swarm};
@@ -59,6 +60,8 @@ pub struct ServeCtx {
     pub tracker: Arc<TrackerLink>,
     pub registry: Arc<Registry>,
     pub uploads: Arc<Uploads>,
+    /// The peer sockets' send buffers, sized to keep the uplink's queue short.
+    pub send_buffers: SendBuffers,
     /// Testing only: flip a byte of every piece sent.
     pub corrupt: bool,
     /// Numbers the connections, for the upload scheduler.
@@ -147,6 +150,8 @@ async fn serve(
     ctx: &Arc<ServeCtx>,
     tasks: &Tasks,
 ) -> Result<(), ProtocolError> {
+    // Valid while the connection's halves live, which outlive its writer.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let (conn, role, key) = tls::accept(stream, &ctx.tls, Role::Peer { id: ctx.my_id }).await?;
     // Required by the TLS setup; checked again rather than assumed.
     let key = key.ok_or_else(|| ProtocolError::Handshake("the peer presented no key".into()))?;
@@ -256,9 +261,14 @@ async fn serve(
         Ok::<(), ProtocolError>(())
     };
     let write_replies = async {
+        let mut socket = send_buffer::Socket::default();
         while let Some((reply, sending)) = rx.recv().await {
             match &reply.body {
-                PeerReply::Piece { data } => writer.write_piece(reply.id, data).await?,
+                PeerReply::Piece { data } => {
+                    ctx.send_buffers.before_write(fd, &mut socket);
+                    writer.write_piece(reply.id, data).await?;
+                    ctx.send_buffers.after_write(fd, &mut socket);
+                }
                 _ => writer.write_frame(&reply).await?,
             }
             // The uplink took the piece: its room goes to the next one.
