@@ -179,12 +179,22 @@ fn a_users_own_shares_survive_a_budget_smaller_than_them() {
     b.cp_in(&theirs, "g");
     wait_listed(&a, "g", "theirs.bin");
     cmp(&theirs, &a.path("g/theirs.bin"));
-    let kept = cache_bytes(&a.home);
+    // Pieces kept for a read that has ended go within a second (the
+    // store's sync loop); a loaded machine may end the read with more held.
     let budget = MIB as u64;
+    let within = || {
+        let kept = cache_bytes(&a.home);
+        (pieces(&a, "g/theirs.bin").0 < 16 && kept <= budget + read_window(budget)).then_some(())
+    };
+    let settled = Instant::now() + Duration::from_secs(5);
+    while within().is_none() && Instant::now() < settled {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
-        pieces(&a, "g/theirs.bin").0 < 16 && kept <= budget + read_window(budget),
-        "{:?} held, {kept} bytes\n{}",
+        within().is_some(),
+        "{:?} held, {} bytes\n{}",
         pieces(&a, "g/theirs.bin"),
+        cache_bytes(&a.home),
         a.log()
     );
     // Her own files are whole: every piece held, every byte on disk.

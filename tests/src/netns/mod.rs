@@ -428,6 +428,32 @@ impl Lan {
         ]);
     }
 
+    /// Bytes waiting in host `i`'s shaped uplink queue now (`tc -s qdisc`'s
+    /// backlog of the `tbf` on its `eth0`).
+    pub fn backlog(&self, i: usize) -> u64 {
+        let ns = &self.hosts[i].ns;
+        let out = Command::new("tc")
+            .args(["-n", ns, "-s", "qdisc", "show", "dev", "eth0"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run tc: {e} (install iproute2)"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let field = (text.split_whitespace())
+            .skip_while(|w| *w != "backlog")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no backlog in `tc -s qdisc show`: {text}"));
+        // "460479b", "132Kb" or "1Mb": bytes with tc's binary prefixes.
+        let digits = field.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let n: u64 = digits
+            .parse()
+            .unwrap_or_else(|_| panic!("backlog {field:?}"));
+        match &field[digits.len()..] {
+            "Kb" => n << 10,
+            "Mb" => n << 20,
+            _ => n,
+        }
+    }
+
     /// Unmounted lazily if still mounted when the LAN goes (or on a
     /// signal, or by the next LAN if this process is killed outright).
     pub fn track_mount(&self, mountpoint: &Path) {
