@@ -16,8 +16,10 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// How often a waiting `download-file` asks the daemon for progress.
-const POLL: Duration = Duration::from_millis(200);
+/// The pause between two progress requests of a waiting `download-file`:
+/// the daemon holds each one until the download ends or a progress hold
+/// has passed, so the end shows within this much of happening.
+const POLL: Duration = Duration::from_millis(20);
 
 /// Without a terminal, a progress line at most this often.
 const PLAIN_EVERY: Duration = Duration::from_secs(1);

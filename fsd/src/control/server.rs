@@ -254,7 +254,10 @@ async fn dispatch(ctx: &Ctx, req: ControlRequest) -> ControlReply {
                 Err(e) => ControlReply::Error(e.to_string()),
             }
         }
-        ControlRequest::Progress { id } => match engine.download_status(id) {
+        ControlRequest::Progress { id } => match engine
+            .download_progress(id, crate::engine::download_jobs::PROGRESS_HOLD)
+            .await
+        {
             Ok(s) => ControlReply::Download(s),
             Err(e) => ControlReply::Error(e.to_string()),
         },

@@ -36,6 +36,10 @@ use std::time::{Duration, Instant};
 /// How often a running download refreshes its progress and rate.
 const TICK: Duration = Duration::from_millis(250);
 
+/// The longest a progress request waits for its download to end before it
+/// answers with the progress so far.
+pub const PROGRESS_HOLD: Duration = Duration::from_millis(200);
+
 /// Finished downloads remembered for `show-downloads`; older ones go first.
 const KEEP_FINISHED: usize = 64;
 
@@ -105,6 +109,8 @@ struct Job {
     /// What the store records of it, while it is to be resumed.
     record: JobRecord,
     recorded: AtomicBool,
+    /// Woken when the job completes or fails, for held progress requests.
+    ended: tokio::sync::Notify,
 }
 
 impl Job {
@@ -260,6 +266,7 @@ impl Downloads {
                 peers: swarm.map_or(0, |s| u32::try_from(s.links()).unwrap_or(u32::MAX)),
             }),
             record: record.clone(),
+            ended: tokio::sync::Notify::new(),
             recorded: AtomicBool::new(recorded),
         });
         let mut jobs = self.jobs.lock();
@@ -353,13 +360,26 @@ impl Downloads {
         Ok(())
     }
 
-    pub fn status(&self, id: u64) -> Result<DownloadStatus, DownloadError> {
-        self.jobs
-            .lock()
-            .iter()
+    /// The job's status once it ended, or after `hold` if it is still
+    /// running: a client that asks again at once learns of the end when it
+    /// happens, without asking many times a second.
+    pub async fn status_held(
+        &self,
+        id: u64,
+        hold: Duration,
+    ) -> Result<DownloadStatus, DownloadError> {
+        let job = (self.jobs.lock().iter())
             .find(|j| j.id == id)
-            .map(|j| j.status())
-            .ok_or(DownloadError::NoSuchDownload(id))
+            .cloned()
+            .ok_or(DownloadError::NoSuchDownload(id))?;
+        let ended = job.ended.notified();
+        tokio::pin!(ended);
+        // Registered before the state is looked at: an end in between wakes it.
+        ended.as_mut().enable();
+        if job.is_active() {
+            let _ = tokio::time::timeout(hold, ended).await;
+        }
+        Ok(job.status())
     }
 
     pub fn all(&self) -> Vec<DownloadStatus> {
@@ -479,6 +499,7 @@ async fn drive(engine: Arc<Engine>, job: Arc<Job>, mut pinned: Pinned, partial: 
             }
         }
     }
+    job.ended.notify_waiters();
     if !stopping {
         job.recorded.store(false, Ordering::Release);
         engine.downloads.save(&engine).await;
@@ -491,6 +512,8 @@ async fn fetch(engine: &Arc<Engine>, job: &Job, pinned: &mut Pinned) -> Result<(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last = (Instant::now(), verified_bytes(&pinned.0));
     let failures = pinned.0.store_failures();
+    // Each verified piece wakes the loop, so the end is seen when it comes.
+    let mut verified = pinned.0.subscribe();
     loop {
         let swarm = pinned.0.clone();
         if swarm.is_complete() {
@@ -508,12 +531,18 @@ async fn fetch(engine: &Arc<Engine>, job: &Job, pinned: &mut Pinned) -> Result<(
             biased;
             () = engine.tasks.token().cancelled() => return Err(STOPPING),
             _ = tick.tick() => {}
+            r = verified.recv() => {
+                if !matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    continue;
+                }
+            }
             () = swarm.cancel.cancelled() => {
                 // Shared again under the same content: follow the new swarm.
                 match engine.registry.get(&swarm.file.id) {
                     Some(s) if !s.cancel.is_cancelled() => {
                         s.want_all();
                         engine.ensure_discovery(&s);
+                        verified = s.subscribe();
                         *pinned = Pinned::new(s);
                         continue;
                     }
@@ -534,5 +563,53 @@ async fn fetch(engine: &Arc<Engine>, job: &Job, pinned: &mut Pinned) -> Result<(
         };
         p.done = done;
         p.peers = u32::try_from(swarm.links()).unwrap_or(u32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fileshare_protocol::FileId;
+
+    fn job(d: &Downloads) -> Arc<Job> {
+        let rec = JobRecord::new("g", "a.bin", Path::new("/tmp/a.bin"), FileId([7; 32]), 10);
+        d.add_job(&rec, DownloadState::Fetching, None, false)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_progress_request_answers_when_the_job_ends() {
+        let d = Downloads::default();
+        let j = job(&d);
+        let t0 = tokio::time::Instant::now();
+        let s = d.status_held(j.id, PROGRESS_HOLD).await.unwrap();
+        assert_eq!(s.state, DownloadState::Fetching);
+        assert_eq!(
+            t0.elapsed(),
+            PROGRESS_HOLD,
+            "a running job: held the whole time"
+        );
+
+        let ender = j.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            ender.progress.lock().state = DownloadState::Complete { millis: 5 };
+            ender.ended.notify_waiters();
+        });
+        let t1 = tokio::time::Instant::now();
+        let s = d.status_held(j.id, PROGRESS_HOLD).await.unwrap();
+        assert_eq!(s.state, DownloadState::Complete { millis: 5 });
+        assert_eq!(
+            t1.elapsed(),
+            Duration::from_millis(30),
+            "answered at the end"
+        );
+
+        let t2 = tokio::time::Instant::now();
+        d.status_held(j.id, PROGRESS_HOLD).await.unwrap();
+        assert_eq!(t2.elapsed(), Duration::ZERO, "an ended job is not held");
+        assert!(matches!(
+            d.status_held(99, PROGRESS_HOLD).await,
+            Err(DownloadError::NoSuchDownload(99))
+        ));
     }
 }

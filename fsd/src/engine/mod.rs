@@ -759,9 +759,14 @@ impl Engine {
         self.downloads.resume(&self).await;
     }
 
-    /// One download's status, by id.
-    pub fn download_status(&self, id: u64) -> Result<DownloadStatus, DownloadError> {
-        self.downloads.status(id)
+    /// One download's status, by id: once it ended, or after `hold` while
+    /// it runs.
+    pub async fn download_progress(
+        &self,
+        id: u64,
+        hold: std::time::Duration,
+    ) -> Result<DownloadStatus, DownloadError> {
+        self.downloads.status_held(id, hold).await
     }
 
     /// Every download of this daemon's life.
