@@ -151,12 +151,19 @@ pub fn random_file(path: &std::path::Path, len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// A built binary of the workspace (`fsd`, `fileshare-tracker`), from
-/// `$CARGO_TARGET_DIR` or `target/`, profile `$FILESHARE_PROFILE` (debug).
+/// `$CARGO_TARGET_DIR` or `target/`, profile `$FILESHARE_PROFILE`, else
+/// the profile this program was built with: tests run debug daemons, and a
+/// benchmark run straight from `target/release/` runs release ones.
 pub fn bin(name: &str) -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let profile = std::env::var("FILESHARE_PROFILE").unwrap_or_else(|_| "debug".into());
+    let own = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let profile = std::env::var("FILESHARE_PROFILE").unwrap_or_else(|_| own.into());
     let path = target.join(profile).join(name);
     assert!(
         path.exists(),

@@ -531,6 +531,7 @@ async fn fetch(engine: &Arc<Engine>, job: &Job, pinned: &mut Pinned) -> Result<(
             biased;
             () = engine.tasks.token().cancelled() => return Err(STOPPING),
             _ = tick.tick() => {}
+            // Never closed while `pinned` holds the swarm, its sender.
             r = verified.recv() => {
                 if !matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
                     continue;
