@@ -13,33 +13,59 @@ use fileshare_tests::world::{User, World};
 
 const MIB: usize = 1 << 20;
 
-#[test]
-fn an_unflagged_source_on_a_shaped_link_sends_each_piece_about_once() {
-    // Host 0: the tracker; host 1: the source; hosts 2..6: four readers.
-    let lan = Lan::new(6);
+/// A shaped swarm: the tracker on host 0, the source's daemon on host 1 and
+/// a reader's on each host after it, every uplink shaped to `shape`; the
+/// source shared `size` random bytes as `g/NAME`. Fields drop in order:
+/// the mounts, then the tracker, then the namespaces.
+struct Shaped {
+    readers: Vec<Mount>,
+    source: Mount,
+    data: Vec<u8>,
+    /// Kept for its tracker.
+    _world: World,
+    lan: Lan,
+}
+
+fn shaped_swarm(readers: usize, shape: Shape, name: &str, size: usize, seed: u64) -> Shaped {
+    let lan = Lan::new(readers + 2);
     let w = World::on(lan.host(0));
-    let names = ["src", "r1", "r2", "r3", "r4"];
+    let names: Vec<String> = std::iter::once("src".to_string())
+        .chain((1..=readers).map(|i| format!("r{i}")))
+        .collect();
     let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
     let (owner, rest) = users.split_first().unwrap();
     w.group("g", owner, &rest.iter().collect::<Vec<_>>());
     let mount = |i: usize, u: &User| {
-        lan.shape(i, Shape::rate(4_000_000));
+        lan.shape(i, shape);
         let m = w.mount_on(lan.host(i), u, &[]);
         lan.track_mount(&m.mountpoint);
         m
     };
     let source = mount(1, owner);
-    let size = 8 * MIB;
-    let src = w.path("s.bin");
-    let data = random_file(&src, size, 33);
-    std::fs::copy(&src, source.path("g/s.bin")).expect("cp into the mount");
-    let readers: Vec<Mount> = (rest.iter().enumerate())
+    let src = w.path(name);
+    let data = random_file(&src, size, seed);
+    std::fs::copy(&src, source.path(&format!("g/{name}"))).expect("cp into the mount");
+    let readers = (rest.iter().enumerate())
         .map(|(i, u)| mount(i + 2, u))
         .collect();
+    Shaped {
+        readers,
+        source,
+        data,
+        _world: w,
+        lan,
+    }
+}
+
+#[test]
+fn an_unflagged_source_on_a_shaped_link_sends_each_piece_about_once() {
+    // A source and four readers.
+    let sw = shaped_swarm(4, Shape::rate(4_000_000), "s.bin", 8 * MIB, 33);
+    let (source, readers, data) = (&sw.source, &sw.readers, &sw.data);
     // One server alone would send the file four times. The source measures
     // its uplink, serves every piece once before any twice and leaves the
     // rest to the readers' trading.
-    let copies = read_together(&source, &readers, "g/s.bin", &data);
+    let copies = read_together(source, readers, "g/s.bin", data);
     eprintln!("the source sent {copies:.2} copies");
     assert!(
         copies <= 1.5,
@@ -50,32 +76,13 @@ fn an_unflagged_source_on_a_shaped_link_sends_each_piece_about_once() {
 
 #[test]
 fn uploads_keep_their_shaped_uplinks_queues_short() {
-    // Host 0: the tracker; host 1: the source; hosts 2 to 7: six readers,
-    // each uplink shared by the connections to the others.
-    let lan = Lan::new(8);
-    let w = World::on(lan.host(0));
-    let names = ["src", "r1", "r2", "r3", "r4", "r5", "r6"];
-    let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
-    let (owner, rest) = users.split_first().unwrap();
-    w.group("g", owner, &rest.iter().collect::<Vec<_>>());
-    // Home uplinks: 4 MB/s behind a buffer of half a second (2 MB), which
-    // TCP left to itself fills.
+    // A source and six readers, each uplink shared by the connections to
+    // the others: home uplinks, 4 MB/s behind a buffer of half a second
+    // (2 MB), which TCP left to itself fills.
     let mut shape = Shape::rate(4_000_000);
     shape.latency = std::time::Duration::from_millis(500);
-    let mount = |i: usize, u: &User| {
-        lan.shape(i, shape);
-        let m = w.mount_on(lan.host(i), u, &[]);
-        lan.track_mount(&m.mountpoint);
-        m
-    };
-    let source = mount(1, owner);
-    let size = 12 * MIB;
-    let src = w.path("q.bin");
-    let data = random_file(&src, size, 47);
-    std::fs::copy(&src, source.path("g/q.bin")).expect("cp into the mount");
-    let readers: Vec<Mount> = (rest.iter().enumerate())
-        .map(|(i, u)| mount(i + 2, u))
-        .collect();
+    let sw = shaped_swarm(6, shape, "q.bin", 12 * MIB, 47);
+    let (source, readers, data, lan) = (&sw.source, &sw.readers, &sw.data, &sw.lan);
 
     // Every uplink's queue, in turns, while the readers trade.
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -91,7 +98,7 @@ fn uploads_keep_their_shaped_uplinks_queues_short() {
             }
             v
         });
-        read_together(&source, &readers, "g/q.bin", &data);
+        read_together(source, readers, "g/q.bin", data);
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         sampler.join().expect("the sampler")
     });
