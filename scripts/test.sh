@@ -7,6 +7,8 @@ source scripts/lib/ensure-deps.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== the code's shape: module layers, file sizes, folder sizes"
+scripts/shape.sh
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== build binaries"

@@ -1,5 +1,6 @@
 //! The command line. Doc comments on the variants are the help text.
 
+use crate::home::Home;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -31,6 +32,41 @@ pub struct Global {
     pub password_stdin: bool,
 }
 
+impl Global {
+    /// The home these options name, created owner-only if missing.
+    pub fn home(&self) -> anyhow::Result<Home> {
+        Home::resolve(self.home.as_deref(), self.trackers.as_deref())
+    }
+}
+
+/// Where the dashboard listens: `--ui ADDR`, or `--ui off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UiAddr {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+impl UiAddr {
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            UiAddr::Off => None,
+            UiAddr::At(a) => Some(*a),
+        }
+    }
+}
+
+/// Parses `--ui`: `off`, or an address to listen on such as
+/// `127.0.0.1:8080`.
+pub fn parse_ui_addr(s: &str) -> Result<UiAddr, String> {
+    match s {
+        "off" | "none" => Ok(UiAddr::Off),
+        _ => s
+            .parse::<std::net::SocketAddr>()
+            .map(UiAddr::At)
+            .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8080, nor `off`")),
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct MountArgs {
     /// Where to mount the swarm (created if missing)
@@ -58,8 +94,8 @@ pub struct MountArgs {
     #[arg(long, value_parser = crate::units::parse_size)]
     pub cache_size: Option<u64>,
     /// Where the dashboard listens (`fsd ui` prints its URL), or `off`
-    #[arg(long, default_value = "127.0.0.1:0", value_parser = crate::ui::parse_addr)]
-    pub ui: crate::ui::UiAddr,
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_ui_addr)]
+    pub ui: UiAddr,
     /// Testing only: corrupt every piece this daemon serves
     #[arg(long, hide = true)]
     pub corrupt_uploads: bool,
@@ -136,4 +172,19 @@ pub enum Command {
     },
     /// Print the man page (roff): `fsd man | man -l -`
     Man,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ui_addresses() {
+        assert_eq!(parse_ui_addr("off"), Ok(UiAddr::Off));
+        assert_eq!(
+            parse_ui_addr("127.0.0.1:0"),
+            Ok(UiAddr::At("127.0.0.1:0".parse().unwrap()))
+        );
+        assert!(parse_ui_addr("localhost").is_err());
+    }
 }

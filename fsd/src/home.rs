@@ -3,7 +3,6 @@
 //! remembered, and where everything else in it lives. Files holding
 //! secrets are owner-only.
 
-use crate::cli::Global;
 use anyhow::{bail, Context};
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::ids::{hex, unhex};
@@ -35,9 +34,9 @@ pub struct Home {
 impl Home {
     /// The home named by `--home`, `FILESHARE_HOME` or the default, created
     /// owner-only if missing.
-    pub fn resolve(global: &Global) -> anyhow::Result<Home> {
-        let dir = match &global.home {
-            Some(d) => d.clone(),
+    pub fn resolve(home: Option<&Path>, trackers: Option<&Path>) -> anyhow::Result<Home> {
+        let dir = match home {
+            Some(d) => d.to_path_buf(),
             None => {
                 let base = std::env::var_os("HOME")
                     .map(PathBuf::from)
@@ -53,8 +52,8 @@ impl Home {
         let dir = dir
             .canonicalize()
             .with_context(|| format!("cannot resolve home directory {}", dir.display()))?;
-        let trackers = match &global.trackers {
-            Some(t) => t.clone(),
+        let trackers = match trackers {
+            Some(t) => t.to_path_buf(),
             None => remembered_trackers(&dir)?.unwrap_or_else(|| dir.join("trackers.txt")),
         };
         Ok(Home { dir, trackers })
@@ -241,12 +240,7 @@ mod tests {
     #[test]
     fn session_round_trip_is_owner_only() {
         let dir = tempfile::tempdir().unwrap();
-        let global = Global {
-            home: Some(dir.path().join("h")),
-            trackers: None,
-            password_stdin: false,
-        };
-        let home = Home::resolve(&global).unwrap();
+        let home = Home::resolve(Some(&dir.path().join("h")), None).unwrap();
         assert!(home.load_session().unwrap().is_none());
         let s = Session {
             user: "alice".into(),
@@ -269,29 +263,23 @@ mod tests {
     #[test]
     fn the_trackers_file_of_login_is_remembered() {
         let dir = tempfile::tempdir().unwrap();
-        let global = |trackers: Option<PathBuf>| Global {
-            home: Some(dir.path().join("h")),
-            trackers,
-            password_stdin: false,
-        };
+        let h = dir.path().join("h");
+        let resolve = |trackers: Option<&Path>| Home::resolve(Some(&h), trackers);
         let given = dir.path().join("my-trackers.txt");
-        let home = Home::resolve(&global(Some(given.clone()))).unwrap();
+        let home = resolve(Some(&given)).unwrap();
         home.remember_trackers().unwrap();
-        let later = Home::resolve(&global(None)).unwrap();
+        let later = resolve(None).unwrap();
         assert_eq!(later.trackers_file(), given.as_path());
         // `--trackers` still wins over the note.
         let other = dir.path().join("other.txt");
-        let explicit = Home::resolve(&global(Some(other.clone()))).unwrap();
+        let explicit = resolve(Some(&other)).unwrap();
         assert_eq!(explicit.trackers_file(), other.as_path());
         // Logging in with the default file forgets the note.
         let default = later.dir().join("trackers.txt");
-        Home::resolve(&global(Some(default.clone())))
+        resolve(Some(&default))
             .unwrap()
             .remember_trackers()
             .unwrap();
-        assert_eq!(
-            Home::resolve(&global(None)).unwrap().trackers_file(),
-            default.as_path()
-        );
+        assert_eq!(resolve(None).unwrap().trackers_file(), default.as_path());
     }
 }

@@ -1,6 +1,5 @@
 use clap::Parser;
 use fsd::cli::{Cli, Command};
-use fsd::home::Home;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -87,7 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Man => return fsd::commands::docs::man(),
         _ => {}
     }
-    let home = Home::resolve(&cli.global)?;
+    let home = cli.global.home()?;
     match &cli.command {
         Command::Mount(args) => fsd::mount::run(&home, args),
         Command::Shell => fsd::commands::shell::run(&cli.global, &home),

@@ -12,8 +12,7 @@ fn config() -> impl bincode::config::Config {
 /// Appends the encoding of `value` to `out`.
 pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
     let start = out.len();
-    bincode::serde::encode_into_std_write(value, out, config())
-        .map_err(|e| ProtocolError::Encode(e.to_string()))?;
+    bincode::serde::encode_into_std_write(value, out, config()).map_err(ProtocolError::Encode)?;
     let len = out.len() - start;
     if len > MAX_FRAME_LEN {
         out.truncate(start);
@@ -35,8 +34,8 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
 /// Decodes one whole body; trailing bytes are an error, so a frame means
 /// exactly one message.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
-    let (value, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| ProtocolError::Decode(e.to_string()))?;
+    let (value, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(ProtocolError::Decode)?;
     if used != body.len() {
         return Err(ProtocolError::TrailingBytes {
             used,
@@ -80,7 +79,7 @@ pub fn decode_peer_reply(body: Vec<u8>) -> Result<Reply<PeerReply>, ProtocolErro
     let rest = &body[used..];
     let (data, n) =
         bincode::serde::borrow_decode_from_slice::<&serde_bytes::Bytes, _>(rest, config())
-            .map_err(|e| ProtocolError::Decode(e.to_string()))?;
+            .map_err(ProtocolError::Decode)?;
     if used + n != body.len() {
         return Err(ProtocolError::TrailingBytes {
             used: used + n,

@@ -311,7 +311,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Connection<R, W> {
                 .await?
                 .ok_or(ProtocolError::Closed)?;
             if theirs.magic != MAGIC {
-                return Err(ProtocolError::Handshake("not a FileShare endpoint".into()));
+                return Err(ProtocolError::NotFileShare);
             }
             if theirs.version != PROTOCOL_VERSION {
                 return Err(ProtocolError::Version {

@@ -12,30 +12,20 @@ pub enum ProtocolError {
     FrameTooLarge { len: u64, limit: usize },
     #[error("connection closed in the middle of a frame ({got} of {expected} bytes)")]
     Truncated { got: usize, expected: usize },
-    #[error("malformed frame: {0}")]
-    Decode(String),
+    #[error("malformed frame")]
+    Decode(#[source] bincode::error::DecodeError),
     #[error("frame body has {len} bytes but the message used {used}")]
     TrailingBytes { used: usize, len: usize },
-    #[error("cannot encode message: {0}")]
-    Encode(String),
-    #[error("handshake refused: {0}")]
-    Handshake(String),
+    #[error("cannot encode message")]
+    Encode(#[source] bincode::error::EncodeError),
+    #[error("handshake refused: not a FileShare endpoint")]
+    NotFileShare,
     #[error("peer speaks protocol version {theirs}, we speak {ours}")]
     Version { ours: u32, theirs: u32 },
     #[error("timed out after {ms} ms waiting for {what}")]
     Timeout { what: &'static str, ms: u64 },
     #[error("connection closed")]
     Closed,
-    /// Setting up the secure connection failed (boxed: it can hold a
-    /// `ProtocolError` itself).
-    #[error(transparent)]
-    Tls(Box<crate::tls::TlsError>),
-}
-
-impl From<crate::tls::TlsError> for ProtocolError {
-    fn from(e: crate::tls::TlsError) -> Self {
-        ProtocolError::Tls(Box::new(e))
-    }
 }
 
 impl From<std::io::Error> for ProtocolError {

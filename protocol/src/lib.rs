@@ -26,6 +26,15 @@
 //!   trackers.
 //! - [`trackers_file`]: the `host:port [sha256:HEX]` list every component
 //!   reads.
+//!
+//! # Dependencies
+//! One way, from the edge in; each module imports only those after it
+//! (`scripts/modgraph.py` checks it):
+//!
+//! Layers: client, tls, connection, codec, messages, frame, trackers_file, conn_limits, ids, error
+//!
+//! [`error`] knows no other module: a TLS failure is a `TlsError` of its
+//! own, which carries a `ProtocolError` when the wire under it failed.
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod client;

@@ -30,7 +30,9 @@
 //! - [`error`]: this crate's error type.
 //!
 //! # Dependencies
-//! They go one way, from the edge in: [`server`] → [`cmd`] → [`shared`] →
+//! Layers: server, cmd, shared, writer, replication, auth, state, peers, error
+//!
+//! They go one way, from the edge in (`scripts/modgraph.py` checks it): [`server`] → [`cmd`] → [`shared`] →
 //! [`writer`] → [`replication`] → [`state`], with [`auth`], [`peers`] and
 //! [`error`] used from the side; no two modules import each other,
 //! directly or through others. The replication transport owns the gossip

@@ -122,7 +122,7 @@ pub async fn download_file(
                     "downloaded {}/{} to {} ({} in {:.1} s, {}/s)",
                     status.group,
                     status.name,
-                    status.dest.to_path().display(),
+                    status.dest.display(),
                     human_bytes(status.size),
                     *millis as f64 / 1000.0,
                     human_bytes(average_rate(status.size, *millis))
@@ -255,7 +255,7 @@ fn download_line(s: &DownloadStatus) -> String {
             "[D] [{}] {} 100% writing {}",
             s.group,
             s.name,
-            s.dest.to_path().display()
+            s.dest.display()
         ),
         DownloadState::Complete { millis } => {
             let avg = average_rate(s.size, *millis);
@@ -265,7 +265,7 @@ fn download_line(s: &DownloadStatus) -> String {
                 s.name,
                 human_bytes(avg),
                 peers(s.peers),
-                s.dest.to_path().display()
+                s.dest.display()
             )
         }
         DownloadState::Failed(why) => format!(

@@ -9,6 +9,7 @@
 
 pub mod server;
 
+pub use crate::engine::download_status::{DownloadState, DownloadStatus};
 use crate::home::Home;
 use fileshare_protocol::connection::Connection;
 use fileshare_protocol::messages::{Reply, Request, Role};
@@ -102,52 +103,6 @@ pub enum ControlReply {
     },
     /// The request failed; the text is the one line to show the user.
     Error(String),
-}
-
-/// Where a download stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DownloadState {
-    /// Fetching pieces from peers.
-    Fetching,
-    /// Every piece is verified; copying them to the destination.
-    Writing,
-    /// The destination is complete; `millis` is the whole download's time.
-    Complete { millis: u64 },
-    /// Gave up; nothing was left at the destination.
-    Failed(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DownloadStatus {
-    pub id: u64,
-    pub group: String,
-    pub name: String,
-    pub dest: WirePath,
-    pub size: u64,
-    /// Bytes verified so far.
-    pub done: u64,
-    /// Recent bytes per second while fetching.
-    pub rate: u64,
-    /// Peers linked now while fetching; peers fetched from once complete.
-    pub peers: u32,
-    pub state: DownloadState,
-}
-
-impl DownloadStatus {
-    pub fn percent(&self) -> f64 {
-        if self.size == 0 {
-            100.0
-        } else {
-            self.done as f64 * 100.0 / self.size as f64
-        }
-    }
-
-    pub fn is_finished(&self) -> bool {
-        matches!(
-            self.state,
-            DownloadState::Complete { .. } | DownloadState::Failed(_)
-        )
-    }
 }
 
 /// Causes are in the messages, never also a `source`, so an error chain
@@ -280,25 +235,6 @@ fn running(pid: u32) -> bool {
             .and_then(|rest| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X")
     })
-}
-
-#[cfg(test)]
-impl DownloadStatus {
-    /// A 4 MiB `a.iso` of `g1`, a quarter fetched at 3 MiB/s from 2 peers:
-    /// what tests of its lines and messages show.
-    pub(crate) fn sample(state: DownloadState) -> DownloadStatus {
-        DownloadStatus {
-            id: 3,
-            group: "g1".into(),
-            name: "a.iso".into(),
-            dest: WirePath::from(Path::new("/tmp/a.iso")),
-            size: 4 << 20,
-            done: 1 << 20,
-            rate: 3 << 20,
-            peers: 2,
-            state,
-        }
-    }
 }
 
 #[cfg(test)]

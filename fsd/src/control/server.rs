@@ -285,15 +285,9 @@ async fn dispatch(ctx: &Ctx, req: ControlRequest) -> ControlReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Global;
 
     fn home(dir: &Path) -> Home {
-        Home::resolve(&Global {
-            home: Some(dir.to_path_buf()),
-            trackers: None,
-            password_stdin: false,
-        })
-        .unwrap()
+        Home::resolve(Some(dir), None).unwrap()
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@
 //! Each job is a task under the engine's token; its file work runs on the
 //! blocking pool. The engine owns the jobs ([`Engine::start_download`]).
 
-use crate::control::{DownloadState, DownloadStatus, WirePath};
+use crate::engine::download_status::{DownloadState, DownloadStatus};
 use crate::engine::partial::{remove_stale, Partial};
 use crate::engine::{Engine, EngineError};
 use crate::pieces::swarm::Swarm;
@@ -122,7 +122,7 @@ impl Job {
             id: self.id,
             group: self.group.clone(),
             name: self.name.clone(),
-            dest: WirePath::from(self.dest.as_path()),
+            dest: self.dest.clone(),
             size: self.size,
             done: p.done,
             rate: p.rate as u64,

@@ -13,18 +13,18 @@
 //! bytes durable in batches ([`store_sync`]) and resumes the
 //! `download-file` jobs a stopped daemon left ([`download_jobs`]).
 
-pub mod cache;
 pub mod download_jobs;
+pub mod download_status;
 pub mod in_place;
 mod partial;
 mod rename;
 mod store_sync;
 
-use crate::control::DownloadStatus;
-use crate::engine::cache::Cache;
 use crate::engine::download_jobs::{DownloadError, Downloads};
+use crate::engine::download_status::DownloadStatus;
 use crate::net::fetch::{self, LinkCtx};
 use crate::net::token_bucket::TokenBucket;
+use crate::pieces::cache::Cache;
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::Swarm;
 use crate::store::prehash::Prehash;

@@ -120,7 +120,7 @@ impl Partial {
             .and_then(|f| {
                 // Under the daemon's owner-only umask: give the download the
                 // mode the user's own umask would.
-                let mode = std::fs::Permissions::from_mode(crate::mount::user_file_mode());
+                let mode = std::fs::Permissions::from_mode(crate::umask::user_file_mode());
                 f.set_permissions(mode)?;
                 lock(&f, false)?;
                 Ok(f)

@@ -32,7 +32,7 @@ use std::time::Duration;
 /// Mounts the swarm and serves until unmounted, Ctrl-C, SIGTERM or a
 /// control request; with `--daemon`, returns once the mount is up.
 pub fn run(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
-    owner_only_files();
+    crate::umask::owner_only_files();
     let session = home.session()?;
     if session.expires_unix_ms <= now_ms() {
         bail!("the session has expired; run `fsd login {}`", session.user);
@@ -44,14 +44,9 @@ pub fn run(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
     // leaves the working directory, so every path it uses is made absolute.
     let detached_home;
     let (home, ready) = if args.daemon {
-        detached_home = Home::resolve(&crate::cli::Global {
-            home: Some(home.dir().to_path_buf()),
-            trackers: Some(
-                std::path::absolute(home.trackers_file())
-                    .unwrap_or_else(|_| home.trackers_file().to_path_buf()),
-            ),
-            password_stdin: false,
-        })?;
+        let trackers = std::path::absolute(home.trackers_file())
+            .unwrap_or_else(|_| home.trackers_file().to_path_buf());
+        detached_home = Home::resolve(Some(home.dir()), Some(&trackers))?;
         match detach::daemonize(&home.log_path(), &args.mountpoint)? {
             detach::Side::Parent(outcome) => return outcome,
             detach::Side::Child(ready) => (&detached_home, Some(ready)),
@@ -69,23 +64,6 @@ pub fn run(home: &Home, args: &MountArgs) -> anyhow::Result<()> {
         ready.failed(&format!("{e:#}"));
     }
     result
-}
-
-/// The user's umask when the daemon started, for the files it writes on the
-/// user's behalf outside its home (`download-file`).
-static USER_UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-
-/// Everything the daemon creates in its home (pieces, staging files, logs)
-/// is owner-only, whatever the user's umask.
-fn owner_only_files() {
-    // SAFETY: umask cannot fail.
-    let old = unsafe { libc::umask(0o077) };
-    let _ = USER_UMASK.set(old);
-}
-
-/// The mode of a file the user asked for: `0o666` less the user's umask.
-pub fn user_file_mode() -> u32 {
-    0o666 & !USER_UMASK.get().copied().unwrap_or(0o022)
 }
 
 /// Unmounts a mount point left dead by a daemon that crashed.
@@ -143,7 +121,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mountpoint = &args.mountpoint;
     let control = crate::control::server::Control::bind(home)?;
-    let ui = match crate::ui::bind(&args.ui).await? {
+    let ui = match crate::ui::bind(args.ui.addr()).await? {
         Some(listener) => Some((listener, crate::ui::token::load_or_create(home)?)),
         None => None,
     };

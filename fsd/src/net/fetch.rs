@@ -18,7 +18,7 @@ use crate::tasks::Tasks;
 use crate::trackers::{now_ms, LinkError, TrackerLink};
 use fileshare_protocol::messages::tracker::PeerLocation;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
-use fileshare_protocol::tls::{self, ClientTls, Pin};
+use fileshare_protocol::tls::{self, ClientTls, Pin, TlsError};
 use fileshare_protocol::{Identity, PeerId, ProtocolError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -76,13 +76,15 @@ pub struct LinkCtx {
     pub tracker: Arc<TrackerLink>,
     pub download: Option<TokenBucket>,
     /// Where received pieces are stored, within the cache budget.
-    pub cache: Arc<crate::engine::cache::Cache>,
+    pub cache: Arc<crate::pieces::cache::Cache>,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum LinkFailure {
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("peer refused: {0}")]
     Refused(PeerError),
     #[error("peer identity does not match the tracker's")]
@@ -142,12 +144,9 @@ async fn link(
         .map_err(LinkFailure::Ticket)?;
     // Only the peer the tracker named can complete the handshake: its key
     // must be the one its peer id derives from.
-    let pinned =
-        ClientTls::new(Some(&ctx.identity), Pin::Peer(remote.peer)).map_err(ProtocolError::from)?;
+    let pinned = ClientTls::new(Some(&ctx.identity), Pin::Peer(remote.peer))?;
     let me = Role::Peer { id: ctx.my_id };
-    let (conn, role, _) = tls::connect(&remote.addr, &pinned, me, PEER_TIMEOUT)
-        .await
-        .map_err(ProtocolError::from)?;
+    let (conn, role, _) = tls::connect(&remote.addr, &pinned, me, PEER_TIMEOUT).await?;
     if role != (Role::Peer { id: remote.peer }) {
         return Err(LinkFailure::WrongPeer);
     }

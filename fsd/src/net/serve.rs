@@ -36,7 +36,7 @@ use crate::trackers::{now_ms, TrackerLink};
 use fileshare_protocol::conn_limits::ConnLimits;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::ticket::Ticket;
-use fileshare_protocol::tls::{self, ServerTls};
+use fileshare_protocol::tls::{self, ServerTls, TlsError};
 use fileshare_protocol::{FileId, PeerId, ProtocolError};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -145,29 +145,41 @@ impl ConnState {
     }
 }
 
+/// Why a peer's connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("the peer presented no key")]
+    NoKey,
+    #[error("the peer says it is {claimed}, but its key is peer {key}'s")]
+    NotItsKey { claimed: PeerId, key: PeerId },
+    #[error("expected a peer, got {0:?}")]
+    NotAPeer(Role),
+}
+
 async fn serve(
     stream: tokio::net::TcpStream,
     ctx: &Arc<ServeCtx>,
     tasks: &Tasks,
-) -> Result<(), ProtocolError> {
+) -> Result<(), ServeError> {
     // Valid while the connection's halves live, which outlive its writer.
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let (conn, role, key) = tls::accept(stream, &ctx.tls, Role::Peer { id: ctx.my_id }).await?;
     // Required by the TLS setup; checked again rather than assumed.
-    let key = key.ok_or_else(|| ProtocolError::Handshake("the peer presented no key".into()))?;
+    let key = key.ok_or(ServeError::NoKey)?;
     let peer = key.peer_id();
     match role {
         Role::Peer { id } if id == peer => {}
         Role::Peer { id } => {
-            return Err(ProtocolError::Handshake(format!(
-                "the peer says it is {id}, but its key is peer {peer}'s"
-            )))
+            return Err(ServeError::NotItsKey {
+                claimed: id,
+                key: peer,
+            })
         }
-        other => {
-            return Err(ProtocolError::Handshake(format!(
-                "expected a peer, got {other:?}"
-            )))
-        }
+        other => return Err(ServeError::NotAPeer(other)),
     };
     let (mut reader, mut writer) = conn.into_split();
     let (tx, mut rx) = mpsc::channel::<Outgoing>(PER_CONNECTION);
@@ -284,7 +296,7 @@ async fn serve(
         r = write_replies => r,
     };
     ctx.uploads.forget_conn(st.conn);
-    r
+    Ok(r?)
 }
 
 /// One subscription: the bitfield now, then a `Have` per verified piece,

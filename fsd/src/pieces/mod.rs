@@ -4,6 +4,7 @@
 //! fetch next, [`verify`] where received bytes are hashed and become a
 //! verified piece, [`registry`] every swarm this daemon holds.
 
+pub mod cache;
 pub mod picker;
 pub mod registry;
 pub mod swarm;

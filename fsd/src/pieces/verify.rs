@@ -3,7 +3,7 @@
 //! which makes room for it), marked verified in the swarm (which offers it
 //! to other peers at once) and reported to the trackers.
 
-use crate::engine::cache::Cache;
+use crate::pieces::cache::Cache;
 use crate::pieces::swarm::{LinkKey, Swarm, Verdict, MAX_FAILURES};
 use crate::trackers::TrackerLink;
 use fileshare_protocol::ids::PieceHash;

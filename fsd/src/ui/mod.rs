@@ -23,31 +23,14 @@ pub mod server;
 pub mod snapshot;
 pub mod token;
 
-/// Where the dashboard listens: `--ui ADDR`, or `--ui off`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UiAddr {
-    Off,
-    At(String),
-}
-
-/// Parses `--ui`: `off`, or an address to listen on such as
-/// `127.0.0.1:8080`.
-pub fn parse_addr(s: &str) -> Result<UiAddr, String> {
-    match s {
-        "off" | "none" => Ok(UiAddr::Off),
-        _ => s
-            .parse::<std::net::SocketAddr>()
-            .map(|_| UiAddr::At(s.to_string()))
-            .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:8080, nor `off`")),
-    }
-}
-
 /// Binds the dashboard's address before anything else starts, so a busy
 /// port fails the mount at once; a non-loopback address is logged, as it
 /// offers the page (behind its token) to the network.
-pub async fn bind(addr: &UiAddr) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+pub async fn bind(
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
     use anyhow::Context;
-    let UiAddr::At(addr) = addr else {
+    let Some(addr) = addr else {
         return Ok(None);
     };
     let l = tokio::net::TcpListener::bind(addr)
@@ -57,19 +40,4 @@ pub async fn bind(addr: &UiAddr) -> anyhow::Result<Option<tokio::net::TcpListene
         tracing::warn!(addr = %addr, "the dashboard listens beyond this machine");
     }
     Ok(Some(l))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ui_addresses() {
-        assert_eq!(parse_addr("off"), Ok(UiAddr::Off));
-        assert_eq!(
-            parse_addr("127.0.0.1:0"),
-            Ok(UiAddr::At("127.0.0.1:0".into()))
-        );
-        assert!(parse_addr("localhost").is_err());
-    }
 }

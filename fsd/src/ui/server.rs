@@ -313,7 +313,7 @@ async fn download(State(ui): State<Arc<Ui>>, Json(d): Json<DownloadReq>) -> Resp
         .start_download(&d.group, &d.name, dest)
         .await;
     outcome(
-        r.map(|s| format!("downloading {} to {}", s.name, s.dest.to_path().display()))
+        r.map(|s| format!("downloading {} to {}", s.name, s.dest.display()))
             .map_err(|e| e.to_string()),
     )
 }

@@ -6,7 +6,7 @@
 //! requests) is kept for [`TRACKER_TTL`], so a page open in several tabs
 //! costs the trackers one listing per interval; an action clears it.
 
-use crate::control::{DownloadState, DownloadStatus};
+use crate::engine::download_status::{DownloadState, DownloadStatus};
 use crate::engine::Engine;
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::{Swarm, SwarmView};
@@ -130,7 +130,7 @@ impl From<&DownloadStatus> for DownloadView {
             id: s.id,
             group: s.group.clone(),
             name: s.name.clone(),
-            dest: s.dest.to_path().display().to_string(),
+            dest: s.dest.display().to_string(),
             size: s.size,
             done: s.done,
             rate,

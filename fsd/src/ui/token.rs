@@ -64,18 +64,12 @@ pub fn set_cookie(name: &str, token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Global;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn token_is_kept_owner_only_and_compared_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let home = Home::resolve(&Global {
-            home: Some(dir.path().join("h")),
-            trackers: None,
-            password_stdin: false,
-        })
-        .unwrap();
+        let home = Home::resolve(Some(&dir.path().join("h")), None).unwrap();
         let t = load_or_create(&home).unwrap();
         assert_eq!(t.len(), 64);
         assert_eq!(
