@@ -13,16 +13,19 @@
 //! bytes durable in batches ([`store_sync`]) and resumes the
 //! `download-file` jobs a stopped daemon left ([`download_jobs`]).
 
+mod discovery;
 pub mod download_jobs;
 pub mod download_status;
 pub mod in_place;
 mod partial;
+pub mod read_stream;
 mod rename;
 mod store_sync;
 
 use crate::engine::download_jobs::{DownloadError, Downloads};
 use crate::engine::download_status::DownloadStatus;
-use crate::net::fetch::{self, LinkCtx};
+use crate::engine::read_stream::ReadStream;
+use crate::net::fetch::LinkCtx;
 use crate::net::token_bucket::TokenBucket;
 use crate::pieces::cache::Cache;
 use crate::pieces::registry::Registry;
@@ -32,25 +35,13 @@ use crate::store::{Staging, Store, StoreError, StoredFile};
 use crate::tasks::Tasks;
 use crate::trackers::{LinkError, TrackerLink};
 use fileshare_protocol::ids::FileMeta;
-use fileshare_protocol::messages::tracker::{FileEntry, Holding, PeerLocation};
+use fileshare_protocol::messages::tracker::{FileEntry, Holding};
 use fileshare_protocol::{ErrorCode, FileId, Identity};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Peers one file is fetched from at most.
-const MAX_LINKS: usize = 16;
-
-/// How often a swarm that needs pieces asks the tracker for more peers.
-/// Other readers of the same file are listed once they hold a piece, and
-/// every one of them found early adds upload to the swarm, so this is short.
-const DISCOVERY_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Discovery rounds with nothing wanted before the task ends (30 s).
-const IDLE_ROUNDS: u32 = 120;
 
 /// The shortest time between two announces made because pieces were
 /// evicted.
@@ -336,227 +327,15 @@ impl Engine {
         Ok(swarm)
     }
 
-    /// The bytes `[offset, offset+len)` of a file if every piece under them
-    /// is verified here, read on the calling thread (a FUSE thread: no task
-    /// hop, no extra copy); `None` if some must be fetched first, with
-    /// [`Engine::read`]. A hit keeps the read-ahead window moving.
-    pub fn read_verified(
+    /// Opens a listed file for reading: the stream the FUSE layer holds
+    /// while the file is open.
+    pub async fn open_read(
         self: &Arc<Self>,
-        swarm: &Arc<Swarm>,
-        offset: u64,
-        len: u32,
-        read_ahead: u32,
-    ) -> Option<Result<Vec<u8>, EngineError>> {
-        let read_ahead = read_ahead.min(self.cache.max_read_ahead());
-        let data = swarm
-            .read_range(offset, u64::from(len), read_ahead)?
-            .map_err(|e| {
-                tracing::warn!(file = %swarm.file.meta.name, "read failed: {e:#}");
-                EngineError::from(e)
-            });
-        if data.is_ok() && read_ahead > 0 && !swarm.is_complete() {
-            // The scheduling step is cheap and never blocks.
-            let _ = swarm.acquire_range(offset, u64::from(len), read_ahead);
-            if swarm.needs_pieces() {
-                self.ensure_discovery(swarm);
-            }
-        }
-        Some(data)
-    }
-
-    /// The bytes `[offset, offset+len)` of a file, fetched as needed. Fails
-    /// at once with the cause when a piece it waits for cannot be stored.
-    pub async fn read(
-        self: &Arc<Self>,
-        swarm: &Arc<Swarm>,
-        offset: u64,
-        len: u32,
-        read_ahead: u32,
-    ) -> Result<Vec<u8>, EngineError> {
-        let read_ahead = read_ahead.min(self.cache.max_read_ahead());
-        let deadline = tokio::time::Instant::now() + self.read_timeout;
-        loop {
-            let waits = swarm.acquire_range(offset, u64::from(len), read_ahead);
-            if !waits.is_empty() || read_ahead > 0 {
-                self.ensure_discovery(swarm);
-            }
-            if !waits.is_empty() {
-                self.wait_pieces(swarm, waits, deadline).await?;
-            }
-            let s = swarm.clone();
-            let read = self
-                .tasks
-                .blocking(move || s.read_range(offset, u64::from(len), read_ahead))
-                .await
-                .map_err(|_| EngineError::ShuttingDown)?;
-            // `None`: evicted between the wait and the read; fetch again.
-            match read {
-                Some(data) => return data.map_err(EngineError::from),
-                None if tokio::time::Instant::now() >= deadline => {
-                    return Err(EngineError::Timeout {
-                        missing: Vec::new(),
-                        secs: self.read_timeout.as_secs(),
-                    })
-                }
-                None => {}
-            }
-        }
-    }
-
-    /// Waits for the pieces of a read until `deadline`.
-    async fn wait_pieces(
-        &self,
-        swarm: &Swarm,
-        waits: Vec<(u32, crate::pieces::swarm::PieceWait)>,
-        deadline: tokio::time::Instant,
-    ) -> Result<(), EngineError> {
-        let pieces: Vec<u32> = waits.iter().map(|(p, _)| *p).collect();
-        let all = async {
-            for (piece, rx) in waits {
-                match rx.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(errno)) => return Err(EngineError::Unstorable { piece, errno }),
-                    Err(_) => return Err(EngineError::ShuttingDown),
-                }
-            }
-            Ok(())
-        };
-        // No peer serves a user who left the group: refuse at once.
-        let all = async {
-            tokio::select! {
-                r = all => r,
-                e = self.tracker.membership_lost(&swarm.file.group) => {
-                    Err(EngineError::Tracker(e))
-                }
-            }
-        };
-        match tokio::time::timeout_at(deadline, all).await {
-            Ok(Err(e @ EngineError::Tracker(_))) => {
-                swarm.forget_closed_waiters();
-                Err(e)
-            }
-            Ok(r) => r,
-            Err(_) => {
-                swarm.forget_closed_waiters();
-                let missing: Vec<u32> = pieces
-                    .into_iter()
-                    .filter(|&p| swarm.still_needed(p))
-                    .collect();
-                tracing::warn!(
-                    file = %swarm.file.meta.name,
-                    ?missing,
-                    "read failed: no peer served these pieces within {} s",
-                    self.read_timeout.as_secs()
-                );
-                Err(EngineError::Timeout {
-                    missing,
-                    secs: self.read_timeout.as_secs(),
-                })
-            }
-        }
-    }
-
-    /// Starts the swarm's peer discovery if it is not running, and wakes it.
-    fn ensure_discovery(self: &Arc<Self>, swarm: &Arc<Swarm>) {
-        swarm.discover.notify_one();
-        if swarm.discovering.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let engine = self.clone();
-        let tasks = self.swarm_tasks(swarm);
-        let swarm = swarm.clone();
-        tasks.spawn("discovery", async move {
-            loop {
-                engine.discover(&swarm).await;
-                swarm.discovering.store(false, Ordering::Release);
-                // A reader may have arrived while the task was ending.
-                if swarm.cancel.is_cancelled()
-                    || swarm.is_complete()
-                    || !swarm.needs_pieces()
-                    || swarm.discovering.swap(true, Ordering::AcqRel)
-                {
-                    return;
-                }
-            }
-        });
-    }
-
-    /// Finds peers for a swarm while it needs pieces; when the file is
-    /// complete, makes this user one more holder of it.
-    async fn discover(self: &Arc<Self>, swarm: &Arc<Swarm>) {
-        let file = swarm.file.clone();
-        let mut idle_rounds = 0;
-        let mut last_locate = None;
-        loop {
-            if swarm.is_complete() {
-                // One more holder of the file as listed; never a share of
-                // a name its sharer renamed or removed meanwhile.
-                let listed = self.tracker.locate(&file.group, &file.meta.name).await;
-                if !listed.is_ok_and(|(meta, _)| meta.id() == file.id) {
-                    tracing::info!(file = %file.meta.name, "complete; no longer listed as it was, so not shared");
-                    return;
-                }
-                match self
-                    .tracker
-                    .share_file(&file.group, file.meta.clone())
-                    .await
-                {
-                    Ok(()) => tracing::info!(file = %file.meta.name, "complete; now shared"),
-                    Err(e) => {
-                        tracing::warn!(file = %file.meta.name, "complete, but cannot share it: {e:#}")
-                    }
-                }
-                self.announce_now.notify_one();
-                return;
-            }
-            if !swarm.needs_pieces() {
-                // Nothing wanted for a while: stop asking the tracker; the
-                // next read starts discovery again.
-                idle_rounds += 1;
-                if idle_rounds >= IDLE_ROUNDS {
-                    return;
-                }
-            } else {
-                idle_rounds = 0;
-            }
-            // Every read wakes this loop; ask the tracker at most once per
-            // interval unless there is no peer at all.
-            let due = last_locate.is_none_or(|t: tokio::time::Instant| {
-                t.elapsed() >= DISCOVERY_INTERVAL || swarm.links() == 0
-            });
-            if due && swarm.needs_pieces() && swarm.links() < MAX_LINKS {
-                last_locate = Some(tokio::time::Instant::now());
-                match self.tracker.locate(&file.group, &file.meta.name).await {
-                    Ok((meta, peers)) if meta.id() == file.id => self.connect(swarm, peers),
-                    Ok(_) => {
-                        tracing::warn!(file = %file.meta.name, "the tracker now lists other content under this name")
-                    }
-                    Err(e) => tracing::debug!(file = %file.meta.name, "locate failed: {e:#}"),
-                }
-            }
-            // The task ends with the swarm's token.
-            tokio::select! {
-                () = tokio::time::sleep(DISCOVERY_INTERVAL) => {}
-                () = swarm.discover.notified() => {}
-            }
-        }
-    }
-
-    /// Starts links to the located peers we are not linked to yet.
-    fn connect(&self, swarm: &Arc<Swarm>, peers: Vec<PeerLocation>) {
-        let tasks = self.swarm_tasks(swarm);
-        for p in peers {
-            if p.peer == self.link_ctx.my_id
-                || swarm.links() >= MAX_LINKS
-                || !swarm.connect_started(p.peer)
-            {
-                continue;
-            }
-            tasks.spawn(
-                "peer-link",
-                fetch::run(swarm.clone(), self.link_ctx.clone(), p, tasks.clone()),
-            );
-        }
+        group: &str,
+        entry: &FileEntry,
+    ) -> Result<ReadStream, EngineError> {
+        let swarm = self.open(group, entry).await?;
+        Ok(ReadStream::new(self.clone(), swarm))
     }
 
     /// Hashes a file written through the mount (the pieces `prehash` has

@@ -33,10 +33,10 @@ mod rename;
 mod write;
 mod xattr;
 
+use crate::engine::read_stream::ReadStream;
 use crate::engine::{Engine, EngineError};
 use crate::fuse::inodes::{Node, Nodes};
 use crate::fuse::write::Staged;
-use crate::pieces::swarm::Swarm;
 use crate::tasks::Tasks;
 use fuser::{
     AccessFlags, Errno, FileHandle, Filesystem, INodeNo, KernelConfig, LockOwner, OpenFlags,
@@ -46,7 +46,7 @@ use fuser::{
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -56,15 +56,8 @@ use std::time::{Duration, SystemTime};
 const TTL: Duration = Duration::from_secs(1);
 
 enum Handle {
-    Read {
-        swarm: Arc<Swarm>,
-        /// Where the last read ended, to tell sequential reads from seeks.
-        next: AtomicU64,
-        /// The read-ahead window in pieces: it starts small so the first
-        /// read's pieces are not queued behind read-ahead traffic, and
-        /// doubles with every sequential read, like the kernel's own.
-        ahead: AtomicU32,
-    },
+    /// A shared file: its reads, their read-ahead and their waits.
+    Read(Arc<ReadStream>),
     /// A file being written, or not shared yet, opened for reading.
     ReadStaged { file: std::fs::File },
     /// A file being written; `reader` reads it back (the same open file,

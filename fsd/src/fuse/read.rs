@@ -3,23 +3,11 @@
 //! Files being written are read from their staging file.
 
 use super::{errno, spawn, Handle, Inner};
+use crate::engine::read_stream::ReadNow;
 use crate::engine::EngineError;
 use crate::fuse::inodes::Node;
-use crate::pieces::swarm::READ_AHEAD_PIECES;
-use fileshare_protocol::PIECE_LEN;
 use fuser::{Errno, FileHandle, FopenFlags, INodeNo, OpenFlags, ReplyData, ReplyOpen};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-
-/// Read-ahead, in pieces, after the first sequential read of a handle.
-const FIRST_READ_AHEAD: u32 = 4;
-
-/// How much the read-ahead grows with each further sequential read. The
-/// kernel sends a reader's first reads before any of them is answered, so
-/// the window reaches every peer (a few requests each) by the second read
-/// and its full size by the third: a cold read pulls from all its peers
-/// from the start instead of waiting for the first pieces to arrive.
-const READ_AHEAD_GROWTH: u32 = 4;
 
 impl Inner {
     pub(super) fn open(
@@ -52,16 +40,12 @@ impl Inner {
             self,
             "fuse-open",
             move |inner| async move {
-                let swarm = inner
+                let stream = inner
                     .engine
-                    .open(&group, &entry)
+                    .open_read(&group, &entry)
                     .await
                     .map_err(|e| errno(&e))?;
-                Ok(inner.new_handle(Handle::Read {
-                    swarm,
-                    next: AtomicU64::new(0),
-                    ahead: AtomicU32::new(0),
-                }))
+                Ok(inner.new_handle(Handle::Read(Arc::new(stream))))
             },
             move |r: Result<u64, Errno>| match r {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -75,8 +59,8 @@ impl Inner {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let (swarm, next, ahead) = match &*handle {
-            Handle::Read { swarm, next, ahead } => (swarm, next, ahead),
+        let stream = match &*handle {
+            Handle::Read(stream) => stream,
             Handle::ReadStaged { file } | Handle::Write { reader: file, .. } => {
                 let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0)];
                 return match read_full(file, &mut buf, offset) {
@@ -85,30 +69,15 @@ impl Inner {
                 };
             }
         };
-        let prev = next.swap(offset + u64::from(size), Ordering::Relaxed);
-        // Sequential, allowing for the kernel's parallel read-ahead requests.
-        let sequential = offset == 0 || offset.abs_diff(prev) <= 4 * PIECE_LEN;
-        let read_ahead = if sequential {
-            let window = (ahead
-                .load(Ordering::Relaxed)
-                .saturating_mul(READ_AHEAD_GROWTH))
-            .clamp(FIRST_READ_AHEAD, READ_AHEAD_PIECES);
-            ahead.store(window, Ordering::Relaxed);
-            window
-        } else {
-            ahead.store(0, Ordering::Relaxed);
-            0
+        let pending = match stream.read(offset, size) {
+            ReadNow::Done(Ok(data)) => return reply.data(&data),
+            ReadNow::Done(Err(e)) => return reply.error(errno(&e)),
+            ReadNow::Wait(pending) => pending,
         };
-        match self.engine.read_verified(swarm, offset, size, read_ahead) {
-            Some(Ok(data)) => return reply.data(&data),
-            Some(Err(e)) => return reply.error(errno(&e)),
-            None => {}
-        }
-        let swarm = swarm.clone();
         spawn(
             self,
             "fuse-read",
-            move |inner| async move { inner.engine.read(&swarm, offset, size, read_ahead).await },
+            move |_| pending.finish(),
             move |r: Result<Vec<u8>, EngineError>| match r {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(&e)),

@@ -1,4 +1,4 @@
-//! The residency half of [`Swarm`]'s transitions (a child of `swarm.rs`,
+//! The residency half of [`Swarm`]'s transitions (a child of `swarm/mod.rs`,
 //! over the same state and lock; see `STATE.md`): pieces entering the
 //! store verified, reads of verified bytes that count as uses, and
 //! eviction, which takes a piece out of `have` and punches its hole.
@@ -21,6 +21,15 @@ pub(super) struct Window {
     pub(super) first: u32,
     pub(super) last: u32,
     pub(super) at: Instant,
+}
+
+/// Why [`Swarm::read_range`] read nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RangeError {
+    #[error("not every piece of the range is verified here")]
+    Missing,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What [`Swarm::evict`] did.
@@ -72,7 +81,7 @@ impl Swarm {
     }
 
     /// The bytes `[offset, offset+len)` if every piece under them is
-    /// verified (`None` otherwise), read under the file's read guard so no
+    /// verified ([`RangeError::Missing`] otherwise), read under the file's read guard so no
     /// eviction punches them meanwhile. The read counts as a use of those
     /// pieces, and the window `read_ahead` pieces past it is kept from
     /// eviction.
@@ -81,14 +90,14 @@ impl Swarm {
         offset: u64,
         len: u64,
         read_ahead: u32,
-    ) -> Option<Result<Vec<u8>, StoreError>> {
+    ) -> Result<Vec<u8>, RangeError> {
         let _guard = self.file.read_guard();
         {
             let layout = self.file.layout;
             let mut st = self.state.lock();
             let mut range = layout.pieces_for_range(offset, len);
             if !range.all(|p| st.have.get(p.get())) {
-                return None;
+                return Err(RangeError::Missing);
             }
             let now = tick();
             let (mut first, mut last) = (None, None);
@@ -109,7 +118,9 @@ impl Swarm {
                 note_window(&mut st, first, end, Instant::now());
             }
         }
-        Some(self.file.read_at(offset, usize::try_from(len).unwrap_or(0)))
+        Ok(self
+            .file
+            .read_at(offset, usize::try_from(len).unwrap_or(0))?)
     }
 
     /// One whole verified piece for a peer (`None` if it is not held),

@@ -11,7 +11,7 @@
 
 use crate::pieces::picker::{self, PeerView, PickInput};
 use crate::store::StoredFile;
-use fileshare_protocol::{Bitfield, PeerId, PieceIndex, PIECE_LEN};
+use fileshare_protocol::{Bitfield, PeerId, PieceIndex};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,115 +120,6 @@ fn tick() -> u64 {
     CLOCK.fetch_add(1, Ordering::Relaxed)
 }
 
-struct Link {
-    key: LinkKey,
-    peer: PeerId,
-    addr: String,
-    /// What the peer said it has (subscription).
-    have: Bitfield,
-    /// Invariant: `have` minus the pieces in `deferred`; what the picker
-    /// may ask this peer for.
-    offer: Bitfield,
-    /// Pieces the peer refused `Busy`, and until when not to ask again.
-    deferred: Vec<(u32, Instant)>,
-    in_flight: Vec<u32>,
-    /// When each request in `in_flight` was sent (same order).
-    asked_at: Vec<Instant>,
-    tx: mpsc::UnboundedSender<LinkCmd>,
-    /// Bytes per second, smoothed.
-    rate: f64,
-    last_piece: Option<Instant>,
-    /// Bytes verified since `sample_at`, for the next sample of `rate`.
-    sample_bytes: u64,
-    sample_at: Option<Instant>,
-}
-
-impl Link {
-    /// Requests to keep in flight: [`PIPELINE`] worth of the measured rate,
-    /// between 1 and [`SLOTS_PER_PEER`]; at least [`INITIAL_SLOTS`] at a
-    /// seed, which is asked only for pieces no other peer offers (the
-    /// picker's rule 6): its uploads are shared among many requesters, so
-    /// each one's rate from it is a fraction of what it sends, and a few
-    /// such requests waiting there give it the choice of what goes out.
-    // A float-to-int `as` saturates, which is what a slot count wants.
-    #[allow(clippy::cast_possible_truncation)]
-    fn slots(&self) -> u32 {
-        if self.rate <= 0.0 || !self.rate.is_finite() {
-            return INITIAL_SLOTS;
-        }
-        let want = (self.rate * PIPELINE.as_secs_f64() / PIECE_LEN as f64).ceil();
-        let least = if self.have.is_full() {
-            INITIAL_SLOTS
-        } else {
-            1
-        };
-        (want as u32).clamp(least, SLOTS_PER_PEER)
-    }
-
-    /// A piece of `bytes` arrived at `now`: one more sample of the rate
-    /// once [`RATE_SAMPLE`] has passed since the last. Pieces are verified
-    /// in bursts when the machine is busy, so the time between two of them
-    /// says little. The first sample ends sooner, after [`INITIAL_SLOTS`]
-    /// pieces: until then a fast peer is held to that many requests.
-    fn measure(&mut self, bytes: u64, now: Instant) {
-        if let Some(at) = self.sample_at {
-            self.sample_bytes += bytes;
-            let dt = now.saturating_duration_since(at);
-            let first = self.rate == 0.0
-                && !dt.is_zero()
-                && self.sample_bytes >= u64::from(INITIAL_SLOTS) * PIECE_LEN;
-            if dt >= RATE_SAMPLE || first {
-                let inst = self.sample_bytes as f64 / dt.as_secs_f64();
-                self.rate = if self.rate == 0.0 {
-                    inst
-                } else {
-                    0.5 * self.rate + 0.5 * inst
-                };
-                self.sample_bytes = 0;
-                self.sample_at = Some(now);
-            }
-        } else {
-            // The first piece starts the first sample.
-            self.sample_at = Some(now);
-        }
-        self.last_piece = Some(now);
-    }
-
-    fn free_slots(&self) -> u32 {
-        self.slots()
-            .saturating_sub(u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX))
-    }
-
-    fn ask(&mut self, piece: u32, now: Instant) {
-        self.in_flight.push(piece);
-        self.asked_at.push(now);
-    }
-
-    /// The request for `piece` is answered, refused or cancelled.
-    fn forget(&mut self, piece: u32) {
-        if let Some(i) = self.in_flight.iter().position(|&p| p == piece) {
-            self.in_flight.remove(i);
-            self.asked_at.remove(i);
-        }
-    }
-
-    /// Whether the request at `pos` in `in_flight` is late at `now`
-    /// ([`LATE_MIN`], or `least` near the end of the file).
-    fn late(&self, pos: usize, now: Instant, least: Duration) -> bool {
-        let Some(&at) = self.asked_at.get(pos) else {
-            return false;
-        };
-        let mut after = least;
-        if self.rate > 0.0 && self.rate.is_finite() {
-            let queue = 3.0 * (pos + 1) as f64 * PIECE_LEN as f64 / self.rate;
-            after = after.max(Duration::from_secs_f64(queue.min(LATE_MAX.as_secs_f64())));
-        }
-        let since = self.last_piece.map_or(at, |t| t.max(at));
-        now.saturating_duration_since(since) >= after
-            || now.saturating_duration_since(at) >= LATE_MAX
-    }
-}
-
 /// What this daemon fetched from one peer address, kept after the link
 /// ends so users can read it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -311,9 +202,9 @@ pub struct Swarm {
     /// Ends the swarm's discovery and link tasks.
     pub cancel: CancellationToken,
     /// Wakes the discovery task when a reader needs pieces.
-    pub discover: tokio::sync::Notify,
-    /// Set once a discovery task runs for this swarm.
-    pub discovering: std::sync::atomic::AtomicBool,
+    discover: tokio::sync::Notify,
+    /// Set while a discovery task runs for this swarm.
+    discovering: std::sync::atomic::AtomicBool,
     /// Bytes of this file sent to peers.
     pub uploaded: std::sync::atomic::AtomicU64,
     /// Bytes of pieces that arrived after another copy was verified (end
@@ -364,6 +255,26 @@ impl Swarm {
             uploaded: std::sync::atomic::AtomicU64::new(0),
             duplicate_bytes: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Wakes this swarm's discovery task; true if none runs and the caller
+    /// is to start one (it then runs until [`Swarm::discovery_ended`]).
+    pub fn wake_discovery(&self) -> bool {
+        self.discover.notify_one();
+        !self.discovering.swap(true, Ordering::AcqRel)
+    }
+
+    /// Resolves when a reader wakes discovery.
+    pub async fn discovery_woken(&self) {
+        self.discover.notified().await
+    }
+
+    /// The discovery task is done; true if it must go on after all (a
+    /// reader that needs pieces arrived meanwhile and started none).
+    pub fn discovery_ended(&self) -> bool {
+        self.discovering.store(false, Ordering::Release);
+        let done = self.cancel.is_cancelled() || self.is_complete() || !self.needs_pieces();
+        !done && !self.discovering.swap(true, Ordering::AcqRel)
     }
 
     pub fn have(&self) -> Bitfield {
@@ -848,11 +759,11 @@ fn views(st: &PieceState) -> Vec<PeerView<'_>> {
         .collect()
 }
 
-#[path = "swarm_residency.rs"]
+mod link;
 mod residency;
-pub use residency::Evicted;
+use link::Link;
 use residency::{bytes_of, note_window, Window};
+pub use residency::{Evicted, RangeError};
 
 #[cfg(test)]
-#[path = "swarm_tests.rs"]
 mod tests;

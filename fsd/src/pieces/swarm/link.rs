@@ -1,0 +1,117 @@
+//! One peer link as the swarm keeps it: what the peer offers, what is in
+//! flight to it and when each request went, and its measured rate, from
+//! which its number of request slots and the lateness of a request follow.
+
+use super::{LinkCmd, LinkKey, INITIAL_SLOTS, LATE_MAX, PIPELINE, RATE_SAMPLE, SLOTS_PER_PEER};
+use fileshare_protocol::{Bitfield, PeerId, PIECE_LEN};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub(super) struct Link {
+    pub(super) key: LinkKey,
+    pub(super) peer: PeerId,
+    pub(super) addr: String,
+    /// What the peer said it has (subscription).
+    pub(super) have: Bitfield,
+    /// Invariant: `have` minus the pieces in `deferred`; what the picker
+    /// may ask this peer for.
+    pub(super) offer: Bitfield,
+    /// Pieces the peer refused `Busy`, and until when not to ask again.
+    pub(super) deferred: Vec<(u32, Instant)>,
+    pub(super) in_flight: Vec<u32>,
+    /// When each request in `in_flight` was sent (same order).
+    pub(super) asked_at: Vec<Instant>,
+    pub(super) tx: mpsc::UnboundedSender<LinkCmd>,
+    /// Bytes per second, smoothed.
+    pub(super) rate: f64,
+    pub(super) last_piece: Option<Instant>,
+    /// Bytes verified since `sample_at`, for the next sample of `rate`.
+    pub(super) sample_bytes: u64,
+    pub(super) sample_at: Option<Instant>,
+}
+
+impl Link {
+    /// Requests to keep in flight: [`PIPELINE`] worth of the measured rate,
+    /// between 1 and [`SLOTS_PER_PEER`]; at least [`INITIAL_SLOTS`] at a
+    /// seed, which is asked only for pieces no other peer offers (the
+    /// picker's rule 6): its uploads are shared among many requesters, so
+    /// each one's rate from it is a fraction of what it sends, and a few
+    /// such requests waiting there give it the choice of what goes out.
+    // A float-to-int `as` saturates, which is what a slot count wants.
+    #[allow(clippy::cast_possible_truncation)]
+    pub(super) fn slots(&self) -> u32 {
+        if self.rate <= 0.0 || !self.rate.is_finite() {
+            return INITIAL_SLOTS;
+        }
+        let want = (self.rate * PIPELINE.as_secs_f64() / PIECE_LEN as f64).ceil();
+        let least = if self.have.is_full() {
+            INITIAL_SLOTS
+        } else {
+            1
+        };
+        (want as u32).clamp(least, SLOTS_PER_PEER)
+    }
+
+    /// A piece of `bytes` arrived at `now`: one more sample of the rate
+    /// once [`RATE_SAMPLE`] has passed since the last. Pieces are verified
+    /// in bursts when the machine is busy, so the time between two of them
+    /// says little. The first sample ends sooner, after [`INITIAL_SLOTS`]
+    /// pieces: until then a fast peer is held to that many requests.
+    pub(super) fn measure(&mut self, bytes: u64, now: Instant) {
+        if let Some(at) = self.sample_at {
+            self.sample_bytes += bytes;
+            let dt = now.saturating_duration_since(at);
+            let first = self.rate == 0.0
+                && !dt.is_zero()
+                && self.sample_bytes >= u64::from(INITIAL_SLOTS) * PIECE_LEN;
+            if dt >= RATE_SAMPLE || first {
+                let inst = self.sample_bytes as f64 / dt.as_secs_f64();
+                self.rate = if self.rate == 0.0 {
+                    inst
+                } else {
+                    0.5 * self.rate + 0.5 * inst
+                };
+                self.sample_bytes = 0;
+                self.sample_at = Some(now);
+            }
+        } else {
+            // The first piece starts the first sample.
+            self.sample_at = Some(now);
+        }
+        self.last_piece = Some(now);
+    }
+
+    pub(super) fn free_slots(&self) -> u32 {
+        self.slots()
+            .saturating_sub(u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX))
+    }
+
+    pub(super) fn ask(&mut self, piece: u32, now: Instant) {
+        self.in_flight.push(piece);
+        self.asked_at.push(now);
+    }
+
+    /// The request for `piece` is answered, refused or cancelled.
+    pub(super) fn forget(&mut self, piece: u32) {
+        if let Some(i) = self.in_flight.iter().position(|&p| p == piece) {
+            self.in_flight.remove(i);
+            self.asked_at.remove(i);
+        }
+    }
+
+    /// Whether the request at `pos` in `in_flight` is late at `now`
+    /// ([`LATE_MIN`], or `least` near the end of the file).
+    pub(super) fn late(&self, pos: usize, now: Instant, least: Duration) -> bool {
+        let Some(&at) = self.asked_at.get(pos) else {
+            return false;
+        };
+        let mut after = least;
+        if self.rate > 0.0 && self.rate.is_finite() {
+            let queue = 3.0 * (pos + 1) as f64 * PIECE_LEN as f64 / self.rate;
+            after = after.max(Duration::from_secs_f64(queue.min(LATE_MAX.as_secs_f64())));
+        }
+        let since = self.last_piece.map_or(at, |t| t.max(at));
+        now.saturating_duration_since(since) >= after
+            || now.saturating_duration_since(at) >= LATE_MAX
+    }
+}
