@@ -7,9 +7,11 @@
 //! From the edge in; each module imports only those after it, so there is
 //! no circle and no import that points up (`scripts/modgraph.py` checks it):
 //!
-//! Layers: mount, commands, cli, control, ui, fuse, engine, net, pieces, trackers, store, home, tasks, umask, units
+//! Layers: mount, node, commands, cli, control, ui, fuse, engine, net, pieces, trackers, store, home, tasks, umask, units
 //!
 //! - [`mount`]: `fsd mount`: starts and stops everything below.
+//! - [`node`]: one member's daemon without its mount (tracker link,
+//!   engine, peer server), which the mount fronts and tests drive alone.
 //! - [`commands`]: what each command does on the client side, and `fsd
 //!   shell`; [`cli`]: the command line (clap).
 //! - [`control`]: the control socket between the command line and the
@@ -45,6 +47,7 @@ pub mod fuse;
 pub mod home;
 pub mod mount;
 pub mod net;
+pub mod node;
 pub mod pieces;
 pub mod store;
 pub mod tasks;

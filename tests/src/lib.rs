@@ -10,6 +10,8 @@
 //! - [`daemon`]: background `fsd` commands, `fsd mount --daemon`, and small
 //!   read-only or full filesystems, each with its guard.
 //! - [`world`]: a tracker, users, groups and mounts for one test.
+//! - [`inproc`]: a tracker and daemon nodes in the test's own process, no
+//!   FUSE, no root: the read path, the peer server, tickets and eviction.
 //! - [`netns`]: a LAN of network namespaces with shaped uplinks, for
 //!   trackers and mounts on hosts of their own ([`world::World::on`]).
 //! - [`relay`]: a recording TCP relay, for what crosses the wire.
@@ -22,6 +24,7 @@ pub mod browser;
 pub mod cli;
 pub mod cluster;
 pub mod daemon;
+pub mod inproc;
 pub mod liar;
 pub mod local_user;
 pub mod mount;

@@ -13,19 +13,13 @@
 pub mod detach;
 
 use crate::cli::MountArgs;
-use crate::engine::{Engine, EngineConfig};
 use crate::home::Home;
-use crate::net::serve::ServeCtx;
-use crate::net::token_bucket::TokenBucket;
-use crate::pieces::registry::Registry;
+use crate::node::{Node, NodeConfig};
 use crate::store::Store;
 use crate::tasks::Tasks;
-use crate::trackers::{now_ms, TrackerLink};
+use crate::trackers::now_ms;
 use anyhow::{bail, Context};
-use fileshare_protocol::tls::{ClientCerts, ServerTls};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,20 +93,6 @@ fn raise_read_ahead(mountpoint: &Path) {
     }
 }
 
-/// The address other peers reach us at: the listening port on the local
-/// address that routes to the first tracker.
-fn public_addr(bound: SocketAddr, tracker: &str) -> String {
-    if !bound.ip().is_unspecified() {
-        return bound.to_string();
-    }
-    let ip = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect(tracker).map(|()| s))
-        .and_then(|s| s.local_addr())
-        .map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-    SocketAddr::new(ip, bound.port()).to_string()
-}
-
 async fn serve(
     home: &Home,
     args: &MountArgs,
@@ -136,78 +116,34 @@ async fn serve(
             anyhow::Ok((store, home_c.tracker_client()?, home_c.identity()?))
         })
         .await??;
-    let my_id = identity.peer_id();
-    // Peers are served only to daemons that present a key: the requester's
-    // peer id is its key's.
-    let peer_tls = ServerTls::new(&identity, ClientCerts::Required)
-        .context("cannot set up TLS for the peer server")?;
-    let first_tracker = client.addrs().first().cloned().unwrap_or_default();
-    let tracker = Arc::new(TrackerLink::new(
-        client,
-        session.token,
-        session.user.clone(),
-        my_id,
-    ));
-
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = public_addr(listener.local_addr()?, &first_tracker);
-    crate::net::upload_scheduler::limit_unsent(&listener);
-
-    let registry = Arc::new(Registry::default());
-    let burst = fileshare_protocol::PIECE_LEN;
-    let engine_tasks = tasks.child();
-    let engine = Engine::new(
-        store,
-        identity,
-        tracker.clone(),
-        registry.clone(),
-        EngineConfig {
-            download: args.max_download_rate.map(|r| TokenBucket::new(r, burst)),
+    let node = Node::start(
+        NodeConfig {
+            store,
+            identity,
+            client,
+            session: session.token,
+            user: session.user.clone(),
+            listen: args.listen.clone(),
+            max_upload_rate: args.max_upload_rate,
+            max_download_rate: args.max_download_rate,
             read_timeout: Duration::from_secs(args.read_timeout.max(1)),
             cache_size: args.cache_size,
+            corrupt_uploads: args.corrupt_uploads,
         },
-        engine_tasks.clone(),
-    );
-    let resumed = engine.load_store().await?;
-
-    let peer_tasks = tasks.child();
-    let uploads = Arc::new(crate::net::upload_scheduler::Uploads::new(
-        args.max_upload_rate,
-        burst,
-        {
-            let registry = registry.clone();
-            move |peer: &fileshare_protocol::PeerId| registry.received_from(peer)
-        },
-    ));
-    peer_tasks.spawn("upload-pacer", {
-        let (uploads, token) = (uploads.clone(), peer_tasks.token().clone());
-        async move { uploads.run(token).await }
-    });
-    let serve_ctx = Arc::new(ServeCtx {
-        my_id,
-        tls: peer_tls,
-        tracker: tracker.clone(),
-        registry: registry.clone(),
-        uploads: uploads.clone(),
-        corrupt: args.corrupt_uploads,
-        send_buffers: Default::default(),
-        next_conn: AtomicU64::new(0),
-        tasks: peer_tasks.clone(),
-    });
-    peer_tasks.spawn("peer-server", crate::net::serve::run(listener, serve_ctx));
+        &tasks,
+    )
+    .await?;
+    let (engine, tracker, registry) = (&node.engine, &node.tracker, &node.registry);
     let meter = Arc::new(crate::ui::meter::Meter::default());
-    peer_tasks.spawn(
+    node.peer_tasks.spawn(
         "ui-meter",
         crate::ui::meter::run(
             meter.clone(),
             registry.clone(),
-            uploads.clone(),
-            peer_tasks.token().clone(),
+            node.uploads.clone(),
+            node.peer_tasks.token().clone(),
         ),
     );
-    engine.start(addr.clone());
 
     let fs = crate::fuse::FileShareFs::new(engine.clone(), tasks.child());
     let mut fuse = match FuseSession::mount(&tasks, fs, mountpoint).await {
@@ -221,16 +157,16 @@ async fn serve(
     let _ = tasks.blocking(move || raise_read_ahead(&mp)).await;
     tracing::info!(
         mountpoint = %mountpoint.display(),
-        peer = %addr,
+        peer = %node.addr,
         user = %tracker.user,
-        resumed,
+        resumed = node.resumed,
         "mounted"
     );
     let control_tasks = tasks.child();
     let source = Arc::new(crate::ui::snapshot::Source::new(
         engine.clone(),
         tracker.clone(),
-        registry,
+        registry.clone(),
         meter,
         mountpoint.clone(),
     ));
@@ -258,10 +194,8 @@ async fn serve(
     // Peers, the engine and the control socket stop first, while the
     // trackers hear that we leave; FUSE calls are answered until the
     // unmount. Then everything left is cancelled and joined.
-    for t in [&peer_tasks, &engine_tasks, &control_tasks] {
-        t.token().cancel();
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.leave()).await;
+    control_tasks.token().cancel();
+    node.stop().await;
     fuse.unmount(&tasks, mountpoint).await;
     match tasks.shutdown(SHUTDOWN_GRACE).await {
         0 => tracing::debug!("every task ended"),
