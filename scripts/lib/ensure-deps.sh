@@ -10,6 +10,10 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # systemd-analyze: the test that checks the systemd user unit in contrib/.
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 { command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; } || need_apt+=(iproute2)
+# man (the package's test reads the installed man pages) and dpkg-shlibdeps
+# (cargo-deb works out the package's library dependencies with it).
+command -v man >/dev/null 2>&1 || need_apt+=(man-db)
+command -v dpkg-shlibdeps >/dev/null 2>&1 || need_apt+=(dpkg-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then
@@ -24,3 +28,11 @@ if [ ! -c /dev/fuse ]; then
   exit 1
 fi
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo not found; install the Rust toolchain" >&2; exit 1; }
+# cargo-deb builds the Debian package (scripts/package.sh and its test).
+# 3.8 still packages the dev profile, which the test takes from the other
+# tests' build (with a warning: later versions may refuse it). About 100 s
+# of CPU to build, once.
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "== installing cargo-deb"
+  cargo install cargo-deb --locked --version '~3.8' --quiet
+fi

@@ -1,4 +1,4 @@
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use fileshare_tracker::{Config, Limits, Settings};
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -20,6 +20,9 @@ struct Args {
     /// Print this tracker's key fingerprint (sha256:HEX, made if missing) and exit
     #[arg(long)]
     fingerprint: bool,
+    /// Print the man page (roff) and exit: `fileshare-tracker --man | man -l -`
+    #[arg(long, exclusive = true)]
+    man: bool,
     /// Seconds a ticket lasts: how long a group's access on the peers
     /// outlives a membership
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
@@ -61,7 +64,13 @@ struct Args {
 
 fn main() -> ExitCode {
     return_big_allocations();
-    let args = Args::parse();
+    // Parsed in two steps: `--man` stands alone, without the positionals
+    // that the fields below require.
+    let matches = Args::command().get_matches();
+    if matches.get_flag("man") {
+        return man();
+    }
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -138,6 +147,26 @@ fn main() -> ExitCode {
 fn return_big_allocations() {
     // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.
     let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+}
+
+/// Writes the man page, generated from the command line's own definition
+/// so it never falls behind it, to standard output.
+fn man() -> ExitCode {
+    use std::io::Write;
+    let mut buf = Vec::new();
+    let written = clap_mangen::Man::new(Args::command())
+        .render(&mut buf)
+        .and_then(|()| {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&buf).and_then(|()| out.flush())
+        });
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("fileshare-tracker: cannot write the man page: {e}");
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 /// A count flag as a `usize`, saturating.
