@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// A peer link's handle inside the swarm.
-pub type LinkKey = u64;
+/// A peer link's handle inside the swarm: given by [`Swarm::add_link`],
+/// never reused within the swarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LinkKey(u64);
 
 /// Requests in flight to one peer at most: 16 x 512 KiB covers the time a
 /// piece spends on the wire and in verification on a fast link.
@@ -238,7 +240,7 @@ impl Swarm {
                 awaited: Vec::new(),
                 pins: 0,
                 links: Vec::new(),
-                next_key: 1,
+                next_key: LinkKey(1),
                 counters: HashMap::new(),
                 banned: Vec::new(),
                 connecting: Vec::new(),
@@ -442,7 +444,7 @@ impl Swarm {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let key = st.next_key;
-        st.next_key += 1;
+        st.next_key = LinkKey(key.0 + 1);
         tracing::info!(file = %self.file.meta.name, peer = %addr, pieces = have.count(), "peer joined");
         st.links.push(Link {
             key,

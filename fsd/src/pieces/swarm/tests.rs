@@ -171,7 +171,7 @@ fn readers_fetch_from_each_other_before_the_seed() {
 fn request_window_follows_the_measured_rate() {
     let (tx, _rx) = mpsc::unbounded_channel();
     let mut l = Link {
-        key: 1,
+        key: LinkKey(1),
         peer: peer(1),
         addr: String::new(),
         have: Bitfield::new(1),
@@ -256,7 +256,7 @@ fn store_all(s: &Swarm) {
     for p in s.file.layout.pieces() {
         let byte = u8::try_from(p.get()).unwrap();
         let data = vec![byte; usize::try_from(s.file.layout.piece_size(p)).unwrap()];
-        assert_eq!(s.store_verified(0, p, &data).unwrap(), PIECE_LEN);
+        assert_eq!(s.store_verified(LinkKey(0), p, &data).unwrap(), PIECE_LEN);
     }
 }
 
@@ -331,7 +331,7 @@ fn a_piece_that_cannot_be_stored_fails_its_readers_at_once() {
 fn link_at(rate: f64) -> Link {
     let (tx, _rx) = mpsc::unbounded_channel();
     Link {
-        key: 1,
+        key: LinkKey(1),
         peer: peer(1),
         addr: String::new(),
         have: Bitfield::full(8),
