@@ -47,10 +47,21 @@ struct Args {
     /// Join requests that may wait in one group
     #[arg(long, default_value_t = 1000)]
     max_pending_requests: u64,
-    /// Logins and sign-ups that may wait for a password check; more are
-    /// answered "busy, retry later" at once
+    /// Logins that may wait for a password check; more are answered
+    /// "busy, retry later" at once (sign-ups wait in a queue of their own)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     max_login_queue: u64,
+    /// Sign-ups one source address (an IPv6 /64 counts as one) may make per
+    /// hour, over the whole cluster
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    max_sign_ups_per_address: u32,
+    /// Login sessions one user may have open at once
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_sessions_per_user: u64,
+    /// MiB of file metadata (piece hashes, 32 bytes per 512 KiB piece) one
+    /// user may share over all groups
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    max_metadata_per_user: u64,
     /// Seconds between a daemon's announces (testing)
     #[arg(long, hide = true, default_value_t = 5)]
     announce_interval: u64,
@@ -103,6 +114,9 @@ fn main() -> ExitCode {
                 files_per_user: count(args.max_files_per_user),
                 pending_requests: count(args.max_pending_requests),
                 login_queue: count(args.max_login_queue),
+                sign_ups_per_address: args.max_sign_ups_per_address,
+                sessions_per_user: count(args.max_sessions_per_user),
+                metadata_per_user: args.max_metadata_per_user.saturating_mul(1 << 20),
             },
             ..Settings::default()
         },

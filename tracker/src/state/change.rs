@@ -15,7 +15,7 @@
 use crate::state::records::{Record, TokenHash};
 use crate::state::State;
 use fileshare_protocol::ids::FileMeta;
-use fileshare_protocol::ErrorCode;
+use fileshare_protocol::{ErrorCode, Limit};
 use serde::{Deserialize, Serialize};
 
 /// A requested change. Followers send it to the leader as is (encoded with
@@ -176,10 +176,13 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
                 .filter(|(_, g)| g.owner == user)
                 .count();
             if owned >= quota as usize {
-                return Err(ErrorCode::LimitReached(format!(
-                    "{user} owns {owned} groups, the most one user may own \
-                     (--max-groups-per-user {quota})"
-                )));
+                return Err(ErrorCode::LimitReached {
+                    limit: Limit::GroupsPerUser,
+                    message: format!(
+                        "{user} owns {owned} groups, the most one user may own \
+                         (--max-groups-per-user {quota})"
+                    ),
+                });
             }
             Record::GroupCreated { group, owner: user }
         }
@@ -193,10 +196,14 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
             }
             let pending = g.pending_count();
             if pending >= quota as usize {
-                return Err(ErrorCode::LimitReached(format!(
-                    "group {group} has {pending} join requests waiting, the most one group \
-                     may have (--max-pending-requests {quota}); ask its owner to decide some"
-                )));
+                return Err(ErrorCode::LimitReached {
+                    limit: Limit::PendingRequests,
+                    message: format!(
+                        "group {group} has {pending} join requests waiting, the most one \
+                         group may have (--max-pending-requests {quota}); ask its owner to \
+                         decide some"
+                    ),
+                });
             }
             Record::JoinRequested { group, user }
         }
@@ -332,10 +339,13 @@ fn check_files_quota(
 ) -> Result<(), ErrorCode> {
     let shared = g.files().filter(|f| f.sharer == user).count();
     if shared >= quota as usize {
-        return Err(ErrorCode::LimitReached(format!(
-            "{user} shares {shared} files in group {group}, the most one user may share in \
-             one group (--max-files-per-user {quota})"
-        )));
+        return Err(ErrorCode::LimitReached {
+            limit: Limit::FilesPerUser,
+            message: format!(
+                "{user} shares {shared} files in group {group}, the most one user may share \
+                 in one group (--max-files-per-user {quota})"
+            ),
+        });
     }
     Ok(())
 }
