@@ -21,8 +21,8 @@ struct Args {
     #[arg(long)]
     fingerprint: bool,
     /// Seconds a ticket lasts: how long a group's access on the peers
-    /// outlives a membership
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    /// outlives a membership (at most 3600: daemons refuse longer tickets)
+    #[arg(long, default_value_t = 300, value_parser = ticket_ttl)]
     ticket_ttl: u64,
     /// Connections (clients and the other trackers) served at once; more
     /// are closed when accepted
@@ -152,6 +152,21 @@ fn main() -> ExitCode {
 fn return_big_allocations() {
     // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.
     let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+}
+
+/// `--ticket-ttl`: whole seconds, from 1 to what daemons accept.
+fn ticket_ttl(s: &str) -> Result<u64, String> {
+    let max = fileshare_protocol::ticket::MAX_TICKET_LIFETIME.as_secs();
+    let secs: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(1..=max).contains(&secs) {
+        return Err(format!(
+            "a ticket lasts 1 to {max} seconds; daemons refuse tickets that last longer, \
+             so members would be refused everywhere"
+        ));
+    }
+    Ok(secs)
 }
 
 /// A count flag as a `usize`, saturating.

@@ -63,6 +63,10 @@ impl SharedFile {
 
 #[derive(Debug, Clone)]
 pub struct Group {
+    /// Its creation id: unique over the life of the cluster, and larger for
+    /// a group created later, so a group deleted and created again under
+    /// its name is told apart from the one before (tickets carry it).
+    pub id: u64,
     /// Invariant: a key of `members`.
     pub owner: String,
     /// Member -> join sequence number; the smallest is the longest-standing
@@ -174,6 +178,7 @@ impl State {
                 }
                 self.seq += 1;
                 let g = Group {
+                    id: self.seq,
                     owner: owner.clone(),
                     members: BTreeMap::from([(owner.clone(), self.seq)]),
                     requests: BTreeMap::new(),
@@ -638,6 +643,26 @@ mod tests {
         };
         assert!(st.session(token_hash, expires_unix_ms - 1).is_some());
         assert!(st.session(token_hash, *expires_unix_ms).is_none());
+    }
+
+    #[test]
+    fn a_group_created_again_under_its_name_has_a_new_id() {
+        let mut recs = group_of_three();
+        let first = replay(&recs).group("g").unwrap().id;
+        for u in ["bob", "carol", "alice"] {
+            recs.push(Record::MemberLeft {
+                group: s("g"),
+                user: s(u),
+            });
+        }
+        recs.push(Record::GroupCreated {
+            group: s("g"),
+            owner: s("mallory"),
+        });
+        let again = replay(&recs).group("g").unwrap().id;
+        assert!(again > first, "{again} after {first}");
+        // The same on every replay.
+        assert_eq!(replay(&recs).group("g").unwrap().id, again);
     }
 
     #[test]
