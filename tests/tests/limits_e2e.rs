@@ -535,3 +535,61 @@ fn guesses_sent_at_once_get_no_more_checks_than_the_budget() {
         client.login("alice", "pw").await.expect("alice logs in");
     });
 }
+
+/// Quotas count bytes and sessions, not only items: with a MiB of metadata
+/// per user, alice's shares over two groups stop at the MiB; with three
+/// sessions per user, a fourth login waits for a logout. Each refusal says
+/// which limit it is.
+#[test]
+fn metadata_and_sessions_are_capped_per_user() {
+    use fileshare_protocol::client::ClientError;
+    use fileshare_protocol::ids::FileMeta;
+    use fileshare_protocol::{ErrorCode, Limit, PieceHash, PIECE_LEN};
+    let tracker = Tracker::with_args(&[
+        "--max-metadata-per-user",
+        "1",
+        "--max-sessions-per-user",
+        "3",
+    ]);
+    let rt = rt();
+    let client = tracker.client();
+    // 10,000 invented piece hashes: 320,000 bytes of metadata.
+    let file = |name: &str| FileMeta {
+        name: name.into(),
+        size: 10_000 * PIECE_LEN,
+        piece_len: PIECE_LEN,
+        hashes: (0..10_000u32)
+            .map(|i| PieceHash::of(format!("{name}/{i}").as_bytes()))
+            .collect(),
+    };
+    let limit_of = |r: Result<_, ClientError>| match r {
+        Err(ClientError::Refused(ErrorCode::LimitReached { limit, message })) => {
+            eprintln!("refused: {message}");
+            limit
+        }
+        other => panic!("expected a quota refusal, got {other:?}"),
+    };
+    rt.block_on(async {
+        let session = sign_up(&client, "alice").await;
+        for g in ["g1", "g2"] {
+            client.create_group(session, g).await.unwrap();
+        }
+        for (g, f) in [("g1", "f0"), ("g2", "f1"), ("g1", "f2")] {
+            client.share_file(session, g, file(f)).await.unwrap();
+        }
+        let over = client.share_file(session, "g2", file("f3")).await;
+        assert_eq!(limit_of(over), Limit::MetadataPerUser);
+        client.stop_share(session, "g1", "f0").await.unwrap();
+        client.share_file(session, "g2", file("f3")).await.unwrap();
+
+        let second = client.login("alice", "pw").await.unwrap().token;
+        client.login("alice", "pw").await.unwrap();
+        let fourth = client.login("alice", "pw").await;
+        assert_eq!(limit_of(fourth.map(|_| ())), Limit::SessionsPerUser);
+        client.logout(second).await.unwrap();
+        client
+            .login("alice", "pw")
+            .await
+            .expect("a login after a logout");
+    });
+}

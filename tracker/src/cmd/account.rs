@@ -1,6 +1,6 @@
 //! Accounts and sessions.
 
-use super::user_name;
+use super::{quota, user_name};
 use crate::auth;
 use crate::shared::{Queue, Shared};
 use crate::state::change::Change;
@@ -74,6 +74,7 @@ pub async fn login(
             user: user.clone(),
             now_unix_ms,
             expires_unix_ms,
+            quota: quota(shared.settings.limits.sessions_per_user),
         })
         .await?;
     Ok(TrackerReply::Session {
