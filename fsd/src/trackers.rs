@@ -8,6 +8,10 @@
 //! It also remembers the groups the trackers said this user is no longer a
 //! member of, so reads of their files fail at once with EACCES instead of
 //! waiting for peers that will refuse.
+//!
+//! And it tells the serving side which incarnation of a group is current
+//! ([`TrackerLink::check_incarnation`]), so a ticket of a group deleted and
+//! created again under its name opens nothing here.
 
 use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;

@@ -76,11 +76,12 @@ struct Failures {
     blocked_until: Instant,
 }
 
-/// Failed logins from one source address in the current window.
+/// What one source address spent of a budget in the current window:
+/// failed logins, or sign-ups.
 #[derive(Debug, Clone, Copy)]
 struct Budget {
     window_start: Instant,
-    failures: u32,
+    spent: u32,
 }
 
 /// Slows down password guessing without locking the rightful user out.
@@ -168,7 +169,7 @@ impl Throttle {
         };
         if let Some(b) = self.sources.get(&from) {
             let ends = b.window_start + SOURCE_WINDOW;
-            if b.failures >= self.source_budget() && ends > now {
+            if b.spent >= self.source_budget() && ends > now {
                 return Err(wait(ends));
             }
         }
@@ -188,15 +189,15 @@ impl Throttle {
         }
         let b = self.sources.entry(from).or_insert(Budget {
             window_start: now,
-            failures: 0,
+            spent: 0,
         });
         if b.window_start + SOURCE_WINDOW <= now {
             *b = Budget {
                 window_start: now,
-                failures: 0,
+                spent: 0,
             };
         }
-        b.failures = b.failures.saturating_add(1);
+        b.spent = b.spent.saturating_add(1);
         let free = self.free_failures();
         let scale = self.trackers;
         let f = self
@@ -221,7 +222,7 @@ impl Throttle {
     /// (the tracker was busy).
     pub fn cancel(&mut self, user: &str, from: Option<Source>, now: Instant) {
         if let Some(b) = self.sources.get_mut(&from) {
-            b.failures = b.failures.saturating_sub(1);
+            b.spent = b.spent.saturating_sub(1);
         }
         let free = self.free_failures();
         if let Some(f) = self.pairs.get_mut(&(user.to_string(), from)) {
@@ -237,7 +238,7 @@ impl Throttle {
     pub fn succeeded(&mut self, user: &str, from: Option<Source>) {
         self.pairs.remove(&(user.to_string(), from));
         if let Some(b) = self.sources.get_mut(&from) {
-            b.failures = b.failures.saturating_sub(1);
+            b.spent = b.spent.saturating_sub(1);
         }
     }
 }
@@ -278,15 +279,15 @@ impl SignUps {
         }
         let b = self.sources.entry(from).or_insert(Budget {
             window_start: now,
-            failures: 0,
+            spent: 0,
         });
         if b.window_start + SIGN_UP_WINDOW <= now {
             *b = Budget {
                 window_start: now,
-                failures: 0,
+                spent: 0,
             };
         }
-        if b.failures >= self.budget {
+        if b.spent >= self.budget {
             let wait = (b.window_start + SIGN_UP_WINDOW).saturating_duration_since(now);
             let place = from.map_or("this address".to_string(), |s| s.to_string());
             return Err(ErrorCode::LimitReached {
@@ -294,13 +295,13 @@ impl SignUps {
                 message: format!(
                     "{place} made {} sign-ups this hour, the most one address may make \
                      (--max-sign-ups-per-address {}); try again in {} s",
-                    b.failures,
+                    b.spent,
                     self.cluster_budget,
                     wait.as_secs().max(1)
                 ),
             });
         }
-        b.failures += 1;
+        b.spent += 1;
         Ok(())
     }
 
@@ -308,7 +309,7 @@ impl SignUps {
     /// tracker was busy).
     pub fn cancel(&mut self, from: Option<Source>) {
         if let Some(b) = self.sources.get_mut(&from) {
-            b.failures = b.failures.saturating_sub(1);
+            b.spent = b.spent.saturating_sub(1);
         }
     }
 }
@@ -421,7 +422,7 @@ mod tests {
             t.reserve("alice", s3, t0).unwrap();
             t.succeeded("alice", s3);
         }
-        assert_eq!(t.sources[&s3].failures, 0);
+        assert_eq!(t.sources[&s3].spent, 0);
     }
 
     #[test]
