@@ -1,8 +1,8 @@
 //! Everything the request handlers share, and how it comes up from disk.
 //!
-//! Lock order: `state` before `peers`; `throttle` and `availability` are
-//! never held with another. No lock is held across an `.await`. See
-//! STATE.md.
+//! Lock order: `state` before `peers`; `throttle`, `sign_ups` and
+//! `availability` are never held with another. No lock is held across an
+//! `.await`. See STATE.md.
 
 use crate::auth;
 use crate::error::TrackerError;
