@@ -8,12 +8,17 @@
 //! It also remembers the groups the trackers said this user is no longer a
 //! member of, so reads of their files fail at once with EACCES instead of
 //! waiting for peers that will refuse.
+//!
+//! And it tells the serving side which incarnation of a group is current
+//! ([`TrackerLink::check_incarnation`]), so a ticket of a group deleted and
+//! created again under its name opens nothing here.
 
 use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{FileEntry, GroupInfo, Holding, PeerLocation};
+use fileshare_protocol::messages::PeerError;
 use fileshare_protocol::messages::SessionToken;
-use fileshare_protocol::ticket::{Ticket, TicketKey};
+use fileshare_protocol::ticket::{Ticket, TicketError, TicketKey};
 use fileshare_protocol::{ErrorCode, FileId, PeerId};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -26,6 +31,13 @@ pub const LISTING_TTL: Duration = Duration::from_millis(1500);
 
 /// How long a listing refresh may take before the cached one is served.
 pub const REFRESH_BUDGET: Duration = Duration::from_millis(800);
+
+/// How long a tracker's word that this user is in no group of a name is
+/// trusted before it is asked again when a ticket for that name comes in.
+pub const NOT_MEMBER_TTL: Duration = Duration::from_secs(10);
+
+/// Groups whose incarnation is remembered before stale ones are forgotten.
+const MAX_INCARNATIONS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -70,10 +82,11 @@ impl HeldTicket {
 
 /// Whether a refusal says the user is not (or no longer) in `group`.
 fn lost_membership(e: &ClientError) -> bool {
-    matches!(
-        e.code(),
-        Some(ErrorCode::NotMember(_)) | Some(ErrorCode::NoSuchGroup(_))
-    )
+    e.code().is_some_and(lost_membership_code)
+}
+
+fn lost_membership_code(code: &ErrorCode) -> bool {
+    matches!(code, ErrorCode::NotMember(_) | ErrorCode::NoSuchGroup(_))
 }
 
 /// Whether a refusal says the caller may not see what it asked for: then a
@@ -96,6 +109,10 @@ pub struct TrackerLink {
     groups: Mutex<Option<Cached<Vec<GroupInfo>>>>,
     files: Mutex<HashMap<String, Cached<Vec<FileEntry>>>>,
     tickets: Mutex<HashMap<String, HeldTicket>>,
+    /// Group -> the creation id of its current incarnation, as this daemon
+    /// last learned it (from a ticket of its own), or `None` if this user
+    /// is in no group of that name; and when.
+    incarnations: Mutex<HashMap<String, (Option<u64>, Instant)>>,
     /// The cluster's ticket key, once a tracker told it; it never changes.
     ticket_key: Mutex<Option<TicketKey>>,
     /// Groups the trackers said this user is not a member of (any more).
@@ -123,6 +140,7 @@ impl TrackerLink {
             groups: Mutex::new(None),
             files: Mutex::new(HashMap::new()),
             tickets: Mutex::new(HashMap::new()),
+            incarnations: Mutex::new(HashMap::new()),
             ticket_key: Mutex::new(None),
             lost: Mutex::new(HashSet::new()),
             lost_news: tokio::sync::Notify::new(),
@@ -298,13 +316,66 @@ impl TrackerLink {
                 return Ok(t.clone());
             }
         }
+        self.fresh_ticket(group).await
+    }
+
+    /// A new ticket for this daemon in `group`, whatever is held.
+    async fn fresh_ticket(&self, group: &str) -> Result<HeldTicket, LinkError> {
         let t = self
             .client
             .issue_ticket(self.session, group, self.peer)
             .await;
         let held = HeldTicket::new(self.note(group, t)?, now_ms());
         self.tickets.lock().insert(group.to_string(), held.clone());
+        self.learn_incarnation(group, Some(held.ticket.group_id));
         Ok(held)
+    }
+
+    fn learn_incarnation(&self, group: &str, id: Option<u64>) {
+        let mut known = self.incarnations.lock();
+        // Bounded: tickets name groups that exist, but may name many.
+        if known.len() >= MAX_INCARNATIONS {
+            known.retain(|_, (_, at)| at.elapsed() < NOT_MEMBER_TTL);
+        }
+        known.insert(group.to_string(), (id, Instant::now()));
+    }
+
+    /// Refuses a ticket (already verified) for an incarnation of its group
+    /// other than the current one, which this user's own ticket names: a
+    /// group deleted and created again under its name is another group,
+    /// and one this user is not in is served to nobody. Asks a tracker for
+    /// every ticket (a group may have been created again a moment ago),
+    /// unless one said within [`NOT_MEMBER_TTL`] that this user is in no
+    /// group of the name; with none answering, the incarnation last learned
+    /// decides, and with none learned the ticket alone.
+    pub async fn check_incarnation(&self, ticket: &Ticket) -> Result<(), PeerError> {
+        let group = ticket.group.as_str();
+        let known = self.incarnations.lock().get(group).copied();
+        let current = match known {
+            Some((None, at)) if at.elapsed() < NOT_MEMBER_TTL => None,
+            _ => match self.fresh_ticket(group).await {
+                Ok(held) => Some(held.ticket.group_id),
+                Err(e) if e.code().is_some_and(lost_membership_code) => {
+                    self.learn_incarnation(group, None);
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(group, "cannot learn the group's current incarnation: {e:#}");
+                    known.map_or(Some(ticket.group_id), |(id, _)| id)
+                }
+            },
+        };
+        match current {
+            None => Err(PeerError::NotMember),
+            Some(current) if current != ticket.group_id => {
+                Err(PeerError::TicketRefused(TicketError::OtherGroup {
+                    group: group.to_string(),
+                    ticket: ticket.group_id,
+                    current,
+                }))
+            }
+            Some(_) => Ok(()),
+        }
     }
 
     /// The cluster's ticket key, from a tracker the first time.

@@ -82,13 +82,36 @@ pub enum ErrorCode {
     Internal(String),
     #[error("only the member who shared {name} in {group} can rename it or save over it")]
     NotSharer { group: String, name: String },
-    /// A quota of the tracker: the text names the limit and its flag.
-    #[error("limit reached: {0}")]
-    LimitReached(String),
+    /// A quota of the tracker: `limit` says which, the message names it,
+    /// its value and its flag.
+    #[error("limit reached: {message}")]
+    LimitReached { limit: Limit, message: String },
     /// Unauthenticated work (logins, sign-ups) is queued no deeper than
     /// this tracker can serve soon; the rest is refused at once.
     #[error("the tracker is busy; retry later")]
     Busy,
+}
+
+/// Which of a tracker's quotas a request reached, so a client can tell
+/// them apart without reading the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Limit {
+    /// Groups one user may own.
+    GroupsPerUser,
+    /// Join requests waiting in one group.
+    PendingRequests,
+    /// Files one user may share in one group.
+    FilesPerUser,
+    /// Daemons one user may have online.
+    PeersPerUser,
+    /// Sign-ups from one source address per hour.
+    SignUpsPerAddress,
+    /// The metadata (piece hashes) of one file: its size.
+    FileMetadata,
+    /// The metadata of every file one user shares, in all groups.
+    MetadataPerUser,
+    /// Login sessions one user may have open.
+    SessionsPerUser,
 }
 
 /// An error and its causes on one line (`outer: inner: …`), for where it

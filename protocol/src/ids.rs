@@ -128,6 +128,14 @@ impl FileMeta {
     }
 }
 
+/// The most pieces a file may have: the hashes of its pieces travel in one
+/// message (a share, a record of the tracker's log), with room for the rest
+/// of it. At [`PIECE_LEN`] that is a file of [`MAX_FILE_SIZE`] (62 GiB).
+pub const MAX_FILE_PIECES: u32 = 126_976;
+
+/// The largest file at [`PIECE_LEN`]: [`MAX_FILE_PIECES`] pieces.
+pub const MAX_FILE_SIZE: u64 = MAX_FILE_PIECES as u64 * crate::PIECE_LEN;
+
 /// The longest piece any layout accepts: a piece travels in one frame
 /// (with room for its reply's envelope), so a longer one could never be
 /// served. The tracker refuses to list such a file and a daemon to store it.

@@ -52,13 +52,13 @@ pub use messages::ticket;
 pub use tls::{identity, known_keys};
 
 pub use connection::Connection;
-pub use error::{ErrorCode, ProtocolError};
+pub use error::{ErrorCode, Limit, ProtocolError};
 pub use identity::{Fingerprint, Identity};
 pub use ids::{Bitfield, FileId, Layout, PeerId, PieceHash, PieceIndex, PIECE_LEN};
 
 /// Bumped whenever a message enum changes shape; peers of another version are
 /// refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest frame body anyone accepts, checked before a byte of it is
 /// buffered. A 512 KiB piece plus headers fits with room; so does the hash

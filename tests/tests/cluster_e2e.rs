@@ -68,7 +68,7 @@ fn writes_through_one_tracker_are_read_through_every_other() {
                     let t = cluster.client_as(i, &daemon);
                     let t = t.issue_ticket(s, &group, holder).await.unwrap();
                     let key = other.ticket_key().await.unwrap();
-                    t.verify(&key, &holder, 0).unwrap();
+                    t.verify(&key, &holder, t.issued_unix_ms).unwrap();
                 }
             }
         });

@@ -321,3 +321,275 @@ fn a_client_that_never_reads_its_replies_is_bounded() {
         "the tracker kept reading a client that never reads"
     );
 }
+
+/// Sends the requests of `bodies` over `conns` connections from the
+/// loopback address `from`, all connected first, so the tracker has them
+/// all at once; returns the replies' bodies by request.
+async fn all_at_once(
+    from: IpAddr,
+    tracker: String,
+    conns: usize,
+    bodies: Vec<fileshare_protocol::messages::TrackerRequest>,
+) -> Vec<fileshare_protocol::messages::TrackerResult> {
+    use fileshare_protocol::messages::{Reply, Request, TrackerResult};
+    let tls = ClientTls::new(None, Pin::FirstUse).unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..conns {
+        let s = stranger(from, &tracker, &tls, Role::Client).await;
+        streams.push(s.expect("the client connects"));
+    }
+    let n = bodies.len();
+    let mut shares: Vec<Vec<Request<_>>> = (0..conns).map(|_| Vec::new()).collect();
+    for (id, body) in bodies.into_iter().enumerate() {
+        shares[id % conns].push(Request {
+            id: id as u64,
+            body,
+        });
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(conns));
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .zip(shares)
+        .map(|(s, share)| {
+            let start = start.clone();
+            tokio::spawn(async move {
+                let (r, wr) = tokio::io::split(s);
+                let mut conn = fileshare_protocol::Connection::new(r, wr);
+                start.wait().await;
+                for req in &share {
+                    conn.write_frame(req).await.unwrap();
+                }
+                let mut replies = Vec::new();
+                for _ in 0..share.len() {
+                    let reply: Reply<TrackerResult> =
+                        conn.read_frame().await.unwrap().expect("a reply");
+                    replies.push(reply);
+                }
+                replies
+            })
+        })
+        .collect();
+    let mut out = vec![None; n];
+    for t in tasks {
+        for reply in t.await.unwrap() {
+            out[reply.id as usize] = Some(reply.body);
+        }
+    }
+    out.into_iter()
+        .map(|r| r.expect("one reply each"))
+        .collect()
+}
+
+/// Hundreds of sign-ups sent at once from one address: the address gets
+/// its budget of new accounts and a clear refusal for the rest, and a
+/// user logging in meanwhile is served, not told the tracker is busy.
+#[test]
+fn a_flood_of_sign_ups_never_makes_a_login_busy() {
+    use fileshare_protocol::messages::TrackerRequest;
+    use fileshare_protocol::{ErrorCode, Limit};
+    let tracker = Tracker::start();
+    let rt = rt();
+    let client = tracker.client();
+    let flooder = IpAddr::from([127, 0, 7, 2]);
+    rt.block_on(async {
+        client.create_user("alice", "pw").await.unwrap();
+        let floods: Vec<_> = (0..3)
+            .map(|c| {
+                let bodies = (0..100)
+                    .map(|i| TrackerRequest::CreateUser {
+                        user: format!("bot-{c}-{i}"),
+                        password: "pw".into(),
+                    })
+                    .collect();
+                tokio::spawn(all_at_once(flooder, tracker.addr().to_string(), 1, bodies))
+            })
+            .collect();
+        // While the sign-ups wait for their hashes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let login = client.login("alice", "pw").await;
+        assert!(login.is_ok(), "login during a sign-up flood: {login:?}");
+        let (mut made, mut budget, mut other) = (0, 0, Vec::new());
+        for f in floods {
+            for r in f.await.unwrap() {
+                match r {
+                    Ok(_) => made += 1,
+                    Err(ErrorCode::LimitReached {
+                        limit: Limit::SignUpsPerAddress,
+                        message,
+                    }) => {
+                        assert!(message.contains("--max-sign-ups-per-address"), "{message}");
+                        budget += 1;
+                    }
+                    Err(e) => other.push(e),
+                }
+            }
+        }
+        let busy = other.iter().filter(|e| **e == ErrorCode::Busy).count();
+        eprintln!("sign-ups: {made} made, {budget} over budget, {busy} busy");
+        assert_eq!(
+            made + budget + busy,
+            300,
+            "only the budget and the sign-ups' own queue refuse: {other:?}"
+        );
+        // One at a time, the address gets the rest of its budget of 30
+        // accounts an hour, then a refusal that says which limit.
+        for i in 0.. {
+            let one = vec![TrackerRequest::CreateUser {
+                user: format!("late-{i}"),
+                password: "pw".into(),
+            }];
+            match all_at_once(flooder, tracker.addr().into(), 1, one)
+                .await
+                .remove(0)
+            {
+                Ok(_) => made += 1,
+                Err(ErrorCode::LimitReached {
+                    limit: Limit::SignUpsPerAddress,
+                    ..
+                }) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(made <= 30, "{made} accounts from one address");
+        }
+        assert_eq!(made, 30);
+    });
+}
+
+/// 64 wrong passwords for one name sent at once from one address, while
+/// the tracker is busy hashing sign-ups: only the free failures (3) reach
+/// the password check; over many names, only the address's budget (60).
+/// The rest are refused before it.
+#[test]
+fn guesses_sent_at_once_get_no_more_checks_than_the_budget() {
+    use fileshare_protocol::messages::TrackerRequest;
+    use fileshare_protocol::ErrorCode;
+    // Deep enough that every guess waits for its check, none is busy.
+    let tracker = Tracker::with_args(&["--max-login-queue", "1000"]);
+    let rt = rt();
+    let client = tracker.client();
+    // Sign-ups from three other addresses, so the guesses wait behind
+    // password hashes rather than each being checked as it comes.
+    let busy_hashing = |net: u8| {
+        let addr = tracker.addr().to_string();
+        (0..3u8)
+            .map(|a| {
+                let bodies = (0..20)
+                    .map(|i| TrackerRequest::CreateUser {
+                        user: format!("busy-{net}-{a}-{i}"),
+                        password: "pw".into(),
+                    })
+                    .collect();
+                tokio::spawn(all_at_once(
+                    [127, 0, net, a + 1].into(),
+                    addr.clone(),
+                    1,
+                    bodies,
+                ))
+            })
+            .collect::<Vec<_>>()
+    };
+    rt.block_on(async {
+        client.create_user("alice", "pw").await.unwrap();
+        let guess = |user: String, i: usize| TrackerRequest::Login {
+            user,
+            password: format!("guess-{i}"),
+        };
+        let count = |replies: &[fileshare_protocol::messages::TrackerResult]| {
+            let checked = replies
+                .iter()
+                .filter(|r| **r == Err(ErrorCode::WrongPassword))
+                .count();
+            let held = replies
+                .iter()
+                .filter(|r| matches!(r, Err(ErrorCode::TooManyAttempts { .. })))
+                .count();
+            (checked, held)
+        };
+        let background = busy_hashing(8);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let one_name = (0..64).map(|i| guess("alice".into(), i)).collect();
+        let replies = all_at_once([127, 0, 7, 3].into(), tracker.addr().into(), 16, one_name).await;
+        let (checked, held) = count(&replies);
+        eprintln!("one name: {checked} checked, {held} held back");
+        assert!(checked <= 3, "{checked} guesses reached the password check");
+        assert_eq!(checked + held, 64, "{replies:?}");
+        for b in background {
+            b.await.unwrap();
+        }
+        let background = busy_hashing(9);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let many_names = (0..64).map(|i| guess(format!("user{i}"), i)).collect();
+        let replies =
+            all_at_once([127, 0, 7, 4].into(), tracker.addr().into(), 16, many_names).await;
+        let (checked, held) = count(&replies);
+        eprintln!("many names: {checked} checked, {held} held back");
+        assert!(
+            checked <= 60,
+            "{checked} guesses reached the password check"
+        );
+        assert_eq!(checked + held, 64, "{replies:?}");
+        for b in background {
+            b.await.unwrap();
+        }
+        // Alice, from her own address, is not held up.
+        client.login("alice", "pw").await.expect("alice logs in");
+    });
+}
+
+/// Quotas count bytes and sessions, not only items: with a MiB of metadata
+/// per user, alice's shares over two groups stop at the MiB; with three
+/// sessions per user, a fourth login waits for a logout. Each refusal says
+/// which limit it is.
+#[test]
+fn metadata_and_sessions_are_capped_per_user() {
+    use fileshare_protocol::client::ClientError;
+    use fileshare_protocol::ids::FileMeta;
+    use fileshare_protocol::{ErrorCode, Limit, PieceHash, PIECE_LEN};
+    let tracker = Tracker::with_args(&[
+        "--max-metadata-per-user",
+        "1",
+        "--max-sessions-per-user",
+        "3",
+    ]);
+    let rt = rt();
+    let client = tracker.client();
+    // 10,000 invented piece hashes: 320,000 bytes of metadata.
+    let file = |name: &str| FileMeta {
+        name: name.into(),
+        size: 10_000 * PIECE_LEN,
+        piece_len: PIECE_LEN,
+        hashes: (0..10_000u32)
+            .map(|i| PieceHash::of(format!("{name}/{i}").as_bytes()))
+            .collect(),
+    };
+    let limit_of = |r: Result<_, ClientError>| match r {
+        Err(ClientError::Refused(ErrorCode::LimitReached { limit, message })) => {
+            eprintln!("refused: {message}");
+            limit
+        }
+        other => panic!("expected a quota refusal, got {other:?}"),
+    };
+    rt.block_on(async {
+        let session = sign_up(&client, "alice").await;
+        for g in ["g1", "g2"] {
+            client.create_group(session, g).await.unwrap();
+        }
+        for (g, f) in [("g1", "f0"), ("g2", "f1"), ("g1", "f2")] {
+            client.share_file(session, g, file(f)).await.unwrap();
+        }
+        let over = client.share_file(session, "g2", file("f3")).await;
+        assert_eq!(limit_of(over), Limit::MetadataPerUser);
+        client.stop_share(session, "g1", "f0").await.unwrap();
+        client.share_file(session, "g2", file("f3")).await.unwrap();
+
+        let second = client.login("alice", "pw").await.unwrap().token;
+        client.login("alice", "pw").await.unwrap();
+        let fourth = client.login("alice", "pw").await;
+        assert_eq!(limit_of(fourth.map(|_| ())), Limit::SessionsPerUser);
+        client.logout(second).await.unwrap();
+        client
+            .login("alice", "pw")
+            .await
+            .expect("a login after a logout");
+    });
+}

@@ -487,7 +487,9 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
         let forged = Ticket {
             user: "mallory".into(),
             group: "g".into(),
+            group_id: 1,
             holder: me,
+            issued_unix_ms: 0,
             expires_unix_ms: u64::MAX / 2,
             signature: vec![7; 64],
         };
@@ -495,17 +497,18 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
             exchange(&mut conn, 2, PeerRequest::Authenticate { ticket: forged }).await,
             PeerReply::Error(PeerError::TicketRefused(TicketError::BadSignature))
         );
+        // A genuine ticket for a group alice is not in opens nothing.
         assert_eq!(
             exchange(&mut conn, 3, PeerRequest::Authenticate { ticket: own }).await,
-            PeerReply::Authenticated
+            PeerReply::Error(PeerError::NotMember)
         );
         assert_eq!(
             exchange(&mut conn, 4, piece).await,
-            PeerReply::Error(PeerError::NotMember)
+            PeerReply::Error(PeerError::NotAuthenticated)
         );
         assert_eq!(
             exchange(&mut conn, 5, PeerRequest::Subscribe { file: id }).await,
-            PeerReply::Error(PeerError::NotMember)
+            PeerReply::Error(PeerError::NotAuthenticated)
         );
     });
 }

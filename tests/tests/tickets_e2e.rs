@@ -363,3 +363,109 @@ fn only_the_owner_removes_members_and_never_itself() {
     assert!(w.fsd_ok(&u[0], &["list-groups"]).contains("members=2"));
     assert!(!w.fsd_ok(&u[2], &["list-groups"]).contains("[member]"));
 }
+
+/// A group deleted (its last member left) and created again under its name
+/// is another group: a ticket carol got for the first one, still within its
+/// lifetime, opens nothing of the second on bob's daemon, which serves the
+/// second to its own members.
+#[test]
+fn a_ticket_for_a_deleted_group_opens_nothing_of_one_created_again() {
+    let (w, u) = World::network(&["alice", "bob", "carol"]);
+    let b = w.mount(&u[1], &[]);
+    let src = w.path("first.bin");
+    random_file(&src, MIB, 6);
+    b.cp_in(&src, "g");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let carols = key();
+    let old = rt.block_on(ticket(
+        &tracker_client(&w, &carols),
+        &u[2],
+        carols.peer_id(),
+    ));
+
+    for user in [&u[2], &u[1], &u[0]] {
+        w.fsd_ok(user, &["leave-group", "g"]);
+    }
+    w.fsd_ok(&u[1], &["create-group", "g"]);
+    wait_until(
+        "bob's mount shows the new g",
+        Duration::from_secs(10),
+        || b.path("g").exists(),
+    );
+    let again = w.path("again.bin");
+    random_file(&again, MIB, 7);
+    b.cp_in(&again, "g");
+    let id = file_id(&b, "g/again.bin");
+    let piece = PeerRequest::Piece { file: id, index: 0 };
+
+    rt.block_on(async {
+        let auth = |ticket| PeerRequest::Authenticate { ticket };
+        let mut conn = connect_as(&b, &carols).await;
+        let refused = exchange(&mut conn, 1, auth(old.clone())).await;
+        let PeerReply::Error(PeerError::TicketRefused(TicketError::OtherGroup {
+            ticket: earlier,
+            current,
+            ..
+        })) = refused
+        else {
+            panic!("an earlier group's ticket was not refused: {refused:?}");
+        };
+        assert_eq!(earlier, old.group_id);
+        assert!(current > earlier, "{current} after {earlier}");
+        assert_eq!(
+            exchange(&mut conn, 2, piece.clone()).await,
+            PeerReply::Error(PeerError::NotAuthenticated)
+        );
+
+        // A member of the new group is served.
+        let bobs = key();
+        let mut theirs = connect_as(&b, &bobs).await;
+        let fresh = ticket(&tracker_client(&w, &bobs), &u[1], bobs.peer_id()).await;
+        assert_eq!(fresh.group_id, current);
+        assert_eq!(
+            exchange(&mut theirs, 1, auth(fresh)).await,
+            PeerReply::Authenticated
+        );
+        assert!(is_piece(&exchange(&mut theirs, 2, piece).await));
+    });
+}
+
+/// A tracker refuses to start with a `--ticket-ttl` longer than daemons
+/// accept, saying so, rather than handing out tickets every daemon
+/// refuses or that outlast a removal by hours.
+#[test]
+fn a_tracker_refuses_a_ticket_lifetime_over_the_maximum() {
+    let dir = tempfile::tempdir().unwrap();
+    let trackers = dir.path().join("trackers.txt");
+    std::fs::write(&trackers, "127.0.0.1:1\n").unwrap();
+    let mut child = Command::new(fileshare_tests::bin("fileshare-tracker"))
+        .arg(&trackers)
+        .arg("1")
+        .args(["--ticket-ttl", "86400", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run fileshare-tracker");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the tracker started with tickets that last a day");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--ticket-ttl") && err.contains("1 to 3600 seconds"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "it stopped before anything"
+    );
+}

@@ -24,8 +24,8 @@ struct Args {
     #[arg(long, exclusive = true)]
     man: bool,
     /// Seconds a ticket lasts: how long a group's access on the peers
-    /// outlives a membership
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    /// outlives a membership (at most 3600: daemons refuse longer tickets)
+    #[arg(long, default_value_t = 300, value_parser = ticket_ttl)]
     ticket_ttl: u64,
     /// Connections (clients and the other trackers) served at once; more
     /// are closed when accepted
@@ -50,10 +50,21 @@ struct Args {
     /// Join requests that may wait in one group
     #[arg(long, default_value_t = 1000)]
     max_pending_requests: u64,
-    /// Logins and sign-ups that may wait for a password check; more are
-    /// answered "busy, retry later" at once
+    /// Logins that may wait for a password check; more are answered
+    /// "busy, retry later" at once (sign-ups wait in a queue of their own)
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     max_login_queue: u64,
+    /// Sign-ups one source address (an IPv6 /64 counts as one) may make per
+    /// hour, over the whole cluster
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    max_sign_ups_per_address: u32,
+    /// Login sessions one user may have open at once
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_sessions_per_user: u64,
+    /// MiB of file metadata (piece hashes, 32 bytes per 512 KiB piece) one
+    /// user may share over all groups
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    max_metadata_per_user: u64,
     /// Seconds between a daemon's announces (testing)
     #[arg(long, hide = true, default_value_t = 5)]
     announce_interval: u64,
@@ -112,6 +123,9 @@ fn main() -> ExitCode {
                 files_per_user: count(args.max_files_per_user),
                 pending_requests: count(args.max_pending_requests),
                 login_queue: count(args.max_login_queue),
+                sign_ups_per_address: args.max_sign_ups_per_address,
+                sessions_per_user: count(args.max_sessions_per_user),
+                metadata_per_user: args.max_metadata_per_user.saturating_mul(1 << 20),
             },
             ..Settings::default()
         },
@@ -167,6 +181,21 @@ fn man() -> ExitCode {
         }
         _ => ExitCode::SUCCESS,
     }
+}
+
+/// `--ticket-ttl`: whole seconds, from 1 to what daemons accept.
+fn ticket_ttl(s: &str) -> Result<u64, String> {
+    let max = fileshare_protocol::ticket::MAX_TICKET_LIFETIME.as_secs();
+    let secs: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(1..=max).contains(&secs) {
+        return Err(format!(
+            "a ticket lasts 1 to {max} seconds; daemons refuse tickets that last longer, \
+             so members would be refused everywhere"
+        ));
+    }
+    Ok(secs)
 }
 
 /// A count flag as a `usize`, saturating.

@@ -1,8 +1,8 @@
 //! Everything the request handlers share, and how it comes up from disk.
 //!
-//! Lock order: `state` before `peers`; `throttle` and `availability` are
-//! never held with another. No lock is held across an `.await`. See
-//! STATE.md.
+//! Lock order: `state` before `peers`; `throttle`, `sign_ups` and
+//! `availability` are never held with another. No lock is held across an
+//! `.await`. See STATE.md.
 
 use crate::auth;
 use crate::error::TrackerError;
@@ -60,9 +60,18 @@ pub struct Limits {
     pub files_per_user: usize,
     /// Join requests waiting in one group (`--max-pending-requests`).
     pub pending_requests: usize,
-    /// Logins and sign-ups waiting for a password hash; more are refused
-    /// `Busy` at once (`--max-login-queue`).
+    /// Logins waiting for a password check; more are refused `Busy` at
+    /// once (`--max-login-queue`). Sign-ups wait in a queue of their own
+    /// ([`SIGN_UP_QUEUE`]), so they never make a login busy.
     pub login_queue: usize,
+    /// Sign-ups one source address may make per hour, in the whole cluster
+    /// (`--max-sign-ups-per-address`).
+    pub sign_ups_per_address: u32,
+    /// Login sessions one user may have open (`--max-sessions-per-user`).
+    pub sessions_per_user: usize,
+    /// Bytes of file metadata (piece hashes and names) one user may have
+    /// shared over all groups (`--max-metadata-per-user`, in MiB).
+    pub metadata_per_user: u64,
 }
 
 impl Default for Limits {
@@ -76,6 +85,9 @@ impl Default for Limits {
             files_per_user: 10_000,
             pending_requests: 1000,
             login_queue: 64,
+            sign_ups_per_address: auth::DEFAULT_SIGN_UP_BUDGET,
+            sessions_per_user: 1000,
+            metadata_per_user: 256 << 20,
         }
     }
 }
@@ -93,6 +105,18 @@ impl Default for Settings {
     }
 }
 
+/// Sign-ups waiting for (or in) a password hash; more are refused `Busy`
+/// at once. Apart from the logins' queue, so a flood of sign-ups leaves
+/// logins their places.
+pub const SIGN_UP_QUEUE: usize = 16;
+
+/// Which queue a password hash waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    Login,
+    SignUp,
+}
+
 /// A ticket's lifetime unless `--ticket-ttl` says otherwise.
 pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(300);
 
@@ -105,11 +129,17 @@ pub struct Shared {
     pub(crate) peers: RwLock<Peers>,
     pub(crate) writer: WriterHandle,
     pub(crate) throttle: Mutex<auth::Throttle>,
+    pub(crate) sign_ups: Mutex<auth::SignUps>,
     /// Bounds concurrent argon2 runs: each takes ~19 MiB and a core.
     pub(crate) hashing: Semaphore,
-    /// Places for logins and sign-ups waiting for (or in) `hashing`; one
-    /// that finds none is answered `Busy` at once.
+    /// Places for logins waiting for (or in) `hashing`; one that finds none
+    /// is answered `Busy` at once.
     pub(crate) login_queue: Semaphore,
+    /// The same for sign-ups ([`SIGN_UP_QUEUE`]).
+    pub(crate) sign_up_queue: Semaphore,
+    /// Of `hashing`, what sign-ups may hold at once: at most half, so
+    /// logins always have the rest.
+    pub(crate) sign_up_hashing: Semaphore,
     pub(crate) settings: Settings,
     /// Whether this tracker answers clients (it is caught up with the
     /// cluster), or why not; set by the writer.
@@ -187,7 +217,13 @@ impl Shared {
             peers: RwLock::new(Peers::new(settings.announce_interval)),
             writer,
             throttle: Mutex::new(auth::Throttle::new(settings.cluster_size)),
+            sign_ups: Mutex::new(auth::SignUps::new(
+                settings.limits.sign_ups_per_address,
+                settings.cluster_size,
+            )),
             login_queue: Semaphore::new(settings.limits.login_queue),
+            sign_up_queue: Semaphore::new(SIGN_UP_QUEUE),
+            sign_up_hashing: Semaphore::new((hashing / 2).max(1)),
             hashing: Semaphore::new(hashing),
             settings,
             availability,
@@ -243,21 +279,30 @@ impl Shared {
         self.writer.submit(change).await
     }
 
-    /// Runs argon2 work on the blocking pool, a few at a time; with
-    /// `--max-login-queue` already waiting, refuses `Busy` at once.
+    /// Runs argon2 work on the blocking pool, a few at a time; with its
+    /// queue full, refuses `Busy` at once.
     pub async fn hash_work<T: Send + 'static>(
         &self,
+        queue: Queue,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ErrorCode> {
-        let _place = self
-            .login_queue
-            .try_acquire()
-            .map_err(|_| ErrorCode::Busy)?;
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| ErrorCode::Unavailable("the tracker is shutting down".into()))?;
+        let shutting_down = |_| ErrorCode::Unavailable("the tracker is shutting down".into());
+        let _place = match queue {
+            Queue::Login => &self.login_queue,
+            Queue::SignUp => &self.sign_up_queue,
+        }
+        .try_acquire()
+        .map_err(|_| ErrorCode::Busy)?;
+        let _share = match queue {
+            Queue::Login => None,
+            Queue::SignUp => Some(
+                self.sign_up_hashing
+                    .acquire()
+                    .await
+                    .map_err(shutting_down)?,
+            ),
+        };
+        let _permit = self.hashing.acquire().await.map_err(shutting_down)?;
         tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| ErrorCode::Internal(format!("password check failed: {e}")))

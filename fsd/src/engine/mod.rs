@@ -80,7 +80,7 @@ impl EngineError {
                 Some(ErrorCode::NotSharer { .. }) => libc::EPERM,
                 Some(ErrorCode::BadName { .. }) => libc::EINVAL,
                 Some(ErrorCode::InvalidSession) => libc::EACCES,
-                Some(ErrorCode::LimitReached(_)) => libc::EDQUOT,
+                Some(ErrorCode::LimitReached { .. }) => libc::EDQUOT,
                 Some(ErrorCode::Busy) => libc::EAGAIN,
                 _ => libc::EIO,
             },

@@ -4,8 +4,9 @@
 //! peer id is the one its key proves, and a Hello naming another peer is
 //! refused.
 //! A connection is worth nothing until it presents a ticket, which this
-//! daemon checks alone with the cluster's ticket key: signed by the
-//! cluster, issued to the connecting peer's own id, unexpired. Each ticket
+//! daemon checks with the cluster's ticket key: signed by the cluster,
+//! issued to the connecting peer's own id, unexpired, and for the group's
+//! current incarnation (see [`TrackerLink::check_incarnation`]). Each ticket
 //! opens the files of one group until it expires, and every request is
 //! checked against it, so a member who leaves or is removed (and gets no
 //! new tickets) is refused within one ticket lifetime, on connections
@@ -338,9 +339,10 @@ async fn subscription(swarm: Arc<Swarm>, st: Arc<ConnState>, id: u64, tx: mpsc::
     }
 }
 
-/// Checks a ticket alone, with the cluster's key: signed by the cluster,
-/// issued to the connecting peer, unexpired. A good one opens its group
-/// until it expires.
+/// Checks a ticket with the cluster's key: signed by the cluster, issued to
+/// the connecting peer, within the longest lifetime, unexpired; and for the
+/// current incarnation of its group. A good one opens its group until it
+/// expires.
 async fn authenticate(ctx: &ServeCtx, st: &ConnState, ticket: &Ticket) -> Result<(), PeerError> {
     let key = ctx.tracker.ticket_key().await.map_err(|e| {
         tracing::warn!("cannot check a ticket: no ticket key: {e:#}");
@@ -349,6 +351,7 @@ async fn authenticate(ctx: &ServeCtx, st: &ConnState, ticket: &Ticket) -> Result
     ticket
         .verify(&key, &st.peer, now_ms())
         .map_err(PeerError::TicketRefused)?;
+    ctx.tracker.check_incarnation(ticket).await?;
     let mut tickets = st.tickets.lock();
     let expires = tickets.entry(ticket.group.clone()).or_default();
     *expires = (*expires).max(ticket.expires_unix_ms);

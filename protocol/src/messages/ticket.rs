@@ -1,5 +1,6 @@
 //! Tickets: a tracker's signed word that `user`'s daemon `holder` may fetch
-//! the files of `group` until `expires_unix_ms`.
+//! the files of `group` (the incarnation of that name created as
+//! `group_id`) from `issued_unix_ms` until `expires_unix_ms`.
 //!
 //! The trackers of a cluster share one Ed25519 signing key (in their
 //! replicated state); its public half, the [`TicketKey`], is all a serving
@@ -9,15 +10,30 @@
 //! who leaves or is removed loses access within one lifetime: trackers
 //! issue tickets to members only, and holders renew theirs before they
 //! expire.
+//!
+//! A lifetime is bounded twice: trackers refuse to start with a
+//! `--ticket-ttl` over [`MAX_TICKET_LIFETIME`], and a verifier refuses a
+//! ticket that claims a longer one or an issue time more than
+//! [`MAX_CLOCK_SKEW`] in its future, so neither a misconfigured tracker nor
+//! a clock running behind extends access after a removal.
 
 use crate::ids::PeerId;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::time::Duration;
 
 /// What every signed ticket message starts with, so a ticket signature is
 /// never valid as anything else the key might sign, nor the other way.
-const DOMAIN: &[u8] = b"fileshare-ticket-v1\0";
+const DOMAIN: &[u8] = b"fileshare-ticket-v2\0";
+
+/// The longest a ticket may last, from issue to expiry: how long at most a
+/// member keeps access to a group's files after leaving or being removed.
+pub const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// How far in the future a ticket's issue time may be, by the verifier's
+/// clock: clocks of trackers and daemons differ a little.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// The cluster's Ed25519 public key, which verifies its tickets.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -34,8 +50,13 @@ impl fmt::Debug for TicketKey {
 pub struct Ticket {
     pub user: String,
     pub group: String,
+    /// Which group of that name: its creation id, new each time a group of
+    /// the name is created, so a ticket of a deleted group opens nothing of
+    /// a group created later under its name.
+    pub group_id: u64,
     /// The daemon the ticket was issued to; only its connections may use it.
     pub holder: PeerId,
+    pub issued_unix_ms: u64,
     pub expires_unix_ms: u64,
     /// Ed25519 over [`Ticket::signed_message`] (64 bytes).
     #[serde(with = "serde_bytes")]
@@ -46,8 +67,13 @@ impl fmt::Debug for Ticket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Ticket({}@{} for {} until {})",
-            self.user, self.group, self.holder, self.expires_unix_ms
+            "Ticket({}@{}#{} for {} from {} until {})",
+            self.user,
+            self.group,
+            self.group_id,
+            self.holder,
+            self.issued_unix_ms,
+            self.expires_unix_ms
         )
     }
 }
@@ -61,46 +87,81 @@ pub enum TicketError {
     Expired,
     #[error("the ticket was issued to another peer")]
     OtherHolder,
+    #[error("the ticket lasts {lifetime_ms} ms, longer than the {max_ms} ms a ticket may last")]
+    TooLong { lifetime_ms: u64, max_ms: u64 },
+    #[error("the ticket was issued {ahead_ms} ms in the future by this peer's clock")]
+    IssuedInTheFuture { ahead_ms: u64 },
+    #[error(
+        "the ticket is for group {group} as created with id {ticket}, but the group of that \
+         name here is the one created with id {current}: it was deleted and created again"
+    )]
+    OtherGroup {
+        group: String,
+        ticket: u64,
+        current: u64,
+    },
 }
 
 impl Ticket {
     /// The bytes a ticket's signature covers: the domain, then every field,
     /// strings prefixed by their length so no two tickets sign the same
     /// bytes.
-    pub fn signed_message(
-        user: &str,
-        group: &str,
-        holder: &PeerId,
-        expires_unix_ms: u64,
-    ) -> Vec<u8> {
-        let mut m = Vec::with_capacity(DOMAIN.len() + 48 + user.len() + group.len());
+    fn signed_message(&self) -> Vec<u8> {
+        let (user, group) = (&self.user, &self.group);
+        let mut m = Vec::with_capacity(DOMAIN.len() + 64 + user.len() + group.len());
         m.extend_from_slice(DOMAIN);
         m.extend_from_slice(&(user.len() as u64).to_be_bytes());
         m.extend_from_slice(user.as_bytes());
         m.extend_from_slice(&(group.len() as u64).to_be_bytes());
         m.extend_from_slice(group.as_bytes());
-        m.extend_from_slice(&holder.0);
-        m.extend_from_slice(&expires_unix_ms.to_be_bytes());
+        m.extend_from_slice(&self.group_id.to_be_bytes());
+        m.extend_from_slice(&self.holder.0);
+        m.extend_from_slice(&self.issued_unix_ms.to_be_bytes());
+        m.extend_from_slice(&self.expires_unix_ms.to_be_bytes());
         m
     }
 
     /// Checks that `key` signed this ticket, that it was issued to
-    /// `holder` (the peer presenting it), and that it has not expired at
-    /// `now_ms`. Membership was the issuing tracker's check.
+    /// `holder` (the peer presenting it), that its lifetime is within
+    /// [`MAX_TICKET_LIFETIME`], that it was not issued in the future (beyond
+    /// [`MAX_CLOCK_SKEW`]) and that it has not expired at `now_ms`.
+    /// Membership was the issuing tracker's check; which incarnation of the
+    /// group is current is the verifier's (see [`TicketError::OtherGroup`]).
     pub fn verify(&self, key: &TicketKey, holder: &PeerId, now_ms: u64) -> Result<(), TicketError> {
-        let message =
-            Self::signed_message(&self.user, &self.group, &self.holder, self.expires_unix_ms);
         UnparsedPublicKey::new(&ED25519, &key.0)
-            .verify(&message, &self.signature)
+            .verify(&self.signed_message(), &self.signature)
             .map_err(|_| TicketError::BadSignature)?;
         if self.holder != *holder {
             return Err(TicketError::OtherHolder);
+        }
+        let lifetime_ms = self.expires_unix_ms.saturating_sub(self.issued_unix_ms);
+        let max_ms = crate::millis(MAX_TICKET_LIFETIME);
+        if lifetime_ms > max_ms {
+            return Err(TicketError::TooLong {
+                lifetime_ms,
+                max_ms,
+            });
+        }
+        let ahead_ms = self.issued_unix_ms.saturating_sub(now_ms);
+        if ahead_ms > crate::millis(MAX_CLOCK_SKEW) {
+            return Err(TicketError::IssuedInTheFuture { ahead_ms });
         }
         if self.expires_unix_ms <= now_ms {
             return Err(TicketError::Expired);
         }
         Ok(())
     }
+}
+
+/// What a ticket grants, before it is signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant<'a> {
+    pub user: &'a str,
+    pub group: &'a str,
+    pub group_id: u64,
+    pub holder: PeerId,
+    pub issued_unix_ms: u64,
+    pub expires_unix_ms: u64,
 }
 
 /// The signing half of the cluster's ticket key.
@@ -131,15 +192,18 @@ impl TicketSigner {
         TicketKey(k)
     }
 
-    pub fn sign(&self, user: &str, group: &str, holder: PeerId, expires_unix_ms: u64) -> Ticket {
-        let message = Ticket::signed_message(user, group, &holder, expires_unix_ms);
-        Ticket {
-            user: user.to_string(),
-            group: group.to_string(),
-            holder,
-            expires_unix_ms,
-            signature: self.pair.sign(&message).as_ref().to_vec(),
-        }
+    pub fn sign(&self, grant: Grant<'_>) -> Ticket {
+        let mut t = Ticket {
+            user: grant.user.to_string(),
+            group: grant.group.to_string(),
+            group_id: grant.group_id,
+            holder: grant.holder,
+            issued_unix_ms: grant.issued_unix_ms,
+            expires_unix_ms: grant.expires_unix_ms,
+            signature: Vec::new(),
+        };
+        t.signature = self.pair.sign(&t.signed_message()).as_ref().to_vec();
+        t
     }
 }
 
@@ -150,10 +214,48 @@ mod tests {
     const ME: PeerId = PeerId([1; 16]);
     const NOW: u64 = 1_000_000;
 
+    fn grant(issued: u64, expires: u64) -> Grant<'static> {
+        Grant {
+            user: "alice",
+            group: "g",
+            group_id: 5,
+            holder: ME,
+            issued_unix_ms: issued,
+            expires_unix_ms: expires,
+        }
+    }
+
     fn signed() -> (TicketSigner, Ticket) {
         let signer = TicketSigner::from_seed(&[7; 32]);
-        let t = signer.sign("alice", "g", ME, NOW + 300_000);
+        let t = signer.sign(grant(NOW, NOW + 300_000));
         (signer, t)
+    }
+
+    #[test]
+    fn a_lifetime_over_the_maximum_or_an_issue_time_ahead_is_refused() {
+        let signer = TicketSigner::from_seed(&[7; 32]);
+        let key = signer.key();
+        let max = crate::millis(MAX_TICKET_LIFETIME);
+        let longest = signer.sign(grant(NOW, NOW + max));
+        assert_eq!(longest.verify(&key, &ME, NOW), Ok(()));
+        let too_long = signer.sign(grant(NOW, NOW + max + 1));
+        assert_eq!(
+            too_long.verify(&key, &ME, NOW),
+            Err(TicketError::TooLong {
+                lifetime_ms: max + 1,
+                max_ms: max
+            })
+        );
+        // A verifier whose clock is behind the issuer's by a little still
+        // accepts; by more, it refuses.
+        let skew = crate::millis(MAX_CLOCK_SKEW);
+        let ahead = signer.sign(grant(NOW + skew, NOW + skew + 300_000));
+        assert_eq!(ahead.verify(&key, &ME, NOW), Ok(()));
+        let far_ahead = signer.sign(grant(NOW + skew + 1, NOW + skew + 300_000));
+        assert_eq!(
+            far_ahead.verify(&key, &ME, NOW),
+            Err(TicketError::IssuedInTheFuture { ahead_ms: skew + 1 })
+        );
     }
 
     #[test]
@@ -195,6 +297,14 @@ mod tests {
             },
             Ticket {
                 holder: PeerId([2; 16]),
+                ..t.clone()
+            },
+            Ticket {
+                group_id: t.group_id + 1,
+                ..t.clone()
+            },
+            Ticket {
+                issued_unix_ms: t.issued_unix_ms - 1,
                 ..t.clone()
             },
             Ticket {

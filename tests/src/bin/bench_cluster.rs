@@ -24,12 +24,15 @@ use fileshare_tests::tracker::Tracker;
 use std::time::{Duration, Instant};
 
 const WARMUP: Duration = Duration::from_millis(500);
-/// Each client creates groups as fast as it can: no quota may stop it.
-const ARGS: [&str; 4] = [
+/// Each client creates groups as fast as it can, and every client signs up
+/// from the same address: no quota may stop them.
+const ARGS: [&str; 6] = [
     "--announce-interval",
     "60",
     "--max-groups-per-user",
     "100000000",
+    "--max-sign-ups-per-address",
+    "100000",
 ];
 
 fn env_num(name: &str, default: u64) -> u64 {

@@ -1,24 +1,36 @@
 //! Accounts and sessions.
 
-use super::user_name;
+use super::{quota, user_name};
 use crate::auth;
-use crate::shared::Shared;
+use crate::shared::{Queue, Shared};
 use crate::state::change::Change;
+use fileshare_protocol::conn_limits::Source;
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
 use fileshare_protocol::ErrorCode;
 use std::net::IpAddr;
 use std::time::Instant;
 
-pub async fn create_user(shared: &Shared, user: String, password: String) -> TrackerResult {
+/// A new account. Each source address has a budget of sign-ups
+/// ([`auth::SignUps`]), and sign-ups wait for their hash in a queue of
+/// their own, so a flood of them never makes a login busy.
+pub async fn create_user(
+    shared: &Shared,
+    from: Option<IpAddr>,
+    user: String,
+    password: String,
+) -> TrackerResult {
     user_name(&user)?;
     auth::check_password(&password)?;
     // Cheap refusal before the expensive hash; the writer re-checks.
     if shared.state.read().user(&user).is_some() {
         return Err(ErrorCode::UserExists(user));
     }
+    let from = from.map(Source::of);
+    shared.sign_ups.lock().reserve(from, Instant::now())?;
     let phc = shared
-        .hash_work(move || auth::hash_password(&password))
-        .await??;
+        .hash_work(Queue::SignUp, move || auth::hash_password(&password))
+        .await
+        .inspect_err(|_| shared.sign_ups.lock().cancel(from))??;
     shared.submit(Change::CreateUser { user, phc }).await?;
     Ok(TrackerReply::Done)
 }
@@ -33,13 +45,22 @@ pub async fn login(
     if password.len() > auth::MAX_PASSWORD_LEN {
         return Err(ErrorCode::WrongPassword);
     }
-    shared.throttle.lock().check(&user, from, Instant::now())?;
+    let from = from.map(Source::of);
+    // Counted as a failure from here on unless the password is right.
+    shared
+        .throttle
+        .lock()
+        .reserve(&user, from, Instant::now())?;
     let phc = shared.state.read().user(&user).map(|u| u.phc.clone());
-    let ok = shared
-        .hash_work(move || auth::verify_password(phc.as_deref(), &password))
-        .await?;
+    let checked = shared
+        .hash_work(Queue::Login, move || {
+            auth::verify_password(phc.as_deref(), &password)
+        })
+        .await;
+    let ok = checked.inspect_err(|_| {
+        shared.throttle.lock().cancel(&user, from, Instant::now());
+    })?;
     if !ok {
-        shared.throttle.lock().failed(&user, from, Instant::now());
         return Err(ErrorCode::WrongPassword);
     }
     shared.throttle.lock().succeeded(&user, from);
@@ -53,6 +74,7 @@ pub async fn login(
             user: user.clone(),
             now_unix_ms,
             expires_unix_ms,
+            quota: quota(shared.settings.limits.sessions_per_user),
         })
         .await?;
     Ok(TrackerReply::Session {
@@ -189,10 +211,14 @@ mod tests {
         });
         fx.user("alice").await;
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..8 {
+        for i in 0..8u8 {
             let shared = fx.shared.clone();
             tasks.spawn(async move {
-                let caller = crate::cmd::Caller::default();
+                // From as many addresses, each under its login budget.
+                let caller = crate::cmd::Caller {
+                    addr: Some(([10, 0, 0, i], 4000).into()),
+                    key: None,
+                };
                 crate::cmd::dispatch(&shared, &caller, login("alice", "pw")).await
             });
         }

@@ -6,9 +6,10 @@ use crate::shared::Shared;
 use crate::state::change::Change;
 use crate::state::{Group, SharedFile};
 use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::ids::{MAX_FILE_PIECES, MAX_FILE_SIZE};
 use fileshare_protocol::messages::tracker::{FileEntry, PeerLocation};
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
-use fileshare_protocol::{ErrorCode, MAX_FRAME_LEN, PIECE_LEN};
+use fileshare_protocol::{ErrorCode, Limit, MAX_FRAME_LEN, PIECE_LEN};
 use std::time::Instant;
 
 /// Longest search pattern: a name can be no longer.
@@ -59,6 +60,18 @@ pub fn check_meta(meta: &FileMeta) -> Result<(), ErrorCode> {
     }
     meta.layout()
         .map_err(|why| ErrorCode::BadRequest(format!("inconsistent file metadata: {why}")))?;
+    if meta.hashes.len() > MAX_FILE_PIECES as usize {
+        return Err(ErrorCode::LimitReached {
+            limit: Limit::FileMetadata,
+            message: format!(
+                "{} has {} pieces; a file may have at most {MAX_FILE_PIECES} (its piece hashes \
+                 fill one message), so at most {} GiB",
+                meta.name,
+                meta.hashes.len(),
+                MAX_FILE_SIZE >> 30
+            ),
+        });
+    }
     Ok(())
 }
 
@@ -77,6 +90,7 @@ pub async fn share(
             group,
             meta,
             quota: quota(shared.settings.limits.files_per_user),
+            metadata_quota: shared.settings.limits.metadata_per_user,
         })
         .await?;
     Ok(TrackerReply::Done)
@@ -136,6 +150,7 @@ pub async fn replace_share(
             group,
             meta,
             quota: quota(shared.settings.limits.files_per_user),
+            metadata_quota: shared.settings.limits.metadata_per_user,
         })
         .await?;
     Ok(TrackerReply::Done)
@@ -234,6 +249,33 @@ pub(crate) mod tests {
     }
 
     /// alice owns g with member bob; carol is outside.
+    /// The largest file a share may describe fits a record of the log; one
+    /// piece more is refused, naming the limit.
+    #[test]
+    fn a_files_metadata_is_capped_at_what_one_record_carries() {
+        let of = |pieces: u32| FileMeta {
+            name: "n".repeat(fileshare_protocol::ids::MAX_NAME_LEN),
+            size: u64::from(pieces) * PIECE_LEN,
+            piece_len: PIECE_LEN,
+            hashes: vec![PieceHash::of(b"x"); pieces as usize],
+        };
+        let largest = of(MAX_FILE_PIECES);
+        assert_eq!(check_meta(&largest), Ok(()));
+        assert_eq!(largest.size, 62 << 30);
+        let record = crate::state::records::Record::FileShared {
+            group: "g".repeat(fileshare_protocol::ids::MAX_NAME_LEN),
+            meta: largest,
+            user: "u".repeat(fileshare_protocol::ids::MAX_NAME_LEN),
+        };
+        assert!(record.encode().unwrap().len() <= crate::writer::MAX_RECORD_LEN);
+        let Err(ErrorCode::LimitReached { limit, message }) = check_meta(&of(MAX_FILE_PIECES + 1))
+        else {
+            panic!("one piece more must be refused");
+        };
+        assert_eq!(limit, Limit::FileMetadata);
+        assert!(message.contains("at most 62 GiB"), "{message}");
+    }
+
     pub async fn group(fx: &Fixture) -> [SessionToken; 3] {
         let alice = fx.user("alice").await;
         let bob = fx.user("bob").await;

@@ -306,7 +306,11 @@ mod tests {
         };
         fx.call(create(alice, "a1")).await.unwrap();
         fx.call(create(alice, "a2")).await.unwrap();
-        let Err(ErrorCode::LimitReached(why)) = fx.call(create(alice, "a3")).await else {
+        let Err(ErrorCode::LimitReached {
+            limit: fileshare_protocol::Limit::GroupsPerUser,
+            message: why,
+        }) = fx.call(create(alice, "a3")).await
+        else {
             panic!("the third group must be refused");
         };
         assert!(why.contains("--max-groups-per-user 2"), "{why}");
@@ -323,7 +327,11 @@ mod tests {
             group: "a1".into(),
         };
         fx.call(join(bob)).await.unwrap();
-        let Err(ErrorCode::LimitReached(why)) = fx.call(join(carol)).await else {
+        let Err(ErrorCode::LimitReached {
+            limit: fileshare_protocol::Limit::PendingRequests,
+            message: why,
+        }) = fx.call(join(carol)).await
+        else {
             panic!("the second pending request must be refused");
         };
         assert!(why.contains("--max-pending-requests 1"), "{why}");

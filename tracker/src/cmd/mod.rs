@@ -60,7 +60,9 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
     use TrackerRequest as R;
     shared.available()?;
     match req {
-        R::CreateUser { user, password } => account::create_user(shared, user, password).await,
+        R::CreateUser { user, password } => {
+            account::create_user(shared, caller.addr.map(|a| a.ip()), user, password).await
+        }
         R::Login { user, password } => {
             account::login(shared, caller.addr.map(|a| a.ip()), user, password).await
         }

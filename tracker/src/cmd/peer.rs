@@ -6,7 +6,7 @@ use crate::state::State;
 use fileshare_protocol::ids::{Bitfield, FileId, PeerId};
 use fileshare_protocol::messages::tracker::Holding;
 use fileshare_protocol::messages::{ClusterMsg, SessionToken, TrackerReply, TrackerResult};
-use fileshare_protocol::ErrorCode;
+use fileshare_protocol::{ErrorCode, Limit};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -62,10 +62,13 @@ pub fn announce(
         if !peers.knows(&peer) {
             let online = peers.count_of(&user);
             if online >= quota {
-                return Err(ErrorCode::LimitReached(format!(
-                    "{user} has {online} daemons online, the most one user may have \
-                     (--max-peers-per-user {quota}); stop one or wait until it times out"
-                )));
+                return Err(ErrorCode::LimitReached {
+                    limit: Limit::PeersPerUser,
+                    message: format!(
+                        "{user} has {online} daemons online, the most one user may have \
+                         (--max-peers-per-user {quota}); stop one or wait until it times out"
+                    ),
+                });
             }
         }
         peers.announce(now, peer, &user, addr, visible)?;
@@ -287,7 +290,11 @@ mod tests {
         };
         fx.call(announce(alice, 1)).await.unwrap();
         fx.call(announce(alice, 2)).await.unwrap();
-        let Err(ErrorCode::LimitReached(why)) = fx.call(announce(alice, 3)).await else {
+        let Err(ErrorCode::LimitReached {
+            limit: Limit::PeersPerUser,
+            message: why,
+        }) = fx.call(announce(alice, 3)).await
+        else {
             panic!("a third daemon must be refused");
         };
         assert!(why.contains("--max-peers-per-user 2"), "{why}");
@@ -303,7 +310,11 @@ mod tests {
         let (a, b) = (meta("a", b"abc"), meta("b", b"def"));
         fx.call(share(alice, &a)).await.unwrap();
         fx.call(share(alice, &a)).await.unwrap();
-        let Err(ErrorCode::LimitReached(why)) = fx.call(share(alice, &b)).await else {
+        let Err(ErrorCode::LimitReached {
+            limit: Limit::FilesPerUser,
+            message: why,
+        }) = fx.call(share(alice, &b)).await
+        else {
             panic!("a second file must be refused");
         };
         assert!(why.contains("--max-files-per-user 1"), "{why}");

@@ -7,6 +7,7 @@ use super::{group_name, Caller};
 use crate::auth;
 use crate::shared::Shared;
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
+use fileshare_protocol::ticket::{Grant, MAX_TICKET_LIFETIME};
 use fileshare_protocol::PeerId;
 use std::time::Instant;
 
@@ -25,18 +26,24 @@ pub fn issue(
     caller.speaks_for(&holder)?;
     let signer = shared.ticket_signer()?;
     let state = shared.state.read();
-    state.member_group(group, &user)?;
+    let group_id = state.member_group(group, &user)?.id;
     // And never for a peer id another user's online daemon announces.
     shared
         .peers
         .read()
         .check_holder(&holder, &user, Instant::now())?;
     drop(state);
-    let ttl = fileshare_protocol::millis(shared.settings.ticket_ttl);
-    let expires = auth::now_unix_ms().saturating_add(ttl);
-    Ok(TrackerReply::Ticket(
-        signer.sign(&user, group, holder, expires),
-    ))
+    // The flag is checked at start; no ticket outlasts what daemons accept.
+    let ttl = fileshare_protocol::millis(shared.settings.ticket_ttl.min(MAX_TICKET_LIFETIME));
+    let now = auth::now_unix_ms();
+    Ok(TrackerReply::Ticket(signer.sign(Grant {
+        user: &user,
+        group,
+        group_id,
+        holder,
+        issued_unix_ms: now,
+        expires_unix_ms: now.saturating_add(ttl),
+    })))
 }
 
 /// The cluster's public ticket key; asked by daemons before they serve.

@@ -13,9 +13,9 @@
 //! key (users are never deleted, so a user's existence is stable).
 
 use crate::state::records::{Record, TokenHash};
-use crate::state::State;
+use crate::state::{metadata_len, State};
 use fileshare_protocol::ids::FileMeta;
-use fileshare_protocol::ErrorCode;
+use fileshare_protocol::{ErrorCode, Limit};
 use serde::{Deserialize, Serialize};
 
 /// A requested change. Followers send it to the leader as is (encoded with
@@ -26,11 +26,13 @@ pub enum Change {
         user: String,
         phc: String,
     },
+    /// `quota`: sessions `user` may have open (`--max-sessions-per-user`).
     OpenSession {
         token_hash: TokenHash,
         user: String,
         now_unix_ms: u64,
         expires_unix_ms: u64,
+        quota: u32,
     },
     CloseSession {
         token_hash: TokenHash,
@@ -69,12 +71,14 @@ pub enum Change {
         user: String,
     },
     /// `quota`: files `user` may have shared in the group
-    /// (`--max-files-per-user`).
+    /// (`--max-files-per-user`); `metadata_quota`: bytes of metadata they
+    /// may have shared over all groups (`--max-metadata-per-user`).
     ShareFile {
         user: String,
         group: String,
         meta: FileMeta,
         quota: u32,
+        metadata_quota: u64,
     },
     StopShare {
         user: String,
@@ -87,12 +91,13 @@ pub enum Change {
         from: String,
         to: String,
     },
-    /// `quota` as for `ShareFile`.
+    /// Quotas as for `ShareFile`.
     ReplaceShare {
         user: String,
         group: String,
         meta: FileMeta,
         quota: u32,
+        metadata_quota: u64,
     },
 }
 
@@ -156,9 +161,21 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
             user,
             now_unix_ms,
             expires_unix_ms,
+            quota,
         } => {
             if state.user(&user).is_none() {
                 return Err(ErrorCode::WrongPassword);
+            }
+            let open = state.session_count(&user, now_unix_ms);
+            if open >= quota as usize {
+                return Err(ErrorCode::LimitReached {
+                    limit: Limit::SessionsPerUser,
+                    message: format!(
+                        "{user} has {open} sessions open, the most one user may have \
+                         (--max-sessions-per-user {quota}); log out of some (`fsd logout`) \
+                         or wait until they expire"
+                    ),
+                });
             }
             Record::SessionOpened {
                 token_hash,
@@ -176,10 +193,13 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
                 .filter(|(_, g)| g.owner == user)
                 .count();
             if owned >= quota as usize {
-                return Err(ErrorCode::LimitReached(format!(
-                    "{user} owns {owned} groups, the most one user may own \
-                     (--max-groups-per-user {quota})"
-                )));
+                return Err(ErrorCode::LimitReached {
+                    limit: Limit::GroupsPerUser,
+                    message: format!(
+                        "{user} owns {owned} groups, the most one user may own \
+                         (--max-groups-per-user {quota})"
+                    ),
+                });
             }
             Record::GroupCreated { group, owner: user }
         }
@@ -193,10 +213,14 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
             }
             let pending = g.pending_count();
             if pending >= quota as usize {
-                return Err(ErrorCode::LimitReached(format!(
-                    "group {group} has {pending} join requests waiting, the most one group \
-                     may have (--max-pending-requests {quota}); ask its owner to decide some"
-                )));
+                return Err(ErrorCode::LimitReached {
+                    limit: Limit::PendingRequests,
+                    message: format!(
+                        "group {group} has {pending} join requests waiting, the most one \
+                         group may have (--max-pending-requests {quota}); ask its owner to \
+                         decide some"
+                    ),
+                });
             }
             Record::JoinRequested { group, user }
         }
@@ -230,6 +254,7 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
             group,
             meta,
             quota,
+            metadata_quota,
         } => {
             let g = group_of(&group)?;
             if !g.is_member(&user) {
@@ -237,6 +262,7 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
             }
             if g.file(&meta.name).is_none() {
                 check_files_quota(g, &group, &user, quota)?;
+                check_metadata_quota(state, &user, &meta, 0, metadata_quota)?;
             }
             if let Some(f) = g.file(&meta.name) {
                 if f.id != meta.id() {
@@ -301,6 +327,7 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
             group,
             meta,
             quota,
+            metadata_quota,
         } => {
             let g = group_of(&group)?;
             if !g.is_member(&user) {
@@ -312,11 +339,17 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
             match g.file(&meta.name) {
                 Some(f) if f.id == meta.id() && f.holders.contains(&user) => return Ok(vec![]),
                 Some(f) if f.id == meta.id() => Record::FileShared { group, meta, user },
-                Some(_) => {
+                Some(f) => {
                     check_replace(g, &group, &user, &meta)?;
+                    // The file it replaces is the caller's own (checked).
+                    let freed = metadata_len(&f.meta);
+                    check_metadata_quota(state, &user, &meta, freed, metadata_quota)?;
                     Record::ShareReplaced { group, meta, user }
                 }
-                None => Record::FileShared { group, meta, user },
+                None => {
+                    check_metadata_quota(state, &user, &meta, 0, metadata_quota)?;
+                    Record::FileShared { group, meta, user }
+                }
             }
         }
     };
@@ -332,10 +365,45 @@ fn check_files_quota(
 ) -> Result<(), ErrorCode> {
     let shared = g.files().filter(|f| f.sharer == user).count();
     if shared >= quota as usize {
-        return Err(ErrorCode::LimitReached(format!(
-            "{user} shares {shared} files in group {group}, the most one user may share in \
-             one group (--max-files-per-user {quota})"
-        )));
+        return Err(ErrorCode::LimitReached {
+            limit: Limit::FilesPerUser,
+            message: format!(
+                "{user} shares {shared} files in group {group}, the most one user may share \
+                 in one group (--max-files-per-user {quota})"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses `meta` as a new file of `user`'s (in place of `freed` bytes of
+/// theirs) once it would take their metadata over `quota` bytes.
+///
+/// Unlike the other checks this reads state outside the change's key (the
+/// user's files in other groups), so shares of one user in different groups
+/// decided in one batch are checked against the state before the batch:
+/// the quota may be passed by what one batch carries.
+fn check_metadata_quota(
+    state: &State,
+    user: &str,
+    meta: &FileMeta,
+    freed: u64,
+    quota: u64,
+) -> Result<(), ErrorCode> {
+    let used = state.metadata_of(user);
+    let after = used
+        .saturating_sub(freed)
+        .saturating_add(metadata_len(meta));
+    if after > quota && after > used {
+        return Err(ErrorCode::LimitReached {
+            limit: Limit::MetadataPerUser,
+            message: format!(
+                "{user} shares files whose metadata takes {used} bytes; {} more would pass \
+                 the most one user may share over all groups (--max-metadata-per-user {} MiB)",
+                metadata_len(meta),
+                quota >> 20
+            ),
+        });
     }
     Ok(())
 }
@@ -370,427 +438,5 @@ fn check_request(state: &State, owner: &str, group: &str, user: &str) -> Result<
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use fileshare_protocol::{PieceHash, PIECE_LEN};
-
-    fn s(x: &str) -> String {
-        x.to_string()
-    }
-
-    /// Decides and applies, as the writer does for a batch of one.
-    fn run(st: &mut State, c: Change) -> Result<usize, ErrorCode> {
-        let recs = decide(st, c)?;
-        for r in &recs {
-            st.apply(r);
-        }
-        Ok(recs.len())
-    }
-
-    fn meta(name: &str, content: &[u8]) -> FileMeta {
-        FileMeta {
-            name: s(name),
-            size: content.len() as u64,
-            piece_len: PIECE_LEN,
-            hashes: vec![PieceHash::of(content)],
-        }
-    }
-
-    fn setup() -> State {
-        let mut st = State::default();
-        for u in ["alice", "bob", "carol"] {
-            run(
-                &mut st,
-                Change::CreateUser {
-                    user: s(u),
-                    phc: s("x"),
-                },
-            )
-            .unwrap();
-        }
-        run(
-            &mut st,
-            Change::CreateGroup {
-                quota: u32::MAX,
-                user: s("alice"),
-                group: s("g"),
-            },
-        )
-        .unwrap();
-        st
-    }
-
-    #[test]
-    fn duplicates_are_refused() {
-        let mut st = setup();
-        let e = run(
-            &mut st,
-            Change::CreateUser {
-                user: s("bob"),
-                phc: s("y"),
-            },
-        );
-        assert_eq!(e, Err(ErrorCode::UserExists(s("bob"))));
-        let e = run(
-            &mut st,
-            Change::CreateGroup {
-                quota: u32::MAX,
-                user: s("bob"),
-                group: s("g"),
-            },
-        );
-        assert_eq!(e, Err(ErrorCode::GroupExists(s("g"))));
-    }
-
-    #[test]
-    fn join_accept_reject_flow() {
-        let mut st = setup();
-        let join = |u: &str| Change::JoinGroup {
-            quota: u32::MAX,
-            user: s(u),
-            group: s("g"),
-        };
-        assert_eq!(run(&mut st, join("bob")), Ok(1));
-        assert_eq!(
-            run(&mut st, join("bob")),
-            Ok(0),
-            "a repeated join is a no-op"
-        );
-        assert_eq!(
-            run(&mut st, join("alice")),
-            Err(ErrorCode::AlreadyMember(s("g")))
-        );
-        assert_eq!(run(&mut st, join("carol")), Ok(1));
-        let accept = |owner: &str, u: &str| Change::AcceptRequest {
-            owner: s(owner),
-            group: s("g"),
-            user: s(u),
-        };
-        assert_eq!(
-            run(&mut st, accept("bob", "carol")),
-            Err(ErrorCode::NotOwner(s("g")))
-        );
-        assert_eq!(run(&mut st, accept("alice", "bob")), Ok(1));
-        assert_eq!(
-            run(&mut st, accept("alice", "bob")),
-            Err(ErrorCode::NoSuchRequest {
-                group: s("g"),
-                user: s("bob")
-            })
-        );
-        let reject = Change::RejectRequest {
-            owner: s("alice"),
-            group: s("g"),
-            user: s("carol"),
-        };
-        assert_eq!(run(&mut st, reject), Ok(1));
-        let g = st.group("g").unwrap();
-        assert!(g.is_member("bob") && !g.is_member("carol") && !g.is_pending("carol"));
-        assert_eq!(
-            run(
-                &mut st,
-                Change::JoinGroup {
-                    quota: u32::MAX,
-                    user: s("bob"),
-                    group: s("nope")
-                }
-            ),
-            Err(ErrorCode::NoSuchGroup(s("nope")))
-        );
-    }
-
-    #[test]
-    fn sharing_rules() {
-        let mut st = setup();
-        let share = |u: &str, m: FileMeta| Change::ShareFile {
-            quota: u32::MAX,
-            user: s(u),
-            group: s("g"),
-            meta: m,
-        };
-        assert_eq!(
-            run(&mut st, share("bob", meta("a", b"1"))),
-            Err(ErrorCode::NotMember(s("g")))
-        );
-        assert_eq!(run(&mut st, share("alice", meta("a", b"1"))), Ok(1));
-        assert_eq!(run(&mut st, share("alice", meta("a", b"1"))), Ok(0));
-        assert_eq!(
-            run(&mut st, share("alice", meta("a", b"2"))),
-            Err(ErrorCode::NameTaken {
-                group: s("g"),
-                name: s("a")
-            })
-        );
-        let stop = |u: &str, n: &str| Change::StopShare {
-            user: s(u),
-            group: s("g"),
-            name: s(n),
-        };
-        assert_eq!(
-            run(&mut st, stop("alice", "zzz")),
-            Err(ErrorCode::NoSuchFile {
-                group: s("g"),
-                name: s("zzz")
-            })
-        );
-        assert_eq!(run(&mut st, stop("alice", "a")), Ok(1));
-        assert!(st.group("g").unwrap().file("a").is_none());
-    }
-
-    #[test]
-    fn renaming_moves_the_callers_holding_in_one_record() {
-        let mut st = setup();
-        for u in ["bob", "carol"] {
-            run(
-                &mut st,
-                Change::JoinGroup {
-                    quota: u32::MAX,
-                    user: s(u),
-                    group: s("g"),
-                },
-            )
-            .unwrap();
-            run(
-                &mut st,
-                Change::AcceptRequest {
-                    owner: s("alice"),
-                    group: s("g"),
-                    user: s(u),
-                },
-            )
-            .unwrap();
-        }
-        let share = |u: &str, m: FileMeta| Change::ShareFile {
-            quota: u32::MAX,
-            user: s(u),
-            group: s("g"),
-            meta: m,
-        };
-        let rename = |u: &str, from: &str, to: &str| Change::RenameShare {
-            user: s(u),
-            group: s("g"),
-            from: s(from),
-            to: s(to),
-        };
-        run(&mut st, share("alice", meta("a", b"1"))).unwrap();
-        run(&mut st, share("alice", meta("mine", b"2"))).unwrap();
-        run(&mut st, share("bob", meta("theirs", b"3"))).unwrap();
-        assert_eq!(
-            run(&mut st, rename("bob", "a", "b")),
-            Err(ErrorCode::NotSharer {
-                group: s("g"),
-                name: s("a")
-            }),
-            "only the sharer renames"
-        );
-        assert_eq!(
-            run(&mut st, rename("alice", "a", "theirs")),
-            Err(ErrorCode::NameTaken {
-                group: s("g"),
-                name: s("theirs")
-            }),
-            "another member's file is never replaced"
-        );
-        assert_eq!(run(&mut st, rename("alice", "a", "b")), Ok(1));
-        let g = st.group("g").unwrap();
-        assert!(g.file("a").is_none());
-        let b = g.file("b").unwrap();
-        assert_eq!(b.id, meta("b", b"1").id());
-        assert_eq!(b.meta.hashes, meta("a", b"1").hashes);
-        assert_eq!(run(&mut st, rename("alice", "a", "b")), Ok(0), "repeated");
-        // Onto the caller's own file: replaced.
-        assert_eq!(run(&mut st, rename("alice", "b", "mine")), Ok(1));
-        let g = st.group("g").unwrap();
-        assert!(g.file("b").is_none());
-        assert_eq!(g.file("mine").unwrap().id, meta("mine", b"1").id());
-        assert!(st
-            .groups_with_file(&meta("mine", b"2").id())
-            .next()
-            .is_none());
-        // Readers who hold it too (they seed it) neither stop the rename
-        // nor keep the old name listed; they are not sharers.
-        run(&mut st, share("carol", meta("mine", b"1"))).unwrap();
-        assert_eq!(
-            run(&mut st, rename("carol", "mine", "c")),
-            Err(ErrorCode::NotSharer {
-                group: s("g"),
-                name: s("mine")
-            })
-        );
-        assert_eq!(run(&mut st, rename("alice", "mine", "c")), Ok(1));
-        let g = st.group("g").unwrap();
-        assert!(g.file("mine").is_none());
-        assert_eq!(g.file("c").unwrap().sharer, "alice");
-        // When the sharer stops, a remaining holder takes over.
-        run(&mut st, share("carol", meta("c", b"1"))).unwrap();
-        run(
-            &mut st,
-            Change::StopShare {
-                user: s("alice"),
-                group: s("g"),
-                name: s("c"),
-            },
-        )
-        .unwrap();
-        assert_eq!(st.group("g").unwrap().file("c").unwrap().sharer, "carol");
-        assert_eq!(run(&mut st, rename("carol", "c", "d")), Ok(1));
-    }
-
-    #[test]
-    fn replacing_a_share_needs_the_caller_to_have_shared_it() {
-        let mut st = setup();
-        let replace = |u: &str, m: FileMeta| Change::ReplaceShare {
-            quota: u32::MAX,
-            user: s(u),
-            group: s("g"),
-            meta: m,
-        };
-        assert_eq!(run(&mut st, replace("alice", meta("a", b"1"))), Ok(1));
-        assert_eq!(run(&mut st, replace("alice", meta("a", b"1"))), Ok(0));
-        assert_eq!(run(&mut st, replace("alice", meta("a", b"2"))), Ok(1));
-        assert_eq!(
-            st.group("g").unwrap().file("a").unwrap().id,
-            meta("a", b"2").id()
-        );
-        run(
-            &mut st,
-            Change::JoinGroup {
-                quota: u32::MAX,
-                user: s("bob"),
-                group: s("g"),
-            },
-        )
-        .unwrap();
-        run(
-            &mut st,
-            Change::AcceptRequest {
-                owner: s("alice"),
-                group: s("g"),
-                user: s("bob"),
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            run(&mut st, replace("bob", meta("a", b"3"))),
-            Err(ErrorCode::NameTaken {
-                group: s("g"),
-                name: s("a")
-            })
-        );
-    }
-
-    #[test]
-    fn leaving_needs_membership_or_a_request() {
-        let mut st = setup();
-        let leave = |u: &str| Change::LeaveGroup {
-            user: s(u),
-            group: s("g"),
-        };
-        assert_eq!(
-            run(&mut st, leave("bob")),
-            Err(ErrorCode::NotMember(s("g")))
-        );
-        run(
-            &mut st,
-            Change::JoinGroup {
-                quota: u32::MAX,
-                user: s("bob"),
-                group: s("g"),
-            },
-        )
-        .unwrap();
-        assert_eq!(run(&mut st, leave("bob")), Ok(1));
-        assert!(!st.group("g").unwrap().is_pending("bob"));
-        assert_eq!(run(&mut st, leave("alice")), Ok(1));
-        assert!(st.group("g").is_none());
-    }
-
-    #[test]
-    fn only_the_owner_removes_and_only_other_members() {
-        let mut st = setup();
-        for u in ["bob", "carol"] {
-            run(
-                &mut st,
-                Change::JoinGroup {
-                    quota: u32::MAX,
-                    user: s(u),
-                    group: s("g"),
-                },
-            )
-            .unwrap();
-        }
-        run(
-            &mut st,
-            Change::AcceptRequest {
-                owner: s("alice"),
-                group: s("g"),
-                user: s("bob"),
-            },
-        )
-        .unwrap();
-        run(
-            &mut st,
-            Change::ShareFile {
-                quota: u32::MAX,
-                user: s("bob"),
-                group: s("g"),
-                meta: meta("b", b"1"),
-            },
-        )
-        .unwrap();
-        let remove = |owner: &str, u: &str| Change::RemoveMember {
-            owner: s(owner),
-            group: s("g"),
-            user: s(u),
-        };
-        assert_eq!(
-            run(&mut st, remove("bob", "alice")),
-            Err(ErrorCode::NotOwner(s("g")))
-        );
-        assert_eq!(
-            run(&mut st, remove("alice", "alice")),
-            Err(ErrorCode::OwnerCannotBeRemoved(s("g")))
-        );
-        assert_eq!(
-            run(&mut st, remove("alice", "carol")),
-            Err(ErrorCode::NoSuchMember {
-                group: s("g"),
-                user: s("carol")
-            }),
-            "a pending request is not membership"
-        );
-        assert_eq!(run(&mut st, remove("alice", "bob")), Ok(1));
-        let g = st.group("g").unwrap();
-        assert!(!g.is_member("bob") && g.is_pending("carol"));
-        assert!(g.file("b").is_none(), "bob's shares went with him");
-        assert!(st.groups_of("bob").next().is_none());
-        assert_eq!(
-            run(&mut st, remove("alice", "bob")),
-            Err(ErrorCode::NoSuchMember {
-                group: s("g"),
-                user: s("bob")
-            })
-        );
-    }
-
-    #[test]
-    fn keys_separate_independent_changes() {
-        let a = Change::CreateUser {
-            user: s("x"),
-            phc: s(""),
-        };
-        let b = Change::OpenSession {
-            token_hash: [0; 32],
-            user: s("x"),
-            now_unix_ms: 0,
-            expires_unix_ms: 1,
-        };
-        let c = Change::CreateGroup {
-            quota: u32::MAX,
-            user: s("x"),
-            group: s("x"),
-        };
-        assert_eq!(a.key(), b.key());
-        assert_ne!(a.key(), c.key());
-    }
-}
+#[path = "change_tests.rs"]
+mod tests;

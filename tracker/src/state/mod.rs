@@ -18,7 +18,7 @@ pub mod records;
 use crate::state::records::{Record, TokenHash};
 use fileshare_protocol::ids::{FileId, FileMeta};
 use fileshare_protocol::ErrorCode;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
@@ -63,6 +63,10 @@ impl SharedFile {
 
 #[derive(Debug, Clone)]
 pub struct Group {
+    /// Its creation id: unique over the life of the cluster, and larger for
+    /// a group created later, so a group deleted and created again under
+    /// its name is told apart from the one before (tickets carry it).
+    pub id: u64,
     /// Invariant: a key of `members`.
     pub owner: String,
     /// Member -> join sequence number; the smallest is the longest-standing
@@ -127,11 +131,49 @@ pub struct State {
     memberships: HashMap<String, BTreeSet<String>>,
     /// File id -> the groups listing it. Invariant: mirrors `Group::files`.
     file_groups: HashMap<FileId, BTreeSet<String>>,
+    /// User -> bytes of the metadata of the files they are the sharer of,
+    /// over all groups ([`metadata_len`]). Invariant: mirrors
+    /// `SharedFile::sharer`; no zero entries.
+    metadata: HashMap<String, u64>,
+    /// User -> their sessions. Invariant: mirrors `sessions`.
+    sessions_of: HashMap<String, HashSet<TokenHash>>,
     /// Source of join and request sequence numbers.
     seq: u64,
 }
 
 const MIN_SESSION_PRUNE: usize = 1024;
+
+/// What a file's metadata weighs in a tracker's memory and log, as the
+/// per-user quota counts it: its piece hashes and its name.
+pub fn metadata_len(meta: &FileMeta) -> u64 {
+    (meta.hashes.len() as u64 * 32).saturating_add(meta.name.len() as u64)
+}
+
+/// Counts `bytes` of metadata for `user` (`add`) or no longer.
+fn charge(metadata: &mut HashMap<String, u64>, user: &str, bytes: u64, add: bool) {
+    let used = metadata.entry(user.to_string()).or_insert(0);
+    *used = if add {
+        used.saturating_add(bytes)
+    } else {
+        used.saturating_sub(bytes)
+    };
+    if *used == 0 {
+        metadata.remove(user);
+    }
+}
+
+/// After `f` lost a holder: moves its metadata from `before`, its sharer
+/// until then, to its sharer now, or drops it if `f` is gone.
+fn recharge(metadata: &mut HashMap<String, u64>, before: &str, f: Option<&SharedFile>, bytes: u64) {
+    match f {
+        Some(f) if f.sharer == before => {}
+        Some(f) => {
+            charge(metadata, before, bytes, false);
+            charge(metadata, &f.sharer, bytes, true);
+        }
+        None => charge(metadata, before, bytes, false),
+    }
+}
 
 impl State {
     /// Applies one record. Never fails; see the module doc.
@@ -153,20 +195,32 @@ impl State {
                 expires_unix_ms,
             } => {
                 if self.sessions.len() >= self.prune_sessions_at.max(MIN_SESSION_PRUNE) {
-                    self.sessions
-                        .retain(|_, s| s.expires_unix_ms > *opened_unix_ms);
+                    let of = &mut self.sessions_of;
+                    self.sessions.retain(|hash, s| {
+                        let keep = s.expires_unix_ms > *opened_unix_ms;
+                        if !keep {
+                            forget_session(of, &s.user, hash);
+                        }
+                        keep
+                    });
                     self.prune_sessions_at = self.sessions.len() * 2;
                 }
-                self.sessions.insert(
+                let old = self.sessions.insert(
                     *token_hash,
                     Session {
                         user: user.clone(),
                         expires_unix_ms: *expires_unix_ms,
                     },
                 );
+                if let Some(old) = old {
+                    forget_session(&mut self.sessions_of, &old.user, token_hash);
+                }
+                (self.sessions_of.entry(user.clone()).or_default()).insert(*token_hash);
             }
             Record::SessionClosed { token_hash } => {
-                self.sessions.remove(token_hash);
+                if let Some(s) = self.sessions.remove(token_hash) {
+                    forget_session(&mut self.sessions_of, &s.user, token_hash);
+                }
             }
             Record::GroupCreated { group, owner } => {
                 if self.groups.contains_key(group) {
@@ -174,6 +228,7 @@ impl State {
                 }
                 self.seq += 1;
                 let g = Group {
+                    id: self.seq,
                     owner: owner.clone(),
                     members: BTreeMap::from([(owner.clone(), self.seq)]),
                     requests: BTreeMap::new(),
@@ -245,6 +300,12 @@ impl State {
                 if let Some(g) = self.groups.get_mut(group) {
                     if let Some(old) = g.files.remove(from) {
                         unlist_file(&mut self.file_groups, old.id, group);
+                        charge(
+                            &mut self.metadata,
+                            &old.sharer,
+                            metadata_len(&old.meta),
+                            false,
+                        );
                     }
                 }
                 self.hold(group, &renamed, user, true);
@@ -290,9 +351,17 @@ impl State {
                 return;
             }
             let old = f.id;
-            g.files.remove(&meta.name);
+            if let Some(gone) = g.files.remove(&meta.name) {
+                charge(
+                    &mut self.metadata,
+                    &gone.sharer,
+                    metadata_len(&gone.meta),
+                    false,
+                );
+            }
             unlist_file(&mut self.file_groups, old, group);
         }
+        charge(&mut self.metadata, user, metadata_len(meta), true);
         g.files.insert(
             meta.name.clone(),
             SharedFile {
@@ -317,11 +386,13 @@ impl State {
         let Some(f) = g.files.get_mut(name) else {
             return;
         };
+        let (before, bytes) = (f.sharer.clone(), metadata_len(&f.meta));
         if !f.drop_holder(user) {
             let id = f.id;
             g.files.remove(name);
             unlist_file(&mut self.file_groups, id, group);
         }
+        recharge(&mut self.metadata, &before, g.files.get(name), bytes);
     }
 
     /// The owner-leaves rule: ownership passes to the longest-standing
@@ -342,9 +413,12 @@ impl State {
         }
         let mut emptied = Vec::new();
         for (name, f) in g.files.iter_mut() {
-            if !f.drop_holder(user) {
+            let (before, bytes) = (f.sharer.clone(), metadata_len(&f.meta));
+            let held = f.drop_holder(user);
+            if !held {
                 emptied.push((name.clone(), f.id));
             }
+            recharge(&mut self.metadata, &before, held.then_some(&*f), bytes);
         }
         for (name, id) in emptied {
             g.files.remove(&name);
@@ -385,6 +459,19 @@ impl State {
 
     pub fn user_count(&self) -> usize {
         self.users.len()
+    }
+
+    /// Bytes of metadata of the files `user` is the sharer of, over all
+    /// groups.
+    pub fn metadata_of(&self, user: &str) -> u64 {
+        self.metadata.get(user).copied().unwrap_or(0)
+    }
+
+    /// Sessions of `user` that have not expired at `now_unix_ms`.
+    pub fn session_count(&self, user: &str, now_unix_ms: u64) -> usize {
+        (self.sessions_of.get(user).into_iter().flatten())
+            .filter(|h| self.session(h, now_unix_ms).is_some())
+            .count()
     }
 
     /// The session's user if it exists and has not expired at `now_unix_ms`.
@@ -454,6 +541,15 @@ impl State {
             .into_iter()
             .flatten()
             .filter_map(|g| self.groups.get_key_value(g))
+    }
+}
+
+fn forget_session(of: &mut HashMap<String, HashSet<TokenHash>>, user: &str, hash: &TokenHash) {
+    if let Some(set) = of.get_mut(user) {
+        set.remove(hash);
+        if set.is_empty() {
+            of.remove(user);
+        }
     }
 }
 
@@ -638,6 +734,26 @@ mod tests {
         };
         assert!(st.session(token_hash, expires_unix_ms - 1).is_some());
         assert!(st.session(token_hash, *expires_unix_ms).is_none());
+    }
+
+    #[test]
+    fn a_group_created_again_under_its_name_has_a_new_id() {
+        let mut recs = group_of_three();
+        let first = replay(&recs).group("g").unwrap().id;
+        for u in ["bob", "carol", "alice"] {
+            recs.push(Record::MemberLeft {
+                group: s("g"),
+                user: s(u),
+            });
+        }
+        recs.push(Record::GroupCreated {
+            group: s("g"),
+            owner: s("mallory"),
+        });
+        let again = replay(&recs).group("g").unwrap().id;
+        assert!(again > first, "{again} after {first}");
+        // The same on every replay.
+        assert_eq!(replay(&recs).group("g").unwrap().id, again);
     }
 
     #[test]
