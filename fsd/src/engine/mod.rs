@@ -18,6 +18,7 @@ pub mod download_jobs;
 pub mod in_place;
 mod partial;
 mod rename;
+mod single_flight;
 mod store_sync;
 
 use crate::control::DownloadStatus;
@@ -118,6 +119,8 @@ pub struct Engine {
     downloads: Downloads,
     /// The budget of fetched pieces, and eviction.
     cache: Arc<Cache>,
+    /// First opens of a file, one at a time: one creates its store entry.
+    opening: single_flight::SingleFlight<FileId>,
 }
 
 fn seed_of(swarm_id: &fileshare_protocol::FileId, me: &fileshare_protocol::PeerId) -> u64 {
@@ -174,6 +177,7 @@ impl Engine {
             announce_now: tokio::sync::Notify::new(),
             downloads: Downloads::default(),
             cache,
+            opening: Default::default(),
         })
     }
 
@@ -318,8 +322,21 @@ impl Engine {
         if let Some(s) = self.registry.get(&entry.id) {
             return Ok(s);
         }
+        // Concurrent first opens wait for the first: one locate, one entry.
+        let mut turn = self.opening.turn(&entry.id).await;
+        if let Some(s) = self.registry.get(&entry.id) {
+            return Ok(s);
+        }
         let (meta, peers) = self.tracker.locate(group, &entry.name).await?;
         let id = meta.id();
+        if id != entry.id {
+            // Changed since it was listed: wait for that file's first
+            // opens instead (one turn held at a time, so none waits on
+            // another in a circle).
+            drop(turn);
+            turn = self.opening.turn(&id).await;
+        }
+        let _turn = turn;
         if let Some(s) = self.registry.get(&id) {
             return Ok(s);
         }
