@@ -101,6 +101,7 @@ impl Inner {
                     file.set_len(size)
                         .map_err(|e| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)))?;
                     st.prehash.resized();
+                    st.written = true;
                 }
                 if let Some(mode) = mode {
                     st.perm = u16::try_from(mode & 0o7777).unwrap_or(0o644);

@@ -231,7 +231,7 @@ async fn serve(
     );
     engine.start(addr.clone());
 
-    let fs = crate::fuse::FileShareFs::new(engine.clone(), tasks.child());
+    let fs = crate::fuse::FileShareFs::new(engine.clone(), tasks.child(), mountpoint);
     let mut fuse = match FuseSession::mount(&tasks, fs, mountpoint).await {
         Ok(f) => f,
         Err(e) => {
