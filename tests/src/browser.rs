@@ -233,6 +233,11 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
+    /// Every cookie the browser holds, for any site.
+    pub fn cookies(&mut self) -> Value {
+        self.call(None, "Storage.getCookies", json!({}))["cookies"].clone()
+    }
+
     /// Waits until `expr` is true in the page; panics with `what` and the
     /// page's text after `limit`.
     pub fn wait_for(&mut self, what: &str, limit: Duration, expr: &str) {
