@@ -164,3 +164,37 @@ fn a_home_others_own_or_can_write_is_refused() {
         );
     }
 }
+
+/// The kernel itself keeps another user out of the mount (its root shows
+/// mode 0700 and it checks every access against the modes it shows), so
+/// what it has cached answers nobody else either: a `stat` right after
+/// the owner's own, while the file's attributes are cached, is refused.
+#[test]
+fn another_user_is_refused_by_the_kernel_even_with_attributes_cached() {
+    let (w, u) = World::network(&["alice"]);
+    let a = w.mount(&u[0], &[]);
+    let src = w.path("secret.bin");
+    random_file(&src, MIB, 8);
+    cp(&src, &a.path("g/secret.bin"));
+    std::fs::set_permissions(w.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stranger = LocalUser::ensure();
+    let file = a.path("g/secret.bin");
+    for round in 0..10 {
+        // The owner's stat leaves the name and attributes cached.
+        let mine = std::fs::metadata(&file).expect("the owner stats it");
+        assert_eq!(mine.len(), MIB as u64);
+        let out = stranger.run("stat", &[file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Permission denied"),
+            "round {round}: another user's stat right after the owner's: {}{err}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let root = std::fs::metadata(&a.mountpoint).unwrap();
+    assert_eq!(
+        root.permissions().mode() & 0o777,
+        0o700,
+        "the root is owner-only"
+    );
+}
