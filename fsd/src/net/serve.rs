@@ -50,9 +50,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Members' connections served at once; more are closed when they
@@ -357,29 +358,31 @@ async fn serve(
         }
         Ok::<(), ConnEnd>(())
     };
-    let idle = async {
-        loop {
-            let since = heard.lock().elapsed();
-            if since >= IDLE_TIMEOUT && st.subscribed.lock().is_empty() {
-                return Err(ConnEnd::Idle {
-                    secs: IDLE_TIMEOUT.as_secs(),
-                });
-            }
-            tokio::time::sleep(
-                IDLE_TIMEOUT
-                    .saturating_sub(since)
-                    .max(Duration::from_secs(1)),
-            )
-            .await;
-        }
-    };
     let r = tokio::select! {
         r = read_requests => r,
         r = write_replies => r,
-        r = idle => r,
+        end = idle(&heard, &st.subscribed, IDLE_TIMEOUT) => Err(end),
     };
     ctx.uploads.forget_conn(st.conn);
     r
+}
+
+/// Ends once the peer has sent nothing for `limit` (since `heard`) while
+/// subscribed to nothing.
+async fn idle(
+    heard: &Mutex<Instant>,
+    subscribed: &Mutex<HashSet<FileId>>,
+    limit: Duration,
+) -> ConnEnd {
+    loop {
+        let since = heard.lock().elapsed();
+        if since >= limit && subscribed.lock().is_empty() {
+            return ConnEnd::Idle {
+                secs: limit.as_secs(),
+            };
+        }
+        tokio::time::sleep(limit.saturating_sub(since).max(Duration::from_secs(1))).await;
+    }
 }
 
 /// One subscription: the bitfield now, then a `Have` per verified piece,
@@ -535,4 +538,37 @@ async fn piece(
         .uploaded
         .fetch_add(data.len() as u64, Ordering::Relaxed);
     (PeerReply::Piece { data: data.into() }, Some(sending))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_subscribed_to_nothing_ends_after_the_idle_time() {
+        let heard = Mutex::new(Instant::now());
+        let subscribed = Mutex::new(HashSet::new());
+        let limit = Duration::from_secs(120);
+        let start = Instant::now();
+        idle(&heard, &subscribed, limit).await;
+        assert_eq!(start.elapsed(), limit);
+
+        // A frame puts it off; a subscription holds it open.
+        *heard.lock() = Instant::now();
+        subscribed.lock().insert(FileId([1; 32]));
+        let waited =
+            tokio::time::timeout(Duration::from_secs(600), idle(&heard, &subscribed, limit));
+        assert!(waited.await.is_err(), "a subscribed connection stays");
+        subscribed.lock().clear();
+        *heard.lock() = Instant::now();
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        *heard.lock() = Instant::now();
+        idle(&heard, &subscribed, limit).await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(180),
+            "{:?}",
+            start.elapsed()
+        );
+    }
 }
