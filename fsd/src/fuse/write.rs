@@ -245,8 +245,9 @@ impl Inner {
             let st = staged.state.lock();
             // Another handle still writes, the name is temporary, or
             // nothing was written yet (a shell moving the descriptor onto
-            // stdout): the share waits.
-            if st.writers > 1 || st.removed || is_temporary(&st.name) || !st.written {
+            // stdout): the share waits. A failed write is reported here.
+            let unwritten = !st.written && st.failed.is_none();
+            if st.writers > 1 || st.removed || is_temporary(&st.name) || unwritten {
                 return reply.ok();
             }
             self.mountpoint.join(&st.group).join(&st.name)
