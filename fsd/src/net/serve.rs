@@ -65,9 +65,11 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 
 /// Connections not authenticated yet held at once, in all and from one
-/// address; a new one closes the oldest when there is no room.
-pub const MAX_STRANGERS: usize = 64;
-pub const MAX_STRANGERS_PER_ADDRESS: usize = 16;
+/// address; a new one closes the oldest when there is no room. One
+/// address may open as many at once as it may hold as a member (many
+/// daemons behind one NAT address start their links together).
+pub const MAX_STRANGERS: usize = 128;
+pub const MAX_STRANGERS_PER_ADDRESS: usize = MAX_CONNECTIONS_PER_ADDRESS;
 
 /// A connection must complete TLS and show a valid ticket within this
 /// long of being accepted. A member's daemon does both in one round trip
