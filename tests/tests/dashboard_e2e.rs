@@ -6,7 +6,7 @@
 //! the token never travels in a cookie or a URL the server sees, and the
 //! download action writes only into existing directories of the home.
 
-use fileshare_tests::browser::{require_chromium, screenshot, Browser};
+use fileshare_tests::browser::{require_chromium, Browser};
 use fileshare_tests::mount::wait_for;
 use fileshare_tests::world::World;
 use fileshare_tests::{random_file, MIB};
@@ -190,7 +190,7 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_accepts_a_request() {
         // For the README: half a minute of chart, a piece map half full.
         std::thread::sleep(Duration::from_secs(20));
     }
-    screenshot(&bob_url, &shots.join("dashboard.png"), 1280, 1000);
+    b.screenshot(&shots.join("dashboard.png"), 1280, 1000);
 
     // The owner's page: the upload, and carol waiting to join.
     b.goto(&alice_url);
@@ -204,7 +204,7 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_accepts_a_request() {
     );
     let shown = b.eval("document.body.innerText").to_string();
     assert!(shown.contains("owner alice"), "{shown}");
-    screenshot(&alice_url, &shots.join("dashboard-owner.png"), 1280, 900);
+    b.screenshot(&shots.join("dashboard-owner.png"), 1280, 900);
     assert_eq!(
         b.eval(r#"document.querySelector('[data-request="carol"] button[data-action="accept"]').click(); true"#),
         serde_json::json!(true)
