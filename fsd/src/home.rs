@@ -52,6 +52,7 @@ impl Home {
         let dir = dir
             .canonicalize()
             .with_context(|| format!("cannot resolve home directory {}", dir.display()))?;
+        check_private_dir(&dir)?;
         let trackers = match trackers {
             Some(t) => t.to_path_buf(),
             None => remembered_trackers(&dir)?.unwrap_or_else(|| dir.join("trackers.txt")),
@@ -215,6 +216,35 @@ fn remembered_trackers(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     }
 }
 
+/// Refuses a home that someone else could change: one owned by another
+/// user, or writable by group or others (as the key file in it is refused
+/// when others can read it). Whoever can write there could replace the
+/// session, the key or the control socket.
+fn check_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read home directory {}", dir.display()))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if md.uid() != me {
+        bail!(
+            "home directory {} belongs to uid {}, not to you (uid {me}): use a home of your own",
+            dir.display(),
+            md.uid()
+        );
+    }
+    let mode = md.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        bail!(
+            "home directory {} is writable by group or others (mode {mode:04o}): \
+             `chmod go-w {}`, or better `chmod 700`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Writes `data` to `path` atomically, readable by the owner only.
 pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -258,6 +288,25 @@ mod tests {
         assert_eq!(home.peer_id().unwrap(), home.identity().unwrap().peer_id());
         home.clear_session().unwrap();
         assert!(home.session().is_err());
+    }
+
+    #[test]
+    fn a_home_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = dir.path().join("h");
+        Home::resolve(Some(&h), None).unwrap();
+        for mode in [0o777, 0o770, 0o702] {
+            std::fs::set_permissions(&h, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = format!("{:#}", Home::resolve(Some(&h), None).unwrap_err());
+            assert!(
+                err.contains("writable by group or others"),
+                "{mode:o}: {err}"
+            );
+        }
+        // Readable by others is the user's choice: the secrets in it are
+        // owner-only files.
+        std::fs::set_permissions(&h, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Home::resolve(Some(&h), None).unwrap();
     }
 
     #[test]

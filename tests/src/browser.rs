@@ -58,28 +58,6 @@ fn base_args(profile: &Path) -> Vec<String> {
     .collect()
 }
 
-/// `chromium --screenshot` of `url` at `width`x`height` into `png`, in a
-/// fresh profile of its own.
-pub fn screenshot(url: &str, png: &Path, width: u32, height: u32) {
-    let chromium = require_chromium();
-    let profile = tempfile::tempdir().expect("profile dir");
-    let out = Command::new(chromium)
-        .args(base_args(profile.path()))
-        .arg(format!("--screenshot={}", png.display()))
-        .arg(format!("--window-size={width},{height}"))
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run chromium --screenshot");
-    let size = std::fs::metadata(png).map_or(0, |m| m.len());
-    assert!(
-        out.status.success() && size > 10_000,
-        "chromium --screenshot wrote {size} bytes ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// One headless browser with one page.
 pub struct Browser {
     child: Child,
@@ -233,6 +211,25 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
+    /// A PNG of the page as it shows now, at `width`x`height`, into `png`
+    /// (the page fills its data in by script, so a screenshot of a fresh
+    /// load would show it empty).
+    pub fn screenshot(&mut self, png: &Path, width: u32, height: u32) {
+        self.page(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false }),
+        );
+        let shot = self.page("Page.captureScreenshot", json!({ "format": "png" }));
+        let data = base64_decode(shot["data"].as_str().expect("the screenshot's data"));
+        assert!(data.len() > 10_000, "a screenshot of {} bytes", data.len());
+        std::fs::write(png, &data).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+    }
+
+    /// Every cookie the browser holds, for any site.
+    pub fn cookies(&mut self) -> Value {
+        self.call(None, "Storage.getCookies", json!({}))["cookies"].clone()
+    }
+
     /// Waits until `expr` is true in the page; panics with `what` and the
     /// page's text after `limit`.
     pub fn wait_for(&mut self, what: &str, limit: Duration, expr: &str) {
@@ -259,5 +256,38 @@ impl Drop for Browser {
             }
         }
         let _ = self.child.wait();
+    }
+}
+
+/// Standard base64 (the DevTools protocol's binary data) to bytes.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {:?}", c as char),
+    };
+    let digits: Vec<u8> = text.bytes().filter(|&c| c != b'=').map(value).collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &d)| n | u32::from(d) << (18 - 6 * i));
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_decodes() {
+        assert_eq!(super::base64_decode("aGVsbG8="), b"hello");
+        assert_eq!(super::base64_decode("aGk="), b"hi");
+        assert_eq!(super::base64_decode("YWJj"), b"abc");
     }
 }

@@ -2,9 +2,11 @@
 //! daemons while a file is being read through the mount. The owner's page
 //! shows the group, the file and its upload, the reader's page its
 //! download; a request to join accepted on the page makes the user a
-//! member; requests without the token, or from another site, are refused.
+//! member; requests without the token, or from another site, are refused;
+//! the token never travels in a cookie or a URL the server sees, and the
+//! download action writes only into existing directories of the home.
 
-use fileshare_tests::browser::{require_chromium, screenshot, Browser};
+use fileshare_tests::browser::{require_chromium, Browser};
 use fileshare_tests::mount::wait_for;
 use fileshare_tests::world::World;
 use fileshare_tests::{random_file, MIB};
@@ -29,11 +31,13 @@ fn http(addr: &str, request: &str) -> (u16, String) {
     (status, resp)
 }
 
-/// `http://127.0.0.1:PORT/?token=T` into (`127.0.0.1:PORT`, `T`).
+/// `http://127.0.0.1:PORT/#token=T` into (`127.0.0.1:PORT`, `T`).
 fn split_url(url: &str) -> (String, String) {
     let rest = url.strip_prefix("http://").expect("an http URL");
-    let (addr, query) = rest.split_once("/?token=").expect("a token in the URL");
-    (addr.to_string(), query.to_string())
+    let (addr, token) = rest
+        .split_once("/#token=")
+        .expect("a token in the URL's fragment");
+    (addr.to_string(), token.to_string())
 }
 
 /// Where the screenshots go: `docs/` when FILESHARE_UPDATE_SCREENSHOTS is
@@ -47,31 +51,41 @@ fn screenshot_dir(w: &World) -> std::path::PathBuf {
 
 fn refusals(addr: &str, token: &str) {
     let port = addr.rsplit(':').next().unwrap();
-    let cookie = format!("fileshare_ui_{port}");
     let get = |path: &str, extra: &str| {
         http(
             addr,
             &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"),
         )
     };
-    for path in ["/", "/api/snapshot", "/api/events", "/app.js"] {
+    let bearer = |t: &str| format!("Authorization: Bearer {t}\r\n");
+    // The page and its assets are the same for everyone and hold no data.
+    for path in ["/", "/app.js", &format!("/?token={token}")] {
+        let (status, resp) = get(path, "");
+        assert_eq!(status, 200, "{path}: {resp}");
+        assert!(
+            !resp.contains("\"user\":") && !resp.contains("alice"),
+            "{resp}"
+        );
+        assert!(!resp.to_ascii_lowercase().contains("set-cookie"), "{resp}");
+    }
+    for path in ["/api/snapshot", "/api/events"] {
         let (status, resp) = get(path, "");
         assert_eq!(status, 401, "{path} without the token: {resp}");
         assert!(!resp.contains("\"groups\""), "{resp}");
     }
-    let (status, _) = get("/api/snapshot?token=0000", "");
+    let (status, _) = get("/api/snapshot", &bearer("0000"));
     assert_eq!(status, 403, "a wrong token");
-    let (status, _) = get("/api/snapshot", &format!("Cookie: {cookie}=bad\r\n"));
-    assert_eq!(status, 403, "a wrong cookie");
-    let (status, resp) = get(&format!("/api/snapshot?token={token}"), "");
-    assert_eq!(status, 200, "{resp}");
-    // The first load trades the token in the URL for a strict cookie.
-    let (status, resp) = get(&format!("/?token={token}"), "");
-    assert_eq!(status, 303, "{resp}");
-    assert!(
-        resp.contains("HttpOnly") && resp.contains("SameSite=Strict"),
-        "{resp}"
+    // Neither a URL nor a cookie carries the token any more.
+    let (status, _) = get(&format!("/api/snapshot?token={token}"), "");
+    assert_eq!(status, 401, "a token in the URL");
+    let (status, _) = get(
+        "/api/snapshot",
+        &format!("Cookie: fileshare_ui_{port}={token}\r\n"),
     );
+    assert_eq!(status, 401, "a token in a cookie");
+    let (status, resp) = get("/api/snapshot", &bearer(token));
+    assert_eq!(status, 200, "{resp}");
+    assert!(resp.contains("\"groups\""), "{resp}");
 
     let post = |extra: &str| {
         let body = r#"{"group":"g","user":"nobody"}"#;
@@ -85,15 +99,10 @@ fn refusals(addr: &str, token: &str) {
         )
     };
     assert_eq!(post("").0, 401, "an action without the token");
-    let (status, _) = post(&format!(
-        "Cookie: {cookie}={token}\r\nOrigin: http://evil.example\r\n"
-    ));
+    let (status, _) = post(&format!("{}Origin: http://evil.example\r\n", bearer(token)));
     assert_eq!(status, 403, "an action from another site");
-    let (status, _) = post(&format!(
-        "Cookie: {cookie}={token}\r\nSec-Fetch-Site: cross-site\r\n"
-    ));
+    let (status, _) = post(&format!("{}Sec-Fetch-Site: cross-site\r\n", bearer(token)));
     assert_eq!(status, 403, "an action from another site");
-    // A token in the URL reads, it never acts.
     let body = "{}";
     let (status, _) = http(
         addr,
@@ -161,9 +170,14 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_accepts_a_request() {
            && Number(document.querySelector('tr[data-file="big.bin"]').dataset.down) > 0"#,
     );
     assert_eq!(
-        b.eval("location.search"),
+        b.eval("location.hash + location.search"),
         serde_json::json!(""),
         "the token left the address bar"
+    );
+    assert_eq!(
+        b.cookies(),
+        serde_json::json!([]),
+        "no cookie: another page on this host cannot get the token"
     );
     let shown = b.eval("document.body.innerText").to_string();
     assert!(
@@ -176,7 +190,7 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_accepts_a_request() {
         // For the README: half a minute of chart, a piece map half full.
         std::thread::sleep(Duration::from_secs(20));
     }
-    screenshot(&bob_url, &shots.join("dashboard.png"), 1280, 1000);
+    b.screenshot(&shots.join("dashboard.png"), 1280, 1000);
 
     // The owner's page: the upload, and carol waiting to join.
     b.goto(&alice_url);
@@ -190,7 +204,7 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_accepts_a_request() {
     );
     let shown = b.eval("document.body.innerText").to_string();
     assert!(shown.contains("owner alice"), "{shown}");
-    screenshot(&alice_url, &shots.join("dashboard-owner.png"), 1280, 900);
+    b.screenshot(&shots.join("dashboard-owner.png"), 1280, 900);
     assert_eq!(
         b.eval(r#"document.querySelector('[data-request="carol"] button[data-action="accept"]').click(); true"#),
         serde_json::json!(true)
@@ -222,14 +236,43 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_accepts_a_request() {
     // The other actions, as the page's own script sends them.
     let post = |b: &mut Browser, path: &str, body: serde_json::Value| {
         b.eval(&format!(
-            "fetch('{path}', {{method: 'POST', headers: {{'Content-Type': 'application/json'}}, \
+            "fetch('{path}', {{method: 'POST', headers: {{'Content-Type': 'application/json', \
+             Authorization: 'Bearer ' + sessionStorage.getItem('fileshare-token')}}, \
              body: JSON.stringify({body})}}).then(r => r.json()).then(j => j.ok || ('error: ' + j.error))"
         ))
         .as_str()
         .unwrap_or_default()
         .to_string()
     };
-    let dest = w.path("from-the-page.bin");
+    // Downloads go only into existing directories of the home of the
+    // daemon's user (the test's: both run as root).
+    let home = std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"));
+    let outside = w.path("from-the-page.bin");
+    let said = post(
+        &mut b,
+        "/api/download",
+        serde_json::json!({"group": "g", "name": "big.bin", "dest": outside}),
+    );
+    assert!(
+        said.starts_with("error: ") && said.contains("outside your home directory"),
+        "{said}"
+    );
+    assert!(!outside.exists());
+    let in_home = tempfile::Builder::new()
+        .prefix("fileshare-dashboard-")
+        .tempdir_in(&home)
+        .expect("a directory in the home");
+    let missing = in_home.path().join("no-such-dir/from-the-page.bin");
+    let said = post(
+        &mut b,
+        "/api/download",
+        serde_json::json!({"group": "g", "name": "big.bin", "dest": missing}),
+    );
+    assert!(
+        said.starts_with("error: ") && said.contains("is not an existing directory"),
+        "{said}"
+    );
+    let dest = in_home.path().join("from-the-page.bin");
     let said = post(
         &mut b,
         "/api/download",
@@ -274,7 +317,7 @@ fn dashboard_can_be_turned_off_and_given_an_address() {
     let addr = format!("127.0.0.1:{}", port.get());
     let m = w.mount(&u[0], &["--ui", &addr]);
     let url = w.fsd_ok(&u[0], &["ui"]);
-    assert!(url.starts_with(&format!("http://{addr}/?token=")), "{url}");
+    assert!(url.starts_with(&format!("http://{addr}/#token=")), "{url}");
 
     // A page left open (its event stream) does not hold the daemon up.
     let (_, token) = split_url(url.trim());

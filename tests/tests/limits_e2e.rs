@@ -1,5 +1,6 @@
 //! Limits that hold under attack: a flood of half-sent frames, connection
-//! caps per address, idle connections and quotas. Each attack is made by a
+//! caps per address, idle connections, strangers holding a daemon's peer
+//! port, and quotas. Each attack is made by a
 //! stranger speaking real TLS; everyone else keeps working.
 
 use fileshare_protocol::frame::header;
@@ -10,6 +11,7 @@ use fileshare_tests::liar::stranger;
 use fileshare_tests::mount::Mount;
 use fileshare_tests::tracker::{sign_up, Tracker};
 use fileshare_tests::world::World;
+use fileshare_tests::{random_file, wait_for, MIB};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,7 +52,8 @@ fn rss_mib(pid: u32) -> u64 {
 
 /// `n` connections to `addr`, spread over 16 loopback addresses (under the
 /// per-address caps), each of which sends a header claiming a whole frame
-/// and then one byte of it.
+/// and then one byte of it. (A daemon keeps only the newest strangers, so
+/// most of its ends are closed by the time this returns.)
 async fn half_sent_frames(addr: &str, tls: ClientTls, role: Role, n: usize) -> Vec<SecureStream> {
     let gate = Arc::new(tokio::sync::Semaphore::new(32));
     let mut tasks = Vec::new();
@@ -59,7 +62,16 @@ async fn half_sent_frames(addr: &str, tls: ClientTls, role: Role, n: usize) -> V
         tasks.push(tokio::spawn(async move {
             let _turn = gate.acquire().await.unwrap();
             let from = IpAddr::from([127, 0, 9, 1 + (i % 16) as u8]);
-            let mut s = stranger(from, &addr, &tls, role).await?;
+            // A daemon closes its oldest strangers for newer ones, maybe
+            // before the handshake was done: an attacker tries again.
+            let mut s = None;
+            for _ in 0..5 {
+                s = stranger(from, &addr, &tls, role.clone()).await;
+                if s.is_some() {
+                    break;
+                }
+            }
+            let mut s = s?;
             s.write_all(&header(MAX_FRAME_LEN)).await.ok()?;
             s.write_all(&[7]).await.ok()?;
             s.flush().await.ok()?;
@@ -592,4 +604,120 @@ fn metadata_and_sessions_are_capped_per_user() {
             .await
             .expect("a login after a logout");
     });
+}
+
+/// Raises this process's limit of open files to `n` (tests run as root),
+/// for a test that holds many connections.
+fn raise_open_files(n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit reads the struct it is given.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(
+        rc,
+        0,
+        "raise RLIMIT_NOFILE to {n}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Established TCP connections whose local port is `port`: the server's
+/// ends of the connections to a listener on this host, as the kernel
+/// counts them (/proc/net/tcp), whatever the clients think.
+fn established_at(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    let port = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&port) && f[3] == "01"
+        })
+        .count()
+}
+
+/// 1,500 strangers (real TLS clients, each with its own self-signed key)
+/// connect to a seeder's peer port from the address the members use too,
+/// complete the handshake and say nothing more. A member still reads a
+/// 16 MiB file from that seeder at once, and 15 s after they connected the
+/// seeder holds at most 100 of them: strangers have a small pool of their
+/// own, newer ones push out the oldest, and none stays past the deadline
+/// for showing a ticket.
+#[test]
+fn strangers_holding_a_peer_port_never_keep_members_out() {
+    raise_open_files(8192);
+    let (w, u) = World::network(&["alice", "bob"]);
+    let a = w.mount(&u[0], &[]);
+    let src = w.path("big.bin");
+    random_file(&src, 16 * MIB, 21);
+    a.cp_in(&src, "g");
+    let b = w.mount(&u[1], &["--read-timeout", "30"]);
+    let theirs = b.path("g/big.bin");
+    wait_for("big.bin listed for bob", Duration::from_secs(15), || {
+        theirs.exists().then_some(())
+    });
+    let port: u16 = a.listen.rsplit(':').next().unwrap().parse().unwrap();
+    const STRANGERS: usize = 1500;
+    let rt = rt();
+    let (held, connected) = rt.block_on(async {
+        // A few handshakes at a time, as one busy client would.
+        let gate = Arc::new(tokio::sync::Semaphore::new(8));
+        let mut tasks = Vec::new();
+        for _ in 0..STRANGERS {
+            let (addr, gate) = (a.listen.clone(), gate.clone());
+            tasks.push(tokio::spawn(async move {
+                let key = Identity::generate().unwrap();
+                let tls = ClientTls::new(Some(&key), Pin::FirstUse).unwrap();
+                let role = Role::Peer {
+                    id: key.fingerprint().peer_id(),
+                };
+                let _turn = gate.acquire().await.unwrap();
+                // Pushed out by newer strangers before its handshake was
+                // done: it tries again, as an attacker would.
+                for _ in 0..5 {
+                    let s = stranger(IpAddr::from([127, 0, 0, 1]), &addr, &tls, role.clone());
+                    if let Some(s) = s.await {
+                        return Some(s);
+                    }
+                }
+                None
+            }));
+        }
+        let mut held = Vec::new();
+        for t in tasks {
+            held.extend(t.await.unwrap());
+        }
+        (held, Instant::now())
+    });
+    eprintln!(
+        "{} strangers handshaken; the seeder holds {} connections on its port",
+        held.len(),
+        established_at(port)
+    );
+    let started = Instant::now();
+    let read = std::fs::read(&theirs);
+    let took = started.elapsed();
+    assert!(
+        read.as_deref().ok() == Some(&std::fs::read(&src).unwrap()[..]),
+        "bob could not read the file while strangers held the seeder's port: {:?}\n{}",
+        read.map(|d| d.len()),
+        b.log()
+    );
+    eprintln!("bob read 16 MiB in {} ms", took.as_millis());
+    assert!(took < Duration::from_secs(20), "bob's read took {took:?}");
+    std::thread::sleep(
+        (connected + Duration::from_secs(15)).saturating_duration_since(Instant::now()),
+    );
+    let open = established_at(port);
+    eprintln!("15 s after the strangers connected, the seeder holds {open} connections");
+    assert!(open <= 100, "the seeder holds {open} connections");
+    assert_eq!(
+        held.len(),
+        STRANGERS,
+        "every stranger completed the handshake"
+    );
+    drop(held);
 }

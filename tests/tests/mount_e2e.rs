@@ -620,3 +620,52 @@ fn a_read_no_peer_can_serve_fails_with_eio_after_the_timeout() {
     b.cp_in(&mine, "g");
     cmp(&mine, &b.path("g/mine.bin"));
 }
+
+/// Several processes opening the same not-yet-fetched file at once (fio
+/// with several jobs, parallel `cmp`s, a program's threads) all get it:
+/// the first open creates the file's store entry once, the others wait
+/// for it. Four and sixteen openers, each round on a fresh file.
+#[test]
+fn concurrent_first_opens_of_a_fresh_file_all_succeed() {
+    let (w, u) = World::network(&["alice", "bob"]);
+    let a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &[]);
+    const ROUNDS: usize = 50;
+    let dir = w.path("fresh");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for i in 0..2 * ROUNDS {
+        let src = dir.join(format!("f{i:03}.bin"));
+        let bytes = random_file(&src, 4096 + i, 300 + i as u64);
+        a.cp_in(&src, "g");
+        files.push((format!("f{i:03}.bin"), bytes));
+    }
+    for (name, bytes) in &files {
+        wait_listed(&b, "g", name, bytes.len());
+    }
+    for (round, (name, bytes)) in files.iter().enumerate() {
+        let openers = if round < ROUNDS { 4 } else { 16 };
+        let path = b.path(&format!("g/{name}"));
+        let gate = std::sync::Barrier::new(openers);
+        let results: Vec<std::io::Result<Vec<u8>>> = std::thread::scope(|s| {
+            let tasks: Vec<_> = (0..openers)
+                .map(|_| {
+                    s.spawn(|| {
+                        gate.wait();
+                        std::fs::read(&path)
+                    })
+                })
+                .collect();
+            tasks.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for r in results {
+            match r {
+                Ok(got) => assert!(got == *bytes, "{name}: other bytes than shared"),
+                Err(e) => panic!(
+                    "{name}: one of {openers} concurrent first opens failed: {e}\n{}",
+                    b.log()
+                ),
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The mount used with the tools people point at directories: `rsync -a`,
 //! `mv`, `cp -a`, `tar -x`, an editor's save through a temporary file,
-//! `df`, and the errno of a name that is too long. Real tracker, real
+//! shell redirections, `touch`, `df`, and the errno of a name that is too
+//! long. Real tracker, real
 //! daemons, real FUSE mounts.
 
 use fileshare_tests::mount::Mount;
@@ -477,4 +478,91 @@ fn files_written_out_of_order_or_changed_behind_the_writes_share_their_final_byt
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// A shell's `>` opens the file, moves the descriptor onto stdout and
+/// closes the first one before anything is written; programs that dup
+/// their descriptors do the same. Each file is shared with the bytes the
+/// shell wrote, by the time the shell is done (the tracker lists it), and
+/// another member reads exactly those bytes.
+#[test]
+fn shell_redirections_share_what_the_shell_wrote() {
+    let (w, u) = World::network(&["alice", "bob"]);
+    let a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &[]);
+    let g = s(&a.path("g")).to_string();
+    let cases: [(&str, &str, String, &[u8]); 7] = [
+        (
+            "echo.txt",
+            "bash",
+            format!("echo hello > {g}/echo.txt"),
+            b"hello\n",
+        ),
+        ("sh.txt", "sh", format!("echo x > {g}/sh.txt"), b"x\n"),
+        (
+            "printf.txt",
+            "bash",
+            format!("printf '%s-%d' abc 42 > {g}/printf.txt"),
+            b"abc-42",
+        ),
+        (
+            "external-printf.txt",
+            "sh",
+            format!("/usr/bin/printf 'out of a child\\n' > {g}/external-printf.txt"),
+            b"out of a child\n",
+        ),
+        (
+            "appended.txt",
+            "bash",
+            format!("exec 3> {g}/appended.txt; echo one >&3; echo two >&3; exec 3>&-"),
+            b"one\ntwo\n",
+        ),
+        (
+            "duped.txt",
+            "bash",
+            format!("exec 3> {g}/duped.txt; exec 4>&3; exec 3>&-; echo via-dup >&4; exec 4>&-"),
+            b"via-dup\n",
+        ),
+        (
+            "group.txt",
+            "bash",
+            format!("{{ echo a; /bin/true; echo b; }} > {g}/group.txt"),
+            b"a\nb\n",
+        ),
+    ];
+    for (name, shell, script, want) in &cases {
+        ok(&a, shell, &["-c", script]);
+        assert!(
+            tracker_names(&w.fsd, w.trackers_file(), &u[1], "g").contains(*name),
+            "{name} is not shared once `{shell} -c {script:?}` is done\n{}",
+            a.log()
+        );
+        wait_content(&b.path(&format!("g/{name}")), want, &[&a, &b], String::new);
+    }
+}
+
+/// Files whose writer closes without writing are shared at the last
+/// close of the open file, with what is there: `touch`'s empty file, and
+/// a file the shell opened and handed to a background child that writes
+/// after the shell closed its own descriptor.
+#[test]
+fn touch_and_a_child_writing_after_the_opener_closed_share_at_the_last_close() {
+    let (w, u) = World::network(&["alice", "bob"]);
+    let a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &[]);
+    let g = s(&a.path("g")).to_string();
+    ok(&a, "touch", &[&format!("{g}/empty.txt")]);
+    ok(
+        &a,
+        "bash",
+        &[
+            "-c",
+            &format!("exec 3> {g}/late.txt; (sleep 0.5; echo late >&3) & exec 3>&-; wait"),
+        ],
+    );
+    wait_content(&b.path("g/empty.txt"), b"", &[&a, &b], String::new);
+    wait_content(&b.path("g/late.txt"), b"late\n", &[&a, &b], String::new);
+    // Shared now: immutable, as every shared file.
+    let out = run("bash", &["-c", &format!("echo more >> {g}/late.txt")]);
+    assert!(!out.status.success(), "a shared file took more bytes");
 }

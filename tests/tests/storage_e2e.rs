@@ -68,7 +68,14 @@ fn world_with_small_homes(users: &[(&str, Option<&str>)]) -> (World, Vec<Tmpfs>,
     let w = World::new();
     let homes = (users.iter())
         .filter_map(|(name, size)| {
-            size.map(|size| Tmpfs::mount(&w.path(&format!("home-{name}")), size, false))
+            size.map(|size| {
+                let fs = Tmpfs::mount(&w.path(&format!("home-{name}")), size, false);
+                // A home others can write is refused: owner-only, as fsd
+                // makes its homes.
+                let owner_only = std::os::unix::fs::PermissionsExt::from_mode(0o700);
+                std::fs::set_permissions(&fs.dir, owner_only).expect("chmod the home");
+                fs
+            })
         })
         .collect();
     let us: Vec<User> = users.iter().map(|(name, _)| w.user(name)).collect();

@@ -1,5 +1,5 @@
 //! Who may do what: another local user at the mount, members of two
-//! groups sharing one file.
+//! groups sharing one file, homes that others could change.
 
 use fileshare_tests::local_user::LocalUser;
 use fileshare_tests::mount::wait_for;
@@ -125,4 +125,76 @@ fn the_trackers_state_and_the_daemons_files_are_owner_only() {
         }
     }
     assert!(files > 3, "the home holds the session and the store");
+}
+
+/// A home directory another user owns, or that group or others may write,
+/// is refused with a message that says why and what to do; nothing is
+/// written into it.
+#[test]
+fn a_home_others_own_or_can_write_is_refused() {
+    let w = World::new();
+    let stranger = LocalUser::ensure();
+    for (name, mode, owner, says) in [
+        ("open", 0o777, None, "writable by group or others"),
+        ("group", 0o770, None, "writable by group or others"),
+        ("theirs", 0o700, Some(stranger.uid), "not to you"),
+    ] {
+        let home = w.path(&format!("home-{name}"));
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(mode)).unwrap();
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&home, Some(uid), None).unwrap();
+        }
+        let out = std::process::Command::new(&w.fsd)
+            .arg("--home")
+            .arg(&home)
+            .arg("--trackers")
+            .arg(w.trackers_file())
+            .args(["login", "nobody"])
+            .env("FILESHARE_PASSWORD", "pw")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run fsd");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{name}: {err}");
+        assert_eq!(
+            std::fs::read_dir(&home).unwrap().count(),
+            0,
+            "{name}: written into"
+        );
+    }
+}
+
+/// The kernel itself keeps another user out of the mount (its root shows
+/// mode 0700 and it checks every access against the modes it shows), so
+/// what it has cached answers nobody else either: a `stat` right after
+/// the owner's own, while the file's attributes are cached, is refused.
+#[test]
+fn another_user_is_refused_by_the_kernel_even_with_attributes_cached() {
+    let (w, u) = World::network(&["alice"]);
+    let a = w.mount(&u[0], &[]);
+    let src = w.path("secret.bin");
+    random_file(&src, MIB, 8);
+    cp(&src, &a.path("g/secret.bin"));
+    std::fs::set_permissions(w.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stranger = LocalUser::ensure();
+    let file = a.path("g/secret.bin");
+    for round in 0..10 {
+        // The owner's stat leaves the name and attributes cached.
+        let mine = std::fs::metadata(&file).expect("the owner stats it");
+        assert_eq!(mine.len(), MIB as u64);
+        let out = stranger.run("stat", &[file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Permission denied"),
+            "round {round}: another user's stat right after the owner's: {}{err}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let root = std::fs::metadata(&a.mountpoint).unwrap();
+    assert_eq!(
+        root.permissions().mode() & 0o777,
+        0o700,
+        "the root is owner-only"
+    );
 }

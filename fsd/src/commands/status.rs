@@ -29,7 +29,8 @@ pub async fn ui(home: &Home) -> anyhow::Result<()> {
     let path = home.ui_token_path();
     let token = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the dashboard token {}", path.display()))?;
-    println!("{addr}?token={}", token.trim());
+    // In the fragment: the browser keeps it from the server and its logs.
+    println!("{addr}#token={}", token.trim());
     Ok(())
 }
 

@@ -20,6 +20,7 @@ pub mod in_place;
 mod partial;
 pub mod read_stream;
 mod rename;
+mod single_flight;
 mod store_sync;
 
 use crate::engine::download_jobs::{DownloadError, Downloads};
@@ -109,6 +110,8 @@ pub struct Engine {
     downloads: Downloads,
     /// The budget of fetched pieces, and eviction.
     cache: Arc<Cache>,
+    /// First opens of a file, one at a time: one creates its store entry.
+    opening: single_flight::SingleFlight<FileId>,
 }
 
 fn seed_of(swarm_id: &fileshare_protocol::FileId, me: &fileshare_protocol::PeerId) -> u64 {
@@ -165,6 +168,7 @@ impl Engine {
             announce_now: tokio::sync::Notify::new(),
             downloads: Downloads::default(),
             cache,
+            opening: Default::default(),
         })
     }
 
@@ -309,8 +313,21 @@ impl Engine {
         if let Some(s) = self.registry.get(&entry.id) {
             return Ok(s);
         }
+        // Concurrent first opens wait for the first: one locate, one entry.
+        let mut turn = self.opening.turn(&entry.id).await;
+        if let Some(s) = self.registry.get(&entry.id) {
+            return Ok(s);
+        }
         let (meta, peers) = self.tracker.locate(group, &entry.name).await?;
         let id = meta.id();
+        if id != entry.id {
+            // Changed since it was listed: wait for that file's first
+            // opens instead (one turn held at a time, so none waits on
+            // another in a circle).
+            drop(turn);
+            turn = self.opening.turn(&id).await;
+        }
+        let _turn = turn;
         if let Some(s) = self.registry.get(&id) {
             return Ok(s);
         }

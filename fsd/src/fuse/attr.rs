@@ -1,8 +1,9 @@
 //! Attributes: what `stat` shows of groups, shared files and files being
 //! written; `setattr`, `access`, `fsync` and `statfs`.
 //!
-//! Shared files are immutable: they show mode 0444 and the mount's start
-//! time. `chmod`, `chown` and `utimens` are accepted on every file and
+//! The mount's root is owner-only (0700): the kernel, which checks every
+//! access against these modes, keeps other users out. Shared files are
+//! immutable: they show mode 0444 and the mount's start time. `chmod`, `chown` and `utimens` are accepted on every file and
 //! group so `cp -a`, `tar -x` and `rsync -a` work; on a file being written
 //! (or not shared yet) the mode and times are kept and shown until it is
 //! shared, elsewhere they change nothing. Owners are never changed: every
@@ -29,7 +30,10 @@ impl Inner {
     pub(super) fn attr(&self, ino: u64, node: &Node) -> FileAttr {
         let (mut atime, mut mtime) = (self.started, self.started);
         let (kind, size, perm, nlink) = match node {
-            Node::Root | Node::Group(_) => (FileType::Directory, 0, 0o755, 2),
+            // Owner-only: the kernel keeps everyone else out (see
+            // `default_permissions` in mount/mod.rs).
+            Node::Root => (FileType::Directory, 0, 0o700, 2),
+            Node::Group(_) => (FileType::Directory, 0, 0o755, 2),
             Node::File { entry, .. } => (FileType::RegularFile, entry.size, 0o444, 1),
             Node::Staging { path, .. } => {
                 let md = std::fs::metadata(path).ok();
@@ -101,6 +105,7 @@ impl Inner {
                     file.set_len(size)
                         .map_err(|e| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)))?;
                     st.prehash.resized();
+                    st.written = true;
                 }
                 if let Some(mode) = mode {
                     st.perm = u16::try_from(mode & 0o7777).unwrap_or(0o644);
@@ -126,10 +131,11 @@ impl Inner {
         Ok(self.attr(ino.0, &node))
     }
 
-    /// `access(2)`: shared files are readable, not writable; files being
-    /// written are both; directories can be entered and, the root and the
-    /// groups, written (`mkdir` makes a group, `cp` shares). Nothing is
-    /// executable.
+    /// `access(2)`, when the kernel asks (the mount's `default_permissions`
+    /// has it answer from the modes itself): shared files are readable,
+    /// not writable; files being written are both; directories can be
+    /// entered and, the root and the groups, written (`mkdir` makes a
+    /// group, `cp` shares). Nothing is executable.
     pub(super) fn access(&self, ino: INodeNo, mask: AccessFlags) -> Result<(), Errno> {
         let node = self.node(ino)?;
         let denied = match node {

@@ -84,6 +84,9 @@ struct Inner {
     uid: u32,
     gid: u32,
     started: SystemTime,
+    /// Where it is mounted (resolved), to know a writer's descriptors of
+    /// a file by their path.
+    mountpoint: std::path::PathBuf,
 }
 
 pub struct FileShareFs {
@@ -95,7 +98,7 @@ fn errno(e: &EngineError) -> Errno {
 }
 
 impl FileShareFs {
-    pub fn new(engine: Arc<Engine>, tasks: Tasks) -> Self {
+    pub fn new(engine: Arc<Engine>, tasks: Tasks, mountpoint: &std::path::Path) -> Self {
         // SAFETY: geteuid and getegid cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         FileShareFs {
@@ -109,6 +112,8 @@ impl FileShareFs {
                 uid,
                 gid,
                 started: SystemTime::now(),
+                mountpoint: std::fs::canonicalize(mountpoint)
+                    .unwrap_or_else(|_| mountpoint.to_path_buf()),
             }),
         }
     }

@@ -4,7 +4,16 @@
 //! written.
 //!
 //! `close` waits for `flush`, so the share happens in the flush of the last
-//! writing handle: once `cp` returns, other members see the file. A file
+//! writing handle: once `cp` returns, other members see the file. A flush
+//! is the close of any one descriptor, though, and the writer may hold
+//! others of the same open file: a shell's `>` opens the file, moves the
+//! descriptor onto stdout and closes the first one before anything is
+//! written. So a flush shares only when it is the creating process's (not
+//! a forked child's), something was written, and that process holds no
+//! other descriptor of the file (read from `/proc/PID/fd`; when that
+//! cannot be read, the written bytes are shared). Anything else waits for
+//! the release of the last handle (asynchronous to `close`), which shares
+//! whatever is there, an empty `touch`ed file too. A file
 //! under a temporary-looking name ([`super::names::is_temporary`]) is not
 //! shared at close; it stays a local, unshared file until it is renamed
 //! (`fuse/rename.rs`) or has stayed put for
@@ -41,6 +50,8 @@ pub(super) struct StagedState {
     pub file: Option<File>,
     /// Handles open for writing.
     pub writers: usize,
+    /// Something was written or truncated: a close may share it.
+    pub written: bool,
     /// It was renamed, maybe onto a file of this user's: share it in that
     /// file's place.
     pub replace: bool,
@@ -110,6 +121,7 @@ impl Inner {
                 name: name.clone(),
                 file: Some(file),
                 writers: 1,
+                written: false,
                 replace: false,
                 removed: false,
                 generation: 0,
@@ -164,6 +176,7 @@ impl Inner {
                 st.prehash.resized();
             }
             let reader = file.try_clone().map_err(io)?;
+            st.written |= flags & libc::O_TRUNC != 0;
             st.writers += 1;
             st.generation += 1;
             reader
@@ -194,6 +207,7 @@ impl Inner {
         match self.engine.write_staging(file, offset, data) {
             Ok(()) => {
                 st.prehash.wrote(file, offset, data.len() as u64);
+                st.written = true;
                 reply.written(u32::try_from(data.len()).unwrap_or(u32::MAX));
             }
             Err(errno) => {
@@ -221,18 +235,27 @@ impl Inner {
         let Handle::Write { staged, opener, .. } = &*handle else {
             return reply.ok();
         };
-        if process_of(pid) != *opener {
+        let process = process_of(pid);
+        if process != *opener {
             // A child's copy of the descriptor closing (at its exec or
             // exit) while the opener writes on: not the end of the file.
             return reply.ok();
         }
-        {
+        let path = {
             let st = staged.state.lock();
-            // Another handle still writes, or the name is temporary: the
-            // share waits.
-            if st.writers > 1 || st.removed || is_temporary(&st.name) {
+            // Another handle still writes, the name is temporary, or
+            // nothing was written yet (a shell moving the descriptor onto
+            // stdout): the share waits. A failed write is reported here.
+            let unwritten = !st.written && st.failed.is_none();
+            if st.writers > 1 || st.removed || is_temporary(&st.name) || unwritten {
                 return reply.ok();
             }
+            self.mountpoint.join(&st.group).join(&st.name)
+        };
+        if holds_another(process, staged.ino, &path) {
+            // One of several descriptors of the file closing: the last
+            // one's close shares it.
+            return reply.ok();
         }
         let staged = staged.clone();
         spawn(
@@ -400,6 +423,25 @@ impl Inner {
         }
         let _ = std::fs::remove_file(&staged.path);
     }
+}
+
+/// Whether process `pid` still holds a descriptor of the mount's inode
+/// `ino` at `path` (both must match: another file system's inode numbers
+/// are their own). A process whose descriptors cannot be read holds none.
+fn holds_another(pid: u32, ino: u64, path: &std::path::Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+        let same_ino = std::fs::read_to_string(info).ok().is_some_and(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("ino:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                == Some(ino)
+        });
+        same_ino && std::fs::read_link(fd.path()).is_ok_and(|target| target == path)
+    })
 }
 
 /// The process of thread `tid` (the kernel names the calling thread in a

@@ -145,7 +145,7 @@ async fn serve(
         ),
     );
 
-    let fs = crate::fuse::FileShareFs::new(engine.clone(), tasks.child());
+    let fs = crate::fuse::FileShareFs::new(engine.clone(), tasks.child(), mountpoint);
     let mut fuse = match FuseSession::mount(&tasks, fs, mountpoint).await {
         Ok(f) => f,
         Err(e) => {
@@ -254,13 +254,17 @@ impl FuseSession {
             fuser::MountOption::NoDev,
             fuser::MountOption::NoSuid,
             fuser::MountOption::NoAtime,
+            // The kernel checks every access against the modes shown: the
+            // root is owner-only (fuse/attr.rs), so the kernel refuses
+            // every other user (root aside) with EACCES at the mount's
+            // root, whatever it has cached, before a call reaches here.
+            fuser::MountOption::DefaultPermissions,
         ];
-        // SAFETY: geteuid cannot fail.
         // The mount holds this user's session: only this user, and root,
-        // may enter it; the kernel refuses everyone else with EACCES before
-        // a call reaches the daemon. `allow_root` needs `user_allow_other`
-        // in /etc/fuse.conf when the daemon is not root; without it, the
-        // kernel's default (this user alone) still holds.
+        // may enter it. With `allow_other` (root may enter), the daemon
+        // also refuses calls from anyone else itself; `allow_other` needs
+        // `user_allow_other` in /etc/fuse.conf when the daemon is not
+        // root; without it, the kernel's default (this user alone) holds.
         // SAFETY: geteuid cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
         if root || fuse_conf_allows_other() {

@@ -13,6 +13,13 @@
 //! already open too; subscriptions end then. Only pieces whose hash this
 //! daemon verified are ever sent.
 //!
+//! Until it shows a valid ticket a connection is a stranger's: it holds a
+//! place in the strangers' small pool ([`crate::net::conn_pools`]), where
+//! newer strangers push out the oldest, and is closed if it has not
+//! authenticated within [`AUTH_DEADLINE`] of being accepted. A valid
+//! ticket moves it to the members' pool. A member's connection that sends
+//! nothing for [`IDLE_TIMEOUT`] while subscribed to nothing is closed.
+//!
 //! Piece requests wait their turn in the daemon's upload scheduler
 //! ([`crate::net::upload_scheduler`]), which may refuse one with `Busy`
 //! (also when the connection is choked); a request still waiting there can
@@ -28,31 +35,51 @@
 //! subscriptions under the connection's, so they end with it. Pieces are
 //! read on the blocking pool.
 
+use crate::net::conn_pools::{ConnPools, NotAdmitted, Place};
 use crate::net::send_buffer::{self, SendBuffers};
 use crate::net::upload_scheduler::{Admission, Ask, Sending, Uploads};
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::{Offer, Swarm};
 use crate::tasks::Tasks;
 use crate::trackers::{now_ms, TrackerLink};
-use fileshare_protocol::conn_limits::ConnLimits;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::ticket::Ticket;
 use fileshare_protocol::tls::{self, ServerTls, TlsError};
 use fileshare_protocol::{FileId, PeerId, ProtocolError};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Connections served at once; more are closed when accepted.
+/// Members' connections served at once; more are closed when they
+/// authenticate.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// Connections served at once from one source address: a peer needs one.
+/// Members' connections served at once from one source address: a peer
+/// needs one per file it fetches from here.
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+
+/// Connections not authenticated yet held at once, in all and from one
+/// address; a new one closes the oldest when there is no room. One
+/// address may open as many at once as it may hold as a member (many
+/// daemons behind one NAT address start their links together).
+pub const MAX_STRANGERS: usize = 128;
+pub const MAX_STRANGERS_PER_ADDRESS: usize = MAX_CONNECTIONS_PER_ADDRESS;
+
+/// A connection must complete TLS and show a valid ticket within this
+/// long of being accepted. A member's daemon does both in one round trip
+/// after connecting.
+pub const AUTH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A member's connection silent this long, subscribed to nothing, is
+/// closed. Fetching links always hold a subscription.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct ServeCtx {
     pub my_id: PeerId,
@@ -74,26 +101,43 @@ pub struct ServeCtx {
 /// Accepts peers until the server's token is cancelled (it runs as a task
 /// under it).
 pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>) {
-    let limits = ConnLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS);
+    let admission = Arc::new(ConnPools::new(
+        MAX_CONNECTIONS,
+        MAX_CONNECTIONS_PER_ADDRESS,
+        MAX_STRANGERS,
+        MAX_STRANGERS_PER_ADDRESS,
+    ));
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
-                let permit = match limits.admit(from.ip()) {
-                    Ok(slot) => slot,
-                    Err(why) => {
-                        tracing::debug!(peer = %from, "closing a new peer connection: {why}");
-                        continue;
-                    }
-                };
+                let place = admission.stranger(from.ip());
                 let conn_tasks = ctx.tasks.child();
                 let conn_ctx = ctx.clone();
+                let admission = admission.clone();
                 ctx.tasks.spawn("peer-connection", async move {
                     // Its requests and subscriptions end with it.
                     let _end = conn_tasks.token().clone().drop_guard();
-                    if let Err(e) = serve(stream, &conn_ctx, &conn_tasks).await {
-                        tracing::debug!(peer = %from, "peer connection ended: {e:#}");
+                    let gate = Gate {
+                        admission,
+                        from: from.ip(),
+                        place: Mutex::new(place),
+                    };
+                    let closed = gate.place.lock().closed().clone();
+                    let stranger_deadline = async {
+                        tokio::time::sleep(AUTH_DEADLINE).await;
+                        if gate.place.lock().is_stranger() {
+                            return "no valid ticket in time";
+                        }
+                        std::future::pending().await
+                    };
+                    let ended = tokio::select! {
+                        r = serve(stream, &conn_ctx, &conn_tasks, &gate) => r.err().map(|e| format!("{e:#}")),
+                        () = closed.cancelled() => Some("closed for a newer connection".into()),
+                        why = stranger_deadline => Some(why.into()),
+                    };
+                    if let Some(why) = ended {
+                        tracing::debug!(peer = %from, "peer connection ended: {why}");
                     }
-                    drop(permit);
                 });
             }
             Err(e) => {
@@ -117,6 +161,43 @@ const MAX_SUBSCRIPTIONS: usize = 64;
 /// connection's [`PER_CONNECTION`], both released once it is written: a
 /// requester that does not read holds at most that many replies here.
 type Outgoing = (Reply<PeerReply>, Option<(Sending, OwnedSemaphorePermit)>);
+
+/// A connection's place on the port, and what it takes to move it to the
+/// members' pool.
+struct Gate {
+    admission: Arc<ConnPools>,
+    from: IpAddr,
+    place: Mutex<Place>,
+}
+
+impl Gate {
+    /// A valid ticket was shown: a member's place from now on.
+    fn authenticated(&self) -> Result<(), ConnEnd> {
+        let mut place = self.place.lock();
+        self.admission
+            .promote(&mut place, self.from)
+            .map_err(ConnEnd::NoRoom)
+    }
+}
+
+/// Why the server ended a connection.
+#[derive(Debug, thiserror::Error)]
+enum ConnEnd {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("the peer presented no key")]
+    NoKey,
+    #[error("the peer says it is {claimed}, but its key is peer {key}'s")]
+    NotItsKey { claimed: PeerId, key: PeerId },
+    #[error("expected a peer, got {0:?}")]
+    NotAPeer(Role),
+    #[error("no place among members: {0}")]
+    NoRoom(#[source] NotAdmitted),
+    #[error("idle for {secs} s, subscribed to nothing")]
+    Idle { secs: u64 },
+}
 
 /// What the tasks of one connection share.
 struct ConnState {
@@ -146,41 +227,27 @@ impl ConnState {
     }
 }
 
-/// Why a peer's connection ended early.
-#[derive(Debug, thiserror::Error)]
-enum ServeError {
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-    #[error("the peer presented no key")]
-    NoKey,
-    #[error("the peer says it is {claimed}, but its key is peer {key}'s")]
-    NotItsKey { claimed: PeerId, key: PeerId },
-    #[error("expected a peer, got {0:?}")]
-    NotAPeer(Role),
-}
-
 async fn serve(
     stream: tokio::net::TcpStream,
     ctx: &Arc<ServeCtx>,
     tasks: &Tasks,
-) -> Result<(), ServeError> {
+    gate: &Gate,
+) -> Result<(), ConnEnd> {
     // Valid while the connection's halves live, which outlive its writer.
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
     let (conn, role, key) = tls::accept(stream, &ctx.tls, Role::Peer { id: ctx.my_id }).await?;
     // Required by the TLS setup; checked again rather than assumed.
-    let key = key.ok_or(ServeError::NoKey)?;
+    let key = key.ok_or(ConnEnd::NoKey)?;
     let peer = key.peer_id();
     match role {
         Role::Peer { id } if id == peer => {}
         Role::Peer { id } => {
-            return Err(ServeError::NotItsKey {
+            return Err(ConnEnd::NotItsKey {
                 claimed: id,
                 key: peer,
             })
         }
-        other => return Err(ServeError::NotAPeer(other)),
+        other => return Err(ConnEnd::NotAPeer(other)),
     };
     let (mut reader, mut writer) = conn.into_split();
     let (tx, mut rx) = mpsc::channel::<Outgoing>(PER_CONNECTION);
@@ -194,10 +261,13 @@ async fn serve(
         subscribed: Mutex::new(HashSet::new()),
     });
     ctx.uploads.connected(st.conn, peer);
+    // When the peer last sent a frame, for the idle deadline.
+    let heard = Mutex::new(Instant::now());
     // Pieces are read and sent as they come, in any order; authentication
     // is answered in order, before any later request is looked at.
     let read_requests = async {
         while let Some(req) = reader.read_frame::<Request<PeerRequest>>().await? {
+            *heard.lock() = Instant::now();
             if let PeerRequest::Cancel { id } = req.body {
                 // No reply of its own: the cancelled request answers.
                 if let Some(t) = st.pending.lock().get(&id) {
@@ -210,7 +280,10 @@ async fn serve(
             };
             if let PeerRequest::Authenticate { ticket } = &req.body {
                 let body = match authenticate(ctx, &st, ticket).await {
-                    Ok(()) => PeerReply::Authenticated,
+                    Ok(()) => {
+                        gate.authenticated()?;
+                        PeerReply::Authenticated
+                    }
                     Err(e) => PeerReply::Error(e),
                 };
                 if tx.send((Reply { id: req.id, body }, None)).await.is_err() {
@@ -271,7 +344,7 @@ async fn serve(
                 let _ = tx.send((Reply { id: req.id, body }, held)).await;
             });
         }
-        Ok::<(), ProtocolError>(())
+        Ok::<(), ConnEnd>(())
     };
     let write_replies = async {
         let mut socket = send_buffer::Socket::default();
@@ -290,14 +363,33 @@ async fn serve(
                 drop(permit);
             }
         }
-        Ok::<(), ProtocolError>(())
+        Ok::<(), ConnEnd>(())
     };
     let r = tokio::select! {
         r = read_requests => r,
         r = write_replies => r,
+        end = idle(&heard, &st.subscribed, IDLE_TIMEOUT) => Err(end),
     };
     ctx.uploads.forget_conn(st.conn);
-    Ok(r?)
+    r
+}
+
+/// Ends once the peer has sent nothing for `limit` (since `heard`) while
+/// subscribed to nothing.
+async fn idle(
+    heard: &Mutex<Instant>,
+    subscribed: &Mutex<HashSet<FileId>>,
+    limit: Duration,
+) -> ConnEnd {
+    loop {
+        let since = heard.lock().elapsed();
+        if since >= limit && subscribed.lock().is_empty() {
+            return ConnEnd::Idle {
+                secs: limit.as_secs(),
+            };
+        }
+        tokio::time::sleep(limit.saturating_sub(since).max(Duration::from_secs(1))).await;
+    }
 }
 
 /// One subscription: the bitfield now, then a `Have` per verified piece,
@@ -455,4 +547,37 @@ async fn piece(
         .uploaded
         .fetch_add(data.len() as u64, Ordering::Relaxed);
     (PeerReply::Piece { data: data.into() }, Some(sending))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_subscribed_to_nothing_ends_after_the_idle_time() {
+        let heard = Mutex::new(Instant::now());
+        let subscribed = Mutex::new(HashSet::new());
+        let limit = Duration::from_secs(120);
+        let start = Instant::now();
+        idle(&heard, &subscribed, limit).await;
+        assert_eq!(start.elapsed(), limit);
+
+        // A frame puts it off; a subscription holds it open.
+        *heard.lock() = Instant::now();
+        subscribed.lock().insert(FileId([1; 32]));
+        let waited =
+            tokio::time::timeout(Duration::from_secs(600), idle(&heard, &subscribed, limit));
+        assert!(waited.await.is_err(), "a subscribed connection stays");
+        subscribed.lock().clear();
+        *heard.lock() = Instant::now();
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        *heard.lock() = Instant::now();
+        idle(&heard, &subscribed, limit).await;
+        assert!(
+            start.elapsed() >= Duration::from_secs(180),
+            "{:?}",
+            start.elapsed()
+        );
+    }
 }

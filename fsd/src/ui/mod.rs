@@ -14,10 +14,12 @@
 //!   serializable value.
 //! - [`token`]: the access token kept in the home, and how requests carry
 //!   it.
+//! - [`download_dest`]: where the download action may write.
 //! - [`server`]: the routes, the token guard, the event stream and the
 //!   actions.
 //! - `assets/`: the page, its style and its script.
 
+pub mod download_dest;
 pub mod meter;
 pub mod server;
 pub mod snapshot;

@@ -1,23 +1,25 @@
 //! The dashboard's HTTP server: axum on the daemon's runtime, every route
-//! behind the access token ([`crate::ui::token`]).
+//! with data behind the access token ([`crate::ui::token`]).
 //!
-//! - `GET /` the page, with the current snapshot inside it, so it shows
-//!   everything at once; `/style.css`, `/app.js` its assets.
+//! - `GET /`, `/style.css`, `/app.js`: the page and its assets, the same
+//!   for everyone and holding no data; the page's script takes the token
+//!   from the URL's fragment and asks for everything else with it.
 //! - `GET /api/snapshot` the snapshot as JSON; `GET /api/events` a
 //!   server-sent event with a fresh one every [`SAMPLE`].
 //! - `POST /api/accept`, `/api/reject`, `/api/stop-share`, `/api/download`
-//!   the actions, with a JSON body.
+//!   the actions, with a JSON body; a download goes only into an existing
+//!   directory inside the user's home ([`crate::ui::download_dest`]).
 //!
-//! A request without the token is refused 401, with a wrong one 403.
-//! Actions take the token only from the cookie or a header, never from the
-//! URL, and refuse a request another site made (by `Origin` and
-//! `Sec-Fetch-Site`); the cookie's SameSite=Strict already keeps it off
-//! such requests, and a JSON body cannot be sent across sites without the
-//! server's consent.
+//! The token travels only in an `Authorization: Bearer` header: never in
+//! a cookie, which a browser would send to every page on the same host
+//! whatever its port, and never in a URL the server sees. A request
+//! without it is refused 401, with a wrong one 403. Actions also refuse a
+//! request another site made (by `Origin` and `Sec-Fetch-Site`).
 
 use crate::tasks::Tasks;
+use crate::ui::download_dest;
 use crate::ui::meter::SAMPLE;
-use crate::ui::snapshot::{Snapshot, Source};
+use crate::ui::snapshot::Source;
 use crate::ui::token;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -37,15 +39,10 @@ const INDEX: &str = include_str!("assets/index.html");
 const STYLE: &str = include_str!("assets/style.css");
 const SCRIPT: &str = include_str!("assets/app.js");
 
-/// Where the page's snapshot goes in `index.html`.
-const SNAPSHOT_MARK: &str = "{{SNAPSHOT}}";
-
 /// What every handler works with.
 struct Ui {
     source: Arc<Source>,
     token: String,
-    /// The token's cookie on this port ([`token::cookie_name`]).
-    cookie: String,
     /// Ends the event streams, so shutdown does not wait for open pages.
     stop: CancellationToken,
 }
@@ -64,7 +61,6 @@ pub fn start(
     let ui = Arc::new(Ui {
         source,
         token,
-        cookie: token::cookie_name(local.port()),
         stop: stop.clone(),
     });
     let app = router(ui);
@@ -80,13 +76,7 @@ pub fn start(
 }
 
 fn router(ui: Arc<Ui>) -> Router {
-    Router::new()
-        .route("/", get(index))
-        .route("/style.css", get(|| async { asset("text/css", STYLE) }))
-        .route(
-            "/app.js",
-            get(|| async { asset("text/javascript", SCRIPT) }),
-        )
+    let api = Router::new()
         .route("/api/snapshot", get(snapshot))
         .route("/api/events", get(events))
         .route("/api/accept", post(accept))
@@ -94,37 +84,27 @@ fn router(ui: Arc<Ui>) -> Router {
         .route("/api/stop-share", post(stop_share))
         .route("/api/download", post(download))
         .layer(middleware::from_fn_with_state(ui.clone(), guard))
-        .with_state(ui)
+        .with_state(ui);
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+        )
+        .route("/style.css", get(|| async { asset("text/css", STYLE) }))
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript", SCRIPT) }),
+        )
+        .merge(api)
+        .layer(middleware::from_fn(protect))
 }
 
-/// The token a request carries: an `Authorization: Bearer` header, or, for
-/// reading only, `?token=` in the URL, or the cookie.
-fn token_of(req: &Request, cookie: &str) -> Option<String> {
-    let headers = req.headers();
-    let from_cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|h| token::cookie(h, cookie));
-    let from_header = headers
+/// The token a request carries: its `Authorization: Bearer` header.
+fn token_of(req: &Request) -> Option<&str> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let from_query = (req.method() == Method::GET)
-        .then(|| query_token(req.uri().query()))
-        .flatten();
-    // A URL's token comes before an old cookie: it is what the user opened.
-    from_header
-        .map(str::to_string)
-        .or(from_query)
-        .or(from_cookie.map(str::to_string))
-}
-
-fn query_token(query: Option<&str>) -> Option<String> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == "token").then(|| v.to_string())
-    })
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// Whether a request comes from the dashboard's own pages (or from no page
@@ -144,18 +124,24 @@ fn same_origin(headers: &HeaderMap) -> bool {
 }
 
 async fn guard(State(ui): State<Arc<Ui>>, req: Request, next: Next) -> Response {
-    let Some(given) = token_of(&req, &ui.cookie) else {
+    let Some(given) = token_of(&req) else {
         return refuse(
             StatusCode::UNAUTHORIZED,
             "this dashboard needs its access token: open the URL that `fsd ui` prints",
         );
     };
-    if !token::matches(&ui.token, &given) {
+    if !token::matches(&ui.token, given) {
         return refuse(StatusCode::FORBIDDEN, "wrong access token");
     }
     if req.method() != Method::GET && !same_origin(req.headers()) {
         return refuse(StatusCode::FORBIDDEN, "refused a request from another site");
     }
+    next.run(req).await
+}
+
+/// What every answer carries: no framing, no sniffing, no referrer, no
+/// caching, and a policy that lets the page run only its own script.
+async fn protect(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
     h.insert(
@@ -189,32 +175,7 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, kind)], body).into_response()
 }
 
-/// The page; opened with `?token=`, it sets the cookie and sends the
-/// browser to the same page without the token in its address.
-async fn index(State(ui): State<Arc<Ui>>, req: Request) -> Response {
-    if query_token(req.uri().query()).is_some() {
-        return (
-            StatusCode::SEE_OTHER,
-            [
-                (header::LOCATION, "/".to_string()),
-                (header::SET_COOKIE, token::set_cookie(&ui.cookie, &ui.token)),
-            ],
-        )
-            .into_response();
-    }
-    let snap = ui.source.snapshot().await;
-    let page = INDEX.replacen(SNAPSHOT_MARK, &embedded_json(&snap), 1);
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
-}
-
-/// The snapshot as JSON safe inside a `<script>` element.
-fn embedded_json(snap: &Snapshot) -> String {
-    serde_json::to_string(snap)
-        .unwrap_or_else(|_| "null".to_string())
-        .replace('<', "\\u003c")
-}
-
-async fn snapshot(State(ui): State<Arc<Ui>>) -> Json<Snapshot> {
+async fn snapshot(State(ui): State<Arc<Ui>>) -> Json<crate::ui::snapshot::Snapshot> {
     Json(ui.source.snapshot().await)
 }
 
@@ -303,14 +264,16 @@ async fn stop_share(State(ui): State<Arc<Ui>>, Json(f): Json<FileRef>) -> Respon
 }
 
 async fn download(State(ui): State<Arc<Ui>>, Json(d): Json<DownloadReq>) -> Response {
-    let dest = Path::new(&d.dest);
-    if !dest.is_absolute() {
-        return outcome(Err(format!("{} is not an absolute path", d.dest)));
-    }
+    let dest =
+        download_dest::user_home().and_then(|home| download_dest::check(Path::new(&d.dest), &home));
+    let dest = match dest {
+        Ok(d) => d,
+        Err(e) => return outcome(Err(e.to_string())),
+    };
     let r = ui
         .source
         .engine
-        .start_download(&d.group, &d.name, dest)
+        .start_download(&d.group, &d.name, &dest)
         .await;
     outcome(
         r.map(|s| format!("downloading {} to {}", s.name, s.dest.display()))
@@ -323,10 +286,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_and_origins() {
-        assert_eq!(query_token(Some("a=1&token=xyz")), Some("xyz".into()));
-        assert_eq!(query_token(Some("tokens=1")), None);
-        assert_eq!(query_token(None), None);
+    fn origins() {
         let mut h = HeaderMap::new();
         assert!(same_origin(&h), "no page at all: curl");
         h.insert("host", HeaderValue::from_static("127.0.0.1:8080"));
@@ -337,17 +297,5 @@ mod tests {
         h.remove("origin");
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(!same_origin(&h));
-    }
-
-    #[test]
-    fn embedded_snapshot_cannot_close_its_script() {
-        let snap = Snapshot {
-            user: "</script><b>".into(),
-            ..Snapshot::default()
-        };
-        let json = embedded_json(&snap);
-        assert!(!json.contains('<'), "{json}");
-        let back: Snapshot = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.user, "</script><b>");
     }
 }

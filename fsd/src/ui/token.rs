@@ -2,21 +2,15 @@
 //! owner-only in the home, so the URL `fsd ui` prints stays valid across
 //! restarts and nobody else on the machine can read it.
 //!
-//! The page is opened with the token in the query once; the server answers
-//! with a cookie (HttpOnly, SameSite=Strict) and every later request carries
-//! that, or an `Authorization: Bearer` header. Comparisons take the same
-//! time wherever the first difference is.
+//! The URL carries it in its fragment (`#token=`), which browsers never
+//! send to a server; the page's script keeps it in the tab's session
+//! storage (kept apart per origin, port included) and sends it as an
+//! `Authorization: Bearer` header. Comparisons take the same time wherever
+//! the first difference is.
 
 use crate::home::{write_private, Home};
 use anyhow::Context;
 use fileshare_protocol::ids::hex;
-
-/// The cookie that carries the token after the first load, named after
-/// the port: cookies do not tell ports apart, and two daemons (two users,
-/// two homes) may serve dashboards on one machine.
-pub fn cookie_name(port: u16) -> String {
-    format!("fileshare_ui_{port}")
-}
 
 /// The token of `home`, made on first use.
 pub fn load_or_create(home: &Home) -> anyhow::Result<String> {
@@ -48,19 +42,6 @@ pub fn matches(expected: &str, given: &str) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// The value of cookie `name` in a `Cookie` header.
-pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        (k == name).then_some(v)
-    })
-}
-
-/// The `Set-Cookie` value that keeps `token` for this origin only.
-pub fn set_cookie(name: &str, token: &str) -> String {
-    format!("{name}={token}; Path=/; HttpOnly; SameSite=Strict")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,14 +68,5 @@ mod tests {
         let mut other = t.clone().into_bytes();
         other[63] = if other[63] == b'0' { b'1' } else { b'0' };
         assert!(!matches(&t, std::str::from_utf8(&other).unwrap()));
-    }
-
-    #[test]
-    fn cookies_are_found_by_name() {
-        let name = cookie_name(8080);
-        let h = "a=1; fileshare_ui_80=x; fileshare_ui_8080=abc; b=2";
-        assert_eq!(cookie(h, &name), Some("abc"));
-        assert_eq!(cookie("fileshare_ui_80800=1", &name), None);
-        assert!(set_cookie(&name, "abc").contains("HttpOnly; SameSite=Strict"));
     }
 }

@@ -6,7 +6,8 @@
 //! and end and the p99 of `ls -l`.
 //!
 //! Run through `scripts/bench.sh soak` (release build); `SOAK_SECS` sets
-//! the duration (300 by default).
+//! the duration (300 by default). A failed run exits non-zero only after
+//! its tracker, daemons and mounts are torn down.
 
 use fileshare_protocol::frame::header;
 use fileshare_protocol::messages::{Reply, Request, Role, TrackerRequest, TrackerResult};
@@ -122,6 +123,15 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
+    // Everything the run started is dropped (unmounted, ended by PID)
+    // when `soak` returns or unwinds; `exit` would skip that.
+    if soak(secs) > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// Runs the soak for `secs` seconds; returns the number of errors.
+fn soak(secs: u64) -> u64 {
     let (w, u) = World::network(&["alice", "bob", "carol", "mallory"]);
     let seeder = w.mount(&u[0], &[]);
     let sources: Vec<Arc<Vec<u8>>> = (0..FILES)
@@ -324,7 +334,5 @@ fn main() {
     }
     rt.shutdown_background();
     drop(flooder);
-    if errors > 0 {
-        std::process::exit(1);
-    }
+    errors
 }

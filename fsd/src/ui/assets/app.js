@@ -5,6 +5,26 @@
 const $ = (id) => document.getElementById(id);
 let current = null;
 
+// The access token comes in the URL's fragment, which the browser never
+// sends to a server. It is kept in this tab's session storage (kept apart
+// per origin, port included, unlike cookies), taken out of the address
+// bar, and sent as a header with every request.
+const TOKEN_KEY = "fileshare-token";
+(function takeToken() {
+  const m = /(?:^#|&)token=([0-9a-fA-F]+)/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, m[1]);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+})();
+const TOKEN = sessionStorage.getItem(TOKEN_KEY) || "";
+
+function authed(init) {
+  const i = Object.assign({}, init || {});
+  i.headers = Object.assign({}, i.headers || {}, { Authorization: "Bearer " + TOKEN });
+  return i;
+}
+
 function esc(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
@@ -155,13 +175,13 @@ function toast(text, error) {
   toast.timer = setTimeout(() => { t.hidden = true; }, 4000);
 }
 
-// Actions are same-origin JSON POSTs; the cookie carries the token.
+// Actions are same-origin JSON POSTs, with the token in their header.
 async function act(path, body) {
   try {
-    const r = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const r = await fetch(path, authed({ method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }));
     const j = await r.json().catch(() => ({ error: r.status + " " + r.statusText }));
     if (j.error) toast(j.error, true); else toast(j.ok);
-    const fresh = await fetch("/api/snapshot");
+    const fresh = await fetch("/api/snapshot", authed());
     if (fresh.ok) render(await fresh.json());
     return j;
   } catch (e) {
@@ -185,15 +205,57 @@ document.addEventListener("click", (ev) => {
   }
 });
 
-function follow() {
-  const es = new EventSource("/api/events");
-  es.addEventListener("snapshot", (e) => { $("live").className = "live"; $("live").textContent = "live"; render(JSON.parse(e.data)); });
-  es.onerror = () => { $("live").className = "live off"; $("live").textContent = "reconnecting"; };
+function live(on) {
+  $("live").className = on ? "live" : "live off";
+  $("live").textContent = on ? "live" : "reconnecting";
+}
+
+// Server-sent events read through fetch, as EventSource cannot send a
+// header: one `snapshot` event per block, reconnecting when it ends.
+async function follow() {
+  for (;;) {
+    try {
+      const r = await fetch("/api/events", authed());
+      if (!r.ok) throw new Error(r.status + " " + (await r.text()));
+      const reader = r.body.getReader();
+      const text = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += text.decode(value, { stream: true });
+        let end;
+        while ((end = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          let event = "message";
+          const data = [];
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event:")) event = line.slice(6).trim();
+            else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+          }
+          if (event === "snapshot" && data.length) { live(true); render(JSON.parse(data.join("\n"))); }
+        }
+      }
+    } catch (e) {
+      if (!TOKEN) return;
+    }
+    live(false);
+    await new Promise((done) => setTimeout(done, 2000));
+  }
 }
 
 let resizeTimer;
 window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(() => current && render(current), 150); });
 
-const initial = JSON.parse($("initial").textContent);
-if (initial) render(initial);
-follow();
+if (!TOKEN) {
+  $("notice").hidden = false;
+  $("notice").textContent = "This dashboard needs its access token: open the URL that `fsd ui` prints.";
+  live(false);
+} else {
+  fetch("/api/snapshot", authed())
+    .then((r) => (r.ok ? r.json() : Promise.reject(new Error(r.status))))
+    .then(render)
+    .catch(() => {});
+  follow();
+}
