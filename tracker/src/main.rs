@@ -51,6 +51,10 @@ struct Args {
     /// answered "busy, retry later" at once
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     max_login_queue: u64,
+    /// Peers one Locate answers with: a sample biased to those holding
+    /// what the asker lacks, drawn afresh for each request
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    locate_peers: u64,
     /// Seconds between a daemon's announces (testing)
     #[arg(long, hide = true, default_value_t = 5)]
     announce_interval: u64,
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
                 files_per_user: count(args.max_files_per_user),
                 pending_requests: count(args.max_pending_requests),
                 login_queue: count(args.max_login_queue),
+                locate_peers: count(args.locate_peers),
             },
             ..Settings::default()
         },

@@ -63,6 +63,8 @@ pub struct Limits {
     /// Logins and sign-ups waiting for a password hash; more are refused
     /// `Busy` at once (`--max-login-queue`).
     pub login_queue: usize,
+    /// Peers one Locate hands out, sampled (`--locate-peers`).
+    pub locate_peers: usize,
 }
 
 impl Default for Limits {
@@ -76,6 +78,7 @@ impl Default for Limits {
             files_per_user: 10_000,
             pending_requests: 1000,
             login_queue: 64,
+            locate_peers: crate::sample::DEFAULT_LOCATE_PEERS,
         }
     }
 }
