@@ -2,7 +2,9 @@
 # Prints the benchmark table (release build). `scripts/bench.sh [SECTION]`
 # runs one section; with none, all of them. Figures vary with the machine's
 # load: compare within one run. Sections:
-#   tracker  64 clients listing and locating against one tracker
+#   tracker  64 clients listing and locating against one tracker; then the
+#            tracker's memory and CPU for 10,000 announced peers of one file
+#            and a Locate among them (BENCH_PEERS to change)
 #   cluster  write throughput through two replicated trackers against one
 #   mount    a 1 GiB file through FUSE: cold from 1, 2 and 4 seeders, warm,
 #            first 4 KiB, the reader's peak memory (needs root and FUSE);
@@ -43,6 +45,12 @@ bin_dir="$target/release"
 run_tracker() {
   echo "== tracker: 64 clients (one connection each), list-files and locate for 5 s (BENCH_SECS, BENCH_CLIENTS to change)"
   "$bin_dir/bench_tracker"
+  echo "== tracker: ${BENCH_PEERS:-10000} announced peers of one 1 GiB file with bitfields: memory, CPU, a Locate (BENCH_PEERS to change)"
+  if [ -x "$bin_dir/bench_tracker_peers" ]; then
+    "$bin_dir/bench_tracker_peers"
+  else
+    echo "(this build has no bench_tracker_peers)"
+  fi
 }
 
 run_mount() {

@@ -26,11 +26,12 @@
 //!   ([`state::records`]), the state and `apply`, its only mutator, and
 //!   deciding a change into records ([`state::change`]).
 //! - [`peers`]: online daemons and their pieces (soft state, memory only).
+//! - [`sample`]: which holders one Locate hands out, pure.
 //! - [`auth`]: password hashing, tokens, login throttling.
 //! - [`error`]: this crate's error type.
 //!
 //! # Dependencies
-//! Layers: server, cmd, shared, writer, replication, auth, state, peers, error
+//! Layers: server, cmd, shared, writer, replication, auth, state, peers, sample, error
 //!
 //! They go one way, from the edge in (`scripts/modgraph.py` checks it): [`server`] → [`cmd`] → [`shared`] →
 //! [`writer`] → [`replication`] → [`state`], with [`auth`], [`peers`] and
@@ -48,6 +49,7 @@ pub mod cmd;
 pub mod error;
 pub mod peers;
 pub mod replication;
+pub mod sample;
 pub mod server;
 pub mod shared;
 pub mod state;

@@ -65,6 +65,10 @@ struct Args {
     /// user may share over all groups
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     max_metadata_per_user: u64,
+    /// Peers one Locate answers with: a sample biased to those holding
+    /// what the asker lacks, drawn afresh for each request
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    locate_peers: u64,
     /// Seconds between a daemon's announces (testing)
     #[arg(long, hide = true, default_value_t = 5)]
     announce_interval: u64,
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
                 sign_ups_per_address: args.max_sign_ups_per_address,
                 sessions_per_user: count(args.max_sessions_per_user),
                 metadata_per_user: args.max_metadata_per_user.saturating_mul(1 << 20),
+                locate_peers: count(args.locate_peers),
             },
             ..Settings::default()
         },

@@ -72,6 +72,8 @@ pub struct Limits {
     /// Bytes of file metadata (piece hashes and names) one user may have
     /// shared over all groups (`--max-metadata-per-user`, in MiB).
     pub metadata_per_user: u64,
+    /// Peers one Locate hands out, sampled (`--locate-peers`).
+    pub locate_peers: usize,
 }
 
 impl Default for Limits {
@@ -88,6 +90,7 @@ impl Default for Limits {
             sign_ups_per_address: auth::DEFAULT_SIGN_UP_BUDGET,
             sessions_per_user: 1000,
             metadata_per_user: 256 << 20,
+            locate_peers: crate::sample::DEFAULT_LOCATE_PEERS,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use super::{bounded, file_name, group_name, quota, LISTING_BUDGET};
 use crate::peers::Peers;
+use crate::sample;
 use crate::shared::Shared;
 use crate::state::change::Change;
 use crate::state::{Group, SharedFile};
@@ -217,7 +218,13 @@ pub fn locate(shared: &Shared, session: &SessionToken, group: &str, name: &str) 
     let meta = f.meta.hashes.len() * 32 + f.meta.name.len() + 64;
     let located = bounded(
         LISTING_BUDGET.saturating_sub(meta),
-        online_holders(&peers, g, f, now),
+        sample::locations(
+            online_holders(&peers, g, f, now).collect(),
+            &user,
+            shared.settings.limits.locate_peers,
+            sample::seed(session),
+        )
+        .into_iter(),
         |p| p.user.len() + p.addr.len() + p.have.len() as usize / 8 + 64,
     );
     Ok(TrackerReply::Location {
@@ -588,5 +595,50 @@ pub(crate) mod tests {
             panic!()
         };
         assert!(peers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn locate_answers_a_bounded_sample_that_covers_rare_pieces() {
+        let mut settings = crate::shared::Settings::default();
+        settings.limits.peers_per_user = 100;
+        let fx = Fixture::with(settings);
+        let [alice, bob, _] = group(&fx).await;
+        let m = meta("a", &[7; (PIECE_LEN * 4) as usize]);
+        fx.call(share(alice, m.clone())).await.unwrap();
+        // Sixty peers hold piece 0; one alone holds piece 3.
+        for peer in 1..=61u8 {
+            let mut have = Bitfield::new(4);
+            have.set(if peer == 61 { 3 } else { 0 });
+            fx.call(TrackerRequest::Announce {
+                session: alice,
+                peer: PeerId([peer; 16]),
+                addr: format!("127.0.0.1:{}", 1000 + u16::from(peer)),
+                holdings: vec![Holding { file: m.id(), have }],
+            })
+            .await
+            .unwrap();
+        }
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            let Ok(TrackerReply::Location { peers, .. }) = fx
+                .call(TrackerRequest::Locate {
+                    session: bob,
+                    group: "g".into(),
+                    name: "a".into(),
+                })
+                .await
+            else {
+                panic!()
+            };
+            assert_eq!(peers.len(), 50);
+            let ids: std::collections::BTreeSet<PeerId> = peers.iter().map(|p| p.peer).collect();
+            assert_eq!(ids.len(), 50, "no peer twice");
+            assert!(ids.contains(&PeerId([61; 16])), "the rare piece's holder");
+            answers.push(ids);
+        }
+        assert!(
+            answers.windows(2).any(|w| w[0] != w[1]),
+            "every answer was the same sample"
+        );
     }
 }
