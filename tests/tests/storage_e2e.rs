@@ -128,7 +128,7 @@ fn a_file_four_times_the_budget_streams_within_the_budget() {
         "{held} pieces held after the read"
     );
     assert!(
-        b.log().contains("fsd::engine::cache: evicted"),
+        b.log().contains("fsd::pieces::cache: evicted"),
         "{}",
         b.log()
     );
