@@ -33,6 +33,10 @@ pub const ON: &str = "read by the kernel directly (passthrough)";
 /// The status line's words when the daemon lacks the privilege.
 pub const NEEDS_CAP: &str = "read through the daemon: passthrough needs CAP_SYS_ADMIN";
 
+/// Set to `0`, files held whole are read through the daemon all the same:
+/// for comparisons, and a way around a kernel's passthrough bugs.
+pub const SWITCH: &str = "FILESHARE_PASSTHROUGH";
+
 /// CAP_SYS_ADMIN's bit in the capability sets of `/proc/self/status`.
 const CAP_SYS_ADMIN: u32 = 21;
 
@@ -158,7 +162,9 @@ impl KernelReads {
     /// Asks the kernel for passthrough at the mount's start, where it and
     /// the daemon's privileges allow it.
     pub(super) fn negotiate(&self, config: &mut KernelConfig) {
-        let off = if !config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
+        let off = if std::env::var_os(SWITCH).is_some_and(|v| v == "0") {
+            Some(format!("read through the daemon: turned off by {SWITCH}=0"))
+        } else if !config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
             Some(
                 "read through the daemon: the kernel offers no passthrough \
                  (it needs Linux 6.9 or later with CONFIG_FUSE_PASSTHROUGH)"
