@@ -18,9 +18,10 @@
 //! Then the held-whole case: re-reads of a 512 MiB file (`BENCH_HELD_MIB`)
 //! that the sharer and a reader hold whole, the mount's pages of it dropped
 //! with `posix_fadvise(DONTNEED)` and the store's bytes cached, through the
-//! daemon (`FILESHARE_PASSTHROUGH=0`) and with passthrough, each against a
-//! read of the same bytes from the page cache (the store's data file) just
-//! before; and the page cache each read added (`Cached` in /proc/meminfo).
+//! daemon (`FILESHARE_PASSTHROUGH=0`) and with passthrough, against reads
+//! of the same bytes from the page cache (the store's data file) in turn
+//! with them, the best of five each; and the page cache a read added
+//! (`Cached` in /proc/meminfo).
 //! `BENCH_HELD=0` skips the case, `BENCH_HELD=only` runs nothing else.
 //!
 //! Run through `scripts/bench.sh mount` (release build).
@@ -301,29 +302,40 @@ fn drop_pages(path: &Path) {
     assert_eq!(r, 0, "posix_fadvise");
 }
 
-/// One held-whole re-read of `rel` through `m`: the store's copy read
-/// from the page cache, then through the mount with the mount's pages
-/// dropped; prints both rates and the page cache the mount's read added.
+/// Reads per figure of the held-whole case: each read takes a fraction of
+/// a second, so the best of several says what the path can do on a busy
+/// machine.
+const HELD_READS: usize = 5;
+
+/// Held-whole re-reads of `rel` through `m`, [`HELD_READS`] times: the
+/// store's copy read from the page cache, then through the mount with the
+/// mount's pages dropped; prints the best rate of each and the most page
+/// cache a read through the mount added.
 fn held_read(m: &Mount, rel: &str, who: &str, passthrough: bool) {
     let id = m.xattr(rel, "user.fileshare.id");
     let data = m.home.join("store").join(id).join("data");
     let path = m.path(rel);
     let opens = || m.xattr(rel, "user.fileshare.passthrough_opens");
-    // The store's bytes cached, the mount's dropped.
+    // The store's bytes cached.
     read_all(&data);
-    let (cache, _) = read_all(&data);
-    drop_pages(&path);
-    let (before, opened) = (page_cache(), opens());
-    let (mount, total) = read_all(&path);
-    let added = page_cache().saturating_sub(before);
-    let kernel = opens() != opened;
-    assert_eq!(
-        kernel, passthrough,
-        "{who}: passthrough expected {passthrough}"
-    );
+    let (mut cache, mut mount, mut added, mut total) = (0f64, 0f64, 0u64, 0u64);
+    for _ in 0..HELD_READS {
+        cache = cache.max(read_all(&data).0);
+        drop_pages(&path);
+        let (before, opened) = (page_cache(), opens());
+        let (rate, n) = read_all(&path);
+        added = added.max(page_cache().saturating_sub(before));
+        let kernel = opens() != opened;
+        assert_eq!(
+            kernel, passthrough,
+            "{who}: passthrough expected {passthrough}"
+        );
+        mount = mount.max(rate);
+        total = n;
+    }
     println!(
         "bench=held-whole who={who:<6} passthrough={} mib={} page_cache_mb_s={cache:.0} mount_mb_s={mount:.0} x={:.2} page_cache_added_mib={}",
-        if kernel { "on " } else { "off" },
+        if passthrough { "on " } else { "off" },
         total >> 20,
         mount / cache,
         added >> 20
