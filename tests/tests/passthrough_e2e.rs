@@ -233,3 +233,35 @@ fn a_passed_through_open_keeps_its_pieces_from_eviction_until_closed() {
     // Not whole, it reads through the daemon, fetching what was evicted.
     cmp(&srcs[0], &b.path("g/f0.bin"));
 }
+
+#[test]
+fn a_file_shared_in_place_is_read_by_the_kernel_from_the_users_own_file() {
+    let (w, u) = World::network(&["alice"]);
+    let a = w.mount(&u[0], &[]);
+    let src = w.path("own.bin");
+    random_file(&src, 3 * MIB + 17, 71);
+    let original = std::fs::read(&src).unwrap();
+    w.fsd_ok(&u[0], &["upload-file", src.to_str().unwrap(), "g"]);
+    wait_listed(&a, "g/own.bin");
+    let mut f = open_passed_through(&a, "g/own.bin");
+    drop_pages(&a.path("g/own.bin"));
+    cmp(&src, &a.path("g/own.bin"));
+    assert!(
+        read_mmap(&f) == original,
+        "mmap of the in-place file differs"
+    );
+    assert!(
+        read_fd(&mut f) == original,
+        "read of the in-place file differs"
+    );
+    assert_eq!(counter(&a, "g/own.bin", "daemon_read_bytes"), 0);
+    // Nothing of it was copied into the store.
+    let store = a
+        .home
+        .join("store")
+        .join(a.xattr("g/own.bin", "user.fileshare.id"));
+    assert!(
+        !store.join("data").exists(),
+        "an in-place share has no data file"
+    );
+}
