@@ -11,7 +11,10 @@
 #            then lone readers of a 64 MiB file from four seeders whose
 #            uplinks tbf shapes to 20 MB/s, each daemon in a network
 #            namespace of its own (also needs iproute2; BENCH_SHAPED=0
-#            skips it, BENCH_SHAPED=only runs only it)
+#            skips it, BENCH_SHAPED=only runs only it); then re-reads of
+#            a 512 MiB file held whole, through the daemon and with
+#            passthrough, against the page cache (BENCH_HELD=0 skips it,
+#            BENCH_HELD=only runs only it; see docs/passthrough.md)
 #   swarm    1 source and 8-16 readers of one file, every daemon with an
 #            upload limit, against the fluid-model bound D_min (needs root
 #            and FUSE; writes docs/swarm.csv and docs/swarm.svg). With
@@ -54,7 +57,7 @@ run_tracker() {
 }
 
 run_mount() {
-  echo "== mount: a 1 GiB file through FUSE: cold from 1, 2 and 4 seeders, warm, first 4 KiB, reader memory (BENCH_MIB to change); lone readers from four seeders on 20 MB/s shaped uplinks (BENCH_SHAPED=0 skips, =only runs only that)"
+  echo "== mount: a 1 GiB file through FUSE: cold from 1, 2 and 4 seeders, warm, first 4 KiB, reader memory (BENCH_MIB to change); lone readers from four seeders on 20 MB/s shaped uplinks (BENCH_SHAPED=0 skips, =only runs only that); re-reads of a 512 MiB file held whole, through the daemon and with passthrough, against the page cache (BENCH_HELD=0 skips, =only runs only that)"
   "$bin_dir/bench_mount"
 }
 

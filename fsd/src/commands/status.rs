@@ -215,7 +215,27 @@ fn daemon_lines(s: &Snapshot) -> String {
         human_bytes(s.cache_used),
         human_bytes(s.cache_budget)
     );
+    let k = &s.kernel_reads;
+    let _ = write!(out, "reads      files held whole: {}", k.how);
+    if k.passthrough {
+        let _ = write!(
+            out,
+            "; {} so far, {} now",
+            count(clamp(k.passthrough_opens), "open"),
+            k.passthrough_open_now
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n           through the daemon: {}, {} read",
+        count(clamp(k.daemon_opens), "open"),
+        human_bytes(k.daemon_read_bytes)
+    );
     out
+}
+
+fn clamp(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// `1 peer`, `3 peers`.
@@ -230,6 +250,7 @@ fn count(n: u32, what: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuse::passthrough::{self, KernelReadsView};
     use crate::ui::snapshot::{FileView, GroupView, LocalFile};
 
     #[test]
@@ -271,5 +292,39 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("store      0 B of pieces"), "{text}");
+    }
+
+    #[test]
+    fn daemon_lines_say_whether_the_kernel_reads_files_held_whole() {
+        let mut s = Snapshot {
+            kernel_reads: KernelReadsView {
+                passthrough: true,
+                how: passthrough::ON.into(),
+                passthrough_opens: 3,
+                passthrough_open_now: 1,
+                daemon_opens: 1,
+                daemon_read_bytes: 1 << 20,
+            },
+            ..Snapshot::default()
+        };
+        let text = daemon_lines(&s);
+        assert!(
+            text.contains(
+                "reads      files held whole: read by the kernel directly (passthrough); \
+                 3 opens so far, 1 now\n           through the daemon: 1 open, 1.0 MiB read"
+            ),
+            "{text}"
+        );
+        s.kernel_reads = KernelReadsView {
+            how: passthrough::NEEDS_CAP.into(),
+            ..KernelReadsView::default()
+        };
+        let text = daemon_lines(&s);
+        assert!(
+            text.contains(
+                "reads      files held whole: read through the daemon: passthrough needs CAP_SYS_ADMIN\n"
+            ),
+            "{text}"
+        );
     }
 }

@@ -18,6 +18,7 @@
 //! - [`dir`]: lookups, listings, `mkdir`, `rmdir`, `unlink`;
 //! - [`names`]: valid names and the rule for temporary-looking ones;
 //! - [`read`]: opening and reading files;
+//! - [`passthrough`]: files held whole, read by the kernel directly;
 //! - [`write`]: files being written (staging) and the close that shares;
 //! - [`rename`]: `mv` within a group;
 //! - [`xattr`]: the `user.fileshare.*` attributes.
@@ -28,6 +29,7 @@ mod attr;
 mod dir;
 pub mod inodes;
 pub mod names;
+pub mod passthrough;
 mod read;
 mod rename;
 mod write;
@@ -36,6 +38,7 @@ mod xattr;
 use crate::engine::read_stream::ReadStream;
 use crate::engine::{Engine, EngineError};
 use crate::fuse::inodes::{Node, Nodes};
+use crate::fuse::passthrough::{DaemonOpen, KernelOpen, KernelReads};
 use crate::fuse::write::Staged;
 use crate::tasks::Tasks;
 use fuser::{
@@ -56,8 +59,11 @@ use std::time::{Duration, SystemTime};
 const TTL: Duration = Duration::from_secs(1);
 
 enum Handle {
-    /// A shared file: its reads, their read-ahead and their waits.
-    Read(Arc<ReadStream>),
+    /// A shared file read through the daemon: its reads, their
+    /// read-ahead and their waits.
+    Read(Arc<ReadStream>, DaemonOpen),
+    /// A shared file held whole, read by the kernel from its backing file.
+    Kernel(KernelOpen),
     /// A file being written, or not shared yet, opened for reading.
     ReadStaged { file: std::fs::File },
     /// A file being written; `reader` reads it back (the same open file,
@@ -74,6 +80,8 @@ enum Handle {
 
 struct Inner {
     engine: Arc<Engine>,
+    /// Passthrough: whether the kernel reads files held whole directly.
+    kernel_reads: Arc<KernelReads>,
     /// The FUSE node of the task tree.
     tasks: Tasks,
     nodes: Mutex<Nodes>,
@@ -104,6 +112,7 @@ impl FileShareFs {
         FileShareFs {
             inner: Arc::new(Inner {
                 engine,
+                kernel_reads: KernelReads::new(),
                 tasks,
                 nodes: Mutex::new(Nodes::new()),
                 handles: Mutex::new(HashMap::new()),
@@ -116,6 +125,14 @@ impl FileShareFs {
                     .unwrap_or_else(|_| mountpoint.to_path_buf()),
             }),
         }
+    }
+}
+
+impl FileShareFs {
+    /// Whether files held whole are read by the kernel directly, for the
+    /// dashboard and `fsd status`.
+    pub fn kernel_reads(&self) -> Arc<KernelReads> {
+        self.inner.kernel_reads.clone()
     }
 }
 
@@ -180,6 +197,7 @@ impl Filesystem for FileShareFs {
             .set_max_write(1 << 20)
             .or_else(|max| config.set_max_write(max));
         let _ = config.set_max_background(64);
+        self.inner.kernel_reads.negotiate(config);
         Ok(())
     }
 

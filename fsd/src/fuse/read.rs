@@ -1,11 +1,13 @@
 //! Opening and reading files: verified pieces of shared files are read on
 //! the FUSE thread; a read that needs pieces waits for them in a task.
-//! Files being written are read from their staging file.
+//! Files being written are read from their staging file. A file held
+//! whole is opened for the kernel to read directly (see [`super::passthrough`]).
 
 use super::{errno, spawn, Handle, Inner};
 use crate::engine::read_stream::ReadNow;
 use crate::engine::EngineError;
 use crate::fuse::inodes::Node;
+use crate::fuse::passthrough::Opened;
 use fuser::{Errno, FileHandle, FopenFlags, INodeNo, OpenFlags, ReplyData, ReplyOpen};
 use std::sync::Arc;
 
@@ -36,6 +38,14 @@ impl Inner {
             // Shared files are immutable.
             return reply.error(Errno::EPERM);
         }
+        let through_daemon = match self.kernel_reads.open(ino.0, &entry, &self.engine, &reply) {
+            Opened::Kernel(open) => {
+                let backing = open.backing.clone();
+                let fh = self.new_handle(Handle::Kernel(open));
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing.id());
+            }
+            Opened::Daemon(open) => open,
+        };
         spawn(
             self,
             "fuse-open",
@@ -45,7 +55,7 @@ impl Inner {
                     .open_read(&group, &entry)
                     .await
                     .map_err(|e| errno(&e))?;
-                Ok(inner.new_handle(Handle::Read(Arc::new(stream))))
+                Ok(inner.new_handle(Handle::Read(Arc::new(stream), through_daemon)))
             },
             move |r: Result<u64, Errno>| match r {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
@@ -59,30 +69,48 @@ impl Inner {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let stream = match &*handle {
-            Handle::Read(stream) => stream,
+        let (stream, through_daemon) = match &*handle {
+            Handle::Read(stream, through_daemon) => (stream, through_daemon),
             Handle::ReadStaged { file } | Handle::Write { reader: file, .. } => {
-                let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0)];
-                return match read_full(file, &mut buf, offset) {
-                    Ok(n) => reply.data(&buf[..n]),
-                    Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))),
-                };
+                return reply_read(reply, file, offset, size);
+            }
+            // The kernel reads these itself; answered all the same.
+            Handle::Kernel(open) => {
+                return reply_read(reply, open.backing.swarm().file.data_file(), offset, size);
             }
         };
         let pending = match stream.read(offset, size) {
-            ReadNow::Done(Ok(data)) => return reply.data(&data),
+            ReadNow::Done(Ok(data)) => {
+                through_daemon.count_read(data.len());
+                return reply.data(&data);
+            }
             ReadNow::Done(Err(e)) => return reply.error(errno(&e)),
             ReadNow::Wait(pending) => pending,
         };
+        let counted = handle.clone();
         spawn(
             self,
             "fuse-read",
             move |_| pending.finish(),
             move |r: Result<Vec<u8>, EngineError>| match r {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    if let Handle::Read(_, through_daemon) = &*counted {
+                        through_daemon.count_read(data.len());
+                    }
+                    reply.data(&data)
+                }
                 Err(e) => reply.error(errno(&e)),
             },
         );
+    }
+}
+
+/// Answers a read from `file`.
+fn reply_read(reply: ReplyData, file: &std::fs::File, offset: u64, size: u32) {
+    let mut buf = vec![0u8; usize::try_from(size).unwrap_or(0)];
+    match read_full(file, &mut buf, offset) {
+        Ok(n) => reply.data(&buf[..n]),
+        Err(e) => reply.error(Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `user.fileshare.*` extended attributes, for `getfattr -d`: a file's
-//! id, its pieces verified here, its peers and the bytes moved.
+//! id, its pieces verified here, its peers, the bytes moved, and how often
+//! it was opened for the kernel to read directly.
 
 use super::Inner;
 use crate::fuse::inodes::Node;
@@ -87,6 +88,19 @@ impl Inner {
             out.push(("user.fileshare.uploaded".into(), "0".into()));
             out.push(("user.fileshare.duplicates".into(), "0".into()));
         }
+        let tally = self.kernel_reads.tally(ino.0).unwrap_or_default();
+        out.push((
+            "user.fileshare.passthrough_opens".into(),
+            count(&tally.passthrough_opens),
+        ));
+        out.push((
+            "user.fileshare.daemon_read_bytes".into(),
+            count(&tally.daemon_read_bytes),
+        ));
         Ok(out)
     }
+}
+
+fn count(n: &std::sync::atomic::AtomicU64) -> String {
+    n.load(Ordering::Relaxed).to_string()
 }

@@ -146,6 +146,7 @@ async fn serve(
     );
 
     let fs = crate::fuse::FileShareFs::new(engine.clone(), tasks.child(), mountpoint);
+    let kernel_reads = fs.kernel_reads();
     let mut fuse = match FuseSession::mount(&tasks, fs, mountpoint).await {
         Ok(f) => f,
         Err(e) => {
@@ -168,6 +169,7 @@ async fn serve(
         tracker.clone(),
         registry.clone(),
         meter,
+        kernel_reads,
         mountpoint.clone(),
     ));
     if let Some((listener, token)) = ui {

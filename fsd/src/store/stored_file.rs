@@ -120,6 +120,12 @@ impl StoredFile {
             .map_err(|e| StoreError::io(&self.data_path(), e))
     }
 
+    /// The open data file (the user's own file for one shared in place):
+    /// what the kernel reads directly once every piece is verified.
+    pub fn data_file(&self) -> &File {
+        &self.data
+    }
+
     /// Copies a verified piece to the same place in `to`, in the kernel
     /// where it can: no second hash, the log vouches for the bytes (pieces
     /// logged after the last sync point were hashed again at load). The

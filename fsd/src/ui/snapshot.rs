@@ -8,6 +8,7 @@
 
 use crate::engine::download_status::{DownloadState, DownloadStatus};
 use crate::engine::Engine;
+use crate::fuse::passthrough::{KernelReads, KernelReadsView};
 use crate::pieces::registry::Registry;
 use crate::pieces::swarm::{Swarm, SwarmView};
 use crate::trackers::{now_ms, TrackerLink};
@@ -50,6 +51,9 @@ pub struct Snapshot {
     /// others take of it now.
     pub cache_budget: u64,
     pub cache_used: u64,
+    /// Whether files held whole are read by the kernel directly, and what
+    /// the daemon counts of reads.
+    pub kernel_reads: KernelReadsView,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +190,7 @@ pub struct Source {
     pub tracker: Arc<TrackerLink>,
     pub registry: Arc<Registry>,
     pub meter: Arc<Meter>,
+    pub kernel_reads: Arc<KernelReads>,
     pub mountpoint: PathBuf,
     /// The dashboard's address (`http://ip:port/`), once it listens.
     pub ui_addr: std::sync::OnceLock<String>,
@@ -198,6 +203,7 @@ impl Source {
         tracker: Arc<TrackerLink>,
         registry: Arc<Registry>,
         meter: Arc<Meter>,
+        kernel_reads: Arc<KernelReads>,
         mountpoint: PathBuf,
     ) -> Source {
         Source {
@@ -205,6 +211,7 @@ impl Source {
             tracker,
             registry,
             meter,
+            kernel_reads,
             mountpoint,
             ui_addr: std::sync::OnceLock::new(),
             listing: tokio::sync::Mutex::new(None),
@@ -302,6 +309,7 @@ impl Source {
             stored,
             cache_budget,
             cache_used,
+            kernel_reads: self.kernel_reads.view(),
         }
     }
 

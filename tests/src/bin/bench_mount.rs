@@ -15,6 +15,15 @@
 //! last. `BENCH_SHAPED=0` skips the case, `BENCH_SHAPED=only` runs nothing
 //! else.
 //!
+//! Then the held-whole case: re-reads of a 512 MiB file (`BENCH_HELD_MIB`)
+//! that the sharer and a reader hold whole, the mount's pages of it dropped
+//! with `posix_fadvise(DONTNEED)` and the store's bytes cached, through the
+//! daemon (`FILESHARE_PASSTHROUGH=0`) and with passthrough, against reads
+//! of the same bytes from the page cache (the store's data file) in turn
+//! with them, the best of five each; and the page cache a read added
+//! (`Cached` in /proc/meminfo).
+//! `BENCH_HELD=0` skips the case, `BENCH_HELD=only` runs nothing else.
+//!
 //! Run through `scripts/bench.sh mount` (release build).
 
 use fileshare_tests::mount::{fetched, wait_for, Mount};
@@ -258,12 +267,116 @@ fn shaped() {
 
 fn main() {
     let shaped_case = std::env::var("BENCH_SHAPED").unwrap_or_default();
+    let held_case = std::env::var("BENCH_HELD").unwrap_or_default();
+    if held_case == "only" {
+        return held_whole();
+    }
     if shaped_case != "only" {
         loopback();
     }
     if shaped_case != "0" {
         shaped();
     }
+    if held_case != "0" {
+        held_whole();
+    }
+}
+
+/// `Cached` of /proc/meminfo, in bytes: the page cache.
+fn page_cache() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cached:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb << 10)
+}
+
+/// Drops a file's cached pages: for a file in the mount, the mount's own.
+fn drop_pages(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).expect("open to drop pages");
+    // SAFETY: a valid descriptor; the call only advises the kernel.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "posix_fadvise");
+}
+
+/// Reads per figure of the held-whole case: each read takes a fraction of
+/// a second, so the best of several says what the path can do on a busy
+/// machine.
+const HELD_READS: usize = 5;
+
+/// Held-whole re-reads of `rel` through `m`, [`HELD_READS`] times: the
+/// store's copy read from the page cache, then through the mount with the
+/// mount's pages dropped; prints the best rate of each and the most page
+/// cache a read through the mount added.
+fn held_read(m: &Mount, rel: &str, who: &str, passthrough: bool) {
+    let id = m.xattr(rel, "user.fileshare.id");
+    let data = m.home.join("store").join(id).join("data");
+    let path = m.path(rel);
+    let opens = || m.xattr(rel, "user.fileshare.passthrough_opens");
+    // The store's bytes cached.
+    read_all(&data);
+    let (mut cache, mut mount, mut added, mut total) = (0f64, 0f64, 0u64, 0u64);
+    for _ in 0..HELD_READS {
+        cache = cache.max(read_all(&data).0);
+        drop_pages(&path);
+        let (before, opened) = (page_cache(), opens());
+        let (rate, n) = read_all(&path);
+        added = added.max(page_cache().saturating_sub(before));
+        let kernel = opens() != opened;
+        assert_eq!(
+            kernel, passthrough,
+            "{who}: passthrough expected {passthrough}"
+        );
+        mount = mount.max(rate);
+        total = n;
+    }
+    println!(
+        "bench=held-whole who={who:<6} passthrough={} mib={} page_cache_mb_s={cache:.0} mount_mb_s={mount:.0} x={:.2} page_cache_added_mib={}",
+        if passthrough { "on " } else { "off" },
+        total >> 20,
+        mount / cache,
+        added >> 20
+    );
+}
+
+/// The held-whole case: the sharer's and a reader's whole copies re-read
+/// through the daemon, then with passthrough, in one run.
+fn held_whole() {
+    let mib: usize = std::env::var("BENCH_HELD_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let w = World::new();
+    let (alice, bob) = (w.user("alice"), w.user("bob"));
+    w.group("g", &alice, &[&bob]);
+    let src = w.path("whole.bin");
+    fileshare_tests::random_file(&src, mib << 20, 43);
+    let uptime = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("bench=held-whole loadavg={}", uptime.trim());
+    for passthrough in [false, true] {
+        // Read at the mount's start: set for the two daemons started here.
+        if passthrough {
+            std::env::remove_var(fsd::fuse::passthrough::SWITCH);
+        } else {
+            std::env::set_var(fsd::fuse::passthrough::SWITCH, "0");
+        }
+        let a = w.mount(&alice, &[]);
+        let b = w.mount(&bob, &[]);
+        if !passthrough {
+            a.cp_in(&src, "g");
+            wait_listed(&b, "whole.bin");
+            read_all(&b.path("g/whole.bin"));
+        }
+        wait_listed(&a, "whole.bin");
+        wait_listed(&b, "whole.bin");
+        held_read(&a, "g/whole.bin", "sharer", passthrough);
+        held_read(&b, "g/whole.bin", "reader", passthrough);
+    }
+    std::env::remove_var(fsd::fuse::passthrough::SWITCH);
+    std::fs::remove_file(&src).ok();
 }
 
 fn loopback() {
