@@ -10,6 +10,8 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # systemd-analyze: the test that checks the systemd user unit in contrib/.
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 { command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; } || need_apt+=(iproute2)
+# nft: the home routers (NAT, stateful firewalls) of the reachability tests.
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then
