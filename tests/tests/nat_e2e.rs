@@ -5,9 +5,75 @@
 //! is checked byte for byte, and the path it took is read back from
 //! `getfattr` and `fsd status`.
 
+use fileshare_tests::mount::{wait_for, Mount};
 use fileshare_tests::netns::nat::{HomeSpec, Internet, Nat};
 use fileshare_tests::netns::Host;
+use fileshare_tests::random_file;
+use fileshare_tests::world::{User, World};
 use std::time::Duration;
+
+const MIB: usize = 1 << 20;
+
+/// A tracker on public host 0, and the users `names`, all in group `g`
+/// owned by the first.
+fn world(net: &Internet, names: &[&str]) -> (World, Vec<User>) {
+    let w = World::on(net.public(0));
+    let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
+    let (owner, rest) = users.split_first().expect("an owner");
+    w.group("g", owner, &rest.iter().collect::<Vec<_>>());
+    (w, users)
+}
+
+fn mount(w: &World, net: &Internet, host: &Host, user: &User) -> Mount {
+    let m = w.mount_on(host, user, &[]);
+    net.track_mount(&m.mountpoint);
+    m
+}
+
+/// `user`'s `fsd status`, run in `host`'s namespace.
+fn status(w: &World, host: &Host, user: &User) -> String {
+    let out = host
+        .command(&w.fsd)
+        .arg("--home")
+        .arg(&user.home)
+        .arg("status")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("fsd status");
+    assert!(
+        out.status.success(),
+        "fsd status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until `user`'s `fsd status` says `what`.
+fn await_status(w: &World, host: &Host, user: &User, what: &str) {
+    let mut last = String::new();
+    let found = (0..100).any(|_| {
+        last = status(w, host, user);
+        let found = last.contains(what);
+        if !found {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        found
+    });
+    assert!(found, "`fsd status` never said {what:?}:\n{last}");
+}
+
+/// Shares `size` random bytes as `g/NAME` from `seeder` and waits until
+/// `reader` lists them.
+fn share(w: &World, seeder: &Mount, reader: &Mount, name: &str, size: usize) -> Vec<u8> {
+    let src = w.path(name);
+    let data = random_file(&src, size, size as u64 ^ 0x5eed);
+    seeder.cp_in(&src, "g");
+    let listed = reader.path(&format!("g/{name}"));
+    wait_for("the file listed", Duration::from_secs(20), || {
+        listed.exists().then_some(())
+    });
+    data
+}
 
 #[test]
 fn home_routers_let_connections_out_and_none_in() {
@@ -45,4 +111,55 @@ fn home_routers_let_connections_out_and_none_in() {
         !connects(&public, (home.addr, in_port).into()),
         "the home's private address must not be routed from outside"
     );
+}
+
+#[test]
+fn a_reader_behind_nat_reads_from_a_public_seeder() {
+    let net = Internet::new(
+        2,
+        &[HomeSpec {
+            hosts: 1,
+            nat: Nat::Masquerade,
+        }],
+    );
+    let (w, users) = world(&net, &["carol", "bob"]);
+    let seeder = mount(&w, &net, net.public(1), &users[0]);
+    let reader = mount(&w, &net, net.home_host(0, 0), &users[1]);
+    let data = share(&w, &seeder, &reader, "p.bin", 8 * MIB);
+    let got = std::fs::read(reader.path("g/p.bin")).expect("read through the mount");
+    assert!(got == data, "wrong bytes\n{}", reader.log());
+    let paths = reader.xattr("g/p.bin", "user.fileshare.paths");
+    assert!(paths.contains("direct"), "{paths}");
+    // The tracker dials each daemon's offered address once it announces.
+    await_status(&w, net.home_host(0, 0), &users[1], "behind NAT");
+    let public = format!("reachable at {}:", net.public(1).addr);
+    await_status(&w, net.public(1), &users[0], &public);
+}
+
+#[test]
+fn a_public_reader_reads_from_a_seeder_behind_nat() {
+    let net = Internet::new(
+        2,
+        &[HomeSpec {
+            hosts: 1,
+            nat: Nat::Masquerade,
+        }],
+    );
+    let (w, users) = world(&net, &["alice", "carol"]);
+    let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
+    let reader = mount(&w, &net, net.public(1), &users[1]);
+    let data = share(&w, &seeder, &reader, "a.bin", 32 * MIB);
+    let got = std::fs::read(reader.path("g/a.bin")).expect("read through the mount");
+    assert!(
+        got == data,
+        "wrong bytes\nreader:\n{}\nseeder:\n{}",
+        reader.log(),
+        seeder.log()
+    );
+    // The seeder dialled the reader: a reverse connection.
+    let paths = reader.xattr("g/a.bin", "user.fileshare.paths");
+    assert!(paths.contains("reverse"), "{paths}");
+    assert!(!paths.contains("direct"), "{paths}");
+    let st = status(&w, net.public(1), &users[1]);
+    assert!(st.contains("(reverse)"), "{st}");
 }

@@ -45,6 +45,7 @@ pub mod auth;
 pub mod cmd;
 pub mod error;
 pub mod peers;
+pub mod reach;
 pub mod replication;
 pub mod server;
 pub mod shared;

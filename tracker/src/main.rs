@@ -51,6 +51,11 @@ struct Args {
     /// answered "busy, retry later" at once
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     max_login_queue: u64,
+    /// Offer daemons at the address they announce, not the one their
+    /// connection comes from (only behind a proxy that hides the latter:
+    /// otherwise a member could send other daemons to dial any host)
+    #[arg(long)]
+    trust_announced_addresses: bool,
     /// Seconds between a daemon's announces (testing)
     #[arg(long, hide = true, default_value_t = 5)]
     announce_interval: u64,
@@ -104,6 +109,7 @@ fn main() -> ExitCode {
                 pending_requests: count(args.max_pending_requests),
                 login_queue: count(args.max_login_queue),
             },
+            trust_announced_addrs: args.trust_announced_addresses,
             ..Settings::default()
         },
     };

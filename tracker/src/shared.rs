@@ -38,6 +38,10 @@ pub struct Settings {
     pub ticket_ttl: Duration,
     /// Caps and quotas that hold against a client or a member who attacks.
     pub limits: Limits,
+    /// Offer daemons at the address they announce rather than the one
+    /// their connection comes from (`--trust-announced-addresses`): for
+    /// trackers behind a proxy that hides where clients come from.
+    pub trust_announced_addrs: bool,
 }
 
 /// What one connection, one address or one account may take; each is a
@@ -89,6 +93,7 @@ impl Default for Settings {
             announce_interval: Duration::from_secs(5),
             ticket_ttl: DEFAULT_TICKET_TTL,
             limits: Limits::default(),
+            trust_announced_addrs: false,
         }
     }
 }
@@ -103,6 +108,9 @@ pub struct Shared {
     /// Durable state; only the writer thread changes it.
     pub(crate) state: Arc<RwLock<State>>,
     pub(crate) peers: RwLock<Peers>,
+    /// Whether daemons' offered addresses can be dialled, and the calls
+    /// waiting for holders that cannot be.
+    pub(crate) reach: crate::reach::Reachability,
     pub(crate) writer: WriterHandle,
     pub(crate) throttle: Mutex<auth::Throttle>,
     /// Bounds concurrent argon2 runs: each takes ~19 MiB and a core.
@@ -185,6 +193,7 @@ impl Shared {
         let shared = Shared {
             state,
             peers: RwLock::new(Peers::new(settings.announce_interval)),
+            reach: crate::reach::Reachability::default(),
             writer,
             throttle: Mutex::new(auth::Throttle::new(settings.cluster_size)),
             login_queue: Semaphore::new(settings.limits.login_queue),

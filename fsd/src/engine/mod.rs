@@ -137,6 +137,8 @@ pub struct EngineConfig {
     /// At most this many bytes of files fetched from others are kept
     /// (default: a tenth of the store's file system, at most 50 GiB).
     pub cache_size: Option<u64>,
+    /// How peers are reached, shared with the peer server.
+    pub reach: Arc<crate::net::reach::Reach>,
 }
 
 impl Engine {
@@ -155,6 +157,7 @@ impl Engine {
             download,
             read_timeout,
             cache_size,
+            reach,
         } = config;
         let budget = cache_size.unwrap_or_else(|| crate::store::disk::default_budget(store.root()));
         let cache = Arc::new(Cache::new(budget, registry.clone()));
@@ -166,6 +169,7 @@ impl Engine {
                 tracker: tracker.clone(),
                 download,
                 cache: cache.clone(),
+                reach,
             }),
             tracker,
             registry,
@@ -767,6 +771,11 @@ impl Engine {
         hold: std::time::Duration,
     ) -> Result<DownloadStatus, DownloadError> {
         self.downloads.status_held(id, hold).await
+    }
+
+    /// How this daemon reaches peers: the path each connection took.
+    pub fn reach(&self) -> &crate::net::reach::Reach {
+        &self.link_ctx.reach
     }
 
     /// Every download of this daemon's life.

@@ -178,6 +178,7 @@ async fn serve(
     crate::net::upload_scheduler::limit_unsent(&listener);
 
     let registry = Arc::new(Registry::default());
+    let reach = Arc::new(crate::net::reach::Reach::default());
     let burst = fileshare_protocol::PIECE_LEN;
     let engine_tasks = tasks.child();
     let engine = Engine::new(
@@ -189,6 +190,7 @@ async fn serve(
             download: args.max_download_rate.map(|r| TokenBucket::new(r, burst)),
             read_timeout: Duration::from_secs(args.read_timeout.max(1)),
             cache_size: args.cache_size,
+            reach: reach.clone(),
         },
         engine_tasks.clone(),
     );
@@ -217,7 +219,12 @@ async fn serve(
         send_buffers: Default::default(),
         next_conn: AtomicU64::new(0),
         tasks: peer_tasks.clone(),
+        reach,
     });
+    peer_tasks.spawn(
+        "call-answerer",
+        crate::net::reach::reverse::answer(serve_ctx.clone()),
+    );
     peer_tasks.spawn("peer-server", crate::net::serve::run(listener, serve_ctx));
     let meter = Arc::new(crate::ui::meter::Meter::default());
     peer_tasks.spawn(

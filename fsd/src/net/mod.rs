@@ -6,6 +6,7 @@
 
 pub mod choke;
 pub mod fetch;
+pub mod reach;
 pub mod send_buffer;
 pub mod serve;
 pub mod token_bucket;

@@ -68,6 +68,9 @@ pub struct ServeCtx {
     pub next_conn: AtomicU64,
     /// The server's node of the task tree.
     pub tasks: Tasks,
+    /// Connections dialled back to this daemon's links are sorted out of
+    /// the accepted ones here.
+    pub reach: Arc<crate::net::reach::Reach>,
 }
 
 /// Accepts peers until the server's token is cancelled (it runs as a task
@@ -89,6 +92,8 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>) {
                 ctx.tasks.spawn("peer-connection", async move {
                     // Its requests and subscriptions end with it.
                     let _end = conn_tasks.token().clone().drop_guard();
+                    let sorted = crate::net::reach::reverse::sort(stream, &conn_ctx.reach);
+                    let Some(stream) = sorted.await else { return };
                     if let Err(e) = serve(stream, &conn_ctx, &conn_tasks).await {
                         tracing::debug!(peer = %from, "peer connection ended: {e:#}");
                     }
@@ -100,6 +105,16 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Serves a connection this daemon opened itself (dialling a reader
+/// back) as if it had accepted it: this end is still the TLS server.
+pub async fn serve_opened(stream: tokio::net::TcpStream, ctx: &Arc<ServeCtx>) {
+    let conn_tasks = ctx.tasks.child();
+    let _end = conn_tasks.token().clone().drop_guard();
+    if let Err(e) = serve(stream, ctx, &conn_tasks).await {
+        tracing::debug!("dialled-back peer connection ended: {e:#}");
     }
 }
 

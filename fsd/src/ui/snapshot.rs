@@ -50,6 +50,10 @@ pub struct Snapshot {
     /// others take of it now.
     pub cache_budget: u64,
     pub cache_used: u64,
+    /// How peers reach this daemon, as the trackers found (see
+    /// [`crate::net::reach::describe`]).
+    #[serde(default)]
+    pub reachability: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +101,10 @@ pub struct PeerView {
     /// Bytes per second sent to it, over every file.
     pub up: u64,
     pub in_flight: u32,
+    /// Which way the connection was opened (`direct`, `reverse`), for
+    /// peers this daemon fetches from.
+    #[serde(default)]
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +241,9 @@ impl Source {
                     down: rate(l.rate),
                     up: self.meter.peer_up(&l.peer),
                     in_flight: u32::try_from(l.in_flight).unwrap_or(u32::MAX),
+                    path: (self.engine.reach().path_of(&l.addr))
+                        .map_or("", |p| p.as_str())
+                        .to_string(),
                 });
             }
         }
@@ -252,6 +263,7 @@ impl Source {
                 down: 0,
                 up,
                 in_flight: 0,
+                path: String::new(),
             });
         }
         peers.sort_by(|a, b| {
@@ -290,6 +302,7 @@ impl Source {
         Snapshot {
             user: self.engine.user().to_string(),
             pid: std::process::id(),
+            reachability: crate::net::reach::describe(self.tracker.seen_as().as_ref()),
             mountpoint: self.mountpoint.display().to_string(),
             at_ms: now_ms(),
             tracker_error,

@@ -149,6 +149,24 @@ pub enum TrackerRequest {
         group: String,
         meta: FileMeta,
     },
+    /// A reader that cannot dial `holder` (listed unreachable) asks it to
+    /// dial back: the tracker hands the holder a [`Call`] naming the
+    /// reader's own offered address and `nonce`, which the holder sends
+    /// first on the connection it opens. Both must be in `group`.
+    CallBack {
+        session: SessionToken,
+        group: String,
+        holder: PeerId,
+        nonce: [u8; 16],
+    },
+    /// A daemon waits (at most `wait_ms`, capped by the tracker) for calls
+    /// other daemons placed for it; answered with [`TrackerReply::Calls`],
+    /// empty when none came.
+    AwaitCalls {
+        session: SessionToken,
+        peer: PeerId,
+        wait_ms: u32,
+    },
 }
 
 impl TrackerRequest {
@@ -196,6 +214,8 @@ impl TrackerRequest {
             TrackerRequest::TicketKey => "TicketKey",
             TrackerRequest::RenameShare { .. } => "RenameShare",
             TrackerRequest::ReplaceShare { .. } => "ReplaceShare",
+            TrackerRequest::CallBack { .. } => "CallBack",
+            TrackerRequest::AwaitCalls { .. } => "AwaitCalls",
         }
     }
 }
@@ -231,6 +251,31 @@ pub struct PeerLocation {
     pub user: String,
     pub addr: String,
     pub have: Bitfield,
+    /// Whether the tracker could dial `addr` itself.
+    pub reach: Reach,
+}
+
+/// What a tracker found when it dialled a daemon's offered address (a TLS
+/// handshake that must show the daemon's own key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Reach {
+    /// Not tried yet (a daemon that just announced).
+    Unknown,
+    /// Dialled and answered with the daemon's key.
+    Direct,
+    /// Could not be dialled: behind NAT or a firewall. Readers ask it to
+    /// dial back ([`TrackerRequest::CallBack`]) instead.
+    Unreachable,
+}
+
+/// A request to dial `addr` (peer `from`'s offered address) and send
+/// `nonce` first; then the TLS peer connection runs as usual, the caller
+/// as the TLS client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    pub from: PeerId,
+    pub addr: String,
+    pub nonce: [u8; 16],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,10 +295,19 @@ pub enum TrackerReply {
     },
     Ticket(Ticket),
     TicketKey(TicketKey),
-    /// Announce answer: seconds until the next announce is due.
+    /// Announce answer: seconds until the next announce is due; the
+    /// address the tracker offers this daemon at (the address its
+    /// connection came from, with the announced port), the connection's
+    /// own source address, and whether the tracker could dial the offered
+    /// one.
     Announced {
         interval_secs: u32,
+        offered: String,
+        seen: String,
+        reach: Reach,
     },
+    /// Calls placed for the daemon that waited ([`TrackerRequest::AwaitCalls`]).
+    Calls(Vec<Call>),
 }
 
 impl TrackerReply {
@@ -269,6 +323,7 @@ impl TrackerReply {
             TrackerReply::Ticket(_) => "Ticket",
             TrackerReply::TicketKey(_) => "TicketKey",
             TrackerReply::Announced { .. } => "Announced",
+            TrackerReply::Calls(_) => "Calls",
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::shared::Shared;
 use crate::state::change::Change;
 use crate::state::{Group, SharedFile};
 use fileshare_protocol::ids::FileMeta;
-use fileshare_protocol::messages::tracker::{FileEntry, PeerLocation};
+use fileshare_protocol::messages::tracker::{FileEntry, PeerLocation, Reach};
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
 use fileshare_protocol::{ErrorCode, MAX_FRAME_LEN, PIECE_LEN};
 use std::time::Instant;
@@ -30,6 +30,7 @@ fn online_holders<'p>(
             user: h.card.user.clone(),
             addr: h.card.addr.clone(),
             have: h.have.clone(),
+            reach: Reach::Unknown,
         })
 }
 
@@ -200,9 +201,22 @@ pub fn locate(shared: &Shared, session: &SessionToken, group: &str, name: &str) 
     let peers = shared.peers.read();
     // The hashes go along, and each peer's bitfield.
     let meta = f.meta.hashes.len() * 32 + f.meta.name.len() + 64;
+    // Peers this tracker could dial come first, those it could not last:
+    // a reader asks those to dial back instead.
+    let mut holders: Vec<PeerLocation> = online_holders(&peers, g, f, now)
+        .map(|mut p| {
+            p.reach = shared.reach.of(&p.peer, &p.addr);
+            p
+        })
+        .collect();
+    holders.sort_by_key(|p| match p.reach {
+        Reach::Direct => 0,
+        Reach::Unknown => 1,
+        Reach::Unreachable => 2,
+    });
     let located = bounded(
         LISTING_BUDGET.saturating_sub(meta),
-        online_holders(&peers, g, f, now),
+        holders.into_iter(),
         |p| p.user.len() + p.addr.len() + p.have.len() as usize / 8 + 64,
     );
     Ok(TrackerReply::Location {

@@ -1,0 +1,155 @@
+//! How this daemon reaches its peers and is reached by them, through
+//! routers that translate addresses (NAT) and drop connections from
+//! outside. However a connection is opened, what runs on it is the same
+//! TLS peer connection with the same tickets: the reader is the TLS
+//! client and pins the holder's key, the holder the TLS server.
+//!
+//! - [`Path::Direct`]: the reader dials the address the tracker offers.
+//! - [`Path::Reverse`]: the tracker could not dial the holder, so the
+//!   reader asks it (through the tracker) to dial the reader instead
+//!   ([`reverse`]).
+//!
+//! The path of each connection is kept by peer address, for `getfattr`
+//! (`user.fileshare.paths`) and the dashboard.
+
+pub mod reverse;
+
+use crate::net::fetch::{LinkCtx, PEER_TIMEOUT};
+use fileshare_protocol::client::Announced;
+use fileshare_protocol::messages::tracker::{PeerLocation, Reach as Seen};
+use fileshare_protocol::messages::Role;
+use fileshare_protocol::tls::{self, ClientTls, SecureConnection, TlsError};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+/// Which way a peer connection was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// This daemon dialled the holder.
+    Direct,
+    /// The holder dialled this daemon, asked through the tracker.
+    Reverse,
+}
+
+impl Path {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Reverse => "reverse",
+        }
+    }
+}
+
+/// Addresses whose path is remembered at most; beyond, the map restarts.
+const MAX_PATHS: usize = 4096;
+
+/// What the fetching and the serving sides share.
+#[derive(Default)]
+pub struct Reach {
+    /// Reverse connections this daemon waits for, by the nonce the holder
+    /// will send first.
+    pending: Mutex<HashMap<[u8; 16], oneshot::Sender<TcpStream>>>,
+    /// The path of the latest connection to each peer address.
+    paths: Mutex<HashMap<String, Path>>,
+}
+
+impl Reach {
+    /// Records the path a connection to `addr` took.
+    pub fn note_path(&self, addr: &str, path: Path) {
+        let mut paths = self.paths.lock();
+        if paths.len() >= MAX_PATHS && !paths.contains_key(addr) {
+            paths.clear();
+        }
+        paths.insert(addr.to_string(), path);
+    }
+
+    /// The path the latest connection to `addr` took, if any.
+    pub fn path_of(&self, addr: &str) -> Option<Path> {
+        self.paths.lock().get(addr).copied()
+    }
+}
+
+/// How long a direct dial may take when the tracker has not yet found out
+/// whether the holder can be dialled: a router that drops the attempt
+/// should not hold the reader up for long before it asks for a call.
+const UNKNOWN_DIAL: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot reach {addr} directly ({direct}), nor have it dial back: {reverse}")]
+    Unreachable {
+        addr: String,
+        direct: String,
+        #[source]
+        reverse: reverse::ReverseError,
+    },
+    #[error("dialled back from {addr}, but: {source}")]
+    Handshake {
+        addr: String,
+        #[source]
+        source: TlsError,
+    },
+}
+
+/// Opens the TLS peer connection to `remote` (a holder in `group`) as
+/// `me`: directly unless the tracker could not dial it, else by asking it
+/// to dial back. Returns the connection and the holder's role.
+pub async fn open(
+    ctx: &LinkCtx,
+    group: &str,
+    remote: &PeerLocation,
+    tls: &ClientTls,
+    me: Role,
+) -> Result<(SecureConnection, Role), OpenError> {
+    let direct = match remote.reach {
+        Seen::Unreachable => "the tracker could not dial it either".to_string(),
+        known => {
+            let timeout = if known == Seen::Direct {
+                PEER_TIMEOUT
+            } else {
+                UNKNOWN_DIAL
+            };
+            match tls::connect(&remote.addr, tls, me.clone(), timeout).await {
+                Ok((conn, role, _)) => {
+                    ctx.reach.note_path(&remote.addr, Path::Direct);
+                    return Ok((conn, role));
+                }
+                Err(e) => fileshare_protocol::error::chain(&e),
+            }
+        }
+    };
+    let stream = reverse::request(&ctx.reach, &ctx.tracker, group, remote.peer)
+        .await
+        .map_err(|reverse| OpenError::Unreachable {
+            addr: remote.addr.clone(),
+            direct,
+            reverse,
+        })?;
+    let (conn, role, _) = tls::connect_over(stream, &remote.addr, tls, me, PEER_TIMEOUT)
+        .await
+        .map_err(|source| OpenError::Handshake {
+            addr: remote.addr.clone(),
+            source,
+        })?;
+    ctx.reach.note_path(&remote.addr, Path::Reverse);
+    Ok((conn, role))
+}
+
+/// One line on how peers reach this daemon, from the tracker's answer to
+/// its last announce: for `fsd status` and the dashboard.
+pub fn describe(seen: Option<&Announced>) -> String {
+    let Some(a) = seen else {
+        return "not known yet: no tracker has answered an announce".into();
+    };
+    match a.reach {
+        Seen::Direct => format!("reachable at {} (direct)", a.offered),
+        Seen::Unknown => format!("checking: the tracker is dialling {}", a.offered),
+        Seen::Unreachable => format!(
+            "behind NAT, not reachable at {} (the tracker sees {}): reverse connections and relay",
+            a.offered, a.seen
+        ),
+    }
+}
