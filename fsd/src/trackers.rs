@@ -445,6 +445,19 @@ impl TrackerLink {
             .await?)
     }
 
+    /// Asks the tracker to relay between this daemon and `holder`.
+    pub async fn relay(
+        &self,
+        group: &str,
+        holder: PeerId,
+        nonce: [u8; 16],
+    ) -> Result<(), LinkError> {
+        Ok(self
+            .client
+            .relay(self.session, group, holder, nonce)
+            .await?)
+    }
+
     /// Calls other daemons placed for this one, waiting up to `wait`.
     pub async fn await_calls(&self, wait: Duration) -> Result<Vec<Call>, LinkError> {
         Ok(self

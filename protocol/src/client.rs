@@ -659,6 +659,24 @@ impl TrackerClient {
         .await
     }
 
+    /// Asks the tracker to relay between this peer and `holder`: both
+    /// then connect to the tracker's relay with `nonce`.
+    pub async fn relay(
+        &self,
+        session: SessionToken,
+        group: &str,
+        holder: PeerId,
+        nonce: [u8; 16],
+    ) -> Result<(), ClientError> {
+        self.call_done(TrackerRequest::Relay {
+            session,
+            group: group.into(),
+            holder,
+            nonce,
+        })
+        .await
+    }
+
     /// The calls other peers placed for `peer`, waiting up to `wait` for
     /// one (keep it under the client's timeout).
     pub async fn await_calls(

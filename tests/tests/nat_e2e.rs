@@ -163,3 +163,28 @@ fn a_public_reader_reads_from_a_seeder_behind_nat() {
     let st = status(&w, net.public(1), &users[1]);
     assert!(st.contains("(reverse)"), "{st}");
 }
+
+#[test]
+fn a_reader_behind_nat_reads_through_the_relay_from_a_seeder_behind_another() {
+    // Random ports on both routers: no path between the homes can be
+    // punched, so the tracker's relay is the only way.
+    let home = HomeSpec {
+        hosts: 1,
+        nat: Nat::Random,
+    };
+    let net = Internet::new(1, &[home, home]);
+    let (w, users) = world(&net, &["alice", "bob"]);
+    let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
+    let reader = mount(&w, &net, net.home_host(1, 0), &users[1]);
+    let data = share(&w, &seeder, &reader, "r.bin", 32 * MIB);
+    let got = std::fs::read(reader.path("g/r.bin")).expect("read through the mount");
+    assert!(
+        got == data,
+        "wrong bytes\nreader:\n{}\nseeder:\n{}",
+        reader.log(),
+        seeder.log()
+    );
+    let paths = reader.xattr("g/r.bin", "user.fileshare.paths");
+    assert!(paths.contains("relayed"), "{paths}");
+    assert!(!paths.contains("direct"), "{paths}");
+}

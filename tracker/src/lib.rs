@@ -46,6 +46,7 @@ pub mod cmd;
 pub mod error;
 pub mod peers;
 pub mod reach;
+pub mod relay;
 pub mod replication;
 pub mod server;
 pub mod shared;

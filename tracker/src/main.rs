@@ -56,6 +56,14 @@ struct Args {
     /// otherwise a member could send other daemons to dial any host)
     #[arg(long)]
     trust_announced_addresses: bool,
+    /// Bytes per second each user's daemons may send through this
+    /// tracker's relay (for daemons that cannot reach each other), over
+    /// all their relayed connections; 0 turns the relay off
+    #[arg(long, default_value_t = 10_000_000)]
+    relay_rate: u64,
+    /// Relayed connections one user may have at once
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    relay_pairs_per_user: u64,
     /// Seconds between a daemon's announces (testing)
     #[arg(long, hide = true, default_value_t = 5)]
     announce_interval: u64,
@@ -110,6 +118,10 @@ fn main() -> ExitCode {
                 login_queue: count(args.max_login_queue),
             },
             trust_announced_addrs: args.trust_announced_addresses,
+            relay: fileshare_tracker::relay::RelayLimits {
+                rate: args.relay_rate,
+                pairs_per_user: count(args.relay_pairs_per_user),
+            },
             ..Settings::default()
         },
     };

@@ -216,6 +216,7 @@ mod tests {
             from: PeerId([n; 16]),
             addr: "203.0.113.1:7".into(),
             nonce: [n; 16],
+            relay: false,
         }
     }
 

@@ -42,6 +42,9 @@ pub struct Settings {
     /// their connection comes from (`--trust-announced-addresses`): for
     /// trackers behind a proxy that hides where clients come from.
     pub trust_announced_addrs: bool,
+    /// What the relay allows each user (`--relay-rate`,
+    /// `--relay-pairs-per-user`).
+    pub relay: crate::relay::RelayLimits,
 }
 
 /// What one connection, one address or one account may take; each is a
@@ -94,6 +97,7 @@ impl Default for Settings {
             ticket_ttl: DEFAULT_TICKET_TTL,
             limits: Limits::default(),
             trust_announced_addrs: false,
+            relay: crate::relay::RelayLimits::default(),
         }
     }
 }
@@ -111,6 +115,8 @@ pub struct Shared {
     /// Whether daemons' offered addresses can be dialled, and the calls
     /// waiting for holders that cannot be.
     pub(crate) reach: crate::reach::Reachability,
+    /// Forwards bytes between daemons that cannot dial each other.
+    pub(crate) relay: crate::relay::Relay,
     pub(crate) writer: WriterHandle,
     pub(crate) throttle: Mutex<auth::Throttle>,
     /// Bounds concurrent argon2 runs: each takes ~19 MiB and a core.
@@ -194,6 +200,7 @@ impl Shared {
             state,
             peers: RwLock::new(Peers::new(settings.announce_interval)),
             reach: crate::reach::Reachability::default(),
+            relay: crate::relay::Relay::new(settings.relay),
             writer,
             throttle: Mutex::new(auth::Throttle::new(settings.cluster_size)),
             login_queue: Semaphore::new(settings.limits.login_queue),

@@ -159,6 +159,17 @@ pub enum TrackerRequest {
         holder: PeerId,
         nonce: [u8; 16],
     },
+    /// Like `CallBack`, for two daemons neither of which can dial the
+    /// other: both connect to this tracker's relay (at the address the
+    /// caller reaches this tracker at), send [`RELAY_MAGIC`], `nonce` and
+    /// their side (0 the caller, 1 the holder), and the tracker forwards
+    /// bytes between them. The peer TLS runs end to end inside.
+    Relay {
+        session: SessionToken,
+        group: String,
+        holder: PeerId,
+        nonce: [u8; 16],
+    },
     /// A daemon waits (at most `wait_ms`, capped by the tracker) for calls
     /// other daemons placed for it; answered with [`TrackerReply::Calls`],
     /// empty when none came.
@@ -216,6 +227,7 @@ impl TrackerRequest {
             TrackerRequest::ReplaceShare { .. } => "ReplaceShare",
             TrackerRequest::CallBack { .. } => "CallBack",
             TrackerRequest::AwaitCalls { .. } => "AwaitCalls",
+            TrackerRequest::Relay { .. } => "Relay",
         }
     }
 }
@@ -269,14 +281,23 @@ pub enum Reach {
 }
 
 /// A request to dial `addr` (peer `from`'s offered address) and send
-/// `nonce` first; then the TLS peer connection runs as usual, the caller
-/// as the TLS client.
+/// `nonce` first, or with `relay` to connect to the relay of the tracker
+/// that handed it out as side 1 of `nonce`; then the TLS peer connection
+/// runs as usual, the caller as the TLS client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Call {
     pub from: PeerId,
     pub addr: String,
     pub nonce: [u8; 16],
+    pub relay: bool,
 }
+
+/// What a connection to a tracker's relay starts with (a TLS connection
+/// starts with `0x16`), before the nonce and the side.
+pub const RELAY_MAGIC: [u8; 4] = *b"FSY\x01";
+
+/// The relay preamble's length: magic, nonce, side.
+pub const RELAY_PREAMBLE: usize = 21;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TrackerReply {

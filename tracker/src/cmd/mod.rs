@@ -122,6 +122,12 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
             holder,
             nonce,
         } => reach::call_back(shared, caller, &session, &group, holder, nonce),
+        R::Relay {
+            session,
+            group,
+            holder,
+            nonce,
+        } => reach::relay(shared, caller, &session, &group, holder, nonce),
         R::AwaitCalls {
             session,
             peer,

@@ -8,10 +8,13 @@
 //! - [`Path::Reverse`]: the tracker could not dial the holder, so the
 //!   reader asks it (through the tracker) to dial the reader instead
 //!   ([`reverse`]).
+//! - [`Path::Relayed`]: neither can dial the other; both connect to the
+//!   tracker's relay, which forwards the TLS bytes ([`relay`]).
 //!
 //! The path of each connection is kept by peer address, for `getfattr`
 //! (`user.fileshare.paths`) and the dashboard.
 
+pub mod relay;
 pub mod reverse;
 
 use crate::net::fetch::{LinkCtx, PEER_TIMEOUT};
@@ -32,6 +35,8 @@ pub enum Path {
     Direct,
     /// The holder dialled this daemon, asked through the tracker.
     Reverse,
+    /// Through the tracker's relay: neither could dial the other.
+    Relayed,
 }
 
 impl Path {
@@ -39,6 +44,7 @@ impl Path {
         match self {
             Path::Direct => "direct",
             Path::Reverse => "reverse",
+            Path::Relayed => "relayed",
         }
     }
 }
@@ -79,14 +85,18 @@ const UNKNOWN_DIAL: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot reach {addr} directly ({direct}), nor have it dial back: {reverse}")]
+    #[error(
+        "cannot reach {addr} directly ({direct}), nor have it dial back ({reverse}), nor \
+         through the relay: {relay}"
+    )]
     Unreachable {
         addr: String,
         direct: String,
+        reverse: String,
         #[source]
-        reverse: reverse::ReverseError,
+        relay: relay::RelayError,
     },
-    #[error("dialled back from {addr}, but: {source}")]
+    #[error("connected to {addr}, but: {source}")]
     Handshake {
         addr: String,
         #[source]
@@ -121,20 +131,29 @@ pub async fn open(
             }
         }
     };
-    let stream = reverse::request(&ctx.reach, &ctx.tracker, group, remote.peer)
-        .await
-        .map_err(|reverse| OpenError::Unreachable {
-            addr: remote.addr.clone(),
-            direct,
-            reverse,
-        })?;
+    let (stream, path) = match reverse::request(&ctx.reach, &ctx.tracker, group, remote.peer).await
+    {
+        Ok(s) => (s, Path::Reverse),
+        Err(reverse) => {
+            let reverse = fileshare_protocol::error::chain(&reverse);
+            let stream = relay::request(&ctx.tracker, group, remote.peer)
+                .await
+                .map_err(|relay| OpenError::Unreachable {
+                    addr: remote.addr.clone(),
+                    direct,
+                    reverse,
+                    relay,
+                })?;
+            (stream, Path::Relayed)
+        }
+    };
     let (conn, role, _) = tls::connect_over(stream, &remote.addr, tls, me, PEER_TIMEOUT)
         .await
         .map_err(|source| OpenError::Handshake {
             addr: remote.addr.clone(),
             source,
         })?;
-    ctx.reach.note_path(&remote.addr, Path::Reverse);
+    ctx.reach.note_path(&remote.addr, path);
     Ok((conn, role))
 }
 

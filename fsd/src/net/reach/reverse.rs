@@ -144,6 +144,16 @@ pub async fn answer(ctx: Arc<ServeCtx>) {
 }
 
 async fn dial_back(ctx: &Arc<ServeCtx>, call: Call) {
+    if call.relay {
+        match super::relay::join(&ctx.tracker, call.nonce, 1).await {
+            Ok(stream) => {
+                tracing::debug!(peer = %call.from, "joined a relay slot");
+                serve::serve_opened(stream, ctx).await;
+            }
+            Err(e) => tracing::debug!(peer = %call.from, "cannot join the relay: {e}"),
+        }
+        return;
+    }
     let opened = tokio::time::timeout(DIAL_TIMEOUT, async {
         let mut s = TcpStream::connect(&call.addr).await?;
         let mut preamble = [0u8; 20];
