@@ -445,6 +445,19 @@ impl TrackerLink {
             .await?)
     }
 
+    /// Asks the tracker to call `holder` to punch a path to this daemon.
+    pub async fn punch(
+        &self,
+        group: &str,
+        holder: PeerId,
+        nonce: [u8; 16],
+    ) -> Result<(), LinkError> {
+        Ok(self
+            .client
+            .punch(self.session, group, holder, nonce)
+            .await?)
+    }
+
     /// Asks the tracker to relay between this daemon and `holder`.
     pub async fn relay(
         &self,

@@ -659,6 +659,24 @@ impl TrackerClient {
         .await
     }
 
+    /// Asks the tracker to call `holder` to punch a path to this peer
+    /// (both dialling each other's offered address at once).
+    pub async fn punch(
+        &self,
+        session: SessionToken,
+        group: &str,
+        holder: PeerId,
+        nonce: [u8; 16],
+    ) -> Result<(), ClientError> {
+        self.call_done(TrackerRequest::Punch {
+            session,
+            group: group.into(),
+            holder,
+            nonce,
+        })
+        .await
+    }
+
     /// Asks the tracker to relay between this peer and `holder`: both
     /// then connect to the tracker's relay with `nonce`.
     pub async fn relay(

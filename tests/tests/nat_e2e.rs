@@ -188,3 +188,34 @@ fn a_reader_behind_nat_reads_through_the_relay_from_a_seeder_behind_another() {
     assert!(paths.contains("relayed"), "{paths}");
     assert!(!paths.contains("direct"), "{paths}");
 }
+
+#[test]
+fn a_reader_behind_nat_punches_a_path_to_a_seeder_behind_another() {
+    // Routers that keep source ports, as most home routers do: both
+    // daemons dial each other at once and their SYNs cross.
+    let home = HomeSpec {
+        hosts: 1,
+        nat: Nat::Masquerade,
+    };
+    let net = Internet::new(1, &[home, home]);
+    let (w, users) = world(&net, &["alice", "bob"]);
+    let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
+    let reader = mount(&w, &net, net.home_host(1, 0), &users[1]);
+    let data = share(&w, &seeder, &reader, "h.bin", 32 * MIB);
+    let got = std::fs::read(reader.path("g/h.bin")).expect("read through the mount");
+    assert!(
+        got == data,
+        "wrong bytes\nreader:\n{}\nseeder:\n{}",
+        reader.log(),
+        seeder.log()
+    );
+    let paths = reader.xattr("g/h.bin", "user.fileshare.paths");
+    assert!(
+        paths.contains("punched"),
+        "{paths}\nreader:\n{}\nseeder:\n{}",
+        reader.log(),
+        seeder.log()
+    );
+    let st = status(&w, net.home_host(1, 0), &users[1]);
+    assert!(st.contains("(punched)"), "{st}");
+}

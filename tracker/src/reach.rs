@@ -210,13 +210,14 @@ async fn probe(peer: &PeerId, addr: &str) -> Reach {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fileshare_protocol::messages::tracker::CallKind;
 
     fn call(n: u8) -> Call {
         Call {
             from: PeerId([n; 16]),
             addr: "203.0.113.1:7".into(),
             nonce: [n; 16],
-            relay: false,
+            how: CallKind::DialBack,
         }
     }
 

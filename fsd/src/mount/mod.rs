@@ -171,14 +171,14 @@ async fn serve(
         my_id,
     ));
 
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
+    let listener = crate::net::reach::listen(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = public_addr(listener.local_addr()?, &first_tracker);
     crate::net::upload_scheduler::limit_unsent(&listener);
 
     let registry = Arc::new(Registry::default());
     let reach = Arc::new(crate::net::reach::Reach::default());
+    reach.set_listen(listener.local_addr()?);
     let burst = fileshare_protocol::PIECE_LEN;
     let engine_tasks = tasks.child();
     let engine = Engine::new(

@@ -170,6 +170,15 @@ pub enum TrackerRequest {
         holder: PeerId,
         nonce: [u8; 16],
     },
+    /// Like `CallBack`, for two daemons both behind NAT: the holder is
+    /// called to dial the caller's offered address from its own listening
+    /// port while the caller dials the holder's the same way.
+    Punch {
+        session: SessionToken,
+        group: String,
+        holder: PeerId,
+        nonce: [u8; 16],
+    },
     /// A daemon waits (at most `wait_ms`, capped by the tracker) for calls
     /// other daemons placed for it; answered with [`TrackerReply::Calls`],
     /// empty when none came.
@@ -228,6 +237,7 @@ impl TrackerRequest {
             TrackerRequest::CallBack { .. } => "CallBack",
             TrackerRequest::AwaitCalls { .. } => "AwaitCalls",
             TrackerRequest::Relay { .. } => "Relay",
+            TrackerRequest::Punch { .. } => "Punch",
         }
     }
 }
@@ -280,16 +290,29 @@ pub enum Reach {
     Unreachable,
 }
 
-/// A request to dial `addr` (peer `from`'s offered address) and send
-/// `nonce` first, or with `relay` to connect to the relay of the tracker
-/// that handed it out as side 1 of `nonce`; then the TLS peer connection
-/// runs as usual, the caller as the TLS client.
+/// A request from peer `from` to open a connection to it; then the TLS
+/// peer connection runs as usual, `from` as the TLS client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Call {
     pub from: PeerId,
+    /// `from`'s offered address (empty for a relay).
     pub addr: String,
     pub nonce: [u8; 16],
-    pub relay: bool,
+    pub how: CallKind,
+}
+
+/// How a called holder opens the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallKind {
+    /// Dial `addr` and send the reverse magic and the nonce first.
+    DialBack,
+    /// Dial `addr` from this daemon's own listening port while the caller
+    /// dials this one's (TCP simultaneous open through both routers);
+    /// both send their magic and the nonce first.
+    Punch,
+    /// Connect to the relay of the tracker that handed the call out, as
+    /// side 1 of the nonce.
+    Relay,
 }
 
 /// What a connection to a tracker's relay starts with (a TLS connection

@@ -6,7 +6,8 @@
 //!
 //! Each router forwards between its two sides through an nftables
 //! stateful firewall, as a home router does: connections opened from the
-//! home pass, and their replies; nothing opened from outside does. With
+//! home pass, and their replies; nothing opened from outside does, and
+//! what comes from outside to the router itself is dropped unanswered. With
 //! [`Nat::Masquerade`] it also rewrites the home's addresses to its public
 //! one (Linux keeps the source port where it is free, which is what lets
 //! two homes punch a path to each other); [`Nat::Random`] gives every
@@ -133,6 +134,10 @@ fn nft(ns: &str, rules: &str) {
 fn router_rules(nat: Nat) -> String {
     let mut rules = String::from(
         "table inet fw {\n\
+         \tchain input {\n\
+         \t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tiifname \"eth0\" ct state new drop\n\
+         \t}\n\
          \tchain forward {\n\
          \t\ttype filter hook forward priority 0; policy drop;\n\
          \t\tct state established,related accept\n\

@@ -128,6 +128,12 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
             holder,
             nonce,
         } => reach::relay(shared, caller, &session, &group, holder, nonce),
+        R::Punch {
+            session,
+            group,
+            holder,
+            nonce,
+        } => reach::punch(shared, caller, &session, &group, holder, nonce),
         R::AwaitCalls {
             session,
             peer,

@@ -7,7 +7,7 @@
 use super::{group_name, Caller};
 use crate::peers::Card;
 use crate::shared::Shared;
-use fileshare_protocol::messages::tracker::{Call, Reach};
+use fileshare_protocol::messages::tracker::{Call, CallKind, Reach};
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
 use fileshare_protocol::{ErrorCode, PeerId};
 use std::sync::Arc;
@@ -63,7 +63,30 @@ pub fn call_back(
         from: me.id,
         addr: me.addr.clone(),
         nonce,
-        relay: false,
+        how: CallKind::DialBack,
+    };
+    (shared.reach)
+        .place(them.id, call)
+        .map_err(ErrorCode::LimitReached)?;
+    Ok(TrackerReply::Done)
+}
+
+/// Calls `holder` to punch a path to the caller's daemon: both dial each
+/// other's offered address from their listening ports at once.
+pub fn punch(
+    shared: &Shared,
+    caller: &Caller,
+    session: &SessionToken,
+    group: &str,
+    holder: PeerId,
+    nonce: [u8; 16],
+) -> TrackerResult {
+    let (me, them) = pair(shared, caller, session, group, &holder)?;
+    let call = Call {
+        from: me.id,
+        addr: me.addr.clone(),
+        nonce,
+        how: CallKind::Punch,
     };
     (shared.reach)
         .place(them.id, call)
@@ -89,7 +112,7 @@ pub fn relay(
         from: me.id,
         addr: String::new(),
         nonce,
-        relay: true,
+        how: CallKind::Relay,
     };
     (shared.reach)
         .place(them.id, call)

@@ -8,12 +8,15 @@
 //! - [`Path::Reverse`]: the tracker could not dial the holder, so the
 //!   reader asks it (through the tracker) to dial the reader instead
 //!   ([`reverse`]).
+//! - [`Path::Punched`]: both are behind NAT; the tracker calls the holder
+//!   and both dial each other at once ([`punch`]).
 //! - [`Path::Relayed`]: neither can dial the other; both connect to the
 //!   tracker's relay, which forwards the TLS bytes ([`relay`]).
 //!
 //! The path of each connection is kept by peer address, for `getfattr`
 //! (`user.fileshare.paths`) and the dashboard.
 
+pub mod punch;
 pub mod relay;
 pub mod reverse;
 
@@ -24,6 +27,7 @@ use fileshare_protocol::messages::Role;
 use fileshare_protocol::tls::{self, ClientTls, SecureConnection, TlsError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -35,6 +39,8 @@ pub enum Path {
     Direct,
     /// The holder dialled this daemon, asked through the tracker.
     Reverse,
+    /// Both dialled each other at once through their routers.
+    Punched,
     /// Through the tracker's relay: neither could dial the other.
     Relayed,
 }
@@ -44,6 +50,7 @@ impl Path {
         match self {
             Path::Direct => "direct",
             Path::Reverse => "reverse",
+            Path::Punched => "punched",
             Path::Relayed => "relayed",
         }
     }
@@ -60,6 +67,42 @@ pub struct Reach {
     pending: Mutex<HashMap<[u8; 16], oneshot::Sender<TcpStream>>>,
     /// The path of the latest connection to each peer address.
     paths: Mutex<HashMap<String, Path>>,
+    /// Where this daemon's peer server listens (punched paths leave
+    /// from it).
+    listen: std::sync::OnceLock<SocketAddr>,
+}
+
+/// Removes a pending nonce however the wait ends.
+struct Pending<'a> {
+    reach: &'a Reach,
+    nonce: [u8; 16],
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.reach.pending.lock().remove(&self.nonce);
+    }
+}
+
+/// The peer server's listener on `addr`, its port shareable
+/// (`SO_REUSEPORT`) with the sockets that punch paths from it.
+pub fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr: SocketAddr = addr.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr:?} names no address"),
+        )
+    })?;
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(addr)?;
+    s.listen(1024)
 }
 
 impl Reach {
@@ -70,6 +113,11 @@ impl Reach {
             paths.clear();
         }
         paths.insert(addr.to_string(), path);
+    }
+
+    /// Where the peer server listens, once bound.
+    pub fn set_listen(&self, addr: SocketAddr) {
+        let _ = self.listen.set(addr);
     }
 
     /// The path the latest connection to `addr` took, if any.
@@ -87,12 +135,13 @@ const UNKNOWN_DIAL: Duration = Duration::from_secs(3);
 pub enum OpenError {
     #[error(
         "cannot reach {addr} directly ({direct}), nor have it dial back ({reverse}), nor \
-         through the relay: {relay}"
+         punch a path ({punch}), nor through the relay: {relay}"
     )]
     Unreachable {
         addr: String,
         direct: String,
         reverse: String,
+        punch: String,
         #[source]
         relay: relay::RelayError,
     },
@@ -136,15 +185,22 @@ pub async fn open(
         Ok(s) => (s, Path::Reverse),
         Err(reverse) => {
             let reverse = fileshare_protocol::error::chain(&reverse);
-            let stream = relay::request(&ctx.tracker, group, remote.peer)
-                .await
-                .map_err(|relay| OpenError::Unreachable {
-                    addr: remote.addr.clone(),
-                    direct,
-                    reverse,
-                    relay,
-                })?;
-            (stream, Path::Relayed)
+            match punch_to(ctx, group, remote).await {
+                Ok(s) => (s, Path::Punched),
+                Err(punch) => {
+                    tracing::debug!(peer = %remote.addr, "no punched path: {punch}; relaying");
+                    let stream = relay::request(&ctx.tracker, group, remote.peer)
+                        .await
+                        .map_err(|relay| OpenError::Unreachable {
+                            addr: remote.addr.clone(),
+                            direct,
+                            reverse,
+                            punch,
+                            relay,
+                        })?;
+                    (stream, Path::Relayed)
+                }
+            }
         }
     };
     let (conn, role, _) = tls::connect_over(stream, &remote.addr, tls, me, PEER_TIMEOUT)
@@ -171,4 +227,18 @@ pub fn describe(seen: Option<&Announced>) -> String {
             a.offered, a.seen
         ),
     }
+}
+
+/// Asks the tracker to call `remote` to punch, and punches from here.
+async fn punch_to(ctx: &LinkCtx, group: &str, remote: &PeerLocation) -> Result<TcpStream, String> {
+    if ctx.reach.listen.get().is_none() {
+        return Err("no listening address".into());
+    }
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+    let ask = ctx.tracker.punch(group, remote.peer, nonce);
+    ask.await.map_err(|e| format!("{e:#}"))?;
+    punch::punch(&ctx.reach, &remote.addr, nonce, punch::Side::Reader)
+        .await
+        .map_err(|e| e.to_string())
 }

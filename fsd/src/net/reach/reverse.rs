@@ -12,10 +12,10 @@
 //! The nonce only pairs a connection with the link that asked for it;
 //! who is at the other end is proved by TLS, as on a direct connection.
 
-use super::Reach;
+use super::{punch, Pending, Reach};
 use crate::net::serve::{self, ServeCtx};
 use crate::trackers::{LinkError, TrackerLink};
-use fileshare_protocol::messages::tracker::Call;
+use fileshare_protocol::messages::tracker::{Call, CallKind};
 use fileshare_protocol::PeerId;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,18 +50,6 @@ pub enum ReverseError {
     Refused(#[source] LinkError),
     #[error("the holder did not dial back within {} s", WAIT.as_secs())]
     NoCall,
-}
-
-/// Removes a pending nonce however the wait ends.
-struct Pending<'a> {
-    reach: &'a Reach,
-    nonce: [u8; 16],
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.reach.pending.lock().remove(&self.nonce);
-    }
 }
 
 /// Asks `holder` (a member of `group`) to dial this daemon back, and
@@ -100,7 +88,8 @@ pub async fn sort(stream: TcpStream, reach: &Reach) -> Option<TcpStream> {
     let mut stream = stream;
     let mut preamble = [0u8; 20];
     let read = tokio::time::timeout(FIRST_BYTES, stream.read_exact(&mut preamble)).await;
-    if !matches!(read, Ok(Ok(_))) || preamble[..4] != MAGIC {
+    let magic = &preamble[..4];
+    if !matches!(read, Ok(Ok(_))) || (magic != MAGIC && magic != punch::MAGIC) {
         tracing::debug!("dropping a connection that began with neither TLS nor a call");
         return None;
     }
@@ -144,15 +133,29 @@ pub async fn answer(ctx: Arc<ServeCtx>) {
 }
 
 async fn dial_back(ctx: &Arc<ServeCtx>, call: Call) {
-    if call.relay {
-        match super::relay::join(&ctx.tracker, call.nonce, 1).await {
-            Ok(stream) => {
-                tracing::debug!(peer = %call.from, "joined a relay slot");
-                serve::serve_opened(stream, ctx).await;
+    match call.how {
+        CallKind::DialBack => {}
+        CallKind::Relay => {
+            match super::relay::join(&ctx.tracker, call.nonce, 1).await {
+                Ok(stream) => {
+                    tracing::debug!(peer = %call.from, "joined a relay slot");
+                    serve::serve_opened(stream, ctx).await;
+                }
+                Err(e) => tracing::debug!(peer = %call.from, "cannot join the relay: {e}"),
             }
-            Err(e) => tracing::debug!(peer = %call.from, "cannot join the relay: {e}"),
+            return;
         }
-        return;
+        CallKind::Punch => {
+            let side = punch::Side::Holder;
+            match punch::punch(&ctx.reach, &call.addr, call.nonce, side).await {
+                Ok(stream) => {
+                    tracing::debug!(peer = %call.from, addr = %call.addr, "punched a path");
+                    serve::serve_opened(stream, ctx).await;
+                }
+                Err(e) => tracing::debug!(peer = %call.from, "cannot punch a path: {e}"),
+            }
+            return;
+        }
     }
     let opened = tokio::time::timeout(DIAL_TIMEOUT, async {
         let mut s = TcpStream::connect(&call.addr).await?;
