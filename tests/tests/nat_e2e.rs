@@ -82,6 +82,7 @@ fn home_routers_let_connections_out_and_none_in() {
         &[HomeSpec {
             hosts: 1,
             nat: Nat::Masquerade,
+            upnp: false,
         }],
     );
     let (public, home) = (net.public(1).clone(), net.home_host(0, 0).clone());
@@ -120,6 +121,7 @@ fn a_reader_behind_nat_reads_from_a_public_seeder() {
         &[HomeSpec {
             hosts: 1,
             nat: Nat::Masquerade,
+            upnp: false,
         }],
     );
     let (w, users) = world(&net, &["carol", "bob"]);
@@ -143,6 +145,7 @@ fn a_public_reader_reads_from_a_seeder_behind_nat() {
         &[HomeSpec {
             hosts: 1,
             nat: Nat::Masquerade,
+            upnp: false,
         }],
     );
     let (w, users) = world(&net, &["alice", "carol"]);
@@ -171,6 +174,7 @@ fn a_reader_behind_nat_reads_through_the_relay_from_a_seeder_behind_another() {
     let home = HomeSpec {
         hosts: 1,
         nat: Nat::Random,
+        upnp: false,
     };
     let net = Internet::new(1, &[home, home]);
     let (w, users) = world(&net, &["alice", "bob"]);
@@ -196,6 +200,7 @@ fn a_reader_behind_nat_punches_a_path_to_a_seeder_behind_another() {
     let home = HomeSpec {
         hosts: 1,
         nat: Nat::Masquerade,
+        upnp: false,
     };
     let net = Internet::new(1, &[home, home]);
     let (w, users) = world(&net, &["alice", "bob"]);
@@ -218,4 +223,47 @@ fn a_reader_behind_nat_punches_a_path_to_a_seeder_behind_another() {
     );
     let st = status(&w, net.home_host(1, 0), &users[1]);
     assert!(st.contains("(punched)"), "{st}");
+}
+
+#[test]
+fn a_seeder_behind_a_upnp_router_maps_a_port_and_is_read_directly() {
+    // A real miniupnpd on the router (UPnP IGD and NAT-PMP).
+    let net = Internet::new(
+        2,
+        &[HomeSpec {
+            hosts: 1,
+            nat: Nat::Masquerade,
+            upnp: true,
+        }],
+    );
+    let (w, users) = world(&net, &["alice", "carol"]);
+    let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
+    let reader = mount(&w, &net, net.public(1), &users[1]);
+    // Offered at the router's public address, through the mapped port.
+    let mapped = format!("reached    reachable at {}:", net.home(0).router.addr);
+    let mut last = String::new();
+    let found = (0..100).any(|_| {
+        last = status(&w, net.home_host(0, 0), &users[0]);
+        let found = last.contains(&mapped) && last.contains("(port mapped by UPnP)");
+        if !found {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        found
+    });
+    assert!(
+        found,
+        "no port mapping:\n{last}\n{}\nminiupnpd:\n{}",
+        seeder.log(),
+        net.upnp_log(0)
+    );
+    let data = share(&w, &seeder, &reader, "u.bin", 8 * MIB);
+    let got = std::fs::read(reader.path("g/u.bin")).expect("read through the mount");
+    assert!(got == data, "wrong bytes\n{}", reader.log());
+    let paths = reader.xattr("g/u.bin", "user.fileshare.paths");
+    // Dialled at the router's public address, through the mapping.
+    let direct = format!("{}:", net.home(0).router.addr);
+    assert!(
+        paths.contains(&direct) && paths.ends_with(" direct"),
+        "{paths}"
+    );
 }

@@ -804,7 +804,8 @@ impl Engine {
             }
             if now >= next {
                 shrank = false;
-                match self.tracker.announce(&addr, self.holdings()).await {
+                let offered = self.link_ctx.reach.announce_addr(&addr);
+                match self.tracker.announce(&offered, self.holdings()).await {
                     Ok(i) => {
                         if lost {
                             tracing::info!(tracker = %self.tracker.client.current(), "tracker back; announced again");

@@ -222,6 +222,10 @@ async fn serve(
         reach,
     });
     peer_tasks.spawn(
+        "port-mapping",
+        crate::net::reach::mapping::run(serve_ctx.reach.clone()),
+    );
+    peer_tasks.spawn(
         "call-answerer",
         crate::net::reach::reverse::answer(serve_ctx.clone()),
     );

@@ -302,7 +302,10 @@ impl Source {
         Snapshot {
             user: self.engine.user().to_string(),
             pid: std::process::id(),
-            reachability: crate::net::reach::describe(self.tracker.seen_as().as_ref()),
+            reachability: crate::net::reach::describe(
+                self.tracker.seen_as().as_ref(),
+                self.engine.reach().mapped_port(),
+            ),
             mountpoint: self.mountpoint.display().to_string(),
             at_ms: now_ms(),
             tracker_error,

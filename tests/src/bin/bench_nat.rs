@@ -89,7 +89,11 @@ fn mount(w: &World, net: &Internet, h: &Host, u: &User) -> Mount {
 
 fn run(case: &Case, size: usize) {
     let homes: Vec<HomeSpec> = (case.homes.iter())
-        .map(|&nat| HomeSpec { hosts: 1, nat })
+        .map(|&nat| HomeSpec {
+            hosts: 1,
+            nat,
+            upnp: false,
+        })
         .collect();
     let net = Internet::new(3, &homes);
     // The relay's per-user rate out of the way: its cost is measured.

@@ -42,11 +42,14 @@ pub enum Nat {
     Random,
 }
 
-/// One home: how many hosts sit behind its router, and its NAT.
+/// One home: how many hosts sit behind its router, its NAT, and whether
+/// the router offers port mappings (a real `miniupnpd`: UPnP IGD and
+/// NAT-PMP).
 #[derive(Debug, Clone, Copy)]
 pub struct HomeSpec {
     pub hosts: usize,
     pub nat: Nat,
+    pub upnp: bool,
 }
 
 /// A home as built: its router and its hosts.
@@ -67,6 +70,10 @@ pub struct Internet {
     owned: Owned,
     public: Vec<Host>,
     homes: Vec<Home>,
+    /// The routers' `miniupnpd` processes, ended by PID on drop.
+    daemons: Vec<std::process::Child>,
+    /// Their configurations and logs.
+    dir: tempfile::TempDir,
 }
 
 /// The public network's first three octets.
@@ -130,37 +137,75 @@ fn nft(ns: &str, rules: &str) {
 }
 
 /// A home router's ruleset: a stateful firewall between the public side
-/// and the home, and the NAT asked for.
+/// and the home, and the NAT asked for. Tables and chains are named as
+/// `miniupnpd` expects (`inet filter` with a `miniupnpd` chain, `inet nat`
+/// with `prerouting_miniupnpd` and `postrouting_miniupnpd`), so a router
+/// with UPnP adds its forwards there.
 fn router_rules(nat: Nat) -> String {
-    let mut rules = String::from(
-        "table inet fw {\n\
-         \tchain input {\n\
+    let masquerade = match nat {
+        Nat::None => "",
+        Nat::Masquerade => "\t\toifname \"eth0\" masquerade\n",
+        Nat::Random => "\t\toifname \"eth0\" masquerade random\n",
+    };
+    format!(
+        "table inet filter {{\n\
+         \tchain input {{\n\
          \t\ttype filter hook input priority 0; policy accept;\n\
          \t\tiifname \"eth0\" ct state new drop\n\
-         \t}\n\
-         \tchain forward {\n\
+         \t}}\n\
+         \tchain forward {{\n\
          \t\ttype filter hook forward priority 0; policy drop;\n\
          \t\tct state established,related accept\n\
          \t\tiifname \"lan\" accept\n\
-         \t}\n\
-         }\n",
-    );
-    let masquerade = match nat {
-        Nat::None => None,
-        Nat::Masquerade => Some("masquerade"),
-        Nat::Random => Some("masquerade random"),
-    };
-    if let Some(m) = masquerade {
-        rules.push_str(&format!(
-            "table ip nat {{\n\
-             \tchain postrouting {{\n\
-             \t\ttype nat hook postrouting priority 100;\n\
-             \t\toifname \"eth0\" {m}\n\
-             \t}}\n\
-             }}\n"
-        ));
-    }
-    rules
+         \t\tjump miniupnpd\n\
+         \t}}\n\
+         \tchain miniupnpd {{\n\
+         \t}}\n\
+         }}\n\
+         table inet nat {{\n\
+         \tchain prerouting {{\n\
+         \t\ttype nat hook prerouting priority -100;\n\
+         \t\tjump prerouting_miniupnpd\n\
+         \t}}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority 100;\n\
+         {masquerade}\
+         \t\tjump postrouting_miniupnpd\n\
+         \t}}\n\
+         \tchain prerouting_miniupnpd {{\n\
+         \t}}\n\
+         \tchain postrouting_miniupnpd {{\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// `miniupnpd`'s configuration for home `k`: UPnP IGD and NAT-PMP on the
+/// private bridge, forwards only to the home's own hosts. It refuses
+/// documentation and private addresses on its public side, so it is told
+/// a public-looking one (`11.0.0.(101+k)`, a label only: its forwards
+/// apply to whatever reaches the router's public interface).
+fn upnp_conf(k: usize, dir: &Path) -> String {
+    let net = home_addr(k, 0);
+    format!(
+        "ext_ifname=eth0\n\
+         ext_ip=11.0.0.{}\n\
+         listening_ip=lan\n\
+         http_port=0\n\
+         enable_natpmp=yes\n\
+         enable_upnp=yes\n\
+         secure_mode=yes\n\
+         system_uptime=yes\n\
+         ipv6_disable=yes\n\
+         uuid=3a9f1e4c-1b2d-4c5e-8f70-{k:012}\n\
+         upnp_table_name=filter\n\
+         upnp_nat_table_name=nat\n\
+         lease_file={}\n\
+         allow 1024-65535 {net}/24 1024-65535\n\
+         deny 0-65535 0.0.0.0/0 0-65535\n",
+        101 + k,
+        dir.join("upnp.leases").display(),
+    )
 }
 
 impl Internet {
@@ -183,6 +228,11 @@ impl Internet {
             },
             public: Vec::new(),
             homes: Vec::new(),
+            daemons: Vec::new(),
+            dir: tempfile::Builder::new()
+                .prefix("fileshare-nat-")
+                .tempdir()
+                .expect("temp dir"),
         };
         // Registered before anything exists, then again as each part is
         // made, so an interruption removes what was built.
@@ -275,6 +325,13 @@ impl Internet {
         run(&["ip", "-n", &rns, "link", "set", "lan", "up"]);
         sysctl(&rns, "net.ipv4.ip_forward", "1");
         nft(&rns, &router_rules(spec.nat));
+        let router = Host {
+            ns: rns.clone(),
+            addr: outside,
+        };
+        if spec.upnp {
+            self.start_upnp(k, &router);
+        }
         let mut hosts = Vec::new();
         for j in 0..spec.hosts {
             let ns = format!("{prefix}-r{k}h{j}");
@@ -312,14 +369,54 @@ impl Internet {
             hosts.push(Host { ns, addr });
         }
         Home {
-            router: Host {
-                ns: rns,
-                addr: outside,
-            },
+            router,
             gateway,
             hosts,
             nat: spec.nat,
         }
+    }
+
+    /// Starts `miniupnpd` in router `k`'s namespace and waits until it
+    /// listens.
+    fn start_upnp(&mut self, k: usize, router: &Host) {
+        let dir = self.dir.path().join(format!("upnp-{k}"));
+        std::fs::create_dir_all(&dir).expect("create the miniupnpd directory");
+        let conf = dir.join("miniupnpd.conf");
+        std::fs::write(&conf, upnp_conf(k, &dir)).expect("write miniupnpd.conf");
+        let log_path = dir.join("miniupnpd.log");
+        let log = std::fs::File::create(&log_path).expect("create miniupnpd.log");
+        let child = router
+            .command("miniupnpd")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-P")
+            .arg(dir.join("miniupnpd.pid"))
+            .arg("-d")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run miniupnpd: {e} (install miniupnpd)"));
+        self.daemons.push(child);
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        crate::wait_for(
+            "miniupnpd to listen",
+            std::time::Duration::from_secs(10),
+            || {
+                let text = log();
+                assert!(
+                    !text.contains("impossible") && !text.contains("Error"),
+                    "miniupnpd cannot map ports here:\n{text}"
+                );
+                text.contains("Listening for NAT-PMP").then_some(())
+            },
+        );
+    }
+
+    /// What home `k`'s `miniupnpd` logged, for failure messages.
+    pub fn upnp_log(&self, k: usize) -> String {
+        let path = self.dir.path().join(format!("upnp-{k}/miniupnpd.log"));
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
     /// Public host `i`.
@@ -376,6 +473,10 @@ fn sysctl(ns: &str, key: &str, value: &str) {
 
 impl Drop for Internet {
     fn drop(&mut self) {
+        for c in &mut self.daemons {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         self.owned.remove();
         unregister(&self.owned.prefix);
     }

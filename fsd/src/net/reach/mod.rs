@@ -16,6 +16,7 @@
 //! The path of each connection is kept by peer address, for `getfattr`
 //! (`user.fileshare.paths`) and the dashboard.
 
+pub mod mapping;
 pub mod punch;
 pub mod relay;
 pub mod reverse;
@@ -70,6 +71,8 @@ pub struct Reach {
     /// Where this daemon's peer server listens (punched paths leave
     /// from it).
     listen: std::sync::OnceLock<SocketAddr>,
+    /// The public port the router forwards here (UPnP), if it does.
+    mapped: Mutex<Option<u16>>,
 }
 
 /// Removes a pending nonce however the wait ends.
@@ -118,6 +121,26 @@ impl Reach {
     /// Where the peer server listens, once bound.
     pub fn set_listen(&self, addr: SocketAddr) {
         let _ = self.listen.set(addr);
+    }
+
+    pub fn set_mapped(&self, port: Option<u16>) {
+        *self.mapped.lock() = port;
+    }
+
+    pub fn mapped_port(&self) -> Option<u16> {
+        *self.mapped.lock()
+    }
+
+    /// What to announce: `addr` with the router's public port where it
+    /// forwards one.
+    pub fn announce_addr(&self, addr: &str) -> String {
+        match (self.mapped_port(), addr.parse::<SocketAddr>()) {
+            (Some(port), Ok(mut a)) => {
+                a.set_port(port);
+                a.to_string()
+            }
+            _ => addr.to_string(),
+        }
     }
 
     /// The path the latest connection to `addr` took, if any.
@@ -214,12 +237,17 @@ pub async fn open(
 }
 
 /// One line on how peers reach this daemon, from the tracker's answer to
-/// its last announce: for `fsd status` and the dashboard.
-pub fn describe(seen: Option<&Announced>) -> String {
+/// its last announce and the router's port mapping: for `fsd status` and
+/// the dashboard.
+pub fn describe(seen: Option<&Announced>, mapped: Option<u16>) -> String {
     let Some(a) = seen else {
         return "not known yet: no tracker has answered an announce".into();
     };
+    let through_mapping = mapped.is_some_and(|p| a.offered.ends_with(&format!(":{p}")));
     match a.reach {
+        Seen::Direct if through_mapping => {
+            format!("reachable at {} (port mapped by UPnP)", a.offered)
+        }
         Seen::Direct => format!("reachable at {} (direct)", a.offered),
         Seen::Unknown => format!("checking: the tracker is dialling {}", a.offered),
         Seen::Unreachable => format!(
