@@ -140,6 +140,13 @@ impl Reachability {
         }
     }
 
+    /// Records an outcome as if a probe had just found it.
+    #[cfg(test)]
+    pub fn set(&self, peer: PeerId, addr: &str, reach: Reach) {
+        let at = Instant::now();
+        (self.probes.lock()).insert((peer, addr.to_string()), Probe { reach, at });
+    }
+
     /// Queues `call` for `holder` and wakes its waiting `AwaitCalls`.
     pub fn place(&self, holder: PeerId, call: Call) -> Result<(), String> {
         let mut boxes = self.mailboxes.lock();

@@ -134,3 +134,96 @@ pub async fn await_calls(
     let wait = Duration::from_millis(u64::from(wait_ms));
     Ok(TrackerReply::Calls(shared.reach.collect(peer, wait).await))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cmd::dispatch;
+    use crate::cmd::file::tests::{group, meta};
+    use crate::cmd::testing::{key_of, Fixture};
+    use crate::cmd::Caller;
+    use fileshare_protocol::messages::tracker::{CallKind, Holding, Reach};
+    use fileshare_protocol::messages::{TrackerReply, TrackerRequest};
+    use fileshare_protocol::{Bitfield, ErrorCode, PeerId};
+
+    /// A holder the tracker could not dial is listed last and marked; a
+    /// reader it could dial gets that holder to dial back; a reader it
+    /// could not dial is refused (the relay is its way), and so is anyone
+    /// outside the group.
+    #[tokio::test]
+    async fn unreachable_holders_come_last_and_are_called_back() {
+        let fx = Fixture::new();
+        let [alice, bob, carol] = group(&fx).await;
+        let m = meta("a", b"abc");
+        for session in [alice, bob] {
+            fx.call(TrackerRequest::ShareFile {
+                session,
+                group: "g".into(),
+                meta: m.clone(),
+            })
+            .await
+            .unwrap();
+        }
+        let (a, b, c) = (PeerId([1; 16]), PeerId([2; 16]), PeerId([3; 16]));
+        let addr = |p: &PeerId| format!("127.0.0.1:{}", 9 + u16::from(p.0[0]));
+        // Known before the announces, so no probe replaces them.
+        fx.shared.reach.set(a, &addr(&a), Reach::Unreachable);
+        fx.shared.reach.set(b, &addr(&b), Reach::Direct);
+        for (session, peer) in [(alice, a), (bob, b), (carol, c)] {
+            fx.call(TrackerRequest::Announce {
+                session,
+                peer,
+                addr: addr(&peer),
+                holdings: vec![Holding {
+                    file: m.id(),
+                    have: Bitfield::full(1),
+                }],
+            })
+            .await
+            .unwrap();
+        }
+        let Ok(TrackerReply::Location { peers, .. }) = fx
+            .call(TrackerRequest::Locate {
+                session: alice,
+                group: "g".into(),
+                name: "a".into(),
+            })
+            .await
+        else {
+            panic!("alice locates her group's file");
+        };
+        let listed: Vec<(PeerId, Reach)> = peers.iter().map(|p| (p.peer, p.reach)).collect();
+        assert_eq!(listed, vec![(b, Reach::Direct), (a, Reach::Unreachable)]);
+        let call_back = |session, from: PeerId, holder| {
+            let caller = Caller {
+                addr: None,
+                key: Some(key_of(from)),
+            };
+            let req = TrackerRequest::CallBack {
+                session,
+                group: "g".into(),
+                holder,
+                nonce: [7; 16],
+            };
+            let shared = fx.shared.clone();
+            async move { dispatch(&shared, &caller, req).await }
+        };
+        // Bob can be dialled: alice's daemon is called to dial him.
+        call_back(bob, b, a).await.unwrap();
+        let calls = fx.shared.reach.collect(a, std::time::Duration::ZERO).await;
+        assert_eq!(calls.len(), 1);
+        assert_eq!((calls[0].from, calls[0].how), (b, CallKind::DialBack));
+        assert_eq!(calls[0].addr, addr(&b));
+        // Alice cannot be dialled: a call back to her is pointless.
+        let r = call_back(alice, a, b).await;
+        assert!(matches!(r, Err(ErrorCode::BadRequest(_))), "{r:?}");
+        // Carol is not in the group.
+        let r = call_back(carol, c, a).await;
+        assert!(r.is_err(), "{r:?}");
+        assert!(fx
+            .shared
+            .reach
+            .collect(a, std::time::Duration::ZERO)
+            .await
+            .is_empty());
+    }
+}
