@@ -12,6 +12,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 { command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; } || need_apt+=(iproute2)
 # nft: the home routers (NAT, stateful firewalls) of the reachability tests.
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+# miniupnpd: the home router that offers port mappings (UPnP IGD, NAT-PMP).
+command -v miniupnpd >/dev/null 2>&1 || need_apt+=(miniupnpd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then
