@@ -21,6 +21,11 @@
 #            BENCH_SHAPE=net each daemon runs in a network namespace of its
 #            own, its uplink shaped by tc tbf and no rate flag (also needs
 #            iproute2; writes docs/swarm-net.csv and docs/swarm-net.svg)
+#   nat      a 64 MiB file read through each way daemons reach each other
+#            across home routers (direct, reverse, punched, relayed), in
+#            network namespaces with nftables routers; the relay's tracker
+#            CPU per GiB (needs root, FUSE, iproute2 and nftables;
+#            BENCH_NAT_CASES=punched,relayed to pick cases)
 #   soak     64 readers through two mounts, a stream of `ls -l`, logins and
 #            list-groups, with floods running (half-sent 4 MiB frames at the
 #            tracker and the seeder's peer port, a password guesser, a peer
@@ -38,7 +43,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/ensure-deps.sh
 
-SECTIONS=(tracker cluster mount swarm)
+SECTIONS=(tracker cluster mount swarm nat)
 section="${1:-all}"
 cargo build --release --workspace --bins --quiet
 export FILESHARE_PROFILE=release
@@ -68,6 +73,11 @@ run_swarm() {
     echo "== swarm: many readers of one file through their mounts, each daemon with --max-upload-rate (BENCH_CASES=1,3 to pick cases)"
   fi
   "$bin_dir/bench_swarm"
+}
+
+run_nat() {
+  echo "== nat: a ${BENCH_MIB:-64} MiB file read cold from one seeder through each path across nftables home routers in network namespaces (BENCH_MIB, BENCH_NAT_CASES to change)"
+  "$bin_dir/bench_nat"
 }
 
 run_soak() {

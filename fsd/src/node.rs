@@ -79,13 +79,14 @@ impl Node {
         let first_tracker = client.addrs().first().cloned().unwrap_or_default();
         let tracker = Arc::new(TrackerLink::new(client, session, user, my_id));
 
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
+        let listener = crate::net::reach::listen(&listen)
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = public_addr(listener.local_addr()?, &first_tracker);
         crate::net::upload_scheduler::limit_unsent(&listener);
 
         let registry = Arc::new(Registry::default());
+        let reach = Arc::new(crate::net::reach::Reach::default());
+        reach.set_listen(listener.local_addr()?);
         let burst = fileshare_protocol::PIECE_LEN;
         let engine_tasks = tasks.child();
         let engine = Engine::new(
@@ -97,6 +98,7 @@ impl Node {
                 download: max_download_rate.map(|r| TokenBucket::new(r, burst)),
                 read_timeout: read_timeout.max(Duration::from_millis(100)),
                 cache_size,
+                reach: reach.clone(),
             },
             engine_tasks.clone(),
         );
@@ -121,7 +123,16 @@ impl Node {
             send_buffers: Default::default(),
             next_conn: AtomicU64::new(0),
             tasks: peer_tasks.clone(),
+            reach,
         });
+        peer_tasks.spawn(
+            "port-mapping",
+            crate::net::reach::mapping::run(serve_ctx.reach.clone()),
+        );
+        peer_tasks.spawn(
+            "call-answerer",
+            crate::net::reach::reverse::answer(serve_ctx.clone()),
+        );
         peer_tasks.spawn("peer-server", crate::net::serve::run(listener, serve_ctx));
         engine.start(addr.clone());
         Ok(Node {

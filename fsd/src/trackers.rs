@@ -13,9 +13,9 @@
 //! ([`TrackerLink::check_incarnation`]), so a ticket of a group deleted and
 //! created again under its name opens nothing here.
 
-use fileshare_protocol::client::{ClientError, TrackerClient};
+use fileshare_protocol::client::{Announced, ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
-use fileshare_protocol::messages::tracker::{FileEntry, GroupInfo, Holding, PeerLocation};
+use fileshare_protocol::messages::tracker::{Call, FileEntry, GroupInfo, Holding, PeerLocation};
 use fileshare_protocol::messages::PeerError;
 use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::ticket::{Ticket, TicketError, TicketKey};
@@ -121,6 +121,8 @@ pub struct TrackerLink {
     lost_news: tokio::sync::Notify,
     /// Verified pieces not yet reported, per file.
     reports: Mutex<HashMap<FileId, Vec<u32>>>,
+    /// How the tracker saw this daemon at its last announce.
+    seen_as: Mutex<Option<Announced>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -145,6 +147,7 @@ impl TrackerLink {
             lost: Mutex::new(HashSet::new()),
             lost_news: tokio::sync::Notify::new(),
             reports: Mutex::new(HashMap::new()),
+            seen_as: Mutex::new(None),
         }
     }
 
@@ -486,10 +489,65 @@ impl TrackerLink {
         holdings: Vec<Holding>,
     ) -> Result<Duration, LinkError> {
         self.reports.lock().clear();
-        let interval = (self.client)
+        let announced = (self.client)
             .announce(self.session, self.peer, addr, holdings)
             .await?;
+        let interval = announced.interval;
+        *self.seen_as.lock() = Some(announced);
         Ok(interval.clamp(Duration::from_secs(1), Duration::from_secs(300)))
+    }
+
+    /// How the tracker saw this daemon at its last announce, if any
+    /// answered yet.
+    pub fn seen_as(&self) -> Option<Announced> {
+        self.seen_as.lock().clone()
+    }
+
+    /// Asks `holder` through the tracker to dial this daemon back.
+    pub async fn call_back(
+        &self,
+        group: &str,
+        holder: PeerId,
+        nonce: [u8; 16],
+    ) -> Result<(), LinkError> {
+        Ok(self
+            .client
+            .call_back(self.session, group, holder, nonce)
+            .await?)
+    }
+
+    /// Asks the tracker to call `holder` to punch a path to this daemon.
+    pub async fn punch(
+        &self,
+        group: &str,
+        holder: PeerId,
+        nonce: [u8; 16],
+    ) -> Result<(), LinkError> {
+        Ok(self
+            .client
+            .punch(self.session, group, holder, nonce)
+            .await?)
+    }
+
+    /// Asks the tracker to relay between this daemon and `holder`.
+    pub async fn relay(
+        &self,
+        group: &str,
+        holder: PeerId,
+        nonce: [u8; 16],
+    ) -> Result<(), LinkError> {
+        Ok(self
+            .client
+            .relay(self.session, group, holder, nonce)
+            .await?)
+    }
+
+    /// Calls other daemons placed for this one, waiting up to `wait`.
+    pub async fn await_calls(&self, wait: Duration) -> Result<Vec<Call>, LinkError> {
+        Ok(self
+            .client
+            .await_calls(self.session, self.peer, wait)
+            .await?)
     }
 
     pub async fn leave(&self) -> Result<(), LinkError> {

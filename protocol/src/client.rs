@@ -29,7 +29,8 @@ use crate::identity::Identity;
 use crate::ids::{FileId, FileMeta, PeerId};
 use crate::messages::ticket::{Ticket, TicketKey};
 use crate::messages::tracker::{
-    FileEntry, GroupInfo, Holding, PeerLocation, SessionToken, TrackerReply, TrackerRequest,
+    Call, FileEntry, GroupInfo, Holding, PeerLocation, Reach, SessionToken, TrackerReply,
+    TrackerRequest,
 };
 use crate::trackers_file::TrackerEntry;
 use link::{CallError, Link, OpenError, Trust};
@@ -87,6 +88,18 @@ pub struct Login {
 pub struct Location {
     pub meta: FileMeta,
     pub peers: Vec<PeerLocation>,
+}
+
+/// An announce's answer, as [`TrackerClient::announce`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announced {
+    /// When the next announce is due.
+    pub interval: Duration,
+    /// The address the tracker offers this peer at.
+    pub offered: String,
+    /// The address the announce's connection came from.
+    pub seen: String,
+    pub reach: Reach,
 }
 
 /// The pause after every tracker answered `Unavailable` in a row.
@@ -597,14 +610,15 @@ impl TrackerClient {
     }
 
     /// Offers this peer at `addr` with everything it holds; returns the
-    /// tracker's interval until the next announce is due.
+    /// tracker's interval until the next announce is due and how the
+    /// tracker sees this peer.
     pub async fn announce(
         &self,
         session: SessionToken,
         peer: PeerId,
         addr: &str,
         holdings: Vec<Holding>,
-    ) -> Result<Duration, ClientError> {
+    ) -> Result<Announced, ClientError> {
         let req = TrackerRequest::Announce {
             session,
             peer,
@@ -612,9 +626,91 @@ impl TrackerClient {
             holdings,
         };
         self.call_as(req, |r| match r {
-            TrackerReply::Announced { interval_secs } => {
-                Some(Duration::from_secs(u64::from(interval_secs)))
-            }
+            TrackerReply::Announced {
+                interval_secs,
+                offered,
+                seen,
+                reach,
+            } => Some(Announced {
+                interval: Duration::from_secs(u64::from(interval_secs)),
+                offered,
+                seen,
+                reach,
+            }),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Asks `holder` (through the tracker) to dial this peer back.
+    pub async fn call_back(
+        &self,
+        session: SessionToken,
+        group: &str,
+        holder: PeerId,
+        nonce: [u8; 16],
+    ) -> Result<(), ClientError> {
+        self.call_done(TrackerRequest::CallBack {
+            session,
+            group: group.into(),
+            holder,
+            nonce,
+        })
+        .await
+    }
+
+    /// Asks the tracker to call `holder` to punch a path to this peer
+    /// (both dialling each other's offered address at once).
+    pub async fn punch(
+        &self,
+        session: SessionToken,
+        group: &str,
+        holder: PeerId,
+        nonce: [u8; 16],
+    ) -> Result<(), ClientError> {
+        self.call_done(TrackerRequest::Punch {
+            session,
+            group: group.into(),
+            holder,
+            nonce,
+        })
+        .await
+    }
+
+    /// Asks the tracker to relay between this peer and `holder`: both
+    /// then connect to the tracker's relay with `nonce`.
+    pub async fn relay(
+        &self,
+        session: SessionToken,
+        group: &str,
+        holder: PeerId,
+        nonce: [u8; 16],
+    ) -> Result<(), ClientError> {
+        self.call_done(TrackerRequest::Relay {
+            session,
+            group: group.into(),
+            holder,
+            nonce,
+        })
+        .await
+    }
+
+    /// The calls other peers placed for `peer`, waiting up to `wait` for
+    /// one (keep it under the client's timeout).
+    pub async fn await_calls(
+        &self,
+        session: SessionToken,
+        peer: PeerId,
+        wait: Duration,
+    ) -> Result<Vec<Call>, ClientError> {
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        let req = TrackerRequest::AwaitCalls {
+            session,
+            peer,
+            wait_ms,
+        };
+        self.call_as(req, |r| match r {
+            TrackerReply::Calls(c) => Some(c),
             _ => None,
         })
         .await

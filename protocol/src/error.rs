@@ -112,6 +112,10 @@ pub enum Limit {
     MetadataPerUser,
     /// Login sessions one user may have open.
     SessionsPerUser,
+    /// Calls (dial back, punch, relay) waiting for one daemon.
+    CallsWaiting,
+    /// The relay: on or off, its slots, and each user's relayed connections.
+    Relay,
 }
 
 /// An error and its causes on one line (`outer: inner: …`), for where it

@@ -221,6 +221,24 @@ pub async fn connect(
     within(timeout, addr, work).await
 }
 
+/// [`connect`] over a TCP stream opened some other way (by the server
+/// dialling back, or through a relay): the TLS client is still this end,
+/// and the server's key is still checked against the pin.
+pub async fn connect_over(
+    tcp: TcpStream,
+    addr: &str,
+    tls: &ClientTls,
+    me: Role,
+    timeout: Duration,
+) -> Result<(SecureConnection, Role, Fingerprint), TlsError> {
+    let work = async {
+        let (stream, seen) = secure_tcp(tcp, addr, tls).await?;
+        let (conn, theirs) = hello(stream, me, addr).await?;
+        Ok((conn, theirs, seen))
+    };
+    within(timeout, addr, work).await
+}
+
 /// Connects and completes TLS only, within `timeout`: the bare stream,
 /// before any FileShare handshake, and the server's key. For tests that
 /// must put exact bytes (hostile ones included) inside the encryption.

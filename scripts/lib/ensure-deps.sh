@@ -14,6 +14,10 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # (cargo-deb works out the package's library dependencies with it).
 command -v man >/dev/null 2>&1 || need_apt+=(man-db)
 command -v dpkg-shlibdeps >/dev/null 2>&1 || need_apt+=(dpkg-dev)
+# nft: the home routers (NAT, stateful firewalls) of the reachability tests.
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+# miniupnpd: the home router that offers port mappings (UPnP IGD, NAT-PMP).
+command -v miniupnpd >/dev/null 2>&1 || need_apt+=(miniupnpd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then

@@ -72,6 +72,16 @@ impl World {
         w
     }
 
+    /// [`World::on`], with the tracker started with `args` too (e.g. a
+    /// relay rate).
+    pub fn on_with_args(host: &Host, args: &[&str]) -> World {
+        let mut all = vec!["--announce-interval", "1"];
+        all.extend_from_slice(args);
+        let mut w = World::with(Trackers::One(Tracker::start_on(host, &all)));
+        w.host = Some(host.clone());
+        w
+    }
+
     fn with(trackers: Trackers) -> World {
         require_fuse();
         let dir = tempfile::Builder::new()

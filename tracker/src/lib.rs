@@ -25,13 +25,17 @@
 //! - [`state`]: the durable state, pure: the record type
 //!   ([`state::records`]), the state and `apply`, its only mutator, and
 //!   deciding a change into records ([`state::change`]).
+//! - [`reach`]: whether each daemon's offered address can be dialled, the
+//!   calls readers place for holders they cannot dial, and the relay
+//!   ([`reach::relay`]) for daemons that cannot reach each other (soft
+//!   state, memory only).
 //! - [`peers`]: online daemons and their pieces (soft state, memory only).
 //! - [`sample`]: which holders one Locate hands out, pure.
 //! - [`auth`]: password hashing, tokens, login throttling.
 //! - [`error`]: this crate's error type.
 //!
 //! # Dependencies
-//! Layers: server, cmd, shared, writer, replication, auth, state, peers, sample, error
+//! Layers: server, cmd, shared, writer, replication, auth, state, reach, peers, sample, error
 //!
 //! They go one way, from the edge in (`scripts/modgraph.py` checks it): [`server`] → [`cmd`] → [`shared`] →
 //! [`writer`] → [`replication`] → [`state`], with [`auth`], [`peers`] and
@@ -48,6 +52,7 @@ pub mod auth;
 pub mod cmd;
 pub mod error;
 pub mod peers;
+pub mod reach;
 pub mod replication;
 pub mod sample;
 pub mod server;

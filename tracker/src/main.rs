@@ -69,6 +69,19 @@ struct Args {
     /// what the asker lacks, drawn afresh for each request
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     locate_peers: u64,
+    /// Offer daemons at the address they announce, not the one their
+    /// connection comes from (only behind a proxy that hides the latter:
+    /// otherwise a member could send other daemons to dial any host)
+    #[arg(long)]
+    trust_announced_addresses: bool,
+    /// Bytes per second each user's daemons may send through this
+    /// tracker's relay (for daemons that cannot reach each other), over
+    /// all their relayed connections; 0 turns the relay off
+    #[arg(long, default_value_t = 10_000_000)]
+    relay_rate: u64,
+    /// Relayed connections one user may have at once
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    relay_pairs_per_user: u64,
     /// Seconds between a daemon's announces (testing)
     #[arg(long, hide = true, default_value_t = 5)]
     announce_interval: u64,
@@ -131,6 +144,11 @@ fn main() -> ExitCode {
                 sessions_per_user: count(args.max_sessions_per_user),
                 metadata_per_user: args.max_metadata_per_user.saturating_mul(1 << 20),
                 locate_peers: count(args.locate_peers),
+            },
+            trust_announced_addrs: args.trust_announced_addresses,
+            relay: fileshare_tracker::reach::relay::RelayLimits {
+                rate: args.relay_rate,
+                pairs_per_user: count(args.relay_pairs_per_user),
             },
             ..Settings::default()
         },

@@ -97,6 +97,13 @@ impl Peers {
         self.peers.contains_key(id)
     }
 
+    /// The card of `id`, if it is online.
+    pub fn card(&self, id: &PeerId, now: Instant) -> Option<Arc<Card>> {
+        let e = self.peers.get(id)?;
+        self.is_online(&e.card, self.ms(now))
+            .then(|| e.card.clone())
+    }
+
     /// How many peers of `user` are online now.
     pub fn count_of(&self, user: &str) -> usize {
         self.peers.values().filter(|e| e.card.user == user).count()

@@ -32,6 +32,7 @@ use crate::shared::Shared;
 use fileshare_protocol::conn_limits::ConnLimits;
 use fileshare_protocol::connection::FrameWriter;
 use fileshare_protocol::known_keys::TrackerTrust;
+use fileshare_protocol::messages::tracker::RELAY_MAGIC;
 use fileshare_protocol::messages::{
     ClusterMsg, Reply, Request, Role, TrackerRequest, TrackerResult,
 };
@@ -64,6 +65,10 @@ const SMALL_REPLY: usize = 16 * 1024;
 
 /// The budget's unit: semaphores count in `u32`.
 const BUDGET_UNIT: usize = 1024;
+
+/// How long an accepted connection may take to show its first byte
+/// (which tells a relayed connection from a TLS one).
+const RELAY_SORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often refused connections are logged at most.
 const CAP_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -247,6 +252,20 @@ impl Handler {
         let me = Role::Tracker {
             no: self.shared.settings.tracker_no,
         };
+        // A relayed connection starts with the relay's magic, any other
+        // with a TLS handshake record.
+        let mut first = [0u8; 1];
+        let peeked = tokio::select! {
+            r = tokio::time::timeout(RELAY_SORT_TIMEOUT, stream.peek(&mut first)) => r,
+            () = self.cancel.cancelled() => return,
+        };
+        if matches!(peeked, Ok(Ok(1))) && first[0] == RELAY_MAGIC[0] {
+            tokio::select! {
+                () = self.shared.relay.serve(stream) => {}
+                () = self.cancel.cancelled() => {}
+            }
+            return;
+        }
         let accepted = tokio::select! {
             r = tls::accept(stream, &self.admission.tls, me) => r,
             () = self.cancel.cancelled() => return,

@@ -38,6 +38,13 @@ pub struct Settings {
     pub ticket_ttl: Duration,
     /// Caps and quotas that hold against a client or a member who attacks.
     pub limits: Limits,
+    /// Offer daemons at the address they announce rather than the one
+    /// their connection comes from (`--trust-announced-addresses`): for
+    /// trackers behind a proxy that hides where clients come from.
+    pub trust_announced_addrs: bool,
+    /// What the relay allows each user (`--relay-rate`,
+    /// `--relay-pairs-per-user`).
+    pub relay: crate::reach::relay::RelayLimits,
 }
 
 /// What one connection, one address or one account may take; each is a
@@ -104,6 +111,8 @@ impl Default for Settings {
             announce_interval: Duration::from_secs(5),
             ticket_ttl: DEFAULT_TICKET_TTL,
             limits: Limits::default(),
+            trust_announced_addrs: false,
+            relay: crate::reach::relay::RelayLimits::default(),
         }
     }
 }
@@ -130,6 +139,11 @@ pub struct Shared {
     /// Durable state; only the writer thread changes it.
     pub(crate) state: Arc<RwLock<State>>,
     pub(crate) peers: RwLock<Peers>,
+    /// Whether daemons' offered addresses can be dialled, and the calls
+    /// waiting for holders that cannot be.
+    pub(crate) reach: crate::reach::Reachability,
+    /// Forwards bytes between daemons that cannot dial each other.
+    pub(crate) relay: crate::reach::relay::Relay,
     pub(crate) writer: WriterHandle,
     pub(crate) throttle: Mutex<auth::Throttle>,
     pub(crate) sign_ups: Mutex<auth::SignUps>,
@@ -218,6 +232,8 @@ impl Shared {
         let shared = Shared {
             state,
             peers: RwLock::new(Peers::new(settings.announce_interval)),
+            reach: crate::reach::Reachability::default(),
+            relay: crate::reach::relay::Relay::new(settings.relay),
             writer,
             throttle: Mutex::new(auth::Throttle::new(settings.cluster_size)),
             sign_ups: Mutex::new(auth::SignUps::new(

@@ -149,6 +149,9 @@ fn daemon_lines(s: &Snapshot) -> String {
             t
         })
         .collect();
+    if !s.reachability.is_empty() {
+        let _ = writeln!(out, "reached    {}", s.reachability);
+    }
     let _ = writeln!(
         out,
         "groups     {}",
@@ -192,6 +195,17 @@ fn daemon_lines(s: &Snapshot) -> String {
         human_bytes(s.total.up),
         count(u32::try_from(s.peers.len()).unwrap_or(u32::MAX), "peer")
     );
+    for p in s.peers.iter().filter(|p| !p.path.is_empty()) {
+        let _ = writeln!(
+            out,
+            "  from {} ({})  {}/{}  {}/s",
+            p.addr,
+            p.path,
+            p.group,
+            p.file,
+            human_bytes(p.down)
+        );
+    }
     for d in s.downloads.iter().filter(|d| d.state != "complete") {
         let pct = if d.size == 0 {
             100.0

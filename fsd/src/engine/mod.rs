@@ -131,6 +131,8 @@ pub struct EngineConfig {
     /// At most this many bytes of files fetched from others are kept
     /// (default: a tenth of the store's file system, at most 50 GiB).
     pub cache_size: Option<u64>,
+    /// How peers are reached, shared with the peer server.
+    pub reach: Arc<crate::net::reach::Reach>,
 }
 
 impl Engine {
@@ -149,6 +151,7 @@ impl Engine {
             download,
             read_timeout,
             cache_size,
+            reach,
         } = config;
         let budget = cache_size.unwrap_or_else(|| crate::store::disk::default_budget(store.root()));
         let cache = Arc::new(Cache::new(budget, registry.clone()));
@@ -160,6 +163,7 @@ impl Engine {
                 tracker: tracker.clone(),
                 download,
                 cache: cache.clone(),
+                reach,
             }),
             tracker,
             registry,
@@ -565,6 +569,11 @@ impl Engine {
         self.downloads.status_held(id, hold).await
     }
 
+    /// How this daemon reaches peers: the path each connection took.
+    pub fn reach(&self) -> &crate::net::reach::Reach {
+        &self.link_ctx.reach
+    }
+
     /// Every download of this daemon's life.
     pub fn downloads(&self) -> Vec<DownloadStatus> {
         self.downloads.all()
@@ -591,7 +600,8 @@ impl Engine {
             }
             if now >= next {
                 shrank = false;
-                match self.tracker.announce(&addr, self.holdings()).await {
+                let offered = self.link_ctx.reach.announce_addr(&addr);
+                match self.tracker.announce(&offered, self.holdings()).await {
                     Ok(i) => {
                         if lost {
                             tracing::info!(tracker = %self.tracker.client.current(), "tracker back; announced again");

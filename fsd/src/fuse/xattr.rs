@@ -64,9 +64,8 @@ impl Inner {
                 "user.fileshare.pieces".into(),
                 format!("{}/{}", have.count(), have.len()),
             ));
-            let fetched: Vec<String> = swarm
-                .counters()
-                .into_iter()
+            let counters = swarm.counters();
+            let fetched: Vec<String> = (counters.iter())
                 .map(|(addr, c)| {
                     format!(
                         "{addr} bytes={} pieces={} failures={}",
@@ -75,6 +74,12 @@ impl Inner {
                 })
                 .collect();
             out.push(("user.fileshare.fetched".into(), fetched.join("; ")));
+            // Which way each connection was opened (see `net::reach`).
+            let reach = self.engine.reach();
+            let paths: Vec<String> = (counters.iter())
+                .filter_map(|(addr, _)| Some(format!("{addr} {}", reach.path_of(addr)?.as_str())))
+                .collect();
+            out.push(("user.fileshare.paths".into(), paths.join("; ")));
             let count = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed).to_string();
             out.push(("user.fileshare.uploaded".into(), count(&swarm.uploaded)));
             out.push((
@@ -85,6 +90,7 @@ impl Inner {
             let n = entry.size.div_ceil(PIECE_LEN);
             out.push(("user.fileshare.pieces".into(), format!("0/{n}")));
             out.push(("user.fileshare.fetched".into(), String::new()));
+            out.push(("user.fileshare.paths".into(), String::new()));
             out.push(("user.fileshare.uploaded".into(), "0".into()));
             out.push(("user.fileshare.duplicates".into(), "0".into()));
         }

@@ -18,7 +18,7 @@ use crate::tasks::Tasks;
 use crate::trackers::{now_ms, LinkError, TrackerLink};
 use fileshare_protocol::messages::tracker::PeerLocation;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
-use fileshare_protocol::tls::{self, ClientTls, Pin, TlsError};
+use fileshare_protocol::tls::{ClientTls, Pin, TlsError};
 use fileshare_protocol::{Identity, PeerId, ProtocolError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -77,6 +77,8 @@ pub struct LinkCtx {
     pub download: Option<TokenBucket>,
     /// Where received pieces are stored, within the cache budget.
     pub cache: Arc<crate::pieces::cache::Cache>,
+    /// How peers are reached, and the connections dialled back to us.
+    pub reach: Arc<crate::net::reach::Reach>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,8 @@ enum LinkFailure {
     BadPieces(u32),
     #[error("cannot get a ticket: {0}")]
     Ticket(LinkError),
+    #[error(transparent)]
+    Open(#[from] crate::net::reach::OpenError),
     #[error("peer closed the connection")]
     Closed,
 }
@@ -146,7 +150,7 @@ async fn link(
     // must be the one its peer id derives from.
     let pinned = ClientTls::new(Some(&ctx.identity), Pin::Peer(remote.peer))?;
     let me = Role::Peer { id: ctx.my_id };
-    let (conn, role, _) = tls::connect(&remote.addr, &pinned, me, PEER_TIMEOUT).await?;
+    let (conn, role) = crate::net::reach::open(ctx, &file.group, &remote, &pinned, me).await?;
     if role != (Role::Peer { id: remote.peer }) {
         return Err(LinkFailure::WrongPeer);
     }

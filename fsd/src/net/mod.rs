@@ -8,6 +8,7 @@
 pub mod choke;
 pub mod conn_pools;
 pub mod fetch;
+pub mod reach;
 pub mod send_buffer;
 pub mod serve;
 pub mod token_bucket;

@@ -96,6 +96,9 @@ pub struct ServeCtx {
     pub next_conn: AtomicU64,
     /// The server's node of the task tree.
     pub tasks: Tasks,
+    /// Connections dialled back to this daemon's links are sorted out of
+    /// the accepted ones here.
+    pub reach: Arc<crate::net::reach::Reach>,
 }
 
 /// Accepts peers until the server's token is cancelled (it runs as a task
@@ -130,8 +133,18 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>) {
                         }
                         std::future::pending().await
                     };
+                    // A connection dialled back to one of this daemon's
+                    // links goes to that link; any other is served.
+                    let served = async {
+                        let sorted = crate::net::reach::reverse::sort(stream, &conn_ctx.reach);
+                        let stream = sorted.await?;
+                        serve(stream, &conn_ctx, &conn_tasks, Some(&gate))
+                            .await
+                            .err()
+                            .map(|e| format!("{e:#}"))
+                    };
                     let ended = tokio::select! {
-                        r = serve(stream, &conn_ctx, &conn_tasks, &gate) => r.err().map(|e| format!("{e:#}")),
+                        r = served => r,
                         () = closed.cancelled() => Some("closed for a newer connection".into()),
                         why = stranger_deadline => Some(why.into()),
                     };
@@ -145,6 +158,18 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Serves a connection this daemon opened itself (dialling a reader
+/// back) as if it had accepted it: this end is still the TLS server.
+pub async fn serve_opened(stream: tokio::net::TcpStream, ctx: &Arc<ServeCtx>) {
+    let conn_tasks = ctx.tasks.child();
+    let _end = conn_tasks.token().clone().drop_guard();
+    // Opened by this daemon on the tracker's request: no place on the
+    // port to take; the reader still shows a ticket before anything.
+    if let Err(e) = serve(stream, ctx, &conn_tasks, None).await {
+        tracing::debug!("dialled-back peer connection ended: {e:#}");
     }
 }
 
@@ -231,7 +256,7 @@ async fn serve(
     stream: tokio::net::TcpStream,
     ctx: &Arc<ServeCtx>,
     tasks: &Tasks,
-    gate: &Gate,
+    gate: Option<&Gate>,
 ) -> Result<(), ConnEnd> {
     // Valid while the connection's halves live, which outlive its writer.
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
@@ -281,7 +306,9 @@ async fn serve(
             if let PeerRequest::Authenticate { ticket } = &req.body {
                 let body = match authenticate(ctx, &st, ticket).await {
                     Ok(()) => {
-                        gate.authenticated()?;
+                        if let Some(gate) = gate {
+                            gate.authenticated()?;
+                        }
                         PeerReply::Authenticated
                     }
                     Err(e) => PeerReply::Error(e),

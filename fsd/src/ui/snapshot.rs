@@ -54,6 +54,10 @@ pub struct Snapshot {
     /// Whether files held whole are read by the kernel directly, and what
     /// the daemon counts of reads.
     pub kernel_reads: KernelReadsView,
+    /// How peers reach this daemon, as the trackers found (see
+    /// [`crate::net::reach::describe`]).
+    #[serde(default)]
+    pub reachability: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +105,10 @@ pub struct PeerView {
     /// Bytes per second sent to it, over every file.
     pub up: u64,
     pub in_flight: u32,
+    /// Which way the connection was opened (`direct`, `reverse`), for
+    /// peers this daemon fetches from.
+    #[serde(default)]
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,6 +248,9 @@ impl Source {
                     down: rate(l.rate),
                     up: self.meter.peer_up(&l.peer),
                     in_flight: u32::try_from(l.in_flight).unwrap_or(u32::MAX),
+                    path: (self.engine.reach().path_of(&l.addr))
+                        .map_or("", |p| p.as_str())
+                        .to_string(),
                 });
             }
         }
@@ -259,6 +270,7 @@ impl Source {
                 down: 0,
                 up,
                 in_flight: 0,
+                path: String::new(),
             });
         }
         peers.sort_by(|a, b| {
@@ -297,6 +309,10 @@ impl Source {
         Snapshot {
             user: self.engine.user().to_string(),
             pid: std::process::id(),
+            reachability: crate::net::reach::describe(
+                self.tracker.seen_as().as_ref(),
+                self.engine.reach().mapped_port(),
+            ),
             mountpoint: self.mountpoint.display().to_string(),
             at_ms: now_ms(),
             tracker_error,

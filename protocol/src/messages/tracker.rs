@@ -149,6 +149,44 @@ pub enum TrackerRequest {
         group: String,
         meta: FileMeta,
     },
+    /// A reader that cannot dial `holder` (listed unreachable) asks it to
+    /// dial back: the tracker hands the holder a [`Call`] naming the
+    /// reader's own offered address and `nonce`, which the holder sends
+    /// first on the connection it opens. Both must be in `group`.
+    CallBack {
+        session: SessionToken,
+        group: String,
+        holder: PeerId,
+        nonce: [u8; 16],
+    },
+    /// Like `CallBack`, for two daemons neither of which can dial the
+    /// other: both connect to this tracker's relay (at the address the
+    /// caller reaches this tracker at), send [`RELAY_MAGIC`], `nonce` and
+    /// their side (0 the caller, 1 the holder), and the tracker forwards
+    /// bytes between them. The peer TLS runs end to end inside.
+    Relay {
+        session: SessionToken,
+        group: String,
+        holder: PeerId,
+        nonce: [u8; 16],
+    },
+    /// Like `CallBack`, for two daemons both behind NAT: the holder is
+    /// called to dial the caller's offered address from its own listening
+    /// port while the caller dials the holder's the same way.
+    Punch {
+        session: SessionToken,
+        group: String,
+        holder: PeerId,
+        nonce: [u8; 16],
+    },
+    /// A daemon waits (at most `wait_ms`, capped by the tracker) for calls
+    /// other daemons placed for it; answered with [`TrackerReply::Calls`],
+    /// empty when none came.
+    AwaitCalls {
+        session: SessionToken,
+        peer: PeerId,
+        wait_ms: u32,
+    },
 }
 
 impl TrackerRequest {
@@ -196,6 +234,10 @@ impl TrackerRequest {
             TrackerRequest::TicketKey => "TicketKey",
             TrackerRequest::RenameShare { .. } => "RenameShare",
             TrackerRequest::ReplaceShare { .. } => "ReplaceShare",
+            TrackerRequest::CallBack { .. } => "CallBack",
+            TrackerRequest::AwaitCalls { .. } => "AwaitCalls",
+            TrackerRequest::Relay { .. } => "Relay",
+            TrackerRequest::Punch { .. } => "Punch",
         }
     }
 }
@@ -231,7 +273,54 @@ pub struct PeerLocation {
     pub user: String,
     pub addr: String,
     pub have: Bitfield,
+    /// Whether the tracker could dial `addr` itself.
+    pub reach: Reach,
 }
+
+/// What a tracker found when it dialled a daemon's offered address (a TLS
+/// handshake that must show the daemon's own key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Reach {
+    /// Not tried yet (a daemon that just announced).
+    Unknown,
+    /// Dialled and answered with the daemon's key.
+    Direct,
+    /// Could not be dialled: behind NAT or a firewall. Readers ask it to
+    /// dial back ([`TrackerRequest::CallBack`]) instead.
+    Unreachable,
+}
+
+/// A request from peer `from` to open a connection to it; then the TLS
+/// peer connection runs as usual, `from` as the TLS client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    pub from: PeerId,
+    /// `from`'s offered address (empty for a relay).
+    pub addr: String,
+    pub nonce: [u8; 16],
+    pub how: CallKind,
+}
+
+/// How a called holder opens the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallKind {
+    /// Dial `addr` and send the reverse magic and the nonce first.
+    DialBack,
+    /// Dial `addr` from this daemon's own listening port while the caller
+    /// dials this one's (TCP simultaneous open through both routers);
+    /// both send their magic and the nonce first.
+    Punch,
+    /// Connect to the relay of the tracker that handed the call out, as
+    /// side 1 of the nonce.
+    Relay,
+}
+
+/// What a connection to a tracker's relay starts with (a TLS connection
+/// starts with `0x16`), before the nonce and the side.
+pub const RELAY_MAGIC: [u8; 4] = *b"FSY\x01";
+
+/// The relay preamble's length: magic, nonce, side.
+pub const RELAY_PREAMBLE: usize = 21;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TrackerReply {
@@ -250,10 +339,19 @@ pub enum TrackerReply {
     },
     Ticket(Ticket),
     TicketKey(TicketKey),
-    /// Announce answer: seconds until the next announce is due.
+    /// Announce answer: seconds until the next announce is due; the
+    /// address the tracker offers this daemon at (the address its
+    /// connection came from, with the announced port), the connection's
+    /// own source address, and whether the tracker could dial the offered
+    /// one.
     Announced {
         interval_secs: u32,
+        offered: String,
+        seen: String,
+        reach: Reach,
     },
+    /// Calls placed for the daemon that waited ([`TrackerRequest::AwaitCalls`]).
+    Calls(Vec<Call>),
 }
 
 impl TrackerReply {
@@ -269,6 +367,7 @@ impl TrackerReply {
             TrackerReply::Ticket(_) => "Ticket",
             TrackerReply::TicketKey(_) => "TicketKey",
             TrackerReply::Announced { .. } => "Announced",
+            TrackerReply::Calls(_) => "Calls",
         }
     }
 }

@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
+pub mod nat;
+
 /// What every name of this harness starts with (interfaces and namespaces).
 const TAG: &str = "fsn";
 
@@ -127,12 +129,79 @@ pub struct Lan {
     hosts: Vec<Host>,
 }
 
-/// What the signal watcher must remove: every live LAN's prefix and hosts.
+/// What the signal watcher must remove: every live LAN's prefix and hosts,
+/// and every other topology's namespaces and links ([`Owned`]).
 struct Live {
     lans: Vec<(String, usize)>,
+    owned: Vec<Owned>,
 }
 
-static LIVE: Mutex<Live> = Mutex::new(Live { lans: Vec::new() });
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    lans: Vec::new(),
+    owned: Vec::new(),
+});
+
+/// The namespaces and root-namespace links of a topology other than a
+/// [`Lan`], named under `prefix` (so a killed process's leftovers are found
+/// by [`remove_stale`] too), removed as a LAN's are.
+#[derive(Debug, Clone, Default)]
+struct Owned {
+    prefix: String,
+    namespaces: Vec<String>,
+    links: Vec<String>,
+}
+
+impl Owned {
+    fn remove(&self) {
+        for ns in &self.namespaces {
+            kill_inside(ns);
+        }
+        let list = state_dir().join(&self.prefix);
+        unmount_listed(&list);
+        let _ = std::fs::remove_file(list);
+        for link in &self.links {
+            quiet(&["ip", "link", "del", link]);
+        }
+        for ns in &self.namespaces {
+            quiet(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+/// Records (or updates) what a topology owns, for the signal watcher.
+fn register(owned: &Owned) {
+    let mut live = live();
+    live.owned.retain(|o| o.prefix != owned.prefix);
+    live.owned.push(owned.clone());
+}
+
+fn unregister(prefix: &str) {
+    live().owned.retain(|o| o.prefix != prefix);
+}
+
+/// A fresh name prefix of this process: `fsn<pid>_<tag><n>`.
+fn new_prefix(tag: &str) -> String {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{TAG}{}_{tag}{}",
+        base36(std::process::id()),
+        base36(COUNT.fetch_add(1, Ordering::Relaxed))
+    )
+}
+
+/// Unmounted lazily if still mounted when the topology named `prefix`
+/// goes (or on a signal, or by the next one if this process is killed).
+fn track_mount_under(prefix: &str, mountpoint: &Path) {
+    use std::io::Write;
+    let _ = std::fs::create_dir_all(state_dir());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state_dir().join(prefix));
+    if let Ok(mut f) = file {
+        let _ = writeln!(f, "{}", mountpoint.display());
+    }
+}
 
 fn live() -> std::sync::MutexGuard<'static, Live> {
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
@@ -336,9 +405,15 @@ fn install_signal_watch() {
             if n != 1 {
                 return;
             }
-            let lans = live().lans.clone();
+            let (lans, owned) = {
+                let live = live();
+                (live.lans.clone(), live.owned.clone())
+            };
             for (prefix, hosts) in lans {
                 remove(&prefix, hosts);
+            }
+            for o in owned {
+                o.remove();
             }
             eprintln!("interrupted: removed the test network namespaces");
             std::process::exit(128 + i32::from(b));
@@ -457,15 +532,7 @@ impl Lan {
     /// Unmounted lazily if still mounted when the LAN goes (or on a
     /// signal, or by the next LAN if this process is killed outright).
     pub fn track_mount(&self, mountpoint: &Path) {
-        use std::io::Write;
-        let _ = std::fs::create_dir_all(state_dir());
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(state_dir().join(&self.prefix));
-        if let Ok(mut f) = file {
-            let _ = writeln!(f, "{}", mountpoint.display());
-        }
+        track_mount_under(&self.prefix, mountpoint);
     }
 }
 

@@ -8,7 +8,7 @@ use crate::state::change::Change;
 use crate::state::{Group, SharedFile};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::ids::{MAX_FILE_PIECES, MAX_FILE_SIZE};
-use fileshare_protocol::messages::tracker::{FileEntry, PeerLocation};
+use fileshare_protocol::messages::tracker::{FileEntry, PeerLocation, Reach};
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
 use fileshare_protocol::{ErrorCode, Limit, MAX_FRAME_LEN, PIECE_LEN};
 use std::time::Instant;
@@ -32,6 +32,7 @@ fn online_holders<'p>(
             user: h.card.user.clone(),
             addr: h.card.addr.clone(),
             have: h.have.clone(),
+            reach: Reach::Unknown,
         })
 }
 
@@ -216,15 +217,28 @@ pub fn locate(shared: &Shared, session: &SessionToken, group: &str, name: &str) 
     let peers = shared.peers.read();
     // The hashes go along, and each peer's bitfield.
     let meta = f.meta.hashes.len() * 32 + f.meta.name.len() + 64;
+    let holders: Vec<PeerLocation> = online_holders(&peers, g, f, now)
+        .map(|mut p| {
+            p.reach = shared.reach.of(&p.peer, &p.addr);
+            p
+        })
+        .collect();
+    let mut holders = sample::locations(
+        holders,
+        &user,
+        shared.settings.limits.locate_peers,
+        sample::seed(session),
+    );
+    // Of the sample, peers this tracker could dial come first, those it
+    // could not last: a reader asks those to dial back instead.
+    holders.sort_by_key(|p| match p.reach {
+        Reach::Direct => 0,
+        Reach::Unknown => 1,
+        Reach::Unreachable => 2,
+    });
     let located = bounded(
         LISTING_BUDGET.saturating_sub(meta),
-        sample::locations(
-            online_holders(&peers, g, f, now).collect(),
-            &user,
-            shared.settings.limits.locate_peers,
-            sample::seed(session),
-        )
-        .into_iter(),
+        holders.into_iter(),
         |p| p.user.len() + p.addr.len() + p.have.len() as usize / 8 + 64,
     );
     Ok(TrackerReply::Location {

@@ -10,6 +10,7 @@ pub mod account;
 pub mod file;
 pub mod group;
 pub mod peer;
+pub mod reach;
 pub mod ticket;
 
 use crate::shared::Shared;
@@ -117,6 +118,29 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
             pieces,
         } => peer::report_pieces(shared, caller, &session, peer, file, &pieces),
         R::LeaveNetwork { session, peer } => peer::leave_network(shared, caller, &session, peer),
+        R::CallBack {
+            session,
+            group,
+            holder,
+            nonce,
+        } => reach::call_back(shared, caller, &session, &group, holder, nonce),
+        R::Relay {
+            session,
+            group,
+            holder,
+            nonce,
+        } => reach::relay(shared, caller, &session, &group, holder, nonce),
+        R::Punch {
+            session,
+            group,
+            holder,
+            nonce,
+        } => reach::punch(shared, caller, &session, &group, holder, nonce),
+        R::AwaitCalls {
+            session,
+            peer,
+            wait_ms,
+        } => reach::await_calls(shared, caller, &session, peer, wait_ms).await,
         R::IssueTicket {
             session,
             group,

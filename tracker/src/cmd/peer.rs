@@ -10,19 +10,25 @@ use fileshare_protocol::{ErrorCode, Limit};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-/// The address other peers should dial. A daemon listening on every
-/// interface (`0.0.0.0:port`) cannot know which of its addresses others
-/// reach, so the tracker puts in the one the announce came from.
-fn dialable(addr: &str, caller: &Caller) -> Result<String, ErrorCode> {
+/// The address other peers should dial: the announced port at the
+/// address the announce came from. A daemon cannot know how others see it
+/// (it may listen on every interface, or sit behind a router that
+/// translates its address), and a member must not send other daemons to
+/// dial a third host. The announced address stands only where the tracker
+/// sees no better one: a daemon on the tracker's own machine (loopback),
+/// or a tracker told to trust announced addresses.
+fn dialable(addr: &str, caller: &Caller, trust: bool) -> Result<String, ErrorCode> {
     let mut parsed: SocketAddr = addr
         .parse()
         .map_err(|_| ErrorCode::BadRequest(format!("{addr:?} is not an ip:port address")))?;
     if parsed.port() == 0 {
         return Err(ErrorCode::BadRequest(format!("{addr} has no port")));
     }
-    if parsed.ip().is_unspecified() {
-        if let Some(from) = caller.addr {
-            parsed.set_ip(from.ip());
+    if let Some(from) = caller.addr {
+        let from = from.ip().to_canonical();
+        let keep = trust || (from.is_loopback() && !parsed.ip().is_unspecified());
+        if !keep || parsed.ip().is_unspecified() {
+            parsed.set_ip(from);
         }
     }
     Ok(parsed.to_string())
@@ -40,7 +46,7 @@ pub fn announce(
 ) -> TrackerResult {
     let user = shared.session_user(session)?;
     caller.speaks_for(&peer)?;
-    let addr = dialable(addr, caller)?;
+    let addr = dialable(addr, caller, shared.settings.trust_announced_addrs)?;
     let now = Instant::now();
     let state = shared.state.read();
     let visible = visible_holdings(&state, &user, holdings);
@@ -71,14 +77,21 @@ pub fn announce(
                 });
             }
         }
-        peers.announce(now, peer, &user, addr, visible)?;
+        peers.announce(now, peer, &user, addr.clone(), visible)?;
     }
     drop(state);
     shared.gossip(&gossip);
     let interval_secs = u32::try_from(shared.settings.announce_interval.as_secs())
         .unwrap_or(u32::MAX)
         .max(1);
-    Ok(TrackerReply::Announced { interval_secs })
+    let reach = shared.reach.check(peer, &addr);
+    let seen = caller.addr.map(|a| a.to_string()).unwrap_or_default();
+    Ok(TrackerReply::Announced {
+        interval_secs,
+        offered: addr,
+        seen,
+        reach,
+    })
 }
 
 fn layout_pieces(meta: &fileshare_protocol::ids::FileMeta) -> u32 {
@@ -117,6 +130,7 @@ pub fn apply_gossip(shared: &Shared, msg: ClusterMsg) {
             if addr.parse::<SocketAddr>().is_err() {
                 return;
             }
+            shared.reach.check(peer, &addr);
             let visible = visible_holdings(&state, &user, holdings);
             shared
                 .peers
@@ -211,13 +225,39 @@ mod tests {
             addr: Some("10.1.2.3:5555".parse().unwrap()),
             key: None,
         };
-        assert_eq!(dialable("0.0.0.0:7000", &caller).unwrap(), "10.1.2.3:7000");
+        let d = |addr, trust| dialable(addr, &caller, trust);
+        assert_eq!(d("0.0.0.0:7000", false).unwrap(), "10.1.2.3:7000");
+        assert!(d("localhost:7000", false).is_err());
+        assert!(d("127.0.0.1:0", false).is_err());
+    }
+
+    /// A member cannot send other daemons to dial a third host: the
+    /// address offered is the one the announce came from, unless the
+    /// tracker trusts announced addresses or the daemon is on its machine.
+    #[test]
+    fn announced_addresses_take_the_address_the_announce_came_from() {
+        let from = |a: &str| Caller {
+            addr: Some(a.parse().unwrap()),
+            key: None,
+        };
+        let (remote, local) = (from("198.51.100.7:40000"), from("127.0.0.1:40000"));
         assert_eq!(
-            dialable("127.0.0.1:7000", &caller).unwrap(),
-            "127.0.0.1:7000"
+            dialable("192.0.2.1:7000", &remote, false).unwrap(),
+            "198.51.100.7:7000"
         );
-        assert!(dialable("localhost:7000", &caller).is_err());
-        assert!(dialable("127.0.0.1:0", &caller).is_err());
+        assert_eq!(
+            dialable("192.0.2.1:7000", &remote, true).unwrap(),
+            "192.0.2.1:7000"
+        );
+        assert_eq!(
+            dialable("10.213.0.5:7000", &local, false).unwrap(),
+            "10.213.0.5:7000"
+        );
+        // A dual-stack listener sees IPv4 clients as mapped addresses.
+        assert_eq!(
+            dialable("0.0.0.0:7000", &from("[::ffff:198.51.100.7]:1"), false).unwrap(),
+            "198.51.100.7:7000"
+        );
     }
 
     #[tokio::test]
@@ -255,7 +295,10 @@ mod tests {
             .await;
         assert!(matches!(
             r,
-            Ok(TrackerReply::Announced { interval_secs: 5 })
+            Ok(TrackerReply::Announced {
+                interval_secs: 5,
+                ..
+            })
         ));
         assert!(
             fx.call(report(alice, vec![1])).await.is_err(),

@@ -1,0 +1,272 @@
+//! How this daemon reaches its peers and is reached by them, through
+//! routers that translate addresses (NAT) and drop connections from
+//! outside. However a connection is opened, what runs on it is the same
+//! TLS peer connection with the same tickets: the reader is the TLS
+//! client and pins the holder's key, the holder the TLS server.
+//!
+//! - [`Path::Direct`]: the reader dials the address the tracker offers.
+//! - [`Path::Reverse`]: the tracker could not dial the holder, so the
+//!   reader asks it (through the tracker) to dial the reader instead
+//!   ([`reverse`]).
+//! - [`Path::Punched`]: both are behind NAT; the tracker calls the holder
+//!   and both dial each other at once ([`punch`]).
+//! - [`Path::Relayed`]: neither can dial the other; both connect to the
+//!   tracker's relay, which forwards the TLS bytes ([`relay`]).
+//!
+//! The path of each connection is kept by peer address, for `getfattr`
+//! (`user.fileshare.paths`) and the dashboard.
+
+pub mod mapping;
+pub mod punch;
+pub mod relay;
+pub mod reverse;
+
+use crate::net::fetch::{LinkCtx, PEER_TIMEOUT};
+use fileshare_protocol::client::Announced;
+use fileshare_protocol::messages::tracker::{PeerLocation, Reach as Seen};
+use fileshare_protocol::messages::Role;
+use fileshare_protocol::tls::{self, ClientTls, SecureConnection, TlsError};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+/// Which way a peer connection was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// This daemon dialled the holder.
+    Direct,
+    /// The holder dialled this daemon, asked through the tracker.
+    Reverse,
+    /// Both dialled each other at once through their routers.
+    Punched,
+    /// Through the tracker's relay: neither could dial the other.
+    Relayed,
+}
+
+impl Path {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Reverse => "reverse",
+            Path::Punched => "punched",
+            Path::Relayed => "relayed",
+        }
+    }
+}
+
+/// Addresses whose path is remembered at most; beyond, the map restarts.
+const MAX_PATHS: usize = 4096;
+
+/// What the fetching and the serving sides share.
+#[derive(Default)]
+pub struct Reach {
+    /// Reverse connections this daemon waits for, by the nonce the holder
+    /// will send first.
+    pending: Mutex<HashMap<[u8; 16], oneshot::Sender<TcpStream>>>,
+    /// The path of the latest connection to each peer address.
+    paths: Mutex<HashMap<String, Path>>,
+    /// Where this daemon's peer server listens (punched paths leave
+    /// from it).
+    listen: std::sync::OnceLock<SocketAddr>,
+    /// The public port the router forwards here (UPnP), if it does.
+    mapped: Mutex<Option<u16>>,
+}
+
+/// Removes a pending nonce however the wait ends.
+struct Pending<'a> {
+    reach: &'a Reach,
+    nonce: [u8; 16],
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.reach.pending.lock().remove(&self.nonce);
+    }
+}
+
+/// The peer server's listener on `addr`, its port shareable
+/// (`SO_REUSEPORT`) with the sockets that punch paths from it.
+pub fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr: SocketAddr = addr.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr:?} names no address"),
+        )
+    })?;
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(addr)?;
+    s.listen(1024)
+}
+
+impl Reach {
+    /// Records the path a connection to `addr` took.
+    pub fn note_path(&self, addr: &str, path: Path) {
+        let mut paths = self.paths.lock();
+        if paths.len() >= MAX_PATHS && !paths.contains_key(addr) {
+            paths.clear();
+        }
+        paths.insert(addr.to_string(), path);
+    }
+
+    /// Where the peer server listens, once bound.
+    pub fn set_listen(&self, addr: SocketAddr) {
+        let _ = self.listen.set(addr);
+    }
+
+    pub fn set_mapped(&self, port: Option<u16>) {
+        *self.mapped.lock() = port;
+    }
+
+    pub fn mapped_port(&self) -> Option<u16> {
+        *self.mapped.lock()
+    }
+
+    /// What to announce: `addr` with the router's public port where it
+    /// forwards one.
+    pub fn announce_addr(&self, addr: &str) -> String {
+        match (self.mapped_port(), addr.parse::<SocketAddr>()) {
+            (Some(port), Ok(mut a)) => {
+                a.set_port(port);
+                a.to_string()
+            }
+            _ => addr.to_string(),
+        }
+    }
+
+    /// The path the latest connection to `addr` took, if any.
+    pub fn path_of(&self, addr: &str) -> Option<Path> {
+        self.paths.lock().get(addr).copied()
+    }
+}
+
+/// How long a direct dial may take when the tracker has not yet found out
+/// whether the holder can be dialled: a router that drops the attempt
+/// should not hold the reader up for long before it asks for a call.
+const UNKNOWN_DIAL: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "cannot reach {addr} directly ({direct}), nor have it dial back ({reverse}), nor \
+         punch a path ({punch}), nor through the relay: {relay}"
+    )]
+    Unreachable {
+        addr: String,
+        direct: String,
+        reverse: String,
+        punch: String,
+        #[source]
+        relay: relay::RelayError,
+    },
+    #[error("connected to {addr}, but: {source}")]
+    Handshake {
+        addr: String,
+        #[source]
+        source: TlsError,
+    },
+}
+
+/// Opens the TLS peer connection to `remote` (a holder in `group`) as
+/// `me`: directly unless the tracker could not dial it, else by asking it
+/// to dial back. Returns the connection and the holder's role.
+pub async fn open(
+    ctx: &LinkCtx,
+    group: &str,
+    remote: &PeerLocation,
+    tls: &ClientTls,
+    me: Role,
+) -> Result<(SecureConnection, Role), OpenError> {
+    let direct = match remote.reach {
+        Seen::Unreachable => "the tracker could not dial it either".to_string(),
+        known => {
+            let timeout = if known == Seen::Direct {
+                PEER_TIMEOUT
+            } else {
+                UNKNOWN_DIAL
+            };
+            match tls::connect(&remote.addr, tls, me.clone(), timeout).await {
+                Ok((conn, role, _)) => {
+                    ctx.reach.note_path(&remote.addr, Path::Direct);
+                    return Ok((conn, role));
+                }
+                Err(e) => fileshare_protocol::error::chain(&e),
+            }
+        }
+    };
+    let (stream, path) = match reverse::request(&ctx.reach, &ctx.tracker, group, remote.peer).await
+    {
+        Ok(s) => (s, Path::Reverse),
+        Err(reverse) => {
+            let reverse = fileshare_protocol::error::chain(&reverse);
+            match punch_to(ctx, group, remote).await {
+                Ok(s) => (s, Path::Punched),
+                Err(punch) => {
+                    tracing::debug!(peer = %remote.addr, "no punched path: {punch}; relaying");
+                    let stream = relay::request(&ctx.tracker, group, remote.peer)
+                        .await
+                        .map_err(|relay| OpenError::Unreachable {
+                            addr: remote.addr.clone(),
+                            direct,
+                            reverse,
+                            punch,
+                            relay,
+                        })?;
+                    (stream, Path::Relayed)
+                }
+            }
+        }
+    };
+    let (conn, role, _) = tls::connect_over(stream, &remote.addr, tls, me, PEER_TIMEOUT)
+        .await
+        .map_err(|source| OpenError::Handshake {
+            addr: remote.addr.clone(),
+            source,
+        })?;
+    ctx.reach.note_path(&remote.addr, path);
+    Ok((conn, role))
+}
+
+/// One line on how peers reach this daemon, from the tracker's answer to
+/// its last announce and the router's port mapping: for `fsd status` and
+/// the dashboard.
+pub fn describe(seen: Option<&Announced>, mapped: Option<u16>) -> String {
+    let Some(a) = seen else {
+        return "not known yet: no tracker has answered an announce".into();
+    };
+    let through_mapping = mapped.is_some_and(|p| a.offered.ends_with(&format!(":{p}")));
+    match a.reach {
+        Seen::Direct if through_mapping => {
+            format!("reachable at {} (port mapped by UPnP)", a.offered)
+        }
+        Seen::Direct => format!("reachable at {} (direct)", a.offered),
+        Seen::Unknown => format!("checking: the tracker is dialling {}", a.offered),
+        Seen::Unreachable => format!(
+            "behind NAT, not reachable at {} (the tracker sees {}): reverse connections and relay",
+            a.offered, a.seen
+        ),
+    }
+}
+
+/// Asks the tracker to call `remote` to punch, and punches from here.
+async fn punch_to(ctx: &LinkCtx, group: &str, remote: &PeerLocation) -> Result<TcpStream, String> {
+    if ctx.reach.listen.get().is_none() {
+        return Err("no listening address".into());
+    }
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+    let ask = ctx.tracker.punch(group, remote.peer, nonce);
+    ask.await.map_err(|e| format!("{e:#}"))?;
+    punch::punch(&ctx.reach, &remote.addr, nonce, punch::Side::Reader)
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,269 @@
+//! Daemons behind home routers that translate addresses (nftables
+//! masquerade) and drop connections from outside, with no port
+//! forwarding: the tracker and a public user on the public bridge, users
+//! in homes of their own (see `fileshare_tests::netns::nat`). Every read
+//! is checked byte for byte, and the path it took is read back from
+//! `getfattr` and `fsd status`.
+
+use fileshare_tests::mount::{wait_for, Mount};
+use fileshare_tests::netns::nat::{HomeSpec, Internet, Nat};
+use fileshare_tests::netns::Host;
+use fileshare_tests::random_file;
+use fileshare_tests::world::{User, World};
+use std::time::Duration;
+
+const MIB: usize = 1 << 20;
+
+/// A tracker on public host 0, and the users `names`, all in group `g`
+/// owned by the first.
+fn world(net: &Internet, names: &[&str]) -> (World, Vec<User>) {
+    let w = World::on(net.public(0));
+    let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
+    let (owner, rest) = users.split_first().expect("an owner");
+    w.group("g", owner, &rest.iter().collect::<Vec<_>>());
+    (w, users)
+}
+
+fn mount(w: &World, net: &Internet, host: &Host, user: &User) -> Mount {
+    let m = w.mount_on(host, user, &[]);
+    net.track_mount(&m.mountpoint);
+    m
+}
+
+/// `user`'s `fsd status`, run in `host`'s namespace.
+fn status(w: &World, host: &Host, user: &User) -> String {
+    let out = host
+        .command(&w.fsd)
+        .arg("--home")
+        .arg(&user.home)
+        .arg("status")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("fsd status");
+    assert!(
+        out.status.success(),
+        "fsd status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until `user`'s `fsd status` says `what`.
+fn await_status(w: &World, host: &Host, user: &User, what: &str) {
+    let mut last = String::new();
+    let found = (0..100).any(|_| {
+        last = status(w, host, user);
+        let found = last.contains(what);
+        if !found {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        found
+    });
+    assert!(found, "`fsd status` never said {what:?}:\n{last}");
+}
+
+/// Shares `size` random bytes as `g/NAME` from `seeder` and waits until
+/// `reader` lists them.
+fn share(w: &World, seeder: &Mount, reader: &Mount, name: &str, size: usize) -> Vec<u8> {
+    let src = w.path(name);
+    let data = random_file(&src, size, size as u64 ^ 0x5eed);
+    seeder.cp_in(&src, "g");
+    let listed = reader.path(&format!("g/{name}"));
+    wait_for("the file listed", Duration::from_secs(20), || {
+        listed.exists().then_some(())
+    });
+    data
+}
+
+#[test]
+fn home_routers_let_connections_out_and_none_in() {
+    let net = Internet::new(
+        2,
+        &[HomeSpec {
+            hosts: 1,
+            nat: Nat::Masquerade,
+            upnp: false,
+        }],
+    );
+    let (public, home) = (net.public(1).clone(), net.home_host(0, 0).clone());
+    let listener = |h: &Host| h.run_in(|| std::net::TcpListener::bind("0.0.0.0:0").expect("bind"));
+    let (outside, inside) = (listener(&public), listener(&home));
+    let (out_port, in_port) = (
+        outside.local_addr().unwrap().port(),
+        inside.local_addr().unwrap().port(),
+    );
+    let connects = |from: &Host, to: std::net::SocketAddr| {
+        from.run_in(move || {
+            std::net::TcpStream::connect_timeout(&to, Duration::from_millis(500)).is_ok()
+        })
+    };
+    assert!(
+        connects(&home, (public.addr, out_port).into()),
+        "a home host must reach the public side"
+    );
+    // The public host sees the router's address, not the home's.
+    let (_, seen) = outside.accept().expect("accept");
+    assert_eq!(seen.ip(), std::net::IpAddr::V4(net.home(0).router.addr));
+    assert!(
+        !connects(&public, (net.home(0).router.addr, in_port).into()),
+        "nothing forwards the router's port to the home"
+    );
+    assert!(
+        !connects(&public, (home.addr, in_port).into()),
+        "the home's private address must not be routed from outside"
+    );
+}
+
+#[test]
+fn a_reader_behind_nat_reads_from_a_public_seeder() {
+    let net = Internet::new(
+        2,
+        &[HomeSpec {
+            hosts: 1,
+            nat: Nat::Masquerade,
+            upnp: false,
+        }],
+    );
+    let (w, users) = world(&net, &["carol", "bob"]);
+    let seeder = mount(&w, &net, net.public(1), &users[0]);
+    let reader = mount(&w, &net, net.home_host(0, 0), &users[1]);
+    let data = share(&w, &seeder, &reader, "p.bin", 8 * MIB);
+    let got = std::fs::read(reader.path("g/p.bin")).expect("read through the mount");
+    assert!(got == data, "wrong bytes\n{}", reader.log());
+    let paths = reader.xattr("g/p.bin", "user.fileshare.paths");
+    assert!(paths.contains("direct"), "{paths}");
+    // The tracker dials each daemon's offered address once it announces.
+    await_status(&w, net.home_host(0, 0), &users[1], "behind NAT");
+    let public = format!("reachable at {}:", net.public(1).addr);
+    await_status(&w, net.public(1), &users[0], &public);
+}
+
+#[test]
+fn a_public_reader_reads_from_a_seeder_behind_nat() {
+    let net = Internet::new(
+        2,
+        &[HomeSpec {
+            hosts: 1,
+            nat: Nat::Masquerade,
+            upnp: false,
+        }],
+    );
+    let (w, users) = world(&net, &["alice", "carol"]);
+    let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
+    let reader = mount(&w, &net, net.public(1), &users[1]);
+    let data = share(&w, &seeder, &reader, "a.bin", 32 * MIB);
+    let got = std::fs::read(reader.path("g/a.bin")).expect("read through the mount");
+    assert!(
+        got == data,
+        "wrong bytes\nreader:\n{}\nseeder:\n{}",
+        reader.log(),
+        seeder.log()
+    );
+    // The seeder dialled the reader: a reverse connection.
+    let paths = reader.xattr("g/a.bin", "user.fileshare.paths");
+    assert!(paths.contains("reverse"), "{paths}");
+    assert!(!paths.contains("direct"), "{paths}");
+    let st = status(&w, net.public(1), &users[1]);
+    assert!(st.contains("(reverse)"), "{st}");
+}
+
+#[test]
+fn a_reader_behind_nat_reads_through_the_relay_from_a_seeder_behind_another() {
+    // Random ports on both routers: no path between the homes can be
+    // punched, so the tracker's relay is the only way.
+    let home = HomeSpec {
+        hosts: 1,
+        nat: Nat::Random,
+        upnp: false,
+    };
+    let net = Internet::new(1, &[home, home]);
+    let (w, users) = world(&net, &["alice", "bob"]);
+    let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
+    let reader = mount(&w, &net, net.home_host(1, 0), &users[1]);
+    let data = share(&w, &seeder, &reader, "r.bin", 32 * MIB);
+    let got = std::fs::read(reader.path("g/r.bin")).expect("read through the mount");
+    assert!(
+        got == data,
+        "wrong bytes\nreader:\n{}\nseeder:\n{}",
+        reader.log(),
+        seeder.log()
+    );
+    let paths = reader.xattr("g/r.bin", "user.fileshare.paths");
+    assert!(paths.contains("relayed"), "{paths}");
+    assert!(!paths.contains("direct"), "{paths}");
+}
+
+#[test]
+fn a_reader_behind_nat_punches_a_path_to_a_seeder_behind_another() {
+    // Routers that keep source ports, as most home routers do: both
+    // daemons dial each other at once and their SYNs cross.
+    let home = HomeSpec {
+        hosts: 1,
+        nat: Nat::Masquerade,
+        upnp: false,
+    };
+    let net = Internet::new(1, &[home, home]);
+    let (w, users) = world(&net, &["alice", "bob"]);
+    let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
+    let reader = mount(&w, &net, net.home_host(1, 0), &users[1]);
+    let data = share(&w, &seeder, &reader, "h.bin", 32 * MIB);
+    let got = std::fs::read(reader.path("g/h.bin")).expect("read through the mount");
+    assert!(
+        got == data,
+        "wrong bytes\nreader:\n{}\nseeder:\n{}",
+        reader.log(),
+        seeder.log()
+    );
+    let paths = reader.xattr("g/h.bin", "user.fileshare.paths");
+    assert!(
+        paths.contains("punched"),
+        "{paths}\nreader:\n{}\nseeder:\n{}",
+        reader.log(),
+        seeder.log()
+    );
+    let st = status(&w, net.home_host(1, 0), &users[1]);
+    assert!(st.contains("(punched)"), "{st}");
+}
+
+#[test]
+fn a_seeder_behind_a_upnp_router_maps_a_port_and_is_read_directly() {
+    // A real miniupnpd on the router (UPnP IGD and NAT-PMP).
+    let net = Internet::new(
+        2,
+        &[HomeSpec {
+            hosts: 1,
+            nat: Nat::Masquerade,
+            upnp: true,
+        }],
+    );
+    let (w, users) = world(&net, &["alice", "carol"]);
+    let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
+    let reader = mount(&w, &net, net.public(1), &users[1]);
+    // Offered at the router's public address, through the mapped port.
+    let mapped = format!("reached    reachable at {}:", net.home(0).router.addr);
+    let mut last = String::new();
+    let found = (0..100).any(|_| {
+        last = status(&w, net.home_host(0, 0), &users[0]);
+        let found = last.contains(&mapped) && last.contains("(port mapped by UPnP)");
+        if !found {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        found
+    });
+    assert!(
+        found,
+        "no port mapping:\n{last}\n{}\nminiupnpd:\n{}",
+        seeder.log(),
+        net.upnp_log(0)
+    );
+    let data = share(&w, &seeder, &reader, "u.bin", 8 * MIB);
+    let got = std::fs::read(reader.path("g/u.bin")).expect("read through the mount");
+    assert!(got == data, "wrong bytes\n{}", reader.log());
+    let paths = reader.xattr("g/u.bin", "user.fileshare.paths");
+    // Dialled at the router's public address, through the mapping.
+    let direct = format!("{}:", net.home(0).router.addr);
+    assert!(
+        paths.contains(&direct) && paths.ends_with(" direct"),
+        "{paths}"
+    );
+}

@@ -1,0 +1,234 @@
+//! Reverse connections and the relay: a reader that cannot dial a holder
+//! asks the tracker to have the holder dial it, or, when the reader cannot
+//! be dialled either, to meet it at this tracker's relay; the holder
+//! collects such calls by waiting on the tracker (see [`crate::reach`] and
+//! [`crate::reach::relay`]).
+
+use super::{group_name, Caller};
+use crate::peers::Card;
+use crate::shared::Shared;
+use fileshare_protocol::messages::tracker::{Call, CallKind, Reach};
+use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
+use fileshare_protocol::{ErrorCode, Limit, PeerId};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The caller's daemon and `holder`, both online members of `group`.
+fn pair(
+    shared: &Shared,
+    caller: &Caller,
+    session: &SessionToken,
+    group: &str,
+    holder: &PeerId,
+) -> Result<(Arc<Card>, Arc<Card>), ErrorCode> {
+    let user = shared.session_user(session)?;
+    group_name(group)?;
+    let reader = caller.client_key().map(|k| k.peer_id()).ok_or_else(|| {
+        ErrorCode::BadRequest("only a daemon presenting its key can be called back".into())
+    })?;
+    let now = Instant::now();
+    let state = shared.state.read();
+    let g = state.member_group(group, &user)?;
+    let peers = shared.peers.read();
+    let me = (peers.card(&reader, now))
+        .filter(|c| c.user == user)
+        .ok_or_else(|| ErrorCode::BadRequest(format!("peer {reader} has not announced itself")))?;
+    let them = (peers.card(holder, now))
+        .filter(|c| g.is_member(&c.user))
+        .ok_or_else(|| {
+            ErrorCode::BadRequest(format!("peer {holder} is not online in group {group}"))
+        })?;
+    Ok((me, them))
+}
+
+/// Places a call for `holder` to dial the caller's own daemon back. Both
+/// must be online members of `group`, and the caller's offered address
+/// must not be known unreachable: a holder would dial it in vain.
+pub fn call_back(
+    shared: &Shared,
+    caller: &Caller,
+    session: &SessionToken,
+    group: &str,
+    holder: PeerId,
+    nonce: [u8; 16],
+) -> TrackerResult {
+    let (me, them) = pair(shared, caller, session, group, &holder)?;
+    if shared.reach.of(&me.id, &me.addr) == Reach::Unreachable {
+        return Err(ErrorCode::BadRequest(format!(
+            "this daemon is not reachable at {} either: {holder} cannot dial it",
+            me.addr
+        )));
+    }
+    let call = Call {
+        from: me.id,
+        addr: me.addr.clone(),
+        nonce,
+        how: CallKind::DialBack,
+    };
+    (shared.reach).place(them.id, call).map_err(calls_waiting)?;
+    Ok(TrackerReply::Done)
+}
+
+/// Calls `holder` to punch a path to the caller's daemon: both dial each
+/// other's offered address from their listening ports at once.
+pub fn punch(
+    shared: &Shared,
+    caller: &Caller,
+    session: &SessionToken,
+    group: &str,
+    holder: PeerId,
+    nonce: [u8; 16],
+) -> TrackerResult {
+    let (me, them) = pair(shared, caller, session, group, &holder)?;
+    let call = Call {
+        from: me.id,
+        addr: me.addr.clone(),
+        nonce,
+        how: CallKind::Punch,
+    };
+    (shared.reach).place(them.id, call).map_err(calls_waiting)?;
+    Ok(TrackerReply::Done)
+}
+
+/// Opens a relay slot between the caller's daemon and `holder` (both
+/// online members of `group`) and calls the holder to it.
+pub fn relay(
+    shared: &Shared,
+    caller: &Caller,
+    session: &SessionToken,
+    group: &str,
+    holder: PeerId,
+    nonce: [u8; 16],
+) -> TrackerResult {
+    let (me, them) = pair(shared, caller, session, group, &holder)?;
+    (shared.relay)
+        .open_slot(nonce, &me.user, &them.user)
+        .map_err(|message| ErrorCode::LimitReached {
+            limit: Limit::Relay,
+            message,
+        })?;
+    let call = Call {
+        from: me.id,
+        addr: String::new(),
+        nonce,
+        how: CallKind::Relay,
+    };
+    (shared.reach).place(them.id, call).map_err(calls_waiting)?;
+    Ok(TrackerReply::Done)
+}
+
+/// The calls placed for the caller's daemon `peer`, waiting a while for
+/// one.
+pub async fn await_calls(
+    shared: &Shared,
+    caller: &Caller,
+    session: &SessionToken,
+    peer: PeerId,
+    wait_ms: u32,
+) -> TrackerResult {
+    shared.session_user(session)?;
+    caller.speaks_for(&peer)?;
+    let wait = Duration::from_millis(u64::from(wait_ms));
+    Ok(TrackerReply::Calls(shared.reach.collect(peer, wait).await))
+}
+
+/// A call refused because too many wait for its daemon.
+fn calls_waiting(message: String) -> ErrorCode {
+    ErrorCode::LimitReached {
+        limit: Limit::CallsWaiting,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cmd::dispatch;
+    use crate::cmd::file::tests::{group, meta};
+    use crate::cmd::testing::{key_of, Fixture};
+    use crate::cmd::Caller;
+    use fileshare_protocol::messages::tracker::{CallKind, Holding, Reach};
+    use fileshare_protocol::messages::{TrackerReply, TrackerRequest};
+    use fileshare_protocol::{Bitfield, ErrorCode, PeerId};
+
+    /// A holder the tracker could not dial is listed last and marked; a
+    /// reader it could dial gets that holder to dial back; a reader it
+    /// could not dial is refused (the relay is its way), and so is anyone
+    /// outside the group.
+    #[tokio::test]
+    async fn unreachable_holders_come_last_and_are_called_back() {
+        let fx = Fixture::new();
+        let [alice, bob, carol] = group(&fx).await;
+        let m = meta("a", b"abc");
+        for session in [alice, bob] {
+            fx.call(TrackerRequest::ShareFile {
+                session,
+                group: "g".into(),
+                meta: m.clone(),
+            })
+            .await
+            .unwrap();
+        }
+        let (a, b, c) = (PeerId([1; 16]), PeerId([2; 16]), PeerId([3; 16]));
+        let addr = |p: &PeerId| format!("127.0.0.1:{}", 9 + u16::from(p.0[0]));
+        // Known before the announces, so no probe replaces them.
+        fx.shared.reach.set(a, &addr(&a), Reach::Unreachable);
+        fx.shared.reach.set(b, &addr(&b), Reach::Direct);
+        for (session, peer) in [(alice, a), (bob, b), (carol, c)] {
+            fx.call(TrackerRequest::Announce {
+                session,
+                peer,
+                addr: addr(&peer),
+                holdings: vec![Holding {
+                    file: m.id(),
+                    have: Bitfield::full(1),
+                }],
+            })
+            .await
+            .unwrap();
+        }
+        let Ok(TrackerReply::Location { peers, .. }) = fx
+            .call(TrackerRequest::Locate {
+                session: alice,
+                group: "g".into(),
+                name: "a".into(),
+            })
+            .await
+        else {
+            panic!("alice locates her group's file");
+        };
+        let listed: Vec<(PeerId, Reach)> = peers.iter().map(|p| (p.peer, p.reach)).collect();
+        assert_eq!(listed, vec![(b, Reach::Direct), (a, Reach::Unreachable)]);
+        let call_back = |session, from: PeerId, holder| {
+            let caller = Caller {
+                addr: None,
+                key: Some(key_of(from)),
+            };
+            let req = TrackerRequest::CallBack {
+                session,
+                group: "g".into(),
+                holder,
+                nonce: [7; 16],
+            };
+            let shared = fx.shared.clone();
+            async move { dispatch(&shared, &caller, req).await }
+        };
+        // Bob can be dialled: alice's daemon is called to dial him.
+        call_back(bob, b, a).await.unwrap();
+        let calls = fx.shared.reach.collect(a, std::time::Duration::ZERO).await;
+        assert_eq!(calls.len(), 1);
+        assert_eq!((calls[0].from, calls[0].how), (b, CallKind::DialBack));
+        assert_eq!(calls[0].addr, addr(&b));
+        // Alice cannot be dialled: a call back to her is pointless.
+        let r = call_back(alice, a, b).await;
+        assert!(matches!(r, Err(ErrorCode::BadRequest(_))), "{r:?}");
+        // Carol is not in the group.
+        let r = call_back(carol, c, a).await;
+        assert!(r.is_err(), "{r:?}");
+        assert!(fx
+            .shared
+            .reach
+            .collect(a, std::time::Duration::ZERO)
+            .await
+            .is_empty());
+    }
+}
