@@ -43,6 +43,7 @@
 
 pub mod auth;
 pub mod cmd;
+pub mod consensus;
 pub mod error;
 pub mod peers;
 pub mod replication;

@@ -18,23 +18,24 @@ pub mod records;
 use crate::state::records::{Record, TokenHash};
 use fileshare_protocol::ids::{FileId, FileMeta};
 use fileshare_protocol::ErrorCode;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct User {
     /// argon2id PHC string.
     pub phc: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     pub user: String,
     pub expires_unix_ms: u64,
 }
 
 /// One file name in one group.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SharedFile {
     pub id: FileId,
     pub meta: Arc<FileMeta>,
@@ -61,7 +62,7 @@ impl SharedFile {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Group {
     /// Invariant: a key of `members`.
     pub owner: String,
@@ -109,7 +110,8 @@ impl Group {
     }
 }
 
-#[derive(Debug, Default)]
+/// Serialized whole, it is a snapshot of the replicated log.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct State {
     /// Invariant: the number of records applied, which is also the log index
     /// of the last one (indexes start at 1).
