@@ -9,7 +9,7 @@
 //! trackers file pins, or else the one first seen for it and remembered in
 //! the data directory. Then it is handed to the replication transport, with
 //! this tracker's [`Inbox`]: gossip to [`cmd::peer::apply_gossip`], the
-//! rest to the record writer. Any other key is closed at once, having
+//! rest to the consensus node. Any other key is closed at once, having
 //! been read nothing, and logged once per claimed number and address in
 //! [`REFUSAL_LOG_INTERVAL`]. A client connection is only ever read as
 //! client requests, so it can never carry a cluster message.
@@ -27,7 +27,7 @@
 //! flight, flush their replies and close.
 
 use crate::cmd::{self, Caller};
-use crate::replication::transport::{self, Inbox};
+use crate::consensus::transport::{self, Inbox};
 use crate::shared::Shared;
 use fileshare_protocol::conn_limits::ConnLimits;
 use fileshare_protocol::connection::FrameWriter;
@@ -362,7 +362,8 @@ impl Inbox for Shared {
     }
 
     async fn deliver(&self, from: u32, msg: ClusterMsg) -> bool {
-        self.writer.deliver(from, msg).await
+        self.node.deliver(from, msg);
+        true
     }
 }
 

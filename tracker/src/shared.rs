@@ -5,15 +5,12 @@
 //! STATE.md.
 
 use crate::auth;
+use crate::consensus::node::Node;
+use crate::consensus::transport::Transport;
 use crate::error::TrackerError;
 use crate::peers::Peers;
-use crate::replication::log::{Log, LogEntry};
-use crate::replication::node::{Config, Node};
-use crate::replication::transport::{Outbox, Transport};
 use crate::state::change::Change;
 use crate::state::State;
-use crate::writer::store::Store;
-use crate::writer::{self, Availability, Writer, WriterHandle, WriterThread};
 use fileshare_protocol::messages::{ClusterMsg, SessionToken};
 use fileshare_protocol::ticket::TicketSigner;
 use fileshare_protocol::ErrorCode;
@@ -21,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// Knobs, mostly for tests.
@@ -96,14 +93,16 @@ impl Default for Settings {
 /// A ticket's lifetime unless `--ticket-ttl` says otherwise.
 pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(300);
 
-/// The file of the record log inside the data directory.
-pub const STORE_FILE: &str = "records.redb";
+/// The file of the replicated log, its snapshot and the vote, inside the
+/// data directory.
+pub const STORE_FILE: &str = "tracker.redb";
 
 pub struct Shared {
-    /// Durable state; only the writer thread changes it.
+    /// Durable state; only the consensus engine's state machine changes
+    /// it (and, in a pair, a tracker serving alone).
     pub(crate) state: Arc<RwLock<State>>,
     pub(crate) peers: RwLock<Peers>,
-    pub(crate) writer: WriterHandle,
+    pub(crate) node: Arc<Node>,
     pub(crate) throttle: Mutex<auth::Throttle>,
     /// Bounds concurrent argon2 runs: each takes ~19 MiB and a core.
     pub(crate) hashing: Semaphore,
@@ -111,9 +110,6 @@ pub struct Shared {
     /// that finds none is answered `Busy` at once.
     pub(crate) login_queue: Semaphore,
     pub(crate) settings: Settings,
-    /// Whether this tracker answers clients (it is caught up with the
-    /// cluster), or why not; set by the writer.
-    pub(crate) availability: Arc<Availability>,
     /// The other trackers, for gossip.
     pub(crate) transport: Arc<Transport>,
     /// The ticket key pair, made from the state's seed on first use (the
@@ -122,15 +118,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Opens the log in `data_dir` (created if missing), replays what is
-    /// committed, starts the writer. A tracker that may serve at once (it
-    /// is alone in its trackers file, or was the last one up) has its state
-    /// complete when this returns. Blocking: call it on the blocking pool.
-    pub fn open(
+    /// Opens the store in `data_dir` (created if missing): the last
+    /// snapshot is loaded and the engine applies the log after it. A
+    /// tracker alone in its trackers file has its state complete when this
+    /// returns.
+    pub async fn open(
         data_dir: &Path,
         settings: Settings,
         transport: Arc<Transport>,
-    ) -> Result<(Arc<Shared>, WriterThread), TrackerError> {
+    ) -> Result<(Arc<Shared>, Arc<Node>), TrackerError> {
         // Owner-only: the directory holds password hashes, sessions and the
         // key that signs tickets.
         std::fs::DirBuilder::new()
@@ -149,65 +145,54 @@ impl Shared {
             path: data_dir.to_path_buf(),
             error,
         })?;
-        let store = Store::open(&store_file)?;
-        // A log from before replication: every record was acknowledged.
-        let commit = store.commit()?.unwrap_or(store.last_index());
-        let mut state = State::default();
-        let mut log = Log::default();
-        store.read_all_raw(|index, bytes| {
-            let e =
-                LogEntry::decode(bytes).map_err(|error| TrackerError::Decode { index, error })?;
-            let applied = index <= commit;
-            if applied {
-                state.apply(&e.record);
+        let open_err = |e: redb::Error| TrackerError::Open {
+            path: store_file.clone(),
+            error: e,
+        };
+        // Opened again in the same process (tests), the file is free once
+        // the last handle of the engine that had it is dropped.
+        let mut tries = 0;
+        let db = loop {
+            match redb::Database::create(&store_file) {
+                Ok(db) => break db,
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 250 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(open_err(e.into())),
             }
-            log.restore(e, applied);
-            Ok(())
-        })?;
-        log.restore_commit(commit);
-        tracing::info!(
-            records = log.last_index(),
-            replayed = state.applied(),
-            users = state.user_count(),
-            "state replayed"
-        );
-        let clock = Instant::now();
-        let config = Config::new(settings.tracker_no, settings.cluster_size.max(1));
-        let node = Node::new(config, log, 0);
-        let state = Arc::new(RwLock::new(state));
-        let availability = Arc::new(RwLock::new(Err("the tracker is starting".to_string())));
-        let out: Arc<dyn Outbox> = transport.clone();
-        let mut w = Writer::new(store, state.clone(), node, out, availability.clone(), clock);
-        w.settle();
-        let (writer, thread) =
-            writer::spawn(w).map_err(|e| TrackerError::BugWriterGone(e.to_string()))?;
+        };
+        let state = Arc::new(RwLock::new(State::default()));
+        let node = Node::start(
+            settings.tracker_no,
+            settings.cluster_size,
+            Arc::new(db),
+            state.clone(),
+            transport.clone(),
+        )
+        .await?;
+        tracing::info!(users = state.read().user_count(), "state loaded");
         let hashing = std::thread::available_parallelism().map_or(2, |n| n.get());
         let shared = Shared {
             state,
             peers: RwLock::new(Peers::new(settings.announce_interval)),
-            writer,
+            node: node.clone(),
             throttle: Mutex::new(auth::Throttle::new(settings.cluster_size)),
             login_queue: Semaphore::new(settings.limits.login_queue),
             hashing: Semaphore::new(hashing),
             settings,
-            availability,
             transport,
             signer: OnceLock::new(),
         };
-        Ok((Arc::new(shared), thread))
+        Ok((Arc::new(shared), node))
     }
 
     /// Refuses every request while this tracker is not caught up with the
     /// cluster: the client then tries another tracker.
     pub fn available(&self) -> Result<(), ErrorCode> {
-        self.availability.read().clone().map_err(|why| {
+        self.node.readable().map_err(|why| {
             ErrorCode::Unavailable(format!("tracker {}: {why}", self.settings.tracker_no))
         })
-    }
-
-    /// A clock tick for the replication core.
-    pub fn tick(&self) -> bool {
-        self.writer.tick()
     }
 
     /// Tells every other tracker about a change of the soft state.
@@ -240,7 +225,7 @@ impl Shared {
 
     /// Waits until `change` is durable and visible, or refused.
     pub async fn submit(&self, change: Change) -> Result<(), ErrorCode> {
-        self.writer.submit(change).await
+        self.node.submit(change).await
     }
 
     /// Runs argon2 work on the blocking pool, a few at a time; with
@@ -304,11 +289,13 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_changes_are_durable_and_conflicts_decided_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let (shared, thread) =
-            Shared::open(dir.path(), Settings::default(), Transport::none()).unwrap();
+        let (shared, node) = Shared::open(dir.path(), Settings::default(), Transport::none())
+            .await
+            .unwrap();
+        assert!(shared.available().is_ok());
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..200 {
             let s = shared.clone();
@@ -326,25 +313,18 @@ mod tests {
         }
         assert_eq!((ok, exists), (100, 100));
         assert_eq!(shared.state.read().user_count(), 100);
-        thread.stop().await;
+        node.stop().await;
         assert!(shared.submit(user("late")).await.is_err());
         drop(shared);
-
-        {
-            let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
-            let mut replayed = State::default();
-            store.read_all(|_, r| replayed.apply(&r)).unwrap();
-            assert_eq!(replayed.user_count(), 100);
-            // The users, the view of one tracker and the ticket key.
-            assert_eq!(replayed.applied(), 102);
-            assert!(replayed.ticket_seed().is_some());
-        }
-        // A tracker alone in its view serves all of it again at once.
-        let (shared, thread) =
-            Shared::open(dir.path(), Settings::default(), Transport::none()).unwrap();
+        drop(node);
+        // Back, a tracker alone in its trackers file serves all of it at once.
+        let (shared, node) = Shared::open(dir.path(), Settings::default(), Transport::none())
+            .await
+            .unwrap();
         assert!(shared.available().is_ok());
-        assert_eq!(shared.state.read().applied(), 102);
-        thread.stop().await;
+        assert_eq!(shared.state.read().user_count(), 100);
+        assert!(shared.state.read().ticket_seed().is_some());
+        node.stop().await;
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.path().join(STORE_FILE)), 0o600);

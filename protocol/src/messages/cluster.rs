@@ -166,6 +166,23 @@ pub enum ClusterMsg {
         peer: PeerId,
         user: String,
     },
+    /// A call `id` of the trackers' consensus engine (encoded by the
+    /// tracker); the receiver answers with [`ClusterMsg::RaftReply`].
+    Raft {
+        id: u64,
+        body: ByteBuf,
+    },
+    /// The answer to the receiver's call `id`.
+    RaftReply {
+        id: u64,
+        body: ByteBuf,
+    },
+    /// The sender has applied the replicated log up to `index`: a write is
+    /// acknowledged once every tracker in touch has applied it, so a read
+    /// through any of them right after the answer sees it.
+    Applied {
+        index: u64,
+    },
 }
 
 /// Entries are summarized, so logs of appends stay short.
@@ -196,6 +213,11 @@ impl fmt::Debug for ClusterMsg {
                 write!(f, "PiecesReported({peer:?}, {file:?})")
             }
             ClusterMsg::PeerLeft { peer, .. } => write!(f, "PeerLeft({peer:?})"),
+            ClusterMsg::Raft { id, body } => write!(f, "Raft({id}, {} bytes)", body.len()),
+            ClusterMsg::RaftReply { id, body } => {
+                write!(f, "RaftReply({id}, {} bytes)", body.len())
+            }
+            ClusterMsg::Applied { index } => write!(f, "Applied({index})"),
         }
     }
 }

@@ -278,7 +278,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn share_list_search_stop() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, bob, carol] = group(&fx).await;
         let a = meta("report.pdf", b"hello");
         fx.call(share(alice, a.clone())).await.unwrap();
@@ -329,7 +329,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn rename_is_one_durable_step_seen_by_every_member() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, bob, carol] = group(&fx).await;
         let a = meta("draft.txt", b"words");
         fx.call(share(alice, a.clone())).await.unwrap();
@@ -412,7 +412,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_save_over_a_file_its_readers_hold_replaces_it() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, bob, _] = group(&fx).await;
         let v1 = meta("notes.txt", b"one");
         let v2 = meta("notes.txt", b"two!");
@@ -450,7 +450,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn inconsistent_metadata_is_refused() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, ..] = group(&fx).await;
         let mut wrong_count = meta("a", &[1; 10]);
         wrong_count.hashes.push(PieceHash::of(b""));
@@ -471,7 +471,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn locate_offers_online_peers_of_members_only() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, bob, carol] = group(&fx).await;
         let m = meta("a", &[7; (PIECE_LEN * 2) as usize]);
         fx.call(share(alice, m.clone())).await.unwrap();

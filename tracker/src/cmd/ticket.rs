@@ -83,7 +83,8 @@ mod tests {
         let fx = Fixture::with(Settings {
             ticket_ttl: Duration::from_secs(60),
             ..Settings::default()
-        });
+        })
+        .await;
         let [alice, bob, carol] = group(&fx).await;
         assert_eq!(
             issue(&fx, carol).await,
@@ -118,7 +119,7 @@ mod tests {
 
     #[tokio::test]
     async fn another_users_online_peer_id_is_refused_as_holder() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, bob, _] = group(&fx).await;
         fx.call(TrackerRequest::Announce {
             session: alice,
@@ -138,7 +139,7 @@ mod tests {
     /// peer id of the key the request's connection presented.
     #[tokio::test]
     async fn the_holder_is_the_asking_connections_own_peer() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [_, bob, _] = group(&fx).await;
         let req = TrackerRequest::IssueTicket {
             session: bob,

@@ -16,15 +16,27 @@
 //! - [`network`]: openraft's calls to another tracker as [`network::Rpc`]
 //!   values over a [`network::Wire`], and [`network::serve`] for the
 //!   receiving end; the wire itself is the caller's.
+//! - [`wire`]: that wire over the trackers' own TLS connections, and who
+//!   was heard from lately.
+//! - [`transport`]: those connections, and the gossip of soft state.
+//! - [`node`]: this tracker's part: the engine started over the store,
+//!   writes proposed or forwarded to the leader, the majority rule, when
+//!   reads are served.
+//! - [`aside`]: a tracker of two serving alone, and what it acknowledged
+//!   then going through the log once the pair is whole again.
 //!
 //! The log holds requested changes, not their records: every tracker
 //! decides each committed change against the same state in the same order,
 //! so all reach the same records and the same answer, and a change is
 //! checked against the state it is applied to, never an older one.
 
+pub mod aside;
 pub mod log_store;
 pub mod network;
+pub mod node;
 pub mod state_machine;
+pub mod transport;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;

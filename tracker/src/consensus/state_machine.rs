@@ -15,6 +15,7 @@
 // openraft's storage traits fix the error type, a large one.
 #![allow(clippy::result_large_err)]
 
+use crate::consensus::aside::Aside;
 use crate::consensus::{Answer, Command, NodeId, TypeConfig};
 use crate::state::change::decide;
 use crate::state::records::Record;
@@ -80,6 +81,8 @@ pub fn apply_command(state: &mut State, command: Command) -> Answer {
 pub struct StateMachine {
     state: Arc<RwLock<State>>,
     db: Arc<Database>,
+    /// A tracker of two: what it acknowledged alone.
+    aside: Option<Arc<Aside>>,
     /// Invariant: the last entry whose command is in `state`.
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, BasicNode>,
@@ -90,13 +93,18 @@ pub struct StateMachine {
 impl StateMachine {
     /// The state machine over `db`: `state` becomes the last snapshot's,
     /// or stays as it is if there is none.
-    pub fn open(db: Arc<Database>, state: Arc<RwLock<State>>) -> Result<StateMachine> {
+    pub fn open(
+        db: Arc<Database>,
+        state: Arc<RwLock<State>>,
+        aside: Option<Arc<Aside>>,
+    ) -> Result<StateMachine> {
         let txn = db.begin_write().map_err(write_err)?;
         txn.open_table(SNAPSHOT).map_err(write_err)?;
         txn.commit().map_err(write_err)?;
         let mut sm = StateMachine {
             state,
             db,
+            aside,
             last_applied: None,
             membership: StoredMembership::default(),
             built: 0,
@@ -171,6 +179,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut answers = Vec::new();
         let mut state = self.state.write();
+        if let Some(aside) = &self.aside {
+            aside.leave(&mut state);
+        }
         for e in entries {
             self.last_applied = Some(e.log_id);
             let answer = match e.payload {
@@ -190,7 +201,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// exactly the state at `last_applied`; the builder only saves it.
     async fn get_snapshot_builder(&mut self) -> Builder {
         self.built += 1;
-        let encoded = codec::encode_large(&*self.state.read());
+        let encoded = {
+            let state = self.state.read();
+            match &self.aside {
+                Some(aside) => aside.snapshot_of(&state),
+                None => codec::encode_large(&*state),
+            }
+        };
         let stored = match encoded {
             Ok(data) => {
                 let id = match self.last_applied {
@@ -233,7 +250,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             data,
         };
         save(&self.db, &stored)?;
-        *self.state.write() = restored;
+        let mut state = self.state.write();
+        if let Some(aside) = &self.aside {
+            aside.leave(&mut state);
+        }
+        *state = restored;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())

@@ -83,7 +83,7 @@ async fn start(
     };
     let state = Arc::new(RwLock::new(State::default()));
     let log = LogStore::open(db.clone()).unwrap();
-    let sm = StateMachine::open(db, state.clone()).unwrap();
+    let sm = StateMachine::open(db, state.clone(), None).unwrap();
     let link = Arc::new(Link {
         from: id,
         router: router.clone(),

@@ -10,7 +10,7 @@
 //! - this module: the state and [`State::apply`], its only mutator.
 //! - [`change`]: deciding a change into records against the state.
 //!
-//! The log on disk is the record writer's ([`crate::writer::store`]).
+//! The log on disk is openraft's ([`crate::consensus`]).
 
 pub mod change;
 pub mod records;
