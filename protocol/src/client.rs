@@ -194,6 +194,10 @@ impl Drop for Attempt {
 pub struct TrackerClient {
     shared: Arc<Shared>,
     next_id: AtomicU64,
+    /// Drawn at random: names this client's writes to the cluster, which
+    /// keeps the answer to its last one (see [`TrackerRequest::Once`]).
+    client_id: u64,
+    next_seq: AtomicU64,
 }
 
 impl TrackerClient {
@@ -222,6 +226,8 @@ impl TrackerClient {
                 slot: Mutex::new(Slot::default()),
             }),
             next_id: AtomicU64::new(1),
+            client_id: client_id(),
+            next_seq: AtomicU64::new(1),
         }
     }
 
@@ -291,6 +297,17 @@ impl TrackerClient {
     /// trackers as needed. Private: callers use the typed methods, so no
     /// caller ever matches on a reply of the wrong kind.
     async fn call(&self, req: TrackerRequest) -> Result<TrackerReply, ClientError> {
+        // A write that must not take effect twice carries this client's id
+        // and sequence number, so it can be sent again after a failover.
+        let req = if req.is_idempotent() {
+            req
+        } else {
+            TrackerRequest::Once {
+                client: self.client_id,
+                seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+                request: Box::new(req),
+            }
+        };
         let addrs = self.addrs();
         let trackers = addrs.len().max(1);
         let rounds = trackers * 3;
@@ -678,3 +695,19 @@ impl TrackerClient {
 
 #[cfg(test)]
 mod tests;
+
+/// A random client id: 64 bits, so two clients of one cluster practically
+/// never draw the same.
+fn client_id() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // No randomness: the time and the process make a unique enough id.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let low = u64::try_from(t & u128::from(u64::MAX)).unwrap_or(0);
+        return low ^ (u64::from(std::process::id()) << 32);
+    }
+    u64::from_le_bytes(b)
+}

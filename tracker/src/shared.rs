@@ -90,6 +90,12 @@ impl Default for Settings {
     }
 }
 
+tokio::task_local! {
+    /// The client's id and the sequence number of the write being
+    /// handled, when the client sent them (`TrackerRequest::Once`).
+    pub static ONCE: (u64, u64);
+}
+
 /// A ticket's lifetime unless `--ticket-ttl` says otherwise.
 pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(300);
 
@@ -195,6 +201,14 @@ impl Shared {
         })
     }
 
+    /// [`Shared::available`], waiting a moment while this tracker is about
+    /// to serve rather than sending the client away.
+    pub async fn ready(&self) -> Result<(), ErrorCode> {
+        self.node.ready().await.map_err(|why| {
+            ErrorCode::Unavailable(format!("tracker {}: {why}", self.settings.tracker_no))
+        })
+    }
+
     /// Tells every other tracker about a change of the soft state.
     pub fn gossip(&self, msg: &ClusterMsg) {
         self.transport.broadcast(msg);
@@ -223,9 +237,12 @@ impl Shared {
         Ok(self.signer.get_or_init(|| TicketSigner::from_seed(&seed)))
     }
 
-    /// Waits until `change` is durable and visible, or refused.
+    /// Waits until `change` is durable and visible, or refused. Inside a
+    /// client's `Once` request ([`ONCE`]) it takes effect once, however
+    /// often the client sends it.
     pub async fn submit(&self, change: Change) -> Result<(), ErrorCode> {
-        self.node.submit(change).await
+        let once = ONCE.try_with(|id| *id).ok();
+        self.node.submit(change, once).await
     }
 
     /// Runs argon2 work on the blocking pool, a few at a time; with

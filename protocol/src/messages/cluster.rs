@@ -179,9 +179,12 @@ pub enum ClusterMsg {
     },
     /// The sender has applied the replicated log up to `index`: a write is
     /// acknowledged once every tracker in touch has applied it, so a read
-    /// through any of them right after the answer sees it.
+    /// through any of them right after the answer sees it. `pending`:
+    /// writes it acknowledged while alone (one of a pair) and has not put
+    /// through the log yet; its partner is not caught up until they are.
     Applied {
         index: u64,
+        pending: u64,
     },
 }
 
@@ -217,7 +220,7 @@ impl fmt::Debug for ClusterMsg {
             ClusterMsg::RaftReply { id, body } => {
                 write!(f, "RaftReply({id}, {} bytes)", body.len())
             }
-            ClusterMsg::Applied { index } => write!(f, "Applied({index})"),
+            ClusterMsg::Applied { index, pending } => write!(f, "Applied({index}, {pending})"),
         }
     }
 }

@@ -58,8 +58,19 @@ impl Caller {
 /// with the cluster (the client then asks another tracker).
 pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> TrackerResult {
     use TrackerRequest as R;
-    shared.available()?;
+    shared.ready().await?;
     match req {
+        R::Once {
+            client,
+            seq,
+            request,
+        } => {
+            if let R::Once { .. } = *request {
+                return Err(ErrorCode::BadRequest("a Once inside a Once".into()));
+            }
+            let inner = Box::pin(dispatch(shared, caller, *request));
+            crate::shared::ONCE.scope((client, seq), inner).await
+        }
         R::CreateUser { user, password } => account::create_user(shared, user, password).await,
         R::Login { user, password } => {
             account::login(shared, caller.addr.map(|a| a.ip()), user, password).await

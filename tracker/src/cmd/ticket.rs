@@ -23,6 +23,17 @@ pub fn issue(
     // Only for the daemon that asks: `holder` must be the peer id of the
     // key this connection presented.
     caller.speaks_for(&holder)?;
+    // Cut off from the cluster for longer than a ticket lasts, this
+    // tracker may not know of a removal that the others enforce.
+    let apart = shared.node.out_of_touch();
+    if apart > shared.settings.ticket_ttl {
+        return Err(fileshare_protocol::ErrorCode::Unavailable(format!(
+            "tracker {} has been out of touch with the cluster for {} s, longer than a ticket \
+             lasts; ask another tracker",
+            shared.settings.tracker_no,
+            apart.as_secs()
+        )));
+    }
     let signer = shared.ticket_signer()?;
     let state = shared.state.read();
     state.member_group(group, &user)?;

@@ -13,9 +13,9 @@
 //! Lock order: the state's lock, then [`Aside`]'s.
 
 use crate::consensus::state_machine::apply_command;
-use crate::consensus::Command;
+use crate::consensus::{Answer, Command};
 use crate::error::{storage, TrackerError};
-use crate::state::change::{decide, Change};
+use crate::state::change::decide;
 use crate::state::State;
 use fileshare_protocol::{codec, ErrorCode};
 use parking_lot::Mutex;
@@ -29,7 +29,7 @@ const ASIDE: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_aside");
 struct Inner {
     /// Acknowledged alone, not yet through the log, by acknowledgement
     /// order. Invariant: the same as the table.
-    pending: BTreeMap<u64, Change>,
+    pending: BTreeMap<u64, Command>,
     /// While alone: the log's state, encoded.
     pristine: Option<Vec<u8>>,
 }
@@ -77,7 +77,7 @@ impl Aside {
     }
 
     /// The oldest change kept aside.
-    pub fn first(&self) -> Option<(u64, Change)> {
+    pub fn first(&self) -> Option<(u64, Command)> {
         let inner = self.inner.lock();
         inner
             .pending
@@ -95,8 +95,8 @@ impl Aside {
         let encoded = codec::encode_large(&*state)
             .map_err(|e| ErrorCode::Internal(format!("cannot keep the state: {e}")))?;
         inner.pristine = Some(encoded);
-        for change in inner.pending.values() {
-            apply_command(state, Command::Change(change.clone()));
+        for command in inner.pending.values() {
+            apply_command(state, command.clone());
         }
         Ok(())
     }
@@ -127,31 +127,38 @@ impl Aside {
         }
     }
 
-    /// While alone: decides `change` against `state`, keeps it aside
+    /// While alone: decides `command` against `state`, keeps it aside
     /// durably and applies it. `None` if not alone (the caller proposes
     /// it through the log).
-    pub fn write(&self, state: &mut State, change: Change) -> Option<Result<(), ErrorCode>> {
+    pub fn write(&self, state: &mut State, command: Command) -> Option<Result<(), ErrorCode>> {
         let mut inner = self.inner.lock();
         inner.pristine.as_ref()?;
-        let records = match decide(state, change.clone()) {
-            Ok(r) => r,
-            Err(code) => return Some(Err(code)),
+        if let Command::Once { client, seq, .. } = &command {
+            if let Some(first) = state.answer(*client, *seq) {
+                return Some(first.clone());
+            }
+        }
+        // A refusal is answered and not kept.
+        let change = match &command {
+            Command::Change(c) | Command::Once { change: c, .. } => c.clone(),
+            Command::Init { .. } => return Some(Err(ErrorCode::BadRequest("not a write".into()))),
         };
+        if let Err(code) = decide(state, change) {
+            return Some(Err(code));
+        }
         let next = inner.pending.last_key_value().map_or(1, |(k, _)| k + 1);
-        if let Err(e) = self.save(next, &change) {
+        if let Err(e) = self.save(next, &command) {
             return Some(Err(ErrorCode::Internal(format!(
                 "cannot save the change: {e}"
             ))));
         }
-        inner.pending.insert(next, change);
-        for r in &records {
-            state.apply(r);
-        }
-        Some(Ok(()))
+        inner.pending.insert(next, command.clone());
+        let Answer(answer) = apply_command(state, command);
+        Some(answer)
     }
 
-    fn save(&self, key: u64, change: &Change) -> Result<(), TrackerError> {
-        let bytes = codec::encode(change).map_err(TrackerError::Encode)?;
+    fn save(&self, key: u64, command: &Command) -> Result<(), TrackerError> {
+        let bytes = codec::encode(command).map_err(TrackerError::Encode)?;
         let txn = self.db.begin_write().map_err(storage)?;
         txn.open_table(ASIDE)
             .map_err(storage)?

@@ -71,8 +71,29 @@ pub enum Command {
     /// The ticket signing key's seed, proposed by whoever leads first;
     /// only the first one applied counts.
     Init { ticket_seed: [u8; 32] },
-    /// A client's change, decided when applied.
+    /// A change, decided when applied.
     Change(Change),
+    /// Write `seq` of client `client`: applied once, however often it is
+    /// proposed; each time it is answered as the first time.
+    Once {
+        client: u64,
+        seq: u64,
+        change: Change,
+    },
+}
+
+impl Command {
+    /// `change`, once per (`client`, `seq`) if given.
+    pub fn of(change: Change, once: Option<(u64, u64)>) -> Command {
+        match once {
+            Some((client, seq)) => Command::Once {
+                client,
+                seq,
+                change,
+            },
+            None => Command::Change(change),
+        }
+    }
 }
 
 /// The outcome of applying one entry, handed back to whoever proposed it.

@@ -18,7 +18,7 @@ use crate::consensus::log_store::LogStore;
 use crate::consensus::network::{serve, Network, Rpc};
 use crate::consensus::state_machine::StateMachine;
 use crate::consensus::transport::Transport;
-use crate::consensus::wire::TrackerWire;
+use crate::consensus::wire::{TrackerWire, IN_TOUCH};
 use crate::consensus::{config, Command, NodeId, Raft};
 use crate::error::TrackerError;
 use crate::state::change::Change;
@@ -69,14 +69,17 @@ pub struct Node {
     aside: Option<Arc<Aside>>,
     forwards: Mutex<HashMap<u64, oneshot::Sender<Result<(), ErrorCode>>>>,
     next_forward: AtomicU64,
-    /// What each other tracker said it applied.
-    applied_by: Mutex<BTreeMap<NodeId, u64>>,
+    /// What each other tracker said it applied, and how many writes it
+    /// acknowledged alone and has not put through the log.
+    applied_by: Mutex<BTreeMap<NodeId, (u64, u64)>>,
     applied_news: Notify,
     /// Caught up with a leader since start: reads are served.
     caught_up: AtomicBool,
     /// When a majority (or, in a pair, the partner) was last in touch.
     in_touch_since: Mutex<Instant>,
     stopping: AtomicBool,
+    /// A task puts the writes kept aside through the log.
+    merging: AtomicBool,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -128,12 +131,15 @@ impl Node {
             caught_up: AtomicBool::new(false),
             in_touch_since: Mutex::new(Instant::now()),
             stopping: AtomicBool::new(false),
+            merging: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             cancel: CancellationToken::new(),
         });
         {
             let n = node.clone();
             node.tasks.spawn(async move { n.watch().await });
+            let n = node.clone();
+            node.tasks.spawn(async move { n.report_applied().await });
         }
         if size == 1 {
             // Alone in its trackers file, it serves its whole state at once.
@@ -162,14 +168,25 @@ impl Node {
         self.size / 2 + 1
     }
 
+    /// The leader, if it can commit: this tracker while it reaches a
+    /// majority, or another one in touch.
+    fn usable_leader(&self, m: &RaftMetrics<NodeId, BasicNode>) -> Option<NodeId> {
+        match m.current_leader {
+            Some(l) if l == self.me => {
+                (m.state.is_leader() && self.reached() >= self.majority()).then_some(l)
+            }
+            Some(l) => self.wire.in_touch(l).then_some(l),
+            None => None,
+        }
+    }
+
     /// Follows the engine and the other trackers: reports what is applied,
     /// notes catching up, starts and ends serving alone, proposes what was
     /// kept aside, and proposes the ticket key once.
     async fn watch(self: Arc<Self>) {
-        let mut reported = 0u64;
         let mut leader_seen: Option<NodeId> = None;
         let mut init_term = None;
-        let mut merging = false;
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => return,
@@ -177,15 +194,13 @@ impl Node {
             }
             let m = self.metrics();
             let applied = m.last_applied.map_or(0, |l| l.index);
-            if applied > reported {
-                reported = applied;
-                for o in self.others().collect::<Vec<_>>() {
-                    self.wire.send(o, ClusterMsg::Applied { index: applied });
-                }
+            // Said again now and then, so a tracker that just came back
+            // learns how far the others are (`report` says it at once).
+            ticks += 1;
+            if ticks.is_multiple_of(10) {
+                self.report(applied);
             }
-            let leader = m
-                .current_leader
-                .filter(|l| *l == self.me || self.wire.in_touch(*l));
+            let leader = self.usable_leader(&m);
             if leader != leader_seen {
                 match leader {
                     Some(l) if l == self.me => tracing::info!("leading the cluster"),
@@ -194,8 +209,25 @@ impl Node {
                 }
                 leader_seen = leader;
             }
+            // Caught up: all of its own log applied and, following, at
+            // least as far as the leader said it applied since.
             let last_log = m.last_log_index.unwrap_or(0);
-            if leader.is_some()
+            let (leader_applied, others_pending) = {
+                let by = self.applied_by.lock();
+                let leader_applied = match leader {
+                    Some(l) if l == self.me => Some(0),
+                    Some(l) => by.get(&l).map(|(i, _)| *i),
+                    None => None,
+                };
+                let pending: u64 = self
+                    .others()
+                    .filter(|o| self.wire.in_touch(*o))
+                    .map(|o| by.get(&o).map_or(0, |(_, p)| *p))
+                    .sum();
+                (leader_applied, pending)
+            };
+            if leader_applied.is_some_and(|a| applied >= a)
+                && others_pending == 0
                 && applied >= last_log
                 && !self.caught_up.swap(true, Ordering::Relaxed)
             {
@@ -222,6 +254,11 @@ impl Node {
             let Some(aside) = self.aside.clone() else {
                 continue;
             };
+            if aside.alone() && self.reached() == 2 {
+                // The partner is back: what was kept aside goes through the
+                // log; until then readers wait for it.
+                aside.leave(&mut self.state.write());
+            }
             let partner_silent = self.in_touch_since.lock().elapsed() > ALONE_AFTER;
             if leader.is_none()
                 && partner_silent
@@ -237,14 +274,46 @@ impl Node {
                     Err(e) => tracing::error!("cannot serve alone: {e}"),
                 }
             }
-            if leader.is_some() && !aside.alone() && aside.pending() > 0 && !merging {
-                merging = true;
+            if leader.is_some()
+                && !aside.alone()
+                && aside.pending() > 0
+                && !self.merging.swap(true, Ordering::Relaxed)
+            {
                 let n = self.clone();
                 self.tasks.spawn(async move {
                     n.merge(&aside).await;
+                    n.merging.store(false, Ordering::Relaxed);
                 });
-            } else if aside.pending() == 0 {
-                merging = false;
+            }
+        }
+    }
+
+    /// Tells the others how far this tracker applied the log.
+    fn report(&self, applied: u64) {
+        let pending = self.aside.as_ref().map_or(0, |a| a.pending() as u64);
+        for o in self.others().collect::<Vec<_>>() {
+            let msg = ClusterMsg::Applied {
+                index: applied,
+                pending,
+            };
+            self.wire.send(o, msg);
+        }
+    }
+
+    /// Reports every advance of the applied index as it happens: the
+    /// leader answers a write once the others applied it.
+    async fn report_applied(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let mut reported = 0;
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+            let applied = metrics.borrow().last_applied.map_or(0, |l| l.index);
+            if applied != reported {
+                reported = applied;
+                self.report(applied);
             }
         }
     }
@@ -273,11 +342,61 @@ impl Node {
 
     /// Whether reads are served, or why not.
     pub fn readable(&self) -> Result<(), String> {
-        if self.stopping.load(Ordering::Relaxed) {
-            return Err("the tracker is shutting down".into());
+        self.readiness().map_err(|(why, _)| why)
+    }
+
+    /// Waits, for a moment at most, while this tracker is about to serve
+    /// (a leader being chosen, writes kept aside going through the log,
+    /// catching up): the client would only come back. Refuses at once when
+    /// it waits for a tracker out of reach.
+    pub async fn ready(&self) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            match self.readiness() {
+                Ok(()) => return Ok(()),
+                Err((why, false)) => return Err(why),
+                Err((why, true)) if start.elapsed() >= WAIT_FOR_LEADER => return Err(why),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
         }
-        if self.caught_up.load(Ordering::Relaxed) || self.aside.as_ref().is_some_and(|a| a.alone())
-        {
+    }
+
+    /// Whether reads are served, or why not and whether that is about to
+    /// change.
+    fn readiness(&self) -> Result<(), (String, bool)> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(("the tracker is shutting down".into(), false));
+        }
+        if let Some(aside) = &self.aside {
+            if aside.alone() {
+                return Ok(());
+            }
+            let pending = aside.pending();
+            if pending > 0 {
+                return Err((
+                    format!("putting {pending} write(s) acknowledged while alone through the log"),
+                    true,
+                ));
+            }
+        }
+        if self.size == 2 {
+            // Its partner's writes kept aside are not here yet.
+            let by = self.applied_by.lock();
+            let waiting: u64 = (self.others())
+                .filter(|o| self.wire.in_touch(*o))
+                .map(|o| by.get(&o).map_or(0, |(_, p)| *p))
+                .sum();
+            if waiting > 0 {
+                return Err((
+                    format!(
+                        "waiting for the other tracker to put {waiting} write(s) it acknowledged \
+                         alone through the log"
+                    ),
+                    true,
+                ));
+            }
+        }
+        if self.caught_up.load(Ordering::Relaxed) {
             return Ok(());
         }
         let missing: Vec<String> = self
@@ -286,11 +405,14 @@ impl Node {
             .map(|i| i.to_string())
             .collect();
         if missing.is_empty() {
-            Err("catching up with the cluster".into())
+            Err(("catching up with the cluster".into(), true))
         } else {
-            Err(format!(
-                "waiting for tracker(s) {} (one may hold changes this one lacks)",
-                missing.join(", ")
+            Err((
+                format!(
+                    "waiting for tracker(s) {} (one may hold changes this one lacks)",
+                    missing.join(", ")
+                ),
+                false,
             ))
         }
     }
@@ -314,47 +436,56 @@ impl Node {
     }
 
     /// Returns once `change` is applied on every tracker in touch, or
-    /// refused.
-    pub async fn submit(&self, change: Change) -> Result<(), ErrorCode> {
+    /// refused. `once`: the client's id and the write's sequence number,
+    /// if the client sent them; the write then takes effect once however
+    /// often it comes.
+    pub async fn submit(&self, change: Change, once: Option<(u64, u64)>) -> Result<(), ErrorCode> {
         if self.stopping.load(Ordering::Relaxed) {
             return Err(ErrorCode::Unavailable(
                 "the tracker is shutting down".into(),
             ));
         }
-        if let Some(r) = self.write_alone(&change) {
+        let command = Command::of(change, once);
+        if let Some(r) = self.write_alone(&command) {
             return r;
         }
-        self.propose(change).await
+        self.propose(command).await
     }
 
     /// A tracker of two serving alone takes the write itself.
-    fn write_alone(&self, change: &Change) -> Option<Result<(), ErrorCode>> {
+    fn write_alone(&self, command: &Command) -> Option<Result<(), ErrorCode>> {
         let aside = self.aside.as_ref().filter(|a| a.alone())?;
         let mut state = self.state.write();
-        aside.write(&mut state, change.clone())
+        aside.write(&mut state, command.clone())
     }
 
     /// Through the log: by the leader, or forwarded to it.
-    async fn propose(&self, change: Change) -> Result<(), ErrorCode> {
-        let deadline = Instant::now() + WAIT_FOR_LEADER;
+    async fn propose(&self, change: Command) -> Result<(), ErrorCode> {
+        // A tracker of two may need the time to find its partner gone and
+        // serve alone.
+        let wait = if self.size == 2 {
+            WAIT_FOR_LEADER + ALONE_AFTER + IN_TOUCH
+        } else {
+            WAIT_FOR_LEADER
+        };
+        let deadline = Instant::now() + wait;
         loop {
             if self.size >= 3 && self.reached() < self.majority() {
                 return Err(self.quorum_refusal());
             }
+            if let Some(r) = self.write_alone(&change) {
+                return r;
+            }
             let m = self.metrics();
-            match m.current_leader {
-                Some(l) if l == self.me && m.state.is_leader() => {
-                    match self.lead(change.clone()).await {
-                        Err(ErrorCode::Unavailable(why)) if why.starts_with(NOT_LEADING) => {}
-                        other => return other,
-                    }
-                }
-                Some(l) if l != self.me && self.wire.in_touch(l) => {
-                    match self.forward(l, &change).await {
-                        Err(ErrorCode::Unavailable(why)) if why.starts_with(NOT_LEADING) => {}
-                        other => return other,
-                    }
-                }
+            match self.usable_leader(&m) {
+                Some(l) if l == self.me => match self.lead(change.clone()).await {
+                    Err(ErrorCode::Unavailable(why)) if why.starts_with(NOT_LEADING) => {}
+                    other => return other,
+                },
+                Some(l) => match self.forward(l, &change).await {
+                    Err(ErrorCode::Unavailable(why)) if why.starts_with(NOT_LEADING) => {}
+                    other => return other,
+                },
                 _ => {}
             }
             if Instant::now() > deadline {
@@ -364,28 +495,62 @@ impl Node {
                     ErrorCode::Unavailable("no tracker that orders changes is reachable".into())
                 });
             }
-            if let Some(r) = self.write_alone(&change) {
-                return r;
-            }
             tokio::time::sleep(LOOK).await;
         }
     }
 
     /// As the leader: proposes, then waits for the trackers in touch.
-    async fn lead(&self, change: Change) -> Result<(), ErrorCode> {
-        let resp = match self.raft.client_write(Command::Change(change)).await {
-            Ok(r) => r,
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                return Err(ErrorCode::Unavailable(format!("{NOT_LEADING}{}", self.me)));
-            }
-            Err(e) => {
-                return Err(ErrorCode::Unavailable(format!(
-                    "the change was not saved: {e}"
-                )))
-            }
+    async fn lead(&self, command: Command) -> Result<(), ErrorCode> {
+        // Sent again, it has the effect of sending it once.
+        let repeatable = match &command {
+            Command::Once { .. } => true,
+            Command::Change(c) => c.is_repeatable(),
+            Command::Init { .. } => false,
         };
+        let write = tokio::select! {
+            r = self.raft.client_write(command) => Ok(r),
+            () = self.quorum_lost() => Err(()),
+        };
+        let resp =
+            match write {
+                Err(_) if repeatable => {
+                    // Sent again, it is answered as the first time.
+                    return Err(ErrorCode::Unavailable(format!(
+                        "{NOT_LEADING}{}: the trackers it needs are out of reach",
+                        self.me
+                    )));
+                }
+                Err(_) => return Err(ErrorCode::Internal(
+                    "the trackers needed to commit the change went out of reach; it may or may \
+                     not take effect"
+                        .into(),
+                )),
+                Ok(Ok(r)) => r,
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                    return Err(ErrorCode::Unavailable(format!("{NOT_LEADING}{}", self.me)));
+                }
+                Ok(Err(e)) => {
+                    return Err(ErrorCode::Unavailable(format!(
+                        "the change was not saved: {e}"
+                    )))
+                }
+            };
         self.wait_applied(resp.log_id.index).await;
         resp.data.0
+    }
+
+    /// Returns once this tracker has reached fewer trackers than a write
+    /// needs for a moment: a write it leads will not commit soon.
+    async fn quorum_lost(&self) {
+        let mut since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(LOOK).await;
+            if self.reached() >= self.majority() {
+                since = None;
+            } else if since.get_or_insert_with(Instant::now).elapsed() > IN_TOUCH {
+                return;
+            }
+        }
     }
 
     /// Waits until every tracker in touch applied up to `index`.
@@ -397,7 +562,7 @@ impl Node {
                 let by = self.applied_by.lock();
                 self.others()
                     .filter(|o| self.wire.in_touch(*o))
-                    .any(|o| by.get(&o).copied().unwrap_or(0) < index)
+                    .any(|o| by.get(&o).map_or(0, |(i, _)| *i) < index)
             };
             if !behind {
                 return;
@@ -411,8 +576,8 @@ impl Node {
 
     /// As a follower: sends the change to leader `to` and waits for its
     /// answer.
-    async fn forward(&self, to: NodeId, change: &Change) -> Result<(), ErrorCode> {
-        let body = codec::encode(&Command::Change(change.clone())).map_err(|e| {
+    async fn forward(&self, to: NodeId, command: &Command) -> Result<(), ErrorCode> {
+        let body = codec::encode(command).map_err(|e| {
             ErrorCode::BadRequest(format!("the change is too large to replicate: {e}"))
         })?;
         let id = self.next_forward.fetch_add(1, Ordering::Relaxed);
@@ -430,6 +595,10 @@ impl Node {
         self.forwards.lock().remove(&id);
         match answer {
             Ok(Ok(r)) => r,
+            // Sent again, it is answered as the first time.
+            _ if matches!(command, Command::Once { .. }) => Err(ErrorCode::Unavailable(format!(
+                "{NOT_LEADING}{to} did not answer"
+            ))),
             _ => Err(ErrorCode::Internal(format!(
                 "tracker {to}, which orders changes, did not answer; the change may or may \
                  not have taken effect"
@@ -468,10 +637,10 @@ impl Node {
                 });
             }
             ClusterMsg::RaftReply { id, body } => self.wire.answered(id, &body),
-            ClusterMsg::Applied { index } => {
+            ClusterMsg::Applied { index, pending } => {
                 let mut by = self.applied_by.lock();
                 let e = by.entry(from).or_default();
-                *e = (*e).max(index);
+                *e = (e.0.max(index), pending);
                 drop(by);
                 self.applied_news.notify_waiters();
             }
@@ -479,7 +648,7 @@ impl Node {
                 let n = self.clone();
                 self.tasks.spawn(async move {
                     let result = match codec::decode::<Command>(&change) {
-                        Ok(Command::Change(c)) => {
+                        Ok(c @ (Command::Change(_) | Command::Once { .. })) => {
                             if n.metrics().state.is_leader() {
                                 n.lead(c).await
                             } else {

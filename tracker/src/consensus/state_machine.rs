@@ -64,16 +64,35 @@ pub fn apply_command(state: &mut State, command: Command) -> Answer {
             state.apply(&Record::ClusterInit { ticket_seed });
             Answer(Ok(()))
         }
-        Command::Change(change) => match decide(state, change) {
-            Ok(records) => {
-                for r in &records {
-                    state.apply(r);
-                }
-                Answer(Ok(()))
+        Command::Change(change) => Answer(decide_and_apply(state, change)),
+        Command::Once {
+            client,
+            seq,
+            change,
+        } => {
+            if let Some(first) = state.answer(client, seq) {
+                return Answer(first.clone());
             }
-            Err(code) => Answer(Err(code)),
-        },
+            let answer = decide_and_apply(state, change);
+            state.apply(&Record::Answered {
+                client,
+                seq,
+                answer: answer.clone(),
+            });
+            Answer(answer)
+        }
     }
+}
+
+fn decide_and_apply(
+    state: &mut State,
+    change: crate::state::change::Change,
+) -> std::result::Result<(), fileshare_protocol::ErrorCode> {
+    let records = decide(state, change)?;
+    for r in &records {
+        state.apply(r);
+    }
+    Ok(())
 }
 
 /// openraft's state machine over the tracker's state, which request

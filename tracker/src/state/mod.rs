@@ -19,7 +19,7 @@ use crate::state::records::{Record, TokenHash};
 use fileshare_protocol::ids::{FileId, FileMeta};
 use fileshare_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,7 +131,17 @@ pub struct State {
     file_groups: HashMap<FileId, BTreeSet<String>>,
     /// Source of join and request sequence numbers.
     seq: u64,
+    /// The answers to clients' recent writes, by (client, write sequence
+    /// number), so a write sent again after a failover is answered as the
+    /// first time and not applied twice. Invariant: the keys of
+    /// `answer_order`, which holds at most [`MAX_ANSWERS`], oldest first.
+    answers: HashMap<(u64, u64), Result<(), ErrorCode>>,
+    answer_order: VecDeque<(u64, u64)>,
 }
+
+/// Answers kept: far more writes than clients have in flight while a
+/// failover lasts.
+pub const MAX_ANSWERS: usize = 100_000;
 
 const MIN_SESSION_PRUNE: usize = 1024;
 
@@ -220,6 +230,21 @@ impl State {
             Record::FileShared { group, meta, user } => self.hold(group, meta, user, false),
             // Views order the log; they change nothing here.
             Record::View(_) => {}
+            Record::Answered {
+                client,
+                seq,
+                answer,
+            } => {
+                let key = (*client, *seq);
+                if self.answers.insert(key, answer.clone()).is_none() {
+                    self.answer_order.push_back(key);
+                }
+                while self.answer_order.len() > MAX_ANSWERS {
+                    if let Some(old) = self.answer_order.pop_front() {
+                        self.answers.remove(&old);
+                    }
+                }
+            }
             Record::ShareStopped { group, name, user } => self.release(group, name, user),
             Record::ShareRenamed {
                 group,
@@ -361,6 +386,12 @@ impl State {
                 }
             }
         }
+    }
+
+    /// The answer already given to write `seq` of `client`, if it was
+    /// applied.
+    pub fn answer(&self, client: u64, seq: u64) -> Option<&Result<(), ErrorCode>> {
+        self.answers.get(&(client, seq))
     }
 
     /// Records applied so far; the index of the last one.
