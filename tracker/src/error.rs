@@ -49,6 +49,12 @@ pub enum TrackerError {
     Bind { addr: String, error: std::io::Error },
     #[error("the operating system gave no randomness: {0}")]
     Random(String),
+    #[error(
+        "{} holds the log of an earlier tracker version, which this one does not read; move \
+         it aside to start this tracker with an empty state",
+        path.display()
+    )]
+    OldStore { path: PathBuf },
     #[error("the consensus engine: {0}")]
     Consensus(String),
 }

@@ -121,6 +121,19 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerErr
         .map(|e| TrackerTrust::new(e, &known_keys))
         .collect();
     let size = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+    let unpinned: Vec<String> = (1..=size)
+        .zip(&trust)
+        .filter(|(n, t)| *n != no && !t.is_pinned())
+        .map(|(n, _)| n.to_string())
+        .collect();
+    if !unpinned.is_empty() {
+        tracing::warn!(
+            "the trackers file pins no key for tracker(s) {}: each is trusted with the key it \
+             shows when this tracker first dials it; pin them (`fileshare-tracker --fingerprint` \
+             prints a tracker's) so no one else can be taken for them",
+            unpinned.join(", ")
+        );
+    }
     let mut settings = config.settings.clone();
     settings.cluster_size = size;
     let cancel = CancellationToken::new();

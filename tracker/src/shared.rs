@@ -103,6 +103,10 @@ pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(300);
 /// data directory.
 pub const STORE_FILE: &str = "tracker.redb";
 
+/// The record log of earlier versions, which is not read: its presence
+/// stops the start, so no state is dropped silently.
+pub const OLD_STORE_FILE: &str = "records.redb";
+
 pub struct Shared {
     /// Durable state; only the consensus engine's state machine changes
     /// it (and, in a pair, a tracker serving alone).
@@ -147,6 +151,10 @@ impl Shared {
                 error,
             })?;
         let store_file = data_dir.join(STORE_FILE);
+        let old = data_dir.join(OLD_STORE_FILE);
+        if old.exists() && !store_file.exists() {
+            return Err(TrackerError::OldStore { path: old });
+        }
         private_file(&store_file).map_err(|error| TrackerError::DataDir {
             path: data_dir.to_path_buf(),
             error,
@@ -345,5 +353,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.path().join(STORE_FILE)), 0o600);
+    }
+
+    #[tokio::test]
+    async fn a_log_of_an_earlier_version_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(OLD_STORE_FILE), b"old").unwrap();
+        let r = Shared::open(dir.path(), Settings::default(), Transport::none()).await;
+        assert!(matches!(r, Err(TrackerError::OldStore { .. })));
+        assert!(!dir.path().join(STORE_FILE).exists());
     }
 }

@@ -501,12 +501,7 @@ impl Node {
 
     /// As the leader: proposes, then waits for the trackers in touch.
     async fn lead(&self, command: Command) -> Result<(), ErrorCode> {
-        // Sent again, it has the effect of sending it once.
-        let repeatable = match &command {
-            Command::Once { .. } => true,
-            Command::Change(c) => c.is_repeatable(),
-            Command::Init { .. } => false,
-        };
+        let repeatable = repeatable(&command);
         let write = tokio::select! {
             r = self.raft.client_write(command) => Ok(r),
             () = self.quorum_lost() => Err(()),
@@ -591,18 +586,28 @@ impl Node {
             self.forwards.lock().remove(&id);
             return Err(ErrorCode::Unavailable(format!("{NOT_LEADING}{to} is away")));
         }
-        let answer = tokio::time::timeout(FORWARD_TIMEOUT, rx).await;
+        let answer = tokio::select! {
+            r = tokio::time::timeout(FORWARD_TIMEOUT, rx) => r.ok().and_then(Result::ok),
+            () = self.gone(to) => None,
+        };
         self.forwards.lock().remove(&id);
         match answer {
-            Ok(Ok(r)) => r,
-            // Sent again, it is answered as the first time.
-            _ if matches!(command, Command::Once { .. }) => Err(ErrorCode::Unavailable(format!(
+            Some(r) => r,
+            // Sent again, it has the effect of sending it once.
+            None if repeatable(command) => Err(ErrorCode::Unavailable(format!(
                 "{NOT_LEADING}{to} did not answer"
             ))),
-            _ => Err(ErrorCode::Internal(format!(
+            None => Err(ErrorCode::Internal(format!(
                 "tracker {to}, which orders changes, did not answer; the change may or may \
                  not have taken effect"
             ))),
+        }
+    }
+
+    /// Returns once tracker `to` is out of touch.
+    async fn gone(&self, to: NodeId) {
+        while self.wire.in_touch(to) {
+            tokio::time::sleep(LOOK).await;
         }
     }
 
@@ -683,5 +688,14 @@ impl Node {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+    }
+}
+
+/// Whether proposing `command` again has the effect of proposing it once.
+fn repeatable(command: &Command) -> bool {
+    match command {
+        Command::Once { .. } => true,
+        Command::Change(c) => c.is_repeatable(),
+        Command::Init { .. } => false,
     }
 }
