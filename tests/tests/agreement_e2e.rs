@@ -214,3 +214,115 @@ fn a_tracker_cut_off_from_the_majority_refuses_writes_and_catches_up() {
     );
     drop(trackers);
 }
+
+/// A small xorshift generator: the test prints its seed, so a failing
+/// run can be replayed with `AGREEMENT_SEED`.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Three trackers as real processes, clients writing group creations
+/// through every one of them, while trackers are killed with `kill -9` and
+/// restarted, or frozen (cut off from everyone) and thawed, at random,
+/// never more than one at a time so a majority stays. Then, all back:
+/// every acknowledged write is on every tracker, once, and all three
+/// answer the same.
+#[test]
+fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
+    let seed = std::env::var("AGREEMENT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("AGREEMENT_SEED={seed}");
+    let mut rng = Rng(seed);
+    let mut cluster = Cluster::start(3);
+    let rt = multi_rt();
+    let session = rt.block_on(async {
+        let c = cluster.client_from(1);
+        c.create_user("w", "pw").await.unwrap();
+        c.login("w", "pw").await.unwrap().token
+    });
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = vec![];
+    for w in 0..3u32 {
+        let client = cluster.client_from(w + 1);
+        let (acked, stop) = (acked.clone(), stop.clone());
+        writers.push(rt.spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("r{w}-{i}");
+                i += 1;
+                if client.create_group(session, &name).await.is_ok() {
+                    acked.lock().unwrap().push(name);
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(25) {
+        let victim = rng.next(3) as u32 + 1;
+        let hold = Duration::from_millis(500 + rng.next(2000));
+        if rng.next(2) == 0 {
+            eprintln!("kill -9 tracker {victim} for {hold:?}");
+            cluster.kill9(victim);
+            std::thread::sleep(hold);
+            cluster.restart(victim);
+        } else {
+            eprintln!("tracker {victim} cut off for {hold:?}");
+            cluster.tracker(victim).pause();
+            std::thread::sleep(hold);
+            cluster.tracker(victim).resume();
+        }
+        std::thread::sleep(Duration::from_millis(rng.next(1000)));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        rt.block_on(w).unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    let want: BTreeSet<String> = acked.iter().cloned().collect();
+    assert_eq!(want.len(), acked.len(), "a write acknowledged twice");
+    let mut answers = vec![];
+    for i in 1..=3 {
+        cluster.wait_serving(i);
+        let mut got = None;
+        fileshare_tests::wait_until(
+            &format!("tracker {i} to list every acknowledged write"),
+            Duration::from_secs(15),
+            || {
+                let gs = rt.block_on(cluster.client(i).list_groups(session));
+                let names: Vec<String> = gs
+                    .map(|g| g.into_iter().map(|g| g.name).collect())
+                    .unwrap_or_default();
+                let set: BTreeSet<String> = names.iter().cloned().collect();
+                let ok = set.len() == names.len() && want.is_subset(&set);
+                got = Some(set);
+                ok
+            },
+        );
+        answers.push(got.unwrap());
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "trackers answer differently"
+    );
+    eprintln!(
+        "{} writes acknowledged, all present once on all three",
+        acked.len()
+    );
+}

@@ -363,4 +363,65 @@ mod tests {
         assert!(matches!(r, Err(TrackerError::OldStore { .. })));
         assert!(!dir.path().join(STORE_FILE).exists());
     }
+
+    /// 100,000 sessions opened (a login's write; the password hash is
+    /// left out) leave a compacted log, and a restart is quick. Prints the
+    /// figures; run in release:
+    /// `cargo test -p fileshare-tracker --release -- --ignored --nocapture hundred_thousand`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement: 100,000 writes"]
+    async fn a_hundred_thousand_logins_leave_a_small_store_and_a_quick_restart() {
+        const N: usize = 100_000;
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, node) = Shared::open(dir.path(), Settings::default(), Transport::none())
+            .await
+            .unwrap();
+        shared.submit(user("alice")).await.unwrap();
+        let start = std::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..64 {
+            let s = shared.clone();
+            tasks.spawn(async move {
+                for i in (c..N).step_by(64) {
+                    let mut token_hash = [0u8; 32];
+                    token_hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                    let change = Change::OpenSession {
+                        token_hash,
+                        user: "alice".into(),
+                        now_unix_ms: 1,
+                        expires_unix_ms: u64::MAX,
+                    };
+                    s.submit(change).await.unwrap();
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let wrote = start.elapsed();
+        node.stop().await;
+        drop(shared);
+        drop(node);
+        let size = std::fs::metadata(dir.path().join(STORE_FILE))
+            .unwrap()
+            .len();
+        let start = std::time::Instant::now();
+        let (shared, node) = Shared::open(dir.path(), Settings::default(), Transport::none())
+            .await
+            .unwrap();
+        let restart = start.elapsed();
+        let sessions = (0..N)
+            .filter(|i| {
+                let mut h = [0u8; 32];
+                h[..8].copy_from_slice(&(*i as u64).to_le_bytes());
+                shared.state.read().session(&h, 2).is_some()
+            })
+            .count();
+        assert_eq!(sessions, N, "every session is there after the restart");
+        eprintln!(
+            "{N} logins: written in {wrote:?}; {STORE_FILE} {:.1} MiB; restart {restart:?}",
+            size as f64 / f64::from(1 << 20)
+        );
+        node.stop().await;
+    }
 }
