@@ -22,7 +22,10 @@
 //! skipped quietly for the next one: the call fails with
 //! [`ClientError::Untrusted`], naming both keys.
 
+mod error;
 mod link;
+
+pub use error::ClientError;
 
 use crate::error::ErrorCode;
 use crate::identity::Identity;
@@ -39,40 +42,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The tracker answered with a refusal.
-    #[error("{0}")]
-    Refused(ErrorCode),
-    #[error("no tracker answered (tried {tried}): {last}")]
-    Unreachable { tried: String, last: String },
-    /// A tracker presented a key other than the one pinned or remembered
-    /// for it (or the known keys file could not be used). Never a reason
-    /// to move on to another tracker quietly: someone may be in the way.
-    #[error("{0}")]
-    Untrusted(String),
-    #[error(
-        "the tracker connection broke during the request; it may or may not have taken effect"
-    )]
-    Interrupted,
-    /// The tracker answered with a reply that does not belong to the
-    /// request (a tracker of another build, or a bug).
-    #[error("the tracker answered {request} with {reply}")]
-    UnexpectedReply {
-        request: &'static str,
-        reply: &'static str,
-    },
-}
-
-impl ClientError {
-    pub fn code(&self) -> Option<&ErrorCode> {
-        match self {
-            ClientError::Refused(c) => Some(c),
-            _ => None,
-        }
-    }
-}
 
 /// A new session, as [`TrackerClient::login`] returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +176,10 @@ impl Drop for Attempt {
 pub struct TrackerClient {
     shared: Arc<Shared>,
     next_id: AtomicU64,
+    /// Drawn at random: names this client's writes to the cluster, which
+    /// keeps the answer to its last one (see [`TrackerRequest::Once`]).
+    client_id: u64,
+    next_seq: AtomicU64,
 }
 
 impl TrackerClient {
@@ -235,6 +208,8 @@ impl TrackerClient {
                 slot: Mutex::new(Slot::default()),
             }),
             next_id: AtomicU64::new(1),
+            client_id: client_id(),
+            next_seq: AtomicU64::new(1),
         }
     }
 
@@ -304,6 +279,17 @@ impl TrackerClient {
     /// trackers as needed. Private: callers use the typed methods, so no
     /// caller ever matches on a reply of the wrong kind.
     async fn call(&self, req: TrackerRequest) -> Result<TrackerReply, ClientError> {
+        // A write that must not take effect twice carries this client's id
+        // and sequence number, so it can be sent again after a failover.
+        let req = if req.is_idempotent() {
+            req
+        } else {
+            TrackerRequest::Once {
+                client: self.client_id,
+                seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+                request: Box::new(req),
+            }
+        };
         let addrs = self.addrs();
         let trackers = addrs.len().max(1);
         let rounds = trackers * 3;
@@ -774,3 +760,19 @@ impl TrackerClient {
 
 #[cfg(test)]
 mod tests;
+
+/// A random client id: 64 bits, so two clients of one cluster practically
+/// never draw the same.
+fn client_id() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // No randomness: the time and the process make a unique enough id.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let low = u64::try_from(t & u128::from(u64::MAX)).unwrap_or(0);
+        return low ^ (u64::from(std::process::id()) << 32);
+    }
+    u64::from_le_bytes(b)
+}

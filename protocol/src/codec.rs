@@ -45,6 +45,28 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
     Ok(value)
 }
 
+/// Encodes a value that may outgrow a frame: for what a process keeps on
+/// its own disk (a tracker's snapshot of its whole state), never for a
+/// message, which [`encode`] bounds.
+pub fn encode_large<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(ProtocolError::Encode)
+}
+
+/// Decodes what [`encode_large`] made. The bytes must come from this
+/// process's own disk or from an authenticated peer of its cluster: the
+/// frame limit does not bound what this allocates.
+pub fn decode_large<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
+    let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map_err(ProtocolError::Decode)?;
+    if used != body.len() {
+        return Err(ProtocolError::TrailingBytes {
+            used,
+            len: body.len(),
+        });
+    }
+    Ok(value)
+}
+
 /// The variant index of [`PeerReply::Piece`] in the derived encoding.
 const PIECE_VARIANT: u32 = 2;
 

@@ -112,6 +112,16 @@ impl Tracker {
         t
     }
 
+    /// Tracker `no` of a cluster whose trackers file (already written)
+    /// lists it at `host`'s address, port 7000, to run in `host`'s network
+    /// namespace; not started yet ([`Tracker::launch`] does).
+    pub fn member_on(host: &Host, trackers_file: &Path, no: u32, args: &[&str]) -> Tracker {
+        let addr = format!("{}:7000", host.addr);
+        let mut t = Tracker::member(trackers_file, no, &addr, args);
+        t.host = Some(host.clone());
+        t
+    }
+
     /// Starts the process and waits until it accepts connections; the
     /// error says why it did not.
     pub fn launch(&mut self) -> Result<(), String> {

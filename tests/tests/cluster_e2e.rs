@@ -452,23 +452,18 @@ fn hostile_bytes_on_the_cluster_channel_close_only_their_connection() {
 }
 
 #[test]
-fn a_leader_cut_off_for_a_while_yields_to_the_one_that_took_over() {
+fn a_tracker_cut_off_for_a_while_rejoins_and_nothing_is_lost() {
     let cluster = Cluster::start(2);
     let rt = multi_rt();
     let stream = Stream::start(&rt, &cluster, 4);
     stream.wait_more(50, "at first");
-    // Tracker 1 leads; it stops answering (as if cut off) and tracker 2
-    // takes over and goes on alone.
+    // Tracker 1 stops answering (as if cut off) and tracker 2 goes on
+    // alone, keeping what it acknowledges aside.
     cluster.tracker(1).pause();
     stream.wait_more(100, "with tracker 1 cut off");
-    // Back, tracker 1 finds tracker 2 leading with changes it lacks: it
-    // yields, drops the view it recorded alone meanwhile, and catches up.
+    // Back, it rejoins; whichever of the two leads then, what each
+    // acknowledged goes through the log and both answer the same.
     cluster.tracker(1).resume();
-    fileshare_tests::wait_until(
-        "tracker 1 to follow tracker 2",
-        Duration::from_secs(20),
-        || cluster.tracker(1).log().contains("following tracker 2"),
-    );
     cluster.wait_serving(1);
     stream.wait_more(50, "with both back");
     let (acked, sessions) = stream.finish(&rt);

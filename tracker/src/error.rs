@@ -14,21 +14,8 @@ pub enum TrackerError {
     Open { path: PathBuf, error: redb::Error },
     #[error("state store: {0}")]
     Storage(redb::Error),
-    #[error(
-        "record {index} of the state store is corrupt (checksum {stored:016x}, expected \
-         {computed:016x}); refusing to start on damaged state"
-    )]
-    Checksum {
-        index: u64,
-        stored: u64,
-        computed: u64,
-    },
-    #[error("record {index} of the state store is too short ({len} bytes) to hold a checksum")]
-    ShortRecord { index: u64, len: usize },
     #[error("record {index} of the state store cannot be decoded: {error}")]
     Decode { index: u64, error: ProtocolError },
-    #[error("the state store skips from record {expected} to record {found}")]
-    Gap { expected: u64, found: u64 },
     #[error("cannot encode a record: {0}")]
     Encode(ProtocolError),
     #[error("{0}")]
@@ -62,8 +49,14 @@ pub enum TrackerError {
     Bind { addr: String, error: std::io::Error },
     #[error("the operating system gave no randomness: {0}")]
     Random(String),
-    #[error("bug: the record writer stopped: {0}")]
-    BugWriterGone(String),
+    #[error(
+        "{} holds the log of an earlier tracker version, which this one does not read; move \
+         it aside to start this tracker with an empty state",
+        path.display()
+    )]
+    OldStore { path: PathBuf },
+    #[error("the consensus engine: {0}")]
+    Consensus(String),
 }
 
 /// Shorthand for mapping redb's many error types.

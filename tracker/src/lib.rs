@@ -3,25 +3,24 @@
 //! trackers file, plus the soft state of which daemons are online with
 //! which pieces, gossiped between trackers.
 //!
-//! Durable state is one ordered sequence of records. The cluster's leader
-//! decides a change into records against the current state and appends
-//! them to its log in one durable transaction; every other tracker that is
-//! up appends them too, and only once all have them is the change applied
-//! and, once all have applied it, acknowledged. Start-up replays the log,
-//! so the state is a pure function of it. See `replication/STATE.md`.
+//! Durable state is a pure function of one replicated log of requested
+//! changes, ordered and committed by openraft: every tracker decides each
+//! committed change against the same state in the same order and applies
+//! its records. The log, the vote and the snapshots live in the tracker's
+//! redb file; a restart loads the last snapshot and applies what follows.
+//! See `docs/replication.md` for what a cluster guarantees.
 //!
 //! # Layout
 //! By what each part owns, from the edge in:
 //! - [`server`]: listener, per-connection handlers, shutdown; another
-//!   tracker's connection goes to the replication transport.
+//!   tracker's connection goes to the consensus transport.
 //! - [`cmd`]: one function per request, grouped by family, returning typed
 //!   replies.
 //! - [`shared`]: what handlers share; start-up from disk.
-//! - [`writer`]: the group-commit thread tying the durable state, the
-//!   record log on disk ([`writer::store`], redb, with checksums) and the
-//!   replication core together.
-//! - [`replication`]: the replicated log: its core, with no I/O, and the
-//!   connections between trackers.
+//! - [`consensus`]: openraft's log store, state machine and network over
+//!   the tracker's redb file and connections; this tracker's node (writes
+//!   proposed or forwarded to the leader, the majority rule, a pair's
+//!   tracker serving alone), and the transport between trackers.
 //! - [`state`]: the durable state, pure: the record type
 //!   ([`state::records`]), the state and `apply`, its only mutator, and
 //!   deciding a change into records ([`state::change`]).
@@ -35,47 +34,41 @@
 //! - [`error`]: this crate's error type.
 //!
 //! # Dependencies
-//! Layers: server, cmd, shared, writer, replication, auth, state, reach, peers, sample, error
+//! Layers: server, cmd, shared, consensus, auth, state, reach, peers, sample, error
 //!
 //! They go one way, from the edge in (`scripts/modgraph.py` checks it): [`server`] → [`cmd`] → [`shared`] →
-//! [`writer`] → [`replication`] → [`state`], with [`auth`], [`peers`] and
-//! [`error`] used from the side; no two modules import each other,
-//! directly or through others. The replication transport owns the gossip
-//! and the delivery between trackers and imports nothing of the tracker
-//! above it: the writer sends through its `Outbox`, handlers gossip
-//! through `Shared::gossip`, and the server, which accepts the other
-//! trackers' connections, hands the transport an `Inbox` (news about
-//! daemons to `cmd::peer::apply_gossip`, everything else to the writer).
+//! [`consensus`] → [`state`], with [`auth`], [`peers`] and [`error`] used
+//! from the side; no two modules import each other, directly or through
+//! others. The consensus transport owns the gossip and the delivery
+//! between trackers and imports nothing of the tracker above it: handlers
+//! gossip through `Shared::gossip`, and the server, which accepts the
+//! other trackers' connections, hands the transport an `Inbox` (news about
+//! daemons to `cmd::peer::apply_gossip`, everything else to the node).
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod auth;
 pub mod cmd;
+pub mod consensus;
 pub mod error;
 pub mod peers;
 pub mod reach;
-pub mod replication;
 pub mod sample;
 pub mod server;
 pub mod shared;
 pub mod state;
-pub mod writer;
 
 pub use error::TrackerError;
 pub use shared::{Limits, Settings, Shared};
 
+use consensus::transport::Transport;
 use fileshare_protocol::known_keys::TrackerTrust;
 use fileshare_protocol::tls::{ClientCerts, ServerTls};
 use fileshare_protocol::{trackers_file, Identity};
-use replication::transport::Transport;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// How often the replication core's clock moves.
-const TICK: Duration = Duration::from_millis(50);
 
 /// This tracker's key and certificate in its data directory:
 /// `tracker.key.der` and `tracker.cert.der`.
@@ -137,6 +130,19 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerErr
         .map(|e| TrackerTrust::new(e, &known_keys))
         .collect();
     let size = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+    let unpinned: Vec<String> = (1..=size)
+        .zip(&trust)
+        .filter(|(n, t)| *n != no && !t.is_pinned())
+        .map(|(n, _)| n.to_string())
+        .collect();
+    if !unpinned.is_empty() {
+        tracing::warn!(
+            "the trackers file pins no key for tracker(s) {}: each is trusted with the key it \
+             shows when this tracker first dials it; pin them (`fileshare-tracker --fingerprint` \
+             prints a tracker's) so no one else can be taken for them",
+            unpinned.join(", ")
+        );
+    }
     let mut settings = config.settings.clone();
     settings.cluster_size = size;
     let cancel = CancellationToken::new();
@@ -146,17 +152,13 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerErr
     } else {
         Transport::none()
     };
-    // Replay before listening, so a client that connects sees the state.
-    let data_dir = config.data_dir.clone();
-    let (shared, writer) =
-        tokio::task::spawn_blocking(move || Shared::open(&data_dir, settings, transport))
-            .await
-            .map_err(|e| TrackerError::BugWriterGone(e.to_string()))??;
+    // Load before listening, so a client that connects sees the state.
+    let (shared, node) = Shared::open(&config.data_dir, settings, transport).await?;
     let listener = match TcpListener::bind(&addr).await {
         Ok(l) => l,
         Err(error) => {
             cancel.cancel();
-            writer.stop().await;
+            node.stop().await;
             tasks.close();
             tasks.wait().await;
             return Err(TrackerError::Bind { addr, error });
@@ -172,25 +174,10 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerErr
         let cancel = cancel.child_token();
         tasks.spawn(async move { shared.sweep_peers(cancel).await });
     }
-    {
-        let shared = shared.clone();
-        let cancel = cancel.child_token();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    _ = tick.tick() => if !shared.tick() { return },
-                }
-            }
-        });
-    }
     let admission = server::Admission::new(tls, trust);
     server::run(listener, shared.clone(), admission, shutdown).await;
-    // The writer tells the others it stops; the dialers flush that, then end.
     drop(shared);
-    writer.stop().await;
+    node.stop().await;
     cancel.cancel();
     tasks.close();
     tasks.wait().await;

@@ -9,7 +9,7 @@
 //! trackers file pins, or else the one first seen for it and remembered in
 //! the data directory. Then it is handed to the replication transport, with
 //! this tracker's [`Inbox`]: gossip to [`cmd::peer::apply_gossip`], the
-//! rest to the record writer. Any other key is closed at once, having
+//! rest to the consensus node. Any other key is closed at once, having
 //! been read nothing, and logged once per claimed number and address in
 //! [`REFUSAL_LOG_INTERVAL`]. A client connection is only ever read as
 //! client requests, so it can never carry a cluster message.
@@ -27,11 +27,11 @@
 //! flight, flush their replies and close.
 
 use crate::cmd::{self, Caller};
-use crate::replication::transport::{self, Inbox};
+use crate::consensus::transport::{self, Inbox};
 use crate::shared::Shared;
 use fileshare_protocol::conn_limits::ConnLimits;
 use fileshare_protocol::connection::FrameWriter;
-use fileshare_protocol::known_keys::TrackerTrust;
+use fileshare_protocol::known_keys::{KnownKeysError, TrackerTrust};
 use fileshare_protocol::messages::tracker::RELAY_MAGIC;
 use fileshare_protocol::messages::{
     ClusterMsg, Reply, Request, Role, TrackerRequest, TrackerResult,
@@ -101,18 +101,22 @@ impl Admission {
     }
 
     /// Whether a client that presented `key` is tracker `no`: the key must
-    /// be the one pinned or remembered for it (remembered now if none is).
-    fn is_tracker(&self, no: u32, key: Option<Fingerprint>) -> Result<(), String> {
+    /// be the one pinned for it, or the one this tracker learned by
+    /// dialling it (never learned here). `Ok(false)`: not learned yet,
+    /// which happens at start-up, before this tracker's own dial got
+    /// through; the other side dials again.
+    fn is_tracker(&self, no: u32, key: Option<Fingerprint>) -> Result<bool, String> {
         let trust = usize::try_from(no)
             .ok()
             .and_then(|n| n.checked_sub(1))
             .and_then(|i| self.trackers.get(i))
             .ok_or_else(|| format!("there is no tracker {no}"))?;
         let key = key.ok_or("it presented no key")?;
-        trust
-            .check(key)
-            .map(|_| ())
-            .map_err(|e| fileshare_protocol::error::chain(&e))
+        match trust.check_incoming(key) {
+            Ok(()) => Ok(true),
+            Err(KnownKeysError::NotLearned { .. }) => Ok(false),
+            Err(e) => Err(fileshare_protocol::error::chain(&e)),
+        }
     }
 
     /// Logs a refused tracker connection, unless the same claim from the
@@ -304,9 +308,21 @@ impl Handler {
             self.admission.log_refusal(no, self.addr, &why);
             return;
         }
-        if let Err(why) = self.admission.is_tracker(no, key) {
-            self.admission.log_refusal(no, self.addr, &why);
-            return;
+        match self.admission.is_tracker(no, key) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(
+                    tracker = no,
+                    peer = %self.addr,
+                    "tracker {no}'s key is not learned yet (this tracker learns it by dialling): \
+                     closed"
+                );
+                return;
+            }
+            Err(why) => {
+                self.admission.log_refusal(no, self.addr, &why);
+                return;
+            }
         }
         let (reader, _writer) = conn.into_split();
         transport::serve_inbound(no, reader, self.shared.clone(), self.cancel.clone()).await;
@@ -381,7 +397,8 @@ impl Inbox for Shared {
     }
 
     async fn deliver(&self, from: u32, msg: ClusterMsg) -> bool {
-        self.writer.deliver(from, msg).await
+        self.node.deliver(from, msg);
+        true
     }
 }
 

@@ -166,6 +166,26 @@ pub enum ClusterMsg {
         peer: PeerId,
         user: String,
     },
+    /// A call `id` of the trackers' consensus engine (encoded by the
+    /// tracker); the receiver answers with [`ClusterMsg::RaftReply`].
+    Raft {
+        id: u64,
+        body: ByteBuf,
+    },
+    /// The answer to the receiver's call `id`.
+    RaftReply {
+        id: u64,
+        body: ByteBuf,
+    },
+    /// The sender has applied the replicated log up to `index`: a write is
+    /// acknowledged once every tracker in touch has applied it, so a read
+    /// through any of them right after the answer sees it. `pending`:
+    /// writes it acknowledged while alone (one of a pair) and has not put
+    /// through the log yet; its partner is not caught up until they are.
+    Applied {
+        index: u64,
+        pending: u64,
+    },
 }
 
 /// Entries are summarized, so logs of appends stay short.
@@ -196,6 +216,11 @@ impl fmt::Debug for ClusterMsg {
                 write!(f, "PiecesReported({peer:?}, {file:?})")
             }
             ClusterMsg::PeerLeft { peer, .. } => write!(f, "PeerLeft({peer:?})"),
+            ClusterMsg::Raft { id, body } => write!(f, "Raft({id}, {} bytes)", body.len()),
+            ClusterMsg::RaftReply { id, body } => {
+                write!(f, "RaftReply({id}, {} bytes)", body.len())
+            }
+            ClusterMsg::Applied { index, pending } => write!(f, "Applied({index}, {pending})"),
         }
     }
 }

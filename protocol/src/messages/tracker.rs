@@ -187,12 +187,25 @@ pub enum TrackerRequest {
         peer: PeerId,
         wait_ms: u32,
     },
+    /// `request` (a write), once: the cluster keeps the answer to each
+    /// client's last write, by `client` (an id the client drew at random)
+    /// and `seq` (its writes' sequence number), so the same `Once` sent
+    /// again to any tracker after a failover is answered as the first one
+    /// was and takes effect once. One level only.
+    Once {
+        client: u64,
+        seq: u64,
+        request: Box<TrackerRequest>,
+    },
 }
 
 impl TrackerRequest {
     /// Whether sending it twice does no harm, so a client may retry it on
     /// another tracker after a connection broke mid-call.
     pub fn is_idempotent(&self) -> bool {
+        if let TrackerRequest::Once { .. } = self {
+            return true;
+        }
         !matches!(
             self,
             TrackerRequest::CreateUser { .. }
@@ -238,6 +251,7 @@ impl TrackerRequest {
             TrackerRequest::AwaitCalls { .. } => "AwaitCalls",
             TrackerRequest::Relay { .. } => "Relay",
             TrackerRequest::Punch { .. } => "Punch",
+            TrackerRequest::Once { request, .. } => request.name(),
         }
     }
 }

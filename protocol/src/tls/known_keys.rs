@@ -57,6 +57,14 @@ pub enum KnownKeysError {
         line: usize,
         text: String,
     },
+    /// A connection that claims to be a tracker whose key is neither
+    /// pinned nor learned yet: a tracker learns another's key only by
+    /// dialling it, never from a connection that dials in.
+    #[error(
+        "tracker {addr}'s key is not known yet: it is learned by dialling {addr} (or pinned in \
+         the trackers file), not from a connection that dials in"
+    )]
+    NotLearned { addr: String },
     #[error("cannot {what} known keys file {}", path.display())]
     Io {
         what: &'static str,
@@ -227,6 +235,37 @@ impl TrackerTrust {
     }
 }
 
+impl TrackerTrust {
+    /// Judges the key of a connection that dialled in claiming to be this
+    /// tracker: it must be the pinned key, or the one already remembered
+    /// (learned when this side dialled the tracker's address). It is never
+    /// remembered from here: anyone who reaches the port could claim to
+    /// be a tracker whose key is not known yet.
+    pub fn check_incoming(&self, seen: Fingerprint) -> Result<(), KnownKeysError> {
+        if self.pinned.is_some() {
+            return self.check(seen).map(|_| ());
+        }
+        match lookup(&self.known_keys, &self.addr)? {
+            Some((known, _)) if known == seen => Ok(()),
+            Some((remembered, line)) => Err(KnownKeysError::Mismatch {
+                addr: self.addr.clone(),
+                seen,
+                remembered,
+                path: self.known_keys.clone(),
+                line,
+            }),
+            None => Err(KnownKeysError::NotLearned {
+                addr: self.addr.clone(),
+            }),
+        }
+    }
+
+    /// Whether the trackers file pins this tracker's key.
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.is_some()
+    }
+}
+
 /// Connects to a tracker with the trust its entry calls for: pinned or
 /// first-use, presenting `identity` if given, and refusing a key that
 /// differs from the remembered one. The known keys file is read and
@@ -249,6 +288,30 @@ pub async fn connect_tracker(
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_key_that_dials_in_is_never_learned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("known_keys");
+        let entry = TrackerEntry {
+            addr: "h:1".into(),
+            fingerprint: None,
+        };
+        let trust = TrackerTrust::new(&entry, &path);
+        let (a, b) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
+        assert!(matches!(
+            trust.check_incoming(a),
+            Err(KnownKeysError::NotLearned { .. })
+        ));
+        assert!(lookup(&path, "h:1").unwrap().is_none(), "nothing learned");
+        // Learned by dialling it: from then on required of incoming ones.
+        trust.check(a).unwrap();
+        trust.check_incoming(a).unwrap();
+        assert!(matches!(
+            trust.check_incoming(b),
+            Err(KnownKeysError::Mismatch { .. })
+        ));
+    }
 
     #[test]
     fn first_use_is_remembered_and_a_changed_key_refused() {

@@ -529,6 +529,27 @@ impl Lan {
         }
     }
 
+    /// Cuts hosts `a` and `b` apart, both ways, as a router dropping their
+    /// traffic would: each gets a blackhole route to the other's address.
+    /// Every other path stays up. Undone by [`Lan::heal`] (and with the
+    /// namespaces on drop).
+    pub fn cut(&self, a: usize, b: usize) {
+        for (from, to) in [(a, b), (b, a)] {
+            let dest = format!("{}/32", self.hosts[to].addr);
+            let ns = &self.hosts[from].ns;
+            run(&["ip", "-n", ns, "route", "add", "blackhole", &dest]);
+        }
+    }
+
+    /// Joins hosts `a` and `b` again after [`Lan::cut`].
+    pub fn heal(&self, a: usize, b: usize) {
+        for (from, to) in [(a, b), (b, a)] {
+            let dest = format!("{}/32", self.hosts[to].addr);
+            let ns = &self.hosts[from].ns;
+            run(&["ip", "-n", ns, "route", "del", "blackhole", &dest]);
+        }
+    }
+
     /// Unmounted lazily if still mounted when the LAN goes (or on a
     /// signal, or by the next LAN if this process is killed outright).
     pub fn track_mount(&self, mountpoint: &Path) {

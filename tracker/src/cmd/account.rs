@@ -111,7 +111,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_survive_a_restart_and_end_at_logout() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let token = fx.user("alice").await;
         let fx = fx.restart().await;
         let list = TrackerRequest::ListGroups { session: token };
@@ -128,7 +128,7 @@ mod tests {
 
     #[tokio::test]
     async fn wrong_passwords_and_names_are_refused() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         fx.user("alice").await;
         assert_eq!(
             fx.call(login("alice", "nope")).await,
@@ -173,7 +173,7 @@ mod tests {
     #[tokio::test]
     async fn repeated_failures_slow_only_their_address() {
         use crate::cmd::{dispatch, Caller};
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         fx.user("alice").await;
         let from = |ip: &str| Caller {
             addr: Some(format!("{ip}:4000").parse().unwrap()),
@@ -208,7 +208,8 @@ mod tests {
                 ..Default::default()
             },
             ..Settings::default()
-        });
+        })
+        .await;
         fx.user("alice").await;
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..8u8 {
@@ -242,7 +243,8 @@ mod tests {
         let fx = Fixture::with(Settings {
             session_ttl: Duration::from_millis(1),
             ..Settings::default()
-        });
+        })
+        .await;
         let token = fx.user("alice").await;
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(

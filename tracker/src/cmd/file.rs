@@ -288,7 +288,7 @@ pub(crate) mod tests {
             meta: largest,
             user: "u".repeat(fileshare_protocol::ids::MAX_NAME_LEN),
         };
-        assert!(record.encode().unwrap().len() <= crate::writer::MAX_RECORD_LEN);
+        assert!(record.encode().unwrap().len() <= fileshare_protocol::MAX_FRAME_LEN - 64);
         let Err(ErrorCode::LimitReached { limit, message }) = check_meta(&of(MAX_FILE_PIECES + 1))
         else {
             panic!("one piece more must be refused");
@@ -341,7 +341,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn share_list_search_stop() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, bob, carol] = group(&fx).await;
         let a = meta("report.pdf", b"hello");
         fx.call(share(alice, a.clone())).await.unwrap();
@@ -392,7 +392,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn rename_is_one_durable_step_seen_by_every_member() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, bob, carol] = group(&fx).await;
         let a = meta("draft.txt", b"words");
         fx.call(share(alice, a.clone())).await.unwrap();
@@ -475,7 +475,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_save_over_a_file_its_readers_hold_replaces_it() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, bob, _] = group(&fx).await;
         let v1 = meta("notes.txt", b"one");
         let v2 = meta("notes.txt", b"two!");
@@ -513,7 +513,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn inconsistent_metadata_is_refused() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, ..] = group(&fx).await;
         let mut wrong_count = meta("a", &[1; 10]);
         wrong_count.hashes.push(PieceHash::of(b""));
@@ -534,7 +534,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn locate_offers_online_peers_of_members_only() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, bob, carol] = group(&fx).await;
         let m = meta("a", &[7; (PIECE_LEN * 2) as usize]);
         fx.call(share(alice, m.clone())).await.unwrap();
@@ -615,7 +615,7 @@ pub(crate) mod tests {
     async fn locate_answers_a_bounded_sample_that_covers_rare_pieces() {
         let mut settings = crate::shared::Settings::default();
         settings.limits.peers_per_user = 100;
-        let fx = Fixture::with(settings);
+        let fx = Fixture::with(settings).await;
         let [alice, bob, _] = group(&fx).await;
         let m = meta("a", &[7; (PIECE_LEN * 4) as usize]);
         fx.call(share(alice, m.clone())).await.unwrap();

@@ -119,7 +119,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_whole_membership_flow() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let alice = fx.user("alice").await;
         let bob = fx.user("bob").await;
         let create = TrackerRequest::CreateGroup {
@@ -205,7 +205,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_removed_member_is_refused_listings_at_once() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, bob, _carol] = crate::cmd::file::tests::group(&fx).await;
         let m = crate::cmd::file::tests::meta("a", b"x");
         fx.call(TrackerRequest::ShareFile {
@@ -271,7 +271,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_group_names_are_refused() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let alice = fx.user("alice").await;
         for bad in ["", ".", "..", "a/b", "a\0b", &"x".repeat(256)] {
             let r = fx
@@ -296,7 +296,8 @@ mod tests {
                 ..Default::default()
             },
             ..Default::default()
-        });
+        })
+        .await;
         let alice = fx.user("alice").await;
         let bob = fx.user("bob").await;
         let carol = fx.user("carol").await;

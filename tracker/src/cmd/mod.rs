@@ -59,8 +59,19 @@ impl Caller {
 /// with the cluster (the client then asks another tracker).
 pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> TrackerResult {
     use TrackerRequest as R;
-    shared.available()?;
+    shared.ready().await?;
     match req {
+        R::Once {
+            client,
+            seq,
+            request,
+        } => {
+            if let R::Once { .. } = *request {
+                return Err(ErrorCode::BadRequest("a Once inside a Once".into()));
+            }
+            let inner = Box::pin(dispatch(shared, caller, *request));
+            crate::shared::ONCE.scope((client, seq), inner).await
+        }
         R::CreateUser { user, password } => {
             account::create_user(shared, caller.addr.map(|a| a.ip()), user, password).await
         }
@@ -203,9 +214,9 @@ fn file_name(name: &str) -> Result<(), ErrorCode> {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use crate::replication::transport::Transport;
+    use crate::consensus::node::Node;
+    use crate::consensus::transport::Transport;
     use crate::shared::Settings;
-    use crate::writer::WriterThread;
     use fileshare_protocol::messages::{SessionToken, TrackerReply};
     use std::sync::Arc;
 
@@ -218,41 +229,34 @@ pub(crate) mod testing {
 
     pub struct Fixture {
         pub shared: Arc<Shared>,
-        pub thread: Option<WriterThread>,
+        pub node: Arc<Node>,
         pub dir: tempfile::TempDir,
     }
 
     impl Fixture {
-        pub fn new() -> Fixture {
-            Self::with(Settings::default())
+        pub async fn new() -> Fixture {
+            Self::with(Settings::default()).await
         }
 
-        pub fn with(settings: Settings) -> Fixture {
+        pub async fn with(settings: Settings) -> Fixture {
             let dir = tempfile::tempdir().unwrap();
-            let (shared, thread) = Shared::open(dir.path(), settings, Transport::none()).unwrap();
-            Fixture {
-                shared,
-                thread: Some(thread),
-                dir,
-            }
+            let (shared, node) = Shared::open(dir.path(), settings, Transport::none())
+                .await
+                .unwrap();
+            Fixture { shared, node, dir }
         }
 
-        /// Stops the writer and opens the same directory again.
+        /// Stops the engine and opens the same directory again.
         pub async fn restart(self) -> Fixture {
-            let Fixture {
-                shared,
-                thread,
-                dir,
-            } = self;
+            let Fixture { shared, node, dir } = self;
             let settings = shared.settings.clone();
             drop(shared);
-            thread.unwrap().stop().await;
-            let (shared, thread) = Shared::open(dir.path(), settings, Transport::none()).unwrap();
-            Fixture {
-                shared,
-                thread: Some(thread),
-                dir,
-            }
+            node.stop().await;
+            drop(node);
+            let (shared, node) = Shared::open(dir.path(), settings, Transport::none())
+                .await
+                .unwrap();
+            Fixture { shared, node, dir }
         }
 
         /// Answers `req` as from a daemon holding the key of the peer it

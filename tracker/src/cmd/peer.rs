@@ -262,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_reports_are_refused() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, _, carol] = group(&fx).await;
         let m = meta("a", b"abc");
         fx.call(TrackerRequest::ShareFile {
@@ -323,7 +323,8 @@ mod tests {
                 ..Default::default()
             },
             ..Default::default()
-        });
+        })
+        .await;
         let [alice, bob, _] = group(&fx).await;
         let announce = |session, n: u8| TrackerRequest::Announce {
             session,
@@ -368,7 +369,7 @@ mod tests {
     /// key derives from.
     #[tokio::test]
     async fn only_the_key_holder_speaks_for_a_peer() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, ..] = group(&fx).await;
         let (mine, theirs) = (PeerId([1; 16]), PeerId([2; 16]));
         let announce = |peer| TrackerRequest::Announce {

@@ -156,7 +156,7 @@ mod tests {
     /// outside the group.
     #[tokio::test]
     async fn unreachable_holders_come_last_and_are_called_back() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, bob, carol] = group(&fx).await;
         let m = meta("a", b"abc");
         for session in [alice, bob] {

@@ -24,6 +24,17 @@ pub fn issue(
     // Only for the daemon that asks: `holder` must be the peer id of the
     // key this connection presented.
     caller.speaks_for(&holder)?;
+    // Cut off from the cluster for longer than a ticket lasts, this
+    // tracker may not know of a removal that the others enforce.
+    let apart = shared.node.out_of_touch();
+    if apart > shared.settings.ticket_ttl {
+        return Err(fileshare_protocol::ErrorCode::Unavailable(format!(
+            "tracker {} has been out of touch with the cluster for {} s, longer than a ticket \
+             lasts; ask another tracker",
+            shared.settings.tracker_no,
+            apart.as_secs()
+        )));
+    }
     let signer = shared.ticket_signer()?;
     let state = shared.state.read();
     let group_id = state.member_group(group, &user)?.id;
@@ -90,7 +101,8 @@ mod tests {
         let fx = Fixture::with(Settings {
             ticket_ttl: Duration::from_secs(60),
             ..Settings::default()
-        });
+        })
+        .await;
         let [alice, bob, carol] = group(&fx).await;
         assert_eq!(
             issue(&fx, carol).await,
@@ -125,7 +137,7 @@ mod tests {
 
     #[tokio::test]
     async fn another_users_online_peer_id_is_refused_as_holder() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [alice, bob, _] = group(&fx).await;
         fx.call(TrackerRequest::Announce {
             session: alice,
@@ -145,7 +157,7 @@ mod tests {
     /// peer id of the key the request's connection presented.
     #[tokio::test]
     async fn the_holder_is_the_asking_connections_own_peer() {
-        let fx = Fixture::new();
+        let fx = Fixture::new().await;
         let [_, bob, _] = group(&fx).await;
         let req = TrackerRequest::IssueTicket {
             session: bob,

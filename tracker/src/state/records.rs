@@ -10,6 +10,7 @@
 use fileshare_protocol::codec;
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::cluster::View;
+use fileshare_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -103,6 +104,13 @@ pub enum Record {
         meta: FileMeta,
         user: String,
     },
+    /// The answer to write `seq` of client `client`, kept so that the same
+    /// write sent again is answered the same and takes effect once.
+    Answered {
+        client: u64,
+        seq: u64,
+        answer: Result<(), ErrorCode>,
+    },
 }
 
 impl Record {
@@ -159,6 +167,7 @@ impl fmt::Debug for Record {
             Record::ShareReplaced { group, meta, user } => {
                 write!(f, "ShareReplaced({group}, {}, {user})", meta.name)
             }
+            Record::Answered { client, seq, .. } => write!(f, "Answered({client:x}, {seq})"),
         }
     }
 }
@@ -179,6 +188,11 @@ mod tests {
         let all = [
             Record::ClusterInit {
                 ticket_seed: [1; 32],
+            },
+            Record::Answered {
+                client: 7,
+                seq: 3,
+                answer: Err(fileshare_protocol::ErrorCode::GroupExists("g".into())),
             },
             Record::UserCreated {
                 user: "u".into(),

@@ -1,4 +1,4 @@
-//! The connections between trackers: the only place replication does I/O.
+//! The connections between trackers: the only place consensus does I/O.
 //!
 //! Every tracker dials every other one (as `Role::Tracker { no }`) and
 //! sends only on the connection it dialed; what it receives comes in on the
@@ -14,15 +14,15 @@
 //! the same rule (see [`crate::server`]).
 //!
 //! This module owns the gossip and the delivery between trackers and
-//! imports nothing of the tracker above it: the record writer sends
+//! imports nothing of the tracker above it: the node sends
 //! through an [`Outbox`], handlers gossip through
 //! [`Transport::broadcast`], and [`serve_inbound`] routes what arrives to
 //! an [`Inbox`] (soft-state news to [`Inbox::gossip`], the rest to
 //! [`Inbox::deliver`]), which the server supplies.
 //!
-//! Sending never blocks the record writer: each peer has a bounded queue,
+//! Sending never blocks the sender: each peer has a bounded queue,
 //! and a message that does not fit (the peer is slow or away) is dropped.
-//! The replication core sends again whatever matters, so a lost message
+//! The engine calls again whatever matters, so a lost message
 //! costs time, never correctness. While a peer is away its queue is
 //! drained, so it does not get a backlog of stale messages on reconnect.
 
@@ -51,7 +51,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
-/// Where the record writer sends what the replication core produced.
+/// Where the node sends the engine's calls and its own messages.
 pub trait Outbox: Send + Sync {
     /// Queues `msg` for tracker `to`; false if it was dropped.
     fn send(&self, to: u32, msg: ClusterMsg) -> bool;
@@ -63,7 +63,7 @@ pub trait Outbox: Send + Sync {
 pub trait Inbox: Send + Sync {
     /// Applies another tracker's news about a daemon (soft state).
     fn gossip(&self, msg: ClusterMsg);
-    /// Hands a message from tracker `from` to the record writer; false once
+    /// Hands a message from tracker `from` to the node; false once
     /// it stopped.
     fn deliver(&self, from: u32, msg: ClusterMsg) -> impl Future<Output = bool> + Send;
 }

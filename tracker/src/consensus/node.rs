@@ -1,0 +1,701 @@
+//! One tracker's part in the cluster: the engine, started over the redb
+//! file, and what request handlers ask of it.
+//!
+//! - A write ([`Node::submit`]) is proposed by the leader; a follower
+//!   forwards it to the leader ([`ClusterMsg::Forward`]) and the leader
+//!   answers once it is applied on every tracker in touch, so a read
+//!   through any of them right after the answer sees it.
+//! - With three or more trackers a write needs a majority; a tracker that
+//!   reaches fewer refuses writes at once, saying how many it reaches and
+//!   how many a write needs, and keeps answering reads.
+//! - A tracker of two that lost its partner serves alone ([`super::aside`]).
+//! - Reads are served once this tracker has caught up with a leader since
+//!   it started, and from then on.
+
+use crate::auth;
+use crate::consensus::aside::Aside;
+use crate::consensus::log_store::LogStore;
+use crate::consensus::network::{serve, Network, Rpc};
+use crate::consensus::state_machine::StateMachine;
+use crate::consensus::transport::Transport;
+use crate::consensus::wire::{TrackerWire, IN_TOUCH};
+use crate::consensus::{config, Command, NodeId, Raft};
+use crate::error::TrackerError;
+use crate::state::change::Change;
+use crate::state::State;
+use fileshare_protocol::codec;
+use fileshare_protocol::messages::ClusterMsg;
+use fileshare_protocol::ErrorCode;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, RaftMetrics};
+use parking_lot::{Mutex, RwLock};
+use redb::Database;
+use serde_bytes::ByteBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a write waits for a leader before it is refused.
+const WAIT_FOR_LEADER: Duration = Duration::from_secs(3);
+
+/// How long a forwarded write may go unanswered.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// How long a leader waits for the trackers in touch to apply a write
+/// before it answers anyway (one that lags that much is counted out).
+const WAIT_FOR_APPLIED: Duration = Duration::from_secs(1);
+
+/// A tracker of two serves alone once its partner was silent this long.
+const ALONE_AFTER: Duration = Duration::from_millis(1500);
+
+/// How often the background task looks at the cluster.
+const LOOK: Duration = Duration::from_millis(50);
+
+/// The forwarder's cue that a write was not proposed (the tracker it went
+/// to does not lead): it is safe to send it again.
+const NOT_LEADING: &str = "not leading: ";
+
+pub struct Node {
+    me: NodeId,
+    size: u64,
+    raft: Raft,
+    wire: Arc<TrackerWire>,
+    state: Arc<RwLock<State>>,
+    /// Trackers of two only.
+    aside: Option<Arc<Aside>>,
+    forwards: Mutex<HashMap<u64, oneshot::Sender<Result<(), ErrorCode>>>>,
+    next_forward: AtomicU64,
+    /// What each other tracker said it applied, and how many writes it
+    /// acknowledged alone and has not put through the log.
+    applied_by: Mutex<BTreeMap<NodeId, (u64, u64)>>,
+    applied_news: Notify,
+    /// Caught up with a leader since start: reads are served.
+    caught_up: AtomicBool,
+    /// When a majority (or, in a pair, the partner) was last in touch.
+    in_touch_since: Mutex<Instant>,
+    stopping: AtomicBool,
+    /// A task puts the writes kept aside through the log.
+    merging: AtomicBool,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Node {
+    /// Starts tracker `me` of `size` over `db`, applying into `state`.
+    pub async fn start(
+        me: u32,
+        size: u32,
+        db: Arc<Database>,
+        state: Arc<RwLock<State>>,
+        transport: Arc<Transport>,
+    ) -> Result<Arc<Node>, TrackerError> {
+        let engine = |e: &dyn std::fmt::Display| TrackerError::Consensus(e.to_string());
+        let (me, size) = (NodeId::from(me), u64::from(size.max(1)));
+        let aside = if size == 2 {
+            Some(Arc::new(Aside::open(db.clone())?))
+        } else {
+            None
+        };
+        let log = LogStore::open(db.clone()).map_err(|e| engine(&e))?;
+        let sm = StateMachine::open(db, state.clone(), aside.clone()).map_err(|e| engine(&e))?;
+        let fresh = sm.last_applied().is_none() && log.is_empty().map_err(|e| engine(&e))?;
+        let cfg = config("fileshare-trackers").map_err(|e| engine(&e))?;
+        let wire = TrackerWire::new(transport);
+        let raft = Raft::new(me, Arc::new(cfg), Network::new(wire.clone()), log, sm)
+            .await
+            .map_err(|e| engine(&e))?;
+        if fresh {
+            let members: BTreeMap<NodeId, BasicNode> =
+                (1..=size).map(|i| (i, BasicNode::default())).collect();
+            // Every tracker of a new cluster does this with the same
+            // members, which the engine allows.
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!("cluster already initialized: {e}");
+            }
+        }
+        let node = Arc::new(Node {
+            me,
+            size,
+            raft,
+            wire,
+            state,
+            aside,
+            forwards: Mutex::new(HashMap::new()),
+            next_forward: AtomicU64::new(1),
+            applied_by: Mutex::new(BTreeMap::new()),
+            applied_news: Notify::new(),
+            caught_up: AtomicBool::new(false),
+            in_touch_since: Mutex::new(Instant::now()),
+            stopping: AtomicBool::new(false),
+            merging: AtomicBool::new(false),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        });
+        {
+            let n = node.clone();
+            node.tasks.spawn(async move { n.watch().await });
+            let n = node.clone();
+            node.tasks.spawn(async move { n.report_applied().await });
+        }
+        if size == 1 {
+            // Alone in its trackers file, it serves its whole state at once.
+            let start = Instant::now();
+            while !node.caught_up.load(Ordering::Relaxed) && start.elapsed() < WAIT_FOR_LEADER {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(node)
+    }
+
+    fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    fn others(&self) -> impl Iterator<Item = NodeId> + '_ {
+        (1..=self.size).filter(move |i| *i != self.me)
+    }
+
+    /// Trackers this one reaches, itself included.
+    fn reached(&self) -> u64 {
+        1 + self.others().filter(|i| self.wire.in_touch(*i)).count() as u64
+    }
+
+    fn majority(&self) -> u64 {
+        self.size / 2 + 1
+    }
+
+    /// The leader, if it can commit: this tracker while it reaches a
+    /// majority, or another one in touch.
+    fn usable_leader(&self, m: &RaftMetrics<NodeId, BasicNode>) -> Option<NodeId> {
+        match m.current_leader {
+            Some(l) if l == self.me => {
+                (m.state.is_leader() && self.reached() >= self.majority()).then_some(l)
+            }
+            Some(l) => self.wire.in_touch(l).then_some(l),
+            None => None,
+        }
+    }
+
+    /// Follows the engine and the other trackers: reports what is applied,
+    /// notes catching up, starts and ends serving alone, proposes what was
+    /// kept aside, and proposes the ticket key once.
+    async fn watch(self: Arc<Self>) {
+        let mut leader_seen: Option<NodeId> = None;
+        let mut init_term = None;
+        let mut ticks = 0u64;
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                () = tokio::time::sleep(LOOK) => {}
+            }
+            let m = self.metrics();
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            // Said again now and then, so a tracker that just came back
+            // learns how far the others are (`report` says it at once).
+            ticks += 1;
+            if ticks.is_multiple_of(10) {
+                self.report(applied);
+            }
+            let leader = self.usable_leader(&m);
+            if leader != leader_seen {
+                match leader {
+                    Some(l) if l == self.me => tracing::info!("leading the cluster"),
+                    Some(l) => tracing::info!("following tracker {l}"),
+                    None => tracing::info!("no leader in reach"),
+                }
+                leader_seen = leader;
+            }
+            // Caught up: all of its own log applied and, following, at
+            // least as far as the leader said it applied since.
+            let last_log = m.last_log_index.unwrap_or(0);
+            let (leader_applied, others_pending) = {
+                let by = self.applied_by.lock();
+                let leader_applied = match leader {
+                    Some(l) if l == self.me => Some(0),
+                    Some(l) => by.get(&l).map(|(i, _)| *i),
+                    None => None,
+                };
+                let pending: u64 = self
+                    .others()
+                    .filter(|o| self.wire.in_touch(*o))
+                    .map(|o| by.get(&o).map_or(0, |(_, p)| *p))
+                    .sum();
+                (leader_applied, pending)
+            };
+            if leader_applied.is_some_and(|a| applied >= a)
+                && others_pending == 0
+                && applied >= last_log
+                && !self.caught_up.swap(true, Ordering::Relaxed)
+            {
+                tracing::info!("caught up with the cluster at entry {applied}");
+            }
+            if self.reached() >= self.majority() || (self.size == 2 && self.reached() == 2) {
+                *self.in_touch_since.lock() = Instant::now();
+            }
+            if m.state.is_leader()
+                && init_term != Some(m.current_term)
+                && self.state.read().ticket_seed().is_none()
+            {
+                init_term = Some(m.current_term);
+                match auth::random::<32>() {
+                    Ok(ticket_seed) => {
+                        let raft = self.raft.clone();
+                        self.tasks.spawn(async move {
+                            let _ = raft.client_write(Command::Init { ticket_seed }).await;
+                        });
+                    }
+                    Err(e) => tracing::error!("cannot make the ticket key: {e}"),
+                }
+            }
+            let Some(aside) = self.aside.clone() else {
+                continue;
+            };
+            if aside.alone() && self.reached() == 2 {
+                // The partner is back: what was kept aside goes through the
+                // log; until then readers wait for it.
+                aside.leave(&mut self.state.write());
+            }
+            let partner_silent = self.in_touch_since.lock().elapsed() > ALONE_AFTER;
+            if leader.is_none()
+                && partner_silent
+                && !aside.alone()
+                && (self.caught_up.load(Ordering::Relaxed) || aside.pending() > 0)
+            {
+                let mut state = self.state.write();
+                match aside.enter(&mut state) {
+                    Ok(()) => tracing::warn!(
+                        "the other tracker is out of reach: serving alone; writes are kept \
+                         aside and go through the log once it is back"
+                    ),
+                    Err(e) => tracing::error!("cannot serve alone: {e}"),
+                }
+            }
+            if leader.is_some()
+                && !aside.alone()
+                && aside.pending() > 0
+                && !self.merging.swap(true, Ordering::Relaxed)
+            {
+                let n = self.clone();
+                self.tasks.spawn(async move {
+                    n.merge(&aside).await;
+                    n.merging.store(false, Ordering::Relaxed);
+                });
+            }
+        }
+    }
+
+    /// Tells the others how far this tracker applied the log.
+    fn report(&self, applied: u64) {
+        let pending = self.aside.as_ref().map_or(0, |a| a.pending() as u64);
+        for o in self.others().collect::<Vec<_>>() {
+            let msg = ClusterMsg::Applied {
+                index: applied,
+                pending,
+            };
+            self.wire.send(o, msg);
+        }
+    }
+
+    /// Reports every advance of the applied index as it happens: the
+    /// leader answers a write once the others applied it.
+    async fn report_applied(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let mut reported = 0;
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+            let applied = metrics.borrow().last_applied.map_or(0, |l| l.index);
+            if applied != reported {
+                reported = applied;
+                self.report(applied);
+            }
+        }
+    }
+
+    /// Proposes every change kept aside, oldest first, each decided again.
+    async fn merge(&self, aside: &Aside) {
+        while let Some((key, change)) = aside.first() {
+            match self.propose(change.clone()).await {
+                Err(ErrorCode::Unavailable(why)) => {
+                    tracing::info!("changes acknowledged alone wait: {why}");
+                    return;
+                }
+                Err(code) => tracing::warn!(
+                    "a change acknowledged while the trackers were apart conflicts with one \
+                     made on the other side, which reached the log first and stands: \
+                     {change:?} is dropped: {code}"
+                ),
+                Ok(()) => {}
+            }
+            if let Err(e) = aside.done(key) {
+                tracing::error!("cannot clear a change kept aside: {e}");
+                return;
+            }
+        }
+    }
+
+    /// Whether reads are served, or why not.
+    pub fn readable(&self) -> Result<(), String> {
+        self.readiness().map_err(|(why, _)| why)
+    }
+
+    /// Waits, for a moment at most, while this tracker is about to serve
+    /// (a leader being chosen, writes kept aside going through the log,
+    /// catching up): the client would only come back. Refuses at once when
+    /// it waits for a tracker out of reach.
+    pub async fn ready(&self) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            match self.readiness() {
+                Ok(()) => return Ok(()),
+                Err((why, false)) => return Err(why),
+                Err((why, true)) if start.elapsed() >= WAIT_FOR_LEADER => return Err(why),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Whether reads are served, or why not and whether that is about to
+    /// change.
+    fn readiness(&self) -> Result<(), (String, bool)> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(("the tracker is shutting down".into(), false));
+        }
+        if let Some(aside) = &self.aside {
+            if aside.alone() {
+                return Ok(());
+            }
+            let pending = aside.pending();
+            if pending > 0 {
+                return Err((
+                    format!("putting {pending} write(s) acknowledged while alone through the log"),
+                    true,
+                ));
+            }
+        }
+        if self.size == 2 {
+            // Its partner's writes kept aside are not here yet.
+            let by = self.applied_by.lock();
+            let waiting: u64 = (self.others())
+                .filter(|o| self.wire.in_touch(*o))
+                .map(|o| by.get(&o).map_or(0, |(_, p)| *p))
+                .sum();
+            if waiting > 0 {
+                return Err((
+                    format!(
+                        "waiting for the other tracker to put {waiting} write(s) it acknowledged \
+                         alone through the log"
+                    ),
+                    true,
+                ));
+            }
+        }
+        if self.caught_up.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let missing: Vec<String> = self
+            .others()
+            .filter(|i| !self.wire.in_touch(*i))
+            .map(|i| i.to_string())
+            .collect();
+        if missing.is_empty() {
+            Err(("catching up with the cluster".into(), true))
+        } else {
+            Err((
+                format!(
+                    "waiting for tracker(s) {} (one may hold changes this one lacks)",
+                    missing.join(", ")
+                ),
+                false,
+            ))
+        }
+    }
+
+    /// How long since a majority was in touch (for a pair: since the
+    /// partner was, unless it serves alone).
+    pub fn out_of_touch(&self) -> Duration {
+        if self.aside.as_ref().is_some_and(|a| a.alone()) {
+            return Duration::ZERO;
+        }
+        self.in_touch_since.lock().elapsed()
+    }
+
+    fn quorum_refusal(&self) -> ErrorCode {
+        ErrorCode::Unavailable(format!(
+            "this tracker reaches {} of {} trackers; writes need {}",
+            self.reached(),
+            self.size,
+            self.majority()
+        ))
+    }
+
+    /// Returns once `change` is applied on every tracker in touch, or
+    /// refused. `once`: the client's id and the write's sequence number,
+    /// if the client sent them; the write then takes effect once however
+    /// often it comes.
+    pub async fn submit(&self, change: Change, once: Option<(u64, u64)>) -> Result<(), ErrorCode> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(ErrorCode::Unavailable(
+                "the tracker is shutting down".into(),
+            ));
+        }
+        let command = Command::of(change, once);
+        if let Some(r) = self.write_alone(&command) {
+            return r;
+        }
+        self.propose(command).await
+    }
+
+    /// A tracker of two serving alone takes the write itself.
+    fn write_alone(&self, command: &Command) -> Option<Result<(), ErrorCode>> {
+        let aside = self.aside.as_ref().filter(|a| a.alone())?;
+        let mut state = self.state.write();
+        aside.write(&mut state, command.clone())
+    }
+
+    /// Through the log: by the leader, or forwarded to it.
+    async fn propose(&self, change: Command) -> Result<(), ErrorCode> {
+        // A tracker of two may need the time to find its partner gone and
+        // serve alone.
+        let wait = if self.size == 2 {
+            WAIT_FOR_LEADER + ALONE_AFTER + IN_TOUCH
+        } else {
+            WAIT_FOR_LEADER
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.size >= 3 && self.reached() < self.majority() {
+                return Err(self.quorum_refusal());
+            }
+            if let Some(r) = self.write_alone(&change) {
+                return r;
+            }
+            let m = self.metrics();
+            match self.usable_leader(&m) {
+                Some(l) if l == self.me => match self.lead(change.clone()).await {
+                    Err(ErrorCode::Unavailable(why)) if why.starts_with(NOT_LEADING) => {}
+                    other => return other,
+                },
+                Some(l) => match self.forward(l, &change).await {
+                    Err(ErrorCode::Unavailable(why)) if why.starts_with(NOT_LEADING) => {}
+                    other => return other,
+                },
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                return Err(if self.size >= 3 {
+                    self.quorum_refusal()
+                } else {
+                    ErrorCode::Unavailable("no tracker that orders changes is reachable".into())
+                });
+            }
+            tokio::time::sleep(LOOK).await;
+        }
+    }
+
+    /// As the leader: proposes, then waits for the trackers in touch.
+    async fn lead(&self, command: Command) -> Result<(), ErrorCode> {
+        let repeatable = repeatable(&command);
+        let write = tokio::select! {
+            r = self.raft.client_write(command) => Ok(r),
+            () = self.quorum_lost() => Err(()),
+        };
+        let resp =
+            match write {
+                Err(_) if repeatable => {
+                    // Sent again, it is answered as the first time.
+                    return Err(ErrorCode::Unavailable(format!(
+                        "{NOT_LEADING}{}: the trackers it needs are out of reach",
+                        self.me
+                    )));
+                }
+                Err(_) => return Err(ErrorCode::Internal(
+                    "the trackers needed to commit the change went out of reach; it may or may \
+                     not take effect"
+                        .into(),
+                )),
+                Ok(Ok(r)) => r,
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                    return Err(ErrorCode::Unavailable(format!("{NOT_LEADING}{}", self.me)));
+                }
+                Ok(Err(e)) => {
+                    return Err(ErrorCode::Unavailable(format!(
+                        "the change was not saved: {e}"
+                    )))
+                }
+            };
+        self.wait_applied(resp.log_id.index).await;
+        resp.data.0
+    }
+
+    /// Returns once this tracker has reached fewer trackers than a write
+    /// needs for a moment: a write it leads will not commit soon.
+    async fn quorum_lost(&self) {
+        let mut since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(LOOK).await;
+            if self.reached() >= self.majority() {
+                since = None;
+            } else if since.get_or_insert_with(Instant::now).elapsed() > IN_TOUCH {
+                return;
+            }
+        }
+    }
+
+    /// Waits until every tracker in touch applied up to `index`.
+    async fn wait_applied(&self, index: u64) {
+        let deadline = Instant::now() + WAIT_FOR_APPLIED;
+        loop {
+            let notified = self.applied_news.notified();
+            let behind = {
+                let by = self.applied_by.lock();
+                self.others()
+                    .filter(|o| self.wire.in_touch(*o))
+                    .any(|o| by.get(&o).map_or(0, |(i, _)| *i) < index)
+            };
+            if !behind {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// As a follower: sends the change to leader `to` and waits for its
+    /// answer.
+    async fn forward(&self, to: NodeId, command: &Command) -> Result<(), ErrorCode> {
+        let body = codec::encode(command).map_err(|e| {
+            ErrorCode::BadRequest(format!("the change is too large to replicate: {e}"))
+        })?;
+        let id = self.next_forward.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.forwards.lock().insert(id, tx);
+        let msg = ClusterMsg::Forward {
+            id,
+            change: ByteBuf::from(body),
+        };
+        if !self.wire.send(to, msg) {
+            self.forwards.lock().remove(&id);
+            return Err(ErrorCode::Unavailable(format!("{NOT_LEADING}{to} is away")));
+        }
+        let answer = tokio::select! {
+            r = tokio::time::timeout(FORWARD_TIMEOUT, rx) => r.ok().and_then(Result::ok),
+            () = self.gone(to) => None,
+        };
+        self.forwards.lock().remove(&id);
+        match answer {
+            Some(r) => r,
+            // Sent again, it has the effect of sending it once.
+            None if repeatable(command) => Err(ErrorCode::Unavailable(format!(
+                "{NOT_LEADING}{to} did not answer"
+            ))),
+            None => Err(ErrorCode::Internal(format!(
+                "tracker {to}, which orders changes, did not answer; the change may or may \
+                 not have taken effect"
+            ))),
+        }
+    }
+
+    /// Returns once tracker `to` is out of touch.
+    async fn gone(&self, to: NodeId) {
+        while self.wire.in_touch(to) {
+            tokio::time::sleep(LOOK).await;
+        }
+    }
+
+    /// A message from tracker `from`, other than gossip.
+    pub fn deliver(self: &Arc<Self>, from: u32, msg: ClusterMsg) {
+        let from = NodeId::from(from);
+        self.wire.heard(from);
+        match msg {
+            ClusterMsg::Raft { id, body } => {
+                let n = self.clone();
+                self.tasks.spawn(async move {
+                    let rpc: Rpc = match codec::decode(&body) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(tracker = from, "an engine call does not decode: {e}");
+                            return;
+                        }
+                    };
+                    let reply = serve(&n.raft, rpc).await;
+                    match codec::encode(&reply) {
+                        Ok(b) => {
+                            n.wire.send(
+                                from,
+                                ClusterMsg::RaftReply {
+                                    id,
+                                    body: ByteBuf::from(b),
+                                },
+                            );
+                        }
+                        Err(e) => tracing::warn!("an engine answer does not encode: {e}"),
+                    }
+                });
+            }
+            ClusterMsg::RaftReply { id, body } => self.wire.answered(id, &body),
+            ClusterMsg::Applied { index, pending } => {
+                let mut by = self.applied_by.lock();
+                let e = by.entry(from).or_default();
+                *e = (e.0.max(index), pending);
+                drop(by);
+                self.applied_news.notify_waiters();
+            }
+            ClusterMsg::Forward { id, change } => {
+                let n = self.clone();
+                self.tasks.spawn(async move {
+                    let result = match codec::decode::<Command>(&change) {
+                        Ok(c @ (Command::Change(_) | Command::Once { .. })) => {
+                            if n.metrics().state.is_leader() {
+                                n.lead(c).await
+                            } else {
+                                Err(ErrorCode::Unavailable(format!("{NOT_LEADING}{}", n.me)))
+                            }
+                        }
+                        Ok(Command::Init { .. }) => {
+                            Err(ErrorCode::BadRequest("not a client's change".into()))
+                        }
+                        Err(e) => Err(ErrorCode::BadRequest(format!("undecodable change: {e}"))),
+                    };
+                    n.wire.send(from, ClusterMsg::Forwarded { id, result });
+                });
+            }
+            ClusterMsg::Forwarded { id, result } => {
+                if let Some(tx) = self.forwards.lock().remove(&id) {
+                    let _ = tx.send(result);
+                }
+            }
+            // Soft state goes to the gossip handler; messages of earlier
+            // versions are ignored.
+            _ => {}
+        }
+    }
+
+    /// Stops the engine and every task of this node.
+    pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("the consensus engine did not stop cleanly: {e}");
+        }
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Whether proposing `command` again has the effect of proposing it once.
+fn repeatable(command: &Command) -> bool {
+    match command {
+        Command::Once { .. } => true,
+        Command::Change(c) => c.is_repeatable(),
+        Command::Init { .. } => false,
+    }
+}

@@ -1,0 +1,288 @@
+//! The durable state as openraft's state machine.
+//!
+//! Applying a committed [`Command`] decides it against the state
+//! ([`decide`], pure) and applies the resulting records with
+//! [`State::apply`], the state's one mutator, under one brief write lock
+//! per batch; the answer goes back to whoever proposed it. Every tracker
+//! applies the same commands in the same order, so all reach the same
+//! state and the same answers.
+//!
+//! A snapshot is the state serialized, with the log id and membership it
+//! covers. The last one is kept in table `raft_snapshot` of the tracker's
+//! redb file; start-up loads it and the engine applies the log after it,
+//! so a restart replays at most [`super::SNAPSHOT_EVERY`] entries.
+
+// openraft's storage traits fix the error type, a large one.
+#![allow(clippy::result_large_err)]
+
+use crate::consensus::aside::Aside;
+use crate::consensus::{Answer, Command, NodeId, TypeConfig};
+use crate::state::change::decide;
+use crate::state::records::Record;
+use crate::state::State;
+use fileshare_protocol::codec;
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError,
+    StorageIOError, StoredMembership,
+};
+use parking_lot::RwLock;
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+use std::sync::Arc;
+
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+
+/// The one row of [`SNAPSHOT`]: a [`Stored`] value.
+const CURRENT: &str = "current";
+
+type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+
+type Meta = SnapshotMeta<NodeId, BasicNode>;
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(None, AnyError::new(&e)).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
+}
+
+/// The snapshot on disk: its meta and the encoded state.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    meta: Meta,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+/// Applies one command to `state`; what its proposer is answered.
+pub fn apply_command(state: &mut State, command: Command) -> Answer {
+    match command {
+        Command::Init { ticket_seed } => {
+            state.apply(&Record::ClusterInit { ticket_seed });
+            Answer(Ok(()))
+        }
+        Command::Change(change) => Answer(decide_and_apply(state, change)),
+        Command::Once {
+            client,
+            seq,
+            change,
+        } => {
+            if let Some(first) = state.answer(client, seq) {
+                return Answer(first.clone());
+            }
+            let answer = decide_and_apply(state, change);
+            state.apply(&Record::Answered {
+                client,
+                seq,
+                answer: answer.clone(),
+            });
+            Answer(answer)
+        }
+    }
+}
+
+fn decide_and_apply(
+    state: &mut State,
+    change: crate::state::change::Change,
+) -> std::result::Result<(), fileshare_protocol::ErrorCode> {
+    let records = decide(state, change)?;
+    for r in &records {
+        state.apply(r);
+    }
+    Ok(())
+}
+
+/// openraft's state machine over the tracker's state, which request
+/// handlers read through the same lock.
+pub struct StateMachine {
+    state: Arc<RwLock<State>>,
+    db: Arc<Database>,
+    /// A tracker of two: what it acknowledged alone.
+    aside: Option<Arc<Aside>>,
+    /// Invariant: the last entry whose command is in `state`.
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    /// Snapshots built by this process, to name them apart.
+    built: u64,
+}
+
+impl StateMachine {
+    /// The state machine over `db`: `state` becomes the last snapshot's,
+    /// or stays as it is if there is none.
+    pub fn open(
+        db: Arc<Database>,
+        state: Arc<RwLock<State>>,
+        aside: Option<Arc<Aside>>,
+    ) -> Result<StateMachine> {
+        let txn = db.begin_write().map_err(write_err)?;
+        txn.open_table(SNAPSHOT).map_err(write_err)?;
+        txn.commit().map_err(write_err)?;
+        let mut sm = StateMachine {
+            state,
+            db,
+            aside,
+            last_applied: None,
+            membership: StoredMembership::default(),
+            built: 0,
+        };
+        if let Some(stored) = sm.load()? {
+            let restored: State = codec::decode_large(&stored.data).map_err(read_err)?;
+            *sm.state.write() = restored;
+            sm.last_applied = stored.meta.last_log_id;
+            sm.membership = stored.meta.last_membership;
+        }
+        Ok(sm)
+    }
+
+    fn load(&self) -> Result<Option<Stored>> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(SNAPSHOT).map_err(read_err)?;
+        let Some(v) = table.get(CURRENT).map_err(read_err)? else {
+            return Ok(None);
+        };
+        codec::decode_large(v.value()).map(Some).map_err(read_err)
+    }
+
+    /// The last entry applied.
+    pub fn last_applied(&self) -> Option<LogId<NodeId>> {
+        self.last_applied
+    }
+}
+
+fn save(db: &Database, stored: &Stored) -> Result<()> {
+    let bytes = codec::encode_large(stored).map_err(write_err)?;
+    let txn = db.begin_write().map_err(write_err)?;
+    txn.open_table(SNAPSHOT)
+        .map_err(write_err)?
+        .insert(CURRENT, bytes.as_slice())
+        .map_err(write_err)?;
+    txn.commit().map_err(write_err)
+}
+
+/// Saves a snapshot taken by [`StateMachine::get_snapshot_builder`].
+pub struct Builder {
+    db: Arc<Database>,
+    stored: Option<Stored>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Builder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
+        let stored = self
+            .stored
+            .take()
+            .ok_or_else(|| write_err(std::io::Error::other("snapshot already built")))?;
+        save(&self.db, &stored)?;
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Answer>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut answers = Vec::new();
+        let mut state = self.state.write();
+        if let Some(aside) = &self.aside {
+            aside.leave(&mut state);
+        }
+        for e in entries {
+            self.last_applied = Some(e.log_id);
+            let answer = match e.payload {
+                EntryPayload::Blank => Answer(Ok(())),
+                EntryPayload::Normal(command) => apply_command(&mut state, command),
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(e.log_id), m);
+                    Answer(Ok(()))
+                }
+            };
+            answers.push(answer);
+        }
+        Ok(answers)
+    }
+
+    /// Serializes the state now, between two applies, so the snapshot is
+    /// exactly the state at `last_applied`; the builder only saves it.
+    async fn get_snapshot_builder(&mut self) -> Builder {
+        self.built += 1;
+        let encoded = {
+            let state = self.state.read();
+            match &self.aside {
+                Some(aside) => aside.snapshot_of(&state),
+                None => codec::encode_large(&*state),
+            }
+        };
+        let stored = match encoded {
+            Ok(data) => {
+                let id = match self.last_applied {
+                    Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.built),
+                    None => format!("none-{}", self.built),
+                };
+                Some(Stored {
+                    meta: SnapshotMeta {
+                        last_log_id: self.last_applied,
+                        last_membership: self.membership.clone(),
+                        snapshot_id: id,
+                    },
+                    data,
+                })
+            }
+            Err(e) => {
+                tracing::error!("cannot encode a snapshot of the state: {e}");
+                None
+            }
+        };
+        Builder {
+            db: self.db.clone(),
+            stored,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<()> {
+        let data = snapshot.into_inner();
+        let restored: State = codec::decode_large(&data).map_err(read_err)?;
+        let stored = Stored {
+            meta: meta.clone(),
+            data,
+        };
+        save(&self.db, &stored)?;
+        let mut state = self.state.write();
+        if let Some(aside) = &self.aside {
+            aside.leave(&mut state);
+        }
+        *state = restored;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
+        Ok(self.load()?.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
