@@ -13,6 +13,7 @@ use crate::tasks::Tasks;
 use crate::trackers::TrackerLink;
 use anyhow::Context;
 use fileshare_protocol::client::TrackerClient;
+use fileshare_protocol::messages::tracker::LeaveNetwork;
 use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::tls::{ClientCerts, ServerTls};
 use fileshare_protocol::Identity;
@@ -153,7 +154,11 @@ impl Node {
         for t in [&self.peer_tasks, &self.engine_tasks] {
             t.token().cancel();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.leave()).await;
+        let leave = LeaveNetwork {
+            session: self.tracker.session,
+            peer: self.tracker.peer,
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.client.call(leave)).await;
     }
 }
 

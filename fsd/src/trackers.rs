@@ -1,7 +1,10 @@
-//! The daemon's side of the trackers, and the one place it asks them
-//! anything: listings with a short-lived cache that outlives tracker
-//! outages, shares, tickets and the cluster's ticket key, and the calls
-//! that keep this peer offered: one announce and the queued piece reports.
+//! The daemon's side of the trackers: its session, and the requests that
+//! need more than a call ([`TrackerClient::call`] with the request struct,
+//! which the engine makes itself for shares and renames): listings with a
+//! short-lived cache that outlives tracker outages, tickets and the
+//! cluster's ticket key, the calls that keep this peer offered (one
+//! announce and the queued piece reports), and the one request of the
+//! three ways to reach a daemon that cannot be dialled.
 //! The loop that makes them on schedule is the engine's
 //! (`Engine::announce_loop` in `engine/mod.rs`).
 //!
@@ -13,9 +16,12 @@
 //! ([`TrackerLink::check_incarnation`]), so a ticket of a group deleted and
 //! created again under its name opens nothing here.
 
-use fileshare_protocol::client::{Announced, ClientError, TrackerClient};
+use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
-use fileshare_protocol::messages::tracker::{Call, FileEntry, GroupInfo, Holding, PeerLocation};
+use fileshare_protocol::messages::tracker::{
+    Announce, Announced, AskTicketKey, CallKind, Contact, FileEntry, GroupInfo, Holding,
+    IssueTicket, ListFiles, ListGroups, Locate, PeerLocation, PlaceCall, ReportPieces,
+};
 use fileshare_protocol::messages::PeerError;
 use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::ticket::{Ticket, TicketError, TicketKey};
@@ -206,7 +212,11 @@ impl TrackerLink {
                 })
             },
             || async {
-                let groups = self.client.list_groups(self.session).await?;
+                let groups = (self.client)
+                    .call(ListGroups {
+                        session: self.session,
+                    })
+                    .await?;
                 self.note_listing(&groups);
                 Ok(groups)
             },
@@ -242,50 +252,16 @@ impl TrackerLink {
                 );
             },
             || async {
-                let files = self.client.list_files(self.session, group).await;
+                let files = (self.client)
+                    .call(ListFiles {
+                        session: self.session,
+                        group: group.into(),
+                    })
+                    .await;
                 Ok(self.note(group, files)?)
             },
         )
         .await
-    }
-
-    /// Creates a group owned by this user.
-    pub async fn create_group(&self, group: &str) -> Result<(), LinkError> {
-        self.client.create_group(self.session, group).await?;
-        self.invalidate(None);
-        Ok(())
-    }
-
-    /// Makes this user a holder of `meta` in `group`.
-    pub async fn share_file(&self, group: &str, meta: FileMeta) -> Result<(), LinkError> {
-        self.client.share_file(self.session, group, meta).await?;
-        self.invalidate(Some(group));
-        Ok(())
-    }
-
-    /// Ends this user's holding of `name` in `group`.
-    pub async fn stop_share(&self, group: &str, name: &str) -> Result<(), LinkError> {
-        self.client.stop_share(self.session, group, name).await?;
-        self.invalidate(Some(group));
-        Ok(())
-    }
-
-    /// Moves this user's holding of `from` in `group` to the name `to`, in
-    /// one tracker change: other members never see both names or neither.
-    pub async fn rename_share(&self, group: &str, from: &str, to: &str) -> Result<(), LinkError> {
-        self.client
-            .rename_share(self.session, group, from, to)
-            .await?;
-        self.invalidate(Some(group));
-        Ok(())
-    }
-
-    /// Makes this user a holder of `meta` in `group`, replacing their own
-    /// different file of that name in the same tracker change.
-    pub async fn replace_share(&self, group: &str, meta: FileMeta) -> Result<(), LinkError> {
-        self.client.replace_share(self.session, group, meta).await?;
-        self.invalidate(Some(group));
-        Ok(())
     }
 
     /// Forgets cached listings after a change this daemon made.
@@ -305,7 +281,13 @@ impl TrackerLink {
         group: &str,
         name: &str,
     ) -> Result<(FileMeta, Vec<PeerLocation>), LinkError> {
-        let found = self.client.locate(self.session, group, name).await;
+        let found = (self.client)
+            .call(Locate {
+                session: self.session,
+                group: group.into(),
+                name: name.into(),
+            })
+            .await;
         let found = self.note(group, found)?;
         Ok((found.meta, found.peers))
     }
@@ -324,9 +306,12 @@ impl TrackerLink {
 
     /// A new ticket for this daemon in `group`, whatever is held.
     async fn fresh_ticket(&self, group: &str) -> Result<HeldTicket, LinkError> {
-        let t = self
-            .client
-            .issue_ticket(self.session, group, self.peer)
+        let t = (self.client)
+            .call(IssueTicket {
+                session: self.session,
+                group: group.into(),
+                holder: self.peer,
+            })
             .await;
         let held = HeldTicket::new(self.note(group, t)?, now_ms());
         self.tickets.lock().insert(group.to_string(), held.clone());
@@ -386,7 +371,7 @@ impl TrackerLink {
         if let Some(k) = *self.ticket_key.lock() {
             return Ok(k);
         }
-        let k = self.client.ticket_key().await?;
+        let k = self.client.call(AskTicketKey).await?;
         *self.ticket_key.lock() = Some(k);
         Ok(k)
     }
@@ -470,10 +455,13 @@ impl TrackerLink {
     pub async fn flush_reports(&self) -> Result<(), LinkError> {
         let pending: Vec<(FileId, Vec<u32>)> = self.reports.lock().drain().collect();
         for (file, pieces) in pending {
-            if let Err(e) = (self.client)
-                .report_pieces(self.session, self.peer, file, pieces.clone())
-                .await
-            {
+            let report = ReportPieces {
+                session: self.session,
+                peer: self.peer,
+                file,
+                pieces: pieces.clone(),
+            };
+            if let Err(e) = self.client.call(report).await {
                 self.reports.lock().entry(file).or_default().extend(pieces);
                 return Err(e.into());
             }
@@ -490,7 +478,12 @@ impl TrackerLink {
     ) -> Result<Duration, LinkError> {
         self.reports.lock().clear();
         let announced = (self.client)
-            .announce(self.session, self.peer, addr, holdings)
+            .call(Announce {
+                session: self.session,
+                peer: self.peer,
+                addr: addr.into(),
+                holdings,
+            })
             .await?;
         let interval = announced.interval;
         *self.seen_as.lock() = Some(announced);
@@ -503,54 +496,23 @@ impl TrackerLink {
         self.seen_as.lock().clone()
     }
 
-    /// Asks `holder` through the tracker to dial this daemon back.
-    pub async fn call_back(
+    /// Asks the tracker to call `holder` in `group` to reach this daemon
+    /// the way `how` says (dial back, punch, or meet at the relay), with
+    /// `nonce` to know the connection by: the request of all three, built
+    /// in this one place.
+    pub async fn place_call(
         &self,
+        how: CallKind,
         group: &str,
         holder: PeerId,
         nonce: [u8; 16],
     ) -> Result<(), LinkError> {
-        Ok(self
-            .client
-            .call_back(self.session, group, holder, nonce)
-            .await?)
-    }
-
-    /// Asks the tracker to call `holder` to punch a path to this daemon.
-    pub async fn punch(
-        &self,
-        group: &str,
-        holder: PeerId,
-        nonce: [u8; 16],
-    ) -> Result<(), LinkError> {
-        Ok(self
-            .client
-            .punch(self.session, group, holder, nonce)
-            .await?)
-    }
-
-    /// Asks the tracker to relay between this daemon and `holder`.
-    pub async fn relay(
-        &self,
-        group: &str,
-        holder: PeerId,
-        nonce: [u8; 16],
-    ) -> Result<(), LinkError> {
-        Ok(self
-            .client
-            .relay(self.session, group, holder, nonce)
-            .await?)
-    }
-
-    /// Calls other daemons placed for this one, waiting up to `wait`.
-    pub async fn await_calls(&self, wait: Duration) -> Result<Vec<Call>, LinkError> {
-        Ok(self
-            .client
-            .await_calls(self.session, self.peer, wait)
-            .await?)
-    }
-
-    pub async fn leave(&self) -> Result<(), LinkError> {
-        Ok(self.client.leave_network(self.session, self.peer).await?)
+        let contact = Contact {
+            session: self.session,
+            group: group.into(),
+            holder,
+            nonce,
+        };
+        Ok(self.client.call(PlaceCall { how, contact }).await?)
     }
 }

@@ -6,9 +6,10 @@
 //! when no tracker answers, or when a call that must not be repeated was cut
 //! off mid-flight.
 //!
-//! Each request has a typed method returning what that request's reply
-//! carries, so a reply of the wrong kind is turned into an error once, here,
-//! rather than matched away at every caller.
+//! One generic [`TrackerClient::call`] takes any request struct and returns
+//! what that request's reply carries ([`TrackerCall`]), so a reply of the
+//! wrong kind is turned into an error once rather than matched away at
+//! every caller, and a new request needs no method here.
 //!
 //! At most one connect attempt runs at a time, in a task of its own and
 //! without holding a lock: callers that need a connection while one is being
@@ -25,16 +26,14 @@
 mod error;
 mod link;
 
+/// What [`TrackerClient::call`] returns for an announce, where the
+/// daemon has always taken it from.
+pub use crate::messages::tracker::Announced;
 pub use error::ClientError;
 
 use crate::error::ErrorCode;
 use crate::identity::Identity;
-use crate::ids::{FileId, FileMeta, PeerId};
-use crate::messages::ticket::{Ticket, TicketKey};
-use crate::messages::tracker::{
-    Call, FileEntry, GroupInfo, Holding, PeerLocation, Reach, SessionToken, TrackerReply,
-    TrackerRequest,
-};
+use crate::messages::tracker::{TrackerCall, TrackerReply, TrackerRequest};
 use crate::trackers_file::TrackerEntry;
 use link::{CallError, Link, OpenError, Trust};
 use std::path::PathBuf;
@@ -42,34 +41,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// A new session, as [`TrackerClient::login`] returns it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Login {
-    pub token: SessionToken,
-    /// The user name as the tracker spells it.
-    pub user: String,
-    pub expires_unix_ms: u64,
-}
-
-/// A file's metadata and the online peers holding any of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub meta: FileMeta,
-    pub peers: Vec<PeerLocation>,
-}
-
-/// An announce's answer, as [`TrackerClient::announce`] returns it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Announced {
-    /// When the next announce is due.
-    pub interval: Duration,
-    /// The address the tracker offers this peer at.
-    pub offered: String,
-    /// The address the announce's connection came from.
-    pub seen: String,
-    pub reach: Reach,
-}
 
 /// The pause after every tracker answered `Unavailable` in a row.
 const UNAVAILABLE_PAUSE: Duration = Duration::from_millis(200);
@@ -275,10 +246,18 @@ impl TrackerClient {
         }
     }
 
-    /// Sends `req` and returns the tracker's answer, failing over between
-    /// trackers as needed. Private: callers use the typed methods, so no
-    /// caller ever matches on a reply of the wrong kind.
-    async fn call(&self, req: TrackerRequest) -> Result<TrackerReply, ClientError> {
+    /// Sends `req` and returns what its reply carries, failing over between
+    /// trackers as needed; a reply of another kind than the request expects
+    /// is [`ClientError::UnexpectedReply`]. The one way to ask the trackers
+    /// anything: the caller builds the request struct, which carries its
+    /// session, and the request's type says what comes back.
+    pub async fn call<R: TrackerCall>(&self, req: R) -> Result<R::Reply, ClientError> {
+        let reply = self.send(req.into()).await?;
+        Ok(R::reply(reply)?)
+    }
+
+    /// Sends `req` and returns the tracker's answer, whatever its kind.
+    async fn send(&self, req: TrackerRequest) -> Result<TrackerReply, ClientError> {
         // A write that must not take effect twice carries this client's id
         // and sequence number, so it can be sent again after a failover.
         let req = if req.is_idempotent() {
@@ -333,428 +312,6 @@ impl TrackerClient {
             tried: addrs.join(", "),
             last,
         })
-    }
-
-    /// Sends `req` and keeps what `extract` takes out of the reply; any
-    /// other kind of reply is the one place an `UnexpectedReply` is made.
-    async fn call_as<T>(
-        &self,
-        req: TrackerRequest,
-        extract: fn(TrackerReply) -> Option<T>,
-    ) -> Result<T, ClientError> {
-        let request = req.name();
-        let reply = self.call(req).await?;
-        let name = reply.name();
-        extract(reply).ok_or(ClientError::UnexpectedReply {
-            request,
-            reply: name,
-        })
-    }
-
-    /// [`Self::call_as`] for the requests answered with a bare `Done`.
-    async fn call_done(&self, req: TrackerRequest) -> Result<(), ClientError> {
-        self.call_as(req, |r| matches!(r, TrackerReply::Done).then_some(()))
-            .await
-    }
-
-    pub async fn create_user(&self, user: &str, password: &str) -> Result<(), ClientError> {
-        self.call_done(TrackerRequest::CreateUser {
-            user: user.into(),
-            password: password.into(),
-        })
-        .await
-    }
-
-    pub async fn login(&self, user: &str, password: &str) -> Result<Login, ClientError> {
-        let req = TrackerRequest::Login {
-            user: user.into(),
-            password: password.into(),
-        };
-        self.call_as(req, |r| match r {
-            TrackerReply::Session {
-                token,
-                user,
-                expires_unix_ms,
-            } => Some(Login {
-                token,
-                user,
-                expires_unix_ms,
-            }),
-            _ => None,
-        })
-        .await
-    }
-
-    pub async fn logout(&self, session: SessionToken) -> Result<(), ClientError> {
-        self.call_done(TrackerRequest::Logout { session }).await
-    }
-
-    pub async fn create_group(
-        &self,
-        session: SessionToken,
-        group: &str,
-    ) -> Result<(), ClientError> {
-        let group = group.into();
-        self.call_done(TrackerRequest::CreateGroup { session, group })
-            .await
-    }
-
-    /// Every group, with the caller's standing in each.
-    pub async fn list_groups(&self, session: SessionToken) -> Result<Vec<GroupInfo>, ClientError> {
-        self.call_as(TrackerRequest::ListGroups { session }, |r| match r {
-            TrackerReply::Groups(g) => Some(g),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Asks to join `group`; its owner decides.
-    pub async fn join_group(&self, session: SessionToken, group: &str) -> Result<(), ClientError> {
-        let group = group.into();
-        self.call_done(TrackerRequest::JoinGroup { session, group })
-            .await
-    }
-
-    pub async fn leave_group(&self, session: SessionToken, group: &str) -> Result<(), ClientError> {
-        let group = group.into();
-        self.call_done(TrackerRequest::LeaveGroup { session, group })
-            .await
-    }
-
-    /// The users waiting to join `group` (its owner only).
-    pub async fn list_requests(
-        &self,
-        session: SessionToken,
-        group: &str,
-    ) -> Result<Vec<String>, ClientError> {
-        let group = group.into();
-        self.call_as(
-            TrackerRequest::ListRequests { session, group },
-            |r| match r {
-                TrackerReply::Requests(users) => Some(users),
-                _ => None,
-            },
-        )
-        .await
-    }
-
-    pub async fn accept_request(
-        &self,
-        session: SessionToken,
-        group: &str,
-        user: &str,
-    ) -> Result<(), ClientError> {
-        let (group, user) = (group.into(), user.into());
-        self.call_done(TrackerRequest::AcceptRequest {
-            session,
-            group,
-            user,
-        })
-        .await
-    }
-
-    pub async fn reject_request(
-        &self,
-        session: SessionToken,
-        group: &str,
-        user: &str,
-    ) -> Result<(), ClientError> {
-        let (group, user) = (group.into(), user.into());
-        self.call_done(TrackerRequest::RejectRequest {
-            session,
-            group,
-            user,
-        })
-        .await
-    }
-
-    /// Takes `user` out of `group` (its owner only).
-    pub async fn remove_member(
-        &self,
-        session: SessionToken,
-        group: &str,
-        user: &str,
-    ) -> Result<(), ClientError> {
-        let (group, user) = (group.into(), user.into());
-        self.call_done(TrackerRequest::RemoveMember {
-            session,
-            group,
-            user,
-        })
-        .await
-    }
-
-    pub async fn list_files(
-        &self,
-        session: SessionToken,
-        group: &str,
-    ) -> Result<Vec<FileEntry>, ClientError> {
-        let group = group.into();
-        self.call_as(TrackerRequest::ListFiles { session, group }, |r| match r {
-            TrackerReply::Files(files) => Some(files),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Files whose name contains `pattern`, in every group of the caller.
-    pub async fn search(
-        &self,
-        session: SessionToken,
-        pattern: &str,
-    ) -> Result<Vec<FileEntry>, ClientError> {
-        let pattern = pattern.into();
-        self.call_as(TrackerRequest::Search { session, pattern }, |r| match r {
-            TrackerReply::Files(files) => Some(files),
-            _ => None,
-        })
-        .await
-    }
-
-    pub async fn share_file(
-        &self,
-        session: SessionToken,
-        group: &str,
-        meta: FileMeta,
-    ) -> Result<(), ClientError> {
-        let group = group.into();
-        self.call_done(TrackerRequest::ShareFile {
-            session,
-            group,
-            meta,
-        })
-        .await
-    }
-
-    pub async fn stop_share(
-        &self,
-        session: SessionToken,
-        group: &str,
-        name: &str,
-    ) -> Result<(), ClientError> {
-        let (group, name) = (group.into(), name.into());
-        self.call_done(TrackerRequest::StopShare {
-            session,
-            group,
-            name,
-        })
-        .await
-    }
-
-    /// Moves this user's holding of `from` to the name `to`, in one step.
-    pub async fn rename_share(
-        &self,
-        session: SessionToken,
-        group: &str,
-        from: &str,
-        to: &str,
-    ) -> Result<(), ClientError> {
-        let (group, from, to) = (group.into(), from.into(), to.into());
-        self.call_done(TrackerRequest::RenameShare {
-            session,
-            group,
-            from,
-            to,
-        })
-        .await
-    }
-
-    /// Shares `meta`, replacing this user's own different file of that name
-    /// in the same step.
-    pub async fn replace_share(
-        &self,
-        session: SessionToken,
-        group: &str,
-        meta: FileMeta,
-    ) -> Result<(), ClientError> {
-        let group = group.into();
-        self.call_done(TrackerRequest::ReplaceShare {
-            session,
-            group,
-            meta,
-        })
-        .await
-    }
-
-    pub async fn locate(
-        &self,
-        session: SessionToken,
-        group: &str,
-        name: &str,
-    ) -> Result<Location, ClientError> {
-        let (group, name) = (group.into(), name.into());
-        let req = TrackerRequest::Locate {
-            session,
-            group,
-            name,
-        };
-        self.call_as(req, |r| match r {
-            TrackerReply::Location { meta, peers } => Some(Location { meta, peers }),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Offers this peer at `addr` with everything it holds; returns the
-    /// tracker's interval until the next announce is due and how the
-    /// tracker sees this peer.
-    pub async fn announce(
-        &self,
-        session: SessionToken,
-        peer: PeerId,
-        addr: &str,
-        holdings: Vec<Holding>,
-    ) -> Result<Announced, ClientError> {
-        let req = TrackerRequest::Announce {
-            session,
-            peer,
-            addr: addr.into(),
-            holdings,
-        };
-        self.call_as(req, |r| match r {
-            TrackerReply::Announced {
-                interval_secs,
-                offered,
-                seen,
-                reach,
-            } => Some(Announced {
-                interval: Duration::from_secs(u64::from(interval_secs)),
-                offered,
-                seen,
-                reach,
-            }),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Asks `holder` (through the tracker) to dial this peer back.
-    pub async fn call_back(
-        &self,
-        session: SessionToken,
-        group: &str,
-        holder: PeerId,
-        nonce: [u8; 16],
-    ) -> Result<(), ClientError> {
-        self.call_done(TrackerRequest::CallBack {
-            session,
-            group: group.into(),
-            holder,
-            nonce,
-        })
-        .await
-    }
-
-    /// Asks the tracker to call `holder` to punch a path to this peer
-    /// (both dialling each other's offered address at once).
-    pub async fn punch(
-        &self,
-        session: SessionToken,
-        group: &str,
-        holder: PeerId,
-        nonce: [u8; 16],
-    ) -> Result<(), ClientError> {
-        self.call_done(TrackerRequest::Punch {
-            session,
-            group: group.into(),
-            holder,
-            nonce,
-        })
-        .await
-    }
-
-    /// Asks the tracker to relay between this peer and `holder`: both
-    /// then connect to the tracker's relay with `nonce`.
-    pub async fn relay(
-        &self,
-        session: SessionToken,
-        group: &str,
-        holder: PeerId,
-        nonce: [u8; 16],
-    ) -> Result<(), ClientError> {
-        self.call_done(TrackerRequest::Relay {
-            session,
-            group: group.into(),
-            holder,
-            nonce,
-        })
-        .await
-    }
-
-    /// The calls other peers placed for `peer`, waiting up to `wait` for
-    /// one (keep it under the client's timeout).
-    pub async fn await_calls(
-        &self,
-        session: SessionToken,
-        peer: PeerId,
-        wait: Duration,
-    ) -> Result<Vec<Call>, ClientError> {
-        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
-        let req = TrackerRequest::AwaitCalls {
-            session,
-            peer,
-            wait_ms,
-        };
-        self.call_as(req, |r| match r {
-            TrackerReply::Calls(c) => Some(c),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Pieces of `file` this peer verified since its last announce.
-    pub async fn report_pieces(
-        &self,
-        session: SessionToken,
-        peer: PeerId,
-        file: FileId,
-        pieces: Vec<u32>,
-    ) -> Result<(), ClientError> {
-        self.call_done(TrackerRequest::ReportPieces {
-            session,
-            peer,
-            file,
-            pieces,
-        })
-        .await
-    }
-
-    pub async fn leave_network(
-        &self,
-        session: SessionToken,
-        peer: PeerId,
-    ) -> Result<(), ClientError> {
-        self.call_done(TrackerRequest::LeaveNetwork { session, peer })
-            .await
-    }
-
-    /// A ticket for this user's daemon `holder` in `group` (members only).
-    pub async fn issue_ticket(
-        &self,
-        session: SessionToken,
-        group: &str,
-        holder: PeerId,
-    ) -> Result<Ticket, ClientError> {
-        let group = group.into();
-        let req = TrackerRequest::IssueTicket {
-            session,
-            group,
-            holder,
-        };
-        self.call_as(req, |r| match r {
-            TrackerReply::Ticket(t) => Some(t),
-            _ => None,
-        })
-        .await
-    }
-
-    /// The cluster's public key, which checks every ticket it issues.
-    pub async fn ticket_key(&self) -> Result<TicketKey, ClientError> {
-        self.call_as(TrackerRequest::TicketKey, |r| match r {
-            TrackerReply::TicketKey(k) => Some(k),
-            _ => None,
-        })
-        .await
     }
 }
 

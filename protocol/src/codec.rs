@@ -151,7 +151,7 @@ mod tests {
             flip in any::<usize>(),
             cut in any::<usize>(),
         ) {
-            let msg = Request { id: 3, body: TrackerRequest::Login { user, password: "pw".into() } };
+            let msg = Request { id: 3, body: TrackerRequest::Login(crate::messages::tracker::Login { user, password: "pw".into() }) };
             let mut bytes = encode(&msg).unwrap();
             let i = flip % bytes.len();
             bytes[i] ^= 0xa5;

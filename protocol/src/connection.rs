@@ -372,10 +372,10 @@ mod tests {
         let mut b = Connection::new(br, bw);
         let req = Request {
             id: 7,
-            body: TrackerRequest::CreateUser {
+            body: TrackerRequest::CreateUser(crate::messages::tracker::CreateUser {
                 user: "alice".into(),
                 password: "pw".into(),
-            },
+            }),
         };
         a.write_frame(&req).await.unwrap();
         assert_eq!(

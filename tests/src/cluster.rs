@@ -6,6 +6,7 @@
 use crate::tracker::Tracker;
 use crate::{reserve_port, Port};
 use fileshare_protocol::client::TrackerClient;
+use fileshare_protocol::messages::tracker::AskTicketKey;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -163,13 +164,13 @@ impl Cluster {
         let client = self.client_of(&[self.addr(i)], Duration::from_secs(2));
         // A request that needs no session: answered by a serving tracker,
         // `Unavailable` from one that is not caught up.
-        self.rt.block_on(client.ticket_key()).is_ok()
+        self.rt.block_on(client.call(AskTicketKey)).is_ok()
     }
 
     /// What tracker `i` answers the probe, for messages.
     pub fn answer(&self, i: u32) -> String {
         let client = self.client_of(&[self.addr(i)], Duration::from_secs(2));
-        format!("{:?}", self.rt.block_on(client.ticket_key()))
+        format!("{:?}", self.rt.block_on(client.call(AskTicketKey)))
     }
 
     /// Waits until tracker `i` serves, panicking with every log after

@@ -8,6 +8,9 @@
 
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::messages::tracker::FileEntry;
+use fileshare_protocol::messages::tracker::{
+    AcceptRequest, CreateGroup, CreateUser, JoinGroup, ListGroups, Login,
+};
 use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::trackers_file;
 use fileshare_protocol::Identity;
@@ -93,7 +96,9 @@ impl Net {
         let probe = net.client(None);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !probe
-            .list_groups(SessionToken([0; 32]))
+            .call(ListGroups {
+                session: SessionToken([0; 32]),
+            })
             .await
             .is_err_and(|e| e.code().is_some())
         {
@@ -122,19 +127,44 @@ impl Net {
     pub async fn user(&self, user: &str) -> SessionToken {
         let c = self.client(None);
         let password = format!("pw-{user}");
-        c.create_user(user, &password).await.expect("create_user");
-        c.login(user, &password).await.expect("login").token
+        c.call(CreateUser {
+            user: user.to_string(),
+            password: password.to_string(),
+        })
+        .await
+        .expect("create_user");
+        c.call(Login {
+            user: user.to_string(),
+            password: password.to_string(),
+        })
+        .await
+        .expect("login")
+        .token
     }
 
     /// `owner` creates `group` and lets each of `members` in.
     pub async fn group(&self, group: &str, owner: SessionToken, members: &[(&str, SessionToken)]) {
         let c = self.client(None);
-        c.create_group(owner, group).await.expect("create_group");
+        c.call(CreateGroup {
+            session: owner,
+            group: group.to_string(),
+        })
+        .await
+        .expect("create_group");
         for (name, session) in members {
-            c.join_group(*session, group).await.expect("join_group");
-            c.accept_request(owner, group, name)
-                .await
-                .expect("accept_request");
+            c.call(JoinGroup {
+                session: *session,
+                group: group.to_string(),
+            })
+            .await
+            .expect("join_group");
+            c.call(AcceptRequest {
+                session: owner,
+                group: group.to_string(),
+                user: name.to_string(),
+            })
+            .await
+            .expect("accept_request");
         }
     }
 

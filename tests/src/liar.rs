@@ -13,6 +13,7 @@ use fileshare_protocol::connection::FrameWriter;
 use fileshare_protocol::frame::header;
 use fileshare_protocol::frame::HEADER_LEN;
 use fileshare_protocol::messages::tracker::Holding;
+use fileshare_protocol::messages::tracker::{Announce, IssueTicket, Locate, Login};
 use fileshare_protocol::messages::{Hello, MAGIC};
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::tls::{self, ClientCerts, ClientTls, Pin, SecureStream, ServerTls};
@@ -87,11 +88,21 @@ impl Liar {
         let (listener, session, file, pieces) = rt.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let session = client
-                .login(&user.name, &format!("pw-{}", user.name))
+                .call(Login {
+                    user: user.name.to_string(),
+                    password: format!("pw-{}", user.name),
+                })
                 .await
                 .expect("login")
                 .token;
-            let loc = client.locate(session, group, name).await.expect("locate");
+            let loc = client
+                .call(Locate {
+                    session,
+                    group: group.to_string(),
+                    name: name.to_string(),
+                })
+                .await
+                .expect("locate");
             let pieces = loc.meta.layout().unwrap().num_pieces();
             (listener, session, loc.meta.id(), pieces)
         });
@@ -105,7 +116,14 @@ impl Liar {
                     file,
                     have: Bitfield::full(pieces),
                 }];
-                let _ = client.announce(session, peer, &announced, holdings).await;
+                let _ = client
+                    .call(Announce {
+                        session,
+                        peer,
+                        addr: announced.to_string(),
+                        holdings,
+                    })
+                    .await;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
@@ -226,15 +244,29 @@ pub fn flood(
     let client = client(trackers, &known_keys, &identity);
     rt.block_on(async {
         let session = client
-            .login(&user.name, &format!("pw-{}", user.name))
+            .call(Login {
+                user: user.name.to_string(),
+                password: format!("pw-{}", user.name),
+            })
             .await
             .expect("login")
             .token;
-        let loc = client.locate(session, group, name).await.expect("locate");
+        let loc = client
+            .call(Locate {
+                session,
+                group: group.to_string(),
+                name: name.to_string(),
+            })
+            .await
+            .expect("locate");
         let file = loc.meta.id();
         let pieces = loc.meta.layout().unwrap().num_pieces();
         let ticket = client
-            .issue_ticket(session, group, peer)
+            .call(IssueTicket {
+                session,
+                group: group.to_string(),
+                holder: peer,
+            })
             .await
             .expect("ticket");
         let tls = ClientTls::new(Some(&identity), Pin::Peer(target.1)).unwrap();

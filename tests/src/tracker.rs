@@ -5,6 +5,7 @@
 use crate::netns::Host;
 use crate::{bin, reserve_port, wait_until, Port};
 use fileshare_protocol::client::TrackerClient;
+use fileshare_protocol::messages::tracker::{CreateUser, Login};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -325,6 +326,19 @@ pub async fn sign_up(
     client: &TrackerClient,
     user: &str,
 ) -> fileshare_protocol::messages::SessionToken {
-    client.create_user(user, "pw").await.expect("create user");
-    client.login(user, "pw").await.expect("login").token
+    client
+        .call(CreateUser {
+            user: user.to_string(),
+            password: "pw".into(),
+        })
+        .await
+        .expect("create user");
+    client
+        .call(Login {
+            user: user.to_string(),
+            password: "pw".into(),
+        })
+        .await
+        .expect("login")
+        .token
 }

@@ -4,6 +4,9 @@
 //! each exactly once.
 
 use fileshare_protocol::client::TrackerClient;
+use fileshare_protocol::messages::tracker::{
+    AskTicketKey, CreateGroup, CreateUser, ListGroups, Login,
+};
 use fileshare_protocol::messages::SessionToken;
 use fileshare_tests::cluster::Cluster;
 use fileshare_tests::netns::Lan;
@@ -23,7 +26,7 @@ fn multi_rt() -> tokio::runtime::Runtime {
 }
 
 async fn groups(client: &TrackerClient, session: SessionToken) -> BTreeSet<String> {
-    let gs = client.list_groups(session).await.unwrap();
+    let gs = client.call(ListGroups { session }).await.unwrap();
     gs.into_iter().map(|g| g.name).collect()
 }
 
@@ -38,8 +41,21 @@ fn a_pair_killed_in_turn_acknowledges_40_of_40_writes_exactly_once() {
     let rt = multi_rt();
     let client = cluster.client_from(1);
     let session = rt.block_on(async {
-        client.create_user("writer", "pw").await.unwrap();
-        client.login("writer", "pw").await.unwrap().token
+        client
+            .call(CreateUser {
+                user: "writer".into(),
+                password: "pw".into(),
+            })
+            .await
+            .unwrap();
+        client
+            .call(Login {
+                user: "writer".into(),
+                password: "pw".into(),
+            })
+            .await
+            .unwrap()
+            .token
     });
     let done = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
@@ -47,7 +63,13 @@ fn a_pair_killed_in_turn_acknowledges_40_of_40_writes_exactly_once() {
         let (done, failures) = (done.clone(), failures.clone());
         rt.spawn(async move {
             for i in 0..40 {
-                if let Err(e) = client.create_group(session, &format!("g{i}")).await {
+                if let Err(e) = client
+                    .call(CreateGroup {
+                        session,
+                        group: format!("g{i}"),
+                    })
+                    .await
+                {
                     failures.lock().unwrap().push(format!("g{i}: {e}"));
                 }
                 done.fetch_add(1, Ordering::Relaxed);
@@ -147,14 +169,31 @@ fn a_tracker_cut_off_from_the_majority_refuses_writes_and_catches_up() {
                 .build()
                 .unwrap();
             let c = fileshare_tests::tracker_client(&[addr], &k, Duration::from_secs(2));
-            rt.block_on(c.ticket_key()).is_ok()
+            rt.block_on(c.call(AskTicketKey)).is_ok()
         });
     }
     let session = through(&lan, &keys, 1, |c, rt| {
         rt.block_on(async {
-            c.create_user("u", "pw").await.unwrap();
-            let s = c.login("u", "pw").await.unwrap().token;
-            c.create_group(s, "before").await.unwrap();
+            c.call(CreateUser {
+                user: "u".into(),
+                password: "pw".into(),
+            })
+            .await
+            .unwrap();
+            let s = c
+                .call(Login {
+                    user: "u".into(),
+                    password: "pw".into(),
+                })
+                .await
+                .unwrap()
+                .token;
+            c.call(CreateGroup {
+                session: s,
+                group: "before".into(),
+            })
+            .await
+            .unwrap();
             s
         })
     });
@@ -165,14 +204,21 @@ fn a_tracker_cut_off_from_the_majority_refuses_writes_and_catches_up() {
         let name = format!("apart{i}");
         let n = name.clone();
         through(&lan, &keys, i, move |c, rt| {
-            rt.block_on(c.create_group(session, &n)).unwrap();
+            rt.block_on(c.call(CreateGroup {
+                session,
+                group: n.to_string(),
+            }))
+            .unwrap();
         });
         acked.push(name);
     }
     let refusal = through(&lan, &keys, 3, move |c, rt| {
-        rt.block_on(c.create_group(session, "lost"))
-            .unwrap_err()
-            .to_string()
+        rt.block_on(c.call(CreateGroup {
+            session,
+            group: "lost".into(),
+        }))
+        .unwrap_err()
+        .to_string()
     });
     assert!(
         refusal.contains("this tracker reaches 1 of 3 trackers; writes need 2"),
@@ -202,7 +248,7 @@ fn a_tracker_cut_off_from_the_majority_refuses_writes_and_catches_up() {
                     .build()
                     .unwrap();
                 let c = fileshare_tests::tracker_client(&[addr], &k, Duration::from_secs(2));
-                rt.block_on(c.list_groups(session))
+                rt.block_on(c.call(ListGroups { session }))
                     .is_ok_and(|gs| gs.into_iter().map(|g| g.name).collect::<BTreeSet<_>>() == want)
             },
         );
@@ -252,8 +298,19 @@ fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
     let rt = multi_rt();
     let session = rt.block_on(async {
         let c = cluster.client_from(1);
-        c.create_user("w", "pw").await.unwrap();
-        c.login("w", "pw").await.unwrap().token
+        c.call(CreateUser {
+            user: "w".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap();
+        c.call(Login {
+            user: "w".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap()
+        .token
     });
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -266,7 +323,14 @@ fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
             while !stop.load(Ordering::Relaxed) {
                 let name = format!("r{w}-{i}");
                 i += 1;
-                if client.create_group(session, &name).await.is_ok() {
+                if client
+                    .call(CreateGroup {
+                        session,
+                        group: name.to_string(),
+                    })
+                    .await
+                    .is_ok()
+                {
                     acked.lock().unwrap().push(name);
                 }
             }
@@ -305,7 +369,7 @@ fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
             &format!("tracker {i} to list every acknowledged write"),
             Duration::from_secs(15),
             || {
-                let gs = rt.block_on(cluster.client(i).list_groups(session));
+                let gs = rt.block_on(cluster.client(i).call(ListGroups { session }));
                 let names: Vec<String> = gs
                     .map(|g| g.into_iter().map(|g| g.name).collect())
                     .unwrap_or_default();

@@ -4,6 +4,9 @@
 
 use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::messages::tracker::{
+    AskTicketKey, CreateGroup, IssueTicket, ListFiles, ListGroups, ShareFile,
+};
 use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::tls::{self, ClientTls, Pin, SecureStream};
 use fileshare_protocol::{Identity, PieceHash, PIECE_LEN};
@@ -35,7 +38,7 @@ async fn user(client: &TrackerClient, name: &str) -> SessionToken {
 }
 
 async fn groups(client: &TrackerClient, session: SessionToken) -> Vec<String> {
-    let groups = client.list_groups(session).await.unwrap();
+    let groups = client.call(ListGroups { session }).await.unwrap();
     groups.into_iter().map(|g| g.name).collect()
 }
 
@@ -49,16 +52,31 @@ fn writes_through_one_tracker_are_read_through_every_other() {
                 let c = cluster.client(i);
                 let s = user(&c, &format!("user{i}")).await;
                 let group = format!("g{i}");
-                c.create_group(s, &group).await.unwrap();
-                c.share_file(s, &group, meta(&format!("f{i}")))
-                    .await
-                    .unwrap();
+                c.call(CreateGroup {
+                    session: s,
+                    group: group.to_string(),
+                })
+                .await
+                .unwrap();
+                c.call(ShareFile {
+                    session: s,
+                    group: group.to_string(),
+                    meta: meta(&format!("f{i}")),
+                })
+                .await
+                .unwrap();
                 // Read back at once through every tracker.
                 for j in 1..=n {
                     let other = cluster.client(j);
                     let gs = groups(&other, s).await;
                     assert!(gs.contains(&group), "tracker {j}: {gs:?}");
-                    let files = other.list_files(s, &group).await.unwrap();
+                    let files = other
+                        .call(ListFiles {
+                            session: s,
+                            group: group.to_string(),
+                        })
+                        .await
+                        .unwrap();
                     assert_eq!(files.len(), 1, "tracker {j}");
                     // A ticket from one tracker is good with every
                     // other's key: they are the cluster's. (It is issued
@@ -66,8 +84,15 @@ fn writes_through_one_tracker_are_read_through_every_other() {
                     let daemon = Identity::generate().unwrap();
                     let holder = daemon.peer_id();
                     let t = cluster.client_as(i, &daemon);
-                    let t = t.issue_ticket(s, &group, holder).await.unwrap();
-                    let key = other.ticket_key().await.unwrap();
+                    let t = t
+                        .call(IssueTicket {
+                            session: s,
+                            group: group.to_string(),
+                            holder,
+                        })
+                        .await
+                        .unwrap();
+                    let key = other.call(AskTicketKey).await.unwrap();
                     t.verify(&key, &holder, t.issued_unix_ms).unwrap();
                 }
             }
@@ -103,7 +128,13 @@ impl Stream {
             for c in 0..clients {
                 let client = cluster.client_from(1);
                 let s = user(&client, &format!("writer{c}")).await;
-                client.create_group(s, &format!("home{c}")).await.unwrap();
+                client
+                    .call(CreateGroup {
+                        session: s,
+                        group: format!("home{c}"),
+                    })
+                    .await
+                    .unwrap();
                 v.push(s);
             }
             v
@@ -126,10 +157,21 @@ impl Stream {
                         format!("f-{c}-{i}")
                     };
                     let r = if group {
-                        client.create_group(session, &name).await
+                        client
+                            .call(CreateGroup {
+                                session,
+                                group: name.to_string(),
+                            })
+                            .await
                     } else {
                         let home = format!("home{c}");
-                        client.share_file(session, &home, meta(&name)).await
+                        client
+                            .call(ShareFile {
+                                session,
+                                group: home.to_string(),
+                                meta: meta(&name),
+                            })
+                            .await
                     };
                     let mut a = acked.lock().unwrap();
                     match r {
@@ -141,7 +183,7 @@ impl Stream {
                                 a.files.entry(c).or_default().insert(name);
                             }
                         }
-                        Err(e @ ClientError::UnexpectedReply { .. }) => panic!("{e}"),
+                        Err(e @ ClientError::UnexpectedReply(_)) => panic!("{e}"),
                         Err(_) => a.errors += 1,
                     }
                 }
@@ -195,7 +237,13 @@ async fn listings(
     let all: BTreeSet<String> = groups(&client, sessions[0]).await.into_iter().collect();
     let mut files = vec![];
     for (c, s) in sessions.iter().enumerate() {
-        let f = client.list_files(*s, &format!("home{c}")).await.unwrap();
+        let f = client
+            .call(ListFiles {
+                session: *s,
+                group: format!("home{c}"),
+            })
+            .await
+            .unwrap();
         files.push(f.into_iter().map(|f| f.name).collect());
     }
     (all, files)

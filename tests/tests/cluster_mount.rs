@@ -2,6 +2,7 @@
 //! listing, sharing and reading while the tracker they use is killed and
 //! another takes over, and are offered by the survivor.
 
+use fileshare_protocol::messages::tracker::Locate;
 use fileshare_protocol::messages::SessionToken;
 use fileshare_tests::mount::{wait_for, Mount};
 use fileshare_tests::random_file;
@@ -59,7 +60,11 @@ fn offered_by(w: &mut World, i: u32, session: SessionToken, name: &str) -> Vec<S
         .build()
         .unwrap();
     let found = rt
-        .block_on(client.locate(session, "g", name))
+        .block_on(client.call(Locate {
+            session,
+            group: "g".into(),
+            name: name.to_string(),
+        }))
         .unwrap_or_else(|e| panic!("locate through tracker {i}: {e:?}"));
     let mut users: Vec<String> = found.peers.into_iter().map(|p| p.user).collect();
     users.sort();

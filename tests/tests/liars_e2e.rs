@@ -5,6 +5,7 @@
 //! The reader's bytes are exact, and its read finishes from the honest
 //! seeder within [`READ_BOUND`].
 
+use fileshare_protocol::messages::tracker::Locate;
 use fileshare_tests::liar::{flood, Liar, Lie};
 use fileshare_tests::mount::wait_for;
 use fileshare_tests::world::World;
@@ -40,7 +41,13 @@ fn a_reader_among_lying_peers_gets_exact_bytes_in_bounded_time() {
     let client = w.tracker().client();
     let session = u[2].session();
     let seeder = wait_for("the seeder announced", Duration::from_secs(15), || {
-        let loc = rt.block_on(client.locate(session, "g", "data.bin")).ok()?;
+        let loc = rt
+            .block_on(client.call(Locate {
+                session,
+                group: "g".into(),
+                name: "data.bin".into(),
+            }))
+            .ok()?;
         loc.peers
             .iter()
             .find(|p| p.addr == a.listen)
@@ -58,7 +65,13 @@ fn a_reader_among_lying_peers_gets_exact_bytes_in_bounded_time() {
     .collect();
     // Every liar is listed before the reader asks.
     wait_for("the liars announced", Duration::from_secs(15), || {
-        let loc = rt.block_on(client.locate(session, "g", "data.bin")).ok()?;
+        let loc = rt
+            .block_on(client.call(Locate {
+                session,
+                group: "g".into(),
+                name: "data.bin".into(),
+            }))
+            .ok()?;
         (liars
             .iter()
             .all(|l| loc.peers.iter().any(|p| p.addr == l.addr)))

@@ -4,6 +4,9 @@
 //! stranger speaking real TLS; everyone else keeps working.
 
 use fileshare_protocol::frame::header;
+use fileshare_protocol::messages::tracker::{
+    CreateGroup, CreateUser, ListGroups, Login, Logout, ShareFile, StopShare,
+};
 use fileshare_protocol::messages::Role;
 use fileshare_protocol::tls::{ClientTls, Pin, SecureStream};
 use fileshare_protocol::{Identity, MAX_FRAME_LEN};
@@ -168,7 +171,7 @@ fn per_address_cap_and_idle_deadline_close_only_the_offender() {
             .await
             .expect("another address gets in");
         client
-            .list_groups(session)
+            .call(ListGroups { session })
             .await
             .expect("others are served");
         // Nobody sent a frame: every one is closed after the idle deadline.
@@ -185,7 +188,7 @@ fn per_address_cap_and_idle_deadline_close_only_the_offender() {
         // A client idle longer than the deadline reconnects and is served.
         tokio::time::sleep(Duration::from_secs(3)).await;
         client
-            .list_groups(session)
+            .call(ListGroups { session })
             .await
             .expect("served after idling");
     });
@@ -208,7 +211,10 @@ fn the_101st_group_is_refused_and_every_root_still_lists() {
     rt.block_on(async {
         for i in 2..=100 {
             client
-                .create_group(session, &format!("alice-{i:03}"))
+                .call(CreateGroup {
+                    session,
+                    group: format!("alice-{i:03}"),
+                })
                 .await
                 .unwrap_or_else(|e| panic!("group {i}: {e}"));
         }
@@ -250,10 +256,10 @@ fn the_right_password_from_elsewhere_logs_in_while_an_attacker_hammers() {
         for id in 0..10 {
             let req = Request {
                 id,
-                body: TrackerRequest::Login {
+                body: TrackerRequest::from(Login {
                     user: "alice".into(),
                     password: format!("guess-{id}"),
-                },
+                }),
             };
             conn.write_frame(&req).await.unwrap();
             let reply: Reply<TrackerResult> = conn.read_frame().await.unwrap().unwrap();
@@ -286,7 +292,13 @@ fn a_client_that_never_reads_its_replies_is_bounded() {
     rt.block_on(async {
         for i in 0..90 {
             let name = format!("{i:03}-{}", "n".repeat(200));
-            client.create_group(session, &name).await.unwrap();
+            client
+                .call(CreateGroup {
+                    session,
+                    group: name.to_string(),
+                })
+                .await
+                .unwrap();
         }
     });
     let tls = ClientTls::new(None, Pin::FirstUse).unwrap();
@@ -306,7 +318,7 @@ fn a_client_that_never_reads_its_replies_is_bounded() {
             for id in 0..500_000 {
                 let req = Request {
                     id,
-                    body: TrackerRequest::ListGroups { session },
+                    body: TrackerRequest::from(ListGroups { session }),
                 };
                 if conn.write_frame(&req).await.is_err() {
                     return;
@@ -318,7 +330,7 @@ fn a_client_that_never_reads_its_replies_is_bounded() {
         let _ = tokio::time::timeout(Duration::from_secs(5), flood).await;
         let started = Instant::now();
         client
-            .list_groups(session)
+            .call(ListGroups { session })
             .await
             .expect("others are served");
         assert!(started.elapsed() < Duration::from_secs(1));
@@ -404,13 +416,21 @@ fn a_flood_of_sign_ups_never_makes_a_login_busy() {
     let client = tracker.client();
     let flooder = IpAddr::from([127, 0, 7, 2]);
     rt.block_on(async {
-        client.create_user("alice", "pw").await.unwrap();
+        client
+            .call(CreateUser {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await
+            .unwrap();
         let floods: Vec<_> = (0..3)
             .map(|c| {
                 let bodies = (0..100)
-                    .map(|i| TrackerRequest::CreateUser {
-                        user: format!("bot-{c}-{i}"),
-                        password: "pw".into(),
+                    .map(|i| {
+                        TrackerRequest::from(CreateUser {
+                            user: format!("bot-{c}-{i}"),
+                            password: "pw".into(),
+                        })
                     })
                     .collect();
                 tokio::spawn(all_at_once(flooder, tracker.addr().to_string(), 1, bodies))
@@ -418,7 +438,12 @@ fn a_flood_of_sign_ups_never_makes_a_login_busy() {
             .collect();
         // While the sign-ups wait for their hashes.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let login = client.login("alice", "pw").await;
+        let login = client
+            .call(Login {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await;
         assert!(login.is_ok(), "login during a sign-up flood: {login:?}");
         let (mut made, mut budget, mut other) = (0, 0, Vec::new());
         for f in floods {
@@ -446,10 +471,10 @@ fn a_flood_of_sign_ups_never_makes_a_login_busy() {
         // One at a time, the address gets the rest of its budget of 30
         // accounts an hour, then a refusal that says which limit.
         for i in 0.. {
-            let one = vec![TrackerRequest::CreateUser {
+            let one = vec![TrackerRequest::from(CreateUser {
                 user: format!("late-{i}"),
                 password: "pw".into(),
-            }];
+            })];
             match all_at_once(flooder, tracker.addr().into(), 1, one)
                 .await
                 .remove(0)
@@ -486,9 +511,11 @@ fn guesses_sent_at_once_get_no_more_checks_than_the_budget() {
         (0..3u8)
             .map(|a| {
                 let bodies = (0..20)
-                    .map(|i| TrackerRequest::CreateUser {
-                        user: format!("busy-{net}-{a}-{i}"),
-                        password: "pw".into(),
+                    .map(|i| {
+                        TrackerRequest::from(CreateUser {
+                            user: format!("busy-{net}-{a}-{i}"),
+                            password: "pw".into(),
+                        })
                     })
                     .collect();
                 tokio::spawn(all_at_once(
@@ -501,10 +528,18 @@ fn guesses_sent_at_once_get_no_more_checks_than_the_budget() {
             .collect::<Vec<_>>()
     };
     rt.block_on(async {
-        client.create_user("alice", "pw").await.unwrap();
-        let guess = |user: String, i: usize| TrackerRequest::Login {
-            user,
-            password: format!("guess-{i}"),
+        client
+            .call(CreateUser {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await
+            .unwrap();
+        let guess = |user: String, i: usize| {
+            TrackerRequest::from(Login {
+                user,
+                password: format!("guess-{i}"),
+            })
         };
         let count = |replies: &[fileshare_protocol::messages::TrackerResult]| {
             let checked = replies
@@ -544,7 +579,13 @@ fn guesses_sent_at_once_get_no_more_checks_than_the_budget() {
             b.await.unwrap();
         }
         // Alice, from her own address, is not held up.
-        client.login("alice", "pw").await.expect("alice logs in");
+        client
+            .call(Login {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await
+            .expect("alice logs in");
     });
 }
 
@@ -584,23 +625,77 @@ fn metadata_and_sessions_are_capped_per_user() {
     rt.block_on(async {
         let session = sign_up(&client, "alice").await;
         for g in ["g1", "g2"] {
-            client.create_group(session, g).await.unwrap();
+            client
+                .call(CreateGroup {
+                    session,
+                    group: g.to_string(),
+                })
+                .await
+                .unwrap();
         }
         for (g, f) in [("g1", "f0"), ("g2", "f1"), ("g1", "f2")] {
-            client.share_file(session, g, file(f)).await.unwrap();
+            client
+                .call(ShareFile {
+                    session,
+                    group: g.to_string(),
+                    meta: file(f),
+                })
+                .await
+                .unwrap();
         }
-        let over = client.share_file(session, "g2", file("f3")).await;
+        let over = client
+            .call(ShareFile {
+                session,
+                group: "g2".into(),
+                meta: file("f3"),
+            })
+            .await;
         assert_eq!(limit_of(over), Limit::MetadataPerUser);
-        client.stop_share(session, "g1", "f0").await.unwrap();
-        client.share_file(session, "g2", file("f3")).await.unwrap();
-
-        let second = client.login("alice", "pw").await.unwrap().token;
-        client.login("alice", "pw").await.unwrap();
-        let fourth = client.login("alice", "pw").await;
-        assert_eq!(limit_of(fourth.map(|_| ())), Limit::SessionsPerUser);
-        client.logout(second).await.unwrap();
         client
-            .login("alice", "pw")
+            .call(StopShare {
+                session,
+                group: "g1".into(),
+                name: "f0".into(),
+            })
+            .await
+            .unwrap();
+        client
+            .call(ShareFile {
+                session,
+                group: "g2".into(),
+                meta: file("f3"),
+            })
+            .await
+            .unwrap();
+
+        let second = client
+            .call(Login {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await
+            .unwrap()
+            .token;
+        client
+            .call(Login {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await
+            .unwrap();
+        let fourth = client
+            .call(Login {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await;
+        assert_eq!(limit_of(fourth.map(|_| ())), Limit::SessionsPerUser);
+        client.call(Logout { session: second }).await.unwrap();
+        client
+            .call(Login {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
             .await
             .expect("a login after a logout");
     });

@@ -1,6 +1,7 @@
 //! The swarm as a directory, used as a user would: real tracker, real
 //! daemons, real FUSE mounts, `ls`, `cp`, `cat`, `cmp`, `rm`, `dd`.
 
+use fileshare_protocol::messages::tracker::IssueTicket;
 use fileshare_tests::mount::{fetched, wait_for, Mount};
 use fileshare_tests::world::{User, World};
 use fileshare_tests::{cmp, random_file, MIB};
@@ -455,13 +456,23 @@ fn a_non_member_can_neither_list_nor_fetch_pieces() {
             Some(key.clone()),
             Duration::from_secs(5),
         );
-        let refused = tracker.issue_ticket(session, "g", me).await;
+        let refused = tracker
+            .call(IssueTicket {
+                session,
+                group: "g".into(),
+                holder: me,
+            })
+            .await;
         assert!(
             matches!(refused, Err(ClientError::Refused(ErrorCode::NotMember(_)))),
             "{refused:?}"
         );
         let own = tracker
-            .issue_ticket(session, "mine", me)
+            .call(IssueTicket {
+                session,
+                group: "mine".into(),
+                holder: me,
+            })
             .await
             .expect("a ticket for mallory's own group");
 

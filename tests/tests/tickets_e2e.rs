@@ -4,6 +4,7 @@
 //! lost membership shows within seconds.
 
 use fileshare_protocol::client::{ClientError, TrackerClient};
+use fileshare_protocol::messages::tracker::IssueTicket;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::ticket::{Ticket, TicketError};
 use fileshare_protocol::tls::{self, ClientTls, Pin, SecureConnection};
@@ -91,7 +92,11 @@ fn tracker_client(w: &World, key: &Identity) -> TrackerClient {
 
 async fn ticket(client: &TrackerClient, user: &User, holder: PeerId) -> Ticket {
     client
-        .issue_ticket(user.session(), "g", holder)
+        .call(IssueTicket {
+            session: user.session(),
+            group: "g".into(),
+            holder,
+        })
         .await
         .expect("a ticket for a member")
 }
@@ -226,7 +231,13 @@ fn a_removed_members_open_connection_is_refused_within_the_ticket_lifetime() {
         // The owner removes bob: no new ticket, and the connection he has
         // is refused once the ticket it holds expires.
         w.fsd_ok(&u[0], &["remove-member", "g", "bob"]);
-        let refused = client.issue_ticket(u[1].session(), "g", me.peer_id()).await;
+        let refused = client
+            .call(IssueTicket {
+                session: u[1].session(),
+                group: "g".into(),
+                holder: me.peer_id(),
+            })
+            .await;
         assert!(
             matches!(refused, Err(ClientError::Refused(ErrorCode::NotMember(_)))),
             "{refused:?}"

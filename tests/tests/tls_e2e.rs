@@ -7,6 +7,7 @@
 
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::messages::tracker::Holding;
+use fileshare_protocol::messages::tracker::{Announce, ListGroups, Locate};
 use fileshare_protocol::messages::{Request, Role, SessionToken, TrackerRequest};
 use fileshare_protocol::tls::{self, ClientTls, Pin, SecureStream, TlsError};
 use fileshare_protocol::trackers_file::TrackerEntry;
@@ -186,7 +187,7 @@ fn an_impostor_at_a_trackers_address_gets_nothing() {
     cluster.wait_serving(2);
     let session = session_of(alice.home());
     let names: Vec<String> = rt()
-        .block_on(cluster.client(2).list_groups(session))
+        .block_on(cluster.client(2).call(ListGroups { session }))
         .unwrap()
         .into_iter()
         .map(|g| g.name)
@@ -424,7 +425,12 @@ fn nothing_readable_crosses_the_wire() {
             have: Bitfield::full(pieces),
         }];
         daemon
-            .announce(session, peer, to_alice.addr(), holdings)
+            .call(Announce {
+                session,
+                peer,
+                addr: to_alice.addr().to_string(),
+                holdings,
+            })
             .await
             .expect("announce at the relay");
         wait_for_peer(&daemon, bob_session, to_alice.addr()).await;
@@ -457,7 +463,14 @@ fn nothing_readable_crosses_the_wire() {
 /// Waits until the tracker lists `g/secret.bin` with a peer at `addr`.
 async fn wait_for_peer(client: &TrackerClient, session: SessionToken, addr: &str) {
     for _ in 0..200 {
-        if let Ok(l) = client.locate(session, "g", "secret.bin").await {
+        if let Ok(l) = client
+            .call(Locate {
+                session,
+                group: "g".into(),
+                name: "secret.bin".into(),
+            })
+            .await
+        {
             if l.peers.iter().any(|p| p.addr == addr) {
                 return;
             }

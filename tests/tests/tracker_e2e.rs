@@ -5,6 +5,7 @@
 
 use fileshare_protocol::client::ClientError;
 use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::messages::tracker::{CreateGroup, CreateUser, ShareFile};
 use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::{ErrorCode, PieceHash, PIECE_LEN};
 use fileshare_tests::cli::Fsd;
@@ -92,8 +93,12 @@ fn two_users_a_group_a_request_and_the_listings() {
     let rt = rt();
     let client = tracker.client();
     for (name, size) in [("report.pdf", 1_000_000), ("notes.txt", 12)] {
-        rt.block_on(client.share_file(token_of(&alice), "g1", meta(name, size)))
-            .unwrap();
+        rt.block_on(client.call(ShareFile {
+            session: token_of(&alice),
+            group: "g1".into(),
+            meta: meta(name, size),
+        }))
+        .unwrap();
     }
     assert_eq!(
         bob.ok(&["list-files", "g1"]),
@@ -209,11 +214,21 @@ fn every_bad_name_is_refused_with_a_clear_message() {
     let bad_name = |r: Result<(), ClientError>| {
         matches!(r, Err(ClientError::Refused(ErrorCode::BadName { .. })))
     };
-    assert!(bad_name(rt.block_on(client.create_group(session, "a\0b"))));
-    assert!(bad_name(rt.block_on(client.create_user("a\0b", "pw"))));
+    assert!(bad_name(rt.block_on(client.call(CreateGroup {
+        session,
+        group: "a\0b".into()
+    }))));
+    assert!(bad_name(rt.block_on(client.call(CreateUser {
+        user: "a\0b".into(),
+        password: "pw".into()
+    }))));
     alice.ok(&["create-group", "g"]);
     for name in ["a\0b", "..", ".", "a/b", "", long.as_str()] {
-        let r = rt.block_on(client.share_file(session, "g", meta(name, 1)));
+        let r = rt.block_on(client.call(ShareFile {
+            session,
+            group: "g".into(),
+            meta: meta(name, 1),
+        }));
         assert!(bad_name(r), "file name {name:?}");
     }
 }
@@ -324,6 +339,7 @@ mod kill_9 {
 
     use fileshare_protocol::client::{ClientError, TrackerClient};
     use fileshare_protocol::ids::FileMeta;
+    use fileshare_protocol::messages::tracker::{CreateGroup, ListFiles, ListGroups, ShareFile};
     use fileshare_protocol::messages::SessionToken;
     use fileshare_protocol::{PieceHash, PIECE_LEN};
     use fileshare_tests::tracker::Tracker;
@@ -377,7 +393,13 @@ mod kill_9 {
             for c in 0..CLIENTS {
                 let client = tracker_client(&[&addr], &known, Duration::from_secs(2));
                 let s = login(&client, &format!("user{c}")).await;
-                client.create_group(s, &format!("home{c}")).await.unwrap();
+                client
+                    .call(CreateGroup {
+                        session: s,
+                        group: format!("home{c}"),
+                    })
+                    .await
+                    .unwrap();
                 sessions.push(s);
             }
             sessions
@@ -390,11 +412,28 @@ mod kill_9 {
                 for i in 0usize.. {
                     let (written, name) = if i.is_multiple_of(2) {
                         let g = format!("g-{c}-{i}");
-                        (client.create_group(session, &g).await, g)
+                        (
+                            client
+                                .call(CreateGroup {
+                                    session,
+                                    group: g.to_string(),
+                                })
+                                .await,
+                            g,
+                        )
                     } else {
                         let f = format!("f-{c}-{i}");
                         let home = format!("home{c}");
-                        (client.share_file(session, &home, meta(&f)).await, f)
+                        (
+                            client
+                                .call(ShareFile {
+                                    session,
+                                    group: home.to_string(),
+                                    meta: meta(&f),
+                                })
+                                .await,
+                            f,
+                        )
                     };
                     match written {
                         Ok(()) => {
@@ -408,7 +447,7 @@ mod kill_9 {
                         }
                         // The tracker died with this write in flight; it and
                         // the rest of the stream are unacknowledged.
-                        Err(e @ ClientError::UnexpectedReply { .. }) => panic!("{e}"),
+                        Err(e @ ClientError::UnexpectedReply(_)) => panic!("{e}"),
                         Err(_) => return i + 1,
                     }
                 }
@@ -440,7 +479,9 @@ mod kill_9 {
         rt.block_on(async {
             let client = tracker_client(&[&addr], &known, Duration::from_secs(5));
             let groups = client
-                .list_groups(sessions[0])
+                .call(ListGroups {
+                    session: sessions[0],
+                })
                 .await
                 .expect("sessions survive the crash");
             let present: BTreeSet<String> = groups.into_iter().map(|g| g.name).collect();
@@ -452,7 +493,10 @@ mod kill_9 {
                 let lost: Vec<_> = groups.difference(&present).collect();
                 assert!(lost.is_empty(), "acknowledged groups lost: {lost:?}");
                 let files = client
-                    .list_files(sessions[c], &format!("home{c}"))
+                    .call(ListFiles {
+                        session: sessions[c],
+                        group: format!("home{c}"),
+                    })
                     .await
                     .unwrap();
                 let have: BTreeSet<String> = files.into_iter().map(|f| f.name).collect();

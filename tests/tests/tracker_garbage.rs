@@ -3,6 +3,9 @@
 
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::frame::{header, HEADER_LEN};
+use fileshare_protocol::messages::tracker::{
+    AskTicketKey, CreateGroup, CreateUser, ListGroups, Login,
+};
 use fileshare_protocol::messages::{
     Hello, Reply, Request, Role, TrackerRequest, TrackerResult, MAGIC,
 };
@@ -101,7 +104,7 @@ fn assert_plain_bytes_are_refused(t: &Tracker, bytes: &[u8], what: &str) {
 /// A well-behaved client is still served and the process is alive.
 fn assert_still_serving(t: &mut Tracker, rt: &tokio::runtime::Runtime, client: &TrackerClient) {
     assert!(t.is_running(), "tracker died:\n{}", t.log());
-    let r = rt.block_on(client.ticket_key());
+    let r = rt.block_on(client.call(AskTicketKey));
     assert!(r.is_ok(), "the ticket key must be served: {r:?}");
 }
 
@@ -114,7 +117,11 @@ fn hostile_bytes_close_only_their_connection() {
         .unwrap();
     // A client connected throughout: its connection must outlive them all.
     let client = tracker.client();
-    rt.block_on(client.create_user("alice", "pw")).unwrap();
+    rt.block_on(client.call(CreateUser {
+        user: "alice".into(),
+        password: "pw".into(),
+    }))
+    .unwrap();
     assert_still_serving(&mut tracker, &rt, &client);
 
     // Plain text where TLS belongs, and a FileShare hello without TLS.
@@ -161,9 +168,9 @@ fn hostile_bytes_close_only_their_connection() {
     // A valid handshake, then bodies that are not requests.
     let req = Request {
         id: 1,
-        body: TrackerRequest::ListGroups {
+        body: TrackerRequest::from(ListGroups {
             session: fileshare_protocol::messages::SessionToken([0; 32]),
-        },
+        }),
     };
     let valid = codec::encode(&req).unwrap();
     let mut trailing = valid.clone();
@@ -228,12 +235,31 @@ fn a_client_that_never_reads_does_not_block_shutdown() {
         .unwrap();
     let client = tracker.client();
     let session = rt.block_on(async {
-        client.create_user("alice", "pw").await.unwrap();
-        let token = client.login("alice", "pw").await.expect("login").token;
+        client
+            .call(CreateUser {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await
+            .unwrap();
+        let token = client
+            .call(Login {
+                user: "alice".into(),
+                password: "pw".into(),
+            })
+            .await
+            .expect("login")
+            .token;
         // Big listings, so unread replies fill the socket buffers quickly.
         for g in 0..200 {
             let group = format!("group-with-a-long-name-{g:04}");
-            client.create_group(token, &group).await.unwrap();
+            client
+                .call(CreateGroup {
+                    session: token,
+                    group: group.to_string(),
+                })
+                .await
+                .unwrap();
         }
         token
     });
@@ -241,7 +267,7 @@ fn a_client_that_never_reads_does_not_block_shutdown() {
     for id in 0..1000u64 {
         let req = Request {
             id,
-            body: TrackerRequest::ListGroups { session },
+            body: TrackerRequest::from(ListGroups { session }),
         };
         burst.extend(frame(&codec::encode(&req).unwrap()));
     }

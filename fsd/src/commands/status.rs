@@ -9,6 +9,7 @@ use crate::ui::snapshot::Snapshot;
 use crate::units::human_bytes;
 use anyhow::{bail, Context};
 use fileshare_protocol::client::TrackerClient;
+use fileshare_protocol::messages::tracker::AskTicketKey;
 use fileshare_protocol::trackers_file;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -106,7 +107,7 @@ async fn ping_trackers(home: &Home) -> String {
         );
         async move {
             let start = Instant::now();
-            let r = tokio::time::timeout(PING_TIMEOUT, client.ticket_key()).await;
+            let r = tokio::time::timeout(PING_TIMEOUT, client.call(AskTicketKey)).await;
             let ms = start.elapsed().as_millis();
             match r {
                 Ok(Ok(_)) => format!("  {addr}  answers ({ms} ms)\n"),

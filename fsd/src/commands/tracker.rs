@@ -9,7 +9,10 @@ use crate::cli::{Command, Global};
 use crate::home::{Home, Session};
 use anyhow::{bail, Context};
 use fileshare_protocol::client::{ClientError, TrackerClient};
-use fileshare_protocol::messages::tracker::{FileEntry, GroupInfo};
+use fileshare_protocol::messages::tracker::{
+    AcceptRequest, CreateGroup, CreateUser, FileEntry, GroupInfo, JoinGroup, LeaveGroup, ListFiles,
+    ListGroups, ListRequests, Login, Logout, RejectRequest, RemoveMember, Search,
+};
 use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::ErrorCode;
 use std::io::{BufRead, Write};
@@ -33,53 +36,101 @@ pub async fn run_with_password(
         Command::Logout => logout(home).await?,
         Command::CreateGroup { group } => {
             let (client, session) = as_user(home)?;
-            client.create_group(session, group).await?;
+            client
+                .call(CreateGroup {
+                    session,
+                    group: group.clone(),
+                })
+                .await?;
             vec![format!("created group {group}; you own it")]
         }
         Command::ListGroups => {
             let (client, session) = as_user(home)?;
-            let groups = client.list_groups(session).await?;
+            let groups = client.call(ListGroups { session }).await?;
             groups.iter().map(group_line).collect()
         }
         Command::JoinGroup { group } => {
             let (client, session) = as_user(home)?;
-            client.join_group(session, group).await?;
+            client
+                .call(JoinGroup {
+                    session,
+                    group: group.clone(),
+                })
+                .await?;
             vec![format!(
                 "asked to join {group}; you are a member once its owner accepts"
             )]
         }
         Command::LeaveGroup { group } => {
             let (client, session) = as_user(home)?;
-            client.leave_group(session, group).await?;
+            client
+                .call(LeaveGroup {
+                    session,
+                    group: group.clone(),
+                })
+                .await?;
             vec![format!("left group {group}")]
         }
         Command::ListRequests { group } => {
             let (client, session) = as_user(home)?;
-            client.list_requests(session, group).await?
+            client
+                .call(ListRequests {
+                    session,
+                    group: group.clone(),
+                })
+                .await?
         }
         Command::AcceptRequest { group, user } => {
             let (client, session) = as_user(home)?;
-            client.accept_request(session, group, user).await?;
+            let (group, user) = (group.clone(), user.clone());
+            let accept = AcceptRequest {
+                session,
+                group: group.clone(),
+                user: user.clone(),
+            };
+            client.call(accept).await?;
             vec![format!("{user} is now a member of {group}")]
         }
         Command::RejectRequest { group, user } => {
             let (client, session) = as_user(home)?;
-            client.reject_request(session, group, user).await?;
+            let (group, user) = (group.clone(), user.clone());
+            let reject = RejectRequest {
+                session,
+                group: group.clone(),
+                user: user.clone(),
+            };
+            client.call(reject).await?;
             vec![format!("rejected {user}'s request to join {group}")]
         }
         Command::RemoveMember { group, user } => {
             let (client, session) = as_user(home)?;
-            client.remove_member(session, group, user).await?;
+            let (group, user) = (group.clone(), user.clone());
+            let remove = RemoveMember {
+                session,
+                group: group.clone(),
+                user: user.clone(),
+            };
+            client.call(remove).await?;
             vec![format!("removed {user} from {group}")]
         }
         Command::ListFiles { group } => {
             let (client, session) = as_user(home)?;
-            let files = client.list_files(session, group).await?;
+            let files = client
+                .call(ListFiles {
+                    session,
+                    group: group.clone(),
+                })
+                .await?;
             files.iter().map(file_line).collect()
         }
         Command::Search { pattern } => {
             let (client, session) = as_user(home)?;
-            let files = client.search(session, pattern).await?;
+            let files = client
+                .call(Search {
+                    session,
+                    pattern: pattern.clone(),
+                })
+                .await?;
             files
                 .iter()
                 .map(|f| format!("[{}] {}", f.group, file_line(f)))
@@ -117,7 +168,12 @@ async fn create_user(
         Some(p) => p.to_string(),
         None => password(global, &format!("New password for {user}: "), true)?,
     };
-    home.tracker_client()?.create_user(user, &password).await?;
+    let user = user.to_string();
+    let create = CreateUser {
+        user: user.clone(),
+        password,
+    };
+    home.tracker_client()?.call(create).await?;
     Ok(vec![format!(
         "created user {user}; log in with `fsd login {user}`"
     )])
@@ -134,7 +190,11 @@ async fn login(
         Some(p) => p.to_string(),
         None => password(global, &format!("Password for {user}: "), false)?,
     };
-    let login = home.tracker_client()?.login(user, &password).await?;
+    let login = Login {
+        user: user.into(),
+        password,
+    };
+    let login = home.tracker_client()?.call(login).await?;
     let user = login.user;
     home.save_session(&Session {
         user: user.clone(),
@@ -154,7 +214,9 @@ async fn logout(home: &Home) -> anyhow::Result<Vec<String>> {
     let stopped = crate::control::stop_daemon_if_running(home).await?;
     let told = match home.tracker_client() {
         Ok(client) => client
-            .logout(session.token)
+            .call(Logout {
+                session: session.token,
+            })
             .await
             .map_err(anyhow::Error::from),
         Err(e) => Err(e),

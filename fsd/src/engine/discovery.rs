@@ -6,7 +6,7 @@
 use crate::engine::Engine;
 use crate::net::fetch;
 use crate::pieces::swarm::Swarm;
-use fileshare_protocol::messages::tracker::PeerLocation;
+use fileshare_protocol::messages::tracker::{PeerLocation, ShareFile};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,11 +56,12 @@ impl Engine {
                     tracing::info!(file = %file.meta.name, "complete; no longer listed as it was, so not shared");
                     return;
                 }
-                match self
-                    .tracker
-                    .share_file(&file.group, file.meta.clone())
-                    .await
-                {
+                let share = ShareFile {
+                    session: self.tracker.session,
+                    group: file.group.clone(),
+                    meta: file.meta.clone(),
+                };
+                match self.tracker.client.call(share).await {
                     Ok(()) => tracing::info!(file = %file.meta.name, "complete; now shared"),
                     Err(e) => {
                         tracing::warn!(file = %file.meta.name, "complete, but cannot share it: {e:#}")

@@ -7,6 +7,7 @@
 use crate::engine::Engine;
 use crate::pieces::swarm::Swarm;
 use crate::store::Source;
+use fileshare_protocol::messages::tracker::StopShare;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,7 +81,12 @@ async fn withdraw(engine: &Arc<Engine>, swarm: &Arc<Swarm>, why: &str) {
             if again {
                 return;
             }
-            match engine.tracker.stop_share(&group, &name).await {
+            let stop = StopShare {
+                session: engine.tracker.session,
+                group: group.clone(),
+                name: name.clone(),
+            };
+            match engine.tracker.client.call(stop).await {
                 Ok(()) => return,
                 Err(e) if e.code().is_some() => {
                     tracing::debug!(file = %name, "tracker refused stop-share: {e:#}");

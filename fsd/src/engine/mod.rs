@@ -35,8 +35,11 @@ use crate::store::prehash::Prehash;
 use crate::store::{Staging, Store, StoreError, StoredFile};
 use crate::tasks::Tasks;
 use crate::trackers::{LinkError, TrackerLink};
+use fileshare_protocol::client::ClientError;
 use fileshare_protocol::ids::FileMeta;
-use fileshare_protocol::messages::tracker::{FileEntry, Holding};
+use fileshare_protocol::messages::tracker::{
+    CreateGroup, FileEntry, Holding, ReplaceShare, ShareFile, StopShare,
+};
 use fileshare_protocol::{ErrorCode, FileId, Identity};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -66,6 +69,13 @@ pub enum EngineError {
     ShuttingDown,
     #[error("not a file this daemon shares")]
     NotShared,
+}
+
+/// A request the engine made itself, refused or unanswered.
+impl From<ClientError> for EngineError {
+    fn from(e: ClientError) -> Self {
+        EngineError::Tracker(e.into())
+    }
 }
 
 impl EngineError {
@@ -222,7 +232,15 @@ impl Engine {
 
     /// Creates a group owned by this user.
     pub async fn create_group(&self, group: &str) -> Result<(), EngineError> {
-        Ok(self.tracker.create_group(group).await?)
+        let t = &self.tracker;
+        (t.client)
+            .call(CreateGroup {
+                session: t.session,
+                group: group.into(),
+            })
+            .await?;
+        t.invalidate(None);
+        Ok(())
     }
 
     /// This daemon's swarm of a file, if it holds or fetches one.
@@ -432,10 +450,21 @@ impl Engine {
     ) -> Result<Arc<Swarm>, EngineError> {
         let id = meta.id();
         let name = meta.name.clone();
+        let (session, group_name) = (self.tracker.session, group.to_string());
         let shared = if replace {
-            self.tracker.replace_share(group, meta).await
+            let share = ReplaceShare {
+                session,
+                group: group_name,
+                meta,
+            };
+            self.tracker.client.call(share).await
         } else {
-            self.tracker.share_file(group, meta).await
+            let share = ShareFile {
+                session,
+                group: group_name,
+                meta,
+            };
+            self.tracker.client.call(share).await
         };
         if let Err(e) = shared {
             if self.registry.get(&id).is_none() {
@@ -475,7 +504,12 @@ impl Engine {
             .all()
             .into_iter()
             .find(|s| s.file.in_group(group) && s.file.meta.name == name);
-        let stopped = self.tracker.stop_share(group, name).await;
+        let stop = StopShare {
+            session: self.tracker.session,
+            group: group.into(),
+            name: name.into(),
+        };
+        let stopped = self.tracker.client.call(stop).await;
         match stopped {
             Ok(_) => {}
             // A copy this user only read (never a holder of) is still ours
@@ -513,11 +547,12 @@ impl Engine {
                 return;
             }
             let file = &swarm.file;
-            match engine
-                .tracker
-                .stop_share(&file.group, &file.meta.name)
-                .await
-            {
+            let stop = StopShare {
+                session: engine.tracker.session,
+                group: file.group.clone(),
+                name: file.meta.name.clone(),
+            };
+            match engine.tracker.client.call(stop).await {
                 Ok(()) => {
                     tracing::info!(file = %file.meta.name, "pieces evicted; no longer a holder");
                     engine.tracker.invalidate(Some(&file.group));

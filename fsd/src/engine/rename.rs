@@ -12,6 +12,7 @@
 use super::{Engine, EngineError};
 use crate::pieces::swarm::Swarm;
 use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::messages::tracker::RenameShare;
 use fileshare_protocol::{Bitfield, FileId};
 use std::sync::Arc;
 
@@ -56,7 +57,13 @@ impl Engine {
                     .await?
             }
         };
-        if let Err(e) = self.tracker.rename_share(group, from, to).await {
+        let rename = RenameShare {
+            session: self.tracker.session,
+            group: group.into(),
+            from: from.into(),
+            to: to.into(),
+        };
+        if let Err(e) = self.tracker.client.call(rename).await {
             if existing.is_none() {
                 let _ = self.with_store(move |s| s.remove(&id)).await;
             }

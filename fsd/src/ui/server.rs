@@ -28,6 +28,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use fileshare_protocol::messages::tracker::{AcceptRequest, RejectRequest};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::path::Path;
@@ -232,7 +233,12 @@ fn outcome(r: Result<String, String>) -> Response {
 
 async fn accept(State(ui): State<Arc<Ui>>, Json(d): Json<Decision>) -> Response {
     let t = &ui.source.tracker;
-    let r = t.client.accept_request(t.session, &d.group, &d.user).await;
+    let accept = AcceptRequest {
+        session: t.session,
+        group: d.group.clone(),
+        user: d.user.clone(),
+    };
+    let r = t.client.call(accept).await;
     ui.source.invalidate().await;
     tracing::info!(group = %d.group, user = %d.user, ok = r.is_ok(), "request accepted on the dashboard");
     outcome(
@@ -243,7 +249,12 @@ async fn accept(State(ui): State<Arc<Ui>>, Json(d): Json<Decision>) -> Response 
 
 async fn reject(State(ui): State<Arc<Ui>>, Json(d): Json<Decision>) -> Response {
     let t = &ui.source.tracker;
-    let r = t.client.reject_request(t.session, &d.group, &d.user).await;
+    let reject = RejectRequest {
+        session: t.session,
+        group: d.group.clone(),
+        user: d.user.clone(),
+    };
+    let r = t.client.call(reject).await;
     ui.source.invalidate().await;
     outcome(
         r.map(|_| format!("rejected {}'s request to join {}", d.user, d.group))

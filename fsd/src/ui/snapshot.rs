@@ -13,7 +13,7 @@ use crate::pieces::registry::Registry;
 use crate::pieces::swarm::{Swarm, SwarmView};
 use crate::trackers::{now_ms, TrackerLink};
 use crate::ui::meter::{Meter, Sample};
-use fileshare_protocol::messages::tracker::FileEntry;
+use fileshare_protocol::messages::tracker::{FileEntry, ListRequests};
 use fileshare_protocol::{Bitfield, FileId};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -381,11 +381,11 @@ impl Source {
                 Vec::new()
             };
             let requests = if g.is_owner {
-                self.tracker
-                    .client
-                    .list_requests(self.tracker.session, &g.name)
-                    .await
-                    .unwrap_or_default()
+                let waiting = ListRequests {
+                    session: self.tracker.session,
+                    group: g.name.clone(),
+                };
+                (self.tracker.client.call(waiting).await).unwrap_or_default()
             } else {
                 Vec::new()
             };

@@ -1,6 +1,7 @@
 //! What a call to the trackers can end in, other than its answer.
 
 use crate::error::ErrorCode;
+use crate::messages::tracker::UnexpectedReply;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -20,11 +21,8 @@ pub enum ClientError {
     Interrupted,
     /// The tracker answered with a reply that does not belong to the
     /// request (a tracker of another build, or a bug).
-    #[error("the tracker answered {request} with {reply}")]
-    UnexpectedReply {
-        request: &'static str,
-        reply: &'static str,
-    },
+    #[error(transparent)]
+    UnexpectedReply(#[from] UnexpectedReply),
 }
 
 impl ClientError {

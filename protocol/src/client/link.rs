@@ -5,7 +5,7 @@
 use crate::connection::FrameWriter;
 use crate::identity::Identity;
 use crate::known_keys::{Seen, TrackerTrust};
-use crate::messages::tracker::{TrackerRequest, TrackerResult};
+use crate::messages::tracker::{AskTicketKey, TrackerRequest, TrackerResult};
 use crate::messages::{Reply, Request, Role};
 use crate::tls::{self, ClientTls, SecureStream, TlsError};
 use crate::trackers_file::TrackerEntry;
@@ -175,7 +175,7 @@ impl Link {
 async fn ping(writer: Writer) {
     let ping = Request {
         id: PING_ID,
-        body: TrackerRequest::TicketKey,
+        body: TrackerRequest::from(AskTicketKey),
     };
     loop {
         tokio::time::sleep(PING_INTERVAL).await;

@@ -1,5 +1,6 @@
 use super::*;
-use crate::messages::tracker::TrackerResult;
+use crate::messages::ticket::TicketKey;
+use crate::messages::tracker::{AskTicketKey, CreateUser, Login, TrackerResult, UnexpectedReply};
 use crate::messages::{Reply, Request, Role};
 use crate::tls::{self, ClientCerts, ServerTls};
 use std::time::Instant;
@@ -104,7 +105,7 @@ const KEY: TicketKey = TicketKey([5; 32]);
 
 fn answer_every_key(req: TrackerRequest) -> TrackerResult {
     match req {
-        TrackerRequest::TicketKey => Ok(TrackerReply::TicketKey(KEY)),
+        TrackerRequest::TicketKey(_) => Ok(TrackerReply::TicketKey(KEY)),
         _ => Ok(TrackerReply::Done),
     }
 }
@@ -113,20 +114,31 @@ fn answer_every_key(req: TrackerRequest) -> TrackerResult {
 async fn a_reply_of_the_wrong_kind_is_a_typed_error() {
     let addr = fake_tracker(answer_every_key).await;
     let client = client(&[&addr], Duration::from_secs(5));
-    client.create_user("alice", "pw").await.unwrap();
-    assert_eq!(client.ticket_key().await.unwrap(), KEY);
-    let e = client.login("alice", "pw").await.unwrap_err();
+    let (user, password) = ("alice".to_string(), "pw".to_string());
+    (client
+        .call(CreateUser {
+            user: user.clone(),
+            password: password.clone(),
+        })
+        .await)
+        .unwrap();
+    assert_eq!(client.call(AskTicketKey).await.unwrap(), KEY);
+    let e = client.call(Login { user, password }).await.unwrap_err();
     assert!(
         matches!(
             e,
-            ClientError::UnexpectedReply {
+            ClientError::UnexpectedReply(UnexpectedReply {
                 request: "Login",
-                reply: "Done"
-            }
+                expected: "Session",
+                got: "Done"
+            })
         ),
         "{e:?}"
     );
-    assert_eq!(e.to_string(), "the tracker answered Login with Done");
+    assert_eq!(
+        e.to_string(),
+        "the tracker answered Login with Done, not Session"
+    );
 }
 
 /// With every tracker dead, callers arriving during a connect attempt get
@@ -142,7 +154,7 @@ async fn concurrent_callers_share_one_connect_attempt() {
         .map(|_| {
             let client = client.clone();
             tokio::spawn(async move {
-                let r = client.ticket_key().await;
+                let r = client.call(AskTicketKey).await;
                 (r, start.elapsed())
             })
         })
@@ -151,7 +163,7 @@ async fn concurrent_callers_share_one_connect_attempt() {
         let client = client.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let r = tokio::time::timeout(BUDGET, client.ticket_key()).await;
+            let r = tokio::time::timeout(BUDGET, client.call(AskTicketKey)).await;
             (r.is_err(), start.elapsed())
         })
     };
@@ -181,13 +193,13 @@ async fn an_attempt_outlives_the_caller_that_started_it() {
     let first = {
         let client = client.clone();
         tokio::spawn(async move {
-            tokio::time::timeout(BUDGET, client.ticket_key())
+            tokio::time::timeout(BUDGET, client.call(AskTicketKey))
                 .await
                 .is_err()
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let second = client.ticket_key().await;
+    let second = client.call(AskTicketKey).await;
     let at = start.elapsed();
     assert!(first.await.unwrap(), "the first caller kept to its budget");
     assert_eq!(second.unwrap(), KEY);
@@ -196,7 +208,7 @@ async fn an_attempt_outlives_the_caller_that_started_it() {
         "the second caller started the attempt over: {at:?}"
     );
     // The second tracker is in use now: a budgeted call is answered.
-    let again = tokio::time::timeout(BUDGET, client.ticket_key()).await;
+    let again = tokio::time::timeout(BUDGET, client.call(AskTicketKey)).await;
     assert!(matches!(again, Ok(Ok(_))), "{again:?}");
     assert_eq!(client.current(), client.addrs()[1]);
 }
@@ -209,7 +221,12 @@ async fn a_changed_key_is_refused_not_skipped() {
     let first = Identity::generate().unwrap();
     let addr = fake_tracker_with(first.clone(), answer_every_key).await;
     let c = client(&[&addr], Duration::from_secs(5));
-    c.create_user("alice", "pw").await.unwrap();
+    c.call(CreateUser {
+        user: "alice".into(),
+        password: "pw".into(),
+    })
+    .await
+    .unwrap();
     let known = c.dir.path().join("known_keys");
     let remembered = crate::known_keys::lookup(&known, &addr).unwrap();
     assert_eq!(remembered.map(|(fp, _)| fp), Some(first.fingerprint()));
@@ -227,7 +244,13 @@ async fn a_changed_key_is_refused_not_skipped() {
         })
         .collect();
     let c = TrackerClient::new(trackers, &known, None, Duration::from_secs(5));
-    let e = c.create_user("bob", "pw").await.unwrap_err();
+    let e = c
+        .call(CreateUser {
+            user: "bob".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap_err();
     assert!(matches!(e, ClientError::Untrusted(_)), "{e:?}");
     let text = e.to_string();
     for part in [
@@ -256,11 +279,20 @@ async fn a_pinned_key_is_required() {
         TrackerClient::new(vec![entry], &known, None, Duration::from_secs(5))
     };
     pinned(real.fingerprint())
-        .create_user("alice", "pw")
+        .call(CreateUser {
+            user: "alice".into(),
+            password: "pw".into(),
+        })
         .await
         .unwrap();
     let wrong = Identity::generate().unwrap().fingerprint();
-    let e = pinned(wrong).create_user("bob", "pw").await.unwrap_err();
+    let e = pinned(wrong)
+        .call(CreateUser {
+            user: "bob".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, ClientError::Untrusted(_)), "{e:?}");
     assert!(text.contains(&wrong.to_string()), "{text}");

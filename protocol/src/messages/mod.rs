@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use cluster::ClusterMsg;
 pub use peer::{Payload, PeerError, PeerReply, PeerRequest};
 pub use ticket::{Ticket, TicketError, TicketKey};
-pub use tracker::{SessionToken, TrackerReply, TrackerRequest, TrackerResult};
+pub use tracker::{SessionToken, TrackerCall, TrackerReply, TrackerRequest, TrackerResult};
 
 /// First bytes of every handshake, so a stray client fails fast.
 pub const MAGIC: [u8; 4] = *b"FSH\x01";

@@ -1,6 +1,30 @@
 //! Client to tracker. Every call but `CreateUser`, `Login` and `TicketKey`
 //! carries the caller's session token, so any tracker of the cluster can
 //! answer any request and a client can fail over freely.
+//!
+//! Each request is a struct of its own, in the file of its family, that
+//! names its reply ([`TrackerCall`]); [`TrackerRequest`] wraps them for
+//! the wire. This file holds what the replies carry.
+
+#[macro_use]
+mod request;
+mod account;
+mod file;
+mod group;
+mod peer;
+mod reach;
+
+pub use account::{AskTicketKey, CreateUser, IssueTicket, Login, Logout, Session};
+pub use file::{
+    ListFiles, Locate, Location, RenameShare, ReplaceShare, Search, ShareFile, StopShare,
+};
+pub use group::{
+    AcceptRequest, CreateGroup, JoinGroup, LeaveGroup, ListGroups, ListRequests, RejectRequest,
+    RemoveMember,
+};
+pub use peer::{Announce, Announced, LeaveNetwork, ReportPieces};
+pub use reach::{AwaitCalls, Contact, PlaceCall};
+pub use request::{TrackerCall, TrackerRequest, UnexpectedReply};
 
 use crate::error::ErrorCode;
 use crate::ids::{Bitfield, FileId, FileMeta, PeerId};
@@ -23,237 +47,6 @@ impl fmt::Debug for SessionToken {
 pub struct Holding {
     pub file: FileId,
     pub have: Bitfield,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TrackerRequest {
-    CreateUser {
-        user: String,
-        password: String,
-    },
-    Login {
-        user: String,
-        password: String,
-    },
-    Logout {
-        session: SessionToken,
-    },
-    CreateGroup {
-        session: SessionToken,
-        group: String,
-    },
-    ListGroups {
-        session: SessionToken,
-    },
-    JoinGroup {
-        session: SessionToken,
-        group: String,
-    },
-    LeaveGroup {
-        session: SessionToken,
-        group: String,
-    },
-    ListRequests {
-        session: SessionToken,
-        group: String,
-    },
-    AcceptRequest {
-        session: SessionToken,
-        group: String,
-        user: String,
-    },
-    RejectRequest {
-        session: SessionToken,
-        group: String,
-        user: String,
-    },
-    /// The owner takes `user` out of `group` (durable): their listings are
-    /// refused at once, their tickets are not renewed.
-    RemoveMember {
-        session: SessionToken,
-        group: String,
-        user: String,
-    },
-    ListFiles {
-        session: SessionToken,
-        group: String,
-    },
-    /// Files whose name contains `pattern`, in every group of the caller.
-    Search {
-        session: SessionToken,
-        pattern: String,
-    },
-    /// Makes the caller a holder of `meta` in `group` (durable).
-    ShareFile {
-        session: SessionToken,
-        group: String,
-        meta: FileMeta,
-    },
-    /// Ends the caller's holding of `name` in `group` (durable).
-    StopShare {
-        session: SessionToken,
-        group: String,
-        name: String,
-    },
-    /// The file's metadata and the online peers holding any of it.
-    Locate {
-        session: SessionToken,
-        group: String,
-        name: String,
-    },
-    /// A daemon's periodic heartbeat with everything it holds (soft state).
-    Announce {
-        session: SessionToken,
-        peer: PeerId,
-        addr: String,
-        holdings: Vec<Holding>,
-    },
-    /// Pieces a peer verified since its last announce.
-    ReportPieces {
-        session: SessionToken,
-        peer: PeerId,
-        file: FileId,
-        pieces: Vec<u32>,
-    },
-    /// The peer goes offline and stops being offered.
-    LeaveNetwork {
-        session: SessionToken,
-        peer: PeerId,
-    },
-    /// A ticket for the caller's daemon `holder` (the peer id it announces
-    /// with) in `group`; members only.
-    IssueTicket {
-        session: SessionToken,
-        group: String,
-        holder: PeerId,
-    },
-    /// The cluster's public ticket key, which checks every ticket.
-    TicketKey,
-    /// Moves the caller's holding of `from` in `group` to the name `to` in
-    /// one durable step: no listing ever shows both names or neither. The
-    /// file under `to` is the old metadata with the new name (so a new id,
-    /// the same piece hashes). `from` stays listed while others hold it
-    /// too. A different file named `to` is replaced if the caller alone
-    /// holds it, and refused with `NameTaken` if anyone else does.
-    RenameShare {
-        session: SessionToken,
-        group: String,
-        from: String,
-        to: String,
-    },
-    /// `ShareFile`, except that a different file named `meta.name` that the
-    /// caller alone holds is replaced by this one in the same step, as
-    /// rename(2) of a new file onto an old one.
-    ReplaceShare {
-        session: SessionToken,
-        group: String,
-        meta: FileMeta,
-    },
-    /// A reader that cannot dial `holder` (listed unreachable) asks it to
-    /// dial back: the tracker hands the holder a [`Call`] naming the
-    /// reader's own offered address and `nonce`, which the holder sends
-    /// first on the connection it opens. Both must be in `group`.
-    CallBack {
-        session: SessionToken,
-        group: String,
-        holder: PeerId,
-        nonce: [u8; 16],
-    },
-    /// Like `CallBack`, for two daemons neither of which can dial the
-    /// other: both connect to this tracker's relay (at the address the
-    /// caller reaches this tracker at), send [`RELAY_MAGIC`], `nonce` and
-    /// their side (0 the caller, 1 the holder), and the tracker forwards
-    /// bytes between them. The peer TLS runs end to end inside.
-    Relay {
-        session: SessionToken,
-        group: String,
-        holder: PeerId,
-        nonce: [u8; 16],
-    },
-    /// Like `CallBack`, for two daemons both behind NAT: the holder is
-    /// called to dial the caller's offered address from its own listening
-    /// port while the caller dials the holder's the same way.
-    Punch {
-        session: SessionToken,
-        group: String,
-        holder: PeerId,
-        nonce: [u8; 16],
-    },
-    /// A daemon waits (at most `wait_ms`, capped by the tracker) for calls
-    /// other daemons placed for it; answered with [`TrackerReply::Calls`],
-    /// empty when none came.
-    AwaitCalls {
-        session: SessionToken,
-        peer: PeerId,
-        wait_ms: u32,
-    },
-    /// `request` (a write), once: the cluster keeps the answer to each
-    /// client's last write, by `client` (an id the client drew at random)
-    /// and `seq` (its writes' sequence number), so the same `Once` sent
-    /// again to any tracker after a failover is answered as the first one
-    /// was and takes effect once. One level only.
-    Once {
-        client: u64,
-        seq: u64,
-        request: Box<TrackerRequest>,
-    },
-}
-
-impl TrackerRequest {
-    /// Whether sending it twice does no harm, so a client may retry it on
-    /// another tracker after a connection broke mid-call.
-    pub fn is_idempotent(&self) -> bool {
-        if let TrackerRequest::Once { .. } = self {
-            return true;
-        }
-        !matches!(
-            self,
-            TrackerRequest::CreateUser { .. }
-                | TrackerRequest::CreateGroup { .. }
-                | TrackerRequest::JoinGroup { .. }
-                | TrackerRequest::LeaveGroup { .. }
-                | TrackerRequest::AcceptRequest { .. }
-                | TrackerRequest::RejectRequest { .. }
-                // Done twice, the second is refused: the user is no
-                // longer a member.
-                | TrackerRequest::RemoveMember { .. }
-        )
-    }
-
-    /// The variant's name, for errors and logs (no fields: they may carry
-    /// passwords and tokens).
-    pub fn name(&self) -> &'static str {
-        match self {
-            TrackerRequest::CreateUser { .. } => "CreateUser",
-            TrackerRequest::Login { .. } => "Login",
-            TrackerRequest::Logout { .. } => "Logout",
-            TrackerRequest::CreateGroup { .. } => "CreateGroup",
-            TrackerRequest::ListGroups { .. } => "ListGroups",
-            TrackerRequest::JoinGroup { .. } => "JoinGroup",
-            TrackerRequest::LeaveGroup { .. } => "LeaveGroup",
-            TrackerRequest::ListRequests { .. } => "ListRequests",
-            TrackerRequest::AcceptRequest { .. } => "AcceptRequest",
-            TrackerRequest::RejectRequest { .. } => "RejectRequest",
-            TrackerRequest::RemoveMember { .. } => "RemoveMember",
-            TrackerRequest::ListFiles { .. } => "ListFiles",
-            TrackerRequest::Search { .. } => "Search",
-            TrackerRequest::ShareFile { .. } => "ShareFile",
-            TrackerRequest::StopShare { .. } => "StopShare",
-            TrackerRequest::Locate { .. } => "Locate",
-            TrackerRequest::Announce { .. } => "Announce",
-            TrackerRequest::ReportPieces { .. } => "ReportPieces",
-            TrackerRequest::LeaveNetwork { .. } => "LeaveNetwork",
-            TrackerRequest::IssueTicket { .. } => "IssueTicket",
-            TrackerRequest::TicketKey => "TicketKey",
-            TrackerRequest::RenameShare { .. } => "RenameShare",
-            TrackerRequest::ReplaceShare { .. } => "ReplaceShare",
-            TrackerRequest::CallBack { .. } => "CallBack",
-            TrackerRequest::AwaitCalls { .. } => "AwaitCalls",
-            TrackerRequest::Relay { .. } => "Relay",
-            TrackerRequest::Punch { .. } => "Punch",
-            TrackerRequest::Once { request, .. } => request.name(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,7 +93,7 @@ pub enum Reach {
     /// Dialled and answered with the daemon's key.
     Direct,
     /// Could not be dialled: behind NAT or a firewall. Readers ask it to
-    /// dial back ([`TrackerRequest::CallBack`]) instead.
+    /// dial back ([`CallKind::DialBack`]) instead.
     Unreachable,
 }
 

@@ -17,6 +17,7 @@
 
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::messages::tracker::{CreateGroup, ShareFile};
 use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::{PieceHash, PIECE_LEN};
 use fileshare_tests::cluster::Cluster;
@@ -57,7 +58,10 @@ fn meta(name: &str) -> FileMeta {
 async fn set_up(client: &TrackerClient, c: usize) -> SessionToken {
     let token = fileshare_tests::tracker::sign_up(client, &format!("bench{c}")).await;
     client
-        .create_group(token, &format!("home{c}"))
+        .call(CreateGroup {
+            session: token,
+            group: format!("home{c}"),
+        })
         .await
         .expect("create home group");
     token
@@ -79,11 +83,20 @@ async fn client_loop(
             break;
         }
         let written = if i.is_multiple_of(2) {
-            client.create_group(session, &format!("g-{c}-{i}")).await
+            client
+                .call(CreateGroup {
+                    session,
+                    group: format!("g-{c}-{i}"),
+                })
+                .await
         } else {
             let home = format!("home{c}");
             client
-                .share_file(session, &home, meta(&format!("f-{c}-{i}")))
+                .call(ShareFile {
+                    session,
+                    group: home.to_string(),
+                    meta: meta(&format!("f-{c}-{i}")),
+                })
                 .await
         };
         if let Err(e) = written {

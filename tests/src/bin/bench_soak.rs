@@ -10,6 +10,7 @@
 //! its tracker, daemons and mounts are torn down.
 
 use fileshare_protocol::frame::header;
+use fileshare_protocol::messages::tracker::{ListGroups, Locate, Login};
 use fileshare_protocol::messages::{Reply, Request, Role, TrackerRequest, TrackerResult};
 use fileshare_protocol::tls::{ClientTls, Pin};
 use fileshare_protocol::{Identity, MAX_FRAME_LEN};
@@ -102,10 +103,10 @@ async fn guesser(addr: String, user: String, stop: Arc<AtomicBool>) {
             id += 1;
             let req = Request {
                 id,
-                body: TrackerRequest::Login {
+                body: TrackerRequest::from(Login {
                     user: user.clone(),
                     password: format!("guess-{id}"),
-                },
+                }),
             };
             if conn.write_frame(&req).await.is_err() {
                 break;
@@ -202,7 +203,11 @@ fn soak(secs: u64) -> u64 {
     let mallory_session = u[3].session();
     let seeder_id = wait_for("the seeder announced", Duration::from_secs(15), || {
         let loc = rt
-            .block_on(client.locate(mallory_session, "g", "f0.bin"))
+            .block_on(client.call(Locate {
+                session: mallory_session,
+                group: "g".into(),
+                name: "f0.bin".into(),
+            }))
             .ok()?;
         loc.peers
             .iter()
@@ -295,8 +300,17 @@ fn soak(secs: u64) -> u64 {
         s.spawn(move || {
             while Instant::now() < until {
                 let r = rt.block_on(async {
-                    let login = client.login("carol", "pw-carol").await?;
-                    client.list_groups(login.token).await
+                    let login = client
+                        .call(Login {
+                            user: "carol".into(),
+                            password: "pw-carol".into(),
+                        })
+                        .await?;
+                    client
+                        .call(ListGroups {
+                            session: login.token,
+                        })
+                        .await
                 });
                 match r {
                     Ok(g) if g.iter().any(|g| g.name == "g") => {

@@ -10,6 +10,9 @@
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::Holding;
+use fileshare_protocol::messages::tracker::{
+    AcceptRequest, Announce, CreateGroup, JoinGroup, ListFiles, Locate, ShareFile,
+};
 use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::trackers_file::TrackerEntry;
 use fileshare_protocol::{Bitfield, Identity, PieceHash, PIECE_LEN};
@@ -55,21 +58,38 @@ async fn set_up(tracker: &Tracker) -> Vec<SessionToken> {
     }
     let owner = sessions[0];
     client
-        .create_group(owner, GROUP)
+        .call(CreateGroup {
+            session: owner,
+            group: GROUP.to_string(),
+        })
         .await
         .expect(SET_UP_FAILED);
     for (u, s) in sessions.iter().enumerate().skip(1) {
-        client.join_group(*s, GROUP).await.expect(SET_UP_FAILED);
+        client
+            .call(JoinGroup {
+                session: *s,
+                group: GROUP.to_string(),
+            })
+            .await
+            .expect(SET_UP_FAILED);
         let user = format!("user{u}");
         client
-            .accept_request(owner, GROUP, &user)
+            .call(AcceptRequest {
+                session: owner,
+                group: GROUP.to_string(),
+                user: user.to_string(),
+            })
             .await
             .expect(SET_UP_FAILED);
     }
     let metas: Vec<FileMeta> = (0..FILES).map(file).collect();
     for m in &metas {
         client
-            .share_file(owner, GROUP, m.clone())
+            .call(ShareFile {
+                session: owner,
+                group: GROUP.to_string(),
+                meta: m.clone(),
+            })
             .await
             .expect(SET_UP_FAILED);
     }
@@ -96,7 +116,12 @@ async fn set_up(tracker: &Tracker) -> Vec<SessionToken> {
         );
         let addr = format!("127.0.0.1:{}", 20000 + u);
         daemon
-            .announce(*s, peer, &addr, holdings)
+            .call(Announce {
+                session: *s,
+                peer,
+                addr: addr.to_string(),
+                holdings,
+            })
             .await
             .expect(SET_UP_FAILED);
     }
@@ -120,11 +145,22 @@ async fn client_loop(
             return lat;
         }
         if i.is_multiple_of(2) {
-            let files = client.list_files(session, GROUP).await;
+            let files = client
+                .call(ListFiles {
+                    session,
+                    group: GROUP.to_string(),
+                })
+                .await;
             assert_eq!(files.expect("list files").len(), FILES);
         } else {
             let name = file((i / 2) % FILES).name;
-            let found = client.locate(session, GROUP, &name).await;
+            let found = client
+                .call(Locate {
+                    session,
+                    group: GROUP.to_string(),
+                    name: name.to_string(),
+                })
+                .await;
             assert_eq!(found.expect("locate").peers.len(), USERS);
         }
         if t0 >= start + WARMUP {

@@ -9,6 +9,9 @@
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::Holding;
+use fileshare_protocol::messages::tracker::{
+    AcceptRequest, Announce, CreateGroup, JoinGroup, Locate, ShareFile,
+};
 use fileshare_protocol::messages::{SessionToken, TrackerReply};
 use fileshare_protocol::trackers_file::TrackerEntry;
 use fileshare_protocol::{codec, Bitfield, Identity, PieceHash, PIECE_LEN};
@@ -75,12 +78,35 @@ async fn set_up(tracker: &Tracker) -> (SessionToken, SessionToken) {
     let owner = fileshare_tests::tracker::sign_up(&client, "owner").await;
     let reader = fileshare_tests::tracker::sign_up(&client, "reader").await;
     client
-        .create_group(owner, GROUP)
+        .call(CreateGroup {
+            session: owner,
+            group: GROUP.to_string(),
+        })
         .await
         .expect(SET_UP_FAILED);
-    client.join_group(reader, GROUP).await.expect(SET_UP_FAILED);
-    (client.accept_request(owner, GROUP, "reader").await).expect(SET_UP_FAILED);
-    (client.share_file(owner, GROUP, meta()).await).expect(SET_UP_FAILED);
+    client
+        .call(JoinGroup {
+            session: reader,
+            group: GROUP.to_string(),
+        })
+        .await
+        .expect(SET_UP_FAILED);
+    (client
+        .call(AcceptRequest {
+            session: owner,
+            group: GROUP.to_string(),
+            user: "reader".into(),
+        })
+        .await)
+        .expect(SET_UP_FAILED);
+    (client
+        .call(ShareFile {
+            session: owner,
+            group: GROUP.to_string(),
+            meta: meta(),
+        })
+        .await)
+        .expect(SET_UP_FAILED);
     (owner, reader)
 }
 
@@ -119,7 +145,12 @@ async fn announce_all(tracker: &Tracker, owner: SessionToken, n: usize, parallel
                         bitfield(i)
                     };
                     daemon
-                        .announce(owner, peer, &addr, vec![Holding { file, have }])
+                        .call(Announce {
+                            session: owner,
+                            peer,
+                            addr: addr.to_string(),
+                            holdings: vec![Holding { file, have }],
+                        })
                         .await
                         .expect(SET_UP_FAILED);
                 }
@@ -161,7 +192,11 @@ fn main() {
     let t1 = Instant::now();
     for _ in 0..LOCATES {
         let loc = rt
-            .block_on(client.locate(reader, GROUP, "big.bin"))
+            .block_on(client.call(Locate {
+                session: reader,
+                group: GROUP.to_string(),
+                name: "big.bin".into(),
+            }))
             .expect("locate");
         answered = loc.peers.len();
         let reply = TrackerReply::Location {

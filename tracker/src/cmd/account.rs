@@ -5,6 +5,7 @@ use crate::auth;
 use crate::shared::{Queue, Shared};
 use crate::state::change::Change;
 use fileshare_protocol::conn_limits::Source;
+use fileshare_protocol::messages::tracker::{CreateUser, Login, Logout};
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
 use fileshare_protocol::ErrorCode;
 use std::net::IpAddr;
@@ -13,12 +14,8 @@ use std::time::Instant;
 /// A new account. Each source address has a budget of sign-ups
 /// ([`auth::SignUps`]), and sign-ups wait for their hash in a queue of
 /// their own, so a flood of them never makes a login busy.
-pub async fn create_user(
-    shared: &Shared,
-    from: Option<IpAddr>,
-    user: String,
-    password: String,
-) -> TrackerResult {
+pub async fn create_user(shared: &Shared, from: Option<IpAddr>, req: CreateUser) -> TrackerResult {
+    let CreateUser { user, password } = req;
     user_name(&user)?;
     auth::check_password(&password)?;
     // Cheap refusal before the expensive hash; the writer re-checks.
@@ -35,12 +32,8 @@ pub async fn create_user(
     Ok(TrackerReply::Done)
 }
 
-pub async fn login(
-    shared: &Shared,
-    from: Option<IpAddr>,
-    user: String,
-    password: String,
-) -> TrackerResult {
+pub async fn login(shared: &Shared, from: Option<IpAddr>, req: Login) -> TrackerResult {
+    let Login { user, password } = req;
     user_name(&user)?;
     if password.len() > auth::MAX_PASSWORD_LEN {
         return Err(ErrorCode::WrongPassword);
@@ -84,7 +77,8 @@ pub async fn login(
     })
 }
 
-pub async fn logout(shared: &Shared, session: &SessionToken) -> TrackerResult {
+pub async fn logout(shared: &Shared, req: Logout) -> TrackerResult {
+    let session = &req.session;
     shared.session_user(session)?;
     shared
         .submit(Change::CloseSession {
@@ -98,15 +92,17 @@ pub async fn logout(shared: &Shared, session: &SessionToken) -> TrackerResult {
 mod tests {
     use crate::cmd::testing::Fixture;
     use crate::shared::Settings;
+    use fileshare_protocol::messages::tracker::*;
     use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
     use fileshare_protocol::ErrorCode;
     use std::time::Duration;
 
     fn login(user: &str, password: &str) -> TrackerRequest {
-        TrackerRequest::Login {
+        Login {
             user: user.into(),
             password: password.into(),
         }
+        .into()
     }
 
     #[tokio::test]
@@ -114,13 +110,13 @@ mod tests {
         let fx = Fixture::new().await;
         let token = fx.user("alice").await;
         let fx = fx.restart().await;
-        let list = TrackerRequest::ListGroups { session: token };
+        let list = ListGroups { session: token };
         assert!(fx.call(list.clone()).await.is_ok());
-        let out = TrackerRequest::Logout { session: token };
+        let out = Logout { session: token };
         assert_eq!(fx.call(out.clone()).await, Ok(TrackerReply::Done));
         assert_eq!(fx.call(list).await, Err(ErrorCode::InvalidSession));
         assert_eq!(fx.call(out).await, Err(ErrorCode::InvalidSession));
-        let forged = TrackerRequest::ListGroups {
+        let forged = ListGroups {
             session: SessionToken([0; 32]),
         };
         assert_eq!(fx.call(forged).await, Err(ErrorCode::InvalidSession));
@@ -138,7 +134,7 @@ mod tests {
             fx.call(login("nobody", "pw")).await,
             Err(ErrorCode::WrongPassword)
         );
-        let dup = TrackerRequest::CreateUser {
+        let dup = CreateUser {
             user: "alice".into(),
             password: "x".into(),
         };
@@ -148,7 +144,7 @@ mod tests {
         );
         for bad in ["", ".", "..", "a/b", "a\0b"] {
             let r = fx
-                .call(TrackerRequest::CreateUser {
+                .call(CreateUser {
                     user: bad.into(),
                     password: "x".into(),
                 })
@@ -158,7 +154,7 @@ mod tests {
                 "{bad:?}: {r:?}"
             );
         }
-        let empty_pw = TrackerRequest::CreateUser {
+        let empty_pw = CreateUser {
             user: "bob".into(),
             password: String::new(),
         };
@@ -248,7 +244,7 @@ mod tests {
         let token = fx.user("alice").await;
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(
-            fx.call(TrackerRequest::ListGroups { session: token }).await,
+            fx.call(ListGroups { session: token }).await,
             Err(ErrorCode::InvalidSession)
         );
     }

@@ -9,7 +9,10 @@ use crate::state::{Group, SharedFile};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::ids::{MAX_FILE_PIECES, MAX_FILE_SIZE};
 use fileshare_protocol::messages::tracker::{FileEntry, PeerLocation, Reach};
-use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
+use fileshare_protocol::messages::tracker::{
+    ListFiles, Locate, RenameShare, ReplaceShare, Search, ShareFile, StopShare,
+};
+use fileshare_protocol::messages::{TrackerReply, TrackerResult};
 use fileshare_protocol::{ErrorCode, Limit, MAX_FRAME_LEN, PIECE_LEN};
 use std::time::Instant;
 
@@ -77,12 +80,13 @@ pub fn check_meta(meta: &FileMeta) -> Result<(), ErrorCode> {
     Ok(())
 }
 
-pub async fn share(
-    shared: &Shared,
-    session: &SessionToken,
-    group: String,
-    meta: FileMeta,
-) -> TrackerResult {
+pub async fn share(shared: &Shared, req: ShareFile) -> TrackerResult {
+    let ShareFile {
+        session,
+        group,
+        meta,
+    } = req;
+    let session = &session;
     let user = shared.session_user(session)?;
     group_name(&group)?;
     check_meta(&meta)?;
@@ -98,12 +102,13 @@ pub async fn share(
     Ok(TrackerReply::Done)
 }
 
-pub async fn stop_share(
-    shared: &Shared,
-    session: &SessionToken,
-    group: String,
-    name: String,
-) -> TrackerResult {
+pub async fn stop_share(shared: &Shared, req: StopShare) -> TrackerResult {
+    let StopShare {
+        session,
+        group,
+        name,
+    } = req;
+    let session = &session;
     let user = shared.session_user(session)?;
     group_name(&group)?;
     file_name(&name)?;
@@ -114,13 +119,14 @@ pub async fn stop_share(
 }
 
 /// Moves the caller's holding of `from` to the name `to` in one record.
-pub async fn rename_share(
-    shared: &Shared,
-    session: &SessionToken,
-    group: String,
-    from: String,
-    to: String,
-) -> TrackerResult {
+pub async fn rename_share(shared: &Shared, req: RenameShare) -> TrackerResult {
+    let RenameShare {
+        session,
+        group,
+        from,
+        to,
+    } = req;
+    let session = &session;
     let user = shared.session_user(session)?;
     group_name(&group)?;
     file_name(&from)?;
@@ -137,12 +143,13 @@ pub async fn rename_share(
 }
 
 /// Shares `meta`, replacing the caller's own different file of its name.
-pub async fn replace_share(
-    shared: &Shared,
-    session: &SessionToken,
-    group: String,
-    meta: FileMeta,
-) -> TrackerResult {
+pub async fn replace_share(shared: &Shared, req: ReplaceShare) -> TrackerResult {
+    let ReplaceShare {
+        session,
+        group,
+        meta,
+    } = req;
+    let session = &session;
     let user = shared.session_user(session)?;
     group_name(&group)?;
     check_meta(&meta)?;
@@ -159,7 +166,8 @@ pub async fn replace_share(
 }
 
 /// The files of a group, by name; members only.
-pub fn list(shared: &Shared, session: &SessionToken, group: &str) -> TrackerResult {
+pub fn list(shared: &Shared, req: ListFiles) -> TrackerResult {
+    let ListFiles { session, group } = &req;
     let user = shared.session_user(session)?;
     group_name(group)?;
     let now = Instant::now();
@@ -175,7 +183,8 @@ pub fn list(shared: &Shared, session: &SessionToken, group: &str) -> TrackerResu
 }
 
 /// Files whose name contains `pattern` in the caller's groups.
-pub fn search(shared: &Shared, session: &SessionToken, pattern: &str) -> TrackerResult {
+pub fn search(shared: &Shared, req: Search) -> TrackerResult {
+    let Search { session, pattern } = &req;
     let user = shared.session_user(session)?;
     if pattern.len() > MAX_PATTERN_LEN {
         return Err(ErrorCode::BadRequest(format!(
@@ -203,7 +212,12 @@ pub fn search(shared: &Shared, session: &SessionToken, pattern: &str) -> Tracker
 
 /// A file's metadata and the online peers holding any of it; members only.
 /// The caller's own peers are included: the client filters them.
-pub fn locate(shared: &Shared, session: &SessionToken, group: &str, name: &str) -> TrackerResult {
+pub fn locate(shared: &Shared, req: Locate) -> TrackerResult {
+    let Locate {
+        session,
+        group,
+        name,
+    } = &req;
     let user = shared.session_user(session)?;
     group_name(group)?;
     file_name(name)?;
@@ -253,6 +267,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::cmd::testing::Fixture;
     use fileshare_protocol::messages::tracker::Holding;
+    use fileshare_protocol::messages::tracker::*;
     use fileshare_protocol::messages::TrackerRequest;
     use fileshare_protocol::{Bitfield, PeerId, PieceHash};
 
@@ -302,19 +317,19 @@ pub(crate) mod tests {
         let bob = fx.user("bob").await;
         let carol = fx.user("carol").await;
         let g = || "g".to_string();
-        fx.call(TrackerRequest::CreateGroup {
+        fx.call(CreateGroup {
             session: alice,
             group: g(),
         })
         .await
         .unwrap();
-        fx.call(TrackerRequest::JoinGroup {
+        fx.call(JoinGroup {
             session: bob,
             group: g(),
         })
         .await
         .unwrap();
-        fx.call(TrackerRequest::AcceptRequest {
+        fx.call(AcceptRequest {
             session: alice,
             group: g(),
             user: "bob".into(),
@@ -325,11 +340,12 @@ pub(crate) mod tests {
     }
 
     fn share(session: SessionToken, meta: FileMeta) -> TrackerRequest {
-        TrackerRequest::ShareFile {
+        ShareFile {
             session,
             group: "g".into(),
             meta,
         }
+        .into()
     }
 
     fn files(r: TrackerResult) -> Vec<FileEntry> {
@@ -357,7 +373,7 @@ pub(crate) mod tests {
             fx.call(share(carol, meta("c", b"c"))).await,
             Err(ErrorCode::NotMember("g".into()))
         );
-        let list = |session| TrackerRequest::ListFiles {
+        let list = |session| ListFiles {
             session,
             group: "g".into(),
         };
@@ -369,7 +385,7 @@ pub(crate) mod tests {
             fx.call(list(carol)).await,
             Err(ErrorCode::NotMember("g".into()))
         );
-        let search = |session, p: &str| TrackerRequest::Search {
+        let search = |session, p: &str| Search {
             session,
             pattern: p.into(),
         };
@@ -378,7 +394,7 @@ pub(crate) mod tests {
         assert_eq!(files(fx.call(search(carol, "port")).await).len(), 0);
 
         let fx = fx.restart().await;
-        let stop = |session| TrackerRequest::StopShare {
+        let stop = |session| StopShare {
             session,
             group: "g".into(),
             name: "report.pdf".into(),
@@ -397,13 +413,13 @@ pub(crate) mod tests {
         let a = meta("draft.txt", b"words");
         fx.call(share(alice, a.clone())).await.unwrap();
         fx.call(share(bob, meta("bobs.txt", b"his"))).await.unwrap();
-        let rename = |session, from: &str, to: &str| TrackerRequest::RenameShare {
+        let rename = |session, from: &str, to: &str| RenameShare {
             session,
             group: "g".into(),
             from: from.into(),
             to: to.into(),
         };
-        let list = |session| TrackerRequest::ListFiles {
+        let list = |session| ListFiles {
             session,
             group: "g".into(),
         };
@@ -433,7 +449,7 @@ pub(crate) mod tests {
         assert_eq!(names(fx.call(list(bob)).await), ["bobs.txt", "final.txt"]);
         let fx = fx.restart().await;
         let Ok(TrackerReply::Location { meta: got, .. }) = fx
-            .call(TrackerRequest::Locate {
+            .call(Locate {
                 session: bob,
                 group: "g".into(),
                 name: "final.txt".into(),
@@ -450,7 +466,7 @@ pub(crate) mod tests {
             .unwrap();
         // A new version replaces the caller's own file in one step.
         let v2 = meta("final.txt", b"more words");
-        fx.call(TrackerRequest::ReplaceShare {
+        fx.call(ReplaceShare {
             session: alice,
             group: "g".into(),
             meta: v2.clone(),
@@ -460,7 +476,7 @@ pub(crate) mod tests {
         let l = files(fx.call(list(bob)).await);
         assert!(l.iter().any(|f| f.name == "final.txt" && f.id == v2.id()));
         assert_eq!(
-            fx.call(TrackerRequest::ReplaceShare {
+            fx.call(ReplaceShare {
                 session: alice,
                 group: "g".into(),
                 meta: meta("bobs.txt", b"mine now"),
@@ -480,7 +496,7 @@ pub(crate) mod tests {
         let v1 = meta("notes.txt", b"one");
         let v2 = meta("notes.txt", b"two!");
         fx.call(share(alice, v1)).await.unwrap();
-        fx.call(TrackerRequest::ReplaceShare {
+        fx.call(ReplaceShare {
             session: alice,
             group: "g".into(),
             meta: v2.clone(),
@@ -491,7 +507,7 @@ pub(crate) mod tests {
         fx.call(share(bob, v2)).await.unwrap();
         let tmp = meta("sedX1", b"three");
         fx.call(share(alice, tmp.clone())).await.unwrap();
-        fx.call(TrackerRequest::RenameShare {
+        fx.call(RenameShare {
             session: alice,
             group: "g".into(),
             from: "sedX1".into(),
@@ -500,7 +516,7 @@ pub(crate) mod tests {
         .await
         .unwrap();
         let l = files(
-            fx.call(TrackerRequest::ListFiles {
+            fx.call(ListFiles {
                 session: bob,
                 group: "g".into(),
             })
@@ -538,7 +554,7 @@ pub(crate) mod tests {
         let [alice, bob, carol] = group(&fx).await;
         let m = meta("a", &[7; (PIECE_LEN * 2) as usize]);
         fx.call(share(alice, m.clone())).await.unwrap();
-        let announce = |session, peer: u8, have: Bitfield| TrackerRequest::Announce {
+        let announce = |session, peer: u8, have: Bitfield| Announce {
             session,
             peer: PeerId([peer; 16]),
             addr: format!("127.0.0.1:{}", 1000 + u16::from(peer)),
@@ -552,7 +568,7 @@ pub(crate) mod tests {
         fx.call(announce(carol, 3, Bitfield::full(2)))
             .await
             .unwrap();
-        let locate = |session| TrackerRequest::Locate {
+        let locate = |session| Locate {
             session,
             group: "g".into(),
             name: "a".into(),
@@ -563,7 +579,7 @@ pub(crate) mod tests {
         assert_eq!(got, m);
         assert_eq!(peers.len(), 1, "bob holds no piece yet: {peers:?}");
         assert_eq!(peers[0].addr, "127.0.0.1:1001");
-        fx.call(TrackerRequest::ReportPieces {
+        fx.call(ReportPieces {
             session: bob,
             peer: PeerId([2; 16]),
             file: m.id(),
@@ -580,7 +596,7 @@ pub(crate) mod tests {
             Err(ErrorCode::NotMember("g".into()))
         );
         let l = files(
-            fx.call(TrackerRequest::ListFiles {
+            fx.call(ListFiles {
                 session: bob,
                 group: "g".into(),
             })
@@ -589,7 +605,7 @@ pub(crate) mod tests {
         assert_eq!(l[0].peers_online, 2);
 
         // bob leaves the group: his peer is no longer offered.
-        fx.call(TrackerRequest::LeaveGroup {
+        fx.call(LeaveGroup {
             session: bob,
             group: "g".into(),
         })
@@ -599,7 +615,7 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(peers.len(), 1);
-        fx.call(TrackerRequest::LeaveNetwork {
+        fx.call(LeaveNetwork {
             session: alice,
             peer: PeerId([1; 16]),
         })
@@ -623,7 +639,7 @@ pub(crate) mod tests {
         for peer in 1..=61u8 {
             let mut have = Bitfield::new(4);
             have.set(if peer == 61 { 3 } else { 0 });
-            fx.call(TrackerRequest::Announce {
+            fx.call(Announce {
                 session: alice,
                 peer: PeerId([peer; 16]),
                 addr: format!("127.0.0.1:{}", 1000 + u16::from(peer)),
@@ -635,7 +651,7 @@ pub(crate) mod tests {
         let mut answers = Vec::new();
         for _ in 0..4 {
             let Ok(TrackerReply::Location { peers, .. }) = fx
-                .call(TrackerRequest::Locate {
+                .call(Locate {
                     session: bob,
                     group: "g".into(),
                     name: "a".into(),

@@ -4,9 +4,15 @@ use super::{bounded, group_name, quota, user_name, LISTING_BUDGET};
 use crate::shared::Shared;
 use crate::state::change::Change;
 use fileshare_protocol::messages::tracker::GroupInfo;
+use fileshare_protocol::messages::tracker::{
+    AcceptRequest, CreateGroup, JoinGroup, LeaveGroup, ListGroups, ListRequests, RejectRequest,
+    RemoveMember,
+};
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
 
-pub async fn create(shared: &Shared, session: &SessionToken, group: String) -> TrackerResult {
+pub async fn create(shared: &Shared, req: CreateGroup) -> TrackerResult {
+    let CreateGroup { session, group } = req;
+    let session = &session;
     let user = shared.session_user(session)?;
     group_name(&group)?;
     let quota = quota(shared.settings.limits.groups_per_user);
@@ -19,7 +25,8 @@ pub async fn create(shared: &Shared, session: &SessionToken, group: String) -> T
 /// Every group, marked for the caller, as many as fit a frame: the
 /// caller's own groups (owned, joined, pending) first, so a flood of
 /// others' groups can never hide them.
-pub fn list(shared: &Shared, session: &SessionToken) -> TrackerResult {
+pub fn list(shared: &Shared, req: ListGroups) -> TrackerResult {
+    let session = &req.session;
     let user = shared.session_user(session)?;
     let state = shared.state.read();
     let info = |(name, g): (&String, &crate::state::Group)| GroupInfo {
@@ -46,7 +53,9 @@ fn info_size(g: &GroupInfo) -> usize {
     g.name.len() + g.owner.len() + 32
 }
 
-pub async fn join(shared: &Shared, session: &SessionToken, group: String) -> TrackerResult {
+pub async fn join(shared: &Shared, req: JoinGroup) -> TrackerResult {
+    let JoinGroup { session, group } = req;
+    let session = &session;
     let user = shared.session_user(session)?;
     group_name(&group)?;
     let quota = quota(shared.settings.limits.pending_requests);
@@ -56,7 +65,9 @@ pub async fn join(shared: &Shared, session: &SessionToken, group: String) -> Tra
     Ok(TrackerReply::Done)
 }
 
-pub async fn leave(shared: &Shared, session: &SessionToken, group: String) -> TrackerResult {
+pub async fn leave(shared: &Shared, req: LeaveGroup) -> TrackerResult {
+    let LeaveGroup { session, group } = req;
+    let session = &session;
     let user = shared.session_user(session)?;
     group_name(&group)?;
     shared.submit(Change::LeaveGroup { user, group }).await?;
@@ -64,7 +75,8 @@ pub async fn leave(shared: &Shared, session: &SessionToken, group: String) -> Tr
 }
 
 /// Pending requests, oldest first; the owner's view only.
-pub fn requests(shared: &Shared, session: &SessionToken, group: &str) -> TrackerResult {
+pub fn requests(shared: &Shared, req: ListRequests) -> TrackerResult {
+    let ListRequests { session, group } = &req;
     let user = shared.session_user(session)?;
     group_name(group)?;
     let state = shared.state.read();
@@ -73,7 +85,25 @@ pub fn requests(shared: &Shared, session: &SessionToken, group: &str) -> Tracker
     Ok(TrackerReply::Requests(requests))
 }
 
-pub async fn decide_request(
+pub async fn accept_request(shared: &Shared, req: AcceptRequest) -> TrackerResult {
+    let AcceptRequest {
+        session,
+        group,
+        user,
+    } = req;
+    decide_request(shared, &session, group, user, true).await
+}
+
+pub async fn reject_request(shared: &Shared, req: RejectRequest) -> TrackerResult {
+    let RejectRequest {
+        session,
+        group,
+        user,
+    } = req;
+    decide_request(shared, &session, group, user, false).await
+}
+
+async fn decide_request(
     shared: &Shared,
     session: &SessionToken,
     group: String,
@@ -95,12 +125,13 @@ pub async fn decide_request(
 /// The owner takes `user` out of `group`. Their listings are refused from
 /// now on, and they get no new tickets, so peers refuse them within one
 /// ticket lifetime.
-pub async fn remove_member(
-    shared: &Shared,
-    session: &SessionToken,
-    group: String,
-    user: String,
-) -> TrackerResult {
+pub async fn remove_member(shared: &Shared, req: RemoveMember) -> TrackerResult {
+    let RemoveMember {
+        session,
+        group,
+        user,
+    } = req;
+    let session = &session;
     let owner = shared.session_user(session)?;
     group_name(&group)?;
     user_name(&user)?;
@@ -114,7 +145,8 @@ pub async fn remove_member(
 mod tests {
     use crate::cmd::testing::Fixture;
     use fileshare_protocol::messages::tracker::GroupInfo;
-    use fileshare_protocol::messages::{TrackerReply, TrackerRequest};
+    use fileshare_protocol::messages::tracker::*;
+    use fileshare_protocol::messages::TrackerReply;
     use fileshare_protocol::ErrorCode;
 
     #[tokio::test]
@@ -122,7 +154,7 @@ mod tests {
         let fx = Fixture::new().await;
         let alice = fx.user("alice").await;
         let bob = fx.user("bob").await;
-        let create = TrackerRequest::CreateGroup {
+        let create = CreateGroup {
             session: alice,
             group: "g".into(),
         };
@@ -131,12 +163,12 @@ mod tests {
             fx.call(create).await,
             Err(ErrorCode::GroupExists("g".into()))
         );
-        let join = TrackerRequest::JoinGroup {
+        let join = JoinGroup {
             session: bob,
             group: "g".into(),
         };
         fx.call(join).await.unwrap();
-        let list = |session| TrackerRequest::ListGroups { session };
+        let list = |session| ListGroups { session };
         assert_eq!(
             fx.call(list(bob)).await,
             Ok(TrackerReply::Groups(vec![GroupInfo {
@@ -148,7 +180,7 @@ mod tests {
                 pending: true,
             }]))
         );
-        let reqs = |session| TrackerRequest::ListRequests {
+        let reqs = |session| ListRequests {
             session,
             group: "g".into(),
         };
@@ -160,7 +192,7 @@ mod tests {
             fx.call(reqs(bob)).await,
             Err(ErrorCode::NotOwner("g".into()))
         );
-        let accept = |session, user: &str| TrackerRequest::AcceptRequest {
+        let accept = |session, user: &str| AcceptRequest {
             session,
             group: "g".into(),
             user: user.into(),
@@ -184,7 +216,7 @@ mod tests {
         assert!(gs[0].is_member && !gs[0].pending && gs[0].members == 2);
 
         // The owner leaves: bob, the longest-standing member left, owns it.
-        fx.call(TrackerRequest::LeaveGroup {
+        fx.call(LeaveGroup {
             session: alice,
             group: "g".into(),
         })
@@ -194,7 +226,7 @@ mod tests {
             panic!()
         };
         assert!(gs[0].is_owner && gs[0].owner == "bob" && gs[0].members == 1);
-        fx.call(TrackerRequest::LeaveGroup {
+        fx.call(LeaveGroup {
             session: bob,
             group: "g".into(),
         })
@@ -208,14 +240,14 @@ mod tests {
         let fx = Fixture::new().await;
         let [alice, bob, _carol] = crate::cmd::file::tests::group(&fx).await;
         let m = crate::cmd::file::tests::meta("a", b"x");
-        fx.call(TrackerRequest::ShareFile {
+        fx.call(ShareFile {
             session: alice,
             group: "g".into(),
             meta: m,
         })
         .await
         .unwrap();
-        let remove = |session, user: &str| TrackerRequest::RemoveMember {
+        let remove = |session, user: &str| RemoveMember {
             session,
             group: "g".into(),
             user: user.into(),
@@ -235,7 +267,7 @@ mod tests {
                 user: "carol".into()
             })
         );
-        let list = TrackerRequest::ListFiles {
+        let list = ListFiles {
             session: bob,
             group: "g".into(),
         };
@@ -243,26 +275,24 @@ mod tests {
         fx.call(remove(alice, "bob")).await.unwrap();
         let not_member = Err(ErrorCode::NotMember("g".into()));
         assert_eq!(fx.call(list).await, not_member);
-        let locate = TrackerRequest::Locate {
+        let locate = Locate {
             session: bob,
             group: "g".into(),
             name: "a".into(),
         };
         assert_eq!(fx.call(locate).await, not_member);
-        let search = TrackerRequest::Search {
+        let search = Search {
             session: bob,
             pattern: "a".into(),
         };
         assert_eq!(fx.call(search).await, Ok(TrackerReply::Files(vec![])));
-        let Ok(TrackerReply::Groups(gs)) =
-            fx.call(TrackerRequest::ListGroups { session: bob }).await
-        else {
+        let Ok(TrackerReply::Groups(gs)) = fx.call(ListGroups { session: bob }).await else {
             panic!()
         };
         assert!(!gs[0].is_member && gs[0].members == 1);
         // Durable: still out after a restart.
         let fx = fx.restart().await;
-        let list = TrackerRequest::ListFiles {
+        let list = ListFiles {
             session: bob,
             group: "g".into(),
         };
@@ -275,7 +305,7 @@ mod tests {
         let alice = fx.user("alice").await;
         for bad in ["", ".", "..", "a/b", "a\0b", &"x".repeat(256)] {
             let r = fx
-                .call(TrackerRequest::CreateGroup {
+                .call(CreateGroup {
                     session: alice,
                     group: bad.into(),
                 })
@@ -301,7 +331,7 @@ mod tests {
         let alice = fx.user("alice").await;
         let bob = fx.user("bob").await;
         let carol = fx.user("carol").await;
-        let create = |session, group: &str| TrackerRequest::CreateGroup {
+        let create = |session, group: &str| CreateGroup {
             session,
             group: group.into(),
         };
@@ -317,13 +347,11 @@ mod tests {
         assert!(why.contains("--max-groups-per-user 2"), "{why}");
         // Someone else still creates, and alice still lists hers.
         fx.call(create(bob, "b1")).await.unwrap();
-        let Ok(TrackerReply::Groups(gs)) =
-            fx.call(TrackerRequest::ListGroups { session: alice }).await
-        else {
+        let Ok(TrackerReply::Groups(gs)) = fx.call(ListGroups { session: alice }).await else {
             panic!()
         };
         assert_eq!(gs.len(), 3);
-        let join = |session| TrackerRequest::JoinGroup {
+        let join = |session| JoinGroup {
             session,
             group: "a1".into(),
         };
@@ -336,7 +364,7 @@ mod tests {
             panic!("the second pending request must be refused");
         };
         assert!(why.contains("--max-pending-requests 1"), "{why}");
-        fx.call(TrackerRequest::AcceptRequest {
+        fx.call(AcceptRequest {
             session: alice,
             group: "a1".into(),
             user: "bob".into(),

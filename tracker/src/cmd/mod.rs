@@ -1,6 +1,6 @@
-//! One function per request, grouped by family, each returning a typed
-//! [`TrackerResult`] so it can be tested without sockets. [`dispatch`] maps
-//! a request to its function.
+//! One function per request, grouped by family, each taking the request's
+//! struct and returning a typed [`TrackerResult`] so it can be tested
+//! without sockets. [`dispatch`] maps a request to its function.
 //!
 //! Every request but `CreateUser`, `Login` and `TicketKey` names a
 //! session; it is checked first, and an unknown, closed, expired or forged
@@ -15,6 +15,7 @@ pub mod ticket;
 
 use crate::shared::Shared;
 use fileshare_protocol::ids::{validate_name, NameKind};
+use fileshare_protocol::messages::tracker::CallKind;
 use fileshare_protocol::messages::{TrackerRequest, TrackerResult};
 use fileshare_protocol::{ErrorCode, Fingerprint, PeerId};
 use std::net::SocketAddr;
@@ -72,103 +73,33 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
             let inner = Box::pin(dispatch(shared, caller, *request));
             crate::shared::ONCE.scope((client, seq), inner).await
         }
-        R::CreateUser { user, password } => {
-            account::create_user(shared, caller.addr.map(|a| a.ip()), user, password).await
-        }
-        R::Login { user, password } => {
-            account::login(shared, caller.addr.map(|a| a.ip()), user, password).await
-        }
-        R::Logout { session } => account::logout(shared, &session).await,
-        R::CreateGroup { session, group } => group::create(shared, &session, group).await,
-        R::ListGroups { session } => group::list(shared, &session),
-        R::JoinGroup { session, group } => group::join(shared, &session, group).await,
-        R::LeaveGroup { session, group } => group::leave(shared, &session, group).await,
-        R::ListRequests { session, group } => group::requests(shared, &session, &group),
-        R::AcceptRequest {
-            session,
-            group,
-            user,
-        } => group::decide_request(shared, &session, group, user, true).await,
-        R::RejectRequest {
-            session,
-            group,
-            user,
-        } => group::decide_request(shared, &session, group, user, false).await,
-        R::RemoveMember {
-            session,
-            group,
-            user,
-        } => group::remove_member(shared, &session, group, user).await,
-        R::ListFiles { session, group } => file::list(shared, &session, &group),
-        R::Search { session, pattern } => file::search(shared, &session, &pattern),
-        R::ShareFile {
-            session,
-            group,
-            meta,
-        } => file::share(shared, &session, group, meta).await,
-        R::StopShare {
-            session,
-            group,
-            name,
-        } => file::stop_share(shared, &session, group, name).await,
-        R::Locate {
-            session,
-            group,
-            name,
-        } => file::locate(shared, &session, &group, &name),
-        R::Announce {
-            session,
-            peer,
-            addr,
-            holdings,
-        } => peer::announce(shared, caller, &session, peer, &addr, holdings),
-        R::ReportPieces {
-            session,
-            peer,
-            file,
-            pieces,
-        } => peer::report_pieces(shared, caller, &session, peer, file, &pieces),
-        R::LeaveNetwork { session, peer } => peer::leave_network(shared, caller, &session, peer),
-        R::CallBack {
-            session,
-            group,
-            holder,
-            nonce,
-        } => reach::call_back(shared, caller, &session, &group, holder, nonce),
-        R::Relay {
-            session,
-            group,
-            holder,
-            nonce,
-        } => reach::relay(shared, caller, &session, &group, holder, nonce),
-        R::Punch {
-            session,
-            group,
-            holder,
-            nonce,
-        } => reach::punch(shared, caller, &session, &group, holder, nonce),
-        R::AwaitCalls {
-            session,
-            peer,
-            wait_ms,
-        } => reach::await_calls(shared, caller, &session, peer, wait_ms).await,
-        R::IssueTicket {
-            session,
-            group,
-            holder,
-        } => ticket::issue(shared, caller, &session, &group, holder),
-        R::TicketKey => ticket::key(shared),
-        R::RenameShare {
-            session,
-            group,
-            from,
-            to,
-        } => file::rename_share(shared, &session, group, from, to).await,
-        R::ReplaceShare {
-            session,
-            group,
-            meta,
-        } => file::replace_share(shared, &session, group, meta).await,
+        R::CreateUser(req) => account::create_user(shared, caller.addr.map(|a| a.ip()), req).await,
+        R::Login(req) => account::login(shared, caller.addr.map(|a| a.ip()), req).await,
+        R::Logout(req) => account::logout(shared, req).await,
+        R::CreateGroup(req) => group::create(shared, req).await,
+        R::ListGroups(req) => group::list(shared, req),
+        R::JoinGroup(req) => group::join(shared, req).await,
+        R::LeaveGroup(req) => group::leave(shared, req).await,
+        R::ListRequests(req) => group::requests(shared, req),
+        R::AcceptRequest(req) => group::accept_request(shared, req).await,
+        R::RejectRequest(req) => group::reject_request(shared, req).await,
+        R::RemoveMember(req) => group::remove_member(shared, req).await,
+        R::ListFiles(req) => file::list(shared, req),
+        R::Search(req) => file::search(shared, req),
+        R::ShareFile(req) => file::share(shared, req).await,
+        R::StopShare(req) => file::stop_share(shared, req).await,
+        R::Locate(req) => file::locate(shared, req),
+        R::RenameShare(req) => file::rename_share(shared, req).await,
+        R::ReplaceShare(req) => file::replace_share(shared, req).await,
+        R::Announce(req) => peer::announce(shared, caller, req),
+        R::ReportPieces(req) => peer::report_pieces(shared, caller, req),
+        R::LeaveNetwork(req) => peer::leave_network(shared, caller, req),
+        R::CallBack(contact) => reach::place_call(shared, caller, CallKind::DialBack, contact),
+        R::Relay(contact) => reach::place_call(shared, caller, CallKind::Relay, contact),
+        R::Punch(contact) => reach::place_call(shared, caller, CallKind::Punch, contact),
+        R::AwaitCalls(req) => reach::await_calls(shared, caller, req).await,
+        R::IssueTicket(req) => ticket::issue(shared, caller, req),
+        R::TicketKey(_) => ticket::key(shared),
     }
 }
 
@@ -217,6 +148,7 @@ pub(crate) mod testing {
     use crate::consensus::node::Node;
     use crate::consensus::transport::Transport;
     use crate::shared::Settings;
+    use fileshare_protocol::messages::tracker::{CreateUser, Login};
     use fileshare_protocol::messages::{SessionToken, TrackerReply};
     use std::sync::Arc;
 
@@ -261,12 +193,13 @@ pub(crate) mod testing {
 
         /// Answers `req` as from a daemon holding the key of the peer it
         /// names (announces, reports, tickets), if any.
-        pub async fn call(&self, req: TrackerRequest) -> TrackerResult {
+        pub async fn call(&self, req: impl Into<TrackerRequest>) -> TrackerResult {
+            let req = req.into();
             let peer = match &req {
-                TrackerRequest::Announce { peer, .. }
-                | TrackerRequest::ReportPieces { peer, .. }
-                | TrackerRequest::LeaveNetwork { peer, .. }
-                | TrackerRequest::IssueTicket { holder: peer, .. } => Some(*peer),
+                TrackerRequest::Announce(r) => Some(r.peer),
+                TrackerRequest::ReportPieces(r) => Some(r.peer),
+                TrackerRequest::LeaveNetwork(r) => Some(r.peer),
+                TrackerRequest::IssueTicket(r) => Some(r.holder),
                 _ => None,
             };
             let caller = Caller {
@@ -278,7 +211,7 @@ pub(crate) mod testing {
 
         /// Creates `user` and logs in.
         pub async fn user(&self, user: &str) -> SessionToken {
-            self.call(TrackerRequest::CreateUser {
+            self.call(CreateUser {
                 user: user.into(),
                 password: "pw".into(),
             })
@@ -289,7 +222,7 @@ pub(crate) mod testing {
 
         pub async fn login(&self, user: &str) -> SessionToken {
             match self
-                .call(TrackerRequest::Login {
+                .call(Login {
                     user: user.into(),
                     password: "pw".into(),
                 })

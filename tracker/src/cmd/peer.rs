@@ -3,9 +3,10 @@
 use super::Caller;
 use crate::shared::Shared;
 use crate::state::State;
-use fileshare_protocol::ids::{Bitfield, FileId, PeerId};
+use fileshare_protocol::ids::{Bitfield, FileId};
 use fileshare_protocol::messages::tracker::Holding;
-use fileshare_protocol::messages::{ClusterMsg, SessionToken, TrackerReply, TrackerResult};
+use fileshare_protocol::messages::tracker::{Announce, LeaveNetwork, ReportPieces};
+use fileshare_protocol::messages::{ClusterMsg, TrackerReply, TrackerResult};
 use fileshare_protocol::{ErrorCode, Limit};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -36,14 +37,14 @@ fn dialable(addr: &str, caller: &Caller, trust: bool) -> Result<String, ErrorCod
 
 /// Replaces what the tracker knows of `peer`. Holdings of files the user
 /// cannot see, or with a bitfield of the wrong length, are ignored.
-pub fn announce(
-    shared: &Shared,
-    caller: &Caller,
-    session: &SessionToken,
-    peer: PeerId,
-    addr: &str,
-    holdings: Vec<Holding>,
-) -> TrackerResult {
+pub fn announce(shared: &Shared, caller: &Caller, req: Announce) -> TrackerResult {
+    let Announce {
+        session,
+        peer,
+        addr,
+        holdings,
+    } = req;
+    let (session, addr) = (&session, addr.as_str());
     let user = shared.session_user(session)?;
     caller.speaks_for(&peer)?;
     let addr = dialable(addr, caller, shared.settings.trust_announced_addrs)?;
@@ -162,14 +163,14 @@ pub fn apply_gossip(shared: &Shared, msg: ClusterMsg) {
 }
 
 /// Pieces `peer` verified since its last announce.
-pub fn report_pieces(
-    shared: &Shared,
-    caller: &Caller,
-    session: &SessionToken,
-    peer: PeerId,
-    file: FileId,
-    pieces: &[u32],
-) -> TrackerResult {
+pub fn report_pieces(shared: &Shared, caller: &Caller, req: ReportPieces) -> TrackerResult {
+    let ReportPieces {
+        session,
+        peer,
+        file,
+        pieces,
+    } = &req;
+    let (peer, file) = (*peer, *file);
     let user = shared.session_user(session)?;
     caller.speaks_for(&peer)?;
     let now = Instant::now();
@@ -197,12 +198,9 @@ pub fn report_pieces(
     Ok(TrackerReply::Done)
 }
 
-pub fn leave_network(
-    shared: &Shared,
-    caller: &Caller,
-    session: &SessionToken,
-    peer: PeerId,
-) -> TrackerResult {
+pub fn leave_network(shared: &Shared, caller: &Caller, req: LeaveNetwork) -> TrackerResult {
+    let LeaveNetwork { session, peer } = req;
+    let session = &session;
     let user = shared.session_user(session)?;
     caller.speaks_for(&peer)?;
     shared.peers.write().leave(&peer, &user)?;
@@ -216,8 +214,9 @@ mod tests {
     use crate::cmd::dispatch;
     use crate::cmd::file::tests::{group, meta};
     use crate::cmd::testing::{key_of, Fixture};
-    use fileshare_protocol::messages::TrackerRequest;
+    use fileshare_protocol::messages::tracker::*;
     use fileshare_protocol::Bitfield;
+    use fileshare_protocol::PeerId;
 
     #[test]
     fn unspecified_addresses_take_the_caller_ip() {
@@ -265,7 +264,7 @@ mod tests {
         let fx = Fixture::new().await;
         let [alice, _, carol] = group(&fx).await;
         let m = meta("a", b"abc");
-        fx.call(TrackerRequest::ShareFile {
+        fx.call(ShareFile {
             session: alice,
             group: "g".into(),
             meta: m.clone(),
@@ -273,7 +272,7 @@ mod tests {
         .await
         .unwrap();
         let peer = PeerId([1; 16]);
-        let report = |session, pieces| TrackerRequest::ReportPieces {
+        let report = |session, pieces| ReportPieces {
             session,
             peer,
             file: m.id(),
@@ -282,7 +281,7 @@ mod tests {
         // Not announced yet.
         assert!(fx.call(report(alice, vec![0])).await.is_err());
         let r = fx
-            .call(TrackerRequest::Announce {
+            .call(Announce {
                 session: alice,
                 peer,
                 addr: "127.0.0.1:9".into(),
@@ -326,7 +325,7 @@ mod tests {
         })
         .await;
         let [alice, bob, _] = group(&fx).await;
-        let announce = |session, n: u8| TrackerRequest::Announce {
+        let announce = |session, n: u8| Announce {
             session,
             peer: PeerId([n; 16]),
             addr: "127.0.0.1:9".into(),
@@ -346,7 +345,7 @@ mod tests {
         fx.call(announce(bob, 4)).await.unwrap();
         // One file each per group: a second name is refused, the same
         // file shared again is not.
-        let share = |session, m: &fileshare_protocol::ids::FileMeta| TrackerRequest::ShareFile {
+        let share = |session, m: &fileshare_protocol::ids::FileMeta| ShareFile {
             session,
             group: "g".into(),
             meta: m.clone(),
@@ -372,7 +371,7 @@ mod tests {
         let fx = Fixture::new().await;
         let [alice, ..] = group(&fx).await;
         let (mine, theirs) = (PeerId([1; 16]), PeerId([2; 16]));
-        let announce = |peer| TrackerRequest::Announce {
+        let announce = |peer| Announce {
             session: alice,
             peer,
             addr: "127.0.0.1:9".into(),
@@ -385,19 +384,21 @@ mod tests {
             (&mine_key, theirs, false),
             (&as_key(None), mine, false),
         ] {
-            let r = dispatch(&fx.shared, caller, announce(peer)).await;
+            let r = dispatch(&fx.shared, caller, announce(peer).into()).await;
             assert_eq!(r.is_ok(), ok, "{caller:?} announcing {peer}: {r:?}");
             if !ok {
                 assert!(matches!(r, Err(ErrorCode::BadRequest(_))), "{r:?}");
             }
         }
-        let leave = |peer| TrackerRequest::LeaveNetwork {
+        let leave = |peer| LeaveNetwork {
             session: alice,
             peer,
         };
-        assert!(dispatch(&fx.shared, &mine_key, leave(theirs))
+        assert!(dispatch(&fx.shared, &mine_key, leave(theirs).into())
             .await
             .is_err());
-        assert!(dispatch(&fx.shared, &mine_key, leave(mine)).await.is_ok());
+        assert!(dispatch(&fx.shared, &mine_key, leave(mine).into())
+            .await
+            .is_ok());
     }
 }

@@ -7,7 +7,7 @@
 use super::{group_name, Caller};
 use crate::peers::Card;
 use crate::shared::Shared;
-use fileshare_protocol::messages::tracker::{Call, CallKind, Reach};
+use fileshare_protocol::messages::tracker::{AwaitCalls, Call, CallKind, Contact, Reach};
 use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
 use fileshare_protocol::{ErrorCode, Limit, PeerId};
 use std::sync::Arc;
@@ -41,77 +41,50 @@ fn pair(
     Ok((me, them))
 }
 
-/// Places a call for `holder` to dial the caller's own daemon back. Both
-/// must be online members of `group`, and the caller's offered address
-/// must not be known unreachable: a holder would dial it in vain.
-pub fn call_back(
+/// Places a call of kind `how` for `contact.holder`, on behalf of the
+/// caller's own daemon; both must be online members of the group. One
+/// function for the three kinds, as they differ in two steps only: a dial
+/// back needs the caller's offered address not known unreachable (the
+/// holder would dial it in vain), and a relay opens its slot first.
+pub fn place_call(
     shared: &Shared,
     caller: &Caller,
-    session: &SessionToken,
-    group: &str,
-    holder: PeerId,
-    nonce: [u8; 16],
+    how: CallKind,
+    contact: Contact,
 ) -> TrackerResult {
-    let (me, them) = pair(shared, caller, session, group, &holder)?;
-    if shared.reach.of(&me.id, &me.addr) == Reach::Unreachable {
-        return Err(ErrorCode::BadRequest(format!(
-            "this daemon is not reachable at {} either: {holder} cannot dial it",
-            me.addr
-        )));
-    }
-    let call = Call {
-        from: me.id,
-        addr: me.addr.clone(),
+    let Contact {
+        session,
+        group,
+        holder,
         nonce,
-        how: CallKind::DialBack,
+    } = contact;
+    let (me, them) = pair(shared, caller, &session, &group, &holder)?;
+    let addr = match how {
+        CallKind::DialBack => {
+            if shared.reach.of(&me.id, &me.addr) == Reach::Unreachable {
+                return Err(ErrorCode::BadRequest(format!(
+                    "this daemon is not reachable at {} either: {holder} cannot dial it",
+                    me.addr
+                )));
+            }
+            me.addr.clone()
+        }
+        CallKind::Punch => me.addr.clone(),
+        CallKind::Relay => {
+            (shared.relay)
+                .open_slot(nonce, &me.user, &them.user)
+                .map_err(|message| ErrorCode::LimitReached {
+                    limit: Limit::Relay,
+                    message,
+                })?;
+            String::new()
+        }
     };
-    (shared.reach).place(them.id, call).map_err(calls_waiting)?;
-    Ok(TrackerReply::Done)
-}
-
-/// Calls `holder` to punch a path to the caller's daemon: both dial each
-/// other's offered address from their listening ports at once.
-pub fn punch(
-    shared: &Shared,
-    caller: &Caller,
-    session: &SessionToken,
-    group: &str,
-    holder: PeerId,
-    nonce: [u8; 16],
-) -> TrackerResult {
-    let (me, them) = pair(shared, caller, session, group, &holder)?;
     let call = Call {
         from: me.id,
-        addr: me.addr.clone(),
+        addr,
         nonce,
-        how: CallKind::Punch,
-    };
-    (shared.reach).place(them.id, call).map_err(calls_waiting)?;
-    Ok(TrackerReply::Done)
-}
-
-/// Opens a relay slot between the caller's daemon and `holder` (both
-/// online members of `group`) and calls the holder to it.
-pub fn relay(
-    shared: &Shared,
-    caller: &Caller,
-    session: &SessionToken,
-    group: &str,
-    holder: PeerId,
-    nonce: [u8; 16],
-) -> TrackerResult {
-    let (me, them) = pair(shared, caller, session, group, &holder)?;
-    (shared.relay)
-        .open_slot(nonce, &me.user, &them.user)
-        .map_err(|message| ErrorCode::LimitReached {
-            limit: Limit::Relay,
-            message,
-        })?;
-    let call = Call {
-        from: me.id,
-        addr: String::new(),
-        nonce,
-        how: CallKind::Relay,
+        how,
     };
     (shared.reach).place(them.id, call).map_err(calls_waiting)?;
     Ok(TrackerReply::Done)
@@ -119,14 +92,13 @@ pub fn relay(
 
 /// The calls placed for the caller's daemon `peer`, waiting a while for
 /// one.
-pub async fn await_calls(
-    shared: &Shared,
-    caller: &Caller,
-    session: &SessionToken,
-    peer: PeerId,
-    wait_ms: u32,
-) -> TrackerResult {
-    shared.session_user(session)?;
+pub async fn await_calls(shared: &Shared, caller: &Caller, req: AwaitCalls) -> TrackerResult {
+    let AwaitCalls {
+        session,
+        peer,
+        wait_ms,
+    } = req;
+    shared.session_user(&session)?;
     caller.speaks_for(&peer)?;
     let wait = Duration::from_millis(u64::from(wait_ms));
     Ok(TrackerReply::Calls(shared.reach.collect(peer, wait).await))
@@ -146,8 +118,9 @@ mod tests {
     use crate::cmd::file::tests::{group, meta};
     use crate::cmd::testing::{key_of, Fixture};
     use crate::cmd::Caller;
+    use fileshare_protocol::messages::tracker::*;
     use fileshare_protocol::messages::tracker::{CallKind, Holding, Reach};
-    use fileshare_protocol::messages::{TrackerReply, TrackerRequest};
+    use fileshare_protocol::messages::TrackerReply;
     use fileshare_protocol::{Bitfield, ErrorCode, PeerId};
 
     /// A holder the tracker could not dial is listed last and marked; a
@@ -160,7 +133,7 @@ mod tests {
         let [alice, bob, carol] = group(&fx).await;
         let m = meta("a", b"abc");
         for session in [alice, bob] {
-            fx.call(TrackerRequest::ShareFile {
+            fx.call(ShareFile {
                 session,
                 group: "g".into(),
                 meta: m.clone(),
@@ -174,7 +147,7 @@ mod tests {
         fx.shared.reach.set(a, &addr(&a), Reach::Unreachable);
         fx.shared.reach.set(b, &addr(&b), Reach::Direct);
         for (session, peer) in [(alice, a), (bob, b), (carol, c)] {
-            fx.call(TrackerRequest::Announce {
+            fx.call(Announce {
                 session,
                 peer,
                 addr: addr(&peer),
@@ -187,7 +160,7 @@ mod tests {
             .unwrap();
         }
         let Ok(TrackerReply::Location { peers, .. }) = fx
-            .call(TrackerRequest::Locate {
+            .call(Locate {
                 session: alice,
                 group: "g".into(),
                 name: "a".into(),
@@ -203,14 +176,17 @@ mod tests {
                 addr: None,
                 key: Some(key_of(from)),
             };
-            let req = TrackerRequest::CallBack {
-                session,
-                group: "g".into(),
-                holder,
-                nonce: [7; 16],
+            let req = PlaceCall {
+                how: CallKind::DialBack,
+                contact: Contact {
+                    session,
+                    group: "g".into(),
+                    holder,
+                    nonce: [7; 16],
+                },
             };
             let shared = fx.shared.clone();
-            async move { dispatch(&shared, &caller, req).await }
+            async move { dispatch(&shared, &caller, req.into()).await }
         };
         // Bob can be dialled: alice's daemon is called to dial him.
         call_back(bob, b, a).await.unwrap();

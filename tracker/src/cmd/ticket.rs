@@ -6,19 +6,19 @@
 use super::{group_name, Caller};
 use crate::auth;
 use crate::shared::Shared;
-use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerResult};
+use fileshare_protocol::messages::tracker::IssueTicket;
+use fileshare_protocol::messages::{TrackerReply, TrackerResult};
 use fileshare_protocol::ticket::{Grant, MAX_TICKET_LIFETIME};
-use fileshare_protocol::PeerId;
 use std::time::Instant;
 
 /// A ticket for the caller's daemon `holder` in `group`; members only.
-pub fn issue(
-    shared: &Shared,
-    caller: &Caller,
-    session: &SessionToken,
-    group: &str,
-    holder: PeerId,
-) -> TrackerResult {
+pub fn issue(shared: &Shared, caller: &Caller, req: IssueTicket) -> TrackerResult {
+    let IssueTicket {
+        session,
+        group,
+        holder,
+    } = &req;
+    let holder = *holder;
     let user = shared.session_user(session)?;
     group_name(group)?;
     // Only for the daemon that asks: `holder` must be the peer id of the
@@ -68,7 +68,8 @@ mod tests {
     use crate::cmd::testing::{key_of, Fixture};
     use crate::cmd::{dispatch, Caller};
     use crate::shared::Settings;
-    use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest};
+    use fileshare_protocol::messages::tracker::*;
+    use fileshare_protocol::messages::{SessionToken, TrackerReply};
     use fileshare_protocol::ticket::{Ticket, TicketError, TicketKey};
     use fileshare_protocol::{ErrorCode, PeerId};
     use std::time::Duration;
@@ -77,7 +78,7 @@ mod tests {
 
     async fn issue(fx: &Fixture, session: SessionToken) -> Result<Ticket, ErrorCode> {
         match fx
-            .call(TrackerRequest::IssueTicket {
+            .call(IssueTicket {
                 session,
                 group: "g".into(),
                 holder: BOBS_DAEMON,
@@ -90,7 +91,7 @@ mod tests {
     }
 
     async fn key(fx: &Fixture) -> TicketKey {
-        match fx.call(TrackerRequest::TicketKey).await {
+        match fx.call(AskTicketKey).await {
             Ok(TrackerReply::TicketKey(k)) => k,
             other => panic!("{other:?}"),
         }
@@ -125,7 +126,7 @@ mod tests {
         assert_eq!(key(&fx).await, k);
 
         // Once bob is removed, no more tickets for him.
-        fx.call(TrackerRequest::RemoveMember {
+        fx.call(RemoveMember {
             session: alice,
             group: "g".into(),
             user: "bob".into(),
@@ -139,7 +140,7 @@ mod tests {
     async fn another_users_online_peer_id_is_refused_as_holder() {
         let fx = Fixture::new().await;
         let [alice, bob, _] = group(&fx).await;
-        fx.call(TrackerRequest::Announce {
+        fx.call(Announce {
             session: alice,
             peer: BOBS_DAEMON,
             addr: "127.0.0.1:9".into(),
@@ -159,20 +160,20 @@ mod tests {
     async fn the_holder_is_the_asking_connections_own_peer() {
         let fx = Fixture::new().await;
         let [_, bob, _] = group(&fx).await;
-        let req = TrackerRequest::IssueTicket {
+        let req = IssueTicket {
             session: bob,
             group: "g".into(),
             holder: BOBS_DAEMON,
         };
         for key in [None, Some(key_of(PeerId([3; 16])))] {
             let caller = Caller { addr: None, key };
-            let r = dispatch(&fx.shared, &caller, req.clone()).await;
+            let r = dispatch(&fx.shared, &caller, req.clone().into()).await;
             assert!(matches!(r, Err(ErrorCode::BadRequest(_))), "{r:?}");
         }
         let mine = Caller {
             addr: None,
             key: Some(key_of(BOBS_DAEMON)),
         };
-        assert!(dispatch(&fx.shared, &mine, req).await.is_ok());
+        assert!(dispatch(&fx.shared, &mine, req.into()).await.is_ok());
     }
 }

@@ -23,7 +23,7 @@ pub mod reverse;
 
 use crate::net::fetch::{LinkCtx, PEER_TIMEOUT};
 use fileshare_protocol::client::Announced;
-use fileshare_protocol::messages::tracker::{PeerLocation, Reach as Seen};
+use fileshare_protocol::messages::tracker::{CallKind, PeerLocation, Reach as Seen};
 use fileshare_protocol::messages::Role;
 use fileshare_protocol::tls::{self, ClientTls, SecureConnection, TlsError};
 use parking_lot::Mutex;
@@ -264,7 +264,7 @@ async fn punch_to(ctx: &LinkCtx, group: &str, remote: &PeerLocation) -> Result<T
     }
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
-    let ask = ctx.tracker.punch(group, remote.peer, nonce);
+    let ask = (ctx.tracker).place_call(CallKind::Punch, group, remote.peer, nonce);
     ask.await.map_err(|e| format!("{e:#}"))?;
     punch::punch(&ctx.reach, &remote.addr, nonce, punch::Side::Reader)
         .await

@@ -7,7 +7,7 @@
 //! sees ciphertext only.
 
 use crate::trackers::{LinkError, TrackerLink};
-use fileshare_protocol::messages::tracker::{RELAY_MAGIC, RELAY_PREAMBLE};
+use fileshare_protocol::messages::tracker::{CallKind, RELAY_MAGIC, RELAY_PREAMBLE};
 use fileshare_protocol::PeerId;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -66,7 +66,7 @@ pub async fn request(
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| RelayError::Random(e.to_string()))?;
     tracker
-        .relay(group, holder, nonce)
+        .place_call(CallKind::Relay, group, holder, nonce)
         .await
         .map_err(RelayError::Refused)?;
     join(tracker, nonce, 0).await

@@ -15,7 +15,7 @@
 use super::{punch, Pending, Reach};
 use crate::net::serve::{self, ServeCtx};
 use crate::trackers::{LinkError, TrackerLink};
-use fileshare_protocol::messages::tracker::{Call, CallKind};
+use fileshare_protocol::messages::tracker::{AwaitCalls, Call, CallKind};
 use fileshare_protocol::PeerId;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,7 +66,7 @@ pub async fn request(
     reach.pending.lock().insert(nonce, tx);
     let _pending = Pending { reach, nonce };
     tracker
-        .call_back(group, holder, nonce)
+        .place_call(CallKind::DialBack, group, holder, nonce)
         .await
         .map_err(ReverseError::Refused)?;
     match tokio::time::timeout(WAIT, rx).await {
@@ -110,7 +110,12 @@ pub async fn sort(stream: TcpStream, reach: &Reach) -> Option<TcpStream> {
 pub async fn answer(ctx: Arc<ServeCtx>) {
     let dials = Arc::new(Semaphore::new(DIALS_AT_ONCE));
     loop {
-        let calls = match ctx.tracker.await_calls(POLL).await {
+        let wait = AwaitCalls {
+            session: ctx.tracker.session,
+            peer: ctx.tracker.peer,
+            wait_ms: u32::try_from(POLL.as_millis()).unwrap_or(u32::MAX),
+        };
+        let calls = match ctx.tracker.client.call(wait).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!("waiting for calls failed: {e:#}");
