@@ -174,6 +174,10 @@ impl TrackerRequest {
 }
 
 #[cfg(test)]
+#[path = "wire_tests.rs"]
+mod wire_tests;
+
+#[cfg(test)]
 mod tests {
     use super::super::*;
     use crate::codec::{decode, encode};
