@@ -485,12 +485,12 @@ impl TrackerLink {
     /// until the next one is due.
     pub async fn announce(
         &self,
-        addr: &str,
+        (addr, also): (&str, &[String]),
         holdings: Vec<Holding>,
     ) -> Result<Duration, LinkError> {
         self.reports.lock().clear();
         let announced = (self.client)
-            .announce(self.session, self.peer, addr, holdings)
+            .announce(self.session, self.peer, addr, also, holdings)
             .await?;
         let interval = announced.interval;
         *self.seen_as.lock() = Some(announced);

@@ -595,20 +595,23 @@ impl TrackerClient {
         .await
     }
 
-    /// Offers this peer at `addr` with everything it holds; returns the
-    /// tracker's interval until the next announce is due and how the
-    /// tracker sees this peer.
+    /// Offers this peer at `addr` (and at `also`, its addresses in other
+    /// address families) with everything it holds; returns the tracker's
+    /// interval until the next announce is due and how the tracker sees
+    /// this peer.
     pub async fn announce(
         &self,
         session: SessionToken,
         peer: PeerId,
         addr: &str,
+        also: &[String],
         holdings: Vec<Holding>,
     ) -> Result<Announced, ClientError> {
         let req = TrackerRequest::Announce {
             session,
             peer,
             addr: addr.into(),
+            also: also.to_vec(),
             holdings,
         };
         self.call_as(req, |r| match r {

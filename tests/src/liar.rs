@@ -105,7 +105,9 @@ impl Liar {
                     file,
                     have: Bitfield::full(pieces),
                 }];
-                let _ = client.announce(session, peer, &announced, holdings).await;
+                let _ = client
+                    .announce(session, peer, &announced, &[], holdings)
+                    .await;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });

@@ -424,7 +424,7 @@ fn nothing_readable_crosses_the_wire() {
             have: Bitfield::full(pieces),
         }];
         daemon
-            .announce(session, peer, to_alice.addr(), holdings)
+            .announce(session, peer, to_alice.addr(), &[], holdings)
             .await
             .expect("announce at the relay");
         wait_for_peer(&daemon, bob_session, to_alice.addr()).await;

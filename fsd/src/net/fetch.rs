@@ -150,7 +150,8 @@ async fn link(
     // must be the one its peer id derives from.
     let pinned = ClientTls::new(Some(&ctx.identity), Pin::Peer(remote.peer))?;
     let me = Role::Peer { id: ctx.my_id };
-    let (conn, role) = crate::net::reach::open(ctx, &file.group, &remote, &pinned, me).await?;
+    let (conn, role, addr) =
+        crate::net::reach::open(ctx, &file.group, &remote, &pinned, me).await?;
     if role != (Role::Peer { id: remote.peer }) {
         return Err(LinkFailure::WrongPeer);
     }
@@ -179,7 +180,7 @@ async fn link(
         PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
         _ => return Err(LinkFailure::Unexpected),
     };
-    let Some((key, mut queue)) = swarm.add_link(remote.peer, remote.addr.clone(), have) else {
+    let Some((key, mut queue)) = swarm.add_link(remote.peer, addr, have) else {
         return Ok(());
     };
     let _registered = Registered { swarm, key };

@@ -96,7 +96,7 @@ async fn set_up(tracker: &Tracker) -> Vec<SessionToken> {
         );
         let addr = format!("127.0.0.1:{}", 20000 + u);
         daemon
-            .announce(*s, peer, &addr, holdings)
+            .announce(*s, peer, &addr, &[], holdings)
             .await
             .expect(SET_UP_FAILED);
     }

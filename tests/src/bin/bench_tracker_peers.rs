@@ -119,7 +119,7 @@ async fn announce_all(tracker: &Tracker, owner: SessionToken, n: usize, parallel
                         bitfield(i)
                     };
                     daemon
-                        .announce(owner, peer, &addr, vec![Holding { file, have }])
+                        .announce(owner, peer, &addr, &[], vec![Holding { file, have }])
                         .await
                         .expect(SET_UP_FAILED);
                 }

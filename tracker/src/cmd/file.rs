@@ -33,6 +33,7 @@ fn online_holders<'p>(
             addr: h.card.addr.clone(),
             have: h.have.clone(),
             reach: Reach::Unknown,
+            also: h.card.also.clone(),
         })
 }
 
@@ -220,6 +221,8 @@ pub fn locate(shared: &Shared, session: &SessionToken, group: &str, name: &str) 
     let holders: Vec<PeerLocation> = online_holders(&peers, g, f, now)
         .map(|mut p| {
             p.reach = shared.reach.of(&p.peer, &p.addr);
+            p.also
+                .retain(|a| shared.reach.of(&p.peer, a) == Reach::Direct);
             p
         })
         .collect();
@@ -232,6 +235,7 @@ pub fn locate(shared: &Shared, session: &SessionToken, group: &str, name: &str) 
     // Of the sample, peers this tracker could dial come first, those it
     // could not last: a reader asks those to dial back instead.
     holders.sort_by_key(|p| match p.reach {
+        _ if !p.also.is_empty() => 0,
         Reach::Direct => 0,
         Reach::Unknown => 1,
         Reach::Unreachable => 2,
@@ -542,6 +546,7 @@ pub(crate) mod tests {
             session,
             peer: PeerId([peer; 16]),
             addr: format!("127.0.0.1:{}", 1000 + u16::from(peer)),
+            also: vec![],
             holdings: vec![Holding { file: m.id(), have }],
         };
         fx.call(announce(alice, 1, Bitfield::full(2)))
@@ -627,6 +632,7 @@ pub(crate) mod tests {
                 session: alice,
                 peer: PeerId([peer; 16]),
                 addr: format!("127.0.0.1:{}", 1000 + u16::from(peer)),
+                also: vec![],
                 holdings: vec![Holding { file: m.id(), have }],
             })
             .await

@@ -120,8 +120,9 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
             session,
             peer,
             addr,
+            also,
             holdings,
-        } => peer::announce(shared, caller, &session, peer, &addr, holdings),
+        } => peer::announce(shared, caller, &session, peer, (&addr, &also), holdings),
         R::ReportPieces {
             session,
             peer,
