@@ -7,7 +7,7 @@
 //! stateful firewalls that translate nothing
 //! (`fileshare_tests::netns::nat6`), and for both families on loopback.
 
-use fileshare_tests::mount::{wait_for, Mount};
+use fileshare_tests::mount::{wait_for, xattr, Mount};
 use fileshare_tests::netns::nat::{HomeSpec, Internet, Nat};
 use fileshare_tests::netns::nat6::Internet6;
 use fileshare_tests::netns::Host;
@@ -334,4 +334,61 @@ fn a_daemon_on_the_default_listen_address_takes_both_families_on_loopback() {
     cmp(&w.path("both.bin"), &reader.path("g/both.bin"));
     let paths = reader.xattr("g/both.bin", "user.fileshare.paths");
     assert_eq!(paths, format!("{at} direct"), "{}", reader.log());
+}
+
+#[test]
+fn a_relayed_reader_moves_to_a_direct_path_once_the_seeder_can_be_dialled() {
+    // Random ports on both routers, so the read starts on the relay; a
+    // slow relay keeps it going while alice's router starts forwarding.
+    let home = HomeSpec {
+        hosts: 1,
+        nat: Nat::Random,
+        upnp: false,
+    };
+    let net = Internet::new(1, &[home, home]);
+    let w = World::on_with_args(net.public(0), &["--relay-rate", "1000000"]);
+    let (w, users) = w.with_users(&["alice", "bob"]);
+    let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
+    let reader = mount(&w, &net, net.home_host(1, 0), &users[1]);
+    let data = share(&w, &seeder, &reader, "m.bin", 32 * MIB);
+    let file = reader.path("g/m.bin");
+    let reading = std::thread::spawn(move || std::fs::read(file));
+    wait_for("a relayed link", Duration::from_secs(30), || {
+        let paths = xattr(&reader.path("g/m.bin"), "user.fileshare.paths").ok()?;
+        paths.ends_with(" relayed").then_some(())
+    });
+    // alice's router forwards her daemon's port from now on. The tracker
+    // still lists her as unreachable (its probe stands for minutes).
+    let inside = net.home_host(0, 0).addr;
+    let port: SocketAddr = seeder.listen.parse().expect("the seeder's address");
+    let port = port.port();
+    net.router_nft(
+        0,
+        &format!(
+            "table ip forward_in {{\n\
+             \tchain prerouting {{\n\
+             \t\ttype nat hook prerouting priority -101;\n\
+             \t\tiifname \"eth0\" tcp dport {port} dnat to {inside}\n\
+             \t}}\n\
+             }}\n\
+             add rule inet filter miniupnpd ip daddr {inside} tcp dport {port} accept\n"
+        ),
+    );
+    let got = reading.join().expect("the reading thread").expect("read");
+    assert!(
+        got == data,
+        "wrong bytes\nreader:\n{}\nseeder:\n{}",
+        reader.log(),
+        seeder.log()
+    );
+    let paths = reader.xattr("g/m.bin", "user.fileshare.paths");
+    let direct = format!("{}:{port} direct", net.home(0).router.addr);
+    assert_eq!(paths, direct, "reader:\n{}", reader.log());
+    assert!(
+        reader
+            .log()
+            .contains("moved from the relay to a direct path"),
+        "{}",
+        reader.log()
+    );
 }

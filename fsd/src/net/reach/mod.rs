@@ -11,7 +11,9 @@
 //! - [`Path::Punched`]: both are behind NAT; the tracker calls the holder
 //!   and both dial each other at once ([`punch`]).
 //! - [`Path::Relayed`]: neither can dial the other; both connect to the
-//!   tracker's relay, which forwards the TLS bytes ([`relay`]).
+//!   tracker's relay, which forwards the TLS bytes ([`relay`]). The reader
+//!   keeps trying the direct path ([`direct_when_open`]) and moves there
+//!   once it opens.
 //!
 //! The path of each connection is kept by peer address, for `getfattr`
 //! (`user.fileshare.paths`) and the dashboard.
@@ -57,6 +59,19 @@ impl Path {
         }
     }
 }
+
+/// A peer connection as opened: the TLS connection, the holder's role,
+/// the address it is known by and the way it was opened.
+pub struct Opened {
+    pub conn: SecureConnection,
+    pub role: Role,
+    pub addr: String,
+    pub path: Path,
+}
+
+/// How often a relayed link tries to dial the holder directly (its
+/// router may have begun forwarding a port, or its firewall opened).
+pub const DIRECT_RETRY: Duration = Duration::from_secs(5);
 
 /// Addresses whose path is remembered at most; beyond, the map restarts.
 const MAX_PATHS: usize = 4096;
@@ -202,12 +217,17 @@ pub async fn open(
     remote: &PeerLocation,
     tls: &ClientTls,
     me: Role,
-) -> Result<(SecureConnection, Role, String), OpenError> {
+) -> Result<Opened, OpenError> {
     if let Some(better) = family::preferred(remote) {
         match tls::connect(&better, tls, me.clone(), PEER_TIMEOUT).await {
             Ok((conn, role, _)) => {
                 ctx.reach.note_path(&better, Path::Direct);
-                return Ok((conn, role, better));
+                return Ok(Opened {
+                    conn,
+                    role,
+                    addr: better,
+                    path: Path::Direct,
+                });
             }
             Err(e) => {
                 let e = fileshare_protocol::error::chain(&e);
@@ -226,7 +246,12 @@ pub async fn open(
             match tls::connect(&remote.addr, tls, me.clone(), timeout).await {
                 Ok((conn, role, _)) => {
                     ctx.reach.note_path(&remote.addr, Path::Direct);
-                    return Ok((conn, role, remote.addr.clone()));
+                    return Ok(Opened {
+                        conn,
+                        role,
+                        addr: remote.addr.clone(),
+                        path: Path::Direct,
+                    });
                 }
                 Err(e) => fileshare_protocol::error::chain(&e),
             }
@@ -262,7 +287,36 @@ pub async fn open(
             source,
         })?;
     ctx.reach.note_path(&remote.addr, path);
-    Ok((conn, role, remote.addr.clone()))
+    Ok(Opened {
+        conn,
+        role,
+        addr: remote.addr.clone(),
+        path,
+    })
+}
+
+/// Dials `remote` directly every [`DIRECT_RETRY`] until it answers, for a
+/// relayed link to move to: the tracker's verdict on the holder stands for
+/// minutes, a router's new forward or an opened firewall does not wait.
+pub async fn direct_when_open(
+    ctx: &LinkCtx,
+    remote: &PeerLocation,
+    tls: &ClientTls,
+    me: Role,
+) -> Opened {
+    let addr = family::preferred(remote).unwrap_or_else(|| remote.addr.clone());
+    loop {
+        tokio::time::sleep(DIRECT_RETRY).await;
+        if let Ok((conn, role, _)) = tls::connect(&addr, tls, me.clone(), UNKNOWN_DIAL).await {
+            ctx.reach.note_path(&addr, Path::Direct);
+            return Opened {
+                conn,
+                role,
+                addr,
+                path: Path::Direct,
+            };
+        }
+    }
 }
 
 /// One line on how peers reach this daemon, from the tracker's answer to
