@@ -72,8 +72,9 @@ pub struct MountArgs {
     /// Where to mount the swarm (created if missing)
     #[arg(default_value = "/mnt/fileshare")]
     pub mountpoint: PathBuf,
-    /// Address the peer server listens on
-    #[arg(long, default_value = "0.0.0.0:0")]
+    /// Address the peer server listens on; `[::]` takes IPv6 and IPv4
+    /// alike, `0.0.0.0` IPv4 only
+    #[arg(long, default_value = "[::]:0")]
     pub listen: String,
     /// Detach once the mount is up
     #[arg(long)]

@@ -17,7 +17,6 @@ use fileshare_protocol::messages::tracker::LeaveNetwork;
 use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::tls::{ClientCerts, ServerTls};
 use fileshare_protocol::Identity;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,12 +81,15 @@ impl Node {
 
         let listener = crate::net::reach::listen(&listen)
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let addr = public_addr(listener.local_addr()?, &first_tracker);
+        let bound = listener.local_addr()?;
+        let primary = crate::net::reach::family::primary(bound, &first_tracker);
+        let addr = primary.to_string();
         crate::net::upload_scheduler::limit_unsent(&listener);
 
         let registry = Arc::new(Registry::default());
         let reach = Arc::new(crate::net::reach::Reach::default());
-        reach.set_listen(listener.local_addr()?);
+        reach.set_listen(bound);
+        reach.set_also(crate::net::reach::family::others(bound, primary));
         let burst = fileshare_protocol::PIECE_LEN;
         let engine_tasks = tasks.child();
         let engine = Engine::new(
@@ -160,18 +162,4 @@ impl Node {
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.client.call(leave)).await;
     }
-}
-
-/// The address other peers reach us at: the listening port on the local
-/// address that routes to the first tracker.
-fn public_addr(bound: SocketAddr, tracker: &str) -> String {
-    if !bound.ip().is_unspecified() {
-        return bound.to_string();
-    }
-    let ip = std::net::UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect(tracker).map(|()| s))
-        .and_then(|s| s.local_addr())
-        .map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-    SocketAddr::new(ip, bound.port()).to_string()
 }

@@ -473,7 +473,7 @@ impl TrackerLink {
     /// until the next one is due.
     pub async fn announce(
         &self,
-        addr: &str,
+        (addr, also): (&str, &[String]),
         holdings: Vec<Holding>,
     ) -> Result<Duration, LinkError> {
         self.reports.lock().clear();
@@ -482,6 +482,7 @@ impl TrackerLink {
                 session: self.session,
                 peer: self.peer,
                 addr: addr.into(),
+                also: also.to_vec(),
                 holdings,
             })
             .await?;

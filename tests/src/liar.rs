@@ -121,6 +121,7 @@ impl Liar {
                         session,
                         peer,
                         addr: announced.to_string(),
+                        also: vec![],
                         holdings,
                     })
                     .await;

@@ -126,19 +126,28 @@ impl Mount {
         let from = log.metadata().map_or(0, |m| m.len());
         let filter =
             std::env::var("FILESHARE_TEST_LOG").unwrap_or_else(|_| "info,fsd=debug".into());
+        // A host with IPv6 only runs the daemon on its default listen
+        // address (both families on one port), as a user would.
         let (mut cmd, listen) = match &self.host {
-            Some(h) => (h.command(&self.fsd), format!("{}:0", h.addr)),
-            None => (Command::new(&self.fsd), "127.0.0.1:0".to_string()),
+            Some(h) if h.addr.is_ipv6() => (h.command(&self.fsd), None),
+            Some(h) => (
+                h.command(&self.fsd),
+                Some(std::net::SocketAddr::new(h.addr, 0).to_string()),
+            ),
+            None => (Command::new(&self.fsd), Some("127.0.0.1:0".to_string())),
         };
-        let child = cmd
-            .arg("--home")
+        cmd.arg("--home")
             .arg(&self.home)
             .arg("--trackers")
             .arg(&self.trackers)
             .arg("mount")
-            .arg(&self.mountpoint)
-            .arg("--listen")
-            .arg(listen)
+            .arg(&self.mountpoint);
+        // A `--listen` among the extra arguments (the default `[::]:0`,
+        // say) replaces the host's address.
+        if let Some(listen) = listen.filter(|_| !self.extra.iter().any(|a| a == "--listen")) {
+            cmd.arg("--listen").arg(listen);
+        }
+        let child = cmd
             .args(&self.extra)
             // The "mounted" line gives the port, whatever else is logged.
             .env("RUST_LOG", format!("{filter},fsd::mount=info"))

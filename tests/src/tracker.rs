@@ -101,7 +101,7 @@ impl Tracker {
     /// A tracker in `host`'s network namespace, listening on its address
     /// (no port to reserve: nothing else runs there).
     pub fn start_on(host: &Host, args: &[&str]) -> Tracker {
-        let addr = format!("{}:7000", host.addr);
+        let addr = std::net::SocketAddr::new(host.addr, 7000).to_string();
         let mut t = Tracker::member(Path::new(""), 1, &addr, args);
         t.trackers_file = t.dir.path().join("trackers.txt");
         std::fs::write(&t.trackers_file, format!("# test cluster\n{addr}\n"))
@@ -117,7 +117,7 @@ impl Tracker {
     /// lists it at `host`'s address, port 7000, to run in `host`'s network
     /// namespace; not started yet ([`Tracker::launch`] does).
     pub fn member_on(host: &Host, trackers_file: &Path, no: u32, args: &[&str]) -> Tracker {
-        let addr = format!("{}:7000", host.addr);
+        let addr = std::net::SocketAddr::new(host.addr, 7000).to_string();
         let mut t = Tracker::member(trackers_file, no, &addr, args);
         t.host = Some(host.clone());
         t

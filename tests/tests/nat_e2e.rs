@@ -3,21 +3,25 @@
 //! forwarding: the tracker and a public user on the public bridge, users
 //! in homes of their own (see `fileshare_tests::netns::nat`). Every read
 //! is checked byte for byte, and the path it took is read back from
-//! `getfattr` and `fsd status`.
+//! `getfattr` and `fsd status`. The same for hosts with IPv6 only, behind
+//! stateful firewalls that translate nothing
+//! (`fileshare_tests::netns::nat6`), and for both families on loopback.
 
-use fileshare_tests::mount::{wait_for, Mount};
+use fileshare_tests::mount::{wait_for, xattr, Mount};
 use fileshare_tests::netns::nat::{HomeSpec, Internet, Nat};
+use fileshare_tests::netns::nat6::Internet6;
 use fileshare_tests::netns::Host;
-use fileshare_tests::random_file;
 use fileshare_tests::world::{User, World};
+use fileshare_tests::{cmp, random_file, reserve_port};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 const MIB: usize = 1 << 20;
 
-/// A tracker on public host 0, and the users `names`, all in group `g`
-/// owned by the first.
-fn world(net: &Internet, names: &[&str]) -> (World, Vec<User>) {
-    let w = World::on(net.public(0));
+/// A tracker on `host`, and the users `names`, all in group `g` owned by
+/// the first.
+fn world(host: &Host, names: &[&str]) -> (World, Vec<User>) {
+    let w = World::on(host);
     let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
     let (owner, rest) = users.split_first().expect("an owner");
     w.group("g", owner, &rest.iter().collect::<Vec<_>>());
@@ -103,7 +107,7 @@ fn home_routers_let_connections_out_and_none_in() {
     );
     // The public host sees the router's address, not the home's.
     let (_, seen) = outside.accept().expect("accept");
-    assert_eq!(seen.ip(), std::net::IpAddr::V4(net.home(0).router.addr));
+    assert_eq!(seen.ip(), net.home(0).router.addr);
     assert!(
         !connects(&public, (net.home(0).router.addr, in_port).into()),
         "nothing forwards the router's port to the home"
@@ -124,7 +128,7 @@ fn a_reader_behind_nat_reads_from_a_public_seeder() {
             upnp: false,
         }],
     );
-    let (w, users) = world(&net, &["carol", "bob"]);
+    let (w, users) = world(net.public(0), &["carol", "bob"]);
     let seeder = mount(&w, &net, net.public(1), &users[0]);
     let reader = mount(&w, &net, net.home_host(0, 0), &users[1]);
     let data = share(&w, &seeder, &reader, "p.bin", 8 * MIB);
@@ -148,7 +152,7 @@ fn a_public_reader_reads_from_a_seeder_behind_nat() {
             upnp: false,
         }],
     );
-    let (w, users) = world(&net, &["alice", "carol"]);
+    let (w, users) = world(net.public(0), &["alice", "carol"]);
     let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
     let reader = mount(&w, &net, net.public(1), &users[1]);
     let data = share(&w, &seeder, &reader, "a.bin", 32 * MIB);
@@ -177,7 +181,7 @@ fn a_reader_behind_nat_reads_through_the_relay_from_a_seeder_behind_another() {
         upnp: false,
     };
     let net = Internet::new(1, &[home, home]);
-    let (w, users) = world(&net, &["alice", "bob"]);
+    let (w, users) = world(net.public(0), &["alice", "bob"]);
     let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
     let reader = mount(&w, &net, net.home_host(1, 0), &users[1]);
     let data = share(&w, &seeder, &reader, "r.bin", 32 * MIB);
@@ -203,7 +207,7 @@ fn a_reader_behind_nat_punches_a_path_to_a_seeder_behind_another() {
         upnp: false,
     };
     let net = Internet::new(1, &[home, home]);
-    let (w, users) = world(&net, &["alice", "bob"]);
+    let (w, users) = world(net.public(0), &["alice", "bob"]);
     let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
     let reader = mount(&w, &net, net.home_host(1, 0), &users[1]);
     let data = share(&w, &seeder, &reader, "h.bin", 32 * MIB);
@@ -236,7 +240,7 @@ fn a_seeder_behind_a_upnp_router_maps_a_port_and_is_read_directly() {
             upnp: true,
         }],
     );
-    let (w, users) = world(&net, &["alice", "carol"]);
+    let (w, users) = world(net.public(0), &["alice", "carol"]);
     let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
     let reader = mount(&w, &net, net.public(1), &users[1]);
     // Offered at the router's public address, through the mapped port.
@@ -265,5 +269,126 @@ fn a_seeder_behind_a_upnp_router_maps_a_port_and_is_read_directly() {
     assert!(
         paths.contains(&direct) && paths.ends_with(" direct"),
         "{paths}"
+    );
+}
+
+#[test]
+fn ipv6_hosts_behind_stateful_firewalls_punch_a_path() {
+    // IPv6 only, nothing translated: each home is closed by its router's
+    // firewall alone. The daemons run on their default listen address.
+    let net = Internet6::new(1, &[1, 1]);
+    let (w, users) = world(net.public(0), &["alice", "bob"]);
+    let on = |host: &Host, user: &User| {
+        let m = w.mount_on(host, user, &[]);
+        net.track_mount(&m.mountpoint);
+        m
+    };
+    let (alice, bob) = (net.home_host(0, 0), net.home_host(1, 0));
+    let seeder = on(alice, &users[0]);
+    let reader = on(bob, &users[1]);
+    // The tracker sees each at its own address, and cannot dial it.
+    for (host, user) in [(alice, &users[0]), (bob, &users[1])] {
+        let closed = format!("not reachable at [{}]:", host.addr);
+        await_status(&w, host, user, &closed);
+    }
+    share(&w, &seeder, &reader, "v6.bin", 32 * MIB);
+    cmp(&w.path("v6.bin"), &reader.path("g/v6.bin"));
+    let paths = reader.xattr("g/v6.bin", "user.fileshare.paths");
+    let punched = format!("[{}]:", alice.addr);
+    assert!(
+        paths.contains(&punched) && paths.ends_with(" punched"),
+        "{paths}\nreader:\n{}\nseeder:\n{}",
+        reader.log(),
+        seeder.log()
+    );
+    let st = status(&w, bob, &users[1]);
+    assert!(st.contains("(punched)"), "{st}");
+}
+
+#[test]
+fn a_daemon_on_the_default_listen_address_takes_both_families_on_loopback() {
+    // The tracker takes IPv6 on its own port too; alice's daemon reaches
+    // it there, so it is offered at [::1], and bob reads from it there.
+    let six = reserve_port();
+    let six = format!("[::1]:{}", six.get());
+    let w = World::with_tracker_args(&["--listen", &six]);
+    let (w, users) = w.with_users(&["alice", "bob"]);
+    let trackers6 = w.path("trackers6.txt");
+    std::fs::write(&trackers6, format!("{six}\n")).expect("write trackers file");
+    let seeder = Mount::start(
+        &w.fsd,
+        &users[0].home,
+        &trackers6,
+        &w.path("mnt-alice"),
+        &["--listen", "[::]:0"],
+    );
+    let reader = w.mount(&users[1], &[]);
+    let at: SocketAddr = seeder.listen.parse().expect("the seeder's address");
+    assert!(at.ip().is_ipv6(), "offered at {at}, not at [::1]");
+    for ip in ["::1", "127.0.0.1"] {
+        let to = SocketAddr::new(ip.parse().unwrap(), at.port());
+        let ok = TcpStream::connect_timeout(&to, Duration::from_secs(2));
+        assert!(ok.is_ok(), "the daemon does not accept on {to}: {ok:?}");
+    }
+    share(&w, &seeder, &reader, "both.bin", 4 * MIB);
+    cmp(&w.path("both.bin"), &reader.path("g/both.bin"));
+    let paths = reader.xattr("g/both.bin", "user.fileshare.paths");
+    assert_eq!(paths, format!("{at} direct"), "{}", reader.log());
+}
+
+#[test]
+fn a_relayed_reader_moves_to_a_direct_path_once_the_seeder_can_be_dialled() {
+    // Random ports on both routers, so the read starts on the relay; a
+    // slow relay keeps it going while alice's router starts forwarding.
+    let home = HomeSpec {
+        hosts: 1,
+        nat: Nat::Random,
+        upnp: false,
+    };
+    let net = Internet::new(1, &[home, home]);
+    let w = World::on_with_args(net.public(0), &["--relay-rate", "1000000"]);
+    let (w, users) = w.with_users(&["alice", "bob"]);
+    let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
+    let reader = mount(&w, &net, net.home_host(1, 0), &users[1]);
+    let data = share(&w, &seeder, &reader, "m.bin", 32 * MIB);
+    let file = reader.path("g/m.bin");
+    let reading = std::thread::spawn(move || std::fs::read(file));
+    wait_for("a relayed link", Duration::from_secs(30), || {
+        let paths = xattr(&reader.path("g/m.bin"), "user.fileshare.paths").ok()?;
+        paths.ends_with(" relayed").then_some(())
+    });
+    // alice's router forwards her daemon's port from now on. The tracker
+    // still lists her as unreachable (its probe stands for minutes).
+    let inside = net.home_host(0, 0).addr;
+    let port: SocketAddr = seeder.listen.parse().expect("the seeder's address");
+    let port = port.port();
+    net.router_nft(
+        0,
+        &format!(
+            "table ip forward_in {{\n\
+             \tchain prerouting {{\n\
+             \t\ttype nat hook prerouting priority -101;\n\
+             \t\tiifname \"eth0\" tcp dport {port} dnat to {inside}\n\
+             \t}}\n\
+             }}\n\
+             add rule inet filter miniupnpd ip daddr {inside} tcp dport {port} accept\n"
+        ),
+    );
+    let got = reading.join().expect("the reading thread").expect("read");
+    assert!(
+        got == data,
+        "wrong bytes\nreader:\n{}\nseeder:\n{}",
+        reader.log(),
+        seeder.log()
+    );
+    let paths = reader.xattr("g/m.bin", "user.fileshare.paths");
+    let direct = format!("{}:{port} direct", net.home(0).router.addr);
+    assert_eq!(paths, direct, "reader:\n{}", reader.log());
+    assert!(
+        reader
+            .log()
+            .contains("moved from the relay to a direct path"),
+        "{}",
+        reader.log()
     );
 }

@@ -429,6 +429,7 @@ fn nothing_readable_crosses_the_wire() {
                 session,
                 peer,
                 addr: to_alice.addr().to_string(),
+                also: vec![],
                 holdings,
             })
             .await

@@ -154,16 +154,33 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerErr
     };
     // Load before listening, so a client that connects sees the state.
     let (shared, node) = Shared::open(&config.data_dir, settings, transport).await?;
-    let listener = match TcpListener::bind(&addr).await {
-        Ok(l) => l,
-        Err(error) => {
-            cancel.cancel();
-            node.stop().await;
-            tasks.close();
-            tasks.wait().await;
-            return Err(TrackerError::Bind { addr, error });
+    let mut listeners = Vec::new();
+    for at in std::iter::once(&addr).chain(&shared.settings.also_listen) {
+        let bound = if *at == addr {
+            TcpListener::bind(at).await
+        } else {
+            bind_also(at).await
+        };
+        match bound {
+            Ok(l) => listeners.push(l),
+            Err(error) => {
+                drop(listeners);
+                cancel.cancel();
+                node.stop().await;
+                tasks.close();
+                tasks.wait().await;
+                return Err(TrackerError::Bind {
+                    addr: at.clone(),
+                    error,
+                });
+            }
         }
-    };
+    }
+    let mut addr = addr;
+    for also in &shared.settings.also_listen {
+        addr.push_str(" and ");
+        addr.push_str(also);
+    }
     tracing::info!(
         "tracker {no} of {size} listening on {addr}, data in {}, key {}",
         config.data_dir.display(),
@@ -175,7 +192,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerErr
         tasks.spawn(async move { shared.sweep_peers(cancel).await });
     }
     let admission = server::Admission::new(tls, trust);
-    server::run(listener, shared.clone(), admission, shutdown).await;
+    server::run(listeners, shared.clone(), admission, shutdown).await;
     drop(shared);
     node.stop().await;
     cancel.cancel();
@@ -183,4 +200,26 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerErr
     tasks.wait().await;
     tracing::info!("tracker {no} stopped");
     Ok(())
+}
+
+/// A listener on `addr` besides the trackers file's own address: one of
+/// IPv6 takes IPv6 alone, so `[::]:7000` can sit beside `0.0.0.0:7000` or
+/// the machine's IPv4 address on the same port.
+async fn bind_also(addr: &str) -> std::io::Result<TcpListener> {
+    let at = tokio::net::lookup_host(addr).await?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr:?} names no address"),
+        )
+    })?;
+    let s = if at.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        let s = tokio::net::TcpSocket::new_v6()?;
+        socket2::SockRef::from(&s).set_only_v6(true)?;
+        s
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(at)?;
+    s.listen(1024)
 }

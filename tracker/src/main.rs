@@ -74,6 +74,11 @@ struct Args {
     /// otherwise a member could send other daemons to dial any host)
     #[arg(long)]
     trust_announced_addresses: bool,
+    /// Also accept connections on ADDR (repeatable), e.g. `[::]:7000` to
+    /// serve IPv6 beside the IPv4 address the trackers file lists; the
+    /// trackers file's address is always listened on
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<String>,
     /// Bytes per second each user's daemons may send through this
     /// tracker's relay (for daemons that cannot reach each other), over
     /// all their relayed connections; 0 turns the relay off
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
                 locate_peers: count(args.locate_peers),
             },
             trust_announced_addrs: args.trust_announced_addresses,
+            also_listen: args.listen,
             relay: fileshare_tracker::reach::relay::RelayLimits {
                 rate: args.relay_rate,
                 pairs_per_user: count(args.relay_pairs_per_user),

@@ -23,6 +23,8 @@ pub struct Card {
     pub id: PeerId,
     pub user: String,
     pub addr: String,
+    /// Its addresses in other families (offered once dialled).
+    pub also: Vec<String>,
     /// Milliseconds since [`Peers`]' epoch; atomic because every holding
     /// shares the card and a report refreshes it.
     last_seen_ms: AtomicU64,
@@ -115,7 +117,7 @@ impl Peers {
         now: Instant,
         id: PeerId,
         user: &str,
-        addr: String,
+        (addr, also): (String, Vec<String>),
         holdings: Vec<(FileId, Bitfield)>,
     ) -> Result<(), ErrorCode> {
         let now_ms = self.ms(now);
@@ -125,6 +127,7 @@ impl Peers {
             id,
             user: user.to_string(),
             addr,
+            also,
             last_seen_ms: AtomicU64::new(now_ms),
         });
         let mut files = HashSet::with_capacity(holdings.len());
@@ -269,7 +272,7 @@ mod tests {
                 t0,
                 P,
                 "u",
-                "127.0.0.1:1".into(),
+                ("127.0.0.1:1".into(), vec![]),
                 vec![(F, Bitfield::full(4))],
             )
             .unwrap();
@@ -284,7 +287,9 @@ mod tests {
     fn reports_set_bits_and_only_holders_with_pieces_count() {
         let mut peers = Peers::new(Duration::from_secs(5));
         let t0 = Instant::now();
-        peers.announce(t0, P, "u", "a".into(), vec![]).unwrap();
+        peers
+            .announce(t0, P, "u", ("a".into(), vec![]), vec![])
+            .unwrap();
         assert!(peers.report(t0, PeerId([9; 16]), "u", F, 4, &[0]).is_err());
         assert_eq!(peers.holders(&F, t0).count(), 0);
         peers.report(t0, P, "u", F, 4, &[1, 3]).unwrap();
@@ -299,13 +304,23 @@ mod tests {
         let mut peers = Peers::new(Duration::from_secs(5));
         let t0 = Instant::now();
         peers
-            .announce(t0, P, "u", "a".into(), vec![(F, Bitfield::full(1))])
+            .announce(
+                t0,
+                P,
+                "u",
+                ("a".into(), vec![]),
+                vec![(F, Bitfield::full(1))],
+            )
             .unwrap();
-        assert!(peers.announce(t0, P, "v", "b".into(), vec![]).is_err());
+        assert!(peers
+            .announce(t0, P, "v", ("b".into(), vec![]), vec![])
+            .is_err());
         assert!(peers.leave(&P, "v").is_err());
         // Once offline, the id is free again.
         let later = t0 + Duration::from_secs(60);
-        peers.announce(later, P, "v", "b".into(), vec![]).unwrap();
+        peers
+            .announce(later, P, "v", ("b".into(), vec![]), vec![])
+            .unwrap();
         assert_eq!(peers.holders(&F, later).count(), 0);
         peers.leave(&P, "v").unwrap();
         assert!(peers.is_empty());

@@ -345,6 +345,7 @@ mod tests {
             addr: String::new(),
             have,
             reach: fileshare_protocol::messages::tracker::Reach::Unknown,
+            also: Vec::new(),
         };
         // bob's two daemons hold 0..32 and 16..48: he still wants 0..16.
         let mut peers = vec![loc("bob", with(64, 0..32)), loc("bob", with(64, 16..48))];

@@ -153,10 +153,10 @@ impl Admission {
     }
 }
 
-/// Serves `listener` until `shutdown` completes, then waits for every
+/// Serves `listeners` until `shutdown` completes, then waits for every
 /// connection to finish its requests in flight.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     shared: Arc<Shared>,
     admission: Admission,
     shutdown: impl Future,
@@ -168,7 +168,7 @@ pub async fn run(
         shared.settings.limits.connections_per_address,
     );
     let mut server = Listener {
-        listener,
+        listeners,
         shared,
         limits,
         admission: Arc::new(admission),
@@ -186,7 +186,7 @@ pub async fn run(
 }
 
 struct Listener {
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     shared: Arc<Shared>,
     admission: Arc<Admission>,
     limits: ConnLimits,
@@ -201,10 +201,12 @@ impl Listener {
     async fn run(&mut self) {
         let mut backoff = Duration::from_millis(10);
         loop {
-            let (stream, addr) = match self.listener.accept().await {
-                Ok(s) => {
+            let (stream, addr) = match accept_any(&self.listeners).await {
+                Ok((s, a)) => {
                     backoff = Duration::from_millis(10);
-                    s
+                    // A dual-stack listener shows IPv4 clients as mapped
+                    // IPv6 addresses: limits and offers use the IPv4 one.
+                    (s, SocketAddr::new(a.ip().to_canonical(), a.port()))
                 }
                 Err(e) => {
                     tracing::warn!("accept failed, retrying in {backoff:?}: {e}");
@@ -241,6 +243,19 @@ impl Listener {
             });
         }
     }
+}
+
+/// The next connection on any of `listeners`.
+async fn accept_any(listeners: &[TcpListener]) -> std::io::Result<(TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        for l in listeners {
+            if let std::task::Poll::Ready(r) = l.poll_accept(cx) {
+                return std::task::Poll::Ready(r);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 struct Handler {

@@ -42,6 +42,10 @@ pub struct Settings {
     /// What the relay allows each user (`--relay-rate`,
     /// `--relay-pairs-per-user`).
     pub relay: crate::reach::relay::RelayLimits,
+    /// More addresses to accept clients on besides this tracker's own in
+    /// the trackers file (`--listen`), e.g. `[::]:7000` so daemons that
+    /// have IPv6 only reach a tracker listed at an IPv4 address.
+    pub also_listen: Vec<String>,
 }
 
 /// What one connection, one address or one account may take; each is a
@@ -110,6 +114,7 @@ impl Default for Settings {
             limits: Limits::default(),
             trust_announced_addrs: false,
             relay: crate::reach::relay::RelayLimits::default(),
+            also_listen: Vec::new(),
         }
     }
 }

@@ -636,7 +636,12 @@ impl Engine {
             if now >= next {
                 shrank = false;
                 let offered = self.link_ctx.reach.announce_addr(&addr);
-                match self.tracker.announce(&offered, self.holdings()).await {
+                let also = self.link_ctx.reach.also();
+                match self
+                    .tracker
+                    .announce((&offered, &also), self.holdings())
+                    .await
+                {
                     Ok(i) => {
                         if lost {
                             tracing::info!(tracker = %self.tracker.client.current(), "tracker back; announced again");

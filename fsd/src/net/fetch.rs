@@ -12,6 +12,7 @@
 //! swarm, whose scheduling step chooses the next requests. Each piece is
 //! verified and stored by a task of the swarm, on the blocking pool.
 
+use crate::net::reach::{Opened, Path};
 use crate::net::token_bucket::TokenBucket;
 use crate::pieces::swarm::{LinkCmd, LinkKey, Swarm};
 use crate::tasks::Tasks;
@@ -108,15 +109,29 @@ enum LinkFailure {
 /// The caller has registered the attempt with [`Swarm::connect_started`];
 /// `tasks` is the swarm's node of the task tree.
 pub async fn run(swarm: Arc<Swarm>, ctx: Arc<LinkCtx>, remote: PeerLocation, tasks: Tasks) {
-    let addr = remote.addr.clone();
     let peer = remote.peer;
     let cancel = swarm.cancel.clone();
-    tokio::select! {
-        r = link(&swarm, &ctx, remote, &tasks) => {
-            if let Err(e) = r {
-                tracing::debug!(file = %swarm.file.meta.name, peer = %addr, "link ended: {e:#}");
+    let links = async {
+        let mut opened = None;
+        loop {
+            match link(&swarm, &ctx, &remote, &tasks, opened.take()).await {
+                // Moved off the relay: the same peer again, on the direct
+                // path, unless another link to it started meanwhile.
+                Ok(Some(direct)) if swarm.connect_started(peer) => {
+                    tracing::info!(file = %swarm.file.meta.name, peer = %direct.addr, "moved from the relay to a direct path");
+                    opened = Some(direct);
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    let addr = &remote.addr;
+                    tracing::debug!(file = %swarm.file.meta.name, peer = %addr, "link ended: {e:#}");
+                    break;
+                }
             }
         }
+    };
+    tokio::select! {
+        () = links => {}
         () = cancel.cancelled() => {}
     }
     swarm.connect_ended(&peer);
@@ -134,12 +149,16 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// One link to `remote`, on `opened` if given, else on a connection it
+/// opens. Ends with a direct connection to move to when it ran through the
+/// relay and the holder became reachable directly.
 async fn link(
     swarm: &Arc<Swarm>,
     ctx: &LinkCtx,
-    remote: PeerLocation,
+    remote: &PeerLocation,
     tasks: &Tasks,
-) -> Result<(), LinkFailure> {
+    opened: Option<Opened>,
+) -> Result<Option<Opened>, LinkFailure> {
     let file = swarm.file.clone();
     let held = ctx
         .tracker
@@ -150,7 +169,15 @@ async fn link(
     // must be the one its peer id derives from.
     let pinned = ClientTls::new(Some(&ctx.identity), Pin::Peer(remote.peer))?;
     let me = Role::Peer { id: ctx.my_id };
-    let (conn, role) = crate::net::reach::open(ctx, &file.group, &remote, &pinned, me).await?;
+    let Opened {
+        conn,
+        role,
+        addr,
+        path,
+    } = match opened {
+        Some(o) => o,
+        None => crate::net::reach::open(ctx, &file.group, remote, &pinned, me.clone()).await?,
+    };
     if role != (Role::Peer { id: remote.peer }) {
         return Err(LinkFailure::WrongPeer);
     }
@@ -179,8 +206,8 @@ async fn link(
         PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
         _ => return Err(LinkFailure::Unexpected),
     };
-    let Some((key, mut queue)) = swarm.add_link(remote.peer, remote.addr.clone(), have) else {
-        return Ok(());
+    let Some((key, mut queue)) = swarm.add_link(remote.peer, addr, have) else {
+        return Ok(None);
     };
     let _registered = Registered { swarm, key };
     // Cancelled by a verification task when this peer must be dropped.
@@ -395,10 +422,19 @@ async fn link(
         }
     };
 
+    let direct = async {
+        if path == Path::Relayed {
+            crate::net::reach::direct_when_open(ctx, remote, &pinned, me).await
+        } else {
+            std::future::pending().await
+        }
+    };
+
     tokio::select! {
-        r = send => r,
-        r = receive => r,
-        r = renew => r,
+        r = send => r.map(|()| None),
+        r = receive => r.map(|()| None),
+        r = renew => r.map(|()| None),
+        o = direct => Ok(Some(o)),
         () = dropped.cancelled() => Err(LinkFailure::BadPieces(crate::pieces::swarm::MAX_FAILURES)),
     }
 }

@@ -113,6 +113,9 @@ pub async fn run(listener: TcpListener, ctx: Arc<ServeCtx>) {
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
+                // The dual-stack listener shows IPv4 peers as mapped
+                // IPv6 addresses: limits count them by their IPv4 one.
+                let from = std::net::SocketAddr::new(from.ip().to_canonical(), from.port());
                 let place = admission.stranger(from.ip());
                 let conn_tasks = ctx.tasks.child();
                 let conn_ctx = ctx.clone();

@@ -152,6 +152,9 @@ pub enum ClusterMsg {
         peer: PeerId,
         user: String,
         addr: String,
+        /// Its addresses in other families, as announced (each tracker
+        /// dials them itself before offering them).
+        also: Vec<String>,
         holdings: Vec<Holding>,
     },
     /// Gossip: a daemon reported verified pieces of `file` to the sender.

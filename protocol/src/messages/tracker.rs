@@ -82,7 +82,14 @@ pub struct PeerLocation {
     pub have: Bitfield,
     /// Whether the tracker could dial `addr` itself.
     pub reach: Reach,
+    /// The peer's addresses in other address families that the tracker
+    /// dialled it at itself (so no translation is in the way): a reader
+    /// that can route one of them dials it first.
+    pub also: Vec<String>,
 }
+
+/// Addresses of other families one announce may carry; more are ignored.
+pub const MAX_ALSO_ADDRS: usize = 2;
 
 /// What a tracker found when it dialled a daemon's offered address (a TLS
 /// handshake that must show the daemon's own key).

@@ -120,6 +120,7 @@ async fn set_up(tracker: &Tracker) -> Vec<SessionToken> {
                 session: *s,
                 peer,
                 addr: addr.to_string(),
+                also: vec![],
                 holdings,
             })
             .await

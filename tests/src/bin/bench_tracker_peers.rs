@@ -149,6 +149,7 @@ async fn announce_all(tracker: &Tracker, owner: SessionToken, n: usize, parallel
                             session: owner,
                             peer,
                             addr: addr.to_string(),
+                            also: vec![],
                             holdings: vec![Holding { file, have }],
                         })
                         .await

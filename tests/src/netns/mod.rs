@@ -26,6 +26,7 @@ use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 pub mod nat;
+pub mod nat6;
 
 /// What every name of this harness starts with (interfaces and namespaces).
 const TAG: &str = "fsn";
@@ -61,7 +62,9 @@ impl Shape {
 pub struct Host {
     /// The namespace's name (`ip netns exec NAME`).
     pub ns: String,
-    pub addr: Ipv4Addr,
+    /// Its address: IPv4, or IPv6 on the IPv6-only topology
+    /// ([`nat6`]).
+    pub addr: std::net::IpAddr,
 }
 
 impl Host {
@@ -116,7 +119,7 @@ impl Host {
 
     /// Whether something accepts TCP connections at `port` on this host.
     pub fn accepts(&self, port: u16) -> bool {
-        let addr = std::net::SocketAddr::from((self.addr, port));
+        let addr = std::net::SocketAddr::new(self.addr, port);
         self.run_in(move || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
         })
@@ -152,6 +155,21 @@ struct Owned {
 }
 
 impl Owned {
+    /// A new namespace under this topology, loopback up; recorded before
+    /// it exists, so an interruption removes it.
+    fn add_ns(&mut self, ns: &str) {
+        self.namespaces.push(ns.to_string());
+        register(self);
+        run(&["ip", "netns", "add", ns]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+
+    /// Records a root-namespace link about to be made.
+    fn add_link(&mut self, link: &str) {
+        self.links.push(link.to_string());
+        register(self);
+    }
+
     fn remove(&self) {
         for ns in &self.namespaces {
             kill_inside(ns);
@@ -461,7 +479,7 @@ impl Lan {
             run(&["ip", "netns", "add", &ns]);
             lan.hosts.push(Host {
                 ns: ns.clone(),
-                addr,
+                addr: addr.into(),
             });
             run(&[
                 "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,

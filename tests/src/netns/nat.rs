@@ -99,7 +99,7 @@ fn home_addr(k: usize, last: usize) -> Ipv4Addr {
 }
 
 /// Fails loudly without `nft`.
-fn require_nft() {
+pub(super) fn require_nft() {
     let ok = Command::new("nft")
         .arg("--version")
         .stdout(Stdio::null())
@@ -113,7 +113,7 @@ fn require_nft() {
 }
 
 /// Loads an nftables ruleset inside namespace `ns`.
-fn nft(ns: &str, rules: &str) {
+pub(super) fn nft(ns: &str, rules: &str) {
     use std::io::Write;
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns, "nft", "-f", "-"])
@@ -141,7 +141,7 @@ fn nft(ns: &str, rules: &str) {
 /// `miniupnpd` expects (`inet filter` with a `miniupnpd` chain, `inet nat`
 /// with `prerouting_miniupnpd` and `postrouting_miniupnpd`), so a router
 /// with UPnP adds its forwards there.
-fn router_rules(nat: Nat) -> String {
+pub(super) fn router_rules(nat: Nat) -> String {
     let masquerade = match nat {
         Nat::None => "",
         Nat::Masquerade => "\t\toifname \"eth0\" masquerade\n",
@@ -248,7 +248,10 @@ impl Internet {
             net.add_link(&veth);
             let addr = public_addr(i);
             plug(&ns, &veth, &br, "eth0", &format!("{addr}/24"));
-            net.public.push(Host { ns, addr });
+            net.public.push(Host {
+                ns,
+                addr: addr.into(),
+            });
         }
         for (k, spec) in homes.iter().enumerate() {
             let home = net.build_home(&br, k, *spec);
@@ -286,15 +289,11 @@ impl Internet {
     }
 
     fn add_ns(&mut self, ns: &str) {
-        self.owned.namespaces.push(ns.to_string());
-        register(&self.owned);
-        run(&["ip", "netns", "add", ns]);
-        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        self.owned.add_ns(ns);
     }
 
     fn add_link(&mut self, link: &str) {
-        self.owned.links.push(link.to_string());
-        register(&self.owned);
+        self.owned.add_link(link);
     }
 
     /// Home `k`: its router on the public bridge `br`, a private bridge
@@ -327,7 +326,7 @@ impl Internet {
         nft(&rns, &router_rules(spec.nat));
         let router = Host {
             ns: rns.clone(),
-            addr: outside,
+            addr: outside.into(),
         };
         if spec.upnp {
             self.start_upnp(k, &router);
@@ -366,7 +365,10 @@ impl Internet {
                 "via",
                 &gateway.to_string(),
             ]);
-            hosts.push(Host { ns, addr });
+            hosts.push(Host {
+                ns,
+                addr: addr.into(),
+            });
         }
         Home {
             router,
@@ -448,17 +450,23 @@ impl Internet {
 
 /// A veth from bridge `br` (root namespace end `veth`) into namespace
 /// `ns` as `dev`, with `cidr`, both ends up.
-fn plug(ns: &str, veth: &str, br: &str, dev: &str, cidr: &str) {
+/// An IPv6 address is usable at once (`nodad`: no duplicate address
+/// detection on these private links).
+pub(super) fn plug(ns: &str, veth: &str, br: &str, dev: &str, cidr: &str) {
     run(&[
         "ip", "link", "add", veth, "type", "veth", "peer", "name", dev, "netns", ns,
     ]);
     run(&["ip", "link", "set", veth, "master", br, "up"]);
-    run(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev]);
+    if cidr.contains(':') {
+        run(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev, "nodad"]);
+    } else {
+        run(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev]);
+    }
     run(&["ip", "-n", ns, "link", "set", dev, "up"]);
 }
 
 /// Sets a sysctl inside namespace `ns` (`/proc/sys/net` is per namespace).
-fn sysctl(ns: &str, key: &str, value: &str) {
+pub(super) fn sysctl(ns: &str, key: &str, value: &str) {
     run(&[
         "ip",
         "netns",

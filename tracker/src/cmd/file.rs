@@ -36,6 +36,7 @@ fn online_holders<'p>(
             addr: h.card.addr.clone(),
             have: h.have.clone(),
             reach: Reach::Unknown,
+            also: h.card.also.clone(),
         })
 }
 
@@ -234,6 +235,8 @@ pub fn locate(shared: &Shared, req: Locate) -> TrackerResult {
     let holders: Vec<PeerLocation> = online_holders(&peers, g, f, now)
         .map(|mut p| {
             p.reach = shared.reach.of(&p.peer, &p.addr);
+            p.also
+                .retain(|a| shared.reach.of(&p.peer, a) == Reach::Direct);
             p
         })
         .collect();
@@ -246,6 +249,7 @@ pub fn locate(shared: &Shared, req: Locate) -> TrackerResult {
     // Of the sample, peers this tracker could dial come first, those it
     // could not last: a reader asks those to dial back instead.
     holders.sort_by_key(|p| match p.reach {
+        _ if !p.also.is_empty() => 0,
         Reach::Direct => 0,
         Reach::Unknown => 1,
         Reach::Unreachable => 2,
@@ -558,6 +562,7 @@ pub(crate) mod tests {
             session,
             peer: PeerId([peer; 16]),
             addr: format!("127.0.0.1:{}", 1000 + u16::from(peer)),
+            also: vec![],
             holdings: vec![Holding { file: m.id(), have }],
         };
         fx.call(announce(alice, 1, Bitfield::full(2)))
@@ -643,6 +648,7 @@ pub(crate) mod tests {
                 session: alice,
                 peer: PeerId([peer; 16]),
                 addr: format!("127.0.0.1:{}", 1000 + u16::from(peer)),
+                also: vec![],
                 holdings: vec![Holding { file: m.id(), have }],
             })
             .await

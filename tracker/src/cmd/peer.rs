@@ -4,11 +4,11 @@ use super::Caller;
 use crate::shared::Shared;
 use crate::state::State;
 use fileshare_protocol::ids::{Bitfield, FileId};
-use fileshare_protocol::messages::tracker::Holding;
 use fileshare_protocol::messages::tracker::{Announce, LeaveNetwork, ReportPieces};
+use fileshare_protocol::messages::tracker::{Holding, MAX_ALSO_ADDRS};
 use fileshare_protocol::messages::{ClusterMsg, TrackerReply, TrackerResult};
 use fileshare_protocol::{ErrorCode, Limit};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 /// The address other peers should dial: the announced port at the
@@ -35,6 +35,40 @@ fn dialable(addr: &str, caller: &Caller, trust: bool) -> Result<String, ErrorCod
     Ok(parsed.to_string())
 }
 
+/// The announced addresses of families other than `offered`'s that
+/// another host could dial (not unspecified, multicast or link-local;
+/// loopback only from a daemon on this machine, `local`), at most
+/// [`MAX_ALSO_ADDRS`], one per family. They are offered only once this
+/// tracker has dialled the daemon there itself, so a member cannot send
+/// others to a third host.
+fn other_families(also: &[String], offered: &str, local: bool) -> Vec<String> {
+    let Ok(offered) = offered.parse::<SocketAddr>() else {
+        return Vec::new();
+    };
+    let mut families = vec![offered.is_ipv4()];
+    let mut out = Vec::new();
+    for a in also.iter().take(MAX_ALSO_ADDRS * 2) {
+        let Ok(a) = a.parse::<SocketAddr>() else {
+            continue;
+        };
+        let ip = a.ip().to_canonical();
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        };
+        let dialable = a.port() != 0
+            && !ip.is_unspecified()
+            && !ip.is_multicast()
+            && !link_local
+            && (local || !ip.is_loopback());
+        if dialable && !families.contains(&ip.is_ipv4()) && out.len() < MAX_ALSO_ADDRS {
+            families.push(ip.is_ipv4());
+            out.push(SocketAddr::new(ip, a.port()).to_string());
+        }
+    }
+    out
+}
+
 /// Replaces what the tracker knows of `peer`. Holdings of files the user
 /// cannot see, or with a bitfield of the wrong length, are ignored.
 pub fn announce(shared: &Shared, caller: &Caller, req: Announce) -> TrackerResult {
@@ -42,12 +76,15 @@ pub fn announce(shared: &Shared, caller: &Caller, req: Announce) -> TrackerResul
         session,
         peer,
         addr,
+        also,
         holdings,
     } = req;
-    let (session, addr) = (&session, addr.as_str());
+    let (session, addr, also) = (&session, addr.as_str(), also.as_slice());
     let user = shared.session_user(session)?;
     caller.speaks_for(&peer)?;
     let addr = dialable(addr, caller, shared.settings.trust_announced_addrs)?;
+    let local = (caller.addr).is_none_or(|a| a.ip().to_canonical().is_loopback());
+    let also = other_families(also, &addr, local);
     let now = Instant::now();
     let state = shared.state.read();
     let visible = visible_holdings(&state, &user, holdings);
@@ -55,6 +92,7 @@ pub fn announce(shared: &Shared, caller: &Caller, req: Announce) -> TrackerResul
         peer,
         user: user.clone(),
         addr: addr.clone(),
+        also: also.clone(),
         holdings: visible
             .iter()
             .map(|(file, have)| Holding {
@@ -78,7 +116,7 @@ pub fn announce(shared: &Shared, caller: &Caller, req: Announce) -> TrackerResul
                 });
             }
         }
-        peers.announce(now, peer, &user, addr.clone(), visible)?;
+        peers.announce(now, peer, &user, (addr.clone(), also.clone()), visible)?;
     }
     drop(state);
     shared.gossip(&gossip);
@@ -86,6 +124,9 @@ pub fn announce(shared: &Shared, caller: &Caller, req: Announce) -> TrackerResul
         .unwrap_or(u32::MAX)
         .max(1);
     let reach = shared.reach.check(peer, &addr);
+    for a in &also {
+        shared.reach.check(peer, a);
+    }
     let seen = caller.addr.map(|a| a.to_string()).unwrap_or_default();
     Ok(TrackerReply::Announced {
         interval_secs,
@@ -126,17 +167,23 @@ pub fn apply_gossip(shared: &Shared, msg: ClusterMsg) {
             peer,
             user,
             addr,
+            also,
             holdings,
         } => {
             if addr.parse::<SocketAddr>().is_err() {
                 return;
             }
             shared.reach.check(peer, &addr);
+            // Checked as an announce from another machine would be.
+            let also = other_families(&also, &addr, false);
+            for a in &also {
+                shared.reach.check(peer, a);
+            }
             let visible = visible_holdings(&state, &user, holdings);
             shared
                 .peers
                 .write()
-                .announce(now, peer, &user, addr, visible)
+                .announce(now, peer, &user, (addr, also), visible)
         }
         ClusterMsg::PiecesReported {
             peer,
@@ -219,6 +266,30 @@ mod tests {
     use fileshare_protocol::PeerId;
 
     #[test]
+    fn other_families_are_dialable_and_one_per_family() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let far = v(&["[2001:db8::5]:7", "[2001:db8::6]:7", "198.51.100.1:7"]);
+        assert_eq!(
+            other_families(&far, "198.51.100.9:7", false),
+            v(&["[2001:db8::5]:7"])
+        );
+        let useless = v(&[
+            "[::]:7",
+            "[fe80::1]:7",
+            "[ff02::1]:7",
+            "[::1]:7",
+            "[2001:db8::5]:0",
+            "junk",
+        ]);
+        assert!(other_families(&useless, "198.51.100.9:7", false).is_empty());
+        // Loopback only from a daemon on the tracker's machine.
+        assert_eq!(
+            other_families(&v(&["[::1]:7"]), "127.0.0.1:7", true),
+            v(&["[::1]:7"])
+        );
+    }
+
+    #[test]
     fn unspecified_addresses_take_the_caller_ip() {
         let caller = Caller {
             addr: Some("10.1.2.3:5555".parse().unwrap()),
@@ -285,6 +356,7 @@ mod tests {
                 session: alice,
                 peer,
                 addr: "127.0.0.1:9".into(),
+                also: vec![],
                 holdings: vec![Holding {
                     file: m.id(),
                     // Wrong length: ignored.
@@ -329,6 +401,7 @@ mod tests {
             session,
             peer: PeerId([n; 16]),
             addr: "127.0.0.1:9".into(),
+            also: vec![],
             holdings: vec![],
         };
         fx.call(announce(alice, 1)).await.unwrap();
@@ -375,6 +448,7 @@ mod tests {
             session: alice,
             peer,
             addr: "127.0.0.1:9".into(),
+            also: vec![],
             holdings: vec![],
         };
         let as_key = |key| Caller { addr: None, key };

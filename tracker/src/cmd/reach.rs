@@ -151,6 +151,7 @@ mod tests {
                 session,
                 peer,
                 addr: addr(&peer),
+                also: vec![],
                 holdings: vec![Holding {
                     file: m.id(),
                     have: Bitfield::full(1),
@@ -206,5 +207,52 @@ mod tests {
             .collect(a, std::time::Duration::ZERO)
             .await
             .is_empty());
+    }
+
+    /// A holder's address in another family is handed out only once the
+    /// tracker has dialled it there itself.
+    #[tokio::test]
+    async fn other_family_addresses_are_offered_once_dialled() {
+        let fx = Fixture::new().await;
+        let [alice, bob, _] = group(&fx).await;
+        let m = meta("a", b"abc");
+        fx.call(ShareFile {
+            session: alice,
+            group: "g".into(),
+            meta: m.clone(),
+        })
+        .await
+        .unwrap();
+        let (a, b) = (PeerId([1; 16]), PeerId([2; 16]));
+        fx.shared.reach.set(a, "[::1]:10", Reach::Direct);
+        fx.shared.reach.set(b, "[::1]:11", Reach::Unreachable);
+        for (session, peer, six) in [(alice, a, "[::1]:10"), (bob, b, "[::1]:11")] {
+            fx.call(Announce {
+                session,
+                peer,
+                addr: format!("127.0.0.1:{}", 9 + u16::from(peer.0[0])),
+                // The second IPv6 address, and the IPv4 one, are dropped.
+                also: vec![six.into(), "[::1]:99".into(), "127.0.0.1:98".into()],
+                holdings: vec![Holding {
+                    file: m.id(),
+                    have: Bitfield::full(1),
+                }],
+            })
+            .await
+            .unwrap();
+        }
+        let Ok(TrackerReply::Location { peers, .. }) = fx
+            .call(Locate {
+                session: alice,
+                group: "g".into(),
+                name: "a".into(),
+            })
+            .await
+        else {
+            panic!("alice locates her group's file");
+        };
+        let also = |p: PeerId| peers.iter().find(|l| l.peer == p).map(|l| l.also.clone());
+        assert_eq!(also(a), Some(vec!["[::1]:10".to_string()]));
+        assert_eq!(also(b), Some(vec![]));
     }
 }

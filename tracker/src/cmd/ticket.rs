@@ -144,6 +144,7 @@ mod tests {
             session: alice,
             peer: BOBS_DAEMON,
             addr: "127.0.0.1:9".into(),
+            also: vec![],
             holdings: vec![],
         })
         .await

@@ -11,11 +11,14 @@
 //! - [`Path::Punched`]: both are behind NAT; the tracker calls the holder
 //!   and both dial each other at once ([`punch`]).
 //! - [`Path::Relayed`]: neither can dial the other; both connect to the
-//!   tracker's relay, which forwards the TLS bytes ([`relay`]).
+//!   tracker's relay, which forwards the TLS bytes ([`relay`]). The reader
+//!   keeps trying the direct path ([`direct_when_open`]) and moves there
+//!   once it opens.
 //!
 //! The path of each connection is kept by peer address, for `getfattr`
 //! (`user.fileshare.paths`) and the dashboard.
 
+pub mod family;
 pub mod mapping;
 pub mod punch;
 pub mod relay;
@@ -57,6 +60,19 @@ impl Path {
     }
 }
 
+/// A peer connection as opened: the TLS connection, the holder's role,
+/// the address it is known by and the way it was opened.
+pub struct Opened {
+    pub conn: SecureConnection,
+    pub role: Role,
+    pub addr: String,
+    pub path: Path,
+}
+
+/// How often a relayed link tries to dial the holder directly (its
+/// router may have begun forwarding a port, or its firewall opened).
+pub const DIRECT_RETRY: Duration = Duration::from_secs(5);
+
 /// Addresses whose path is remembered at most; beyond, the map restarts.
 const MAX_PATHS: usize = 4096;
 
@@ -73,6 +89,9 @@ pub struct Reach {
     listen: std::sync::OnceLock<SocketAddr>,
     /// The public port the router forwards here (UPnP), if it does.
     mapped: Mutex<Option<u16>>,
+    /// Where peers may reach this daemon in address families other than
+    /// the one it reaches the tracker in (announced besides its address).
+    also: Mutex<Vec<String>>,
 }
 
 /// Removes a pending nonce however the wait ends.
@@ -88,7 +107,8 @@ impl Drop for Pending<'_> {
 }
 
 /// The peer server's listener on `addr`, its port shareable
-/// (`SO_REUSEPORT`) with the sockets that punch paths from it.
+/// (`SO_REUSEPORT`) with the sockets that punch paths from it. On `[::]`
+/// it takes both address families, whatever the system's default.
 pub fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     use std::net::ToSocketAddrs;
     let addr: SocketAddr = addr.to_socket_addrs()?.next().ok_or_else(|| {
@@ -100,7 +120,9 @@ pub fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     let s = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
-        tokio::net::TcpSocket::new_v6()?
+        let s = tokio::net::TcpSocket::new_v6()?;
+        socket2::SockRef::from(&s).set_only_v6(!addr.ip().is_unspecified())?;
+        s
     };
     s.set_reuseaddr(true)?;
     s.set_reuseport(true)?;
@@ -143,6 +165,15 @@ impl Reach {
         }
     }
 
+    /// Where peers may reach this daemon in the other address families.
+    pub fn set_also(&self, also: Vec<String>) {
+        *self.also.lock() = also;
+    }
+
+    pub fn also(&self) -> Vec<String> {
+        self.also.lock().clone()
+    }
+
     /// The path the latest connection to `addr` took, if any.
     pub fn path_of(&self, addr: &str) -> Option<Path> {
         self.paths.lock().get(addr).copied()
@@ -178,14 +209,32 @@ pub enum OpenError {
 
 /// Opens the TLS peer connection to `remote` (a holder in `group`) as
 /// `me`: directly unless the tracker could not dial it, else by asking it
-/// to dial back. Returns the connection and the holder's role.
+/// to dial back. Returns the connection, the holder's role and the address
+/// it is known by (another family's, where that was dialled).
 pub async fn open(
     ctx: &LinkCtx,
     group: &str,
     remote: &PeerLocation,
     tls: &ClientTls,
     me: Role,
-) -> Result<(SecureConnection, Role), OpenError> {
+) -> Result<Opened, OpenError> {
+    if let Some(better) = family::preferred(remote) {
+        match tls::connect(&better, tls, me.clone(), PEER_TIMEOUT).await {
+            Ok((conn, role, _)) => {
+                ctx.reach.note_path(&better, Path::Direct);
+                return Ok(Opened {
+                    conn,
+                    role,
+                    addr: better,
+                    path: Path::Direct,
+                });
+            }
+            Err(e) => {
+                let e = fileshare_protocol::error::chain(&e);
+                tracing::debug!(peer = %remote.addr, "cannot dial it at {better}: {e}");
+            }
+        }
+    }
     let direct = match remote.reach {
         Seen::Unreachable => "the tracker could not dial it either".to_string(),
         known => {
@@ -197,7 +246,12 @@ pub async fn open(
             match tls::connect(&remote.addr, tls, me.clone(), timeout).await {
                 Ok((conn, role, _)) => {
                     ctx.reach.note_path(&remote.addr, Path::Direct);
-                    return Ok((conn, role));
+                    return Ok(Opened {
+                        conn,
+                        role,
+                        addr: remote.addr.clone(),
+                        path: Path::Direct,
+                    });
                 }
                 Err(e) => fileshare_protocol::error::chain(&e),
             }
@@ -233,7 +287,36 @@ pub async fn open(
             source,
         })?;
     ctx.reach.note_path(&remote.addr, path);
-    Ok((conn, role))
+    Ok(Opened {
+        conn,
+        role,
+        addr: remote.addr.clone(),
+        path,
+    })
+}
+
+/// Dials `remote` directly every [`DIRECT_RETRY`] until it answers, for a
+/// relayed link to move to: the tracker's verdict on the holder stands for
+/// minutes, a router's new forward or an opened firewall does not wait.
+pub async fn direct_when_open(
+    ctx: &LinkCtx,
+    remote: &PeerLocation,
+    tls: &ClientTls,
+    me: Role,
+) -> Opened {
+    let addr = family::preferred(remote).unwrap_or_else(|| remote.addr.clone());
+    loop {
+        tokio::time::sleep(DIRECT_RETRY).await;
+        if let Ok((conn, role, _)) = tls::connect(&addr, tls, me.clone(), UNKNOWN_DIAL).await {
+            ctx.reach.note_path(&addr, Path::Direct);
+            return Opened {
+                conn,
+                role,
+                addr,
+                path: Path::Direct,
+            };
+        }
+    }
 }
 
 /// One line on how peers reach this daemon, from the tracker's answer to
@@ -251,7 +334,8 @@ pub fn describe(seen: Option<&Announced>, mapped: Option<u16>) -> String {
         Seen::Direct => format!("reachable at {} (direct)", a.offered),
         Seen::Unknown => format!("checking: the tracker is dialling {}", a.offered),
         Seen::Unreachable => format!(
-            "behind NAT, not reachable at {} (the tracker sees {}): reverse connections and relay",
+            "behind NAT or a firewall, not reachable at {} (the tracker sees {}): reverse \
+             connections, punched paths and relay",
             a.offered, a.seen
         ),
     }

@@ -76,10 +76,11 @@ pub async fn punch(
     nonce: [u8; 16],
     side: Side,
 ) -> Result<TcpStream, PunchError> {
-    let local = *reach.listen.get().ok_or(PunchError::NoListener)?;
     let to: SocketAddr = remote
         .parse()
         .map_err(|_| PunchError::BadAddress(remote.to_string()))?;
+    let listen = *reach.listen.get().ok_or(PunchError::NoListener)?;
+    let local = super::family::punch_from(listen, to);
     let (tx, mut rx) = oneshot::channel();
     reach.pending.lock().insert(nonce, tx);
     let _pending = Pending { reach, nonce };

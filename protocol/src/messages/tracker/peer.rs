@@ -10,7 +10,12 @@ use std::time::Duration;
 pub struct Announce {
     pub session: SessionToken,
     pub peer: PeerId,
+    /// The daemon's listening address in the family of this connection.
     pub addr: String,
+    /// Its listening addresses in other families (at most
+    /// [`MAX_ALSO_ADDRS`](super::MAX_ALSO_ADDRS)), which the tracker offers
+    /// only once it has dialled the daemon there itself.
+    pub also: Vec<String>,
     pub holdings: Vec<Holding>,
 }
 wraps!(Announce);

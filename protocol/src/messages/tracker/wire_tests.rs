@@ -87,6 +87,7 @@ enum Before {
         session: SessionToken,
         peer: PeerId,
         addr: String,
+        also: Vec<String>,
         holdings: Vec<Holding>,
     },
     ReportPieces {
@@ -350,6 +351,7 @@ fn every_request_encodes_as_its_struct_variant_did() {
                 session,
                 peer,
                 addr: n(),
+                also: vec![n()],
                 holdings: holdings.clone(),
             }
             .into(),
@@ -357,6 +359,7 @@ fn every_request_encodes_as_its_struct_variant_did() {
                 session,
                 peer,
                 addr: n(),
+                also: vec![n()],
                 holdings: holdings.clone(),
             },
         ),
