@@ -118,7 +118,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("fileshare-tracker: {e:#}");
+                eprintln!(
+                    "fileshare-tracker: {}",
+                    fileshare_protocol::error::chain(&e)
+                );
                 ExitCode::FAILURE
             }
         };
@@ -169,7 +172,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fileshare-tracker: {e:#}");
+            eprintln!(
+                "fileshare-tracker: {}",
+                fileshare_protocol::error::chain(&e)
+            );
             ExitCode::FAILURE
         }
     }
