@@ -26,7 +26,7 @@ mod store_sync;
 use crate::engine::download_jobs::{DownloadError, Downloads};
 use crate::engine::download_status::DownloadStatus;
 use crate::engine::read_stream::ReadStream;
-use crate::net::fetch::LinkCtx;
+use crate::net::fetch::FetchCtx;
 use crate::net::token_bucket::TokenBucket;
 use crate::pieces::cache::Cache;
 use crate::pieces::registry::Registry;
@@ -101,7 +101,7 @@ pub struct Engine {
     tracker: Arc<TrackerLink>,
     /// Shared with the peer server, which looks up what it may serve.
     registry: Arc<Registry>,
-    link_ctx: Arc<LinkCtx>,
+    link_ctx: Arc<FetchCtx>,
     read_timeout: Duration,
     /// The engine's node of the task tree.
     tasks: Tasks,
@@ -157,7 +157,7 @@ impl Engine {
         let cache = Arc::new(Cache::new(budget, registry.clone()));
         Arc::new(Engine {
             store: Arc::new(store),
-            link_ctx: Arc::new(LinkCtx {
+            link_ctx: Arc::new(FetchCtx {
                 my_id: tracker.peer,
                 identity,
                 tracker: tracker.clone(),

@@ -13,7 +13,7 @@
 //! verified and stored by a task of the swarm, on the blocking pool.
 
 use crate::net::token_bucket::TokenBucket;
-use crate::pieces::swarm::{LinkCmd, LinkKey, Swarm};
+use crate::pieces::swarm::{FetchCmd, FetchLinkId, Swarm};
 use crate::tasks::Tasks;
 use crate::trackers::{now_ms, LinkError, TrackerLink};
 use fileshare_protocol::messages::tracker::PeerLocation;
@@ -68,8 +68,8 @@ const SPARE_BUFFERS: usize = 1;
 /// How soon to ask again for a fresh ticket when no tracker answered.
 const RENEW_RETRY: Duration = Duration::from_secs(1);
 
-/// What every link of this daemon shares.
-pub struct LinkCtx {
+/// What every fetch link of this daemon shares.
+pub struct FetchCtx {
     pub my_id: PeerId,
     /// This daemon's key, presented to every peer it fetches from.
     pub identity: Identity,
@@ -81,8 +81,9 @@ pub struct LinkCtx {
     pub reach: Arc<crate::net::reach::Reach>,
 }
 
+/// Why a fetch link ended.
 #[derive(Debug, thiserror::Error)]
-enum LinkFailure {
+enum FetchError {
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error(transparent)]
@@ -107,7 +108,7 @@ enum LinkFailure {
 ///
 /// The caller has registered the attempt with [`Swarm::connect_started`];
 /// `tasks` is the swarm's node of the task tree.
-pub async fn run(swarm: Arc<Swarm>, ctx: Arc<LinkCtx>, remote: PeerLocation, tasks: Tasks) {
+pub async fn run(swarm: Arc<Swarm>, ctx: Arc<FetchCtx>, remote: PeerLocation, tasks: Tasks) {
     let addr = remote.addr.clone();
     let peer = remote.peer;
     let cancel = swarm.cancel.clone();
@@ -125,7 +126,7 @@ pub async fn run(swarm: Arc<Swarm>, ctx: Arc<LinkCtx>, remote: PeerLocation, tas
 /// Releases the link's requests however it ends.
 struct Registered<'a> {
     swarm: &'a Swarm,
-    key: LinkKey,
+    key: FetchLinkId,
 }
 
 impl Drop for Registered<'_> {
@@ -136,23 +137,23 @@ impl Drop for Registered<'_> {
 
 async fn link(
     swarm: &Arc<Swarm>,
-    ctx: &LinkCtx,
+    ctx: &FetchCtx,
     remote: PeerLocation,
     tasks: &Tasks,
-) -> Result<(), LinkFailure> {
+) -> Result<(), FetchError> {
     let file = swarm.file.clone();
     let held = ctx
         .tracker
         .ticket(&file.group)
         .await
-        .map_err(LinkFailure::Ticket)?;
+        .map_err(FetchError::Ticket)?;
     // Only the peer the tracker named can complete the handshake: its key
     // must be the one its peer id derives from.
     let pinned = ClientTls::new(Some(&ctx.identity), Pin::Peer(remote.peer))?;
     let me = Role::Peer { id: ctx.my_id };
     let (conn, role) = crate::net::reach::open(ctx, &file.group, &remote, &pinned, me).await?;
     if role != (Role::Peer { id: remote.peer }) {
-        return Err(LinkFailure::WrongPeer);
+        return Err(FetchError::WrongPeer);
     }
     let (mut reader, mut writer) = conn.into_split();
     writer
@@ -165,8 +166,8 @@ async fn link(
         .await?;
     match read_reply(&mut reader).await?.body {
         PeerReply::Authenticated => {}
-        PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
-        _ => return Err(LinkFailure::Unexpected),
+        PeerReply::Error(e) => return Err(FetchError::Refused(e)),
+        _ => return Err(FetchError::Unexpected),
     }
     writer
         .write_frame(&Request {
@@ -176,8 +177,8 @@ async fn link(
         .await?;
     let have = match read_reply(&mut reader).await?.body {
         PeerReply::Bitfield(b) if b.is_valid_for(file.layout.num_pieces()) => b,
-        PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
-        _ => return Err(LinkFailure::Unexpected),
+        PeerReply::Error(e) => return Err(FetchError::Refused(e)),
+        _ => return Err(FetchError::Unexpected),
     };
     let Some((key, mut queue)) = swarm.add_link(remote.peer, remote.addr.clone(), have) else {
         return Ok(());
@@ -218,7 +219,7 @@ async fn link(
                 }
                 // Refused: not a member any more. The peer refuses us
                 // once the ticket it holds expires; stop now.
-                Err(e) if e.code().is_some() => return Err(LinkFailure::Ticket(e)),
+                Err(e) if e.code().is_some() => return Err(FetchError::Ticket(e)),
                 Err(e) => {
                     tracing::debug!(group = %file.group, "cannot renew the ticket yet: {e:#}");
                     at = now_ms() + fileshare_protocol::millis(RENEW_RETRY);
@@ -284,8 +285,8 @@ async fn link(
                 }
             };
             let (id, body) = match cmd {
-                None => return Ok::<(), LinkFailure>(()),
-                Some(LinkCmd::Request(piece)) => {
+                None => return Ok::<(), FetchError>(()),
+                Some(FetchCmd::Request(piece)) => {
                     if let Some(t) = &ctx.download {
                         let len = file
                             .layout
@@ -305,7 +306,7 @@ async fn link(
                         },
                     )
                 }
-                Some(LinkCmd::Cancel(piece)) => {
+                Some(FetchCmd::Cancel(piece)) => {
                     let mut a = asked.lock();
                     let Some((&id, what)) = a
                         .iter_mut()
@@ -338,23 +339,23 @@ async fn link(
                     PeerReply::Bitfield(b) if b.is_valid_for(num_pieces) => {
                         swarm.update_have(key, b)
                     }
-                    PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
-                    _ => return Err(LinkFailure::Unexpected),
+                    PeerReply::Error(e) => return Err(FetchError::Refused(e)),
+                    _ => return Err(FetchError::Unexpected),
                 }
                 continue;
             }
             let Some(what) = asked.lock().remove(&reply.id) else {
-                return Err(LinkFailure::Unexpected);
+                return Err(FetchError::Unexpected);
             };
             match (what, reply.body) {
                 (Asked::Authenticate, PeerReply::Authenticated) => {}
-                (Asked::Authenticate, PeerReply::Error(e)) => return Err(LinkFailure::Refused(e)),
+                (Asked::Authenticate, PeerReply::Error(e)) => return Err(FetchError::Refused(e)),
                 (Asked::Cancelled, PeerReply::Piece { data }) => swarm.count_duplicate(&data),
                 (Asked::Cancelled, _) => {}
                 (Asked::Piece(index, _), PeerReply::Piece { data }) => {
                     received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     if file.layout.validate(index).is_none() {
-                        return Err(LinkFailure::Unexpected);
+                        return Err(FetchError::Unexpected);
                     }
                     if !swarm.still_needed(index) {
                         swarm.count_duplicate(&data);
@@ -390,7 +391,7 @@ async fn link(
                 (Asked::Piece(index, _), PeerReply::Error(_)) => {
                     swarm.piece_unavailable(key, index);
                 }
-                _ => return Err(LinkFailure::Unexpected),
+                _ => return Err(FetchError::Unexpected),
             }
         }
     };
@@ -399,18 +400,18 @@ async fn link(
         r = send => r,
         r = receive => r,
         r = renew => r,
-        () = dropped.cancelled() => Err(LinkFailure::BadPieces(crate::pieces::swarm::MAX_FAILURES)),
+        () = dropped.cancelled() => Err(FetchError::BadPieces(crate::pieces::swarm::MAX_FAILURES)),
     }
 }
 
 async fn read_reply<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut fileshare_protocol::connection::FrameReader<R>,
-) -> Result<Reply<PeerReply>, LinkFailure> {
+) -> Result<Reply<PeerReply>, FetchError> {
     match tokio::time::timeout(PEER_TIMEOUT * 3, reader.read_peer_reply()).await {
         Ok(Ok(Some(r))) => Ok(r),
-        Ok(Ok(None)) => Err(LinkFailure::Closed),
+        Ok(Ok(None)) => Err(FetchError::Closed),
         Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(LinkFailure::Protocol(ProtocolError::Timeout {
+        Err(_) => Err(FetchError::Protocol(ProtocolError::Timeout {
             what: "peer reply",
             ms: fileshare_protocol::millis(PEER_TIMEOUT * 3),
         })),

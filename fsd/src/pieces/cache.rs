@@ -16,7 +16,7 @@
 //! at once, and the link that brought it stays up.
 
 use crate::pieces::registry::Registry;
-use crate::pieces::swarm::{LinkKey, Swarm, READ_AHEAD_PIECES};
+use crate::pieces::swarm::{FetchLinkId, Swarm, READ_AHEAD_PIECES};
 use fileshare_protocol::{PieceIndex, PIECE_LEN};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,7 +99,7 @@ impl Cache {
     /// Stores a verified piece of `swarm`, making room as needed. Returns
     /// whether it is stored; if not, the swarm's readers of it have failed
     /// with the cause (blocking: call it on the blocking pool).
-    pub fn store(&self, swarm: &Swarm, key: LinkKey, piece: PieceIndex, data: &[u8]) -> bool {
+    pub fn store(&self, swarm: &Swarm, key: FetchLinkId, piece: PieceIndex, data: &[u8]) -> bool {
         let fetched = swarm.file.is_fetched();
         let len = data.len() as u64;
         if fetched {

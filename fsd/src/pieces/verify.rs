@@ -4,7 +4,7 @@
 //! to other peers at once) and reported to the trackers.
 
 use crate::pieces::cache::Cache;
-use crate::pieces::swarm::{LinkKey, Swarm, Verdict, MAX_FAILURES};
+use crate::pieces::swarm::{FetchLinkId, Swarm, Verdict, MAX_FAILURES};
 use crate::trackers::TrackerLink;
 use fileshare_protocol::ids::PieceHash;
 
@@ -25,7 +25,7 @@ pub fn verify_and_store(
     swarm: &Swarm,
     cache: &Cache,
     tracker: &TrackerLink,
-    key: LinkKey,
+    key: FetchLinkId,
     index: u32,
     data: &[u8],
 ) -> Result<(), Rejected> {

@@ -21,7 +21,7 @@ pub mod punch;
 pub mod relay;
 pub mod reverse;
 
-use crate::net::fetch::{LinkCtx, PEER_TIMEOUT};
+use crate::net::fetch::{FetchCtx, PEER_TIMEOUT};
 use fileshare_protocol::client::Announced;
 use fileshare_protocol::messages::tracker::{PeerLocation, Reach as Seen};
 use fileshare_protocol::messages::Role;
@@ -180,7 +180,7 @@ pub enum OpenError {
 /// `me`: directly unless the tracker could not dial it, else by asking it
 /// to dial back. Returns the connection and the holder's role.
 pub async fn open(
-    ctx: &LinkCtx,
+    ctx: &FetchCtx,
     group: &str,
     remote: &PeerLocation,
     tls: &ClientTls,
@@ -258,7 +258,7 @@ pub fn describe(seen: Option<&Announced>, mapped: Option<u16>) -> String {
 }
 
 /// Asks the tracker to call `remote` to punch, and punches from here.
-async fn punch_to(ctx: &LinkCtx, group: &str, remote: &PeerLocation) -> Result<TcpStream, String> {
+async fn punch_to(ctx: &FetchCtx, group: &str, remote: &PeerLocation) -> Result<TcpStream, String> {
     if ctx.reach.listen.get().is_none() {
         return Err("no listening address".into());
     }

@@ -9,7 +9,7 @@
 //! set there; a hole is punched only under the punch guard after the bit
 //! was cleared there, so no reader ever sees a punched piece as verified.
 
-use super::{tick, LinkKey, Offer, PieceState, Swarm, MAX_WINDOWS, WINDOW_TTL};
+use super::{tick, FetchLinkId, Offer, PieceState, Swarm, MAX_WINDOWS, WINDOW_TTL};
 use crate::store::{StoreError, StoredFile};
 use fileshare_protocol::{Bitfield, PieceIndex};
 use std::sync::atomic::Ordering;
@@ -47,7 +47,7 @@ impl Swarm {
     /// punches them meanwhile. Returns the bytes newly held.
     pub fn store_verified(
         &self,
-        key: LinkKey,
+        key: FetchLinkId,
         piece: PieceIndex,
         data: &[u8],
     ) -> Result<u64, StoreError> {
@@ -61,7 +61,7 @@ impl Swarm {
     /// failed): the readers waiting for it fail at once with `errno`, it
     /// is no longer wanted (the next read asks again), and the link is
     /// free to ask for others. The link stays up.
-    pub fn piece_unstorable(&self, key: LinkKey, piece: u32, errno: i32) {
+    pub fn piece_unstorable(&self, key: FetchLinkId, piece: u32, errno: i32) {
         self.last_store_errno.store(errno, Ordering::Release);
         self.store_failures.fetch_add(1, Ordering::Release);
         let mut st = self.state.lock();

@@ -26,7 +26,7 @@ fn peer(n: u8) -> PeerId {
     PeerId([n; 16])
 }
 
-fn drain(rx: &mut mpsc::UnboundedReceiver<LinkCmd>) -> Vec<LinkCmd> {
+fn drain(rx: &mut mpsc::UnboundedReceiver<FetchCmd>) -> Vec<FetchCmd> {
     let mut out = Vec::new();
     while let Ok(c) = rx.try_recv() {
         out.push(c);
@@ -34,11 +34,11 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<LinkCmd>) -> Vec<LinkCmd> {
     out
 }
 
-fn requested(cmds: &[LinkCmd]) -> Vec<u32> {
+fn requested(cmds: &[FetchCmd]) -> Vec<u32> {
     let mut v: Vec<u32> = (cmds.iter())
         .filter_map(|c| match c {
-            LinkCmd::Request(p) => Some(*p),
-            LinkCmd::Cancel(_) => None,
+            FetchCmd::Request(p) => Some(*p),
+            FetchCmd::Cancel(_) => None,
         })
         .collect();
     v.sort_unstable();
@@ -67,7 +67,7 @@ fn end_game_duplicates_are_cancelled_when_a_copy_arrives() {
     // A piece arrives from a: b is told to cancel it, a is not.
     let p = first_a[0];
     s.mark_hash_ok(a, p, PIECE_LEN);
-    assert_eq!(drain(&mut rx_b), vec![LinkCmd::Cancel(p)]);
+    assert_eq!(drain(&mut rx_b), vec![FetchCmd::Cancel(p)]);
     assert!(drain(&mut rx_a).is_empty());
     // A late copy from b changes nothing and cancels nothing.
     s.mark_hash_ok(b, p, PIECE_LEN);
@@ -98,7 +98,7 @@ fn a_pushed_have_makes_the_peer_a_source_at_once() {
     s.want_all();
     assert!(drain(&mut rx).is_empty());
     s.add_have(a, 3);
-    assert_eq!(drain(&mut rx), vec![LinkCmd::Request(3)]);
+    assert_eq!(drain(&mut rx), vec![FetchCmd::Request(3)]);
     // A repeated or unwanted Have asks nothing more.
     s.add_have(a, 3);
     assert!(drain(&mut rx).is_empty());
@@ -110,7 +110,7 @@ fn a_busy_piece_comes_from_another_peer_or_later_from_the_same() {
     let one = Bitfield::full(1);
     let (a, mut rx_a) = s.add_link(peer(1), "a".into(), one.clone()).unwrap();
     s.want_all();
-    assert_eq!(drain(&mut rx_a), vec![LinkCmd::Request(0)]);
+    assert_eq!(drain(&mut rx_a), vec![FetchCmd::Request(0)]);
     // a sent piece 0 to someone else and refuses: nothing to ask now.
     s.piece_busy(a, 0);
     assert!(drain(&mut rx_a).is_empty());
@@ -122,10 +122,10 @@ fn a_busy_piece_comes_from_another_peer_or_later_from_the_same() {
     // The one it went to offers it: it is asked there.
     let (b, mut rx_b) = s.add_link(peer(2), "b".into(), Bitfield::new(1)).unwrap();
     s.add_have(b, 0);
-    assert_eq!(drain(&mut rx_b), vec![LinkCmd::Request(0)]);
+    assert_eq!(drain(&mut rx_b), vec![FetchCmd::Request(0)]);
     // After the deferral a may be asked again (here as an end-game copy).
     s.tick_at(a, Instant::now() + BUSY_DEFER);
-    assert_eq!(drain(&mut rx_a), vec![LinkCmd::Request(0)]);
+    assert_eq!(drain(&mut rx_a), vec![FetchCmd::Request(0)]);
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn a_lone_refusing_peer_is_asked_again_after_the_deferral() {
     s.update_have(a, Bitfield::full(2));
     assert!(drain(&mut rx).is_empty());
     s.tick_at(a, Instant::now() + BUSY_DEFER);
-    assert_eq!(drain(&mut rx), vec![LinkCmd::Request(1)]);
+    assert_eq!(drain(&mut rx), vec![FetchCmd::Request(1)]);
 }
 
 #[test]
@@ -170,8 +170,8 @@ fn readers_fetch_from_each_other_before_the_seed() {
 #[test]
 fn request_window_follows_the_measured_rate() {
     let (tx, _rx) = mpsc::unbounded_channel();
-    let mut l = Link {
-        key: LinkKey(1),
+    let mut l = FetchLink {
+        key: FetchLinkId(1),
         peer: peer(1),
         addr: String::new(),
         have: Bitfield::new(1),
@@ -256,7 +256,10 @@ fn store_all(s: &Swarm) {
     for p in s.file.layout.pieces() {
         let byte = u8::try_from(p.get()).unwrap();
         let data = vec![byte; usize::try_from(s.file.layout.piece_size(p)).unwrap()];
-        assert_eq!(s.store_verified(LinkKey(0), p, &data).unwrap(), PIECE_LEN);
+        assert_eq!(
+            s.store_verified(FetchLinkId(0), p, &data).unwrap(),
+            PIECE_LEN
+        );
     }
 }
 
@@ -328,10 +331,10 @@ fn a_piece_that_cannot_be_stored_fails_its_readers_at_once() {
     assert!(requested(&drain(&mut rx)).contains(&1));
 }
 
-fn link_at(rate: f64) -> Link {
+fn link_at(rate: f64) -> FetchLink {
     let (tx, _rx) = mpsc::unbounded_channel();
-    Link {
-        key: LinkKey(1),
+    FetchLink {
+        key: FetchLinkId(1),
         peer: peer(1),
         addr: String::new(),
         have: Bitfield::full(8),
