@@ -37,7 +37,7 @@ use crate::tasks::Tasks;
 use crate::trackers::{LinkError, TrackerLink};
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{FileEntry, Holding};
-use fileshare_protocol::{ErrorCode, FileId, Identity};
+use fileshare_protocol::{ErrorCode, FileId, Identity, PieceIndex};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -55,9 +55,9 @@ pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("no peer served pieces {missing:?} within {secs} s")]
-    Timeout { missing: Vec<u32>, secs: u64 },
+    Timeout { missing: Vec<PieceIndex>, secs: u64 },
     #[error("cannot store piece {piece}: {}", std::io::Error::from_raw_os_error(*.errno))]
-    Unstorable { piece: u32, errno: i32 },
+    Unstorable { piece: PieceIndex, errno: i32 },
     #[error("no such file")]
     NotFound,
     #[error("hashing failed: {0}")]

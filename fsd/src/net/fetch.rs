@@ -19,7 +19,7 @@ use crate::trackers::{now_ms, LinkError, TrackerLink};
 use fileshare_protocol::messages::tracker::PeerLocation;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::tls::{ClientTls, Pin, TlsError};
-use fileshare_protocol::{Identity, PeerId, ProtocolError};
+use fileshare_protocol::{Identity, PeerId, PieceIndex, ProtocolError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -191,7 +191,7 @@ async fn link(
     #[derive(Clone, Copy)]
     enum Asked {
         /// A piece, and when it was asked for.
-        Piece(u32, Instant),
+        Piece(PieceIndex, Instant),
         /// Cancelled: whatever answers it is dropped.
         Cancelled,
         /// A fresh ticket.
@@ -274,7 +274,8 @@ async fn link(
                     if let Some((id, piece)) = stuck {
                         tracing::debug!(
                             file = %file.meta.name,
-                            "piece {piece} unanswered for {after:?}: asking another peer"
+                            "piece {} unanswered for {after:?}: asking another peer",
+                            piece.get()
                         );
                         writer
                             .write_frame(&Request { id, body: PeerRequest::Cancel { id } })
@@ -288,12 +289,7 @@ async fn link(
                 None => return Ok::<(), FetchError>(()),
                 Some(FetchCmd::Request(piece)) => {
                     if let Some(t) = &ctx.download {
-                        let len = file
-                            .layout
-                            .validate(piece)
-                            .map(|p| file.layout.piece_size(p))
-                            .unwrap_or(0);
-                        t.take(len).await;
+                        t.take(file.layout.piece_size(piece)).await;
                     }
                     let id = next_id;
                     next_id += 1;
@@ -302,7 +298,7 @@ async fn link(
                         id,
                         PeerRequest::Piece {
                             file: file.id,
-                            index: piece,
+                            index: piece.get(),
                         },
                     )
                 }
@@ -335,7 +331,10 @@ async fn link(
             let reply = read_reply(&mut reader).await?;
             if reply.id == SUBSCRIPTION {
                 match reply.body {
-                    PeerReply::Have(i) if i < num_pieces => swarm.add_have(key, i),
+                    PeerReply::Have(i) => match file.layout.validate(i) {
+                        Some(piece) => swarm.add_have(key, piece),
+                        None => return Err(FetchError::Unexpected),
+                    },
                     PeerReply::Bitfield(b) if b.is_valid_for(num_pieces) => {
                         swarm.update_have(key, b)
                     }
@@ -354,9 +353,6 @@ async fn link(
                 (Asked::Cancelled, _) => {}
                 (Asked::Piece(index, _), PeerReply::Piece { data }) => {
                     received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    if file.layout.validate(index).is_none() {
-                        return Err(FetchError::Unexpected);
-                    }
                     if !swarm.still_needed(index) {
                         swarm.count_duplicate(&data);
                         continue;

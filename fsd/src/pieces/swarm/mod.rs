@@ -87,9 +87,9 @@ const HAVE_BACKLOG: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetchCmd {
     /// Ask the peer for this piece.
-    Request(u32),
+    Request(PieceIndex),
     /// The piece arrived from another peer: cancel the request for it.
-    Cancel(u32),
+    Cancel(PieceIndex),
 }
 
 /// Bad pieces a peer may send before it is dropped for this file.
@@ -108,7 +108,7 @@ const MAX_WINDOWS: usize = 16;
 /// evicted (it sends the whole bitfield again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
-    Have(u32),
+    Have(PieceIndex),
     Lost,
 }
 
@@ -393,7 +393,12 @@ impl Swarm {
     /// Registers waiters for the missing pieces of a read and marks the
     /// read-ahead window wanted. Returns what to await; empty when every
     /// piece is already here.
-    pub fn acquire_range(&self, offset: u64, len: u64, read_ahead: u32) -> Vec<(u32, PieceWait)> {
+    pub fn acquire_range(
+        &self,
+        offset: u64,
+        len: u64,
+        read_ahead: u32,
+    ) -> Vec<(PieceIndex, PieceWait)> {
         let layout = self.file.layout;
         let mut st = self.state.lock();
         let mut out = Vec::new();
@@ -405,7 +410,7 @@ impl Swarm {
             if !st.have.get(p.get()) {
                 let (tx, rx) = oneshot::channel();
                 st.waiters.entry(p.get()).or_default().push(tx);
-                out.push((p.get(), rx));
+                out.push((p, rx));
             }
         }
         if let (Some(first), Some(last)) = (first, last) {
@@ -482,7 +487,8 @@ impl Swarm {
     }
 
     /// The peer verified one more piece (its subscription said so).
-    pub fn add_have(&self, key: FetchLinkId, piece: u32) {
+    pub fn add_have(&self, key: FetchLinkId, piece: PieceIndex) {
+        let piece = piece.get();
         let mut st = self.state.lock();
         let Some(l) = st.links.iter_mut().find(|l| l.key == key) else {
             return;
@@ -506,7 +512,8 @@ impl Swarm {
     /// of this peer for [`BUSY_DEFER`], so it comes from someone else. A
     /// peer that chokes us refuses every piece at once, so within a few
     /// round trips it is asked nothing until the deferrals expire.
-    pub fn piece_busy(&self, key: FetchLinkId, piece: u32) {
+    pub fn piece_busy(&self, key: FetchLinkId, piece: PieceIndex) {
+        let piece = piece.get();
         let mut st = self.state.lock();
         if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
             l.forget(piece);
@@ -564,7 +571,8 @@ impl Swarm {
     }
 
     /// The peer no longer has `piece` (or refused it): ask elsewhere.
-    pub fn piece_unavailable(&self, key: FetchLinkId, piece: u32) {
+    pub fn piece_unavailable(&self, key: FetchLinkId, piece: PieceIndex) {
+        let piece = piece.get();
         let mut st = self.state.lock();
         if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
             l.forget(piece);
@@ -581,8 +589,8 @@ impl Swarm {
     }
 
     /// Whether `piece` is still worth receiving (not already verified).
-    pub fn still_needed(&self, piece: u32) -> bool {
-        !self.state.lock().have.get(piece)
+    pub fn still_needed(&self, piece: PieceIndex) -> bool {
+        !self.state.lock().have.get(piece.get())
     }
 
     /// Hash ok: the piece is in the store. Wakes its readers, offers it to
@@ -590,24 +598,23 @@ impl Swarm {
     /// duplicates at other peers are cancelled, so they cost those peers
     /// no upload if they have not sent them yet.
     /// Returns whether the piece is newly verified.
-    pub fn mark_hash_ok(&self, key: FetchLinkId, piece: u32, bytes: u64) -> bool {
+    pub fn mark_hash_ok(&self, key: FetchLinkId, index: PieceIndex, bytes: u64) -> bool {
+        let piece = index.get();
         let mut st = self.state.lock();
         if st.have.get(piece) {
             return false;
         }
         st.have.set(piece);
-        if let Some(p) = self.file.layout.validate(piece) {
-            (self.held).fetch_add(self.file.layout.piece_size(p), Ordering::Relaxed);
-        }
-        if let Some(t) = st.last_read.get_mut(piece as usize) {
+        (self.held).fetch_add(self.file.layout.piece_size(index), Ordering::Relaxed);
+        if let Some(t) = st.last_read.get_mut(index.usize()) {
             *t = tick();
         }
-        let _ = self.haves.send(Offer::Have(piece));
+        let _ = self.haves.send(Offer::Have(index));
         let done_by = st.links.iter().position(|l| l.key == key);
         let cancel = picker::cancellations(piece, done_by.unwrap_or(usize::MAX), &views(&st));
         for r in cancel {
             tracing::trace!(piece, peer = %st.links[r.peer].addr, "cancel");
-            let _ = st.links[r.peer].tx.send(FetchCmd::Cancel(piece));
+            let _ = st.links[r.peer].tx.send(FetchCmd::Cancel(index));
         }
         let now = Instant::now();
         let mut addr = None;
@@ -638,7 +645,8 @@ impl Swarm {
 
     /// Hash failed: the piece goes back to the pool; after
     /// [`MAX_FAILURES`] the peer is banned from this file.
-    pub fn mark_hash_failed(&self, key: FetchLinkId, piece: u32) -> Verdict {
+    pub fn mark_hash_failed(&self, key: FetchLinkId, piece: PieceIndex) -> Verdict {
+        let piece = piece.get();
         let mut st = self.state.lock();
         let Some(pos) = st.links.iter().position(|l| l.key == key) else {
             return Verdict::DropPeer;
@@ -671,6 +679,13 @@ impl Swarm {
             v.retain(|tx| !tx.is_closed());
             !v.is_empty()
         });
+    }
+
+    /// A piece of the file by its number in the swarm's bitfields, which
+    /// all have the file's length: the state keeps plain numbers, what
+    /// leaves the swarm names pieces of its file.
+    fn index(&self, piece: u32) -> Option<PieceIndex> {
+        self.file.layout.validate(piece)
     }
 
     /// The scheduling step: asks the picker what to request and queues it.
@@ -707,10 +722,11 @@ impl Swarm {
         });
         drop(peers);
         for r in requests {
-            let Some(link) = st.links.get_mut(r.peer) else {
+            // The picker chose it from bitfields of the file's length.
+            let (Some(link), Some(piece)) = (st.links.get_mut(r.peer), self.index(r.piece)) else {
                 continue;
             };
-            if link.tx.send(FetchCmd::Request(r.piece)).is_ok() {
+            if link.tx.send(FetchCmd::Request(piece)).is_ok() {
                 tracing::trace!(piece = r.piece, peer = %link.addr, "request");
                 link.ask(r.piece, now);
             }
@@ -735,13 +751,16 @@ impl Swarm {
         });
         drop(peers);
         for m in moves {
-            if st.links[m.to].tx.send(FetchCmd::Request(m.piece)).is_err() {
+            let Some(piece) = self.index(m.piece) else {
+                continue;
+            };
+            if st.links[m.to].tx.send(FetchCmd::Request(piece)).is_err() {
                 continue;
             }
             let from = &mut st.links[m.from];
             tracing::trace!(piece = m.piece, peer = %from.addr, "move");
             from.forget(m.piece);
-            let _ = from.tx.send(FetchCmd::Cancel(m.piece));
+            let _ = from.tx.send(FetchCmd::Cancel(piece));
             let to = &mut st.links[m.to];
             tracing::trace!(piece = m.piece, peer = %to.addr, "request");
             to.ask(m.piece, now);
