@@ -142,8 +142,21 @@ pub const MAX_FILE_SIZE: u64 = MAX_FILE_PIECES as u64 * crate::PIECE_LEN;
 pub const MAX_PIECE_LEN: u64 = (crate::MAX_FRAME_LEN - (64 << 10)) as u64;
 
 /// A piece index known to be inside its file; only [`Layout`] makes one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// It reads as its number, in messages and in logs alike.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PieceIndex(u32);
+
+impl std::fmt::Display for PieceIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for PieceIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 impl PieceIndex {
     pub fn get(self) -> u32 {

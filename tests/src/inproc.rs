@@ -82,7 +82,10 @@ impl Net {
         let (stop, stopped) = oneshot::channel::<()>();
         let tracker = tokio::spawn(async move {
             if let Err(e) = fileshare_tracker::run(config, stopped).await {
-                panic!("the in-process tracker failed: {e}");
+                panic!(
+                    "the in-process tracker failed: {}",
+                    fileshare_protocol::error::chain(&e)
+                );
             }
         });
         let net = Net {

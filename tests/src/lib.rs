@@ -39,6 +39,11 @@ use std::time::{Duration, Instant};
 /// One mebibyte, for file sizes.
 pub const MIB: usize = 1 << 20;
 
+/// How long a test waits for something that must happen at all before it
+/// calls itself hung. Generous for a loaded machine, and never a claim
+/// about speed: those are measured by the benchmarks (`scripts/bench.sh`).
+pub const HANG_LIMIT: Duration = Duration::from_secs(60);
+
 /// `cmp A B`, as a user would check a copy; panics with its output on a
 /// difference.
 pub fn cmp(a: &std::path::Path, b: &std::path::Path) {

@@ -298,7 +298,7 @@ impl Tracker {
     fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("tracker is not running");
         let mut status = None;
-        wait_until("the tracker to exit", Duration::from_secs(10), || {
+        wait_until("the tracker to exit", crate::HANG_LIMIT, || {
             status = child.try_wait().expect("wait for tracker");
             status.is_some()
         });

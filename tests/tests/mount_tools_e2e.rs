@@ -6,7 +6,7 @@
 
 use fileshare_tests::mount::Mount;
 use fileshare_tests::world::{User, World};
-use fileshare_tests::{cmp, random_file, MIB};
+use fileshare_tests::{cmp, random_file, HANG_LIMIT, MIB};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -61,7 +61,7 @@ fn wait_names(dir: &Path, want: &BTreeSet<String>) {
             return;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(15),
+            start.elapsed() < HANG_LIMIT,
             "{} lists {got:?}, not {want:?}",
             dir.display()
         );
@@ -78,7 +78,7 @@ fn wait_content(path: &Path, want: &[u8], logs: &[&Mount], more: impl Fn() -> St
         if got.as_deref().ok() == Some(want) {
             return;
         }
-        if start.elapsed() > Duration::from_secs(15) {
+        if start.elapsed() > HANG_LIMIT {
             let logs: Vec<String> = logs.iter().map(|m| m.log()).collect();
             panic!(
                 "{} reads {:?}, not {:?}\n{}\n{}",
@@ -465,7 +465,7 @@ fn files_written_out_of_order_or_changed_behind_the_writes_share_their_final_byt
             if got == *want {
                 break;
             }
-            if start.elapsed() > Duration::from_secs(15) {
+            if start.elapsed() > HANG_LIMIT {
                 let first = got.iter().zip(want.iter()).position(|(x, y)| x != y);
                 panic!(
                     "{name}: bob reads {} bytes, not {}; first difference at {first:?}\n{}\n----\n{}",

@@ -167,6 +167,7 @@ async fn a_read_no_peer_serves_fails_after_the_read_timeout_naming_the_pieces() 
     let (data, _) = read(&stream, piece(2), 4096).await;
     match data {
         Err(EngineError::Timeout { missing, secs }) => {
+            let missing: Vec<u32> = missing.iter().map(|p| p.get()).collect();
             assert_eq!(missing, vec![2]);
             assert_eq!(secs, 1);
         }

@@ -6,7 +6,7 @@
 use fileshare_tests::daemon::{fsd_command, text, Tmpfs};
 use fileshare_tests::mount::{fetched, wait_for, Mount};
 use fileshare_tests::world::{User, World};
-use fileshare_tests::{cmp, random_file, MIB};
+use fileshare_tests::{cmp, random_file, HANG_LIMIT, MIB};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -27,11 +27,9 @@ fn read_window(budget: u64) -> u64 {
 /// Waits until `m` lists `group/name`.
 fn wait_listed(m: &Mount, group: &str, name: &str) {
     let path = m.path(&format!("{group}/{name}"));
-    wait_for(
-        &format!("{} listed", path.display()),
-        Duration::from_secs(15),
-        || path.exists().then_some(()),
-    );
+    wait_for(&format!("{} listed", path.display()), HANG_LIMIT, || {
+        path.exists().then_some(())
+    });
 }
 
 /// `user.fileshare.pieces` as (held, total).
@@ -186,14 +184,14 @@ fn a_users_own_shares_survive_a_budget_smaller_than_them() {
     b.cp_in(&theirs, "g");
     wait_listed(&a, "g", "theirs.bin");
     cmp(&theirs, &a.path("g/theirs.bin"));
-    // Pieces kept for a read that has ended go within a second (the
-    // store's sync loop); a loaded machine may end the read with more held.
+    // Pieces kept for a read that has ended go at the store's next sync;
+    // a loaded machine may end the read with more held.
     let budget = MIB as u64;
     let within = || {
         let kept = cache_bytes(&a.home);
         (pieces(&a, "g/theirs.bin").0 < 16 && kept <= budget + read_window(budget)).then_some(())
     };
-    let settled = Instant::now() + Duration::from_secs(5);
+    let settled = Instant::now() + HANG_LIMIT;
     while within().is_none() && Instant::now() < settled {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -306,16 +304,17 @@ fn a_piece_that_cannot_be_stored_fails_the_read_at_once() {
     for chunk in [MIB, 4096] {
         while filler.write_all(&vec![1u8; chunk]).is_ok() {}
     }
-    let start = Instant::now();
+    // A read left to wait for the piece would end at `--read-timeout`
+    // with EIO; it fails with the store's error instead.
     let mut buf = vec![0u8; 4096];
     let err = f
         .read_exact_at(&mut buf, 0)
         .expect_err("nowhere to store it");
-    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}\n{}", b.log());
     assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "the read waited {:?}",
-        start.elapsed()
+        !b.log().contains("no peer served these pieces"),
+        "the read waited for its timeout:\n{}",
+        b.log()
     );
     drop(filler);
     std::fs::remove_file(&filler_path).unwrap();
@@ -394,7 +393,7 @@ fn a_download_is_resumed_after_a_restart() {
     )
     .spawn()
     .unwrap();
-    let part = wait_for("a quarter downloaded", Duration::from_secs(30), || {
+    let part = wait_for("a quarter downloaded", HANG_LIMIT, || {
         let shown = w.fsd_ok(&u[1], &["show-downloads"]);
         let pct: f64 = shown
             .lines()
@@ -424,7 +423,7 @@ fn a_download_is_resumed_after_a_restart() {
         !names_in(&out_dir).contains(&part[0]),
         "the stale temporary file stayed"
     );
-    wait_for("the resumed download", Duration::from_secs(30), || {
+    wait_for("the resumed download", HANG_LIMIT, || {
         let shown = w.fsd_ok(&u[1], &["show-downloads"]);
         assert!(!shown.contains("[F]"), "{shown}\n{}", b.log());
         shown

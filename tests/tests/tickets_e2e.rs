@@ -12,7 +12,7 @@ use fileshare_protocol::trackers_file::TrackerEntry;
 use fileshare_protocol::{ErrorCode, FileId, Identity, PeerId};
 use fileshare_tests::mount::{wait_for, Mount};
 use fileshare_tests::world::{User, World};
-use fileshare_tests::{cmp, random_file, wait_until, MIB};
+use fileshare_tests::{cmp, random_file, wait_until, HANG_LIMIT, MIB};
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
@@ -49,7 +49,7 @@ async fn send(conn: &mut SecureConnection, id: u64, body: PeerRequest) {
 
 /// The next reply on the connection.
 async fn next(conn: &mut SecureConnection) -> Reply<PeerReply> {
-    tokio::time::timeout(Duration::from_secs(15), conn.read_frame())
+    tokio::time::timeout(HANG_LIMIT, conn.read_frame())
         .await
         .expect("a reply in time")
         .unwrap()
@@ -68,7 +68,7 @@ async fn exchange(conn: &mut SecureConnection, id: u64, body: PeerRequest) -> Pe
 async fn connect_as(m: &Mount, key: &Identity) -> SecureConnection {
     let tls = ClientTls::new(Some(key), Pin::FirstUse).unwrap();
     let me = Role::Peer { id: key.peer_id() };
-    let (conn, _, _) = tls::connect(&m.listen, &tls, me, Duration::from_secs(5))
+    let (conn, _, _) = tls::connect(&m.listen, &tls, me, HANG_LIMIT)
         .await
         .expect("connect to the daemon's peer port");
     conn
@@ -272,22 +272,16 @@ fn a_removed_member_loses_the_group_while_the_others_read_on() {
     random_file(&two, 3 * MIB, 4);
     a.cp_in(&one, "g");
     a.cp_in(&two, "g");
-    wait_until("bob sees both files", Duration::from_secs(15), || {
+    wait_until("bob sees both files", HANG_LIMIT, || {
         ls(&b.path("g")).len() == 2
     });
     // bob opens two.bin before his removal but reads none of it.
     let mut held = std::fs::File::open(b.path("g/two.bin")).expect("open as a member");
 
     w.fsd_ok(&u[0], &["remove-member", "g", "bob"]);
-    let removed = Instant::now();
-    wait_until("g to leave bob's mount", Duration::from_secs(5), || {
+    wait_until("g to leave bob's mount", HANG_LIMIT, || {
         !ls(&b.mountpoint).contains(&"g".to_string())
     });
-    assert!(
-        removed.elapsed() < Duration::from_secs(4),
-        "the listing took {:?}",
-        removed.elapsed()
-    );
     let out = w.fsd(&u[1], &["list-files", "g"]);
     assert!(!out.status.success());
     assert!(
@@ -296,19 +290,18 @@ fn a_removed_member_loses_the_group_while_the_others_read_on() {
     );
 
     // A file bob never fetched stays out of reach: by path, and through
-    // the handle he opened as a member, refused rather than left hanging.
-    let started = Instant::now();
+    // the handle he opened as a member, refused rather than left hanging
+    // (a read left to its timeout fails with EIO, not EACCES).
     let by_path = std::fs::read(b.path("g/one.bin"));
     assert!(by_path.is_err(), "bob read one.bin after his removal");
     let mut buf = vec![0u8; 4096];
     let err = held
         .read(&mut buf)
         .expect_err("bob read two.bin after his removal");
-    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "refusals took {:?}\n{}",
-        started.elapsed(),
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{err}\n{}",
         b.log()
     );
 
@@ -318,14 +311,16 @@ fn a_removed_member_loses_the_group_while_the_others_read_on() {
 
     // Leaving works the same way.
     w.fsd_ok(&u[2], &["leave-group", "g"]);
-    wait_for("g to leave carol's mount", Duration::from_secs(5), || {
+    wait_for("g to leave carol's mount", HANG_LIMIT, || {
         (!ls(&c.mountpoint).contains(&"g".to_string())).then_some(())
     });
 }
 
 #[test]
 fn a_read_longer_than_a_ticket_lifetime_does_not_break() {
-    let (w, u) = World::with_tracker_args(&["--ticket-ttl", "3"]).with_users(&["alice", "bob"]);
+    let ttl = Duration::from_secs(3);
+    let (w, u) = World::with_tracker_args(&["--ticket-ttl", &ttl.as_secs().to_string()])
+        .with_users(&["alice", "bob"]);
     let a = w.mount(&u[0], &[]);
     // About five seconds of reading at this rate: the ticket is renewed
     // at least once on the open connection.
@@ -333,13 +328,15 @@ fn a_read_longer_than_a_ticket_lifetime_does_not_break() {
     let src = w.path("long.bin");
     random_file(&src, 10 * MIB, 5);
     a.cp_in(&src, "g");
-    wait_until("bob sees the file", Duration::from_secs(15), || {
+    wait_until("bob sees the file", HANG_LIMIT, || {
         ls(&b.path("g")).contains(&"long.bin".to_string())
     });
+    // Not a speed claim: the rate cap makes the read last longer than a
+    // ticket, which is what this test needs to renew one.
     let started = Instant::now();
     cmp(&src, &b.path("g/long.bin"));
     assert!(
-        started.elapsed() > Duration::from_secs(3),
+        started.elapsed() > ttl,
         "the read did not outlast a ticket: {:?}",
         started.elapsed()
     );
@@ -398,11 +395,9 @@ fn a_ticket_for_a_deleted_group_opens_nothing_of_one_created_again() {
         w.fsd_ok(user, &["leave-group", "g"]);
     }
     w.fsd_ok(&u[1], &["create-group", "g"]);
-    wait_until(
-        "bob's mount shows the new g",
-        Duration::from_secs(10),
-        || b.path("g").exists(),
-    );
+    wait_until("bob's mount shows the new g", HANG_LIMIT, || {
+        b.path("g").exists()
+    });
     let again = w.path("again.bin");
     random_file(&again, MIB, 7);
     b.cp_in(&again, "g");
@@ -461,7 +456,7 @@ fn a_tracker_refuses_a_ticket_lifetime_over_the_maximum() {
         .expect("run fileshare-tracker");
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(10) {
+        if started.elapsed() > HANG_LIMIT {
             child.kill().unwrap();
             child.wait().unwrap();
             panic!("the tracker started with tickets that last a day");

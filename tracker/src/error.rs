@@ -1,9 +1,13 @@
 //! The tracker's own errors: what can stop it from starting or from saving.
 //! Refusals sent to clients are [`fileshare_protocol::ErrorCode`]s instead.
 //!
-//! Each message already contains the inner error's text, so the variants do
-//! not also expose it as a `source`: a `{e:#}` chain then prints it once.
+//! A variant whose cause is a typed error of another crate keeps it as its
+//! `source` and leaves it out of its own message; the others carry the
+//! cause's text in the message. Print one with
+//! [`fileshare_protocol::error::chain`] to see each cause once.
 
+use fileshare_protocol::identity::IdentityError;
+use fileshare_protocol::tls::TlsError;
 use fileshare_protocol::trackers_file::TrackersFileError;
 use fileshare_protocol::{Fingerprint, ProtocolError};
 use std::path::PathBuf;
@@ -31,8 +35,12 @@ pub enum TrackerError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("cannot load this tracker's key: {0}")]
-    Identity(String),
+    #[error("cannot load this tracker's key")]
+    Identity(#[source] IdentityError),
+    #[error("cannot load this tracker's key")]
+    KeyUnusable(#[source] TlsError),
+    #[error("cannot load this tracker's key")]
+    KeyTask(#[source] tokio::task::JoinError),
     #[error(
         "the trackers file {path} pins tracker {no} to key {pinned}, but this tracker's key \
          (in {dir}) is {own}: if this tracker's key was replaced, put the new fingerprint in \
@@ -47,16 +55,14 @@ pub enum TrackerError {
     },
     #[error("cannot listen on {addr}: {error}")]
     Bind { addr: String, error: std::io::Error },
-    #[error("the operating system gave no randomness: {0}")]
-    Random(String),
     #[error(
         "{} holds the log of an earlier tracker version, which this one does not read; move \
          it aside to start this tracker with an empty state",
         path.display()
     )]
     OldStore { path: PathBuf },
-    #[error("the consensus engine: {0}")]
-    Consensus(String),
+    #[error("the consensus engine")]
+    Consensus(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Shorthand for mapping redb's many error types.

@@ -80,8 +80,7 @@ pub const KNOWN_KEYS: &str = "known_keys";
 
 /// This tracker's identity, kept in `data_dir` (created on first use).
 pub fn identity(data_dir: &Path) -> Result<Identity, TrackerError> {
-    Identity::load_or_create(data_dir, IDENTITY)
-        .map_err(|e| TrackerError::Identity(fileshare_protocol::error::chain(&e)))
+    Identity::load_or_create(data_dir, IDENTITY).map_err(TrackerError::Identity)
 }
 
 /// Everything `fileshare-tracker` is started with.
@@ -112,7 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerErr
     let data_dir = config.data_dir.clone();
     let identity = tokio::task::spawn_blocking(move || identity(&data_dir))
         .await
-        .map_err(|e| TrackerError::Identity(e.to_string()))??;
+        .map_err(TrackerError::KeyTask)??;
     if let Some(pinned) = mine.fingerprint.filter(|&p| p != identity.fingerprint()) {
         return Err(TrackerError::NotPinnedKey {
             no,
@@ -122,8 +121,8 @@ pub async fn run(config: Config, shutdown: impl Future) -> Result<(), TrackerErr
             own: identity.fingerprint(),
         });
     }
-    let tls = ServerTls::new(&identity, ClientCerts::Optional)
-        .map_err(|e| TrackerError::Identity(fileshare_protocol::error::chain(&e)))?;
+    let tls =
+        ServerTls::new(&identity, ClientCerts::Optional).map_err(TrackerError::KeyUnusable)?;
     let known_keys = config.data_dir.join(KNOWN_KEYS);
     let trust: Vec<TrackerTrust> = entries
         .iter()

@@ -123,7 +123,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("fileshare-tracker: {e:#}");
+                eprintln!(
+                    "fileshare-tracker: {}",
+                    fileshare_protocol::error::chain(&e)
+                );
                 ExitCode::FAILURE
             }
         };
@@ -175,7 +178,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fileshare-tracker: {e:#}");
+            eprintln!(
+                "fileshare-tracker: {}",
+                fileshare_protocol::error::chain(&e)
+            );
             ExitCode::FAILURE
         }
     }

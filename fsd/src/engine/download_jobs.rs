@@ -27,6 +27,7 @@ use crate::store::{Store, StoreError};
 use crate::trackers::LinkError;
 use fileshare_protocol::ids::check_name;
 use fileshare_protocol::messages::tracker::FileEntry;
+use fileshare_protocol::PieceIndex;
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,7 +70,7 @@ pub enum DownloadError {
     },
     #[error("cannot read piece {piece} of {name} from the store: {error}")]
     Store {
-        piece: u32,
+        piece: PieceIndex,
         name: String,
         error: StoreError,
     },

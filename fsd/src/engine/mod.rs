@@ -26,7 +26,7 @@ mod store_sync;
 use crate::engine::download_jobs::{DownloadError, Downloads};
 use crate::engine::download_status::DownloadStatus;
 use crate::engine::read_stream::ReadStream;
-use crate::net::fetch::LinkCtx;
+use crate::net::fetch::FetchCtx;
 use crate::net::token_bucket::TokenBucket;
 use crate::pieces::cache::Cache;
 use crate::pieces::registry::Registry;
@@ -40,7 +40,7 @@ use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::tracker::{
     CreateGroup, FileEntry, Holding, ReplaceShare, ShareFile, StopShare,
 };
-use fileshare_protocol::{ErrorCode, FileId, Identity};
+use fileshare_protocol::{ErrorCode, FileId, Identity, PieceIndex};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -58,9 +58,9 @@ pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("no peer served pieces {missing:?} within {secs} s")]
-    Timeout { missing: Vec<u32>, secs: u64 },
+    Timeout { missing: Vec<PieceIndex>, secs: u64 },
     #[error("cannot store piece {piece}: {}", std::io::Error::from_raw_os_error(*.errno))]
-    Unstorable { piece: u32, errno: i32 },
+    Unstorable { piece: PieceIndex, errno: i32 },
     #[error("no such file")]
     NotFound,
     #[error("hashing failed: {0}")]
@@ -111,7 +111,7 @@ pub struct Engine {
     tracker: Arc<TrackerLink>,
     /// Shared with the peer server, which looks up what it may serve.
     registry: Arc<Registry>,
-    link_ctx: Arc<LinkCtx>,
+    link_ctx: Arc<FetchCtx>,
     read_timeout: Duration,
     /// The engine's node of the task tree.
     tasks: Tasks,
@@ -167,7 +167,7 @@ impl Engine {
         let cache = Arc::new(Cache::new(budget, registry.clone()));
         Arc::new(Engine {
             store: Arc::new(store),
-            link_ctx: Arc::new(LinkCtx {
+            link_ctx: Arc::new(FetchCtx {
                 my_id: tracker.peer,
                 identity,
                 tracker: tracker.clone(),

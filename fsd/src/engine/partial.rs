@@ -206,7 +206,7 @@ impl Partial {
             }
             src.copy_piece_to(p, &self.file)
                 .map_err(|error| DownloadError::Store {
-                    piece: p.get(),
+                    piece: p,
                     name: src.meta.name.clone(),
                     error,
                 })?

@@ -8,7 +8,7 @@
 
 use crate::engine::{Engine, EngineError};
 use crate::pieces::swarm::{PieceWait, RangeError, Swarm, READ_AHEAD_PIECES};
-use fileshare_protocol::PIECE_LEN;
+use fileshare_protocol::{PieceIndex, PIECE_LEN};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -163,10 +163,10 @@ impl Engine {
     async fn wait_pieces(
         &self,
         swarm: &Swarm,
-        waits: Vec<(u32, PieceWait)>,
+        waits: Vec<(PieceIndex, PieceWait)>,
         deadline: Instant,
     ) -> Result<(), EngineError> {
-        let pieces: Vec<u32> = waits.iter().map(|(p, _)| *p).collect();
+        let pieces: Vec<PieceIndex> = waits.iter().map(|(p, _)| *p).collect();
         let all = async {
             for (piece, rx) in waits {
                 match rx.await {
@@ -194,7 +194,7 @@ impl Engine {
             Ok(r) => r,
             Err(_) => {
                 swarm.forget_closed_waiters();
-                let missing: Vec<u32> = pieces
+                let missing: Vec<PieceIndex> = pieces
                     .into_iter()
                     .filter(|&p| swarm.still_needed(p))
                     .collect();

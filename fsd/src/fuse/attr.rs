@@ -9,7 +9,7 @@
 //! shared, elsewhere they change nothing. Owners are never changed: every
 //! entry belongs to the user who mounted.
 
-use super::{Handle, Inner};
+use super::{Handle, MountedFs};
 use crate::fuse::inodes::Node;
 use fileshare_protocol::ids::MAX_NAME_LEN;
 use fileshare_protocol::PIECE_LEN;
@@ -24,9 +24,9 @@ fn time_of(t: TimeOrNow) -> SystemTime {
     }
 }
 
-impl Inner {
+impl MountedFs {
     /// A node's attributes; a file being written is `stat`ed, so call this
-    /// on a FUSE thread, or through [`Inner::attr_in_task`].
+    /// on a FUSE thread, or through [`MountedFs::attr_in_task`].
     pub(super) fn attr(&self, ino: u64, node: &Node) -> FileAttr {
         let (mut atime, mut mtime) = (self.started, self.started);
         let (kind, size, perm, nlink) = match node {
@@ -68,7 +68,7 @@ impl Inner {
         }
     }
 
-    /// [`Inner::attr`] from a task: the `stat` runs on the blocking pool.
+    /// [`MountedFs::attr`] from a task: the `stat` runs on the blocking pool.
     pub(super) async fn attr_in_task(
         self: &Arc<Self>,
         ino: u64,
@@ -77,9 +77,9 @@ impl Inner {
         if !matches!(node, Node::Staging { .. }) {
             return Ok(self.attr(ino, &node));
         }
-        let inner = self.clone();
+        let fs = self.clone();
         self.tasks
-            .blocking(move || inner.attr(ino, &node))
+            .blocking(move || fs.attr(ino, &node))
             .await
             .map_err(|_| Errno::EIO)
     }
@@ -173,7 +173,7 @@ impl Inner {
         super::spawn(
             self,
             "fuse-statfs",
-            |inner| async move { inner.engine.space().await },
+            |fs| async move { fs.engine.space().await },
             move |r| match r {
                 Ok(s) => reply.statfs(
                     s.blocks,

@@ -3,7 +3,7 @@
 //! in the root creates a group, `rm` stops sharing, `rmdir` is refused.
 
 use super::names::valid_name;
-use super::{errno, spawn, Inner, TTL};
+use super::{errno, spawn, MountedFs, TTL};
 use crate::fuse::inodes::{Node, ROOT};
 use fuser::{
     Errno, FileAttr, FileType, Generation, INodeNo, ReplyDirectory, ReplyEmpty, ReplyEntry,
@@ -11,7 +11,7 @@ use fuser::{
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-impl Inner {
+impl MountedFs {
     /// The root's entries: the groups this user belongs to.
     async fn list_root(&self) -> Result<Vec<(String, u64, FileType)>, Errno> {
         let groups = self.engine.list_groups().await.map_err(|e| {
@@ -80,9 +80,9 @@ impl Inner {
         spawn(
             self,
             "fuse-lookup",
-            move |inner| async move {
-                let (ino, node) = inner.find(parent, &name).await?;
-                inner.attr_in_task(ino, node).await
+            move |fs| async move {
+                let (ino, node) = fs.find(parent, &name).await?;
+                fs.attr_in_task(ino, node).await
             },
             move |r: Result<FileAttr, Errno>| match r {
                 Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -103,15 +103,11 @@ impl Inner {
         spawn(
             self,
             "fuse-mkdir",
-            move |inner| async move {
-                inner
-                    .engine
-                    .create_group(&name)
-                    .await
-                    .map_err(|e| errno(&e))?;
+            move |fs| async move {
+                fs.engine.create_group(&name).await.map_err(|e| errno(&e))?;
                 tracing::info!(group = %name, "group created");
-                let ino = inner.nodes.lock().group(&name);
-                Ok(inner.attr(ino, &Node::Group(name)))
+                let ino = fs.nodes.lock().group(&name);
+                Ok(fs.attr(ino, &Node::Group(name)))
             },
             move |r: Result<FileAttr, Errno>| match r {
                 Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -139,12 +135,12 @@ impl Inner {
         spawn(
             self,
             "fuse-unlink",
-            move |inner| async move {
-                match inner.engine.unshare(&group, &name).await {
+            move |fs| async move {
+                match fs.engine.unshare(&group, &name).await {
                     Ok(()) => {}
                     Err(e) if e.errno() == libc::ENOENT => {
                         // Listed, but not this user's to remove.
-                        let listed = inner.engine.list_files(&group).await;
+                        let listed = fs.engine.list_files(&group).await;
                         if listed.is_ok_and(|l| l.iter().any(|f| f.name == name)) {
                             return Err(Errno::EPERM);
                         }
@@ -171,12 +167,12 @@ impl Inner {
         spawn(
             self,
             "fuse-rmdir",
-            move |inner| async move {
-                let (_, node) = inner.find(parent, &name).await?;
+            move |fs| async move {
+                let (_, node) = fs.find(parent, &name).await?;
                 let Node::Group(g) = node else {
                     return Err(Errno::ENOTDIR);
                 };
-                if inner.list_group(&g).await?.is_empty() {
+                if fs.list_group(&g).await?.is_empty() {
                     Err(Errno::EPERM)
                 } else {
                     Err(Errno::ENOTEMPTY)
@@ -194,10 +190,10 @@ impl Inner {
         spawn(
             self,
             "fuse-readdir",
-            move |inner| async move {
+            move |fs| async move {
                 match &node {
-                    Node::Root => inner.list_root().await,
-                    Node::Group(g) => inner.list_group(g).await,
+                    Node::Root => fs.list_root().await,
+                    Node::Group(g) => fs.list_group(g).await,
                     _ => Err(Errno::ENOTDIR),
                 }
             },

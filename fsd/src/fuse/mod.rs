@@ -78,7 +78,10 @@ enum Handle {
     },
 }
 
-struct Inner {
+/// The filesystem itself: its nodes, open handles and files being written,
+/// over the engine. [`FileShareFs`] hands each kernel call to it, on a task
+/// where the call waits on the network.
+struct MountedFs {
     engine: Arc<Engine>,
     /// Passthrough: whether the kernel reads files held whole directly.
     kernel_reads: Arc<KernelReads>,
@@ -98,7 +101,7 @@ struct Inner {
 }
 
 pub struct FileShareFs {
-    inner: Arc<Inner>,
+    fs: Arc<MountedFs>,
 }
 
 fn errno(e: &EngineError) -> Errno {
@@ -110,7 +113,7 @@ impl FileShareFs {
         // SAFETY: geteuid and getegid cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         FileShareFs {
-            inner: Arc::new(Inner {
+            fs: Arc::new(MountedFs {
                 engine,
                 kernel_reads: KernelReads::new(),
                 tasks,
@@ -132,11 +135,11 @@ impl FileShareFs {
     /// Whether files held whole are read by the kernel directly, for the
     /// dashboard and `fsd status`.
     pub fn kernel_reads(&self) -> Arc<KernelReads> {
-        self.inner.kernel_reads.clone()
+        self.fs.kernel_reads.clone()
     }
 }
 
-impl Inner {
+impl MountedFs {
     fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
         self.nodes.lock().get(ino.0).cloned().ok_or(Errno::ENOENT)
     }
@@ -162,17 +165,17 @@ impl Inner {
 /// Runs `f` as the task `name` and hands its result to `done`. Cancelled
 /// at shutdown, the reply is dropped, which answers `EIO`.
 fn spawn<T, F, D>(
-    inner: &Arc<Inner>,
+    fs: &Arc<MountedFs>,
     name: &'static str,
-    f: impl FnOnce(Arc<Inner>) -> F + Send + 'static,
+    f: impl FnOnce(Arc<MountedFs>) -> F + Send + 'static,
     done: D,
 ) where
     F: std::future::Future<Output = T> + Send + 'static,
     D: FnOnce(T) + Send + 'static,
     T: Send + 'static,
 {
-    let task = inner.clone();
-    inner.tasks.spawn(name, async move {
+    let task = fs.clone();
+    fs.tasks.spawn(name, async move {
         let out = f(task).await;
         done(out);
     });
@@ -197,17 +200,17 @@ impl Filesystem for FileShareFs {
             .set_max_write(1 << 20)
             .or_else(|max| config.set_max_write(max));
         let _ = config.set_max_background(64);
-        self.inner.kernel_reads.negotiate(config);
+        self.fs.kernel_reads.negotiate(config);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.inner.lookup(parent, name, reply);
+        self.fs.lookup(parent, name, reply);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.inner.node(ino) {
-            Ok(node) => reply.attr(&TTL, &self.inner.attr(ino.0, &node)),
+        match self.fs.node(ino) {
+            Ok(node) => reply.attr(&TTL, &self.fs.attr(ino.0, &node)),
             Err(e) => reply.error(e),
         }
     }
@@ -230,7 +233,7 @@ impl Filesystem for FileShareFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.inner.setattr(ino, mode, size, atime, mtime) {
+        match self.fs.setattr(ino, mode, size, atime, mtime) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
@@ -245,7 +248,7 @@ impl Filesystem for FileShareFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.inner.mkdir(parent, name, reply);
+        self.fs.mkdir(parent, name, reply);
     }
 
     fn mknod(
@@ -263,7 +266,7 @@ impl Filesystem for FileShareFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.inner.rmdir(parent, name, reply);
+        self.fs.rmdir(parent, name, reply);
     }
 
     fn rename(
@@ -276,16 +279,16 @@ impl Filesystem for FileShareFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.inner
+        self.fs
             .rename(parent, name, newparent, newname, flags, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.inner.unlink(parent, name, reply);
+        self.fs.unlink(parent, name, reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.inner.open(ino, flags, req.pid(), reply);
+        self.fs.open(ino, flags, req.pid(), reply);
     }
 
     fn read(
@@ -299,7 +302,7 @@ impl Filesystem for FileShareFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.inner.read(fh, offset, size, reply);
+        self.fs.read(fh, offset, size, reply);
     }
 
     fn create(
@@ -312,8 +315,7 @@ impl Filesystem for FileShareFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        self.inner
-            .create(parent, name, mode, umask, req.pid(), reply);
+        self.fs.create(parent, name, mode, umask, req.pid(), reply);
     }
 
     fn write(
@@ -328,7 +330,7 @@ impl Filesystem for FileShareFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.inner.write(fh, offset, data, reply);
+        self.fs.write(fh, offset, data, reply);
     }
 
     fn flush(
@@ -339,7 +341,7 @@ impl Filesystem for FileShareFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.inner.flush(fh, req.pid(), reply);
+        self.fs.flush(fh, req.pid(), reply);
     }
 
     fn release(
@@ -352,7 +354,7 @@ impl Filesystem for FileShareFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.inner.release(fh);
+        self.fs.release(fh);
         reply.ok();
     }
 
@@ -364,11 +366,11 @@ impl Filesystem for FileShareFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.inner.fsync(fh, datasync));
+        reply_empty(reply, self.fs.fsync(fh, datasync));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        reply_empty(reply, self.inner.access(ino, mask));
+        reply_empty(reply, self.fs.access(ino, mask));
     }
 
     fn readdir(
@@ -379,11 +381,11 @@ impl Filesystem for FileShareFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        self.inner.readdir(ino, offset, reply);
+        self.fs.readdir(ino, offset, reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.inner.statfs(reply);
+        self.fs.statfs(reply);
     }
 
     fn setxattr(
@@ -405,10 +407,10 @@ impl Filesystem for FileShareFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.inner.getxattr(ino, name, size, reply);
+        self.fs.getxattr(ino, name, size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.inner.listxattr(ino, size, reply);
+        self.fs.listxattr(ino, size, reply);
     }
 }

@@ -3,7 +3,7 @@
 //! Files being written are read from their staging file. A file held
 //! whole is opened for the kernel to read directly (see [`super::passthrough`]).
 
-use super::{errno, spawn, Handle, Inner};
+use super::{errno, spawn, Handle, MountedFs};
 use crate::engine::read_stream::ReadNow;
 use crate::engine::EngineError;
 use crate::fuse::inodes::Node;
@@ -11,7 +11,7 @@ use crate::fuse::passthrough::Opened;
 use fuser::{Errno, FileHandle, FopenFlags, INodeNo, OpenFlags, ReplyData, ReplyOpen};
 use std::sync::Arc;
 
-impl Inner {
+impl MountedFs {
     pub(super) fn open(
         self: &Arc<Self>,
         ino: INodeNo,
@@ -49,13 +49,13 @@ impl Inner {
         spawn(
             self,
             "fuse-open",
-            move |inner| async move {
-                let stream = inner
+            move |fs| async move {
+                let stream = fs
                     .engine
                     .open_read(&group, &entry)
                     .await
                     .map_err(|e| errno(&e))?;
-                Ok(inner.new_handle(Handle::Read(Arc::new(stream), through_daemon)))
+                Ok(fs.new_handle(Handle::Read(Arc::new(stream), through_daemon)))
             },
             move |r: Result<u64, Errno>| match r {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),

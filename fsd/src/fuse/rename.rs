@@ -18,7 +18,7 @@
 
 use super::names::{is_temporary, valid_name};
 use super::write::Staged;
-use super::{errno, spawn, Inner};
+use super::{errno, spawn, MountedFs};
 use crate::fuse::inodes::Node;
 use fileshare_protocol::messages::tracker::FileEntry;
 use fuser::{Errno, INodeNo, RenameFlags, ReplyEmpty};
@@ -35,7 +35,7 @@ fn refused(e: Errno) -> Errno {
     }
 }
 
-impl Inner {
+impl MountedFs {
     pub(super) fn rename(
         self: &Arc<Self>,
         parent: INodeNo,
@@ -63,9 +63,9 @@ impl Inner {
         spawn(
             self,
             "fuse-rename",
-            move |inner| async move {
-                let (ino, node) = inner.find(parent, &from).await?;
-                let target = match inner.find(newparent, &to).await {
+            move |fs| async move {
+                let (ino, node) = fs.find(parent, &from).await?;
+                let target = match fs.find(newparent, &to).await {
                     Ok(t) => Some(t),
                     Err(e) if e == Errno::ENOENT => None,
                     Err(e) => return Err(e),
@@ -77,24 +77,22 @@ impl Inner {
                     return Err(Errno::EEXIST);
                 }
                 let target_staged = match &target {
-                    Some((t, Node::Staging { .. })) => inner.staged(*t),
+                    Some((t, Node::Staging { .. })) => fs.staged(*t),
                     _ => None,
                 };
                 match node {
                     Node::Staging { .. } => {
-                        let staged = inner.staged(ino).ok_or(Errno::ENOENT)?;
-                        inner
-                            .rename_staged(&staged, &from, &to, target_staged)
-                            .await
+                        let staged = fs.staged(ino).ok_or(Errno::ENOENT)?;
+                        fs.rename_staged(&staged, &from, &to, target_staged).await
                     }
                     Node::File { .. } => {
-                        let swarm = inner
+                        let swarm = fs
                             .engine
                             .rename(&group, &from, &to)
                             .await
                             .map_err(|e| refused(errno(&e)))?;
                         if let Some(t) = target_staged {
-                            inner.remove_staged(&t);
+                            fs.remove_staged(&t);
                         }
                         let f = &swarm.file;
                         let entry = FileEntry {
@@ -105,7 +103,7 @@ impl Inner {
                             peers_online: 1,
                             holders: 1,
                         };
-                        inner.nodes.lock().rename_file(ino, &group, entry);
+                        fs.nodes.lock().rename_file(ino, &group, entry);
                         tracing::info!(group = %group, from = %from, to = %to, "renamed");
                         Ok(())
                     }

@@ -20,7 +20,7 @@
 //! [`super::names::TEMPORARY_GRACE`].
 
 use super::names::{is_temporary, valid_name, TEMPORARY_GRACE};
-use super::{errno, spawn, Handle, Inner, TTL};
+use super::{errno, spawn, Handle, MountedFs, TTL};
 use crate::fuse::inodes::{Node, ROOT};
 use crate::store::prehash::Prehash;
 use crate::store::Staging;
@@ -74,7 +74,7 @@ pub(super) struct StagedState {
     pub prehash: Prehash,
 }
 
-impl Inner {
+impl MountedFs {
     pub(super) fn staged(&self, ino: u64) -> Option<Arc<Staged>> {
         self.staged.lock().get(&ino).cloned()
     }
@@ -261,7 +261,7 @@ impl Inner {
         spawn(
             self,
             "fuse-flush",
-            move |inner| async move { inner.share_staged(&staged, false).await },
+            move |fs| async move { fs.share_staged(&staged, false).await },
             move |r: Result<(), Errno>| super::reply_empty(reply, r),
         );
     }
@@ -294,7 +294,7 @@ impl Inner {
             spawn(
                 self,
                 "fuse-release",
-                move |inner| async move { inner.share_staged(&staged, false).await },
+                move |fs| async move { fs.share_staged(&staged, false).await },
                 |_| {},
             );
         }
@@ -307,14 +307,14 @@ impl Inner {
         spawn(
             self,
             "fuse-share-later",
-            move |inner| async move {
+            move |fs| async move {
                 tokio::time::sleep(TEMPORARY_GRACE).await;
                 let put = {
                     let st = staged.state.lock();
                     st.generation == generation && st.writers == 0 && !st.removed
                 };
                 if put {
-                    let _ = inner.share_staged(&staged, false).await;
+                    let _ = fs.share_staged(&staged, false).await;
                 }
             },
             |()| {},

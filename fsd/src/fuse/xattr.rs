@@ -2,7 +2,7 @@
 //! id, its pieces verified here, its peers, the bytes moved, and how often
 //! it was opened for the kernel to read directly.
 
-use super::Inner;
+use super::MountedFs;
 use crate::fuse::inodes::Node;
 use fileshare_protocol::PIECE_LEN;
 use fuser::{Errno, INodeNo, ReplyXattr};
@@ -20,7 +20,7 @@ fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
     }
 }
 
-impl Inner {
+impl MountedFs {
     pub(super) fn getxattr(&self, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let value = match self.xattrs(ino) {
             Ok(attrs) => attrs

@@ -14,13 +14,13 @@
 
 use crate::net::reach::{Opened, Path};
 use crate::net::token_bucket::TokenBucket;
-use crate::pieces::swarm::{LinkCmd, LinkKey, Swarm};
+use crate::pieces::swarm::{FetchCmd, FetchLinkId, Swarm};
 use crate::tasks::Tasks;
 use crate::trackers::{now_ms, LinkError, TrackerLink};
 use fileshare_protocol::messages::tracker::PeerLocation;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::tls::{ClientTls, Pin, TlsError};
-use fileshare_protocol::{Identity, PeerId, ProtocolError};
+use fileshare_protocol::{Identity, PeerId, PieceIndex, ProtocolError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,8 +69,8 @@ const SPARE_BUFFERS: usize = 1;
 /// How soon to ask again for a fresh ticket when no tracker answered.
 const RENEW_RETRY: Duration = Duration::from_secs(1);
 
-/// What every link of this daemon shares.
-pub struct LinkCtx {
+/// What every fetch link of this daemon shares.
+pub struct FetchCtx {
     pub my_id: PeerId,
     /// This daemon's key, presented to every peer it fetches from.
     pub identity: Identity,
@@ -82,8 +82,9 @@ pub struct LinkCtx {
     pub reach: Arc<crate::net::reach::Reach>,
 }
 
+/// Why a fetch link ended.
 #[derive(Debug, thiserror::Error)]
-enum LinkFailure {
+enum FetchError {
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error(transparent)]
@@ -108,7 +109,7 @@ enum LinkFailure {
 ///
 /// The caller has registered the attempt with [`Swarm::connect_started`];
 /// `tasks` is the swarm's node of the task tree.
-pub async fn run(swarm: Arc<Swarm>, ctx: Arc<LinkCtx>, remote: PeerLocation, tasks: Tasks) {
+pub async fn run(swarm: Arc<Swarm>, ctx: Arc<FetchCtx>, remote: PeerLocation, tasks: Tasks) {
     let peer = remote.peer;
     let cancel = swarm.cancel.clone();
     let links = async {
@@ -140,7 +141,7 @@ pub async fn run(swarm: Arc<Swarm>, ctx: Arc<LinkCtx>, remote: PeerLocation, tas
 /// Releases the link's requests however it ends.
 struct Registered<'a> {
     swarm: &'a Swarm,
-    key: LinkKey,
+    key: FetchLinkId,
 }
 
 impl Drop for Registered<'_> {
@@ -154,17 +155,17 @@ impl Drop for Registered<'_> {
 /// relay and the holder became reachable directly.
 async fn link(
     swarm: &Arc<Swarm>,
-    ctx: &LinkCtx,
+    ctx: &FetchCtx,
     remote: &PeerLocation,
     tasks: &Tasks,
     opened: Option<Opened>,
-) -> Result<Option<Opened>, LinkFailure> {
+) -> Result<Option<Opened>, FetchError> {
     let file = swarm.file.clone();
     let held = ctx
         .tracker
         .ticket(&file.group)
         .await
-        .map_err(LinkFailure::Ticket)?;
+        .map_err(FetchError::Ticket)?;
     // Only the peer the tracker named can complete the handshake: its key
     // must be the one its peer id derives from.
     let pinned = ClientTls::new(Some(&ctx.identity), Pin::Peer(remote.peer))?;
@@ -179,7 +180,7 @@ async fn link(
         None => crate::net::reach::open(ctx, &file.group, remote, &pinned, me.clone()).await?,
     };
     if role != (Role::Peer { id: remote.peer }) {
-        return Err(LinkFailure::WrongPeer);
+        return Err(FetchError::WrongPeer);
     }
     let (mut reader, mut writer) = conn.into_split();
     writer
@@ -192,8 +193,8 @@ async fn link(
         .await?;
     match read_reply(&mut reader).await?.body {
         PeerReply::Authenticated => {}
-        PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
-        _ => return Err(LinkFailure::Unexpected),
+        PeerReply::Error(e) => return Err(FetchError::Refused(e)),
+        _ => return Err(FetchError::Unexpected),
     }
     writer
         .write_frame(&Request {
@@ -203,8 +204,8 @@ async fn link(
         .await?;
     let have = match read_reply(&mut reader).await?.body {
         PeerReply::Bitfield(b) if b.is_valid_for(file.layout.num_pieces()) => b,
-        PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
-        _ => return Err(LinkFailure::Unexpected),
+        PeerReply::Error(e) => return Err(FetchError::Refused(e)),
+        _ => return Err(FetchError::Unexpected),
     };
     let Some((key, mut queue)) = swarm.add_link(remote.peer, addr, have) else {
         return Ok(None);
@@ -217,7 +218,7 @@ async fn link(
     #[derive(Clone, Copy)]
     enum Asked {
         /// A piece, and when it was asked for.
-        Piece(u32, Instant),
+        Piece(PieceIndex, Instant),
         /// Cancelled: whatever answers it is dropped.
         Cancelled,
         /// A fresh ticket.
@@ -245,7 +246,7 @@ async fn link(
                 }
                 // Refused: not a member any more. The peer refuses us
                 // once the ticket it holds expires; stop now.
-                Err(e) if e.code().is_some() => return Err(LinkFailure::Ticket(e)),
+                Err(e) if e.code().is_some() => return Err(FetchError::Ticket(e)),
                 Err(e) => {
                     tracing::debug!(group = %file.group, "cannot renew the ticket yet: {e:#}");
                     at = now_ms() + fileshare_protocol::millis(RENEW_RETRY);
@@ -300,7 +301,8 @@ async fn link(
                     if let Some((id, piece)) = stuck {
                         tracing::debug!(
                             file = %file.meta.name,
-                            "piece {piece} unanswered for {after:?}: asking another peer"
+                            "piece {} unanswered for {after:?}: asking another peer",
+                            piece.get()
                         );
                         writer
                             .write_frame(&Request { id, body: PeerRequest::Cancel { id } })
@@ -311,15 +313,10 @@ async fn link(
                 }
             };
             let (id, body) = match cmd {
-                None => return Ok::<(), LinkFailure>(()),
-                Some(LinkCmd::Request(piece)) => {
+                None => return Ok::<(), FetchError>(()),
+                Some(FetchCmd::Request(piece)) => {
                     if let Some(t) = &ctx.download {
-                        let len = file
-                            .layout
-                            .validate(piece)
-                            .map(|p| file.layout.piece_size(p))
-                            .unwrap_or(0);
-                        t.take(len).await;
+                        t.take(file.layout.piece_size(piece)).await;
                     }
                     let id = next_id;
                     next_id += 1;
@@ -328,11 +325,11 @@ async fn link(
                         id,
                         PeerRequest::Piece {
                             file: file.id,
-                            index: piece,
+                            index: piece.get(),
                         },
                     )
                 }
-                Some(LinkCmd::Cancel(piece)) => {
+                Some(FetchCmd::Cancel(piece)) => {
                     let mut a = asked.lock();
                     let Some((&id, what)) = a
                         .iter_mut()
@@ -361,28 +358,28 @@ async fn link(
             let reply = read_reply(&mut reader).await?;
             if reply.id == SUBSCRIPTION {
                 match reply.body {
-                    PeerReply::Have(i) if i < num_pieces => swarm.add_have(key, i),
+                    PeerReply::Have(i) => match file.layout.validate(i) {
+                        Some(piece) => swarm.add_have(key, piece),
+                        None => return Err(FetchError::Unexpected),
+                    },
                     PeerReply::Bitfield(b) if b.is_valid_for(num_pieces) => {
                         swarm.update_have(key, b)
                     }
-                    PeerReply::Error(e) => return Err(LinkFailure::Refused(e)),
-                    _ => return Err(LinkFailure::Unexpected),
+                    PeerReply::Error(e) => return Err(FetchError::Refused(e)),
+                    _ => return Err(FetchError::Unexpected),
                 }
                 continue;
             }
             let Some(what) = asked.lock().remove(&reply.id) else {
-                return Err(LinkFailure::Unexpected);
+                return Err(FetchError::Unexpected);
             };
             match (what, reply.body) {
                 (Asked::Authenticate, PeerReply::Authenticated) => {}
-                (Asked::Authenticate, PeerReply::Error(e)) => return Err(LinkFailure::Refused(e)),
+                (Asked::Authenticate, PeerReply::Error(e)) => return Err(FetchError::Refused(e)),
                 (Asked::Cancelled, PeerReply::Piece { data }) => swarm.count_duplicate(&data),
                 (Asked::Cancelled, _) => {}
                 (Asked::Piece(index, _), PeerReply::Piece { data }) => {
                     received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    if file.layout.validate(index).is_none() {
-                        return Err(LinkFailure::Unexpected);
-                    }
                     if !swarm.still_needed(index) {
                         swarm.count_duplicate(&data);
                         continue;
@@ -417,7 +414,7 @@ async fn link(
                 (Asked::Piece(index, _), PeerReply::Error(_)) => {
                     swarm.piece_unavailable(key, index);
                 }
-                _ => return Err(LinkFailure::Unexpected),
+                _ => return Err(FetchError::Unexpected),
             }
         }
     };
@@ -435,18 +432,18 @@ async fn link(
         r = receive => r.map(|()| None),
         r = renew => r.map(|()| None),
         o = direct => Ok(Some(o)),
-        () = dropped.cancelled() => Err(LinkFailure::BadPieces(crate::pieces::swarm::MAX_FAILURES)),
+        () = dropped.cancelled() => Err(FetchError::BadPieces(crate::pieces::swarm::MAX_FAILURES)),
     }
 }
 
 async fn read_reply<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut fileshare_protocol::connection::FrameReader<R>,
-) -> Result<Reply<PeerReply>, LinkFailure> {
+) -> Result<Reply<PeerReply>, FetchError> {
     match tokio::time::timeout(PEER_TIMEOUT * 3, reader.read_peer_reply()).await {
         Ok(Ok(Some(r))) => Ok(r),
-        Ok(Ok(None)) => Err(LinkFailure::Closed),
+        Ok(Ok(None)) => Err(FetchError::Closed),
         Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(LinkFailure::Protocol(ProtocolError::Timeout {
+        Err(_) => Err(FetchError::Protocol(ProtocolError::Timeout {
             what: "peer reply",
             ms: fileshare_protocol::millis(PEER_TIMEOUT * 3),
         })),

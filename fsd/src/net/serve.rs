@@ -440,7 +440,7 @@ async fn subscription(swarm: Arc<Swarm>, st: Arc<ConnState>, id: u64, tx: mpsc::
         let left = Duration::from_millis(expires().saturating_sub(now_ms()));
         next = tokio::select! {
             r = haves.recv() => match r {
-                Ok(Offer::Have(i)) => Some(PeerReply::Have(i)),
+                Ok(Offer::Have(i)) => Some(PeerReply::Have(i.get())),
                 // Pieces evicted, or too far behind: the whole bitfield again.
                 Ok(Offer::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     Some(PeerReply::Bitfield(swarm.have()))
@@ -530,7 +530,7 @@ async fn piece(
     let ask = Ask {
         conn: st.conn,
         file: swarm.file.id,
-        piece: index,
+        piece: p,
         num_pieces: swarm.file.layout.num_pieces(),
         bytes: swarm.file.layout.piece_size(p),
         second: st.refused.lock().contains(&key),

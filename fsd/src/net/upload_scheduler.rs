@@ -76,7 +76,7 @@
 use crate::net::choke::{self, Candidate, Choker};
 use crate::net::token_bucket::TokenBucket;
 use crate::net::uplink::Uplink;
-use fileshare_protocol::{FileId, PeerId};
+use fileshare_protocol::{FileId, PeerId, PieceIndex};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -137,7 +137,7 @@ pub struct Ask {
     /// The asking connection (any id unique among live connections).
     pub conn: u64,
     pub file: FileId,
-    pub piece: u32,
+    pub piece: PieceIndex,
     /// Pieces in the file, to size the upload counts.
     pub num_pieces: u32,
     /// Bytes the piece costs.
@@ -168,7 +168,7 @@ pub struct Plan {
 /// any monotonic unit (0 = never). O(W) for W waiting requests.
 pub fn plan(
     waiting: &[Waiting],
-    uploads: impl Fn(&FileId, u32) -> u32,
+    uploads: impl Fn(&FileId, PieceIndex) -> u32,
     last_served: impl Fn(u64) -> u64,
 ) -> Plan {
     // Never uploaded: 0; asked again after a refusal: 1; else 1 + uploads.
@@ -178,7 +178,7 @@ pub fn plan(
         n => n.saturating_add(1),
     };
     let fresh = waiting.iter().any(|w| rank(w) == 0);
-    let mut demand: HashMap<(FileId, u32), u32> = HashMap::new();
+    let mut demand: HashMap<(FileId, PieceIndex), u32> = HashMap::new();
     for w in waiting {
         *demand.entry((w.ask.file, w.ask.piece)).or_default() += 1;
     }
@@ -270,7 +270,7 @@ impl State {
             .uploads
             .entry(ask.file)
             .or_insert_with(|| vec![0; ask.num_pieces as usize]);
-        if let Some(c) = counts.get_mut(ask.piece as usize) {
+        if let Some(c) = counts.get_mut(ask.piece.usize()) {
             *c = c.saturating_add(1);
         }
         self.grants += 1;
@@ -343,7 +343,7 @@ impl State {
                 |f, i| {
                     (self.uploads.get(f))
                         .filter(|_| contested(f))
-                        .and_then(|c| c.get(i as usize))
+                        .and_then(|c| c.get(i.usize()))
                         .copied()
                         .unwrap_or(0)
                 },
@@ -373,7 +373,7 @@ impl State {
                 match e.tx.send(answer) {
                     Ok(()) => {
                         tracing::trace!(
-                            piece = a.piece,
+                            piece = a.piece.get(),
                             conn = a.conn,
                             second = a.second,
                             serve,
@@ -409,7 +409,7 @@ impl State {
     /// the holders it went to.
     fn never_uploaded(&self, ask: &Ask) -> bool {
         (self.uploads.get(&ask.file))
-            .and_then(|c| c.get(ask.piece as usize))
+            .and_then(|c| c.get(ask.piece.usize()))
             .is_none_or(|&n| n == 0)
     }
 
@@ -571,11 +571,11 @@ impl Uploads {
                     if !(paid && st.spare(now)) {
                         return Admission::Choked;
                     }
-                    tracing::trace!(piece = ask.piece, conn = ask.conn, "spare upload");
+                    tracing::trace!(piece = ask.piece.get(), conn = ask.conn, "spare upload");
                 } else if !unchoked {
                     first_copy = true;
                     tracing::trace!(
-                        piece = ask.piece,
+                        piece = ask.piece.get(),
                         conn = ask.conn,
                         "first copy while choked"
                     );

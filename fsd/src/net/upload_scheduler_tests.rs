@@ -5,11 +5,20 @@ use super::*;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Piece `n` of the 64-piece file the asks are for.
+fn pi(n: u32) -> PieceIndex {
+    let layout = fileshare_protocol::Layout::new(
+        64 * fileshare_protocol::PIECE_LEN,
+        fileshare_protocol::PIECE_LEN,
+    );
+    layout.unwrap().validate(n).unwrap()
+}
+
 fn ask(conn: u64, piece: u32) -> Ask {
     Ask {
         conn,
         file: FileId([1; 32]),
-        piece,
+        piece: pi(piece),
         num_pieces: 64,
         bytes: 1000,
         second: false,
@@ -34,7 +43,7 @@ fn waiting(asks: &[Ask]) -> Vec<Waiting> {
 fn never_uploaded_pieces_first_and_stale_first_asks_refused() {
     // Pieces 0 and 1 went out once already; piece 2 never did.
     let w = waiting(&[ask(1, 0), ask(2, 1), ask(3, 2), ask(4, 0)]);
-    let uploads = |_: &FileId, p: u32| u32::from(p < 2);
+    let uploads = |_: &FileId, p: PieceIndex| u32::from(p.get() < 2);
     let p = plan(&w, uploads, |_| 0);
     assert_eq!(p.serve, Some(2));
     assert_eq!(p.refuse, vec![0, 1, 3]);
@@ -44,7 +53,7 @@ fn never_uploaded_pieces_first_and_stale_first_asks_refused() {
 fn a_second_ask_waits_for_fresh_pieces_but_is_never_refused() {
     let mut w = waiting(&[ask(1, 0), ask(2, 5), ask(3, 0)]);
     w[0].ask.second = true;
-    let uploads = |_: &FileId, p: u32| u32::from(p == 0);
+    let uploads = |_: &FileId, p: PieceIndex| u32::from(p.get() == 0);
     let p = plan(&w, uploads, |_| 0);
     assert_eq!(p.serve, Some(1), "the never-uploaded piece first");
     assert_eq!(p.refuse, vec![2], "the first ask for piece 0 only");
@@ -58,7 +67,7 @@ fn nothing_refused_without_fresher_work() {
     // Everything went out once or twice: the least uploaded is served,
     // nothing is refused, so the upload never idles.
     let w = waiting(&[ask(1, 0), ask(2, 1), ask(3, 0)]);
-    let uploads = |_: &FileId, p: u32| if p == 0 { 2 } else { 1 };
+    let uploads = |_: &FileId, p: PieceIndex| if p.get() == 0 { 2 } else { 1 };
     let p = plan(&w, uploads, |_| 0);
     assert_eq!(
         p,
@@ -98,7 +107,7 @@ fn the_piece_most_requesters_wait_for_goes_first() {
     // All went out once: piece 3 is asked for by three connections,
     // piece 1 by one that has waited longer.
     let w = waiting(&[ask(1, 1), ask(2, 3), ask(3, 3), ask(4, 3)]);
-    let once = |_: &FileId, _: u32| 1;
+    let once = |_: &FileId, _: PieceIndex| 1;
     let last = |c: u64| [0, 1, 4, 3, 2][usize::try_from(c).unwrap_or(0)];
     // Of piece 3's requesters, the one served longest ago.
     assert_eq!(plan(&w, once, last).serve, Some(3));
@@ -106,7 +115,7 @@ fn the_piece_most_requesters_wait_for_goes_first() {
     assert_eq!(plan(&w, |_, _| 0, last).serve, Some(3));
     // But never before a piece uploaded fewer times.
     let w = waiting(&[ask(1, 1), ask(2, 3), ask(3, 3)]);
-    let fewer = |_: &FileId, p: u32| if p == 1 { 1 } else { 2 };
+    let fewer = |_: &FileId, p: PieceIndex| if p.get() == 1 { 1 } else { 2 };
     assert_eq!(plan(&w, fewer, last).serve, Some(0));
 }
 
@@ -124,8 +133,8 @@ proptest::proptest! {
             .map(|&(conn, piece, second)| Ask { second, ..ask(conn, piece) })
             .collect();
         let w = waiting(&asks);
-        let p = plan(&w, |_, i| counts[i as usize], |c| turns[usize::try_from(c).unwrap_or(0)]);
-        let rank = |i: usize| match counts[asks[i].piece as usize] {
+        let p = plan(&w, |_, i| counts[i.usize()], |c| turns[usize::try_from(c).unwrap_or(0)]);
+        let rank = |i: usize| match counts[asks[i].piece.usize()] {
             0 => 0,
             _ if asks[i].second => 1,
             c => c + 1,

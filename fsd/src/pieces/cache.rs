@@ -16,7 +16,7 @@
 //! at once, and the link that brought it stays up.
 
 use crate::pieces::registry::Registry;
-use crate::pieces::swarm::{LinkKey, Swarm, READ_AHEAD_PIECES};
+use crate::pieces::swarm::{FetchLinkId, Swarm, READ_AHEAD_PIECES};
 use fileshare_protocol::{PieceIndex, PIECE_LEN};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,7 +99,7 @@ impl Cache {
     /// Stores a verified piece of `swarm`, making room as needed. Returns
     /// whether it is stored; if not, the swarm's readers of it have failed
     /// with the cause (blocking: call it on the blocking pool).
-    pub fn store(&self, swarm: &Swarm, key: LinkKey, piece: PieceIndex, data: &[u8]) -> bool {
+    pub fn store(&self, swarm: &Swarm, key: FetchLinkId, piece: PieceIndex, data: &[u8]) -> bool {
         let fetched = swarm.file.is_fetched();
         let len = data.len() as u64;
         if fetched {
@@ -117,7 +117,7 @@ impl Cache {
                 true
             }
             Err(e) => {
-                swarm.piece_unstorable(key, piece.get(), e.errno());
+                swarm.piece_unstorable(key, piece, e.errno());
                 let mut last = self.last_failure_log.lock();
                 if last.is_none_or(|t| t.elapsed() >= FAILURE_LOG_EVERY) {
                     *last = Some(Instant::now());
@@ -154,7 +154,7 @@ impl Cache {
         let swarms: Vec<Arc<Swarm>> = (self.registry.all().into_iter())
             .filter(|s| s.file.is_fetched() && !s.cancel.is_cancelled())
             .collect();
-        let mut candidates: Vec<(u64, usize, u32)> = Vec::new();
+        let mut candidates: Vec<(u64, usize, PieceIndex)> = Vec::new();
         for (n, s) in swarms.iter().enumerate() {
             candidates.extend(s.evictable().into_iter().map(|(t, p)| (t, n, p)));
         }
@@ -165,17 +165,14 @@ impl Cache {
             candidates.truncate(enough + 1);
         }
         candidates.sort_unstable();
-        let mut chosen: Vec<Vec<u32>> = vec![Vec::new(); swarms.len()];
+        let mut chosen: Vec<Vec<PieceIndex>> = vec![Vec::new(); swarms.len()];
         let mut planned = 0u64;
         for (_, n, p) in candidates {
             if planned >= bytes {
                 break;
             }
-            let layout = swarms[n].file.layout;
-            if let Some(piece) = layout.validate(p) {
-                planned += layout.piece_size(piece);
-                chosen[n].push(p);
-            }
+            planned += swarms[n].file.layout.piece_size(p);
+            chosen[n].push(p);
         }
         let mut freed = 0;
         for (swarm, pieces) in swarms.iter().zip(chosen) {

@@ -4,16 +4,14 @@
 //! to other peers at once) and reported to the trackers.
 
 use crate::pieces::cache::Cache;
-use crate::pieces::swarm::{LinkKey, Swarm, Verdict, MAX_FAILURES};
+use crate::pieces::swarm::{FetchLinkId, Swarm, Verdict, MAX_FAILURES};
 use crate::trackers::TrackerLink;
 use fileshare_protocol::ids::PieceHash;
+use fileshare_protocol::PieceIndex;
 
-/// Why the connection a piece came by must end. Causes are in the
-/// messages, never also a `source`, so an error chain names each once.
+/// Why the connection a piece came by must end.
 #[derive(Debug, thiserror::Error)]
 pub enum Rejected {
-    #[error("peer sent piece {0}, which the file does not have")]
-    NoSuchPiece(u32),
     #[error("peer sent {MAX_FAILURES} pieces that fail their hash")]
     BadPieces,
 }
@@ -25,28 +23,25 @@ pub fn verify_and_store(
     swarm: &Swarm,
     cache: &Cache,
     tracker: &TrackerLink,
-    key: LinkKey,
-    index: u32,
+    key: FetchLinkId,
+    piece: PieceIndex,
     data: &[u8],
 ) -> Result<(), Rejected> {
     let file = &swarm.file;
-    let Some(piece) = file.layout.validate(index) else {
-        return Err(Rejected::NoSuchPiece(index));
-    };
     let ok = data.len() as u64 == file.layout.piece_size(piece)
         && PieceHash::of(data) == file.meta.hashes[piece.usize()];
     if !ok {
-        return match swarm.mark_hash_failed(key, index) {
+        return match swarm.mark_hash_failed(key, piece) {
             Verdict::DropPeer => Err(Rejected::BadPieces),
             Verdict::KeepPeer => Ok(()),
         };
     }
-    if !swarm.still_needed(index) {
+    if !swarm.still_needed(piece) {
         swarm.count_duplicate(data);
         return Ok(());
     }
     if cache.store(swarm, key, piece, data) {
-        tracker.report_piece(file.id, index);
+        tracker.report_piece(file.id, piece.get());
     }
     Ok(())
 }

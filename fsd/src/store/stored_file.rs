@@ -211,32 +211,29 @@ impl StoredFile {
 
     /// Durably records that `pieces` are gone, before their holes are
     /// punched.
-    pub fn record_lost(&self, pieces: &[u32]) -> Result<(), StoreError> {
+    pub fn record_lost(&self, pieces: &[PieceIndex]) -> Result<(), StoreError> {
         self.log
             .lock()
-            .lost(pieces)
+            .lost(&numbers(pieces))
             .map_err(|e| StoreError::io(&self.dir.join(LOG), e))
     }
 
     /// Records `pieces` as held again: an eviction recorded them lost and
     /// then kept them.
-    pub fn record_kept(&self, pieces: &[u32]) -> Result<(), StoreError> {
+    pub fn record_kept(&self, pieces: &[PieceIndex]) -> Result<(), StoreError> {
         self.log
             .lock()
-            .add_all(pieces)
+            .add_all(&numbers(pieces))
             .map_err(|e| StoreError::io(&self.dir.join(LOG), e))
     }
 
     /// Frees the blocks of `pieces` (recorded lost first). Call it under
     /// [`StoredFile::punch_guard`].
-    pub fn punch(&self, pieces: &[u32]) -> Result<(), StoreError> {
+    pub fn punch(&self, pieces: &[PieceIndex]) -> Result<(), StoreError> {
         if self.source != Source::Store {
             return Ok(());
         }
-        for &i in pieces {
-            let Some(p) = self.layout.validate(i) else {
-                continue;
-            };
+        for &p in pieces {
             disk::punch_hole(
                 &self.data,
                 self.layout.piece_offset(p),
@@ -289,4 +286,9 @@ impl StoredFile {
 
 pub(super) fn mtime_of(md: &std::fs::Metadata) -> i128 {
     i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec())
+}
+
+/// Piece numbers as the log records them.
+fn numbers(pieces: &[PieceIndex]) -> Vec<u32> {
+    pieces.iter().map(|p| p.get()).collect()
 }

@@ -90,13 +90,13 @@ fn synced_pieces_are_trusted_and_evicted_ones_stay_gone() {
     assert!(f.sync().unwrap());
     assert!(!f.sync().unwrap(), "nothing left to sync");
     let before = f.allocated();
-    f.record_lost(&[1]).unwrap();
+    let p1 = f.layout.validate(1).unwrap();
+    f.record_lost(&[p1]).unwrap();
     {
         let _g = f.punch_guard();
-        f.punch(&[1]).unwrap();
+        f.punch(&[p1]).unwrap();
     }
     assert!(f.allocated() < before);
-    let p1 = f.layout.validate(1).unwrap();
     assert!(f.read_piece(p1).unwrap().iter().all(|&b| b == 0));
     drop(f);
     assert_eq!(held(&store), vec![0, 2, 3]);
@@ -107,8 +107,9 @@ fn synced_pieces_are_trusted_and_evicted_ones_stay_gone() {
         data[..usize::try_from(PIECE_LEN).unwrap()]
     );
     // Recorded lost, then kept after all.
-    f.record_lost(&[3]).unwrap();
-    f.record_kept(&[3]).unwrap();
+    let p3 = f.layout.validate(3).unwrap();
+    f.record_lost(&[p3]).unwrap();
+    f.record_kept(&[p3]).unwrap();
     drop(f);
     assert_eq!(held(&store), vec![0, 2, 3]);
 }

@@ -93,21 +93,20 @@ impl Node {
         state: Arc<RwLock<State>>,
         transport: Arc<Transport>,
     ) -> Result<Arc<Node>, TrackerError> {
-        let engine = |e: &dyn std::fmt::Display| TrackerError::Consensus(e.to_string());
         let (me, size) = (NodeId::from(me), u64::from(size.max(1)));
         let aside = if size == 2 {
             Some(Arc::new(Aside::open(db.clone())?))
         } else {
             None
         };
-        let log = LogStore::open(db.clone()).map_err(|e| engine(&e))?;
-        let sm = StateMachine::open(db, state.clone(), aside.clone()).map_err(|e| engine(&e))?;
-        let fresh = sm.last_applied().is_none() && log.is_empty().map_err(|e| engine(&e))?;
-        let cfg = config("fileshare-trackers").map_err(|e| engine(&e))?;
+        let log = LogStore::open(db.clone()).map_err(engine)?;
+        let sm = StateMachine::open(db, state.clone(), aside.clone()).map_err(engine)?;
+        let fresh = sm.last_applied().is_none() && log.is_empty().map_err(engine)?;
+        let cfg = config("fileshare-trackers").map_err(engine)?;
         let wire = TrackerWire::new(transport);
         let raft = Raft::new(me, Arc::new(cfg), Network::new(wire.clone()), log, sm)
             .await
-            .map_err(|e| engine(&e))?;
+            .map_err(engine)?;
         if fresh {
             let members: BTreeMap<NodeId, BasicNode> =
                 (1..=size).map(|i| (i, BasicNode::default())).collect();
@@ -698,4 +697,9 @@ fn repeatable(command: &Command) -> bool {
         Command::Change(c) => c.is_repeatable(),
         Command::Init { .. } => false,
     }
+}
+
+/// An error of the consensus engine, kept as the cause of the tracker's.
+fn engine(e: impl std::error::Error + Send + Sync + 'static) -> TrackerError {
+    TrackerError::Consensus(Box::new(e))
 }

@@ -24,7 +24,7 @@ pub mod punch;
 pub mod relay;
 pub mod reverse;
 
-use crate::net::fetch::{LinkCtx, PEER_TIMEOUT};
+use crate::net::fetch::{FetchCtx, PEER_TIMEOUT};
 use fileshare_protocol::client::Announced;
 use fileshare_protocol::messages::tracker::{CallKind, PeerLocation, Reach as Seen};
 use fileshare_protocol::messages::Role;
@@ -212,7 +212,7 @@ pub enum OpenError {
 /// to dial back. Returns the connection, the holder's role and the address
 /// it is known by (another family's, where that was dialled).
 pub async fn open(
-    ctx: &LinkCtx,
+    ctx: &FetchCtx,
     group: &str,
     remote: &PeerLocation,
     tls: &ClientTls,
@@ -299,7 +299,7 @@ pub async fn open(
 /// relayed link to move to: the tracker's verdict on the holder stands for
 /// minutes, a router's new forward or an opened firewall does not wait.
 pub async fn direct_when_open(
-    ctx: &LinkCtx,
+    ctx: &FetchCtx,
     remote: &PeerLocation,
     tls: &ClientTls,
     me: Role,
@@ -342,7 +342,7 @@ pub fn describe(seen: Option<&Announced>, mapped: Option<u16>) -> String {
 }
 
 /// Asks the tracker to call `remote` to punch, and punches from here.
-async fn punch_to(ctx: &LinkCtx, group: &str, remote: &PeerLocation) -> Result<TcpStream, String> {
+async fn punch_to(ctx: &FetchCtx, group: &str, remote: &PeerLocation) -> Result<TcpStream, String> {
     if ctx.reach.listen.get().is_none() {
         return Err("no listening address".into());
     }

@@ -29,7 +29,7 @@ pub enum RelayError {
     #[error("the relay at {0} did not answer in time")]
     Timeout(String),
     #[error("no random nonce: {0}")]
-    Random(String),
+    Random(#[source] getrandom::Error),
 }
 
 /// Connects to the relay of the tracker in use as `side` of `nonce`.
@@ -64,7 +64,7 @@ pub async fn request(
     holder: PeerId,
 ) -> Result<TcpStream, RelayError> {
     let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce).map_err(|e| RelayError::Random(e.to_string()))?;
+    getrandom::fill(&mut nonce).map_err(RelayError::Random)?;
     tracker
         .place_call(CallKind::Relay, group, holder, nonce)
         .await

@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-/// A peer link's handle inside the swarm: given by [`Swarm::add_link`],
-/// never reused within the swarm.
+/// Names one fetch link (this daemon fetching the swarm's file from one
+/// peer) inside the swarm: given by [`Swarm::add_link`], never reused
+/// within the swarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LinkKey(u64);
+pub struct FetchLinkId(u64);
 
 /// Requests in flight to one peer at most: 16 x 512 KiB covers the time a
 /// piece spends on the wire and in verification on a fast link.
@@ -82,13 +83,13 @@ pub const END_LATE_MIN: Duration = Duration::from_millis(250);
 /// the whole bitfield again.
 const HAVE_BACKLOG: usize = 1024;
 
-/// What the swarm tells a peer link to do.
+/// What the swarm tells a fetch link to ask of its peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkCmd {
+pub enum FetchCmd {
     /// Ask the peer for this piece.
-    Request(u32),
+    Request(PieceIndex),
     /// The piece arrived from another peer: cancel the request for it.
-    Cancel(u32),
+    Cancel(PieceIndex),
 }
 
 /// Bad pieces a peer may send before it is dropped for this file.
@@ -107,7 +108,7 @@ const MAX_WINDOWS: usize = 16;
 /// evicted (it sends the whole bitfield again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
-    Have(u32),
+    Have(PieceIndex),
     Lost,
 }
 
@@ -149,8 +150,8 @@ struct PieceState {
     awaited: Vec<(u32, Instant)>,
     /// `download-file` jobs that need every piece: none is evicted.
     pins: u32,
-    links: Vec<Link>,
-    next_key: LinkKey,
+    links: Vec<FetchLink>,
+    next_key: FetchLinkId,
     counters: HashMap<String, PeerCounters>,
     /// Peers dropped after sending bad pieces; never linked again.
     banned: Vec<PeerId>,
@@ -160,9 +161,9 @@ struct PieceState {
     received: HashMap<PeerId, u64>,
 }
 
-/// One peer link as the dashboard shows it.
+/// One fetch link as the dashboard shows it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LinkView {
+pub struct FetchLinkView {
     pub peer: PeerId,
     pub addr: String,
     /// Bytes per second received from it, smoothed.
@@ -176,7 +177,7 @@ pub struct SwarmView {
     pub have: Bitfield,
     /// Pieces requested from some peer and not verified yet.
     pub in_flight: Bitfield,
-    pub links: Vec<LinkView>,
+    pub links: Vec<FetchLinkView>,
     /// Verified bytes received from peers, over the swarm's life.
     pub received: u64,
 }
@@ -240,7 +241,7 @@ impl Swarm {
                 awaited: Vec::new(),
                 pins: 0,
                 links: Vec::new(),
-                next_key: LinkKey(1),
+                next_key: FetchLinkId(1),
                 counters: HashMap::new(),
                 banned: Vec::new(),
                 connecting: Vec::new(),
@@ -372,7 +373,7 @@ impl Swarm {
             links: st
                 .links
                 .iter()
-                .map(|l| LinkView {
+                .map(|l| FetchLinkView {
                     peer: l.peer,
                     addr: l.addr.clone(),
                     rate: if l.rate.is_finite() { l.rate } else { 0.0 },
@@ -392,7 +393,12 @@ impl Swarm {
     /// Registers waiters for the missing pieces of a read and marks the
     /// read-ahead window wanted. Returns what to await; empty when every
     /// piece is already here.
-    pub fn acquire_range(&self, offset: u64, len: u64, read_ahead: u32) -> Vec<(u32, PieceWait)> {
+    pub fn acquire_range(
+        &self,
+        offset: u64,
+        len: u64,
+        read_ahead: u32,
+    ) -> Vec<(PieceIndex, PieceWait)> {
         let layout = self.file.layout;
         let mut st = self.state.lock();
         let mut out = Vec::new();
@@ -404,7 +410,7 @@ impl Swarm {
             if !st.have.get(p.get()) {
                 let (tx, rx) = oneshot::channel();
                 st.waiters.entry(p.get()).or_default().push(tx);
-                out.push((p.get(), rx));
+                out.push((p, rx));
             }
         }
         if let (Some(first), Some(last)) = (first, last) {
@@ -436,7 +442,7 @@ impl Swarm {
         peer: PeerId,
         addr: String,
         have: Bitfield,
-    ) -> Option<(LinkKey, mpsc::UnboundedReceiver<LinkCmd>)> {
+    ) -> Option<(FetchLinkId, mpsc::UnboundedReceiver<FetchCmd>)> {
         let mut st = self.state.lock();
         st.connecting.retain(|p| *p != peer);
         if st.banned.contains(&peer) || st.links.iter().any(|l| l.peer == peer) {
@@ -444,9 +450,9 @@ impl Swarm {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let key = st.next_key;
-        st.next_key = LinkKey(key.0 + 1);
+        st.next_key = FetchLinkId(key.0 + 1);
         tracing::info!(file = %self.file.meta.name, peer = %addr, pieces = have.count(), "peer joined");
-        st.links.push(Link {
+        st.links.push(FetchLink {
             key,
             peer,
             addr,
@@ -466,7 +472,7 @@ impl Swarm {
     }
 
     /// A fresher bitfield from a peer.
-    pub fn update_have(&self, key: LinkKey, have: Bitfield) {
+    pub fn update_have(&self, key: FetchLinkId, have: Bitfield) {
         let mut st = self.state.lock();
         if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
             if l.have != have {
@@ -481,7 +487,8 @@ impl Swarm {
     }
 
     /// The peer verified one more piece (its subscription said so).
-    pub fn add_have(&self, key: LinkKey, piece: u32) {
+    pub fn add_have(&self, key: FetchLinkId, piece: PieceIndex) {
+        let piece = piece.get();
         let mut st = self.state.lock();
         let Some(l) = st.links.iter_mut().find(|l| l.key == key) else {
             return;
@@ -505,7 +512,8 @@ impl Swarm {
     /// of this peer for [`BUSY_DEFER`], so it comes from someone else. A
     /// peer that chokes us refuses every piece at once, so within a few
     /// round trips it is asked nothing until the deferrals expire.
-    pub fn piece_busy(&self, key: LinkKey, piece: u32) {
+    pub fn piece_busy(&self, key: FetchLinkId, piece: PieceIndex) {
+        let piece = piece.get();
         let mut st = self.state.lock();
         if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
             l.forget(piece);
@@ -523,17 +531,17 @@ impl Swarm {
 
     /// The link's periodic tick: pieces deferred long enough may be asked
     /// of the peer again.
-    pub fn tick(&self, key: LinkKey) {
+    pub fn tick(&self, key: FetchLinkId) {
         self.tick_at(key, Instant::now());
     }
 
-    fn tick_at(&self, key: LinkKey, now: Instant) {
+    fn tick_at(&self, key: FetchLinkId, now: Instant) {
         let mut st = self.state.lock();
         let Some(l) = st.links.iter_mut().find(|l| l.key == key) else {
             return;
         };
         let before = l.deferred.len();
-        let Link {
+        let FetchLink {
             deferred,
             offer,
             have,
@@ -553,7 +561,7 @@ impl Swarm {
     }
 
     /// Release: the link is gone; its requests go back to the pool.
-    pub fn release_link(&self, key: LinkKey) {
+    pub fn release_link(&self, key: FetchLinkId) {
         let mut st = self.state.lock();
         if let Some(pos) = st.links.iter().position(|l| l.key == key) {
             let l = st.links.remove(pos);
@@ -563,7 +571,8 @@ impl Swarm {
     }
 
     /// The peer no longer has `piece` (or refused it): ask elsewhere.
-    pub fn piece_unavailable(&self, key: LinkKey, piece: u32) {
+    pub fn piece_unavailable(&self, key: FetchLinkId, piece: PieceIndex) {
+        let piece = piece.get();
         let mut st = self.state.lock();
         if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
             l.forget(piece);
@@ -580,8 +589,8 @@ impl Swarm {
     }
 
     /// Whether `piece` is still worth receiving (not already verified).
-    pub fn still_needed(&self, piece: u32) -> bool {
-        !self.state.lock().have.get(piece)
+    pub fn still_needed(&self, piece: PieceIndex) -> bool {
+        !self.state.lock().have.get(piece.get())
     }
 
     /// Hash ok: the piece is in the store. Wakes its readers, offers it to
@@ -589,24 +598,23 @@ impl Swarm {
     /// duplicates at other peers are cancelled, so they cost those peers
     /// no upload if they have not sent them yet.
     /// Returns whether the piece is newly verified.
-    pub fn mark_hash_ok(&self, key: LinkKey, piece: u32, bytes: u64) -> bool {
+    pub fn mark_hash_ok(&self, key: FetchLinkId, index: PieceIndex, bytes: u64) -> bool {
+        let piece = index.get();
         let mut st = self.state.lock();
         if st.have.get(piece) {
             return false;
         }
         st.have.set(piece);
-        if let Some(p) = self.file.layout.validate(piece) {
-            (self.held).fetch_add(self.file.layout.piece_size(p), Ordering::Relaxed);
-        }
-        if let Some(t) = st.last_read.get_mut(piece as usize) {
+        (self.held).fetch_add(self.file.layout.piece_size(index), Ordering::Relaxed);
+        if let Some(t) = st.last_read.get_mut(index.usize()) {
             *t = tick();
         }
-        let _ = self.haves.send(Offer::Have(piece));
+        let _ = self.haves.send(Offer::Have(index));
         let done_by = st.links.iter().position(|l| l.key == key);
         let cancel = picker::cancellations(piece, done_by.unwrap_or(usize::MAX), &views(&st));
         for r in cancel {
             tracing::trace!(piece, peer = %st.links[r.peer].addr, "cancel");
-            let _ = st.links[r.peer].tx.send(LinkCmd::Cancel(piece));
+            let _ = st.links[r.peer].tx.send(FetchCmd::Cancel(index));
         }
         let now = Instant::now();
         let mut addr = None;
@@ -637,7 +645,8 @@ impl Swarm {
 
     /// Hash failed: the piece goes back to the pool; after
     /// [`MAX_FAILURES`] the peer is banned from this file.
-    pub fn mark_hash_failed(&self, key: LinkKey, piece: u32) -> Verdict {
+    pub fn mark_hash_failed(&self, key: FetchLinkId, piece: PieceIndex) -> Verdict {
+        let piece = piece.get();
         let mut st = self.state.lock();
         let Some(pos) = st.links.iter().position(|l| l.key == key) else {
             return Verdict::DropPeer;
@@ -670,6 +679,13 @@ impl Swarm {
             v.retain(|tx| !tx.is_closed());
             !v.is_empty()
         });
+    }
+
+    /// A piece of the file by its number in the swarm's bitfields, which
+    /// all have the file's length: the state keeps plain numbers, what
+    /// leaves the swarm names pieces of its file.
+    fn index(&self, piece: u32) -> Option<PieceIndex> {
+        self.file.layout.validate(piece)
     }
 
     /// The scheduling step: asks the picker what to request and queues it.
@@ -706,10 +722,11 @@ impl Swarm {
         });
         drop(peers);
         for r in requests {
-            let Some(link) = st.links.get_mut(r.peer) else {
+            // The picker chose it from bitfields of the file's length.
+            let (Some(link), Some(piece)) = (st.links.get_mut(r.peer), self.index(r.piece)) else {
                 continue;
             };
-            if link.tx.send(LinkCmd::Request(r.piece)).is_ok() {
+            if link.tx.send(FetchCmd::Request(piece)).is_ok() {
                 tracing::trace!(piece = r.piece, peer = %link.addr, "request");
                 link.ask(r.piece, now);
             }
@@ -734,13 +751,16 @@ impl Swarm {
         });
         drop(peers);
         for m in moves {
-            if st.links[m.to].tx.send(LinkCmd::Request(m.piece)).is_err() {
+            let Some(piece) = self.index(m.piece) else {
+                continue;
+            };
+            if st.links[m.to].tx.send(FetchCmd::Request(piece)).is_err() {
                 continue;
             }
             let from = &mut st.links[m.from];
             tracing::trace!(piece = m.piece, peer = %from.addr, "move");
             from.forget(m.piece);
-            let _ = from.tx.send(LinkCmd::Cancel(m.piece));
+            let _ = from.tx.send(FetchCmd::Cancel(piece));
             let to = &mut st.links[m.to];
             tracing::trace!(piece = m.piece, peer = %to.addr, "request");
             to.ask(m.piece, now);
@@ -761,9 +781,9 @@ fn views(st: &PieceState) -> Vec<PeerView<'_>> {
         .collect()
 }
 
-mod link;
+mod fetch_link;
 mod residency;
-use link::Link;
+use fetch_link::FetchLink;
 use residency::{bytes_of, note_window, Window};
 pub use residency::{Evicted, RangeError};
 

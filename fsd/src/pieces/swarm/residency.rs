@@ -9,7 +9,7 @@
 //! set there; a hole is punched only under the punch guard after the bit
 //! was cleared there, so no reader ever sees a punched piece as verified.
 
-use super::{tick, LinkKey, Offer, PieceState, Swarm, MAX_WINDOWS, WINDOW_TTL};
+use super::{tick, FetchLinkId, Offer, PieceState, Swarm, MAX_WINDOWS, WINDOW_TTL};
 use crate::store::{StoreError, StoredFile};
 use fileshare_protocol::{Bitfield, PieceIndex};
 use std::sync::atomic::Ordering;
@@ -35,7 +35,7 @@ pub enum RangeError {
 /// What [`Swarm::evict`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Evicted {
-    pub pieces: Vec<u32>,
+    pub pieces: Vec<PieceIndex>,
     pub bytes: u64,
     /// The file was complete before.
     pub was_complete: bool,
@@ -47,13 +47,13 @@ impl Swarm {
     /// punches them meanwhile. Returns the bytes newly held.
     pub fn store_verified(
         &self,
-        key: LinkKey,
+        key: FetchLinkId,
         piece: PieceIndex,
         data: &[u8],
     ) -> Result<u64, StoreError> {
         let _guard = self.file.read_guard();
         self.file.write_piece(piece, data)?;
-        let new = self.mark_hash_ok(key, piece.get(), data.len() as u64);
+        let new = self.mark_hash_ok(key, piece, data.len() as u64);
         Ok(if new { data.len() as u64 } else { 0 })
     }
 
@@ -61,7 +61,8 @@ impl Swarm {
     /// failed): the readers waiting for it fail at once with `errno`, it
     /// is no longer wanted (the next read asks again), and the link is
     /// free to ask for others. The link stays up.
-    pub fn piece_unstorable(&self, key: LinkKey, piece: u32, errno: i32) {
+    pub fn piece_unstorable(&self, key: FetchLinkId, piece: PieceIndex, errno: i32) {
+        let piece = piece.get();
         self.last_store_errno.store(errno, Ordering::Release);
         self.store_failures.fetch_add(1, Ordering::Release);
         let mut st = self.state.lock();
@@ -146,7 +147,7 @@ impl Swarm {
 
     /// The pieces eviction may take, each with when it was last read:
     /// verified, outside every reader's window, and the file not pinned.
-    pub fn evictable(&self) -> Vec<(u64, u32)> {
+    pub fn evictable(&self) -> Vec<(u64, PieceIndex)> {
         let now = Instant::now();
         let mut st = self.state.lock();
         st.windows
@@ -158,7 +159,8 @@ impl Swarm {
         }
         (st.have.ones())
             .filter(|&i| !in_window(&st, i))
-            .map(|i| (st.last_read.get(i as usize).copied().unwrap_or(0), i))
+            .filter_map(|i| self.index(i))
+            .map(|p| (st.last_read.get(p.usize()).copied().unwrap_or(0), p))
             .collect()
     }
 
@@ -166,7 +168,7 @@ impl Swarm {
     /// durably recorded lost, then, under the file's punch guard, those
     /// still evictable leave `have` and `wanted`, subscribers are told, and
     /// their holes are punched. The others are recorded held again.
-    pub fn evict(&self, pieces: &[u32]) -> Result<Evicted, StoreError> {
+    pub fn evict(&self, pieces: &[PieceIndex]) -> Result<Evicted, StoreError> {
         if pieces.is_empty() {
             return Ok(Evicted::default());
         }
@@ -178,21 +180,19 @@ impl Swarm {
             {
                 let mut st = self.state.lock();
                 out.was_complete = st.have.is_full();
-                for &i in pieces {
-                    let Some(p) = self.file.layout.validate(i) else {
-                        continue;
-                    };
+                for &p in pieces {
+                    let i = p.get();
                     if !st.have.get(i) {
                         continue;
                     }
                     if st.pins > 0 || in_window(&st, i) {
-                        kept.push(i);
+                        kept.push(p);
                         continue;
                     }
                     st.have.clear(i);
                     st.wanted.clear(i);
                     out.bytes += self.file.layout.piece_size(p);
-                    out.pieces.push(i);
+                    out.pieces.push(p);
                 }
                 (self.held).fetch_sub(out.bytes, Ordering::Relaxed);
                 if !out.pieces.is_empty() {

@@ -22,11 +22,17 @@ fn swarm(pieces: u32) -> (tempfile::TempDir, Swarm) {
     (dir, s)
 }
 
+/// Piece `n` of a file of at least `n + 1` pieces.
+fn pi(n: u32) -> PieceIndex {
+    let layout = fileshare_protocol::Layout::new(u64::from(n + 1) * PIECE_LEN, PIECE_LEN);
+    layout.unwrap().validate(n).unwrap()
+}
+
 fn peer(n: u8) -> PeerId {
     PeerId([n; 16])
 }
 
-fn drain(rx: &mut mpsc::UnboundedReceiver<LinkCmd>) -> Vec<LinkCmd> {
+fn drain(rx: &mut mpsc::UnboundedReceiver<FetchCmd>) -> Vec<FetchCmd> {
     let mut out = Vec::new();
     while let Ok(c) = rx.try_recv() {
         out.push(c);
@@ -34,11 +40,11 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<LinkCmd>) -> Vec<LinkCmd> {
     out
 }
 
-fn requested(cmds: &[LinkCmd]) -> Vec<u32> {
+fn requested(cmds: &[FetchCmd]) -> Vec<u32> {
     let mut v: Vec<u32> = (cmds.iter())
         .filter_map(|c| match c {
-            LinkCmd::Request(p) => Some(*p),
-            LinkCmd::Cancel(_) => None,
+            FetchCmd::Request(p) => Some(p.get()),
+            FetchCmd::Cancel(_) => None,
         })
         .collect();
     v.sort_unstable();
@@ -66,11 +72,11 @@ fn end_game_duplicates_are_cancelled_when_a_copy_arrives() {
     assert_eq!(requested(&drain(&mut rx_b)), first_a);
     // A piece arrives from a: b is told to cancel it, a is not.
     let p = first_a[0];
-    s.mark_hash_ok(a, p, PIECE_LEN);
-    assert_eq!(drain(&mut rx_b), vec![LinkCmd::Cancel(p)]);
+    s.mark_hash_ok(a, pi(p), PIECE_LEN);
+    assert_eq!(drain(&mut rx_b), vec![FetchCmd::Cancel(pi(p))]);
     assert!(drain(&mut rx_a).is_empty());
     // A late copy from b changes nothing and cancels nothing.
-    s.mark_hash_ok(b, p, PIECE_LEN);
+    s.mark_hash_ok(b, pi(p), PIECE_LEN);
     assert!(drain(&mut rx_a).is_empty() && drain(&mut rx_b).is_empty());
     assert!(s.has(s.file.layout.validate(p).unwrap()));
 }
@@ -83,7 +89,7 @@ fn no_piece_is_asked_twice_of_one_peer() {
     let first = requested(&drain(&mut rx));
     assert_eq!(first.len(), INITIAL_SLOTS as usize);
     // Every later schedule (a piece arriving) adds distinct pieces only.
-    s.mark_hash_ok(a, first[0], PIECE_LEN);
+    s.mark_hash_ok(a, pi(first[0]), PIECE_LEN);
     let next = requested(&drain(&mut rx));
     assert!(
         next.iter().all(|p| !first.contains(p)),
@@ -97,10 +103,10 @@ fn a_pushed_have_makes_the_peer_a_source_at_once() {
     let (a, mut rx) = s.add_link(peer(1), "a".into(), Bitfield::new(4)).unwrap();
     s.want_all();
     assert!(drain(&mut rx).is_empty());
-    s.add_have(a, 3);
-    assert_eq!(drain(&mut rx), vec![LinkCmd::Request(3)]);
+    s.add_have(a, pi(3));
+    assert_eq!(drain(&mut rx), vec![FetchCmd::Request(pi(3))]);
     // A repeated or unwanted Have asks nothing more.
-    s.add_have(a, 3);
+    s.add_have(a, pi(3));
     assert!(drain(&mut rx).is_empty());
 }
 
@@ -110,9 +116,9 @@ fn a_busy_piece_comes_from_another_peer_or_later_from_the_same() {
     let one = Bitfield::full(1);
     let (a, mut rx_a) = s.add_link(peer(1), "a".into(), one.clone()).unwrap();
     s.want_all();
-    assert_eq!(drain(&mut rx_a), vec![LinkCmd::Request(0)]);
+    assert_eq!(drain(&mut rx_a), vec![FetchCmd::Request(pi(0))]);
     // a sent piece 0 to someone else and refuses: nothing to ask now.
-    s.piece_busy(a, 0);
+    s.piece_busy(a, pi(0));
     assert!(drain(&mut rx_a).is_empty());
     s.tick(a);
     assert!(
@@ -121,11 +127,11 @@ fn a_busy_piece_comes_from_another_peer_or_later_from_the_same() {
     );
     // The one it went to offers it: it is asked there.
     let (b, mut rx_b) = s.add_link(peer(2), "b".into(), Bitfield::new(1)).unwrap();
-    s.add_have(b, 0);
-    assert_eq!(drain(&mut rx_b), vec![LinkCmd::Request(0)]);
+    s.add_have(b, pi(0));
+    assert_eq!(drain(&mut rx_b), vec![FetchCmd::Request(pi(0))]);
     // After the deferral a may be asked again (here as an end-game copy).
     s.tick_at(a, Instant::now() + BUSY_DEFER);
-    assert_eq!(drain(&mut rx_a), vec![LinkCmd::Request(0)]);
+    assert_eq!(drain(&mut rx_a), vec![FetchCmd::Request(pi(0))]);
 }
 
 #[test]
@@ -134,14 +140,14 @@ fn a_lone_refusing_peer_is_asked_again_after_the_deferral() {
     let (a, mut rx) = s.add_link(peer(1), "a".into(), Bitfield::full(2)).unwrap();
     s.want_all();
     assert_eq!(requested(&drain(&mut rx)), vec![0, 1]);
-    s.piece_busy(a, 1);
+    s.piece_busy(a, pi(1));
     assert!(drain(&mut rx).is_empty());
     // A fresh bitfield keeps the deferral.
     s.update_have(a, Bitfield::new(2));
     s.update_have(a, Bitfield::full(2));
     assert!(drain(&mut rx).is_empty());
     s.tick_at(a, Instant::now() + BUSY_DEFER);
-    assert_eq!(drain(&mut rx), vec![LinkCmd::Request(1)]);
+    assert_eq!(drain(&mut rx), vec![FetchCmd::Request(pi(1))]);
 }
 
 #[test]
@@ -162,7 +168,7 @@ fn readers_fetch_from_each_other_before_the_seed() {
     from_seed.sort_unstable();
     assert_eq!(from_seed, vec![2, 3]);
     // What it received, by peer, for the uploads' tit-for-tat.
-    s.mark_hash_ok(src, 2, 100);
+    s.mark_hash_ok(src, pi(2), 100);
     assert_eq!(s.received_from(&peer(1)), 100);
     assert_eq!(s.received_from(&peer(2)), 0);
 }
@@ -170,8 +176,8 @@ fn readers_fetch_from_each_other_before_the_seed() {
 #[test]
 fn request_window_follows_the_measured_rate() {
     let (tx, _rx) = mpsc::unbounded_channel();
-    let mut l = Link {
-        key: LinkKey(1),
+    let mut l = FetchLink {
+        key: FetchLinkId(1),
         peer: peer(1),
         addr: String::new(),
         have: Bitfield::new(1),
@@ -231,7 +237,7 @@ fn a_peer_dropped_for_bad_pieces_is_never_linked_again() {
         .unwrap();
     s.want_all();
     for p in requested(&drain(&mut rx)) {
-        let verdict = s.mark_hash_failed(a, p);
+        let verdict = s.mark_hash_failed(a, pi(p));
         assert_eq!(verdict == Verdict::DropPeer, p + 1 == MAX_FAILURES);
     }
     assert_eq!(s.links(), 0);
@@ -256,7 +262,10 @@ fn store_all(s: &Swarm) {
     for p in s.file.layout.pieces() {
         let byte = u8::try_from(p.get()).unwrap();
         let data = vec![byte; usize::try_from(s.file.layout.piece_size(p)).unwrap()];
-        assert_eq!(s.store_verified(LinkKey(0), p, &data).unwrap(), PIECE_LEN);
+        assert_eq!(
+            s.store_verified(FetchLinkId(0), p, &data).unwrap(),
+            PIECE_LEN
+        );
     }
 }
 
@@ -267,7 +276,7 @@ fn offset(piece: u32) -> u64 {
 fn evictable(s: &Swarm) -> Vec<u32> {
     let mut v = s.evictable();
     v.sort_unstable();
-    v.into_iter().map(|(_, p)| p).collect()
+    v.into_iter().map(|(_, p)| p.get()).collect()
 }
 
 #[test]
@@ -283,8 +292,12 @@ fn eviction_takes_the_least_recently_read_outside_readers_windows() {
     s.read_range(offset(4), 1, 2).unwrap();
     assert_eq!(evictable(&s), vec![0, 1, 3, 7, 2]);
     let mut subscription = s.subscribe();
-    let out = s.evict(&[0, 5, 3]).unwrap();
-    assert_eq!(out.pieces, vec![0, 3], "5 is in the reader's window");
+    let out = s.evict(&[pi(0), pi(5), pi(3)]).unwrap();
+    assert_eq!(
+        out.pieces,
+        vec![pi(0), pi(3)],
+        "5 is in the reader's window"
+    );
     assert_eq!(out.bytes, 2 * PIECE_LEN);
     assert!(out.was_complete);
     assert_eq!(subscription.try_recv().unwrap(), Offer::Lost);
@@ -301,9 +314,9 @@ fn eviction_takes_the_least_recently_read_outside_readers_windows() {
     // A download holds every piece.
     s.pin();
     assert!(s.evictable().is_empty());
-    assert!(s.evict(&[1]).unwrap().pieces.is_empty());
+    assert!(s.evict(&[pi(1)]).unwrap().pieces.is_empty());
     s.unpin();
-    assert_eq!(s.evict(&[1]).unwrap().pieces, vec![1]);
+    assert_eq!(s.evict(&[pi(1)]).unwrap().pieces, vec![pi(1)]);
 }
 
 #[test]
@@ -313,7 +326,7 @@ fn a_piece_that_cannot_be_stored_fails_its_readers_at_once() {
     let mut waits = s.acquire_range(offset(1), 10, 2);
     assert_eq!(waits.len(), 1);
     assert!(requested(&drain(&mut rx)).contains(&1));
-    s.piece_unstorable(a, 1, libc::ENOSPC);
+    s.piece_unstorable(a, pi(1), libc::ENOSPC);
     assert_eq!(waits[0].1.try_recv().unwrap(), Err(libc::ENOSPC));
     assert_eq!(
         (s.store_failures(), s.last_store_errno()),
@@ -321,17 +334,17 @@ fn a_piece_that_cannot_be_stored_fails_its_readers_at_once() {
     );
     assert!(s.links() == 1, "the link stays");
     // Not asked again until a reader wants it.
-    s.piece_busy(a, 2);
+    s.piece_busy(a, pi(2));
     assert!(!requested(&drain(&mut rx)).contains(&1));
     let again = s.acquire_range(offset(1), 10, 0);
     assert_eq!(again.len(), 1);
     assert!(requested(&drain(&mut rx)).contains(&1));
 }
 
-fn link_at(rate: f64) -> Link {
+fn link_at(rate: f64) -> FetchLink {
     let (tx, _rx) = mpsc::unbounded_channel();
-    Link {
-        key: LinkKey(1),
+    FetchLink {
+        key: FetchLinkId(1),
         peer: peer(1),
         addr: String::new(),
         have: Bitfield::full(8),

@@ -1,14 +1,17 @@
-//! One peer link as the swarm keeps it: what the peer offers, what is in
+//! A fetch link (this daemon fetching one file's pieces from one peer) as
+//! the swarm keeps it: what the peer offers, what is in
 //! flight to it and when each request went, and its measured rate, from
 //! which its number of request slots and the lateness of a request follow.
 
-use super::{LinkCmd, LinkKey, INITIAL_SLOTS, LATE_MAX, PIPELINE, RATE_SAMPLE, SLOTS_PER_PEER};
+use super::{
+    FetchCmd, FetchLinkId, INITIAL_SLOTS, LATE_MAX, PIPELINE, RATE_SAMPLE, SLOTS_PER_PEER,
+};
 use fileshare_protocol::{Bitfield, PeerId, PIECE_LEN};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-pub(super) struct Link {
-    pub(super) key: LinkKey,
+pub(super) struct FetchLink {
+    pub(super) key: FetchLinkId,
     pub(super) peer: PeerId,
     pub(super) addr: String,
     /// What the peer said it has (subscription).
@@ -21,7 +24,7 @@ pub(super) struct Link {
     pub(super) in_flight: Vec<u32>,
     /// When each request in `in_flight` was sent (same order).
     pub(super) asked_at: Vec<Instant>,
-    pub(super) tx: mpsc::UnboundedSender<LinkCmd>,
+    pub(super) tx: mpsc::UnboundedSender<FetchCmd>,
     /// Bytes per second, smoothed.
     pub(super) rate: f64,
     pub(super) last_piece: Option<Instant>,
@@ -30,7 +33,7 @@ pub(super) struct Link {
     pub(super) sample_at: Option<Instant>,
 }
 
-impl Link {
+impl FetchLink {
     /// Requests to keep in flight: [`PIPELINE`] worth of the measured rate,
     /// between 1 and [`SLOTS_PER_PEER`]; at least [`INITIAL_SLOTS`] at a
     /// seed, which is asked only for pieces no other peer offers (the
