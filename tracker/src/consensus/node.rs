@@ -552,8 +552,8 @@ impl Node {
             if let Some(r) = self.write_alone(&change) {
                 return r;
             }
-            let m = self.metrics();
-            match self.usable_leader(&m) {
+            let leader = self.usable_leader(&self.raft.metrics().borrow());
+            match leader {
                 Some(l) if l == self.me => match self.lead(change.clone()).await {
                     Err(ErrorCode::Unavailable(why)) if why.starts_with(NOT_LEADING) => {}
                     other => return other,
@@ -695,7 +695,7 @@ impl Node {
             // First word since touch was lost: what it said before no
             // longer counts, and it hears at once how far this one is.
             self.applied_by.lock().remove(&from);
-            let applied = self.metrics().last_applied.map_or(0, |l| l.index);
+            let applied = (self.raft.metrics().borrow().last_applied).map_or(0, |l| l.index);
             self.report_to(from, applied);
         }
         match msg {
@@ -742,7 +742,8 @@ impl Node {
                 self.tasks.spawn(async move {
                     let result = match codec::decode::<Command>(&change) {
                         Ok(c @ (Command::Change(_) | Command::Once { .. })) => {
-                            if n.metrics().state.is_leader() {
+                            let leading = n.raft.metrics().borrow().state.is_leader();
+                            if leading {
                                 n.lead(c).await
                             } else {
                                 Err(ErrorCode::Unavailable(format!("{NOT_LEADING}{}", n.me)))
