@@ -5,7 +5,7 @@
 #   tracker  64 clients listing and locating against one tracker; then the
 #            tracker's memory and CPU for 10,000 announced peers of one file
 #            and a Locate among them (BENCH_PEERS to change)
-#   cluster  write throughput through two replicated trackers against one
+#   cluster  write throughput through two and three replicated trackers against one
 #   mount    a 1 GiB file through FUSE: cold from 1, 2 and 4 seeders, warm,
 #            first 4 KiB, the reader's peak memory (needs root and FUSE);
 #            then lone readers of a 64 MiB file from four seeders whose
@@ -86,7 +86,7 @@ run_soak() {
 }
 
 run_cluster() {
-  echo "== cluster: 64 clients (one connection each) writing (create-group, share-file) for 5 s through one tracker, then through two replicated trackers (BENCH_SECS, BENCH_CLIENTS to change)"
+  echo "== cluster: 64 clients (one connection each) writing (create-group, share-file) for 5 s through one tracker, then through two, then three replicated trackers (BENCH_SECS, BENCH_CLIENTS to change)"
   "$bin_dir/bench_cluster"
 }
 

@@ -277,9 +277,11 @@ impl Rng {
 /// Three trackers as real processes, clients writing group creations
 /// through every one of them, while trackers are killed with `kill -9` and
 /// restarted, or frozen (cut off from everyone) and thawed, at random,
-/// never more than one at a time so a majority stays. Then, all back:
-/// every acknowledged write is on every tracker, once, and all three
-/// answer the same.
+/// never more than one at a time so a majority stays. Each name's history
+/// must be linearizable: a creation started after one of the same name was
+/// acknowledged must be refused, whichever tracker either went through.
+/// Then, all back: every acknowledged write is on every tracker, once, and
+/// all three answer the same.
 #[test]
 fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
     let seed = std::env::var("AGREEMENT_SEED")
@@ -312,25 +314,46 @@ fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
         .unwrap()
         .token
     });
-    let acked = Arc::new(Mutex::new(Vec::new()));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    // Creations of a name already acknowledged when they started, and
+    // those of them that were acknowledged too.
+    let again = Arc::new(AtomicUsize::new(0));
+    let twice: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = vec![];
     for w in 0..3u32 {
         let client = cluster.client_from(w + 1);
         let (acked, stop) = (acked.clone(), stop.clone());
+        let (again, twice) = (again.clone(), twice.clone());
         writers.push(rt.spawn(async move {
-            let mut i = 0;
+            let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                let name = format!("r{w}-{i}");
                 i += 1;
-                if client
-                    .call(CreateGroup {
+                // Every third write names a group some writer (maybe
+                // another, through another tracker) was told is created.
+                let taken = if i.is_multiple_of(3) {
+                    let a = acked.lock().unwrap();
+                    (!a.is_empty()).then(|| a[(i * 7919 + w as usize) % a.len()].clone())
+                } else {
+                    None
+                };
+                if let Some(name) = taken {
+                    again.fetch_add(1, Ordering::Relaxed);
+                    let again_req = CreateGroup {
                         session,
-                        group: name.to_string(),
-                    })
-                    .await
-                    .is_ok()
-                {
+                        group: name.clone(),
+                    };
+                    if client.call(again_req).await.is_ok() {
+                        twice.lock().unwrap().push(name);
+                    }
+                    continue;
+                }
+                let name = format!("r{w}-{i}");
+                let req = CreateGroup {
+                    session,
+                    group: name.clone(),
+                };
+                if client.call(req).await.is_ok() {
                     acked.lock().unwrap().push(name);
                 }
             }
@@ -359,6 +382,13 @@ fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
     }
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    let again = again.load(Ordering::Relaxed);
+    assert!(again > 5, "only {again} creations of a name already taken");
+    let twice = twice.lock().unwrap().clone();
+    assert!(
+        twice.is_empty(),
+        "created again after their creation was acknowledged: {twice:?}"
+    );
     let want: BTreeSet<String> = acked.iter().cloned().collect();
     assert_eq!(want.len(), acked.len(), "a write acknowledged twice");
     let mut answers = vec![];
@@ -386,7 +416,8 @@ fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
         "trackers answer differently"
     );
     eprintln!(
-        "{} writes acknowledged, all present once on all three",
+        "{} writes acknowledged, all present once on all three; {again} creations of a \
+         name already taken, all refused",
         acked.len()
     );
 }

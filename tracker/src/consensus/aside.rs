@@ -141,7 +141,9 @@ impl Aside {
         // A refusal is answered and not kept.
         let change = match &command {
             Command::Change(c) | Command::Once { change: c, .. } => c.clone(),
-            Command::Init { .. } => return Some(Err(ErrorCode::BadRequest("not a write".into()))),
+            Command::Init { .. } | Command::Batch(_) => {
+                return Some(Err(ErrorCode::BadRequest("not a write".into())))
+            }
         };
         if let Err(code) = decide(state, change) {
             return Some(Err(code));
@@ -153,8 +155,8 @@ impl Aside {
             ))));
         }
         inner.pending.insert(next, command.clone());
-        let Answer(answer) = apply_command(state, command);
-        Some(answer)
+        let Answer(answers) = apply_command(state, command);
+        Some(answers.into_iter().next().unwrap_or(Ok(())))
     }
 
     fn save(&self, key: u64, command: &Command) -> Result<(), TrackerError> {

@@ -2,9 +2,12 @@
 //!
 //! Table `raft_log` maps an index to the entry, encoded with the protocol
 //! codec; `raft_meta` holds the vote, the last committed log id and the
-//! last purged one. Every write is one redb transaction, durable when it
-//! returns, so a vote or an entry the engine was told is saved survives a
-//! `kill -9`.
+//! last purged one. Every write is one redb transaction. The vote and the
+//! entries are durable when it returns, so a vote or an entry the engine
+//! was told is saved survives a `kill -9`. The commit mark is not: it only
+//! spares a restart re-learning what was committed, it goes to disk with
+//! the next append, and a mark lost with a crash is an older one, from
+//! which the engine commits again what the leader says.
 
 // openraft's storage traits fix the error type, a large one.
 #![allow(clippy::result_large_err)]
@@ -13,7 +16,9 @@ use crate::consensus::{NodeId, TypeConfig};
 use fileshare_protocol::codec;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
@@ -63,9 +68,12 @@ impl LogStore {
         codec::decode(v.value()).map(Some).map_err(read_err)
     }
 
-    fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+    fn put_meta<T: Serialize>(&self, key: &str, value: &T, durable: bool) -> Result<()> {
         let bytes = codec::encode(value).map_err(write_err)?;
-        let txn = self.db.begin_write().map_err(write_err)?;
+        let mut txn = self.db.begin_write().map_err(write_err)?;
+        if !durable {
+            txn.set_durability(Durability::None).map_err(write_err)?;
+        }
         txn.open_table(META)
             .map_err(write_err)?
             .insert(key, bytes.as_slice())
@@ -130,7 +138,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
-        self.put_meta(VOTE, vote)
+        self.put_meta(VOTE, vote, true)
             .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
     }
 
@@ -139,7 +147,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        self.put_meta(COMMITTED, &committed)
+        self.put_meta(COMMITTED, &committed, false)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {

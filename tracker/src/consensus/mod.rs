@@ -22,6 +22,8 @@
 //! - [`node`]: this tracker's part: the engine started over the store,
 //!   writes proposed or forwarded to the leader, the majority rule, when
 //!   reads are served.
+//! - [`batch`]: writes that queue up while the log is busy, proposed
+//!   together as one entry.
 //! - [`aside`]: a tracker of two serving alone, and what it acknowledged
 //!   then going through the log once the pair is whole again.
 //!
@@ -31,6 +33,7 @@
 //! checked against the state it is applied to, never an older one.
 
 pub mod aside;
+pub mod batch;
 pub mod log_store;
 pub mod network;
 pub mod node;
@@ -80,6 +83,9 @@ pub enum Command {
         seq: u64,
         change: Change,
     },
+    /// Several writes gathered while the log was busy ([`batch`]), applied
+    /// one after the other; never nested.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -96,9 +102,10 @@ impl Command {
     }
 }
 
-/// The outcome of applying one entry, handed back to whoever proposed it.
+/// The outcome of applying one entry, handed back to whoever proposed it:
+/// one result per command (a [`Command::Batch`] holds several).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Answer(pub Result<(), ErrorCode>);
+pub struct Answer(pub Vec<Result<(), ErrorCode>>);
 
 /// Log entries since the last snapshot before another is taken.
 pub const SNAPSHOT_EVERY: u64 = 10_000;

@@ -9,11 +9,16 @@
 //!   reaches fewer refuses writes at once, saying how many it reaches and
 //!   how many a write needs, and keeps answering reads.
 //! - A tracker of two that lost its partner serves alone ([`super::aside`]).
-//! - Reads are served once this tracker has caught up with a leader since
-//!   it started, and from then on.
+//! - Reads are served once this tracker has applied what the leader said
+//!   it had applied when they (re)gained touch: after a start or after
+//!   being cut off, and from then on. A tracker cut off keeps serving what
+//!   it has; one that finds no leader at start does not, unless it is one
+//!   of a pair and has its partner's word that nothing is missing (it then
+//!   serves alone).
 
 use crate::auth;
 use crate::consensus::aside::Aside;
+use crate::consensus::batch::{Batcher, Proposed};
 use crate::consensus::log_store::LogStore;
 use crate::consensus::network::{serve, Network, Rpc};
 use crate::consensus::state_machine::StateMachine;
@@ -26,7 +31,6 @@ use crate::state::State;
 use fileshare_protocol::codec;
 use fileshare_protocol::messages::ClusterMsg;
 use fileshare_protocol::ErrorCode;
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, RaftMetrics};
 use parking_lot::{Mutex, RwLock};
 use redb::Database;
@@ -59,19 +63,32 @@ const LOOK: Duration = Duration::from_millis(50);
 /// to does not lead): it is safe to send it again.
 const NOT_LEADING: &str = "not leading: ";
 
+/// What another tracker said of itself since it was last in touch.
+#[derive(Clone, Copy)]
+struct Heard {
+    /// The index it had applied when touch was gained: what this tracker
+    /// applies before it serves reads, if that tracker leads.
+    first: u64,
+    /// The latest index it said it applied.
+    index: u64,
+    /// Writes it acknowledged alone and has not put through the log.
+    pending: u64,
+}
+
 pub struct Node {
     me: NodeId,
     size: u64,
     raft: Raft,
+    batcher: Batcher,
     wire: Arc<TrackerWire>,
     state: Arc<RwLock<State>>,
     /// Trackers of two only.
     aside: Option<Arc<Aside>>,
     forwards: Mutex<HashMap<u64, oneshot::Sender<Result<(), ErrorCode>>>>,
     next_forward: AtomicU64,
-    /// What each other tracker said it applied, and how many writes it
-    /// acknowledged alone and has not put through the log.
-    applied_by: Mutex<BTreeMap<NodeId, (u64, u64)>>,
+    /// What each other tracker in touch said since touch was (re)gained;
+    /// a tracker out of touch has no entry.
+    applied_by: Mutex<BTreeMap<NodeId, Heard>>,
     applied_news: Notify,
     /// Caught up with a leader since start: reads are served.
     caught_up: AtomicBool,
@@ -116,9 +133,11 @@ impl Node {
                 tracing::debug!("cluster already initialized: {e}");
             }
         }
+        let cancel = CancellationToken::new();
         let node = Arc::new(Node {
             me,
             size,
+            batcher: Batcher::start(raft.clone(), cancel.clone()),
             raft,
             wire,
             state,
@@ -132,7 +151,7 @@ impl Node {
             stopping: AtomicBool::new(false),
             merging: AtomicBool::new(false),
             tasks: TaskTracker::new(),
-            cancel: CancellationToken::new(),
+            cancel,
         });
         {
             let n = node.clone();
@@ -208,30 +227,8 @@ impl Node {
                 }
                 leader_seen = leader;
             }
-            // Caught up: all of its own log applied and, following, at
-            // least as far as the leader said it applied since.
-            let last_log = m.last_log_index.unwrap_or(0);
-            let (leader_applied, others_pending) = {
-                let by = self.applied_by.lock();
-                let leader_applied = match leader {
-                    Some(l) if l == self.me => Some(0),
-                    Some(l) => by.get(&l).map(|(i, _)| *i),
-                    None => None,
-                };
-                let pending: u64 = self
-                    .others()
-                    .filter(|o| self.wire.in_touch(*o))
-                    .map(|o| by.get(&o).map_or(0, |(_, p)| *p))
-                    .sum();
-                (leader_applied, pending)
-            };
-            if leader_applied.is_some_and(|a| applied >= a)
-                && others_pending == 0
-                && applied >= last_log
-                && !self.caught_up.swap(true, Ordering::Relaxed)
-            {
-                tracing::info!("caught up with the cluster at entry {applied}");
-            }
+            self.forget_out_of_touch();
+            self.note_caught_up(leader, &m);
             if self.reached() >= self.majority() || (self.size == 2 && self.reached() == 2) {
                 *self.in_touch_since.lock() = Instant::now();
             }
@@ -287,16 +284,88 @@ impl Node {
         }
     }
 
+    /// What another tracker said is forgotten once it is out of touch:
+    /// when it is back, its word then counts, not an old one.
+    fn forget_out_of_touch(&self) {
+        let mut by = self.applied_by.lock();
+        by.retain(|o, _| self.wire.in_touch(*o));
+    }
+
+    /// Whether the others in touch that may hold writes this tracker lacks
+    /// have said they hold none: a partner's word that it kept nothing
+    /// aside, which it gives on contact.
+    fn partner_pending(&self) -> Option<u64> {
+        let by = self.applied_by.lock();
+        let mut sum = 0;
+        for o in self.others().filter(|o| self.wire.in_touch(*o)) {
+            sum += by.get(&o)?.pending;
+        }
+        Some(sum)
+    }
+
+    /// Notes the first time since start that this tracker has applied
+    /// what its leader had applied when they gained touch (leading: its
+    /// whole log) and, one of a pair, has its partner's word that nothing
+    /// is kept aside: from then on it may serve alone.
+    fn note_caught_up(&self, leader: Option<NodeId>, m: &RaftMetrics<NodeId, BasicNode>) {
+        if self.caught_up.load(Ordering::Relaxed) {
+            return;
+        }
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let caught_up = match leader {
+            None => false,
+            Some(l) if l == self.me => applied >= m.last_log_index.unwrap_or(0),
+            Some(l) => {
+                let by = self.applied_by.lock();
+                by.get(&l).is_some_and(|h| applied >= h.first)
+            }
+        };
+        if caught_up
+            && (self.size != 2 || self.partner_pending() == Some(0))
+            && !self.caught_up.swap(true, Ordering::Relaxed)
+        {
+            tracing::info!("caught up with the cluster at entry {applied}");
+        }
+    }
+
+    /// Why reads wait for the leader this tracker follows, if they do:
+    /// after a start or after being out of touch, until it applied what
+    /// the leader said it had applied on contact.
+    fn lagging(&self) -> Option<String> {
+        let (leader, applied) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.last_applied.map_or(0, |l| l.index))
+        };
+        let l = leader.filter(|l| *l != self.me && self.wire.in_touch(*l))?;
+        match self.applied_by.lock().get(&l) {
+            None => Some(format!(
+                "waiting for tracker {l}, which leads, to say how far it is"
+            )),
+            Some(h) if applied < h.first => Some(format!(
+                "catching up with tracker {l}: applied entry {applied} of {}",
+                h.first
+            )),
+            Some(_) => None,
+        }
+    }
+
     /// Tells the others how far this tracker applied the log.
     fn report(&self, applied: u64) {
-        let pending = self.aside.as_ref().map_or(0, |a| a.pending() as u64);
         for o in self.others().collect::<Vec<_>>() {
-            let msg = ClusterMsg::Applied {
+            self.report_to(o, applied);
+        }
+    }
+
+    fn report_to(&self, o: NodeId, applied: u64) {
+        let pending = self.aside.as_ref().map_or(0, |a| a.pending() as u64);
+        self.wire.send(
+            o,
+            ClusterMsg::Applied {
                 index: applied,
                 pending,
-            };
-            self.wire.send(o, msg);
-        }
+            },
+        );
     }
 
     /// Reports every advance of the applied index as it happens: the
@@ -380,20 +449,27 @@ impl Node {
         }
         if self.size == 2 {
             // Its partner's writes kept aside are not here yet.
-            let by = self.applied_by.lock();
-            let waiting: u64 = (self.others())
-                .filter(|o| self.wire.in_touch(*o))
-                .map(|o| by.get(&o).map_or(0, |(_, p)| *p))
-                .sum();
-            if waiting > 0 {
-                return Err((
-                    format!(
-                        "waiting for the other tracker to put {waiting} write(s) it acknowledged \
-                         alone through the log"
-                    ),
-                    true,
-                ));
+            match self.partner_pending() {
+                Some(0) => {}
+                Some(waiting) => {
+                    return Err((
+                        format!(
+                            "waiting for the other tracker to put {waiting} write(s) it \
+                             acknowledged alone through the log"
+                        ),
+                        true,
+                    ))
+                }
+                None => {
+                    return Err((
+                        "waiting for the other tracker to say how far it is".into(),
+                        true,
+                    ))
+                }
             }
+        }
+        if let Some(why) = self.lagging() {
+            return Err((why, true));
         }
         if self.caught_up.load(Ordering::Relaxed) {
             return Ok(());
@@ -475,8 +551,8 @@ impl Node {
             if let Some(r) = self.write_alone(&change) {
                 return r;
             }
-            let m = self.metrics();
-            match self.usable_leader(&m) {
+            let leader = self.usable_leader(&self.raft.metrics().borrow());
+            match leader {
                 Some(l) if l == self.me => match self.lead(change.clone()).await {
                     Err(ErrorCode::Unavailable(why)) if why.starts_with(NOT_LEADING) => {}
                     other => return other,
@@ -498,14 +574,15 @@ impl Node {
         }
     }
 
-    /// As the leader: proposes, then waits for the trackers in touch.
+    /// As the leader: proposes (with other writes queued meanwhile), then
+    /// waits for the trackers in touch.
     async fn lead(&self, command: Command) -> Result<(), ErrorCode> {
         let repeatable = repeatable(&command);
         let write = tokio::select! {
-            r = self.raft.client_write(command) => Ok(r),
+            r = self.batcher.propose(command) => Ok(r),
             () = self.quorum_lost() => Err(()),
         };
-        let resp =
+        let (index, answer) =
             match write {
                 Err(_) if repeatable => {
                     // Sent again, it is answered as the first time.
@@ -519,18 +596,18 @@ impl Node {
                      not take effect"
                         .into(),
                 )),
-                Ok(Ok(r)) => r,
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Ok(Proposed::Applied { index, answer }) => (index, answer),
+                Ok(Proposed::NotLeader) => {
                     return Err(ErrorCode::Unavailable(format!("{NOT_LEADING}{}", self.me)));
                 }
-                Ok(Err(e)) => {
+                Ok(Proposed::Failed(e)) => {
                     return Err(ErrorCode::Unavailable(format!(
                         "the change was not saved: {e}"
                     )))
                 }
             };
-        self.wait_applied(resp.log_id.index).await;
-        resp.data.0
+        self.wait_applied(index).await;
+        answer
     }
 
     /// Returns once this tracker has reached fewer trackers than a write
@@ -556,7 +633,7 @@ impl Node {
                 let by = self.applied_by.lock();
                 self.others()
                     .filter(|o| self.wire.in_touch(*o))
-                    .any(|o| by.get(&o).map_or(0, |(i, _)| *i) < index)
+                    .any(|o| by.get(&o).map_or(0, |h| h.index) < index)
             };
             if !behind {
                 return;
@@ -613,7 +690,13 @@ impl Node {
     /// A message from tracker `from`, other than gossip.
     pub fn deliver(self: &Arc<Self>, from: u32, msg: ClusterMsg) {
         let from = NodeId::from(from);
-        self.wire.heard(from);
+        if self.wire.heard(from) {
+            // First word since touch was lost: what it said before no
+            // longer counts, and it hears at once how far this one is.
+            self.applied_by.lock().remove(&from);
+            let applied = (self.raft.metrics().borrow().last_applied).map_or(0, |l| l.index);
+            self.report_to(from, applied);
+        }
         match msg {
             ClusterMsg::Raft { id, body } => {
                 let n = self.clone();
@@ -643,8 +726,13 @@ impl Node {
             ClusterMsg::RaftReply { id, body } => self.wire.answered(id, &body),
             ClusterMsg::Applied { index, pending } => {
                 let mut by = self.applied_by.lock();
-                let e = by.entry(from).or_default();
-                *e = (e.0.max(index), pending);
+                let e = by.entry(from).or_insert(Heard {
+                    first: index,
+                    index,
+                    pending,
+                });
+                e.index = e.index.max(index);
+                e.pending = pending;
                 drop(by);
                 self.applied_news.notify_waiters();
             }
@@ -653,13 +741,14 @@ impl Node {
                 self.tasks.spawn(async move {
                     let result = match codec::decode::<Command>(&change) {
                         Ok(c @ (Command::Change(_) | Command::Once { .. })) => {
-                            if n.metrics().state.is_leader() {
+                            let leading = n.raft.metrics().borrow().state.is_leader();
+                            if leading {
                                 n.lead(c).await
                             } else {
                                 Err(ErrorCode::Unavailable(format!("{NOT_LEADING}{}", n.me)))
                             }
                         }
-                        Ok(Command::Init { .. }) => {
+                        Ok(Command::Init { .. } | Command::Batch(_)) => {
                             Err(ErrorCode::BadRequest("not a client's change".into()))
                         }
                         Err(e) => Err(ErrorCode::BadRequest(format!("undecodable change: {e}"))),
@@ -695,7 +784,7 @@ fn repeatable(command: &Command) -> bool {
     match command {
         Command::Once { .. } => true,
         Command::Change(c) => c.is_repeatable(),
-        Command::Init { .. } => false,
+        Command::Init { .. } | Command::Batch(_) => false,
     }
 }
 

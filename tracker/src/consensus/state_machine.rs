@@ -57,21 +57,34 @@ struct Stored {
     data: Vec<u8>,
 }
 
-/// Applies one command to `state`; what its proposer is answered.
+/// Applies one entry's command to `state`; what its proposers are
+/// answered, one result per command.
 pub fn apply_command(state: &mut State, command: Command) -> Answer {
+    match command {
+        Command::Batch(commands) => {
+            Answer(commands.into_iter().map(|c| apply_one(state, c)).collect())
+        }
+        c => Answer(vec![apply_one(state, c)]),
+    }
+}
+
+fn apply_one(
+    state: &mut State,
+    command: Command,
+) -> std::result::Result<(), fileshare_protocol::ErrorCode> {
     match command {
         Command::Init { ticket_seed } => {
             state.apply(&Record::ClusterInit { ticket_seed });
-            Answer(Ok(()))
+            Ok(())
         }
-        Command::Change(change) => Answer(decide_and_apply(state, change)),
+        Command::Change(change) => decide_and_apply(state, change),
         Command::Once {
             client,
             seq,
             change,
         } => {
             if let Some(first) = state.answer(client, seq) {
-                return Answer(first.clone());
+                return first.clone();
             }
             let answer = decide_and_apply(state, change);
             state.apply(&Record::Answered {
@@ -79,8 +92,13 @@ pub fn apply_command(state: &mut State, command: Command) -> Answer {
                 seq,
                 answer: answer.clone(),
             });
-            Answer(answer)
+            answer
         }
+        // Never nested: what an inner batch holds is a log's bug, refused
+        // the same way on every tracker.
+        Command::Batch(_) => Err(fileshare_protocol::ErrorCode::Internal(
+            "a batch inside a batch".into(),
+        )),
     }
 }
 
@@ -204,11 +222,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for e in entries {
             self.last_applied = Some(e.log_id);
             let answer = match e.payload {
-                EntryPayload::Blank => Answer(Ok(())),
+                EntryPayload::Blank => Answer(vec![Ok(())]),
                 EntryPayload::Normal(command) => apply_command(&mut state, command),
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(e.log_id), m);
-                    Answer(Ok(()))
+                    Answer(vec![Ok(())])
                 }
             };
             answers.push(answer);

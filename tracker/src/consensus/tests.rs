@@ -150,11 +150,25 @@ async fn a_majority_commits_and_every_tracker_applies_the_same_answers() {
     let dir = tempfile::tempdir().unwrap();
     let (_router, trackers) = cluster(3, dir.path(), &test_config(1000)).await;
     let l = &trackers[usize::try_from(leader(&trackers, &[1, 2, 3]).await - 1).unwrap()];
-    assert_eq!(write(l, user("alice")).await, Answer(Ok(())));
+    assert_eq!(write(l, user("alice")).await, Answer(vec![Ok(())]));
     // Decided against the state it is applied to: the second is refused.
     assert_eq!(
         write(l, user("alice")).await,
-        Answer(Err(ErrorCode::UserExists("alice".into())))
+        Answer(vec![Err(ErrorCode::UserExists("alice".into()))])
+    );
+    // A batch: each write decided in order against the state the ones
+    // before it left, each answered on its own.
+    assert_eq!(
+        write(
+            l,
+            Command::Batch(vec![user("bob"), user("alice"), user("bob")])
+        )
+        .await,
+        Answer(vec![
+            Ok(()),
+            Err(ErrorCode::UserExists("alice".into())),
+            Err(ErrorCode::UserExists("bob".into()))
+        ])
     );
     assert_eq!(
         write(
@@ -164,10 +178,10 @@ async fn a_majority_commits_and_every_tracker_applies_the_same_answers() {
             }
         )
         .await,
-        Answer(Ok(()))
+        Answer(vec![Ok(())])
     );
     for t in &trackers {
-        wait_users(t, &["alice".into()]).await;
+        wait_users(t, &["alice".into(), "bob".into()]).await;
         for _ in 0..200 {
             if t.state.read().ticket_seed().is_some() {
                 break;
@@ -187,7 +201,7 @@ async fn a_tracker_cut_off_commits_nothing_and_catches_up_from_a_snapshot() {
     let l = &trackers[usize::try_from(leader(&trackers, &[1, 2]).await - 1).unwrap()];
     let names: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
     for n in &names {
-        assert_eq!(write(l, user(n)).await, Answer(Ok(())));
+        assert_eq!(write(l, user(n)).await, Answer(vec![Ok(())]));
     }
     // Alone, tracker 3 commits nothing: a write there finds no leader.
     let lone = tokio::time::timeout(
@@ -233,7 +247,7 @@ async fn a_restart_restores_the_state_from_the_snapshot_and_the_log() {
     leader(&trackers, &[1]).await;
     let names: Vec<String> = (0..50).map(|i| format!("u{i}")).collect();
     for n in &names {
-        assert_eq!(write(&trackers[0], user(n)).await, Answer(Ok(())));
+        assert_eq!(write(&trackers[0], user(n)).await, Answer(vec![Ok(())]));
     }
     let [t] = <[Tracker; 1]>::try_from(trackers).ok().unwrap();
     t.raft.shutdown().await.unwrap();

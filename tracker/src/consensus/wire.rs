@@ -51,9 +51,11 @@ impl TrackerWire {
         })
     }
 
-    /// Tracker `from` said something.
-    pub fn heard(&self, from: NodeId) {
-        self.heard.lock().insert(from, Instant::now());
+    /// Tracker `from` said something; true if it is the first word since
+    /// it was out of touch (or since this tracker started).
+    pub fn heard(&self, from: NodeId) -> bool {
+        let before = self.heard.lock().insert(from, Instant::now());
+        before.is_none_or(|t| t.elapsed() >= IN_TOUCH)
     }
 
     /// Whether tracker `no` was heard from within [`IN_TOUCH`] and this
