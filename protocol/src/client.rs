@@ -33,7 +33,7 @@ pub use error::ClientError;
 
 use crate::error::ErrorCode;
 use crate::identity::Identity;
-use crate::messages::tracker::{TrackerCall, TrackerReply, TrackerRequest};
+use crate::messages::tracker::{Notice, TrackerCall, TrackerReply, TrackerRequest};
 use crate::trackers_file::TrackerEntry;
 use link::{CallError, Link, OpenError, Trust};
 use std::path::PathBuf;
@@ -151,7 +151,12 @@ pub struct TrackerClient {
     /// keeps the answer to its last one (see [`TrackerRequest::Once`]).
     client_id: u64,
     next_seq: AtomicU64,
+    /// Given each notice a reply carries; `None`: logged as a warning.
+    on_notice: Option<NoticeHook>,
 }
+
+/// What a client does with the notices the trackers hand its user.
+type NoticeHook = Arc<dyn Fn(&Notice) + Send + Sync>;
 
 impl TrackerClient {
     /// `trackers` in trackers-file order; `timeout` bounds each connect and
@@ -181,7 +186,16 @@ impl TrackerClient {
             next_id: AtomicU64::new(1),
             client_id: client_id(),
             next_seq: AtomicU64::new(1),
+            on_notice: None,
         }
+    }
+
+    /// Hands every notice a reply carries to `hook` (a command prints it)
+    /// instead of logging it as a warning (what a daemon does). A notice
+    /// is handed over once: the trackers forget it once it is sent.
+    pub fn on_notice(mut self, hook: impl Fn(&Notice) + Send + Sync + 'static) -> Self {
+        self.on_notice = Some(Arc::new(hook));
+        self
     }
 
     pub fn addrs(&self) -> &[String] {
@@ -252,7 +266,18 @@ impl TrackerClient {
     /// anything: the caller builds the request struct, which carries its
     /// session, and the request's type says what comes back.
     pub async fn call<R: TrackerCall>(&self, req: R) -> Result<R::Reply, ClientError> {
-        let reply = self.send(req.into()).await?;
+        let reply = match self.send(req.into()).await? {
+            TrackerReply::Noted { notices, reply } => {
+                for n in &notices {
+                    match &self.on_notice {
+                        Some(hook) => hook(n),
+                        None => tracing::warn!("the trackers say: {n}"),
+                    }
+                }
+                *reply
+            }
+            reply => reply,
+        };
         Ok(R::reply(reply)?)
     }
 

@@ -1,13 +1,14 @@
 //! Trackers agreeing through their consensus log, as real processes: a
 //! tracker cut off from the majority by a real network refuses writes and
 //! catches up once healed; a pair killed in turn acknowledges every write,
-//! each exactly once.
+//! each exactly once; a pair cut apart tells the user whose write gave way.
 
 use fileshare_protocol::client::TrackerClient;
 use fileshare_protocol::messages::tracker::{
     AskTicketKey, CreateGroup, CreateUser, ListGroups, Login,
 };
 use fileshare_protocol::messages::SessionToken;
+use fileshare_tests::cli::{Fsd, Out};
 use fileshare_tests::cluster::Cluster;
 use fileshare_tests::netns::Lan;
 use fileshare_tests::tracker::Tracker;
@@ -118,7 +119,8 @@ fn wait_in(lan: &Lan, host: usize, what: &str, f: impl Fn() -> bool + Send + Syn
     }
 }
 
-/// Runs `f` with a client of tracker `i` only, inside the client's host.
+/// Runs `f` with a client of tracker `i` only, inside the client's host
+/// (the last).
 fn through<T: Send + 'static>(
     lan: &Lan,
     keys: &Path,
@@ -127,7 +129,7 @@ fn through<T: Send + 'static>(
 ) -> T {
     let addr = format!("{}:7000", lan.host(i - 1).addr);
     let keys = keys.to_path_buf();
-    lan.host(3).run_in(move || {
+    lan.host(lan.hosts().len() - 1).run_in(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -420,4 +422,146 @@ fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
          name already taken, all refused",
         acked.len()
     );
+}
+
+/// Runs `fsd ARGS` as `user`, from `lan`'s client host (the last).
+fn fsd_in(lan: &Lan, user: &Arc<Fsd>, args: &[&str]) -> Out {
+    let (user, args) = (user.clone(), args.iter().map(|a| a.to_string()).collect());
+    lan.host(lan.hosts().len() - 1).run_in(move || {
+        let args: Vec<String> = args;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        user.run(&args)
+    })
+}
+
+/// A pair of trackers, each in its own network namespace, cut apart:
+/// alice creates group "g" through tracker 1, bob creates "g" through
+/// tracker 2, and both are acknowledged. Healed, one "g" stands on both
+/// trackers; the user whose "g" gave way is told so by their next `fsd`
+/// command, once, and the other user is told nothing.
+#[test]
+fn a_group_created_on_both_sides_of_a_split_tells_the_user_whose_gave_way() {
+    let lan = Lan::new(3);
+    let dir = tempfile::tempdir().unwrap();
+    let trackers_file = dir.path().join("trackers.txt");
+    let keys = dir.path().join("known_keys");
+    let addr = |h: usize| format!("{}:7000", lan.host(h).addr);
+    std::fs::write(&trackers_file, format!("{}\n{}\n", addr(0), addr(1))).unwrap();
+    let mut trackers: Vec<Tracker> = (0..2)
+        .map(|h| Tracker::member_on(lan.host(h), &trackers_file, h as u32 + 1, &[]))
+        .collect();
+    for t in trackers.iter_mut() {
+        t.launch().unwrap();
+    }
+    for i in 1..=2 {
+        let k = keys.clone();
+        wait_in(&lan, 2, &format!("tracker {i} serving"), move || {
+            let addr = format!("10.213.0.{i}:7000");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let c = fileshare_tests::tracker_client(&[addr], &k, Duration::from_secs(2));
+            rt.block_on(c.call(AskTicketKey)).is_ok()
+        });
+    }
+    // Each user reaches one tracker only: alice tracker 1, bob tracker 2.
+    let users: Vec<Arc<Fsd>> = (0..2)
+        .map(|h| {
+            let file = dir.path().join(format!("trackers-{h}.txt"));
+            std::fs::write(&file, format!("{}\n", addr(h))).unwrap();
+            Arc::new(Fsd::with_trackers(&file))
+        })
+        .collect();
+    let names = ["alice", "bob"];
+    for (user, name) in users.iter().zip(names) {
+        for args in [["create-user", name], ["login", name]] {
+            let out = fsd_in(&lan, user, &args);
+            assert!(out.ok(), "fsd {args:?}: {}", out.stderr);
+        }
+    }
+    // Carol watches both trackers' listings without being told anything.
+    let session = through(&lan, &keys, 1, |c, rt| {
+        rt.block_on(async {
+            let carol = || ("carol".to_string(), "pw".to_string());
+            let (user, password) = carol();
+            c.call(CreateUser { user, password }).await.unwrap();
+            let (user, password) = carol();
+            c.call(Login { user, password }).await.unwrap().token
+        })
+    });
+    lan.cut(0, 1);
+    let alone = "serving alone; writes are kept aside";
+    let start = Instant::now();
+    while !trackers.iter().all(|t| t.log().contains(alone)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "both trackers serve alone"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for user in &users {
+        let out = fsd_in(&lan, user, &["create-group", "g"]);
+        assert!(out.ok(), "create-group g while apart: {}", out.stderr);
+    }
+    lan.heal(0, 1);
+    // The change that reached the log second is refused, and the tracker
+    // that acknowledged it says so once it is decided.
+    let conflict = "conflicts with one made on the other side";
+    let start = Instant::now();
+    let loser = loop {
+        if let Some(i) = trackers.iter().position(|t| t.log().contains(conflict)) {
+            break i;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the changes kept aside go through the log"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let winner = 1 - loser;
+    for i in [1, 2] {
+        let owner = through(&lan, &keys, i, move |c, rt| {
+            let gs = rt.block_on(c.call(ListGroups { session })).unwrap();
+            gs.into_iter().find(|g| g.name == "g").map(|g| g.owner)
+        });
+        assert_eq!(owner.as_deref(), Some(names[winner]), "g on tracker {i}");
+    }
+    let told = fsd_in(&lan, &users[loser], &["list-groups"]);
+    assert!(told.ok(), "{}", told.stderr);
+    let note = "fsd: note: while the trackers were apart, your group \"g\" was also created \
+                by another user; theirs stands";
+    assert!(
+        told.stderr.contains(note),
+        "{} is told: {:?}",
+        names[loser],
+        told.stderr
+    );
+    assert_eq!(
+        told.stderr.matches("fsd: note:").count(),
+        1,
+        "{}",
+        told.stderr
+    );
+    let line = format!("g  owner={}  members=1", names[winner]);
+    assert!(told.stdout.contains(&line), "{}", told.stdout);
+    let again = fsd_in(&lan, &users[loser], &["list-groups"]);
+    assert!(
+        again.ok() && !again.stderr.contains("note"),
+        "told once: {:?}",
+        again.stderr
+    );
+    let other = fsd_in(&lan, &users[winner], &["list-groups"]);
+    assert!(
+        other.ok() && !other.stderr.contains("note"),
+        "{} has nothing to be told: {:?}",
+        names[winner],
+        other.stderr
+    );
+    assert!(
+        other.stdout.contains(&format!("{line}  [owner]")),
+        "{}",
+        other.stdout
+    );
+    drop(trackers);
 }

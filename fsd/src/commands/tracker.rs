@@ -152,9 +152,13 @@ pub async fn run_with_password(
 }
 
 /// The trackers, and the logged-in user's session to call them with.
+/// What the trackers tell the user on the way is printed as a note.
 fn as_user(home: &Home) -> anyhow::Result<(TrackerClient, SessionToken)> {
     let session = home.session()?;
-    Ok((home.tracker_client()?, session.token))
+    let client = home
+        .tracker_client()?
+        .on_notice(|n| eprintln!("fsd: note: {n}"));
+    Ok((client, session.token))
 }
 
 async fn create_user(

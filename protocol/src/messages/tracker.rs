@@ -11,6 +11,7 @@ mod request;
 mod account;
 mod file;
 mod group;
+mod notice;
 mod peer;
 mod reach;
 
@@ -22,6 +23,7 @@ pub use group::{
     AcceptRequest, CreateGroup, JoinGroup, LeaveGroup, ListGroups, ListRequests, RejectRequest,
     RemoveMember,
 };
+pub use notice::{Notice, MAX_NOTICES};
 pub use peer::{Announce, Announced, LeaveNetwork, ReportPieces};
 pub use reach::{AwaitCalls, Contact, PlaceCall};
 pub use request::{TrackerCall, TrackerRequest, UnexpectedReply};
@@ -166,6 +168,12 @@ pub enum TrackerReply {
     },
     /// Calls placed for the daemon that waited ([`TrackerRequest::AwaitCalls`]).
     Calls(Vec<Call>),
+    /// `reply`, and what the caller's user is told ([`Notice`]): sent in
+    /// place of the reply to a user's command while they have notices.
+    Noted {
+        notices: Vec<Notice>,
+        reply: Box<TrackerReply>,
+    },
 }
 
 impl TrackerReply {
@@ -182,6 +190,7 @@ impl TrackerReply {
             TrackerReply::TicketKey(_) => "TicketKey",
             TrackerReply::Announced { .. } => "Announced",
             TrackerReply::Calls(_) => "Calls",
+            TrackerReply::Noted { reply, .. } => reply.name(),
         }
     }
 }

@@ -390,4 +390,46 @@ mod tests {
         assert!(reply.len() <= super::LISTING_BUDGET, "{}", reply.len());
         assert!(gs.len() > 10_000, "{}", gs.len());
     }
+
+    /// A user's notices ride on the reply to their next command, a write
+    /// sent once included, and only that one.
+    #[tokio::test]
+    async fn a_users_notices_come_with_their_next_command_once() {
+        let fx = Fixture::new().await;
+        let alice = fx.user("alice").await;
+        let notice = Notice::GaveWay {
+            change: "created group \"g\"".into(),
+            why: ErrorCode::GroupExists("g".into()),
+        };
+        fx.shared
+            .state
+            .write()
+            .apply(&crate::state::records::Record::Noticed {
+                user: "alice".into(),
+                notice: notice.clone(),
+            });
+        let create = TrackerRequest::Once {
+            client: 7,
+            seq: 1,
+            request: Box::new(
+                CreateGroup {
+                    session: alice,
+                    group: "h".into(),
+                }
+                .into(),
+            ),
+        };
+        assert_eq!(
+            fx.call(create).await,
+            Ok(TrackerReply::Noted {
+                notices: vec![notice],
+                reply: Box::new(TrackerReply::Done),
+            })
+        );
+        assert!(matches!(
+            fx.call(ListGroups { session: alice }).await,
+            Ok(TrackerReply::Groups(_))
+        ));
+        assert_eq!(fx.shared.state.read().notices("alice").count(), 0);
+    }
 }

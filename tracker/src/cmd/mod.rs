@@ -14,9 +14,10 @@ pub mod reach;
 pub mod ticket;
 
 use crate::shared::Shared;
+use crate::state::change::Change;
 use fileshare_protocol::ids::{validate_name, NameKind};
-use fileshare_protocol::messages::tracker::CallKind;
-use fileshare_protocol::messages::{TrackerRequest, TrackerResult};
+use fileshare_protocol::messages::tracker::{CallKind, Notice};
+use fileshare_protocol::messages::{SessionToken, TrackerReply, TrackerRequest, TrackerResult};
 use fileshare_protocol::{ErrorCode, Fingerprint, PeerId};
 use std::net::SocketAddr;
 
@@ -57,8 +58,39 @@ impl Caller {
 }
 
 /// Answers `req`, or `Unavailable` while this tracker is not caught up
-/// with the cluster (the client then asks another tracker).
+/// with the cluster (the client then asks another tracker). The answer to
+/// a user's command carries what they are to be told
+/// ([`TrackerReply::Noted`]).
 pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> TrackerResult {
+    let session = req.user_session().copied();
+    let reply = answer(shared, caller, req).await?;
+    match session {
+        Some(session) => Ok(noted(shared, &session, reply).await),
+        None => Ok(reply),
+    }
+}
+
+/// `reply`, with the notices of `session`'s user, which are then marked
+/// sent through the log. Should that fail they are sent again next time:
+/// told twice rather than never.
+async fn noted(shared: &Shared, session: &SessionToken, reply: TrackerReply) -> TrackerReply {
+    let Ok(user) = shared.session_user(session) else {
+        return reply;
+    };
+    let notices: Vec<(u64, Notice)> = shared.state.read().notices(&user).cloned().collect();
+    let Some(&(through, _)) = notices.last() else {
+        return reply;
+    };
+    if let Err(e) = shared.submit(Change::NoticesSent { user, through }).await {
+        tracing::debug!("notices not marked sent, to be sent again: {e}");
+    }
+    TrackerReply::Noted {
+        notices: notices.into_iter().map(|(_, n)| n).collect(),
+        reply: Box::new(reply),
+    }
+}
+
+async fn answer(shared: &Shared, caller: &Caller, req: TrackerRequest) -> TrackerResult {
     use TrackerRequest as R;
     shared.ready().await?;
     match req {
@@ -70,7 +102,7 @@ pub async fn dispatch(shared: &Shared, caller: &Caller, req: TrackerRequest) -> 
             if let R::Once { .. } = *request {
                 return Err(ErrorCode::BadRequest("a Once inside a Once".into()));
             }
-            let inner = Box::pin(dispatch(shared, caller, *request));
+            let inner = Box::pin(answer(shared, caller, *request));
             crate::shared::ONCE.scope((client, seq), inner).await
         }
         R::CreateUser(req) => account::create_user(shared, caller.addr.map(|a| a.ip()), req).await,

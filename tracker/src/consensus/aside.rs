@@ -141,7 +141,7 @@ impl Aside {
         // A refusal is answered and not kept.
         let change = match &command {
             Command::Change(c) | Command::Once { change: c, .. } => c.clone(),
-            Command::Init { .. } | Command::Batch(_) => {
+            Command::Init { .. } | Command::Batch(_) | Command::Aside(_) => {
                 return Some(Err(ErrorCode::BadRequest("not a write".into())))
             }
         };

@@ -86,6 +86,10 @@ pub enum Command {
     /// Several writes gathered while the log was busy ([`batch`]), applied
     /// one after the other; never nested.
     Batch(Vec<Command>),
+    /// A write a tracker of two acknowledged alone ([`aside`]), a
+    /// [`Command::Change`] or [`Command::Once`]: if it is refused now, its
+    /// user is told ([`crate::state::change::gave_way`]).
+    Aside(Box<Command>),
 }
 
 impl Command {

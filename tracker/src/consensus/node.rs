@@ -389,7 +389,7 @@ impl Node {
     /// Proposes every change kept aside, oldest first, each decided again.
     async fn merge(&self, aside: &Aside) {
         while let Some((key, change)) = aside.first() {
-            match self.propose(change.clone()).await {
+            match self.propose(Command::Aside(Box::new(change.clone()))).await {
                 Err(ErrorCode::Unavailable(why)) => {
                     tracing::info!("changes acknowledged alone wait: {why}");
                     return;
@@ -740,7 +740,7 @@ impl Node {
                 let n = self.clone();
                 self.tasks.spawn(async move {
                     let result = match codec::decode::<Command>(&change) {
-                        Ok(c @ (Command::Change(_) | Command::Once { .. })) => {
+                        Ok(c @ (Command::Change(_) | Command::Once { .. } | Command::Aside(_))) => {
                             let leading = n.raft.metrics().borrow().state.is_leader();
                             if leading {
                                 n.lead(c).await
@@ -784,6 +784,7 @@ fn repeatable(command: &Command) -> bool {
     match command {
         Command::Once { .. } => true,
         Command::Change(c) => c.is_repeatable(),
+        Command::Aside(inner) => repeatable(inner),
         Command::Init { .. } | Command::Batch(_) => false,
     }
 }

@@ -17,7 +17,7 @@
 
 use crate::consensus::aside::Aside;
 use crate::consensus::{Answer, Command, NodeId, TypeConfig};
-use crate::state::change::decide;
+use crate::state::change::{decide, gave_way};
 use crate::state::records::Record;
 use crate::state::State;
 use fileshare_protocol::codec;
@@ -92,6 +92,28 @@ fn apply_one(
                 seq,
                 answer: answer.clone(),
             });
+            answer
+        }
+        Command::Aside(inner) => {
+            let change = match &*inner {
+                Command::Change(c) => c.clone(),
+                Command::Once { client, seq, .. } if state.answer(*client, *seq).is_some() => {
+                    // Decided through the log already, and answered then.
+                    return apply_one(state, *inner);
+                }
+                Command::Once { change, .. } => change.clone(),
+                _ => {
+                    return Err(fileshare_protocol::ErrorCode::Internal(
+                        "not a write kept aside".into(),
+                    ))
+                }
+            };
+            let answer = apply_one(state, *inner);
+            if let Err(why) = &answer {
+                if let Some(notice) = gave_way(&change, why.clone()) {
+                    state.apply(&notice);
+                }
+            }
             answer
         }
         // Never nested: what an inner batch holds is a log's bug, refused
@@ -302,5 +324,101 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::change::Change;
+    use fileshare_protocol::messages::tracker::{Notice, MAX_NOTICES};
+    use fileshare_protocol::ErrorCode;
+
+    fn create(user: &str, group: &str) -> Change {
+        Change::CreateGroup {
+            user: user.into(),
+            group: group.into(),
+            quota: 100,
+        }
+    }
+
+    fn aside(seq: u64, change: Change) -> Command {
+        Command::Aside(Box::new(Command::Once {
+            client: 1,
+            seq,
+            change,
+        }))
+    }
+
+    fn state_with(users: &[&str]) -> State {
+        let mut state = State::default();
+        for u in users {
+            state.apply(&Record::UserCreated {
+                user: u.to_string(),
+                phc: String::new(),
+            });
+        }
+        state
+    }
+
+    fn notices(state: &State, user: &str) -> Vec<Notice> {
+        state.notices(user).map(|(_, n)| n.clone()).collect()
+    }
+
+    #[test]
+    fn a_write_kept_aside_and_refused_now_leaves_its_user_a_notice() {
+        let mut state = state_with(&["alice", "bob"]);
+        apply_command(&mut state, Command::Change(create("bob", "g")));
+        let answer = apply_command(&mut state, aside(1, create("alice", "g")));
+        let taken = ErrorCode::GroupExists("g".into());
+        assert_eq!(answer, Answer(vec![Err(taken.clone())]));
+        assert_eq!(
+            notices(&state, "alice"),
+            vec![Notice::GaveWay {
+                change: "created group \"g\"".into(),
+                why: taken,
+            }]
+        );
+        assert!(notices(&state, "bob").is_empty());
+        // Proposed again (its first answer was lost): answered as the
+        // first time, and told once.
+        apply_command(&mut state, aside(1, create("alice", "g")));
+        assert_eq!(notices(&state, "alice").len(), 1);
+        // Kept aside and accepted: nothing to tell.
+        let answer = apply_command(&mut state, aside(2, create("alice", "h")));
+        assert_eq!(answer, Answer(vec![Ok(())]));
+        assert_eq!(notices(&state, "alice").len(), 1);
+        // The same refusal through the log directly is the user's own
+        // answer, not a notice.
+        apply_command(&mut state, Command::Change(create("alice", "g")));
+        assert_eq!(notices(&state, "alice").len(), 1);
+    }
+
+    #[test]
+    fn a_user_keeps_the_newest_notices_until_they_are_sent() {
+        let mut state = state_with(&["alice", "bob"]);
+        let n = u64::try_from(MAX_NOTICES).unwrap() + 4;
+        for i in 0..n {
+            let g = format!("g{i}");
+            apply_command(&mut state, Command::Change(create("bob", &g)));
+            apply_command(&mut state, aside(i, create("alice", &g)));
+        }
+        let kept: Vec<u64> = state.notices("alice").map(|(k, _)| *k).collect();
+        assert_eq!(kept, (5..=n).collect::<Vec<_>>());
+        let Notice::GaveWay { why, .. } = &notices(&state, "alice")[MAX_NOTICES - 1];
+        assert_eq!(*why, ErrorCode::GroupExists(format!("g{}", n - 1)));
+        let sent = |through| {
+            Command::Change(Change::NoticesSent {
+                user: "alice".into(),
+                through,
+            })
+        };
+        apply_command(&mut state, sent(10));
+        let left: Vec<u64> = state.notices("alice").map(|(k, _)| *k).collect();
+        assert_eq!(left, (11..=n).collect::<Vec<_>>());
+        apply_command(&mut state, sent(n));
+        assert_eq!(state.notices("alice").count(), 0);
+        // Sent again: nothing left to do.
+        assert_eq!(apply_command(&mut state, sent(n)), Answer(vec![Ok(())]));
     }
 }

@@ -15,6 +15,7 @@
 use crate::state::records::{Record, TokenHash};
 use crate::state::{metadata_len, State};
 use fileshare_protocol::ids::FileMeta;
+use fileshare_protocol::messages::tracker::Notice;
 use fileshare_protocol::{ErrorCode, Limit};
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +100,11 @@ pub enum Change {
         quota: u32,
         metadata_quota: u64,
     },
+    /// `user` was sent their notices up to number `through`.
+    NoticesSent {
+        user: String,
+        through: u64,
+    },
 }
 
 /// What a change reads and writes; see the module doc.
@@ -122,14 +128,15 @@ impl Change {
                 | Change::ShareFile { .. }
                 | Change::RenameShare { .. }
                 | Change::ReplaceShare { .. }
+                | Change::NoticesSent { .. }
         )
     }
 
     pub fn key(&self) -> Key {
         match self {
-            Change::CreateUser { user, .. } | Change::OpenSession { user, .. } => {
-                Key::User(user.clone())
-            }
+            Change::CreateUser { user, .. }
+            | Change::OpenSession { user, .. }
+            | Change::NoticesSent { user, .. } => Key::User(user.clone()),
             Change::CloseSession { token_hash } => Key::Session(*token_hash),
             Change::CreateGroup { group, .. }
             | Change::JoinGroup { group, .. }
@@ -322,6 +329,12 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
                 user,
             }
         }
+        Change::NoticesSent { user, through } => {
+            if !state.notices(&user).any(|(n, _)| *n <= through) {
+                return Ok(vec![]);
+            }
+            Record::NoticesSent { user, through }
+        }
         Change::ReplaceShare {
             user,
             group,
@@ -354,6 +367,52 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
         }
     };
     Ok(vec![rec])
+}
+
+/// What tells the user who made `change`, acknowledged while the trackers
+/// were apart, that it was refused (`why`) when decided again; `None` for
+/// a change no user made (a session closing).
+pub fn gave_way(change: &Change, why: ErrorCode) -> Option<Record> {
+    let (user, what) = match change {
+        Change::CreateUser { user, .. } => (user, "created this account".to_string()),
+        Change::OpenSession { user, .. } => (user, "logged in".to_string()),
+        Change::CloseSession { .. } | Change::NoticesSent { .. } => return None,
+        Change::CreateGroup { user, group, .. } => (user, format!("created group {group:?}")),
+        Change::JoinGroup { user, group, .. } => (user, format!("asked to join group {group:?}")),
+        Change::AcceptRequest { owner, group, user } => {
+            (owner, format!("accepted {user:?} into group {group:?}"))
+        }
+        Change::RejectRequest { owner, group, user } => (
+            owner,
+            format!("turned down {user:?}'s request to join {group:?}"),
+        ),
+        Change::LeaveGroup { user, group } => (user, format!("left group {group:?}")),
+        Change::RemoveMember { owner, group, user } => {
+            (owner, format!("removed {user:?} from group {group:?}"))
+        }
+        Change::ShareFile {
+            user, group, meta, ..
+        }
+        | Change::ReplaceShare {
+            user, group, meta, ..
+        } => (user, format!("shared {:?} in group {group:?}", meta.name)),
+        Change::StopShare { user, group, name } => {
+            (user, format!("stopped sharing {name:?} in group {group:?}"))
+        }
+        Change::RenameShare {
+            user,
+            group,
+            from,
+            to,
+        } => (
+            user,
+            format!("renamed {from:?} to {to:?} in group {group:?}"),
+        ),
+    };
+    Some(Record::Noticed {
+        user: user.clone(),
+        notice: Notice::GaveWay { change: what, why },
+    })
 }
 
 /// Refuses a new file name in `g` once `user` shared `quota` files there.

@@ -17,6 +17,7 @@ pub mod records;
 
 use crate::state::records::{Record, TokenHash};
 use fileshare_protocol::ids::{FileId, FileMeta};
+use fileshare_protocol::messages::tracker::{Notice, MAX_NOTICES};
 use fileshare_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -147,6 +148,12 @@ pub struct State {
     /// `answer_order`, which holds at most [`MAX_ANSWERS`], oldest first.
     answers: HashMap<(u64, u64), Result<(), ErrorCode>>,
     answer_order: VecDeque<(u64, u64)>,
+    /// User -> what they are to be told on their next command, by number,
+    /// oldest first. Invariant: no empty entries, at most [`MAX_NOTICES`]
+    /// each (the newest).
+    notices: HashMap<String, VecDeque<(u64, Notice)>>,
+    /// The number of the last notice.
+    notice_seq: u64,
 }
 
 /// Answers kept: far more writes than clients have in flight while a
@@ -342,6 +349,22 @@ impl State {
                     self.hold(group, meta, user, true);
                 }
             }
+            Record::Noticed { user, notice } => {
+                self.notice_seq += 1;
+                let q = self.notices.entry(user.clone()).or_default();
+                q.push_back((self.notice_seq, notice.clone()));
+                while q.len() > MAX_NOTICES {
+                    q.pop_front();
+                }
+            }
+            Record::NoticesSent { user, through } => {
+                if let Some(q) = self.notices.get_mut(user) {
+                    q.retain(|(n, _)| n > through);
+                    if q.is_empty() {
+                        self.notices.remove(user);
+                    }
+                }
+            }
         }
     }
 
@@ -466,6 +489,12 @@ impl State {
     /// applied.
     pub fn answer(&self, client: u64, seq: u64) -> Option<&Result<(), ErrorCode>> {
         self.answers.get(&(client, seq))
+    }
+
+    /// What `user` is to be told on their next command, by number, oldest
+    /// first.
+    pub fn notices(&self, user: &str) -> impl Iterator<Item = &(u64, Notice)> {
+        self.notices.get(user).into_iter().flatten()
     }
 
     /// Records applied so far; the index of the last one.

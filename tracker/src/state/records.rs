@@ -10,6 +10,7 @@
 use fileshare_protocol::codec;
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::messages::cluster::View;
+use fileshare_protocol::messages::tracker::Notice;
 use fileshare_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -111,6 +112,16 @@ pub enum Record {
         seq: u64,
         answer: Result<(), ErrorCode>,
     },
+    /// `user` is to be told `notice` on their next command.
+    Noticed {
+        user: String,
+        notice: Notice,
+    },
+    /// `user` was sent their notices up to number `through`.
+    NoticesSent {
+        user: String,
+        through: u64,
+    },
 }
 
 impl Record {
@@ -168,6 +179,8 @@ impl fmt::Debug for Record {
                 write!(f, "ShareReplaced({group}, {}, {user})", meta.name)
             }
             Record::Answered { client, seq, .. } => write!(f, "Answered({client:x}, {seq})"),
+            Record::Noticed { user, .. } => write!(f, "Noticed({user})"),
+            Record::NoticesSent { user, through } => write!(f, "NoticesSent({user}, {through})"),
         }
     }
 }
@@ -197,6 +210,17 @@ mod tests {
             Record::UserCreated {
                 user: "u".into(),
                 phc: "$argon2id$x".into(),
+            },
+            Record::Noticed {
+                user: "u".into(),
+                notice: Notice::GaveWay {
+                    change: "created group g".into(),
+                    why: fileshare_protocol::ErrorCode::GroupExists("g".into()),
+                },
+            },
+            Record::NoticesSent {
+                user: "u".into(),
+                through: 4,
             },
             Record::SessionOpened {
                 token_hash: [2; 32],

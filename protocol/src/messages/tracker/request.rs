@@ -136,6 +136,43 @@ impl TrackerRequest {
         )
     }
 
+    /// The session of a command a user asked for, whose reply may carry
+    /// their notices; `None` for the daemon's upkeep (announces, reports,
+    /// calls, tickets), which would otherwise take them unseen.
+    pub fn user_session(&self) -> Option<&super::SessionToken> {
+        use TrackerRequest as R;
+        match self {
+            R::Once { request, .. } => request.user_session(),
+            R::CreateGroup(r) => Some(&r.session),
+            R::ListGroups(r) => Some(&r.session),
+            R::JoinGroup(r) => Some(&r.session),
+            R::LeaveGroup(r) => Some(&r.session),
+            R::ListRequests(r) => Some(&r.session),
+            R::AcceptRequest(r) => Some(&r.session),
+            R::RejectRequest(r) => Some(&r.session),
+            R::RemoveMember(r) => Some(&r.session),
+            R::ListFiles(r) => Some(&r.session),
+            R::Search(r) => Some(&r.session),
+            R::ShareFile(r) => Some(&r.session),
+            R::StopShare(r) => Some(&r.session),
+            R::Locate(r) => Some(&r.session),
+            R::RenameShare(r) => Some(&r.session),
+            R::ReplaceShare(r) => Some(&r.session),
+            R::CreateUser(_)
+            | R::Login(_)
+            | R::Logout(_)
+            | R::Announce(_)
+            | R::ReportPieces(_)
+            | R::LeaveNetwork(_)
+            | R::IssueTicket(_)
+            | R::TicketKey(_)
+            | R::CallBack(_)
+            | R::Relay(_)
+            | R::Punch(_)
+            | R::AwaitCalls(_) => None,
+        }
+    }
+
     /// The variant's name, for errors and logs (no fields: they may carry
     /// passwords and tokens).
     pub fn name(&self) -> &'static str {
