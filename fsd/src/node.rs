@@ -156,6 +156,7 @@ impl Node {
         for t in [&self.peer_tasks, &self.engine_tasks] {
             t.token().cancel();
         }
+        crate::net::reach::mapping::remove(self.engine.reach()).await;
         let leave = LeaveNetwork {
             session: self.tracker.session,
             peer: self.tracker.peer,

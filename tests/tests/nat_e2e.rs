@@ -8,7 +8,7 @@
 //! (`fileshare_tests::netns::nat6`), and for both families on loopback.
 
 use fileshare_tests::mount::{wait_for, xattr, Mount};
-use fileshare_tests::netns::nat::{HomeSpec, Internet, Nat};
+use fileshare_tests::netns::nat::{HomeSpec, Internet, Mapping, Nat};
 use fileshare_tests::netns::nat6::Internet6;
 use fileshare_tests::netns::Host;
 use fileshare_tests::world::{User, World};
@@ -86,7 +86,7 @@ fn home_routers_let_connections_out_and_none_in() {
         &[HomeSpec {
             hosts: 1,
             nat: Nat::Masquerade,
-            upnp: false,
+            mapping: Mapping::None,
         }],
     );
     let (public, home) = (net.public(1).clone(), net.home_host(0, 0).clone());
@@ -125,7 +125,7 @@ fn a_reader_behind_nat_reads_from_a_public_seeder() {
         &[HomeSpec {
             hosts: 1,
             nat: Nat::Masquerade,
-            upnp: false,
+            mapping: Mapping::None,
         }],
     );
     let (w, users) = world(net.public(0), &["carol", "bob"]);
@@ -149,7 +149,7 @@ fn a_public_reader_reads_from_a_seeder_behind_nat() {
         &[HomeSpec {
             hosts: 1,
             nat: Nat::Masquerade,
-            upnp: false,
+            mapping: Mapping::None,
         }],
     );
     let (w, users) = world(net.public(0), &["alice", "carol"]);
@@ -178,7 +178,7 @@ fn a_reader_behind_nat_reads_through_the_relay_from_a_seeder_behind_another() {
     let home = HomeSpec {
         hosts: 1,
         nat: Nat::Random,
-        upnp: false,
+        mapping: Mapping::None,
     };
     let net = Internet::new(1, &[home, home]);
     let (w, users) = world(net.public(0), &["alice", "bob"]);
@@ -204,7 +204,7 @@ fn a_reader_behind_nat_punches_a_path_to_a_seeder_behind_another() {
     let home = HomeSpec {
         hosts: 1,
         nat: Nat::Masquerade,
-        upnp: false,
+        mapping: Mapping::None,
     };
     let net = Internet::new(1, &[home, home]);
     let (w, users) = world(net.public(0), &["alice", "bob"]);
@@ -229,26 +229,29 @@ fn a_reader_behind_nat_punches_a_path_to_a_seeder_behind_another() {
     assert!(st.contains("(punched)"), "{st}");
 }
 
-#[test]
-fn a_seeder_behind_a_upnp_router_maps_a_port_and_is_read_directly() {
-    // A real miniupnpd on the router (UPnP IGD and NAT-PMP).
+/// A seeder behind a router whose real `miniupnpd` offers `mapping`: her
+/// daemon maps a port by one of `by`, the reader dials her router's
+/// public address through it and reads her file byte for byte; her
+/// unmount removes the router's forward.
+fn seeder_maps_a_port_and_is_read_directly(mapping: Mapping, by: &[&str]) {
     let net = Internet::new(
         2,
         &[HomeSpec {
             hosts: 1,
             nat: Nat::Masquerade,
-            upnp: true,
+            mapping,
         }],
     );
-    let (w, users) = world(net.public(0), &["alice", "carol"]);
-    let seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
+    let (w, users) = world(net.public(0), &["alice", "bob"]);
+    let mut seeder = mount(&w, &net, net.home_host(0, 0), &users[0]);
     let reader = mount(&w, &net, net.public(1), &users[1]);
     // Offered at the router's public address, through the mapped port.
     let mapped = format!("reached    reachable at {}:", net.home(0).router.addr);
+    let labels: Vec<String> = by.iter().map(|p| format!("(port mapped by {p})")).collect();
     let mut last = String::new();
     let found = (0..100).any(|_| {
         last = status(&w, net.home_host(0, 0), &users[0]);
-        let found = last.contains(&mapped) && last.contains("(port mapped by UPnP)");
+        let found = last.contains(&mapped) && labels.iter().any(|l| last.contains(l));
         if !found {
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -256,20 +259,56 @@ fn a_seeder_behind_a_upnp_router_maps_a_port_and_is_read_directly() {
     });
     assert!(
         found,
-        "no port mapping:\n{last}\n{}\nminiupnpd:\n{}",
+        "no port mapping by {by:?}:\n{last}\n{}\nminiupnpd:\n{}",
         seeder.log(),
         net.upnp_log(0)
     );
-    let data = share(&w, &seeder, &reader, "u.bin", 8 * MIB);
-    let got = std::fs::read(reader.path("g/u.bin")).expect("read through the mount");
-    assert!(got == data, "wrong bytes\n{}", reader.log());
-    let paths = reader.xattr("g/u.bin", "user.fileshare.paths");
+    let data = share(&w, &seeder, &reader, "m.bin", 8 * MIB);
+    assert_eq!(data.len(), 8 * MIB);
+    cmp(&w.path("m.bin"), &reader.path("g/m.bin"));
+    let paths = reader.xattr("g/m.bin", "user.fileshare.paths");
     // Dialled at the router's public address, through the mapping.
     let direct = format!("{}:", net.home(0).router.addr);
     assert!(
         paths.contains(&direct) && paths.ends_with(" direct"),
         "{paths}"
     );
+    // The router's forward of the mapped port goes with the unmount.
+    let port = last
+        .split(&mapped)
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no mapped port in:\n{last}"));
+    let forward = format!("dport {port} ");
+    let router = &net.home(0).router;
+    let forwards = || {
+        let out = router
+            .command("nft")
+            .args(["list", "chain", "inet", "nat", "prerouting_miniupnpd"])
+            .output()
+            .expect("nft list chain");
+        assert!(out.status.success(), "nft: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = forwards();
+    assert!(before.contains(&forward), "no {forward:?} in\n{before}");
+    seeder.unmount();
+    wait_for(
+        "the router's forward removed",
+        Duration::from_secs(10),
+        || (!forwards().contains(&forward)).then_some(()),
+    );
+}
+
+#[test]
+fn a_seeder_behind_a_upnp_router_maps_a_port_and_is_read_directly() {
+    seeder_maps_a_port_and_is_read_directly(Mapping::Upnp, &["UPnP"]);
+}
+
+#[test]
+fn a_seeder_behind_a_pcp_or_nat_pmp_router_maps_a_port_and_is_read_directly() {
+    // UPnP is off: only PCP (or NAT-PMP, if PCP is refused) can map.
+    seeder_maps_a_port_and_is_read_directly(Mapping::PcpPmp, &["PCP", "NAT-PMP"]);
 }
 
 #[test]
@@ -343,7 +382,7 @@ fn a_relayed_reader_moves_to_a_direct_path_once_the_seeder_can_be_dialled() {
     let home = HomeSpec {
         hosts: 1,
         nat: Nat::Random,
-        upnp: false,
+        mapping: Mapping::None,
     };
     let net = Internet::new(1, &[home, home]);
     let w = World::on_with_args(net.public(0), &["--relay-rate", "1000000"]);

@@ -622,8 +622,15 @@ impl Engine {
         let mut next = tokio::time::Instant::now();
         let mut last_announce: Option<tokio::time::Instant> = None;
         let mut shrank = false;
+        let mut announced = String::new();
         loop {
             let now = tokio::time::Instant::now();
+            // A port mapping granted or lost: the trackers hear the new
+            // address now, not at the next interval.
+            let offered = self.link_ctx.reach.announce_addr(&addr);
+            if !lost && last_announce.is_some() && offered != announced {
+                next = now;
+            }
             // Evicted pieces: the trackers hear the true bitfields soon,
             // at most once per EVICTION_ANNOUNCE_GAP.
             shrank |= self.cache.take_shrank();
@@ -635,7 +642,6 @@ impl Engine {
             }
             if now >= next {
                 shrank = false;
-                let offered = self.link_ctx.reach.announce_addr(&addr);
                 let also = self.link_ctx.reach.also();
                 match self
                     .tracker
@@ -648,6 +654,7 @@ impl Engine {
                         }
                         lost = false;
                         last_announce = Some(now);
+                        announced = offered;
                         next = now + i;
                     }
                     Err(e) => {

@@ -311,7 +311,7 @@ impl Source {
             pid: std::process::id(),
             reachability: crate::net::reach::describe(
                 self.tracker.seen_as().as_ref(),
-                self.engine.reach().mapped_port(),
+                self.engine.reach().mapped(),
             ),
             mountpoint: self.mountpoint.display().to_string(),
             at_ms: now_ms(),

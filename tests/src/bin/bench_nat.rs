@@ -17,7 +17,7 @@
 
 use fileshare_tests::cpu_secs;
 use fileshare_tests::mount::{wait_for, Mount};
-use fileshare_tests::netns::nat::{HomeSpec, Internet, Nat};
+use fileshare_tests::netns::nat::{HomeSpec, Internet, Mapping, Nat};
 use fileshare_tests::netns::Host;
 use fileshare_tests::random_file;
 use fileshare_tests::world::{User, World};
@@ -92,7 +92,7 @@ fn run(case: &Case, size: usize) {
         .map(|&nat| HomeSpec {
             hosts: 1,
             nat,
-            upnp: false,
+            mapping: Mapping::None,
         })
         .collect();
     let net = Internet::new(3, &homes);

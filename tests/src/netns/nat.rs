@@ -42,14 +42,24 @@ pub enum Nat {
     Random,
 }
 
-/// One home: how many hosts sit behind its router, its NAT, and whether
-/// the router offers port mappings (a real `miniupnpd`: UPnP IGD and
-/// NAT-PMP).
+/// One home: how many hosts sit behind its router, its NAT, and the port
+/// mappings the router offers.
 #[derive(Debug, Clone, Copy)]
 pub struct HomeSpec {
     pub hosts: usize,
     pub nat: Nat,
-    pub upnp: bool,
+    pub mapping: Mapping,
+}
+
+/// The port mappings a home router offers, through a real `miniupnpd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// None: no `miniupnpd`.
+    None,
+    /// UPnP IGD only (PCP and NAT-PMP disabled).
+    Upnp,
+    /// PCP and NAT-PMP only (UPnP IGD disabled).
+    PcpPmp,
 }
 
 /// A home as built: its router and its hosts.
@@ -180,20 +190,20 @@ pub(super) fn router_rules(nat: Nat) -> String {
     )
 }
 
-/// `miniupnpd`'s configuration for home `k`: UPnP IGD and NAT-PMP on the
-/// private bridge, forwards only to the home's own hosts. It refuses
+/// `miniupnpd`'s configuration for home `k`: UPnP IGD if `upnp`, else PCP
+/// and NAT-PMP, on the private bridge, forwards only to the home's own hosts. It refuses
 /// documentation and private addresses on its public side, so it is told
 /// a public-looking one (`11.0.0.(101+k)`, a label only: its forwards
 /// apply to whatever reaches the router's public interface).
-fn upnp_conf(k: usize, dir: &Path) -> String {
+fn upnp_conf(k: usize, dir: &Path, upnp: bool) -> String {
     let net = home_addr(k, 0);
     format!(
         "ext_ifname=eth0\n\
          ext_ip=11.0.0.{}\n\
          listening_ip=lan\n\
          http_port=0\n\
-         enable_natpmp=yes\n\
-         enable_upnp=yes\n\
+         enable_natpmp={}\n\
+         enable_upnp={}\n\
          secure_mode=yes\n\
          system_uptime=yes\n\
          ipv6_disable=yes\n\
@@ -204,6 +214,8 @@ fn upnp_conf(k: usize, dir: &Path) -> String {
          allow 1024-65535 {net}/24 1024-65535\n\
          deny 0-65535 0.0.0.0/0 0-65535\n",
         101 + k,
+        if upnp { "no" } else { "yes" },
+        if upnp { "yes" } else { "no" },
         dir.join("upnp.leases").display(),
     )
 }
@@ -328,8 +340,8 @@ impl Internet {
             ns: rns.clone(),
             addr: outside.into(),
         };
-        if spec.upnp {
-            self.start_upnp(k, &router);
+        if spec.mapping != Mapping::None {
+            self.start_upnp(k, &router, spec.mapping == Mapping::Upnp);
         }
         let mut hosts = Vec::new();
         for j in 0..spec.hosts {
@@ -380,11 +392,11 @@ impl Internet {
 
     /// Starts `miniupnpd` in router `k`'s namespace and waits until it
     /// listens.
-    fn start_upnp(&mut self, k: usize, router: &Host) {
+    fn start_upnp(&mut self, k: usize, router: &Host, upnp: bool) {
         let dir = self.dir.path().join(format!("upnp-{k}"));
         std::fs::create_dir_all(&dir).expect("create the miniupnpd directory");
         let conf = dir.join("miniupnpd.conf");
-        std::fs::write(&conf, upnp_conf(k, &dir)).expect("write miniupnpd.conf");
+        std::fs::write(&conf, upnp_conf(k, &dir, upnp)).expect("write miniupnpd.conf");
         let log_path = dir.join("miniupnpd.log");
         let log = std::fs::File::create(&log_path).expect("create miniupnpd.log");
         let child = router
@@ -410,7 +422,12 @@ impl Internet {
                     !text.contains("impossible") && !text.contains("Error"),
                     "miniupnpd cannot map ports here:\n{text}"
                 );
-                text.contains("Listening for NAT-PMP").then_some(())
+                let ready = if upnp {
+                    "HTTP listening"
+                } else {
+                    "Listening for NAT-PMP"
+                };
+                text.contains(ready).then_some(())
             },
         );
     }

@@ -87,8 +87,10 @@ pub struct Reach {
     /// Where this daemon's peer server listens (punched paths leave
     /// from it).
     listen: std::sync::OnceLock<SocketAddr>,
-    /// The public port the router forwards here (UPnP), if it does.
-    mapped: Mutex<Option<u16>>,
+    /// The public port the router forwards here, if it does.
+    mapped: Mutex<Option<mapping::Mapped>>,
+    /// The router's mapping, to renew and to remove on stop.
+    held: Mutex<Option<mapping::Held>>,
     /// Where peers may reach this daemon in address families other than
     /// the one it reaches the tracker in (announced besides its address).
     also: Mutex<Vec<String>>,
@@ -145,20 +147,20 @@ impl Reach {
         let _ = self.listen.set(addr);
     }
 
-    pub fn set_mapped(&self, port: Option<u16>) {
-        *self.mapped.lock() = port;
+    pub fn set_mapped(&self, mapped: Option<mapping::Mapped>) {
+        *self.mapped.lock() = mapped;
     }
 
-    pub fn mapped_port(&self) -> Option<u16> {
+    pub fn mapped(&self) -> Option<mapping::Mapped> {
         *self.mapped.lock()
     }
 
     /// What to announce: `addr` with the router's public port where it
     /// forwards one.
     pub fn announce_addr(&self, addr: &str) -> String {
-        match (self.mapped_port(), addr.parse::<SocketAddr>()) {
-            (Some(port), Ok(mut a)) => {
-                a.set_port(port);
+        match (self.mapped(), addr.parse::<SocketAddr>()) {
+            (Some(m), Ok(mut a)) => {
+                a.set_port(m.port);
                 a.to_string()
             }
             _ => addr.to_string(),
@@ -322,14 +324,15 @@ pub async fn direct_when_open(
 /// One line on how peers reach this daemon, from the tracker's answer to
 /// its last announce and the router's port mapping: for `fsd status` and
 /// the dashboard.
-pub fn describe(seen: Option<&Announced>, mapped: Option<u16>) -> String {
+pub fn describe(seen: Option<&Announced>, mapped: Option<mapping::Mapped>) -> String {
     let Some(a) = seen else {
         return "not known yet: no tracker has answered an announce".into();
     };
-    let through_mapping = mapped.is_some_and(|p| a.offered.ends_with(&format!(":{p}")));
+    let through = mapped.filter(|m| a.offered.ends_with(&format!(":{}", m.port)));
     match a.reach {
-        Seen::Direct if through_mapping => {
-            format!("reachable at {} (port mapped by UPnP)", a.offered)
+        Seen::Direct if through.is_some() => {
+            let by = through.map(|m| m.by.to_string()).unwrap_or_default();
+            format!("reachable at {} (port mapped by {by})", a.offered)
         }
         Seen::Direct => format!("reachable at {} (direct)", a.offered),
         Seen::Unknown => format!("checking: the tracker is dialling {}", a.offered),
