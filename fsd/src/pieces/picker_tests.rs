@@ -485,12 +485,18 @@ fn arb_case() -> impl Strategy<Value = Case> {
             let in_flight = prop::collection::vec(0..n, 0..6);
             let have = prop_oneof![arb_bits(n), Just(Bitfield::full(n))];
             let peer = (have, 0u32..6, in_flight, rate, any::<bool>()).prop_map(
-                |(have, slots, in_flight, rate, seed)| Peer {
-                    complete: seed && have.is_full(),
-                    have,
-                    slots,
-                    in_flight,
-                    rate,
+                |(have, slots, mut in_flight, rate, seed)| {
+                    // A queue holds a piece once: the swarm never asks one
+                    // peer twice for the same piece.
+                    let mut seen = std::collections::HashSet::new();
+                    in_flight.retain(|p| seen.insert(*p));
+                    Peer {
+                        complete: seed && have.is_full(),
+                        have,
+                        slots,
+                        in_flight,
+                        rate,
+                    }
                 },
             );
             let urgent = prop::collection::vec(0..n + 3, 0..8);
