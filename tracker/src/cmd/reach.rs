@@ -118,10 +118,45 @@ mod tests {
     use crate::cmd::file::tests::{group, meta};
     use crate::cmd::testing::{key_of, Fixture};
     use crate::cmd::Caller;
+    use fileshare_protocol::ids::FileMeta;
     use fileshare_protocol::messages::tracker::*;
     use fileshare_protocol::messages::tracker::{CallKind, Holding, Reach};
-    use fileshare_protocol::messages::TrackerReply;
+    use fileshare_protocol::messages::{SessionToken, TrackerReply};
     use fileshare_protocol::{Bitfield, ErrorCode, PeerId};
+
+    /// `peer` announces at `addr` (and `also`) holding all of `m`.
+    async fn holds(
+        fx: &Fixture,
+        session: SessionToken,
+        peer: PeerId,
+        addr: String,
+        also: Vec<String>,
+        m: &FileMeta,
+    ) {
+        let have = Bitfield::full(1);
+        let holdings = vec![Holding { file: m.id(), have }];
+        let req = Announce {
+            session,
+            peer,
+            addr,
+            also,
+            holdings,
+        };
+        fx.call(req).await.unwrap();
+    }
+
+    /// The holders `session` is told of for file "a" of group "g".
+    async fn locate(fx: &Fixture, session: SessionToken) -> Vec<PeerLocation> {
+        let req = Locate {
+            session,
+            group: "g".into(),
+            name: "a".into(),
+        };
+        match fx.call(req).await {
+            Ok(TrackerReply::Location { peers, .. }) => peers,
+            other => panic!("locating a group's file: {other:?}"),
+        }
+    }
 
     /// A holder the tracker could not dial is listed last and marked; a
     /// reader it could dial gets that holder to dial back; a reader it
@@ -147,29 +182,9 @@ mod tests {
         fx.shared.reach.set(a, &addr(&a), Reach::Unreachable);
         fx.shared.reach.set(b, &addr(&b), Reach::Direct);
         for (session, peer) in [(alice, a), (bob, b), (carol, c)] {
-            fx.call(Announce {
-                session,
-                peer,
-                addr: addr(&peer),
-                also: vec![],
-                holdings: vec![Holding {
-                    file: m.id(),
-                    have: Bitfield::full(1),
-                }],
-            })
-            .await
-            .unwrap();
+            holds(&fx, session, peer, addr(&peer), vec![], &m).await;
         }
-        let Ok(TrackerReply::Location { peers, .. }) = fx
-            .call(Locate {
-                session: alice,
-                group: "g".into(),
-                name: "a".into(),
-            })
-            .await
-        else {
-            panic!("alice locates her group's file");
-        };
+        let peers = locate(&fx, alice).await;
         let listed: Vec<(PeerId, Reach)> = peers.iter().map(|p| (p.peer, p.reach)).collect();
         assert_eq!(listed, vec![(b, Reach::Direct), (a, Reach::Unreachable)]);
         let call_back = |session, from: PeerId, holder| {
@@ -227,30 +242,12 @@ mod tests {
         fx.shared.reach.set(a, "[::1]:10", Reach::Direct);
         fx.shared.reach.set(b, "[::1]:11", Reach::Unreachable);
         for (session, peer, six) in [(alice, a, "[::1]:10"), (bob, b, "[::1]:11")] {
-            fx.call(Announce {
-                session,
-                peer,
-                addr: format!("127.0.0.1:{}", 9 + u16::from(peer.0[0])),
-                // The second IPv6 address, and the IPv4 one, are dropped.
-                also: vec![six.into(), "[::1]:99".into(), "127.0.0.1:98".into()],
-                holdings: vec![Holding {
-                    file: m.id(),
-                    have: Bitfield::full(1),
-                }],
-            })
-            .await
-            .unwrap();
+            let v4 = format!("127.0.0.1:{}", 9 + u16::from(peer.0[0]));
+            // The second IPv6 address, and the IPv4 one, are dropped.
+            let also = vec![six.into(), "[::1]:99".into(), "127.0.0.1:98".into()];
+            holds(&fx, session, peer, v4, also, &m).await;
         }
-        let Ok(TrackerReply::Location { peers, .. }) = fx
-            .call(Locate {
-                session: alice,
-                group: "g".into(),
-                name: "a".into(),
-            })
-            .await
-        else {
-            panic!("alice locates her group's file");
-        };
+        let peers = locate(&fx, alice).await;
         let also = |p: PeerId| peers.iter().find(|l| l.peer == p).map(|l| l.also.clone());
         assert_eq!(also(a), Some(vec!["[::1]:10".to_string()]));
         assert_eq!(also(b), Some(vec![]));
