@@ -35,7 +35,19 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// The one stream type of the product: TLS over TCP, either side.
-pub type SecureStream = tokio_rustls::TlsStream<TcpStream>;
+pub type SecureStream = tokio_rustls::TlsStream<BufferedTcp>;
+
+/// TCP under TLS, read through a buffer of [`TCP_READ_BUF`]: rustls asks
+/// the socket for at most one record (16 KiB) per call, so without it a
+/// 512 KiB piece costs over 30 `recv` calls, each a wake-up of its own.
+pub type BufferedTcp = tokio::io::BufReader<TcpStream>;
+
+/// The buffer of [`BufferedTcp`]: a few records per `recv`.
+pub const TCP_READ_BUF: usize = 64 * 1024;
+
+fn buffered(tcp: TcpStream) -> BufferedTcp {
+    tokio::io::BufReader::with_capacity(TCP_READ_BUF, tcp)
+}
 
 /// A framed connection over [`SecureStream`].
 pub type SecureConnection = Connection<ReadHalf<SecureStream>, WriteHalf<SecureStream>>;
@@ -295,7 +307,7 @@ async fn secure_tcp(
     let name = ServerName::try_from(SERVER_NAME).expect("SERVER_NAME is a valid DNS name");
     let stream = tls
         .connector
-        .connect(name, tcp)
+        .connect(name, buffered(tcp))
         .await
         .map_err(|e| handshake_error(addr, e))?;
     let seen = peer_fingerprint(stream.get_ref().1.peer_certificates())
@@ -319,7 +331,7 @@ pub async fn accept(
     let work = async {
         let stream = tls
             .acceptor
-            .accept(stream)
+            .accept(buffered(stream))
             .await
             .map_err(|e| handshake_error(&addr, e))?;
         let seen = peer_fingerprint(stream.get_ref().1.peer_certificates());
