@@ -57,11 +57,20 @@ pub type SecureConnection = Connection<ReadHalf<SecureStream>, WriteHalf<SecureS
 pub const SERVER_NAME: &str = CERT_NAME;
 
 /// The crypto provider of every FileShare TLS config: ring, explicitly, so
-/// no process-wide default (or aws-lc-rs) is ever involved.
+/// no process-wide default (or aws-lc-rs) is ever involved. AES-128-GCM
+/// comes first: every byte of a piece is encrypted once by its sender and
+/// decrypted once by its reader, and AES-128 takes 10 rounds per block
+/// where AES-256 (ring's first choice) takes 14.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .get_or_init(|| {
+            let mut ring = rustls::crypto::ring::default_provider();
+            // A stable sort: the other suites keep ring's order.
+            ring.cipher_suites
+                .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+            Arc::new(ring)
+        })
         .clone()
 }
 
