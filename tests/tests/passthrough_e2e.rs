@@ -234,6 +234,96 @@ fn a_passed_through_open_keeps_its_pieces_from_eviction_until_closed() {
     cmp(&srcs[0], &b.path("g/f0.bin"));
 }
 
+/// An open handle's reads while the cache evicts around it: a file held
+/// whole, opened with passthrough, read half through `read`, mapped, and
+/// then, after reads of other files have overfilled the cache budget twice
+/// and the page cache of its bytes on disk was dropped, read on: the rest
+/// and the whole again through the same handle, and through the mapping
+/// made before the eviction. Without the open's pin, eviction punches
+/// the file's pieces out of its data file and these reads return zeros.
+#[test]
+fn eviction_leaves_an_open_passed_through_handle_reading_its_bytes() {
+    let (w, u) = World::network(&["alice", "bob"]);
+    let a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &["--cache-size", "12M"]);
+    let srcs: Vec<_> = (0..3)
+        .map(|i| {
+            let p = w.path(&format!("h{i}.bin"));
+            random_file(&p, 8 * MIB, 80 + i);
+            a.cp_in(&p, "g");
+            p
+        })
+        .collect();
+    for i in 0..3 {
+        wait_listed(&b, &format!("g/h{i}.bin"));
+    }
+    let original = std::fs::read(&srcs[0]).unwrap();
+    let half = original.len() / 2;
+    // Fetched whole by `download-file`, h0 is in no reader's window.
+    let dest = w.path("h0-copy.bin");
+    w.fsd_ok(
+        &u[1],
+        &["download-file", "g", "h0.bin", dest.to_str().unwrap()],
+    );
+    let whole = 8 * MIB as u64 / PIECE;
+    assert_eq!(pieces(&b, "g/h0.bin"), (whole, whole));
+
+    let mut f = open_passed_through(&b, "g/h0.bin");
+    let mut first = vec![0u8; half];
+    f.read_exact(&mut first).expect("the first half");
+    assert!(first == original[..half], "the first half differs");
+    let len = original.len();
+    // SAFETY: a read-only private mapping of an open file, unmapped at the
+    // end of the test, read only while it lives.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+
+    // Two budgets' worth of other files through the daemon.
+    cmp(&srcs[1], &b.path("g/h1.bin"));
+    cmp(&srcs[2], &b.path("g/h2.bin"));
+    assert!(
+        b.log().contains("fsd::pieces::cache: evicted"),
+        "the cache evicted nothing:\n{}",
+        b.log()
+    );
+    // What the handle reads next comes from the disk, not from pages
+    // cached before the eviction.
+    let id = b.xattr("g/h0.bin", "user.fileshare.id");
+    drop_pages(&b.home.join("store").join(id).join("data"));
+
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).expect("the rest");
+    assert!(
+        rest == original[half..],
+        "the rest read after eviction differs"
+    );
+    let mut again = vec![0u8; len];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut again, 0).expect("pread");
+    assert!(
+        again == original,
+        "the whole re-read after eviction differs"
+    );
+    // SAFETY: the mapping above, `len` bytes, still mapped.
+    let mapped = unsafe { std::slice::from_raw_parts(map.cast::<u8>(), len).to_vec() };
+    // SAFETY: unmaps the mapping made above, not used after.
+    unsafe { libc::munmap(map, len) };
+    assert!(
+        mapped == original,
+        "the mapping made before the eviction reads differently"
+    );
+    assert_eq!(pieces(&b, "g/h0.bin"), (whole, whole));
+    assert_eq!(counter(&b, "g/h0.bin", "daemon_read_bytes"), 0);
+}
+
 #[test]
 fn a_file_shared_in_place_is_read_by_the_kernel_from_the_users_own_file() {
     let (w, u) = World::network(&["alice"]);
