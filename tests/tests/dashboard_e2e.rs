@@ -184,6 +184,20 @@ fn dashboard_in_a_real_browser_shows_the_swarm_and_accepts_a_request() {
         shown.contains("big.bin") && shown.contains("40.0 MiB"),
         "{shown}"
     );
+    // Whether files held whole are passed through, as `fsd status` says
+    // it (the test runs as root, on a kernel with passthrough); bob's one
+    // open of big.bin, not whole yet, went through the daemon.
+    let status = w.fsd_ok(bob, &["status"]);
+    let how = "read by the kernel directly (passthrough)";
+    assert!(
+        status.contains(&format!("files held whole: {how}")),
+        "{status}"
+    );
+    assert!(
+        shown.contains(&format!("Files held whole: {how}; 0 opens so far, 0 now."))
+            && shown.contains("Through the daemon: 1 open, "),
+        "{shown}"
+    );
     let shots = screenshot_dir(&w);
     std::fs::create_dir_all(&shots).unwrap();
     if std::env::var_os("FILESHARE_UPDATE_SCREENSHOTS").is_some() {

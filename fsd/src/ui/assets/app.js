@@ -164,6 +164,15 @@ function render(s) {
   drawChart(s.history);
   $("stored").textContent = bytes(s.stored) + " in the piece store · cache " +
     bytes(s.cache_used) + " of " + bytes(s.cache_budget);
+  $("reads").textContent = readsLine(s.kernel_reads);
+}
+
+// The words of `fsd status`'s reads line.
+function readsLine(k) {
+  const opens = (n) => n + (n === 1 ? " open" : " opens");
+  let line = "Files held whole: " + k.how;
+  if (k.passthrough) line += "; " + opens(k.passthrough_opens) + " so far, " + k.passthrough_open_now + " now";
+  return line + ". Through the daemon: " + opens(k.daemon_opens) + ", " + bytes(k.daemon_read_bytes) + " read.";
 }
 
 function toast(text, error) {
