@@ -81,6 +81,21 @@ async fn both_ends_learn_each_others_key_and_frames_round_trip() {
 }
 
 #[tokio::test]
+async fn connections_choose_aes_128_gcm() {
+    let server = identity();
+    let (addr, task) = serve(vec![ServerTls::new(&server, ClientCerts::Optional).unwrap()]).await;
+    let tls = ClientTls::new(None, Pin::Exact(server.fingerprint())).unwrap();
+    let (stream, _) = tls::connect_stream(&addr, &tls, T).await.unwrap();
+    let suite = stream
+        .get_ref()
+        .1
+        .negotiated_cipher_suite()
+        .map(|s| s.suite());
+    assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+    task.abort();
+}
+
+#[tokio::test]
 async fn closing_between_frames_is_a_clean_end_with_or_without_close_notify() {
     let (server, client) = (identity(), identity());
     let cfg = ServerTls::new(&server, ClientCerts::Optional).unwrap();
