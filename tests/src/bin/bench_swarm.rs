@@ -21,7 +21,8 @@
 //!
 //! Writes the per-reader times to `docs/swarm.csv` and draws them against
 //! `D_min` in `docs/swarm.svg` (`BENCH_OUT` to change the directory).
-//! `BENCH_CASES=1,3` runs some cases only; `BENCH_MODE=download` fetches
+//! `BENCH_CASES=1,3` runs some cases only (5 is 48 readers of a 16 MiB
+//! file at 1 MiB/s each, the source too); `BENCH_MODE=download` fetches
 //! with `fsd download-file` through each reader's daemon instead of reading
 //! through the mount. Run through `scripts/bench.sh swarm` (release build).
 //!
@@ -118,6 +119,16 @@ fn cases() -> Vec<Case> {
             reader_mib_s: 8.0,
             stagger_s: 1.0,
         },
+        // More readers than one Locate's worth of links would ever need
+        // to reach, at rates two cores keep up with for 49 daemons.
+        Case {
+            name: "forty-eight",
+            readers: 48,
+            size_mib: 16,
+            source_mib_s: 1.0,
+            reader_mib_s: 1.0,
+            stagger_s: 0.0,
+        },
     ]
 }
 
@@ -135,6 +146,40 @@ struct Outcome {
     source_copies: f64,
     /// What the readers received twice (end game, late cancels), in copies.
     duplicate_copies: f64,
+    /// The most TCP connections one daemon had established at once (peer
+    /// connections both ways, and its tracker's), sampled every 500 ms.
+    max_connections: usize,
+}
+
+/// TCP connections established by process `pid`: its socket descriptors
+/// matched against the TCP tables of its network namespace.
+fn tcp_established(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    let inodes: std::collections::HashSet<String> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    // State 01 is ESTABLISHED; field 9 the socket's inode.
+                    (f.get(3) == Some(&"01")).then(|| f.get(9).map(|i| i.to_string()))?
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|i| inodes.contains(i))
+        .count()
 }
 
 /// Busy and total jiffies of the whole machine, from `/proc/stat`.
@@ -322,11 +367,18 @@ fn run_case(case: &Case) -> Outcome {
     // Sample the machine's CPU while the readers run.
     let mut peak: f64 = 0.0;
     let mut last = cpu0;
+    let daemons: Vec<u32> = (mounts.iter())
+        .chain(std::iter::once(&source))
+        .filter_map(Mount::pid)
+        .collect();
+    let mut max_connections = 0;
     while !threads.iter().all(|t| t.is_finished()) {
         std::thread::sleep(Duration::from_millis(500));
         let now = cpu_jiffies();
         peak = peak.max(busy_between(last, now));
         last = now;
+        let most = daemons.iter().map(|&p| tcp_established(p)).max();
+        max_connections = max_connections.max(most.unwrap_or(0));
     }
     let cpu_mean = busy_between(cpu0, cpu_jiffies());
     let ours = ours() - ours0;
@@ -365,6 +417,7 @@ fn run_case(case: &Case) -> Outcome {
         ours: ours / measured.max(1e-3),
         source_copies: from_source as f64 / size as f64,
         duplicate_copies: duplicates as f64 / size as f64,
+        max_connections,
     }
 }
 
@@ -520,12 +573,13 @@ fn main() {
             o.measured / c.d_min()
         );
         println!(
-            "summary case={} shape={} ratio={:.2} source_copies={:.2} duplicates={:.1}%",
+            "summary case={} shape={} ratio={:.2} source_copies={:.2} duplicates={:.1}% max_connections_per_host={}",
             c.name,
             if net_shaped() { "net" } else { "daemon" },
             o.measured / c.d_min(),
             o.source_copies,
-            o.duplicate_copies * 100.0
+            o.duplicate_copies * 100.0,
+            o.max_connections
         );
         outcomes.push(o);
     }
