@@ -149,6 +149,8 @@ struct Outcome {
     /// The most TCP connections one daemon had established at once (peer
     /// connections both ways, and its tracker's), sampled every 500 ms.
     max_connections: usize,
+    /// Readers that fetched from a peer they heard of by peer exchange.
+    exchanged: usize,
 }
 
 /// TCP connections established by process `pid`: its socket descriptors
@@ -394,6 +396,12 @@ fn run_case(case: &Case) -> Outcome {
     let duplicates: u64 = (mounts.iter())
         .map(|m| counter(m, "user.fileshare.duplicates"))
         .sum();
+    let exchanged = (mounts.iter())
+        .filter(|m| {
+            let e = m.xattr("g/file.bin", "user.fileshare.exchange");
+            !e.contains("bytes=0") && e.contains("bytes=")
+        })
+        .count();
     if let Some(dir) = std::env::var_os("BENCH_LOGS") {
         // For a closer look: FILESHARE_TEST_LOG=info,fsd=trace logs every
         // upload decision and every verified piece.
@@ -418,6 +426,7 @@ fn run_case(case: &Case) -> Outcome {
         source_copies: from_source as f64 / size as f64,
         duplicate_copies: duplicates as f64 / size as f64,
         max_connections,
+        exchanged,
     }
 }
 
@@ -573,13 +582,14 @@ fn main() {
             o.measured / c.d_min()
         );
         println!(
-            "summary case={} shape={} ratio={:.2} source_copies={:.2} duplicates={:.1}% max_connections_per_host={}",
+            "summary case={} shape={} ratio={:.2} source_copies={:.2} duplicates={:.1}% max_connections_per_host={} readers_fetching_by_exchange={}",
             c.name,
             if net_shaped() { "net" } else { "daemon" },
             o.measured / c.d_min(),
             o.source_copies,
             o.duplicate_copies * 100.0,
-            o.max_connections
+            o.max_connections,
+            o.exchanged
         );
         outcomes.push(o);
     }
