@@ -33,7 +33,8 @@
 //! from what each daemon measures. The outputs are then `swarm-net.csv` and
 //! `swarm-net.svg`. The shaped rate counts packet headers too, so about 4%
 //! of it is not file bytes, and the bound is taken at the full rate.
-//! `BENCH_QUEUE_MS` sets how long a packet may wait in a shaped uplink's
+//! `BENCH_MOUNT_ARGS` adds flags to every daemon (e.g.
+//! `--max-peers-per-file 16`). `BENCH_QUEUE_MS` sets how long a packet may wait in a shaped uplink's
 //! queue (`tbf ... latency`, 200 ms by default).
 
 use fileshare_tests::mount::{wait_for, Mount};
@@ -263,9 +264,12 @@ fn shaped(lan: &Lan, host: usize, mib_s: f64) -> &fileshare_tests::netns::Host {
 
 fn run_case(case: &Case) -> Outcome {
     let lan = net_shaped().then(|| Lan::new(case.readers + 2));
+    // Every user signs up from the benchmark's one address.
+    let signups = (case.readers + 1).to_string();
+    let args = ["--max-sign-ups-per-address", &signups];
     let w = match &lan {
-        Some(lan) => World::on(lan.host(0)),
-        None => World::new(),
+        Some(lan) => World::on_with_args(lan.host(0), &args),
+        None => World::with_tracker_args(&args),
     };
     let owner = w.user("source");
     let readers: Vec<User> = (0..case.readers)
@@ -280,13 +284,21 @@ fn run_case(case: &Case) -> Outcome {
         usize::try_from(size).expect("size fits"),
         7,
     ));
+    // More flags for every daemon, e.g. `--max-peers-per-file 16`.
+    let extra = std::env::var("BENCH_MOUNT_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
     let mount = |u: &User, host: usize, mib_s: f64| match &lan {
         Some(lan) => {
-            let m = w.mount_on(shaped(lan, host, mib_s), u, &[]);
+            let m = w.mount_on(shaped(lan, host, mib_s), u, &extra);
             lan.track_mount(&m.mountpoint);
             m
         }
-        None => w.mount(u, &["--max-upload-rate", &rate_arg(mib_s)]),
+        None => {
+            let rate = rate_arg(mib_s);
+            let mut args = vec!["--max-upload-rate", rate.as_str()];
+            args.extend_from_slice(&extra);
+            w.mount(u, &args)
+        }
     };
     let source = mount(&owner, 1, case.source_mib_s);
     std::fs::copy(&src, source.path("g/file.bin")).expect("cp into the source's mount");
