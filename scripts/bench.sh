@@ -15,7 +15,7 @@
 #            a 512 MiB file held whole, through the daemon and with
 #            passthrough, against the page cache (BENCH_HELD=0 skips it,
 #            BENCH_HELD=only runs only it; see docs/passthrough.md)
-#   swarm    1 source and 8-16 readers of one file, every daemon with an
+#   swarm    1 source and 8-48 readers of one file, every daemon with an
 #            upload limit, against the fluid-model bound D_min (needs root
 #            and FUSE; writes docs/swarm.csv and docs/swarm.svg). With
 #            BENCH_SHAPE=net each daemon runs in a network namespace of its

@@ -94,6 +94,13 @@ pub struct MountArgs {
     /// 50G]
     #[arg(long, value_parser = crate::units::parse_size)]
     pub cache_size: Option<u64>,
+    /// Peers one file is fetched from at once; beyond it, a peer that
+    /// gives nothing makes room for one not tried yet
+    #[arg(long, default_value_t = crate::net::fetch::LINKS_PER_FILE)]
+    pub max_peers_per_file: usize,
+    /// Peers fetched from at once over all files
+    #[arg(long, default_value_t = crate::net::fetch::LINKS_TOTAL)]
+    pub max_peers: usize,
     /// Where the dashboard listens (`fsd ui` prints its URL), or `off`
     #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_ui_addr)]
     pub ui: UiAddr,

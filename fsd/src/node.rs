@@ -35,6 +35,9 @@ pub struct NodeConfig {
     pub max_download_rate: Option<u64>,
     pub read_timeout: Duration,
     pub cache_size: Option<u64>,
+    /// Peers fetched from at once, per file and in all.
+    pub max_peers_per_file: usize,
+    pub max_peers: usize,
     /// Testing only: flip a byte of every piece sent.
     pub corrupt_uploads: bool,
 }
@@ -69,6 +72,8 @@ impl Node {
             max_download_rate,
             read_timeout,
             cache_size,
+            max_peers_per_file,
+            max_peers,
             corrupt_uploads,
         } = config;
         let my_id = identity.peer_id();
@@ -102,6 +107,7 @@ impl Node {
                 read_timeout: read_timeout.max(Duration::from_millis(100)),
                 cache_size,
                 reach: reach.clone(),
+                links: crate::net::fetch::LinkBudget::new(max_peers_per_file, max_peers),
             },
             engine_tasks.clone(),
         );

@@ -195,6 +195,8 @@ impl Net {
                 max_download_rate: None,
                 read_timeout: opts.read_timeout,
                 cache_size: opts.cache_size,
+                max_peers_per_file: fsd::net::fetch::LINKS_PER_FILE,
+                max_peers: fsd::net::fetch::LINKS_TOTAL,
                 corrupt_uploads: opts.corrupt_uploads,
             },
             &tasks,

@@ -186,7 +186,8 @@ impl<W: AsyncWrite + Unpin> Serving<W> {
         let body = match req.body {
             PeerRequest::Authenticate { .. } => PeerReply::Authenticated,
             PeerRequest::Subscribe { .. } => PeerReply::Bitfield(Bitfield::full(self.pieces)),
-            PeerRequest::Cancel { .. } => return true,
+            // Cancels get no reply; nor does peer exchange from a liar.
+            PeerRequest::Cancel { .. } | PeerRequest::Exchange { .. } => return true,
             PeerRequest::Piece { .. } => match self.lie {
                 Lie::WrongBytes => PeerReply::Piece {
                     data: vec![0xa5; fileshare_protocol::PIECE_LEN as usize].into(),

@@ -2,10 +2,11 @@
 //! spreads distinct pieces and the readers trade the rest. Counts bytes,
 //! never times (the timing targets live in `bench_swarm`).
 
-use fileshare_tests::mount::Mount;
-use fileshare_tests::random_file;
+use fileshare_tests::mount::{fetched, Mount};
 use fileshare_tests::swarm::read_together;
 use fileshare_tests::world::{User, World};
+use fileshare_tests::{random_file, wait_for};
+use std::time::Duration;
 
 const MIB: usize = 1 << 20;
 
@@ -37,4 +38,93 @@ fn a_rate_limited_source_sends_each_piece_about_once() {
         "the source sent {copies:.2} copies of the file\n{}",
         source.log()
     );
+}
+
+/// A file's reader learns from its linked peers of the others (peer
+/// exchange), so a Locate that hands out one peer is enough.
+#[test]
+fn a_reader_fetches_from_a_peer_it_heard_of_only_by_exchange() {
+    let w = World::with_tracker_args(&["--locate-peers", "1"]);
+    let users: Vec<User> = ["src", "r1", "r2"].iter().map(|n| w.user(n)).collect();
+    w.group("g", &users[0], &[&users[1], &users[2]]);
+    // Slow enough that the second reader still needs pieces when the peer
+    // it heard of is linked.
+    let source = w.mount(&users[0], &["--max-upload-rate", "2M"]);
+    let src = w.path("s.bin");
+    let data = random_file(&src, 8 * MIB, 31);
+    std::fs::copy(&src, source.path("g/s.bin")).expect("cp into the mount");
+    // The first reader gets the source, the only holder, and stays linked.
+    let first = w.mount(&users[1], &["--max-upload-rate", "2M"]);
+    wait_listed(&first, "g/s.bin");
+    assert!(std::fs::read(first.path("g/s.bin")).unwrap() == data);
+    // The second is handed one of the two: the other it hears of from it.
+    let second = w.mount(&users[2], &[]);
+    wait_listed(&second, "g/s.bin");
+    assert!(std::fs::read(second.path("g/s.bin")).unwrap() == data);
+    let exchange = second.xattr("g/s.bin", "user.fileshare.exchange");
+    let field = |k: &str| -> u64 {
+        (exchange.split(' '))
+            .find_map(|kv| kv.strip_prefix(k)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let fetched = fetched(&second, "g/s.bin");
+    assert!(
+        field("learned=") >= 1 && field("linked=") >= 1 && field("bytes=") > 0,
+        "nothing fetched from a peer heard of by exchange: {exchange}; fetched {fetched:?}\n{}",
+        second.log()
+    );
+    assert!(
+        fetched.iter().filter(|c| c.1 > 0).count() == 2,
+        "{fetched:?}"
+    );
+}
+
+/// More holders than a reader's `--max-peers-per-file`: it never has more
+/// links to the file open than that.
+#[test]
+fn a_readers_links_to_a_file_stay_within_its_budget() {
+    let w = World::new();
+    let names = ["src", "h1", "h2", "h3", "r"];
+    let users: Vec<User> = names.iter().map(|n| w.user(n)).collect();
+    let (owner, rest) = users.split_first().unwrap();
+    w.group("g", owner, &rest.iter().collect::<Vec<_>>());
+    let rate = ["--max-upload-rate", "4M"];
+    let source = w.mount(owner, &rate);
+    let src = w.path("s.bin");
+    let data = random_file(&src, 8 * MIB, 32);
+    std::fs::copy(&src, source.path("g/s.bin")).expect("cp into the mount");
+    // Three more holders, each reading the whole file.
+    let holders: Vec<Mount> = (rest[..3].iter())
+        .map(|u| {
+            let m = w.mount(u, &rate);
+            wait_listed(&m, "g/s.bin");
+            assert!(std::fs::read(m.path("g/s.bin")).unwrap() == data);
+            m
+        })
+        .collect();
+    let reader = w.mount(&rest[3], &["--max-peers-per-file", "2"]);
+    wait_listed(&reader, "g/s.bin");
+    assert!(std::fs::read(reader.path("g/s.bin")).unwrap() == data);
+    let links = reader.xattr("g/s.bin", "user.fileshare.links");
+    let peak: usize = (links.split(' '))
+        .find_map(|kv| kv.strip_prefix("peak=")?.parse().ok())
+        .expect("a peak");
+    let fetched = fetched(&reader, "g/s.bin");
+    assert!(
+        peak == 2,
+        "links {links} with a budget of 2; fetched {fetched:?}\n{}",
+        reader.log()
+    );
+    assert!(
+        fetched.iter().filter(|c| c.1 > 0).count() >= 2,
+        "{fetched:?}"
+    );
+    drop(holders);
+}
+
+fn wait_listed(m: &Mount, rel: &str) {
+    let p = m.path(rel);
+    wait_for("the file listed", Duration::from_secs(15), || {
+        p.exists().then_some(())
+    });
 }

@@ -1,17 +1,19 @@
 //! Finding peers for a swarm that needs pieces: one task per swarm, woken
 //! by its readers and download jobs, asking the trackers at most every
-//! [`DISCOVERY_INTERVAL`] and linking to the peers they name; when the file
-//! is complete, it makes this user one more holder of it.
+//! [`DISCOVERY_INTERVAL`] and linking to the peers they name or that linked
+//! peers told of (peer exchange), within the link budget
+//! ([`fetch::LinkBudget`]): at the file's budget, with peers waiting for a
+//! place, the link that gave nothing the longest is rotated out. When the
+//! file is complete, it makes this user one more holder of it.
 
 use crate::engine::Engine;
 use crate::net::fetch;
+use crate::pieces::swarm::peer_book::Origin;
+use crate::pieces::swarm::rotation::ROTATE_IDLE;
 use crate::pieces::swarm::Swarm;
 use fileshare_protocol::messages::tracker::{PeerLocation, ShareFile};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Peers one file is fetched from at most.
-const MAX_LINKS: usize = 16;
 
 /// How often a swarm that needs pieces asks the tracker for more peers.
 /// Other readers of the same file are listed once they hold a piece, and
@@ -85,7 +87,11 @@ impl Engine {
             let due = last_locate.is_none_or(|t: tokio::time::Instant| {
                 t.elapsed() >= DISCOVERY_INTERVAL || swarm.links() == 0
             });
-            if due && swarm.needs_pieces() && swarm.links() < MAX_LINKS {
+            let budget = self.link_ctx.budget.per_file;
+            if swarm.needs_pieces() {
+                self.link_heard(swarm);
+            }
+            if due && swarm.needs_pieces() && swarm.links() < budget {
                 last_locate = Some(tokio::time::Instant::now());
                 match self.tracker.locate(&file.group, &file.meta.name).await {
                     Ok((meta, peers)) if meta.id() == file.id => self.connect(swarm, peers),
@@ -103,20 +109,58 @@ impl Engine {
         }
     }
 
-    /// Starts links to the located peers we are not linked to yet.
+    /// Starts links to the located peers we are not linked to yet; those
+    /// there is no room for wait in the peer book.
     pub(super) fn connect(&self, swarm: &Arc<Swarm>, peers: Vec<PeerLocation>) {
-        let tasks = self.swarm_tasks(swarm);
+        let mut waiting = Vec::new();
         for p in peers {
-            if p.peer == self.link_ctx.my_id
-                || swarm.links() >= MAX_LINKS
-                || !swarm.connect_started(p.peer)
-            {
-                continue;
+            if let Some(p) = self.link(swarm, p, Origin::Tracker) {
+                waiting.push(p);
             }
-            tasks.spawn(
-                "peer-link",
-                fetch::run(swarm.clone(), self.link_ctx.clone(), p, tasks.clone()),
-            );
         }
+        swarm.peers.wait(waiting, Origin::Tracker);
+    }
+
+    /// Links to peers heard of while there is room; at the file's budget,
+    /// with peers waiting, rotates out the link that gave nothing longest.
+    fn link_heard(&self, swarm: &Arc<Swarm>) {
+        let budget = self.link_ctx.budget.per_file;
+        let links = swarm.links();
+        if links >= budget {
+            if swarm.peers.has_candidates() {
+                if let Some(peer) = swarm.rotate_out(ROTATE_IDLE) {
+                    swarm.peers.rotated(peer);
+                }
+            }
+            return;
+        }
+        for (p, origin) in swarm.peers.take_candidates(budget - links) {
+            if let Some(p) = self.link(swarm, p, origin) {
+                swarm.peers.wait(vec![p], origin);
+            }
+        }
+    }
+
+    /// Starts a link to `p` if it is not this daemon, not linked, banned or
+    /// rotated out lately, and the budgets have room; gives `p` back if
+    /// only room was missing.
+    fn link(&self, swarm: &Arc<Swarm>, p: PeerLocation, origin: Origin) -> Option<PeerLocation> {
+        let ctx = &self.link_ctx;
+        if p.peer == ctx.my_id || swarm.peers.cooling(&p.peer) {
+            return None;
+        }
+        if swarm.links() >= ctx.budget.per_file {
+            return Some(p);
+        }
+        let Some(place) = ctx.budget.take() else {
+            return Some(p);
+        };
+        if !swarm.connect_started(p.peer) {
+            return None;
+        }
+        let tasks = self.swarm_tasks(swarm);
+        let run = fetch::run(swarm.clone(), ctx.clone(), p, origin, place, tasks.clone());
+        tasks.spawn("peer-link", run);
+        None
     }
 }

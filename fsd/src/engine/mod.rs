@@ -143,6 +143,8 @@ pub struct EngineConfig {
     pub cache_size: Option<u64>,
     /// How peers are reached, shared with the peer server.
     pub reach: Arc<crate::net::reach::Reach>,
+    /// Links open at most, per file and over the daemon.
+    pub links: crate::net::fetch::LinkBudget,
 }
 
 impl Engine {
@@ -162,6 +164,7 @@ impl Engine {
             read_timeout,
             cache_size,
             reach,
+            links,
         } = config;
         let budget = cache_size.unwrap_or_else(|| crate::store::disk::default_budget(store.root()));
         let cache = Arc::new(Cache::new(budget, registry.clone()));
@@ -174,6 +177,8 @@ impl Engine {
                 download,
                 cache: cache.clone(),
                 reach,
+                budget: Arc::new(links),
+                offered_port: std::sync::atomic::AtomicU16::new(0),
             }),
             tracker,
             registry,
@@ -628,6 +633,9 @@ impl Engine {
             // A port mapping granted or lost: the trackers hear the new
             // address now, not at the next interval.
             let offered = self.link_ctx.reach.announce_addr(&addr);
+            if let Ok(a) = offered.parse::<std::net::SocketAddr>() {
+                (self.link_ctx.offered_port).store(a.port(), std::sync::atomic::Ordering::Relaxed);
+            }
             if !lost && last_announce.is_some() && offered != announced {
                 next = now;
             }

@@ -86,6 +86,21 @@ impl MountedFs {
                 "user.fileshare.duplicates".into(),
                 count(&swarm.duplicate_bytes),
             ));
+            // Links open now and at most at once; peers met by exchange.
+            let pex = swarm.peers.counts();
+            out.push((
+                "user.fileshare.links".into(),
+                format!("{} peak={}", pex.links, pex.peak_links),
+            ));
+            let bytes: u64 = pex.linked.iter().map(|p| swarm.received_from(p)).sum();
+            out.push((
+                "user.fileshare.exchange".into(),
+                format!(
+                    "learned={} linked={} bytes={bytes}",
+                    pex.learned,
+                    pex.linked.len()
+                ),
+            ));
         } else {
             let n = entry.size.div_ceil(PIECE_LEN);
             out.push(("user.fileshare.pieces".into(), format!("0/{n}")));
@@ -93,6 +108,9 @@ impl MountedFs {
             out.push(("user.fileshare.paths".into(), String::new()));
             out.push(("user.fileshare.uploaded".into(), "0".into()));
             out.push(("user.fileshare.duplicates".into(), "0".into()));
+            out.push(("user.fileshare.links".into(), "0 peak=0".into()));
+            let none = "learned=0 linked=0 bytes=0";
+            out.push(("user.fileshare.exchange".into(), none.into()));
         }
         let tally = self.kernel_reads.tally(ino.0).unwrap_or_default();
         out.push((

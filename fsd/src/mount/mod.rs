@@ -128,6 +128,8 @@ async fn serve(
             max_download_rate: args.max_download_rate,
             read_timeout: Duration::from_secs(args.read_timeout.max(1)),
             cache_size: args.cache_size,
+            max_peers_per_file: args.max_peers_per_file,
+            max_peers: args.max_peers,
             corrupt_uploads: args.corrupt_uploads,
         },
         &tasks,

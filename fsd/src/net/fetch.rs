@@ -8,12 +8,17 @@
 //! authenticates again with a fresh one, so long reads never break; a
 //! tracker that refuses a fresh one (the user left the group) ends it.
 //!
+//! It also asks the peer for peer exchange (`PeerRequest::Exchange`) and
+//! hands what it hears to the swarm's peer book, whose peers the engine's
+//! discovery links to as places free.
+//!
 //! The wire loop never decides anything: it reports what arrived to the
 //! swarm, whose scheduling step chooses the next requests. Each piece is
 //! verified and stored by a task of the swarm, on the blocking pool.
 
 use crate::net::reach::{Opened, Path};
 use crate::net::token_bucket::TokenBucket;
+use crate::pieces::swarm::peer_book::Origin;
 use crate::pieces::swarm::{FetchCmd, FetchLinkId, Swarm};
 use crate::tasks::Tasks;
 use crate::trackers::{now_ms, LinkError, TrackerLink};
@@ -36,6 +41,9 @@ pub const TICK: Duration = Duration::from_millis(250);
 
 /// The request id of the subscription; its replies keep coming.
 const SUBSCRIPTION: u64 = 1;
+
+/// The request id of the peer exchange stream.
+const EXCHANGE: u64 = 2;
 
 /// A piece request unanswered for this many times what one piece takes at
 /// the peer's measured rate is stuck there: it is cancelled at that peer
@@ -80,6 +88,65 @@ pub struct FetchCtx {
     pub cache: Arc<crate::pieces::cache::Cache>,
     /// How peers are reached, and the connections dialled back to us.
     pub reach: Arc<crate::net::reach::Reach>,
+    /// How many links may be open, per file and in all.
+    pub budget: Arc<LinkBudget>,
+    /// The port of the address the trackers were last offered (0 before
+    /// the first announce), named to peers in exchange requests.
+    pub offered_port: std::sync::atomic::AtomicU16,
+}
+
+/// Links (this daemon fetching one file from one peer) open at most, per
+/// file and over the daemon.
+#[derive(Debug)]
+pub struct LinkBudget {
+    pub per_file: usize,
+    pub total: usize,
+    /// Links counted against `total` now.
+    open: std::sync::atomic::AtomicUsize,
+}
+
+/// Links one file is fetched over at most, by default: BitTorrent
+/// clients' usual figure.
+pub const LINKS_PER_FILE: usize = 50;
+
+/// Links over the daemon at most, by default.
+pub const LINKS_TOTAL: usize = 400;
+
+impl LinkBudget {
+    pub fn new(per_file: usize, total: usize) -> LinkBudget {
+        LinkBudget {
+            per_file: per_file.max(1),
+            total: total.max(1),
+            open: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes one of the daemon's places, if one is free; the holder gives
+    /// it back by dropping it.
+    pub fn take(self: &Arc<Self>) -> Option<LinkPlace> {
+        use std::sync::atomic::Ordering;
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.total).then_some(n + 1)
+            });
+        taken.ok().map(|_| LinkPlace(self.clone()))
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// One of the daemon's link places, held while a link task runs.
+pub struct LinkPlace(Arc<LinkBudget>);
+
+impl Drop for LinkPlace {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Why a fetch link ended.
@@ -109,13 +176,21 @@ enum FetchError {
 ///
 /// The caller has registered the attempt with [`Swarm::connect_started`];
 /// `tasks` is the swarm's node of the task tree.
-pub async fn run(swarm: Arc<Swarm>, ctx: Arc<FetchCtx>, remote: PeerLocation, tasks: Tasks) {
+pub async fn run(
+    swarm: Arc<Swarm>,
+    ctx: Arc<FetchCtx>,
+    remote: PeerLocation,
+    origin: Origin,
+    place: LinkPlace,
+    tasks: Tasks,
+) {
+    let _place = place;
     let peer = remote.peer;
     let cancel = swarm.cancel.clone();
     let links = async {
         let mut opened = None;
         loop {
-            match link(&swarm, &ctx, &remote, &tasks, opened.take()).await {
+            match link(&swarm, &ctx, &remote, origin, &tasks, opened.take()).await {
                 // Moved off the relay: the same peer again, on the direct
                 // path, unless another link to it started meanwhile.
                 Ok(Some(direct)) if swarm.connect_started(peer) => {
@@ -138,15 +213,18 @@ pub async fn run(swarm: Arc<Swarm>, ctx: Arc<FetchCtx>, remote: PeerLocation, ta
     swarm.connect_ended(&peer);
 }
 
-/// Releases the link's requests however it ends.
+/// Releases the link's requests, and its entry in the peer book, however
+/// it ends.
 struct Registered<'a> {
     swarm: &'a Swarm,
     key: FetchLinkId,
+    peer: PeerId,
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.swarm.release_link(self.key);
+        self.swarm.peers.unlinked_out(&self.peer);
     }
 }
 
@@ -157,6 +235,7 @@ async fn link(
     swarm: &Arc<Swarm>,
     ctx: &FetchCtx,
     remote: &PeerLocation,
+    origin: Origin,
     tasks: &Tasks,
     opened: Option<Opened>,
 ) -> Result<Option<Opened>, FetchError> {
@@ -207,10 +286,25 @@ async fn link(
         PeerReply::Error(e) => return Err(FetchError::Refused(e)),
         _ => return Err(FetchError::Unexpected),
     };
-    let Some((key, mut queue)) = swarm.add_link(remote.peer, addr, have) else {
+    let Some((key, mut queue)) = swarm.add_link(remote.peer, addr.clone(), have) else {
         return Ok(None);
     };
-    let _registered = Registered { swarm, key };
+    swarm.peers.linked_out(remote.peer, &addr, origin);
+    let _registered = Registered {
+        swarm,
+        key,
+        peer: remote.peer,
+    };
+    let port = ctx.offered_port.load(std::sync::atomic::Ordering::Relaxed);
+    writer
+        .write_frame(&Request {
+            id: EXCHANGE,
+            body: PeerRequest::Exchange {
+                file: file.id,
+                port,
+            },
+        })
+        .await?;
     // Cancelled by a verification task when this peer must be dropped.
     let dropped = CancellationToken::new();
 
@@ -256,7 +350,7 @@ async fn link(
     };
 
     let send = async {
-        let mut next_id = SUBSCRIPTION + 1;
+        let mut next_id = EXCHANGE + 1;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -313,7 +407,7 @@ async fn link(
                 }
             };
             let (id, body) = match cmd {
-                None => return Ok::<(), FetchError>(()),
+                None | Some(FetchCmd::Close) => return Ok::<(), FetchError>(()),
                 Some(FetchCmd::Request(piece)) => {
                     if let Some(t) = &ctx.download {
                         t.take(file.layout.piece_size(piece)).await;
@@ -366,6 +460,20 @@ async fn link(
                         swarm.update_have(key, b)
                     }
                     PeerReply::Error(e) => return Err(FetchError::Refused(e)),
+                    _ => return Err(FetchError::Unexpected),
+                }
+                continue;
+            }
+            if reply.id == EXCHANGE {
+                match reply.body {
+                    PeerReply::Peers(u) if u.check().is_ok() => {
+                        swarm.peers.heard_exchanged(&ctx.my_id, u)
+                    }
+                    // Refused (say the ticket expired): the link goes on,
+                    // the subscription ends it if it must.
+                    PeerReply::Error(e) => {
+                        tracing::debug!(file = %file.meta.name, "no peer exchange: {e}")
+                    }
                     _ => return Err(FetchError::Unexpected),
                 }
                 continue;

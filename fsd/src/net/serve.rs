@@ -30,6 +30,11 @@
 //! pieces are evicted. A piece not held (evicted meanwhile too) is
 //! `NotAvailable`.
 //!
+//! An exchange request (peer exchange) gets this daemon's vouched peers of
+//! the file, then who joined and left, at most once a second
+//! ([`exchange`]); the asker, which showed a ticket, joins them at the
+//! address its connection came from with the port it named.
+//!
 //! Tasks: the accept loop runs under the server's node of the task tree,
 //! each connection under a child of it, and a connection's requests and
 //! subscriptions under the connection's, so they end with it. Pieces are
@@ -42,6 +47,7 @@ use crate::pieces::registry::Registry;
 use crate::pieces::swarm::{Offer, Swarm};
 use crate::tasks::Tasks;
 use crate::trackers::{now_ms, TrackerLink};
+use fileshare_protocol::messages::peer::PEX_INTERVAL_MS;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::ticket::Ticket;
 use fileshare_protocol::tls::{self, ServerTls, TlsError};
@@ -241,6 +247,11 @@ struct ConnState {
     refused: Mutex<HashSet<(FileId, u32)>>,
     /// Files this connection subscribed to, each once.
     subscribed: Mutex<HashSet<FileId>>,
+    /// Files this connection asked peer exchange for, each once.
+    exchanging: Mutex<HashSet<FileId>>,
+    /// Where the connection came from, if it was accepted here (not a
+    /// dial-back or a relay's).
+    from: Option<IpAddr>,
 }
 
 impl ConnState {
@@ -287,6 +298,8 @@ async fn serve(
         pending: Mutex::new(HashMap::new()),
         refused: Mutex::new(HashSet::new()),
         subscribed: Mutex::new(HashSet::new()),
+        exchanging: Mutex::new(HashSet::new()),
+        from: gate.map(|g| g.from),
     });
     ctx.uploads.connected(st.conn, peer);
     // When the peer last sent a frame, for the idle deadline.
@@ -348,6 +361,34 @@ async fn serve(
                         if tx.send((Reply { id: req.id, body }, None)).await.is_err() {
                             break;
                         }
+                    }
+                }
+                drop(permit);
+                continue;
+            }
+            if let PeerRequest::Exchange { file, port } = req.body {
+                let fresh = {
+                    let mut ex = st.exchanging.lock();
+                    ex.len() < MAX_SUBSCRIPTIONS && ex.insert(file)
+                };
+                let refused = match allowed(ctx, &st, &file) {
+                    Ok(swarm) if fresh => {
+                        let stream = exchange(swarm, st.clone(), req.id, port, tx.clone());
+                        tasks.spawn("peer-exchange", stream);
+                        None
+                    }
+                    Ok(_) => Some(PeerError::Busy),
+                    Err(e) => {
+                        if fresh {
+                            st.exchanging.lock().remove(&file);
+                        }
+                        Some(e)
+                    }
+                };
+                if let Some(e) = refused {
+                    let body = PeerReply::Error(e);
+                    if tx.send((Reply { id: req.id, body }, None)).await.is_err() {
+                        break;
                     }
                 }
                 drop(permit);
@@ -461,6 +502,71 @@ async fn subscription(swarm: Arc<Swarm>, st: Arc<ConnState>, id: u64, tx: mpsc::
     }
 }
 
+/// Removes the asker from the file's peer book when its exchange stream
+/// ends.
+struct InBook<'a> {
+    swarm: &'a Swarm,
+    peer: PeerId,
+    addr: String,
+}
+
+impl Drop for InBook<'_> {
+    fn drop(&mut self) {
+        self.swarm.peers.unlinked_in(&self.peer, &self.addr);
+    }
+}
+
+/// One exchange stream: the vouched peers of the file now, then who
+/// joined and left, at most once per [`PEX_INTERVAL_MS`] and only when
+/// something changed, until the connection or the swarm ends or the
+/// tickets for the file's groups expire. The asker showed a ticket, so it
+/// is vouched for to others while the stream lasts, at the address its
+/// connection came from with the port it named: it can name no other host.
+async fn exchange(
+    swarm: Arc<Swarm>,
+    st: Arc<ConnState>,
+    id: u64,
+    port: u16,
+    tx: mpsc::Sender<Outgoing>,
+) {
+    let _in_book = match st.from {
+        Some(ip) if port != 0 => {
+            let addr = std::net::SocketAddr::new(ip, port).to_string();
+            swarm.peers.linked_in(st.peer, addr.clone());
+            Some(InBook {
+                swarm: &swarm,
+                peer: st.peer,
+                addr,
+            })
+        }
+        _ => None,
+    };
+    let mut sent = HashMap::new();
+    let mut every = tokio::time::interval(Duration::from_millis(PEX_INTERVAL_MS));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = tx.closed() => return,
+            () = swarm.cancel.cancelled() => return,
+        }
+        if st.access_until(&swarm).unwrap_or(0) <= now_ms() {
+            st.exchanging.lock().remove(&swarm.file.id);
+            let body = PeerReply::Error(PeerError::TicketExpired);
+            let _ = tx.send((Reply { id, body }, None)).await;
+            return;
+        }
+        let update = swarm.peers.update_for(&st.peer, &mut sent);
+        if update.is_empty() {
+            continue;
+        }
+        let body = PeerReply::Peers(update);
+        if tx.send((Reply { id, body }, None)).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Checks a ticket with the cluster's key: signed by the cluster, issued to
 /// the connecting peer, within the longest lifetime, unexpired; and for the
 /// current incarnation of its group. A good one opens its group until it
@@ -489,6 +595,7 @@ async fn answer(
     match req {
         PeerRequest::Authenticate { .. }
         | PeerRequest::Subscribe { .. }
+        | PeerRequest::Exchange { .. }
         | PeerRequest::Cancel { .. } => (PeerReply::Error(PeerError::Internal), None),
         PeerRequest::Piece { file, index } => match allowed(ctx, st, &file) {
             Ok(swarm) => piece(ctx, st, swarm, index, cancel).await,

@@ -12,7 +12,7 @@ use crate::ids::PeerId;
 use serde::{Deserialize, Serialize};
 
 pub use cluster::ClusterMsg;
-pub use peer::{Payload, PeerError, PeerReply, PeerRequest};
+pub use peer::{Payload, PeerError, PeerReply, PeerRequest, PexPeer, PexUpdate};
 pub use ticket::{Ticket, TicketError, TicketKey};
 pub use tracker::{SessionToken, TrackerCall, TrackerReply, TrackerRequest, TrackerResult};
 

@@ -11,9 +11,10 @@
 //! [`PeerRequest::Subscribe`] gets a stream of them (its bitfield, then a
 //! [`PeerReply::Have`] per newly verified piece), and [`PeerRequest::Cancel`]
 //! gets none of its own: the request it cancels is answered with
-//! [`PeerError::Cancelled`] if it was not answered yet.
+//! [`PeerError::Cancelled`] if it was not answered yet, and
+//! [`PeerRequest::Exchange`] gets a stream of [`PeerReply::Peers`].
 
-use crate::ids::{Bitfield, FileId};
+use crate::ids::{Bitfield, FileId, PeerId};
 use crate::messages::ticket::{Ticket, TicketError};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,78 @@ pub enum PeerRequest {
     /// Drops the request `id` if it is still waiting to be served (the
     /// piece arrived from another peer); see the module documentation.
     Cancel { id: u64 },
+    /// Peer exchange: the serving peer's linked peers of `file` now, then
+    /// who joined and left, as [`PeerReply::Peers`] (same request id), at
+    /// most one a [`PEX_INTERVAL_MS`] and only when something changed, for
+    /// as long as the connection lives. `port` is where the asker accepts
+    /// peer connections (0 if nowhere): the serving peer passes the asker
+    /// on to others at the address the connection came from, with this
+    /// port, so an asker can name no host but its own.
+    Exchange { file: FileId, port: u16 },
+}
+
+/// Peers one [`PexUpdate`] names at most, added and dropped each.
+pub const MAX_PEX_PEERS: usize = 50;
+
+/// A peer address is a socket address: longer text is refused.
+pub const MAX_PEX_ADDR_LEN: usize = 64;
+
+/// A serving peer sends at most one [`PexUpdate`] per file and
+/// connection per this long.
+pub const PEX_INTERVAL_MS: u64 = 1000;
+
+/// A peer of the file the sender is linked to, and where it accepts
+/// connections. Only who it is (a key the connection must show) and
+/// where: whether the reader may fetch from it is still decided by a
+/// ticket from a tracker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PexPeer {
+    pub peer: PeerId,
+    pub addr: String,
+}
+
+/// What changed among the sender's peers of a file since its last update
+/// on this stream (the first lists them all, up to the bound).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PexUpdate {
+    pub added: Vec<PexPeer>,
+    pub dropped: Vec<PeerId>,
+}
+
+/// Why a [`PexUpdate`] was refused: the decoder bounds what it allocates
+/// by the frame limit, this bounds what a receiver keeps.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PexError {
+    #[error("{0} peers in one update, at most {MAX_PEX_PEERS} each way")]
+    TooMany(usize),
+    #[error("a peer address of {0} bytes, at most {MAX_PEX_ADDR_LEN}")]
+    AddrTooLong(usize),
+    #[error("peer address {0:?} is not a socket address")]
+    BadAddr(String),
+}
+
+impl PexUpdate {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.dropped.is_empty()
+    }
+
+    /// Checks the bounds a sender keeps; a receiver drops the stream on
+    /// an update that breaks them.
+    pub fn check(&self) -> Result<(), PexError> {
+        let n = self.added.len().max(self.dropped.len());
+        if n > MAX_PEX_PEERS {
+            return Err(PexError::TooMany(n));
+        }
+        for p in &self.added {
+            if p.addr.len() > MAX_PEX_ADDR_LEN {
+                return Err(PexError::AddrTooLong(p.addr.len()));
+            }
+            if p.addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(PexError::BadAddr(p.addr.clone()));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +129,8 @@ pub enum PeerReply {
     Error(PeerError),
     /// One more verified piece, on a [`PeerRequest::Subscribe`] stream.
     Have(u32),
+    /// Peers joined and left, on a [`PeerRequest::Exchange`] stream.
+    Peers(PexUpdate),
 }
 
 impl std::fmt::Debug for PeerReply {
@@ -66,6 +141,7 @@ impl std::fmt::Debug for PeerReply {
             PeerReply::Piece { data } => write!(f, "Piece({} bytes)", data.len()),
             PeerReply::Error(e) => write!(f, "Error({e:?})"),
             PeerReply::Have(i) => write!(f, "Have({i})"),
+            PeerReply::Peers(u) => write!(f, "Peers(+{} -{})", u.added.len(), u.dropped.len()),
         }
     }
 }
@@ -176,6 +252,7 @@ mod tests {
             PeerRequest::Subscribe { file },
             PeerRequest::Cancel { id: u64::MAX },
             PeerRequest::Piece { file, index: 9 },
+            PeerRequest::Exchange { file, port: 4242 },
         ] {
             let req = Request { id: 5, body };
             assert_eq!(
@@ -196,5 +273,78 @@ mod tests {
                 reply
             );
         }
+    }
+
+    fn update(added: usize, dropped: usize) -> PexUpdate {
+        PexUpdate {
+            added: (0..added)
+                .map(|i| PexPeer {
+                    peer: PeerId([u8::try_from(i % 256).unwrap(); 16]),
+                    addr: format!("127.0.0.1:{}", 1000 + i),
+                })
+                .collect(),
+            dropped: (0..dropped)
+                .map(|i| PeerId([u8::try_from(i % 256).unwrap(); 16]))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn peer_exchange_round_trips_within_its_bounds() {
+        let full = update(MAX_PEX_PEERS, MAX_PEX_PEERS);
+        full.check().unwrap();
+        for body in [
+            PeerReply::Peers(full),
+            PeerReply::Peers(PexUpdate::default()),
+        ] {
+            let reply = Reply { id: 2, body };
+            let bytes = encode(&reply).unwrap();
+            let back = crate::codec::decode_peer_reply(bytes).unwrap();
+            assert_eq!(back, reply);
+        }
+        assert!(PexUpdate::default().is_empty());
+    }
+
+    #[test]
+    fn peer_exchange_beyond_its_bounds_is_refused() {
+        assert_eq!(
+            update(MAX_PEX_PEERS + 1, 0).check(),
+            Err(PexError::TooMany(MAX_PEX_PEERS + 1))
+        );
+        assert_eq!(
+            update(0, MAX_PEX_PEERS + 1).check(),
+            Err(PexError::TooMany(MAX_PEX_PEERS + 1))
+        );
+        let mut long = update(1, 0);
+        long.added[0].addr = format!("127.0.0.1:{}", "9".repeat(MAX_PEX_ADDR_LEN));
+        assert!(matches!(long.check(), Err(PexError::AddrTooLong(_))));
+        let mut host = update(1, 0);
+        host.added[0].addr = "example.org:80".into();
+        assert!(matches!(host.check(), Err(PexError::BadAddr(_))));
+    }
+
+    #[test]
+    fn malformed_peer_exchange_frames_are_errors() {
+        let reply = Reply {
+            id: 2,
+            body: PeerReply::Peers(update(3, 2)),
+        };
+        let bytes = encode(&reply).unwrap();
+        // Every truncation is an error, never a panic.
+        for cut in 0..bytes.len() {
+            assert!(crate::codec::decode_peer_reply(bytes[..cut].to_vec()).is_err());
+        }
+        // A count claiming far more peers than the frame holds is refused
+        // before anything that size is allocated: id, variant, then the
+        // added list's length, here 2^62.
+        let mut head = Vec::new();
+        crate::codec::encode_into(&(2u64, 5u32), &mut head).unwrap();
+        head.extend_from_slice(&[0xfd]);
+        head.extend_from_slice(&(1u64 << 62).to_le_bytes());
+        assert!(crate::codec::decode_peer_reply(head).is_err());
+        // An unknown variant after Peers is an error too.
+        let mut unknown = Vec::new();
+        crate::codec::encode_into(&(2u64, 6u32), &mut unknown).unwrap();
+        assert!(crate::codec::decode_peer_reply(unknown).is_err());
     }
 }

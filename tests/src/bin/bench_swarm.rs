@@ -21,7 +21,8 @@
 //!
 //! Writes the per-reader times to `docs/swarm.csv` and draws them against
 //! `D_min` in `docs/swarm.svg` (`BENCH_OUT` to change the directory).
-//! `BENCH_CASES=1,3` runs some cases only; `BENCH_MODE=download` fetches
+//! `BENCH_CASES=1,3` runs some cases only (5 is 48 readers of a 16 MiB
+//! file at 1 MiB/s each, the source too); `BENCH_MODE=download` fetches
 //! with `fsd download-file` through each reader's daemon instead of reading
 //! through the mount. Run through `scripts/bench.sh swarm` (release build).
 //!
@@ -32,7 +33,8 @@
 //! from what each daemon measures. The outputs are then `swarm-net.csv` and
 //! `swarm-net.svg`. The shaped rate counts packet headers too, so about 4%
 //! of it is not file bytes, and the bound is taken at the full rate.
-//! `BENCH_QUEUE_MS` sets how long a packet may wait in a shaped uplink's
+//! `BENCH_MOUNT_ARGS` adds flags to every daemon (e.g.
+//! `--max-peers-per-file 16`). `BENCH_QUEUE_MS` sets how long a packet may wait in a shaped uplink's
 //! queue (`tbf ... latency`, 200 ms by default).
 
 use fileshare_tests::mount::{wait_for, Mount};
@@ -118,6 +120,16 @@ fn cases() -> Vec<Case> {
             reader_mib_s: 8.0,
             stagger_s: 1.0,
         },
+        // More readers than one Locate's worth of links would ever need
+        // to reach, at rates two cores keep up with for 49 daemons.
+        Case {
+            name: "forty-eight",
+            readers: 48,
+            size_mib: 16,
+            source_mib_s: 1.0,
+            reader_mib_s: 1.0,
+            stagger_s: 0.0,
+        },
     ]
 }
 
@@ -135,6 +147,42 @@ struct Outcome {
     source_copies: f64,
     /// What the readers received twice (end game, late cancels), in copies.
     duplicate_copies: f64,
+    /// The most TCP connections one daemon had established at once (peer
+    /// connections both ways, and its tracker's), sampled every 500 ms.
+    max_connections: usize,
+    /// Readers that fetched from a peer they heard of by peer exchange.
+    exchanged: usize,
+}
+
+/// TCP connections established by process `pid`: its socket descriptors
+/// matched against the TCP tables of its network namespace.
+fn tcp_established(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    let inodes: std::collections::HashSet<String> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    // State 01 is ESTABLISHED; field 9 the socket's inode.
+                    (f.get(3) == Some(&"01")).then(|| f.get(9).map(|i| i.to_string()))?
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|i| inodes.contains(i))
+        .count()
 }
 
 /// Busy and total jiffies of the whole machine, from `/proc/stat`.
@@ -216,9 +264,12 @@ fn shaped(lan: &Lan, host: usize, mib_s: f64) -> &fileshare_tests::netns::Host {
 
 fn run_case(case: &Case) -> Outcome {
     let lan = net_shaped().then(|| Lan::new(case.readers + 2));
+    // Every user signs up from the benchmark's one address.
+    let signups = (case.readers + 1).to_string();
+    let args = ["--max-sign-ups-per-address", &signups];
     let w = match &lan {
-        Some(lan) => World::on(lan.host(0)),
-        None => World::new(),
+        Some(lan) => World::on_with_args(lan.host(0), &args),
+        None => World::with_tracker_args(&args),
     };
     let owner = w.user("source");
     let readers: Vec<User> = (0..case.readers)
@@ -233,13 +284,21 @@ fn run_case(case: &Case) -> Outcome {
         usize::try_from(size).expect("size fits"),
         7,
     ));
+    // More flags for every daemon, e.g. `--max-peers-per-file 16`.
+    let extra = std::env::var("BENCH_MOUNT_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
     let mount = |u: &User, host: usize, mib_s: f64| match &lan {
         Some(lan) => {
-            let m = w.mount_on(shaped(lan, host, mib_s), u, &[]);
+            let m = w.mount_on(shaped(lan, host, mib_s), u, &extra);
             lan.track_mount(&m.mountpoint);
             m
         }
-        None => w.mount(u, &["--max-upload-rate", &rate_arg(mib_s)]),
+        None => {
+            let rate = rate_arg(mib_s);
+            let mut args = vec!["--max-upload-rate", rate.as_str()];
+            args.extend_from_slice(&extra);
+            w.mount(u, &args)
+        }
     };
     let source = mount(&owner, 1, case.source_mib_s);
     std::fs::copy(&src, source.path("g/file.bin")).expect("cp into the source's mount");
@@ -322,11 +381,18 @@ fn run_case(case: &Case) -> Outcome {
     // Sample the machine's CPU while the readers run.
     let mut peak: f64 = 0.0;
     let mut last = cpu0;
+    let daemons: Vec<u32> = (mounts.iter())
+        .chain(std::iter::once(&source))
+        .filter_map(Mount::pid)
+        .collect();
+    let mut max_connections = 0;
     while !threads.iter().all(|t| t.is_finished()) {
         std::thread::sleep(Duration::from_millis(500));
         let now = cpu_jiffies();
         peak = peak.max(busy_between(last, now));
         last = now;
+        let most = daemons.iter().map(|&p| tcp_established(p)).max();
+        max_connections = max_connections.max(most.unwrap_or(0));
     }
     let cpu_mean = busy_between(cpu0, cpu_jiffies());
     let ours = ours() - ours0;
@@ -342,6 +408,12 @@ fn run_case(case: &Case) -> Outcome {
     let duplicates: u64 = (mounts.iter())
         .map(|m| counter(m, "user.fileshare.duplicates"))
         .sum();
+    let exchanged = (mounts.iter())
+        .filter(|m| {
+            let e = m.xattr("g/file.bin", "user.fileshare.exchange");
+            !e.contains("bytes=0") && e.contains("bytes=")
+        })
+        .count();
     if let Some(dir) = std::env::var_os("BENCH_LOGS") {
         // For a closer look: FILESHARE_TEST_LOG=info,fsd=trace logs every
         // upload decision and every verified piece.
@@ -365,6 +437,8 @@ fn run_case(case: &Case) -> Outcome {
         ours: ours / measured.max(1e-3),
         source_copies: from_source as f64 / size as f64,
         duplicate_copies: duplicates as f64 / size as f64,
+        max_connections,
+        exchanged,
     }
 }
 
@@ -520,12 +594,14 @@ fn main() {
             o.measured / c.d_min()
         );
         println!(
-            "summary case={} shape={} ratio={:.2} source_copies={:.2} duplicates={:.1}%",
+            "summary case={} shape={} ratio={:.2} source_copies={:.2} duplicates={:.1}% max_connections_per_host={} readers_fetching_by_exchange={}",
             c.name,
             if net_shaped() { "net" } else { "daemon" },
             o.measured / c.d_min(),
             o.source_copies,
-            o.duplicate_copies * 100.0
+            o.duplicate_copies * 100.0,
+            o.max_connections,
+            o.exchanged
         );
         outcomes.push(o);
     }

@@ -31,9 +31,42 @@ pub(super) struct FetchLink {
     /// Bytes verified since `sample_at`, for the next sample of `rate`.
     pub(super) sample_bytes: u64,
     pub(super) sample_at: Option<Instant>,
+    /// When the link joined, and when it last delivered a piece this
+    /// daemon had not verified yet (for rotation).
+    pub(super) joined: Instant,
+    pub(super) last_useful: Option<Instant>,
+    /// Told to close (rotated out): asked for nothing more.
+    pub(super) closing: bool,
 }
 
 impl FetchLink {
+    pub(super) fn new(
+        key: FetchLinkId,
+        peer: PeerId,
+        addr: String,
+        have: Bitfield,
+        tx: mpsc::UnboundedSender<FetchCmd>,
+    ) -> FetchLink {
+        FetchLink {
+            key,
+            peer,
+            addr,
+            offer: have.clone(),
+            have,
+            deferred: Vec::new(),
+            in_flight: Vec::new(),
+            asked_at: Vec::new(),
+            tx,
+            rate: 0.0,
+            last_piece: None,
+            sample_bytes: 0,
+            sample_at: None,
+            joined: Instant::now(),
+            last_useful: None,
+            closing: false,
+        }
+    }
+
     /// Requests to keep in flight: [`PIPELINE`] worth of the measured rate,
     /// between 1 and [`SLOTS_PER_PEER`]; at least [`INITIAL_SLOTS`] at a
     /// seed, which is asked only for pieces no other peer offers (the
@@ -61,6 +94,7 @@ impl FetchLink {
     /// says little. The first sample ends sooner, after [`INITIAL_SLOTS`]
     /// pieces: until then a fast peer is held to that many requests.
     pub(super) fn measure(&mut self, bytes: u64, now: Instant) {
+        self.last_useful = Some(now);
         if let Some(at) = self.sample_at {
             self.sample_bytes += bytes;
             let dt = now.saturating_duration_since(at);
@@ -85,6 +119,9 @@ impl FetchLink {
     }
 
     pub(super) fn free_slots(&self) -> u32 {
+        if self.closing {
+            return 0;
+        }
         self.slots()
             .saturating_sub(u32::try_from(self.in_flight.len()).unwrap_or(u32::MAX))
     }

@@ -90,6 +90,8 @@ pub enum FetchCmd {
     Request(PieceIndex),
     /// The piece arrived from another peer: cancel the request for it.
     Cancel(PieceIndex),
+    /// The link gave nothing for a while: close it for another peer.
+    Close,
 }
 
 /// Bad pieces a peer may send before it is dropped for this file.
@@ -213,6 +215,8 @@ pub struct Swarm {
     /// Bytes of pieces that arrived after another copy was verified (end
     /// game, or a cancel that came too late): what the swarm wasted on us.
     pub duplicate_bytes: std::sync::atomic::AtomicU64,
+    /// The file's peers beside the piece state: linked, and heard of.
+    pub peers: PeerBook,
 }
 
 impl std::fmt::Debug for Swarm {
@@ -257,6 +261,7 @@ impl Swarm {
             discovering: std::sync::atomic::AtomicBool::new(false),
             uploaded: std::sync::atomic::AtomicU64::new(0),
             duplicate_bytes: std::sync::atomic::AtomicU64::new(0),
+            peers: PeerBook::default(),
         }
     }
 
@@ -452,21 +457,7 @@ impl Swarm {
         let key = st.next_key;
         st.next_key = FetchLinkId(key.0 + 1);
         tracing::info!(file = %self.file.meta.name, peer = %addr, pieces = have.count(), "peer joined");
-        st.links.push(FetchLink {
-            key,
-            peer,
-            addr,
-            offer: have.clone(),
-            have,
-            deferred: Vec::new(),
-            in_flight: Vec::new(),
-            asked_at: Vec::new(),
-            tx,
-            rate: 0.0,
-            last_piece: None,
-            sample_bytes: 0,
-            sample_at: None,
-        });
+        st.links.push(FetchLink::new(key, peer, addr, have, tx));
         self.schedule(&mut st);
         Some((key, rx))
     }
@@ -782,8 +773,11 @@ fn views(st: &PieceState) -> Vec<PeerView<'_>> {
 }
 
 mod fetch_link;
+pub mod peer_book;
 mod residency;
+pub mod rotation;
 use fetch_link::FetchLink;
+use peer_book::PeerBook;
 use residency::{bytes_of, note_window, Window};
 pub use residency::{Evicted, RangeError};
 

@@ -6,7 +6,7 @@ use crate::store::Store;
 use fileshare_protocol::ids::FileMeta;
 use fileshare_protocol::{PieceHash, PIECE_LEN};
 
-fn swarm(pieces: u32) -> (tempfile::TempDir, Swarm) {
+pub(super) fn swarm(pieces: u32) -> (tempfile::TempDir, Swarm) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let meta = FileMeta {
@@ -23,16 +23,16 @@ fn swarm(pieces: u32) -> (tempfile::TempDir, Swarm) {
 }
 
 /// Piece `n` of a file of at least `n + 1` pieces.
-fn pi(n: u32) -> PieceIndex {
+pub(super) fn pi(n: u32) -> PieceIndex {
     let layout = fileshare_protocol::Layout::new(u64::from(n + 1) * PIECE_LEN, PIECE_LEN);
     layout.unwrap().validate(n).unwrap()
 }
 
-fn peer(n: u8) -> PeerId {
+pub(super) fn peer(n: u8) -> PeerId {
     PeerId([n; 16])
 }
 
-fn drain(rx: &mut mpsc::UnboundedReceiver<FetchCmd>) -> Vec<FetchCmd> {
+pub(super) fn drain(rx: &mut mpsc::UnboundedReceiver<FetchCmd>) -> Vec<FetchCmd> {
     let mut out = Vec::new();
     while let Ok(c) = rx.try_recv() {
         out.push(c);
@@ -44,7 +44,7 @@ fn requested(cmds: &[FetchCmd]) -> Vec<u32> {
     let mut v: Vec<u32> = (cmds.iter())
         .filter_map(|c| match c {
             FetchCmd::Request(p) => Some(p.get()),
-            FetchCmd::Cancel(_) => None,
+            _ => None,
         })
         .collect();
     v.sort_unstable();
@@ -176,21 +176,8 @@ fn readers_fetch_from_each_other_before_the_seed() {
 #[test]
 fn request_window_follows_the_measured_rate() {
     let (tx, _rx) = mpsc::unbounded_channel();
-    let mut l = FetchLink {
-        key: FetchLinkId(1),
-        peer: peer(1),
-        addr: String::new(),
-        have: Bitfield::new(1),
-        offer: Bitfield::new(1),
-        deferred: Vec::new(),
-        in_flight: vec![0],
-        asked_at: vec![Instant::now()],
-        tx,
-        rate: 0.0,
-        last_piece: None,
-        sample_bytes: 0,
-        sample_at: None,
-    };
+    let mut l = FetchLink::new(FetchLinkId(1), peer(1), String::new(), Bitfield::new(1), tx);
+    l.ask(0, Instant::now());
     assert_eq!(l.slots(), INITIAL_SLOTS);
     // 1 MiB/s: half a second is one piece.
     l.rate = 1024.0 * 1024.0;
@@ -343,21 +330,15 @@ fn a_piece_that_cannot_be_stored_fails_its_readers_at_once() {
 
 fn link_at(rate: f64) -> FetchLink {
     let (tx, _rx) = mpsc::unbounded_channel();
-    FetchLink {
-        key: FetchLinkId(1),
-        peer: peer(1),
-        addr: String::new(),
-        have: Bitfield::full(8),
-        offer: Bitfield::full(8),
-        deferred: Vec::new(),
-        in_flight: Vec::new(),
-        asked_at: Vec::new(),
+    let mut l = FetchLink::new(
+        FetchLinkId(1),
+        peer(1),
+        String::new(),
+        Bitfield::full(8),
         tx,
-        rate,
-        last_piece: None,
-        sample_bytes: 0,
-        sample_at: None,
-    }
+    );
+    l.rate = rate;
+    l
 }
 
 #[test]
