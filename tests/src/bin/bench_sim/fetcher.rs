@@ -12,6 +12,11 @@ use fsd::pieces::swarm::{
 };
 use std::time::Duration;
 
+/// How long a refused piece is not asked of its peer again.
+pub fn busy_defer_us() -> u64 {
+    us(BUSY_DEFER)
+}
+
 fn us(d: Duration) -> u64 {
     d.as_micros() as u64
 }
@@ -97,11 +102,12 @@ impl Link {
         }
     }
 
-    /// Refused `Busy`: not asked of this neighbour for [`BUSY_DEFER`].
-    pub fn defer(&mut self, piece: u32, now: u64) {
+    /// Refused `Busy`: not asked of this neighbour for `defer_us`
+    /// ([`BUSY_DEFER`] but in experiments).
+    pub fn defer(&mut self, piece: u32, now: u64, defer_us: u64) {
         self.forget(piece);
         self.deferred.retain(|&(p, _)| p != piece);
-        self.deferred.push((piece, now + us(BUSY_DEFER)));
+        self.deferred.push((piece, now + defer_us));
     }
 
     /// `FetchLink::late`.
@@ -160,6 +166,15 @@ pub fn schedule(
     let missing = n - have.count();
     let mut sends = Sends::default();
     if links.is_empty() || missing == 0 {
+        return sends;
+    }
+    // With no free slot anywhere the picker hands out nothing and moves
+    // nothing: skip building its input.
+    let free = |l: &Link| {
+        let full = shown(l.peer).is_full();
+        l.slots(full) > u32::try_from(l.in_flight.len()).unwrap_or(u32::MAX)
+    };
+    if !links.iter().any(free) {
         return sends;
     }
     let (urgent, wanted) = match reading {

@@ -54,12 +54,19 @@ fn params(case: &str, readers: usize, pieces: u32) -> Params {
         pieces,
         source_rate: 8.0 * MIB,
         reader_rate: 8.0 * MIB,
-        latency_us: 10_000,
-        tick_us: 5_000,
-        budget: 50,
+        latency_us: env_ms("BENCH_SIM_LATENCY_MS", 10),
+        tick_us: env_ms("BENCH_SIM_TICK_MS", 10),
+        budget: std::env::var("BENCH_SIM_BUDGET").map_or(50, |s| {
+            s.parse().expect("BENCH_SIM_BUDGET: a connection count")
+        }),
         locate_peers: fileshare_tracker::sample::DEFAULT_LOCATE_PEERS,
         arrivals_over_us: 0,
         reading: Reading::Mount,
+        defer_us: std::env::var("BENCH_SIM_DEFER_MS").map_or(fetcher::busy_defer_us(), |s| {
+            s.parse::<u64>().expect("BENCH_SIM_DEFER_MS") * 1000
+        }),
+        trace: std::env::var("BENCH_SIM_TRACE").is_ok_and(|v| v == "1"),
+        choking: std::env::var("BENCH_SIM_CHOKE").map_or(true, |v| v != "0"),
         seed: 0x5eed ^ readers as u64,
         max_us: 600_000_000,
     };
@@ -76,6 +83,11 @@ fn params(case: &str, readers: usize, pieces: u32) -> Params {
     p
 }
 
+/// Milliseconds from `name`, in µs.
+fn env_ms(name: &str, default: u64) -> u64 {
+    std::env::var(name).map_or(default, |s| s.parse().expect(name)) * 1000
+}
+
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
         .unwrap_or_else(|_| default.into())
@@ -85,7 +97,18 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .collect()
 }
 
-fn report(case: &str, p: &Params, o: &Outcome, wall: f64) {
+/// CPU seconds (user and system) this process used so far.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut u) } != 0 {
+        return f64::NAN;
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(u.ru_utime) + s(u.ru_stime)
+}
+
+fn report(case: &str, p: &Params, o: &Outcome, wall: f64, cpu: f64) {
     let d = d_min(p, &o.joined_us);
     let readers = &o.uploaded[1..];
     let mean = readers.iter().sum::<u64>() as f64 / readers.len() as f64;
@@ -100,9 +123,9 @@ fn report(case: &str, p: &Params, o: &Outcome, wall: f64) {
     let last_s = last.map_or_else(|| "unfinished".into(), |t| format!("{t:.2} s"));
     let ratio = last.map_or_else(|| "-".into(), |t| format!("{:.2}", t / d));
     println!(
-        "| {case} | {} | {} MiB | {} MiB/s | {} MiB/s | {d:.2} s | {last_s} | **{ratio}** | {:.2} | {mean:.1} / {max} | {:.2} | {dup:.1}% | {:.1} / {} | {wall:.0} s |",
+        "| {case} | {} | {} MiB | {} MiB/s | {} MiB/s | {d:.2} s | {last_s} | **{ratio}** | {:.2} | {mean:.1} / {max} | {:.2} | {dup:.1}% | {:.1} / {} | {cpu:.0} s ({wall:.0} s) |",
         p.readers,
-        u64::from(p.pieces) * PIECE_LEN >> 20,
+        (u64::from(p.pieces) * PIECE_LEN) >> 20,
         p.source_rate / MIB,
         p.reader_rate / MIB,
         median / d,
@@ -111,13 +134,27 @@ fn report(case: &str, p: &Params, o: &Outcome, wall: f64) {
         o.links_min,
     );
     eprintln!(
-        "   {case} N={}: {} Locates, {} picker runs, {} of {} readers finished",
+        "   {case} N={}: {} Locates, {} scheduling steps ({} sent nothing), {} requests ({:.0}% refused busy, {:.0}% choked), {} of {} readers finished; every piece left the source by {:.2} s",
         p.readers,
         o.locates,
         o.picks,
+        o.empty_picks,
+        o.requests,
+        100.0 * o.busy as f64 / o.requests.max(1) as f64,
+        100.0 * o.choked as f64 / o.requests.max(1) as f64,
         finish.len(),
-        p.readers
+        p.readers,
+        o.source_all_us.map_or(f64::NAN, |t| t as f64 / 1e6),
     );
+    if p.trace {
+        let t = (o.ticks * p.readers as u64).max(1) as f64;
+        eprintln!(
+            "   readers' uplinks idle: {:.0}% with nothing a neighbour wants, {:.0}% with no request for what they want, {:.0}% with requests waiting",
+            100.0 * o.idle[0] as f64 / t,
+            100.0 * o.idle[1] as f64 / t,
+            100.0 * o.idle[2] as f64 / t
+        );
+    }
 }
 
 fn main() {
@@ -130,15 +167,16 @@ fn main() {
         .map(|s| s.parse().expect("BENCH_SIM_PIECES: a piece count"))
         .unwrap_or(128);
     println!(
-        "| case | N | F | u_s | u_i | D_min | last reader | ratio | median / D_min | pieces sent per reader (mean / max) | source copies | duplicates | connections at finish (mean / min) | wall |"
+        "| case | N | F | u_s | u_i | D_min | last reader | ratio | median / D_min | pieces sent per reader (mean / max) | source copies | duplicates | connections at finish (mean / min) | CPU (wall) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for case in &cases {
         for &n in &peers {
             let p = params(case, n, pieces);
-            let started = Instant::now();
+            let (started, cpu) = (Instant::now(), cpu_secs());
             let o = World::new(p.clone()).run();
-            report(case, &p, &o, started.elapsed().as_secs_f64());
+            let wall = started.elapsed().as_secs_f64();
+            report(case, &p, &o, wall, cpu_secs() - cpu);
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct Uploader {
     pub next_rotation: u64,
     /// Pieces this peer chose to upload, in all.
     pub granted: u64,
+    /// False only in experiments: every connection is served as if
+    /// unchoked, to measure what choking costs.
+    choking: bool,
 }
 
 const IDLE_US: u64 = choke::IDLE.as_micros() as u64;
@@ -66,7 +69,7 @@ const IDLE_US: u64 = choke::IDLE.as_micros() as u64;
 impl Uploader {
     /// An uplink of `rate` bytes/s: its window is what it drains in 50 ms,
     /// at least two pieces (`fsd/src/net/uplink.rs`).
-    pub fn new(rate: f64, pieces: u32, piece_len: u64, first_rotation: u64) -> Self {
+    pub fn new(rate: f64, pieces: u32, piece_len: u64, first_rotation: u64, choking: bool) -> Self {
         let window = ((rate * 0.05 / piece_len as f64) as u32).max(2);
         Uploader {
             entries: Vec::new(),
@@ -81,6 +84,7 @@ impl Uploader {
             window,
             next_rotation: first_rotation,
             granted: 0,
+            choking,
         }
     }
 
@@ -131,7 +135,7 @@ impl Uploader {
             None => self.askers.push((conn, now)),
         }
         let mut first_copy = false;
-        if !self.choker.is_unchoked(conn) {
+        if self.choking && !self.choker.is_unchoked(conn) {
             let mut choker = std::mem::take(&mut self.choker);
             let unchoked = choker.try_unchoke(conn, |c| self.active(c, now));
             self.choker = choker;

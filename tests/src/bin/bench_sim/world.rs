@@ -8,8 +8,8 @@
 //!   daemons' decisions (the pacer's steps, the picker) run at tick
 //!   boundaries, so each decision may wait up to one tick.
 //! - **Membership.** A reader announces itself when it joins (holding
-//!   nothing); the tracker knows what each peer has `latency` after it
-//!   verified it. A Locate is the tracker's own sample
+//!   nothing) and Locates a round trip later; the tracker knows what each
+//!   peer has `latency` after it verified it. A Locate is the tracker's own sample
 //!   ([`fileshare_tracker::sample::sample`]) over every announced peer but
 //!   the asker, with the asker's pieces, at most `locate_peers` of them.
 //! - **Connections.** A connection is a fetch link both ways: either end
@@ -24,6 +24,7 @@ use crate::fetcher::{self, Link, Reading};
 use crate::uploader::{Answer, Uploader};
 use fileshare_protocol::{Bitfield, Layout, PIECE_LEN};
 use fileshare_tracker::sample::sample;
+use fsd::pieces::swarm::READ_AHEAD_PIECES;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -49,6 +50,13 @@ pub struct Params {
     /// in a random order.
     pub arrivals_over_us: u64,
     pub reading: Reading,
+    /// False only in experiments (`BENCH_SIM_CHOKE=0`): no peer chokes.
+    pub choking: bool,
+    /// How long a refused piece is not asked of that peer again: the
+    /// daemon's `BUSY_DEFER` but in experiments.
+    pub defer_us: u64,
+    /// Count why uplinks idle (costly: for small runs).
+    pub trace: bool,
     pub seed: u64,
     /// The run stops here, finished or not.
     pub max_us: u64,
@@ -66,7 +74,23 @@ pub struct Outcome {
     pub duplicates: u64,
     pub received: u64,
     pub locates: u64,
+    /// Requests that reached an uploader, and those it refused by its
+    /// order (`Busy`) and because it chokes the requester.
+    pub requests: u64,
+    pub busy: u64,
+    pub choked: u64,
     pub picks: u64,
+    /// With `trace`: reader-ticks of idle uplinks with nothing a
+    /// neighbour wants, with something but no request, with requests
+    /// waiting; and the ticks.
+    pub idle: [u64; 3],
+    pub ticks: u64,
+    /// When the last reader to get a piece got its first.
+    pub first_piece_us: u64,
+    /// When the source had sent every piece once.
+    pub source_all_us: Option<u64>,
+    /// Scheduling steps that sent nothing.
+    pub empty_picks: u64,
     /// Connections per reader when it finished: mean, fewest.
     pub links_mean: f64,
     pub links_min: usize,
@@ -82,6 +106,7 @@ impl Outcome {
 
 enum Ev {
     Join(usize),
+    Locate(usize),
     Request {
         reader: usize,
         up: usize,
@@ -161,6 +186,8 @@ struct Peer {
     busy_until: u64,
     next_tick: u64,
     seed: u64,
+    /// The first piece it lacks: where its reader is.
+    pos: u32,
 }
 
 pub struct World {
@@ -175,6 +202,8 @@ pub struct World {
     stepping: Vec<bool>,
     step_list: Vec<usize>,
     rng: Rng,
+    /// Pieces the source has sent at least once.
+    source_sent: Bitfield,
     out: Outcome,
 }
 
@@ -198,10 +227,11 @@ impl World {
                     shown: have.clone(),
                     have,
                     links: Vec::new(),
-                    up: Uploader::new(rate, p.pieces, PIECE_LEN, first_rotation),
+                    up: Uploader::new(rate, p.pieces, PIECE_LEN, first_rotation, p.choking),
                     busy_until: 0,
                     next_tick: rng.next() % PERIOD_US,
                     seed: rng.next(),
+                    pos: 0,
                 }
             })
             .collect();
@@ -216,6 +246,7 @@ impl World {
             stepping: vec![false; n],
             step_list: Vec::new(),
             rng,
+            source_sent: Bitfield::new(p.pieces),
             out: Outcome {
                 joined_us: vec![0; n],
                 finished_us: vec![None; n],
@@ -258,6 +289,41 @@ impl World {
         }
     }
 
+    /// Counts the readers whose uplinks idle at `now`: with nothing a
+    /// neighbour wants, with something but no request for it, or with
+    /// requests waiting.
+    fn trace_idle(&mut self, now: u64) {
+        for r in 1..self.peers.len() {
+            let peer = &self.peers[r];
+            if !peer.joined || peer.busy_until > now {
+                continue;
+            }
+            let offers = (peer.links.iter()).any(|l| {
+                let w = l.peer;
+                (0..self.p.pieces).any(|p| peer.have.get(p) && self.wants(w, p))
+            });
+            let k = if peer.up.has_waiting() {
+                2
+            } else if offers {
+                1
+            } else {
+                0
+            };
+            self.out.idle[k] += 1;
+        }
+        self.out.ticks += 1;
+    }
+
+    /// Whether reader `r` would ask for `piece`: it lacks it, and reads
+    /// the whole file or has it in its read-ahead window. A neighbour's
+    /// news of any other piece cannot change what the picker asks.
+    fn wants(&self, r: usize, piece: u32) -> bool {
+        let peer = &self.peers[r];
+        !peer.have.get(piece)
+            && (self.p.reading == Reading::Download
+                || (peer.pos..peer.pos + READ_AHEAD_PIECES).contains(&piece))
+    }
+
     fn link(&mut self, of: usize, to: usize) -> Option<&mut Link> {
         self.peers[of].links.iter_mut().find(|l| l.peer == to)
     }
@@ -283,7 +349,16 @@ impl World {
             self.periodic(now);
             self.step_uploaders(now);
             self.schedule_readers(now);
+            if self.p.trace {
+                self.trace_idle(now);
+            }
             now += self.p.tick_us;
+        }
+        // Pieces already on their way still arrive (as duplicates).
+        while let Some(Reverse(Timed(at, _, ev))) = self.queue.pop() {
+            if matches!(ev, Ev::Written { .. } | Ev::Arrive { .. }) {
+                self.handle(at, ev);
+            }
         }
         self.out.links_mean = links_sum as f64 / done.max(1) as f64;
         self.out
@@ -294,30 +369,44 @@ impl World {
     fn handle(&mut self, at: u64, ev: Ev) -> Option<usize> {
         let lat = self.p.latency_us;
         match ev {
+            // Announced at once, it Locates a round trip later: readers
+            // starting together are all in the membership by then.
             Ev::Join(r) => {
                 self.peers[r].joined = true;
                 self.announced.push(r);
-                self.locate(r);
+                self.at(at + 2 * lat, Ev::Locate(r));
             }
+            Ev::Locate(r) => self.locate(r),
             Ev::Request { reader, up, piece } => {
                 if self.link(up, reader).is_some() {
                     let layout = self.layout;
+                    self.out.requests += 1;
                     match self.peers[up].up.admit(reader as u64, piece, &layout, at) {
-                        Some(_) => self.at(at + lat, Ev::Refused { reader, up, piece }),
+                        Some(_) => {
+                            self.out.choked += 1;
+                            self.at(at + lat, Ev::Refused { reader, up, piece });
+                        }
                         None => self.wake_uploader(up),
                     }
                 }
             }
             Ev::Refused { reader, up, piece } => {
+                let defer_us = self.p.defer_us;
                 if let Some(l) = self.link(reader, up) {
                     if l.in_flight.contains(&piece) {
-                        l.defer(piece, at);
+                        l.defer(piece, at, defer_us);
                         self.mark(reader);
                     }
                 }
             }
             Ev::Cancel { reader, up, piece } => self.peers[up].up.cancel(reader as u64, piece),
             Ev::Written { up, reader, piece } => {
+                if up == 0 && !self.source_sent.get(piece) {
+                    self.source_sent.set(piece);
+                    if self.source_sent.is_full() {
+                        self.out.source_all_us = Some(at);
+                    }
+                }
                 self.peers[up].up.written(reader as u64, PIECE_LEN);
                 self.out.uploaded[up] += 1;
                 self.at(at + lat, Ev::Arrive { reader, up, piece });
@@ -328,7 +417,7 @@ impl World {
                 self.peers[peer].shown.set(piece);
                 for k in 0..self.peers[peer].links.len() {
                     let w = self.peers[peer].links[k].peer;
-                    if !self.peers[w].have.get(piece) {
+                    if self.wants(w, piece) {
                         self.mark(w);
                     }
                 }
@@ -352,6 +441,12 @@ impl World {
             return None;
         }
         peer.have.set(piece);
+        if peer.have.count() == 1 {
+            self.out.first_piece_us = self.out.first_piece_us.max(at);
+        }
+        while peer.pos < peer.have.len() && peer.have.get(peer.pos) {
+            peer.pos += 1;
+        }
         let cancels: Vec<usize> = (peer.links.iter_mut())
             .filter_map(|l| l.forget(piece).then_some(l.peer))
             .collect();
@@ -493,6 +588,11 @@ impl World {
                     );
                 }
                 Answer::Busy | Answer::Choked => {
+                    if a == Answer::Busy {
+                        self.out.busy += 1;
+                    } else {
+                        self.out.choked += 1;
+                    }
                     self.at(
                         now + lat,
                         Ev::Refused {
@@ -538,6 +638,9 @@ impl World {
                 peers[r].seed,
                 now,
             );
+            if sends.requests.is_empty() && sends.moves.is_empty() {
+                self.out.empty_picks += 1;
+            }
             for &(k, piece) in &sends.requests {
                 let up = links[k].peer;
                 self.at(
