@@ -26,6 +26,12 @@
 #            network namespaces with nftables routers; the relay's tracker
 #            CPU per GiB (needs root, FUSE, iproute2 and nftables;
 #            BENCH_NAT_CASES=punched,relayed to pick cases)
+#   sim      a simulated swarm of one source and 1,000 and 10,000 readers of
+#            a 64 MiB file, every peer running the daemon's own picker and
+#            upload scheduler and the tracker's Locate sample, against
+#            D_min (no root; BENCH_SIM_PEERS=1000,10000,
+#            BENCH_SIM_CASES=equal,fast,staggered,download,
+#            BENCH_SIM_PIECES=128 to change; see docs/swarm-scale.md)
 #   soak     64 readers through two mounts, a stream of `ls -l`, logins and
 #            list-groups, with floods running (half-sent 4 MiB frames at the
 #            tracker and the seeder's peer port, a password guesser, a peer
@@ -43,7 +49,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/ensure-deps.sh
 
-SECTIONS=(tracker cluster mount swarm nat)
+SECTIONS=(tracker cluster mount swarm nat sim)
 section="${1:-all}"
 cargo build --release --workspace --bins --quiet
 export FILESHARE_PROFILE=release
@@ -78,6 +84,15 @@ run_swarm() {
 run_nat() {
   echo "== nat: a ${BENCH_MIB:-64} MiB file read cold from one seeder through each path across nftables home routers in network namespaces (BENCH_MIB, BENCH_NAT_CASES to change)"
   "$bin_dir/bench_nat"
+}
+
+run_sim() {
+  echo "== sim: one source and ${BENCH_SIM_PEERS:-1000,10000} readers of a simulated ${BENCH_SIM_PIECES:-128}-piece file, the daemon's picker and upload scheduler and the tracker's sample, against D_min (BENCH_SIM_PEERS, BENCH_SIM_CASES, BENCH_SIM_PIECES to change)"
+  if [ -x "$bin_dir/bench_sim" ]; then
+    "$bin_dir/bench_sim"
+  else
+    echo "(this build has no bench_sim)"
+  fi
 }
 
 run_soak() {
