@@ -38,6 +38,10 @@
 #            flooding requests it never reads): zero errors, every byte
 #            compared, RSS at start and end, p99 of `ls -l`; SOAK_SECS
 #            (default 300) sets the duration. Not part of `all`.
+#   logins   100,000 logins (sessions opened) through one tracker, then its
+#            data directory's size and the time a restart takes to serve
+#            (BENCH_LOGINS to change). Not part of `all`: the password
+#            checks take minutes.
 #
 # Before and after in one run: BENCH_BASELINE="REV [REV...]" (commits, tags
 # or branches) builds each REV's fsd and fileshare-tracker into
@@ -100,6 +104,15 @@ run_soak() {
   "$bin_dir/bench_soak"
 }
 
+run_logins() {
+  echo "== logins: ${BENCH_LOGINS:-100000} logins through one tracker, its data directory, the time a restart takes to serve (BENCH_LOGINS to change)"
+  if [ -x "$bin_dir/bench_logins" ]; then
+    "$bin_dir/bench_logins"
+  else
+    echo "(this build has no bench_logins)"
+  fi
+}
+
 run_cluster() {
   echo "== cluster: 64 clients (one connection each) writing (create-group, share-file) for 5 s through one tracker, then through two, then three replicated trackers (BENCH_SECS, BENCH_CLIENTS to change)"
   "$bin_dir/bench_cluster"
@@ -107,7 +120,7 @@ run_cluster() {
 
 if [ "$section" = all ]; then
   chosen=("${SECTIONS[@]}")
-elif [[ " ${SECTIONS[*]} soak " == *" $section "* ]]; then
+elif [[ " ${SECTIONS[*]} soak logins " == *" $section "* ]]; then
   chosen=("$section")
 else
   echo "unknown section $section (${SECTIONS[*]})" >&2

@@ -135,11 +135,13 @@ pub enum ClusterMsg {
         id: u64,
         change: ByteBuf,
     },
-    /// Leader to member: the outcome of the forwarded write `id`, sent once
-    /// every member of the view has applied it.
+    /// Leader to member: the outcome of the forwarded write `id`, applied
+    /// by the leader at log index `index` (0: never in the log). The member
+    /// answers its client once it has applied that far itself.
     Forwarded {
         id: u64,
         result: Result<(), ErrorCode>,
+        index: u64,
     },
     /// Leader to a tracker whose acknowledged state is not in the leader's
     /// log: it must stop serving.
@@ -180,14 +182,24 @@ pub enum ClusterMsg {
         id: u64,
         body: ByteBuf,
     },
-    /// The sender has applied the replicated log up to `index`: a write is
-    /// acknowledged once every tracker in touch has applied it, so a read
-    /// through any of them right after the answer sees it. `pending`:
-    /// writes it acknowledged while alone (one of a pair) and has not put
-    /// through the log yet; its partner is not caught up until they are.
+    /// The sender has applied the replicated log up to `index` (said on
+    /// contact, as it advances and now and then). `pending`: writes it
+    /// acknowledged while alone (one of a pair) and has not put through
+    /// the log yet; its partner is not caught up until they are.
     Applied {
         index: u64,
         pending: u64,
+    },
+    /// Member to leader: how far must a read that begins now wait? Asked
+    /// on behalf of every read that began before it was sent.
+    ReadMark {
+        id: u64,
+    },
+    /// Leader to member, answering [`ClusterMsg::ReadMark`] `id`: every
+    /// write acknowledged before it was asked lies at or below `index`.
+    ReadMarkIs {
+        id: u64,
+        index: u64,
     },
 }
 
@@ -210,7 +222,9 @@ impl fmt::Debug for ClusterMsg {
             ClusterMsg::Forward { id, change } => {
                 write!(f, "Forward({id}, {} bytes)", change.len())
             }
-            ClusterMsg::Forwarded { id, result } => write!(f, "Forwarded({id}, {result:?})"),
+            ClusterMsg::Forwarded { id, result, index } => {
+                write!(f, "Forwarded({id}, {result:?} at {index})")
+            }
             ClusterMsg::Diverged { reason } => write!(f, "Diverged({reason})"),
             ClusterMsg::PeerAnnounced { peer, user, .. } => {
                 write!(f, "PeerAnnounced({peer:?}, {user})")
@@ -224,6 +238,8 @@ impl fmt::Debug for ClusterMsg {
                 write!(f, "RaftReply({id}, {} bytes)", body.len())
             }
             ClusterMsg::Applied { index, pending } => write!(f, "Applied({index}, {pending})"),
+            ClusterMsg::ReadMark { id } => write!(f, "ReadMark({id})"),
+            ClusterMsg::ReadMarkIs { id, index } => write!(f, "ReadMarkIs({id}, {index})"),
         }
     }
 }
@@ -290,7 +306,10 @@ mod tests {
             ClusterMsg::Forwarded {
                 id: 5,
                 result: Err(ErrorCode::GroupExists("g".into())),
+                index: 7,
             },
+            ClusterMsg::ReadMark { id: 6 },
+            ClusterMsg::ReadMarkIs { id: 6, index: 8 },
         ];
         for m in all {
             let bytes = codec::encode(&m).unwrap();

@@ -2,19 +2,16 @@
 //! file, and what request handlers ask of it.
 //!
 //! - A write ([`Node::submit`]) is proposed by the leader; a follower
-//!   forwards it to the leader ([`ClusterMsg::Forward`]) and the leader
-//!   answers once it is applied on every tracker in touch, so a read
-//!   through any of them right after the answer sees it.
+//!   forwards it to the leader ([`ClusterMsg::Forward`]). The leader
+//!   answers once a majority has it and it has applied it; a follower
+//!   relays the answer once it has applied it too.
 //! - With three or more trackers a write needs a majority; a tracker that
 //!   reaches fewer refuses writes at once, saying how many it reaches and
 //!   how many a write needs, and keeps answering reads.
 //! - A tracker of two that lost its partner serves alone ([`super::aside`]).
-//! - Reads are served once this tracker has applied what the leader said
-//!   it had applied when they (re)gained touch: after a start or after
-//!   being cut off, and from then on. A tracker cut off keeps serving what
-//!   it has; one that finds no leader at start does not, unless it is one
-//!   of a pair and has its partner's word that nothing is missing (it then
-//!   serves alone).
+//! - When requests are served ([`reads`]): after a start or a cut, once
+//!   this tracker caught up with the leader; at every request, once it
+//!   applied every write acknowledged before the request came.
 
 use crate::auth;
 use crate::consensus::aside::Aside;
@@ -39,9 +36,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod reads;
 
 /// How long a write waits for a leader before it is refused.
 const WAIT_FOR_LEADER: Duration = Duration::from_secs(3);
@@ -49,8 +48,8 @@ const WAIT_FOR_LEADER: Duration = Duration::from_secs(3);
 /// How long a forwarded write may go unanswered.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// How long a leader waits for the trackers in touch to apply a write
-/// before it answers anyway (one that lags that much is counted out).
+/// How long a follower waits to apply a write the leader answered before
+/// it relays the answer anyway (a read through it waits for it then).
 const WAIT_FOR_APPLIED: Duration = Duration::from_secs(1);
 
 /// A tracker of two serves alone once its partner was silent this long.
@@ -62,6 +61,10 @@ const LOOK: Duration = Duration::from_millis(50);
 /// The forwarder's cue that a write was not proposed (the tracker it went
 /// to does not lead): it is safe to send it again.
 const NOT_LEADING: &str = "not leading: ";
+
+/// A write's answer from the leader and the log index it was applied at
+/// (0 if it was not).
+type Led = (Result<(), ErrorCode>, u64);
 
 /// What another tracker said of itself since it was last in touch.
 #[derive(Clone, Copy)]
@@ -84,12 +87,14 @@ pub struct Node {
     state: Arc<RwLock<State>>,
     /// Trackers of two only.
     aside: Option<Arc<Aside>>,
-    forwards: Mutex<HashMap<u64, oneshot::Sender<Result<(), ErrorCode>>>>,
+    /// Writes forwarded to the leader: their answers and the index the
+    /// leader applied them at.
+    forwards: Mutex<HashMap<u64, oneshot::Sender<Led>>>,
     next_forward: AtomicU64,
     /// What each other tracker in touch said since touch was (re)gained;
     /// a tracker out of touch has no entry.
     applied_by: Mutex<BTreeMap<NodeId, Heard>>,
-    applied_news: Notify,
+    marks: reads::Marks,
     /// Caught up with a leader since start: reads are served.
     caught_up: AtomicBool,
     /// When a majority (or, in a pair, the partner) was last in touch.
@@ -145,7 +150,7 @@ impl Node {
             forwards: Mutex::new(HashMap::new()),
             next_forward: AtomicU64::new(1),
             applied_by: Mutex::new(BTreeMap::new()),
-            applied_news: Notify::new(),
+            marks: reads::Marks::default(),
             caught_up: AtomicBool::new(false),
             in_touch_since: Mutex::new(Instant::now()),
             stopping: AtomicBool::new(false),
@@ -328,28 +333,6 @@ impl Node {
         }
     }
 
-    /// Why reads wait for the leader this tracker follows, if they do:
-    /// after a start or after being out of touch, until it applied what
-    /// the leader said it had applied on contact.
-    fn lagging(&self) -> Option<String> {
-        let (leader, applied) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            (m.current_leader, m.last_applied.map_or(0, |l| l.index))
-        };
-        let l = leader.filter(|l| *l != self.me && self.wire.in_touch(*l))?;
-        match self.applied_by.lock().get(&l) {
-            None => Some(format!(
-                "waiting for tracker {l}, which leads, to say how far it is"
-            )),
-            Some(h) if applied < h.first => Some(format!(
-                "catching up with tracker {l}: applied entry {applied} of {}",
-                h.first
-            )),
-            Some(_) => None,
-        }
-    }
-
     /// Tells the others how far this tracker applied the log.
     fn report(&self, applied: u64) {
         for o in self.others().collect::<Vec<_>>() {
@@ -368,8 +351,8 @@ impl Node {
         );
     }
 
-    /// Reports every advance of the applied index as it happens: the
-    /// leader answers a write once the others applied it.
+    /// Reports every advance of the applied index as it happens, so the
+    /// others learn at once what this tracker keeps aside.
     async fn report_applied(self: Arc<Self>) {
         let mut metrics = self.raft.metrics();
         let mut reported = 0;
@@ -408,90 +391,6 @@ impl Node {
         }
     }
 
-    /// Whether reads are served, or why not.
-    pub fn readable(&self) -> Result<(), String> {
-        self.readiness().map_err(|(why, _)| why)
-    }
-
-    /// Waits, for a moment at most, while this tracker is about to serve
-    /// (a leader being chosen, writes kept aside going through the log,
-    /// catching up): the client would only come back. Refuses at once when
-    /// it waits for a tracker out of reach.
-    pub async fn ready(&self) -> Result<(), String> {
-        let start = Instant::now();
-        loop {
-            match self.readiness() {
-                Ok(()) => return Ok(()),
-                Err((why, false)) => return Err(why),
-                Err((why, true)) if start.elapsed() >= WAIT_FOR_LEADER => return Err(why),
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    }
-
-    /// Whether reads are served, or why not and whether that is about to
-    /// change.
-    fn readiness(&self) -> Result<(), (String, bool)> {
-        if self.stopping.load(Ordering::Relaxed) {
-            return Err(("the tracker is shutting down".into(), false));
-        }
-        if let Some(aside) = &self.aside {
-            if aside.alone() {
-                return Ok(());
-            }
-            let pending = aside.pending();
-            if pending > 0 {
-                return Err((
-                    format!("putting {pending} write(s) acknowledged while alone through the log"),
-                    true,
-                ));
-            }
-        }
-        if self.size == 2 {
-            // Its partner's writes kept aside are not here yet.
-            match self.partner_pending() {
-                Some(0) => {}
-                Some(waiting) => {
-                    return Err((
-                        format!(
-                            "waiting for the other tracker to put {waiting} write(s) it \
-                             acknowledged alone through the log"
-                        ),
-                        true,
-                    ))
-                }
-                None => {
-                    return Err((
-                        "waiting for the other tracker to say how far it is".into(),
-                        true,
-                    ))
-                }
-            }
-        }
-        if let Some(why) = self.lagging() {
-            return Err((why, true));
-        }
-        if self.caught_up.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let missing: Vec<String> = self
-            .others()
-            .filter(|i| !self.wire.in_touch(*i))
-            .map(|i| i.to_string())
-            .collect();
-        if missing.is_empty() {
-            Err(("catching up with the cluster".into(), true))
-        } else {
-            Err((
-                format!(
-                    "waiting for tracker(s) {} (one may hold changes this one lacks)",
-                    missing.join(", ")
-                ),
-                false,
-            ))
-        }
-    }
-
     /// How long since a majority was in touch (for a pair: since the
     /// partner was, unless it serves alone).
     pub fn out_of_touch(&self) -> Duration {
@@ -510,8 +409,8 @@ impl Node {
         ))
     }
 
-    /// Returns once `change` is applied on every tracker in touch, or
-    /// refused. `once`: the client's id and the write's sequence number,
+    /// Returns once `change` is acknowledged (a majority has it, the leader
+    /// and this tracker applied it), or refused. `once`: the client's id and the write's sequence number,
     /// if the client sent them; the write then takes effect once however
     /// often it comes.
     pub async fn submit(&self, change: Change, once: Option<(u64, u64)>) -> Result<(), ErrorCode> {
@@ -553,7 +452,7 @@ impl Node {
             }
             let leader = self.usable_leader(&self.raft.metrics().borrow());
             match leader {
-                Some(l) if l == self.me => match self.lead(change.clone()).await {
+                Some(l) if l == self.me => match self.lead(change.clone()).await.0 {
                     Err(ErrorCode::Unavailable(why)) if why.starts_with(NOT_LEADING) => {}
                     other => return other,
                 },
@@ -574,40 +473,35 @@ impl Node {
         }
     }
 
-    /// As the leader: proposes (with other writes queued meanwhile), then
-    /// waits for the trackers in touch.
-    async fn lead(&self, command: Command) -> Result<(), ErrorCode> {
+    /// As the leader: proposes (with other writes queued meanwhile); the
+    /// answer once a majority has it and this tracker applied it, with the
+    /// index it was applied at (0 if it was not).
+    async fn lead(&self, command: Command) -> Led {
         let repeatable = repeatable(&command);
         let write = tokio::select! {
             r = self.batcher.propose(command) => Ok(r),
             () = self.quorum_lost() => Err(()),
         };
-        let (index, answer) =
-            match write {
-                Err(_) if repeatable => {
-                    // Sent again, it is answered as the first time.
-                    return Err(ErrorCode::Unavailable(format!(
-                        "{NOT_LEADING}{}: the trackers it needs are out of reach",
-                        self.me
-                    )));
-                }
-                Err(_) => return Err(ErrorCode::Internal(
-                    "the trackers needed to commit the change went out of reach; it may or may \
-                     not take effect"
-                        .into(),
-                )),
-                Ok(Proposed::Applied { index, answer }) => (index, answer),
-                Ok(Proposed::NotLeader) => {
-                    return Err(ErrorCode::Unavailable(format!("{NOT_LEADING}{}", self.me)));
-                }
-                Ok(Proposed::Failed(e)) => {
-                    return Err(ErrorCode::Unavailable(format!(
-                        "the change was not saved: {e}"
-                    )))
-                }
-            };
-        self.wait_applied(index).await;
-        answer
+        let refused = |e| (Err(e), 0);
+        match write {
+            // Sent again, it is answered as the first time.
+            Err(()) if repeatable => refused(ErrorCode::Unavailable(format!(
+                "{NOT_LEADING}{}: the trackers it needs are out of reach",
+                self.me
+            ))),
+            Err(()) => refused(ErrorCode::Internal(
+                "the trackers needed to commit the change went out of reach; it may or may \
+                 not take effect"
+                    .into(),
+            )),
+            Ok(Proposed::Applied { index, answer }) => (answer, index),
+            Ok(Proposed::NotLeader) => {
+                refused(ErrorCode::Unavailable(format!("{NOT_LEADING}{}", self.me)))
+            }
+            Ok(Proposed::Failed(e)) => refused(ErrorCode::Unavailable(format!(
+                "the change was not saved: {e}"
+            ))),
+        }
     }
 
     /// Returns once this tracker has reached fewer trackers than a write
@@ -619,27 +513,6 @@ impl Node {
             if self.reached() >= self.majority() {
                 since = None;
             } else if since.get_or_insert_with(Instant::now).elapsed() > IN_TOUCH {
-                return;
-            }
-        }
-    }
-
-    /// Waits until every tracker in touch applied up to `index`.
-    async fn wait_applied(&self, index: u64) {
-        let deadline = Instant::now() + WAIT_FOR_APPLIED;
-        loop {
-            let notified = self.applied_news.notified();
-            let behind = {
-                let by = self.applied_by.lock();
-                self.others()
-                    .filter(|o| self.wire.in_touch(*o))
-                    .any(|o| by.get(&o).map_or(0, |h| h.index) < index)
-            };
-            if !behind {
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
                 return;
             }
         }
@@ -668,7 +541,17 @@ impl Node {
         };
         self.forwards.lock().remove(&id);
         match answer {
-            Some(r) => r,
+            Some((r, index)) => {
+                // Applied here too, a read through this tracker need not
+                // wait for it.
+                let deadline = Instant::now() + WAIT_FOR_APPLIED;
+                while index > 0 && self.applied_up_to(index).await.is_err() {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                r
+            }
             // Sent again, it has the effect of sending it once.
             None if repeatable(command) => Err(ErrorCode::Unavailable(format!(
                 "{NOT_LEADING}{to} did not answer"
@@ -734,7 +617,6 @@ impl Node {
                 e.index = e.index.max(index);
                 e.pending = pending;
                 drop(by);
-                self.applied_news.notify_waiters();
             }
             ClusterMsg::Forward { id, change } => {
                 let n = self.clone();
@@ -745,22 +627,33 @@ impl Node {
                             if leading {
                                 n.lead(c).await
                             } else {
-                                Err(ErrorCode::Unavailable(format!("{NOT_LEADING}{}", n.me)))
+                                (
+                                    Err(ErrorCode::Unavailable(format!("{NOT_LEADING}{}", n.me))),
+                                    0,
+                                )
                             }
                         }
-                        Ok(Command::Init { .. } | Command::Batch(_)) => {
-                            Err(ErrorCode::BadRequest("not a client's change".into()))
-                        }
-                        Err(e) => Err(ErrorCode::BadRequest(format!("undecodable change: {e}"))),
+                        Ok(Command::Init { .. } | Command::Batch(_)) => (
+                            Err(ErrorCode::BadRequest("not a client's change".into())),
+                            0,
+                        ),
+                        Err(e) => (
+                            Err(ErrorCode::BadRequest(format!("undecodable change: {e}"))),
+                            0,
+                        ),
                     };
-                    n.wire.send(from, ClusterMsg::Forwarded { id, result });
+                    let (result, index) = result;
+                    n.wire
+                        .send(from, ClusterMsg::Forwarded { id, result, index });
                 });
             }
-            ClusterMsg::Forwarded { id, result } => {
+            ClusterMsg::Forwarded { id, result, index } => {
                 if let Some(tx) = self.forwards.lock().remove(&id) {
-                    let _ = tx.send(result);
+                    let _ = tx.send((result, index));
                 }
             }
+            ClusterMsg::ReadMark { id } => self.tell_mark(from, id),
+            ClusterMsg::ReadMarkIs { id, index } => self.mark_told(from, id, index),
             // Soft state goes to the gossip handler; messages of earlier
             // versions are ignored.
             _ => {}
