@@ -26,6 +26,7 @@ pub mod reverse;
 
 use crate::net::fetch::{FetchCtx, PEER_TIMEOUT};
 use fileshare_protocol::client::Announced;
+use fileshare_protocol::error::chain;
 use fileshare_protocol::messages::tracker::{CallKind, PeerLocation, Reach as Seen};
 use fileshare_protocol::messages::Role;
 use fileshare_protocol::tls::{self, ClientTls, SecureConnection, TlsError};
@@ -187,20 +188,37 @@ impl Reach {
 /// should not hold the reader up for long before it asks for a call.
 const UNKNOWN_DIAL: Duration = Duration::from_secs(3);
 
+/// Why the holder could not be dialled directly.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError {
+    #[error("the tracker could not dial it either")]
+    TrackerCouldNot,
+    #[error("{}", chain(.0))]
+    Dial(TlsError),
+}
+
+/// Every way to a holder failed: each attempt's cause is kept, the
+/// relay's (the last) as the source.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot reach {addr} directly ({direct}), nor have it dial back ({}), nor punch a \
+     path ({}), nor through the relay: {relay}",
+    chain(.reverse),
+    chain(.punch)
+)]
+pub struct Unreachable {
+    pub addr: String,
+    pub direct: DirectError,
+    pub reverse: reverse::ReverseError,
+    pub punch: punch::PunchError,
+    #[source]
+    pub relay: relay::RelayError,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error(
-        "cannot reach {addr} directly ({direct}), nor have it dial back ({reverse}), nor \
-         punch a path ({punch}), nor through the relay: {relay}"
-    )]
-    Unreachable {
-        addr: String,
-        direct: String,
-        reverse: String,
-        punch: String,
-        #[source]
-        relay: relay::RelayError,
-    },
+    #[error(transparent)]
+    Unreachable(Box<Unreachable>),
     #[error("connected to {addr}, but: {source}")]
     Handshake {
         addr: String,
@@ -232,13 +250,13 @@ pub async fn open(
                 });
             }
             Err(e) => {
-                let e = fileshare_protocol::error::chain(&e);
+                let e = chain(&e);
                 tracing::debug!(peer = %remote.addr, "cannot dial it at {better}: {e}");
             }
         }
     }
     let direct = match remote.reach {
-        Seen::Unreachable => "the tracker could not dial it either".to_string(),
+        Seen::Unreachable => DirectError::TrackerCouldNot,
         known => {
             let timeout = if known == Seen::Direct {
                 PEER_TIMEOUT
@@ -255,32 +273,31 @@ pub async fn open(
                         path: Path::Direct,
                     });
                 }
-                Err(e) => fileshare_protocol::error::chain(&e),
+                Err(e) => DirectError::Dial(e),
             }
         }
     };
     let (stream, path) = match reverse::request(&ctx.reach, &ctx.tracker, group, remote.peer).await
     {
         Ok(s) => (s, Path::Reverse),
-        Err(reverse) => {
-            let reverse = fileshare_protocol::error::chain(&reverse);
-            match punch_to(ctx, group, remote).await {
-                Ok(s) => (s, Path::Punched),
-                Err(punch) => {
-                    tracing::debug!(peer = %remote.addr, "no punched path: {punch}; relaying");
-                    let stream = relay::request(&ctx.tracker, group, remote.peer)
-                        .await
-                        .map_err(|relay| OpenError::Unreachable {
+        Err(reverse) => match punch_to(ctx, group, remote).await {
+            Ok(s) => (s, Path::Punched),
+            Err(punch) => {
+                tracing::debug!(peer = %remote.addr, "no punched path: {}; relaying", chain(&punch));
+                let stream = relay::request(&ctx.tracker, group, remote.peer)
+                    .await
+                    .map_err(|relay| {
+                        OpenError::Unreachable(Box::new(Unreachable {
                             addr: remote.addr.clone(),
                             direct,
                             reverse,
                             punch,
                             relay,
-                        })?;
-                    (stream, Path::Relayed)
-                }
+                        }))
+                    })?;
+                (stream, Path::Relayed)
             }
-        }
+        },
     };
     let (conn, role, _) = tls::connect_over(stream, &remote.addr, tls, me, PEER_TIMEOUT)
         .await
@@ -345,15 +362,53 @@ pub fn describe(seen: Option<&Announced>, mapped: Option<mapping::Mapped>) -> St
 }
 
 /// Asks the tracker to call `remote` to punch, and punches from here.
-async fn punch_to(ctx: &FetchCtx, group: &str, remote: &PeerLocation) -> Result<TcpStream, String> {
+async fn punch_to(
+    ctx: &FetchCtx,
+    group: &str,
+    remote: &PeerLocation,
+) -> Result<TcpStream, punch::PunchError> {
     if ctx.reach.listen.get().is_none() {
-        return Err("no listening address".into());
+        return Err(punch::PunchError::NoListener);
     }
     let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+    getrandom::fill(&mut nonce).map_err(punch::PunchError::Nonce)?;
     let ask = (ctx.tracker).place_call(CallKind::Punch, group, remote.peer, nonce);
-    ask.await.map_err(|e| format!("{e:#}"))?;
-    punch::punch(&ctx.reach, &remote.addr, nonce, punch::Side::Reader)
-        .await
-        .map_err(|e| e.to_string())
+    ask.await.map_err(punch::PunchError::Refused)?;
+    punch::punch(&ctx.reach, &remote.addr, nonce, punch::Side::Reader).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_holder_names_every_attempt_and_keeps_the_relays_cause() {
+        let relay = relay::RelayError::Connect {
+            addr: "192.0.2.1:7".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        let e = OpenError::Unreachable(Box::new(Unreachable {
+            addr: "198.51.100.9:4000".into(),
+            direct: DirectError::TrackerCouldNot,
+            reverse: reverse::ReverseError::NoCall,
+            punch: punch::PunchError::Timeout("198.51.100.9:4000".into()),
+            relay,
+        }));
+        let text = e.to_string();
+        for part in [
+            "198.51.100.9:4000",
+            "the tracker could not dial it either",
+            "did not dial back",
+            "no path to 198.51.100.9:4000 opened",
+            "cannot connect to the relay at 192.0.2.1:7",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from {text:?}");
+        }
+        let source = std::error::Error::source(&e).expect("the relay's error is the source");
+        assert!(source.downcast_ref::<relay::RelayError>().is_some());
+        match &e {
+            OpenError::Unreachable(u) => assert!(matches!(u.punch, punch::PunchError::Timeout(_))),
+            other => panic!("not Unreachable: {other}"),
+        }
+    }
 }

@@ -20,6 +20,7 @@
 //! is the TLS client, as everywhere.
 
 use super::{reverse, Pending, Reach};
+use crate::trackers::LinkError;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -59,6 +60,10 @@ pub enum PunchError {
     Timeout(String),
     #[error("the other side sent no valid preamble")]
     Preamble,
+    #[error("no random nonce for the call: {0}")]
+    Nonce(getrandom::Error),
+    #[error("the tracker would not call the holder to punch: {0}")]
+    Refused(#[source] LinkError),
 }
 
 enum Got {
