@@ -13,7 +13,7 @@ use fileshare_tests::cluster::Cluster;
 use fileshare_tests::netns::Lan;
 use fileshare_tests::tracker::Tracker;
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -105,6 +105,42 @@ fn a_pair_killed_in_turn_acknowledges_40_of_40_writes_exactly_once() {
     }
 }
 
+/// Starts `n` trackers on the first `n` hosts of `lan`, one trackers file
+/// naming them all, and waits until each serves a client on host `n`.
+/// Returns the client's known-keys file and the trackers.
+fn start_trackers(lan: &Lan, n: usize, dir: &Path) -> (PathBuf, Vec<Tracker>) {
+    let trackers_file = dir.join("trackers.txt");
+    let keys = dir.join("known_keys");
+    let text: String = (0..n)
+        .map(|h| format!("{}:7000\n", lan.host(h).addr))
+        .collect();
+    std::fs::write(&trackers_file, text).unwrap();
+    let mut trackers: Vec<Tracker> = (0..n)
+        .map(|h| Tracker::member_on(lan.host(h), &trackers_file, h as u32 + 1, &[]))
+        .collect();
+    for t in trackers.iter_mut() {
+        t.launch().unwrap();
+    }
+    for h in 0..n {
+        let k = keys.clone();
+        let addr = format!("{}:7000", lan.host(h).addr);
+        let what = format!("tracker {} serving", h + 1);
+        wait_in(lan, n, &what, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let c = fileshare_tests::tracker_client(
+                std::slice::from_ref(&addr),
+                &k,
+                Duration::from_secs(2),
+            );
+            rt.block_on(c.call(AskTicketKey)).is_ok()
+        });
+    }
+    (keys, trackers)
+}
+
 /// Waits until `f` (run in `host`'s namespace) says yes.
 fn wait_in(lan: &Lan, host: usize, what: &str, f: impl Fn() -> bool + Send + Sync + 'static) {
     let f = Arc::new(f);
@@ -149,31 +185,7 @@ fn through<T: Send + 'static>(
 fn a_tracker_cut_off_from_the_majority_refuses_writes_and_catches_up() {
     let lan = Lan::new(4);
     let dir = tempfile::tempdir().unwrap();
-    let trackers_file = dir.path().join("trackers.txt");
-    let keys = dir.path().join("known_keys");
-    let mut text = String::new();
-    for h in 0..3 {
-        text.push_str(&format!("{}:7000\n", lan.host(h).addr));
-    }
-    std::fs::write(&trackers_file, text).unwrap();
-    let mut trackers: Vec<Tracker> = (0..3)
-        .map(|h| Tracker::member_on(lan.host(h), &trackers_file, h as u32 + 1, &[]))
-        .collect();
-    for t in trackers.iter_mut() {
-        t.launch().unwrap();
-    }
-    for i in 1..=3 {
-        let k = keys.clone();
-        wait_in(&lan, 3, &format!("tracker {i} serving"), move || {
-            let addr = format!("10.213.0.{i}:7000");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let c = fileshare_tests::tracker_client(&[addr], &k, Duration::from_secs(2));
-            rt.block_on(c.call(AskTicketKey)).is_ok()
-        });
-    }
+    let (keys, trackers) = start_trackers(&lan, 3, dir.path());
     let session = through(&lan, &keys, 1, |c, rt| {
         rt.block_on(async {
             c.call(CreateUser {
@@ -443,28 +455,8 @@ fn fsd_in(lan: &Lan, user: &Arc<Fsd>, args: &[&str]) -> Out {
 fn a_group_created_on_both_sides_of_a_split_tells_the_user_whose_gave_way() {
     let lan = Lan::new(3);
     let dir = tempfile::tempdir().unwrap();
-    let trackers_file = dir.path().join("trackers.txt");
-    let keys = dir.path().join("known_keys");
+    let (keys, trackers) = start_trackers(&lan, 2, dir.path());
     let addr = |h: usize| format!("{}:7000", lan.host(h).addr);
-    std::fs::write(&trackers_file, format!("{}\n{}\n", addr(0), addr(1))).unwrap();
-    let mut trackers: Vec<Tracker> = (0..2)
-        .map(|h| Tracker::member_on(lan.host(h), &trackers_file, h as u32 + 1, &[]))
-        .collect();
-    for t in trackers.iter_mut() {
-        t.launch().unwrap();
-    }
-    for i in 1..=2 {
-        let k = keys.clone();
-        wait_in(&lan, 2, &format!("tracker {i} serving"), move || {
-            let addr = format!("10.213.0.{i}:7000");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let c = fileshare_tests::tracker_client(&[addr], &k, Duration::from_secs(2));
-            rt.block_on(c.call(AskTicketKey)).is_ok()
-        });
-    }
     // Each user reaches one tracker only: alice tracker 1, bob tracker 2.
     let users: Vec<Arc<Fsd>> = (0..2)
         .map(|h| {

@@ -10,7 +10,7 @@ use fileshare_tests::{cmp, random_file, MIB};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -37,6 +37,23 @@ fn wait_listed(m: &Mount, rel: &str) {
         Duration::from_secs(15),
         || path.exists().then_some(()),
     );
+}
+
+/// Shares `n` files of 8 MiB, `PREFIX0.bin`... in group g from `a` and
+/// waits until `b` lists them all; returns their sources.
+fn share_8_mib(w: &World, a: &Mount, b: &Mount, prefix: &str, n: u64, seed: u64) -> Vec<PathBuf> {
+    let srcs: Vec<_> = (0..n)
+        .map(|i| {
+            let p = w.path(&format!("{prefix}{i}.bin"));
+            random_file(&p, 8 * MIB, seed + i);
+            a.cp_in(&p, "g");
+            p
+        })
+        .collect();
+    for i in 0..n {
+        wait_listed(b, &format!("g/{prefix}{i}.bin"));
+    }
+    srcs
 }
 
 /// Drops the mount's own cached pages of a file, so a read that is not
@@ -180,17 +197,7 @@ fn a_passed_through_open_keeps_its_pieces_from_eviction_until_closed() {
     let (w, u) = World::network(&["alice", "bob"]);
     let a = w.mount(&u[0], &[]);
     let b = w.mount(&u[1], &["--cache-size", "12M"]);
-    let srcs: Vec<_> = (0..4)
-        .map(|i| {
-            let p = w.path(&format!("f{i}.bin"));
-            random_file(&p, 8 * MIB, 60 + i);
-            a.cp_in(&p, "g");
-            p
-        })
-        .collect();
-    for i in 0..4 {
-        wait_listed(&b, &format!("g/f{i}.bin"));
-    }
+    let srcs = share_8_mib(&w, &a, &b, "f", 4, 60);
     let whole = 8 * MIB as u64 / PIECE;
     // Fetched whole by `download-file`, f0 is in no reader's window: only
     // an open's pin keeps eviction from it.
@@ -246,17 +253,7 @@ fn eviction_leaves_an_open_passed_through_handle_reading_its_bytes() {
     let (w, u) = World::network(&["alice", "bob"]);
     let a = w.mount(&u[0], &[]);
     let b = w.mount(&u[1], &["--cache-size", "12M"]);
-    let srcs: Vec<_> = (0..3)
-        .map(|i| {
-            let p = w.path(&format!("h{i}.bin"));
-            random_file(&p, 8 * MIB, 80 + i);
-            a.cp_in(&p, "g");
-            p
-        })
-        .collect();
-    for i in 0..3 {
-        wait_listed(&b, &format!("g/h{i}.bin"));
-    }
+    let srcs = share_8_mib(&w, &a, &b, "h", 3, 80);
     let original = std::fs::read(&srcs[0]).unwrap();
     let half = original.len() / 2;
     // Fetched whole by `download-file`, h0 is in no reader's window.
