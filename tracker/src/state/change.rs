@@ -196,10 +196,7 @@ pub fn decide(state: &State, change: Change) -> Result<Vec<Record>, ErrorCode> {
             if state.group(&group).is_some() {
                 return Err(ErrorCode::GroupExists(group));
             }
-            let owned = (state.groups_of(&user))
-                .filter(|(_, g)| g.owner == user)
-                .count();
-            if owned >= quota as usize {
+            if let Some(owned) = groups_at_quota(state, &user, quota as usize) {
                 return Err(ErrorCode::LimitReached {
                     limit: Limit::GroupsPerUser,
                     message: format!(
@@ -416,12 +413,30 @@ pub fn gave_way(change: &Change, why: ErrorCode) -> Option<Record> {
 }
 
 /// Refuses a new file name in `g` once `user` shared `quota` files there.
+/// How many groups `user` owns, if `quota` or more. An owner is a member,
+/// so a user in fewer groups owns fewer: the count, which looks up each of
+/// their groups by name on every tracker, is made only near the quota.
+fn groups_at_quota(state: &State, user: &str, quota: usize) -> Option<usize> {
+    if state.membership_count(user) < quota {
+        return None;
+    }
+    let owned = (state.groups_of(user))
+        .filter(|(_, g)| g.owner == user)
+        .count();
+    (owned >= quota).then_some(owned)
+}
+
 fn check_files_quota(
     g: &crate::state::Group,
     group: &str,
     user: &str,
     quota: u32,
 ) -> Result<(), ErrorCode> {
+    // Every tracker decides every write: below the quota by the group's
+    // whole file count, the count of the user's own is not needed.
+    if g.file_count() < quota as usize {
+        return Ok(());
+    }
     let shared = g.files().filter(|f| f.sharer == user).count();
     if shared >= quota as usize {
         return Err(ErrorCode::LimitReached {

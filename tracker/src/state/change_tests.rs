@@ -568,3 +568,57 @@ fn sessions_are_capped_per_user() {
     assert_eq!(run(&mut st, open(4, 1000)), Ok(1));
     assert_eq!(st.session_count("alice", 1000), 1);
 }
+
+#[test]
+fn group_and_file_quotas_count_only_the_users_own() {
+    let mut st = setup();
+    let create = |user: &str, group: &str| Change::CreateGroup {
+        user: s(user),
+        group: s(group),
+        quota: 2,
+    };
+    // Bob joins alice's group: a member of one group, owner of none.
+    run(
+        &mut st,
+        Change::JoinGroup {
+            user: s("bob"),
+            group: s("g"),
+            quota: 10,
+        },
+    )
+    .unwrap();
+    run(
+        &mut st,
+        Change::AcceptRequest {
+            owner: s("alice"),
+            group: s("g"),
+            user: s("bob"),
+        },
+    )
+    .unwrap();
+    assert_eq!(run(&mut st, create("bob", "b1")), Ok(1));
+    // A member of two groups, owner of one: under the quota of two.
+    assert_eq!(run(&mut st, create("bob", "b2")), Ok(1));
+    let Err(ErrorCode::LimitReached { limit, message }) = run(&mut st, create("bob", "b3")) else {
+        panic!("a third owned group must be refused");
+    };
+    assert_eq!(limit, fileshare_protocol::Limit::GroupsPerUser);
+    assert!(message.contains("bob owns 2 groups"), "{message}");
+
+    let share = |user: &str, name: &str| Change::ShareFile {
+        user: s(user),
+        group: s("g"),
+        meta: meta(name, name.as_bytes()),
+        quota: 2,
+        metadata_quota: u64::MAX,
+    };
+    assert_eq!(run(&mut st, share("alice", "a1")), Ok(1));
+    assert_eq!(run(&mut st, share("alice", "a2")), Ok(1));
+    // Alice's files do not count against bob's quota in the group.
+    assert_eq!(run(&mut st, share("bob", "b1")), Ok(1));
+    assert_eq!(run(&mut st, share("bob", "b2")), Ok(1));
+    let Err(ErrorCode::LimitReached { limit, .. }) = run(&mut st, share("bob", "b3")) else {
+        panic!("a third file of bob's in the group must be refused");
+    };
+    assert_eq!(limit, fileshare_protocol::Limit::FilesPerUser);
+}

@@ -106,6 +106,10 @@ impl Group {
         v.into_iter().map(|(u, _)| u.clone()).collect()
     }
 
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
     pub fn files(&self) -> impl Iterator<Item = &SharedFile> {
         self.files.values()
     }
@@ -577,6 +581,11 @@ impl State {
     }
 
     /// The groups `user` is a member of, by name.
+    /// How many groups `user` is a member of.
+    pub fn membership_count(&self, user: &str) -> usize {
+        self.memberships.get(user).map_or(0, BTreeSet::len)
+    }
+
     pub fn groups_of(&self, user: &str) -> impl Iterator<Item = (&String, &Group)> {
         self.memberships
             .get(user)
