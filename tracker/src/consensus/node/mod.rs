@@ -161,8 +161,6 @@ impl Node {
         {
             let n = node.clone();
             node.tasks.spawn(async move { n.watch().await });
-            let n = node.clone();
-            node.tasks.spawn(async move { n.report_applied().await });
         }
         if size == 1 {
             // Alone in its trackers file, it serves its whole state at once.
@@ -217,8 +215,11 @@ impl Node {
             }
             let m = self.metrics();
             let applied = m.last_applied.map_or(0, |l| l.index);
-            // Said again now and then, so a tracker that just came back
-            // learns how far the others are (`report` says it at once).
+            // Said on contact ([`Node::deliver`]), as what was kept aside
+            // goes through the log ([`Node::merge`]) and now and then here:
+            // only a pair's count kept aside and where a tracker back in
+            // touch stands are read from it, so it is not said per entry
+            // (a message to every other tracker per apply).
             ticks += 1;
             if ticks.is_multiple_of(10) {
                 self.report(applied);
@@ -351,24 +352,6 @@ impl Node {
         );
     }
 
-    /// Reports every advance of the applied index as it happens, so the
-    /// others learn at once what this tracker keeps aside.
-    async fn report_applied(self: Arc<Self>) {
-        let mut metrics = self.raft.metrics();
-        let mut reported = 0;
-        loop {
-            tokio::select! {
-                () = self.cancel.cancelled() => return,
-                changed = metrics.changed() => if changed.is_err() { return },
-            }
-            let applied = metrics.borrow().last_applied.map_or(0, |l| l.index);
-            if applied != reported {
-                reported = applied;
-                self.report(applied);
-            }
-        }
-    }
-
     /// Proposes every change kept aside, oldest first, each decided again.
     async fn merge(&self, aside: &Aside) {
         while let Some((key, change)) = aside.first() {
@@ -388,6 +371,9 @@ impl Node {
                 tracing::error!("cannot clear a change kept aside: {e}");
                 return;
             }
+            // The partner's readers wait for this count to reach zero.
+            let applied = (self.raft.metrics().borrow().last_applied).map_or(0, |l| l.index);
+            self.report(applied);
         }
     }
 
