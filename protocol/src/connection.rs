@@ -226,16 +226,29 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     pub async fn write_frame<T: Serialize>(&mut self, value: &T) -> Result<(), ProtocolError> {
+        self.queue_frame(value).await?;
+        self.flush().await
+    }
+
+    /// One frame into the write buffer, not flushed: a sender with more
+    /// frames ready writes them all, then flushes once ([`Self::flush`]),
+    /// so they share system calls and TLS records.
+    pub async fn queue_frame<T: Serialize>(&mut self, value: &T) -> Result<(), ProtocolError> {
         self.buf.clear();
         self.buf.extend_from_slice(&[0; HEADER_LEN]);
         codec::encode_into(value, &mut self.buf)?;
         let body_len = self.buf.len() - HEADER_LEN;
         self.buf[..HEADER_LEN].copy_from_slice(&frame::header(body_len));
         self.stream.write_all(&self.buf).await?;
-        self.stream.flush().await?;
         if self.buf.capacity() > IO_BUF * 4 {
             self.buf = Vec::new();
         }
+        Ok(())
+    }
+
+    /// Sends what [`Self::queue_frame`] buffered.
+    pub async fn flush(&mut self) -> Result<(), ProtocolError> {
+        self.stream.flush().await?;
         Ok(())
     }
 

@@ -44,6 +44,9 @@ use tokio_util::task::TaskTracker;
 /// Messages queued for one peer before new ones are dropped.
 const QUEUE: usize = 4096;
 
+/// Most queued messages written before one flush.
+const BURST: usize = 64;
+
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -240,7 +243,16 @@ async fn dial(
                 () = tokio::time::sleep(Duration::from_millis(200)), if stopping => None,
             };
             let Some(msg) = msg else { break };
-            if let Err(e) = writer.write_frame(&msg).await {
+            // What queued up meanwhile goes with it, in one flush.
+            let mut written = writer.queue_frame(&msg).await;
+            for _ in 1..BURST {
+                if written.is_err() {
+                    break;
+                }
+                let Ok(msg) = rx.try_recv() else { break };
+                written = writer.queue_frame(&msg).await;
+            }
+            if let Err(e) = written.and(writer.flush().await) {
                 tracing::info!(tracker = no, "connection to tracker {no} lost: {e}");
                 break;
             }
