@@ -58,6 +58,9 @@ const ALONE_AFTER: Duration = Duration::from_millis(1500);
 /// How often the background task looks at the cluster.
 const LOOK: Duration = Duration::from_millis(50);
 
+/// Shortest time between two reports of how far this tracker applied.
+const REPORT_EVERY: Duration = Duration::from_millis(50);
+
 /// The forwarder's cue that a write was not proposed (the tracker it went
 /// to does not lead): it is safe to send it again.
 const NOT_LEADING: &str = "not leading: ";
@@ -161,6 +164,8 @@ impl Node {
         {
             let n = node.clone();
             node.tasks.spawn(async move { n.watch().await });
+            let n = node.clone();
+            node.tasks.spawn(async move { n.report_applied().await });
         }
         if size == 1 {
             // Alone in its trackers file, it serves its whole state at once.
@@ -215,11 +220,8 @@ impl Node {
             }
             let m = self.metrics();
             let applied = m.last_applied.map_or(0, |l| l.index);
-            // Said on contact ([`Node::deliver`]), as what was kept aside
-            // goes through the log ([`Node::merge`]) and now and then here:
-            // only a pair's count kept aside and where a tracker back in
-            // touch stands are read from it, so it is not said per entry
-            // (a message to every other tracker per apply).
+            // Said again now and then, so a tracker that just came back
+            // learns how far the others are (`report` says it at once).
             ticks += 1;
             if ticks.is_multiple_of(10) {
                 self.report(applied);
@@ -350,6 +352,31 @@ impl Node {
                 pending,
             },
         );
+    }
+
+    /// Reports advances of the applied index, at most every
+    /// [`REPORT_EVERY`]: a tracker back in touch learns soon where this
+    /// one stands, without a message to every other tracker per entry
+    /// (only a pair's count kept aside and where a tracker back in touch
+    /// stands are read from it).
+    async fn report_applied(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let mut reported = 0;
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+            let applied = metrics.borrow().last_applied.map_or(0, |l| l.index);
+            if applied != reported {
+                reported = applied;
+                self.report(applied);
+                tokio::select! {
+                    () = self.cancel.cancelled() => return,
+                    () = tokio::time::sleep(REPORT_EVERY) => {}
+                }
+            }
+        }
     }
 
     /// Proposes every change kept aside, oldest first, each decided again.
