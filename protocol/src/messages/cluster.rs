@@ -183,10 +183,10 @@ pub enum ClusterMsg {
         body: ByteBuf,
     },
     /// The sender has applied the replicated log up to `index` (said on
-    /// contact, as what it keeps aside goes through the log, and every
-    /// half second). `pending`: writes it
-    /// acknowledged while alone (one of a pair) and has not put through
-    /// the log yet; its partner is not caught up until they are.
+    /// contact, as it advances but at most every 50 ms, as what it keeps
+    /// aside goes through the log, and every half second). `pending`:
+    /// writes it acknowledged while alone (one of a pair) and has not put
+    /// through the log yet; its partner is not caught up until they are.
     Applied {
         index: u64,
         pending: u64,
