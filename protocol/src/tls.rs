@@ -36,7 +36,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// How many encrypted bytes TLS may hold for the socket (rustls's default
 /// is 64 KiB): a whole piece's records, so a piece is encrypted in one
-/// call and handed to the kernel in one or two `writev`, not nine.
+/// call and handed to the kernel in as few `writev` as the socket takes,
+/// not one per 64 KiB.
 pub const SEND_BUF: usize = 1 << 20;
 
 /// The one stream type of the product: TLS over TCP, either side.
