@@ -15,6 +15,7 @@ use crate::frame::{self, Header, HEADER_LEN};
 use crate::messages::{Hello, PeerReply, Reply, Role, MAGIC};
 use crate::PROTOCOL_VERSION;
 use serde::{de::DeserializeOwned, Serialize};
+use std::io::IoSlice;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 
@@ -254,7 +255,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// `Reply { id, body: PeerReply::Piece { data } }`, flushed, with the
     /// piece's bytes written from `data` itself rather than copied into the
-    /// frame buffer first (they bypass the write buffer too, being larger).
+    /// frame buffer first, and in the same write as the frame's head (one
+    /// vectored write: over TLS, the head shares the piece's first record
+    /// instead of costing a record and a `writev` of its own).
     pub async fn write_piece(&mut self, id: u64, data: &[u8]) -> Result<(), ProtocolError> {
         self.buf.clear();
         self.buf.extend_from_slice(&[0; HEADER_LEN]);
@@ -267,9 +270,24 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             });
         }
         self.buf[..HEADER_LEN].copy_from_slice(&frame::header(body_len));
-        self.stream.write_all(&self.buf).await?;
-        self.stream.write_all(data).await?;
+        // Every frame is flushed, so the write buffer is empty here: write
+        // past it.
         self.stream.flush().await?;
+        let stream = self.stream.get_mut();
+        let (head, mut sent) = (self.buf.len(), 0);
+        while sent < head + data.len() {
+            let n = if sent < head {
+                let parts = [IoSlice::new(&self.buf[sent..]), IoSlice::new(data)];
+                stream.write_vectored(&parts).await?
+            } else {
+                stream.write(&data[sent - head..]).await?
+            };
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            }
+            sent += n;
+        }
+        stream.flush().await?;
         Ok(())
     }
 

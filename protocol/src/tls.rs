@@ -34,6 +34,12 @@ use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+/// How many encrypted bytes TLS may hold for the socket (rustls's default
+/// is 64 KiB): a whole piece's records, so a piece is encrypted in one
+/// call and handed to the kernel in as few `writev` as the socket takes,
+/// not one per 64 KiB.
+pub const SEND_BUF: usize = 1 << 20;
+
 /// The one stream type of the product: TLS over TCP, either side.
 pub type SecureStream = tokio_rustls::TlsStream<BufferedTcp>;
 
@@ -314,11 +320,12 @@ async fn secure_tcp(
 ) -> Result<(SecureStream, Fingerprint), TlsError> {
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(SERVER_NAME).expect("SERVER_NAME is a valid DNS name");
-    let stream = tls
+    let mut stream = tls
         .connector
         .connect(name, buffered(tcp))
         .await
         .map_err(|e| handshake_error(addr, e))?;
+    stream.get_mut().1.set_buffer_limit(Some(SEND_BUF));
     let seen = peer_fingerprint(stream.get_ref().1.peer_certificates())
         .ok_or_else(|| TlsError::NoCertificate { addr: addr.into() })?;
     Ok((SecureStream::Client(stream), seen))
@@ -338,11 +345,12 @@ pub async fn accept(
         .map_or_else(|_| "an unknown client".to_string(), |a| a.to_string());
     let _ = stream.set_nodelay(true);
     let work = async {
-        let stream = tls
+        let mut stream = tls
             .acceptor
             .accept(buffered(stream))
             .await
             .map_err(|e| handshake_error(&addr, e))?;
+        stream.get_mut().1.set_buffer_limit(Some(SEND_BUF));
         let seen = peer_fingerprint(stream.get_ref().1.peer_certificates());
         let (conn, theirs) = hello(SecureStream::Server(stream), me, &addr).await?;
         Ok((conn, theirs, seen))

@@ -276,10 +276,22 @@ pub async fn read(
     offset: u64,
     len: u32,
 ) -> (Result<Vec<u8>, EngineError>, bool) {
-    match stream.read(offset, len) {
-        ReadNow::Done(r) => (r, true),
-        ReadNow::Wait(pending) => (pending.finish().await, false),
-    }
+    let got = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let answer = {
+        let got = got.clone();
+        move |r: Result<&[u8], EngineError>| {
+            *got.lock().expect("answer") = Some(r.map(<[u8]>::to_vec));
+        }
+    };
+    let now = match stream.read(offset, len, answer) {
+        ReadNow::Done => true,
+        ReadNow::Wait(pending) => {
+            pending.finish().await;
+            false
+        }
+    };
+    let r = got.lock().expect("answer").take();
+    (r.expect("a read is answered once"), now)
 }
 
 /// Reads a whole file of `size` bytes in reads of `chunk`, as `cat` does.

@@ -44,6 +44,16 @@ pub const MIB: usize = 1 << 20;
 /// about speed: those are measured by the benchmarks (`scripts/bench.sh`).
 pub const HANG_LIMIT: Duration = Duration::from_secs(60);
 
+/// Drops a file's cached pages (for a file in a mount, the mount's own),
+/// so its next read is not answered from them.
+pub fn drop_pages(path: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).expect("open to drop pages");
+    // SAFETY: a valid descriptor; the call only advises the kernel.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0, "posix_fadvise: {r}");
+}
+
 /// `cmp A B`, as a user would check a copy; panics with its output on a
 /// difference.
 pub fn cmp(a: &std::path::Path, b: &std::path::Path) {

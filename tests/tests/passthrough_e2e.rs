@@ -6,7 +6,7 @@
 
 use fileshare_tests::mount::{wait_for, Mount};
 use fileshare_tests::world::World;
-use fileshare_tests::{cmp, random_file, MIB};
+use fileshare_tests::{cmp, drop_pages, random_file, MIB};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -54,15 +54,6 @@ fn share_8_mib(w: &World, a: &Mount, b: &Mount, prefix: &str, n: u64, seed: u64)
         wait_listed(b, &format!("g/{prefix}{i}.bin"));
     }
     srcs
-}
-
-/// Drops the mount's own cached pages of a file, so a read that is not
-/// passed through must ask the daemon again.
-fn drop_pages(path: &Path) {
-    let f = File::open(path).expect("open to drop pages");
-    // SAFETY: a valid descriptor; the call only advises the kernel.
-    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(r, 0, "posix_fadvise: {r}");
 }
 
 /// The whole of an open file as read through `mmap`.

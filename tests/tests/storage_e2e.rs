@@ -441,3 +441,55 @@ fn a_download_is_resumed_after_a_restart() {
     assert!(b.log().contains("download resumed"), "{}", b.log());
     drop(a);
 }
+
+/// Reads through the daemon answer from the store's pages as they are
+/// when the read comes: an open handle of a file twice the cache budget
+/// reads its start, reads on to the end (which evicts the start), and,
+/// with the mount's pages of the file dropped, reads the start again
+/// through the same handle: fetched again, the same bytes, never the
+/// zeros of a punched hole or a stale piece.
+#[test]
+fn an_open_handle_rereads_exact_bytes_the_cache_evicted_under_it() {
+    let (w, u) = World::network(&["alice", "bob"]);
+    let a = w.mount(&u[0], &[]);
+    let b = w.mount(&u[1], &["--cache-size", "8M"]);
+    let size = 16 * MIB;
+    let src = w.path("clip.bin");
+    random_file(&src, size, 23);
+    let original = std::fs::read(&src).unwrap();
+    a.cp_in(&src, "g");
+    wait_listed(&b, "g", "clip.bin");
+
+    let path = b.path("g/clip.bin");
+    let mut f = std::fs::File::open(&path).unwrap();
+    let head = 4 * MIB;
+    let mut first = vec![0u8; head];
+    f.read_exact(&mut first).expect("the start");
+    assert!(first == original[..head], "the start differs");
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).expect("the rest");
+    assert!(rest == original[head..], "the rest differs");
+    assert!(
+        b.log().contains("fsd::pieces::cache: evicted"),
+        "the cache evicted nothing:\n{}",
+        b.log()
+    );
+    let (held, _) = pieces(&b, "g/clip.bin");
+    assert!(
+        held < size as u64 / PIECE,
+        "every piece is still held ({held}): nothing to fetch again"
+    );
+
+    fileshare_tests::drop_pages(&path);
+    let mut again = vec![0u8; head];
+    f.read_exact_at(&mut again, 0).expect("the start again");
+    assert!(again == original[..head], "the start read again differs");
+    let read: u64 = b
+        .xattr("g/clip.bin", "user.fileshare.daemon_read_bytes")
+        .parse()
+        .expect("a byte count");
+    assert!(
+        read >= (size + head) as u64,
+        "the daemon answered {read} bytes of reads"
+    );
+}

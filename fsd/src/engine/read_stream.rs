@@ -4,7 +4,8 @@
 //! read-ahead traffic, grows with every sequential read and is dropped by a
 //! seek) and wakes the swarm's discovery when its reads want pieces. Each
 //! read answers once: on the caller's thread when its pieces are here
-//! ([`ReadNow::Done`]), else after they arrive ([`PendingRead::finish`]).
+//! ([`ReadNow::Done`]), else after they arrive ([`PendingRead::finish`]),
+//! in both cases with the store's bytes mapped, not copied.
 
 use crate::engine::{Engine, EngineError};
 use crate::pieces::swarm::{PieceWait, RangeError, Swarm, READ_AHEAD_PIECES};
@@ -36,22 +37,23 @@ pub struct ReadStream {
     ahead: AtomicU32,
 }
 
-/// What a read does now.
-pub enum ReadNow {
+/// What a read did.
+pub enum ReadNow<A> {
     /// Answered on the caller's thread: every piece was here, or the read
     /// failed.
-    Done(Result<Vec<u8>, EngineError>),
+    Done,
     /// Some pieces must arrive first: finish it in a task.
-    Wait(PendingRead),
+    Wait(PendingRead<A>),
 }
 
-/// A read waiting for pieces.
-pub struct PendingRead {
+/// A read waiting for pieces, with what answers it.
+pub struct PendingRead<A> {
     engine: Arc<Engine>,
     swarm: Arc<Swarm>,
     offset: u64,
     len: u32,
     read_ahead: u32,
+    answer: A,
 }
 
 impl ReadStream {
@@ -64,14 +66,24 @@ impl ReadStream {
         }
     }
 
-    /// The bytes `[offset, offset+len)`. Reading verified pieces happens
-    /// here, on the calling thread (a FUSE thread: no task hop, no extra
-    /// copy), and keeps the read-ahead window moving.
-    pub fn read(&self, offset: u64, len: u32) -> ReadNow {
+    /// Answers a read of `[offset, offset+len)` with `answer`, once. Verified
+    /// pieces are answered here, on the calling thread (a FUSE thread: no
+    /// task hop), straight from the store's pages (no copy through this
+    /// process); the read-ahead window moves on.
+    pub fn read<A>(&self, offset: u64, len: u32, answer: A) -> ReadNow<A>
+    where
+        A: FnOnce(Result<&[u8], EngineError>),
+    {
         let read_ahead = self.window(offset, len);
         let swarm = &self.swarm;
-        match swarm.read_range(offset, u64::from(len), read_ahead) {
-            Ok(data) => {
+        let mut answer = Some(answer);
+        let read = swarm.read_range(offset, u64::from(len), read_ahead, |data| {
+            if let Some(a) = answer.take() {
+                a(Ok(data));
+            }
+        });
+        match read {
+            Ok(()) => {
                 if read_ahead > 0 && !swarm.is_complete() {
                     // The scheduling step is cheap and never blocks.
                     let _ = swarm.acquire_range(offset, u64::from(len), read_ahead);
@@ -79,19 +91,26 @@ impl ReadStream {
                         self.engine.ensure_discovery(swarm);
                     }
                 }
-                ReadNow::Done(Ok(data))
+                ReadNow::Done
             }
             Err(RangeError::Store(e)) => {
                 tracing::warn!(file = %swarm.file.meta.name, "read failed: {e:#}");
-                ReadNow::Done(Err(e.into()))
+                if let Some(a) = answer.take() {
+                    a(Err(e.into()));
+                }
+                ReadNow::Done
             }
-            Err(RangeError::Missing) => ReadNow::Wait(PendingRead {
-                engine: self.engine.clone(),
-                swarm: swarm.clone(),
-                offset,
-                len,
-                read_ahead,
-            }),
+            Err(RangeError::Missing) => match answer.take() {
+                Some(answer) => ReadNow::Wait(PendingRead {
+                    engine: self.engine.clone(),
+                    swarm: swarm.clone(),
+                    offset,
+                    len,
+                    read_ahead,
+                    answer,
+                }),
+                None => ReadNow::Done,
+            },
         }
     }
 
@@ -114,46 +133,58 @@ impl ReadStream {
     }
 }
 
-impl PendingRead {
-    /// Waits for the read's pieces, then reads them. Fails at once with the
-    /// cause when a piece it waits for cannot be stored, when the user
-    /// leaves the group, or after the read timeout.
-    pub async fn finish(self) -> Result<Vec<u8>, EngineError> {
+impl<A> PendingRead<A>
+where
+    A: FnOnce(Result<&[u8], EngineError>),
+{
+    /// Waits for the read's pieces, then answers it from them. Fails at
+    /// once with the cause when a piece it waits for cannot be stored, when
+    /// the user leaves the group, or after the read timeout. The answer
+    /// runs in this task: the pieces were just written, so their pages are
+    /// in memory and mapping them does not wait for the disk.
+    pub async fn finish(self) {
         let PendingRead {
             engine,
             swarm,
             offset,
             len,
             read_ahead,
+            answer,
         } = self;
+        let mut answer = Some(answer);
         let deadline = Instant::now() + engine.read_timeout;
         // A piece may be evicted again between its arrival and the read
         // only once its window expired: then it is waited for again.
-        loop {
-            let waits = swarm.acquire_range(offset, u64::from(len), read_ahead);
-            if !waits.is_empty() || read_ahead > 0 {
-                engine.ensure_discovery(&swarm);
-            }
-            if !waits.is_empty() {
-                engine.wait_pieces(&swarm, waits, deadline).await?;
-            }
-            let s = swarm.clone();
-            let read = engine
-                .tasks
-                .blocking(move || s.read_range(offset, u64::from(len), read_ahead))
-                .await
-                .map_err(|_| EngineError::ShuttingDown)?;
-            match read {
-                Ok(data) => return Ok(data),
-                Err(RangeError::Store(e)) => return Err(e.into()),
-                Err(RangeError::Missing) if Instant::now() >= deadline => {
-                    return Err(EngineError::Timeout {
-                        missing: Vec::new(),
-                        secs: engine.read_timeout.as_secs(),
-                    })
+        let failed = async {
+            loop {
+                let waits = swarm.acquire_range(offset, u64::from(len), read_ahead);
+                if !waits.is_empty() || read_ahead > 0 {
+                    engine.ensure_discovery(&swarm);
                 }
-                Err(RangeError::Missing) => {}
+                if !waits.is_empty() {
+                    engine.wait_pieces(&swarm, waits, deadline).await?;
+                }
+                let read = swarm.read_range(offset, u64::from(len), read_ahead, |data| {
+                    if let Some(a) = answer.take() {
+                        a(Ok(data));
+                    }
+                });
+                match read {
+                    Ok(()) => return Ok(()),
+                    Err(RangeError::Store(e)) => return Err(EngineError::from(e)),
+                    Err(RangeError::Missing) if Instant::now() >= deadline => {
+                        return Err(EngineError::Timeout {
+                            missing: Vec::new(),
+                            secs: engine.read_timeout.as_secs(),
+                        })
+                    }
+                    Err(RangeError::Missing) => {}
+                }
             }
+        }
+        .await;
+        if let (Err(e), Some(a)) = (failed, answer.take()) {
+            a(Err(e));
         }
     }
 }

@@ -69,8 +69,8 @@ impl MountedFs {
             Ok(h) => h,
             Err(e) => return reply.error(e),
         };
-        let (stream, through_daemon) = match &*handle {
-            Handle::Read(stream, through_daemon) => (stream, through_daemon),
+        let stream = match &*handle {
+            Handle::Read(stream, _) => stream,
             Handle::ReadStaged { file } | Handle::Write { reader: file, .. } => {
                 return reply_read(reply, file, offset, size);
             }
@@ -79,29 +79,21 @@ impl MountedFs {
                 return reply_read(reply, open.backing.swarm().file.data_file(), offset, size);
             }
         };
-        let pending = match stream.read(offset, size) {
-            ReadNow::Done(Ok(data)) => {
-                through_daemon.count_read(data.len());
-                return reply.data(&data);
+        let counted = handle.clone();
+        let answer = move |r: Result<&[u8], EngineError>| match r {
+            Ok(data) => {
+                if let Handle::Read(_, through_daemon) = &*counted {
+                    through_daemon.count_read(data.len());
+                }
+                reply.data(data)
             }
-            ReadNow::Done(Err(e)) => return reply.error(errno(&e)),
+            Err(e) => reply.error(errno(&e)),
+        };
+        let pending = match stream.read(offset, size, answer) {
+            ReadNow::Done => return,
             ReadNow::Wait(pending) => pending,
         };
-        let counted = handle.clone();
-        spawn(
-            self,
-            "fuse-read",
-            move |_| pending.finish(),
-            move |r: Result<Vec<u8>, EngineError>| match r {
-                Ok(data) => {
-                    if let Handle::Read(_, through_daemon) = &*counted {
-                        through_daemon.count_read(data.len());
-                    }
-                    reply.data(&data)
-                }
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        spawn(self, "fuse-read", move |_| pending.finish(), |()| {});
     }
 }
 

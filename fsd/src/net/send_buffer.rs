@@ -45,14 +45,23 @@ pub struct Controller {
 impl Controller {
     /// The size to set after a write, given the socket's smoothed and
     /// smallest round-trip times and its current buffer (`SO_SNDBUF` as
-    /// read back, which the kernel doubled); `None` to leave it as it is.
+    /// read back, which the kernel doubled; asked for only when a buffer
+    /// the kernel sized must shrink); `None` to leave it as it is.
     ///
     /// More delay than the target halves the buffer (twice the target) or
     /// takes a quarter off; less than half of it grows a shrunk buffer by
     /// a quarter. In between it holds: the delay settles near the target.
-    pub fn next(&mut self, srtt: Duration, min_rtt: Duration, current: u32) -> Option<u32> {
+    pub fn next(
+        &mut self,
+        srtt: Duration,
+        min_rtt: Duration,
+        current: impl FnOnce() -> u32,
+    ) -> Option<u32> {
         let delay = srtt.saturating_sub(min_rtt);
-        let base = self.set.unwrap_or(current / 2);
+        if delay <= TARGET_DELAY && self.set.is_none() {
+            return None;
+        }
+        let base = self.set.unwrap_or_else(|| current() / 2);
         let want = if delay > 2 * TARGET_DELAY {
             base / 2
         } else if delay > TARGET_DELAY {
@@ -101,11 +110,15 @@ impl SendBuffers {
         let Some((srtt, min_rtt)) = rtts(fd) else {
             return;
         };
-        let current = socket
-            .set
-            .map(|s| s.saturating_mul(2))
-            .or_else(|| get_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF))
-            .unwrap_or(0);
+        // Read back only when needed: not once per piece while no queue
+        // shows.
+        let current = || {
+            socket
+                .set
+                .map(|s| s.saturating_mul(2))
+                .or_else(|| get_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF))
+                .unwrap_or(0)
+        };
         let Some(size) = self.controller.lock().next(srtt, min_rtt, current) else {
             return;
         };
@@ -188,19 +201,21 @@ mod tests {
     fn a_socket_without_queueing_keeps_the_kernels_sizing() {
         let mut b = Controller::default();
         for srtt in [MS / 10, 5 * MS, 20 * MS] {
-            assert_eq!(b.next(srtt, MS / 20, KERNEL), None);
+            // Nor is the buffer's size read back meanwhile.
+            let unasked = || -> u32 { panic!("the kernel's size was asked for") };
+            assert_eq!(b.next(srtt, MS / 20, unasked), None);
         }
         // A long path with no queue: all of its round trip is the path.
-        assert_eq!(b.next(80 * MS, 75 * MS, KERNEL), None);
+        assert_eq!(b.next(80 * MS, 75 * MS, || KERNEL), None);
     }
 
     #[test]
     fn a_queue_shrinks_the_buffer_down_to_the_floor() {
         let mut b = Controller::default();
-        assert_eq!(b.next(200 * MS, MS, KERNEL), Some(KERNEL / 4));
-        assert_eq!(b.next(40 * MS, MS, KERNEL), Some(KERNEL / 4 * 3 / 4));
+        assert_eq!(b.next(200 * MS, MS, || KERNEL), Some(KERNEL / 4));
+        assert_eq!(b.next(40 * MS, MS, || KERNEL), Some(KERNEL / 4 * 3 / 4));
         let mut last = KERNEL;
-        while let Some(s) = b.next(200 * MS, MS, KERNEL) {
+        while let Some(s) = b.next(200 * MS, MS, || KERNEL) {
             assert!(s < last);
             last = s;
         }
@@ -210,13 +225,13 @@ mod tests {
     #[test]
     fn a_shrunk_buffer_grows_back_once_the_queue_drains_and_holds_near_the_target() {
         let mut b = Controller::default();
-        let small = b.next(200 * MS, MS, 256 * 1024).unwrap();
+        let small = b.next(200 * MS, MS, || 256 * 1024).unwrap();
         assert_eq!(small, 64 * 1024);
-        assert_eq!(b.next(20 * MS, MS, 0), None, "within the target: hold");
-        let grown = b.next(2 * MS, MS, 0).unwrap();
+        assert_eq!(b.next(20 * MS, MS, || 0), None, "within the target: hold");
+        let grown = b.next(2 * MS, MS, || 0).unwrap();
         assert_eq!(grown, 80 * 1024);
         let mut last = grown;
-        while let Some(s) = b.next(2 * MS, MS, 0) {
+        while let Some(s) = b.next(2 * MS, MS, || 0) {
             assert!(s > last);
             last = s;
         }

@@ -17,6 +17,7 @@
 pub mod disk;
 pub mod jobs;
 pub mod log;
+mod mapped;
 pub mod prehash;
 mod rename;
 mod space;

@@ -120,6 +120,27 @@ impl StoredFile {
             .map_err(|e| StoreError::io(&self.data_path(), e))
     }
 
+    /// Calls `f` with `len` bytes at `offset` (clipped to the file), for a
+    /// FUSE reply: the store's own data file is mapped, not copied (see
+    /// [`super::mapped`]); a file shared in place, or a range the mapping
+    /// refuses, is read. The caller holds [`StoredFile::read_guard`] and has
+    /// checked that the pieces covering the range are verified.
+    pub fn with_range<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, StoreError> {
+        let end = offset.saturating_add(len as u64).min(self.layout.size());
+        let len = usize::try_from(end.saturating_sub(offset)).unwrap_or(0);
+        if self.source == Source::Store {
+            if let Some(mapped) = super::mapped::Mapped::new(&self.data, offset, len) {
+                return Ok(f(mapped.bytes()));
+            }
+        }
+        Ok(f(&self.read_at(offset, len)?))
+    }
+
     /// The open data file (the user's own file for one shared in place):
     /// what the kernel reads directly once every piece is verified.
     pub fn data_file(&self) -> &File {

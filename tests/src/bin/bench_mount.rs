@@ -293,15 +293,6 @@ fn page_cache() -> u64 {
         .map_or(0, |kb| kb << 10)
 }
 
-/// Drops a file's cached pages: for a file in the mount, the mount's own.
-fn drop_pages(path: &Path) {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(path).expect("open to drop pages");
-    // SAFETY: a valid descriptor; the call only advises the kernel.
-    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(r, 0, "posix_fadvise");
-}
-
 /// Reads per figure of the held-whole case: each read takes a fraction of
 /// a second, so the best of several says what the path can do on a busy
 /// machine.
@@ -321,7 +312,7 @@ fn held_read(m: &Mount, rel: &str, who: &str, passthrough: bool) {
     let (mut cache, mut mount, mut added, mut total) = (0f64, 0f64, 0u64, 0u64);
     for _ in 0..HELD_READS {
         cache = cache.max(read_all(&data).0);
-        drop_pages(&path);
+        fileshare_tests::drop_pages(&path);
         let (before, opened) = (page_cache(), opens());
         let (rate, n) = read_all(&path);
         added = added.max(page_cache().saturating_sub(before));

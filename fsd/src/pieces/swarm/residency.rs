@@ -81,17 +81,20 @@ impl Swarm {
         self.schedule(&mut st);
     }
 
-    /// The bytes `[offset, offset+len)` if every piece under them is
-    /// verified ([`RangeError::Missing`] otherwise), read under the file's read guard so no
-    /// eviction punches them meanwhile. The read counts as a use of those
-    /// pieces, and the window `read_ahead` pieces past it is kept from
-    /// eviction.
-    pub fn read_range(
+    /// Calls `f` with the bytes `[offset, offset+len)` if every piece under
+    /// them is verified ([`RangeError::Missing`] otherwise), under the
+    /// file's read guard so no eviction punches them meanwhile; `f` is
+    /// where a FUSE reply takes them (mapped, not copied: see
+    /// [`crate::store::StoredFile::with_range`]). The read counts as a use
+    /// of those pieces, and the window `read_ahead` pieces past it is kept
+    /// from eviction.
+    pub fn read_range<R>(
         &self,
         offset: u64,
         len: u64,
         read_ahead: u32,
-    ) -> Result<Vec<u8>, RangeError> {
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, RangeError> {
         let _guard = self.file.read_guard();
         {
             let layout = self.file.layout;
@@ -121,7 +124,7 @@ impl Swarm {
         }
         Ok(self
             .file
-            .read_at(offset, usize::try_from(len).unwrap_or(0))?)
+            .with_range(offset, usize::try_from(len).unwrap_or(0), f)?)
     }
 
     /// One whole verified piece for a peer (`None` if it is not held),

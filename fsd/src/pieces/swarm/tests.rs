@@ -275,8 +275,8 @@ fn eviction_takes_the_least_recently_read_outside_readers_windows() {
     assert_eq!(evictable(&s), vec![0, 1, 2, 3, 4, 5, 6, 7]);
     // A reader at 4 reading 2 ahead: 4..=6 are kept; what it read before
     // 4 is not in its window once it moved on.
-    s.read_range(offset(2), 1, 2).unwrap();
-    s.read_range(offset(4), 1, 2).unwrap();
+    s.read_range(offset(2), 1, 2, <[u8]>::to_vec).unwrap();
+    s.read_range(offset(4), 1, 2, <[u8]>::to_vec).unwrap();
     assert_eq!(evictable(&s), vec![0, 1, 3, 7, 2]);
     let mut subscription = s.subscribe();
     let out = s.evict(&[pi(0), pi(5), pi(3)]).unwrap();
@@ -290,11 +290,14 @@ fn eviction_takes_the_least_recently_read_outside_readers_windows() {
     assert_eq!(subscription.try_recv().unwrap(), Offer::Lost);
     assert_eq!(s.held_bytes(), 6 * PIECE_LEN);
     assert!(matches!(
-        s.read_range(offset(0), 1, 0),
+        s.read_range(offset(0), 1, 0, <[u8]>::to_vec),
         Err(RangeError::Missing)
     ));
     assert!(s.read_piece(s.file.layout.validate(3).unwrap()).is_none());
-    assert_eq!(s.read_range(offset(5), 3, 0).unwrap(), vec![5u8; 3]);
+    assert_eq!(
+        s.read_range(offset(5), 3, 0, <[u8]>::to_vec).unwrap(),
+        vec![5u8; 3]
+    );
     // Evicted pieces are not fetched again unless a reader asks.
     let (_a, mut rx) = s.add_link(peer(1), "a".into(), Bitfield::full(8)).unwrap();
     assert!(drain(&mut rx).is_empty());
