@@ -94,6 +94,18 @@ pub enum FetchCmd {
     Close,
 }
 
+/// Why a piece that arrived was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waste {
+    /// Another copy was verified first.
+    Verified,
+    /// The swarm cancelled the request (a copy arrived elsewhere, or the
+    /// request moved to another peer) and the peer had sent it already.
+    Cancelled,
+    /// The link gave up on it as stuck and asked another peer.
+    Stuck,
+}
+
 /// Bad pieces a peer may send before it is dropped for this file.
 pub const MAX_FAILURES: u32 = 3;
 
@@ -573,10 +585,20 @@ impl Swarm {
         self.schedule(&mut st);
     }
 
-    /// A piece arrived that another peer had delivered already.
-    pub fn count_duplicate(&self, data: &[u8]) {
-        tracing::trace!(bytes = data.len(), "duplicate");
-        (self.duplicate_bytes).fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    /// A piece arrived that was not wanted from this link any more: logged
+    /// with why, so a trace tells which rule asked for the copy.
+    pub fn count_duplicate(&self, key: FetchLinkId, piece: PieceIndex, why: Waste, bytes: u64) {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let st = self.state.lock();
+            let peer = st
+                .links
+                .iter()
+                .find(|l| l.key == key)
+                .map(|l| l.addr.as_str());
+            let have = st.have.get(piece.get());
+            tracing::trace!(piece = piece.get(), peer, ?why, have, "duplicate");
+        }
+        (self.duplicate_bytes).fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether `piece` is still worth receiving (not already verified).
