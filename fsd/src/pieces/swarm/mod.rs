@@ -53,7 +53,8 @@ pub const BUSY_DEFER: Duration = Duration::from_secs(1);
 /// the peer's measured rate), counted from when it was asked or from the
 /// peer's last piece, whichever is later: a peer working through a queue
 /// at its rate is on time, however long the queue; one that stops is not.
-/// Only late pieces are asked of a second peer in the end game (the
+/// A link not measured yet is taken to go at the file's other links' mean
+/// rate. Only late pieces are asked of a second peer in the end game (the
 /// picker's rule 5), and only those a reader is blocked on or, near the
 /// end of the file ([`END_GAME_PIECES`]), any: a duplicate whose cancel
 /// comes too late costs that peer a piece of upload, the swarm's scarce
@@ -92,18 +93,6 @@ pub enum FetchCmd {
     Cancel(PieceIndex),
     /// The link gave nothing for a while: close it for another peer.
     Close,
-}
-
-/// Why a piece that arrived was not used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Waste {
-    /// Another copy was verified first.
-    Verified,
-    /// The swarm cancelled the request (a copy arrived elsewhere, or the
-    /// request moved to another peer) and the peer had sent it already.
-    Cancelled,
-    /// The link gave up on it as stuck and asked another peer.
-    Stuck,
 }
 
 /// Bad pieces a peer may send before it is dropped for this file.
@@ -540,6 +529,7 @@ impl Swarm {
 
     fn tick_at(&self, key: FetchLinkId, now: Instant) {
         let mut st = self.state.lock();
+        let typical = typical_rate(&st.links);
         let Some(l) = st.links.iter_mut().find(|l| l.key == key) else {
             return;
         };
@@ -557,7 +547,7 @@ impl Swarm {
             }
             keep
         });
-        let late = (0..l.in_flight.len()).any(|pos| l.late(pos, now, END_LATE_MIN));
+        let late = (0..l.in_flight.len()).any(|pos| l.late(pos, now, END_LATE_MIN, typical));
         if l.deferred.len() != before || late {
             self.schedule_at(&mut st, now);
         }
@@ -715,9 +705,10 @@ impl Swarm {
         let end = n - st.have.count() <= END_GAME_PIECES;
         let least = if end { END_LATE_MIN } else { LATE_MIN };
         let mut late = Bitfield::new(n);
+        let typical = typical_rate(&st.links);
         for l in &st.links {
             for (pos, &p) in l.in_flight.iter().enumerate() {
-                if (end || st.waiters.contains_key(&p)) && l.late(pos, now, least) {
+                if (end || st.waiters.contains_key(&p)) && l.late(pos, now, least, typical) {
                     late.set(p);
                 }
             }
@@ -798,7 +789,8 @@ mod fetch_link;
 pub mod peer_book;
 mod residency;
 pub mod rotation;
-use fetch_link::FetchLink;
+pub use fetch_link::Waste;
+use fetch_link::{typical_rate, FetchLink};
 use peer_book::PeerBook;
 use residency::{bytes_of, note_window, Window};
 pub use residency::{Evicted, RangeError};
