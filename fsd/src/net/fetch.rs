@@ -19,7 +19,7 @@
 use crate::net::reach::{Opened, Path};
 use crate::net::token_bucket::TokenBucket;
 use crate::pieces::swarm::peer_book::Origin;
-use crate::pieces::swarm::{FetchCmd, FetchLinkId, Swarm};
+use crate::pieces::swarm::{FetchCmd, FetchLinkId, Swarm, Waste};
 use crate::tasks::Tasks;
 use crate::trackers::{now_ms, LinkError, TrackerLink};
 use fileshare_protocol::messages::tracker::PeerLocation;
@@ -313,8 +313,9 @@ async fn link(
     enum Asked {
         /// A piece, and when it was asked for.
         Piece(PieceIndex, Instant),
-        /// Cancelled: whatever answers it is dropped.
-        Cancelled,
+        /// Cancelled (by the swarm, or as stuck here): whatever answers
+        /// it is dropped.
+        Cancelled(PieceIndex, Waste),
         /// A fresh ticket.
         Authenticate,
     }
@@ -386,7 +387,7 @@ async fn link(
                             .min();
                         match oldest {
                             Some((at, id, p)) if at.elapsed() >= after => {
-                                a.insert(id, Asked::Cancelled);
+                                a.insert(id, Asked::Cancelled(p, Waste::Stuck));
                                 Some((id, p))
                             }
                             _ => None,
@@ -432,7 +433,7 @@ async fn link(
                         // Answered already.
                         continue;
                     };
-                    *what = Asked::Cancelled;
+                    *what = Asked::Cancelled(piece, Waste::Cancelled);
                     (id, PeerRequest::Cancel { id })
                 }
             };
@@ -484,12 +485,14 @@ async fn link(
             match (what, reply.body) {
                 (Asked::Authenticate, PeerReply::Authenticated) => {}
                 (Asked::Authenticate, PeerReply::Error(e)) => return Err(FetchError::Refused(e)),
-                (Asked::Cancelled, PeerReply::Piece { data }) => swarm.count_duplicate(&data),
-                (Asked::Cancelled, _) => {}
+                (Asked::Cancelled(index, why), PeerReply::Piece { data }) => {
+                    swarm.count_duplicate(key, index, why, data.len() as u64)
+                }
+                (Asked::Cancelled(..), _) => {}
                 (Asked::Piece(index, _), PeerReply::Piece { data }) => {
                     received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     if !swarm.still_needed(index) {
-                        swarm.count_duplicate(&data);
+                        swarm.count_duplicate(key, index, Waste::Verified, data.len() as u64);
                         continue;
                     }
                     // Hashing and storing run beside the wire loop, so the

@@ -4,7 +4,7 @@
 //! to other peers at once) and reported to the trackers.
 
 use crate::pieces::cache::Cache;
-use crate::pieces::swarm::{FetchLinkId, Swarm, Verdict, MAX_FAILURES};
+use crate::pieces::swarm::{FetchLinkId, Swarm, Verdict, Waste, MAX_FAILURES};
 use crate::trackers::TrackerLink;
 use fileshare_protocol::ids::PieceHash;
 use fileshare_protocol::PieceIndex;
@@ -37,7 +37,7 @@ pub fn verify_and_store(
         };
     }
     if !swarm.still_needed(piece) {
-        swarm.count_duplicate(data);
+        swarm.count_duplicate(key, piece, Waste::Verified, data.len() as u64);
         return Ok(());
     }
     if cache.store(swarm, key, piece, data) {

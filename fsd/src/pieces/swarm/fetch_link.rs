@@ -140,18 +140,47 @@ impl FetchLink {
     }
 
     /// Whether the request at `pos` in `in_flight` is late at `now`
-    /// ([`LATE_MIN`], or `least` near the end of the file).
-    pub(super) fn late(&self, pos: usize, now: Instant, least: Duration) -> bool {
+    /// ([`LATE_MIN`], or `least` near the end of the file). A link whose
+    /// rate is not measured yet (it takes two pieces, and in a large swarm
+    /// most links deliver only a few) is taken to go at `typical`, the
+    /// file's other links' rate: on slow uplinks a first piece takes
+    /// seconds, and asking another peer for it after `least` would copy
+    /// pieces on their way.
+    pub(super) fn late(&self, pos: usize, now: Instant, least: Duration, typical: f64) -> bool {
         let Some(&at) = self.asked_at.get(pos) else {
             return false;
         };
+        let known = |r: f64| r > 0.0 && r.is_finite();
+        let rate = if known(self.rate) { self.rate } else { typical };
         let mut after = least;
-        if self.rate > 0.0 && self.rate.is_finite() {
-            let queue = 3.0 * (pos + 1) as f64 * PIECE_LEN as f64 / self.rate;
+        if known(rate) {
+            let queue = 3.0 * (pos + 1) as f64 * PIECE_LEN as f64 / rate;
             after = after.max(Duration::from_secs_f64(queue.min(LATE_MAX.as_secs_f64())));
         }
         let since = self.last_piece.map_or(at, |t| t.max(at));
         now.saturating_duration_since(since) >= after
             || now.saturating_duration_since(at) >= LATE_MAX
     }
+}
+
+/// The mean measured rate of the links, 0 when none is measured: what a
+/// link not measured yet is taken to deliver (as the picker does).
+pub(super) fn typical_rate(links: &[FetchLink]) -> f64 {
+    let known = || (links.iter().map(|l| l.rate)).filter(|r| *r > 0.0 && r.is_finite());
+    match known().count() {
+        0 => 0.0,
+        k => known().sum::<f64>() / k as f64,
+    }
+}
+
+/// Why a piece that arrived was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waste {
+    /// Another copy was verified first.
+    Verified,
+    /// The swarm cancelled the request (a copy arrived elsewhere, or the
+    /// request moved to another peer) and the peer had sent it already.
+    Cancelled,
+    /// The link gave up on it as stuck and asked another peer.
+    Stuck,
 }

@@ -53,7 +53,8 @@ pub const BUSY_DEFER: Duration = Duration::from_secs(1);
 /// the peer's measured rate), counted from when it was asked or from the
 /// peer's last piece, whichever is later: a peer working through a queue
 /// at its rate is on time, however long the queue; one that stops is not.
-/// Only late pieces are asked of a second peer in the end game (the
+/// A link not measured yet is taken to go at the file's other links' mean
+/// rate. Only late pieces are asked of a second peer in the end game (the
 /// picker's rule 5), and only those a reader is blocked on or, near the
 /// end of the file ([`END_GAME_PIECES`]), any: a duplicate whose cancel
 /// comes too late costs that peer a piece of upload, the swarm's scarce
@@ -528,6 +529,7 @@ impl Swarm {
 
     fn tick_at(&self, key: FetchLinkId, now: Instant) {
         let mut st = self.state.lock();
+        let typical = typical_rate(&st.links);
         let Some(l) = st.links.iter_mut().find(|l| l.key == key) else {
             return;
         };
@@ -545,7 +547,7 @@ impl Swarm {
             }
             keep
         });
-        let late = (0..l.in_flight.len()).any(|pos| l.late(pos, now, END_LATE_MIN));
+        let late = (0..l.in_flight.len()).any(|pos| l.late(pos, now, END_LATE_MIN, typical));
         if l.deferred.len() != before || late {
             self.schedule_at(&mut st, now);
         }
@@ -573,10 +575,20 @@ impl Swarm {
         self.schedule(&mut st);
     }
 
-    /// A piece arrived that another peer had delivered already.
-    pub fn count_duplicate(&self, data: &[u8]) {
-        tracing::trace!(bytes = data.len(), "duplicate");
-        (self.duplicate_bytes).fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    /// A piece arrived that was not wanted from this link any more: logged
+    /// with why, so a trace tells which rule asked for the copy.
+    pub fn count_duplicate(&self, key: FetchLinkId, piece: PieceIndex, why: Waste, bytes: u64) {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let st = self.state.lock();
+            let peer = st
+                .links
+                .iter()
+                .find(|l| l.key == key)
+                .map(|l| l.addr.as_str());
+            let have = st.have.get(piece.get());
+            tracing::trace!(piece = piece.get(), peer, ?why, have, "duplicate");
+        }
+        (self.duplicate_bytes).fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether `piece` is still worth receiving (not already verified).
@@ -693,9 +705,10 @@ impl Swarm {
         let end = n - st.have.count() <= END_GAME_PIECES;
         let least = if end { END_LATE_MIN } else { LATE_MIN };
         let mut late = Bitfield::new(n);
+        let typical = typical_rate(&st.links);
         for l in &st.links {
             for (pos, &p) in l.in_flight.iter().enumerate() {
-                if (end || st.waiters.contains_key(&p)) && l.late(pos, now, least) {
+                if (end || st.waiters.contains_key(&p)) && l.late(pos, now, least, typical) {
                     late.set(p);
                 }
             }
@@ -776,7 +789,8 @@ mod fetch_link;
 pub mod peer_book;
 mod residency;
 pub mod rotation;
-use fetch_link::FetchLink;
+pub use fetch_link::Waste;
+use fetch_link::{typical_rate, FetchLink};
 use peer_book::PeerBook;
 use residency::{bytes_of, note_window, Window};
 pub use residency::{Evicted, RangeError};

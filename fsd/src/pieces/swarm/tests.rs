@@ -386,12 +386,64 @@ fn a_queue_worked_through_at_the_peers_rate_is_on_time() {
         now += piece;
         l.measure(PIECE_LEN, now);
         l.forget(p);
-        assert!(!l.late(0, now + piece, END_LATE_MIN), "piece {p}");
+        assert!(!l.late(0, now + piece, END_LATE_MIN, 0.0), "piece {p}");
     }
     // A peer that stops is late once it has sent nothing for a while.
-    assert!(!l.late(0, now + END_LATE_MIN / 2, END_LATE_MIN));
-    assert!(l.late(0, now + END_LATE_MIN, END_LATE_MIN));
+    assert!(!l.late(0, now + END_LATE_MIN / 2, END_LATE_MIN, 0.0));
+    assert!(l.late(0, now + END_LATE_MIN, END_LATE_MIN, 0.0));
     // However it delivers, a request in flight for LATE_MAX is late.
     l.measure(PIECE_LEN, t + LATE_MAX);
-    assert!(l.late(0, t + LATE_MAX, END_LATE_MIN));
+    assert!(l.late(0, t + LATE_MAX, END_LATE_MIN, 0.0));
+}
+
+#[test]
+fn an_unmeasured_link_is_late_at_the_files_typical_rate() {
+    // A link that has delivered nothing yet, on a swarm whose links go at
+    // 1 MiB/s: its first request takes three pieces' time (1.5 s) to be
+    // late, not LATE_MIN.
+    let mut l = link_at(0.0);
+    let t = Instant::now();
+    l.ask(0, t);
+    l.ask(1, t);
+    let mib = 1024.0 * 1024.0;
+    assert!(!l.late(0, t + LATE_MIN, LATE_MIN, mib));
+    assert!(!l.late(0, t + Duration::from_millis(1400), LATE_MIN, mib));
+    assert!(l.late(0, t + Duration::from_millis(1500), LATE_MIN, mib));
+    // The second in its queue waits its turn too, up to LATE_MAX.
+    assert!(!l.late(1, t + Duration::from_millis(2900), LATE_MIN, mib));
+    assert!(l.late(1, t + LATE_MAX, LATE_MIN, mib));
+    // With no rate known anywhere, LATE_MIN as before.
+    assert!(l.late(0, t + LATE_MIN, LATE_MIN, 0.0));
+    // Its own measured rate comes first.
+    l.rate = 10.0 * mib;
+    assert!(l.late(0, t + LATE_MIN, LATE_MIN, mib));
+}
+
+#[test]
+fn a_blocked_readers_piece_at_a_new_link_is_not_copied_while_on_time() {
+    // Peer a is measured at 1 MiB/s; b has just joined. A reader waits on
+    // piece 0, asked of b: at LATE_MIN it is not asked of a as well, since
+    // b is taken to go at a's rate; once three pieces' time passed, it is.
+    let (_dir, s) = swarm(64);
+    let full = Bitfield::full(64);
+    let (a, mut rx_a) = s.add_link(peer(1), "a".into(), full.clone()).unwrap();
+    let mut only_0 = Bitfield::new(64);
+    only_0.set(0);
+    s.state.lock().links[0].rate = 1024.0 * 1024.0;
+    // a has no free slot for piece 0: fill it with other pieces first.
+    let slots = s.state.lock().links[0].slots();
+    for p in 1..=slots {
+        s.state.lock().links[0].ask(p, Instant::now());
+    }
+    let (b, mut rx_b) = s.add_link(peer(2), "b".into(), only_0).unwrap();
+    let _wait = s.acquire_range(0, 10, 0);
+    assert_eq!(requested(&drain(&mut rx_b)), vec![0]);
+    // a's slot frees up; piece 0 is in flight at b and on time.
+    s.state.lock().links[0].forget(1);
+    let t = Instant::now();
+    s.tick_at(b, t + LATE_MIN);
+    s.tick_at(a, t + LATE_MIN);
+    assert!(!requested(&drain(&mut rx_a)).contains(&0));
+    s.tick_at(a, t + Duration::from_millis(1600));
+    assert!(requested(&drain(&mut rx_a)).contains(&0));
 }
