@@ -3,16 +3,17 @@
 //! catches up once healed; a pair killed in turn acknowledges every write,
 //! each exactly once; a pair cut apart tells the user whose write gave way.
 
-use fileshare_protocol::client::TrackerClient;
+use fileshare_protocol::client::{ClientError, TrackerClient};
 use fileshare_protocol::messages::tracker::{
     AskTicketKey, CreateGroup, CreateUser, ListGroups, Login,
 };
 use fileshare_protocol::messages::SessionToken;
+use fileshare_protocol::ErrorCode;
 use fileshare_tests::cli::{Fsd, Out};
 use fileshare_tests::cluster::Cluster;
 use fileshare_tests::netns::Lan;
 use fileshare_tests::tracker::Tracker;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -288,12 +289,212 @@ impl Rng {
     }
 }
 
+/// One call as its client saw it: sent at `start`, answered (or given up)
+/// at `end`.
+struct Op {
+    start: Instant,
+    end: Instant,
+    /// "tracker N", or "any tracker" for a client that fails over.
+    through: String,
+    kind: Kind,
+}
+
+enum Kind {
+    /// A creation of group `name` and what became of it.
+    Create { name: String, outcome: Outcome },
+    /// A listing through tracker `tracker` and the names it answered;
+    /// `cut` if that tracker may have taken itself for cut off from the
+    /// majority ([`MAY_FEEL_CUT`]).
+    Read {
+        tracker: u32,
+        seen: BTreeSet<String>,
+        cut: bool,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Outcome {
+    /// Answered done: it took effect between `start` and `end`.
+    Acked,
+    /// Answered "group exists": decided against a state that held the
+    /// name, so the name was created before `end`.
+    Exists,
+    /// Refused for another reason: decided, and never takes effect (a
+    /// write sent again after a failover gets its first answer).
+    Refused,
+    /// No answer (the connection broke, no tracker could take it): it may
+    /// take effect at any time after `start`, even after `end` (a tracker
+    /// may still commit what it forwarded), or never.
+    Uncertain,
+}
+
+/// How long after a tracker is thawed it may still take itself for cut
+/// off from the majority: until it hears from the others again, which a
+/// tracker thawed into an election can take seconds to.
+const MAY_FEEL_CUT: Duration = Duration::from_secs(5);
+
+/// A place in time, for messages.
+fn at(t0: Instant, t: Instant) -> String {
+    format!("{:.3}s", t.duration_since(t0).as_secs_f64())
+}
+
+/// What one name's history says of the moment it was created.
+#[derive(Default)]
+struct Bounds {
+    /// When the first creation that may have taken effect was sent.
+    sent: Option<Instant>,
+    acks: usize,
+    /// It was created after this, and why.
+    after: Option<(Instant, String)>,
+    /// It was created no later than this, and why.
+    by: Option<(Instant, String)>,
+}
+
+impl Bounds {
+    fn after(&mut self, t: Instant, why: impl FnOnce() -> String) {
+        if self.after.as_ref().is_none_or(|(a, _)| t > *a) {
+            self.after = Some((t, why()));
+        }
+    }
+
+    fn by(&mut self, t: Instant, why: impl FnOnce() -> String) {
+        if self.by.as_ref().is_none_or(|(b, _)| t < *b) {
+            self.by = Some((t, why()));
+        }
+    }
+}
+
+/// Whether `history` is linearizable name by name, and its listings as
+/// wholes ordered; the violations found. A name is created at one moment
+/// T: after a creation that may have taken effect (acknowledged or not
+/// answered) was sent, and after the start of every answered listing
+/// without it, except a `cut` one; no later than the end of every listing
+/// with it, of the acknowledgement of its creation, and of a refusal as
+/// existing. No such T is a violation, and so is a second creation
+/// acknowledged. Groups are never removed here, and every tracker applies
+/// the one log in order, so every two listings, `cut` ones included, must
+/// be one within the other.
+fn violations(t0: Instant, history: &[Op]) -> Vec<String> {
+    let mut names: BTreeMap<&str, Bounds> = BTreeMap::new();
+    for op in history {
+        match &op.kind {
+            Kind::Create { name, outcome } => {
+                let b = names.entry(name).or_default();
+                let (e, via) = (at(t0, op.end), &op.through);
+                if matches!(outcome, Outcome::Acked | Outcome::Uncertain) {
+                    b.sent = Some(b.sent.map_or(op.start, |s| s.min(op.start)));
+                }
+                match outcome {
+                    Outcome::Acked => {
+                        b.acks += 1;
+                        b.by(op.end, || {
+                            format!("a creation through {via} acknowledged at {e}")
+                        });
+                    }
+                    Outcome::Exists => b.by(op.end, || {
+                        format!("a creation through {via} refused as existing at {e}")
+                    }),
+                    Outcome::Refused | Outcome::Uncertain => {}
+                }
+            }
+            Kind::Read { seen, .. } => {
+                for n in seen {
+                    names.entry(n).or_default();
+                }
+            }
+        }
+    }
+    for op in history {
+        let Kind::Read { seen, cut, .. } = &op.kind else {
+            continue;
+        };
+        let (s, e, via) = (at(t0, op.start), at(t0, op.end), &op.through);
+        for (name, b) in names.iter_mut() {
+            if seen.contains(*name) {
+                b.by(op.end, || {
+                    format!("a listing through {via} ending at {e} had it")
+                });
+            } else if !cut {
+                b.after(op.start, || {
+                    format!("a listing through {via} starting at {s} lacked it")
+                });
+            }
+        }
+    }
+    let mut bad = vec![];
+    for (name, mut b) in names {
+        if b.acks > 1 {
+            bad.push(format!("{name}: {} creations acknowledged", b.acks));
+        }
+        let Some(sent) = b.sent else {
+            if let Some((_, why)) = b.by {
+                bad.push(format!(
+                    "{name}: {why}, but no creation of it may have taken effect"
+                ));
+            }
+            continue;
+        };
+        b.after(sent, || {
+            format!("its creation was sent at {}", at(t0, sent))
+        });
+        if let (Some((by, why)), Some((after, why_after))) = (&b.by, &b.after) {
+            if by <= after {
+                bad.push(format!("{name}: {why}, but {why_after}"));
+            }
+        }
+    }
+    let mut reads: Vec<(&Op, &BTreeSet<String>)> = (history.iter())
+        .filter_map(|op| match &op.kind {
+            Kind::Read { seen, .. } => Some((op, seen)),
+            Kind::Create { .. } => None,
+        })
+        .collect();
+    reads.sort_by_key(|(_, seen)| seen.len());
+    for w in reads.windows(2) {
+        let ((a, small), (b, big)) = (w[0], w[1]);
+        if let Some(x) = small.difference(big).next() {
+            bad.push(format!(
+                "a listing through {} ({} to {}) had {x}, one through {} ({} to {}) had more \
+                 names but not {x}",
+                a.through,
+                at(t0, a.start),
+                at(t0, a.end),
+                b.through,
+                at(t0, b.start),
+                at(t0, b.end)
+            ));
+        }
+    }
+    bad
+}
+
 /// Three trackers as real processes, clients writing group creations
-/// through every one of them, while trackers are killed with `kill -9` and
+/// through every one of them and listing the groups through trackers
+/// chosen at random, while trackers are killed with `kill -9` and
 /// restarted, or frozen (cut off from everyone) and thawed, at random,
-/// never more than one at a time so a majority stays. Each name's history
-/// must be linearizable: a creation started after one of the same name was
-/// acknowledged must be refused, whichever tracker either went through.
+/// never more than one at a time so a majority stays.
+///
+/// The history of creations and listings must be linearizable name by
+/// name ([`violations`]): a listing that started after a creation was
+/// acknowledged, or after another listing with that name ended, has it; a
+/// creation started after either of those is not acknowledged; a name is
+/// listed only once a creation of it was sent, never if every creation of
+/// it was refused; a creation that was not answered (the client lost its
+/// tracker) may show at any moment after it was sent, even after the
+/// client gave up, or never, but once listed the name stays. Every two
+/// listings are one within the other (no two listings each with a name the
+/// other lacks), a part of linearizability across names; a full search
+/// for one order of whole listings is not made. A listing that fails (its
+/// tracker dead) is not counted; one answered is checked.
+///
+/// A tracker cut off from the majority answers from the state it has,
+/// which may lack writes acknowledged meanwhile: a tracker frozen and
+/// thawed takes itself for one until it hears from the others again. So a
+/// listing sent to a tracker while it was frozen, or within
+/// [`MAY_FEEL_CUT`] after, is checked only for what such a tracker
+/// promises: nothing it lists was never created or refused, and it is
+/// within or around every other listing.
+///
 /// Then, all back: every acknowledged write is on every tracker, once, and
 /// all three answer the same.
 #[test]
@@ -310,7 +511,16 @@ fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
         });
     eprintln!("AGREEMENT_SEED={seed}");
     let mut rng = Rng(seed);
-    let mut cluster = Cluster::start(3);
+    // Every creation a new group: none refused for the quota.
+    let mut cluster = Cluster::with_args(
+        3,
+        &[
+            "--announce-interval",
+            "1",
+            "--max-groups-per-user",
+            "1000000",
+        ],
+    );
     let rt = multi_rt();
     let session = rt.block_on(async {
         let c = cluster.client_from(1);
@@ -328,18 +538,15 @@ fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
         .unwrap()
         .token
     });
+    let t0 = Instant::now();
     let acked: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
-    // Creations of a name already acknowledged when they started, and
-    // those of them that were acknowledged too.
-    let again = Arc::new(AtomicUsize::new(0));
-    let twice: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let history: Arc<Mutex<Vec<Op>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut writers = vec![];
+    let mut clients = vec![];
     for w in 0..3u32 {
         let client = cluster.client_from(w + 1);
-        let (acked, stop) = (acked.clone(), stop.clone());
-        let (again, twice) = (again.clone(), twice.clone());
-        writers.push(rt.spawn(async move {
+        let (acked, history, stop) = (acked.clone(), history.clone(), stop.clone());
+        clients.push(rt.spawn(async move {
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
@@ -351,60 +558,155 @@ fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
                 } else {
                     None
                 };
-                if let Some(name) = taken {
-                    again.fetch_add(1, Ordering::Relaxed);
-                    let again_req = CreateGroup {
-                        session,
-                        group: name.clone(),
-                    };
-                    if client.call(again_req).await.is_ok() {
-                        twice.lock().unwrap().push(name);
-                    }
-                    continue;
-                }
-                let name = format!("r{w}-{i}");
+                let name = taken.unwrap_or_else(|| format!("r{w}-{i}"));
+                let start = Instant::now();
                 let req = CreateGroup {
                     session,
                     group: name.clone(),
                 };
-                if client.call(req).await.is_ok() {
-                    acked.lock().unwrap().push(name);
+                let outcome = match client.call(req).await {
+                    Ok(()) => Outcome::Acked,
+                    Err(ClientError::Refused(ErrorCode::GroupExists(_))) => Outcome::Exists,
+                    Err(ClientError::Refused(ErrorCode::Unavailable(_))) => Outcome::Uncertain,
+                    Err(ClientError::Refused(_)) => Outcome::Refused,
+                    Err(_) => Outcome::Uncertain,
+                };
+                if outcome == Outcome::Acked {
+                    acked.lock().unwrap().push(name.clone());
                 }
+                history.lock().unwrap().push(Op {
+                    start,
+                    end: Instant::now(),
+                    through: "any tracker".into(),
+                    kind: Kind::Create { name, outcome },
+                });
             }
         }));
     }
+    for r in 0..2u64 {
+        let trackers: Vec<TrackerClient> = (1..=3).map(|i| cluster.client(i)).collect();
+        let (history, stop) = (history.clone(), stop.clone());
+        let mut rng = Rng(seed.rotate_left(17 * r as u32 + 5) | 1);
+        clients.push(rt.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let i = rng.next(3) as usize;
+                let start = Instant::now();
+                if let Ok(gs) = trackers[i].call(ListGroups { session }).await {
+                    history.lock().unwrap().push(Op {
+                        start,
+                        end: Instant::now(),
+                        through: format!("tracker {}", i + 1),
+                        kind: Kind::Read {
+                            tracker: i as u32 + 1,
+                            seen: gs.into_iter().map(|g| g.name).collect(),
+                            cut: false,
+                        },
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(rng.next(30))).await;
+            }
+        }));
+    }
+    // When each tracker was frozen and thawed.
+    let mut frozen: Vec<(u32, Instant, Instant)> = vec![];
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(25) {
         let victim = rng.next(3) as u32 + 1;
         let hold = Duration::from_millis(500 + rng.next(2000));
+        let when = at(t0, Instant::now());
         if rng.next(2) == 0 {
-            eprintln!("kill -9 tracker {victim} for {hold:?}");
+            eprintln!("{when}: kill -9 tracker {victim} for {hold:?}");
             cluster.kill9(victim);
             std::thread::sleep(hold);
             cluster.restart(victim);
         } else {
-            eprintln!("tracker {victim} cut off for {hold:?}");
+            eprintln!("{when}: tracker {victim} cut off for {hold:?}");
+            let from = Instant::now();
             cluster.tracker(victim).pause();
             std::thread::sleep(hold);
             cluster.tracker(victim).resume();
+            frozen.push((victim, from, Instant::now()));
         }
         std::thread::sleep(Duration::from_millis(rng.next(1000)));
     }
     stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        rt.block_on(w).unwrap();
+    for c in clients {
+        rt.block_on(c).unwrap();
     }
+    let mut history = std::mem::take(&mut *history.lock().unwrap());
+    for op in history.iter_mut() {
+        if let Kind::Read { tracker, cut, .. } = &mut op.kind {
+            *cut = (frozen.iter()).any(|(t, from, to)| {
+                t == tracker && *from <= op.start && op.start <= *to + MAY_FEEL_CUT
+            });
+        }
+    }
+    let cut = (history.iter())
+        .filter(|op| matches!(op.kind, Kind::Read { cut: true, .. }))
+        .count();
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
-    let again = again.load(Ordering::Relaxed);
-    assert!(again > 5, "only {again} creations of a name already taken");
-    let twice = twice.lock().unwrap().clone();
-    assert!(
-        twice.is_empty(),
-        "created again after their creation was acknowledged: {twice:?}"
-    );
     let want: BTreeSet<String> = acked.iter().cloned().collect();
     assert_eq!(want.len(), acked.len(), "a write acknowledged twice");
+    let again = (history.iter())
+        .filter(|op| match &op.kind {
+            Kind::Create { name, .. } => want.contains(name),
+            Kind::Read { .. } => false,
+        })
+        .count()
+        - acked.len();
+    assert!(again > 5, "only {again} creations of a name already taken");
+    let first_ack = (history.iter())
+        .filter(|op| {
+            matches!(
+                op.kind,
+                Kind::Create {
+                    outcome: Outcome::Acked,
+                    ..
+                }
+            )
+        })
+        .map(|op| op.end)
+        .min();
+    let checked = (history.iter())
+        .filter(|op| {
+            matches!(op.kind, Kind::Read { cut: false, .. })
+                && first_ack.is_some_and(|a| a < op.start)
+        })
+        .count();
+    assert!(
+        checked > 50,
+        "only {checked} listings answered after a write"
+    );
+    let uncertain = (history.iter())
+        .filter(|op| {
+            matches!(
+                op.kind,
+                Kind::Create {
+                    outcome: Outcome::Uncertain,
+                    ..
+                }
+            )
+        })
+        .count();
+    let refused = (history.iter())
+        .filter(|op| {
+            matches!(
+                op.kind,
+                Kind::Create {
+                    outcome: Outcome::Refused,
+                    ..
+                }
+            )
+        })
+        .count();
+    let bad = violations(t0, &history);
+    assert!(
+        bad.is_empty(),
+        "not linearizable ({} violations): {:#?}",
+        bad.len(),
+        &bad[..bad.len().min(20)]
+    );
     let mut answers = vec![];
     for i in 1..=3 {
         cluster.wait_serving(i);
@@ -430,8 +732,10 @@ fn random_kills_restarts_and_cuts_lose_no_acknowledged_write() {
         "trackers answer differently"
     );
     eprintln!(
-        "{} writes acknowledged, all present once on all three; {again} creations of a \
-         name already taken, all refused",
+        "{} writes acknowledged, all present once on all three; {uncertain} not answered, \
+         {refused} refused; {again} creations of a name already taken; {checked} listings \
+         after a write checked in full, {cut} through a tracker that may have felt cut off; \
+         linearizable",
         acked.len()
     );
 }

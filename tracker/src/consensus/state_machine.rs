@@ -11,6 +11,11 @@
 //! covers. The last one is kept in table `raft_snapshot` of the tracker's
 //! redb file; start-up loads it and the engine applies the log after it,
 //! so a restart replays at most [`super::SNAPSHOT_EVERY`] entries.
+//!
+//! The serialized state begins with its format's version
+//! ([`SNAPSHOT_VERSION`]): a snapshot found on disk or received from the
+//! leader in a format this build does not know is refused
+//! ([`SnapshotError::UnknownVersion`]), never decoded as if it were its own.
 
 // openraft's storage traits fix the error type, a large one.
 #![allow(clippy::result_large_err)]
@@ -20,7 +25,7 @@ use crate::consensus::{Answer, Command, NodeId, TypeConfig};
 use crate::state::change::{decide, gave_way};
 use crate::state::records::Record;
 use crate::state::State;
-use fileshare_protocol::codec;
+use fileshare_protocol::{codec, ProtocolError};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError,
@@ -55,6 +60,59 @@ struct Stored {
     meta: Meta,
     #[serde(with = "serde_bytes")]
     data: Vec<u8>,
+}
+
+/// What a snapshot's bytes begin with, before its format's version.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FSsnap\0\0";
+
+/// The format of the state in the snapshots this build writes, the only
+/// one it reads. Raise it with any change to how [`State`] serializes.
+/// Snapshots written before formats had a version (no [`SNAPSHOT_MAGIC`])
+/// are of version 1.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Why a snapshot's bytes do not give a state.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(
+        "the snapshot is in format version {found}, and this tracker reads version {known} \
+         only: run a build that reads version {found}"
+    )]
+    UnknownVersion { found: u32, known: u32 },
+    #[error("the snapshot ends before its format's version")]
+    Truncated,
+    #[error("the snapshot's state does not decode")]
+    Decode(#[source] ProtocolError),
+}
+
+/// A snapshot's bytes: the format's version, then `state`, serialized.
+fn snapshot_bytes(state: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(SNAPSHOT_MAGIC.len() + 4 + state.len());
+    bytes.extend_from_slice(SNAPSHOT_MAGIC);
+    bytes.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(state);
+    bytes
+}
+
+/// The state in a snapshot's bytes, if their format is this build's.
+pub fn snapshot_state(bytes: &[u8]) -> std::result::Result<State, SnapshotError> {
+    let state = match bytes.strip_prefix(SNAPSHOT_MAGIC) {
+        Some(rest) => {
+            let (version, state) = rest
+                .split_first_chunk::<4>()
+                .ok_or(SnapshotError::Truncated)?;
+            let found = u32::from_le_bytes(*version);
+            if found != SNAPSHOT_VERSION {
+                return Err(SnapshotError::UnknownVersion {
+                    found,
+                    known: SNAPSHOT_VERSION,
+                });
+            }
+            state
+        }
+        None => bytes,
+    };
+    codec::decode_large(state).map_err(SnapshotError::Decode)
 }
 
 /// Applies one entry's command to `state`; what its proposers are
@@ -169,7 +227,7 @@ impl StateMachine {
             built: 0,
         };
         if let Some(stored) = sm.load()? {
-            let restored: State = codec::decode_large(&stored.data).map_err(read_err)?;
+            let restored = snapshot_state(&stored.data).map_err(read_err)?;
             *sm.state.write() = restored;
             sm.last_applied = stored.meta.last_log_id;
             sm.membership = stored.meta.last_membership;
@@ -268,7 +326,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         };
         let stored = match encoded {
-            Ok(data) => {
+            Ok(state) => {
+                let data = snapshot_bytes(&state);
                 let id = match self.last_applied {
                     Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.built),
                     None => format!("none-{}", self.built),
@@ -303,7 +362,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<()> {
         let data = snapshot.into_inner();
-        let restored: State = codec::decode_large(&data).map_err(read_err)?;
+        let restored = snapshot_state(&data).map_err(|e| {
+            tracing::error!("refusing the leader's snapshot: {e}");
+            read_err(e)
+        })?;
         let stored = Stored {
             meta: meta.clone(),
             data,
@@ -392,6 +454,62 @@ mod tests {
         // answer, not a notice.
         apply_command(&mut state, Command::Change(create("alice", "g")));
         assert_eq!(notices(&state, "alice").len(), 1);
+    }
+
+    /// A state's snapshot bytes as format version `version` would begin.
+    fn of_version(version: u32, state: &State) -> Vec<u8> {
+        let mut bytes = snapshot_bytes(&codec::encode_large(state).unwrap());
+        bytes[SNAPSHOT_MAGIC.len()..][..4].copy_from_slice(&version.to_le_bytes());
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_an_unknown_format_is_refused_naming_both_versions() {
+        let state = state_with(&["alice"]);
+        let ours = of_version(SNAPSHOT_VERSION, &state);
+        assert_eq!(snapshot_state(&ours).unwrap().user_count(), 1);
+        // Written before formats had a version: version 1.
+        let unversioned = codec::encode_large(&state).unwrap();
+        assert_eq!(snapshot_state(&unversioned).unwrap().user_count(), 1);
+        let theirs = of_version(SNAPSHOT_VERSION + 1, &state);
+        let refusal = snapshot_state(&theirs).unwrap_err();
+        assert!(
+            matches!(
+                refusal,
+                SnapshotError::UnknownVersion { found, known: SNAPSHOT_VERSION }
+                    if found == SNAPSHOT_VERSION + 1
+            ),
+            "{refusal:?}"
+        );
+        let named = |e: &str| {
+            e.contains(&format!("version {}", SNAPSHOT_VERSION + 1))
+                && e.contains(&format!("reads version {SNAPSHOT_VERSION}"))
+        };
+        assert!(named(&refusal.to_string()), "{refusal}");
+        assert!(matches!(
+            snapshot_state(&theirs[..SNAPSHOT_MAGIC.len() + 2]),
+            Err(SnapshotError::Truncated)
+        ));
+
+        // Received from a leader: refused, the state left as it was.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("t.redb")).unwrap());
+        let held = Arc::new(RwLock::new(state_with(&["bob", "carol"])));
+        let mut sm = StateMachine::open(db.clone(), held.clone(), None).unwrap();
+        let meta = Meta::default();
+        let refused = sm
+            .install_snapshot(&meta, Box::new(Cursor::new(theirs.clone())))
+            .await
+            .unwrap_err();
+        assert!(named(&refused.to_string()), "{refused}");
+        assert_eq!(held.read().user_count(), 2);
+        assert!(sm.get_current_snapshot().await.unwrap().is_none());
+
+        // Found on disk at start: the tracker does not start.
+        save(&db, &Stored { meta, data: theirs }).unwrap();
+        let found = StateMachine::open(db, held.clone(), None).err().unwrap();
+        assert!(named(&found.to_string()), "{found}");
+        assert_eq!(held.read().user_count(), 2);
     }
 
     #[test]
