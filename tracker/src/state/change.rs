@@ -412,7 +412,6 @@ pub fn gave_way(change: &Change, why: ErrorCode) -> Option<Record> {
     })
 }
 
-/// Refuses a new file name in `g` once `user` shared `quota` files there.
 /// How many groups `user` owns, if `quota` or more. An owner is a member,
 /// so a user in fewer groups owns fewer: the count, which looks up each of
 /// their groups by name on every tracker, is made only near the quota.
@@ -426,6 +425,7 @@ fn groups_at_quota(state: &State, user: &str, quota: usize) -> Option<usize> {
     (owned >= quota).then_some(owned)
 }
 
+/// Refuses a new file name in `g` once `user` shared `quota` files there.
 fn check_files_quota(
     g: &crate::state::Group,
     group: &str,

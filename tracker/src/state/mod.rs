@@ -580,12 +580,12 @@ impl State {
         self.groups.iter()
     }
 
-    /// The groups `user` is a member of, by name.
     /// How many groups `user` is a member of.
     pub fn membership_count(&self, user: &str) -> usize {
         self.memberships.get(user).map_or(0, BTreeSet::len)
     }
 
+    /// The groups `user` is a member of, by name.
     pub fn groups_of(&self, user: &str) -> impl Iterator<Item = (&String, &Group)> {
         self.memberships
             .get(user)
