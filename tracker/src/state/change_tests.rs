@@ -25,6 +25,28 @@ fn meta(name: &str, content: &[u8]) -> FileMeta {
     }
 }
 
+/// `user` asks to join alice's group "g" and alice accepts.
+fn admit(st: &mut State, user: &str) {
+    run(
+        st,
+        Change::JoinGroup {
+            quota: u32::MAX,
+            user: s(user),
+            group: s("g"),
+        },
+    )
+    .unwrap();
+    run(
+        st,
+        Change::AcceptRequest {
+            owner: s("alice"),
+            group: s("g"),
+            user: s(user),
+        },
+    )
+    .unwrap();
+}
+
 fn setup() -> State {
     let mut st = State::default();
     for u in ["alice", "bob", "carol"] {
@@ -171,24 +193,7 @@ fn sharing_rules() {
 fn renaming_moves_the_callers_holding_in_one_record() {
     let mut st = setup();
     for u in ["bob", "carol"] {
-        run(
-            &mut st,
-            Change::JoinGroup {
-                quota: u32::MAX,
-                user: s(u),
-                group: s("g"),
-            },
-        )
-        .unwrap();
-        run(
-            &mut st,
-            Change::AcceptRequest {
-                owner: s("alice"),
-                group: s("g"),
-                user: s(u),
-            },
-        )
-        .unwrap();
+        admit(&mut st, u);
     }
     let share = |u: &str, m: FileMeta| Change::ShareFile {
         quota: u32::MAX,
@@ -284,24 +289,7 @@ fn replacing_a_share_needs_the_caller_to_have_shared_it() {
         st.group("g").unwrap().file("a").unwrap().id,
         meta("a", b"2").id()
     );
-    run(
-        &mut st,
-        Change::JoinGroup {
-            quota: u32::MAX,
-            user: s("bob"),
-            group: s("g"),
-        },
-    )
-    .unwrap();
-    run(
-        &mut st,
-        Change::AcceptRequest {
-            owner: s("alice"),
-            group: s("g"),
-            user: s("bob"),
-        },
-    )
-    .unwrap();
+    admit(&mut st, "bob");
     assert_eq!(
         run(&mut st, replace("bob", meta("a", b"3"))),
         Err(ErrorCode::NameTaken {
@@ -503,22 +491,7 @@ fn metadata_is_capped_per_user_over_all_groups() {
 #[test]
 fn a_files_metadata_moves_with_its_sharer() {
     let mut st = setup();
-    for u in ["bob"] {
-        for c in [
-            Change::JoinGroup {
-                quota: u32::MAX,
-                user: s(u),
-                group: s("g"),
-            },
-            Change::AcceptRequest {
-                owner: s("alice"),
-                group: s("g"),
-                user: s(u),
-            },
-        ] {
-            run(&mut st, c).unwrap();
-        }
-    }
+    admit(&mut st, "bob");
     let m = pieces("a", 10);
     let bytes = crate::state::metadata_len(&m);
     run(&mut st, share_in("g", "alice", m.clone(), u64::MAX)).unwrap();
@@ -578,24 +551,7 @@ fn group_and_file_quotas_count_only_the_users_own() {
         quota: 2,
     };
     // Bob joins alice's group: a member of one group, owner of none.
-    run(
-        &mut st,
-        Change::JoinGroup {
-            user: s("bob"),
-            group: s("g"),
-            quota: 10,
-        },
-    )
-    .unwrap();
-    run(
-        &mut st,
-        Change::AcceptRequest {
-            owner: s("alice"),
-            group: s("g"),
-            user: s("bob"),
-        },
-    )
-    .unwrap();
+    admit(&mut st, "bob");
     assert_eq!(run(&mut st, create("bob", "b1")), Ok(1));
     // A member of two groups, owner of one: under the quota of two.
     assert_eq!(run(&mut st, create("bob", "b2")), Ok(1));
