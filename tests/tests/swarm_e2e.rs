@@ -41,7 +41,7 @@ fn a_rate_limited_source_sends_each_piece_about_once() {
 }
 
 /// A file's reader learns from its linked peers of the others (peer
-/// exchange), so a Locate that hands out one peer is enough.
+/// exchange), and reads from both holders though a Locate hands out one.
 ///
 /// A reader asks its tracker again every quarter second while it needs
 /// pieces, and each answer is one holder drawn at random: one whose
@@ -84,7 +84,9 @@ fn a_reader_fetches_from_a_peer_it_heard_of_only_by_exchange() {
                 .unwrap_or(0)
         };
         let fetched = fetched(&reader, "g/s.bin");
-        if field("learned=") >= 1 && field("linked=") >= 1 && field("bytes=") > 0 {
+        // Linking the peer heard of races the tracker's next answer, which
+        // may name it first: learning it by exchange is what is certain.
+        if field("learned=") >= 1 {
             assert!(
                 fetched.iter().filter(|c| c.1 > 0).count() == 2,
                 "{fetched:?}"
@@ -94,7 +96,7 @@ fn a_reader_fetches_from_a_peer_it_heard_of_only_by_exchange() {
         tried.push(format!("{exchange}; fetched {fetched:?}"));
     }
     panic!(
-        "no reader of {ATTEMPTS} fetched from a peer heard of by exchange:\n{}\n{}",
+        "no reader of {ATTEMPTS} learned of a peer by exchange:\n{}\n{}",
         tried.join("\n"),
         source.log()
     );
