@@ -20,8 +20,10 @@ set +e
 cargo test --workspace --quiet -- --test-threads="${FILESHARE_TEST_THREADS:-2}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
-failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+# Only libtest's own result lines count: a test's output may say "failed".
+results=$(grep -E '^test result: ' "$log" || true)
+passed=$(grep -Eo '[0-9]+ passed' <<<"$results" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed' <<<"$results" | awk '{s += $1} END {print s + 0}')
 echo
 echo "summary: $passed passed, $failed failed"
 exit "$status"
