@@ -6,6 +6,18 @@
 //! only ([`Host::command`]); the mount namespace stays the machine's, so
 //! FUSE mounts made inside are seen outside.
 //!
+//! Every host knows every other host's link address from the start
+//! (permanent neighbour entries): no ARP. The kernel keeps the neighbours
+//! of all namespaces in one table whose learned entries are capped
+//! machine-wide (`net.ipv4.neigh.default.gc_thresh3`, 1024 by default);
+//! 50 hosts that all talk to each other need 2,450, and past the cap a
+//! packet to a host not yet resolved is dropped before it leaves (the
+//! kernel logs "neighbor table overflow"), so dials between the hosts that
+//! came last timed out however long they waited. Permanent entries are
+//! exempt from the cap. A peer on the internet has one neighbour, its
+//! router, so this removes an artifact of putting every peer on one
+//! bridge; it also keeps ARP out of the shaped uplink queues.
+//!
 //! Cleaning up: dropping the [`Lan`] kills every process left in its
 //! namespaces (by PID), lazily unmounts the mount points registered with it
 //! ([`Lan::track_mount`], listed in a file of its own under the temporary
@@ -238,6 +250,38 @@ fn run(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr).trim()
     );
+}
+
+/// [`run`] with `input` on the command's standard input.
+fn run_with_input(args: &[&str], input: &str) {
+    use std::io::Write;
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e} (install iproute2)", args[0]));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(input.as_bytes())
+        .unwrap_or_else(|e| panic!("{}: writing its input: {e}", args.join(" ")));
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Host `last`'s link address (`10.213.0.last`), locally administered;
+/// each LAN is a bridge of its own, so LANs may share them.
+fn mac_of(last: u8) -> String {
+    format!("02:fd:00:00:00:{last:02x}")
 }
 
 /// Runs a command, ignoring failure (clean-up of what may be gone).
@@ -481,8 +525,10 @@ impl Lan {
                 ns: ns.clone(),
                 addr: addr.into(),
             });
+            let mac = mac_of(last);
             run(&[
-                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "address",
+                &mac, "netns", &ns,
             ]);
             run(&["ip", "link", "set", &veth, "master", &br, "up"]);
             run(&[
@@ -498,7 +544,29 @@ impl Lan {
             run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
             run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         }
+        lan.know_neighbours();
         lan
+    }
+
+    /// Gives every host a permanent neighbour entry for every other host
+    /// (see the module's documentation), one `ip -batch` per host.
+    fn know_neighbours(&self) {
+        for (i, host) in self.hosts.iter().enumerate() {
+            let lines: String = (self.hosts.iter().enumerate())
+                .filter(|&(j, _)| j != i)
+                .map(|(j, other)| {
+                    let last = u8::try_from(j + 1).expect("host number");
+                    format!(
+                        "neigh replace {} lladdr {} dev eth0 nud permanent\n",
+                        other.addr,
+                        mac_of(last)
+                    )
+                })
+                .collect();
+            if !lines.is_empty() {
+                run_with_input(&["ip", "-n", &host.ns, "-batch", "-"], &lines);
+            }
+        }
     }
 
     pub fn host(&self, i: usize) -> &Host {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// What a dialled-back connection starts with, before its nonce.
 pub const MAGIC: [u8; 4] = *b"FSR\x01";
@@ -37,9 +37,39 @@ const POLL: Duration = Duration::from_secs(3);
 /// How long an accepted connection may take to show its first bytes.
 const FIRST_BYTES: Duration = Duration::from_secs(10);
 
-/// Dials back in flight at once; calls beyond are dropped (the readers
-/// ask again).
+/// Dials back, punches and relay joins in flight at once; calls beyond
+/// are dropped (the readers ask again). A place is given back once the
+/// connection is open, not when it ends: held while serving, 16 relayed
+/// readers left no place for anyone else's call.
 const DIALS_AT_ONCE: usize = 16;
+
+/// Connections opened on calls served at once: as many as the peer server
+/// serves of those it accepts.
+const SERVED_AT_ONCE: usize = serve::MAX_CONNECTIONS;
+
+/// What answering a call takes: a place among the dials in flight until
+/// its connection is open, and one among the connections served until it
+/// ends.
+struct Places {
+    dials: Arc<Semaphore>,
+    served: Arc<Semaphore>,
+}
+
+impl Places {
+    fn new(dials: usize, served: usize) -> Places {
+        Places {
+            dials: Arc::new(Semaphore::new(dials)),
+            served: Arc::new(Semaphore::new(served)),
+        }
+    }
+
+    /// Both places for one call, or `None` when either is full.
+    fn take(&self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let dial = self.dials.clone().try_acquire_owned().ok()?;
+        let served = self.served.clone().try_acquire_owned().ok()?;
+        Some((dial, served))
+    }
+}
 
 /// How long dialling a reader back may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,7 +138,7 @@ pub async fn sort(stream: TcpStream, reach: &Reach) -> Option<TcpStream> {
 /// what it opens as an accepted peer connection. Runs until the server's
 /// tasks end.
 pub async fn answer(ctx: Arc<ServeCtx>) {
-    let dials = Arc::new(Semaphore::new(DIALS_AT_ONCE));
+    let places = Places::new(DIALS_AT_ONCE, SERVED_AT_ONCE);
     loop {
         let wait = AwaitCalls {
             session: ctx.tracker.session,
@@ -124,42 +154,52 @@ pub async fn answer(ctx: Arc<ServeCtx>) {
             }
         };
         for call in calls {
-            let Ok(permit) = dials.clone().try_acquire_owned() else {
-                tracing::debug!(peer = %call.from, "too many dials back; dropping a call");
+            let Some((dial, served)) = places.take() else {
+                tracing::debug!(peer = %call.from, "too many calls in hand; dropping a call");
                 continue;
             };
             let conn_ctx = ctx.clone();
             ctx.tasks.spawn("dial-back", async move {
-                dial_back(&conn_ctx, call).await;
-                drop(permit);
+                let opened = open_for(&conn_ctx, &call).await;
+                drop(dial);
+                if let Some(stream) = opened {
+                    serve::serve_opened(stream, &conn_ctx).await;
+                }
+                drop(served);
             });
         }
     }
 }
 
-async fn dial_back(ctx: &Arc<ServeCtx>, call: Call) {
+/// Opens the connection `call` asks for: dials the caller back, punches
+/// a path to it or joins the relay. `None` (logged) if that failed.
+async fn open_for(ctx: &Arc<ServeCtx>, call: &Call) -> Option<TcpStream> {
     match call.how {
         CallKind::DialBack => {}
         CallKind::Relay => {
-            match super::relay::join(&ctx.tracker, call.nonce, 1).await {
+            return match super::relay::join(&ctx.tracker, call.nonce, 1).await {
                 Ok(stream) => {
                     tracing::debug!(peer = %call.from, "joined a relay slot");
-                    serve::serve_opened(stream, ctx).await;
+                    Some(stream)
                 }
-                Err(e) => tracing::debug!(peer = %call.from, "cannot join the relay: {e}"),
-            }
-            return;
+                Err(e) => {
+                    tracing::debug!(peer = %call.from, "cannot join the relay: {e}");
+                    None
+                }
+            };
         }
         CallKind::Punch => {
             let side = punch::Side::Holder;
-            match punch::punch(&ctx.reach, &call.addr, call.nonce, side).await {
+            return match punch::punch(&ctx.reach, &call.addr, call.nonce, side).await {
                 Ok(stream) => {
                     tracing::debug!(peer = %call.from, addr = %call.addr, "punched a path");
-                    serve::serve_opened(stream, ctx).await;
+                    Some(stream)
                 }
-                Err(e) => tracing::debug!(peer = %call.from, "cannot punch a path: {e}"),
-            }
-            return;
+                Err(e) => {
+                    tracing::debug!(peer = %call.from, "cannot punch a path: {e}");
+                    None
+                }
+            };
         }
     }
     let opened = tokio::time::timeout(DIAL_TIMEOUT, async {
@@ -171,17 +211,44 @@ async fn dial_back(ctx: &Arc<ServeCtx>, call: Call) {
         std::io::Result::Ok(s)
     })
     .await;
-    let stream = match opened {
-        Ok(Ok(s)) => s,
+    match opened {
+        Ok(Ok(s)) => {
+            tracing::debug!(peer = %call.from, addr = %call.addr, "dialled back");
+            Some(s)
+        }
         Ok(Err(e)) => {
             tracing::debug!(peer = %call.from, addr = %call.addr, "cannot dial back: {e}");
-            return;
+            None
         }
         Err(_) => {
             tracing::debug!(peer = %call.from, addr = %call.addr, "dialling back timed out");
-            return;
+            None
         }
-    };
-    tracing::debug!(peer = %call.from, addr = %call.addr, "dialled back");
-    serve::serve_opened(stream, ctx).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_whose_connection_is_open_gives_its_dial_place_back() {
+        let places = Places::new(2, 3);
+        let (d1, s1) = places.take().expect("first call");
+        let (d2, _s2) = places.take().expect("second call");
+        assert!(
+            places.take().is_none(),
+            "two dials in flight fill the places"
+        );
+        // The first call's connection is open and served: no longer a dial.
+        drop(d1);
+        let (_d3, _s3) = places.take().expect("the open connection's dial place");
+        drop(d2);
+        assert!(
+            places.take().is_none(),
+            "three connections served fill theirs"
+        );
+        drop(s1);
+        assert!(places.take().is_some(), "a served connection ended");
+    }
 }
