@@ -39,9 +39,11 @@
 //!
 //! `BENCH_HOG=N` starves the daemons of CPU the same way in every run:
 //! N busy loops (`sh -c 'while :; do :; done'`, normal priority) run for
-//! the whole benchmark and are ended by their PIDs at its end (two on a
-//! 2-core machine is a build taking both cores). Each case's summary line
-//! gives the load average at its end.
+//! the whole benchmark and are ended by their PIDs at its end (two take
+//! both cores of a 2-core machine, as a build does; see "Under CPU
+//! starvation" in docs/swarm.md). Each case's summary line
+//! gives the load average at its end and `run_delay_ms_per_s`: per daemon
+//! and second, how long its threads waited for a CPU while runnable.
 
 use fileshare_tests::mount::{wait_for, Mount};
 use fileshare_tests::netns::{Lan, Shape};
