@@ -21,14 +21,15 @@
 //! set on each socket before it writes. While no delay shows, sockets keep
 //! the kernel's own sizing, so a fast or long path loses nothing.
 //!
-//! A buffer never shrinks below what the uplink drains in half of
+//! A buffer never shrinks below what the uplink drains in a quarter of
 //! [`TARGET_DELAY`] at its measured rate ([`floor`]). A writer refills its
 //! socket each time the kernel has sent part of the buffer, and a daemon
 //! starved of CPU (a build taking the cores) waits for one at each refill:
 //! a buffer of a few milliseconds of the uplink runs dry meanwhile, and
-//! the uplink idles. Half the target per socket also cannot make the queue
-//! the target forbids: the two pieces the upload scheduler keeps in
-//! flight put at most the target's worth of bytes in it.
+//! the uplink idles. A quarter cannot make the queue the target forbids:
+//! the kernel holds up to twice what is set, and the two pieces the upload
+//! scheduler keeps in flight are written on two sockets, which together
+//! hold at most the target's worth of bytes.
 
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -45,12 +46,13 @@ pub const MIN_SNDBUF: u32 = 32 * 1024;
 pub const MAX_SNDBUF: u32 = 4 * 1024 * 1024;
 
 /// The smallest size the controller sets for an uplink measured at
-/// `rate` bytes per second (0: not measured): half of [`TARGET_DELAY`] at
-/// that rate, within [`MIN_SNDBUF`] and [`MAX_SNDBUF`].
+/// `rate` bytes per second (0: not measured): a quarter of
+/// [`TARGET_DELAY`] at that rate, within [`MIN_SNDBUF`] and
+/// [`MAX_SNDBUF`].
 // A float-to-int `as` saturates, which is what a byte count wants.
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 pub fn floor(rate: f64) -> u32 {
-    let bytes = rate * TARGET_DELAY.as_secs_f64() / 2.0;
+    let bytes = rate * TARGET_DELAY.as_secs_f64() / 4.0;
     if !bytes.is_finite() {
         return MIN_SNDBUF;
     }
@@ -257,12 +259,12 @@ mod tests {
 
     #[test]
     fn a_queue_shrinks_the_buffer_no_further_than_the_uplinks_floor() {
-        // 16 MiB/s: half of the target is 200 KiB, where a 32 KiB buffer
-        // would hold 2 ms of the uplink and run dry whenever its writer
-        // waits that long for a CPU.
+        // 16 MiB/s: a quarter of the target is 100 KiB, where a 32 KiB
+        // buffer would hold 2 ms of the uplink and run dry whenever its
+        // writer waits that long for a CPU.
         let rate = 16.0 * 1024.0 * 1024.0;
         let least = floor(rate);
-        assert_eq!(least, 209_715);
+        assert_eq!(least, 104_857);
         let mut b = Controller::default();
         let mut last = KERNEL;
         while let Some(s) = b.next(200 * MS, MS, || KERNEL, least) {
@@ -274,6 +276,7 @@ mod tests {
         // one the ceiling.
         assert_eq!(floor(0.0), MIN_SNDBUF);
         assert_eq!(floor(1e6), MIN_SNDBUF);
+        assert_eq!(floor(4e6), MIN_SNDBUF, "4 MB/s: as before");
         assert_eq!(floor(f64::INFINITY), MIN_SNDBUF);
         assert_eq!(floor(1e12), MAX_SNDBUF);
     }
