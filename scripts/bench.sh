@@ -20,7 +20,9 @@
 #            and FUSE; writes docs/swarm.csv and docs/swarm.svg). With
 #            BENCH_SHAPE=net each daemon runs in a network namespace of its
 #            own, its uplink shaped by tc tbf and no rate flag (also needs
-#            iproute2; writes docs/swarm-net.csv and docs/swarm-net.svg)
+#            iproute2; writes docs/swarm-net.csv and docs/swarm-net.svg).
+#            BENCH_HOG=N runs N busy loops at normal priority meanwhile (CPU
+#            starvation as when a build takes the cores), ended by PID
 #   nat      a 64 MiB file read through each way daemons reach each other
 #            across home routers (direct, reverse, punched, relayed), in
 #            network namespaces with nftables routers; the relay's tracker

@@ -20,6 +20,16 @@
 //! life: so one size is kept for the whole daemon, fed by every write, and
 //! set on each socket before it writes. While no delay shows, sockets keep
 //! the kernel's own sizing, so a fast or long path loses nothing.
+//!
+//! A buffer never shrinks below what the uplink drains in a quarter of
+//! [`TARGET_DELAY`] at its measured rate ([`floor`]). A writer refills its
+//! socket each time the kernel has sent part of the buffer, and a daemon
+//! starved of CPU (a build taking the cores) waits for one at each refill:
+//! a buffer of a few milliseconds of the uplink runs dry meanwhile, and
+//! the uplink idles. A quarter cannot make the queue the target forbids:
+//! the kernel holds up to twice what is set, and the two pieces the upload
+//! scheduler keeps in flight are written on two sockets, which together
+//! hold at most the target's worth of bytes.
 
 use std::os::fd::RawFd;
 use std::time::Duration;
@@ -35,6 +45,20 @@ pub const MIN_SNDBUF: u32 = 32 * 1024;
 /// `net.core.wmem_max`.
 pub const MAX_SNDBUF: u32 = 4 * 1024 * 1024;
 
+/// The smallest size the controller sets for an uplink measured at
+/// `rate` bytes per second (0: not measured): a quarter of
+/// [`TARGET_DELAY`] at that rate, within [`MIN_SNDBUF`] and
+/// [`MAX_SNDBUF`].
+// A float-to-int `as` saturates, which is what a byte count wants.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub fn floor(rate: f64) -> u32 {
+    let bytes = rate * TARGET_DELAY.as_secs_f64() / 4.0;
+    if !bytes.is_finite() {
+        return MIN_SNDBUF;
+    }
+    (bytes as u32).clamp(MIN_SNDBUF, MAX_SNDBUF)
+}
+
 /// The send buffer size the queueing delay calls for.
 #[derive(Debug, Default)]
 pub struct Controller {
@@ -44,9 +68,10 @@ pub struct Controller {
 
 impl Controller {
     /// The size to set after a write, given the socket's smoothed and
-    /// smallest round-trip times and its current buffer (`SO_SNDBUF` as
+    /// smallest round-trip times, its current buffer (`SO_SNDBUF` as
     /// read back, which the kernel doubled; asked for only when a buffer
-    /// the kernel sized must shrink); `None` to leave it as it is.
+    /// the kernel sized must shrink) and the least size to set
+    /// ([`floor`]); `None` to leave it as it is.
     ///
     /// More delay than the target halves the buffer (twice the target) or
     /// takes a quarter off; less than half of it grows a shrunk buffer by
@@ -56,6 +81,7 @@ impl Controller {
         srtt: Duration,
         min_rtt: Duration,
         current: impl FnOnce() -> u32,
+        least: u32,
     ) -> Option<u32> {
         let delay = srtt.saturating_sub(min_rtt);
         if delay <= TARGET_DELAY && self.set.is_none() {
@@ -71,7 +97,7 @@ impl Controller {
         } else {
             return None;
         };
-        let want = want.clamp(MIN_SNDBUF, MAX_SNDBUF);
+        let want = want.clamp(least.clamp(MIN_SNDBUF, MAX_SNDBUF), MAX_SNDBUF);
         if Some(want) == self.set {
             return None;
         }
@@ -105,8 +131,10 @@ impl SendBuffers {
     }
 
     /// After a piece was written on `fd`: its delay feeds the controller,
-    /// and a new size applies to this socket at once.
-    pub fn after_write(&self, fd: RawFd, socket: &mut Socket) {
+    /// and a new size applies to this socket at once. `rate` is the
+    /// uplink's measured rate in bytes per second (0: not yet), for the
+    /// [`floor`].
+    pub fn after_write(&self, fd: RawFd, socket: &mut Socket, rate: f64) {
         let Some((srtt, min_rtt)) = rtts(fd) else {
             return;
         };
@@ -119,7 +147,8 @@ impl SendBuffers {
                 .or_else(|| get_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF))
                 .unwrap_or(0)
         };
-        let Some(size) = self.controller.lock().next(srtt, min_rtt, current) else {
+        let least = floor(rate);
+        let Some(size) = self.controller.lock().next(srtt, min_rtt, current, least) else {
             return;
         };
         tracing::trace!(
@@ -203,19 +232,25 @@ mod tests {
         for srtt in [MS / 10, 5 * MS, 20 * MS] {
             // Nor is the buffer's size read back meanwhile.
             let unasked = || -> u32 { panic!("the kernel's size was asked for") };
-            assert_eq!(b.next(srtt, MS / 20, unasked), None);
+            assert_eq!(b.next(srtt, MS / 20, unasked, MIN_SNDBUF), None);
         }
         // A long path with no queue: all of its round trip is the path.
-        assert_eq!(b.next(80 * MS, 75 * MS, || KERNEL), None);
+        assert_eq!(b.next(80 * MS, 75 * MS, || KERNEL, MIN_SNDBUF), None);
     }
 
     #[test]
     fn a_queue_shrinks_the_buffer_down_to_the_floor() {
         let mut b = Controller::default();
-        assert_eq!(b.next(200 * MS, MS, || KERNEL), Some(KERNEL / 4));
-        assert_eq!(b.next(40 * MS, MS, || KERNEL), Some(KERNEL / 4 * 3 / 4));
+        assert_eq!(
+            b.next(200 * MS, MS, || KERNEL, MIN_SNDBUF),
+            Some(KERNEL / 4)
+        );
+        assert_eq!(
+            b.next(40 * MS, MS, || KERNEL, MIN_SNDBUF),
+            Some(KERNEL / 4 * 3 / 4)
+        );
         let mut last = KERNEL;
-        while let Some(s) = b.next(200 * MS, MS, || KERNEL) {
+        while let Some(s) = b.next(200 * MS, MS, || KERNEL, MIN_SNDBUF) {
             assert!(s < last);
             last = s;
         }
@@ -223,15 +258,43 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_shrinks_the_buffer_no_further_than_the_uplinks_floor() {
+        // 16 MiB/s: a quarter of the target is 100 KiB, where a 32 KiB
+        // buffer would hold 2 ms of the uplink and run dry whenever its
+        // writer waits that long for a CPU.
+        let rate = 16.0 * 1024.0 * 1024.0;
+        let least = floor(rate);
+        assert_eq!(least, 104_857);
+        let mut b = Controller::default();
+        let mut last = KERNEL;
+        while let Some(s) = b.next(200 * MS, MS, || KERNEL, least) {
+            assert!(s < last);
+            last = s;
+        }
+        assert_eq!(last, least);
+        // A slow or unmeasured uplink keeps the fixed floor, and a fast
+        // one the ceiling.
+        assert_eq!(floor(0.0), MIN_SNDBUF);
+        assert_eq!(floor(1e6), MIN_SNDBUF);
+        assert_eq!(floor(4e6), MIN_SNDBUF, "4 MB/s: as before");
+        assert_eq!(floor(f64::INFINITY), MIN_SNDBUF);
+        assert_eq!(floor(1e12), MAX_SNDBUF);
+    }
+
+    #[test]
     fn a_shrunk_buffer_grows_back_once_the_queue_drains_and_holds_near_the_target() {
         let mut b = Controller::default();
-        let small = b.next(200 * MS, MS, || 256 * 1024).unwrap();
+        let small = b.next(200 * MS, MS, || 256 * 1024, MIN_SNDBUF).unwrap();
         assert_eq!(small, 64 * 1024);
-        assert_eq!(b.next(20 * MS, MS, || 0), None, "within the target: hold");
-        let grown = b.next(2 * MS, MS, || 0).unwrap();
+        assert_eq!(
+            b.next(20 * MS, MS, || 0, MIN_SNDBUF),
+            None,
+            "within the target: hold"
+        );
+        let grown = b.next(2 * MS, MS, || 0, MIN_SNDBUF).unwrap();
         assert_eq!(grown, 80 * 1024);
         let mut last = grown;
-        while let Some(s) = b.next(2 * MS, MS, || 0) {
+        while let Some(s) = b.next(2 * MS, MS, || 0, MIN_SNDBUF) {
             assert!(s > last);
             last = s;
         }
@@ -263,7 +326,7 @@ mod tests {
         buffers.before_write(c.as_raw_fd(), &mut socket);
         assert_eq!(socket.set, Some(100_000));
         // A loopback connection has no queue: a shrunk buffer grows back.
-        buffers.after_write(c.as_raw_fd(), &mut socket);
+        buffers.after_write(c.as_raw_fd(), &mut socket, 0.0);
         assert_eq!(socket.set, Some(125_000));
         let got = get_int(c.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF).unwrap();
         assert_eq!(got, 250_000, "the kernel doubles what it is given");

@@ -423,8 +423,18 @@ async fn serve(
             match &reply.body {
                 PeerReply::Piece { data } => {
                     ctx.send_buffers.before_write(fd, &mut socket);
+                    let start = tokio::time::Instant::now();
                     writer.write_piece(reply.id, data).await?;
-                    ctx.send_buffers.after_write(fd, &mut socket);
+                    let rate = ctx.uploads.measured_rate();
+                    ctx.send_buffers.after_write(fd, &mut socket, rate);
+                    if let Some((s, _)) = &sending {
+                        tracing::trace!(
+                            conn = st.conn,
+                            queued_ms = start.duration_since(s.granted()).as_secs_f64() * 1e3,
+                            took_ms = start.elapsed().as_secs_f64() * 1e3,
+                            "piece written"
+                        );
+                    }
                 }
                 _ => writer.write_frame(&reply).await?,
             }

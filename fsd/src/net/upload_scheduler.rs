@@ -364,6 +364,7 @@ impl State {
                         conn: a.conn,
                         write: self.uplink.start(a.bytes, now),
                         bytes: a.bytes,
+                        granted: now,
                         written: false,
                         armed: true,
                     })
@@ -453,6 +454,9 @@ pub struct Sending {
     conn: u64,
     write: u64,
     bytes: u64,
+    /// When the scheduler chose it: what passes until its write starts is
+    /// the daemon's own latency (reading the piece, waking its tasks).
+    granted: Instant,
     written: bool,
     /// False for a grant nobody received (undone under the lock).
     armed: bool,
@@ -465,6 +469,11 @@ impl std::fmt::Debug for Sending {
 }
 
 impl Sending {
+    /// When the scheduler chose this piece.
+    pub fn granted(&self) -> Instant {
+        self.granted
+    }
+
     /// The connection's writer returned from writing the piece.
     pub fn written(mut self) {
         self.written = true;

@@ -36,6 +36,14 @@
 //! `BENCH_MOUNT_ARGS` adds flags to every daemon (e.g.
 //! `--max-peers-per-file 16`). `BENCH_QUEUE_MS` sets how long a packet may wait in a shaped uplink's
 //! queue (`tbf ... latency`, 200 ms by default).
+//!
+//! `BENCH_HOG=N` starves the daemons of CPU the same way in every run:
+//! N busy loops (`sh -c 'while :; do :; done'`, normal priority) run for
+//! the whole benchmark and are ended by their PIDs at its end (two take
+//! both cores of a 2-core machine, as a build does; see "Under CPU
+//! starvation" in docs/swarm.md). Each case's summary line
+//! gives the load average at its end and `run_delay_ms_per_s`: per daemon
+//! and second, how long its threads waited for a CPU while runnable.
 
 use fileshare_tests::mount::{wait_for, Mount};
 use fileshare_tests::netns::{Lan, Shape};
@@ -143,6 +151,9 @@ struct Outcome {
     cpu_peak: f64,
     /// Cores used by this benchmark's processes (tracker, daemons, readers).
     ours: f64,
+    /// Per daemon and second, on average: the time its threads waited
+    /// for a CPU while runnable.
+    run_delay: f64,
     /// What the source uploaded, in copies of the file.
     source_copies: f64,
     /// What the readers received twice (end game, late cancels), in copies.
@@ -183,6 +194,20 @@ fn tcp_established(pid: u32) -> usize {
         })
         .filter(|i| inodes.contains(i))
         .count()
+}
+
+/// Seconds the threads of process `pid` alive now have spent runnable
+/// but waiting for a CPU (`run_delay` in `/proc/<pid>/task/*/schedstat`):
+/// how starved of CPU the process was.
+fn run_delay_secs(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
 }
 
 /// Busy and total jiffies of the whole machine, from `/proc/stat`.
@@ -385,6 +410,8 @@ fn run_case(case: &Case) -> Outcome {
         .chain(std::iter::once(&source))
         .filter_map(Mount::pid)
         .collect();
+    let delays = || daemons.iter().map(|&p| run_delay_secs(p)).sum::<f64>();
+    let delay0 = delays();
     let mut max_connections = 0;
     while !threads.iter().all(|t| t.is_finished()) {
         std::thread::sleep(Duration::from_millis(500));
@@ -396,11 +423,13 @@ fn run_case(case: &Case) -> Outcome {
     }
     let cpu_mean = busy_between(cpu0, cpu_jiffies());
     let ours = ours() - ours0;
+    let run_delay = (delays() - delay0).max(0.0);
     let done: Vec<f64> = threads
         .into_iter()
         .map(|t| t.join().expect("a reader failed"))
         .collect();
     let measured = done.iter().copied().fold(0.0, f64::max);
+    let run_delay = run_delay / daemons.len().max(1) as f64 / measured.max(1e-3);
 
     let counter =
         |m: &Mount, name: &str| -> u64 { m.xattr("g/file.bin", name).trim().parse().unwrap_or(0) };
@@ -435,6 +464,7 @@ fn run_case(case: &Case) -> Outcome {
         cpu_mean,
         cpu_peak: peak,
         ours: ours / measured.max(1e-3),
+        run_delay,
         source_copies: from_source as f64 / size as f64,
         duplicate_copies: duplicates as f64 / size as f64,
         max_connections,
@@ -559,7 +589,45 @@ fn draw_svg(path: &Path, outcomes: &[Outcome]) -> Result<(), Box<dyn std::error:
     Ok(())
 }
 
+/// Busy loops that compete with the benchmark for CPU (`BENCH_HOG`),
+/// killed by their PIDs when dropped.
+struct Hog(Vec<std::process::Child>);
+
+impl Hog {
+    fn start(n: usize) -> Hog {
+        Hog((0..n)
+            .map(|_| {
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .stdin(std::process::Stdio::null())
+                    .spawn()
+                    .expect("start a busy loop")
+            })
+            .collect())
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+fn load_average() -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    l.split_whitespace().next().unwrap_or("?").to_string()
+}
+
 fn main() {
+    let hogs = std::env::var("BENCH_HOG")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let _hog = Hog::start(hogs);
     let only: Option<Vec<usize>> = std::env::var("BENCH_CASES")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
@@ -594,14 +662,16 @@ fn main() {
             o.measured / c.d_min()
         );
         println!(
-            "summary case={} shape={} ratio={:.2} source_copies={:.2} duplicates={:.1}% max_connections_per_host={} readers_fetching_by_exchange={}",
+            "summary case={} shape={} ratio={:.2} source_copies={:.2} duplicates={:.1}% max_connections_per_host={} readers_fetching_by_exchange={} hog={hogs} load={} run_delay_ms_per_s={:.1}",
             c.name,
             if net_shaped() { "net" } else { "daemon" },
             o.measured / c.d_min(),
             o.source_copies,
             o.duplicate_copies * 100.0,
             o.max_connections,
-            o.exchanged
+            o.exchanged,
+            load_average(),
+            o.run_delay * 1e3
         );
         outcomes.push(o);
     }
