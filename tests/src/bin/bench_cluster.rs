@@ -5,6 +5,12 @@
 //! forwarded to the leader). Prints writes per second and latency for
 //! each, and its ratio to the single tracker's.
 //!
+//! The three run side by side and are measured in turn, `BENCH_ROUNDS`
+//! times (default 3), each round in another order: on a shared machine
+//! the load drifts by more than the gap between them, so each round's
+//! ratios compare runs seconds apart, and the summary gives the median
+//! round's rates and the median of each round's ratio.
+//!
 //! `BENCH_SECS` (default 5) sets the measured time of each run,
 //! `BENCH_CLIENTS` (default 64) the number of clients; `BENCH_LEADER_ONLY=1`
 //! sends every client to the leader (no forwarding). Run it through
@@ -23,6 +29,7 @@ use fileshare_protocol::messages::SessionToken;
 use fileshare_protocol::{PieceHash, PIECE_LEN};
 use fileshare_tests::cluster::Cluster;
 use fileshare_tests::tracker::Tracker;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WARMUP: Duration = Duration::from_millis(500);
@@ -69,11 +76,12 @@ async fn set_up(client: &TrackerClient, c: usize) -> SessionToken {
 }
 
 /// One client's loop: a new group, then a new file in its home group, and
-/// so on. Returns the latencies (µs) of writes started after the warm-up.
+/// so on, named after the round. Returns the latencies (µs) of writes
+/// started after the warm-up.
 async fn client_loop(
-    client: TrackerClient,
+    client: Arc<TrackerClient>,
     session: SessionToken,
-    c: usize,
+    (round, c): (usize, usize),
     start: Instant,
     end: Instant,
 ) -> Vec<u32> {
@@ -87,7 +95,7 @@ async fn client_loop(
             client
                 .call(CreateGroup {
                     session,
-                    group: format!("g-{c}-{i}"),
+                    group: format!("g-{round}-{c}-{i}"),
                 })
                 .await
         } else {
@@ -96,7 +104,7 @@ async fn client_loop(
                 .call(ShareFile {
                     session,
                     group: home.to_string(),
-                    meta: meta(&format!("f-{c}-{i}")),
+                    meta: meta(&format!("f-{round}-{c}-{i}")),
                 })
                 .await
         };
@@ -118,75 +126,143 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
 }
 
-/// Runs the clients, client `c` through `client_of(c)`; returns writes per
-/// second and the sorted latencies.
-fn run(
-    rt: &tokio::runtime::Runtime,
-    clients: usize,
-    secs: u64,
-    client_of: impl Fn(usize) -> TrackerClient,
-) -> (f64, Vec<u32>) {
-    let sessions: Vec<SessionToken> = rt.block_on(async {
-        let mut v = Vec::new();
-        for c in 0..clients {
-            v.push(set_up(&client_of(c), c).await);
+/// One way to reach the trackers: a client per writer and its session.
+struct Setup {
+    name: String,
+    clients: Vec<Arc<TrackerClient>>,
+    sessions: Vec<SessionToken>,
+    /// Writes per second and sorted latencies (µs), one entry a round.
+    runs: Vec<(f64, Vec<u32>)>,
+}
+
+impl Setup {
+    fn new(
+        rt: &tokio::runtime::Runtime,
+        name: String,
+        clients: usize,
+        client_of: impl Fn(usize) -> TrackerClient,
+    ) -> Setup {
+        let clients: Vec<Arc<TrackerClient>> =
+            (0..clients).map(|c| Arc::new(client_of(c))).collect();
+        let sessions = rt.block_on(async {
+            let mut v = Vec::new();
+            for (c, client) in clients.iter().enumerate() {
+                v.push(set_up(client, c).await);
+            }
+            v
+        });
+        Setup {
+            name,
+            clients,
+            sessions,
+            runs: Vec::new(),
         }
-        v
-    });
-    let start = Instant::now();
-    let end = start + WARMUP + Duration::from_secs(secs);
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| rt.spawn(client_loop(client_of(c), sessions[c], c, start, end)))
-        .collect();
-    let mut all = Vec::new();
-    rt.block_on(async {
-        for t in tasks {
-            all.extend(t.await.expect("client task"));
-        }
-    });
-    all.sort_unstable();
-    (all.len() as f64 / secs as f64, all)
+    }
+
+    /// One measured run of every client at once, for `secs`.
+    fn run(&mut self, rt: &tokio::runtime::Runtime, round: usize, secs: u64) -> f64 {
+        let start = Instant::now();
+        let end = start + WARMUP + Duration::from_secs(secs);
+        let tasks: Vec<_> = (self.clients.iter().zip(&self.sessions).enumerate())
+            .map(|(c, (client, &session))| {
+                rt.spawn(client_loop(client.clone(), session, (round, c), start, end))
+            })
+            .collect();
+        let mut all = Vec::new();
+        rt.block_on(async {
+            for t in tasks {
+                all.extend(t.await.expect("client task"));
+            }
+        });
+        all.sort_unstable();
+        let rate = all.len() as f64 / secs as f64;
+        self.runs.push((rate, all));
+        rate
+    }
+
+    /// The run with the median rate.
+    fn median(&self) -> &(f64, Vec<u32>) {
+        let mut order: Vec<&(f64, Vec<u32>)> = self.runs.iter().collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        order[order.len() / 2]
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn main() {
     let secs = env_num("BENCH_SECS", 5);
+    let rounds = usize::try_from(env_num("BENCH_ROUNDS", 3))
+        .unwrap_or(3)
+        .max(1);
     let clients = usize::try_from(env_num("BENCH_CLIENTS", 64)).unwrap_or(64);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    println!("writes: {clients} clients, create-group and share-file alternately, {secs} s each");
+    println!(
+        "writes: {clients} clients, create-group and share-file alternately, {secs} s each, {rounds} rounds"
+    );
 
     let single = Tracker::with_args(&ARGS);
-    let (one, lat) = run(&rt, clients, secs, |_| {
-        single.client_with(Duration::from_secs(30))
-    });
-    println!(
-        "single tracker writes/s: {one:.0} (p50 {:.2} ms, p99 {:.2} ms)",
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99)
-    );
-    drop(single);
-
     let spread = std::env::var_os("BENCH_LEADER_ONLY").is_none();
-    for n in [2u32, 3] {
-        let cluster = Cluster::with_args(n, &ARGS);
+    let clusters: Vec<Cluster> = [2u32, 3].map(|n| Cluster::with_args(n, &ARGS)).into();
+    let mut setups = vec![Setup::new(&rt, "single tracker".into(), clients, |_| {
+        single.client_with(Duration::from_secs(30))
+    })];
+    for cluster in &clusters {
         let addrs = cluster.addrs();
-        let (rate, lat) = run(&rt, clients, secs, |c| {
+        let name = format!("{}-tracker cluster", addrs.len());
+        setups.push(Setup::new(&rt, name, clients, |c| {
             let mut a = addrs.clone();
             if spread {
                 let first = c % a.len();
                 a.rotate_left(first);
             }
             cluster.client_of(&a, Duration::from_secs(30))
-        });
-        println!(
-            "{n}-tracker cluster writes/s: {rate:.0} (p50 {:.2} ms, p99 {:.2} ms), {:.2} of a single tracker",
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99),
-            rate / one.max(1.0)
-        );
-        drop(cluster);
+        }));
     }
+    for round in 0..rounds {
+        let mut rates = vec![0.0; setups.len()];
+        for k in 0..setups.len() {
+            let s = (round + k) % setups.len();
+            rates[s] = setups[s].run(&rt, round, secs);
+        }
+        println!(
+            "round {}: writes/s {}",
+            round + 1,
+            (setups.iter().zip(&rates))
+                .map(|(s, r)| format!("{} {r:.0} ({:.2})", s.name, r / rates[0].max(1.0)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let (one, lat) = setups[0].median();
+    println!(
+        "single tracker writes/s: {one:.0} (p50 {:.2} ms, p99 {:.2} ms)",
+        percentile(lat, 0.5),
+        percentile(lat, 0.99)
+    );
+    for s in &setups[1..] {
+        let (rate, lat) = s.median();
+        let ratios: Vec<f64> = (s.runs.iter().zip(&setups[0].runs))
+            .map(|(r, one)| r.0 / one.0.max(1.0))
+            .collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "{} writes/s: {rate:.0} (p50 {:.2} ms, p99 {:.2} ms), {:.2} of a single tracker (rounds: {})",
+            s.name,
+            percentile(lat, 0.5),
+            percentile(lat, 0.99),
+            median(ratios.clone()),
+            each.join(", ")
+        );
+    }
+    drop(setups);
+    drop(clusters);
+    drop(single);
 }
