@@ -578,6 +578,7 @@ impl Uploads {
                     let paid =
                         (self.inner.bucket.as_ref()).is_none_or(|b| b.until_paid().is_zero());
                     if !(paid && st.spare(now)) {
+                        tracing::trace!(piece = ask.piece.get(), conn = ask.conn, "choked");
                         return Admission::Choked;
                     }
                     tracing::trace!(piece = ask.piece.get(), conn = ask.conn, "spare upload");

@@ -508,6 +508,7 @@ impl Swarm {
         let piece = piece.get();
         let mut st = self.state.lock();
         if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
+            tracing::trace!(piece, peer = %l.addr, "busy");
             l.forget(piece);
             l.offer.clear(piece);
             l.deferred.retain(|&(p, _)| p != piece);
