@@ -131,14 +131,43 @@ struct Setup {
     name: String,
     clients: Vec<Arc<TrackerClient>>,
     sessions: Vec<SessionToken>,
+    /// The trackers' process ids, for the CPU they spend.
+    pids: Vec<u32>,
     /// Writes per second and sorted latencies (µs), one entry a round.
     runs: Vec<(f64, Vec<u32>)>,
+    /// CPU time each tracker spent per write (µs), one entry a round.
+    cpu_us: Vec<Vec<f64>>,
+}
+
+/// Clock ticks a second of `/proc/<pid>/stat`'s times (`getconf CLK_TCK`).
+fn ticks_per_s() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// User and system CPU seconds `pid` has used so far (0 if it is gone).
+fn cpu_s(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which ends at the last ')': utime and
+    // stime are the 14th and 15th fields of the line, 12th and 13th here.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / ticks_per_s()
 }
 
 impl Setup {
     fn new(
         rt: &tokio::runtime::Runtime,
         name: String,
+        pids: Vec<u32>,
         clients: usize,
         client_of: impl Fn(usize) -> TrackerClient,
     ) -> Setup {
@@ -153,9 +182,11 @@ impl Setup {
         });
         Setup {
             name,
+            pids,
             clients,
             sessions,
             runs: Vec::new(),
+            cpu_us: Vec::new(),
         }
     }
 
@@ -163,6 +194,10 @@ impl Setup {
     fn run(&mut self, rt: &tokio::runtime::Runtime, round: usize, secs: u64) -> f64 {
         let start = Instant::now();
         let end = start + WARMUP + Duration::from_secs(secs);
+        let cpu = || self.pids.iter().map(|&p| cpu_s(p)).collect::<Vec<f64>>();
+        let mut cpu_before = cpu();
+        let warm_until = tokio::time::Instant::from_std(start + WARMUP);
+        let warm = rt.spawn(async move { tokio::time::sleep_until(warm_until).await });
         let tasks: Vec<_> = (self.clients.iter().zip(&self.sessions).enumerate())
             .map(|(c, (client, &session))| {
                 rt.spawn(client_loop(client.clone(), session, (round, c), start, end))
@@ -170,14 +205,37 @@ impl Setup {
             .collect();
         let mut all = Vec::new();
         rt.block_on(async {
+            let _ = warm.await;
+            cpu_before = cpu();
             for t in tasks {
                 all.extend(t.await.expect("client task"));
             }
         });
+        let writes = all.len().max(1) as f64;
+        let spent = (cpu().iter().zip(&cpu_before))
+            .map(|(after, before)| (after - before) * 1e6 / writes)
+            .collect();
         all.sort_unstable();
         let rate = all.len() as f64 / secs as f64;
+        self.cpu_us.push(spent);
         self.runs.push((rate, all));
         rate
+    }
+
+    /// The trackers' CPU per write (µs) in the round of the median total,
+    /// as `total (each tracker's)`.
+    fn cpu(&self) -> String {
+        let mut rounds: Vec<&Vec<f64>> = self.cpu_us.iter().collect();
+        rounds.sort_by(|a, b| a.iter().sum::<f64>().total_cmp(&b.iter().sum::<f64>()));
+        let Some(mid) = rounds.get(rounds.len() / 2) else {
+            return "-".into();
+        };
+        let each: Vec<String> = mid.iter().map(|c| format!("{c:.0}")).collect();
+        format!(
+            "{:.0} µs a write ({})",
+            mid.iter().sum::<f64>(),
+            each.join(" + ")
+        )
     }
 
     /// The run with the median rate.
@@ -211,13 +269,20 @@ fn main() {
     let single = Tracker::with_args(&ARGS);
     let spread = std::env::var_os("BENCH_LEADER_ONLY").is_none();
     let clusters: Vec<Cluster> = [2u32, 3].map(|n| Cluster::with_args(n, &ARGS)).into();
-    let mut setups = vec![Setup::new(&rt, "single tracker".into(), clients, |_| {
-        single.client_with(Duration::from_secs(30))
-    })];
+    let mut setups = vec![Setup::new(
+        &rt,
+        "single tracker".into(),
+        single.pid().into_iter().collect(),
+        clients,
+        |_| single.client_with(Duration::from_secs(30)),
+    )];
     for cluster in &clusters {
         let addrs = cluster.addrs();
         let name = format!("{}-tracker cluster", addrs.len());
-        setups.push(Setup::new(&rt, name, clients, |c| {
+        let pids = (1..=cluster.size())
+            .filter_map(|i| cluster.tracker(i).pid())
+            .collect();
+        setups.push(Setup::new(&rt, name, pids, clients, |c| {
             let mut a = addrs.clone();
             if spread {
                 let first = c % a.len();
@@ -243,9 +308,10 @@ fn main() {
     }
     let (one, lat) = setups[0].median();
     println!(
-        "single tracker writes/s: {one:.0} (p50 {:.2} ms, p99 {:.2} ms)",
+        "single tracker writes/s: {one:.0} (p50 {:.2} ms, p99 {:.2} ms), tracker CPU {}",
         percentile(lat, 0.5),
-        percentile(lat, 0.99)
+        percentile(lat, 0.99),
+        setups[0].cpu()
     );
     for s in &setups[1..] {
         let (rate, lat) = s.median();
@@ -254,12 +320,13 @@ fn main() {
             .collect();
         let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         println!(
-            "{} writes/s: {rate:.0} (p50 {:.2} ms, p99 {:.2} ms), {:.2} of a single tracker (rounds: {})",
+            "{} writes/s: {rate:.0} (p50 {:.2} ms, p99 {:.2} ms), {:.2} of a single tracker (rounds: {}), trackers' CPU {}",
             s.name,
             percentile(lat, 0.5),
             percentile(lat, 0.99),
             median(ratios.clone()),
-            each.join(", ")
+            each.join(", "),
+            s.cpu()
         );
     }
     drop(setups);

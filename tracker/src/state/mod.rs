@@ -534,6 +534,12 @@ impl State {
     }
 
     /// Sessions of `user` that have not expired at `now_unix_ms`.
+    /// Sessions of `user` on record, expired ones included: an upper bound
+    /// of [`State::session_count`] found without walking them.
+    pub fn sessions_on_record(&self, user: &str) -> usize {
+        self.sessions_of.get(user).map_or(0, HashSet::len)
+    }
+
     pub fn session_count(&self, user: &str, now_unix_ms: u64) -> usize {
         (self.sessions_of.get(user).into_iter().flatten())
             .filter(|h| self.session(h, now_unix_ms).is_some())
