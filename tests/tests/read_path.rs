@@ -112,9 +112,16 @@ async fn reads_pull_from_every_seeder_of_the_file() {
     let original = a.share("g", "same.bin", size, 5).await;
     assert_eq!(c.share("g", "same.bin", size, 5).await, original);
     let stream = b.open("g", "same.bin").await.unwrap();
-    assert!(read_all(&stream, size as u64, 128 * 1024).await == original);
     let id = b.entry("g", "same.bin").await.unwrap().id;
-    let from = b.engine().swarm(&id).unwrap().counters();
+    let swarm = b.engine().swarm(&id).unwrap();
+    // Both links up before the pieces flow: on a loaded machine the first
+    // seeder could otherwise send all sixteen while the other's handshake
+    // is still under way.
+    fileshare_tests::wait_until("both seeders linked", Duration::from_secs(20), || {
+        swarm.view().links.len() == 2
+    });
+    assert!(read_all(&stream, size as u64, 128 * 1024).await == original);
+    let from = swarm.counters();
     let senders = from.iter().filter(|(_, c)| c.bytes > 0).count();
     assert_eq!(senders, 2, "pieces came from {from:?}");
 }
