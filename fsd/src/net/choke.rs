@@ -4,9 +4,10 @@
 //! a new file's readers all ask its source first: they would all drain it
 //! and trade little. So at most [`REGULAR`] connections are *unchoked* for
 //! their merit, plus one *optimistic* unchoke; a choked connection's piece
-//! requests are answered `Busy` at once, so its requester turns to its
-//! other peers without waiting (but for a piece's first copy and when the
-//! uplink would idle, see `upload_scheduler.rs`).
+//! requests are served only with upload no unchoked one takes, and
+//! answered `Busy` after a short wait otherwise, so its requester turns to
+//! its other peers (but for a piece's first copy, see
+//! `upload_scheduler.rs`).
 //!
 //! - **Rotation**, every [`ROTATE`]: the regular set is chosen again among
 //!   the *interested* connections (those that asked for a piece during the
