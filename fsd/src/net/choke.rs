@@ -46,6 +46,33 @@ pub const OPTIMISTIC_ROUNDS: u64 = 2;
 /// waiting) gives its slot to a choked one that asks.
 pub const IDLE: Duration = Duration::from_secs(1);
 
+/// Requests of one choked connection that may wait for a spare upload
+/// (`upload_scheduler.rs`); its further ones are refused at once.
+pub const MAX_CHOKED_WAITING: usize = 2;
+
+/// How long a choked request may wait, whatever the uplink: at least
+/// this, at most [`CHOKED_WAIT_MAX`]; about one piece's time on the
+/// uplink in between ([`choked_wait`]).
+pub const CHOKED_WAIT_MIN: Duration = Duration::from_millis(100);
+pub const CHOKED_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// A choked request's wait while the uplink's rate is not measured yet.
+pub const CHOKED_WAIT_UNMEASURED: Duration = Duration::from_millis(500);
+
+/// How long a choked request may wait for a spare upload at an uplink of
+/// `rate` bytes per second (0: not measured): about the time one piece
+/// takes on it, when the window frees at the latest once full. Longer, it
+/// would hold its requester's slot while other holders could serve it;
+/// shorter, it is refused before any room frees.
+pub fn choked_wait(rate: f64) -> Duration {
+    if rate > 0.0 && rate.is_finite() {
+        Duration::from_secs_f64(fileshare_protocol::PIECE_LEN as f64 / rate)
+            .clamp(CHOKED_WAIT_MIN, CHOKED_WAIT_MAX)
+    } else {
+        CHOKED_WAIT_UNMEASURED
+    }
+}
+
 /// What the choker knows of one connection at a rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {

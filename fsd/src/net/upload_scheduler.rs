@@ -12,7 +12,7 @@
 //!    seconds by how much their peers upload to this daemon (tit-for-tat),
 //!    plus one optimistic unchoke, are served first. A choked connection's
 //!    request waits a short while (about one piece's time on the uplink,
-//!    [`MAX_CHOKED_WAITING`] per connection) and is served only when the
+//!    `choke::MAX_CHOKED_WAITING` per connection) and is served only when the
 //!    window has room and no unchoked request can take it (a *spare*
 //!    upload); when its wait runs out it is answered `Busy`
 //!    ([`Admission::Choked`]) and its requester turns to its other peers.
@@ -25,9 +25,10 @@
 //!    when the uplink can take it: while the bytes granted and not yet
 //!    written are below the window measured from the writes' back-pressure
 //!    (`uplink.rs`), and, with `--max-upload-rate`, when the token bucket
-//!    can pay for it. The peer sockets keep at most [`UNSENT_LOWAT`] bytes
-//!    unsent ([`limit_unsent`]), so a write returns about when the uplink
-//!    has taken the piece: requests wait here, where they can still be
+//!    can pay for it. The peer sockets keep at most
+//!    [`UNSENT_LOWAT`](crate::net::send_buffer::UNSENT_LOWAT) bytes unsent
+//!    ([`limit_unsent`](crate::net::send_buffer::limit_unsent)), so a write
+//!    returns about when the uplink has taken the piece: requests wait here, where they can still be
 //!    ordered, refused or cancelled, not in kernel buffers.
 //! 3. **Order** ([`plan`]): each time one more piece may go, the pacer
 //!    chooses among all waiting requests:
@@ -76,65 +77,19 @@
 //! upload. A served request holds its room until its connection's writer
 //! has written it and drops the [`Sending`] it came with.
 
-use crate::net::choke::{self, Candidate, Choker};
+use crate::net::choke::{self, Candidate, Choker, MAX_CHOKED_WAITING};
 use crate::net::token_bucket::TokenBucket;
 use crate::net::uplink::Uplink;
 use fileshare_protocol::{FileId, PeerId, PieceIndex};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Served pieces one connection may have granted and not yet written.
 pub const MAX_UNWRITTEN: u32 = 2;
-
-/// Requests of one choked connection that may wait for a spare upload;
-/// its further ones are refused at once.
-pub const MAX_CHOKED_WAITING: usize = 2;
-
-/// How long a choked request may wait, whatever the uplink: at least
-/// this, at most [`CHOKED_WAIT_MAX`]; about one piece's time on the
-/// uplink in between ([`State::choked_wait`]).
-pub const CHOKED_WAIT_MIN: Duration = Duration::from_millis(100);
-pub const CHOKED_WAIT_MAX: Duration = Duration::from_secs(1);
-
-/// A choked request's wait while the uplink's rate is not measured yet.
-pub const CHOKED_WAIT_UNMEASURED: Duration = Duration::from_millis(500);
-
-/// Unsent bytes a peer socket may hold (`TCP_NOTSENT_LOWAT`): a quarter of
-/// a piece, enough to bridge the hand-over of the next piece to the
-/// kernel, so a write returns about when the uplink has taken it.
-pub const UNSENT_LOWAT: u32 = 128 * 1024;
-
-/// Sets [`UNSENT_LOWAT`] on the peer server's listening socket; the
-/// connections it accepts inherit it. Best effort: without it, writes
-/// return as soon as the kernel buffers them, and the pacing only sees the
-/// uplink once those buffers are full.
-pub fn limit_unsent(listener: &tokio::net::TcpListener) {
-    use std::os::fd::AsRawFd;
-    let v = libc::c_int::try_from(UNSENT_LOWAT).unwrap_or(libc::c_int::MAX);
-    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    // SAFETY: setsockopt on a socket this process owns, with a c_int
-    // option value of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&raw const v).cast(),
-            len,
-        )
-    };
-    if r != 0 {
-        tracing::debug!(
-            "TCP_NOTSENT_LOWAT: {}: uploads are paced by full socket buffers",
-            std::io::Error::last_os_error()
-        );
-    }
-}
 
 /// What a piece request may do now.
 #[derive(Debug)]
@@ -445,28 +400,13 @@ impl State {
         )
     }
 
-    /// How long a choked request may wait for a spare upload: about the
-    /// time one piece takes on the uplink, the time until its window
-    /// frees at the latest once full. Longer, it would hold its
-    /// requester's slot while other holders could serve it; shorter, it
-    /// is refused before any room frees.
-    fn choked_wait(&self) -> Duration {
-        let rate = self.uplink.rate();
-        if rate > 0.0 && rate.is_finite() {
-            Duration::from_secs_f64(fileshare_protocol::PIECE_LEN as f64 / rate)
-                .clamp(CHOKED_WAIT_MIN, CHOKED_WAIT_MAX)
-        } else {
-            CHOKED_WAIT_UNMEASURED
-        }
-    }
-
     /// A choked request waits for a spare upload if its connection has
     /// fewer than [`MAX_CHOKED_WAITING`] waiting: until when.
     fn choked_slot(&self, conn: u64, now: Instant) -> Option<Instant> {
         let waiting = (self.entries.iter())
             .filter(|e| e.w.ask.conn == conn && e.wait_until.is_some())
             .count();
-        (waiting < MAX_CHOKED_WAITING).then(|| now + self.choked_wait())
+        (waiting < MAX_CHOKED_WAITING).then(|| now + choke::choked_wait(self.uplink.rate()))
     }
 
     /// Waiting choked requests whose connection was unchoked meanwhile
@@ -787,7 +727,7 @@ impl Uploads {
 
     /// Chooses the unchoked connections again once [`choke::ROTATE`] has
     /// passed; the waiting requests of those it chokes wait on as choked
-    /// ones ([`MAX_CHOKED_WAITING`] each), the others are refused.
+    /// ones (`choke::MAX_CHOKED_WAITING` each), the others are refused.
     fn rotate_if_due(&self) {
         let peers: Vec<(u64, Option<PeerId>)> = {
             let st = self.inner.state.lock();

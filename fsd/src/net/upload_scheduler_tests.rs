@@ -523,7 +523,7 @@ async fn a_choked_request_is_refused_when_its_wait_runs_out() {
     for w in waiting {
         assert_eq!(w.await.unwrap(), "choked");
     }
-    assert_eq!(start.elapsed(), CHOKED_WAIT_UNMEASURED);
+    assert_eq!(start.elapsed(), choke::CHOKED_WAIT_UNMEASURED);
     // Cancelled or refused, they hold no place: it may wait again.
     let again = spawn(big(6, 3));
     tokio::time::sleep(Duration::from_millis(10)).await;
