@@ -181,6 +181,16 @@ mod tests {
     }
 
     #[test]
+    fn a_choked_request_waits_about_one_pieces_time_on_the_uplink() {
+        let mib = 1024.0 * 1024.0;
+        assert_eq!(choked_wait(mib), Duration::from_millis(500));
+        assert_eq!(choked_wait(0.0), CHOKED_WAIT_UNMEASURED);
+        assert_eq!(choked_wait(f64::NAN), CHOKED_WAIT_UNMEASURED);
+        assert_eq!(choked_wait(100.0 * mib), CHOKED_WAIT_MIN);
+        assert_eq!(choked_wait(0.1 * mib), CHOKED_WAIT_MAX);
+    }
+
+    #[test]
     fn first_askers_are_unchoked_at_once_up_to_the_slots() {
         let mut c = Choker::default();
         let active = |_| true;

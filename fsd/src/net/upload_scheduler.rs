@@ -10,17 +10,14 @@
 //!
 //! 1. **Choking** (`choke.rs`): at most four connections, chosen every two
 //!    seconds by how much their peers upload to this daemon (tit-for-tat),
-//!    plus one optimistic unchoke, are served first. A choked connection's
-//!    request waits a short while (about one piece's time on the uplink,
-//!    `choke::MAX_CHOKED_WAITING` per connection) and is served only when the
-//!    window has room and no unchoked request can take it (a *spare*
-//!    upload); when its wait runs out it is answered `Busy`
-//!    ([`Admission::Choked`]) and its requester turns to its other peers.
-//!    Refused at arrival instead, when the window is full, nobody would
-//!    be waiting when it frees, and the uplink would idle while others
-//!    lack its pieces. So choking never costs upload, only shares it. A
-//!    request for a piece this daemon never uploaded is served choked or
-//!    not (the piece's first copy; see `State::never_uploaded`).
+//!    plus one optimistic unchoke, are served first. A choked request
+//!    waits about one piece's time on the uplink (`choke::choked_wait`,
+//!    two per connection) and is served only with room no unchoked request
+//!    takes (a *spare* upload), else answered `Busy` ([`Admission::Choked`]):
+//!    refused on arrival, when the window is full, nobody would wait there
+//!    when it frees. So choking never costs upload, only shares it. A
+//!    piece this daemon never uploaded is served choked or not (its first
+//!    copy; see `State::never_uploaded`).
 //! 2. **Pacing**: requests wait in one queue, and one more is served only
 //!    when the uplink can take it: while the bytes granted and not yet
 //!    written are below the window measured from the writes' back-pressure
@@ -231,6 +228,8 @@ struct State {
     last_served: HashMap<u64, u64>,
     grants: u64,
     uplink: Uplink,
+    /// `--max-upload-rate` in bytes per second (else infinite).
+    rate_cap: f64,
     choker: Choker,
     conns: HashMap<u64, Conn>,
     next_rotation: Instant,
@@ -406,11 +405,12 @@ impl State {
         let waiting = (self.entries.iter())
             .filter(|e| e.w.ask.conn == conn && e.wait_until.is_some())
             .count();
-        (waiting < MAX_CHOKED_WAITING).then(|| now + choke::choked_wait(self.uplink.rate()))
+        let rate = self.uplink.rate().min(self.rate_cap);
+        (waiting < MAX_CHOKED_WAITING).then(|| now + choke::choked_wait(rate))
     }
 
-    /// Waiting choked requests whose connection was unchoked meanwhile
-    /// become ordinary ones; those whose wait ran out are refused.
+    /// Waiting choked requests of connections unchoked since become
+    /// ordinary ones; those whose wait ran out are refused.
     fn settle_choked(&mut self, now: Instant) {
         let mut expired = Vec::new();
         let mut i = 0;
@@ -578,6 +578,7 @@ impl Uploads {
                     last_served: HashMap::new(),
                     grants: 0,
                     uplink: Uplink::new(now),
+                    rate_cap: rate.map_or(f64::INFINITY, |r| r as f64),
                     choker: Choker::default(),
                     conns: HashMap::new(),
                     next_rotation: now + choke::ROTATE,
