@@ -89,7 +89,7 @@ impl Node {
         let bound = listener.local_addr()?;
         let primary = crate::net::reach::family::primary(bound, &first_tracker);
         let addr = primary.to_string();
-        crate::net::upload_scheduler::limit_unsent(&listener);
+        crate::net::send_buffer::limit_unsent(&listener);
 
         let registry = Arc::new(Registry::default());
         let reach = Arc::new(crate::net::reach::Reach::default());

@@ -4,9 +4,10 @@
 //! a new file's readers all ask its source first: they would all drain it
 //! and trade little. So at most [`REGULAR`] connections are *unchoked* for
 //! their merit, plus one *optimistic* unchoke; a choked connection's piece
-//! requests are answered `Busy` at once, so its requester turns to its
-//! other peers without waiting (but for a piece's first copy and when the
-//! uplink would idle, see `upload_scheduler.rs`).
+//! requests are served only with upload no unchoked one takes, and
+//! answered `Busy` after a short wait otherwise, so its requester turns to
+//! its other peers (but for a piece's first copy, see
+//! `upload_scheduler.rs`).
 //!
 //! - **Rotation**, every [`ROTATE`]: the regular set is chosen again among
 //!   the *interested* connections (those that asked for a piece during the
@@ -44,6 +45,33 @@ pub const OPTIMISTIC_ROUNDS: u64 = 2;
 /// An unchoked connection that asked nothing for this long (and has nothing
 /// waiting) gives its slot to a choked one that asks.
 pub const IDLE: Duration = Duration::from_secs(1);
+
+/// Requests of one choked connection that may wait for a spare upload
+/// (`upload_scheduler.rs`); its further ones are refused at once.
+pub const MAX_CHOKED_WAITING: usize = 2;
+
+/// How long a choked request may wait, whatever the uplink: at least
+/// this, at most [`CHOKED_WAIT_MAX`]; about one piece's time on the
+/// uplink in between ([`choked_wait`]).
+pub const CHOKED_WAIT_MIN: Duration = Duration::from_millis(100);
+pub const CHOKED_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// A choked request's wait while the uplink's rate is not measured yet.
+pub const CHOKED_WAIT_UNMEASURED: Duration = Duration::from_millis(500);
+
+/// How long a choked request may wait for a spare upload at an uplink of
+/// `rate` bytes per second (0: not measured): about the time one piece
+/// takes on it, when the window frees at the latest once full. Longer, it
+/// would hold its requester's slot while other holders could serve it;
+/// shorter, it is refused before any room frees.
+pub fn choked_wait(rate: f64) -> Duration {
+    if rate > 0.0 && rate.is_finite() {
+        Duration::from_secs_f64(fileshare_protocol::PIECE_LEN as f64 / rate)
+            .clamp(CHOKED_WAIT_MIN, CHOKED_WAIT_MAX)
+    } else {
+        CHOKED_WAIT_UNMEASURED
+    }
+}
 
 /// What the choker knows of one connection at a rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +178,16 @@ mod tests {
             received,
             sent,
         }
+    }
+
+    #[test]
+    fn a_choked_request_waits_about_one_pieces_time_on_the_uplink() {
+        let mib = 1024.0 * 1024.0;
+        assert_eq!(choked_wait(mib), Duration::from_millis(500));
+        assert_eq!(choked_wait(0.0), CHOKED_WAIT_UNMEASURED);
+        assert_eq!(choked_wait(f64::NAN), CHOKED_WAIT_UNMEASURED);
+        assert_eq!(choked_wait(100.0 * mib), CHOKED_WAIT_MIN);
+        assert_eq!(choked_wait(0.1 * mib), CHOKED_WAIT_MAX);
     }
 
     #[test]

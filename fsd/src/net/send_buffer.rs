@@ -219,6 +219,38 @@ fn socklen<T>() -> libc::socklen_t {
     libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
 }
 
+/// Unsent bytes a peer socket may hold (`TCP_NOTSENT_LOWAT`): a quarter of
+/// a piece, enough to bridge the hand-over of the next piece to the
+/// kernel, so a write returns about when the uplink has taken it.
+pub const UNSENT_LOWAT: u32 = 128 * 1024;
+
+/// Sets [`UNSENT_LOWAT`] on the peer server's listening socket; the
+/// connections it accepts inherit it. Best effort: without it, writes
+/// return as soon as the kernel buffers them, and the pacing only sees the
+/// uplink once those buffers are full.
+pub fn limit_unsent(listener: &tokio::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(UNSENT_LOWAT).unwrap_or(libc::c_int::MAX);
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: setsockopt on a socket this process owns, with a c_int
+    // option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&raw const v).cast(),
+            len,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(
+            "TCP_NOTSENT_LOWAT: {}: uploads are paced by full socket buffers",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

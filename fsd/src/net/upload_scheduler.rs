@@ -10,21 +10,22 @@
 //!
 //! 1. **Choking** (`choke.rs`): at most four connections, chosen every two
 //!    seconds by how much their peers upload to this daemon (tit-for-tat),
-//!    plus one optimistic unchoke, are served; a choked connection's
-//!    requests are answered `Busy` at once ([`Admission::Choked`]), so its
-//!    requester turns to its other peers without waiting. Two exceptions:
-//!    a request for a piece this daemon never uploaded is served choked or
-//!    not (the piece's first copy; see `State::never_uploaded`), and a
-//!    request that finds room in the window and no other request to serve
-//!    is served (a *spare* upload), so choking never costs upload, only
-//!    shares it.
+//!    plus one optimistic unchoke, are served first. A choked request
+//!    waits about one piece's time on the uplink (`choke::choked_wait`,
+//!    two per connection) and is served only with room no unchoked request
+//!    takes (a *spare* upload), else answered `Busy` ([`Admission::Choked`]):
+//!    refused on arrival, when the window is full, nobody would wait there
+//!    when it frees. So choking never costs upload, only shares it. A
+//!    piece this daemon never uploaded is served choked or not (its first
+//!    copy; see `State::never_uploaded`).
 //! 2. **Pacing**: requests wait in one queue, and one more is served only
 //!    when the uplink can take it: while the bytes granted and not yet
 //!    written are below the window measured from the writes' back-pressure
 //!    (`uplink.rs`), and, with `--max-upload-rate`, when the token bucket
-//!    can pay for it. The peer sockets keep at most [`UNSENT_LOWAT`] bytes
-//!    unsent ([`limit_unsent`]), so a write returns about when the uplink
-//!    has taken the piece: requests wait here, where they can still be
+//!    can pay for it. The peer sockets keep at most
+//!    [`UNSENT_LOWAT`](crate::net::send_buffer::UNSENT_LOWAT) bytes unsent
+//!    ([`limit_unsent`](crate::net::send_buffer::limit_unsent)), so a write
+//!    returns about when the uplink has taken the piece: requests wait here, where they can still be
 //!    ordered, refused or cancelled, not in kernel buffers.
 //! 3. **Order** ([`plan`]): each time one more piece may go, the pacer
 //!    chooses among all waiting requests:
@@ -73,7 +74,7 @@
 //! upload. A served request holds its room until its connection's writer
 //! has written it and drops the [`Sending`] it came with.
 
-use crate::net::choke::{self, Candidate, Choker};
+use crate::net::choke::{self, Candidate, Choker, MAX_CHOKED_WAITING};
 use crate::net::token_bucket::TokenBucket;
 use crate::net::uplink::Uplink;
 use fileshare_protocol::{FileId, PeerId, PieceIndex};
@@ -86,38 +87,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Served pieces one connection may have granted and not yet written.
 pub const MAX_UNWRITTEN: u32 = 2;
-
-/// Unsent bytes a peer socket may hold (`TCP_NOTSENT_LOWAT`): a quarter of
-/// a piece, enough to bridge the hand-over of the next piece to the
-/// kernel, so a write returns about when the uplink has taken it.
-pub const UNSENT_LOWAT: u32 = 128 * 1024;
-
-/// Sets [`UNSENT_LOWAT`] on the peer server's listening socket; the
-/// connections it accepts inherit it. Best effort: without it, writes
-/// return as soon as the kernel buffers them, and the pacing only sees the
-/// uplink once those buffers are full.
-pub fn limit_unsent(listener: &tokio::net::TcpListener) {
-    use std::os::fd::AsRawFd;
-    let v = libc::c_int::try_from(UNSENT_LOWAT).unwrap_or(libc::c_int::MAX);
-    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
-    // SAFETY: setsockopt on a socket this process owns, with a c_int
-    // option value of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&raw const v).cast(),
-            len,
-        )
-    };
-    if r != 0 {
-        tracing::debug!(
-            "TCP_NOTSENT_LOWAT: {}: uploads are paced by full socket buffers",
-            std::io::Error::last_os_error()
-        );
-    }
-}
 
 /// What a piece request may do now.
 #[derive(Debug)]
@@ -229,6 +198,11 @@ struct Entry {
     /// Admitted from a choked connection only for the piece's first copy:
     /// refused once that copy went to someone else.
     first_copy: bool,
+    /// A choked connection's request waiting for a spare upload: served
+    /// when the uplink has room and no unchoked request can take it,
+    /// refused `Busy` at this instant otherwise. Cleared if the
+    /// connection is unchoked meanwhile.
+    wait_until: Option<Instant>,
 }
 
 /// One connection as the scheduler counts it.
@@ -254,6 +228,8 @@ struct State {
     last_served: HashMap<u64, u64>,
     grants: u64,
     uplink: Uplink,
+    /// `--max-upload-rate` in bytes per second (else infinite).
+    rate_cap: f64,
     choker: Choker,
     conns: HashMap<u64, Conn>,
     next_rotation: Instant,
@@ -323,35 +299,32 @@ impl State {
         for e in late {
             let _ = e.tx.send(Admission::Choked);
         }
+        self.settle_choked(now);
         loop {
             // Connections holding MAX_UNWRITTEN pieces wait for their writer.
             let full = |c: u64| (self.conns.get(&c)).is_some_and(|c| c.unwritten >= MAX_UNWRITTEN);
-            let eligible: Vec<usize> = (0..self.entries.len())
-                .filter(|&i| !full(self.entries[i].w.ask.conn))
-                .collect();
-            let waiting: Vec<Waiting> = eligible.iter().map(|&i| self.entries[i].w).collect();
-            // A file asked for by one connection only: arrival order.
-            let mut files: Vec<(FileId, bool)> = Vec::new();
-            for w in &waiting {
-                if !files.iter().any(|(f, _)| *f == w.ask.file) {
-                    files.push((w.ask.file, self.contested(&w.ask.file, now)));
+            let (mut regular, mut choked) = (Vec::new(), Vec::new());
+            for (i, e) in self.entries.iter().enumerate() {
+                if full(e.w.ask.conn) {
+                    continue;
+                }
+                match e.wait_until {
+                    None => regular.push(i),
+                    Some(_) => choked.push(i),
                 }
             }
-            let contested = |f: &FileId| files.iter().any(|(g, c)| g == f && *c);
-            let p = plan(
-                &waiting,
-                |f, i| {
-                    (self.uploads.get(f))
-                        .filter(|_| contested(f))
-                        .and_then(|c| c.get(i.usize()))
-                        .copied()
-                        .unwrap_or(0)
-                },
-                |c| self.last_served.get(&c).copied().unwrap_or(0),
-            );
+            let p = self.plan_among(&regular, now);
+            // No unchoked request can take the room: a waiting choked one
+            // does (a spare upload). Its refusals are not applied: it is
+            // refused only when its wait runs out.
+            let spare = match p.serve {
+                None => self.plan_among(&choked, now).serve.map(|i| choked[i]),
+                Some(_) => None,
+            };
             let mut take: Vec<(usize, bool)> =
-                p.refuse.iter().map(|&i| (eligible[i], false)).collect();
-            take.extend(p.serve.map(|i| (eligible[i], true)));
+                p.refuse.iter().map(|&i| (regular[i], false)).collect();
+            take.extend(p.serve.map(|i| (regular[i], true)));
+            take.extend(spare.map(|i| (i, true)));
             // Remove from the back so the indexes stay valid.
             take.sort_unstable_by_key(|t| std::cmp::Reverse(t.0));
             let mut paid = None;
@@ -378,6 +351,7 @@ impl State {
                             conn = a.conn,
                             second = a.second,
                             serve,
+                            choked = e.wait_until.is_some(),
                             "upload"
                         );
                         if serve {
@@ -395,10 +369,73 @@ impl State {
                     Err(_) => {}
                 }
             }
-            if paid.is_some() || p.serve.is_none() {
+            if paid.is_some() || (p.serve.is_none() && spare.is_none()) {
                 return paid;
             }
         }
+    }
+
+    /// [`plan`] among the entries at `idx`; its indexes are into `idx`.
+    fn plan_among(&self, idx: &[usize], now: Instant) -> Plan {
+        let waiting: Vec<Waiting> = idx.iter().map(|&i| self.entries[i].w).collect();
+        // A file asked for by one connection only: arrival order.
+        let mut files: Vec<(FileId, bool)> = Vec::new();
+        for w in &waiting {
+            if !files.iter().any(|(f, _)| *f == w.ask.file) {
+                files.push((w.ask.file, self.contested(&w.ask.file, now)));
+            }
+        }
+        let contested = |f: &FileId| files.iter().any(|(g, c)| g == f && *c);
+        plan(
+            &waiting,
+            |f, i| {
+                (self.uploads.get(f))
+                    .filter(|_| contested(f))
+                    .and_then(|c| c.get(i.usize()))
+                    .copied()
+                    .unwrap_or(0)
+            },
+            |c| self.last_served.get(&c).copied().unwrap_or(0),
+        )
+    }
+
+    /// A choked request waits for a spare upload if its connection has
+    /// fewer than [`MAX_CHOKED_WAITING`] waiting: until when.
+    fn choked_slot(&self, conn: u64, now: Instant) -> Option<Instant> {
+        let waiting = (self.entries.iter())
+            .filter(|e| e.w.ask.conn == conn && e.wait_until.is_some())
+            .count();
+        let rate = self.uplink.rate().min(self.rate_cap);
+        (waiting < MAX_CHOKED_WAITING).then(|| now + choke::choked_wait(rate))
+    }
+
+    /// Waiting choked requests of connections unchoked since become
+    /// ordinary ones; those whose wait ran out are refused.
+    fn settle_choked(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        let mut i = 0;
+        while i < self.entries.len() {
+            let e = &mut self.entries[i];
+            match e.wait_until {
+                Some(_) if self.choker.is_unchoked(e.w.ask.conn) => e.wait_until = None,
+                Some(t) if t <= now => {
+                    expired.push(self.entries.swap_remove(i));
+                    continue;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        for e in expired {
+            let a = e.w.ask;
+            tracing::trace!(piece = a.piece.get(), conn = a.conn, "choked");
+            let _ = e.tx.send(Admission::Choked);
+        }
+    }
+
+    /// When the first waiting choked request's wait runs out.
+    fn next_choked_deadline(&self) -> Option<Instant> {
+        self.entries.iter().filter_map(|e| e.wait_until).min()
     }
 
     /// Whether this daemon never chose to upload the piece: its first copy
@@ -541,6 +578,7 @@ impl Uploads {
                     last_served: HashMap::new(),
                     grants: 0,
                     uplink: Uplink::new(now),
+                    rate_cap: rate.map_or(f64::INFINITY, |r| r as f64),
                     choker: Choker::default(),
                     conns: HashMap::new(),
                     next_rotation: now + choke::ROTATE,
@@ -569,6 +607,7 @@ impl Uploads {
             c.last_ask = now;
             c.asked = true;
             let mut first_copy = false;
+            let mut wait_until = None;
             st.note_asker(ask.file, ask.conn, now);
             if !st.choker.is_unchoked(ask.conn) {
                 let mut choker = std::mem::take(&mut st.choker);
@@ -577,11 +616,15 @@ impl Uploads {
                 if !unchoked && !st.never_uploaded(&ask) {
                     let paid =
                         (self.inner.bucket.as_ref()).is_none_or(|b| b.until_paid().is_zero());
-                    if !(paid && st.spare(now)) {
+                    if paid && st.spare(now) {
+                        tracing::trace!(piece = ask.piece.get(), conn = ask.conn, "spare upload");
+                    } else if let Some(t) = st.choked_slot(ask.conn, now) {
+                        wait_until = Some(t);
+                        tracing::trace!(piece = ask.piece.get(), conn = ask.conn, "choked wait");
+                    } else {
                         tracing::trace!(piece = ask.piece.get(), conn = ask.conn, "choked");
                         return Admission::Choked;
                     }
-                    tracing::trace!(piece = ask.piece.get(), conn = ask.conn, "spare upload");
                 } else if !unchoked {
                     first_copy = true;
                     tracing::trace!(
@@ -597,6 +640,7 @@ impl Uploads {
                 w: Waiting { ask, seq },
                 tx,
                 first_copy,
+                wait_until,
             });
             seq
         };
@@ -650,6 +694,7 @@ impl Uploads {
                 let (served, until) = {
                     let mut st = inner.state.lock();
                     let now = Instant::now();
+                    st.settle_choked(now);
                     let served = if st.uplink.has_room(now) {
                         let s = st.step(inner, now);
                         if s.is_none() {
@@ -659,11 +704,11 @@ impl Uploads {
                     } else {
                         None
                     };
-                    let stall = st.uplink.next_stall();
-                    (
-                        served,
-                        stall.map_or(st.next_rotation, |s| s.min(st.next_rotation)),
-                    )
+                    let until = [st.uplink.next_stall(), st.next_choked_deadline()]
+                        .into_iter()
+                        .flatten()
+                        .fold(st.next_rotation, Instant::min);
+                    (served, until)
                 };
                 if let Some(b) = served {
                     break b;
@@ -682,7 +727,8 @@ impl Uploads {
     }
 
     /// Chooses the unchoked connections again once [`choke::ROTATE`] has
-    /// passed; the waiting requests of those it chokes are refused.
+    /// passed; the waiting requests of those it chokes wait on as choked
+    /// ones (`choke::MAX_CHOKED_WAITING` each), the others are refused.
     fn rotate_if_due(&self) {
         let peers: Vec<(u64, Option<PeerId>)> = {
             let st = self.inner.state.lock();
@@ -719,10 +765,20 @@ impl Uploads {
         if !choked.is_empty() {
             tracing::trace!(?choked, unchoked = ?st.choker.unchoked().collect::<Vec<_>>(), "choke rotation");
         }
-        let (gone, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut st.entries)
-            .into_iter()
-            .partition(|e| choked.contains(&e.w.ask.conn));
-        st.entries = kept;
+        let mut gone = Vec::new();
+        for mut e in std::mem::take(&mut st.entries) {
+            let conn = e.w.ask.conn;
+            if choked.contains(&conn) && e.wait_until.is_none() && !e.first_copy {
+                match st.choked_slot(conn, now) {
+                    Some(t) => e.wait_until = Some(t),
+                    None => {
+                        gone.push(e);
+                        continue;
+                    }
+                }
+            }
+            st.entries.push(e);
+        }
         drop(st);
         for e in gone {
             let _ = e.tx.send(Admission::Choked);

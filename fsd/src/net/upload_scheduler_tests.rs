@@ -249,7 +249,7 @@ async fn without_a_rate_the_unwritten_bytes_pace_the_uploads() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn choked_connections_are_refused_at_once_until_they_upload_to_us() {
+async fn choked_connections_are_served_only_spare_upload_until_they_upload_to_us() {
     // The peer of connection 6 uploads to us; nobody else does.
     let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let r = received.clone();
@@ -267,14 +267,16 @@ async fn choked_connections_are_refused_at_once_until_they_upload_to_us() {
         up.connected(u64::from(conn), PeerId([conn; 16]));
     }
     let (shutdown, pacer) = pacer(&up);
+    let unchoked = |c: u64| up.inner.state.lock().choker.is_unchoked(c);
     // Five connections take the four regular slots and the optimistic
-    // one; the sixth, asking for a piece already sent, is refused without
-    // waiting.
+    // one; the sixth, asking for a piece already sent, is choked: it
+    // waits, and is served once the bucket pays and nobody else waits.
     for conn in 1..=5u32 {
         let a = up.admit(ask(u64::from(conn), conn)).await;
         assert_eq!(what(a), "serve");
     }
-    assert_eq!(what(up.admit(ask(6, 1)).await), "choked");
+    assert_eq!(what(up.admit(ask(6, 1)).await), "serve");
+    assert!(!unchoked(6));
     // Its peer uploads to us, and everyone keeps asking: after the
     // next rotation it is served, and one of the others is choked.
     received.store(1 << 20, std::sync::atomic::Ordering::Relaxed);
@@ -288,7 +290,8 @@ async fn choked_connections_are_refused_at_once_until_they_upload_to_us() {
         }
     }
     assert_eq!(last[5], "serve", "{last:?}");
-    assert!(last[..5].contains(&"choked"), "{last:?}");
+    assert!(unchoked(6));
+    assert!((1..=5).any(|c| !unchoked(c)));
     shutdown.cancel();
     pacer.await.unwrap();
 }
@@ -309,7 +312,8 @@ async fn a_choked_connection_is_served_when_the_uplink_would_idle() {
         };
         held.push(s);
     }
-    // The window is full: a sixth connection is choked.
+    // The window is full: a sixth connection is choked, and refused
+    // once its wait ran out with the window still full.
     assert_eq!(what(up.admit(big(6, 0)).await), "choked");
     // The window frees and no unchoked request waits: it is served.
     drop(held);
@@ -445,6 +449,85 @@ async fn a_lone_requester_is_served_in_its_own_order() {
         assert!(t.await.unwrap(), "refused");
     }
     assert_eq!(*order.lock(), vec![0, 1, 2]);
+    shutdown.cancel();
+    pacer.await.unwrap();
+}
+
+/// Five connections take every unchoked slot; two of them hold a whole
+/// piece each, unwritten, which fills the uplink's window. Pieces 0 to 2
+/// went out.
+async fn full_window(up: &Arc<Uploads>) -> Vec<Sending> {
+    for conn in 3..=5u64 {
+        let piece = u32::try_from(conn).unwrap() - 3;
+        assert_eq!(what(up.admit(ask(conn, piece)).await), "serve");
+    }
+    let mut held = Vec::new();
+    for conn in 1..=2u64 {
+        let Admission::Serve(s) = up.admit(big(conn, 0)).await else {
+            panic!("not served")
+        };
+        held.push(s);
+    }
+    held
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_choked_request_waits_for_room_behind_unchoked_ones() {
+    let up = Arc::new(Uploads::new(None, 0, |_| 0));
+    let (shutdown, pacer) = pacer(&up);
+    let mut held = full_window(&up).await;
+    let spawn = |a: Ask| {
+        let up = up.clone();
+        tokio::spawn(async move { what(up.admit(a).await) })
+    };
+    // A choked connection asks while the window is full: it waits.
+    let six = spawn(big(6, 0));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!six.is_finished());
+    // An unchoked one asks after it, but takes the room that frees first.
+    let three = {
+        let up = up.clone();
+        tokio::spawn(async move { up.admit(big(3, 2)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    held.pop().unwrap().written();
+    let Admission::Serve(_three) = three.await.unwrap() else {
+        panic!("not served")
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!six.is_finished());
+    // The next room, with no unchoked request waiting, goes to it.
+    held.pop().unwrap().written();
+    assert_eq!(six.await.unwrap(), "serve");
+    shutdown.cancel();
+    pacer.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_choked_request_is_refused_when_its_wait_runs_out() {
+    let up = Arc::new(Uploads::new(None, 0, |_| 0));
+    let (shutdown, pacer) = pacer(&up);
+    let _held = full_window(&up).await;
+    let start = tokio::time::Instant::now();
+    let spawn = |a: Ask| {
+        let up = up.clone();
+        tokio::spawn(async move { what(up.admit(a).await) })
+    };
+    // Two of its requests wait; a third is refused at once.
+    let waiting = [spawn(big(6, 0)), spawn(big(6, 1))];
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(what(up.admit(big(6, 2)).await), "choked");
+    assert_eq!(start.elapsed(), Duration::from_millis(10));
+    // The window stays full: both are refused once their wait ran out
+    // (the uplink's rate not measured yet).
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), "choked");
+    }
+    assert_eq!(start.elapsed(), choke::CHOKED_WAIT_UNMEASURED);
+    // Cancelled or refused, they hold no place: it may wait again.
+    let again = spawn(big(6, 3));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!again.is_finished());
     shutdown.cancel();
     pacer.await.unwrap();
 }
