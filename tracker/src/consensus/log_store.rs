@@ -6,11 +6,11 @@
 //! entries are durable when it returns, so a vote or an entry the engine
 //! was told is saved survives a `kill -9`. The commit mark is not: it only
 //! spares a restart re-learning what was committed, so it is kept in
-//! memory and written inside the next append's transaction (or on its own
-//! at most once a [`COMMIT_MARK_EVERY`], when no append comes): a
-//! transaction of its own at every mark cost a follower a tenth of its
-//! CPU per replicated write. A mark lost with a crash is an older one,
-//! from which the engine commits again what the leader says.
+//! memory and written inside the next append's transaction, or in one of
+//! its own when it comes [`COMMIT_MARK_EVERY`] or more after the last one
+//! written: a transaction at every mark cost a follower about a twentieth
+//! of its CPU per replicated write. A mark lost with a crash is an older
+//! one, from which the engine commits again what the leader says.
 
 // openraft's storage traits fix the error type, a large one.
 #![allow(clippy::result_large_err)]
@@ -46,7 +46,8 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_logs(AnyError::new(&e)).into()
 }
 
-/// How stale the commit mark on disk may get while no entry is appended.
+/// A mark saved this long or more after the last one written is written
+/// at once, not left for the next append.
 pub const COMMIT_MARK_EVERY: Duration = Duration::from_secs(1);
 
 /// The log over a shared redb database; cheap to clone (a clone is the
