@@ -290,7 +290,8 @@ impl State {
     }
 
     /// Applies one [`plan`]: answers the refused and the served request.
-    /// Returns the bytes to pay for, if a request was served.
+    /// Returns the bytes to pay for, if a request was served. The pacer
+    /// settles the choked requests' waits just before.
     fn step(&mut self, inner: &Arc<Inner>, now: Instant) -> Option<u64> {
         let (late, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.entries)
             .into_iter()
@@ -299,7 +300,6 @@ impl State {
         for e in late {
             let _ = e.tx.send(Admission::Choked);
         }
-        self.settle_choked(now);
         loop {
             // Connections holding MAX_UNWRITTEN pieces wait for their writer.
             let full = |c: u64| (self.conns.get(&c)).is_some_and(|c| c.unwritten >= MAX_UNWRITTEN);
