@@ -67,8 +67,10 @@ pub fn decode_large<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError
     Ok(value)
 }
 
-/// The variant index of [`PeerReply::Piece`] in the derived encoding.
+/// The variant indexes of [`PeerReply::Piece`] and [`PeerReply::Part`] in
+/// the derived encoding.
 const PIECE_VARIANT: u32 = 2;
+const PART_VARIANT: u32 = 6;
 
 /// The body of `Reply { id, body: PeerReply::Piece { data } }` without
 /// `data`'s bytes, which end the body: the caller sends them right after,
@@ -77,6 +79,11 @@ pub fn encode_piece_head(id: u64, len: usize, out: &mut Vec<u8>) -> Result<(), P
     // The derived encoding of the struct, the variant and a byte string:
     // the id, the variant index, then the length, each a varint.
     encode_into(&(id, PIECE_VARIANT, len as u64), out)
+}
+
+/// As [`encode_piece_head`], for `PeerReply::Part { data }`.
+pub fn encode_part_head(id: u64, len: usize, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    encode_into(&(id, PART_VARIANT, len as u64), out)
 }
 
 /// Whether `body` starts as a [`PeerReply::Piece`] reply does: the bodies
@@ -189,6 +196,21 @@ mod tests {
                 assert_eq!(got.as_ptr() as usize, base + got.into_buffer().len() - len);
             }
         }
+        let part = Reply {
+            id: 5,
+            body: PeerReply::Part {
+                data: vec![7u8; 9].into(),
+            },
+        };
+        let mut head = Vec::new();
+        encode_part_head(5, 9, &mut head).unwrap();
+        head.extend_from_slice(&[7u8; 9]);
+        assert_eq!(
+            head,
+            encode(&part).unwrap(),
+            "a part's head is the derived one"
+        );
+        assert_eq!(decode_peer_reply(head).unwrap(), part);
         // Other replies decode as usual; a short or long piece is refused.
         let have = Reply {
             id: 4,

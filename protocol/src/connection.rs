@@ -259,9 +259,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// vectored write: over TLS, the head shares the piece's first record
     /// instead of costing a record and a `writev` of its own).
     pub async fn write_piece(&mut self, id: u64, data: &[u8]) -> Result<(), ProtocolError> {
+        self.write_bytes(id, data, false).await
+    }
+
+    /// `Reply { id, body: PeerReply::Part { data } }`, as [`Self::write_piece`].
+    pub async fn write_part(&mut self, id: u64, data: &[u8]) -> Result<(), ProtocolError> {
+        self.write_bytes(id, data, true).await
+    }
+
+    async fn write_bytes(&mut self, id: u64, data: &[u8], part: bool) -> Result<(), ProtocolError> {
         self.buf.clear();
         self.buf.extend_from_slice(&[0; HEADER_LEN]);
-        codec::encode_piece_head(id, data.len(), &mut self.buf)?;
+        if part {
+            codec::encode_part_head(id, data.len(), &mut self.buf)?;
+        } else {
+            codec::encode_piece_head(id, data.len(), &mut self.buf)?;
+        }
         let body_len = self.buf.len() - HEADER_LEN + data.len();
         if body_len > crate::MAX_FRAME_LEN {
             return Err(ProtocolError::FrameTooLarge {

@@ -51,6 +51,8 @@ pub struct NodeOptions {
     pub read_timeout: Duration,
     pub cache_size: Option<u64>,
     pub corrupt_uploads: bool,
+    /// `--max-upload-rate`, bytes per second.
+    pub max_upload_rate: Option<u64>,
 }
 
 impl Default for NodeOptions {
@@ -59,6 +61,7 @@ impl Default for NodeOptions {
             read_timeout: Duration::from_secs(10),
             cache_size: None,
             corrupt_uploads: false,
+            max_upload_rate: None,
         }
     }
 }
@@ -191,7 +194,7 @@ impl Net {
                 session,
                 user: user.to_string(),
                 listen: "127.0.0.1:0".into(),
-                max_upload_rate: None,
+                max_upload_rate: opts.max_upload_rate,
                 max_download_rate: None,
                 read_timeout: opts.read_timeout,
                 cache_size: opts.cache_size,

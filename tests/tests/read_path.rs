@@ -286,3 +286,45 @@ async fn the_peer_server_serves_nothing_without_a_ticket() {
         );
     }
 }
+
+/// Alice, the only seeder, uploads at 512 KiB/s, so each piece leaves her
+/// in parts over a second. Bob reads first; Carol, who joins while Bob's
+/// pieces are arriving, is offered them as they start and gets their bytes
+/// from Bob before he holds them whole. Both read exactly the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piece_passes_on_from_a_reader_while_it_still_arrives() {
+    let net = Net::start().await;
+    let (alice, bob, carol) = (
+        net.user("alice").await,
+        net.user("bob").await,
+        net.user("carol").await,
+    );
+    net.group("g", alice, &[("bob", bob), ("carol", carol)])
+        .await;
+    let slow = NodeOptions {
+        max_upload_rate: Some(512 * 1024),
+        ..NodeOptions::default()
+    };
+    let a = net.node("alice", alice, slow).await;
+    let b = net.node("bob", bob, NodeOptions::default()).await;
+    let c = net.node("carol", carol, NodeOptions::default()).await;
+    let size = 12 * PIECE_LEN as usize;
+    let original = a.share("g", "slow.bin", size, 21).await;
+    let id = a.entry("g", "slow.bin").await.unwrap().id;
+    let bobs = b.open("g", "slow.bin").await.unwrap();
+    let bob_reads = tokio::spawn(async move { read_all(&bobs, size as u64, 128 * 1024).await });
+    let bob_swarm = fileshare_tests::wait_for("bob's swarm", Duration::from_secs(20), || {
+        b.engine().swarm(&id)
+    });
+    fileshare_tests::wait_until("a piece arriving at bob", Duration::from_secs(20), || {
+        !bob_swarm.arrivals.is_empty()
+    });
+    let carols = c.open("g", "slow.bin").await.unwrap();
+    assert!(read_all(&carols, size as u64, 128 * 1024).await == original);
+    assert!(bob_reads.await.unwrap() == original);
+    let relayed = bob_swarm.arrivals.relayed();
+    assert!(relayed > 0, "bob passed on nothing before it was whole");
+    let from = c.engine().swarm(&id).unwrap().counters();
+    let senders = from.iter().filter(|(_, c)| c.bytes > 0).count();
+    assert_eq!(senders, 2, "carol fetched from alice and bob: {from:?}");
+}

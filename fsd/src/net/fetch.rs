@@ -18,10 +18,12 @@
 
 use crate::net::reach::{Opened, Path};
 use crate::net::token_bucket::TokenBucket;
+use crate::pieces::arriving::Arrival;
 use crate::pieces::swarm::peer_book::Origin;
 use crate::pieces::swarm::{FetchCmd, FetchLinkId, Swarm, Waste};
 use crate::tasks::Tasks;
 use crate::trackers::{now_ms, LinkError, TrackerLink};
+use fileshare_protocol::messages::peer::Payload;
 use fileshare_protocol::messages::tracker::PeerLocation;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::tls::{ClientTls, Pin, TlsError};
@@ -446,6 +448,8 @@ async fn link(
     let spare: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let receive = async {
         let num_pieces = file.layout.num_pieces();
+        // Pieces coming in parts, by request id.
+        let mut partial: HashMap<u64, Partial> = HashMap::new();
         loop {
             for buf in spare.lock().drain(..) {
                 reader.recycle(buf);
@@ -460,6 +464,12 @@ async fn link(
                     PeerReply::Bitfield(b) if b.is_valid_for(num_pieces) => {
                         swarm.update_have(key, b)
                     }
+                    // Arriving there: it may be asked for, and comes as it
+                    // arrives (if it fails to, the ask is refused).
+                    PeerReply::Receiving(i) => match file.layout.validate(i) {
+                        Some(piece) => swarm.add_have(key, piece),
+                        None => return Err(FetchError::Unexpected),
+                    },
                     PeerReply::Error(e) => return Err(FetchError::Refused(e)),
                     _ => return Err(FetchError::Unexpected),
                 }
@@ -479,9 +489,38 @@ async fn link(
                 }
                 continue;
             }
+            if let PeerReply::Part { data } = &reply.body {
+                let what = asked.lock().get(&reply.id).copied();
+                match what {
+                    Some(Asked::Piece(index, _)) => {
+                        let n = data.len() as u64;
+                        received.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        let len = usize::try_from(file.layout.piece_size(index)).unwrap_or(0);
+                        let p = partial.entry(reply.id).or_insert_with(|| {
+                            match swarm.still_needed(index) {
+                                true => swarm.start_arrival(index).map(Partial::Shared),
+                                false => None,
+                            }
+                            .unwrap_or_else(|| Partial::Own(Vec::with_capacity(len)))
+                        });
+                        if !p.push(data, len) {
+                            return Err(FetchError::Unexpected);
+                        }
+                    }
+                    Some(Asked::Cancelled(index, why)) => {
+                        partial.remove(&reply.id);
+                        swarm.count_duplicate(key, index, why, data.len() as u64);
+                    }
+                    _ => return Err(FetchError::Unexpected),
+                }
+                continue;
+            }
             let Some(what) = asked.lock().remove(&reply.id) else {
                 return Err(FetchError::Unexpected);
             };
+            // The parts before it, if the piece came in parts; a refusal
+            // drops them (and fails their relays).
+            let parts = partial.remove(&reply.id);
             match (what, reply.body) {
                 (Asked::Authenticate, PeerReply::Authenticated) => {}
                 (Asked::Authenticate, PeerReply::Error(e)) => return Err(FetchError::Refused(e)),
@@ -491,6 +530,17 @@ async fn link(
                 (Asked::Cancelled(..), _) => {}
                 (Asked::Piece(index, _), PeerReply::Piece { data }) => {
                     received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    let data = match parts {
+                        None => Whole::Frame(data),
+                        Some(mut p) => {
+                            let len = usize::try_from(file.layout.piece_size(index)).unwrap_or(0);
+                            if !p.push(&data, len) {
+                                return Err(FetchError::Unexpected);
+                            }
+                            reader.recycle(data.into_buffer());
+                            p.into_whole()
+                        }
+                    };
                     if !swarm.still_needed(index) {
                         swarm.count_duplicate(key, index, Waste::Verified, data.len() as u64);
                         continue;
@@ -505,15 +555,20 @@ async fn link(
                     tasks.spawn("verify-piece", async move {
                         let _ = pool
                             .blocking(move || {
-                                if let Err(e) = crate::pieces::verify::verify_and_store(
-                                    &swarm, &cache, &tracker, key, index, &data,
-                                ) {
+                                let verified = data.with_bytes(|bytes| {
+                                    crate::pieces::verify::verify_and_store(
+                                        &swarm, &cache, &tracker, key, index, bytes,
+                                    )
+                                });
+                                if let Err(e) = verified {
                                     tracing::warn!(file = %swarm.file.meta.name, "{e:#}");
                                     dropped.cancel();
                                 }
-                                let mut spare = spare.lock();
-                                if spare.len() < SPARE_BUFFERS {
-                                    spare.push(data.into_buffer());
+                                if let Some(buf) = data.done(swarm.has(index)) {
+                                    let mut spare = spare.lock();
+                                    if spare.len() < SPARE_BUFFERS {
+                                        spare.push(buf);
+                                    }
                                 }
                             })
                             .await;
@@ -544,6 +599,73 @@ async fn link(
         r = renew => r.map(|()| None),
         o = direct => Ok(Some(o)),
         () = dropped.cancelled() => Err(FetchError::BadPieces(crate::pieces::swarm::MAX_FAILURES)),
+    }
+}
+
+/// A piece coming in parts: shared with the peer server, which passes it
+/// on as it arrives, or (another link brings the same piece, or it is
+/// not needed any more) kept here alone.
+enum Partial {
+    Shared(Arrival),
+    Own(Vec<u8>),
+}
+
+impl Partial {
+    /// Appends the next part; false if it overruns the piece's `len`.
+    fn push(&mut self, data: &[u8], len: usize) -> bool {
+        match self {
+            Partial::Shared(a) => a.push(data),
+            Partial::Own(v) if v.len() + data.len() <= len => {
+                v.extend_from_slice(data);
+                true
+            }
+            Partial::Own(_) => false,
+        }
+    }
+
+    fn into_whole(self) -> Whole {
+        match self {
+            Partial::Shared(a) => Whole::Shared(a),
+            Partial::Own(v) => Whole::Frame(v.into()),
+        }
+    }
+}
+
+/// A piece's bytes, all in, for verification.
+enum Whole {
+    /// In one frame's buffer (or gathered from parts here).
+    Frame(Payload),
+    /// Gathered in an arrival that relays read from.
+    Shared(Arrival),
+}
+
+impl Whole {
+    fn len(&self) -> usize {
+        match self {
+            Whole::Frame(p) => p.len(),
+            Whole::Shared(a) => a.filled(),
+        }
+    }
+
+    fn with_bytes<T>(&self, f: impl FnOnce(&[u8]) -> T) -> T {
+        match self {
+            Whole::Frame(p) => f(p),
+            Whole::Shared(a) => a.with_bytes(f),
+        }
+    }
+
+    /// Verification is over: an arrival ends (its relays end the piece if
+    /// it is held now, else fail); a frame's buffer is given back.
+    fn done(self, held: bool) -> Option<Vec<u8>> {
+        match self {
+            Whole::Frame(p) => Some(p.into_buffer()),
+            Whole::Shared(a) => {
+                if held {
+                    a.verified();
+                }
+                None
+            }
+        }
     }
 }
 

@@ -22,11 +22,10 @@
 //!    when the uplink can take it: while the bytes granted and not yet
 //!    written are below the window measured from the writes' back-pressure
 //!    (`uplink.rs`), and, with `--max-upload-rate`, when the token bucket
-//!    can pay for it. The peer sockets keep at most
-//!    [`UNSENT_LOWAT`](crate::net::send_buffer::UNSENT_LOWAT) bytes unsent
+//!    can pay for it. The peer sockets keep little unsent
 //!    ([`limit_unsent`](crate::net::send_buffer::limit_unsent)), so a write
-//!    returns about when the uplink has taken the piece: requests wait here, where they can still be
-//!    ordered, refused or cancelled, not in kernel buffers.
+//!    returns about when the uplink took the piece: requests wait here,
+//!    to be ordered, refused or cancelled, not in kernel buffers.
 //! 3. **Order** ([`plan`]): each time one more piece may go, the pacer
 //!    chooses among all waiting requests:
 //!    1. a piece this daemon never uploaded; then a piece asked again
@@ -46,10 +45,10 @@
 //! for a never-uploaded piece waits, and so are the other first asks for
 //! the piece just chosen while asks for other pieces wait: the requester
 //! fetches it from the peer it went to, which is about to offer it, or
-//! asks again later. Left waiting here instead, the requests for the
-//! source's last pieces would be served by the source one after another,
-//! long after the readers it sent them to could have passed them on. A second
-//! ask is never refused, but waits for the never-uploaded pieces: by then
+//! asks again later (else the source would serve its last pieces one
+//! after another, long after the readers it sent them to could have passed
+//! them on). A second ask is never refused, but waits for the
+//! never-uploaded pieces: by then
 //! the requester usually has it from another peer (it asks one once the
 //! request is late, `pieces/swarm.rs`) and cancels it here. A refusal frees
 //! the requester's slot at once instead of leaving it stuck behind fresher
@@ -58,21 +57,16 @@
 //!
 //! All of this is about several requesters of one file. A file that only
 //! one connection asks for (none other asked for it within [`choke::IDLE`])
-//! has nobody to trade with: its requests are served in arrival order,
-//! none refused, whatever was uploaded before. The requester chose that
-//! order (a reader's next pieces first), and pieces this daemon sent to
-//! others long ago would otherwise hold a lone reader up or send it
-//! elsewhere for them.
+//! has nobody to trade with: its requests are served in arrival order (the
+//! requester's), none refused, whatever was uploaded before, which would
+//! otherwise hold a lone reader up or send it elsewhere for them.
 //!
 //! A connection holds at most [`MAX_UNWRITTEN`] served pieces not yet
 //! written: one whose peer stops reading (a flood of requests whose
 //! answers it never takes) cannot fill the uplink's window and starve
-//! everyone else; its further requests wait until it reads.
-//!
-//! Room and tokens are taken only when a request is chosen, so a request
-//! cancelled while it waits (its piece arrived from another peer) costs no
-//! upload. A served request holds its room until its connection's writer
-//! has written it and drops the [`Sending`] it came with.
+//! everyone else. Room and tokens are taken only when a request is chosen,
+//! so a request cancelled while it waits costs no upload; a served one
+//! holds its room until its writer wrote it and drops its [`Sending`].
 
 use crate::net::choke::{self, Candidate, Choker, MAX_CHOKED_WAITING};
 use crate::net::token_bucket::TokenBucket;
@@ -672,6 +666,12 @@ impl Uploads {
     /// The measured upload rate in bytes per second (0: not yet).
     pub fn measured_rate(&self) -> f64 {
         self.inner.state.lock().uplink.rate()
+    }
+
+    /// The rate pieces leave at: the measured one, or the cap if lower.
+    pub fn sending_rate(&self) -> f64 {
+        let st = self.inner.state.lock();
+        st.uplink.rate().min(st.rate_cap)
     }
 
     /// The pacer: while the daemon runs, serves one request at a time as

@@ -2,8 +2,10 @@
 //! `STATE.md` beside it): which are verified, wanted, in flight and awaited,
 //! and where a FUSE read waits. [`picker`] is the pure choice of what to
 //! fetch next, [`verify`] where received bytes are hashed and become a
-//! verified piece, [`registry`] every swarm this daemon holds.
+//! verified piece, [`arriving`] the pieces passed on while they arrive,
+//! [`registry`] every swarm this daemon holds.
 
+pub mod arriving;
 pub mod cache;
 pub mod picker;
 pub mod registry;

@@ -7,9 +7,12 @@
 //! fetching side authenticates again with a fresh ticket before its ticket
 //! expires.
 //!
-//! Every request gets exactly one reply, with two exceptions:
+//! Every request gets exactly one reply, with three exceptions:
 //! [`PeerRequest::Subscribe`] gets a stream of them (its bitfield, then a
-//! [`PeerReply::Have`] per newly verified piece), and [`PeerRequest::Cancel`]
+//! [`PeerReply::Have`] per newly verified piece and a
+//! [`PeerReply::Receiving`] per piece that started arriving), a piece may
+//! come as [`PeerReply::Part`]s before its [`PeerReply::Piece`], and
+//! [`PeerRequest::Cancel`]
 //! gets none of its own: the request it cancels is answered with
 //! [`PeerError::Cancelled`] if it was not answered yet, and
 //! [`PeerRequest::Exchange`] gets a stream of [`PeerReply::Peers`].
@@ -23,7 +26,13 @@ pub enum PeerRequest {
     /// Grants access to the files of `ticket.group` on this connection
     /// until the ticket expires; a later one for the same group extends it.
     Authenticate { ticket: Ticket },
-    /// One whole piece. A rate-limited peer may answer [`PeerError::Busy`]
+    /// One whole piece: [`PeerReply::Piece`], after the piece's first bytes
+    /// in [`PeerReply::Part`]s when the serving peer sends it in parts (its
+    /// uplink is slow, or it passes the piece on as it arrives). Asked of a
+    /// peer that said it is [`PeerReply::Receiving`] the piece, the answer
+    /// ends in [`PeerError::NotAvailable`] if the piece failed to arrive
+    /// there whole and verified: the parts sent before are dropped.
+    /// A rate-limited peer may answer [`PeerError::Busy`]
     /// for a piece it has just sent to someone else while other requests
     /// wait: get it from that peer, or ask again later (a second ask is
     /// served).
@@ -131,6 +140,17 @@ pub enum PeerReply {
     Have(u32),
     /// Peers joined and left, on a [`PeerRequest::Exchange`] stream.
     Peers(PexUpdate),
+    /// The next bytes of a piece, in order; its [`PeerReply::Piece`] (same
+    /// request id) carries the rest and ends it. Parts let a piece pass on
+    /// from peer to peer while it is still arriving, each peer verifying
+    /// it whole before it is stored, offered as had or read.
+    Part {
+        data: Payload,
+    },
+    /// A piece started arriving at the serving peer, on a
+    /// [`PeerRequest::Subscribe`] stream: it may be asked for now, and is
+    /// passed on as it arrives.
+    Receiving(u32),
 }
 
 impl std::fmt::Debug for PeerReply {
@@ -142,6 +162,8 @@ impl std::fmt::Debug for PeerReply {
             PeerReply::Error(e) => write!(f, "Error({e:?})"),
             PeerReply::Have(i) => write!(f, "Have({i})"),
             PeerReply::Peers(u) => write!(f, "Peers(+{} -{})", u.added.len(), u.dropped.len()),
+            PeerReply::Part { data } => write!(f, "Part({} bytes)", data.len()),
+            PeerReply::Receiving(i) => write!(f, "Receiving({i})"),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! the windows readers are in) and is where a piece enters and leaves the
 //! store: [`Swarm::store_verified`] and [`Swarm::evict`].
 
+use crate::pieces::arriving::{Arrival, Arrivals};
 use crate::pieces::picker::{self, PeerView, PickInput};
 use crate::store::StoredFile;
 use fileshare_protocol::{Bitfield, PeerId, PieceIndex};
@@ -107,11 +108,13 @@ pub const WINDOW_TTL: Duration = Duration::from_secs(30);
 /// Reader windows remembered per file; the oldest goes first.
 const MAX_WINDOWS: usize = 16;
 
-/// What a subscription is told: one more verified piece, or that some were
-/// evicted (it sends the whole bitfield again).
+/// What a subscription is told: one more verified piece, one more piece
+/// arriving (passed on as it comes), or that some were evicted (it sends
+/// the whole bitfield again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
     Have(PieceIndex),
+    Receiving(PieceIndex),
     Lost,
 }
 
@@ -164,27 +167,6 @@ struct PieceState {
     received: HashMap<PeerId, u64>,
 }
 
-/// One fetch link as the dashboard shows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FetchLinkView {
-    pub peer: PeerId,
-    pub addr: String,
-    /// Bytes per second received from it, smoothed.
-    pub rate: f64,
-    pub in_flight: usize,
-}
-
-/// A copy of what the swarm knows, taken under its lock at one instant.
-#[derive(Debug, Clone)]
-pub struct SwarmView {
-    pub have: Bitfield,
-    /// Pieces requested from some peer and not verified yet.
-    pub in_flight: Bitfield,
-    pub links: Vec<FetchLinkView>,
-    /// Verified bytes received from peers, over the swarm's life.
-    pub received: u64,
-}
-
 /// Outcome of a received piece that failed verification.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -218,6 +200,8 @@ pub struct Swarm {
     pub duplicate_bytes: std::sync::atomic::AtomicU64,
     /// The file's peers beside the piece state: linked, and heard of.
     pub peers: PeerBook,
+    /// Pieces arriving in parts, passed on to peers before they are whole.
+    pub arrivals: Arrivals,
 }
 
 impl std::fmt::Debug for Swarm {
@@ -263,7 +247,17 @@ impl Swarm {
             uploaded: std::sync::atomic::AtomicU64::new(0),
             duplicate_bytes: std::sync::atomic::AtomicU64::new(0),
             peers: PeerBook::default(),
+            arrivals: Arrivals::default(),
         }
+    }
+
+    /// A piece started arriving in parts: registered for relaying (unless
+    /// another link brings it already) and offered to subscribed peers.
+    pub fn start_arrival(&self, piece: PieceIndex) -> Option<Arrival> {
+        let len = usize::try_from(self.file.layout.piece_size(piece)).ok()?;
+        let arrival = self.arrivals.start(piece, len)?;
+        let _ = self.haves.send(Offer::Receiving(piece));
+        Some(arrival)
     }
 
     /// Wakes this swarm's discovery task; true if none runs and the caller
@@ -349,45 +343,6 @@ impl Swarm {
     /// The link task started by [`Swarm::connect_started`] ended.
     pub fn connect_ended(&self, peer: &PeerId) {
         self.state.lock().connecting.retain(|p| p != peer);
-    }
-
-    pub fn counters(&self) -> Vec<(String, PeerCounters)> {
-        let st = self.state.lock();
-        let mut v: Vec<_> = st
-            .counters
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
-    /// A consistent copy of the piece state and the links, for reading.
-    pub fn view(&self) -> SwarmView {
-        let st = self.state.lock();
-        let mut in_flight = Bitfield::new(st.have.len());
-        for l in &st.links {
-            for &p in &l.in_flight {
-                if !st.have.get(p) {
-                    in_flight.set(p);
-                }
-            }
-        }
-        SwarmView {
-            have: st.have.clone(),
-            in_flight,
-            links: st
-                .links
-                .iter()
-                .map(|l| FetchLinkView {
-                    peer: l.peer,
-                    addr: l.addr.clone(),
-                    rate: if l.rate.is_finite() { l.rate } else { 0.0 },
-                    in_flight: l.in_flight.len(),
-                })
-                .collect(),
-            received: st.counters.values().map(|c| c.bytes).sum(),
-        }
     }
 
     /// Links up or being set up.
@@ -790,11 +745,13 @@ mod fetch_link;
 pub mod peer_book;
 mod residency;
 pub mod rotation;
+mod view;
 pub use fetch_link::Waste;
 use fetch_link::{typical_rate, FetchLink};
 use peer_book::PeerBook;
 use residency::{bytes_of, note_window, Window};
 pub use residency::{Evicted, RangeError};
+pub use view::{FetchLinkView, SwarmView};
 
 #[cfg(test)]
 mod tests;

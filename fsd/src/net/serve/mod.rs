@@ -51,8 +51,9 @@ use fileshare_protocol::messages::peer::PEX_INTERVAL_MS;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::ticket::Ticket;
 use fileshare_protocol::tls::{self, ServerTls, TlsError};
-use fileshare_protocol::{FileId, PeerId, ProtocolError};
+use fileshare_protocol::{FileId, PeerId, PieceIndex, ProtocolError};
 use parking_lot::Mutex;
+use parts::{part_len, Answer, Out};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +63,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+mod parts;
 
 /// Members' connections served at once; more are closed when they
 /// authenticate.
@@ -400,19 +403,24 @@ async fn serve(
             tasks.spawn("peer-request", async move {
                 // A request of a connection that is gone leaves the upload
                 // queue instead of being paid for.
-                let (body, sending) = tokio::select! {
+                let answer = tokio::select! {
                     a = answer(&ctx, &st, req.body, &cancel) => a,
                     () = tx.closed() => return,
                 };
-                st.pending.lock().remove(&req.id);
-                let held = match sending {
-                    Some(s) => Some((s, permit)),
-                    None => {
-                        drop(permit);
-                        None
-                    }
+                let out = Out {
+                    tx: &tx,
+                    id: req.id,
+                    permit,
                 };
-                let _ = tx.send((Reply { id: req.id, body }, held)).await;
+                match answer {
+                    Answer::Reply(body) => out.end(body, None).await,
+                    Answer::Held(data, sending) => {
+                        let part = part_len(ctx.uploads.sending_rate());
+                        out.held(data, part, sending).await
+                    }
+                    Answer::Relay(relay) => relay.send(&ctx, out, &cancel).await,
+                }
+                st.pending.lock().remove(&req.id);
             });
         }
         Ok::<(), ConnEnd>(())
@@ -421,10 +429,14 @@ async fn serve(
         let mut socket = send_buffer::Socket::default();
         while let Some((reply, sending)) = rx.recv().await {
             match &reply.body {
-                PeerReply::Piece { data } => {
+                PeerReply::Piece { data: d } | PeerReply::Part { data: d } => {
                     ctx.send_buffers.before_write(fd, &mut socket);
                     let start = tokio::time::Instant::now();
-                    writer.write_piece(reply.id, data).await?;
+                    if matches!(reply.body, PeerReply::Part { .. }) {
+                        writer.write_part(reply.id, d).await?;
+                    } else {
+                        writer.write_piece(reply.id, d).await?;
+                    }
                     let rate = ctx.uploads.measured_rate();
                     ctx.send_buffers.after_write(fd, &mut socket, rate);
                     if let Some((s, _)) = &sending {
@@ -492,6 +504,7 @@ async fn subscription(swarm: Arc<Swarm>, st: Arc<ConnState>, id: u64, tx: mpsc::
         next = tokio::select! {
             r = haves.recv() => match r {
                 Ok(Offer::Have(i)) => Some(PeerReply::Have(i.get())),
+                Ok(Offer::Receiving(i)) => Some(PeerReply::Receiving(i.get())),
                 // Pieces evicted, or too far behind: the whole bitfield again.
                 Ok(Offer::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     Some(PeerReply::Bitfield(swarm.have()))
@@ -601,15 +614,15 @@ async fn answer(
     st: &ConnState,
     req: PeerRequest,
     cancel: &CancellationToken,
-) -> (PeerReply, Option<Sending>) {
+) -> Answer {
     match req {
         PeerRequest::Authenticate { .. }
         | PeerRequest::Subscribe { .. }
         | PeerRequest::Exchange { .. }
-        | PeerRequest::Cancel { .. } => (PeerReply::Error(PeerError::Internal), None),
+        | PeerRequest::Cancel { .. } => Answer::Reply(PeerReply::Error(PeerError::Internal)),
         PeerRequest::Piece { file, index } => match allowed(ctx, st, &file) {
             Ok(swarm) => piece(ctx, st, swarm, index, cancel).await,
-            Err(e) => (PeerReply::Error(e), None),
+            Err(e) => Answer::Reply(PeerReply::Error(e)),
         },
     }
 }
@@ -635,14 +648,19 @@ async fn piece(
     swarm: Arc<Swarm>,
     index: u32,
     cancel: &CancellationToken,
-) -> (PeerReply, Option<Sending>) {
-    let refuse = |e| (PeerReply::Error(e), None);
+) -> Answer {
+    let refuse = |e| Answer::Reply(PeerReply::Error(e));
     let Some(p) = swarm.file.layout.validate(index) else {
         return refuse(PeerError::NotAvailable);
     };
-    if !swarm.has(p) {
-        return refuse(PeerError::NotAvailable);
-    }
+    // Held, or arriving here: then passed on as it comes.
+    let arriving = match swarm.has(p) {
+        true => None,
+        false => match swarm.arrivals.relay(p) {
+            Some(r) => Some(r),
+            None => return refuse(PeerError::NotAvailable),
+        },
+    };
     let key = (swarm.file.id, index);
     let ask = Ask {
         conn: st.conn,
@@ -653,7 +671,7 @@ async fn piece(
         second: st.refused.lock().contains(&key),
     };
     // Cancellation counts only while the request waits for its turn: once
-    // chosen, its bytes are paid for and sent.
+    // chosen, a held piece's bytes are paid for and sent.
     let sending = tokio::select! {
         a = ctx.uploads.admit(ask) => match a {
             Admission::Serve(s) => s,
@@ -667,24 +685,44 @@ async fn piece(
         () = cancel.cancelled() => return refuse(PeerError::Cancelled),
     };
     st.refused.lock().remove(&key);
+    if let Some(relay) = arriving {
+        return Answer::Relay(parts::Relaying {
+            relay,
+            swarm,
+            piece: p,
+            sending,
+        });
+    }
+    match read_held(ctx, &swarm, p).await {
+        Ok(data) => Answer::Held(data, sending),
+        Err(e) => refuse(e),
+    }
+}
+
+/// A held piece's bytes, for a peer.
+async fn read_held(
+    ctx: &ServeCtx,
+    swarm: &Arc<Swarm>,
+    p: PieceIndex,
+) -> Result<Vec<u8>, PeerError> {
     let reading = swarm.clone();
-    let data = match ctx.tasks.blocking(move || reading.read_piece(p)).await {
+    let index = p.get();
+    let mut data = match ctx.tasks.blocking(move || reading.read_piece(p)).await {
         Ok(Some(Ok(d))) => d,
         // Evicted since it was asked for.
-        Ok(None) => return refuse(PeerError::NotAvailable),
+        Ok(None) => return Err(PeerError::NotAvailable),
         // A changed in-place file: the in_place watcher withdraws it with
         // one log line of its own.
         Ok(Some(Err(e @ crate::store::StoreError::SourceChanged { .. }))) => {
             tracing::debug!(file = %swarm.file.meta.name, "cannot serve piece {index}: {e:#}");
-            return refuse(PeerError::NotAvailable);
+            return Err(PeerError::NotAvailable);
         }
         Ok(Some(Err(e))) => {
             tracing::warn!(file = %swarm.file.meta.name, "cannot serve piece {index}: {e:#}");
-            return refuse(PeerError::Internal);
+            return Err(PeerError::Internal);
         }
-        Err(_) => return refuse(PeerError::Internal),
+        Err(_) => return Err(PeerError::Internal),
     };
-    let mut data = data;
     if ctx.corrupt {
         if let Some(b) = data.first_mut() {
             *b ^= 0xff;
@@ -693,7 +731,7 @@ async fn piece(
     swarm
         .uploaded
         .fetch_add(data.len() as u64, Ordering::Relaxed);
-    (PeerReply::Piece { data: data.into() }, Some(sending))
+    Ok(data)
 }
 
 #[cfg(test)]

@@ -1,0 +1,160 @@
+//! A piece sent in parts: a held piece split when the uplink is slow, so
+//! the peer can pass its first bytes on while the rest comes, and a piece
+//! still arriving here passed on as it comes (`pieces::arriving`).
+//!
+//! On a 1 MB/s uplink a whole 512 KiB piece takes half a second before the
+//! receiver may forward a byte of it; in 64 KiB parts, each hop adds about
+//! 60 ms. On fast links the part is the whole piece, one frame, as before:
+//! a part is what the uplink sends in [`PART_TIME`], at least [`PART_MIN`].
+
+use super::{read_held, Outgoing, ServeCtx};
+use crate::net::upload_scheduler::Sending;
+use crate::pieces::arriving::{Next, Relay};
+use crate::pieces::swarm::Swarm;
+use fileshare_protocol::messages::peer::Payload;
+use fileshare_protocol::messages::{PeerError, PeerReply, Reply};
+use fileshare_protocol::PieceIndex;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+
+/// The smallest part: below it a frame's own cost (a TLS record, a write,
+/// a wake-up at each end) would show.
+pub const PART_MIN: usize = 64 << 10;
+
+/// A part is what the uplink sends in this long at its measured rate.
+pub const PART_TIME: Duration = Duration::from_millis(20);
+
+/// The part length for an uplink measured at `rate` bytes/s ([`PART_MIN`]
+/// while unmeasured).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub fn part_len(rate: f64) -> usize {
+    let bytes = rate * PART_TIME.as_secs_f64();
+    if bytes.is_finite() && bytes > PART_MIN as f64 {
+        (bytes.min(1e9) as usize).next_multiple_of(16 << 10)
+    } else {
+        PART_MIN
+    }
+}
+
+/// What a request is answered with.
+pub(super) enum Answer {
+    /// One frame: a refusal.
+    Reply(PeerReply),
+    /// A held piece's bytes, granted their room on the uplink.
+    Held(Vec<u8>, Sending),
+    /// An arriving piece, granted its room on the uplink.
+    Relay(Relaying),
+}
+
+/// Where one request's reply frames go; the last one releases the
+/// request's place on the connection.
+pub(super) struct Out<'a> {
+    pub tx: &'a mpsc::Sender<Outgoing>,
+    pub id: u64,
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl Out<'_> {
+    /// A part; false if the connection is gone.
+    async fn part(&self, data: Vec<u8>) -> bool {
+        let body = PeerReply::Part { data: data.into() };
+        self.tx
+            .send((Reply { id: self.id, body }, None))
+            .await
+            .is_ok()
+    }
+
+    /// The reply's last frame, holding `sending`'s room until it is
+    /// written.
+    pub async fn end(self, body: PeerReply, sending: Option<Sending>) {
+        let held = sending.map(|s| (s, self.permit));
+        let _ = self.tx.send((Reply { id: self.id, body }, held)).await;
+    }
+
+    /// A held piece, in parts of `part` bytes (one frame when it fits).
+    pub async fn held(self, data: Vec<u8>, part: usize, sending: Sending) {
+        let mut at = 0;
+        while data.len() - at > part {
+            if !self.part(data[at..at + part].to_vec()).await {
+                return;
+            }
+            at += part;
+        }
+        let data = Payload::within(data, at);
+        self.end(PeerReply::Piece { data }, Some(sending)).await
+    }
+}
+
+/// An arriving piece being passed on to one peer.
+pub(super) struct Relaying {
+    pub relay: Relay,
+    pub swarm: Arc<Swarm>,
+    pub piece: PieceIndex,
+    pub sending: Sending,
+}
+
+impl Relaying {
+    /// Sends the piece's bytes as they arrive, then its end once it is
+    /// verified here; if it fails to arrive, the rest from the store if
+    /// another copy was verified meanwhile, else `NotAvailable` (the peer
+    /// drops the parts). Cancelled, it ends in `Cancelled`.
+    pub async fn send(self, ctx: &ServeCtx, out: Out<'_>, cancel: &CancellationToken) {
+        let Relaying {
+            mut relay,
+            swarm,
+            piece,
+            sending,
+        } = self;
+        let part = part_len(ctx.uploads.sending_rate());
+        loop {
+            let next = tokio::select! {
+                n = relay.next(part) => n,
+                () = cancel.cancelled() => {
+                    return out.end(PeerReply::Error(PeerError::Cancelled), None).await;
+                }
+            };
+            match next {
+                Next::Bytes(b) => {
+                    let n = b.len() as u64;
+                    if !out.part(b).await {
+                        return;
+                    }
+                    swarm.uploaded.fetch_add(n, Ordering::Relaxed);
+                }
+                Next::Done => {
+                    let data = Payload::default();
+                    return out.end(PeerReply::Piece { data }, Some(sending)).await;
+                }
+                Next::Failed { sent } => {
+                    let held = match swarm.has(piece) {
+                        true => read_held(ctx, &swarm, piece).await,
+                        false => Err(PeerError::NotAvailable),
+                    };
+                    return match held {
+                        Ok(data) => {
+                            let data = Payload::within(data, sent);
+                            out.end(PeerReply::Piece { data }, Some(sending)).await
+                        }
+                        Err(e) => out.end(PeerReply::Error(e), None).await,
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_is_what_the_uplink_sends_in_its_time_and_never_small() {
+        assert_eq!(part_len(0.0), PART_MIN);
+        assert_eq!(part_len(f64::NAN), PART_MIN);
+        assert_eq!(part_len(1e6), PART_MIN);
+        assert_eq!(part_len(100e6), 2_000_000usize.next_multiple_of(16 << 10));
+    }
+}
