@@ -506,6 +506,7 @@ async fn link(
                         if !p.push(data, len) {
                             return Err(FetchError::Unexpected);
                         }
+                        swarm.part_arrived(key, index);
                     }
                     Some(Asked::Cancelled(index, why)) => {
                         partial.remove(&reply.id);

@@ -416,7 +416,7 @@ async fn serve(
                     Answer::Reply(body) => out.end(body, None).await,
                     Answer::Held(data, sending) => {
                         let part = part_len(ctx.uploads.sending_rate());
-                        out.held(data, part, sending).await
+                        out.held(data, part, sending, &cancel).await
                     }
                     Answer::Relay(relay) => relay.send(&ctx, out, &cancel).await,
                 }

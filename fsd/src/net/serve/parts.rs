@@ -74,10 +74,20 @@ impl Out<'_> {
         let _ = self.tx.send((Reply { id: self.id, body }, held)).await;
     }
 
-    /// A held piece, in parts of `part` bytes (one frame when it fits).
-    pub async fn held(self, data: Vec<u8>, part: usize, sending: Sending) {
+    /// A held piece, in parts of `part` bytes (one frame when it fits);
+    /// cancelled between two parts, the rest is not sent.
+    pub async fn held(
+        self,
+        data: Vec<u8>,
+        part: usize,
+        sending: Sending,
+        cancel: &CancellationToken,
+    ) {
         let mut at = 0;
         while data.len() - at > part {
+            if cancel.is_cancelled() {
+                return self.end(PeerReply::Error(PeerError::Cancelled), None).await;
+            }
             if !self.part(data[at..at + part].to_vec()).await {
                 return;
             }

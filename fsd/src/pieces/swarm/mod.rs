@@ -509,6 +509,20 @@ impl Swarm {
         }
     }
 
+    /// Part of `piece` arrived on link `key`: the link delivers, and that
+    /// request is not late while its parts keep coming (a piece passed on
+    /// as it arrives upstream comes no faster than it arrives there).
+    pub fn part_arrived(&self, key: FetchLinkId, piece: PieceIndex) {
+        let mut st = self.state.lock();
+        if let Some(l) = st.links.iter_mut().find(|l| l.key == key) {
+            let now = Instant::now();
+            l.last_piece = Some(now);
+            if let Some(i) = l.in_flight.iter().position(|&p| p == piece.get()) {
+                l.asked_at[i] = now;
+            }
+        }
+    }
+
     /// Release: the link is gone; its requests go back to the pool.
     pub fn release_link(&self, key: FetchLinkId) {
         let mut st = self.state.lock();
