@@ -42,6 +42,13 @@ pub enum Lie {
     Oversized,
     /// "Not available" for every piece it claimed.
     ClaimsButLacks,
+    /// A piece of wrong bytes sent in parts, then its last frame.
+    PartsOfWrongBytes,
+    /// Most of a piece in parts, then "not available", as a peer passing
+    /// on a piece that failed to arrive there (never the piece itself).
+    PartsThenLacks,
+    /// Parts that add up to more than the piece.
+    PartsOverrun,
 }
 
 /// One lying peer; stops when dropped.
@@ -216,6 +223,22 @@ impl<W: AsyncWrite + Unpin> Serving<W> {
                 Lie::Oversized => {
                     let _ = self.writer.write_unframed(&header(MAX_FRAME_LEN + 1)).await;
                     return false;
+                }
+                Lie::PartsOfWrongBytes | Lie::PartsThenLacks | Lie::PartsOverrun => {
+                    let part = vec![0x5a; 64 << 10];
+                    let parts = match self.lie {
+                        Lie::PartsOverrun => 9,
+                        _ => 7,
+                    };
+                    for _ in 0..parts {
+                        if self.writer.write_part(id, &part).await.is_err() {
+                            return false;
+                        }
+                    }
+                    match self.lie {
+                        Lie::PartsOfWrongBytes => PeerReply::Piece { data: part.into() },
+                        _ => PeerReply::Error(PeerError::NotAvailable),
+                    }
                 }
             },
         };

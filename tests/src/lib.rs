@@ -212,6 +212,20 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     wait_for(what, timeout, || cond().then_some(()))
 }
 
+/// [`wait_until`] for async tests: sleeps between polls instead of
+/// blocking the thread, whose runtime may hold tasks only it can run
+/// (an in-process daemon's, say).
+pub async fn poll_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// CPU seconds (user + system) a process has used so far.
 pub fn cpu_secs(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -1,6 +1,8 @@
 //! A reader among lying peers: fake daemons of a member that claim every
-//! piece and then send wrong bytes, stall mid-piece, close at random, send
-//! oversized frames or say they lack what they claimed, while another
+//! piece and then send wrong bytes (whole or in parts), stall mid-piece,
+//! close at random, send oversized frames, say they lack what they claimed
+//! (at once, or after most of a piece in parts), or send parts that overrun
+//! the piece, while another
 //! floods the honest seeder with requests it never reads the answers to.
 //! The reader's bytes are exact, and its read finishes from the honest
 //! seeder within [`READ_BOUND`].
@@ -59,6 +61,9 @@ fn a_reader_among_lying_peers_gets_exact_bytes_in_bounded_time() {
         Lie::CloseAtRandom,
         Lie::Oversized,
         Lie::ClaimsButLacks,
+        Lie::PartsOfWrongBytes,
+        Lie::PartsThenLacks,
+        Lie::PartsOverrun,
     ]
     .into_iter()
     .map(|lie| Liar::start(w.trackers_file(), &u[2], "g", "data.bin", lie))

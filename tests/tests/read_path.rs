@@ -316,9 +316,10 @@ async fn a_piece_passes_on_from_a_reader_while_it_still_arrives() {
     let bob_swarm = fileshare_tests::wait_for("bob's swarm", Duration::from_secs(20), || {
         b.engine().swarm(&id)
     });
-    fileshare_tests::wait_until("a piece arriving at bob", Duration::from_secs(20), || {
+    fileshare_tests::poll_until("a piece arriving at bob", Duration::from_secs(20), || {
         !bob_swarm.arrivals.is_empty()
-    });
+    })
+    .await;
     let carols = c.open("g", "slow.bin").await.unwrap();
     assert!(read_all(&carols, size as u64, 128 * 1024).await == original);
     assert!(bob_reads.await.unwrap() == original);

@@ -668,10 +668,10 @@ impl Uploads {
         self.inner.state.lock().uplink.rate()
     }
 
-    /// The rate pieces leave at: the measured one, or the cap if lower.
-    pub fn sending_rate(&self) -> f64 {
+    /// The measured rate and `--max-upload-rate` (else infinite), bytes/s.
+    pub fn rates(&self) -> (f64, f64) {
         let st = self.inner.state.lock();
-        st.uplink.rate().min(st.rate_cap)
+        (st.uplink.rate(), st.rate_cap)
     }
 
     /// The pacer: while the daemon runs, serves one request at a time as

@@ -49,8 +49,10 @@ pub struct Arriving {
 #[derive(Debug, Default)]
 pub struct Arrivals {
     map: Arc<Mutex<HashMap<PieceIndex, Arc<Arriving>>>>,
-    /// Bytes passed on before their piece was whole here.
+    /// Bytes passed on before their piece was whole here, and relays
+    /// that had sent some when their piece failed to arrive.
     relayed: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
 }
 
 impl Arrivals {
@@ -78,13 +80,18 @@ impl Arrivals {
     pub fn relay(&self, piece: PieceIndex) -> Option<Relay> {
         let entry = self.map.lock().get(&piece)?.clone();
         let rx = entry.progress.subscribe();
-        let relayed = self.relayed.clone();
         Some(Relay {
             entry,
             rx,
             sent: 0,
-            relayed,
+            relayed: self.relayed.clone(),
+            failed: self.failed.clone(),
         })
+    }
+
+    /// Relays that had passed bytes on when their piece failed here.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
     }
 
     /// Bytes passed on to peers before their piece was whole here.
@@ -92,7 +99,12 @@ impl Arrivals {
         self.relayed.load(Ordering::Relaxed)
     }
 
-    /// Pieces arriving now (for tests and status).
+    /// The pieces arriving now.
+    pub fn pieces(&self) -> Vec<PieceIndex> {
+        self.map.lock().keys().copied().collect()
+    }
+
+    /// How many pieces are arriving now.
     pub fn len(&self) -> usize {
         self.map.lock().len()
     }
@@ -182,6 +194,7 @@ pub struct Relay {
     rx: watch::Receiver<Progress>,
     sent: usize,
     relayed: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
 }
 
 impl Relay {
@@ -199,7 +212,12 @@ impl Relay {
         loop {
             let progress = *self.rx.borrow_and_update();
             let filled = match progress {
-                Progress::Failed => return Next::Failed { sent: self.sent },
+                Progress::Failed => {
+                    if self.sent > 0 {
+                        self.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Next::Failed { sent: self.sent };
+                }
                 Progress::Filling(n) => n,
                 Progress::Verified => self.entry.len,
             };
@@ -277,6 +295,7 @@ mod tests {
         tokio::task::yield_now().await;
         drop(arrival);
         assert_eq!(waiting.await.unwrap(), Next::Failed { sent: 4 });
+        assert_eq!(arrivals.failed(), 1);
         assert!(arrivals.is_empty());
         // Free to arrive again, from another peer.
         assert!(arrivals.start(piece(0), 8).is_some());

@@ -53,7 +53,7 @@ use fileshare_protocol::ticket::Ticket;
 use fileshare_protocol::tls::{self, ServerTls, TlsError};
 use fileshare_protocol::{FileId, PeerId, PieceIndex, ProtocolError};
 use parking_lot::Mutex;
-use parts::{part_len, Answer, Out};
+use parts::{cut, Answer, Out};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -415,8 +415,8 @@ async fn serve(
                 match answer {
                     Answer::Reply(body) => out.end(body, None).await,
                     Answer::Held(data, sending) => {
-                        let part = part_len(ctx.uploads.sending_rate());
-                        out.held(data, part, sending, &cancel).await
+                        let (measured, cap) = ctx.uploads.rates();
+                        out.held(data, cut(measured, cap), sending, &cancel).await
                     }
                     Answer::Relay(relay) => relay.send(&ctx, out, &cancel).await,
                 }
@@ -493,29 +493,35 @@ async fn idle(
 async fn subscription(swarm: Arc<Swarm>, st: Arc<ConnState>, id: u64, tx: mpsc::Sender<Outgoing>) {
     let expires = || st.access_until(&swarm).unwrap_or(0);
     let mut haves = swarm.subscribe();
-    let mut next = Some(PeerReply::Bitfield(swarm.have()));
+    // The bitfield, then the pieces arriving now.
+    let everything = || {
+        let arriving = swarm.arrivals.pieces().into_iter();
+        let receiving = arriving.map(|p| PeerReply::Receiving(p.get()));
+        std::iter::once(PeerReply::Bitfield(swarm.have())).chain(receiving)
+    };
+    let mut next: Vec<PeerReply> = everything().collect();
     loop {
-        if let Some(body) = next.take() {
+        for body in next.drain(..) {
             if tx.send((Reply { id, body }, None)).await.is_err() {
                 return;
             }
         }
         let left = Duration::from_millis(expires().saturating_sub(now_ms()));
-        next = tokio::select! {
+        tokio::select! {
             r = haves.recv() => match r {
-                Ok(Offer::Have(i)) => Some(PeerReply::Have(i.get())),
-                Ok(Offer::Receiving(i)) => Some(PeerReply::Receiving(i.get())),
-                // Pieces evicted, or too far behind: the whole bitfield again.
+                Ok(Offer::Have(i)) => next.push(PeerReply::Have(i.get())),
+                Ok(Offer::Receiving(i)) => next.push(PeerReply::Receiving(i.get())),
+                // Pieces evicted, or too far behind: everything again.
                 Ok(Offer::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    Some(PeerReply::Bitfield(swarm.have()))
+                    next.extend(everything())
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             () = tx.closed() => return,
             () = swarm.cancel.cancelled() => return,
             // A fresh ticket may have come meanwhile: look again.
-            () = tokio::time::sleep(left) => None,
-        };
+            () = tokio::time::sleep(left) => {}
+        }
         if expires() <= now_ms() {
             st.subscribed.lock().remove(&swarm.file.id);
             let body = PeerReply::Error(PeerError::TicketExpired);

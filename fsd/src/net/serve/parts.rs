@@ -27,6 +27,20 @@ pub const PART_MIN: usize = 64 << 10;
 /// A part is what the uplink sends in this long at its measured rate.
 pub const PART_TIME: Duration = Duration::from_millis(20);
 
+/// How a piece is cut for an uplink measured at `measured` bytes/s with
+/// `--max-upload-rate` `cap` (infinite without): its part length, and the
+/// time between two parts, so that under a cap a piece leaves at the
+/// cap's pace, as it would on a link that slow, instead of at once after
+/// the token bucket paid for it.
+pub fn cut(measured: f64, cap: f64) -> (usize, Duration) {
+    let part = part_len(measured.min(cap));
+    let gap = match cap.is_finite() && cap > 0.0 {
+        true => Duration::from_secs_f64(part as f64 / cap),
+        false => Duration::ZERO,
+    };
+    (part, gap)
+}
+
 /// The part length for an uplink measured at `rate` bytes/s ([`PART_MIN`]
 /// while unmeasured).
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -74,17 +88,20 @@ impl Out<'_> {
         let _ = self.tx.send((Reply { id: self.id, body }, held)).await;
     }
 
-    /// A held piece, in parts of `part` bytes (one frame when it fits);
-    /// cancelled between two parts, the rest is not sent.
+    /// A held piece, in parts of `part` bytes `gap` apart (one frame when
+    /// it fits); cancelled between two parts, the rest is not sent.
     pub async fn held(
         self,
         data: Vec<u8>,
-        part: usize,
+        (part, gap): (usize, Duration),
         sending: Sending,
         cancel: &CancellationToken,
     ) {
         let mut at = 0;
         while data.len() - at > part {
+            if at > 0 && !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
             if cancel.is_cancelled() {
                 return self.end(PeerReply::Error(PeerError::Cancelled), None).await;
             }
@@ -92,6 +109,9 @@ impl Out<'_> {
                 return;
             }
             at += part;
+        }
+        if at > 0 && !gap.is_zero() {
+            tokio::time::sleep(gap).await;
         }
         let data = Payload::within(data, at);
         self.end(PeerReply::Piece { data }, Some(sending)).await
@@ -118,7 +138,8 @@ impl Relaying {
             piece,
             sending,
         } = self;
-        let part = part_len(ctx.uploads.sending_rate());
+        let (measured, cap) = ctx.uploads.rates();
+        let part = part_len(measured.min(cap));
         loop {
             let next = tokio::select! {
                 n = relay.next(part) => n,
