@@ -10,8 +10,9 @@
 //! opens the files of one group until it expires, and every request is
 //! checked against it, so a member who leaves or is removed (and gets no
 //! new tickets) is refused within one ticket lifetime, on connections
-//! already open too; subscriptions end then. Only pieces whose hash this
-//! daemon verified are ever sent.
+//! already open too; subscriptions end then. A piece's last frame is sent
+//! only once its hash was verified here: a piece still arriving may be
+//! passed on in parts ([`parts`]), and ends in `NotAvailable` if it fails.
 //!
 //! Until it shows a valid ticket a connection is a stranger's: it holds a
 //! place in the strangers' small pool ([`crate::net::conn_pools`]), where
