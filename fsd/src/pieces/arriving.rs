@@ -222,7 +222,7 @@ impl Relay {
                 Progress::Verified => self.entry.len,
             };
             if filled > self.sent {
-                let end = filled.min(self.sent + max.max(1));
+                let end = filled.min(self.sent.saturating_add(max.max(1)));
                 let bytes = self.entry.bytes.read()[self.sent..end].to_vec();
                 self.sent = end;
                 if progress != Progress::Verified {
@@ -263,6 +263,8 @@ mod tests {
         let mut relay = arrivals.relay(piece(3)).unwrap();
         assert!(arrival.push(b"abcd"));
         assert_eq!(relay.next(3).await, Next::Bytes(b"abc".to_vec()));
+        let mut unbounded = arrivals.relay(piece(3)).unwrap();
+        assert_eq!(unbounded.next(usize::MAX).await, Next::Bytes(b"abcd".to_vec()));
         assert_eq!(relay.next(3).await, Next::Bytes(b"d".to_vec()));
         assert!(!arrival.push(b"toolongbytes"), "overrun refused");
         assert!(arrival.push(b"efghij"));
