@@ -561,11 +561,12 @@ async fn link(
                                         &swarm, &cache, &tracker, key, index, bytes,
                                     )
                                 });
+                                let matched = verified.as_ref().is_ok_and(|&m| m);
                                 if let Err(e) = verified {
                                     tracing::warn!(file = %swarm.file.meta.name, "{e:#}");
                                     dropped.cancel();
                                 }
-                                if let Some(buf) = data.done(swarm.has(index)) {
+                                if let Some(buf) = data.done(matched) {
                                     let mut spare = spare.lock();
                                     if spare.len() < SPARE_BUFFERS {
                                         spare.push(buf);
@@ -656,12 +657,13 @@ impl Whole {
     }
 
     /// Verification is over: an arrival ends (its relays end the piece if
-    /// it is held now, else fail); a frame's buffer is given back.
-    fn done(self, held: bool) -> Option<Vec<u8>> {
+    /// these bytes `matched` its hash, else fail); a frame's buffer is
+    /// given back.
+    fn done(self, matched: bool) -> Option<Vec<u8>> {
         match self {
             Whole::Frame(p) => Some(p.into_buffer()),
             Whole::Shared(a) => {
-                if held {
+                if matched {
                     a.verified();
                 }
                 None

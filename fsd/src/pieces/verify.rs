@@ -17,8 +17,9 @@ pub enum Rejected {
 }
 
 /// Checks a received piece against its SHA-256 and, if it matches, stores
-/// it and marks it verified. Errs when the link it came by must end; a
-/// piece that cannot be stored fails its readers and keeps the link.
+/// it and marks it verified. Says whether the bytes matched; errs when the
+/// link it came by must end. A piece that cannot be stored fails its
+/// readers and keeps the link.
 pub fn verify_and_store(
     swarm: &Swarm,
     cache: &Cache,
@@ -26,22 +27,22 @@ pub fn verify_and_store(
     key: FetchLinkId,
     piece: PieceIndex,
     data: &[u8],
-) -> Result<(), Rejected> {
+) -> Result<bool, Rejected> {
     let file = &swarm.file;
     let ok = data.len() as u64 == file.layout.piece_size(piece)
         && PieceHash::of(data) == file.meta.hashes[piece.usize()];
     if !ok {
         return match swarm.mark_hash_failed(key, piece) {
             Verdict::DropPeer => Err(Rejected::BadPieces),
-            Verdict::KeepPeer => Ok(()),
+            Verdict::KeepPeer => Ok(false),
         };
     }
     if !swarm.still_needed(piece) {
         swarm.count_duplicate(key, piece, Waste::Verified, data.len() as u64);
-        return Ok(());
+        return Ok(true);
     }
     if cache.store(swarm, key, piece, data) {
         tracker.report_piece(file.id, piece.get());
     }
-    Ok(())
+    Ok(true)
 }

@@ -25,11 +25,12 @@
 //! ([`crate::net::upload_scheduler`]), which may refuse one with `Busy`
 //! (also when the connection is choked); a request still waiting there can
 //! be cancelled by the requester. A served piece holds its room in the
-//! scheduler's uplink window until the connection's writer has written it. Subscriptions push a
-//! `Have` for every piece verified here, so readers become sources for each
-//! other as soon as they hold something, and the whole bitfield again when
-//! pieces are evicted. A piece not held (evicted meanwhile too) is
-//! `NotAvailable`.
+//! scheduler's uplink window until the connection's writer has written it.
+//! Subscriptions push a `Receiving` for every piece that starts arriving
+//! here and a `Have` for every piece verified here, so readers become
+//! sources for each other as soon as bytes arrive, and the whole bitfield
+//! again when pieces are evicted. A piece neither held nor arriving
+//! (evicted meanwhile too) is `NotAvailable`.
 //!
 //! An exchange request (peer exchange) gets this daemon's vouched peers of
 //! the file, then who joined and left, at most once a second

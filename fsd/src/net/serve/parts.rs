@@ -132,9 +132,10 @@ pub(super) struct Relaying {
 
 impl Relaying {
     /// Sends the piece's bytes as they arrive, then its end once it is
-    /// verified here; if it fails to arrive, the rest from the store if
-    /// another copy was verified meanwhile, else `NotAvailable` (the peer
-    /// drops the parts). Cancelled, it ends in `Cancelled`.
+    /// verified here; if it fails to arrive, `NotAvailable` (the peer
+    /// drops the parts), or the whole piece from the store if none was
+    /// sent and another copy was verified meanwhile. Cancelled, it ends in
+    /// `Cancelled`.
     pub async fn send(self, ctx: &ServeCtx, out: Out<'_>, cancel: &CancellationToken) {
         let Relaying {
             mut relay,
@@ -163,14 +164,16 @@ impl Relaying {
                     let data = Payload::default();
                     return out.end(PeerReply::Piece { data }, Some(sending)).await;
                 }
+                // Parts sent may have been wrong bytes: only a relay that
+                // sent none finishes from the store.
                 Next::Failed { sent } => {
-                    let held = match swarm.has(piece) {
+                    let held = match sent == 0 && swarm.has(piece) {
                         true => read_held(ctx, &swarm, piece).await,
                         false => Err(PeerError::NotAvailable),
                     };
                     return match held {
                         Ok(data) => {
-                            let data = Payload::within(data, sent);
+                            let data = Payload::from(data);
                             out.end(PeerReply::Piece { data }, Some(sending)).await
                         }
                         Err(e) => out.end(PeerReply::Error(e), None).await,
