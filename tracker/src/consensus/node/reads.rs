@@ -3,19 +3,20 @@
 //! - After a start or a cut: once it has applied what its leader had
 //!   applied when they (re)gained touch, and, one of a pair, once its
 //!   partner said it keeps nothing aside.
-//! - At every request: once it has applied every write acknowledged before
+//! - At every request: once it has applied every write committed before
 //!   the request came. A write is acknowledged once a majority has it and
-//!   the leader and the tracker the client sent it to have applied it, so
-//!   a tracker behind asks the leader how far acknowledged writes go
-//!   ([`ClusterMsg::ReadMark`]) and waits until it applied that far: a
-//!   read through any tracker sees every write acknowledged before it
-//!   began. The requests that come while an ask is on its way wait for the
-//!   next one, so one ask serves many.
+//!   the leader and the tracker the client sent it to have applied it, and
+//!   any tracker may serve it once committed, so a tracker asks the leader
+//!   how far committed writes go ([`ClusterMsg::ReadMark`]; the leader
+//!   confirms it still leads with a round of heartbeats) and waits until it
+//!   applied that far: a read through any tracker sees every write
+//!   acknowledged, or seen by another read, before it began. The requests
+//!   that come while an ask is on its way wait for the next one, so one ask
+//!   serves many; the leader's own reads ask its Raft the same.
 
 use super::{Node, WAIT_FOR_LEADER};
-use crate::consensus::NodeId;
+use crate::consensus::{NodeId, Raft};
 use fileshare_protocol::messages::ClusterMsg;
-use openraft::{BasicNode, RaftMetrics};
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -49,14 +50,14 @@ impl Asks {
     }
 }
 
-/// How far the writes acknowledged so far go, as leader `m` sees it: what
-/// it applied, once that is an entry of its own term (it applied every
-/// entry an earlier leader acknowledged); until then its whole log.
-pub(super) fn leader_mark(m: &RaftMetrics<NodeId, BasicNode>) -> u64 {
-    match m.last_applied {
-        Some(l) if l.leader_id.term == m.current_term => l.index,
-        _ => m.last_log_index.unwrap_or(0),
-    }
+/// How far a read must wait, as the leader sees it: every entry committed
+/// (at least its term's first), confirmed with a majority. Not what the
+/// leader applied: a follower may apply a committed entry, and serve it,
+/// before the leader's own state has it, and a read that began after that
+/// one ended must see it too.
+async fn read_mark(raft: &Raft) -> Option<u64> {
+    let (read, _) = raft.get_read_log_id().await.ok()?;
+    Some(read.map_or(0, |l| l.index))
 }
 
 impl Node {
@@ -180,13 +181,11 @@ impl Node {
         if self.size == 1 || self.aside.as_ref().is_some_and(|a| a.alone()) {
             return Ok(());
         }
-        let (leader, mark) = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            (self.usable_leader(&m), leader_mark(&m))
-        };
+        let leader = self.usable_leader(&self.raft.metrics().borrow());
         let mark = match leader {
-            Some(l) if l == self.me => mark,
+            Some(l) if l == self.me => read_mark(&self.raft)
+                .await
+                .ok_or_else(|| "confirming that this tracker still leads".to_string())?,
             Some(l) => self.mark_from(l).await.ok_or_else(|| {
                 format!("waiting for tracker {l}, which leads, to say how far writes go")
             })?,
@@ -243,17 +242,18 @@ impl Node {
             .and_then(Result::ok)
     }
 
-    /// Answers tracker `from`'s ask `id`, if this tracker leads.
+    /// Answers tracker `from`'s ask `id`, if this tracker leads (on a task
+    /// of its own: the mark takes a round of heartbeats).
     pub(super) fn tell_mark(&self, from: NodeId, id: u64) {
-        let index = {
-            let m = self.raft.metrics();
-            let m = m.borrow();
-            if !m.state.is_leader() {
-                return;
+        if !self.raft.metrics().borrow().state.is_leader() {
+            return;
+        }
+        let (raft, wire) = (self.raft.clone(), self.wire.clone());
+        self.tasks.spawn(async move {
+            if let Some(index) = read_mark(&raft).await {
+                wire.send(from, ClusterMsg::ReadMarkIs { id, index });
             }
-            leader_mark(&m)
-        };
-        self.wire.send(from, ClusterMsg::ReadMarkIs { id, index });
+        });
     }
 
     /// Tracker `from`'s answer to ask `id`: the requests waiting for it
