@@ -19,8 +19,13 @@
 //!   uplink completes writes exactly as fast as it drains them.
 //!
 //! A write to a peer that reads slowly would hold the window for everyone:
-//! after [`Uplink::stall_after`] it stops counting (it still completes, and
-//! its bytes count nowhere), so the others go on.
+//! after [`Uplink::stall_after`], once the uplink sent twice its bytes to
+//! others meanwhile, it stops counting (it still completes, and its bytes
+//! count nowhere), so the others go on. A write is slow because its reader
+//! is only if others are not: on an uplink slower than the window per
+//! second every write is, and stalling them all would grant more and more
+//! (each slower still) and never measure the rate. Writes that nothing
+//! overtakes stall only after [`STALL_ALONE`] while the rate is unknown.
 //!
 //! Pure bookkeeping: the caller passes the time.
 
@@ -47,14 +52,22 @@ pub const SAMPLE_BUSY: Duration = Duration::from_millis(200);
 pub const SAMPLE_WRITES: u32 = 3;
 
 /// A write in flight for longer than this (and than eight windows at the
-/// measured rate) is stalled by its reader: it stops holding the window.
+/// measured rate) while others overtook it is stalled by its reader: it
+/// stops holding the window.
 pub const STALL_MIN: Duration = Duration::from_secs(1);
+
+/// A write that nothing overtook stalls after this while the rate is not
+/// measured (after [`Uplink::stall_after`] once it is): two pieces take
+/// 20 s at 50 KB/s, and a peer that never reads holds the window no longer.
+pub const STALL_ALONE: Duration = Duration::from_secs(20);
 
 #[derive(Debug)]
 struct Write {
     id: u64,
     bytes: u64,
     started: Instant,
+    /// [`Uplink::done`] when it started: what the uplink sent since.
+    done_before: u64,
     /// Still holds the window (not stalled).
     counted: bool,
 }
@@ -66,6 +79,8 @@ pub struct Uplink {
     next_id: u64,
     /// Bytes of the counted writes.
     counted: u64,
+    /// Bytes of every write written so far.
+    done: u64,
     /// Measured bytes per second; 0 before the first sample.
     rate: f64,
     /// Busy time and bytes accumulated for the next sample.
@@ -82,6 +97,7 @@ impl Uplink {
             writes: Vec::new(),
             next_id: 0,
             counted: 0,
+            done: 0,
             rate: 0.0,
             acc_busy: Duration::ZERO,
             acc_bytes: 0,
@@ -126,13 +142,30 @@ impl Uplink {
         self.counted < self.window()
     }
 
-    /// When the oldest counted write stalls, if any is in flight.
+    /// How long a write that nothing overtook may take.
+    fn stall_alone(&self) -> Duration {
+        match self.rate > 0.0 {
+            true => self.stall_after(),
+            false => STALL_ALONE,
+        }
+    }
+
+    /// When a counted write may stall next, if any is in flight (one that
+    /// waits to be overtaken is looked at again when another finishes).
     pub fn next_stall(&self) -> Option<Instant> {
-        let after = self.stall_after();
+        let (after, alone) = (self.stall_after(), self.stall_alone());
         (self.writes.iter())
             .filter(|w| w.counted)
-            .map(|w| w.started + after)
+            .map(|w| match self.overtaken(w) {
+                true => w.started + after,
+                false => w.started + alone,
+            })
             .min()
+    }
+
+    /// The uplink sent twice `w`'s bytes to others since it started.
+    fn overtaken(&self, w: &Write) -> bool {
+        self.done.saturating_sub(w.done_before) >= 2 * w.bytes
     }
 
     /// A write of `bytes` starts; returns its id for [`Uplink::finish`].
@@ -144,6 +177,7 @@ impl Uplink {
             id,
             bytes,
             started: now,
+            done_before: self.done,
             counted: true,
         });
         self.counted += bytes;
@@ -158,6 +192,9 @@ impl Uplink {
             return;
         };
         let w = self.writes.swap_remove(pos);
+        if written {
+            self.done += w.bytes;
+        }
         if !w.counted {
             return;
         }
@@ -192,9 +229,13 @@ impl Uplink {
     /// Stalled writes stop counting.
     fn expire(&mut self, now: Instant) {
         self.account(now);
-        let after = self.stall_after();
-        for w in self.writes.iter_mut().filter(|w| w.counted) {
-            if now.saturating_duration_since(w.started) >= after {
+        let (after, alone) = (self.stall_after(), self.stall_alone());
+        for i in 0..self.writes.len() {
+            let w = &self.writes[i];
+            let age = now.saturating_duration_since(w.started);
+            let stalled = age >= after && (self.overtaken(w) || age >= alone);
+            if w.counted && stalled {
+                let w = &mut self.writes[i];
                 w.counted = false;
                 self.counted -= w.bytes;
                 tracing::debug!(bytes = w.bytes, "upload stalled by its reader");
@@ -273,9 +314,11 @@ mod tests {
         assert!(u.has_room(t0));
         let _b = u.start(P, t0);
         assert!(!u.has_room(t0), "two pieces fill the smallest window");
-        assert_eq!(u.next_stall(), Some(t0 + STALL_MIN));
-        // Both stall: neither holds the window any more.
-        let later = t0 + STALL_MIN;
+        // Nothing overtook them: a slow uplink, not a slow reader.
+        assert_eq!(u.next_stall(), Some(t0 + STALL_ALONE));
+        assert!(!u.has_room(t0 + STALL_MIN));
+        // Nothing at all moved for that long: neither holds the window.
+        let later = t0 + STALL_ALONE;
         assert!(u.has_room(later));
         assert_eq!(u.in_flight(), 0);
         assert_eq!(u.next_stall(), None);
@@ -283,6 +326,51 @@ mod tests {
         u.finish(a, true, later);
         assert_eq!(u.in_flight(), 0);
         assert_eq!(u.rate(), 0.0);
+    }
+
+    #[test]
+    fn a_write_others_overtake_stalls_after_the_least_time() {
+        let t0 = Instant::now();
+        let mut u = Uplink::new(t0);
+        let stuck = u.start(P, t0);
+        let mut now = t0;
+        // Others go through, 100 ms each, while `stuck` never returns.
+        for _ in 0..30 {
+            let id = u.start(P, now);
+            now += Duration::from_millis(100);
+            u.finish(id, true, now);
+        }
+        assert!(u.has_room(now));
+        assert_eq!(u.in_flight(), 0, "the stuck write let go after STALL_MIN");
+        u.finish(stuck, true, now);
+        assert_eq!(u.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_uplink_slower_than_the_window_per_second_is_measured_and_nothing_stalls() {
+        // Two pieces at a time sharing 0.5 MB/s: each takes two seconds,
+        // longer than STALL_MIN, and none is slow for its reader.
+        let rate = 0.5e6;
+        let t0 = Instant::now();
+        let mut u = Uplink::new(t0);
+        let mut now = t0;
+        let each = Duration::from_secs_f64(2.0 * P as f64 / rate);
+        let mut ids = vec![u.start(P, now), u.start(P, now)];
+        for _ in 0..10 {
+            // The pacer looks every 100 ms: no room, nothing stalls.
+            for _ in 0..each.as_millis() / 100 {
+                now += Duration::from_millis(100);
+                assert!(!u.has_room(now), "a slow write was taken as stalled");
+            }
+            for id in std::mem::take(&mut ids) {
+                u.finish(id, true, now);
+                ids.push(u.start(P, now));
+            }
+        }
+        // Measured (within the error of samples that end in pairs).
+        let sent = 2.0 * P as f64 / (each.as_millis() / 100 * 100) as f64 * 1e3;
+        let err = (u.rate() - sent).abs() / sent;
+        assert!(err < 0.2, "measured {} of {sent}", u.rate());
     }
 
     #[test]

@@ -37,6 +37,14 @@
 //! `--max-peers-per-file 16`). `BENCH_QUEUE_MS` sets how long a packet may wait in a shaped uplink's
 //! queue (`tbf ... latency`, 200 ms by default).
 //!
+//! `BENCH_RATE_SCALE=0.5` scales every case's rates (the bound scales with
+//! them): the same swarm at half the traffic per second needs about half
+//! the CPU, which tells what the machine costs a case from what its
+//! schedule does.
+//!
+//! `BENCH_KEEP_LOGS=DIR` keeps every daemon's log there (the source's is
+//! `daemon-0.log`); `FILESHARE_TEST_LOG` sets what they log.
+//!
 //! `BENCH_HOG=N` starves the daemons of CPU the same way in every run:
 //! N busy loops (`sh -c 'while :; do :; done'`, normal priority) run for
 //! the whole benchmark and are ended by their PIDs at its end (two take
@@ -405,6 +413,7 @@ fn run_case(case: &Case) -> Outcome {
     let ours0 = ours();
     let cpu0 = cpu_jiffies();
     let _ = start.set(Instant::now());
+    eprintln!("# {}: the readers start", case.name);
     barrier.wait();
     // Sample the machine's CPU while the readers run.
     let mut peak: f64 = 0.0;
@@ -434,11 +443,36 @@ fn run_case(case: &Case) -> Outcome {
     let cpu_mean = busy_between(cpu0, cpu_jiffies());
     let ours = ours() - ours0;
     let run_delay = (delays() - delay0).max(0.0);
-    let done: Vec<f64> = threads
-        .into_iter()
-        .map(|t| t.join().expect("a reader failed"))
+    let done: Vec<f64> = (threads.into_iter().zip(&mounts))
+        .map(|(t, m)| match t.join() {
+            Ok(done) => done,
+            Err(_) => {
+                // What its daemon said went wrong.
+                let log = m.log();
+                let said: Vec<&str> = (log.lines())
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .collect();
+                let keep = out_dir().join("failed-reader.log");
+                let _ = std::fs::write(&keep, &log);
+                let _ = std::fs::write(out_dir().join("failed-source.log"), source.log());
+                panic!(
+                    "a reader failed; its daemon said ({} has all of its log):\n{}",
+                    keep.display(),
+                    said.join("\n")
+                );
+            }
+        })
         .collect();
     let measured = done.iter().copied().fold(0.0, f64::max);
+    // Every daemon's log, to study a run (`FILESHARE_TEST_LOG` sets what
+    // they log): the source's is `daemon-0.log`.
+    if let Some(dir) = std::env::var_os("BENCH_KEEP_LOGS") {
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        for (i, m) in std::iter::once(&source).chain(&mounts).enumerate() {
+            let _ = std::fs::write(dir.join(format!("daemon-{i}.log")), m.log());
+        }
+    }
     let run_delay = run_delay / daemons.len().max(1) as f64 / measured.max(1e-3);
 
     let counter =
@@ -641,11 +675,19 @@ fn main() {
     let only: Option<Vec<usize>> = std::env::var("BENCH_CASES")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let rate_scale: f64 = std::env::var("BENCH_RATE_SCALE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&s: &f64| s > 0.0 && s.is_finite())
+        .unwrap_or(1.0);
     let mut outcomes = Vec::new();
     for (i, case) in cases().into_iter().enumerate() {
         if only.as_ref().is_some_and(|o| !o.contains(&(i + 1))) {
             continue;
         }
+        let mut case = case;
+        case.source_mib_s *= rate_scale;
+        case.reader_mib_s *= rate_scale;
         let o = run_case(&case);
         let c = &o.case;
         println!(
