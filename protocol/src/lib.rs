@@ -58,7 +58,7 @@ pub use ids::{Bitfield, FileId, Layout, PeerId, PieceHash, PieceIndex, PIECE_LEN
 
 /// Bumped whenever a message enum changes shape; peers of another version are
 /// refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Largest frame body anyone accepts, checked before a byte of it is
 /// buffered. A 512 KiB piece plus headers fits with room; so does the hash

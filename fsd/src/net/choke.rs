@@ -26,12 +26,18 @@
 //!   (an unchoked one that asked nothing for a while gives its slot up), so
 //!   a daemon with few requesters serves them all from their first request.
 //!
-//! Pure: the upload scheduler (`upload_scheduler.rs`) calls it under its
-//! lock with what it counted.
+//! A connection is told each time it is choked or unchoked ([`Notices`],
+//! sent on its subscriptions), and a choked request refused says so, so
+//! requesters ask the peers that unchoke them and keep only a request at
+//! the others, instead of waiting out choked waits one peer after another.
+//!
+//! Pure but for [`Notices`]: the upload scheduler (`upload_scheduler.rs`)
+//! calls it under its lock with what it counted.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Connections unchoked for their merit.
 pub const REGULAR: usize = 4;
@@ -167,6 +173,33 @@ impl Choker {
     }
 }
 
+/// Whether each connection is unchoked, as its subscriptions watch it.
+#[derive(Debug, Default)]
+pub struct Notices(HashMap<u64, watch::Sender<bool>>);
+
+impl Notices {
+    /// Watches `conn`'s state (choked until it is unchoked).
+    pub fn watch(&mut self, conn: u64, choker: &Choker) -> watch::Receiver<bool> {
+        let on = choker.is_unchoked(conn);
+        (self.0.entry(conn))
+            .or_insert_with(|| watch::channel(on).0)
+            .subscribe()
+    }
+
+    /// Tells the watched connections whose state changed.
+    pub fn publish(&self, choker: &Choker) {
+        for (&conn, tx) in &self.0 {
+            let on = choker.is_unchoked(conn);
+            tx.send_if_modified(|v| std::mem::replace(v, on) != on);
+        }
+    }
+
+    /// The connection ended.
+    pub fn forget(&mut self, conn: u64) {
+        self.0.remove(&conn);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +294,25 @@ mod tests {
         }
         // Held for OPTIMISTIC_ROUNDS rounds at a time.
         assert!(seen.windows(2).any(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn a_watched_connection_hears_each_change_once() {
+        let mut c = Choker::default();
+        let mut n = Notices::default();
+        let mut rx = n.watch(1, &c);
+        assert!(!*rx.borrow_and_update());
+        c.try_unchoke(1, |_| true);
+        n.publish(&c);
+        assert!(rx.has_changed().unwrap());
+        assert!(*rx.borrow_and_update());
+        n.publish(&c);
+        assert!(!rx.has_changed().unwrap(), "no change, no notice");
+        c.forget(1);
+        n.publish(&c);
+        assert!(!*rx.borrow_and_update());
+        n.forget(1);
+        assert!(rx.has_changed().is_err(), "the connection ended");
     }
 
     #[test]

@@ -470,6 +470,7 @@ async fn link(
                         Some(piece) => swarm.add_have(key, piece),
                         None => return Err(FetchError::Unexpected),
                     },
+                    PeerReply::Unchoked(on) => swarm.choked(key, !on),
                     PeerReply::Error(e) => return Err(FetchError::Refused(e)),
                     _ => return Err(FetchError::Unexpected),
                 }
@@ -577,6 +578,10 @@ async fn link(
                     });
                 }
                 (Asked::Piece(index, _), PeerReply::Error(PeerError::Busy)) => {
+                    swarm.piece_busy(key, index);
+                }
+                (Asked::Piece(index, _), PeerReply::Error(PeerError::Choked)) => {
+                    swarm.choked(key, true);
                     swarm.piece_busy(key, index);
                 }
                 (Asked::Piece(index, _), PeerReply::Error(_)) => {

@@ -10,22 +10,20 @@
 //!
 //! 1. **Choking** (`choke.rs`): at most four connections, chosen every two
 //!    seconds by how much their peers upload to this daemon (tit-for-tat),
-//!    plus one optimistic unchoke, are served first. A choked request
-//!    waits about one piece's time on the uplink (`choke::choked_wait`,
-//!    two per connection) and is served only with room no unchoked request
-//!    takes (a *spare* upload), else answered `Busy` ([`Admission::Choked`]):
-//!    refused on arrival, when the window is full, nobody would wait there
-//!    when it frees. So choking never costs upload, only shares it. A
-//!    piece this daemon never uploaded is served choked or not (its first
-//!    copy; see `State::never_uploaded`).
+//!    plus one optimistic unchoke, are served first; each connection is
+//!    told when that changes. A choked request waits about one piece's
+//!    time on the uplink (`choke::choked_wait`, two per connection), served
+//!    only with room no unchoked request takes (a *spare* upload), else
+//!    refused ([`Admission::Choked`]). So choking never costs upload, only
+//!    shares it. A piece this daemon never uploaded is served choked or
+//!    not (its first copy; see `State::never_uploaded`).
 //! 2. **Pacing**: requests wait in one queue, and one more is served only
 //!    when the uplink can take it: while the bytes granted and not yet
 //!    written are below the window measured from the writes' back-pressure
 //!    (`uplink.rs`), and, with `--max-upload-rate`, when the token bucket
-//!    can pay for it. The peer sockets keep little unsent
-//!    ([`limit_unsent`](crate::net::send_buffer::limit_unsent)), so a write
-//!    returns about when the uplink took the piece: requests wait here,
-//!    to be ordered, refused or cancelled, not in kernel buffers.
+//!    can pay for it. The peer sockets keep little unsent (`send_buffer.rs`),
+//!    so a write returns about when the uplink took the piece: requests
+//!    wait here, to be ordered, refused or cancelled, not in kernel buffers.
 //! 3. **Order** ([`plan`]): each time one more piece may go, the pacer
 //!    chooses among all waiting requests:
 //!    1. a piece this daemon never uploaded; then a piece asked again
@@ -44,16 +42,13 @@
 //! A first ask for a piece already uploaded is answered `Busy` while an ask
 //! for a never-uploaded piece waits, and so are the other first asks for
 //! the piece just chosen while asks for other pieces wait: the requester
-//! fetches it from the peer it went to, which is about to offer it, or
-//! asks again later (else the source would serve its last pieces one
-//! after another, long after the readers it sent them to could have passed
-//! them on). A second ask is never refused, but waits for the
-//! never-uploaded pieces: by then
-//! the requester usually has it from another peer (it asks one once the
-//! request is late, `pieces/swarm.rs`) and cancels it here. A refusal frees
-//! the requester's slot at once instead of leaving it stuck behind fresher
-//! work, and the upload never idles for a refusal: there is always a
-//! fresher request to serve instead.
+//! gets it from the peer it went to, which is about to offer it, or asks
+//! again later (else the source would serve its last pieces one after
+//! another, long after their readers could have passed them on). A second
+//! ask is never refused but waits for the never-uploaded pieces: by then
+//! the requester usually has it from another peer and cancels it here. A
+//! refusal frees the requester's slot at once, and the upload never idles
+//! for one: there is always a fresher request to serve instead.
 //!
 //! All of this is about several requesters of one file. A file that only
 //! one connection asks for (none other asked for it within [`choke::IDLE`])
@@ -68,7 +63,7 @@
 //! so a request cancelled while it waits costs no upload; a served one
 //! holds its room until its writer wrote it and drops its [`Sending`].
 
-use crate::net::choke::{self, Candidate, Choker, MAX_CHOKED_WAITING};
+use crate::net::choke::{self, Candidate, Choker, Notices, MAX_CHOKED_WAITING};
 use crate::net::token_bucket::TokenBucket;
 use crate::net::uplink::Uplink;
 use fileshare_protocol::{FileId, PeerId, PieceIndex};
@@ -192,10 +187,9 @@ struct Entry {
     /// Admitted from a choked connection only for the piece's first copy:
     /// refused once that copy went to someone else.
     first_copy: bool,
-    /// A choked connection's request waiting for a spare upload: served
-    /// when the uplink has room and no unchoked request can take it,
-    /// refused `Busy` at this instant otherwise. Cleared if the
-    /// connection is unchoked meanwhile.
+    /// A choked request waiting for a spare upload (served when no
+    /// unchoked request can take the room), refused `Choked` at this
+    /// instant. Cleared if the connection is unchoked meanwhile.
     wait_until: Option<Instant>,
 }
 
@@ -225,6 +219,7 @@ struct State {
     /// `--max-upload-rate` in bytes per second (else infinite).
     rate_cap: f64,
     choker: Choker,
+    notices: Notices,
     conns: HashMap<u64, Conn>,
     next_rotation: Instant,
     /// Bytes written to each peer over the daemon's life, for the
@@ -434,23 +429,20 @@ impl State {
 
     /// Whether this daemon never chose to upload the piece: its first copy
     /// goes to whoever asks, choked or not. A piece just verified here is
-    /// often one few others have (the source's fresh pieces at first, the
-    /// last ones at the end): its first copy doubles its holders, while a
-    /// `Busy` for it would keep the requester from it for a second. Once
-    /// it went out, choking applies again, and further askers get it from
-    /// the holders it went to.
+    /// often one few others have: its first copy doubles its holders, where
+    /// a refusal would keep the requester from it for a second. Then
+    /// choking applies again; further askers get it from its new holders.
     fn never_uploaded(&self, ask: &Ask) -> bool {
         (self.uploads.get(&ask.file))
             .and_then(|c| c.get(ask.piece.usize()))
             .is_none_or(|&n| n == 0)
     }
 
-    /// Whether the uplink would idle now (the token bucket, if any, being
-    /// out of debt): it has room, and every waiting
-    /// request belongs to a connection that already holds
-    /// [`MAX_UNWRITTEN`] pieces. A choked connection's request is then
-    /// served too: choking keeps the uplink from being split too thin, and
-    /// an idle uplink is split among nobody.
+    /// Whether the uplink would idle now (the token bucket, if any, out of
+    /// debt): it has room, and every waiting request's connection holds
+    /// [`MAX_UNWRITTEN`] pieces. A choked request is then served too:
+    /// choking keeps the uplink from being split too thin, and an idle
+    /// uplink is split among nobody.
     fn spare(&mut self, now: Instant) -> bool {
         self.uplink.has_room(now)
             && (self.entries.iter()).all(|e| {
@@ -574,6 +566,7 @@ impl Uploads {
                     uplink: Uplink::new(now),
                     rate_cap: rate.map_or(f64::INFINITY, |r| r as f64),
                     choker: Choker::default(),
+                    notices: Notices::default(),
                     conns: HashMap::new(),
                     next_rotation: now + choke::ROTATE,
                     sent_to: HashMap::new(),
@@ -607,6 +600,7 @@ impl Uploads {
                 let mut choker = std::mem::take(&mut st.choker);
                 let unchoked = choker.try_unchoke(ask.conn, |c| st.active(c, now));
                 st.choker = choker;
+                st.notices.publish(&st.choker);
                 if !unchoked && !st.never_uploaded(&ask) {
                     let paid =
                         (self.inner.bucket.as_ref()).is_none_or(|b| b.until_paid().is_zero());
@@ -651,12 +645,18 @@ impl Uploads {
         st.last_served.remove(&conn);
         st.conns.remove(&conn);
         st.choker.forget(conn);
+        st.notices.forget(conn);
         st.askers.retain(|_, v| {
             v.retain(|&(c, _)| c != conn);
             !v.is_empty()
         });
     }
 
+    /// Whether `conn` is unchoked, each time it changes.
+    pub fn watch_choke(&self, conn: u64) -> tokio::sync::watch::Receiver<bool> {
+        let st = &mut *self.inner.state.lock();
+        st.notices.watch(conn, &st.choker)
+    }
     /// Bytes written to each peer so far, over every file.
     pub fn sent_to(&self) -> Vec<(PeerId, u64)> {
         let st = self.inner.state.lock();
@@ -727,8 +727,8 @@ impl Uploads {
     }
 
     /// Chooses the unchoked connections again once [`choke::ROTATE`] has
-    /// passed; the waiting requests of those it chokes wait on as choked
-    /// ones (`choke::MAX_CHOKED_WAITING` each), the others are refused.
+    /// passed; the requests of those it chokes wait on as choked ones
+    /// (`MAX_CHOKED_WAITING` each), the others are refused.
     fn rotate_if_due(&self) {
         let peers: Vec<(u64, Option<PeerId>)> = {
             let st = self.inner.state.lock();
@@ -762,6 +762,7 @@ impl Uploads {
             })
             .collect();
         let choked = st.choker.rotate(&candidates);
+        st.notices.publish(&st.choker);
         if !choked.is_empty() {
             tracing::trace!(?choked, unchoked = ?st.choker.unchoked().collect::<Vec<_>>(), "choke rotation");
         }
@@ -785,8 +786,7 @@ impl Uploads {
         }
     }
 
-    /// On shutdown: every waiting request is answered, so no connection
-    /// task waits forever.
+    /// On shutdown: every waiting request is answered (no task waits on).
     fn release_all(&self) {
         let gone = std::mem::take(&mut self.inner.state.lock().entries);
         for e in gone {

@@ -73,6 +73,15 @@
 //!    non-seed offers. The swarm asks for moves only near the end of the
 //!    file, where the read-ahead no longer keeps every peer busy.
 //!
+//! 8. **Choking peers last**: a peer that chokes us (it serves us only with
+//!    upload nobody it unchokes takes) is asked for a piece only if no
+//!    peer that does not choke us has a free slot for it, as rule 6 does
+//!    for seeds, and only for a piece in flight nowhere. A piece asked of
+//!    it counts as in flight for no other peer: a peer that unchokes us
+//!    and frees a slot is asked for it too, and the copy that comes second
+//!    is cancelled. The caller gives a choking peer about one slot, which
+//!    keeps us among its candidates when it chooses whom to unchoke.
+//!
 //! An urgent piece already in flight is only duplicated in the end game.
 //! Nothing here times a request out; the link does (`fetch.rs`): a request
 //! unanswered for eight pieces' time at its peer's measured rate (8 to
@@ -104,6 +113,9 @@ pub struct PeerView<'a> {
     /// Recent throughput estimate in bytes/s; 0 (or not finite) = unknown,
     /// then taken as the mean of the known rates.
     pub rate: f64,
+    /// It chokes us: asked only for what no peer that does not offers,
+    /// and a piece asked of it is still open to those (rule 8).
+    pub choked: bool,
 }
 
 /// A snapshot of one file's download state.
@@ -172,7 +184,8 @@ pub fn moves(input: &PickInput) -> Vec<Move> {
         return Vec::new();
     }
     let peers = input.peers;
-    let known = |i: usize| peers[i].rate.is_finite() && peers[i].rate > 0.0;
+    // Rule 8: nothing moves to or from a peer that chokes us.
+    let known = |i: usize| peers[i].rate.is_finite() && peers[i].rate > 0.0 && !peers[i].choked;
     // Per peer: its queue as it stands, without the pieces moved away.
     let mut queue: Vec<Vec<u32>> = peers.iter().map(|v| v.in_flight.to_vec()).collect();
     let mut out = Vec::new();
@@ -240,8 +253,10 @@ struct State<'i, 'a> {
     urgent: Vec<u32>,
     /// Indexed by piece: urgent.
     is_urgent: Vec<bool>,
-    /// Indexed by piece: distinct peers it is in flight to (input + output).
+    /// Indexed by piece: distinct peers not choking us it is in flight to
+    /// (input + output); `asked_anywhere`: at any peer (rule 8).
     copies: Vec<usize>,
+    asked_anywhere: Vec<bool>,
     /// Indexed by piece: smallest position in any peer's `in_flight`.
     age: Vec<usize>,
     /// Per peer: pieces in flight to it (input + output).
@@ -253,8 +268,10 @@ struct State<'i, 'a> {
     queued: Vec<usize>,
     /// Per peer: rate, unknown ones replaced by the mean of known ones.
     rate: Vec<f64>,
-    /// Indexed by piece: some peer without every piece offers it (rule 6).
+    /// Indexed by piece: some peer without every piece and not choking us
+    /// offers it (rule 6); some peer not choking us does (rule 8).
     partial_has: Vec<bool>,
+    open_has: Vec<bool>,
     out: Vec<Request>,
 }
 
@@ -270,17 +287,26 @@ impl<'i, 'a> State<'i, 'a> {
             .map(|p| !input.have.get(p) && (input.wanted.get(p) || is_urgent[p as usize]))
             .collect();
         let mut copies = vec![0; len];
+        let mut asked_anywhere = vec![false; len];
         let mut age = vec![usize::MAX; len];
         let mut asked = Vec::with_capacity(input.peers.len());
         for v in input.peers {
             let mut a = Bitfield::new(n);
             for (pos, &p) in v.in_flight.iter().enumerate().filter(|&(_, &p)| p < n) {
                 let p_us = p as usize;
+                asked_anywhere[p_us] = true;
+                if v.choked {
+                    continue;
+                }
                 age[p_us] = age[p_us].min(pos);
                 if !a.get(p) {
                     a.set(p);
                     copies[p_us] += 1;
                 }
+            }
+            // A choking peer's requests: asked of it, counted nowhere else.
+            for &p in v.in_flight.iter().filter(|&&p| p < n && v.choked) {
+                a.set(p);
             }
             asked.push(a);
         }
@@ -294,16 +320,24 @@ impl<'i, 'a> State<'i, 'a> {
             .map(|v| Some(v.rate).filter(known).unwrap_or(default_rate))
             .collect();
         let slots: Vec<u32> = input.peers.iter().map(|v| v.free_slots).collect();
-        let partial: Vec<&PeerView> = input.peers.iter().filter(|v| !v.complete).collect();
+        let partial: Vec<&PeerView> = (input.peers.iter())
+            .filter(|v| !v.complete && !v.choked)
+            .collect();
         let partial_has = (0..n)
             .map(|p| partial.iter().any(|v| v.have.get(p)))
             .collect();
+        let open: Vec<&PeerView> = input.peers.iter().filter(|v| !v.choked).collect();
+        let open_has = match open.len() == input.peers.len() {
+            true => vec![true; len],
+            false => (0..n).map(|p| open.iter().any(|v| v.have.get(p))).collect(),
+        };
         State {
             input,
             want,
             urgent,
             is_urgent,
             copies,
+            asked_anywhere,
             age,
             asked,
             slots_total: slots.iter().map(|&s| u64::from(s)).sum(),
@@ -311,6 +345,7 @@ impl<'i, 'a> State<'i, 'a> {
             queued: input.peers.iter().map(|v| v.in_flight.len()).collect(),
             rate,
             partial_has,
+            open_has,
             out: Vec::new(),
         }
     }
@@ -330,6 +365,11 @@ impl<'i, 'a> State<'i, 'a> {
         self.input.peers[peer].complete && self.partial_has[piece as usize]
     }
 
+    /// Rule 8: `peer` chokes us and a peer that does not offers `piece`.
+    fn choking(&self, peer: usize, piece: u32) -> bool {
+        self.input.peers[peer].choked && self.open_has[piece as usize]
+    }
+
     /// Expected time until `peer` would deliver one more piece, in
     /// piece-lengths per byte/s: smaller is sooner.
     fn eta(&self, peer: usize) -> f64 {
@@ -337,8 +377,9 @@ impl<'i, 'a> State<'i, 'a> {
     }
 
     /// The peer to ask for `piece`: it has it, has a free slot and is not
-    /// already asked for it. Minimises `(shunned, penalised(peer), eta)`
-    /// (rule 6 first), then prefers more free slots, then the lower index.
+    /// already asked for it. Minimises `(choking, shunned, penalised(peer),
+    /// eta)` (rules 8 and 6 first), then prefers more free slots, then the
+    /// lower index.
     /// O(P).
     fn best_peer(&self, piece: u32, penalised: impl Fn(usize) -> bool) -> Option<usize> {
         let shunned = |i: usize| self.shunned(i, piece);
@@ -347,9 +388,11 @@ impl<'i, 'a> State<'i, 'a> {
                 self.slots[i] > 0
                     && self.input.peers[i].have.get(piece)
                     && !self.asked[i].get(piece)
+                    && !(self.input.peers[i].choked && self.asked_anywhere[piece as usize])
             })
             .min_by(|&a, &b| {
-                (shunned(a).cmp(&shunned(b)))
+                (self.choking(a, piece).cmp(&self.choking(b, piece)))
+                    .then(shunned(a).cmp(&shunned(b)))
                     .then(penalised(a).cmp(&penalised(b)))
                     .then(self.eta(a).total_cmp(&self.eta(b)))
                     .then(self.slots[b].cmp(&self.slots[a]))
@@ -359,7 +402,10 @@ impl<'i, 'a> State<'i, 'a> {
 
     fn assign(&mut self, peer: usize, piece: u32) {
         self.asked[peer].set(piece);
-        self.copies[piece as usize] += 1;
+        self.asked_anywhere[piece as usize] = true;
+        if !self.input.peers[peer].choked {
+            self.copies[piece as usize] += 1;
+        }
         self.slots[peer] -= 1;
         self.slots_total -= 1;
         self.queued[peer] += 1;

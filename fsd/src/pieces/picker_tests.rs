@@ -20,6 +20,7 @@ struct Peer {
     slots: u32,
     in_flight: Vec<u32>,
     rate: f64,
+    choked: bool,
 }
 
 /// A peer that is not a seed (whatever it has).
@@ -31,6 +32,7 @@ fn peer(have: Bitfield, slots: u32) -> Peer {
         slots,
         in_flight,
         rate: 0.0,
+        choked: false,
     }
 }
 
@@ -82,6 +84,7 @@ impl Case {
                 free_slots: p.slots,
                 in_flight: &p.in_flight,
                 rate: p.rate,
+                choked: p.choked,
             })
             .collect()
     }
@@ -127,14 +130,37 @@ fn check(c: &Case, out: &[Request]) {
         used[r.peer] += 1;
         assert!(used[r.peer] <= v.slots, "{r:?}: over free_slots");
     }
+    // Copies at peers that do not choke us; requests anywhere (rule 8).
     let mut count = vec![0usize; c.n as usize];
-    for &(_, p) in pairs.iter().filter(|&&(_, p)| p < c.n) {
-        count[p as usize] += 1;
+    let mut anywhere = vec![0usize; c.n as usize];
+    for &(i, p) in pairs.iter().filter(|&&(_, p)| p < c.n) {
+        anywhere[p as usize] += 1;
+        count[p as usize] += usize::from(!c.peers[i].choked);
     }
     let copies = |p: u32| count[p as usize];
     let max = c.max_duplicates.max(1) as usize;
     for r in out {
         assert!(copies(r.piece) <= max, "{r:?}: too many copies");
+        if c.peers[r.peer].choked {
+            let only = anywhere[r.piece as usize] == 1;
+            assert!(
+                only,
+                "{r:?}: asked of a choking peer while in flight elsewhere"
+            );
+        }
+    }
+    // Rule 8: a choking peer is asked for what a peer that does not choke
+    // us offers only when every such peer is busy or asked already.
+    for r in out.iter().filter(|r| c.peers[r.peer].choked) {
+        for (i, v) in c.peers.iter().enumerate() {
+            if !v.choked && v.have.get(r.piece) {
+                let busy = used[i] == v.slots || pairs.contains(&(i, r.piece));
+                assert!(
+                    busy,
+                    "{r:?}: asked of a choking peer while peer {i} could serve it"
+                );
+            }
+        }
     }
     // No peer with a free slot left while it has work it could do.
     let fetchable: Vec<u32> = (0..c.n)
@@ -145,7 +171,7 @@ fn check(c: &Case, out: &[Request]) {
     // every such peer is busy (no free slot left) or asked already.
     for r in out.iter().filter(|r| c.peers[r.peer].complete) {
         for (i, v) in c.peers.iter().enumerate() {
-            if !v.complete && v.have.get(r.piece) {
+            if !v.complete && !v.choked && v.have.get(r.piece) {
                 let busy = used[i] == v.slots || pairs.contains(&(i, r.piece));
                 assert!(busy, "{r:?}: asked of a seed while peer {i} could serve it");
             }
@@ -156,6 +182,13 @@ fn check(c: &Case, out: &[Request]) {
             continue;
         }
         for &p in fetchable.iter().filter(|&&p| v.have.get(p)) {
+            if v.choked {
+                assert!(
+                    anywhere[p as usize] > 0,
+                    "choking peer {i} idle, {p} unrequested"
+                );
+                continue;
+            }
             assert!(copies(p) > 0, "peer {i} idle, piece {p} unrequested");
             if end_game && !pairs.contains(&(i, p)) && c.late.get(p) {
                 assert!(copies(p) >= max, "end game: peer {i} idle, could dup {p}");
@@ -484,8 +517,9 @@ fn arb_case() -> impl Strategy<Value = Case> {
             let rate = prop_oneof![Just(0.0), 1.0..1e7f64];
             let in_flight = prop::collection::vec(0..n, 0..6);
             let have = prop_oneof![arb_bits(n), Just(Bitfield::full(n))];
-            let peer = (have, 0u32..6, in_flight, rate, any::<bool>()).prop_map(
-                |(have, slots, mut in_flight, rate, seed)| {
+            let flags = (any::<bool>(), prop::bool::weighted(0.2));
+            let peer = (have, 0u32..6, in_flight, rate, flags).prop_map(
+                |(have, slots, mut in_flight, rate, (seed, choked))| {
                     // A queue holds a piece once: the swarm never asks one
                     // peer twice for the same piece.
                     let mut seen = std::collections::HashSet::new();
@@ -496,6 +530,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
                         slots,
                         in_flight,
                         rate,
+                        choked,
                     }
                 },
             );
@@ -611,4 +646,44 @@ proptest! {
     fn moves_are_sound(c in arb_case()) {
         run_moves(&c);
     }
+}
+
+#[test]
+fn rule8_a_choking_peer_is_asked_only_what_no_other_peer_offers() {
+    // Peer 0 chokes us; peer 1 does not and has pieces 0 and 1, no slot.
+    let mut choking = full(4, 1);
+    choking.choked = true;
+    let mut case = Case::new(4, vec![choking, peer(bf(4, [0, 1]), 1)]);
+    case.peers[1].in_flight = vec![2];
+    case.peers[1].have.set(2);
+    let views = case.views();
+    let out = pick(&case.input(&views));
+    // The choking peer is asked for piece 3, which nobody else offers;
+    // peer 1 for one of its own.
+    assert!(out.contains(&Request { peer: 0, piece: 3 }), "{out:?}");
+    assert!(out.iter().any(|r| r.peer == 1 && r.piece < 2), "{out:?}");
+    assert_eq!(out.len(), 2, "{out:?}");
+}
+
+#[test]
+fn rule8_a_piece_asked_of_a_choking_peer_is_still_open_to_the_others() {
+    let mut choking = full(2, 1);
+    choking.choked = true;
+    choking.slots = 0;
+    choking.in_flight = vec![0];
+    let case = Case::new(2, vec![choking, full(2, 2), full(2, 2)]);
+    let views = case.views();
+    let out = pick(&case.input(&views));
+    // Both pieces go to peers that do not choke us, each once.
+    let mut pieces: Vec<u32> = out.iter().map(|r| r.piece).collect();
+    pieces.sort_unstable();
+    assert_eq!(pieces, vec![0, 1], "{out:?}");
+    assert!(out.iter().all(|r| r.peer != 0), "{out:?}");
+    // And a choking peer is never asked for a piece in flight elsewhere.
+    let mut other = full(2, 1);
+    other.choked = true;
+    let mut case = Case::new(2, vec![other, full(2, 0)]);
+    case.peers[1].in_flight = vec![0, 1];
+    let views = case.views();
+    assert_eq!(pick(&case.input(&views)), Vec::new());
 }

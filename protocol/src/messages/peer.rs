@@ -151,6 +151,14 @@ pub enum PeerReply {
     /// [`PeerRequest::Subscribe`] stream: it may be asked for now, and is
     /// passed on as it arrives.
     Receiving(u32),
+    /// Whether the serving peer now serves this connection's piece requests
+    /// first (`true`, unchoked) or only with upload nobody unchoked takes
+    /// (`false`, choked), on every [`PeerRequest::Subscribe`] stream of the
+    /// connection, each time it changes. Choked requests are answered
+    /// [`PeerError::Choked`] unless upload is to spare: a requester should
+    /// ask its unchoking peers and keep about one request at a choking one
+    /// (asking is what makes it a candidate when the peer chooses again).
+    Unchoked(bool),
 }
 
 impl std::fmt::Debug for PeerReply {
@@ -164,6 +172,7 @@ impl std::fmt::Debug for PeerReply {
             PeerReply::Peers(u) => write!(f, "Peers(+{} -{})", u.added.len(), u.dropped.len()),
             PeerReply::Part { data } => write!(f, "Part({} bytes)", data.len()),
             PeerReply::Receiving(i) => write!(f, "Receiving({i})"),
+            PeerReply::Unchoked(u) => write!(f, "Unchoked({u})"),
         }
     }
 }
@@ -259,6 +268,10 @@ pub enum PeerError {
     Internal,
     #[error("request cancelled")]
     Cancelled,
+    /// The serving peer chokes this connection and had no upload to spare:
+    /// ask its other holders (see [`PeerReply::Unchoked`]).
+    #[error("peer chokes this connection")]
+    Choked,
 }
 
 #[cfg(test)]

@@ -23,11 +23,12 @@
 //!
 //! Piece requests wait their turn in the daemon's upload scheduler
 //! ([`crate::net::upload_scheduler`]), which may refuse one with `Busy`
-//! (also when the connection is choked); a request still waiting there can
-//! be cancelled by the requester. A served piece holds its room in the
+//! (or `Choked` when the connection is choked); a request still waiting
+//! there can be cancelled by the requester. A served piece holds its room in the
 //! scheduler's uplink window until the connection's writer has written it.
 //! Subscriptions push a `Receiving` for every piece that starts arriving
-//! here and a `Have` for every piece verified here, so readers become
+//! here, a `Have` for every piece verified here, and `Unchoked` each time
+//! the connection is choked or unchoked, so readers become
 //! sources for each other as soon as bytes arrive, and the whole bitfield
 //! again when pieces are evicted. A piece neither held nor arriving
 //! (evicted meanwhile too) is `NotAvailable`.
@@ -62,7 +63,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -347,9 +348,10 @@ async fn serve(
                 };
                 match allowed(ctx, &st, &file) {
                     Ok(swarm) if fresh => {
+                        let choke = ctx.uploads.watch_choke(st.conn);
                         tasks.spawn(
                             "peer-subscription",
-                            subscription(swarm, st.clone(), req.id, tx.clone()),
+                            subscription(swarm, st.clone(), req.id, tx.clone(), choke),
                         );
                     }
                     Ok(_) => {
@@ -492,7 +494,13 @@ async fn idle(
 /// groups expire without a fresh one (then `TicketExpired` ends it).
 /// Subscribing before taking the bitfield means no piece falls between the
 /// two.
-async fn subscription(swarm: Arc<Swarm>, st: Arc<ConnState>, id: u64, tx: mpsc::Sender<Outgoing>) {
+async fn subscription(
+    swarm: Arc<Swarm>,
+    st: Arc<ConnState>,
+    id: u64,
+    tx: mpsc::Sender<Outgoing>,
+    mut choke: watch::Receiver<bool>,
+) {
     let expires = || st.access_until(&swarm).unwrap_or(0);
     let mut haves = swarm.subscribe();
     // The bitfield, then the pieces arriving now.
@@ -519,6 +527,10 @@ async fn subscription(swarm: Arc<Swarm>, st: Arc<ConnState>, id: u64, tx: mpsc::
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
+            // Choked or unchoked since: the requester asks accordingly.
+            Ok(()) = choke.changed() => {
+                next.push(PeerReply::Unchoked(*choke.borrow_and_update()));
+            }
             () = tx.closed() => return,
             () = swarm.cancel.cancelled() => return,
             // A fresh ticket may have come meanwhile: look again.
@@ -688,7 +700,7 @@ async fn piece(
                 return refuse(PeerError::Busy);
             }
             // Not a refusal of this piece: the next ask is a first ask.
-            Admission::Choked => return refuse(PeerError::Busy),
+            Admission::Choked => return refuse(PeerError::Choked),
         },
         () = cancel.cancelled() => return refuse(PeerError::Cancelled),
     };

@@ -37,6 +37,9 @@ pub(super) struct FetchLink {
     pub(super) last_useful: Option<Instant>,
     /// Told to close (rotated out): asked for nothing more.
     pub(super) closing: bool,
+    /// The peer chokes us (it said so): one request at a time, and only
+    /// for what no other peer offers (the picker's rule 8).
+    pub(super) choked: bool,
 }
 
 impl FetchLink {
@@ -64,6 +67,7 @@ impl FetchLink {
             joined: Instant::now(),
             last_useful: None,
             closing: false,
+            choked: false,
         }
     }
 
@@ -76,6 +80,9 @@ impl FetchLink {
     // A float-to-int `as` saturates, which is what a slot count wants.
     #[allow(clippy::cast_possible_truncation)]
     pub(super) fn slots(&self) -> u32 {
+        if self.choked {
+            return 1;
+        }
         if self.rate <= 0.0 || !self.rate.is_finite() {
             return INITIAL_SLOTS;
         }

@@ -472,6 +472,18 @@ impl Swarm {
         self.schedule(&mut st);
     }
 
+    /// The peer of link `key` chokes us (`on`) or unchokes us.
+    pub fn choked(&self, key: FetchLinkId, on: bool) {
+        let mut st = self.state.lock();
+        let Some(l) = st.links.iter_mut().find(|l| l.key == key) else {
+            return;
+        };
+        if std::mem::replace(&mut l.choked, on) != on {
+            tracing::trace!(peer = %l.addr, on, "choked");
+            self.schedule(&mut st);
+        }
+    }
+
     /// Verified bytes received from `peer` so far.
     pub fn received_from(&self, peer: &PeerId) -> u64 {
         self.state.lock().received.get(peer).copied().unwrap_or(0)
@@ -751,6 +763,7 @@ fn views(st: &PieceState) -> Vec<PeerView<'_>> {
             free_slots: l.free_slots(),
             in_flight: &l.in_flight,
             rate: l.rate,
+            choked: l.choked,
         })
         .collect()
 }

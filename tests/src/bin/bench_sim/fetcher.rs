@@ -255,6 +255,8 @@ fn views<'a>(links: &'a [Link], offers: &'a [(Bitfield, bool)]) -> Vec<PeerView<
                 .saturating_sub(u32::try_from(l.in_flight.len()).unwrap_or(u32::MAX)),
             in_flight: &l.in_flight,
             rate: l.rate,
+            // The simulated uploaders send no choke notices.
+            choked: false,
         })
         .collect()
 }
