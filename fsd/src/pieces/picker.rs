@@ -74,13 +74,12 @@
 //!    file, where the read-ahead no longer keeps every peer busy.
 //!
 //! 8. **Choking peers last**: a peer that chokes us (it serves us only with
-//!    upload nobody it unchokes takes) is asked for a piece only if no
-//!    peer that does not choke us has a free slot for it, as rule 6 does
-//!    for seeds, and only for a piece in flight nowhere. A piece asked of
-//!    it counts as in flight for no other peer: a peer that unchokes us
-//!    and frees a slot is asked for it too, and the copy that comes second
-//!    is cancelled. The caller gives a choking peer about one slot, which
-//!    keeps us among its candidates when it chooses whom to unchoke.
+//!    upload nobody it unchokes takes, or a piece's first copy) is asked
+//!    for a piece only if no peer that does not choke us has a free slot
+//!    for it, as rule 6 does for seeds, and never for an end-game
+//!    duplicate. The caller gives it about one slot: asking is what keeps
+//!    us among its candidates when it chooses whom to unchoke, and a
+//!    refusal returns the piece within about a piece's time.
 //!
 //! An urgent piece already in flight is only duplicated in the end game.
 //! Nothing here times a request out; the link does (`fetch.rs`): a request
@@ -253,10 +252,8 @@ struct State<'i, 'a> {
     urgent: Vec<u32>,
     /// Indexed by piece: urgent.
     is_urgent: Vec<bool>,
-    /// Indexed by piece: distinct peers not choking us it is in flight to
-    /// (input + output); `asked_anywhere`: at any peer (rule 8).
+    /// Indexed by piece: distinct peers it is in flight to (input + output).
     copies: Vec<usize>,
-    asked_anywhere: Vec<bool>,
     /// Indexed by piece: smallest position in any peer's `in_flight`.
     age: Vec<usize>,
     /// Per peer: pieces in flight to it (input + output).
@@ -287,26 +284,17 @@ impl<'i, 'a> State<'i, 'a> {
             .map(|p| !input.have.get(p) && (input.wanted.get(p) || is_urgent[p as usize]))
             .collect();
         let mut copies = vec![0; len];
-        let mut asked_anywhere = vec![false; len];
         let mut age = vec![usize::MAX; len];
         let mut asked = Vec::with_capacity(input.peers.len());
         for v in input.peers {
             let mut a = Bitfield::new(n);
             for (pos, &p) in v.in_flight.iter().enumerate().filter(|&(_, &p)| p < n) {
                 let p_us = p as usize;
-                asked_anywhere[p_us] = true;
-                if v.choked {
-                    continue;
-                }
                 age[p_us] = age[p_us].min(pos);
                 if !a.get(p) {
                     a.set(p);
                     copies[p_us] += 1;
                 }
-            }
-            // A choking peer's requests: asked of it, counted nowhere else.
-            for &p in v.in_flight.iter().filter(|&&p| p < n && v.choked) {
-                a.set(p);
             }
             asked.push(a);
         }
@@ -337,7 +325,6 @@ impl<'i, 'a> State<'i, 'a> {
             urgent,
             is_urgent,
             copies,
-            asked_anywhere,
             age,
             asked,
             slots_total: slots.iter().map(|&s| u64::from(s)).sum(),
@@ -388,7 +375,7 @@ impl<'i, 'a> State<'i, 'a> {
                 self.slots[i] > 0
                     && self.input.peers[i].have.get(piece)
                     && !self.asked[i].get(piece)
-                    && !(self.input.peers[i].choked && self.asked_anywhere[piece as usize])
+                    && !(self.input.peers[i].choked && self.copies[piece as usize] > 0)
             })
             .min_by(|&a, &b| {
                 (self.choking(a, piece).cmp(&self.choking(b, piece)))
@@ -402,10 +389,7 @@ impl<'i, 'a> State<'i, 'a> {
 
     fn assign(&mut self, peer: usize, piece: u32) {
         self.asked[peer].set(piece);
-        self.asked_anywhere[piece as usize] = true;
-        if !self.input.peers[peer].choked {
-            self.copies[piece as usize] += 1;
-        }
+        self.copies[piece as usize] += 1;
         self.slots[peer] -= 1;
         self.slots_total -= 1;
         self.queued[peer] += 1;
