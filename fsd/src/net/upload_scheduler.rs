@@ -85,7 +85,7 @@ pub enum Admission {
     /// Refused for now: this piece just went to another peer while
     /// never-uploaded pieces wait. The next ask for it is served.
     Busy,
-    /// Refused: the connection is choked. Sent as `Busy` too.
+    /// Refused: the connection is choked (and no upload was spare).
     Choked,
 }
 
@@ -231,10 +231,8 @@ struct State {
 
 impl State {
     fn count_upload(&mut self, ask: &Ask) {
-        let counts = self
-            .uploads
-            .entry(ask.file)
-            .or_insert_with(|| vec![0; ask.num_pieces as usize]);
+        let counts =
+            (self.uploads.entry(ask.file)).or_insert_with(|| vec![0; ask.num_pieces as usize]);
         if let Some(c) = counts.get_mut(ask.piece.usize()) {
             *c = c.saturating_add(1);
         }
@@ -398,15 +396,17 @@ impl State {
         (waiting < MAX_CHOKED_WAITING).then(|| now + choke::choked_wait(rate))
     }
 
-    /// Waiting choked requests of connections unchoked since become
-    /// ordinary ones; those whose wait ran out are refused.
+    /// Choked requests (waiting or first copies) of connections unchoked
+    /// since become ordinary ones; those whose wait ran out are refused.
     fn settle_choked(&mut self, now: Instant) {
         let mut expired = Vec::new();
         let mut i = 0;
         while i < self.entries.len() {
             let e = &mut self.entries[i];
             match e.wait_until {
-                Some(_) if self.choker.is_unchoked(e.w.ask.conn) => e.wait_until = None,
+                _ if self.choker.is_unchoked(e.w.ask.conn) => {
+                    (e.wait_until, e.first_copy) = (None, false);
+                }
                 Some(t) if t <= now => {
                     expired.push(self.entries.swap_remove(i));
                     continue;
@@ -452,11 +452,9 @@ impl State {
 
     /// Whether an unchoked connection still wants pieces.
     fn active(&self, conn: u64, now: Instant) -> bool {
+        let recent = |c: &Conn| now.saturating_duration_since(c.last_ask) < choke::IDLE;
         self.entries.iter().any(|e| e.w.ask.conn == conn)
-            || self
-                .conns
-                .get(&conn)
-                .is_some_and(|c| now.saturating_duration_since(c.last_ask) < choke::IDLE)
+            || self.conns.get(&conn).is_some_and(recent)
     }
 }
 
@@ -657,6 +655,7 @@ impl Uploads {
         let st = &mut *self.inner.state.lock();
         st.notices.watch(conn, &st.choker)
     }
+
     /// Bytes written to each peer so far, over every file.
     pub fn sent_to(&self) -> Vec<(PeerId, u64)> {
         let st = self.inner.state.lock();

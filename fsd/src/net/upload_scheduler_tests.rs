@@ -531,3 +531,25 @@ async fn a_choked_request_is_refused_when_its_wait_runs_out() {
     shutdown.cancel();
     pacer.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_hears_when_it_is_unchoked_and_when_it_ends() {
+    let up = Arc::new(Uploads::new(None, 0, |_| 0));
+    let (shutdown, pacer) = pacer(&up);
+    let mut one = up.watch_choke(1);
+    let mut six = up.watch_choke(6);
+    assert!(!*one.borrow_and_update(), "choked until it asks");
+    for conn in 1..=5u64 {
+        assert_eq!(what(up.admit(ask(conn, 0)).await), "serve");
+    }
+    assert!(one.has_changed().unwrap());
+    assert!(*one.borrow_and_update(), "unchoked by its first ask");
+    // Every slot is taken: the sixth asker stays choked, and hears nothing.
+    let _ = up.admit(ask(6, 0)).await;
+    assert!(!six.has_changed().unwrap());
+    assert!(!*six.borrow());
+    up.forget_conn(1);
+    assert!(one.changed().await.is_err(), "the connection ended");
+    shutdown.cancel();
+    pacer.await.unwrap();
+}
