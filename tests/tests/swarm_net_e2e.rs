@@ -75,6 +75,22 @@ fn an_unflagged_source_on_a_shaped_link_sends_each_piece_about_once() {
 }
 
 #[test]
+fn a_source_on_a_slow_link_measures_it_and_sends_each_piece_about_once() {
+    // 0.5 MB/s: two pieces in flight take two seconds each, so every
+    // write is slow, none for its reader's sake. A daemon that took them
+    // as stalled granted more and more and never measured its uplink.
+    let sw = shaped_swarm(3, Shape::rate(500_000), "slow.bin", 3 * MIB, 41);
+    let (source, readers, data) = (&sw.source, &sw.readers, &sw.data);
+    let copies = read_together(source, readers, "g/slow.bin", data);
+    eprintln!("the source sent {copies:.2} copies");
+    assert!(
+        copies <= 1.5,
+        "the source sent {copies:.2} copies of the file\n{}",
+        source.log()
+    );
+}
+
+#[test]
 fn uploads_keep_their_shaped_uplinks_queues_short() {
     // A source and six readers, each uplink shared by the connections to
     // the others: home uplinks, 4 MB/s behind a buffer of half a second
