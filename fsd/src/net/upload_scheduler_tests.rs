@@ -537,7 +537,7 @@ async fn a_connection_hears_when_it_is_unchoked_and_when_it_ends() {
     let up = Arc::new(Uploads::new(None, 0, |_| 0));
     let (shutdown, pacer) = pacer(&up);
     let mut one = up.watch_choke(1);
-    let mut six = up.watch_choke(6);
+    let six = up.watch_choke(6);
     assert!(!*one.borrow_and_update(), "choked until it asks");
     for conn in 1..=5u64 {
         assert_eq!(what(up.admit(ask(conn, 0)).await), "serve");
