@@ -112,8 +112,8 @@ pub struct PeerView<'a> {
     /// Recent throughput estimate in bytes/s; 0 (or not finite) = unknown,
     /// then taken as the mean of the known rates.
     pub rate: f64,
-    /// It chokes us: asked only for what no peer that does not offers,
-    /// and a piece asked of it is still open to those (rule 8).
+    /// It chokes us: asked only for a piece no peer that does not choke
+    /// us can take now, and never for a duplicate (rule 8).
     pub choked: bool,
 }
 
