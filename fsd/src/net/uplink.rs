@@ -21,11 +21,12 @@
 //! A write to a peer that reads slowly would hold the window for everyone:
 //! after [`Uplink::stall_after`], once the uplink sent twice its bytes to
 //! others meanwhile, it stops counting (it still completes, and its bytes
-//! count nowhere), so the others go on. A write is slow because its reader
-//! is only if others are not: on an uplink slower than the window per
-//! second every write is, and stalling them all would grant more and more
-//! (each slower still) and never measure the rate. Writes that nothing
-//! overtakes stall only after [`STALL_ALONE`] while the rate is unknown.
+//! count nowhere), so the others go on. A write is slow for its reader's
+//! sake only if the others are not: on an uplink slower than the window
+//! per second every write is slow, and stalling them all would grant more
+//! and more (each slower still) and never measure the rate. Writes that
+//! nothing overtakes stall only after [`STALL_ALONE`] while the rate is
+//! unknown.
 //!
 //! Pure bookkeeping: the caller passes the time.
 
