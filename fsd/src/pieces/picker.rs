@@ -73,13 +73,14 @@
 //!    non-seed offers. The swarm asks for moves only near the end of the
 //!    file, where the read-ahead no longer keeps every peer busy.
 //!
-//! 8. **Choking peers last**: a peer that chokes us (it serves us only with
-//!    upload nobody it unchokes takes, or a piece's first copy) is asked
-//!    for a piece only if no peer that does not choke us has a free slot
-//!    for it, as rule 6 does for seeds, and never for an end-game
-//!    duplicate. The caller gives it about one slot: asking is what keeps
-//!    us among its candidates when it chooses whom to unchoke, and a
-//!    refusal returns the piece within about a piece's time.
+//! 8. **Choking peers**: no request moves to or from a peer that chokes us
+//!    (it serves us only with upload nobody it unchokes takes, or a
+//!    piece's first copy). The caller gives it one slot, and it is ranked
+//!    like any other: its one request keeps us among its candidates when
+//!    it chooses whom to unchoke (asking is what makes us one), and it
+//!    stays the way out when the peers that do not choke us fail (ranked
+//!    last, or kept from duplicates, a choking honest peer was not asked
+//!    while liars failing fast had free slots).
 //!
 //! An urgent piece already in flight is only duplicated in the end game.
 //! Nothing here times a request out; the link does (`fetch.rs`): a request
@@ -112,8 +113,7 @@ pub struct PeerView<'a> {
     /// Recent throughput estimate in bytes/s; 0 (or not finite) = unknown,
     /// then taken as the mean of the known rates.
     pub rate: f64,
-    /// It chokes us: asked only for a piece no peer that does not choke
-    /// us can take now, and never for a duplicate (rule 8).
+    /// It chokes us: no request moves to or from it (rule 8).
     pub choked: bool,
 }
 
@@ -266,9 +266,8 @@ struct State<'i, 'a> {
     /// Per peer: rate, unknown ones replaced by the mean of known ones.
     rate: Vec<f64>,
     /// Indexed by piece: some peer without every piece and not choking us
-    /// offers it (rule 6); some peer not choking us does (rule 8).
+    /// offers it (rule 6).
     partial_has: Vec<bool>,
-    open_has: Vec<bool>,
     out: Vec<Request>,
 }
 
@@ -314,11 +313,6 @@ impl<'i, 'a> State<'i, 'a> {
         let partial_has = (0..n)
             .map(|p| partial.iter().any(|v| v.have.get(p)))
             .collect();
-        let open: Vec<&PeerView> = input.peers.iter().filter(|v| !v.choked).collect();
-        let open_has = match open.len() == input.peers.len() {
-            true => vec![true; len],
-            false => (0..n).map(|p| open.iter().any(|v| v.have.get(p))).collect(),
-        };
         State {
             input,
             want,
@@ -332,7 +326,6 @@ impl<'i, 'a> State<'i, 'a> {
             queued: input.peers.iter().map(|v| v.in_flight.len()).collect(),
             rate,
             partial_has,
-            open_has,
             out: Vec::new(),
         }
     }
@@ -352,11 +345,6 @@ impl<'i, 'a> State<'i, 'a> {
         self.input.peers[peer].complete && self.partial_has[piece as usize]
     }
 
-    /// Rule 8: `peer` chokes us and a peer that does not offers `piece`.
-    fn choking(&self, peer: usize, piece: u32) -> bool {
-        self.input.peers[peer].choked && self.open_has[piece as usize]
-    }
-
     /// Expected time until `peer` would deliver one more piece, in
     /// piece-lengths per byte/s: smaller is sooner.
     fn eta(&self, peer: usize) -> f64 {
@@ -364,9 +352,8 @@ impl<'i, 'a> State<'i, 'a> {
     }
 
     /// The peer to ask for `piece`: it has it, has a free slot and is not
-    /// already asked for it. Minimises `(choking, shunned, penalised(peer),
-    /// eta)` (rules 8 and 6 first), then prefers more free slots, then the
-    /// lower index.
+    /// already asked for it. Minimises `(shunned, penalised(peer), eta)`
+    /// (rule 6 first), then prefers more free slots, then the lower index.
     /// O(P).
     fn best_peer(&self, piece: u32, penalised: impl Fn(usize) -> bool) -> Option<usize> {
         let shunned = |i: usize| self.shunned(i, piece);
@@ -375,11 +362,9 @@ impl<'i, 'a> State<'i, 'a> {
                 self.slots[i] > 0
                     && self.input.peers[i].have.get(piece)
                     && !self.asked[i].get(piece)
-                    && !(self.input.peers[i].choked && self.copies[piece as usize] > 0)
             })
             .min_by(|&a, &b| {
-                (self.choking(a, piece).cmp(&self.choking(b, piece)))
-                    .then(shunned(a).cmp(&shunned(b)))
+                (shunned(a).cmp(&shunned(b)))
                     .then(penalised(a).cmp(&penalised(b)))
                     .then(self.eta(a).total_cmp(&self.eta(b)))
                     .then(self.slots[b].cmp(&self.slots[a]))
