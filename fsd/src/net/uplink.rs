@@ -49,11 +49,7 @@ pub const TARGET_DRAIN: Duration = Duration::from_millis(50);
 /// A sample of the rate covers at least this much busy time...
 pub const SAMPLE_BUSY: Duration = Duration::from_millis(200);
 
-/// ...and at least this many writes (one write is a whole piece). The
-/// first sample may be one write's, if it alone took [`SAMPLE_BUSY`]: on a
-/// slow uplink the first pieces then already go in parts (as soon as a
-/// peer may pass them on). Writes sharing the uplink make it low; the next
-/// sample replaces it.
+/// ...and at least this many writes (one write is a whole piece).
 pub const SAMPLE_WRITES: u32 = 3;
 
 /// A write in flight for longer than this (and than eight windows at the
@@ -88,9 +84,6 @@ pub struct Uplink {
     done: u64,
     /// Measured bytes per second; 0 before the first sample.
     rate: f64,
-    /// The rate is one slow write's (see [`SAMPLE_WRITES`]): the next
-    /// sample replaces it.
-    provisional: bool,
     /// Busy time and bytes accumulated for the next sample.
     acc_busy: Duration,
     acc_bytes: u64,
@@ -107,7 +100,6 @@ impl Uplink {
             counted: 0,
             done: 0,
             rate: 0.0,
-            provisional: false,
             acc_busy: Duration::ZERO,
             acc_bytes: 0,
             acc_writes: 0,
@@ -213,15 +205,13 @@ impl Uplink {
         }
         self.acc_bytes += w.bytes;
         self.acc_writes += 1;
-        let unknown = self.rate == 0.0;
-        if self.acc_busy >= SAMPLE_BUSY && (self.acc_writes >= SAMPLE_WRITES || unknown) {
+        if self.acc_busy >= SAMPLE_BUSY && self.acc_writes >= SAMPLE_WRITES {
             let sample = self.acc_bytes as f64 / self.acc_busy.as_secs_f64();
-            self.rate = if unknown || self.provisional {
+            self.rate = if self.rate == 0.0 {
                 sample
             } else {
                 0.7 * self.rate + 0.3 * sample
             };
-            self.provisional = unknown && self.acc_writes < SAMPLE_WRITES;
             self.acc_busy = Duration::ZERO;
             self.acc_bytes = 0;
             self.acc_writes = 0;
@@ -286,30 +276,6 @@ mod tests {
             let err = (u.rate() - rate).abs() / rate;
             assert!(err < 0.05, "{rate} x{parallel}: measured {}", u.rate());
         }
-    }
-
-    #[test]
-    fn one_slow_write_gives_a_first_rate_that_the_next_sample_replaces() {
-        let t0 = Instant::now();
-        let mut u = Uplink::new(t0);
-        // One piece alone in a second: a slow uplink, known at once.
-        let id = u.start(P, t0);
-        let mut now = t0 + Duration::from_secs(1);
-        u.finish(id, true, now);
-        assert_eq!(u.rate(), P as f64);
-        // Then three pieces in half a second: replaced, not averaged.
-        for _ in 0..3 {
-            let id = u.start(P, now);
-            now += Duration::from_millis(500) / 3;
-            u.finish(id, true, now);
-        }
-        let want = 3.0 * P as f64 / 0.5;
-        assert!((u.rate() - want).abs() / want < 0.01, "{}", u.rate());
-        // A fast write alone is no sample: too short to say much.
-        let mut v = Uplink::new(t0);
-        let id = v.start(P, t0);
-        v.finish(id, true, t0 + Duration::from_millis(5));
-        assert_eq!(v.rate(), 0.0);
     }
 
     #[test]
