@@ -719,7 +719,8 @@ fn main() {
             if net_shaped() { "net" } else { "daemon" },
             o.measured / c.d_min(),
             o.source_copies,
-            o.duplicate_copies * 100.0,
+            // Of all the readers received: each received one copy.
+            o.duplicate_copies / c.readers as f64 * 100.0,
             o.max_connections,
             o.exchanged,
             load_average(),

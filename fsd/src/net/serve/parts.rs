@@ -34,7 +34,11 @@ pub const PART_TIME: Duration = Duration::from_millis(20);
 /// the token bucket paid for it.
 pub fn cut(measured: f64, cap: f64) -> (usize, Duration) {
     let known = measured > 0.0 && measured.is_finite();
-    let part = part_len(if known { measured.min(cap) } else { cap });
+    let part = part_len(match (known, cap.is_finite()) {
+        (true, _) => measured.min(cap),
+        (false, true) => cap,
+        (false, false) => 0.0,
+    });
     let gap = match part < usize::MAX && cap.is_finite() && cap > 0.0 {
         true => Duration::try_from_secs_f64(part as f64 / cap).unwrap_or(Duration::MAX),
         false => Duration::ZERO,
@@ -42,14 +46,20 @@ pub fn cut(measured: f64, cap: f64) -> (usize, Duration) {
     (part, gap)
 }
 
-/// The part length for an uplink of `rate` bytes/s: whole pieces while
-/// the rate is not known (a fast link's first pieces, which a reader's
-/// first read waits for, stay one frame each).
+/// The part length for an uplink of `rate` bytes/s (0 or not a number:
+/// not measured yet; infinite: one frame per piece). An uplink not yet
+/// measured sends [`PART_MIN`] parts: a swarm starts with no uplink
+/// measured, and its first pieces are the ones every reader waits for, so
+/// each hop of them must pass on from its first part (whole pieces there
+/// made every hop of a 48-reader swarm's start store-and-forward); on a
+/// fast link a piece's first few parts cost a few frames, no more.
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 pub fn part_len(rate: f64) -> usize {
     let bytes = rate * PART_TIME.as_secs_f64();
-    if !(bytes.is_finite() && bytes > 0.0) {
+    if rate == f64::INFINITY {
         usize::MAX
+    } else if !(bytes.is_finite() && bytes > 0.0) {
+        PART_MIN
     } else if bytes > PART_MIN as f64 {
         (bytes.min(1e9) as usize).next_multiple_of(16 << 10)
     } else {
@@ -189,15 +199,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_part_is_what_the_uplink_sends_in_its_time_and_never_small_nor_before_it_is_known() {
-        assert_eq!(part_len(0.0), usize::MAX, "not known: whole pieces");
-        assert_eq!(part_len(f64::NAN), usize::MAX);
+    fn a_part_is_what_the_uplink_sends_in_its_time_never_small_and_smallest_before_it_is_known() {
+        assert_eq!(part_len(0.0), PART_MIN, "not known: the smallest parts");
+        assert_eq!(part_len(f64::NAN), PART_MIN);
+        assert_eq!(part_len(f64::INFINITY), usize::MAX, "infinitely fast: one frame");
         assert_eq!(part_len(1e6), PART_MIN);
         assert_eq!(part_len(100e6), 2_000_000usize.next_multiple_of(16 << 10));
         // Under a cap, parts from the first piece, at the cap's pace.
         let mib = 1024.0 * 1024.0;
         assert_eq!(cut(0.0, mib), (PART_MIN, Duration::from_micros(62_500)));
-        assert_eq!(cut(0.0, f64::INFINITY), (usize::MAX, Duration::ZERO));
+        assert_eq!(cut(0.0, f64::INFINITY), (PART_MIN, Duration::ZERO));
         assert_eq!(cut(200.0 * mib, mib).0, PART_MIN, "the cap binds");
         assert_eq!(cut(mib, f64::INFINITY), (PART_MIN, Duration::ZERO));
     }
