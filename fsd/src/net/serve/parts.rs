@@ -202,7 +202,11 @@ mod tests {
     fn a_part_is_what_the_uplink_sends_in_its_time_never_small_and_smallest_before_it_is_known() {
         assert_eq!(part_len(0.0), PART_MIN, "not known: the smallest parts");
         assert_eq!(part_len(f64::NAN), PART_MIN);
-        assert_eq!(part_len(f64::INFINITY), usize::MAX, "infinitely fast: one frame");
+        assert_eq!(
+            part_len(f64::INFINITY),
+            usize::MAX,
+            "infinitely fast: one frame"
+        );
         assert_eq!(part_len(1e6), PART_MIN);
         assert_eq!(part_len(100e6), 2_000_000usize.next_multiple_of(16 << 10));
         // Under a cap, parts from the first piece, at the cap's pace.
