@@ -51,6 +51,7 @@ use crate::pieces::swarm::{Offer, Swarm};
 use crate::tasks::Tasks;
 use crate::trackers::{now_ms, TrackerLink};
 use fileshare_protocol::messages::peer::PEX_INTERVAL_MS;
+use fileshare_protocol::Bitfield;
 use fileshare_protocol::messages::{PeerError, PeerReply, PeerRequest, Reply, Request, Role};
 use fileshare_protocol::ticket::Ticket;
 use fileshare_protocol::tls::{self, ServerTls, TlsError};
@@ -503,13 +504,25 @@ async fn subscription(
 ) {
     let expires = || st.access_until(&swarm).unwrap_or(0);
     let mut haves = swarm.subscribe();
-    // The bitfield, then the pieces arriving now.
-    let everything = || {
-        let arriving = swarm.arrivals.pieces().into_iter();
-        let receiving = arriving.map(|p| PeerReply::Receiving(p.get()));
+    // Pieces told as arriving: the peer takes them as offered from then on
+    // (an ask for one that fails to arrive is refused), so their `Have`
+    // would tell it nothing, and would cost a frame on every subscription
+    // for every piece (with parts, every piece arrives so).
+    let num_pieces = swarm.file.layout.num_pieces();
+    let mut told = Bitfield::new(num_pieces);
+    // The bitfield, then the pieces arriving now (told afresh: a piece
+    // evicted since is not in the bitfield, and its next copy may come
+    // whole, with a `Have` only).
+    let everything = |told: &mut Bitfield| {
+        *told = Bitfield::new(num_pieces);
+        let arriving = swarm.arrivals.pieces();
+        for p in &arriving {
+            told.set(p.get());
+        }
+        let receiving = arriving.into_iter().map(|p| PeerReply::Receiving(p.get()));
         std::iter::once(PeerReply::Bitfield(swarm.have())).chain(receiving)
     };
-    let mut next: Vec<PeerReply> = everything().collect();
+    let mut next: Vec<PeerReply> = everything(&mut told).collect();
     loop {
         for body in next.drain(..) {
             if tx.send((Reply { id, body }, None)).await.is_err() {
@@ -519,11 +532,15 @@ async fn subscription(
         let left = Duration::from_millis(expires().saturating_sub(now_ms()));
         tokio::select! {
             r = haves.recv() => match r {
-                Ok(Offer::Have(i)) => next.push(PeerReply::Have(i.get())),
-                Ok(Offer::Receiving(i)) => next.push(PeerReply::Receiving(i.get())),
+                Ok(Offer::Have(i)) if !told.get(i.get()) => next.push(PeerReply::Have(i.get())),
+                Ok(Offer::Have(_)) => {}
+                Ok(Offer::Receiving(i)) => {
+                    told.set(i.get());
+                    next.push(PeerReply::Receiving(i.get()));
+                }
                 // Pieces evicted, or too far behind: everything again.
                 Ok(Offer::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    next.extend(everything())
+                    next.extend(everything(&mut told))
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
