@@ -56,12 +56,23 @@ async fn next(conn: &mut SecureConnection) -> Reply<PeerReply> {
         .expect("a reply, not the end")
 }
 
-/// One request and its reply (nothing else may be in flight).
+/// One request and its reply (nothing else may be in flight); a piece
+/// sent in parts comes back whole, as one `Piece`.
 async fn exchange(conn: &mut SecureConnection, id: u64, body: PeerRequest) -> PeerReply {
     send(conn, id, body).await;
-    let reply = next(conn).await;
-    assert_eq!(reply.id, id);
-    reply.body
+    let mut parts: Vec<u8> = Vec::new();
+    loop {
+        let reply = next(conn).await;
+        assert_eq!(reply.id, id);
+        match reply.body {
+            PeerReply::Part { data } => parts.extend_from_slice(&data),
+            PeerReply::Piece { data } if !parts.is_empty() => {
+                parts.extend_from_slice(&data);
+                return PeerReply::Piece { data: parts.into() };
+            }
+            body => return body,
+        }
+    }
 }
 
 /// A connection to `m`'s peer port as the daemon whose key is `key`.

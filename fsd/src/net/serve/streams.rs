@@ -7,11 +7,46 @@ use crate::pieces::swarm::{Offer, Swarm};
 use crate::trackers::now_ms;
 use fileshare_protocol::messages::peer::PEX_INTERVAL_MS;
 use fileshare_protocol::messages::{PeerError, PeerReply, Reply};
-use fileshare_protocol::{Bitfield, PeerId};
+use fileshare_protocol::{Bitfield, PeerId, PieceIndex};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
+
+/// What one subscription tells of the pieces here: a piece told as
+/// arriving (`Receiving`) is taken by the peer as offered from then on (an
+/// ask for one that fails to arrive is refused), so its `Have` would tell
+/// nothing, and would cost a frame on every subscription for every piece
+/// (with parts, every piece arrives so). A bitfield sent again starts
+/// afresh: a piece evicted since is not in it, and its next copy may come
+/// whole, with a `Have` only.
+struct Told(Bitfield);
+
+impl Told {
+    /// After a bitfield: the pieces arriving now, each told.
+    fn afresh(&mut self, arriving: &[PieceIndex]) -> Vec<PeerReply> {
+        self.0 = Bitfield::new(self.0.len());
+        for p in arriving {
+            self.0.set(p.get());
+        }
+        arriving
+            .iter()
+            .map(|p| PeerReply::Receiving(p.get()))
+            .collect()
+    }
+
+    /// What to send of an offer from the swarm, if anything.
+    fn offer(&mut self, offer: &Offer) -> Option<PeerReply> {
+        match *offer {
+            Offer::Receiving(p) => {
+                self.0.set(p.get());
+                Some(PeerReply::Receiving(p.get()))
+            }
+            Offer::Have(p) if !self.0.get(p.get()) => Some(PeerReply::Have(p.get())),
+            Offer::Have(_) | Offer::Lost => None,
+        }
+    }
+}
 
 /// One subscription: the bitfield now, then a `Have` per verified piece,
 /// until the connection or the swarm ends, or the tickets for the file's
@@ -27,22 +62,10 @@ pub(super) async fn subscription(
 ) {
     let expires = || st.access_until(&swarm).unwrap_or(0);
     let mut haves = swarm.subscribe();
-    // Pieces told as arriving: the peer takes them as offered from then on
-    // (an ask for one that fails to arrive is refused), so their `Have`
-    // would tell it nothing, and would cost a frame on every subscription
-    // for every piece (with parts, every piece arrives so).
-    let num_pieces = swarm.file.layout.num_pieces();
-    let mut told = Bitfield::new(num_pieces);
-    // The bitfield, then the pieces arriving now (told afresh: a piece
-    // evicted since is not in the bitfield, and its next copy may come
-    // whole, with a `Have` only).
-    let everything = |told: &mut Bitfield| {
-        *told = Bitfield::new(num_pieces);
-        let arriving = swarm.arrivals.pieces();
-        for p in &arriving {
-            told.set(p.get());
-        }
-        let receiving = arriving.into_iter().map(|p| PeerReply::Receiving(p.get()));
+    let mut told = Told(Bitfield::new(swarm.file.layout.num_pieces()));
+    // The bitfield, then the pieces arriving now.
+    let everything = |told: &mut Told| {
+        let receiving = told.afresh(&swarm.arrivals.pieces());
         std::iter::once(PeerReply::Bitfield(swarm.have())).chain(receiving)
     };
     let mut next: Vec<PeerReply> = everything(&mut told).collect();
@@ -55,16 +78,11 @@ pub(super) async fn subscription(
         let left = Duration::from_millis(expires().saturating_sub(now_ms()));
         tokio::select! {
             r = haves.recv() => match r {
-                Ok(Offer::Have(i)) if !told.get(i.get()) => next.push(PeerReply::Have(i.get())),
-                Ok(Offer::Have(_)) => {}
-                Ok(Offer::Receiving(i)) => {
-                    told.set(i.get());
-                    next.push(PeerReply::Receiving(i.get()));
-                }
                 // Pieces evicted, or too far behind: everything again.
                 Ok(Offer::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     next.extend(everything(&mut told))
                 }
+                Ok(offer) => next.extend(told.offer(&offer)),
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             // Choked or unchoked since: the requester asks accordingly.
@@ -147,5 +165,44 @@ pub(super) async fn exchange(
         if tx.send((Reply { id, body }, None)).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(i: u32) -> PieceIndex {
+        fileshare_protocol::Layout::new(8, 1)
+            .unwrap()
+            .validate(i)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_piece_told_as_arriving_is_not_told_again_as_had_until_the_bitfield_is_sent_afresh() {
+        let mut told = Told(Bitfield::new(8));
+        assert_eq!(
+            told.afresh(&[piece(1)]),
+            vec![PeerReply::Receiving(1)],
+            "arriving when subscribed"
+        );
+        assert_eq!(told.offer(&Offer::Have(piece(1))), None);
+        assert_eq!(
+            told.offer(&Offer::Receiving(piece(3))),
+            Some(PeerReply::Receiving(3))
+        );
+        assert_eq!(told.offer(&Offer::Have(piece(3))), None);
+        assert_eq!(
+            told.offer(&Offer::Have(piece(4))),
+            Some(PeerReply::Have(4)),
+            "came whole: told as had"
+        );
+        assert_eq!(told.afresh(&[]), vec![]);
+        assert_eq!(
+            told.offer(&Offer::Have(piece(3))),
+            Some(PeerReply::Have(3)),
+            "evicted and fetched again whole after the bitfield"
+        );
     }
 }
