@@ -48,8 +48,9 @@ impl Told {
     }
 }
 
-/// One subscription: the bitfield now, then a `Have` per verified piece,
-/// until the connection or the swarm ends, or the tickets for the file's
+/// One subscription: the bitfield now, then a `Receiving` or a `Have` per
+/// piece ([`Told`]) and a notice whenever the connection is choked or
+/// unchoked, until the connection or the swarm ends, or the tickets for the file's
 /// groups expire without a fresh one (then `TicketExpired` ends it).
 /// Subscribing before taking the bitfield means no piece falls between the
 /// two.
