@@ -61,17 +61,10 @@ fn shaped_swarm(readers: usize, shape: Shape, name: &str, size: usize, seed: u64
 fn an_unflagged_source_on_a_shaped_link_sends_each_piece_about_once() {
     // A source and four readers.
     let sw = shaped_swarm(4, Shape::rate(4_000_000), "s.bin", 8 * MIB, 33);
-    let (source, readers, data) = (&sw.source, &sw.readers, &sw.data);
     // One server alone would send the file four times. The source measures
     // its uplink, serves every piece once before any twice and leaves the
     // rest to the readers' trading.
-    let copies = read_together(source, readers, "g/s.bin", data);
-    eprintln!("the source sent {copies:.2} copies");
-    assert!(
-        copies <= 1.5,
-        "the source sent {copies:.2} copies of the file\n{}",
-        source.log()
-    );
+    read_together_from_a_source_sending_it_about_once(&sw, "g/s.bin");
 }
 
 #[test]
@@ -80,13 +73,18 @@ fn a_source_on_a_slow_link_measures_it_and_sends_each_piece_about_once() {
     // write is slow, none for its reader's sake. A daemon that took them
     // as stalled granted more and more and never measured its uplink.
     let sw = shaped_swarm(3, Shape::rate(500_000), "slow.bin", 3 * MIB, 41);
-    let (source, readers, data) = (&sw.source, &sw.readers, &sw.data);
-    let copies = read_together(source, readers, "g/slow.bin", data);
+    read_together_from_a_source_sending_it_about_once(&sw, "g/slow.bin");
+}
+
+/// The readers read `name` at once, each getting it whole, while the
+/// source sends at most one and a half copies of it.
+fn read_together_from_a_source_sending_it_about_once(sw: &Shaped, name: &str) {
+    let copies = read_together(&sw.source, &sw.readers, name, &sw.data);
     eprintln!("the source sent {copies:.2} copies");
     assert!(
         copies <= 1.5,
         "the source sent {copies:.2} copies of the file\n{}",
-        source.log()
+        sw.source.log()
     );
 }
 
